@@ -1,0 +1,53 @@
+package sampling
+
+import "testing"
+
+// Benchmarks of batch production on the embedded corpus at the reference
+// shape (8 × 256 tokens per batch, budget 2048 in bucket mode). The window
+// sampler is the anchor: bucket and pack should cost the same order per token.
+
+func benchSampler(b *testing.B, mode string) {
+	c := DefaultConfig()
+	c.Mode = mode
+	d, err := Open(c, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := d.Sampler(0, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	tokens := 0
+	for i := 0; i < b.N; i++ {
+		x, err := s.Next()
+		if err != nil {
+			b.Fatal(err)
+		}
+		tokens += x.B * x.T
+	}
+	b.ReportMetric(float64(tokens)/b.Elapsed().Seconds(), "slots/s")
+}
+
+func BenchmarkNextWindow(b *testing.B) { benchSampler(b, ModeWindow) }
+func BenchmarkNextBucket(b *testing.B) { benchSampler(b, ModeBucket) }
+func BenchmarkNextPack(b *testing.B)   { benchSampler(b, ModePack) }
+
+// BenchmarkPlanEpoch is the cost of planning one epoch of the embedded
+// corpus (what a bucket sampler pays at each epoch start and on Restore).
+func BenchmarkPlanEpoch(b *testing.B) {
+	c, _ := DefaultCorpus()
+	ds, err := NewDataset("emb", c.Train, 2048, TooLongSplit)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := NewPlanner(ds, EstimateBuckets(ds, 64, 1, 0, 1), 16384, 0, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < b.N; i++ {
+		if _, err := p.Plan(1, uint64(i), 8); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

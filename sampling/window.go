@@ -1,0 +1,151 @@
+package sampling
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sampler yields batches for one data-parallel rank. Every rank of the same
+// seed gets a different, deterministic stream, all ranks the same number of
+// steps; ranks sharing a dpRank (the TP and SP ranks of one replica) get
+// identical batches. A Sampler is not safe for concurrent use.
+type Sampler interface {
+	Next() (Batch, error)
+	State() State // small, serialisable position: resumes in O(1)
+	Restore(State) error
+}
+
+// WindowSampler draws random windows of SeqLen+1 tokens from the concatenated
+// documents: row tokens are the first SeqLen, targets the next token of each,
+// Pos 0..T-1. The window of (step, row) depends only on (seed, step, dpRank,
+// row), so the stream never ends and State is just the step count.
+type WindowSampler struct {
+	stream         []int32
+	seqLen, batch  int
+	seed           uint64
+	dpRank, dpSize int
+	step           uint64
+}
+
+// NewWindowSampler builds the random-window sampler of the serial trainer and
+// of data-parallel training (dpRank in [0, dpSize)).
+func NewWindowSampler(docs []Document, seqLen, batchSize int, seed uint64, dpRank, dpSize int) (Sampler, error) {
+	return newWindowSampler(docs, seqLen, batchSize, seed, dpRank, dpSize)
+}
+
+func newWindowSampler(docs []Document, seqLen, batchSize int, seed uint64, dpRank, dpSize int) (*WindowSampler, error) {
+	if seqLen <= 0 || batchSize <= 0 {
+		return nil, fmt.Errorf("window sampler: seq_len=%d batch_size=%d, both must be positive", seqLen, batchSize)
+	}
+	if dpSize <= 0 || dpRank < 0 || dpRank >= dpSize {
+		return nil, fmt.Errorf("window sampler: dp rank %d of size %d, want 0 <= rank < size", dpRank, dpSize)
+	}
+	stream := concat(docs)
+	if len(stream) < seqLen+1 {
+		return nil, fmt.Errorf("window sampler: %d tokens in %d documents, need at least seq_len+1 = %d", len(stream), len(docs), seqLen+1)
+	}
+	return &WindowSampler{stream: stream, seqLen: seqLen, batch: batchSize, seed: seed, dpRank: dpRank, dpSize: dpSize}, nil
+}
+
+func concat(docs []Document) []int32 {
+	stream := make([]int32, 0, TotalTokens(docs))
+	for _, d := range docs {
+		stream = append(stream, d.Tokens...)
+	}
+	return stream
+}
+
+// Next returns the batch of the current step and advances.
+func (w *WindowSampler) Next() (Batch, error) {
+	b := newBatch(w.batch, w.seqLen, false)
+	span := len(w.stream) - w.seqLen // window starts in [0, span)
+	for r := 0; r < w.batch; r++ {
+		g := rng{s: mix(w.seed, purposeWindow, w.step, uint64(w.dpRank), uint64(r))}
+		start := g.intn(span)
+		fillWindow(b, r, w.stream[start:start+w.seqLen+1])
+	}
+	w.step++
+	return b, nil
+}
+
+// State returns the position; the data-parallel size is recorded but the
+// window stream of a rank does not depend on it, so a state restores under
+// any DP size.
+func (w *WindowSampler) State() State {
+	return State{Kind: "window", Seed: w.seed, Step: w.step, DPSize: w.dpSize}
+}
+
+// Restore continues from s; it refuses a state of another kind or seed.
+func (w *WindowSampler) Restore(s State) error {
+	if s.Kind != "window" {
+		return fmt.Errorf("window sampler: cannot restore a %q sampler state", s.Kind)
+	}
+	if s.Seed != w.seed {
+		return fmt.Errorf("window sampler: state has seed %d, sampler %d", s.Seed, w.seed)
+	}
+	w.step = s.Step
+	return nil
+}
+
+func newBatch(b, t int, packed bool) Batch {
+	out := Batch{B: b, T: t, Tokens: make([]int32, b*t), Targets: make([]int32, b*t), Pos: make([]int32, b*t)}
+	if packed {
+		out.Seg = make([]int32, b*t)
+	}
+	for i := range out.Targets {
+		out.Targets[i] = -1
+		out.Pos[i] = int32(i % t)
+		if packed {
+			out.Seg[i] = -1
+		}
+	}
+	return out
+}
+
+// fillWindow writes tokens w[0:len(w)-1] with targets w[1:] into row r,
+// starting at position 0; the rest of the row stays padding.
+func fillWindow(b Batch, r int, w []int32) {
+	row := r * b.T
+	for j := 0; j+1 < len(w); j++ {
+		b.Tokens[row+j] = w[j]
+		b.Targets[row+j] = w[j+1]
+	}
+}
+
+// FixedBatches returns count deterministic batches of random windows (for
+// validation: the same seed gives the same batches). Windows wrap around the
+// end of the concatenated documents, so any non-empty set of documents works;
+// it returns nil when docs hold fewer than 2 tokens or a size is not positive.
+func FixedBatches(docs []Document, seqLen, batchSize, count int, seed uint64) []Batch {
+	out, err := FixedBatchesErr(docs, seqLen, batchSize, count, seed)
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
+// FixedBatchesErr is FixedBatches with the reason for an empty result.
+func FixedBatchesErr(docs []Document, seqLen, batchSize, count int, seed uint64) ([]Batch, error) {
+	if seqLen <= 0 || batchSize <= 0 || count < 0 {
+		return nil, fmt.Errorf("fixed batches: seq_len=%d batch_size=%d count=%d, want positive sizes", seqLen, batchSize, count)
+	}
+	stream := concat(docs)
+	if len(stream) < 2 {
+		return nil, errors.New("fixed batches: documents hold fewer than 2 tokens")
+	}
+	out := make([]Batch, count)
+	win := make([]int32, seqLen+1)
+	for i := range out {
+		b := newBatch(batchSize, seqLen, false)
+		for r := 0; r < batchSize; r++ {
+			g := rng{s: mix(seed, purposeFixed, uint64(i), uint64(r))}
+			start := g.intn(len(stream))
+			for j := range win {
+				win[j] = stream[(start+j)%len(stream)]
+			}
+			fillWindow(b, r, win)
+		}
+		out[i] = b
+	}
+	return out, nil
+}
