@@ -1,0 +1,161 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// Snapshot is a private copy of one rank's state for one checkpoint: taking
+// it is the only part of an asynchronous save the training step waits for.
+type Snapshot struct {
+	Step    int64
+	Rank    int
+	tensors []snapTensor
+	blobs   []snapBlob
+}
+
+type snapTensor struct {
+	name   string
+	shape  []int64
+	region Region
+	data   []float32
+}
+
+type snapBlob struct {
+	name string
+	data []byte
+}
+
+// AddTensor copies data (the piece region of tensor name with global shape)
+// into the snapshot. Validation happens when the snapshot is written.
+func (s *Snapshot) AddTensor(name string, shape []int64, region Region, data []float32) {
+	s.tensors = append(s.tensors, snapTensor{name: name, shape: append([]int64(nil), shape...),
+		region: cloneRegion(region), data: append([]float32(nil), data...)})
+}
+
+// AddBlob copies data into the snapshot.
+func (s *Snapshot) AddBlob(name string, data []byte) {
+	s.blobs = append(s.blobs, snapBlob{name: name, data: append([]byte(nil), data...)})
+}
+
+// Bytes is the raw size of the snapshot's data.
+func (s *Snapshot) Bytes() int64 {
+	var n int64
+	for _, t := range s.tensors {
+		n += 4 * int64(len(t.data))
+	}
+	for _, b := range s.blobs {
+		n += int64(len(b.data))
+	}
+	return n
+}
+
+// WriteShard writes the snapshot as its rank's shard of s.Step in store.
+func (s *Snapshot) WriteShard(ctx context.Context, store *Store, opts WriterOptions) (ShardInfo, error) {
+	w, err := store.CreateShard(ctx, s.Step, s.Rank, opts)
+	if err != nil {
+		return ShardInfo{}, err
+	}
+	for _, t := range s.tensors {
+		if err := w.WriteTensor(t.name, t.shape, t.region, t.data); err != nil {
+			w.Abort()
+			return ShardInfo{}, err
+		}
+	}
+	for _, b := range s.blobs {
+		if err := w.WriteBlob(b.name, b.data); err != nil {
+			w.Abort()
+			return ShardInfo{}, err
+		}
+	}
+	return w.Close()
+}
+
+// AsyncWriter writes one rank's snapshots in the background, one at a time.
+// Its methods are safe for concurrent use.
+type AsyncWriter struct {
+	store *Store
+	opts  WriterOptions
+
+	mu     sync.Mutex
+	busy   chan struct{} // closed when the in-flight save ends; nil when idle
+	cancel context.CancelFunc
+	info   ShardInfo
+	err    error // result of the last finished save, not yet returned
+}
+
+// NewAsyncWriter returns a writer saving into store with opts.
+func NewAsyncWriter(store *Store, opts WriterOptions) *AsyncWriter {
+	return &AsyncWriter{store: store, opts: opts}
+}
+
+// Save waits (bounded by ctx) for the previous save, returns its error if it
+// failed (then snap is not started), and otherwise starts writing snap in
+// the background and returns. The background write runs under ctx as well:
+// cancelling ctx aborts it. done, if not nil, is called from the background
+// goroutine with the result (e.g. to report the ShardInfo to the committer).
+func (a *AsyncWriter) Save(ctx context.Context, snap *Snapshot, done func(ShardInfo, error)) error {
+	if snap == nil {
+		return errors.New("async save: nil snapshot")
+	}
+	if _, err := a.Wait(ctx); err != nil {
+		return fmt.Errorf("async save of step %d: previous save: %w", snap.Step, err)
+	}
+	a.mu.Lock()
+	if a.busy != nil { // another Save won the race after our Wait
+		a.mu.Unlock()
+		return fmt.Errorf("async save of step %d: another save is in flight", snap.Step)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	busy := make(chan struct{})
+	a.busy, a.cancel = busy, cancel
+	a.mu.Unlock()
+	go func() {
+		info, err := snap.WriteShard(wctx, a.store, a.opts)
+		if err != nil {
+			err = fmt.Errorf("async save of step %d rank %d: %w", snap.Step, snap.Rank, err)
+		}
+		cancel()
+		a.mu.Lock()
+		a.info, a.err = info, err
+		a.busy, a.cancel = nil, nil
+		a.mu.Unlock()
+		close(busy)
+		if done != nil {
+			done(info, err)
+		}
+	}()
+	return nil
+}
+
+// Wait blocks until no save is in flight (or ctx ends) and returns the
+// result of the last finished save. A failure is returned once: the next
+// Wait or Save starts clean.
+func (a *AsyncWriter) Wait(ctx context.Context) (ShardInfo, error) {
+	a.mu.Lock()
+	busy := a.busy
+	a.mu.Unlock()
+	if busy != nil {
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return ShardInfo{}, fmt.Errorf("waiting for checkpoint write: %w", ctx.Err())
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	info, err := a.info, a.err
+	a.err = nil
+	return info, err
+}
+
+// Cancel aborts the in-flight save, if any (its error surfaces on Wait).
+func (a *AsyncWriter) Cancel() {
+	a.mu.Lock()
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.mu.Unlock()
+}

@@ -1,0 +1,118 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestAsyncWriterSnapshotsAndCommits(t *testing.T) {
+	rng := rand.New(rand.NewPCG(15, 16))
+	s := newTestStore(t, 0)
+	aw := NewAsyncWriter(s, WriterOptions{ChunkBytes: 256})
+	params := newTestTensor(rng, "model.w", 33, 17)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	want := map[int64][]float32{}
+	for step := int64(1); step <= 3; step++ {
+		snap := &Snapshot{Step: step, Rank: 0}
+		snap.AddTensor(params.name, params.shape, Whole(params.shape), params.data)
+		snap.AddBlob(BlobOptimizer, []byte{byte(step)})
+		want[step] = append([]float32(nil), params.data...)
+		infos := make(chan ShardInfo, 1)
+		if err := aw.Save(ctx, snap, func(info ShardInfo, err error) {
+			if err == nil {
+				infos <- info
+			}
+			close(infos)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// Training goes on: the live buffer changes while the save runs.
+		for i := range params.data {
+			params.data[i] += 1
+		}
+		info, err := aw.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := <-infos; got.Size != info.Size {
+			t.Fatalf("callback info %+v, Wait info %+v", got, info)
+		}
+		if err := s.Commit(NewManifest(step, []ShardInfo{info})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for step, w := range want {
+		c, _, err := s.Open(StepName(step)[5:], OpenOptions{Verify: VerifyFull})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := c.ReadTensor("model.w")
+		if err != nil || !equalF32(got, w) {
+			t.Fatalf("step %d: snapshot not what was saved (%v)", step, err)
+		}
+		b, err := c.Blob(0, BlobOptimizer)
+		if err != nil || len(b) != 1 || b[0] != byte(step) {
+			t.Fatalf("step %d blob %v %v", step, b, err)
+		}
+		c.Close()
+	}
+}
+
+func TestAsyncWriterErrorSurfacesOnNextCall(t *testing.T) {
+	s := newTestStore(t, 0)
+	aw := NewAsyncWriter(s, WriterOptions{})
+	ctx := t.Context()
+	bad := &Snapshot{Step: 1}
+	bad.AddTensor("x", []int64{2}, Whole([]int64{2}), []float32{1}) // 1 value for 2 elements
+	if err := aw.Save(ctx, bad, nil); err != nil {
+		t.Fatalf("Save returned the background error early: %v", err)
+	}
+	good := &Snapshot{Step: 2}
+	good.AddTensor("x", []int64{1}, Whole([]int64{1}), []float32{1})
+	err := aw.Save(ctx, good, nil)
+	if err == nil || !strings.Contains(err.Error(), "previous save") || !strings.Contains(err.Error(), `"x"`) {
+		t.Fatalf("next Save: %v", err)
+	}
+	// The failure was reported once; the writer is usable again.
+	if err := aw.Save(ctx, good, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := aw.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAsyncWriterCancel(t *testing.T) {
+	s := newTestStore(t, 0)
+	aw := NewAsyncWriter(s, WriterOptions{ChunkBytes: 64, Workers: 1, InFlight: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	snap := &Snapshot{Step: 1}
+	big := make([]float32, 1<<20)
+	snap.AddTensor("x", []int64{int64(len(big))}, FlatRange(0, int64(len(big))), big)
+	cancel() // cancelled before the background write gets far
+	if err := aw.Save(ctx, snap, nil); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer wcancel()
+	_, err := aw.Wait(wctx)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait after cancel: %v", err)
+	}
+	// Waiting under an expired context returns promptly.
+	if err := aw.Save(context.Background(), snap, nil); err != nil {
+		t.Fatal(err)
+	}
+	expired, ecancel := context.WithCancel(context.Background())
+	ecancel()
+	if _, err := aw.Wait(expired); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait with expired ctx: %v", err)
+	}
+	aw.Cancel()
+	aw.Wait(wctx)
+}

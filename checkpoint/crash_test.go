@@ -1,0 +1,132 @@
+package checkpoint
+
+import (
+	"errors"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+)
+
+// TestCrashHelperProcess is not a test: TestSIGKILLDuringCheckpoint runs the
+// test binary on it in a child process, which writes and commits step 2 of
+// the store in CK_CRASH_DIR and SIGKILLs itself at CK_CRASH_POINT.
+func TestCrashHelperProcess(t *testing.T) {
+	dir, point := os.Getenv("CK_CRASH_DIR"), os.Getenv("CK_CRASH_POINT")
+	if dir == "" {
+		t.Skip("helper process for TestSIGKILLDuringCheckpoint")
+	}
+	s, err := NewStore(dir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	die := func(p string) error {
+		if p == point {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
+		return nil
+	}
+	s.crashHook = die
+	rng := rand.New(rand.NewPCG(31, 32))
+	ts, layout := standardTensors(rng)
+	l := layout(2)
+	m := &Manifest{Version: ManifestVersion, Step: 2}
+	for r := 0; r < 2; r++ {
+		w, err := s.CreateShard(t.Context(), 2, r, WriterOptions{ChunkBytes: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, tt := range ts {
+			if err := w.WriteTensor(tt.name, tt.shape, l[tt.name][r], tt.extract(l[tt.name][r])); err != nil {
+				t.Fatal(err)
+			}
+			if r == 1 && i == 2 {
+				die("mid-shard")
+			}
+		}
+		info, err := w.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Shards = append(m.Shards, info)
+	}
+	if err := s.Commit(m); err != nil {
+		t.Fatal(err)
+	}
+	die("after-commit")
+}
+
+// TestSIGKILLDuringCheckpoint kills a real process at each stage of writing
+// and committing a checkpoint, then checks that the previous checkpoint
+// loads (or the new one, once published), that Cleanup removes the debris
+// and that the next checkpoint commits.
+func TestSIGKILLDuringCheckpoint(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns processes")
+	}
+	rng := rand.New(rand.NewPCG(31, 32))
+	ts, layout := standardTensors(rng)
+	l := layout(2)
+	for _, tc := range []struct {
+		point     string
+		published bool
+	}{
+		{"mid-shard", false},
+		{"before-manifest", false},
+		{"before-rename", false},
+		{"before-latest", true},
+		{"before-prune", true},
+		{"after-commit", true},
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			s, err := NewStore(t.TempDir(), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			saveTest(t, s, 1, ts, l, 2, WriterOptions{})
+			cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelperProcess$", "-test.count=1")
+			cmd.Env = append(os.Environ(), "CK_CRASH_DIR="+s.Dir(), "CK_CRASH_POINT="+tc.point)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+				t.Fatalf("helper did not die by SIGKILL: %v\n%s", err, out)
+			}
+			want := int64(1)
+			if tc.published {
+				want = 2
+			}
+			c, rep, err := s.Open("latest", OpenOptions{Verify: VerifyFull})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Step != want || len(rep.Skipped) != 0 {
+				t.Fatalf("after SIGKILL at %s: %s", tc.point, rep)
+			}
+			for _, tt := range ts {
+				got, _, err := c.ReadTensor(tt.name)
+				if err != nil || !equalF32(got, tt.data) {
+					t.Fatalf("%s after SIGKILL: %v", tt.name, err)
+				}
+			}
+			c.Close()
+			if _, err := s.Cleanup(); err != nil {
+				t.Fatal(err)
+			}
+			saveTest(t, s, 3, ts, l, 2, WriterOptions{})
+			steps, err := s.Steps()
+			if err != nil || len(steps) != 1 || steps[0] != 3 {
+				t.Fatalf("steps after recovery: %v %v", steps, err)
+			}
+			ents, _ := os.ReadDir(s.Dir())
+			if len(ents) != 2 { // step-000003 and LATEST
+				var names []string
+				for _, e := range ents {
+					names = append(names, e.Name())
+				}
+				t.Fatalf("debris left: %v", names)
+			}
+		})
+	}
+}

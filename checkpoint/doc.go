@@ -1,0 +1,58 @@
+// Package checkpoint stores training state as sharded, checksummed,
+// compressed checkpoints that commit atomically and load under any layout.
+//
+// # Model
+//
+// A checkpoint holds named float32 tensors and opaque byte blobs. Every rank
+// writes its own shard file with a ShardWriter (or, off the training step's
+// critical path, an AsyncWriter from a Snapshot). For each tensor a shard
+// stores one piece: the tensor's global shape plus a Region of it, either a
+// box (per-dimension start/count: tensor- and expert-parallel splits) or a
+// flat range of the row-major flattening (ZeRO-1 shards of a flat buffer).
+// Readers ask for any Region and get it assembled from whichever pieces
+// cover it, so a checkpoint written under one mesh loads under another.
+//
+// # Commit protocol
+//
+//  1. Every rank writes DIR/step-N.tmp/shard-RRRRR.mtck (Store.CreateShard);
+//     Close fsyncs it and reports a ShardInfo (size, CRC, pieces).
+//  2. Once all ranks reported success, one committer calls Store.Commit with
+//     a Manifest of all ShardInfos, the mesh and the config: it re-checks
+//     each shard's size and CRC, writes manifest.json (temp, fsync, rename,
+//     fsync dir), renames step-N.tmp to step-N (the publication point),
+//     fsyncs DIR, rewrites LATEST the same way, and prunes to Store.Keep.
+//  3. Store.Cleanup (at coordinator start) removes *.tmp leftovers.
+//
+// A crash before the rename leaves only a .tmp directory, which readers
+// ignore; after it, the new checkpoint is complete. Store.Open("latest")
+// takes the newest committed directory that opens cleanly, reporting every
+// newer one it skipped and why.
+//
+// # Integrity
+//
+// Each chunk (default 4 MiB raw) carries CRC-32C of its stored and of its
+// raw bytes; each piece a CRC-32C over its chunks' raw CRCs; each file a
+// checksum over its header, chunk CRCs and index (format.go), also recorded
+// in the manifest.
+// Errors name the shard file and the tensor or blob.
+//
+// # Tensor names
+//
+// The trainer names tensors by role and model layout entry (see
+// model.Layout): ModelPrefix+"layers.0.w1" for a weight, MomentMPrefix and
+// MomentVPrefix for AdamW's moments. Blobs are per rank: BlobRNG,
+// BlobSampler, BlobOptimizer. ExportSafetensors writes the ModelPrefix
+// tensors with the prefix stripped, so model.safetensors names are the
+// layout entry names ("tok_emb", "layers.0.qkv", "layers.0.w1" with shape
+// [experts, hidden, d_model], ..., "lm_head") with the layout's shapes.
+package checkpoint
+
+// Naming convention shared by the trainer and the exporter.
+const (
+	ModelPrefix   = "model."
+	MomentMPrefix = "optim.m."
+	MomentVPrefix = "optim.v."
+	BlobRNG       = "rng"
+	BlobSampler   = "sampler"
+	BlobOptimizer = "optimizer" // step count, schedule position
+)

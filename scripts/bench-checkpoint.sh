@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# bench-checkpoint.sh: checkpoint save throughput against raw sequential
+# write on the same file system, measured in the same run.
+#
+# Each round runs, back to back:
+#   anchor: dd if=/dev/zero of=F bs=1M count=SIZE_MB conv=fdatasync
+#   save:   BenchmarkSave (2 ranks write ZeRO-1 style shards of realistic
+#           weights + Adam moments concurrently, fsync, commit), one iteration
+#           of SIZE_MB raw state, for the codecs in VARIANTS
+# and prints the medians over ROUNDS and each variant's ratio to dd.
+# Target (issue 9): save >= 0.8x dd.
+#
+# Environment:
+#   SIZE_MB              raw MB per measurement (default 256)
+#   ROUNDS               rounds (default 3)
+#   VARIANTS             BenchmarkSave sub-benchmarks (default "zstd-shuffle raw")
+#   CHECKPOINT_BENCH_DIR directory on the file system to test (default: a new
+#                        temp dir under ${TMPDIR:-/tmp}, removed at exit)
+#   CHECKPOINT_TEST_BIN  prebuilt `go test -c ./checkpoint` binary (default:
+#                        build one with go)
+set -euo pipefail
+
+SIZE_MB=${SIZE_MB:-256}
+ROUNDS=${ROUNDS:-3}
+VARIANTS=${VARIANTS:-"zstd-shuffle raw"}
+case "$SIZE_MB$ROUNDS" in *[!0-9]*) echo "SIZE_MB and ROUNDS must be positive integers" >&2; exit 2;; esac
+[ "$SIZE_MB" -gt 0 ] && [ "$ROUNDS" -gt 0 ] || { echo "SIZE_MB and ROUNDS must be positive" >&2; exit 2; }
+
+cleanup_dir=""
+if [ -n "${CHECKPOINT_BENCH_DIR:-}" ]; then
+  DIR=$CHECKPOINT_BENCH_DIR
+  mkdir -p "$DIR"
+else
+  DIR=$(mktemp -d "${TMPDIR:-/tmp}/ckbench.XXXXXX")
+  cleanup_dir=$DIR
+fi
+trap '[ -n "$cleanup_dir" ] && rm -rf "$cleanup_dir"; rm -f "$DIR/dd.bin"' EXIT
+
+BIN=${CHECKPOINT_TEST_BIN:-}
+if [ -z "$BIN" ]; then
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  BIN=$DIR/checkpoint.test
+  (cd "$root" && go test -c -o "$BIN" ./checkpoint)
+fi
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+
+pattern=$(echo "$VARIANTS" | sed 's/ /|/g')
+echo "file system: $(df -h "$DIR" | awk 'NR==2 {print $1, $6}')  size: ${SIZE_MB} MB  rounds: $ROUNDS  cpus: $(nproc)"
+declare -A results
+for r in $(seq 1 "$ROUNDS"); do
+  t0=$(date +%s%N)
+  dd if=/dev/zero of="$DIR/dd.bin" bs=1M count="$SIZE_MB" conv=fdatasync status=none
+  t1=$(date +%s%N)
+  rm -f "$DIR/dd.bin"
+  dd_mbs=$(awk -v b=$((SIZE_MB * 1048576)) -v ns=$((t1 - t0)) 'BEGIN {printf "%.1f", b / 1e6 / (ns / 1e9)}')
+  results[dd]+="$dd_mbs "
+  out=$(CHECKPOINT_BENCH_MB=$SIZE_MB CHECKPOINT_BENCH_DIR=$DIR "$BIN" -test.run '^$' \
+        -test.bench "^BenchmarkSave/($pattern)\$" -test.benchtime 1x)
+  line="round $r: dd ${dd_mbs} MB/s"
+  for v in $VARIANTS; do
+    mbs=$(echo "$out" | awk -v v="BenchmarkSave/$v" '$1 ~ "^"v"(-[0-9]+)?$" {for (i=1;i<=NF;i++) if ($(i+1)=="MB/s") print $i}')
+    ratio=$(echo "$out" | awk -v v="BenchmarkSave/$v" '$1 ~ "^"v"(-[0-9]+)?$" {for (i=1;i<=NF;i++) if ($(i+1)=="ratio") print $i}')
+    [ -n "$mbs" ] || { echo "no result for $v in:"; echo "$out"; exit 1; } >&2
+    results[$v]+="$mbs "
+    line+=", $v ${mbs} MB/s (compression ${ratio}x)"
+  done
+  echo "$line"
+done
+
+dd_med=$(echo "${results[dd]}" | tr ' ' '\n' | grep . | median)
+echo "median dd (conv=fdatasync): ${dd_med} MB/s"
+for v in $VARIANTS; do
+  med=$(echo "${results[$v]}" | tr ' ' '\n' | grep . | median)
+  awk -v v="$v" -v m="$med" -v d="$dd_med" 'BEGIN {printf "median save %-13s %8.1f MB/s  = %.2fx dd  (target >= 0.80x)\n", v, m, m / d}'
+done
