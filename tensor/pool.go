@@ -44,10 +44,8 @@ func ParallelFor(n, grain int, fn func(lo, hi int)) {
 	if grain < 1 {
 		grain = 1
 	}
-	chunks := Threads()
-	if max := (n + grain - 1) / grain; chunks > max {
-		chunks = max
-	}
+	// Floor, not ceiling: n/chunks must stay ≥ grain for every chunk.
+	chunks := min(Threads(), max(n/grain, 1))
 	if chunks <= 1 {
 		fn(0, n)
 		return
