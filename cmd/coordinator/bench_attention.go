@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/moetrain/moetrain/parallel/sp"
+	"github.com/spf13/cobra"
+)
+
+// benchAttentionFlags are the flags of `bench attention`.
+type benchAttentionFlags struct {
+	sp, seq, batch, heads, headDim int
+	linkBW                         string
+	linkLatency                    time.Duration
+	iters, warmup, threads         int
+	timeout                        time.Duration
+}
+
+func newBenchAttentionCmd() *cobra.Command {
+	f := &benchAttentionFlags{}
+	cmd := &cobra.Command{
+		Use:   "attention",
+		Short: "time sequence-parallel attention (ring, tokenring) forward+backward against compute-only",
+		Long: `Runs --sp ranks as goroutines of this process over the in-process transport; with --link-bw
+every link direction (a full mesh: each ordered pair of ranks has its own link) is shaped to that
+bandwidth and --link-latency. Each iteration times, for compute-only, ring and tokenring in turn, a
+forward pass and then a backward pass of causal attention over --seq tokens split zigzag over the
+ranks: the wall time from a common start of all ranks to the end of the slowest. compute-only is
+TokenRing's per-rank kernel calls and merges without any message (the same local work as both
+algorithms): the time communication could at best hide behind. Medians of --iters are reported.
+The ranks' kernels share the process's cores: the kernel thread budget (--threads, default
+max(1, GOMAXPROCS/sp)) is one for the whole process. --link-bw takes a comma-separated list for
+one table per bandwidth.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			bws, err := f.validate()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+			defer cancel()
+			return runBenchAttention(ctx, cmd.OutOrStdout(), f, bws)
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.sp, "sp", 4, "sequence-parallel ranks (goroutines)")
+	fl.IntVar(&f.seq, "seq", 4096, "sequence length in tokens (a multiple of 2·sp)")
+	fl.IntVar(&f.batch, "batch", 1, "sequences per pass")
+	fl.IntVar(&f.heads, "heads", 8, "attention heads")
+	fl.IntVar(&f.headDim, "head-dim", 64, "size of one head")
+	fl.StringVar(&f.linkBW, "link-bw", "", "per-direction link bandwidth, e.g. 1GB/s, 500MB/s, 1GiB/s; a comma-separated list gives one table each; empty or 0: unshaped")
+	fl.DurationVar(&f.linkLatency, "link-latency", 20*time.Microsecond, "one-way latency of every link (with --link-bw)")
+	fl.IntVar(&f.iters, "iters", 5, "timed iterations (median reported)")
+	fl.IntVar(&f.warmup, "warmup", 1, "untimed iterations first")
+	fl.IntVar(&f.threads, "threads", 0, "kernel thread budget of the process, shared by the ranks (0: max(1, GOMAXPROCS/sp))")
+	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
+	return cmd
+}
+
+func (f *benchAttentionFlags) validate() ([]float64, error) {
+	if f.sp < 1 || f.sp > 64 {
+		return nil, fmt.Errorf("--sp %d: want 1..64", f.sp)
+	}
+	if f.seq <= 0 || f.seq%(2*f.sp) != 0 {
+		return nil, fmt.Errorf("--seq %d: want a positive multiple of 2·sp = %d", f.seq, 2*f.sp)
+	}
+	if f.batch < 1 || f.heads < 1 || f.headDim < 1 {
+		return nil, fmt.Errorf("--batch %d, --heads %d, --head-dim %d: each must be ≥ 1", f.batch, f.heads, f.headDim)
+	}
+	if f.iters < 1 || f.warmup < 0 || f.threads < 0 {
+		return nil, fmt.Errorf("--iters %d must be ≥ 1, --warmup %d and --threads %d ≥ 0", f.iters, f.warmup, f.threads)
+	}
+	if f.linkLatency < 0 || f.timeout <= 0 {
+		return nil, fmt.Errorf("--link-latency %v must be ≥ 0 and --timeout %v > 0", f.linkLatency, f.timeout)
+	}
+	var bws []float64
+	for _, s := range strings.Split(f.linkBW, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" || s == "0" {
+			bws = append(bws, 0)
+			continue
+		}
+		bw, err := parseLinkBandwidth(s)
+		if err != nil {
+			return nil, fmt.Errorf("--link-bw: %w", err)
+		}
+		bws = append(bws, bw)
+	}
+	return bws, nil
+}
+
+// parseLinkBandwidth reads "1GB/s" (1e9 bytes/s), "500MB/s", "1GiB/s", "2e8".
+func parseLinkBandwidth(s string) (float64, error) {
+	u := strings.TrimSuffix(s, "/s")
+	mult := 1.0
+	for _, m := range []struct {
+		suf string
+		v   float64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}} {
+		if strings.HasSuffix(u, m.suf) {
+			u, mult = strings.TrimSuffix(u, m.suf), m.v
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(u), 64)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("bandwidth %q: want a positive number with optional unit, e.g. 1GB/s", s)
+	}
+	return v * mult, nil
+}
+
+func runBenchAttention(ctx context.Context, w io.Writer, f *benchAttentionFlags, bws []float64) error {
+	chunk := f.seq / (2 * f.sp)
+	ls := sp.LocalShape{Batch: f.batch, Chunk: chunk, Heads: f.heads, HeadDim: f.headDim}
+	rf, rb := sp.MessageBytes(sp.Ring, ls)
+	tf, tb := sp.MessageBytes(sp.TokenRing, ls)
+	fmt.Fprintf(w, "# sequence-parallel attention: sp=%d seq=%d (chunk %d) batch=%d heads=%d head-dim=%d, causal, zigzag\n",
+		f.sp, f.seq, chunk, f.batch, f.heads, f.headDim)
+	fmt.Fprintf(w, "# ranks: goroutines in one process, in-process transport, full mesh of shaped links; GOMAXPROCS=%d\n", runtime.GOMAXPROCS(0))
+	fmt.Fprintf(w, "# bytes on a rank's busiest link direction per step: ring fwd %s bwd %s; tokenring fwd %s bwd %s (results/dQ return on other links)\n",
+		fmtBytes(rf), fmtBytes(rb), fmtBytes(tf), fmtBytes(tb))
+	for _, bw := range bws {
+		res, cfg, err := sp.RunBench(ctx, sp.BenchConfig{SP: f.sp, SeqLen: f.seq, Batch: f.batch, Heads: f.heads, HeadDim: f.headDim,
+			LinkBandwidth: bw, LinkLatency: f.linkLatency, Iters: f.iters, Warmup: f.warmup, Threads: f.threads, Timeout: f.timeout})
+		if err != nil {
+			return err
+		}
+		link := "unshaped"
+		if bw > 0 {
+			link = fmt.Sprintf("%s/s per direction, latency %v", fmtBytes(int(bw)), f.linkLatency)
+		}
+		fmt.Fprintf(w, "\n## link %s; kernel threads %d (shared by %d ranks); medians of %d iterations\n", link, cfg.Threads, f.sp, f.iters)
+		fmt.Fprintf(w, "%-13s %10s %10s %10s %10s %10s\n", "schedule", "fwd ms", "bwd ms", "total ms", "×compute", "ring/this")
+		var compute, ring time.Duration
+		for _, r := range res {
+			switch r.Name {
+			case "compute-only":
+				compute = r.Total
+			case "ring":
+				ring = r.Total
+			}
+		}
+		for _, r := range res {
+			fmt.Fprintf(w, "%-13s %10.2f %10.2f %10.2f %10.3f %10.3f\n", r.Name, ms(r.Forward), ms(r.Backward), ms(r.Total),
+				float64(r.Total)/float64(compute), float64(ring)/float64(r.Total))
+		}
+	}
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+func fmtBytes(n int) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.3gGB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.3gMB", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.3gKB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+// benchParent (bench_collectives.go) finds or creates the shared `bench`
+// command, so the two files register in either init order.
+func init() {
+	benchParent().AddCommand(newBenchAttentionCmd())
+}

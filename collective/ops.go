@@ -1,0 +1,360 @@
+package collective
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"unsafe"
+)
+
+func sameStart(a, b []float32) bool {
+	return len(a) > 0 && len(b) > 0 && unsafe.SliceData(a) == unsafe.SliceData(b)
+}
+
+// ReduceScatter reduces send (Size() blocks of len(recv) elements) over the
+// members and leaves block Rank() of the result in recv. send is not
+// modified, except that recv may be send's block Rank() (in place).
+func (c *Comm) ReduceScatter(ctx context.Context, send, recv []float32, op ReduceOp) error {
+	o, fn, err := c.reduceScatter(send, recv, op)
+	if err != nil {
+		return err
+	}
+	return o.run(ctx, fn)
+}
+
+// ReduceScatterAsync starts ReduceScatter.
+func (c *Comm) ReduceScatterAsync(send, recv []float32, op ReduceOp) *Request {
+	o, fn, err := c.reduceScatter(send, recv, op)
+	if err != nil {
+		return failedRequest(err)
+	}
+	return o.async(fn)
+}
+
+func (c *Comm) reduceScatter(send, recv []float32, op ReduceOp) (*opRun, func(context.Context) error, error) {
+	if err := checkReduceOp(op); err != nil {
+		return nil, nil, err
+	}
+	n := len(c.ranks)
+	if len(send) != n*len(recv) {
+		return nil, nil, fmt.Errorf("collective: reducescatter on %s: send has %d elements, want %d blocks of %d", c.name, len(send), n, len(recv))
+	}
+	o := c.begin(OpReduceScatter, len(send))
+	return o, func(ctx context.Context) error {
+		m := len(recv)
+		if n == 1 {
+			copy(recv, send)
+			return nil
+		}
+		off, ln := fixedChunks(m, n)
+		sp := &ringSpec{doRS: true, src: send, out: recv, off: off, ln: ln, seg: max(c.cfg.SegmentBytes/4, 16)}
+		if op == Mean {
+			sp.divisor = float32(n)
+		}
+		return runRing(ctx, o, sp)
+	}, nil
+}
+
+// AllGather concatenates every member's send (all of equal length) into recv
+// in rank order. send may be recv's block Rank() (in place).
+func (c *Comm) AllGather(ctx context.Context, send, recv []float32) error {
+	o, fn, err := c.allGather(send, recv)
+	if err != nil {
+		return err
+	}
+	return o.run(ctx, fn)
+}
+
+// AllGatherAsync starts AllGather.
+func (c *Comm) AllGatherAsync(send, recv []float32) *Request {
+	o, fn, err := c.allGather(send, recv)
+	if err != nil {
+		return failedRequest(err)
+	}
+	return o.async(fn)
+}
+
+func (c *Comm) allGather(send, recv []float32) (*opRun, func(context.Context) error, error) {
+	n := len(c.ranks)
+	if len(recv) != n*len(send) {
+		return nil, nil, fmt.Errorf("collective: allgather on %s: recv has %d elements, want %d blocks of %d", c.name, len(recv), n, len(send))
+	}
+	o := c.begin(OpAllGather, len(recv))
+	return o, func(ctx context.Context) error {
+		m := len(send)
+		mine := recv[c.rank*m : (c.rank+1)*m]
+		if !sameStart(mine, send) {
+			copy(mine, send)
+		}
+		if n == 1 {
+			return nil
+		}
+		off, ln := fixedChunks(m, n)
+		sp := &ringSpec{doAG: true, ag: recv, off: off, ln: ln, seg: max(c.cfg.SegmentBytes/4, 16)}
+		return runRing(ctx, o, sp)
+	}, nil
+}
+
+// Broadcast copies root's buf into every member's buf. Small buffers go down
+// a binomial tree; large ones down a pipelined chain of segments.
+func (c *Comm) Broadcast(ctx context.Context, buf []float32, root int) error {
+	o, fn, err := c.broadcast(buf, root)
+	if err != nil {
+		return err
+	}
+	return o.run(ctx, fn)
+}
+
+// BroadcastAsync starts Broadcast.
+func (c *Comm) BroadcastAsync(buf []float32, root int) *Request {
+	o, fn, err := c.broadcast(buf, root)
+	if err != nil {
+		return failedRequest(err)
+	}
+	return o.async(fn)
+}
+
+func (c *Comm) broadcast(buf []float32, root int) (*opRun, func(context.Context) error, error) {
+	n := len(c.ranks)
+	if root < 0 || root >= n {
+		return nil, nil, fmt.Errorf("collective: broadcast on %s: root %d outside 0..%d", c.name, root, n-1)
+	}
+	o := c.begin(OpBroadcast, len(buf))
+	return o, func(ctx context.Context) error {
+		if n == 1 {
+			return nil
+		}
+		v := mod(c.rank-root, n) // rank relative to root
+		real := func(x int) int { return mod(x+root, n) }
+		if len(buf)*4 <= c.cfg.SmallBytes {
+			b := f32bytes(buf)
+			step := uint32(0)
+			for mask := 1; mask < n; mask <<= 1 {
+				switch {
+				case v < mask && v+mask < n:
+					if err := o.send(ctx, real(v+mask), step, b); err != nil {
+						return err
+					}
+				case v >= mask && v < 2*mask:
+					if err := o.recv(ctx, real(v-mask), step, b); err != nil {
+						return err
+					}
+				}
+				step++
+			}
+			return nil
+		}
+		seg := max(c.cfg.SegmentBytes/4, 16)
+		nseg := (len(buf) + seg - 1) / seg
+		var sendErr error
+		var wg sync.WaitGroup
+		jobs := make(chan int, nseg)
+		if v+1 < n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for k := range jobs {
+					if sendErr != nil {
+						continue
+					}
+					lo, hi := k*seg, min((k+1)*seg, len(buf))
+					sendErr = o.send(ctx, real(v+1), uint32(k), f32bytes(buf[lo:hi]))
+				}
+			}()
+		}
+		var recvErr error
+		for k := range nseg {
+			if v > 0 {
+				lo, hi := k*seg, min((k+1)*seg, len(buf))
+				if recvErr = o.recv(ctx, real(v-1), uint32(k), f32bytes(buf[lo:hi])); recvErr != nil {
+					break
+				}
+			}
+			if v+1 < n {
+				jobs <- k
+			}
+		}
+		close(jobs)
+		wg.Wait()
+		if recvErr != nil {
+			return recvErr
+		}
+		return sendErr
+	}, nil
+}
+
+// AllToAll sends block j of send (len(send)/Size() elements) to member j and
+// receives member j's block Rank() into block j of recv. send and recv must
+// not overlap.
+func (c *Comm) AllToAll(ctx context.Context, send, recv []float32) error {
+	o, fn, err := c.allToAll(send, recv)
+	if err != nil {
+		return err
+	}
+	return o.run(ctx, fn)
+}
+
+// AllToAllAsync starts AllToAll.
+func (c *Comm) AllToAllAsync(send, recv []float32) *Request {
+	o, fn, err := c.allToAll(send, recv)
+	if err != nil {
+		return failedRequest(err)
+	}
+	return o.async(fn)
+}
+
+func (c *Comm) allToAll(send, recv []float32) (*opRun, func(context.Context) error, error) {
+	n := len(c.ranks)
+	if len(send) != len(recv) || len(send)%n != 0 {
+		return nil, nil, fmt.Errorf("collective: alltoall on %s: send %d and recv %d elements must be equal and divisible by %d", c.name, len(send), len(recv), n)
+	}
+	m := len(send) / n
+	counts := make([]int, n)
+	for i := range counts {
+		counts[i] = m
+	}
+	o := c.begin(OpAllToAll, len(send))
+	return o, func(ctx context.Context) error {
+		return allToAllV(ctx, o, send, counts, recv, counts, false)
+	}, nil
+}
+
+// AllToAllV sends sendCounts[j] elements (consecutive blocks of send, in rank
+// order) to member j and receives recvCounts[j] elements from member j into
+// consecutive blocks of recv. Zero counts are allowed. Each pair of members
+// must agree (my sendCounts[j] == member j's recvCounts[me]); a mismatch is a
+// *DesyncError on the receiver.
+func (c *Comm) AllToAllV(ctx context.Context, send []float32, sendCounts []int, recv []float32, recvCounts []int) error {
+	o, fn, err := c.allToAllV(send, sendCounts, recv, recvCounts)
+	if err != nil {
+		return err
+	}
+	return o.run(ctx, fn)
+}
+
+// AllToAllVAsync starts AllToAllV.
+func (c *Comm) AllToAllVAsync(send []float32, sendCounts []int, recv []float32, recvCounts []int) *Request {
+	o, fn, err := c.allToAllV(send, sendCounts, recv, recvCounts)
+	if err != nil {
+		return failedRequest(err)
+	}
+	return o.async(fn)
+}
+
+func checkCounts(what string, counts []int, n, have int) error {
+	if len(counts) != n {
+		return fmt.Errorf("%s has %d entries, want %d", what, len(counts), n)
+	}
+	sum := 0
+	for i, k := range counts {
+		if k < 0 {
+			return fmt.Errorf("%s[%d] = %d is negative", what, i, k)
+		}
+		sum += k
+	}
+	if sum != have {
+		return fmt.Errorf("%s sum to %d, buffer has %d elements", what, sum, have)
+	}
+	return nil
+}
+
+func (c *Comm) allToAllV(send []float32, sendCounts []int, recv []float32, recvCounts []int) (*opRun, func(context.Context) error, error) {
+	n := len(c.ranks)
+	if err := checkCounts("sendCounts", sendCounts, n, len(send)); err != nil {
+		return nil, nil, fmt.Errorf("collective: alltoallv on %s: %w", c.name, err)
+	}
+	if err := checkCounts("recvCounts", recvCounts, n, len(recv)); err != nil {
+		return nil, nil, fmt.Errorf("collective: alltoallv on %s: %w", c.name, err)
+	}
+	sc := append([]int(nil), sendCounts...)
+	rc := append([]int(nil), recvCounts...)
+	o := c.begin(OpAllToAllV, 0)
+	return o, func(ctx context.Context) error {
+		return allToAllV(ctx, o, send, sc, recv, rc, true)
+	}, nil
+}
+
+// a2aInlineBytes: all-to-alls sending at most this much are sent from the
+// calling goroutine (a goroutine per peer costs more than it overlaps).
+const a2aInlineBytes = 256 << 10
+
+// allToAllV posts every receive at once (payloads land in place), then sends
+// to every peer concurrently.
+// perMessage puts each message's element count in its header (so count
+// mismatches are named); otherwise the header carries the op's total.
+func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []float32, rc []int, perMessage bool) error {
+	n, r := len(o.c.ranks), o.c.rank
+	soff := make([]int, n+1)
+	roff := make([]int, n+1)
+	for i := range n {
+		soff[i+1] = soff[i] + sc[i]
+		roff[i+1] = roff[i] + rc[i]
+	}
+	if sc[r] != rc[r] {
+		return fmt.Errorf("this rank sends itself %d elements but expects %d", sc[r], rc[r])
+	}
+	copy(recv[roff[r]:roff[r+1]], send[soff[r]:soff[r+1]])
+	if n == 1 {
+		return nil
+	}
+	pend := make([]Pending, n)
+	for s := 1; s < n; s++ {
+		p := mod(r-s, n)
+		want := o.header(0)
+		if perMessage {
+			want.Count = uint64(rc[p])
+		}
+		pend[p] = o.c.t.Post(o.c.ranks[p], want, f32bytes(recv[roff[p]:roff[p+1]]))
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sendErrs := make([]error, n)
+	sendTo := func(p int) {
+		h := o.header(0)
+		if perMessage {
+			h.Count = uint64(sc[p])
+		}
+		if err := o.c.t.Send(ctx, o.c.ranks[p], h, f32bytes(send[soff[p]:soff[p+1]])); err != nil {
+			sendErrs[p] = fmt.Errorf("send to rank %d: %w", o.c.ranks[p], err)
+			cancel()
+		}
+	}
+	var wg sync.WaitGroup
+	if 4*(len(send)-sc[r]) <= a2aInlineBytes {
+		// Small: the socket buffers take it all at once, in order.
+		for s := 1; s < n; s++ {
+			sendTo(mod(r+s, n))
+		}
+	} else {
+		// Large: send to every peer at once, so whichever socket can take
+		// data gets it instead of one slow receiver stalling the rest.
+		for s := 1; s < n; s++ {
+			p := mod(r+s, n)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sendTo(p)
+			}()
+		}
+	}
+	var first error
+	for s := 1; s < n; s++ {
+		p := mod(r-s, n)
+		if first != nil {
+			o.withdraw(pend[p])
+			continue
+		}
+		if _, err := pend[p].Wait(ctx); err != nil {
+			first = fmt.Errorf("receive from rank %d: %w", o.c.ranks[p], err)
+			cancel()
+		}
+	}
+	wg.Wait()
+	// Prefer the root cause over the cancellations it caused.
+	for _, err := range sendErrs {
+		if err != nil && (first == nil || (isCtxErr(first) && !isCtxErr(err))) {
+			first = err
+		}
+	}
+	return first
+}

@@ -1,0 +1,179 @@
+package collective
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+func isCtxErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// p2pSeqBit marks point-to-point tags: their sequence numbers count per
+// (sender, receiver) pair, apart from the collective sequence.
+const p2pSeqBit = 1 << 63
+
+func (c *Comm) p2p(peer int, sending bool, count int) (*opRun, error) {
+	if peer < 0 || peer >= len(c.ranks) || peer == c.rank {
+		return nil, fmt.Errorf("collective: point-to-point on %s: peer %d is not another member (0..%d, self %d)", c.name, peer, len(c.ranks)-1, c.rank)
+	}
+	c.mu.Lock()
+	var s uint64
+	if sending {
+		s = c.p2pSend[peer]
+		c.p2pSend[peer] = s + 1
+	} else {
+		s = c.p2pRecv[peer]
+		c.p2pRecv[peer] = s + 1
+	}
+	c.mu.Unlock()
+	return &opRun{c: c, op: OpSendRecv, seq: p2pSeqBit | s, count: uint64(count)}, nil
+}
+
+// Send sends buf to member peer, matched with that member's Recv from this
+// rank in call order. Both sides must agree on the length.
+func (c *Comm) Send(ctx context.Context, buf []float32, peer int) error {
+	o, err := c.p2p(peer, true, len(buf))
+	if err != nil {
+		return err
+	}
+	return o.runP2P(ctx, func(ctx context.Context) error { return o.send(ctx, peer, 0, f32bytes(buf)) })
+}
+
+// Recv receives into buf the next Send from member peer.
+func (c *Comm) Recv(ctx context.Context, buf []float32, peer int) error {
+	o, err := c.p2p(peer, false, len(buf))
+	if err != nil {
+		return err
+	}
+	return o.runP2P(ctx, func(ctx context.Context) error { return o.recv(ctx, peer, 0, f32bytes(buf)) })
+}
+
+// SendAsync starts Send.
+func (c *Comm) SendAsync(buf []float32, peer int) *Request {
+	o, err := c.p2p(peer, true, len(buf))
+	if err != nil {
+		return failedRequest(err)
+	}
+	return o.asyncP2P(func(ctx context.Context) error { return o.send(ctx, peer, 0, f32bytes(buf)) })
+}
+
+// RecvAsync starts Recv.
+func (c *Comm) RecvAsync(buf []float32, peer int) *Request {
+	o, err := c.p2p(peer, false, len(buf))
+	if err != nil {
+		return failedRequest(err)
+	}
+	return o.asyncP2P(func(ctx context.Context) error { return o.recv(ctx, peer, 0, f32bytes(buf)) })
+}
+
+// Point-to-point failures are not broadcast as aborts: only two ranks take part.
+func (o *opRun) wrap(err error) error {
+	return &OpError{Op: o.op, Comm: o.c.name, Seq: o.seq &^ p2pSeqBit, Rank: o.c.ranks[o.c.rank], Err: err, Group: o.c.group}
+}
+
+func (o *opRun) runP2P(ctx context.Context, fn func(context.Context) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.c.cfg.Timeout)
+		defer cancel()
+	}
+	if err := fn(ctx); err != nil {
+		return o.wrap(err)
+	}
+	return nil
+}
+
+func (o *opRun) asyncP2P(fn func(context.Context) error) *Request {
+	ctx, cancel := context.WithTimeout(context.Background(), o.c.cfg.Timeout)
+	r := &Request{done: make(chan struct{}), cancel: cancel}
+	go func() {
+		defer cancel()
+		if err := fn(ctx); err != nil {
+			r.err = o.wrap(err)
+		}
+		close(r.done)
+	}()
+	return r
+}
+
+// RingExchange is a collective over the ring of members: each member sends
+// toNext to member Rank()+1 and toPrev to member Rank()-1 and, at the same
+// time, receives fromPrev (the previous member's toNext) and fromNext (the
+// next member's toPrev). Lengths must match pairwise. With one member the
+// buffers are copied across.
+func (c *Comm) RingExchange(ctx context.Context, toNext, toPrev, fromPrev, fromNext []float32) error {
+	o := c.begin(OpRingExchange, 0)
+	return o.run(ctx, func(ctx context.Context) error { return ringExchange(ctx, o, toNext, toPrev, fromPrev, fromNext) })
+}
+
+// RingExchangeAsync starts RingExchange.
+func (c *Comm) RingExchangeAsync(toNext, toPrev, fromPrev, fromNext []float32) *Request {
+	o := c.begin(OpRingExchange, 0)
+	return o.async(func(ctx context.Context) error { return ringExchange(ctx, o, toNext, toPrev, fromPrev, fromNext) })
+}
+
+// Tag steps: 0 travels forward (to next), 1 backward (to prev), so the two
+// directions stay apart even when next == prev.
+func ringExchange(ctx context.Context, o *opRun, toNext, toPrev, fromPrev, fromNext []float32) error {
+	n, r := len(o.c.ranks), o.c.rank
+	if n == 1 {
+		if len(fromPrev) != len(toNext) || len(fromNext) != len(toPrev) {
+			return fmt.Errorf("ring exchange with itself: lengths %d→%d and %d→%d differ", len(toNext), len(fromPrev), len(toPrev), len(fromNext))
+		}
+		copy(fromPrev, toNext)
+		copy(fromNext, toPrev)
+		return nil
+	}
+	next, prev := mod(r+1, n), mod(r-1, n)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out := make(chan error, 3)
+	recvOne := func(peer int, step uint32, dst []float32) {
+		h := o.header(step)
+		h.Count = uint64(len(dst))
+		if _, err := o.c.t.Recv(ctx, o.c.ranks[peer], h, f32bytes(dst)); err != nil {
+			cancel()
+			out <- fmt.Errorf("receive from rank %d: %w", o.c.ranks[peer], err)
+			return
+		}
+		out <- nil
+	}
+	go recvOne(prev, 0, fromPrev)
+	go recvOne(next, 1, fromNext)
+	go func() {
+		h := o.header(1)
+		h.Count = uint64(len(toPrev))
+		if err := o.c.t.Send(ctx, o.c.ranks[prev], h, f32bytes(toPrev)); err != nil {
+			cancel()
+			out <- fmt.Errorf("send to rank %d: %w", o.c.ranks[prev], err)
+			return
+		}
+		out <- nil
+	}()
+	var first error
+	h := o.header(0)
+	h.Count = uint64(len(toNext))
+	if err := o.c.t.Send(ctx, o.c.ranks[next], h, f32bytes(toNext)); err != nil {
+		cancel()
+		first = fmt.Errorf("send to rank %d: %w", o.c.ranks[next], err)
+	}
+	for range 3 {
+		if err := <-out; err != nil && (first == nil || (isCtxErr(first) && !isCtxErr(err))) {
+			first = err
+		}
+	}
+	return first
+}
+
+// Barrier returns once every member has entered it.
+func (c *Comm) Barrier(ctx context.Context) error {
+	o := c.begin(OpBarrier, 0)
+	return o.run(ctx, func(ctx context.Context) error {
+		if len(c.ranks) == 1 {
+			return nil
+		}
+		return recursiveDoubling(ctx, o, nil)
+	})
+}

@@ -1,0 +1,409 @@
+package collective
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// TCPConfig describes this rank's place in a TCP mesh.
+type TCPConfig struct {
+	Rank  int
+	Addrs []string // data-plane address of every rank (what each rank's Listen bound)
+	Token string   // job token; both ends of every connection must know it
+	// DialTimeout bounds building the mesh when ctx has no deadline. Default 30s.
+	DialTimeout time.Duration
+	// SocketBuffer sets SO_SNDBUF and SO_RCVBUF when > 0. Default 0 leaves
+	// Linux's autotuning on, which grows buffers beyond what an explicit
+	// setting may (net.core.[rw]mem_max caps explicit sizes).
+	SocketBuffer int
+	// MaxPayload bounds one frame's payload. Default DefaultMaxPayload.
+	MaxPayload uint64
+}
+
+// Listen binds the data-plane listener of a worker before it knows its rank;
+// "host:0" picks a free port (read it back from Addr()).
+func Listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("collective: listen on %q: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// DialMesh connects this rank to every other rank: it dials the lower ranks
+// and accepts the higher ones on ln (one connection per pair, used in both
+// directions). Every connection is authenticated both ways with the job
+// token (HMAC challenge-response; the token itself never crosses the wire)
+// and carries the dialer's rank; a peer with a wrong token, a rank that is out
+// of range, already connected or not the one expected at an address is
+// refused with an error naming it. Strangers are refused without failing the
+// mesh. ln stays open and owned by the caller; DialMesh accepts on it only
+// while it runs.
+func DialMesh(ctx context.Context, ln net.Listener, cfg TCPConfig) (Transport, error) {
+	n := len(cfg.Addrs)
+	if n == 0 {
+		return nil, errors.New("collective: dial mesh: no addresses")
+	}
+	if cfg.Rank < 0 || cfg.Rank >= n {
+		return nil, fmt.Errorf("collective: dial mesh: rank %d outside 0..%d", cfg.Rank, n-1)
+	}
+	if cfg.Token == "" {
+		return nil, errors.New("collective: dial mesh: empty job token")
+	}
+	if cfg.MaxPayload == 0 {
+		cfg.MaxPayload = DefaultMaxPayload
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 30 * time.Second
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.DialTimeout)
+		defer cancel()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	conns := make([]*net.TCPConn, n)
+	type result struct {
+		peer int
+		conn *net.TCPConn
+		err  error
+	}
+	results := make(chan result, n)
+	var refusals []string
+	var refMu sync.Mutex
+
+	// Accept the higher ranks.
+	want := n - 1 - cfg.Rank
+	acceptDone := make(chan struct{})
+	if want > 0 {
+		if ln == nil {
+			return nil, errors.New("collective: dial mesh: nil listener but higher ranks must connect")
+		}
+		go func() {
+			defer close(acceptDone)
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					if ctx.Err() == nil {
+						results <- result{peer: -1, err: fmt.Errorf("accept on %s: %w", ln.Addr(), err)}
+					}
+					return
+				}
+				go func() {
+					peer, err := acceptHandshake(ctx, c, cfg)
+					if err != nil {
+						c.Close()
+						refMu.Lock()
+						refusals = append(refusals, fmt.Sprintf("%s: %v", c.RemoteAddr(), err))
+						refMu.Unlock()
+						return
+					}
+					results <- result{peer: peer, conn: c.(*net.TCPConn)}
+				}()
+			}
+		}()
+		// Unblock Accept when the mesh is complete or ctx ends.
+		stop := context.AfterFunc(ctx, func() {
+			if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
+				_ = d.SetDeadline(time.Unix(1, 0))
+			}
+		})
+		defer func() {
+			stop()
+			cancel()
+			if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
+				_ = d.SetDeadline(time.Unix(1, 0))
+				<-acceptDone
+				_ = d.SetDeadline(time.Time{})
+			}
+		}()
+	} else {
+		close(acceptDone)
+	}
+	// Dial the lower ranks.
+	for p := 0; p < cfg.Rank; p++ {
+		go func() {
+			c, err := dialPeer(ctx, p, cfg)
+			results <- result{peer: p, conn: c, err: err}
+		}()
+	}
+
+	got := 0
+	for got < n-1 {
+		select {
+		case r := <-results:
+			if r.err != nil {
+				closeAll(conns)
+				return nil, fmt.Errorf("collective: dial mesh (rank %d of %d): %w", cfg.Rank, n, r.err)
+			}
+			if conns[r.peer] != nil {
+				r.conn.Close()
+				continue
+			}
+			conns[r.peer] = r.conn
+			got++
+		case <-ctx.Done():
+			closeAll(conns)
+			var missing []int
+			for p := range n {
+				if p != cfg.Rank && conns[p] == nil {
+					missing = append(missing, p)
+				}
+			}
+			refMu.Lock()
+			defer refMu.Unlock()
+			msg := fmt.Sprintf("collective: dial mesh (rank %d of %d): ranks %v never connected: %v", cfg.Rank, n, missing, ctx.Err())
+			if len(refusals) > 0 {
+				msg += fmt.Sprintf("; refused: %v", refusals)
+			}
+			return nil, errors.New(msg)
+		}
+	}
+	// Late duplicates from the accept side are closed by the goroutines'
+	// owners: drain what is already queued.
+	for {
+		select {
+		case r := <-results:
+			if r.conn != nil {
+				r.conn.Close()
+			}
+			continue
+		default:
+		}
+		break
+	}
+	return newTCPTransport(cfg, conns), nil
+}
+
+func closeAll(conns []*net.TCPConn) {
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+func tuneConn(c *net.TCPConn, cfg TCPConfig) {
+	_ = c.SetNoDelay(true)
+	if cfg.SocketBuffer > 0 {
+		_ = c.SetReadBuffer(cfg.SocketBuffer)
+		_ = c.SetWriteBuffer(cfg.SocketBuffer)
+	}
+}
+
+// dialPeer connects to rank p, retrying refused connections (the peer may not
+// be accepting yet) until ctx ends; a failed handshake is final.
+func dialPeer(ctx context.Context, p int, cfg TCPConfig) (*net.TCPConn, error) {
+	var d net.Dialer
+	backoff := 10 * time.Millisecond
+	for {
+		c, err := d.DialContext(ctx, "tcp", cfg.Addrs[p])
+		if err == nil {
+			tc := c.(*net.TCPConn)
+			tuneConn(tc, cfg)
+			if err := dialHandshake(ctx, tc, p, cfg); err != nil {
+				tc.Close()
+				return nil, fmt.Errorf("rank %d at %s: %w", p, cfg.Addrs[p], err)
+			}
+			return tc, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("dial rank %d at %s: %w", p, cfg.Addrs[p], err)
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("dial rank %d at %s: %w (last error: %v)", p, cfg.Addrs[p], ctx.Err(), err)
+		}
+		backoff = min(backoff*2, 500*time.Millisecond)
+	}
+}
+
+// tcpTransport is a full mesh of TCP connections. Each connection has one
+// reader goroutine that never blocks on anything but the socket: payloads go
+// straight into posted receive buffers or into fresh buffers kept for later
+// receives, so a sender can always finish writing.
+type tcpTransport struct {
+	rank       int
+	peers      []*tcpPeer
+	in         *inbox
+	maxPayload uint64
+	closeOnce  sync.Once
+}
+
+type tcpPeer struct {
+	conn   *net.TCPConn
+	wlock  chan struct{} // held while writing a frame; a channel so waiting can honour ctx
+	hbuf   [HeaderSize]byte
+	wdl    time.Time // write deadline in force; guarded by wlock
+	downMu sync.Mutex
+	down   error
+}
+
+func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) *tcpTransport {
+	t := &tcpTransport{rank: cfg.Rank, peers: make([]*tcpPeer, len(conns)), in: newInbox(), maxPayload: cfg.MaxPayload}
+	t.in.breakLink = t.linkDown
+	for p, c := range conns {
+		if c == nil {
+			continue
+		}
+		t.peers[p] = &tcpPeer{conn: c, wlock: make(chan struct{}, 1)}
+	}
+	for p, pc := range t.peers {
+		if pc != nil {
+			go t.readLoop(p, pc)
+		}
+	}
+	return t
+}
+
+func (t *tcpTransport) Rank() int { return t.rank }
+func (t *tcpTransport) Size() int { return len(t.peers) }
+
+func (t *tcpTransport) peer(p int) (*tcpPeer, error) {
+	if p < 0 || p >= len(t.peers) || t.peers[p] == nil {
+		return nil, fmt.Errorf("rank %d is not a peer of rank %d in a world of %d", p, t.rank, len(t.peers))
+	}
+	return t.peers[p], nil
+}
+
+func (t *tcpTransport) linkDown(p int, err error) {
+	pc := t.peers[p]
+	pc.downMu.Lock()
+	first := pc.down == nil
+	if first {
+		pc.down = err
+	}
+	pc.downMu.Unlock()
+	if first {
+		pc.conn.Close()
+		t.in.failPeer(p, err)
+	}
+}
+
+func (t *tcpTransport) Send(ctx context.Context, p int, h Header, parts ...[]byte) error {
+	pc, err := t.peer(p)
+	if err != nil {
+		return err
+	}
+	select {
+	case pc.wlock <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("waiting to write to rank %d: %w", p, ctx.Err())
+	}
+	defer func() { <-pc.wlock }()
+	if err := t.in.peerFailed(p); err != nil {
+		return err
+	}
+	h.Len = 0
+	for _, b := range parts {
+		h.Len += uint64(len(b))
+	}
+	EncodeHeader(pc.hbuf[:], h)
+	// Changing a deadline can wake the runtime's network poller; most sends
+	// of an operation share one deadline, so only changes are applied.
+	if dl, _ := ctx.Deadline(); !dl.Equal(pc.wdl) {
+		_ = pc.conn.SetWriteDeadline(dl)
+		pc.wdl = dl
+	}
+	bufs := make(net.Buffers, 0, 1+len(parts))
+	bufs = append(bufs, pc.hbuf[:])
+	for _, b := range parts {
+		if len(b) > 0 {
+			bufs = append(bufs, b)
+		}
+	}
+	if _, err := bufs.WriteTo(pc.conn); err != nil {
+		// A partly written frame leaves the stream unusable.
+		t.linkDown(p, fmt.Errorf("write: %w", err))
+		return &PeerError{Peer: p, Err: fmt.Errorf("write: %w", err)}
+	}
+	return nil
+}
+
+func (t *tcpTransport) Recv(ctx context.Context, p int, want Header, dst []byte) (Header, error) {
+	if _, err := t.peer(p); err != nil {
+		return Header{}, err
+	}
+	return t.in.recv(ctx, p, want, dst)
+}
+
+func (t *tcpTransport) Post(p int, want Header, dst []byte) Pending {
+	if _, err := t.peer(p); err != nil {
+		return failedPending{err}
+	}
+	return t.in.post(p, want, dst)
+}
+
+func (t *tcpTransport) Close() error {
+	t.closeOnce.Do(func() {
+		t.in.close(ErrClosed)
+		for _, pc := range t.peers {
+			if pc != nil {
+				pc.downMu.Lock()
+				if pc.down == nil {
+					pc.down = ErrClosed
+				}
+				pc.downMu.Unlock()
+				pc.conn.Close()
+			}
+		}
+	})
+	return nil
+}
+
+func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
+	// A small buffer: headers and small frames arrive in one read, large
+	// payloads bypass it and land in their destination directly.
+	br := bufio.NewReaderSize(pc.conn, 16<<10)
+	var hb [HeaderSize]byte
+	for {
+		if _, err := io.ReadFull(br, hb[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("connection closed by peer")
+			}
+			t.linkDown(p, fmt.Errorf("read: %w", err))
+			return
+		}
+		h, err := DecodeHeader(hb[:], t.maxPayload)
+		if err != nil {
+			t.linkDown(p, err)
+			return
+		}
+		if h.Op == OpAbort {
+			reason := make([]byte, h.Len)
+			if _, err := io.ReadFull(br, reason); err != nil {
+				t.linkDown(p, fmt.Errorf("read: %w", err))
+				return
+			}
+			t.in.abort(p, h.Tag, string(reason))
+			continue
+		}
+		if w := t.in.claim(p, h); w != nil {
+			_, err := io.ReadFull(br, w.dst)
+			if err != nil {
+				err = &PeerError{Peer: p, Err: fmt.Errorf("read payload: %w", err)}
+			}
+			t.in.finish(w, err)
+			if err != nil {
+				t.linkDown(p, err)
+				return
+			}
+			continue
+		}
+		buf := getBuf(int(h.Len))
+		if _, err := io.ReadFull(br, buf); err != nil {
+			t.linkDown(p, fmt.Errorf("read payload: %w", err))
+			return
+		}
+		t.in.store(p, h, buf)
+	}
+}

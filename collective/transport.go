@@ -1,0 +1,471 @@
+package collective
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"unsafe"
+)
+
+// Transport sends and receives tagged frames between the ranks 0..Size()-1 of
+// a job. Communicators and collectives are built on it.
+//
+// Contract (every implementation):
+//   - Send delivers one frame to peer (peer != Rank()). The payload is the
+//     concatenation of parts; the transport does not keep parts after Send
+//     returns, so the caller may reuse them. Send blocks at most until ctx is
+//     done. Safe for concurrent use; each frame is delivered whole.
+//   - Recv waits for the frame from peer whose tag equals want.Tag and places
+//     its payload in dst. The frame must agree with want on Op and Count and
+//     carry exactly len(dst) bytes, otherwise Recv returns a *DesyncError.
+//     Frames arrive in any order relative to receives: an early frame is kept
+//     until its Recv, a receive posted early gets the payload written straight
+//     into dst. At most one Recv may wait on one (peer, tag). If Recv returns
+//     early because ctx is done, the transport has let go of dst. Recv
+//     returns the frame's header (Len and Time as sent).
+//   - Post is Recv split in two: it registers the receive and returns at once;
+//     Pending.Wait completes it. Recv(ctx, ...) == Post(...).Wait(ctx).
+//   - A frame with Op == OpAbort fails every current and later Recv whose tag
+//     has the same (Group, Seq), from any peer, with an *AbortError.
+//   - A failed link or dead peer fails the receives from that peer (frames
+//     that arrived before the failure are still delivered) with a *PeerError.
+//   - Close releases resources and fails waiting receives; it is idempotent.
+type Transport interface {
+	Rank() int
+	Size() int
+	Send(ctx context.Context, peer int, h Header, parts ...[]byte) error
+	Recv(ctx context.Context, peer int, want Header, dst []byte) (Header, error)
+	Post(peer int, want Header, dst []byte) Pending
+	Close() error
+}
+
+// Pending is a receive posted ahead of time with Transport.Post: a frame that
+// arrives after the post is written straight into dst. Every Pending must be
+// waited on; Wait with an ended ctx withdraws the receive (after which the
+// transport no longer touches dst).
+type Pending interface {
+	Wait(ctx context.Context) (Header, error)
+}
+
+// DesyncError reports a frame that does not match what this rank expected:
+// the ranks called different collectives, or the same one with different sizes.
+type DesyncError struct {
+	Peer      int
+	Want, Got Header
+}
+
+func (e *DesyncError) Error() string {
+	return fmt.Sprintf("desynchronised with rank %d: it sent %v, this rank expected %v", e.Peer, e.Got, e.Want)
+}
+
+// PeerError reports a peer that cannot be reached any more.
+type PeerError struct {
+	Peer int
+	Err  error
+}
+
+func (e *PeerError) Error() string { return fmt.Sprintf("rank %d unreachable: %v", e.Peer, e.Err) }
+func (e *PeerError) Unwrap() error { return e.Err }
+
+// AbortError reports that a peer gave up on an operation and told the others.
+type AbortError struct {
+	Peer   int
+	Reason string
+}
+
+func (e *AbortError) Error() string {
+	return fmt.Sprintf("rank %d aborted the operation: %s", e.Peer, e.Reason)
+}
+
+// ErrClosed is returned by operations on a closed transport.
+var ErrClosed = errors.New("transport closed")
+
+func f32bytes(x []float32) []byte {
+	if len(x) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), len(x)*4)
+}
+
+type mkey struct {
+	peer int
+	tag  Tag
+}
+
+type opKey struct{ group, seq uint64 }
+
+// pkey identifies one operation's traffic with one peer, whatever the step.
+type pkey struct {
+	peer       int
+	group, seq uint64
+}
+
+func prefix(k mkey) pkey { return pkey{k.peer, k.tag.Group, k.tag.Seq} }
+
+// psig remembers the op of the frames and receives pending for one pkey, so
+// that a peer in another collective is caught even when its messages carry
+// steps this rank never receives.
+type psig struct {
+	h Header
+	n int
+}
+
+type waiter struct {
+	peer    int
+	want    Header
+	dst     []byte
+	done    chan struct{}
+	err     error
+	got     Header
+	claimed bool // a reader is writing into dst; only it may complete the waiter
+}
+
+type arrival struct {
+	h       Header
+	payload []byte
+}
+
+// inbox matches incoming frames with receives. Every transport has one.
+type inbox struct {
+	mu      sync.Mutex
+	waiting map[mkey]*waiter
+	arrived map[mkey]arrival
+	sigs    map[pkey]*psig
+	aborted map[opKey]error
+	peerErr map[int]error
+	closed  error
+	// breakLink is called (without mu) when a receive gives up while a reader
+	// is writing into its buffer: the link must fail so the reader lets go.
+	breakLink func(peer int, err error)
+}
+
+func newInbox() *inbox {
+	return &inbox{
+		waiting: make(map[mkey]*waiter),
+		arrived: make(map[mkey]arrival),
+		sigs:    make(map[pkey]*psig),
+		aborted: make(map[opKey]error),
+		peerErr: make(map[int]error),
+	}
+}
+
+func checkFrame(peer int, want, got Header, dstLen int) error {
+	if got.Op != want.Op || got.Count != want.Count || got.Tag != want.Tag || got.Len != uint64(dstLen) {
+		w := want
+		w.Len = uint64(dstLen)
+		return &DesyncError{Peer: peer, Want: w, Got: got}
+	}
+	return nil
+}
+
+// Bookkeeping of the maps; callers hold mu.
+
+func (b *inbox) sigAdd(k mkey, h Header) {
+	pk := prefix(k)
+	if s := b.sigs[pk]; s != nil {
+		s.n++
+		return
+	}
+	b.sigs[pk] = &psig{h: h, n: 1}
+}
+
+func (b *inbox) sigDel(k mkey) {
+	pk := prefix(k)
+	if s := b.sigs[pk]; s != nil {
+		s.n--
+		if s.n <= 0 {
+			delete(b.sigs, pk)
+		}
+	}
+}
+
+func (b *inbox) putW(k mkey, w *waiter) { b.waiting[k] = w; b.sigAdd(k, w.want) }
+func (b *inbox) delW(k mkey)            { delete(b.waiting, k); b.sigDel(k) }
+func (b *inbox) putA(k mkey, a arrival) { b.arrived[k] = a; b.sigAdd(k, a.h) }
+func (b *inbox) delA(k mkey)            { delete(b.arrived, k); b.sigDel(k) }
+
+// complete finishes an unclaimed waiter; callers hold mu and removed it.
+func (w *waiter) complete(err error) {
+	w.err = err
+	close(w.done)
+}
+
+// pending is a receive posted on an inbox.
+type pending struct {
+	b    *inbox
+	key  mkey
+	w    *waiter // nil when the result was known at post time
+	h    Header
+	err  error
+	want Op
+}
+
+// post registers a receive (or completes it at once from an early frame).
+func (b *inbox) post(peer int, want Header, dst []byte) *pending {
+	key := mkey{peer, want.Tag}
+	p := &pending{b: b, key: key, want: want.Op}
+	b.mu.Lock()
+	if b.closed != nil {
+		b.mu.Unlock()
+		p.err = b.closed
+		return p
+	}
+	if err := b.aborted[opKey{want.Tag.Group, want.Tag.Seq}]; err != nil {
+		b.mu.Unlock()
+		p.err = err
+		return p
+	}
+	if a, ok := b.arrived[key]; ok {
+		b.delA(key)
+		b.mu.Unlock()
+		p.h = a.h
+		if p.err = checkFrame(peer, want, a.h, len(dst)); p.err == nil {
+			copy(dst, a.payload)
+		}
+		putBuf(a.payload)
+		return p
+	}
+	if s := b.sigs[prefix(key)]; s != nil && s.h.Op != want.Op {
+		b.mu.Unlock()
+		w := want
+		w.Len = uint64(len(dst))
+		p.h, p.err = s.h, &DesyncError{Peer: peer, Want: w, Got: s.h}
+		return p
+	}
+	if err := b.peerErr[peer]; err != nil {
+		b.mu.Unlock()
+		p.err = err
+		return p
+	}
+	if _, dup := b.waiting[key]; dup {
+		b.mu.Unlock()
+		p.err = fmt.Errorf("second receive posted for %v from rank %d", want.Tag, peer)
+		return p
+	}
+	p.w = &waiter{peer: peer, want: want, dst: dst, done: make(chan struct{})}
+	b.putW(key, p.w)
+	b.mu.Unlock()
+	return p
+}
+
+// Wait implements Pending.
+func (p *pending) Wait(ctx context.Context) (Header, error) {
+	w := p.w
+	if w == nil {
+		return p.h, p.err
+	}
+	select {
+	case <-w.done:
+		return w.got, w.err
+	default:
+	}
+	select {
+	case <-w.done:
+		return w.got, w.err
+	case <-ctx.Done():
+	}
+	b := p.b
+	b.mu.Lock()
+	select {
+	case <-w.done: // completed while we took the lock
+		b.mu.Unlock()
+		return w.got, w.err
+	default:
+	}
+	if !w.claimed {
+		b.delW(p.key)
+		w.complete(fmt.Errorf("no %v frame from rank %d: %w", p.want, p.key.peer, ctx.Err()))
+		b.mu.Unlock()
+		return Header{}, w.err
+	}
+	b.mu.Unlock()
+	// A reader is filling dst: the peer stalled mid-frame. Fail the link so the
+	// reader lets go of dst before we return.
+	if b.breakLink != nil {
+		b.breakLink(p.key.peer, fmt.Errorf("stalled in the middle of a frame: %w", ctx.Err()))
+	}
+	<-w.done
+	return Header{}, fmt.Errorf("no %v frame from rank %d: %w", p.want, p.key.peer, ctx.Err())
+}
+
+// recv implements Transport.Recv on top of the inbox.
+func (b *inbox) recv(ctx context.Context, peer int, want Header, dst []byte) (Header, error) {
+	return b.post(peer, want, dst).Wait(ctx)
+}
+
+// mismatch fails the waiters of h's operation with peer when h belongs to
+// another collective; it reports whether it did. Callers hold mu.
+func (b *inbox) mismatch(peer int, h Header) bool {
+	s := b.sigs[pkey{peer, h.Tag.Group, h.Tag.Seq}]
+	if s == nil || s.h.Op == h.Op {
+		return false
+	}
+	for key, w := range b.waiting {
+		if key.peer == peer && key.tag.Group == h.Tag.Group && key.tag.Seq == h.Tag.Seq && !w.claimed {
+			b.delW(key)
+			wt := w.want
+			wt.Len = uint64(len(w.dst))
+			w.complete(&DesyncError{Peer: peer, Want: wt, Got: h})
+		}
+	}
+	return true
+}
+
+// claim is called by a reader that has decoded header h from peer. It returns
+// the waiter whose dst the payload must be read into, or nil when the payload
+// has to be buffered (then call store). A waiter whose expectations h does not
+// meet is completed with a *DesyncError and nil is returned.
+func (b *inbox) claim(peer int, h Header) *waiter {
+	key := mkey{peer, h.Tag}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w := b.waiting[key]
+	if w == nil {
+		b.mismatch(peer, h)
+		return nil
+	}
+	b.delW(key)
+	w.got = h
+	if err := checkFrame(peer, w.want, h, len(w.dst)); err != nil {
+		w.complete(err)
+		return nil
+	}
+	w.claimed = true
+	return w
+}
+
+// finish completes a claimed waiter.
+func (b *inbox) finish(w *waiter, err error) {
+	b.mu.Lock()
+	w.complete(err)
+	b.mu.Unlock()
+}
+
+// store hands over a buffered payload: to a receive posted meanwhile, or kept.
+func (b *inbox) store(peer int, h Header, payload []byte) {
+	key := mkey{peer, h.Tag}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.aborted[opKey{h.Tag.Group, h.Tag.Seq}] != nil || b.closed != nil {
+		return
+	}
+	if w := b.waiting[key]; w != nil {
+		b.delW(key)
+		w.got = h
+		err := checkFrame(peer, w.want, h, len(w.dst))
+		if err == nil {
+			copy(w.dst, payload)
+		}
+		putBuf(payload)
+		w.complete(err)
+		return
+	}
+	if b.mismatch(peer, h) {
+		return
+	}
+	if _, dup := b.arrived[key]; dup {
+		// A second frame with one tag is a protocol error of the sender; keep
+		// the first.
+		return
+	}
+	b.putA(key, arrival{h: h, payload: payload})
+}
+
+// deliver hands over a frame whose payload is in parts (in-process links).
+func (b *inbox) deliver(peer int, h Header, parts [][]byte) {
+	if h.Op == OpAbort {
+		var reason []byte
+		for _, p := range parts {
+			reason = append(reason, p...)
+		}
+		b.abort(peer, h.Tag, string(reason))
+		return
+	}
+	if w := b.claim(peer, h); w != nil {
+		off := 0
+		for _, p := range parts {
+			off += copy(w.dst[off:], p)
+		}
+		b.finish(w, nil)
+		return
+	}
+	buf := getBuf(int(h.Len))
+	off := 0
+	for _, p := range parts {
+		off += copy(buf[off:], p)
+	}
+	b.store(peer, h, buf)
+}
+
+// abort records that peer gave up on (tag.Group, tag.Seq) and fails its receives.
+func (b *inbox) abort(peer int, tag Tag, reason string) {
+	k := opKey{tag.Group, tag.Seq}
+	err := &AbortError{Peer: peer, Reason: reason}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.aborted[k] != nil {
+		return
+	}
+	b.aborted[k] = err
+	for key, w := range b.waiting {
+		if key.tag.Group == k.group && key.tag.Seq == k.seq && !w.claimed {
+			b.delW(key)
+			w.complete(err)
+		}
+	}
+	for key := range b.arrived {
+		if key.tag.Group == k.group && key.tag.Seq == k.seq {
+			b.delA(key)
+		}
+	}
+}
+
+// failPeer fails the unclaimed receives from peer; later receives from peer
+// fail too unless their frame already arrived.
+func (b *inbox) failPeer(peer int, err error) {
+	perr := &PeerError{Peer: peer, Err: err}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.peerErr[peer] != nil {
+		return
+	}
+	b.peerErr[peer] = perr
+	for key, w := range b.waiting {
+		if key.peer == peer && !w.claimed {
+			b.delW(key)
+			w.complete(perr)
+		}
+	}
+}
+
+func (b *inbox) peerFailed(peer int) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed != nil {
+		return b.closed
+	}
+	return b.peerErr[peer]
+}
+
+func (b *inbox) close(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed != nil {
+		return
+	}
+	b.closed = err
+	for key, w := range b.waiting {
+		if !w.claimed {
+			b.delW(key)
+			w.complete(err)
+		}
+	}
+	b.arrived = make(map[mkey]arrival)
+	b.sigs = make(map[pkey]*psig)
+}
+
+// failedPending is a receive that failed before it was posted.
+type failedPending struct{ err error }
+
+func (f failedPending) Wait(context.Context) (Header, error) { return Header{}, f.err }
