@@ -1,0 +1,105 @@
+// Package model is moetrain's reference MoE decoder: configuration, the flat
+// parameter layout shared by parameters, gradients and optimizer moments, the
+// activation buffers, each layer's forward/backward as a pair of free
+// functions (llm.c style), and the serial training step that every parallel
+// layout is checked against.
+package model
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/moetrain/moetrain/moe"
+)
+
+// Config is the [model] section of a job. DefaultConfig is the reference
+// (benchmark) model: 9,644,288 parameters.
+type Config struct {
+	// Vocab is the vocabulary size; 256 for the byte tokenizer.
+	Vocab int `toml:"vocab"`
+	// DModel is the residual stream width.
+	DModel int `toml:"d_model"`
+	// Layers is the number of transformer blocks.
+	Layers int `toml:"layers"`
+	// Heads is the number of attention heads; DModel must be a multiple.
+	Heads int `toml:"heads"`
+	// SeqLen is the largest sequence length the model accepts: the size of
+	// the learned position table. Batches may be shorter.
+	SeqLen int `toml:"seq_len"`
+	// NormEps is RMSNorm's epsilon.
+	NormEps float64 `toml:"norm_eps"`
+	// Experts is the number of experts per MoE layer.
+	Experts int `toml:"experts"`
+	// ExpertHidden is each expert's hidden width (DModel→ExpertHidden→DModel).
+	ExpertHidden int `toml:"expert_hidden"`
+	// TopK is how many experts each token is routed to.
+	TopK int `toml:"top_k"`
+	// AuxCoef weights the Switch/GShard load-balancing loss summed over
+	// layers: loss = CE + AuxCoef·Σ aux.
+	AuxCoef float64 `toml:"aux_coef"`
+	// InitStd is the standard deviation of the normal initialisation of every
+	// matrix and embedding (norm weights start at 1).
+	InitStd float64 `toml:"init_std"`
+	// Router picks the MoE router; "topk" (softmax, top-k, gates
+	// renormalised) is the only one so far.
+	Router string `toml:"router"`
+}
+
+// DefaultConfig returns the reference model.
+func DefaultConfig() Config {
+	return Config{
+		Vocab:        256,
+		DModel:       256,
+		Layers:       4,
+		Heads:        4,
+		SeqLen:       256,
+		NormEps:      1e-5,
+		Experts:      8,
+		ExpertHidden: 512,
+		TopK:         2,
+		AuxCoef:      0.01,
+		InitStd:      0.02,
+		Router:       "topk",
+	}
+}
+
+// HeadDim is DModel/Heads.
+func (c Config) HeadDim() int { return c.DModel / c.Heads }
+
+// Validate checks every field; the error names each offending field by its
+// TOML key (prefix "model.").
+func (c Config) Validate() error {
+	var errs []error
+	pos := func(name string, v int) {
+		if v < 1 {
+			errs = append(errs, fmt.Errorf("model.%s = %d: must be at least 1", name, v))
+		}
+	}
+	pos("vocab", c.Vocab)
+	pos("d_model", c.DModel)
+	pos("layers", c.Layers)
+	pos("heads", c.Heads)
+	pos("seq_len", c.SeqLen)
+	pos("experts", c.Experts)
+	pos("expert_hidden", c.ExpertHidden)
+	pos("top_k", c.TopK)
+	if c.Heads >= 1 && c.DModel >= 1 && c.DModel%c.Heads != 0 {
+		errs = append(errs, fmt.Errorf("model.d_model = %d: must be a multiple of model.heads = %d", c.DModel, c.Heads))
+	}
+	if c.TopK >= 1 && c.Experts >= 1 && c.TopK > c.Experts {
+		errs = append(errs, fmt.Errorf("model.top_k = %d: must not exceed model.experts = %d", c.TopK, c.Experts))
+	}
+	if !(c.NormEps > 0 && c.NormEps < 1) {
+		errs = append(errs, fmt.Errorf("model.norm_eps = %g: must be in (0, 1)", c.NormEps))
+	}
+	if !(c.AuxCoef >= 0 && c.AuxCoef < 1e6) {
+		errs = append(errs, fmt.Errorf("model.aux_coef = %g: must be a finite value >= 0", c.AuxCoef))
+	}
+	if !(c.InitStd > 0 && c.InitStd < 10) {
+		errs = append(errs, fmt.Errorf("model.init_std = %g: must be in (0, 10)", c.InitStd))
+	}
+	if _, err := moe.NewRouter(c.Router); err != nil {
+		errs = append(errs, fmt.Errorf("model.router = %q: %w", c.Router, err))
+	}
+	return errors.Join(errs...)
+}

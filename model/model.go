@@ -1,0 +1,205 @@
+package model
+
+import (
+	"fmt"
+
+	"github.com/moetrain/moetrain/moe"
+	"github.com/moetrain/moetrain/tensor"
+)
+
+// Input is one batch as the model sees it: B rows of T tokens (row r is
+// elements [r·T, (r+1)·T)). Targets < 0 are ignored by the loss; Pos indexes
+// the position table; Seg (optional) keeps attention inside documents.
+type Input struct {
+	B, T    int
+	Tokens  []int32
+	Targets []int32
+	Pos     []int32
+	Seg     []int32
+}
+
+// Validate checks sizes and ranges against cfg.
+func (in Input) Validate(cfg Config) error {
+	if in.B < 1 || in.T < 1 {
+		return fmt.Errorf("model: batch shape B=%d T=%d: both must be >= 1", in.B, in.T)
+	}
+	if in.T > cfg.SeqLen {
+		return fmt.Errorf("model: batch T=%d exceeds model.seq_len=%d (position table size)", in.T, cfg.SeqLen)
+	}
+	n := in.B * in.T
+	for _, f := range []struct {
+		name string
+		s    []int32
+		hi   int
+		opt  bool
+		neg  bool
+	}{
+		{"tokens", in.Tokens, cfg.Vocab, false, false},
+		{"targets", in.Targets, cfg.Vocab, false, true},
+		{"pos", in.Pos, cfg.SeqLen, false, false},
+		{"seg", in.Seg, -1, true, true},
+	} {
+		if f.opt && f.s == nil {
+			continue
+		}
+		if len(f.s) != n {
+			return fmt.Errorf("model: batch %s has %d entries, want B·T = %d", f.name, len(f.s), n)
+		}
+		for i, v := range f.s {
+			if (v < 0 && !f.neg) || (f.hi >= 0 && int(v) >= f.hi) {
+				return fmt.Errorf("model: batch %s[%d] (row %d, column %d) = %d out of range [0, %d)", f.name, i, i/in.T, i%in.T, v, f.hi)
+			}
+		}
+	}
+	return nil
+}
+
+// Result is the loss of one forward pass.
+type Result struct {
+	Loss    float64 // CE + AuxCoef·Aux
+	CE      float64 // mean cross-entropy over counted targets
+	Aux     float64 // Σ over layers of the aux loss (unweighted)
+	Targets int     // counted (non-ignored) targets
+}
+
+// Model is the serial MoE decoder with its flat parameter and gradient
+// buffers and reusable activations. Not safe for concurrent use.
+type Model struct {
+	Cfg    Config
+	Layout Layout
+	Params []float32
+	Grads  []float32
+	P, G   Weights // views into Params and Grads
+	Router moe.Router
+
+	acts  *Acts
+	in    Input
+	dims  Dims
+	count int // counted targets of the last forward
+	ready bool
+}
+
+// New builds the model with parameters initialised from seed.
+func New(cfg Config, seed uint64) (*Model, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	router, err := moe.NewRouter(cfg.Router)
+	if err != nil {
+		return nil, err
+	}
+	m := &Model{Cfg: cfg, Layout: NewLayout(cfg), Router: router}
+	m.Params = make([]float32, m.Layout.Total)
+	m.Grads = make([]float32, m.Layout.Total)
+	m.P, m.G = m.Layout.Views(m.Params), m.Layout.Views(m.Grads)
+	m.Layout.InitParams(m.Params, cfg.InitStd, seed)
+	return m, nil
+}
+
+// ZeroGrads clears the gradient buffer.
+func (m *Model) ZeroGrads() { zero(m.Grads) }
+
+// Forward runs the model on in. With wantGrad the loss gradient with respect
+// to the logits is kept for Backward.
+func (m *Model) Forward(in Input, wantGrad bool) (Result, error) {
+	if err := in.Validate(m.Cfg); err != nil {
+		return Result{}, err
+	}
+	cfg := m.Cfg
+	n, d, v := in.B*in.T, cfg.DModel, cfg.Vocab
+	if m.acts == nil || m.acts.Cap < n {
+		m.acts = newActs(cfg, n)
+	}
+	a := m.acts
+	m.in = in
+	m.dims = Dims{N: n, D: d, Heads: cfg.Heads, Eps: float32(cfg.NormEps), Attn: AttnShape(cfg, in.B, in.T, in.Seg)}
+	count := 0
+	for i, t := range in.Targets {
+		a.Mask[i] = t >= 0
+		if t >= 0 {
+			count++
+		}
+	}
+	m.count = count
+	md := moeDims(cfg)
+	EmbedForward(a.Res0[:n*d], a.DTmp[:n*d], in.Tokens, in.Pos, m.P.TokEmb, m.P.PosEmb, d)
+	var aux float64
+	mask := a.Mask[:n]
+	for l := range a.Layers {
+		la := &a.Layers[l]
+		la.MoE.Resize(md, n)
+		AttentionForward(la, m.P.Layers[l], m.dims)
+		MoEForward(la, m.P.Layers[l], m.dims, md, m.Router, mask)
+		aux += la.MoE.Aux.Value
+	}
+	last := a.Layers[len(a.Layers)-1].Out
+	HeadForward(a.LNF, a.RstdF, a.Logits, last, m.P, m.dims, v)
+	var dlogits []float32
+	scale := float32(0)
+	if wantGrad {
+		dlogits = a.DLogits[:n*v]
+		if count > 0 {
+			scale = 1 / float32(count)
+		}
+	}
+	sum, _ := tensor.CrossEntropy(a.Losses[:n], dlogits, a.Logits[:n*v], in.Targets, n, v, scale)
+	r := Result{Aux: aux, Targets: count}
+	if count > 0 {
+		r.CE = sum / float64(count)
+	}
+	r.Loss = r.CE + cfg.AuxCoef*aux
+	m.ready = wantGrad
+	return r, nil
+}
+
+// Backward accumulates the gradient of the last Forward(…, true)'s loss into
+// Grads.
+func (m *Model) Backward() error {
+	if !m.ready {
+		return fmt.Errorf("model: Backward without a preceding Forward(wantGrad=true)")
+	}
+	m.ready = false
+	cfg, a, dm := m.Cfg, m.acts, m.dims
+	md := moeDims(cfg)
+	mask := a.Mask[:dm.N]
+	last := a.Layers[len(a.Layers)-1].Out
+	HeadBackward(a.DRes, m.G, a.DLogits, a.LNF, a.RstdF, last, m.P, dm, cfg.Vocab, a.DTmp)
+	for l := len(a.Layers) - 1; l >= 0; l-- {
+		la := &a.Layers[l]
+		MoEBackward(a.DRes, m.G.Layers[l], la, m.P.Layers[l], dm, md, m.Router, mask, cfg.AuxCoef, a.DTmp, &a.MoE)
+		AttentionBackward(a.DRes, m.G.Layers[l], la, m.P.Layers[l], dm, a.DTmp, a.DQKV, a.AttD)
+	}
+	EmbedBackward(m.G.TokEmb, m.G.PosEmb, a.DRes[:dm.N*dm.D], m.in.Tokens, m.in.Pos, dm.D)
+	return nil
+}
+
+// ForwardBackward zeroes the gradients, runs forward and backward.
+func (m *Model) ForwardBackward(in Input) (Result, error) {
+	m.ZeroGrads()
+	r, err := m.Forward(in, true)
+	if err != nil {
+		return r, err
+	}
+	return r, m.Backward()
+}
+
+// ExpertLoad returns, per layer, the token slots each expert received in the
+// last forward (copies).
+func (m *Model) ExpertLoad() [][]int {
+	if m.acts == nil {
+		return nil
+	}
+	out := make([][]int, len(m.acts.Layers))
+	for l := range m.acts.Layers {
+		out[l] = append([]int(nil), m.acts.Layers[l].MoE.Load()...)
+	}
+	return out
+}
+
+// CheckFinite returns an error naming the first non-finite parameter.
+func (m *Model) CheckFinite() error {
+	if err := m.Layout.checkFinite(m.Params); err != nil {
+		return fmt.Errorf("model: non-finite parameter %w", err)
+	}
+	return nil
+}
