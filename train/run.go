@@ -1,0 +1,203 @@
+package train
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/moetrain/moetrain/sampling"
+	"github.com/moetrain/moetrain/tensor"
+)
+
+// Progress is reported after every step of Run.
+type Progress struct {
+	Step, Steps  int // Step is the number of steps done
+	Loss         float64
+	TokensPerSec float64 // training throughput so far (validation time excluded)
+	Elapsed, ETA time.Duration
+	ValLoss      float64 // NaN unless validation ran after this step
+}
+
+// RunOptions tune Run.
+type RunOptions struct {
+	// Log receives the structured logs (zerolog.Nop() to silence).
+	Log zerolog.Logger
+	// OnProgress, if set, is called on Run's goroutine after every step.
+	OnProgress func(Progress)
+	// Corpus, if set, replaces loading cfg.Data.Path (window and pack
+	// modes; bucket mode always loads cfg.Data).
+	Corpus *sampling.Corpus
+	// Checkpoint configures periodic checkpoints and resume (zero value:
+	// none).
+	Checkpoint CheckpointOptions
+}
+
+// CurvePoint is one step of the training curve.
+type CurvePoint struct {
+	Step     int     `json:"step"`
+	Loss     float64 `json:"loss"`
+	CE       float64 `json:"ce"`
+	Aux      float64 `json:"aux"`
+	GradNorm float64 `json:"grad_norm"`
+}
+
+// ValPoint is one validation of the run.
+type ValPoint struct {
+	Step int     `json:"step"`
+	Loss float64 `json:"loss"`
+}
+
+// Summary describes a finished (or cancelled) Run.
+type Summary struct {
+	Steps        int           `json:"steps"`
+	Tokens       int64         `json:"tokens"`  // input positions processed (B·T, padding included)
+	Targets      int64         `json:"targets"` // non-ignored targets trained on
+	Elapsed      time.Duration `json:"elapsed_ns"`
+	TokensPerSec float64       `json:"tokens_per_sec"`
+	Train        []CurvePoint  `json:"train"`
+	Val          []ValPoint    `json:"val"`
+	// PaddingFraction is the share of input positions without a target
+	// (padding, and the input side of two-length examples): 1 − Targets/Tokens.
+	PaddingFraction float64 `json:"padding_fraction"`
+}
+
+// Run trains cfg single-process: it sets the thread budget from
+// cfg.Train.Threads, loads the data, builds the sampler and the Trainer,
+// takes cfg.Train.Steps steps with periodic validation, and returns the
+// curves. Cancelling ctx stops it between steps; the Summary so far comes
+// back with the context's error.
+func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
+	var sum Summary
+	if err := cfg.Validate(); err != nil {
+		return sum, fmt.Errorf("train: %w", err)
+	}
+	log := opts.Log
+	tensor.SetThreads(cfg.Train.Threads)
+	data, err := openData(cfg, opts.Corpus)
+	if err != nil {
+		return sum, fmt.Errorf("train: data: %w", err)
+	}
+	sampler, err := data.Sampler(0, 1)
+	if err != nil {
+		return sum, fmt.Errorf("train: data: %w", err)
+	}
+	var val []sampling.Batch
+	if cfg.Train.EvalEvery > 0 {
+		if val, err = data.ValBatches(cfg.Train.EvalBatches); err != nil {
+			log.Warn().Err(err).Msg("training without validation")
+			val = nil
+		}
+	}
+	tr, err := NewTrainer(cfg, log)
+	if err != nil {
+		return sum, err
+	}
+	ckpt, err := startCheckpoints(opts.Checkpoint, tr, sampler, log)
+	if err != nil {
+		return sum, fmt.Errorf("train: %w", err)
+	}
+	startStep := tr.Step()
+	ev := log.Info().Str("mode", data.Config.Mode)
+	if data.Corpus != nil {
+		ev = ev.Str("corpus", data.Corpus.Name).Int("train_docs", len(data.Corpus.Train)).Int("val_docs", len(data.Corpus.Val))
+	}
+	ev.Int("params", tr.Layout().Total).Int("threads", tensor.Threads()).Int("steps", cfg.Train.Steps).Msg("training")
+
+	var trainTime time.Duration
+	start := time.Now()
+	for tr.Step() < cfg.Train.Steps {
+		if err := ctx.Err(); err != nil {
+			sum.Elapsed = time.Since(start)
+			_ = ckpt.finish(context.Background(), time.Minute)
+			return sum, fmt.Errorf("train: stopped at step %d: %w", tr.Step(), err)
+		}
+		t0 := time.Now()
+		b, err := sampler.Next()
+		if err != nil {
+			return sum, fmt.Errorf("train: step %d: data: %w", tr.Step(), err)
+		}
+		st, err := tr.ForwardBackward(b)
+		if err != nil {
+			return sum, err
+		}
+		gnorm := tr.OptimizerStep()
+		trainTime += time.Since(t0)
+		step := tr.Step()
+		if err := ckpt.afterStep(ctx, tr, sampler, step == cfg.Train.Steps); err != nil {
+			return sum, fmt.Errorf("train: %w", err)
+		}
+		if math.IsNaN(st.Loss) || math.IsInf(st.Loss, 0) {
+			return sum, fmt.Errorf("train: step %d: loss is %v", step, st.Loss)
+		}
+		sum.Steps = step
+		sum.Tokens += int64(st.Tokens)
+		sum.Targets += int64(st.Targets)
+		sum.Train = append(sum.Train, CurvePoint{Step: step, Loss: st.Loss, CE: st.CE, Aux: st.Aux, GradNorm: gnorm})
+		tps := float64(sum.Tokens) / trainTime.Seconds()
+		if step%cfg.Train.LogEvery == 0 || step == 1 {
+			log.Info().Int("step", step).Float64("loss", st.Loss).Float64("ce", st.CE).Float64("aux", st.Aux).
+				Float64("grad_norm", gnorm).Float64("lr", tr.sched.LR(step-1)).Float64("tokens_per_sec", math.Round(tps)).
+				Float64("max_load", maxLoadRatio(st.ExpertLoad)).Msg("step")
+		}
+		valLoss := math.NaN()
+		if len(val) > 0 && (step%cfg.Train.EvalEvery == 0 || step == cfg.Train.Steps) {
+			valLoss, err = tr.Evaluate(val)
+			if err != nil {
+				return sum, err
+			}
+			sum.Val = append(sum.Val, ValPoint{Step: step, Loss: valLoss})
+			log.Info().Int("step", step).Float64("val_loss", valLoss).Msg("validation")
+		}
+		if opts.OnProgress != nil {
+			perStep := trainTime / time.Duration(step-startStep)
+			opts.OnProgress(Progress{
+				Step: step, Steps: cfg.Train.Steps, Loss: st.Loss, TokensPerSec: tps,
+				Elapsed: time.Since(start), ETA: perStep * time.Duration(cfg.Train.Steps-step), ValLoss: valLoss,
+			})
+		}
+	}
+	if err := ckpt.finish(ctx, 10*time.Minute); err != nil {
+		return sum, fmt.Errorf("train: %w", err)
+	}
+	sum.Elapsed = time.Since(start)
+	if trainTime > 0 {
+		sum.TokensPerSec = float64(sum.Tokens) / trainTime.Seconds()
+	}
+	if sum.Tokens > 0 {
+		sum.PaddingFraction = 1 - float64(sum.Targets)/float64(sum.Tokens)
+	}
+	log.Info().Int("steps", sum.Steps).Int64("tokens", sum.Tokens).Float64("tokens_per_sec", math.Round(sum.TokensPerSec)).
+		Float64("padding_fraction", sum.PaddingFraction).
+		Str("elapsed", sum.Elapsed.Round(time.Millisecond).String()).Msg("done")
+	return sum, nil
+}
+
+// maxLoadRatio is the largest expert load over the mean load, over layers
+// (1 = perfectly balanced).
+func maxLoadRatio(load [][]int) float64 {
+	worst := 0.0
+	for _, l := range load {
+		total, top := 0, 0
+		for _, c := range l {
+			total += c
+			top = max(top, c)
+		}
+		if total > 0 {
+			worst = math.Max(worst, float64(top)*float64(len(l))/float64(total))
+		}
+	}
+	return worst
+}
+
+// openData loads cfg.Data, or wraps corpus (window and pack modes) when the
+// caller supplies one.
+func openData(cfg JobConfig, corpus *sampling.Corpus) (*sampling.Data, error) {
+	if corpus == nil || cfg.Data.Mode == sampling.ModeBucket {
+		return sampling.Open(cfg.Data, cfg.Train.Seed)
+	}
+	dc := cfg.Data.WithDefaults()
+	return &sampling.Data{Config: dc, Seed: cfg.Train.Seed + dc.SeedOffset, Corpus: corpus}, nil
+}

@@ -1,0 +1,147 @@
+package train
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/rs/zerolog"
+
+	"github.com/moetrain/moetrain/model"
+	"github.com/moetrain/moetrain/optim"
+	"github.com/moetrain/moetrain/sampling"
+)
+
+// StepStats are one ForwardBackward's results.
+type StepStats struct {
+	Loss float64 // CE + aux_coef·Aux: the loss that was differentiated
+	CE   float64 // mean cross-entropy over non-ignored targets
+	Aux  float64 // Σ over layers of the aux load-balancing loss
+	// Tokens is the number of input positions processed (B·T, padding
+	// included); Targets the non-ignored ones the loss averages over.
+	Tokens, Targets int
+	// ExpertLoad[l][e] is the number of token slots routed to expert e in
+	// layer l (padding tokens included: they run through the experts).
+	ExpertLoad [][]int
+}
+
+// Trainer is one rank's serial model, optimizer and step counter. The
+// control plane drives it: ForwardBackward, (reduce Grads()), OptimizerStep.
+// Not safe for concurrent use.
+type Trainer struct {
+	cfg   JobConfig
+	log   zerolog.Logger
+	m     *model.Model
+	opt   *optim.AdamW
+	sched optim.Schedule
+	step  int
+}
+
+// NewTrainer validates cfg and builds the model with weights initialised
+// from cfg.Train.Seed and zeroed optimizer state. It does not change the
+// process's thread budget (see tensor.SetThreads).
+func NewTrainer(cfg JobConfig, log zerolog.Logger) (*Trainer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("train: %w", err)
+	}
+	m, err := model.New(cfg.Model, cfg.Train.Seed)
+	if err != nil {
+		return nil, fmt.Errorf("train: %w", err)
+	}
+	opt, err := optim.NewAdamW(cfg.Optim, 0, m.Layout.Total)
+	if err != nil {
+		return nil, fmt.Errorf("train: %w", err)
+	}
+	t := &Trainer{cfg: cfg, log: log, m: m, opt: opt, sched: optim.NewSchedule(cfg.Optim, cfg.Train.Steps)}
+	log.Debug().Int("params", m.Layout.Total).Msg("trainer ready")
+	return t, nil
+}
+
+func toInput(b sampling.Batch) model.Input {
+	return model.Input{B: b.B, T: b.T, Tokens: b.Tokens, Targets: b.Targets, Pos: b.Pos, Seg: b.Seg}
+}
+
+// ForwardBackward zeroes the gradients, then runs forward and backward on b.
+// Batches may change B and T from call to call (T ≤ model.seq_len).
+func (t *Trainer) ForwardBackward(b sampling.Batch) (StepStats, error) {
+	r, err := t.m.ForwardBackward(toInput(b))
+	if err != nil {
+		return StepStats{}, fmt.Errorf("train: step %d: %w", t.step, err)
+	}
+	return StepStats{
+		Loss: r.Loss, CE: r.CE, Aux: r.Aux, Tokens: b.B * b.T, Targets: r.Targets,
+		ExpertLoad: t.m.ExpertLoad(),
+	}, nil
+}
+
+// Params is the flat parameter buffer (layout: Layout()); callers may read
+// it and, between steps, overwrite it (broadcast, checkpoint restore).
+func (t *Trainer) Params() []float32 { return t.m.Params }
+
+// Grads is the flat gradient buffer of the last ForwardBackward; a
+// data-parallel caller all-reduces it in place before OptimizerStep.
+func (t *Trainer) Grads() []float32 { return t.m.Grads }
+
+// Layout is the parameter layout table shared by params, grads and moments.
+func (t *Trainer) Layout() model.Layout { return t.m.Layout }
+
+// Model exposes the serial model (its layers are what parallel plans reuse).
+func (t *Trainer) Model() *model.Model { return t.m }
+
+// Optimizer exposes the AdamW state (moments) for checkpointing.
+func (t *Trainer) Optimizer() *optim.AdamW { return t.opt }
+
+// Config is the job configuration the trainer was built with.
+func (t *Trainer) Config() JobConfig { return t.cfg }
+
+// LR is the learning rate the next OptimizerStep will use.
+func (t *Trainer) LR() float64 { return t.sched.LR(t.step) }
+
+// OptimizerStep clips the gradient to optim.clip_norm (if set), applies AdamW
+// with the schedule's learning rate and advances Step. It returns the global
+// gradient norm before clipping. Without clipping the norm comes from the
+// update's own pass over the gradient (one pass instead of two).
+func (t *Trainer) OptimizerStep() (gradNorm float64) {
+	scale := 1.0
+	clip := t.cfg.Optim.ClipNorm > 0
+	if clip {
+		gradNorm = optim.GlobalNorm(t.m.Grads)
+		scale = optim.ClipScale(gradNorm, t.cfg.Optim.ClipNorm)
+	}
+	// Update fails only for a range outside the buffers, which NewTrainer
+	// rules out.
+	sumSq, err := t.opt.Update(t.m.Params, t.m.Grads, t.step+1, t.sched.LR(t.step), scale)
+	if err != nil {
+		t.log.Error().Err(err).Msg("optimizer step")
+	}
+	if !clip {
+		gradNorm = math.Sqrt(sumSq)
+	}
+	t.step++
+	return gradNorm
+}
+
+// Step is the number of optimizer steps taken.
+func (t *Trainer) Step() int { return t.step }
+
+// SetStep sets the step counter (resume from a checkpoint: the schedule and
+// AdamW's bias correction continue from it).
+func (t *Trainer) SetStep(step int) { t.step = step }
+
+// Evaluate returns the mean cross-entropy over every non-ignored target of
+// batches (no gradients, parameters unchanged).
+func (t *Trainer) Evaluate(batches []sampling.Batch) (float64, error) {
+	var sum float64
+	var count int
+	for i, b := range batches {
+		r, err := t.m.Forward(toInput(b), false)
+		if err != nil {
+			return 0, fmt.Errorf("train: evaluate batch %d: %w", i, err)
+		}
+		sum += r.CE * float64(r.Targets)
+		count += r.Targets
+	}
+	if count == 0 {
+		return 0, fmt.Errorf("train: evaluate: %d batches hold no targets", len(batches))
+	}
+	return sum / float64(count), nil
+}
