@@ -1,0 +1,408 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/moetrain/moetrain/cluster/proto"
+	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/train"
+)
+
+// rpcTimeout bounds every unary control-plane call.
+const rpcTimeout = 10 * time.Second
+
+// DataPlane is a worker's collective endpoint: bound before the worker knows
+// its rank (its address goes into the join request), connected to every
+// other rank once the plan arrives.
+type DataPlane interface {
+	// Addr is the address other ranks dial, host:port.
+	Addr() string
+	// Connect builds the transport of the job's world.
+	Connect(ctx context.Context, rank int, addrs []string, token string) (collective.Transport, error)
+	// Close releases the listener.
+	Close() error
+}
+
+// ProgressUpdate is what a runner reports after a step.
+type ProgressUpdate struct {
+	Step         int
+	Loss         float64 // mean over the data-parallel group
+	TokensPerSec float64 // this rank
+	Tokens       int64   // this rank, so far
+	HasVal       bool
+	ValLoss      float64
+}
+
+// StartSpec is everything a runner gets from a start command.
+type StartSpec struct {
+	WorkerID string
+	Rank     int
+	Plan     Plan
+	Job      train.JobConfig
+	Token    string
+	Threads  int // tensor thread budget; 0 = the job's train.threads
+	Data     DataPlane
+	Log      zerolog.Logger
+	// Report sends progress to the coordinator; it may drop updates to save
+	// traffic, never the last one. Safe to call from the runner goroutine.
+	Report func(ProgressUpdate)
+}
+
+// Runner runs one rank of a job until it completes, fails, or ctx is
+// cancelled (abort/stop), returning promptly in that case.
+type Runner func(ctx context.Context, spec StartSpec) error
+
+// AgentConfig configures a worker agent.
+type AgentConfig struct {
+	Coordinator string // control-plane address host:port
+	Token       string
+	Host        string // reported host name; "" = os.Hostname
+	Cores       int    // cores this worker may use; 0 = GOMAXPROCS
+	// BindIP is the IP for the data plane and gossip; "" = the local IP that
+	// routes to the coordinator.
+	BindIP string
+	// JoinTimeout bounds retries while the coordinator is not reachable yet.
+	JoinTimeout time.Duration
+	Membership  MembershipConfig
+	Log         zerolog.Logger
+	// Runner runs the job; nil = RunDP.
+	Runner Runner
+	// NewDataPlane binds the data plane on ip; nil = TCP (collective.Listen).
+	NewDataPlane func(ip string) (DataPlane, error)
+}
+
+// AbortedError is returned by RunAgent when the coordinator aborted the job.
+type AbortedError struct{ Reason string }
+
+func (e *AbortedError) Error() string { return "job aborted by the coordinator: " + e.Reason }
+
+// RefusedError is returned by RunAgent when the coordinator refused to admit
+// this worker (wrong token, job already running).
+type RefusedError struct{ Msg string }
+
+func (e *RefusedError) Error() string { return e.Msg }
+
+// localIPFor returns the local IP used to reach addr.
+func localIPFor(addr string) (string, error) {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).IP.String(), nil
+}
+
+// dialCoordinator opens the client connection with keepalives.
+func dialCoordinator(addr string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second, Timeout: 3 * time.Second, PermitWithoutStream: true}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator address %q: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// RunAgent joins the coordinator and runs what it is told until the job ends.
+// It returns nil after a stop (job complete or stopped), an *AbortedError
+// after an abort, a *RefusedError when not admitted, or another error when
+// the coordinator is lost or ctx is cancelled.
+func RunAgent(ctx context.Context, cfg AgentConfig) error {
+	lg := cfg.Log
+	if cfg.Host == "" {
+		cfg.Host, _ = os.Hostname()
+	}
+	if cfg.Cores <= 0 {
+		cfg.Cores = runtime.GOMAXPROCS(0)
+	}
+	if cfg.JoinTimeout <= 0 {
+		cfg.JoinTimeout = 30 * time.Second
+	}
+	if cfg.Runner == nil {
+		cfg.Runner = RunDP
+	}
+	if cfg.NewDataPlane == nil {
+		cfg.NewDataPlane = NewTCPDataPlane
+	}
+	ip := cfg.BindIP
+	if ip == "" {
+		var err error
+		if ip, err = localIPFor(cfg.Coordinator); err != nil {
+			return fmt.Errorf("find the local address that reaches coordinator %s: %w", cfg.Coordinator, err)
+		}
+	}
+	dp, err := cfg.NewDataPlane(ip)
+	if err != nil {
+		return fmt.Errorf("data plane on %s: %w", ip, err)
+	}
+	defer dp.Close()
+	conn, err := dialCoordinator(cfg.Coordinator)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := pb.NewCoordinatorClient(conn)
+
+	resp, err := join(ctx, client, cfg, dp.Addr())
+	if err != nil {
+		return err
+	}
+	a := &agent{cfg: cfg, client: client, id: resp.WorkerId, dp: dp,
+		log: lg.With().Str("worker", resp.WorkerId).Logger()}
+	a.log.Info().Str("coordinator", cfg.Coordinator).Str("data_addr", dp.Addr()).Str("job", resp.JobId).Msg("joined")
+
+	meta, _ := json.Marshal(map[string]any{"id": a.id, "host": cfg.Host, "data_addr": dp.Addr(), "cores": cfg.Cores})
+	mcfg := cfg.Membership
+	if mcfg.BindAddr == "" {
+		mcfg.BindAddr = ip
+	}
+	member, err := StartMembership(a.id, meta, cfg.Token, mcfg, a.log, nil)
+	if err != nil {
+		a.leave(err.Error())
+		return fmt.Errorf("worker %s: %w", a.id, err)
+	}
+	defer member.Close(time.Second)
+	if err := member.Join(resp.CoordinatorGossip); err != nil {
+		a.leave(err.Error())
+		return fmt.Errorf("worker %s: %w", a.id, err)
+	}
+	return a.serve(ctx)
+}
+
+// join retries while the coordinator is unreachable, up to JoinTimeout.
+func join(ctx context.Context, client pb.CoordinatorClient, cfg AgentConfig, dataAddr string) (*pb.JoinResponse, error) {
+	deadline := time.Now().Add(cfg.JoinTimeout)
+	req := &pb.JoinRequest{Token: cfg.Token, Host: cfg.Host, DataAddr: dataAddr, Cores: int32(cfg.Cores), Pid: int32(os.Getpid())}
+	for {
+		attempt := min(rpcTimeout, max(time.Until(deadline), 100*time.Millisecond))
+		cctx, cancel := context.WithTimeout(ctx, attempt)
+		resp, err := client.Join(cctx, req, grpc.WaitForReady(true))
+		cancel()
+		if err == nil {
+			return resp, nil
+		}
+		switch status.Code(err) {
+		case codes.PermissionDenied, codes.FailedPrecondition, codes.InvalidArgument:
+			return nil, &RefusedError{Msg: fmt.Sprintf("coordinator %s refused to admit this worker: %s", cfg.Coordinator, status.Convert(err).Message())}
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("join %s: %w", cfg.Coordinator, ctx.Err())
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("could not join coordinator %s within %v: %w", cfg.Coordinator, cfg.JoinTimeout, err)
+		}
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+}
+
+type agent struct {
+	cfg    AgentConfig
+	client pb.CoordinatorClient
+	id     string
+	dp     DataPlane
+	log    zerolog.Logger
+	rank   int
+
+	mu   sync.Mutex
+	last ProgressUpdate // the runner's latest update
+	step atomic.Int64   // steps completed, stamped on every log line after start
+}
+
+// stepHook adds the current step to every log event.
+type stepHook struct{ step *atomic.Int64 }
+
+func (h stepHook) Run(e *zerolog.Event, _ zerolog.Level, _ string) { e.Int64("step", h.step.Load()) }
+
+func (a *agent) leave(reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	if _, err := a.client.Leave(ctx, &pb.LeaveRequest{Token: a.cfg.Token, WorkerId: a.id, Reason: reason}); err != nil {
+		a.log.Debug().Err(err).Msg("leave not delivered")
+	}
+}
+
+// serve follows the command stream.
+func (a *agent) serve(ctx context.Context) error {
+	sctx, cancelStream := context.WithCancel(ctx)
+	defer cancelStream()
+	stream, err := a.client.Commands(sctx, &pb.CommandsRequest{Token: a.cfg.Token, WorkerId: a.id})
+	if err != nil {
+		a.leave("could not open the command stream")
+		return fmt.Errorf("worker %s: open command stream: %w", a.id, err)
+	}
+	cmds := make(chan *pb.Command)
+	streamErr := make(chan error, 1)
+	go func() {
+		for {
+			c, err := stream.Recv()
+			if err != nil {
+				streamErr <- err
+				return
+			}
+			select {
+			case cmds <- c:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+
+	runCtx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+	var runDone chan error // the running runner's result; nil when none runs
+	started := false       // a start command was carried out (one per job)
+	finished := false      // the runner completed every step
+	// waitRunner cancels the runner and waits for it to return (bounded).
+	waitRunner := func() {
+		cancelRun()
+		if runDone == nil || finished {
+			return
+		}
+		select {
+		case <-runDone:
+		case <-time.After(15 * time.Second):
+			a.log.Error().Msg("runner did not return within 15s of cancellation")
+		}
+	}
+	for {
+		select {
+		case c := <-cmds:
+			switch k := c.Kind.(type) {
+			case *pb.Command_Start:
+				if started {
+					a.log.Warn().Msg("ignoring a second start command")
+					continue
+				}
+				started = true
+				spec, err := a.startSpec(k.Start)
+				if err != nil {
+					a.reportError(err)
+					continue
+				}
+				a.rank = spec.Rank
+				runDone = make(chan error, 1)
+				go func() { runDone <- a.cfg.Runner(runCtx, spec) }()
+			case *pb.Command_Abort:
+				a.log.Warn().Str("reason", k.Abort.Reason).Msg("abort received")
+				waitRunner()
+				a.leave("aborted")
+				return &AbortedError{Reason: k.Abort.Reason}
+			case *pb.Command_Stop:
+				a.log.Info().Str("reason", k.Stop.Reason).Msg("stop received")
+				waitRunner()
+				a.leave("stopped: " + k.Stop.Reason)
+				return nil
+			}
+		case err := <-runDone:
+			if err == nil {
+				finished = true
+				runDone = nil
+				a.mu.Lock()
+				last := a.last
+				a.mu.Unlock()
+				a.sendProgress(a.rank, last, true)
+				a.log.Info().Msg("all steps done; waiting for the coordinator's stop")
+				continue
+			}
+			runDone = nil
+			if runCtx.Err() == nil {
+				a.log.Error().Err(err).Msg("runner failed")
+				a.reportError(err)
+			}
+			// Wait for the abort that the error report causes.
+		case err := <-streamErr:
+			waitRunner()
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("worker %s: coordinator %s ended the command stream without a stop", a.id, a.cfg.Coordinator)
+			}
+			return fmt.Errorf("worker %s: lost the coordinator %s: %w", a.id, a.cfg.Coordinator, err)
+		case <-ctx.Done():
+			waitRunner()
+			a.leave("interrupted: " + context.Cause(ctx).Error())
+			return fmt.Errorf("worker %s: %w", a.id, context.Cause(ctx))
+		}
+	}
+}
+
+func (a *agent) startSpec(s *pb.Start) (StartSpec, error) {
+	var spec StartSpec
+	if err := json.Unmarshal(s.PlanJson, &spec.Plan); err != nil {
+		return spec, fmt.Errorf("start command: decode plan: %w", err)
+	}
+	if err := spec.Plan.Validate(); err != nil {
+		return spec, fmt.Errorf("start command: %w", err)
+	}
+	if err := json.Unmarshal(s.JobConfigJson, &spec.Job); err != nil {
+		return spec, fmt.Errorf("start command: decode job config: %w", err)
+	}
+	if err := spec.Job.Validate(); err != nil {
+		return spec, fmt.Errorf("start command: job config: %w", err)
+	}
+	r := int(s.Rank)
+	if r < 0 || r >= len(spec.Plan.Ranks) || spec.Plan.Ranks[r].Worker.ID != a.id {
+		return spec, fmt.Errorf("start command: rank %d does not belong to worker %s in the plan", r, a.id)
+	}
+	spec.WorkerID, spec.Rank, spec.Token, spec.Threads, spec.Data = a.id, r, a.cfg.Token, int(s.Threads), a.dp
+	a.log = a.log.With().Int("rank", r).Logger().Hook(stepHook{&a.step})
+	spec.Log = a.log
+	spec.Report = a.reporter(r)
+	spec.Log.Info().Str("mesh", spec.Plan.Mesh.String()).Int("steps", spec.Job.Train.Steps).Msg("start")
+	return spec, nil
+}
+
+// reporter sends progress at most every 200 ms, and always validation
+// results; the final update goes out with done=true when the runner returns.
+func (a *agent) reporter(rank int) func(ProgressUpdate) {
+	var sent time.Time
+	return func(u ProgressUpdate) {
+		a.mu.Lock()
+		a.last = u
+		a.mu.Unlock()
+		a.step.Store(int64(u.Step))
+		if !u.HasVal && time.Since(sent) < 200*time.Millisecond {
+			return // a later update supersedes this one
+		}
+		sent = time.Now()
+		a.sendProgress(rank, u, false)
+	}
+}
+
+func (a *agent) sendProgress(rank int, u ProgressUpdate, done bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	_, err := a.client.ReportProgress(ctx, &pb.ProgressReport{Token: a.cfg.Token, WorkerId: a.id, Rank: int32(rank),
+		Step: int64(u.Step), Loss: u.Loss, TokensPerSec: u.TokensPerSec, HasValLoss: u.HasVal, ValLoss: u.ValLoss,
+		Done: done, Tokens: u.Tokens})
+	if err != nil {
+		a.log.Warn().Err(err).Msg("progress report not delivered")
+	}
+}
+
+func (a *agent) reportError(err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	if _, e := a.client.ReportError(ctx, &pb.ErrorReport{Token: a.cfg.Token, WorkerId: a.id, Rank: int32(a.rank), Message: err.Error()}); e != nil {
+		a.log.Warn().Err(e).Msg("error report not delivered")
+	}
+}

@@ -1,0 +1,75 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/moetrain/moetrain/cluster/proto"
+)
+
+// rpcErr turns a gRPC error into a message naming the coordinator.
+func rpcErr(addr, what string, err error) error {
+	st := status.Convert(err)
+	switch st.Code() {
+	case codes.Unavailable:
+		return fmt.Errorf("%s: no coordinator reachable at %s: %s", what, addr, st.Message())
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("%s: coordinator at %s did not answer within %v", what, addr, rpcTimeout)
+	}
+	return fmt.Errorf("%s: coordinator at %s: %s", what, addr, st.Message())
+}
+
+// QueryStatus asks the coordinator at addr for the job's status.
+func QueryStatus(ctx context.Context, addr, token string) (*pb.StatusResponse, error) {
+	conn, err := dialCoordinator(addr)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	resp, err := pb.NewCoordinatorClient(conn).Status(ctx, &pb.StatusRequest{Token: token})
+	if err != nil {
+		return nil, rpcErr(addr, "status", err)
+	}
+	return resp, nil
+}
+
+// RequestStop asks the coordinator at addr to stop the job.
+func RequestStop(ctx context.Context, addr, token, reason string) error {
+	conn, err := dialCoordinator(addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	if _, err := pb.NewCoordinatorClient(conn).Stop(ctx, &pb.StopRequest{Token: token, Reason: reason}); err != nil {
+		return rpcErr(addr, "stop", err)
+	}
+	return nil
+}
+
+// FormatStatus writes a status response as text.
+func FormatStatus(w io.Writer, s *pb.StatusResponse) error {
+	fmt.Fprintf(w, "job %s: %s", s.JobId, s.Phase)
+	if s.Reason != "" {
+		fmt.Fprintf(w, " (%s)", s.Reason)
+	}
+	fmt.Fprintf(w, "\nstep %d/%d  loss %.4f", s.Step, s.TotalSteps, s.Loss)
+	if s.HasValLoss {
+		fmt.Fprintf(w, "  val %.4f", s.ValLoss)
+	}
+	fmt.Fprintf(w, "  %.0f tok/s  mesh %s  workers %d/%d\n", s.TokensPerSec, s.Mesh, len(s.Workers), s.ExpectedWorkers)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKER\tRANK\tHOST\tPID\tDATA-ADDR\tSTATE\tSTEP\tLOSS\tTOK/S")
+	for _, x := range s.Workers {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%d\t%.4f\t%.0f\n", x.Id, x.Rank, x.Host, x.Pid, x.DataAddr, x.State, x.Step, x.Loss, x.TokensPerSec)
+	}
+	return tw.Flush()
+}

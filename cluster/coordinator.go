@@ -1,0 +1,372 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	pb "github.com/moetrain/moetrain/cluster/proto"
+)
+
+// CoordinatorConfig describes one job served by a coordinator.
+type CoordinatorConfig struct {
+	// Listen is the control-plane (gRPC) address, host:port; port 0 picks one.
+	Listen string
+	// Token is the job token every worker must present.
+	Token string
+	// JobID names the job in logs and status.
+	JobID string
+	// Workers is how many workers the job waits for before it starts.
+	Workers int
+	// TotalSteps is the number of training steps (for progress and ETA).
+	TotalSteps int
+	// Plan lays the job out over the joined workers (see MakePlan).
+	Plan PlanRequest
+	// JobConfigJSON is sent verbatim to every worker in its start command.
+	JobConfigJSON []byte
+	// JoinTimeout bounds the wait for all workers; 0 waits forever.
+	JoinTimeout time.Duration
+	// DrainTimeout bounds the wait for workers to leave after abort/stop.
+	// Default 15 s.
+	DrainTimeout time.Duration
+	// StreamOpenTimeout bounds the time between a worker's join and its
+	// opening of the command stream (the very next call it makes); a worker
+	// that misses it is taken for dead. Default 20 s.
+	StreamOpenTimeout time.Duration
+	// FailureGrace: see CoreConfig. Default 1 s.
+	FailureGrace time.Duration
+	// Membership tunes gossip; BindAddr "" = the Listen IP.
+	Membership MembershipConfig
+	Log        zerolog.Logger
+	// OnStatus, if set, is called from the coordinator loop after every
+	// progress report and phase change. It must return quickly.
+	OnStatus func(Status)
+}
+
+// CurvePoint is one point of the training curve kept for the summary.
+type CurvePoint struct {
+	Step         int       `json:"step"`
+	Loss         float64   `json:"loss"`
+	TokensPerSec float64   `json:"tokens_per_sec"`
+	ValLoss      *float64  `json:"val_loss,omitempty"`
+	Elapsed      float64   `json:"elapsed_s"`
+	Time         time.Time `json:"-"`
+}
+
+// Result is how a job ended.
+type Result struct {
+	JobID   string       `json:"job_id"`
+	Phase   Phase        `json:"phase"`
+	Reason  string       `json:"reason"`
+	Plan    *Plan        `json:"plan,omitempty"`
+	Status  Status       `json:"status"`
+	Curve   []CurvePoint `json:"curve"`
+	Started time.Time    `json:"started"`
+	Ended   time.Time    `json:"ended"`
+}
+
+// loopReq is one unit of work for the coordinator loop: an event for the core
+// (reply gets its commands) or a function run on the loop goroutine.
+type loopReq struct {
+	ev    Event
+	fn    func()
+	reply chan []Command
+}
+
+// Coordinator serves one job: gRPC control plane + gossip membership around
+// a Core. Create with NewCoordinator, then Run.
+type Coordinator struct {
+	cfg    CoordinatorConfig
+	log    zerolog.Logger
+	ln     net.Listener
+	srv    *grpc.Server
+	member *Membership
+	core   *Core
+	start  time.Time
+
+	reqs chan loopReq
+	done chan struct{} // closed when the job has ended
+
+	mu       sync.Mutex
+	outboxes map[string]chan *pb.Command
+	opened   map[string]bool // the worker opened its command stream
+
+	gossipAnyIP bool // gossip bound to 0.0.0.0
+
+	curve   []CurvePoint
+	lastVal int
+	result  Result
+}
+
+// NewCoordinator binds the control-plane and gossip ports. A busy port is an
+// error that says so.
+func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
+	if cfg.Workers < 1 {
+		return nil, fmt.Errorf("coordinator: %d workers: need at least 1", cfg.Workers)
+	}
+	if cfg.Token == "" {
+		return nil, errors.New("coordinator: empty job token")
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 15 * time.Second
+	}
+	if cfg.FailureGrace <= 0 {
+		cfg.FailureGrace = time.Second
+	}
+	if cfg.StreamOpenTimeout <= 0 {
+		cfg.StreamOpenTimeout = 20 * time.Second
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("coordinator: cannot listen on %s: address already in use (another coordinator or program holds this port; pick another --listen)", cfg.Listen)
+		}
+		return nil, fmt.Errorf("coordinator: listen on %s: %w", cfg.Listen, err)
+	}
+	c := &Coordinator{cfg: cfg, log: cfg.Log, ln: ln, reqs: make(chan loopReq), done: make(chan struct{}),
+		outboxes: map[string]chan *pb.Command{}, opened: map[string]bool{}, lastVal: -1}
+	c.core = NewCore(CoreConfig{
+		ExpectedWorkers: cfg.Workers,
+		TotalSteps:      cfg.TotalSteps,
+		Plan:            func(ws []WorkerInfo) (Plan, error) { return MakePlan(cfg.Plan, ws) },
+		JoinTimeout:     cfg.JoinTimeout,
+		DrainTimeout:    cfg.DrainTimeout,
+		FailureGrace:    cfg.FailureGrace,
+	})
+	mcfg := cfg.Membership
+	if mcfg.BindAddr == "" {
+		mcfg.BindAddr = ln.Addr().(*net.TCPAddr).IP.String()
+		if ip := ln.Addr().(*net.TCPAddr).IP; ip.IsUnspecified() {
+			mcfg.BindAddr = "0.0.0.0"
+		}
+	}
+	c.gossipAnyIP = mcfg.BindAddr == "0.0.0.0"
+	meta, _ := json.Marshal(map[string]string{"role": "coordinator", "job": cfg.JobID})
+	c.member, err = StartMembership("coordinator", meta, cfg.Token, mcfg, c.log, func(name string) {
+		c.submit(Lost{ID: name, Reason: "gossip: stopped answering probes (process dead or network cut)"})
+	})
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	c.srv = grpc.NewServer(
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Second, Timeout: 3 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
+	)
+	pb.RegisterCoordinatorServer(c.srv, &service{c: c})
+	return c, nil
+}
+
+// Addr is the control-plane address workers join.
+func (c *Coordinator) Addr() string { return c.ln.Addr().String() }
+
+// GossipAddr is the coordinator's memberlist address.
+func (c *Coordinator) GossipAddr() string { return c.member.Addr() }
+
+// submit hands an event to the loop and returns its commands; nil once the
+// job has ended.
+func (c *Coordinator) submit(ev Event) []Command {
+	r := loopReq{ev: ev, reply: make(chan []Command, 1)}
+	select {
+	case c.reqs <- r:
+	case <-c.done:
+		return nil
+	}
+	select {
+	case cmds := <-r.reply:
+		return cmds
+	case <-c.done:
+		return nil
+	}
+}
+
+// onLoop runs fn on the loop goroutine; false once the job has ended.
+func (c *Coordinator) onLoop(fn func()) bool {
+	r := loopReq{fn: fn, reply: make(chan []Command, 1)}
+	select {
+	case c.reqs <- r:
+	case <-c.done:
+		return false
+	}
+	select {
+	case <-r.reply:
+		return true
+	case <-c.done:
+		return false
+	}
+}
+
+// Run serves the job until it ends. Cancelling ctx stops the job on every
+// worker (as `coordinator stop` does) and waits for them to leave, bounded by
+// DrainTimeout.
+func (c *Coordinator) Run(ctx context.Context) (Result, error) {
+	c.start = time.Now()
+	c.result = Result{JobID: c.cfg.JobID, Started: c.start}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- c.srv.Serve(c.ln) }()
+	c.log.Info().Str("listen", c.Addr()).Str("gossip", c.GossipAddr()).Int("workers", c.cfg.Workers).
+		Msg("coordinator waiting for workers")
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	interrupted := false
+	ctxDone := ctx.Done()
+	for !c.core.Phase().Final() {
+		select {
+		case <-ctxDone:
+			ctxDone, interrupted = nil, true
+			c.log.Warn().Msg("coordinator interrupted: stopping the job on every worker")
+			c.apply(c.core.Step(StopRequested{Reason: "coordinator interrupted"}))
+		case r := <-c.reqs:
+			if r.fn != nil {
+				r.fn()
+				r.reply <- nil
+				continue
+			}
+			cmds := c.core.Step(r.ev)
+			c.apply(cmds)
+			if _, ok := r.ev.(Progress); ok && len(cmds) == 0 {
+				c.notify()
+			}
+			r.reply <- cmds
+		case <-tick.C:
+			c.apply(c.core.Step(Tick{Now: time.Since(c.start)}))
+		case err := <-serveErr:
+			c.apply(c.core.Step(StopRequested{Reason: fmt.Sprintf("control plane stopped: %v", err)}))
+		}
+	}
+	close(c.done)
+	c.result.Ended = time.Now()
+	c.result.Status = c.core.Status()
+	c.result.Plan = c.core.Plan()
+	c.result.Curve = c.curve
+	c.shutdown()
+	if interrupted && c.result.Phase != PhaseFailed {
+		return c.result, fmt.Errorf("interrupted: the job was stopped on every worker: %w", ctx.Err())
+	}
+	return c.result, nil
+}
+
+// Abandon fails the job with reason (aborting every worker). It does not
+// wait; it is a no-op once the job has ended.
+func (c *Coordinator) Abandon(reason string) {
+	go c.submit(JobFailed{Reason: reason})
+}
+
+// Close releases the ports of a coordinator that was never Run.
+func (c *Coordinator) Close() {
+	c.srv.Stop()
+	c.ln.Close()
+	c.member.Close(time.Second)
+}
+
+func (c *Coordinator) shutdown() {
+	stopped := make(chan struct{})
+	go func() { c.srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(2 * time.Second):
+		c.srv.Stop()
+	}
+	c.member.Close(time.Second)
+}
+
+// apply carries out the core's commands. It runs on the loop goroutine.
+func (c *Coordinator) apply(cmds []Command) {
+	for _, cmd := range cmds {
+		switch x := cmd.(type) {
+		case Accept:
+			c.log.Info().Str("worker", x.ID).Str("host", x.Info.Host).Str("data_addr", x.Info.DataAddr).
+				Int("pid", x.Info.Pid).Int("cores", x.Info.Cores).Msg("worker joined")
+			c.mu.Lock()
+			c.outboxes[x.ID] = make(chan *pb.Command, 8)
+			c.mu.Unlock()
+			// A worker that dies between its join and opening the command
+			// stream is not seen by the stream watch (nor, possibly, gossip).
+			id, limit := x.ID, c.cfg.StreamOpenTimeout
+			time.AfterFunc(limit, func() {
+				c.mu.Lock()
+				ok := c.opened[id]
+				c.mu.Unlock()
+				if !ok {
+					c.submit(Lost{ID: id, Reason: fmt.Sprintf("joined but did not open its command stream within %v", limit)})
+				}
+			})
+		case StartWorker:
+			c.sendTo(x.ID, c.startCommand(x))
+		case AbortWorker:
+			c.log.Warn().Str("worker", x.ID).Str("reason", x.Reason).Msg("aborting worker")
+			c.sendTo(x.ID, &pb.Command{Kind: &pb.Command_Abort{Abort: &pb.Abort{Reason: x.Reason}}})
+		case StopWorker:
+			c.log.Info().Str("worker", x.ID).Str("reason", x.Reason).Msg("stopping worker")
+			c.sendTo(x.ID, &pb.Command{Kind: &pb.Command_Stop{Stop: &pb.StopCommand{Reason: x.Reason}}})
+		case Finish:
+			c.result.Phase, c.result.Reason = x.Phase, x.Reason
+			ev := c.log.Info()
+			switch x.Phase {
+			case PhaseFailed:
+				ev = c.log.Error()
+			case PhaseStopped:
+				ev = c.log.Warn()
+			}
+			ev.Str("phase", string(x.Phase)).Str("reason", x.Reason).Msg("job ended")
+		}
+	}
+	if len(cmds) > 0 {
+		c.notify()
+	}
+}
+
+func (c *Coordinator) startCommand(x StartWorker) *pb.Command {
+	planJSON, _ := json.Marshal(x.Plan) // plain data: cannot fail
+	if x.Rank == 0 {
+		c.log.Info().Str("mesh", x.Plan.Mesh.String()).Int("world", x.Plan.Mesh.World()).Msg("all workers joined: starting the job")
+		for _, w := range x.Plan.Warnings {
+			c.log.Warn().Msg("plan: " + w)
+		}
+	}
+	return &pb.Command{Kind: &pb.Command_Start{Start: &pb.Start{
+		Rank: int32(x.Rank), PlanJson: planJSON, JobConfigJson: c.cfg.JobConfigJSON,
+		Threads: int32(x.Plan.Ranks[x.Rank].Worker.Cores),
+	}}}
+}
+
+func (c *Coordinator) sendTo(id string, cmd *pb.Command) {
+	c.mu.Lock()
+	ch := c.outboxes[id]
+	c.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- cmd:
+	default: // a worker receives at most start + one of abort/stop; a full box means it is not reading
+		c.log.Warn().Str("worker", id).Msg("command box full; dropping command")
+	}
+}
+
+// notify records the curve and calls OnStatus.
+func (c *Coordinator) notify() {
+	s := c.core.Status()
+	if n := len(c.curve); s.Phase == PhaseRunning && s.Step > 0 && (n == 0 || c.curve[n-1].Step < s.Step) {
+		el := time.Since(c.start)
+		c.curve = append(c.curve, CurvePoint{Step: s.Step, Loss: s.Loss, TokensPerSec: s.TokensPerSec, Elapsed: el.Seconds()})
+	}
+	if s.HasVal && s.ValStep != c.lastVal {
+		c.lastVal = s.ValStep
+		v := s.ValLoss
+		c.curve = append(c.curve, CurvePoint{Step: s.ValStep, Loss: s.Loss, ValLoss: &v, Elapsed: time.Since(c.start).Seconds()})
+		c.log.Info().Int("step", s.ValStep).Float64("val_loss", v).Msg("validation")
+	}
+	if c.cfg.OnStatus != nil {
+		c.cfg.OnStatus(s)
+	}
+}

@@ -1,0 +1,477 @@
+package cluster
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Phase is the coordinator's job phase.
+//
+//	waiting ──all joined, plan ok──▶ running ──all done──▶ stopping ──all left──▶ succeeded
+//	   │                                │  worker lost/error            (stop requested ─▶ stopped)
+//	   │ plan error / join timeout      ▼
+//	   └──────────────────────────▶ aborting ──all left or drain timeout──▶ failed
+type Phase string
+
+const (
+	PhaseWaiting   Phase = "waiting"
+	PhaseRunning   Phase = "running"
+	PhaseAborting  Phase = "aborting"
+	PhaseStopping  Phase = "stopping"
+	PhaseSucceeded Phase = "succeeded"
+	PhaseFailed    Phase = "failed"
+	PhaseStopped   Phase = "stopped"
+)
+
+// Final reports whether the job has ended.
+func (p Phase) Final() bool { return p == PhaseSucceeded || p == PhaseFailed || p == PhaseStopped }
+
+// CoreConfig parameterises the state machine. Plan must be a pure function.
+type CoreConfig struct {
+	ExpectedWorkers int
+	TotalSteps      int
+	Plan            func(workers []WorkerInfo) (Plan, error)
+	// JoinTimeout bounds the wait for ExpectedWorkers (from time 0); 0 waits forever.
+	JoinTimeout time.Duration
+	// DrainTimeout bounds the wait for workers to leave after abort or stop.
+	DrainTimeout time.Duration
+	// FailureGrace holds back the abort after a worker's error report for
+	// this long (measured by Tick): when a peer died, the survivors' errors
+	// ("connection reset by rank 2") often arrive before the death is
+	// noticed, and the abort should name the dead worker. 0 aborts at once.
+	FailureGrace time.Duration
+}
+
+// Events fed to Core.Step. Times are supplied by the caller (Tick); the core
+// never reads a clock.
+type (
+	Event interface{ isEvent() }
+	// Joined: a worker asks to join (its ID is assigned by the core).
+	Joined struct{ Info WorkerInfo }
+	// Left: a worker said it is exiting on its own (finished, aborted, failed).
+	Left struct{ ID, Reason string }
+	// Lost: a worker disconnected or was declared dead by gossip.
+	Lost struct{ ID, Reason string }
+	// Progress: a worker's report after a step.
+	Progress struct {
+		ID           string
+		Step         int
+		Loss         float64
+		TokensPerSec float64
+		HasVal       bool
+		ValLoss      float64
+		Done         bool
+	}
+	// Failed: a worker reported an error; its job cannot continue.
+	Failed struct{ ID, Message string }
+	// Tick: the caller's clock, time since the coordinator started.
+	Tick struct{ Now time.Duration }
+	// StopRequested: an operator asked to stop the job.
+	StopRequested struct{ Reason string }
+	// JobFailed: the coordinator's environment gave up on the job (e.g. a
+	// launched worker process exited before joining).
+	JobFailed struct{ Reason string }
+)
+
+func (Joined) isEvent()        {}
+func (Left) isEvent()          {}
+func (Lost) isEvent()          {}
+func (Progress) isEvent()      {}
+func (Failed) isEvent()        {}
+func (Tick) isEvent()          {}
+func (StopRequested) isEvent() {}
+func (JobFailed) isEvent()     {}
+
+// Commands returned by Core.Step, to be carried out in order by the I/O loop.
+type (
+	Command interface{ isCommand() }
+	// Accept answers a Joined event: the worker's assigned ID and its info.
+	Accept struct {
+		ID   string
+		Info WorkerInfo
+	}
+	// Reject answers a Joined event that cannot be admitted.
+	Reject struct{ Reason string }
+	// StartWorker tells one worker its rank in the plan.
+	StartWorker struct {
+		ID   string
+		Rank int
+		Plan *Plan
+	}
+	// AbortWorker tells one worker to abandon the job.
+	AbortWorker struct{ ID, Reason string }
+	// StopWorker tells one worker to stop (the job is complete or stopped).
+	StopWorker struct{ ID, Reason string }
+	// Finish: the job has ended; the I/O loop writes the summary and exits.
+	Finish struct {
+		Phase  Phase
+		Reason string
+	}
+)
+
+func (Accept) isCommand()      {}
+func (Reject) isCommand()      {}
+func (StartWorker) isCommand() {}
+func (AbortWorker) isCommand() {}
+func (StopWorker) isCommand()  {}
+func (Finish) isCommand()      {}
+
+// Worker states inside the core.
+const (
+	wsJoined  = "joined"
+	wsRunning = "running"
+	wsDone    = "done"
+	wsLeft    = "left"
+	wsLost    = "lost"
+)
+
+type coreWorker struct {
+	info     WorkerInfo
+	state    string
+	rank     int
+	progress Progress
+	said     string // why it left, when it said so
+}
+
+// Core is the coordinator's deterministic state machine: Step(event) →
+// commands. It has no clock, goroutine or I/O; the same events give the same
+// commands. Not safe for concurrent use; the I/O loop owns it.
+type Core struct {
+	cfg      CoreConfig
+	phase    Phase
+	now      time.Duration
+	nextID   int
+	workers  map[string]*coreWorker
+	order    []string // join order of current members
+	plan     *Plan
+	outcome  Phase  // the final phase once draining completes
+	reason   string // why the job failed or stopped
+	deadline time.Duration
+	deaths   []string // workers that vanished without saying why, in order
+	val      *Progress
+
+	pending   string // first error report of the running job, held for FailureGrace
+	pendingAt time.Duration
+}
+
+// NewCore returns a core in the waiting phase at time 0.
+func NewCore(cfg CoreConfig) *Core {
+	return &Core{cfg: cfg, phase: PhaseWaiting, workers: map[string]*coreWorker{}}
+}
+
+// Phase returns the current phase.
+func (c *Core) Phase() Phase { return c.phase }
+
+// Plan returns the job's plan once running (nil before).
+func (c *Core) Plan() *Plan { return c.plan }
+
+// Step applies one event and returns the commands to carry out.
+func (c *Core) Step(ev Event) []Command {
+	switch e := ev.(type) {
+	case Joined:
+		return c.joined(e)
+	case Left:
+		return c.gone(e.ID, e.Reason, true)
+	case Lost:
+		return c.gone(e.ID, e.Reason, false)
+	case Progress:
+		return c.progressed(e)
+	case Failed:
+		w := c.workers[e.ID]
+		if w == nil || c.phase != PhaseRunning && c.phase != PhaseWaiting {
+			return nil
+		}
+		reason := fmt.Sprintf("%s failed: %s", c.describe(w), e.Message)
+		if c.phase == PhaseWaiting || c.cfg.FailureGrace <= 0 {
+			return c.abort(reason)
+		}
+		if c.pending == "" {
+			c.pending, c.pendingAt = reason, c.now
+		}
+		return nil
+	case Tick:
+		return c.tick(e.Now)
+	case StopRequested:
+		return c.stop(e.Reason)
+	case JobFailed:
+		return c.abort(e.Reason)
+	}
+	return nil
+}
+
+func (c *Core) joined(e Joined) []Command {
+	if c.phase != PhaseWaiting {
+		return []Command{Reject{Reason: fmt.Sprintf("job is %s, not accepting workers (it has %d)", c.phase, c.cfg.ExpectedWorkers)}}
+	}
+	id := fmt.Sprintf("w%d", c.nextID)
+	c.nextID++
+	info := e.Info
+	info.ID = id
+	c.workers[id] = &coreWorker{info: info, state: wsJoined, rank: -1}
+	c.order = append(c.order, id)
+	cmds := []Command{Accept{ID: id, Info: info}}
+	if len(c.order) < c.cfg.ExpectedWorkers {
+		return cmds
+	}
+	infos := make([]WorkerInfo, len(c.order))
+	for i, id := range c.order {
+		infos[i] = c.workers[id].info
+	}
+	plan, err := c.cfg.Plan(infos)
+	if err != nil {
+		return append(cmds, c.abort(fmt.Sprintf("plan: %v", err))...)
+	}
+	c.plan = &plan
+	c.phase = PhaseRunning
+	for _, r := range plan.Ranks {
+		w := c.workers[r.Worker.ID]
+		w.rank, w.state = r.Rank, wsRunning
+		cmds = append(cmds, StartWorker{ID: w.info.ID, Rank: r.Rank, Plan: c.plan})
+	}
+	return cmds
+}
+
+func (c *Core) gone(id, reason string, said bool) []Command {
+	w := c.workers[id]
+	if w == nil || w.state == wsLeft || w.state == wsLost {
+		return nil
+	}
+	prev := w.state
+	if said {
+		w.state, w.said = wsLeft, reason
+	} else {
+		w.state = wsLost
+	}
+	switch c.phase {
+	case PhaseWaiting:
+		// Not started yet: forget it; another worker may take its place.
+		delete(c.workers, id)
+		c.order = remove(c.order, id)
+		return nil
+	case PhaseRunning:
+		if prev == wsDone {
+			return c.maybeDrained()
+		}
+		if said {
+			return c.abort(fmt.Sprintf("%s left: %s", c.describe(w), reason))
+		}
+		death := fmt.Sprintf("%s died (%s)", c.describe(w), reason)
+		c.deaths = append(c.deaths, death)
+		if c.pending != "" {
+			death += "; first report: " + c.pending
+		}
+		return c.abort(death)
+	case PhaseAborting, PhaseStopping:
+		if !said && prev != wsDone && c.phase == PhaseAborting {
+			c.deaths = append(c.deaths, fmt.Sprintf("%s died (%s)", c.describe(w), reason))
+		}
+		return c.maybeDrained()
+	}
+	return nil
+}
+
+func (c *Core) progressed(e Progress) []Command {
+	w := c.workers[e.ID]
+	if w == nil || w.state != wsRunning {
+		return nil
+	}
+	w.progress = e
+	if e.HasVal {
+		v := e
+		c.val = &v
+	}
+	if e.Done {
+		w.state = wsDone
+	}
+	if c.phase != PhaseRunning {
+		return nil
+	}
+	for _, id := range c.order {
+		if c.workers[id].state != wsDone {
+			return nil
+		}
+	}
+	c.phase, c.outcome, c.reason = PhaseStopping, PhaseSucceeded, fmt.Sprintf("all %d steps done", c.cfg.TotalSteps)
+	c.deadline = c.now + c.cfg.DrainTimeout
+	var cmds []Command
+	for _, id := range c.order {
+		cmds = append(cmds, StopWorker{ID: id, Reason: "job complete"})
+	}
+	return append(cmds, c.maybeDrained()...)
+}
+
+func (c *Core) tick(now time.Duration) []Command {
+	if now > c.now {
+		c.now = now
+	}
+	switch c.phase {
+	case PhaseRunning:
+		if c.pending != "" && c.now >= c.pendingAt+c.cfg.FailureGrace {
+			return c.abort(c.pending)
+		}
+	case PhaseWaiting:
+		if c.cfg.JoinTimeout > 0 && c.now >= c.cfg.JoinTimeout {
+			return c.abort(fmt.Sprintf("only %d of %d workers joined within %v", len(c.order), c.cfg.ExpectedWorkers, c.cfg.JoinTimeout))
+		}
+	case PhaseAborting, PhaseStopping:
+		if c.now >= c.deadline {
+			var stuck []string
+			for _, id := range c.order {
+				if s := c.workers[id].state; s != wsLeft && s != wsLost {
+					stuck = append(stuck, id)
+				}
+			}
+			return c.finish(fmt.Sprintf("%d workers did not leave within %v: %s", len(stuck), c.cfg.DrainTimeout, strings.Join(stuck, ",")))
+		}
+	}
+	return nil
+}
+
+func (c *Core) stop(reason string) []Command {
+	if reason == "" {
+		reason = "stop requested"
+	}
+	switch c.phase {
+	case PhaseWaiting, PhaseRunning:
+	default:
+		return nil
+	}
+	c.phase, c.outcome, c.reason = PhaseStopping, PhaseStopped, reason
+	c.deadline = c.now + c.cfg.DrainTimeout
+	var cmds []Command
+	for _, id := range c.order {
+		if s := c.workers[id].state; s != wsLeft && s != wsLost {
+			cmds = append(cmds, StopWorker{ID: id, Reason: reason})
+		}
+	}
+	return append(cmds, c.maybeDrained()...)
+}
+
+// abort moves to aborting and tells every live worker why.
+func (c *Core) abort(reason string) []Command {
+	if c.phase != PhaseWaiting && c.phase != PhaseRunning {
+		return nil
+	}
+	c.phase, c.outcome, c.reason = PhaseAborting, PhaseFailed, reason
+	c.deadline = c.now + c.cfg.DrainTimeout
+	var cmds []Command
+	for _, id := range c.order {
+		if s := c.workers[id].state; s != wsLeft && s != wsLost {
+			cmds = append(cmds, AbortWorker{ID: id, Reason: reason})
+		}
+	}
+	return append(cmds, c.maybeDrained()...)
+}
+
+// maybeDrained finishes an aborting or stopping job once no worker is live.
+func (c *Core) maybeDrained() []Command {
+	if c.phase != PhaseAborting && c.phase != PhaseStopping {
+		return nil
+	}
+	for _, id := range c.order {
+		if s := c.workers[id].state; s != wsLeft && s != wsLost {
+			return nil
+		}
+	}
+	return c.finish("")
+}
+
+func (c *Core) finish(extra string) []Command {
+	reason := c.reason
+	// A worker that vanished explains the errors of the others: name it first.
+	if c.outcome == PhaseFailed && len(c.deaths) > 0 && !strings.HasPrefix(reason, c.deaths[0]) {
+		reason = strings.Join(c.deaths, "; ") + "; first report: " + reason
+	}
+	if extra != "" {
+		reason += "; " + extra
+	}
+	c.phase, c.reason = c.outcome, reason
+	return []Command{Finish{Phase: c.phase, Reason: reason}}
+}
+
+func (c *Core) describe(w *coreWorker) string {
+	s := "worker " + w.info.ID
+	var parts []string
+	if w.rank >= 0 {
+		parts = append(parts, fmt.Sprintf("rank %d", w.rank))
+	}
+	if w.info.Host != "" {
+		parts = append(parts, "host "+w.info.Host)
+	}
+	if w.info.Pid != 0 {
+		parts = append(parts, fmt.Sprintf("pid %d", w.info.Pid))
+	}
+	if len(parts) > 0 {
+		s += " (" + strings.Join(parts, ", ") + ")"
+	}
+	return s
+}
+
+func remove(s []string, x string) []string {
+	out := s[:0]
+	for _, v := range s {
+		if v != x {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// Status is a snapshot of the job for the CLI and the progress display.
+type Status struct {
+	Phase           Phase          `json:"phase"`
+	Reason          string         `json:"reason,omitempty"`
+	ExpectedWorkers int            `json:"expected_workers"`
+	Step            int            `json:"step"` // slowest running rank's completed steps
+	TotalSteps      int            `json:"total_steps"`
+	Loss            float64        `json:"loss"`           // latest loss reported by the lowest rank at Step
+	TokensPerSec    float64        `json:"tokens_per_sec"` // sum over ranks
+	HasVal          bool           `json:"has_val"`
+	ValLoss         float64        `json:"val_loss"`
+	ValStep         int            `json:"val_step"`
+	Mesh            string         `json:"mesh"`
+	Workers         []WorkerStatus `json:"workers"`
+}
+
+// WorkerStatus is one worker's line in Status.
+type WorkerStatus struct {
+	Info         WorkerInfo `json:"info"`
+	Rank         int        `json:"rank"`
+	State        string     `json:"state"`
+	Step         int        `json:"step"`
+	Loss         float64    `json:"loss"`
+	TokensPerSec float64    `json:"tokens_per_sec"`
+}
+
+// Status returns a snapshot; workers in rank order (unranked ones last, in join order).
+func (c *Core) Status() Status {
+	s := Status{Phase: c.phase, Reason: c.reason, ExpectedWorkers: c.cfg.ExpectedWorkers, TotalSteps: c.cfg.TotalSteps}
+	if c.plan != nil {
+		s.Mesh = c.plan.Mesh.String()
+	}
+	first := true
+	for _, id := range c.order {
+		w := c.workers[id]
+		s.Workers = append(s.Workers, WorkerStatus{Info: w.info, Rank: w.rank, State: w.state,
+			Step: w.progress.Step, Loss: w.progress.Loss, TokensPerSec: w.progress.TokensPerSec})
+	}
+	sort.SliceStable(s.Workers, func(i, j int) bool {
+		ri, rj := s.Workers[i].Rank, s.Workers[j].Rank
+		return ri >= 0 && (rj < 0 || ri < rj)
+	})
+	for _, w := range s.Workers {
+		if w.Rank < 0 {
+			continue
+		}
+		s.TokensPerSec += w.TokensPerSec
+		if first || w.Step < s.Step {
+			s.Step, s.Loss, first = w.Step, w.Loss, false
+		}
+	}
+	if c.val != nil {
+		s.HasVal, s.ValLoss, s.ValStep = true, c.val.ValLoss, c.val.Step
+	}
+	return s
+}

@@ -1,0 +1,22 @@
+// Package cluster is moetrain's control plane (DESIGN.md §6).
+//
+//   - Core (core.go) is the coordinator's deterministic state machine:
+//     events in (worker joined/left/lost, progress, error, tick, stop), commands
+//     out (start with plan, abort, stop, finish). No clock, goroutine or I/O.
+//   - Coordinator (coordinator.go, service.go) is the I/O loop around it: the
+//     gRPC service of cluster/proto, gossip membership (membership.go,
+//     hashicorp/memberlist, encrypted with a key derived from the job token),
+//     progress, and the job's Result.
+//   - RunAgent (agent.go) is a worker: join, follow the command stream, run
+//     the job with a Runner, report progress and errors. RunDP (runner_dp.go)
+//     is the data-parallel runner.
+//   - MakePlan (planner.go) lays a job's mesh (parallel.Mesh) over the joined
+//     workers, or refuses an impossible request naming a layout that works.
+//   - Launch (launch.go) is the local multi-process simulation behind
+//     `coordinator launch`.
+//
+// Worker liveness has two independent detectors: the command stream (a dead
+// process closes its sockets; gRPC keepalives catch a silent peer within ~5 s)
+// and gossip (memberlist's LAN profile declares a node dead in ~5 s). The
+// first to fire names the worker; the job is aborted on every other worker.
+package cluster

@@ -1,0 +1,123 @@
+package cluster
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/moetrain/moetrain/train"
+)
+
+// PlanRequestFor extracts the layout constraints of a job.
+func PlanRequestFor(cfg train.JobConfig) PlanRequest {
+	return PlanRequest{Mesh: cfg.Mesh, Experts: cfg.Model.Experts, Heads: cfg.Model.Heads, SeqLen: cfg.Data.SeqLen}
+}
+
+// WorkersFor is the worker count a job's mesh implies when dp is fixed
+// (dp·sp·tp), or 0 when dp is auto and the count must be given.
+func WorkersFor(cfg train.JobConfig) int {
+	if cfg.Mesh.DP <= 0 {
+		return 0
+	}
+	return cfg.Mesh.DP * cfg.Mesh.SP * cfg.Mesh.TP
+}
+
+// RandomToken returns a fresh 128-bit job token.
+func RandomToken() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("job token: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// DefaultRunDir is runs/<UTC timestamp> under the current directory.
+func DefaultRunDir(now time.Time) string {
+	return filepath.Join("runs", now.UTC().Format("20060102-150405"))
+}
+
+// Summary is what a run leaves in summary.json.
+type Summary struct {
+	Result
+	Config      train.JobConfig `json:"config"`
+	Workers     int             `json:"workers"`
+	WorkerExits []WorkerExit    `json:"worker_exits,omitempty"`
+	DurationS   float64         `json:"duration_s"`
+	FinalLoss   float64         `json:"final_loss"`
+	FinalVal    *float64        `json:"final_val_loss,omitempty"`
+}
+
+// WorkerExit records how a launched worker process ended.
+type WorkerExit struct {
+	Index    int    `json:"index"`
+	Pid      int    `json:"pid"`
+	ExitCode int    `json:"exit_code"` // -1 = killed by a signal
+	Signal   string `json:"signal,omitempty"`
+	Log      string `json:"log"`
+}
+
+// WriteSummary writes dir/summary.json (atomically: temp file + rename).
+func WriteSummary(dir string, s Summary) error {
+	s.DurationS = s.Ended.Sub(s.Started).Seconds()
+	s.FinalLoss = s.Status.Loss
+	if s.Status.HasVal {
+		v := s.Status.ValLoss
+		s.FinalVal = &v
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("summary: %w", err)
+	}
+	tmp := filepath.Join(dir, ".summary.json.tmp")
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("summary: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "summary.json")); err != nil {
+		return fmt.Errorf("summary: %w", err)
+	}
+	return nil
+}
+
+// JobJSON encodes the job config for the start command.
+func JobJSON(cfg train.JobConfig) ([]byte, error) {
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encode job config: %w", err)
+	}
+	return b, nil
+}
+
+// TokenOrEnv returns token, or $MOETRAIN_TOKEN when token is empty. Flags
+// default to "" (not the variable) so --help never prints a token.
+func TokenOrEnv(token string) string {
+	if token != "" {
+		return token
+	}
+	return os.Getenv(TokenEnv)
+}
+
+// CheckRunnable refuses, before anything starts, a job that the available
+// runners cannot run: so far only data parallelism (RunDP).
+func CheckRunnable(cfg train.JobConfig) error {
+	m := cfg.Mesh
+	if m.TP > 1 || m.SP > 1 || m.EP > 1 {
+		return fmt.Errorf("[mesh] tp=%d sp=%d ep=%d: this version runs data parallelism only (tp = sp = ep = 1); "+
+			"`coordinator plan` shows the layout such a job would get", m.TP, m.SP, m.EP)
+	}
+	return nil
+}
+
+// CheckLayout refuses a job whose mesh cannot be laid over n workers (see
+// MakePlan), naming the conflict and a layout that works.
+func CheckLayout(cfg train.JobConfig, n int) error {
+	probe := make([]WorkerInfo, n)
+	for i := range probe {
+		probe[i] = WorkerInfo{ID: fmt.Sprintf("w%d", i), Host: "local"}
+	}
+	_, err := MakePlan(PlanRequestFor(cfg), probe)
+	return err
+}

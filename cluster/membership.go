@@ -1,0 +1,203 @@
+package cluster
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/rs/zerolog"
+)
+
+// MembershipConfig tunes the gossip failure detector. Defaults are
+// memberlist's LAN profile: a dead or cut-off node is declared dead after
+// roughly ProbeInterval + SuspicionMult·max(1, log10 n)·ProbeInterval
+// (about 5 s for a handful of nodes).
+type MembershipConfig struct {
+	// BindAddr is the IP to gossip on; "" = the IP of the control-plane address.
+	BindAddr string
+	// BindPort is the gossip port (TCP and UDP); 0 picks a free one.
+	BindPort int
+	// AdvertiseAddr is the IP other members reach this one at; "" = BindAddr,
+	// or when that is 0.0.0.0, the first private (else any non-loopback) IP.
+	AdvertiseAddr string
+	// ProbeInterval is how often each node probes a random peer. LAN: 1 s.
+	ProbeInterval time.Duration
+	// ProbeTimeout is how long to wait for a probe's ack. LAN: 500 ms.
+	ProbeTimeout time.Duration
+	// SuspicionMult scales how long a suspect has to refute before it is
+	// declared dead. LAN: 4.
+	SuspicionMult int
+	// GossipInterval is how often gossip is sent. LAN: 200 ms.
+	GossipInterval time.Duration
+}
+
+// DefaultMembershipConfig returns memberlist's LAN timings.
+func DefaultMembershipConfig() MembershipConfig {
+	lan := memberlist.DefaultLANConfig()
+	return MembershipConfig{ProbeInterval: lan.ProbeInterval, ProbeTimeout: lan.ProbeTimeout,
+		SuspicionMult: lan.SuspicionMult, GossipInterval: lan.GossipInterval}
+}
+
+// GossipKey derives the 32-byte AES-256 gossip key from the job token, so
+// only holders of the token can read or join the job's gossip.
+func GossipKey(token string) []byte {
+	sum := sha256.Sum256([]byte("moetrain gossip key v1\x00" + token))
+	return sum[:]
+}
+
+// Membership is one node of the job's gossip cluster.
+type Membership struct {
+	ml *memberlist.Memberlist
+}
+
+// memberEvents forwards leaves/joins to callbacks without blocking
+// memberlist (its delegates run under its locks).
+type memberEvents struct {
+	self    string
+	onLeave func(name string)
+	log     zerolog.Logger
+}
+
+func (e *memberEvents) NotifyJoin(n *memberlist.Node) {
+	if n.Name != e.self {
+		e.log.Debug().Str("node", n.Name).Str("addr", n.Address()).Str("meta", string(n.Meta)).Msg("gossip: node joined")
+	}
+}
+
+func (e *memberEvents) NotifyLeave(n *memberlist.Node) {
+	if n.Name == e.self {
+		return
+	}
+	e.log.Debug().Str("node", n.Name).Msg("gossip: node left or dead")
+	if e.onLeave != nil {
+		go e.onLeave(n.Name)
+	}
+}
+
+func (e *memberEvents) NotifyUpdate(*memberlist.Node) {}
+
+// metaDelegate publishes this node's metadata (JSON, ≤ 512 bytes).
+type metaDelegate struct{ meta []byte }
+
+func (d *metaDelegate) NodeMeta(limit int) []byte {
+	if len(d.meta) > limit {
+		return d.meta[:limit]
+	}
+	return d.meta
+}
+func (d *metaDelegate) NotifyMsg([]byte)                           {}
+func (d *metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *metaDelegate) LocalState(join bool) []byte                { return nil }
+func (d *metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// StartMembership creates this node's gossip member, named name, with the
+// given metadata. onLeave is called (on its own goroutine) when another node
+// leaves or is declared dead.
+func StartMembership(name string, meta []byte, token string, cfg MembershipConfig, lg zerolog.Logger,
+	onLeave func(name string)) (*Membership, error) {
+	c := memberlist.DefaultLANConfig()
+	c.Name = name
+	c.BindAddr = cfg.BindAddr
+	if c.BindAddr == "" {
+		c.BindAddr = "127.0.0.1"
+	}
+	c.BindPort = cfg.BindPort
+	c.AdvertisePort = cfg.BindPort // 0: memberlist sets it to the port it picks
+	c.AdvertiseAddr = cfg.AdvertiseAddr
+	if c.AdvertiseAddr == "" && net.ParseIP(c.BindAddr).IsUnspecified() {
+		c.AdvertiseAddr = hostIP()
+	}
+	if cfg.ProbeInterval > 0 {
+		c.ProbeInterval = cfg.ProbeInterval
+	}
+	if cfg.ProbeTimeout > 0 {
+		c.ProbeTimeout = cfg.ProbeTimeout
+	}
+	if cfg.SuspicionMult > 0 {
+		c.SuspicionMult = cfg.SuspicionMult
+	}
+	if cfg.GossipInterval > 0 {
+		c.GossipInterval = cfg.GossipInterval
+	}
+	c.SecretKey = GossipKey(token)
+	c.Delegate = &metaDelegate{meta: meta}
+	c.Events = &memberEvents{self: name, onLeave: onLeave, log: lg}
+	out := &zerologWriter{log: lg.With().Str("component", "memberlist").Logger()}
+	c.Logger = log.New(out, "", 0)
+	ml, err := memberlist.Create(c)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: start member %s on %s:%d: %w", name, c.BindAddr, cfg.BindPort, err)
+	}
+	return &Membership{ml: ml}, nil
+}
+
+// Addr is this member's gossip address, host:port.
+func (m *Membership) Addr() string {
+	n := m.ml.LocalNode()
+	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+}
+
+// Join contacts an existing member at addr (host:port).
+func (m *Membership) Join(addr string) error {
+	if _, err := m.ml.Join([]string{addr}); err != nil {
+		return fmt.Errorf("gossip: join %s: %w", addr, err)
+	}
+	return nil
+}
+
+// Close leaves the cluster gracefully (bounded by timeout) and shuts down.
+func (m *Membership) Close(timeout time.Duration) {
+	_ = m.ml.Leave(timeout)
+	_ = m.ml.Shutdown()
+}
+
+// zerologWriter turns memberlist's "[LEVEL] memberlist: msg" lines into
+// zerolog debug events with memberlist's level as a field: they land in the
+// JSON log files, not on the console. Its complaints are not actionable by
+// themselves (a cut-off node logs one per gossip round); the coordinator logs
+// what it concludes from them (which worker died, the abort).
+type zerologWriter struct{ log zerolog.Logger }
+
+func (w *zerologWriter) Write(p []byte) (int, error) {
+	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {
+		lvl := "DEBUG"
+		if i := bytes.IndexByte(line, ']'); i >= 0 && bytes.HasPrefix(line, []byte("[")) {
+			lvl = string(line[1:i])
+			line = bytes.TrimSpace(line[i+1:])
+		}
+		line = bytes.TrimPrefix(line, []byte("memberlist: "))
+		w.log.Debug().Str("memberlist_level", lvl).Msg(string(line))
+	}
+	return len(p), nil
+}
+
+var _ io.Writer = (*zerologWriter)(nil)
+
+// hostIP is the first private IPv4 address of an up interface, else the first
+// non-loopback one, else 127.0.0.1.
+func hostIP() string {
+	addrs, _ := net.InterfaceAddrs()
+	var any string
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.To4() == nil || ipn.IP.IsLoopback() {
+			continue
+		}
+		if ipn.IP.IsPrivate() {
+			return ipn.IP.String()
+		}
+		if any == "" {
+			any = ipn.IP.String()
+		}
+	}
+	if any == "" {
+		any = "127.0.0.1"
+	}
+	return any
+}

@@ -1,0 +1,51 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// WorkerOptions are the flags of `worker --join`.
+type WorkerOptions struct {
+	Join        string // coordinator control-plane address
+	Token       string
+	Host        string // reported host name; "" = os.Hostname
+	BindIP      string // data-plane/gossip IP; "" = the IP that routes to the coordinator
+	Threads     int    // kernel thread budget (and the cores reported); 0 = all
+	LogFile     string // JSON log lines; "" = none
+	Console     io.Writer
+	Verbose     bool
+	JoinTimeout time.Duration
+	Membership  MembershipConfig
+}
+
+// RunWorkerProcess is the body of a worker process: logs, then RunAgent.
+func RunWorkerProcess(ctx context.Context, o WorkerOptions) error {
+	if o.Join == "" {
+		return fmt.Errorf("--join ADDR is required (the coordinator's control-plane address); to train alone use `worker train --standalone`")
+	}
+	o.Token = TokenOrEnv(o.Token)
+	if o.Token == "" {
+		return fmt.Errorf("--token is required (or set %s): the job token the coordinator was started with", TokenEnv)
+	}
+	if o.Threads < 0 {
+		return fmt.Errorf("--threads %d: must be ≥ 0 (0 = all cores)", o.Threads)
+	}
+	lvl := zerolog.InfoLevel
+	if o.Verbose {
+		lvl = zerolog.DebugLevel
+	}
+	lg, closer, err := NewLogger(LogOptions{File: o.LogFile, Console: o.Console, Level: lvl})
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	return RunAgent(ctx, AgentConfig{
+		Coordinator: o.Join, Token: o.Token, Host: o.Host, BindIP: o.BindIP, Cores: o.Threads,
+		JoinTimeout: o.JoinTimeout, Membership: o.Membership, Log: lg,
+	})
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/moetrain/moetrain/cluster"
+)
+
+// workerProcessCmd is the hidden subcommand `coordinator launch` re-executes
+// itself as for each worker, so one binary (also under `go run`) holds both.
+// It behaves exactly like `worker --join`.
+const workerProcessCmd = "worker-process"
+
+func init() {
+	var (
+		config, runDir      string
+		workers, steps, thr int
+		verbose, noBar      bool
+		grace               time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "launch",
+		Short: "Run a job locally: an in-process coordinator and N worker processes, with a progress bar",
+		Long: `Run a job locally: an in-process coordinator and N worker processes (this binary re-executed),
+data parallel over the workers, each with a kernel thread budget of cores/N. Progress (step, loss,
+validation loss, tokens/s, ETA) is shown as a bar on a terminal, as lines otherwise.
+
+The run directory gets job.toml (the effective config), coordinator.log and worker-<i>.log (JSON
+lines), worker-<i>.out (each worker's console) and summary.json (outcome, plan, curve, exits).
+Ctrl-C stops the job on every worker; processes still running after --grace get SIGTERM, then
+SIGKILL.`,
+		Example: "  coordinator launch --workers 2\n" +
+			"  coordinator launch --workers 4 --config job.toml --steps 200 --run-dir runs/try1",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if workers < 1 {
+				return fmt.Errorf("--workers %d: need at least 1", workers)
+			}
+			if thr < 0 {
+				return fmt.Errorf("--threads %d: must be ≥ 0 (0 = cores/workers)", thr)
+			}
+			job, err := loadJob(config, steps)
+			if err != nil {
+				return err
+			}
+			if err := cluster.CheckRunnable(job); err != nil {
+				return err
+			}
+			if err := cluster.CheckLayout(job, workers); err != nil {
+				return err
+			}
+			if runDir == "" {
+				runDir = cluster.DefaultRunDir(time.Now())
+			}
+			if err := os.MkdirAll(runDir, 0o755); err != nil {
+				return fmt.Errorf("run directory: %w", err)
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("locate this binary to start workers: %w", err)
+			}
+			lvl := zerolog.WarnLevel
+			if verbose {
+				lvl = zerolog.DebugLevel
+			}
+			lg, closer, err := cluster.NewLogger(cluster.LogOptions{File: filepath.Join(runDir, "coordinator.log"), Console: os.Stderr, Level: lvl})
+			if err != nil {
+				return err
+			}
+			defer closer.Close()
+			fmt.Fprintf(os.Stderr, "launching %d workers (dp) for %d steps; run directory %s\n", workers, job.Train.Steps, runDir)
+			ctx, stop := signalContext()
+			defer stop()
+			_, err = cluster.Launch(ctx, cluster.LaunchConfig{
+				Workers: workers, Job: job, RunDir: runDir, Threads: thr, Console: os.Stderr,
+				Bar: !noBar && term.IsTerminal(int(os.Stderr.Fd())), Log: lg, Grace: grace,
+				Membership: cluster.DefaultMembershipConfig(),
+				WorkerCmd: func(args ...string) *exec.Cmd {
+					return exec.Command(exe, append([]string{workerProcessCmd}, args...)...)
+				},
+			})
+			fmt.Fprintf(os.Stderr, "logs and summary.json in %s\n", runDir)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&workers, "workers", 2, "number of worker processes")
+	f.StringVar(&config, "config", "", "job TOML file (default: the reference model on the embedded corpus)")
+	f.IntVar(&steps, "steps", 0, "override train.steps")
+	f.StringVar(&runDir, "run-dir", "", "run directory (default runs/<timestamp>)")
+	f.IntVar(&thr, "threads", 0, "kernel threads per worker (0 = cores/workers, at least 1)")
+	f.DurationVar(&grace, "grace", 10*time.Second, "how long workers get to exit before SIGTERM, then SIGKILL")
+	f.BoolVar(&noBar, "no-bar", false, "print progress lines instead of a progress bar")
+	f.BoolVarP(&verbose, "verbose", "v", false, "coordinator debug output on the console")
+	rootCmd.AddCommand(cmd)
+
+	var wo cluster.WorkerOptions
+	wcmd := &cobra.Command{
+		Use:    workerProcessCmd,
+		Short:  "Run as a worker process (used by launch; same as `worker --join`)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext()
+			defer stop()
+			o := wo
+			o.Console = os.Stderr
+			err := cluster.RunWorkerProcess(ctx, o)
+			if _, ok := err.(*cluster.AbortedError); ok {
+				fmt.Fprintln(os.Stderr, "worker:", err)
+				os.Exit(3)
+			}
+			return err
+		},
+	}
+	wf := wcmd.Flags()
+	wf.StringVar(&wo.Join, "join", "", "coordinator address")
+	wf.StringVar(&wo.Token, "token", "", "job token")
+	wf.StringVar(&wo.Host, "host", "", "host name")
+	wf.StringVar(&wo.BindIP, "bind", "", "data-plane IP")
+	wf.IntVar(&wo.Threads, "threads", 0, "kernel thread budget")
+	wf.StringVar(&wo.LogFile, "log-file", "", "JSON log file")
+	wf.BoolVarP(&wo.Verbose, "verbose", "v", false, "debug output")
+	wf.DurationVar(&wo.JoinTimeout, "join-timeout", 30*time.Second, "join retry window")
+	rootCmd.AddCommand(wcmd)
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/train"
+)
+
+// loadJob reads --config (or the defaults) and applies --steps.
+func loadJob(path string, steps int) (train.JobConfig, error) {
+	cfg := train.DefaultJobConfig()
+	if path != "" {
+		var err error
+		if cfg, err = train.LoadJobConfig(path); err != nil {
+			return cfg, err
+		}
+	}
+	if steps < 0 {
+		return cfg, fmt.Errorf("--steps %d: must be ≥ 1 (or 0 for the config's train.steps)", steps)
+	}
+	if steps > 0 {
+		cfg.Train.Steps = steps
+	}
+	return cfg, cfg.Validate()
+}
+
+// signalContext is cancelled by SIGINT or SIGTERM; a second signal kills
+// the process at once (the default action is restored after the first).
+func signalContext() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(ctx, stop)
+	return ctx, stop
+}
+
+func init() {
+	var (
+		config, listen, token, runDir string
+		workers, steps, gossipPort    int
+		joinTimeout                   time.Duration
+		verbose                       bool
+		gossip                        = cluster.DefaultMembershipConfig()
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve a job: wait for workers to join, plan the layout, run the job to its end",
+		Example: "  coordinator serve --config job.toml --listen 0.0.0.0:7070 --workers 4 --token $TOKEN\n" +
+			"  worker --join HOST:7070 --token $TOKEN   # on each worker machine",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			job, err := loadJob(config, steps)
+			if err != nil {
+				return err
+			}
+			if err := cluster.CheckRunnable(job); err != nil {
+				return err
+			}
+			if workers == 0 {
+				workers = cluster.WorkersFor(job)
+			}
+			if workers < 1 {
+				return errors.New("--workers N is required when [mesh] dp is auto (0)")
+			}
+			if w := cluster.WorkersFor(job); w > 0 && w != workers {
+				return fmt.Errorf("--workers %d conflicts with [mesh] dp=%d × sp=%d × tp=%d = %d", workers, job.Mesh.DP, job.Mesh.SP, job.Mesh.TP, w)
+			}
+			token = cluster.TokenOrEnv(token)
+			if err := cluster.CheckLayout(job, workers); err != nil {
+				return err
+			}
+			if token == "" {
+				if token, err = cluster.RandomToken(); err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "job token (pass to workers with --token or $%s): %s\n", cluster.TokenEnv, token)
+			}
+			if runDir == "" {
+				runDir = cluster.DefaultRunDir(time.Now())
+			}
+			if err := os.MkdirAll(runDir, 0o755); err != nil {
+				return fmt.Errorf("run directory: %w", err)
+			}
+			lvl := zerolog.InfoLevel
+			if verbose {
+				lvl = zerolog.DebugLevel
+			}
+			lg, closer, err := cluster.NewLogger(cluster.LogOptions{File: filepath.Join(runDir, "coordinator.log"), Console: os.Stderr, Level: lvl})
+			if err != nil {
+				return err
+			}
+			defer closer.Close()
+			jobJSON, err := cluster.JobJSON(job)
+			if err != nil {
+				return err
+			}
+			prog := cluster.NewProgressView(os.Stderr, false, job.Train.Steps)
+			if gossip.ProbeInterval <= 0 || gossip.ProbeTimeout <= 0 || gossip.SuspicionMult < 1 {
+				return fmt.Errorf("--gossip-probe-interval %v, --gossip-probe-timeout %v, --gossip-suspicion-mult %d: all must be positive",
+					gossip.ProbeInterval, gossip.ProbeTimeout, gossip.SuspicionMult)
+			}
+			mcfg := gossip
+			mcfg.BindPort = gossipPort
+			coord, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
+				Listen: listen, Token: token, JobID: filepath.Base(runDir), Workers: workers,
+				TotalSteps: job.Train.Steps, Plan: cluster.PlanRequestFor(job), JobConfigJSON: jobJSON,
+				JoinTimeout: joinTimeout, Membership: mcfg, Log: lg, OnStatus: prog.Update,
+			})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			res, runErr := coord.Run(ctx)
+			prog.Finish(res)
+			sum := cluster.Summary{Result: res, Config: job, Workers: workers}
+			if err := cluster.WriteSummary(runDir, sum); err != nil {
+				return err
+			}
+			if runErr != nil {
+				return runErr
+			}
+			if res.Phase != cluster.PhaseSucceeded {
+				return fmt.Errorf("job %s: %s", res.Phase, res.Reason)
+			}
+			fmt.Fprintf(os.Stderr, "summary in %s\n", filepath.Join(runDir, "summary.json"))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&config, "config", "", "job TOML file (default: the reference model on the embedded corpus)")
+	f.StringVar(&listen, "listen", "127.0.0.1:7070", "control-plane address to listen on (host:port)")
+	f.StringVar(&token, "token", "", "job token workers must present (default $"+cluster.TokenEnv+", else a random one is printed)")
+	f.IntVar(&workers, "workers", 0, "number of workers to wait for (default: dp×sp×tp of the config when dp is set)")
+	f.IntVar(&steps, "steps", 0, "override train.steps")
+	f.StringVar(&runDir, "run-dir", "", "run directory for logs and summary.json (default runs/<timestamp>)")
+	f.IntVar(&gossipPort, "gossip-port", 0, "memberlist port (TCP+UDP) on the listen IP (0 = any free port)")
+	f.DurationVar(&gossip.ProbeInterval, "gossip-probe-interval", gossip.ProbeInterval, "failure detector: how often a peer is probed (memberlist LAN profile)")
+	f.DurationVar(&gossip.ProbeTimeout, "gossip-probe-timeout", gossip.ProbeTimeout, "failure detector: how long to wait for a probe's ack")
+	f.IntVar(&gossip.SuspicionMult, "gossip-suspicion-mult", gossip.SuspicionMult, "failure detector: a suspect has this many probe intervals (× log10 n) to refute before it is dead")
+	f.DurationVar(&joinTimeout, "join-timeout", 0, "fail if not all workers joined within this time (0 = wait forever)")
+	f.BoolVarP(&verbose, "verbose", "v", false, "debug output on the console")
+	rootCmd.AddCommand(cmd)
+}
