@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/optim"
 	"github.com/moetrain/moetrain/parallel"
+	"github.com/moetrain/moetrain/parallel/dp"
 	"github.com/moetrain/moetrain/sampling"
 	"github.com/moetrain/moetrain/tensor"
 	"github.com/moetrain/moetrain/train"
@@ -18,17 +20,15 @@ import (
 const CollectiveTimeout = 60 * time.Second
 
 // RunDP is the data-parallel runner: every rank holds the whole model, draws
-// its own batches (sampler stream = dp index), and after each backward the
-// gradients are averaged over the data-parallel group before the optimizer
-// step, so every replica stays identical. Rank 0 runs periodic validation.
+// its own batches (sampler stream = dp index), and its gradients are reduced
+// over the data-parallel group in buckets that start during the backward
+// (package parallel/dp; ZeRO-1 when configured), so every replica stays
+// identical and equal to a serial trainer on the concatenated batches. Rank 0 runs periodic validation.
 // Plans with tp, sp or ep > 1 are refused (their runners plug in here later).
 func RunDP(ctx context.Context, spec StartSpec) error {
 	m, cfg, log := spec.Plan.Mesh, spec.Job, spec.Log
 	if m.TP != 1 || m.SP != 1 || m.EP != 1 {
 		return fmt.Errorf("dp runner: plan %v needs tensor/sequence/expert parallelism, which this runner does not support yet (use tp = sp = ep = 1)", m)
-	}
-	if cfg.Data.Mode != sampling.ModeWindow {
-		return fmt.Errorf("dp runner: data.mode = %q is not supported yet (use \"window\")", cfg.Data.Mode)
 	}
 	threads := spec.Threads
 	if threads <= 0 {
@@ -37,21 +37,21 @@ func RunDP(ctx context.Context, spec StartSpec) error {
 	tensor.SetThreads(threads)
 	dpIdx, dpSize := m.Coord(spec.Rank).DP, m.DP
 
-	corpus, err := sampling.LoadCorpus(cfg.Data.Path, cfg.Data.ValFraction, cfg.Train.Seed)
+	// The same data path as the standalone trainer (every data.mode), so a
+	// one-rank job reproduces `worker train --standalone` and curves compare.
+	data, err := sampling.Open(cfg.Data, cfg.Train.Seed)
 	if err != nil {
 		return fmt.Errorf("dp runner: data: %w", err)
 	}
-	sampler, err := sampling.NewWindowSampler(corpus.Train, cfg.Data.SeqLen, cfg.Data.BatchSize,
-		cfg.Train.Seed+cfg.Data.SeedOffset, dpIdx, dpSize)
+	sampler, err := data.Sampler(dpIdx, dpSize)
 	if err != nil {
 		return fmt.Errorf("dp runner: sampler for dp rank %d of %d: %w", dpIdx, dpSize, err)
 	}
 	var val []sampling.Batch
-	if spec.Rank == 0 && cfg.Train.EvalEvery > 0 && len(corpus.Val) > 0 {
-		// The same validation batches as the standalone trainer, so curves compare.
-		val, err = sampling.FixedBatchesErr(corpus.Val, cfg.Data.SeqLen, cfg.Data.BatchSize, cfg.Train.EvalBatches, cfg.Train.Seed^0x5eed)
-		if err != nil {
-			return fmt.Errorf("dp runner: validation batches: %w", err)
+	if spec.Rank == 0 && cfg.Train.EvalEvery > 0 {
+		if val, err = data.ValBatches(cfg.Train.EvalBatches); err != nil {
+			log.Warn().Err(err).Msg("training without validation")
+			val = nil
 		}
 	}
 	tr, err := train.NewTrainer(cfg, log)
@@ -67,15 +67,20 @@ func RunDP(ctx context.Context, spec StartSpec) error {
 	}
 	defer t.Close()
 	world := collective.NewWorldConfig(t, collective.Config{Timeout: CollectiveTimeout})
-	dp, err := world.Sub(m.Group(parallel.AxisDP, spec.Rank))
+	dpComm, err := world.Sub(m.Group(parallel.AxisDP, spec.Rank))
 	if err != nil {
 		return fmt.Errorf("dp runner: data-parallel group: %w", err)
 	}
+	dcfg := dpConfigOf(cfg)
+	w, err := newDPWorker(tr, dpComm, dcfg)
+	if err != nil {
+		return fmt.Errorf("dp runner: %w", err)
+	}
 	log.Info().Int("params", tr.Layout().Total).Int("threads", tensor.Threads()).Int("dp_rank", dpIdx).
-		Int("dp_size", dpSize).Int("steps", cfg.Train.Steps).Msg("data-parallel training")
+		Int("dp_size", dpSize).Int("steps", cfg.Train.Steps).Int("buckets", len(w.red.Buckets())).
+		Bool("zero1", dcfg.Zero1).Bool("overlap", dcfg.Overlap).Msg("data-parallel training")
 
-	stats := make([]float32, 2)
-	var tokens int64
+	var tokens, targets int64 // input positions (padding included) and non-ignored targets of this rank
 	var trainTime time.Duration
 	for tr.Step() < cfg.Train.Steps {
 		if err := ctx.Err(); err != nil {
@@ -86,12 +91,13 @@ func RunDP(ctx context.Context, spec StartSpec) error {
 		if err != nil {
 			return fmt.Errorf("dp runner: step %d: data: %w", tr.Step()+1, err)
 		}
-		st, loss, gnorm, err := dpStep(ctx, tr, dp, b, stats)
+		st, loss, gnorm, err := w.step(ctx, b)
 		if err != nil {
 			return err
 		}
 		trainTime += time.Since(t0)
 		tokens += int64(st.Tokens)
+		targets += int64(st.Targets)
 		step := tr.Step()
 		if math.IsNaN(loss) || math.IsInf(loss, 0) {
 			return fmt.Errorf("dp runner: step %d: loss is %v", step, loss)
@@ -113,31 +119,101 @@ func RunDP(ctx context.Context, spec StartSpec) error {
 			log.Info().Float64("val_loss", u.ValLoss).Msg("validation")
 		}
 	}
-	log.Info().Int("steps", tr.Step()).Int64("tokens", tokens).Dur("train_time", trainTime).Msg("done")
+	padding := 0.0
+	if tokens > 0 {
+		padding = 1 - float64(targets)/float64(tokens)
+	}
+	log.Info().Int("steps", tr.Step()).Int64("tokens", tokens).Float64("padding_fraction", padding).
+		Dur("train_time", trainTime).Msg("done")
 	return nil
 }
 
-// dpStep is one data-parallel step: forward/backward on this rank's batch,
-// the gradient mean over the data-parallel group (started asynchronously, so
-// the loss reduction rides along), then the optimizer step. stats is a
-// 2-float scratch buffer. It returns the local stats, the group's mean loss
-// and the gradient norm.
-func dpStep(ctx context.Context, tr *train.Trainer, dp *collective.Comm, b sampling.Batch, stats []float32) (train.StepStats, float64, float64, error) {
+// dpConfigOf is the job's data-parallel settings (the [dp] section).
+func dpConfigOf(cfg train.JobConfig) dp.Config { return cfg.DP }
+
+// dpWorker is one data-parallel rank's step machinery: its trainer, the
+// bucketed gradient reducer hooked into the backward, and under ZeRO-1 the
+// AdamW states of its shards.
+type dpWorker struct {
+	tr     *train.Trainer
+	comm   *collective.Comm
+	cfg    dp.Config
+	red    *dp.Reducer
+	shards []*optim.AdamW
+	stats  []float32 // Σ CE·targets, Σ targets, Σ aux
+}
+
+func newDPWorker(tr *train.Trainer, comm *collective.Comm, cfg dp.Config) (*dpWorker, error) {
+	// EP = 1 here: expert tensors reduce over the data-parallel group too.
+	red, err := dp.NewReducer(cfg, tr.Layout(), tr.Grads(), comm, comm)
+	if err != nil {
+		return nil, err
+	}
+	w := &dpWorker{tr: tr, comm: comm, cfg: cfg, red: red, stats: make([]float32, 3)}
+	if cfg.Zero1 {
+		if w.shards, err = tr.NewShardOptimizers(red.ShardRanges()); err != nil {
+			return nil, err
+		}
+	}
+	tr.SetGradsReadyHook(red.Hook())
+	return w, nil
+}
+
+// step is one data-parallel step: forward/backward on this rank's batch with
+// the gradient buckets reducing as they become final, the loss statistics
+// reduced alongside, then the optimizer step (ZeRO-1: on this rank's shards,
+// followed by the parameter all-gather). It returns the local stats, the
+// global-batch loss (what the serial trainer reports on the concatenated
+// batches) and the global gradient norm.
+func (w *dpWorker) step(ctx context.Context, b sampling.Batch) (train.StepStats, float64, float64, error) {
+	tr := w.tr
+	stepNo := tr.Step() + 1
+	targets := 0
+	for _, t := range b.Targets {
+		if t >= 0 {
+			targets++
+		}
+	}
+	// The reducer's collectives carry the communicator's deadline from their
+	// start; ctx only cancels them. The waits after the backward get their
+	// own deadline, so a long backward does not eat into it.
+	if err := w.red.Begin(ctx, targets); err != nil {
+		return train.StepStats{}, 0, 0, fmt.Errorf("dp runner: step %d: %w", stepNo, err)
+	}
 	st, err := tr.ForwardBackward(b)
 	if err != nil {
-		return st, 0, 0, fmt.Errorf("dp runner: step %d: %w", tr.Step()+1, err)
+		// The reduction is abandoned: this rank leaves the job, and its peers'
+		// collectives fail at their deadline or when the transport drops.
+		return st, 0, 0, fmt.Errorf("dp runner: step %d: %w", stepNo, err)
 	}
-	gradReq := dp.AllReduceAsync(tr.Grads(), collective.Mean)
-	stats[0], stats[1] = float32(st.Loss), float32(st.Tokens)
+	w.stats[0], w.stats[1], w.stats[2] = float32(st.CE*float64(st.Targets)), float32(st.Targets), float32(st.Aux)
+	statsReq := w.comm.AllReduceAsync(w.stats, collective.Sum)
 	cctx, cancel := context.WithTimeout(ctx, CollectiveTimeout)
-	err = dp.AllReduce(cctx, stats, collective.Sum)
-	if werr := gradReq.Wait(cctx); err == nil {
-		err = werr
+	defer cancel()
+	err = w.red.Finish(cctx)
+	if serr := statsReq.Wait(cctx); err == nil && serr != nil {
+		err = fmt.Errorf("loss all-reduce over dp group %v: %w", w.comm.WorldRanks(), serr)
 	}
-	cancel()
 	if err != nil {
-		return st, 0, 0, fmt.Errorf("dp runner: step %d: gradient all-reduce over dp group %v: %w", tr.Step()+1, dp.WorldRanks(), err)
+		return st, 0, 0, fmt.Errorf("dp runner: step %d: %w", stepNo, err)
 	}
-	gnorm := tr.OptimizerStep()
-	return st, float64(stats[0]) / float64(dp.Size()), gnorm, nil
+	var ce float64
+	if w.stats[1] > 0 {
+		ce = float64(w.stats[0]) / float64(w.stats[1])
+	}
+	loss := ce + tr.Config().Model.AuxCoef*float64(w.stats[2])/float64(w.comm.Size())
+	if !w.cfg.Zero1 {
+		return st, loss, tr.OptimizerStep(), nil
+	}
+	gnorm, err := w.red.GlobalNorm(cctx)
+	if err != nil {
+		return st, 0, 0, fmt.Errorf("dp runner: step %d: %w", stepNo, err)
+	}
+	if _, err := tr.OptimizerStepShards(w.shards, optim.ClipScale(gnorm, tr.Config().Optim.ClipNorm)); err != nil {
+		return st, 0, 0, fmt.Errorf("dp runner: %w", err)
+	}
+	if err := w.red.GatherParams(cctx, tr.Params()); err != nil {
+		return st, 0, 0, fmt.Errorf("dp runner: step %d: %w", stepNo, err)
+	}
+	return st, loss, gnorm, nil
 }

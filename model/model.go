@@ -72,6 +72,20 @@ type Model struct {
 	P, G   Weights // views into Params and Grads
 	Router moe.Router
 
+	// OnGradsReady, when set, is called during Backward each time a
+	// contiguous range [lo, hi) of Grads is final for this backward pass.
+	// Ranges arrive in decreasing order, are contiguous (each one's hi is the
+	// previous one's lo) and together cover [0, Layout.Total) exactly once per
+	// Backward, on entry boundaries of the layout. The callback runs on the
+	// backward's goroutine and must not write Grads inside [0, lo) nor keep
+	// Backward waiting long: data-parallel reducers start communication from
+	// it so that it overlaps the rest of the backward. nil costs nothing.
+	OnGradsReady func(lo, hi int)
+
+	// marks[l] = {ln1, ln2, end} offsets of layer l's entries: the ranges the
+	// backward finalises (see OnGradsReady).
+	marks [][3]int
+
 	acts  *Acts
 	in    Input
 	dims  Dims
@@ -93,6 +107,20 @@ func New(cfg Config, seed uint64) (*Model, error) {
 	m.Grads = make([]float32, m.Layout.Total)
 	m.P, m.G = m.Layout.Views(m.Params), m.Layout.Views(m.Grads)
 	m.Layout.InitParams(m.Params, cfg.InitStd, seed)
+	// A layer's entries run from its ln1 to the next layer's ln1 (ln_f after
+	// the last layer); the MoE half starts at ln2.
+	m.marks = make([][3]int, cfg.Layers)
+	for l := range m.marks {
+		p := fmt.Sprintf("layers.%d.", l)
+		ln1, _ := m.Layout.Lookup(p + "ln1")
+		ln2, _ := m.Layout.Lookup(p + "ln2")
+		m.marks[l] = [3]int{ln1.Offset, ln2.Offset, 0}
+		if l > 0 {
+			m.marks[l-1][2] = ln1.Offset
+		}
+	}
+	lnf, _ := m.Layout.Lookup("ln_f")
+	m.marks[cfg.Layers-1][2] = lnf.Offset
 	return m, nil
 }
 
@@ -164,13 +192,24 @@ func (m *Model) Backward() error {
 	mask := a.Mask[:dm.N]
 	last := a.Layers[len(a.Layers)-1].Out
 	HeadBackward(a.DRes, m.G, a.DLogits, a.LNF, a.RstdF, last, m.P, dm, cfg.Vocab, a.DTmp)
+	// The head writes ln_f and lm_head, which follow the last layer.
+	m.gradsReady(m.marks[len(m.marks)-1][2], m.Layout.Total)
 	for l := len(a.Layers) - 1; l >= 0; l-- {
 		la := &a.Layers[l]
 		MoEBackward(a.DRes, m.G.Layers[l], la, m.P.Layers[l], dm, md, m.Router, mask, cfg.AuxCoef, a.DTmp, &a.MoE)
+		m.gradsReady(m.marks[l][1], m.marks[l][2]) // ln2 … w2
 		AttentionBackward(a.DRes, m.G.Layers[l], la, m.P.Layers[l], dm, a.DTmp, a.DQKV, a.AttD)
+		m.gradsReady(m.marks[l][0], m.marks[l][1]) // ln1, qkv, proj
 	}
 	EmbedBackward(m.G.TokEmb, m.G.PosEmb, a.DRes[:dm.N*dm.D], m.in.Tokens, m.in.Pos, dm.D)
+	m.gradsReady(0, m.marks[0][0]) // tok_emb, pos_emb
 	return nil
+}
+
+func (m *Model) gradsReady(lo, hi int) {
+	if m.OnGradsReady != nil {
+		m.OnGradsReady(lo, hi)
+	}
 }
 
 // ForwardBackward zeroes the gradients, runs forward and backward.

@@ -14,6 +14,7 @@ import (
 	"github.com/moetrain/moetrain/model"
 	"github.com/moetrain/moetrain/optim"
 	"github.com/moetrain/moetrain/parallel"
+	"github.com/moetrain/moetrain/parallel/dp"
 	"github.com/moetrain/moetrain/sampling"
 )
 
@@ -68,6 +69,7 @@ type JobConfig struct {
 	Optim optim.Config    `toml:"optim"`
 	Data  sampling.Config `toml:"data"`
 	Mesh  parallel.Config `toml:"mesh"`
+	DP    dp.Config       `toml:"dp"`
 	Train Config          `toml:"train"`
 }
 
@@ -78,13 +80,14 @@ func DefaultJobConfig() JobConfig {
 		Optim: optim.DefaultConfig(),
 		Data:  sampling.DefaultConfig(),
 		Mesh:  parallel.DefaultConfig(),
+		DP:    dp.DefaultConfig(),
 		Train: DefaultConfig(),
 	}
 }
 
 // Validate checks every section and the constraints between them.
 func (j JobConfig) Validate() error {
-	errs := []error{j.Model.Validate(), j.Optim.Validate(), j.Data.Validate(), j.Train.Validate(), validateMesh(j.Mesh, j.Model)}
+	errs := []error{j.Model.Validate(), j.Optim.Validate(), j.Data.Validate(), j.Train.Validate(), j.DP.Validate(), validateMesh(j.Mesh, j.Model)}
 	longest := j.Data.SeqLen
 	if j.Data.Mode == sampling.ModeBucket {
 		longest = j.Data.EffectiveMaxLen()

@@ -145,3 +145,47 @@ func (t *Trainer) Evaluate(batches []sampling.Batch) (float64, error) {
 	}
 	return sum / float64(count), nil
 }
+
+// SetGradsReadyHook installs fn as the model's backward hook (see
+// model.Model.OnGradsReady); nil removes it. A data-parallel reducer uses it
+// to start each gradient bucket's reduction while the backward continues.
+func (t *Trainer) SetGradsReadyHook(fn func(lo, hi int)) { t.m.OnGradsReady = fn }
+
+// NewShardOptimizers builds zeroed AdamW states, with the job's optimizer
+// settings, over each range [r[0], r[1]) of the flat buffer: the shards of
+// the optimizer state this rank owns under ZeRO-1. Step them with
+// OptimizerStepShards. (The trainer's own full-range optimizer, Optimizer(),
+// is left as it is: checkpoints still cover it, not these shards.)
+func (t *Trainer) NewShardOptimizers(ranges [][2]int) ([]*optim.AdamW, error) {
+	out := make([]*optim.AdamW, 0, len(ranges))
+	for i, r := range ranges {
+		if r[1] > t.m.Layout.Total {
+			return nil, fmt.Errorf("train: optimizer shard %d [%d, %d) beyond the %d parameters", i, r[0], r[1], t.m.Layout.Total)
+		}
+		o, err := optim.NewAdamW(t.cfg.Optim, r[0], r[1])
+		if err != nil {
+			return nil, fmt.Errorf("train: optimizer shard %d: %w", i, err)
+		}
+		out = append(out, o)
+	}
+	return out, nil
+}
+
+// OptimizerStepShards applies AdamW step Step()+1 with the schedule's
+// learning rate and gradScale (the caller's clipping factor, computed from
+// the global gradient norm) to each shard optimizer's range of Params, using
+// the same range of Grads, then advances Step. Parameters outside the shards
+// are untouched (ZeRO-1 all-gathers them afterwards). It returns Σ g² over
+// the shards (before gradScale).
+func (t *Trainer) OptimizerStepShards(shards []*optim.AdamW, gradScale float64) (sumSq float64, err error) {
+	lr := t.sched.LR(t.step)
+	for i, o := range shards {
+		s, err := o.Update(t.m.Params, t.m.Grads, t.step+1, lr, gradScale)
+		if err != nil {
+			return 0, fmt.Errorf("train: step %d: optimizer shard %d: %w", t.step+1, i, err)
+		}
+		sumSq += s
+	}
+	t.step++
+	return sumSq, nil
+}

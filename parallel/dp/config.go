@@ -1,0 +1,58 @@
+// Package dp is data parallelism: the flat gradient buffer reduced over the
+// data-parallel group in buckets that start while the backward still runs,
+// and ZeRO-1 (optimizer state sharded over the group: reduce-scatter the
+// gradient, update the local shard, all-gather the parameters).
+//
+// Loss semantics: the reduced gradient is that of the serial trainer on the
+// concatenation of every rank's batch, i.e. of the mean cross-entropy over
+// all non-ignored targets of the global batch. Each rank's model averages
+// over its own c_r targets, so before the reduction every bucket is scaled by
+// c_r / G (G = Σ c_r, all-reduced once per step while the forward runs) and
+// the buckets are then summed (collective.Sum). With equal target counts this
+// is the plain mean; with unequal ones (ignored targets, uneven batches) it
+// is still the global-batch gradient. The auxiliary load-balancing loss is
+// weighted the same way, which equals the serial one only when its routing
+// statistics are global (or aux_coef = 0).
+package dp
+
+import (
+	"fmt"
+	"math"
+)
+
+// Config is the [dp] section of a job: to wire it, give train.JobConfig a
+// field DP of this type with TOML key "dp" (keys bucket_mb, zero1, overlap),
+// start it from DefaultConfig, call Validate with the rest of the job, and
+// return it from cluster's dpConfigOf.
+type Config struct {
+	// BucketMB is the size of a gradient bucket in MB (10⁶ bytes of float32
+	// gradients). Buckets end on parameter-tensor boundaries, so one holds at
+	// least one whole tensor and otherwise at most this much. Default 25
+	// (6.25 M floats): large enough that per-message latency is noise, small
+	// enough that the first bucket starts early in the backward.
+	BucketMB float64 `toml:"bucket_mb"`
+	// Zero1 shards the optimizer state over the data-parallel group:
+	// gradients are reduce-scattered, each rank updates its shard of every
+	// bucket and the parameters are all-gathered. Default false.
+	Zero1 bool `toml:"zero1"`
+	// Overlap starts each bucket's reduction from the backward hook as soon
+	// as its gradients are final; when false every bucket starts after the
+	// backward (a baseline for benchmarks). Default true.
+	Overlap bool `toml:"overlap"`
+}
+
+// DefaultConfig is 25 MB buckets, overlap on, ZeRO-1 off.
+func DefaultConfig() Config { return Config{BucketMB: 25, Overlap: true} }
+
+// Validate checks the bucket size.
+func (c Config) Validate() error {
+	if !(c.BucketMB > 0) || math.IsInf(c.BucketMB, 0) {
+		return fmt.Errorf("dp: bucket_mb = %v: want a positive size in MB (default 25)", c.BucketMB)
+	}
+	return nil
+}
+
+// BucketFloats is the bucket size in float32 elements (at least 1).
+func (c Config) BucketFloats() int {
+	return max(1, int(c.BucketMB*1e6/4))
+}
