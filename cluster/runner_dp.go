@@ -140,7 +140,8 @@ type dpWorker struct {
 	cfg    dp.Config
 	red    *dp.Reducer
 	shards []*optim.AdamW
-	stats  []float32 // Σ CE·targets, Σ targets, Σ aux
+	stats  []float32 // Σ CE·targets, Σ targets, Σ aux, Σ z-loss
+	load   []float32 // routed expert load of every layer, summed over the group for bias balancing
 }
 
 func newDPWorker(tr *train.Trainer, comm *collective.Comm, cfg dp.Config) (*dpWorker, error) {
@@ -149,7 +150,7 @@ func newDPWorker(tr *train.Trainer, comm *collective.Comm, cfg dp.Config) (*dpWo
 	if err != nil {
 		return nil, err
 	}
-	w := &dpWorker{tr: tr, comm: comm, cfg: cfg, red: red, stats: make([]float32, 3)}
+	w := &dpWorker{tr: tr, comm: comm, cfg: cfg, red: red, stats: make([]float32, 4)}
 	if cfg.Zero1 {
 		if w.shards, err = tr.NewShardOptimizers(red.ShardRanges()); err != nil {
 			return nil, err
@@ -186,7 +187,7 @@ func (w *dpWorker) step(ctx context.Context, b sampling.Batch) (train.StepStats,
 		// collectives fail at their deadline or when the transport drops.
 		return st, 0, 0, fmt.Errorf("dp runner: step %d: %w", stepNo, err)
 	}
-	w.stats[0], w.stats[1], w.stats[2] = float32(st.CE*float64(st.Targets)), float32(st.Targets), float32(st.Aux)
+	w.stats[0], w.stats[1], w.stats[2], w.stats[3] = float32(st.CE*float64(st.Targets)), float32(st.Targets), float32(st.Aux), float32(st.ZLoss)
 	statsReq := w.comm.AllReduceAsync(w.stats, collective.Sum)
 	cctx, cancel := context.WithTimeout(ctx, CollectiveTimeout)
 	defer cancel()
@@ -201,7 +202,14 @@ func (w *dpWorker) step(ctx context.Context, b sampling.Batch) (train.StepStats,
 	if w.stats[1] > 0 {
 		ce = float64(w.stats[0]) / float64(w.stats[1])
 	}
-	loss := ce + tr.Config().Model.AuxCoef*float64(w.stats[2])/float64(w.comm.Size())
+	mc := tr.Config().Model
+	n := float64(w.comm.Size())
+	loss := ce + mc.AuxCoef*float64(w.stats[2])/n + mc.ZLossCoef*float64(w.stats[3])/n
+	if mc.BiasUpdateRate > 0 {
+		if err := w.updateRouterBias(cctx, st.RoutedLoad); err != nil {
+			return st, 0, 0, fmt.Errorf("dp runner: step %d: %w", stepNo, err)
+		}
+	}
 	if !w.cfg.Zero1 {
 		return st, loss, tr.OptimizerStep(), nil
 	}
@@ -216,4 +224,27 @@ func (w *dpWorker) step(ctx context.Context, b sampling.Batch) (train.StepStats,
 		return st, 0, 0, fmt.Errorf("dp runner: step %d: %w", stepNo, err)
 	}
 	return st, loss, gnorm, nil
+}
+
+// updateRouterBias sums the routed expert load over the data-parallel group
+// (counts are integers far below 2^24, so float32 sums are exact) and applies
+// the aux-loss-free bias update, identically on every replica.
+func (w *dpWorker) updateRouterBias(ctx context.Context, load [][]int) error {
+	w.load = w.load[:0]
+	for _, l := range load {
+		for _, c := range l {
+			w.load = append(w.load, float32(c))
+		}
+	}
+	if err := w.comm.AllReduce(ctx, w.load, collective.Sum); err != nil {
+		return fmt.Errorf("expert-load all-reduce over dp group %v: %w", w.comm.WorldRanks(), err)
+	}
+	i := 0
+	for _, l := range load {
+		for e := range l {
+			l[e] = int(w.load[i])
+			i++
+		}
+	}
+	return w.tr.UpdateRouterBias(load)
 }

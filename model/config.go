@@ -8,8 +8,6 @@ package model
 import (
 	"errors"
 	"fmt"
-
-	"github.com/moetrain/moetrain/moe"
 )
 
 // Config is the [model] section of a job. DefaultConfig is the reference
@@ -40,9 +38,38 @@ type Config struct {
 	// InitStd is the standard deviation of the normal initialisation of every
 	// matrix and embedding (norm weights start at 1).
 	InitStd float64 `toml:"init_std"`
-	// Router picks the MoE router; "topk" (softmax, top-k, gates
-	// renormalised) is the only one so far.
+	// Router picks the MoE router: "topk" (top-k, gates renormalised over
+	// the k chosen), "moge" (Mixture of Grouped Experts: top-(top_k/groups)
+	// inside each of the groups, gates the unrenormalised global scores, so
+	// every group receives the same number of slots) or "group_limited"
+	// (DeepSeek-V3: keep the topk_groups groups with the highest sum of
+	// their two best scores, then top-k inside them, gates renormalised).
 	Router string `toml:"router"`
+	// Score turns router logits into scores: "softmax" (over the experts)
+	// or "sigmoid" (per expert).
+	Score string `toml:"score"`
+	// Groups splits the experts into equal blocks of consecutive experts for
+	// "moge" and "group_limited" (normally the expert-parallel degree); it
+	// must divide experts (and top_k for moge). Ignored by "topk".
+	Groups int `toml:"groups"`
+	// TopKGroups is how many groups "group_limited" keeps per token; 0
+	// keeps all groups.
+	TopKGroups int `toml:"topk_groups"`
+	// ZLossCoef weights the router z-loss summed over layers:
+	// loss += ZLossCoef·Σ mean(logsumexp(router logits)²). 0 = off.
+	ZLossCoef float64 `toml:"z_loss_coef"`
+	// BiasUpdateRate is γ of aux-loss-free balancing: after every optimizer
+	// step each expert's selection bias moves by −γ·sign(load − mean load).
+	// 0 = off.
+	BiasUpdateRate float64 `toml:"bias_update_rate"`
+	// CapacityFactor C caps each expert at ceil(C·N·top_k/experts) slots of
+	// the N tokens of a forward; dropped slots pass the token through the
+	// residual only. 0 = dropless.
+	CapacityFactor float64 `toml:"capacity_factor"`
+	// DropPolicy picks the slots an over-capacity expert drops:
+	// "probability" (lowest router score first) or "position" (later tokens
+	// first).
+	DropPolicy string `toml:"drop_policy"`
 }
 
 // DefaultConfig returns the reference model.
@@ -60,6 +87,9 @@ func DefaultConfig() Config {
 		AuxCoef:      0.01,
 		InitStd:      0.02,
 		Router:       "topk",
+		Score:        "softmax",
+		Groups:       1,
+		DropPolicy:   "probability",
 	}
 }
 
@@ -98,8 +128,6 @@ func (c Config) Validate() error {
 	if !(c.InitStd > 0 && c.InitStd < 10) {
 		errs = append(errs, fmt.Errorf("model.init_std = %g: must be in (0, 10)", c.InitStd))
 	}
-	if _, err := moe.NewRouter(c.Router); err != nil {
-		errs = append(errs, fmt.Errorf("model.router = %q: %w", c.Router, err))
-	}
+	errs = append(errs, c.validateRouter()...)
 	return errors.Join(errs...)
 }

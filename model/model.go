@@ -59,6 +59,7 @@ type Result struct {
 	Loss    float64 // CE + AuxCoef·Aux
 	CE      float64 // mean cross-entropy over counted targets
 	Aux     float64 // Σ over layers of the aux loss (unweighted)
+	ZLoss   float64 // Σ over layers of the router z-loss (unweighted; 0 when z_loss_coef = 0)
 	Targets int     // counted (non-ignored) targets
 }
 
@@ -71,6 +72,9 @@ type Model struct {
 	Grads  []float32
 	P, G   Weights // views into Params and Grads
 	Router moe.Router
+	// Balance holds the aux-loss-free routing biases (selection only); its
+	// Flat buffer is model state that checkpoints save.
+	Balance *RouterState
 
 	// OnGradsReady, when set, is called during Backward each time a
 	// contiguous range [lo, hi) of Grads is final for this backward pass.
@@ -98,11 +102,11 @@ func New(cfg Config, seed uint64) (*Model, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	router, err := moe.NewRouter(cfg.Router)
+	router, err := NewRouter(cfg)
 	if err != nil {
 		return nil, err
 	}
-	m := &Model{Cfg: cfg, Layout: NewLayout(cfg), Router: router}
+	m := &Model{Cfg: cfg, Layout: NewLayout(cfg), Router: router, Balance: NewRouterState(cfg)}
 	m.Params = make([]float32, m.Layout.Total)
 	m.Grads = make([]float32, m.Layout.Total)
 	m.P, m.G = m.Layout.Views(m.Params), m.Layout.Views(m.Grads)
@@ -157,6 +161,7 @@ func (m *Model) Forward(in Input, wantGrad bool) (Result, error) {
 		la := &a.Layers[l]
 		la.MoE.Resize(md, n)
 		AttentionForward(la, m.P.Layers[l], m.dims)
+		la.MoE.Bias = m.Balance.Layer(l)
 		MoEForward(la, m.P.Layers[l], m.dims, md, m.Router, mask)
 		aux += la.MoE.Aux.Value
 	}
@@ -176,6 +181,10 @@ func (m *Model) Forward(in Input, wantGrad bool) (Result, error) {
 		r.CE = sum / float64(count)
 	}
 	r.Loss = r.CE + cfg.AuxCoef*aux
+	if cfg.ZLossCoef > 0 {
+		r.ZLoss = m.RouterZLoss()
+		r.Loss += cfg.ZLossCoef * r.ZLoss
+	}
 	m.ready = wantGrad
 	return r, nil
 }

@@ -2,7 +2,9 @@ package moe
 
 // Aux is the Switch/GShard load-balancing loss of one layer,
 // aux = E·Σ_e f_e·P_e, where f_e is the share of counted token slots routed
-// to e and P_e the mean router probability of e over counted tokens. Tokens
+// to e (the router's choices, before any capacity drop) and P_e the mean
+// router score of e over counted tokens (the softmax probability; with
+// sigmoid scores the raw sigmoid, not renormalised over experts). Tokens
 // with mask[t] false (padding) are left out of both statistics, so padding
 // changes neither the loss nor its gradient.
 //

@@ -22,10 +22,14 @@ type State struct {
 	Routing Routing
 	Plan    Plan
 	Aux     Aux
-	X       []float32 // [S, D] gathered inputs, S = N·K
-	Hpre    []float32 // [S, H]
-	Hact    []float32 // [S, H]
-	Y       []float32 // [S, D] expert outputs (before gating)
+	ZLoss   ZLoss // computed only when the router's ZLossCoef > 0
+	// Bias (nil = none) is the layer's aux-loss-free balancing bias [E],
+	// owned by the caller and set before Forward; it steers selection only.
+	Bias []float32
+	X    []float32 // [S, D] gathered inputs, S ≤ N·K kept slots
+	Hpre []float32 // [S, H]
+	Hact []float32 // [S, H]
+	Y    []float32 // [S, D] expert outputs (before gating)
 }
 
 // Scratch is Backward's working memory for N tokens. One Scratch serves
@@ -67,28 +71,39 @@ func (st *State) Resize(dm Dims, n int) {
 
 // Forward routes x [N, D] and ACCUMULATES the gated expert outputs into out
 // [N, D] (callers pass the residual stream, so the residual add is free).
-// mask (nil = all) selects the tokens counted by the aux loss; st.Aux holds
-// it afterwards. st must have been Resize'd for N.
+// router and its Options choose scores, selection, capacity and z-loss;
+// st.Bias (len E or nil) steers selection. mask (nil = all) selects the
+// tokens counted by the aux loss and the z-loss; st.Aux and st.ZLoss hold
+// them afterwards. st must have been Resize'd for N.
 func Forward(out, x []float32, w Weights, dm Dims, router Router, mask []bool, st *State) {
 	n, d, e := st.N, dm.D, dm.E
+	opt := router.Options()
 	r := &st.Routing
 	tensor.Gemm(false, true, n, e, d, x, d, w.Router, d, 0, st.Logits, e)
-	tensor.SoftmaxForward(r.Probs, st.Logits, n, e)
+	scoreForward(r.Probs, st.Logits, n, e, opt.Score)
+	r.Bias = st.Bias
 	router.Select(r)
-	st.Plan.Build(r)
+	st.Plan.BuildCapacity(r, opt.Capacity(n, e, dm.K), opt.Drop)
 	ComputeAux(&st.Aux, r, mask)
+	if opt.ZLossCoef > 0 {
+		st.ZLoss.Forward(st.Logits, n, e, mask)
+	} else {
+		st.ZLoss.Sum, st.ZLoss.Count, st.ZLoss.Value = 0, 0, 0
+	}
 	p := &st.Plan
 	tensor.GatherRows(st.X, x, p.Token, d)
 	Experts{D: d, H: dm.H}.Forward(st.Y, st.Hpre, st.Hact, st.X, w.W1, w.W2, p.Offsets)
-	tensor.ScatterAddRows(out, st.Y, p.Token, p.Gate, d)
+	tensor.ScatterAddRows(out, st.Y[:p.Slots()*d], p.Token, p.Gate, d)
 }
 
 // Backward, given dout [N, D] (the gradient of Forward's output), accumulates
 // dx [N, D] and the weight gradients dw. auxCoef scales the aux loss's
 // gradient (the aux term of the total loss is auxCoef·aux). sc must have
-// been Resize'd for at least N tokens.
+// been Resize'd for at least N tokens. The z-loss gradient (coefficient
+// router.Options().ZLossCoef) is included; dropped slots get none.
 func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, router Router, mask []bool, auxCoef float64, st *State, sc *Scratch) {
 	n, d, e := st.N, dm.D, dm.E
+	opt := router.Options()
 	r := &st.Routing
 	p := &st.Plan
 	s := p.Slots()
@@ -104,16 +119,28 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 	tensor.ScatterAddRows(dx, sc.dX[:s*d], p.Token, nil, d)
 	// Gates → router probabilities (+ aux) → logits → router weights and x.
 	for i, slot := range p.SlotOf[:n*dm.K] {
+		if slot < 0 {
+			sc.dGates[i] = 0 // dropped: the gate does not reach the output
+			continue
+		}
 		sc.dGates[i] = sc.dSlotGate[slot]
 	}
 	clear(sc.dProbs[:n*e])
 	router.Backward(sc.dProbs, sc.dGates, r)
 	AuxBackward(sc.dProbs, &st.Aux, r, mask, auxCoef)
 	clear(sc.dLogits[:n*e])
-	tensor.SoftmaxBackward(sc.dLogits, sc.dProbs, r.Probs, n, e)
+	scoreBackward(sc.dLogits, sc.dProbs, r.Probs, n, e, opt.Score)
+	if opt.ZLossCoef > 0 {
+		st.ZLoss.Backward(sc.dLogits, st.Logits, n, e, mask, opt.ZLossCoef)
+	}
 	tensor.Gemm(true, false, e, d, n, sc.dLogits, e, x, d, 1, dw.Router, d)
 	tensor.Gemm(false, false, n, d, e, sc.dLogits, e, w.Router, d, 1, dx, d)
 }
 
-// Load is the number of token slots each expert received (from the plan).
+// Load is the number of token slots each expert processed in the last
+// Forward (after capacity; from the plan).
 func (st *State) Load() []int { return st.Plan.Counts }
+
+// RoutedLoad is the number of token slots the router sent to each expert in
+// the last Forward, before capacity: the signal for bias balancing.
+func (st *State) RoutedLoad() []int { return st.Plan.Routed }

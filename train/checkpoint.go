@@ -2,9 +2,11 @@ package train
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -144,6 +146,10 @@ func (t *Trainer) SnapshotLayout(rank int, sl ShardLayout, sampler *sampling.Sta
 		return nil, fmt.Errorf("checkpoint snapshot: optimizer state: %w", err)
 	}
 	snap.AddBlob(checkpoint.BlobOptimizer, ob)
+	if bias := t.m.Balance.Flat; len(bias) > 0 {
+		// The aux-loss-free routing biases: float32 little-endian, [layers·experts].
+		snap.AddBlob(blobRouterBias, float32Bytes(bias))
+	}
 	if sampler != nil {
 		sb, err := json.Marshal(sampler)
 		if err != nil {
@@ -257,6 +263,20 @@ func (t *Trainer) RestoreLayout(c *checkpoint.Checkpoint, rank int, sl ShardLayo
 			return nil, fmt.Errorf("restore: checkpoint %s: blob %q of rank %d: %w", c.Dir, checkpoint.BlobSampler, br, err)
 		}
 	}
+	var bias []float32
+	if len(t.m.Balance.Flat) > 0 {
+		bb, err := c.Blob(br, blobRouterBias)
+		if err != nil {
+			return nil, fmt.Errorf("restore: router biases (model.bias_update_rate > 0): %w", err)
+		}
+		if len(bb) != 4*len(t.m.Balance.Flat) {
+			return nil, fmt.Errorf("restore: checkpoint %s: blob %q of rank %d holds %d bytes, want %d (layers·experts float32)", c.Dir, blobRouterBias, br, len(bb), 4*len(t.m.Balance.Flat))
+		}
+		bias = make([]float32, len(t.m.Balance.Flat))
+		for i := range bias {
+			bias[i] = math.Float32frombits(binary.LittleEndian.Uint32(bb[4*i:]))
+		}
+	}
 	params := make([]float32, len(t.m.Params))
 	copy(params, t.m.Params) // regions sl leaves out keep their values
 	m := append([]float32(nil), t.opt.M...)
@@ -273,6 +293,11 @@ func (t *Trainer) RestoreLayout(c *checkpoint.Checkpoint, rank int, sl ShardLayo
 		}
 		if err := c.ReadRegion(checkpoint.MomentVPrefix+p.Name, p.Region, v[p.Offset:end]); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
+		}
+	}
+	if bias != nil {
+		if err := t.m.Balance.SetFlat(bias); err != nil {
+			return nil, fmt.Errorf("restore: checkpoint %s: %w", c.Dir, err)
 		}
 	}
 	copy(t.m.Params, params)
@@ -589,4 +614,16 @@ func (r *runCheckpoints) finish(ctx context.Context, timeout time.Duration) erro
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	return r.cp.Wait(wctx)
+}
+
+// blobRouterBias names the blob holding model.RouterState.Flat (saved only
+// when aux-loss-free balancing is on).
+const blobRouterBias = "router_bias"
+
+func float32Bytes(x []float32) []byte {
+	b := make([]byte, 4*len(x))
+	for i, v := range x {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+	}
+	return b
 }

@@ -81,6 +81,9 @@ func trainSteps(t *testing.T, tr *Trainer, s sampling.Sampler, n int) []float64 
 			t.Fatal(err)
 		}
 		out = append(out, st.Loss, tr.OptimizerStep())
+		if err := tr.UpdateRouterBias(st.RoutedLoad); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return out
 }
@@ -125,9 +128,14 @@ func sameState(t *testing.T, what string, a, b *Trainer) {
 // bit for bit. The saving trainer keeps training while the checkpoint is
 // written, and its own run must be unaffected as well.
 func TestResumeBitwiseExact(t *testing.T) {
-	for _, mode := range []string{"window", "pack"} {
+	for _, mode := range []string{"window", "pack", "window+bias"} {
 		t.Run(mode, func(t *testing.T) {
 			cfg := ckptJob(20)
+			if mode == "window+bias" {
+				// Aux-loss-free balancing: the routing biases are state too.
+				cfg.Model.BiasUpdateRate = 0.01
+				mode = "window"
+			}
 			ref := newTestTrainer(t, cfg)
 			want := trainSteps(t, ref, newSampler(t, mode, cfg), 20)
 

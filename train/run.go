@@ -8,6 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/moetrain/moetrain/moe"
 	"github.com/moetrain/moetrain/sampling"
 	"github.com/moetrain/moetrain/tensor"
 )
@@ -124,6 +125,9 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 			return sum, err
 		}
 		gnorm := tr.OptimizerStep()
+		if err := tr.UpdateRouterBias(st.RoutedLoad); err != nil {
+			return sum, fmt.Errorf("train: step %d: %w", tr.Step(), err)
+		}
 		trainTime += time.Since(t0)
 		step := tr.Step()
 		if err := ckpt.afterStep(ctx, tr, sampler, step == cfg.Train.Steps); err != nil {
@@ -140,7 +144,8 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 		if step%cfg.Train.LogEvery == 0 || step == 1 {
 			log.Info().Int("step", step).Float64("loss", st.Loss).Float64("ce", st.CE).Float64("aux", st.Aux).
 				Float64("grad_norm", gnorm).Float64("lr", tr.sched.LR(step-1)).Float64("tokens_per_sec", math.Round(tps)).
-				Float64("max_load", maxLoadRatio(st.ExpertLoad)).Msg("step")
+				Float64("max_load", maxLoadRatio(st.ExpertLoad)).Float64("imbalance", worstIS(st.Router)).
+				Float64("drop_rate", meanDropRate(st.Router)).Msg("step")
 		}
 		valLoss := math.NaN()
 		if len(val) > 0 && (step%cfg.Train.EvalEvery == 0 || step == cfg.Train.Steps) {
@@ -200,4 +205,27 @@ func openData(cfg JobConfig, corpus *sampling.Corpus) (*sampling.Data, error) {
 	}
 	dc := cfg.Data.WithDefaults()
 	return &sampling.Data{Config: dc, Seed: cfg.Train.Seed + dc.SeedOffset, Corpus: corpus}, nil
+}
+
+// worstIS is the largest imbalance score IS = (max − min)/tokens over
+// expert-parallel ranks among the layers.
+func worstIS(stats []moe.LoadStats) float64 {
+	worst := 0.0
+	for _, s := range stats {
+		worst = math.Max(worst, s.IS)
+	}
+	return worst
+}
+
+// meanDropRate is the share of token slots dropped by capacity, averaged
+// over layers.
+func meanDropRate(stats []moe.LoadStats) float64 {
+	if len(stats) == 0 {
+		return 0
+	}
+	sum := 0.0
+	for _, s := range stats {
+		sum += s.DropRate
+	}
+	return sum / float64(len(stats))
 }

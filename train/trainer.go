@@ -7,6 +7,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/moetrain/moetrain/model"
+	"github.com/moetrain/moetrain/moe"
 	"github.com/moetrain/moetrain/optim"
 	"github.com/moetrain/moetrain/sampling"
 )
@@ -22,6 +23,15 @@ type StepStats struct {
 	// ExpertLoad[l][e] is the number of token slots routed to expert e in
 	// layer l (padding tokens included: they run through the experts).
 	ExpertLoad [][]int
+	// ZLoss is Σ over layers of the router z-loss (unweighted).
+	ZLoss float64
+	// RoutedLoad[l][e] is layer l's load before any capacity drop: what
+	// bias balancing reacts to.
+	RoutedLoad [][]int
+	// Router holds each layer's load statistics (tokens per expert and per
+	// expert-parallel rank, imbalance IS, max/mean load, drop rate), over
+	// mesh.ep ranks, or model.groups when ep = 1.
+	Router []moe.LoadStats
 }
 
 // Trainer is one rank's serial model, optimizer and step counter. The
@@ -67,11 +77,25 @@ func (t *Trainer) ForwardBackward(b sampling.Batch) (StepStats, error) {
 	if err != nil {
 		return StepStats{}, fmt.Errorf("train: step %d: %w", t.step, err)
 	}
+	ep := t.cfg.Mesh.EP
+	if ep <= 1 {
+		ep = max(1, t.cfg.Model.Groups)
+	}
+	stats, err := t.m.RouterStats(ep)
+	if err != nil {
+		return StepStats{}, fmt.Errorf("train: step %d: router stats: %w", t.step, err)
+	}
 	return StepStats{
-		Loss: r.Loss, CE: r.CE, Aux: r.Aux, Tokens: b.B * b.T, Targets: r.Targets,
-		ExpertLoad: t.m.ExpertLoad(),
+		Loss: r.Loss, CE: r.CE, Aux: r.Aux, ZLoss: r.ZLoss, Tokens: b.B * b.T, Targets: r.Targets,
+		ExpertLoad: t.m.ExpertLoad(), RoutedLoad: t.m.RoutedLoad(), Router: stats,
 	}, nil
 }
+
+// UpdateRouterBias applies one aux-loss-free balancing update from the
+// expert load (callers with several ranks pass the load summed over them, so
+// every replica's biases stay identical). A no-op when
+// model.bias_update_rate is 0.
+func (t *Trainer) UpdateRouterBias(load [][]int) error { return t.m.Balance.Update(load) }
 
 // Params is the flat parameter buffer (layout: Layout()); callers may read
 // it and, between steps, overwrite it (broadcast, checkpoint restore).
