@@ -52,9 +52,11 @@ func ByteDetokenize(ids []int32) []byte {
 	return out
 }
 
-// The embedded default corpus: top-level declarations of part of the Go
-// standard library (BSD licence in corpus/LICENSE), rebuilt by
-// sampling/internal/gencorpus. See that command for the format.
+// The embedded default corpus: the portable, non-internal, non-test source
+// files of the Go standard library with comments stripped, each cut after
+// every top-level declaration into documents (BSD licence in
+// corpus/LICENSE), rebuilt by sampling/internal/gencorpus. See that command
+// for the selection and the format.
 //
 //go:embed corpus/gostd.bin
 var gostdBlob []byte

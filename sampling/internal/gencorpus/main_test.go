@@ -41,3 +41,74 @@ var (
 		t.Fatal("generated-file detection")
 	}
 }
+
+func TestStripComments(t *testing.T) {
+	src := "// Copyright.\n\n//go:build linux\n\n// Package p.\npackage p\n\n/* block\n   comment */\nvar x = 1 // trailing\n\n//go:noinline\nfunc f() {\n\t// inside\n\tx++ /* mid */ ; x--\n}\n"
+	got, err := stripComments("p.go", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "\n//go:build linux\n\npackage p\n\nvar x = 1\n\n//go:noinline\nfunc f() {\n\tx++  ; x--\n}\n"
+	if string(got) != want {
+		t.Fatalf("stripComments\n%q\nwant\n%q", got, want)
+	}
+	if _, err := stripComments("bad.go", []byte("package")); err == nil {
+		t.Fatal("no error for a file that does not parse")
+	}
+}
+
+func TestFileFilters(t *testing.T) {
+	exp := []byte("// c\n\n//go:build goexperiment.simd && amd64\n\npackage p\n")
+	notExp := []byte("//go:build !goexperiment.simd\n\npackage p\n")
+	plain := []byte("// c\npackage p\n\n//go:build x\n")
+	if !isExperiment(exp) || isExperiment(notExp) || isExperiment(plain) {
+		t.Fatal("isExperiment")
+	}
+	cases := []struct {
+		rel  string
+		data []byte
+		want bool
+	}{
+		{"os/file.go", plain, true},
+		{"os/file_windows.go", plain, false},
+		{"runtime/defs_openbsd_riscv64.go", plain, false},
+		{"os/exec_posix.go", plain, true},
+		{"os/file_unix.go", notExp, false},
+		{"linux/x.go", plain, true},
+	}
+	for _, c := range cases {
+		if got := isPortable(c.rel, c.data); got != c.want {
+			t.Errorf("isPortable(%s) = %v, want %v", c.rel, got, c.want)
+		}
+	}
+}
+
+func TestSplitSpans(t *testing.T) {
+	src := "// Package p is a test.\npackage p\n\nimport \"fmt\"\n\n// A is documented.\ntype A int\n\nfunc f() { fmt.Println(1) }\n\nvar (\n\tx = 1\n)\n\n// trailing\n"
+	docs, err := splitSpans("p/p.go", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	var all strings.Builder
+	for _, d := range docs {
+		got = append(got, d.name)
+		all.Write(d.text)
+	}
+	if all.String() != src {
+		t.Fatalf("spans concatenate to\n%q\nwant\n%q", all.String(), src)
+	}
+	if want := "p/p.go:1|p/p.go:8|p/p.go:10"; strings.Join(got, "|") != want {
+		t.Fatalf("names %q, want %s", got, want)
+	}
+	if !strings.HasPrefix(string(docs[1].text), "\nfunc f()") || !strings.HasSuffix(string(docs[2].text), "// trailing\n") {
+		t.Fatalf("span boundaries: %q", docs)
+	}
+	if _, err := splitSpans("bad.go", []byte("package")); err == nil {
+		t.Fatal("no error for a file that does not parse")
+	}
+	docs, err = splitSpans("q.go", []byte("package q\n"))
+	if err != nil || len(docs) != 1 || string(docs[0].text) != "package q\n" {
+		t.Fatalf("declaration-free file: %q, %v", docs, err)
+	}
+}
