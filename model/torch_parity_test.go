@@ -65,7 +65,8 @@ func TestTorchParity(t *testing.T) {
 	if err != nil {
 		t.Fatalf("torch_check.py: %v\n%s", err, out)
 	}
-	var loss, ce, aux, gdiff float64
+	var loss, ce, aux, gdiff, fdWorst float64
+	fdChecked, fdSkipped := -1, -1
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
 		switch {
@@ -75,6 +76,10 @@ func TestTorchParity(t *testing.T) {
 			aux, _ = strconv.ParseFloat(f[6], 64)
 		case strings.HasPrefix(line, "largest"):
 			gdiff, _ = strconv.ParseFloat(f[len(f)-1], 64)
+		case strings.HasPrefix(line, "finite differences:") && len(f) == 10:
+			fdChecked, _ = strconv.Atoi(f[3])
+			fdSkipped, _ = strconv.Atoi(f[5])
+			fdWorst, _ = strconv.ParseFloat(f[9], 64)
 		}
 	}
 	t.Logf("go loss %.7f ce %.7f aux %.7f; %s", r.Loss, r.CE, r.Aux, strings.TrimSpace(string(out)))
@@ -88,5 +93,14 @@ func TestTorchParity(t *testing.T) {
 	}
 	if !(gdiff < 1e-4) {
 		t.Errorf("gradients differ from torch by up to %.3g of each tensor's max (want < 1e-4)", gdiff)
+	}
+	// float64 central finite differences of the same model's loss, at the
+	// largest-gradient coordinate of every tensor.
+	total := len(m.Layout.Entries)
+	if fdChecked < 0 || fdChecked+fdSkipped != total || fdChecked < total*9/10 {
+		t.Errorf("finite differences: %d checked, %d skipped of %d tensors (want >= 90%% checked)", fdChecked, fdSkipped, total)
+	}
+	if !(fdWorst < 1e-3) {
+		t.Errorf("gradient differs from float64 finite differences by %.3g relative (want < 1e-3)", fdWorst)
 	}
 }
