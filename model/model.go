@@ -231,19 +231,6 @@ func (m *Model) ForwardBackward(in Input) (Result, error) {
 	return r, m.Backward()
 }
 
-// ExpertLoad returns, per layer, the token slots each expert received in the
-// last forward (copies).
-func (m *Model) ExpertLoad() [][]int {
-	if m.acts == nil {
-		return nil
-	}
-	out := make([][]int, len(m.acts.Layers))
-	for l := range m.acts.Layers {
-		out[l] = append([]int(nil), m.acts.Layers[l].MoE.Load()...)
-	}
-	return out
-}
-
 // CheckFinite returns an error naming the first non-finite parameter.
 func (m *Model) CheckFinite() error {
 	if err := m.Layout.checkFinite(m.Params); err != nil {

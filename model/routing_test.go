@@ -126,8 +126,9 @@ func TestRouterLoadAndStats(t *testing.T) {
 }
 
 // TestModelGradCheckRouters runs the whole-model gradient check with every
-// router kind, sigmoid scores and capacity drops (the z-loss and bias join
-// in routing_wired_test.go once New/Forward wire them).
+// router kind, sigmoid scores and capacity drops, the router swapped into a
+// default model (TestModelWiredRouterGradCheck covers the routers built by
+// New, with z-loss and selection biases).
 func TestModelGradCheckRouters(t *testing.T) {
 	for ci, mut := range []func(*Config){
 		func(c *Config) { c.Router, c.Groups = "moge", 2 },
@@ -146,45 +147,51 @@ func TestModelGradCheckRouters(t *testing.T) {
 		}
 		in := randomInput(cfg, 2, 8, 3)
 		in.Targets[5] = -1
-		if _, err := m.Forward(in, false); err != nil {
-			t.Fatal(err)
-		}
 		if _, err := m.ForwardBackward(in); err != nil {
 			t.Fatal(err)
 		}
-		grad := slices.Clone(m.Grads)
-		snapshot := func() []int32 {
-			out := routingSnapshot(m)
-			for l := range m.acts.Layers {
-				p := &m.acts.Layers[l].MoE.Plan
-				out = append(out, p.SlotOf...)
-			}
-			return out
-		}
-		base := snapshot()
-		dropped := 0
+		checkModelGradFD(t, ci, m, in, cfg.CapacityFactor > 0)
+	}
+}
+
+// checkModelGradFD compares m.Grads, from a ForwardBackward on in just run,
+// with float64 finite differences of the loss at a sample of every layout
+// entry's coordinates, skipping those whose perturbation changes a routing
+// or capacity-slot decision. wantDrops asserts that the capacity dropped a
+// slot (else the case would not exercise it).
+func checkModelGradFD(t *testing.T, ci int, m *Model, in Input, wantDrops bool) {
+	t.Helper()
+	grad := slices.Clone(m.Grads)
+	snapshot := func() []int32 {
+		out := routingSnapshot(m)
 		for l := range m.acts.Layers {
-			dropped += m.acts.Layers[l].MoE.Plan.Dropped
+			out = append(out, m.acts.Layers[l].MoE.Plan.SlotOf...)
 		}
-		if cfg.CapacityFactor > 0 && dropped == 0 {
-			t.Fatalf("case %d: no slot dropped; the case does not exercise capacity", ci)
+		return out
+	}
+	base := snapshot()
+	dropped := 0
+	for l := range m.acts.Layers {
+		dropped += m.acts.Layers[l].MoE.Plan.Dropped
+	}
+	if wantDrops && dropped == 0 {
+		t.Fatalf("case %d: no slot dropped; the case does not exercise capacity", ci)
+	}
+	loss := func() float64 {
+		r, err := m.Forward(in, false)
+		if err != nil {
+			t.Fatal(err)
 		}
-		loss := func() float64 {
-			r, err := m.Forward(in, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r.Loss
-		}
-		stable := func() bool { return slices.Equal(snapshot(), base) }
-		r := rand.New(rand.NewPCG(9, uint64(ci)))
-		total := 0
-		for _, e := range m.Layout.Entries {
-			p, g := e.Slice(m.Params), e.Slice(grad)
-			total += fdCheck(t, e.Name, p, g, sampleIdx(len(p), 6, r), 1e-2, loss, stable)
-		}
-		if total < len(m.Layout.Entries)*3 {
-			t.Fatalf("case %d: only %d coordinates had stable routing; the check is too weak", ci, total)
-		}
+		return r.Loss
+	}
+	stable := func() bool { return slices.Equal(snapshot(), base) }
+	r := rand.New(rand.NewPCG(9, uint64(ci)))
+	total := 0
+	for _, e := range m.Layout.Entries {
+		p, g := e.Slice(m.Params), e.Slice(grad)
+		total += fdCheck(t, e.Name, p, g, sampleIdx(len(p), 6, r), 1e-2, loss, stable)
+	}
+	if total < len(m.Layout.Entries)*3 {
+		t.Fatalf("case %d: only %d coordinates had stable routing; the check is too weak", ci, total)
 	}
 }

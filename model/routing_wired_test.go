@@ -4,8 +4,6 @@
 package model
 
 import (
-	"math/rand/v2"
-	"slices"
 	"testing"
 )
 
@@ -44,32 +42,7 @@ func TestModelWiredRouterGradCheck(t *testing.T) {
 		if res.ZLoss <= 0 || res.Loss <= res.CE+cfg.AuxCoef*res.Aux {
 			t.Fatalf("case %d: z-loss %v not in the loss %v (CE %v, aux %v)", ci, res.ZLoss, res.Loss, res.CE, res.Aux)
 		}
-		grad := slices.Clone(m.Grads)
-		snapshot := func() []int32 {
-			out := routingSnapshot(m)
-			for l := range m.acts.Layers {
-				out = append(out, m.acts.Layers[l].MoE.Plan.SlotOf...)
-			}
-			return out
-		}
-		base := snapshot()
-		loss := func() float64 {
-			r, err := m.Forward(in, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r.Loss
-		}
-		stable := func() bool { return slices.Equal(snapshot(), base) }
-		r := rand.New(rand.NewPCG(9, uint64(ci)))
-		total := 0
-		for _, e := range m.Layout.Entries {
-			p, g := e.Slice(m.Params), e.Slice(grad)
-			total += fdCheck(t, e.Name, p, g, sampleIdx(len(p), 6, r), 1e-2, loss, stable)
-		}
-		if total < len(m.Layout.Entries)*3 {
-			t.Fatalf("case %d: only %d coordinates had stable routing", ci, total)
-		}
+		checkModelGradFD(t, ci, m, in, cfg.CapacityFactor > 0)
 	}
 }
 

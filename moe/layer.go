@@ -110,9 +110,15 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 	// Gradient of combine: out[t] += gate_s·y_s.
 	tensor.GatherRows(sc.dY[:s*d], dout, p.Token, d)
 	tensor.RowDot(sc.dSlotGate[:s], sc.dY[:s*d], st.Y[:s*d], s, d)
+	// Scale each slot's row by its gate in place; not tensor.Scale per row:
+	// that nests a ParallelFor whose closure is a heap allocation per row.
 	tensor.ParallelFor(s, 64, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
-			tensor.Scale(sc.dY[i*d:(i+1)*d], p.Gate[i])
+			g := p.Gate[i]
+			row := sc.dY[i*d : (i+1)*d]
+			for j := range row {
+				row[j] *= g
+			}
 		}
 	})
 	Experts{D: d, H: dm.H}.Backward(sc.dX, dw.W1, dw.W2, sc.dHact, sc.dHpre, sc.dY, st.X, st.Hpre, st.Hact, w.W1, w.W2, p.Offsets)
@@ -136,10 +142,6 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 	tensor.Gemm(true, false, e, d, n, sc.dLogits, e, x, d, 1, dw.Router, d)
 	tensor.Gemm(false, false, n, d, e, sc.dLogits, e, w.Router, d, 1, dx, d)
 }
-
-// Load is the number of token slots each expert processed in the last
-// Forward (after capacity; from the plan).
-func (st *State) Load() []int { return st.Plan.Counts }
 
 // RoutedLoad is the number of token slots the router sent to each expert in
 // the last Forward, before capacity: the signal for bias balancing.

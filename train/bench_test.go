@@ -21,30 +21,7 @@ func BenchmarkTrainStep(b *testing.B) {
 			prev := tensor.Threads()
 			tensor.SetThreads(threads)
 			defer tensor.SetThreads(prev)
-			cfg := DefaultJobConfig()
-			corpus, err := sampling.DefaultCorpus()
-			if err != nil {
-				b.Fatal(err)
-			}
-			s, err := sampling.NewWindowSampler(corpus.Train, cfg.Data.SeqLen, cfg.Data.BatchSize, 1, 0, 1)
-			if err != nil {
-				b.Fatal(err)
-			}
-			tr, err := NewTrainer(cfg, zerolog.Nop())
-			if err != nil {
-				b.Fatal(err)
-			}
-			step := func() {
-				batch, err := s.Next()
-				if err != nil {
-					b.Fatal(err)
-				}
-				if _, err := tr.ForwardBackward(batch); err != nil {
-					b.Fatal(err)
-				}
-				tr.OptimizerStep()
-			}
-			step() // allocate activations outside the timing
+			cfg, _, _, step := benchTrainer(b)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -54,4 +31,37 @@ func BenchmarkTrainStep(b *testing.B) {
 			b.ReportMetric(tokens/b.Elapsed().Seconds(), "tokens/s")
 		})
 	}
+}
+
+// benchTrainer builds the reference trainer and a window sampler over the
+// embedded corpus, and returns them with one training step (batch, forward,
+// backward, AdamW), already run once so that activations are allocated
+// before the caller starts timing.
+func benchTrainer(b *testing.B) (JobConfig, sampling.Sampler, *Trainer, func()) {
+	b.Helper()
+	cfg := DefaultJobConfig()
+	corpus, err := sampling.DefaultCorpus()
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := sampling.NewWindowSampler(corpus.Train, cfg.Data.SeqLen, cfg.Data.BatchSize, 1, 0, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tr, err := NewTrainer(cfg, zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	step := func() {
+		batch, err := s.Next()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := tr.ForwardBackward(batch); err != nil {
+			b.Fatal(err)
+		}
+		tr.OptimizerStep()
+	}
+	step()
+	return cfg, s, tr, step
 }

@@ -588,35 +588,12 @@ func TestRunCheckpointHelpers(t *testing.T) {
 //	go test ./train -run '^$' -bench AsyncCheckpointOverhead -benchtime 1x
 func BenchmarkAsyncCheckpointOverhead(b *testing.B) {
 	const block = 50
-	cfg := DefaultJobConfig()
-	corpus, err := sampling.DefaultCorpus()
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := sampling.NewWindowSampler(corpus.Train, cfg.Data.SeqLen, cfg.Data.BatchSize, 1, 0, 1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	tr, err := NewTrainer(cfg, zerolog.Nop())
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, s, tr, step := benchTrainer(b)
 	store, err := checkpoint.NewStore(b.TempDir(), 2)
 	if err != nil {
 		b.Fatal(err)
 	}
 	cp := NewCheckpointer(store, checkpoint.WriterOptions{}, zerolog.Nop())
-	step := func() {
-		batch, err := s.Next()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := tr.ForwardBackward(batch); err != nil {
-			b.Fatal(err)
-		}
-		tr.OptimizerStep()
-	}
-	step() // allocate activations outside the timing
 	var withSave, anchor time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -144,7 +144,7 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 		if step%cfg.Train.LogEvery == 0 || step == 1 {
 			log.Info().Int("step", step).Float64("loss", st.Loss).Float64("ce", st.CE).Float64("aux", st.Aux).
 				Float64("grad_norm", gnorm).Float64("lr", tr.sched.LR(step-1)).Float64("tokens_per_sec", math.Round(tps)).
-				Float64("max_load", maxLoadRatio(st.ExpertLoad)).Float64("imbalance", worstIS(st.Router)).
+				Float64("max_load", maxLoadRatio(st.Router)).Float64("imbalance", worstIS(st.Router)).
 				Float64("drop_rate", meanDropRate(st.Router)).Msg("step")
 		}
 		valLoss := math.NaN()
@@ -180,19 +180,12 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 	return sum, nil
 }
 
-// maxLoadRatio is the largest expert load over the mean load, over layers
-// (1 = perfectly balanced).
-func maxLoadRatio(load [][]int) float64 {
+// maxLoadRatio is the largest expert load over the mean load (LoadStats.
+// MaxMean) among the layers (1 = perfectly balanced).
+func maxLoadRatio(stats []moe.LoadStats) float64 {
 	worst := 0.0
-	for _, l := range load {
-		total, top := 0, 0
-		for _, c := range l {
-			total += c
-			top = max(top, c)
-		}
-		if total > 0 {
-			worst = math.Max(worst, float64(top)*float64(len(l))/float64(total))
-		}
+	for _, s := range stats {
+		worst = math.Max(worst, s.MaxMean)
 	}
 	return worst
 }

@@ -20,15 +20,13 @@ type StepStats struct {
 	// Tokens is the number of input positions processed (B·T, padding
 	// included); Targets the non-ignored ones the loss averages over.
 	Tokens, Targets int
-	// ExpertLoad[l][e] is the number of token slots routed to expert e in
-	// layer l (padding tokens included: they run through the experts).
-	ExpertLoad [][]int
 	// ZLoss is Σ over layers of the router z-loss (unweighted).
 	ZLoss float64
 	// RoutedLoad[l][e] is layer l's load before any capacity drop: what
 	// bias balancing reacts to.
 	RoutedLoad [][]int
-	// Router holds each layer's load statistics (tokens per expert and per
+	// Router holds each layer's load statistics (slots each expert
+	// processed after capacity, padding tokens included, and per
 	// expert-parallel rank, imbalance IS, max/mean load, drop rate), over
 	// mesh.ep ranks, or model.groups when ep = 1.
 	Router []moe.LoadStats
@@ -87,7 +85,7 @@ func (t *Trainer) ForwardBackward(b sampling.Batch) (StepStats, error) {
 	}
 	return StepStats{
 		Loss: r.Loss, CE: r.CE, Aux: r.Aux, ZLoss: r.ZLoss, Tokens: b.B * b.T, Targets: r.Targets,
-		ExpertLoad: t.m.ExpertLoad(), RoutedLoad: t.m.RoutedLoad(), Router: stats,
+		RoutedLoad: t.m.RoutedLoad(), Router: stats,
 	}, nil
 }
 
