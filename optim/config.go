@@ -80,6 +80,11 @@ func (c Config) Validate() error {
 	if c.DecaySteps < 0 {
 		bad("decay_steps", c.DecaySteps, "must be >= 0 (0 = train.steps)")
 	}
+	// With decay_steps <= warmup_steps the cosine never runs: the rate jumps
+	// from the peak straight to the floor when warmup ends.
+	if c.Schedule == "cosine" && c.DecaySteps > 0 && c.DecaySteps <= c.WarmupSteps {
+		bad("decay_steps", c.DecaySteps, fmt.Sprintf("must be > warmup_steps (%d)", c.WarmupSteps))
+	}
 	if !(c.MinLRRatio >= 0 && c.MinLRRatio <= 1) {
 		bad("min_lr_ratio", c.MinLRRatio, "must be in [0, 1]")
 	}

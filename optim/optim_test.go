@@ -70,17 +70,25 @@ func TestAdamWShards(t *testing.T) {
 		full[i] = float32(r.NormFloat64())
 		g[i] = float32(r.NormFloat64())
 	}
-	sharded := slices.Clone(full)
+	sharded, start := slices.Clone(full), slices.Clone(full)
 	of, _ := NewAdamW(cfg, 0, n)
 	o1, _ := NewAdamW(cfg, 0, k)
 	o2, _ := NewAdamW(cfg, k, n)
 	for step := 1; step <= 3; step++ {
-		_, _ = of.Update(full, g, step, 1e-3, 0.5)
-		_, _ = o1.Update(sharded, g, step, 1e-3, 0.5)
-		_, _ = o2.Update(sharded, g, step, 1e-3, 0.5)
+		for _, u := range []struct {
+			o   *AdamW
+			buf []float32
+		}{{of, full}, {o1, sharded}, {o2, sharded}} {
+			if _, err := u.o.Update(u.buf, g, step, 1e-3, 0.5); err != nil {
+				t.Fatalf("step %d, range [%d, %d): %v", step, u.o.Lo, u.o.Hi, err)
+			}
+		}
 	}
 	if !slices.Equal(full, sharded) {
 		t.Fatal("sharded update differs from the full update")
+	}
+	if slices.Equal(full, start) {
+		t.Fatal("three updates left the parameters unchanged")
 	}
 	if _, err := o2.Update(sharded[:500], g, 1, 1e-3, 1); err == nil {
 		t.Fatal("update beyond the buffer accepted")
@@ -135,5 +143,14 @@ func TestConfigValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), key) {
 			t.Errorf("error %v does not name %s", err, key)
 		}
+	}
+	c = DefaultConfig()
+	c.Schedule, c.WarmupSteps, c.DecaySteps = "cosine", 10, 10
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "optim.decay_steps") {
+		t.Errorf("decay_steps <= warmup_steps: error %v does not name optim.decay_steps", err)
+	}
+	c.DecaySteps = 0 // train.steps stands in, which this section cannot see
+	if err := c.Validate(); err != nil {
+		t.Errorf("cosine with decay_steps 0: %v", err)
 	}
 }

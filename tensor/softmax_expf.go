@@ -79,39 +79,12 @@ func rowMax(row []float32) float32 {
 	return mx
 }
 
-// expScaledRowGo is expScaledRow in portable Go, with expf's polynomial
-// inlined; the sum runs in index order.
+// expScaledRowGo is expScaledRow in portable Go through expf; the sum runs
+// in index order.
 func expScaledRowGo(row []float32, scl, sub float32) float32 {
-	const (
-		log2e = 1.44269504088896341
-		c1    = 0.693359375
-		c2    = -2.12194440e-4
-	)
 	var sum float32
 	for c, z := range row {
-		x := z*scl - sub
-		if x < -87.3 {
-			row[c] = 0
-			continue
-		}
-		t := x * log2e
-		var n int32
-		if t >= 0 {
-			n = int32(t + 0.5)
-		} else {
-			n = int32(t - 0.5)
-		}
-		fn := float32(n)
-		r := x - fn*c1
-		r -= fn * c2
-		p := float32(1.9875691500e-4)
-		p = p*r + 1.3981999507e-3
-		p = p*r + 8.3334519073e-3
-		p = p*r + 4.1665795894e-2
-		p = p*r + 1.6666665459e-1
-		p = p*r + 5.0000001201e-1
-		p = p*r*r + r + 1
-		e := p * math.Float32frombits(uint32(n+127)<<23)
+		e := expf(z*scl - sub)
 		row[c] = e
 		sum += e
 	}
