@@ -79,6 +79,15 @@ func makeCase(c *Comm, op string, bytes int) benchCase {
 	n, r := c.Size(), c.Rank()
 	count := bytes / 4
 	pat := func(rank, i int) float32 { return float32((i*7+rank*13)%1000) - 300 }
+	// fillPat zeroes buf, or writes this rank's pattern into it when on.
+	fillPat := func(buf []float32, on bool) {
+		for i := range buf {
+			buf[i] = 0
+			if on {
+				buf[i] = pat(r, i)
+			}
+		}
+	}
 	sum := func(i int) float32 {
 		var s float32
 		for q := range n {
@@ -90,15 +99,8 @@ func makeCase(c *Comm, op string, bytes int) benchCase {
 	case "allreduce":
 		buf := make([]float32, count)
 		return benchCase{count: count,
-			run: func(ctx context.Context) error { return c.AllReduce(ctx, buf, Sum) },
-			fill: func(p bool) {
-				for i := range buf {
-					buf[i] = 0
-					if p {
-						buf[i] = pat(r, i)
-					}
-				}
-			},
+			run:  func(ctx context.Context) error { return c.AllReduce(ctx, buf, Sum) },
+			fill: func(p bool) { fillPat(buf, p) },
 			check: func() int {
 				w := 0
 				for i := range buf {
@@ -117,14 +119,7 @@ func makeCase(c *Comm, op string, bytes int) benchCase {
 		switch op {
 		case "reducescatter":
 			cs.run = func(ctx context.Context) error { return c.ReduceScatter(ctx, big, small, Sum) }
-			cs.fill = func(p bool) {
-				for i := range big {
-					big[i] = 0
-					if p {
-						big[i] = pat(r, i)
-					}
-				}
-			}
+			cs.fill = func(p bool) { fillPat(big, p) }
 			cs.check = func() int {
 				w := 0
 				for i := range small {
@@ -136,14 +131,7 @@ func makeCase(c *Comm, op string, bytes int) benchCase {
 			}
 		case "allgather":
 			cs.run = func(ctx context.Context) error { return c.AllGather(ctx, small, big) }
-			cs.fill = func(p bool) {
-				for i := range small {
-					small[i] = 0
-					if p {
-						small[i] = pat(r, i)
-					}
-				}
-			}
+			cs.fill = func(p bool) { fillPat(small, p) }
 			cs.check = func() int {
 				w := 0
 				for i := range big {
@@ -156,14 +144,7 @@ func makeCase(c *Comm, op string, bytes int) benchCase {
 		case "alltoall":
 			recv := make([]float32, count)
 			cs.run = func(ctx context.Context) error { return c.AllToAll(ctx, big, recv) }
-			cs.fill = func(p bool) {
-				for i := range big {
-					big[i] = 0
-					if p {
-						big[i] = pat(r, i)
-					}
-				}
-			}
+			cs.fill = func(p bool) { fillPat(big, p) }
 			cs.check = func() int {
 				w := 0
 				for j := range n {
@@ -180,15 +161,8 @@ func makeCase(c *Comm, op string, bytes int) benchCase {
 	default: // broadcast from rank 0
 		buf := make([]float32, count)
 		return benchCase{count: count,
-			run: func(ctx context.Context) error { return c.Broadcast(ctx, buf, 0) },
-			fill: func(p bool) {
-				for i := range buf {
-					buf[i] = 0
-					if p && r == 0 {
-						buf[i] = pat(0, i)
-					}
-				}
-			},
+			run:  func(ctx context.Context) error { return c.Broadcast(ctx, buf, 0) },
+			fill: func(p bool) { fillPat(buf, p && r == 0) }, // only the root holds data
 			check: func() int {
 				w := 0
 				for i := range buf {

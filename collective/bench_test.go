@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 )
 
 // benchRanks times op on every rank of comms; b.N operations per rank.
@@ -126,5 +127,42 @@ func BenchmarkAllToAllTCP(b *testing.B) {
 				})
 			})
 		}
+	}
+}
+
+// RunBench's correctness pass must find every operation exact on sizes that
+// do and do not divide by the rank count, and every rank must agree.
+func TestRunBenchExact(t *testing.T) {
+	const n = 3
+	ts := NewInProcess(n)
+	defer closeAllT(ts)
+	cfg := BenchConfig{Ops: BenchOps, Sizes: []int{4, 28, 4100}, Iters: 1, Reps: 2}
+	res := make([][]BenchResult, n)
+	comms := worlds(ts, Config{})
+	mustAll(t, runRanks(comms, func(c *Comm) error {
+		r, err := RunBench(testCtx(t, 20*time.Second), c, cfg)
+		res[c.Rank()] = r
+		return err
+	}))
+	if want := len(BenchOps) * len(cfg.Sizes); len(res[0]) != want {
+		t.Fatalf("%d results, want %d", len(res[0]), want)
+	}
+	for _, r := range res[0] {
+		if r.Wrong != 0 {
+			t.Errorf("%s %d bytes: %d wrong elements", r.Op, r.Bytes, r.Wrong)
+		}
+		if r.Ranks != n || r.Repeat != 2 {
+			t.Errorf("%s %d bytes: ranks %d repeat %d, want %d and 2", r.Op, r.Bytes, r.Ranks, r.Repeat, n)
+		}
+	}
+	for q := 1; q < n; q++ {
+		for i := range res[0] {
+			if res[q][i] != res[0][i] {
+				t.Errorf("rank %d row %d = %+v, rank 0 has %+v", q, i, res[q][i], res[0][i])
+			}
+		}
+	}
+	if _, err := RunBench(context.Background(), comms[0], BenchConfig{Ops: []string{"nope"}}); err == nil {
+		t.Error("unknown operation accepted")
 	}
 }

@@ -20,10 +20,8 @@ import (
 	"math"
 )
 
-// Config is the [dp] section of a job: to wire it, give train.JobConfig a
-// field DP of this type with TOML key "dp" (keys bucket_mb, zero1, overlap),
-// start it from DefaultConfig, call Validate with the rest of the job, and
-// return it from cluster's dpConfigOf.
+// Config is the [dp] section of a job (train.JobConfig.DP; keys bucket_mb,
+// zero1, overlap), starting from DefaultConfig.
 type Config struct {
 	// BucketMB is the size of a gradient bucket in MB (10⁶ bytes of float32
 	// gradients). Buckets end on parameter-tensor boundaries, so one holds at

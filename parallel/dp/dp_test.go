@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/model"
@@ -313,4 +314,86 @@ func TestReducerMisuse(t *testing.T) {
 	if _, err := red.GlobalNorm(ctx); err == nil {
 		t.Fatal("GlobalNorm without ZeRO-1 accepted")
 	}
+}
+
+// GatherParams leaves every rank with the union of the ranks' shards, bucket
+// sizes divisible by n or not, whatever the rest of each buffer held.
+func TestGatherParams(t *testing.T) {
+	l := model.NewLayout(tinyModelConfig())
+	for _, n := range []int{1, 2, 3, 4} {
+		for _, split := range []bool{false, true} {
+			cfg := Config{BucketMB: 700 * 4 / 1e6, Zero1: true}
+			ts := collective.NewInProcess(n)
+			out := make([][]float32, n)
+			errs := make([]error, n)
+			var wg sync.WaitGroup
+			for r := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer ts[r].Close()
+					world := collective.NewWorld(ts[r])
+					expert := world
+					if split {
+						all := make([]int, n)
+						for i := range all {
+							all[i] = i
+						}
+						if expert, errs[r] = world.Sub(all); errs[r] != nil {
+							return
+						}
+					}
+					p := make([]float32, l.Total)
+					red, err := NewReducer(cfg, l, p, world, expert)
+					if err != nil {
+						errs[r] = err
+						return
+					}
+					for i := range p {
+						p[i] = float32(-1 - r) // stale values outside the shards
+					}
+					for _, s := range red.ShardRanges() {
+						for i := s[0]; i < s[1]; i++ {
+							p[i] = float32(i)
+						}
+					}
+					errs[r], out[r] = red.GatherParams(testCtx(t), p), p
+				}()
+			}
+			wg.Wait()
+			for r := range n {
+				if errs[r] != nil {
+					t.Fatalf("n=%d split=%v rank %d: %v", n, split, r, errs[r])
+				}
+				for i, v := range out[r] {
+					if v != float32(i) {
+						t.Fatalf("n=%d split=%v rank %d: element %d = %v after the gather, want %d", n, split, r, i, v, i)
+					}
+				}
+			}
+		}
+	}
+	ts := collective.NewInProcess(1)
+	defer ts[0].Close()
+	g := make([]float32, l.Total)
+	red, err := NewReducer(DefaultConfig(), l, g, collective.NewWorld(ts[0]), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := red.GatherParams(context.Background(), g); err == nil {
+		t.Error("GatherParams without ZeRO-1 accepted")
+	}
+	red, err = NewReducer(Config{BucketMB: 1, Zero1: true}, l, g, collective.NewWorld(ts[0]), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := red.GatherParams(context.Background(), g[:len(g)-1]); err == nil {
+		t.Error("short parameter buffer accepted")
+	}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
 }

@@ -160,6 +160,14 @@ func (w *benchWorld) iter(ctx context.Context, alg Algorithm, sim bool) (fwd, bw
 	return fwd, bwd, nil
 }
 
+// benchSchedules are the schedules RunBench and BenchmarkSP time, in order
+// (sim: compute-only, no messages).
+var benchSchedules = []struct {
+	name string
+	alg  Algorithm
+	sim  bool
+}{{"compute-only", TokenRing, true}, {"ring", Ring, false}, {"tokenring", TokenRing, false}}
+
 // RunBench times compute-only, ring and tokenring forward and backward passes
 // (in that order within each iteration, so drifting machine load hits all
 // three alike) and returns their medians. It sets the process's kernel thread
@@ -173,12 +181,7 @@ func RunBench(ctx context.Context, cfg BenchConfig) ([]BenchResult, BenchConfig,
 	prev := tensor.Threads()
 	tensor.SetThreads(cfg.Threads)
 	defer tensor.SetThreads(prev)
-	type sched struct {
-		name string
-		alg  Algorithm
-		sim  bool
-	}
-	scheds := []sched{{"compute-only", TokenRing, true}, {"ring", Ring, false}, {"tokenring", TokenRing, false}}
+	scheds := benchSchedules
 	fwd := make([][]time.Duration, len(scheds))
 	bwd := make([][]time.Duration, len(scheds))
 	for it := range cfg.Warmup + cfg.Iters {

@@ -47,11 +47,7 @@ func BenchmarkSP(b *testing.B) {
 	prev := tensor.Threads()
 	tensor.SetThreads(w.cfg.Threads)
 	defer tensor.SetThreads(prev)
-	for _, sc := range []struct {
-		name string
-		alg  Algorithm
-		sim  bool
-	}{{"compute-only", TokenRing, true}, {"ring", Ring, false}, {"tokenring", TokenRing, false}} {
+	for _, sc := range benchSchedules {
 		b.Run(fmt.Sprintf("sp%d/%s", cfg.SP, sc.name), func(b *testing.B) {
 			for b.Loop() {
 				if _, _, err := w.iter(context.Background(), sc.alg, sc.sim); err != nil {
