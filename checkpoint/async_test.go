@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,7 @@ func TestAsyncWriterSnapshotsAndCommits(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, _, err := c.ReadTensor("model.w")
-		if err != nil || !equalF32(got, w) {
+		if err != nil || !slices.Equal(got, w) {
 			t.Fatalf("step %d: snapshot not what was saved (%v)", step, err)
 		}
 		b, err := c.Blob(0, BlobOptimizer)

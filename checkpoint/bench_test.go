@@ -127,7 +127,7 @@ func BenchmarkSave(b *testing.B) {
 					go func(r int) {
 						defer wg.Done()
 						opts := tc.opts
-						opts.Workers = max(1, (runtimeProcs()+ranks-1)/ranks)
+						opts.Workers = max(1, (runtime.GOMAXPROCS(0)+ranks-1)/ranks)
 						sw, err := s.CreateShard(context.Background(), step, r, opts)
 						if err != nil {
 							errs[r] = err
@@ -169,8 +169,6 @@ func BenchmarkSave(b *testing.B) {
 		})
 	}
 }
-
-func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
 
 // BenchmarkLoad measures reading a whole tensor back (decode, checksums,
 // assembly from 2 pieces). MB/s counts raw bytes.

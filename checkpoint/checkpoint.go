@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -123,7 +124,10 @@ func OpenDir(dir string, opts OpenOptions) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", mp, err)
 	}
-	layout, _ := m.layout()
+	layout, err := m.layout() // DecodeManifest validated it; never fails here
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", mp, err)
+	}
 	c := &Checkpoint{Dir: dir, Manifest: m, tensors: layout}
 	for _, sh := range m.Shards {
 		path := filepath.Join(dir, sh.File)
@@ -163,7 +167,7 @@ func matchPieces(r *ShardReader, sh ShardInfo) error {
 	}
 	for i, p := range sh.Pieces {
 		g := got[i]
-		if g.Name != p.Name || !sameShape(g.Shape, p.Shape) || !g.Region.Equal(p.Region) || g.CRC != p.CRC {
+		if g.Name != p.Name || !slices.Equal(g.Shape, p.Shape) || !g.Region.Equal(p.Region) || g.CRC != p.CRC {
 			return fmt.Errorf("tensor %q: index says %s%v %v, manifest %s%v %v", p.Name, g.Name, g.Shape, g.Region, p.Name, p.Shape, p.Region)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -37,7 +38,7 @@ func TestSaveLoadReshard(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					if !sameShape(shape, tt.shape) || !equalF32(got, tt.data) {
+					if !slices.Equal(shape, tt.shape) || !slices.Equal(got, tt.data) {
 						t.Fatalf("world %d: tensor %s differs", world, tt.name)
 					}
 					// Random regions of both forms: a reader's layout need
@@ -48,7 +49,7 @@ func TestSaveLoadReshard(t *testing.T) {
 						if err := c.ReadRegion(tt.name, r, dst); err != nil {
 							t.Fatalf("world %d: %s %v: %v", world, tt.name, r, err)
 						}
-						if !equalF32(dst, tt.extract(r)) {
+						if !slices.Equal(dst, tt.extract(r)) {
 							t.Fatalf("world %d: %s region %v differs", world, tt.name, r)
 						}
 					}
@@ -108,7 +109,7 @@ func TestMissingCoverageIsError(t *testing.T) {
 	// Rows held by rank 0 alone still read.
 	r := DimRange([]int64{7, 10}, 0, 0, 2)
 	dst := make([]float32, r.Len())
-	if err := c.ReadRegion("model.a", r, dst); err != nil || !equalF32(dst, ts[0].extract(r)) {
+	if err := c.ReadRegion("model.a", r, dst); err != nil || !slices.Equal(dst, ts[0].extract(r)) {
 		t.Fatalf("covered rows: %v", err)
 	}
 }

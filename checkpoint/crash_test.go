@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"syscall"
 	"testing"
 )
@@ -106,7 +107,7 @@ func TestSIGKILLDuringCheckpoint(t *testing.T) {
 			}
 			for _, tt := range ts {
 				got, _, err := c.ReadTensor(tt.name)
-				if err != nil || !equalF32(got, tt.data) {
+				if err != nil || !slices.Equal(got, tt.data) {
 					t.Fatalf("%s after SIGKILL: %v", tt.name, err)
 				}
 			}

@@ -121,15 +121,3 @@ func newTestStore(t *testing.T, keep int) *Store {
 	s.NoSync = true // fsync does not change what these tests observe
 	return s
 }
-
-func equalF32(a, b []float32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -151,7 +152,7 @@ func (m *Manifest) layout() (map[string]*tensorLayout, error) {
 				t = &tensorLayout{shape: p.Shape, flat: p.Region.Flat}
 				tensors[p.Name] = t
 			}
-			if !sameShape(t.shape, p.Shape) {
+			if !slices.Equal(t.shape, p.Shape) {
 				return nil, fmt.Errorf("manifest: tensor %q: shard %s says shape %v, shard %s says %v", p.Name, sh.File, p.Shape, m.Shards[t.pieces[0].shard].File, t.shape)
 			}
 			if t.flat != p.Region.Flat {

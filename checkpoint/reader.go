@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -225,7 +226,7 @@ func (s *ShardReader) readInto(name string, shape []int64, want Region, dst []fl
 	if !ok || e.Kind != kindF32 {
 		return 0, fmt.Errorf("shard %s: no tensor %q", s.name, name)
 	}
-	if !sameShape(e.Shape, shape) {
+	if !slices.Equal(e.Shape, shape) {
 		return 0, fmt.Errorf("shard %s: tensor %q has shape %v, want %v", s.name, name, e.Shape, shape)
 	}
 	// Pass 1: the overlaps, split at chunk boundaries. Both a (piece
@@ -273,7 +274,6 @@ func (s *ShardReader) readInto(name string, shape []int64, want Region, dst []fl
 				chunks = append(chunks, segs[j].chunk)
 			}
 		}
-		vals := make(map[int][]float32, len(chunks))
 		errs := make([]error, len(chunks))
 		decoded := make([][]float32, len(chunks))
 		var wg sync.WaitGroup
@@ -293,12 +293,14 @@ func (s *ShardReader) readInto(name string, shape []int64, want Region, dst []fl
 		if err := errors.Join(errs...); err != nil {
 			return copied, err
 		}
-		for k, c := range chunks {
-			vals[c] = decoded[k]
-		}
-		for ; i < j; i++ {
+		// segs[i:j] visit chunks in the order of chunks, so a cursor finds
+		// each seg's decoded chunk.
+		for k := 0; i < j; i++ {
 			sg := segs[i]
-			copy(dst[sg.dst:sg.dst+sg.n], vals[sg.chunk][sg.off:sg.off+sg.n])
+			for chunks[k] != sg.chunk {
+				k++
+			}
+			copy(dst[sg.dst:sg.dst+sg.n], decoded[k][sg.off:sg.off+sg.n])
 			copied += sg.n
 		}
 	}
@@ -347,18 +349,6 @@ func (s *ShardReader) Verify() error {
 		return fmt.Errorf("shard %s: file checksum mismatch (got %08x, trailer says %08x)", s.name, crc, s.tr.fileCRC)
 	}
 	return nil
-}
-
-func sameShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 var errNotCovered = errors.New("region not covered by the checkpoint's pieces")

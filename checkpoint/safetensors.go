@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 )
@@ -190,6 +191,9 @@ func writeSafetensors(path string, list []stTensor, meta map[string]string, sync
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("safetensors %s: %w", path, err)
+	}
+	if sync { // as writeFileAtomic: the rename is durable only once the directory is
+		return syncDir(filepath.Dir(path))
 	}
 	return nil
 }

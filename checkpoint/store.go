@@ -24,9 +24,9 @@ import (
 // every committed checkpoint intact and at most one .tmp directory behind.
 
 const (
-	latestFile = "LATEST"
-	tmpSuffix  = ".tmp"
-	trashSufix = ".trash"
+	latestFile  = "LATEST"
+	tmpSuffix   = ".tmp"
+	trashSuffix = ".trash"
 )
 
 // Store is a directory of checkpoints. Its methods may be called from several
@@ -126,7 +126,8 @@ func (s *Store) hook(point string) error {
 // manifest.json (atomically), renames the directory into place, updates
 // LATEST (atomically) and prunes to the newest Keep checkpoints.
 func (s *Store) Commit(m *Manifest) error {
-	if _, err := m.layout(); err != nil {
+	b, err := EncodeManifest(m) // validates m before any file is touched
+	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
 	tmp := s.TempDir(m.Step)
@@ -137,10 +138,6 @@ func (s *Store) Commit(m *Manifest) error {
 	}
 	if err := removeUnlisted(tmp, m); err != nil {
 		return fmt.Errorf("commit step %d: %w", m.Step, err)
-	}
-	b, err := EncodeManifest(m)
-	if err != nil {
-		return fmt.Errorf("commit: %w", err)
 	}
 	if err := s.hook("before-manifest"); err != nil {
 		return err
@@ -276,7 +273,7 @@ func (s *Store) Prune(keep int) ([]int64, error) {
 	}
 	var removed []int64
 	for _, st := range steps[:len(steps)-keep] {
-		trash := s.StepDir(st) + trashSufix
+		trash := s.StepDir(st) + trashSuffix
 		if err := os.Rename(s.StepDir(st), trash); err != nil {
 			return removed, fmt.Errorf("prune step %d: %w", st, err)
 		}
@@ -300,8 +297,8 @@ func (s *Store) Cleanup() ([]string, error) {
 	var errs []error
 	for _, e := range ents {
 		name := e.Name()
-		isTmpDir := e.IsDir() && (strings.HasSuffix(name, tmpSuffix) || strings.HasSuffix(name, trashSufix))
-		if _, ok := parseStepName(strings.TrimSuffix(strings.TrimSuffix(name, tmpSuffix), trashSufix)); !ok {
+		isTmpDir := e.IsDir() && (strings.HasSuffix(name, tmpSuffix) || strings.HasSuffix(name, trashSuffix))
+		if _, ok := parseStepName(strings.TrimSuffix(strings.TrimSuffix(name, tmpSuffix), trashSuffix)); !ok {
 			isTmpDir = false
 		}
 		isPart := !e.IsDir() && name == latestFile+".part"

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -84,7 +85,7 @@ func TestCorruptionIsDetectedAndNamed(t *testing.T) {
 		if rep.Step != 1 || len(rep.Skipped) != 1 {
 			t.Fatalf("fallback report: %s", rep)
 		}
-		if got, _, err := c.ReadTensor("model.big"); err != nil || !equalF32(got, big.data) {
+		if got, _, err := c.ReadTensor("model.big"); err != nil || !slices.Equal(got, big.data) {
 			t.Fatalf("step 1 read: %v", err)
 		}
 	})
@@ -297,7 +298,7 @@ func TestRetryAfterCrashedAttempt(t *testing.T) {
 	}
 	defer c.Close()
 	for _, tt := range ts {
-		if got, _, err := c.ReadTensor(tt.name); err != nil || !equalF32(got, tt.data) {
+		if got, _, err := c.ReadTensor(tt.name); err != nil || !slices.Equal(got, tt.data) {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
 	}

@@ -159,6 +159,9 @@ func CreateShard(ctx context.Context, path string, rank int, opts WriterOptions)
 	}
 	f, err := os.OpenFile(w.part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	if err != nil {
+		if w.enc != nil {
+			_ = w.enc.Close()
+		}
 		return nil, fmt.Errorf("create shard: %w", err)
 	}
 	w.f = f

@@ -2,7 +2,6 @@ package sampling
 
 import (
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -278,7 +277,6 @@ func TestReadPairsAndBucketFileErrors(t *testing.T) {
 	if b.N() != 3 || b.Index(Example{In: 8, Out: 5}) != 1 || b.Index(Example{In: 9, Out: 1}) != 2 {
 		t.Fatalf("2-D bucket file: %+v", b)
 	}
-	_ = os.Remove(f)
 }
 
 // FuzzBucketFile: the bucket file parser never panics, and what it accepts
@@ -362,7 +360,9 @@ func TestPlanSmallData(t *testing.T) {
 		t.Fatalf("%d of %d examples planned", n, len(lens))
 	}
 	ds = lenDataset(100, 100, 100, 100, 100)
-	p, _ = NewPlanner(ds, bk, 100, 0, 0)
+	if p, err = NewPlanner(ds, bk, 100, 0, 0); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := p.Plan(1, 0, 8); err == nil || !strings.Contains(err.Error(), "8 data-parallel ranks") {
 		t.Fatalf("5 single-example batches over 8 ranks: %v", err)
 	}

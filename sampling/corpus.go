@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"strings"
 	"sync"
@@ -95,9 +94,7 @@ func DefaultCorpus() (*Corpus, error) {
 			if i := strings.LastIndexByte(file, ':'); i >= 0 {
 				file = file[:i]
 			}
-			h := fnv.New64a()
-			h.Write([]byte(file))
-			if h.Sum64()%embeddedValMod == 0 {
+			if hashString(file)%embeddedValMod == 0 {
 				c.Val = append(c.Val, d)
 			} else {
 				c.Train = append(c.Train, d)

@@ -215,19 +215,11 @@ func LoadDatasets(cfg Config, seed uint64) (train, val *Dataset, err error) {
 	cfg = cfg.WithDefaults()
 	maxLen := cfg.EffectiveMaxLen()
 	if !cfg.TwoD() {
-		var c *Corpus
-		if c, err = loadCorpusField(cfg.Path, cfg.ValFraction, seed, cfg.TextField); err != nil {
+		c, err := loadCorpusField(cfg.Path, cfg.ValFraction, seed, cfg.TextField)
+		if err != nil {
 			return nil, nil, err
 		}
-		if train, err = NewDataset(c.Name, c.Train, maxLen, cfg.TooLong); err != nil {
-			return nil, nil, err
-		}
-		if len(c.Val) > 0 {
-			if val, err = NewDataset(c.Name+" (validation)", c.Val, maxLen, cfg.TooLong); err != nil {
-				return nil, nil, err
-			}
-		}
-		return train, val, nil
+		return corpusDatasets(c, maxLen, cfg.TooLong)
 	}
 	lenFields := cfg.InputLenField != ""
 	inF, outF := cfg.InputField, cfg.OutputField
@@ -243,8 +235,7 @@ func LoadDatasets(cfg Config, seed uint64) (train, val *Dataset, err error) {
 	}
 	var tp, vp []Pair
 	for i, p := range pairs {
-		r := rng{s: mix(seed, purposeSplit, uint64(i), hashString(p.Name))}
-		if cfg.ValFraction > 0 && r.float64() < cfg.ValFraction {
+		if heldOut(seed, i, p.Name, cfg.ValFraction) {
 			vp = append(vp, p)
 		} else {
 			tp = append(tp, p)
@@ -258,6 +249,20 @@ func LoadDatasets(cfg Config, seed uint64) (train, val *Dataset, err error) {
 	}
 	if len(vp) > 0 {
 		if val, err = NewDataset2D(cfg.Path+" (validation)", vp, maxLen); err != nil {
+			return nil, nil, err
+		}
+	}
+	return train, val, nil
+}
+
+// corpusDatasets builds the training and validation datasets of c's
+// documents (val is nil when c holds none out).
+func corpusDatasets(c *Corpus, maxLen int, tooLong string) (train, val *Dataset, err error) {
+	if train, err = NewDataset(c.Name, c.Train, maxLen, tooLong); err != nil {
+		return nil, nil, err
+	}
+	if len(c.Val) > 0 {
+		if val, err = NewDataset(c.Name+" (validation)", c.Val, maxLen, tooLong); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -37,14 +37,8 @@ func Open(cfg Config, jobSeed uint64) (*Data, error) {
 		if d.Corpus, err = loadCorpusField(cfg.Path, cfg.ValFraction, jobSeed, cfg.TextField); err != nil {
 			return nil, err
 		}
-		maxLen := cfg.EffectiveMaxLen()
-		if d.Train, err = NewDataset(d.Corpus.Name, d.Corpus.Train, maxLen, cfg.TooLong); err != nil {
+		if d.Train, d.Val, err = corpusDatasets(d.Corpus, cfg.EffectiveMaxLen(), cfg.TooLong); err != nil {
 			return nil, err
-		}
-		if len(d.Corpus.Val) > 0 {
-			if d.Val, err = NewDataset(d.Corpus.Name+" (validation)", d.Corpus.Val, maxLen, cfg.TooLong); err != nil {
-				return nil, err
-			}
 		}
 	} else if d.Train, d.Val, err = LoadDatasets(cfg, jobSeed); err != nil {
 		return nil, err

@@ -246,8 +246,7 @@ func splitTrainVal(docs []Document, frac float64, seed uint64) (train, val []Doc
 		return docs, nil
 	}
 	for i, d := range docs {
-		r := rng{s: mix(seed, purposeSplit, uint64(i), hashString(d.Name))}
-		if r.float64() < frac {
+		if heldOut(seed, i, d.Name, frac) {
 			val = append(val, d)
 		} else {
 			train = append(train, d)
@@ -270,6 +269,15 @@ func splitTrainVal(docs []Document, frac float64, seed uint64) (train, val []Doc
 	return train, val
 }
 
+// heldOut is the validation rule shared by documents and two-length
+// records: record i named name is held out with probability frac, decided by
+// (seed, i, name) alone.
+func heldOut(seed uint64, i int, name string, frac float64) bool {
+	r := rng{s: mix(seed, purposeSplit, uint64(i), hashString(name))}
+	return r.float64() < frac
+}
+
+// hashString is 64-bit FNV-1a (hash/fnv's New64a, without its allocation).
 func hashString(s string) uint64 {
 	h := uint64(14695981039346656037)
 	for i := 0; i < len(s); i++ {

@@ -72,12 +72,12 @@ func (w *WindowSampler) Next() (Batch, error) {
 // window stream of a rank does not depend on it, so a state restores under
 // any DP size.
 func (w *WindowSampler) State() State {
-	return State{Kind: "window", Seed: w.seed, Step: w.step, DPSize: w.dpSize}
+	return State{Kind: ModeWindow, Seed: w.seed, Step: w.step, DPSize: w.dpSize}
 }
 
 // Restore continues from s; it refuses a state of another kind or seed.
 func (w *WindowSampler) Restore(s State) error {
-	if s.Kind != "window" {
+	if s.Kind != ModeWindow {
 		return fmt.Errorf("window sampler: cannot restore a %q sampler state", s.Kind)
 	}
 	if s.Seed != w.seed {
