@@ -88,6 +88,11 @@ type AgentConfig struct {
 	NewDataPlane func(ip string) (DataPlane, error)
 }
 
+// ExitAborted is the exit status of a worker process (`worker --join`,
+// `coordinator worker-process`) whose job the coordinator aborted: the
+// failure was elsewhere, not in this worker.
+const ExitAborted = 3
+
 // AbortedError is returned by RunAgent when the coordinator aborted the job.
 type AbortedError struct{ Reason string }
 

@@ -54,12 +54,11 @@ type CoordinatorConfig struct {
 
 // CurvePoint is one point of the training curve kept for the summary.
 type CurvePoint struct {
-	Step         int       `json:"step"`
-	Loss         float64   `json:"loss"`
-	TokensPerSec float64   `json:"tokens_per_sec"`
-	ValLoss      *float64  `json:"val_loss,omitempty"`
-	Elapsed      float64   `json:"elapsed_s"`
-	Time         time.Time `json:"-"`
+	Step         int      `json:"step"`
+	Loss         float64  `json:"loss"`
+	TokensPerSec float64  `json:"tokens_per_sec"`
+	ValLoss      *float64 `json:"val_loss,omitempty"`
+	Elapsed      float64  `json:"elapsed_s"`
 }
 
 // Result is how a job ended.

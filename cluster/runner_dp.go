@@ -169,12 +169,7 @@ func newDPWorker(tr *train.Trainer, comm *collective.Comm, cfg dp.Config) (*dpWo
 func (w *dpWorker) step(ctx context.Context, b sampling.Batch) (train.StepStats, float64, float64, error) {
 	tr := w.tr
 	stepNo := tr.Step() + 1
-	targets := 0
-	for _, t := range b.Targets {
-		if t >= 0 {
-			targets++
-		}
-	}
+	targets := b.RealTokens()
 	// The reducer's collectives carry the communicator's deadline from their
 	// start; ctx only cancels them. The waits after the backward get their
 	// own deadline, so a long backward does not eat into it.

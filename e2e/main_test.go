@@ -90,6 +90,24 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// runScript runs a script with args and returns its combined output; when it
+// has not finished within d, its whole process group (the binaries it
+// started included) is killed and the test fails with the output so far.
+func runScript(t *testing.T, d time.Duration, script string, args ...string) ([]byte, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, script, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second // a child that keeps the output pipe open cannot hang the test
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("%s did not finish within %v:\n%s", filepath.Base(script), d, out)
+	}
+	return out, err
+}
+
 // process is a started binary whose combined output is collected and can be
 // waited on for a line.
 type process struct {

@@ -40,19 +40,8 @@ func TestNetnsCluster(t *testing.T) {
 		t.Skipf("network namespaces cannot be made here (%s); this test needs root and iproute2", why)
 	}
 	run := filepath.Join(t.TempDir(), "run")
-	cmd := exec.Command("../scripts/netns-cluster.sh", "--workers", "2", "--config", writeJob(t), "--steps", "20",
+	out, err := runScript(t, 90*time.Second, "../scripts/netns-cluster.sh", "--workers", "2", "--config", writeJob(t), "--steps", "20",
 		"--coordinator", filepath.Join(binDir, "coordinator"), "--worker", filepath.Join(binDir, "worker"), "--run-dir", run)
-	done := make(chan struct{})
-	var out []byte
-	var err error
-	go func() { out, err = cmd.CombinedOutput(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(90 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-		t.Fatalf("netns-cluster.sh did not finish within 90 s:\n%s", out)
-	}
 	if err != nil {
 		t.Fatalf("netns-cluster.sh: %v\n%s", err, out)
 	}
@@ -70,7 +59,7 @@ func TestNetnsCluster(t *testing.T) {
 	hosts := map[string]bool{}
 	for _, r := range sum.Plan.Ranks {
 		hosts[r.Worker.Host] = true
-		if r.Worker.DataAddr[:4] == "127." {
+		if strings.HasPrefix(r.Worker.DataAddr, "127.") {
 			t.Errorf("rank %d data address %s is loopback, not its namespace's address", r.Rank, r.Worker.DataAddr)
 		}
 	}
@@ -87,20 +76,9 @@ func TestNetnsWorkerCutOff(t *testing.T) {
 		t.Skipf("network namespaces cannot be made here (%s); this test needs root and iproute2", why)
 	}
 	run := filepath.Join(t.TempDir(), "run")
-	cmd := exec.Command("../scripts/netns-cluster.sh", "--workers", "2", "--config", writeJob(t), "--steps", "1000000",
+	out, err := runScript(t, 90*time.Second, "../scripts/netns-cluster.sh", "--workers", "2", "--config", writeJob(t), "--steps", "1000000",
 		"--coordinator", filepath.Join(binDir, "coordinator"), "--worker", filepath.Join(binDir, "worker"), "--run-dir", run,
 		"--cut", "2", "--cut-after", "2")
-	var out []byte
-	var err error
-	done := make(chan struct{})
-	go func() { out, err = cmd.CombinedOutput(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(90 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-		t.Fatalf("netns-cluster.sh did not finish within 90 s:\n%s", out)
-	}
 	if err == nil {
 		t.Fatalf("job succeeded although a worker was cut off:\n%s", out)
 	}

@@ -26,19 +26,8 @@ func TestLaunchSSHScript(t *testing.T) {
 	}
 	_, port, _ := net.SplitHostPort(freeAddr(t))
 	run := filepath.Join(dir, "run")
-	cmd := exec.Command("../scripts/launch-ssh.sh", "--hostfile", hostfile, "--config", writeJob(t), "--steps", "10",
+	out, err := runScript(t, 60*time.Second, "../scripts/launch-ssh.sh", "--hostfile", hostfile, "--config", writeJob(t), "--steps", "10",
 		"--port", port, "--bin-dir", binDir, "--run-dir", run, "--ssh", shim+" -o BatchMode=yes")
-	done := make(chan struct{})
-	var out []byte
-	var err error
-	go func() { out, err = cmd.CombinedOutput(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-		t.Fatalf("launch-ssh.sh did not finish within 60 s:\n%s", out)
-	}
 	if err != nil {
 		t.Fatalf("launch-ssh.sh: %v\n%s", err, out)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
@@ -86,33 +85,13 @@ func (f *benchAttentionFlags) validate() ([]float64, error) {
 			bws = append(bws, 0)
 			continue
 		}
-		bw, err := parseLinkBandwidth(s)
+		bw, err := parseBandwidth(s)
 		if err != nil {
 			return nil, fmt.Errorf("--link-bw: %w", err)
 		}
 		bws = append(bws, bw)
 	}
 	return bws, nil
-}
-
-// parseLinkBandwidth reads "1GB/s" (1e9 bytes/s), "500MB/s", "1GiB/s", "2e8".
-func parseLinkBandwidth(s string) (float64, error) {
-	u := strings.TrimSuffix(s, "/s")
-	mult := 1.0
-	for _, m := range []struct {
-		suf string
-		v   float64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}} {
-		if strings.HasSuffix(u, m.suf) {
-			u, mult = strings.TrimSuffix(u, m.suf), m.v
-			break
-		}
-	}
-	v, err := strconv.ParseFloat(strings.TrimSpace(u), 64)
-	if err != nil || v <= 0 {
-		return 0, fmt.Errorf("bandwidth %q: want a positive number with optional unit, e.g. 1GB/s", s)
-	}
-	return v * mult, nil
 }
 
 func runBenchAttention(ctx context.Context, w io.Writer, f *benchAttentionFlags, bws []float64) error {

@@ -20,8 +20,8 @@ import (
 	"github.com/moetrain/moetrain/train"
 )
 
-// trainedCheckpoint trains a tiny model for steps steps, saves it into a
-// store under dir and returns the trainer.
+// trainedCheckpoint trains a tiny model for steps steps, saves it into
+// store and returns the trainer.
 func trainedCheckpoint(t *testing.T, store *checkpoint.Store, steps int) *train.Trainer {
 	t.Helper()
 	cfg := train.DefaultJobConfig()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -114,9 +115,10 @@ SIGKILL.`,
 			o := wo
 			o.Console = os.Stderr
 			err := cluster.RunWorkerProcess(ctx, o)
-			if _, ok := err.(*cluster.AbortedError); ok {
+			var ab *cluster.AbortedError
+			if errors.As(err, &ab) {
 				fmt.Fprintln(os.Stderr, "worker:", err)
-				os.Exit(3)
+				os.Exit(cluster.ExitAborted)
 			}
 			return err
 		},

@@ -14,10 +14,6 @@ import (
 	"github.com/moetrain/moetrain/cluster"
 )
 
-// Exit status of `worker --join` when the coordinator aborted the job (a
-// failure elsewhere, not in this worker).
-const exitAborted = 3
-
 var joinOpts cluster.WorkerOptions
 
 func init() {
@@ -56,7 +52,7 @@ func runJoin(cmd *cobra.Command, args []string) error {
 	var ab *cluster.AbortedError
 	if errors.As(err, &ab) {
 		fmt.Fprintln(os.Stderr, "worker:", err)
-		os.Exit(exitAborted)
+		os.Exit(cluster.ExitAborted)
 	}
 	return err
 }

@@ -44,7 +44,7 @@ func newTrainCmd() *cobra.Command {
 		Long: `Train the MoE model single-process on the embedded corpus or your data, with a live
 progress line (step, loss, tokens/s, ETA), periodic validation loss and structured logs.
 
-The job file has sections [model], [optim], [data], [mesh], [train]; keys it leaves
+The job file has sections [model], [optim], [data], [mesh], [dp], [train]; keys it leaves
 out keep their defaults (the reference model). Flags override the file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runTrain(cmd, f) },
