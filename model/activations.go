@@ -38,20 +38,23 @@ type Acts struct {
 	MoE     moe.Scratch
 }
 
-// newActs allocates activations for n tokens.
-func newActs(cfg Config, n int) *Acts {
-	d, v, h := cfg.DModel, cfg.Vocab, cfg.Heads
+// newActs allocates activations for n tokens of shard sh.
+func newActs(cfg Config, sh Shard, n int) *Acts {
+	sh = sh.norm()
+	d, v, h := cfg.DModel, cfg.Vocab/sh.TP, cfg.Heads/sh.TP
+	c := h * cfg.HeadDim()
 	f := func(k int) []float32 { return make([]float32, k) }
 	a := &Acts{
 		Cap: n, Res0: f(n * d), LNF: f(n * d), RstdF: f(n), Logits: f(n * v), Losses: f(n),
-		Mask: make([]bool, n), DLogits: f(n * v), DRes: f(n * d), DTmp: f(n * d), DQKV: f(n * 3 * d), AttD: f(n * h),
+		Mask: make([]bool, n), DLogits: f(n * v), DRes: f(n * d), DTmp: f(n * d), DQKV: f(n * 3 * c), AttD: f(n * h),
 	}
 	dm := moeDims(cfg)
+	dm.H /= sh.TP
 	a.MoE.Resize(dm, n)
 	in := a.Res0
 	for i := 0; i < cfg.Layers; i++ {
 		la := LayerActs{
-			In: in, LN1: f(n * d), Rstd1: f(n), QKV: f(n * 3 * d), Att: f(n * d), LSE: f(n * h),
+			In: in, LN1: f(n * d), Rstd1: f(n), QKV: f(n * 3 * c), Att: f(n * c), LSE: f(n * h),
 			Mid: f(n * d), LN2: f(n * d), Rstd2: f(n), Out: f(n * d),
 		}
 		la.MoE.Resize(dm, n)

@@ -32,7 +32,7 @@ func newFixture(t *testing.T, seed uint64) *sublayerFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &sublayerFixture{cfg: cfg, in: in, acts: newActs(cfg, b*tt), w: m.P, rng: rand.New(rand.NewPCG(seed, 1))}
+	f := &sublayerFixture{cfg: cfg, in: in, acts: newActs(cfg, Whole, b*tt), w: m.P, rng: rand.New(rand.NewPCG(seed, 1))}
 	f.dw = m.Layout.Views(make([]float32, m.Layout.Total))
 	f.dm = Dims{N: b * tt, D: cfg.DModel, Heads: cfg.Heads, Eps: float32(cfg.NormEps), Attn: AttnShape(cfg, b, tt, in.Seg)}
 	for i := range f.acts.Mask {

@@ -25,6 +25,10 @@ type Entry struct {
 	// Expert marks per-expert tensors whose leading dimension is the expert
 	// index (expert parallelism shards them along it).
 	Expert bool
+	// Global and Start place a shard's entry in the whole model (see
+	// NewShardLayout): the global tensor's shape and the offset of this
+	// entry's box along each dimension. nil for the whole model.
+	Global, Start []int
 }
 
 // Size is the number of elements of the entry.
@@ -62,7 +66,7 @@ func NewLayout(cfg Config) Layout {
 	for i := 0; i < cfg.Layers; i++ {
 		p := fmt.Sprintf("layers.%d.", i)
 		add(p+"ln1", InitOnes, false, d)
-		add(p+"qkv", InitNormal, false, 3*d, d)
+		add(p+"qkv", InitNormal, false, 3, d, d) // q, k, v planes
 		add(p+"proj", InitNormal, false, d, d)
 		add(p+"ln2", InitOnes, false, d)
 		add(p+"router", InitNormal, false, e, d)
@@ -92,7 +96,7 @@ func (e Entry) Slice(buf []float32) []float32 {
 // LayerWeights are one block's tensors as views into a flat buffer.
 type LayerWeights struct {
 	LN1    []float32 // [D]
-	QKV    []float32 // [3D, D]: rows 0..D-1 make q, then k, then v
+	QKV    []float32 // [3, D, D]: the q, k and v projections
 	Proj   []float32 // [D, D]
 	LN2    []float32 // [D]
 	Router []float32 // [E, D]

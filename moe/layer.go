@@ -26,10 +26,24 @@ type State struct {
 	// Bias (nil = none) is the layer's aux-loss-free balancing bias [E],
 	// owned by the caller and set before Forward; it steers selection only.
 	Bias []float32
-	X    []float32 // [S, D] gathered inputs, S ≤ N·K kept slots
-	Hpre []float32 // [S, H]
-	Hact []float32 // [S, H]
-	Y    []float32 // [S, D] expert outputs (before gating)
+	// Ex (nil = the whole layer here) is the expert-/tensor-parallel
+	// communication, set by the caller before Forward.
+	Ex Exchange
+	// DeferStats, when set, makes Forward only accumulate the aux-loss and
+	// z-loss statistics of this rank's tokens; the caller reduces them over
+	// the ranks holding the other tokens and calls FinishStats before
+	// Backward (parallel layouts use global statistics).
+	DeferStats bool
+	X          []float32 // [S, D] gathered inputs, S ≤ N·K kept slots (plan order)
+	Y          []float32 // [S, D] expert outputs before gating (plan order, whole: summed over TP)
+	// The rows this rank's experts process, expert-major: X itself without
+	// expert parallelism, else the rows received from the group's members.
+	XL   []float32 // [R, D]
+	Hpre []float32 // [R, H]
+	Hact []float32 // [R, H]
+	YL   []float32 // [R, D]
+	disp dispatch
+	ep   bool // the last Forward dispatched over an expert-parallel group
 }
 
 // Scratch is Backward's working memory for N tokens. One Scratch serves
@@ -37,6 +51,7 @@ type State struct {
 // the per-layer State.
 type Scratch struct {
 	dY, dX       []float32 // [S, D]
+	dYL, dXL     []float32 // [R, D] (expert parallelism only)
 	dHact, dHpre []float32 // [S, H]
 	dSlotGate    []float32 // [S]
 	dGates       []float32 // [N, K]
@@ -69,12 +84,33 @@ func (st *State) Resize(dm Dims, n int) {
 	st.Y = grow(st.Y, s*dm.D)
 }
 
+// FinishStats derives the aux loss and z-loss from their (reduced)
+// statistics; Forward calls it itself unless DeferStats is set.
+func (st *State) FinishStats(k int, zloss bool) {
+	st.Aux.Finish(k)
+	if zloss {
+		st.ZLoss.Finish()
+	}
+}
+
+// local returns the expert-major rows, their offsets per local expert and
+// the local experts' count for the last plan.
+func (st *State) local(d int) (x []float32, offsets []int) {
+	if st.ep {
+		return st.XL[:st.disp.rows()*d], st.disp.offsets
+	}
+	return st.X[:st.Plan.Slots()*d], st.Plan.Offsets
+}
+
 // Forward routes x [N, D] and ACCUMULATES the gated expert outputs into out
 // [N, D] (callers pass the residual stream, so the residual add is free).
 // router and its Options choose scores, selection, capacity and z-loss;
 // st.Bias (len E or nil) steers selection. mask (nil = all) selects the
 // tokens counted by the aux loss and the z-loss; st.Aux and st.ZLoss hold
-// them afterwards. st must have been Resize'd for N.
+// them afterwards (only their sums with st.DeferStats). st must have been
+// Resize'd for N. With st.Ex, w holds this rank's experts (E/EP of them,
+// hidden dimension dm.H of its tensor-parallel shard) and dm.E is the global
+// expert count; the capacity then applies per rank (to its N tokens).
 func Forward(out, x []float32, w Weights, dm Dims, router Router, mask []bool, st *State) {
 	n, d, e := st.N, dm.D, dm.E
 	opt := router.Options()
@@ -84,16 +120,45 @@ func Forward(out, x []float32, w Weights, dm Dims, router Router, mask []bool, s
 	r.Bias = st.Bias
 	router.Select(r)
 	st.Plan.BuildCapacity(r, opt.Capacity(n, e, dm.K), opt.Drop)
-	ComputeAux(&st.Aux, r, mask)
+	st.Aux.Accumulate(r, mask)
 	if opt.ZLossCoef > 0 {
 		st.ZLoss.Forward(st.Logits, n, e, mask)
 	} else {
 		st.ZLoss.Sum, st.ZLoss.Count, st.ZLoss.Value = 0, 0, 0
 	}
+	if !st.DeferStats {
+		st.FinishStats(r.K, opt.ZLossCoef > 0)
+	}
 	p := &st.Plan
+	s := p.Slots()
 	tensor.GatherRows(st.X, x, p.Token, d)
-	Experts{D: d, H: dm.H}.Forward(st.Y, st.Hpre, st.Hact, st.X, w.W1, w.W2, p.Offsets)
-	tensor.ScatterAddRows(out, st.Y[:p.Slots()*d], p.Token, p.Gate, d)
+	st.ep = false
+	if st.Ex != nil {
+		if size, _ := st.Ex.EP(); size > 1 {
+			st.ep = true
+			st.disp.plan(st.Ex, p)
+			rows := st.disp.rows()
+			st.XL = grow(st.XL, rows*d)
+			st.disp.forward(st.Ex, st.XL, st.X[:s*d], d)
+		}
+	}
+	xl, offs := st.local(d)
+	rows := len(xl) / max(d, 1)
+	st.Hpre = grow(st.Hpre, rows*dm.H)
+	st.Hact = grow(st.Hact, rows*dm.H)
+	yl := st.Y
+	if st.ep {
+		st.YL = grow(st.YL, rows*d)
+		yl = st.YL
+	}
+	Experts{D: d, H: dm.H}.Forward(yl, st.Hpre, st.Hact, xl, w.W1, w.W2, offs)
+	if st.Ex != nil {
+		st.Ex.SumTP(yl[:rows*d])
+	}
+	if st.ep {
+		st.disp.backward(st.Ex, st.Y[:s*d], st.YL[:rows*d], d)
+	}
+	tensor.ScatterAddRows(out, st.Y[:s*d], p.Token, p.Gate, d)
 }
 
 // Backward, given dout [N, D] (the gradient of Forward's output), accumulates
@@ -121,7 +186,24 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 			}
 		}
 	})
-	Experts{D: d, H: dm.H}.Backward(sc.dX, dw.W1, dw.W2, sc.dHact, sc.dHpre, sc.dY, st.X, st.Hpre, st.Hact, w.W1, w.W2, p.Offsets)
+	xl, offs := st.local(d)
+	rows := len(xl) / max(d, 1)
+	dyl, dxl := sc.dY, sc.dX
+	if st.ep {
+		sc.dYL = grow(sc.dYL, rows*d)
+		sc.dXL = grow(sc.dXL, rows*d)
+		st.disp.forward(st.Ex, sc.dYL, sc.dY[:s*d], d)
+		dyl, dxl = sc.dYL, sc.dXL
+	}
+	sc.dHact = grow(sc.dHact, rows*dm.H)
+	sc.dHpre = grow(sc.dHpre, rows*dm.H)
+	Experts{D: d, H: dm.H}.Backward(dxl, dw.W1, dw.W2, sc.dHact, sc.dHpre, dyl, xl, st.Hpre, st.Hact, w.W1, w.W2, offs)
+	if st.Ex != nil {
+		st.Ex.SumTP(dxl[:rows*d])
+	}
+	if st.ep {
+		st.disp.backward(st.Ex, sc.dX[:s*d], dxl[:rows*d], d)
+	}
 	tensor.ScatterAddRows(dx, sc.dX[:s*d], p.Token, nil, d)
 	// Gates → router probabilities (+ aux) → logits → router weights and x.
 	for i, slot := range p.SlotOf[:n*dm.K] {

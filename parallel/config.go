@@ -15,9 +15,13 @@ type Config struct {
 	// EP is the expert-parallel degree; experts are split over EP ranks.
 	// Default 1.
 	EP int `toml:"ep"`
-	// SP is the sequence-parallel degree. Default 1.
+	// SP is the sequence-parallel degree: each sequence is split in 2·SP
+	// zigzag chunks over SP ranks. Default 1.
 	SP int `toml:"sp"`
+	// SPAlgorithm is the sequence-parallel attention: "tokenring" (queries
+	// travel, K,V stay; results come straight back) or "ring" (K,V rotate).
+	SPAlgorithm string `toml:"sp_algorithm"`
 }
 
 // DefaultConfig is a single-rank mesh with DP left to the worker count.
-func DefaultConfig() Config { return Config{DP: 0, TP: 1, EP: 1, SP: 1} }
+func DefaultConfig() Config { return Config{DP: 0, TP: 1, EP: 1, SP: 1, SPAlgorithm: "tokenring"} }

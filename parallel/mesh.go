@@ -43,10 +43,14 @@ const (
 	// AxisEDP groups the replicas of the same experts (same tp, same position
 	// inside their EP group) across EP groups.
 	AxisEDP
+	// AxisPlane groups the DP·SP plane at a fixed tp: the ranks that hold
+	// different tokens of a step. Dense gradients (and the loss and routing
+	// statistics) are summed over it.
+	AxisPlane
 )
 
 // Axes lists every axis in a stable order.
-var Axes = []Axis{AxisTP, AxisSP, AxisDP, AxisEP, AxisEDP}
+var Axes = []Axis{AxisTP, AxisSP, AxisDP, AxisEP, AxisEDP, AxisPlane}
 
 func (a Axis) String() string {
 	switch a {
@@ -60,6 +64,8 @@ func (a Axis) String() string {
 		return "ep"
 	case AxisEDP:
 		return "edp"
+	case AxisPlane:
+		return "plane"
 	}
 	return fmt.Sprintf("axis(%d)", int(a))
 }
@@ -150,6 +156,10 @@ func (m Mesh) Group(axis Axis, rank int) []int {
 		}
 	case AxisEDP:
 		for p := m.EPIndex(rank); p < m.DP*m.SP; p += m.EP {
+			out = append(out, p*m.TP+c.TP)
+		}
+	case AxisPlane:
+		for p := 0; p < m.DP*m.SP; p++ {
 			out = append(out, p*m.TP+c.TP)
 		}
 	}

@@ -30,7 +30,7 @@ func TestMeshRankCoordRoundTrip(t *testing.T) {
 // member of a group agrees on the group.
 func TestMeshGroupsPartition(t *testing.T) {
 	for _, m := range []Mesh{{2, 3, 2, 3}, {4, 2, 2, 8}, {4, 1, 1, 2}, {3, 2, 1, 6}} {
-		sizes := map[Axis]int{AxisTP: m.TP, AxisSP: m.SP, AxisDP: m.DP, AxisEP: m.EP, AxisEDP: m.EDPSize()}
+		sizes := map[Axis]int{AxisTP: m.TP, AxisSP: m.SP, AxisDP: m.DP, AxisEP: m.EP, AxisEDP: m.EDPSize(), AxisPlane: m.DP * m.SP}
 		for _, ax := range Axes {
 			var all []int
 			for _, g := range m.Groups(ax) {
@@ -89,14 +89,14 @@ func TestNewMesh(t *testing.T) {
 		want  Mesh
 		err   string
 	}{
-		{Config{0, 1, 1, 1}, 4, Mesh{4, 1, 1, 1}, ""},
-		{Config{0, 2, 2, 1}, 8, Mesh{4, 1, 2, 2}, ""},
-		{Config{2, 2, 1, 2}, 8, Mesh{2, 2, 2, 1}, ""},
-		{Config{0, 2, 1, 1}, 3, Mesh{}, "3 ranks are not divisible by sp=1 × tp=2"},
-		{Config{2, 1, 1, 1}, 3, Mesh{}, "dp=2 × sp=1 × tp=1 = 2 ranks, but the world has 3"},
-		{Config{0, 1, 3, 1}, 4, Mesh{}, "ep=3 does not divide dp=4 × sp=1 = 4"},
-		{Config{0, 0, 1, 1}, 4, Mesh{}, "must be ≥ 1"},
-		{Config{1, 1, 1, 1}, 0, Mesh{}, "need at least 1 rank"},
+		{Config{DP: 0, TP: 1, EP: 1, SP: 1}, 4, Mesh{4, 1, 1, 1}, ""},
+		{Config{DP: 0, TP: 2, EP: 2, SP: 1}, 8, Mesh{4, 1, 2, 2}, ""},
+		{Config{DP: 2, TP: 2, EP: 1, SP: 2}, 8, Mesh{2, 2, 2, 1}, ""},
+		{Config{DP: 0, TP: 2, EP: 1, SP: 1}, 3, Mesh{}, "3 ranks are not divisible by sp=1 × tp=2"},
+		{Config{DP: 2, TP: 1, EP: 1, SP: 1}, 3, Mesh{}, "dp=2 × sp=1 × tp=1 = 2 ranks, but the world has 3"},
+		{Config{DP: 0, TP: 1, EP: 3, SP: 1}, 4, Mesh{}, "ep=3 does not divide dp=4 × sp=1 = 4"},
+		{Config{DP: 0, TP: 0, EP: 1, SP: 1}, 4, Mesh{}, "must be ≥ 1"},
+		{Config{DP: 1, TP: 1, EP: 1, SP: 1}, 0, Mesh{}, "need at least 1 rank"},
 	}
 	for _, c := range cases {
 		got, err := NewMesh(c.cfg, c.world)

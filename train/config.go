@@ -15,6 +15,7 @@ import (
 	"github.com/moetrain/moetrain/optim"
 	"github.com/moetrain/moetrain/parallel"
 	"github.com/moetrain/moetrain/parallel/dp"
+	"github.com/moetrain/moetrain/parallel/sp"
 	"github.com/moetrain/moetrain/sampling"
 )
 
@@ -87,7 +88,7 @@ func DefaultJobConfig() JobConfig {
 
 // Validate checks every section and the constraints between them.
 func (j JobConfig) Validate() error {
-	errs := []error{j.Model.Validate(), j.Optim.Validate(), j.Data.Validate(), j.Train.Validate(), j.DP.Validate(), validateMesh(j.Mesh, j.Model)}
+	errs := []error{j.Model.Validate(), j.Optim.Validate(), j.Data.Validate(), j.Train.Validate(), j.DP.Validate(), validateMesh(j.Mesh, j.Model), validateSequenceParallel(j)}
 	longest := j.Data.SeqLen
 	if j.Data.Mode == sampling.ModeBucket {
 		longest = j.Data.EffectiveMaxLen()
@@ -117,10 +118,31 @@ func validateMesh(m parallel.Config, mc model.Config) error {
 	if m.TP >= 1 && mc.ExpertHidden >= 1 && mc.ExpertHidden%m.TP != 0 {
 		errs = append(errs, fmt.Errorf("mesh.tp = %d must divide model.expert_hidden = %d", m.TP, mc.ExpertHidden))
 	}
+	if m.TP >= 1 && mc.Vocab >= 1 && mc.Vocab%m.TP != 0 {
+		errs = append(errs, fmt.Errorf("mesh.tp = %d must divide model.vocab = %d (the LM head is vocab-parallel)", m.TP, mc.Vocab))
+	}
 	if m.EP >= 1 && mc.Experts >= 1 && mc.Experts%m.EP != 0 {
 		errs = append(errs, fmt.Errorf("mesh.ep = %d must divide model.experts = %d", m.EP, mc.Experts))
 	}
+	if _, err := sp.ParseAlgorithm(m.SPAlgorithm); err != nil {
+		errs = append(errs, fmt.Errorf("mesh.sp_algorithm: %w", err))
+	}
 	return errors.Join(errs...)
+}
+
+// validateSequenceParallel checks what SP > 1 needs of the data: whole
+// windows of a length that splits into 2·SP equal zigzag chunks.
+func validateSequenceParallel(j JobConfig) error {
+	if j.Mesh.SP <= 1 {
+		return nil
+	}
+	if j.Data.Mode != sampling.ModeWindow {
+		return fmt.Errorf("mesh.sp = %d needs data.mode = %q (fixed-length windows), not %q", j.Mesh.SP, sampling.ModeWindow, j.Data.Mode)
+	}
+	if j.Data.SeqLen%(2*j.Mesh.SP) != 0 {
+		return fmt.Errorf("mesh.sp = %d: data.seq_len = %d must be a multiple of 2·sp = %d (zigzag chunks)", j.Mesh.SP, j.Data.SeqLen, 2*j.Mesh.SP)
+	}
+	return nil
 }
 
 // LoadJobConfig reads a job TOML file over the defaults: keys it leaves out

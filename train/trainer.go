@@ -48,10 +48,17 @@ type Trainer struct {
 // from cfg.Train.Seed and zeroed optimizer state. It does not change the
 // process's thread budget (see tensor.SetThreads).
 func NewTrainer(cfg JobConfig, log zerolog.Logger) (*Trainer, error) {
+	return NewShardedTrainer(cfg, model.Whole, log)
+}
+
+// NewShardedTrainer is NewTrainer for the shard sh of the model (a
+// tensor-/expert-parallel rank; its optimizer covers that shard). A sharded
+// trainer's model needs Comms before its first forward (see MeshRank).
+func NewShardedTrainer(cfg JobConfig, sh model.Shard, log zerolog.Logger) (*Trainer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	m, err := model.New(cfg.Model, cfg.Train.Seed)
+	m, err := model.NewSharded(cfg.Model, sh, cfg.Train.Seed)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
@@ -140,6 +147,15 @@ func (t *Trainer) OptimizerStep() (gradNorm float64) {
 	}
 	t.step++
 	return gradNorm
+}
+
+// optimizerStepScaled applies AdamW to the whole buffer with gradScale (the
+// clipping factor the caller derived from the global norm) and advances Step.
+func (t *Trainer) optimizerStepScaled(gradScale float64) {
+	if _, err := t.opt.Update(t.m.Params, t.m.Grads, t.step+1, t.sched.LR(t.step), gradScale); err != nil {
+		t.log.Error().Err(err).Msg("optimizer step")
+	}
+	t.step++
 }
 
 // Step is the number of optimizer steps taken.

@@ -1,0 +1,135 @@
+package moe
+
+import "github.com/moetrain/moetrain/tensor"
+
+// Exchange is the communication of a sharded MoE layer; a nil Exchange is the
+// whole layer on one rank. With expert parallelism (EP members, each holding
+// E/EP consecutive experts) the layer dispatches every kept slot's row to the
+// member owning its expert with an all-to-all-v and combines the outputs back
+// the same way; with tensor parallelism (each expert's hidden dimension split)
+// it sums the partial expert outputs, and in the backward the partial input
+// gradients, over the tensor-parallel group.
+//
+// Calls block until done. After a failure an implementation keeps the first
+// error (reported by its owner, see model.Comms) and every later call returns
+// at once without touching its buffers, so a failed step unwinds instead of
+// waiting on peers that have gone.
+type Exchange interface {
+	// EP is the expert-parallel group's size and this rank's index in it.
+	EP() (size, rank int)
+	// AllToAllV sends send's consecutive blocks of sendCounts[j] elements to
+	// member j and receives recvCounts[j] elements from member j into recv's
+	// consecutive blocks, over the expert-parallel group.
+	AllToAllV(send []float32, sendCounts []int, recv []float32, recvCounts []int)
+	// SumTP adds x element-wise over the tensor-parallel group, in place.
+	SumTP(x []float32)
+}
+
+// dispatch is the expert-parallel routing of one layer's rows: which rows go
+// to which member and, on the receiving side, how the rows received from
+// every member are regrouped so that each local expert's rows are contiguous
+// (one GEMM per expert).
+type dispatch struct {
+	ep, rank, el int
+	sendRows     []int   // [EP] rows to member j (plan order: experts of j are contiguous)
+	recvRows     []int   // [EP] rows from member j
+	counts       []int   // [EP·El] rows from member j for local expert x
+	offsets      []int   // [El+1] local expert row offsets in expert-major order
+	perm         []int32 // [R] expert-major row r is received row perm[r]
+	inv          []int32 // [R] received row i is expert-major row inv[i]
+	sendC, recvC []float32
+	sendN, recvN []int
+	buf          []float32 // received rows in member order
+}
+
+// rows is the number of rows this member's local experts process.
+func (dp *dispatch) rows() int { return dp.offsets[dp.el] }
+
+// plan exchanges the per-expert row counts of p (expert-parallel group of
+// size ep) and builds the regrouping.
+func (dp *dispatch) plan(ex Exchange, p *Plan) {
+	ep, rank := ex.EP()
+	e := p.E
+	el := e / ep
+	dp.ep, dp.rank, dp.el = ep, rank, el
+	dp.sendRows = growInt(dp.sendRows, ep)
+	dp.recvRows = growInt(dp.recvRows, ep)
+	dp.counts = growInt(dp.counts, ep*el)
+	dp.offsets = growInt(dp.offsets, el+1)
+	dp.sendC = grow(dp.sendC, e)
+	dp.recvC = grow(dp.recvC, e)
+	dp.sendN = growInt(dp.sendN, ep)
+	dp.recvN = growInt(dp.recvN, ep)
+	for j := 0; j < ep; j++ {
+		dp.sendRows[j] = p.Offsets[(j+1)*el] - p.Offsets[j*el]
+		dp.sendN[j] = el
+		for x := 0; x < el; x++ {
+			dp.sendC[j*el+x] = float32(p.Counts[j*el+x]) // < 2^24 rows: exact
+		}
+	}
+	ex.AllToAllV(dp.sendC, dp.sendN, dp.recvC, dp.sendN)
+	r := 0
+	for j := 0; j < ep; j++ {
+		dp.recvRows[j] = 0
+		for x := 0; x < el; x++ {
+			c := int(dp.recvC[j*el+x])
+			dp.counts[j*el+x] = c
+			dp.recvRows[j] += c
+		}
+		r += dp.recvRows[j]
+	}
+	dp.perm = growInt32(dp.perm, r)
+	dp.inv = growInt32(dp.inv, r)
+	// Received order is member-major, then expert; expert-major regroups it.
+	base := make([]int, ep*el)
+	at := 0
+	for j := 0; j < ep; j++ {
+		for x := 0; x < el; x++ {
+			base[j*el+x] = at
+			at += dp.counts[j*el+x]
+		}
+	}
+	k := 0
+	for x := 0; x < el; x++ {
+		dp.offsets[x] = k
+		for j := 0; j < ep; j++ {
+			for i := 0; i < dp.counts[j*el+x]; i++ {
+				dp.perm[k] = int32(base[j*el+x] + i)
+				dp.inv[base[j*el+x]+i] = int32(k)
+				k++
+			}
+		}
+	}
+	dp.offsets[el] = k
+}
+
+// forward sends rows [S, d] (plan order) to their experts' members and
+// writes the received rows, expert-major, into out [R, d].
+func (dp *dispatch) forward(ex Exchange, out, rows []float32, d int) {
+	r := dp.rows()
+	dp.buf = grow(dp.buf, r*d)
+	for j := 0; j < dp.ep; j++ {
+		dp.sendN[j], dp.recvN[j] = dp.sendRows[j]*d, dp.recvRows[j]*d
+	}
+	ex.AllToAllV(rows, dp.sendN, dp.buf[:r*d], dp.recvN)
+	tensor.GatherRows(out[:r*d], dp.buf, dp.perm[:r], d)
+}
+
+// backward is forward's inverse: local rows [R, d] (expert-major) go back to
+// the members that sent them, arriving in plan order in out [S, d].
+func (dp *dispatch) backward(ex Exchange, out, local []float32, d int) {
+	r := dp.rows()
+	dp.buf = grow(dp.buf, r*d)
+	tensor.GatherRows(dp.buf[:r*d], local, dp.inv[:r], d)
+	for j := 0; j < dp.ep; j++ {
+		dp.sendN[j], dp.recvN[j] = dp.recvRows[j]*d, dp.sendRows[j]*d
+	}
+	ex.AllToAllV(dp.buf[:r*d], dp.sendN, out, dp.recvN)
+}
+
+func growInt(s []int, n int) []int {
+	if cap(s) < n {
+		return make([]int, n)
+	}
+	return s[:n]
+}
