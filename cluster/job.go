@@ -100,16 +100,11 @@ func TokenOrEnv(token string) string {
 	return os.Getenv(TokenEnv)
 }
 
-// CheckRunnable refuses, before anything starts, a job that the available
-// runners cannot run: so far only data parallelism (RunDP).
-func CheckRunnable(cfg train.JobConfig) error {
-	m := cfg.Mesh
-	if m.TP > 1 || m.SP > 1 || m.EP > 1 {
-		return fmt.Errorf("[mesh] tp=%d sp=%d ep=%d: this version runs data parallelism only (tp = sp = ep = 1); "+
-			"`coordinator plan` shows the layout such a job would get", m.TP, m.SP, m.EP)
-	}
-	return nil
-}
+// CheckRunnable refuses, before anything starts, a job that the runners
+// cannot run. Every mesh the planner can lay out runs (RunDP for pure data
+// parallelism, RunMesh otherwise); what is left to refuse is what a mesh
+// needs of the data, which the job config's validation already checks.
+func CheckRunnable(cfg train.JobConfig) error { return cfg.Validate() }
 
 // CheckLayout refuses a job whose mesh cannot be laid over n workers (see
 // MakePlan), naming the conflict and a layout that works.

@@ -1,0 +1,111 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/sampling"
+	"github.com/moetrain/moetrain/tensor"
+	"github.com/moetrain/moetrain/train"
+)
+
+// RunMesh is the runner of any mesh (DP × SP × TP with EP): every rank holds
+// its shard of the model (train.MeshRank), the ranks of one DP replica
+// (its TP and SP ranks) draw the replica's batch from the same sampler stream
+// (the dp index), and a step equals the serial trainer's on the
+// concatenation of the replicas' batches. Validation runs on every rank (the
+// sharded model's forward is collective). Progress reports this rank's share
+// of the job's tokens, so the coordinator's sum is the whole job's rate.
+func RunMesh(ctx context.Context, spec StartSpec) error {
+	m, cfg, log := spec.Plan.Mesh, spec.Job, spec.Log
+	threads := spec.Threads
+	if threads <= 0 {
+		threads = cfg.Train.Threads
+	}
+	tensor.SetThreads(threads)
+	coord := m.Coord(spec.Rank)
+	data, err := sampling.Open(cfg.Data, cfg.Train.Seed)
+	if err != nil {
+		return fmt.Errorf("mesh runner: data: %w", err)
+	}
+	sampler, err := data.Sampler(coord.DP, m.DP)
+	if err != nil {
+		return fmt.Errorf("mesh runner: sampler for dp rank %d of %d: %w", coord.DP, m.DP, err)
+	}
+	var val []sampling.Batch
+	if cfg.Train.EvalEvery > 0 {
+		// Every rank reads the same batches; a failure is the same everywhere.
+		if val, err = data.ValBatches(cfg.Train.EvalBatches); err != nil {
+			log.Warn().Err(err).Msg("training without validation")
+			val = nil
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, CollectiveTimeout)
+	t, err := spec.Data.Connect(dctx, spec.Rank, spec.Plan.Addrs(), spec.Token)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("mesh runner: %w", err)
+	}
+	defer t.Close()
+	world := collective.NewWorldConfig(t, collective.Config{Timeout: CollectiveTimeout})
+	mr, err := train.NewMeshRank(cfg, m, spec.Rank, world, log)
+	if err != nil {
+		return fmt.Errorf("mesh runner: %w", err)
+	}
+	tr := mr.Trainer()
+	log.Info().Int("params", tr.Layout().Total).Int("threads", tensor.Threads()).Str("mesh", m.String()).
+		Int("dp", coord.DP).Int("sp", coord.SP).Int("tp", coord.TP).Int("steps", cfg.Train.Steps).
+		Bool("zero1", cfg.DP.Zero1).Str("sp_algorithm", cfg.Mesh.SPAlgorithm).Msg("mesh training")
+
+	var tokens int64 // this rank's share of the job's input positions
+	var trainTime time.Duration
+	for tr.Step() < cfg.Train.Steps {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("mesh runner: stopped before step %d: %w", tr.Step()+1, err)
+		}
+		t0 := time.Now()
+		b, err := sampler.Next()
+		if err != nil {
+			return fmt.Errorf("mesh runner: step %d: data: %w", tr.Step()+1, err)
+		}
+		st, err := mr.Step(ctx, b)
+		if err != nil {
+			return fmt.Errorf("mesh runner: %w", err)
+		}
+		trainTime += time.Since(t0)
+		tokens += int64(st.Tokens / m.TP)
+		step := tr.Step()
+		if math.IsNaN(st.Loss) || math.IsInf(st.Loss, 0) {
+			return fmt.Errorf("mesh runner: step %d: loss is %v", step, st.Loss)
+		}
+		u := ProgressUpdate{Step: step, Loss: st.Loss, Tokens: tokens, TokensPerSec: float64(tokens) / trainTime.Seconds()}
+		if len(val) > 0 && (step%cfg.Train.EvalEvery == 0 || step == cfg.Train.Steps) {
+			v, err := mr.Evaluate(ctx, val)
+			if err != nil {
+				return fmt.Errorf("mesh runner: step %d: validation: %w", step, err)
+			}
+			u.HasVal, u.ValLoss = true, v
+		}
+		spec.Report(u)
+		if step%cfg.Train.LogEvery == 0 || step == 1 {
+			ev := log.Info().Float64("loss", st.Loss).Float64("ce", st.CE).Float64("aux", st.Aux).
+				Float64("grad_norm", st.GradNorm).Float64("tokens_per_sec", math.Round(u.TokensPerSec))
+			if len(st.Router) > 0 {
+				is, mm := 0.0, 0.0
+				for _, r := range st.Router {
+					is, mm = max(is, r.IS), max(mm, r.MaxMean)
+				}
+				ev = ev.Float64("imbalance", is).Float64("max_mean_load", mm)
+			}
+			ev.Msg("step")
+		}
+		if u.HasVal {
+			log.Info().Float64("val_loss", u.ValLoss).Msg("validation")
+		}
+	}
+	log.Info().Int("steps", tr.Step()).Int64("tokens", tokens).Dur("train_time", trainTime).Msg("done")
+	return nil
+}
