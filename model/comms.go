@@ -43,8 +43,23 @@ type Comms interface {
 	// AttentionBackward accumulates dq, dk, dv given do, the forward's inputs,
 	// output o and lse.
 	AttentionBackward(dq, dk, dv, do, q, k, v, o, lse []float32, s tensor.AttnShape)
+	// UniformTokens reports that every rank routes the same number of
+	// tokens each step (fixed-shape batches), which lets a MoGE router's
+	// static split size the expert-parallel exchange in advance.
+	UniformTokens() bool
 	// Err is the first failure (nil if none).
 	Err() error
+}
+
+// staticSplit reports whether layer dispatches of this step may use the
+// router's static split (see moe.State.StaticSplit).
+func staticSplit(c Comms, r moe.Router) bool {
+	if c == nil || !c.UniformTokens() {
+		return false
+	}
+	g, ok := r.(moe.MoGE)
+	ep, _ := c.EP()
+	return ok && ep > 1 && g.Groups%ep == 0 && g.Opts.CapacityFactor == 0
 }
 
 func tpOf(c Comms) (size, rank int) {

@@ -190,6 +190,7 @@ func (m *Model) Forward(in Input, wantGrad bool) (Result, error) {
 	}
 	m.count = global
 	md := m.moeDims()
+	static := staticSplit(cm, m.Router)
 	EmbedForward(a.Res0[:n*d], a.DTmp[:n*d], in.Tokens, in.Pos, m.P.TokEmb, m.P.PosEmb, d)
 	mask := a.Mask[:n]
 	for l := range a.Layers {
@@ -198,7 +199,7 @@ func (m *Model) Forward(in Input, wantGrad bool) (Result, error) {
 		AttentionForward(la, m.P.Layers[l], m.dims)
 		la.MoE.Bias = m.Balance.Layer(l)
 		if cm != nil {
-			la.MoE.Ex, la.MoE.DeferStats = cm, true
+			la.MoE.Ex, la.MoE.DeferStats, la.MoE.StaticSplit = cm, true, static
 		}
 		MoEForward(la, m.P.Layers[l], m.dims, md, m.Router, mask)
 	}

@@ -140,9 +140,11 @@ func (e Entry) IsSharded() bool {
 	return false
 }
 
-// forBox calls fn(local, global, n) for every contiguous run of the entry's
-// box: local and global are element offsets inside the local and global
-// tensors, n the run length (the box's last dimension).
+// Runs calls fn(local, global, n) for every contiguous run of the entry's
+// box in order: local and global are element offsets inside the local and
+// global tensors, n the run length (the box's last dimension).
+func (e Entry) Runs(fn func(local, global, n int)) { e.forBox(fn) }
+
 func (e Entry) forBox(fn func(local, global, n int)) {
 	g := e.GlobalShape()
 	nd := len(e.Shape)

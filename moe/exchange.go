@@ -21,6 +21,9 @@ type Exchange interface {
 	// member j and receives recvCounts[j] elements from member j into recv's
 	// consecutive blocks, over the expert-parallel group.
 	AllToAllV(send []float32, sendCounts []int, recv []float32, recvCounts []int)
+	// AllToAllVStart starts the same exchange and returns the wait for it;
+	// several may be in flight at once.
+	AllToAllVStart(send []float32, sendCounts []int, recv []float32, recvCounts []int) (wait func())
 	// SumTP adds x element-wise over the tensor-parallel group, in place.
 	SumTP(x []float32)
 }
@@ -45,9 +48,16 @@ type dispatch struct {
 // rows is the number of rows this member's local experts process.
 func (dp *dispatch) rows() int { return dp.offsets[dp.el] }
 
-// plan exchanges the per-expert row counts of p (expert-parallel group of
-// size ep) and builds the regrouping.
-func (dp *dispatch) plan(ex Exchange, p *Plan) {
+// dispatch sends the plan-order rows [S, d] of p to the members owning their
+// experts and writes the rows this member's experts receive, expert-major,
+// into the buffer it returns ([R, d], reusing *out). The per-expert row
+// counts travel alongside. With static, every member routes the same number
+// of tokens n and the router's groups give every member exactly n·k/EP rows
+// of every other (MoGE with one or more groups per member): the row
+// exchange's sizes are known, so it starts together with the count exchange
+// instead of after it. A member whose counts break that (another token count)
+// makes the exchange fail with a size mismatch, not wrong numbers.
+func (dp *dispatch) dispatch(ex Exchange, p *Plan, out *[]float32, rows []float32, d int, static bool, n, k int) []float32 {
 	ep, rank := ex.EP()
 	e := p.E
 	el := e / ep
@@ -60,27 +70,58 @@ func (dp *dispatch) plan(ex Exchange, p *Plan) {
 	dp.recvC = grow(dp.recvC, e)
 	dp.sendN = growInt(dp.sendN, ep)
 	dp.recvN = growInt(dp.recvN, ep)
+	cN := make([]int, ep)
 	for j := 0; j < ep; j++ {
 		dp.sendRows[j] = p.Offsets[(j+1)*el] - p.Offsets[j*el]
-		dp.sendN[j] = el
+		cN[j] = el
 		for x := 0; x < el; x++ {
 			dp.sendC[j*el+x] = float32(p.Counts[j*el+x]) // < 2^24 rows: exact
 		}
 	}
-	ex.AllToAllV(dp.sendC, dp.sendN, dp.recvC, dp.sendN)
-	r := 0
-	for j := 0; j < ep; j++ {
-		dp.recvRows[j] = 0
-		for x := 0; x < el; x++ {
-			c := int(dp.recvC[j*el+x])
-			dp.counts[j*el+x] = c
-			dp.recvRows[j] += c
+	var r int
+	if static {
+		for j := 0; j < ep; j++ {
+			dp.recvRows[j] = n * k / ep
+			dp.sendN[j], dp.recvN[j] = dp.sendRows[j]*d, dp.recvRows[j]*d
 		}
-		r += dp.recvRows[j]
+		r = n * k
+		dp.buf = grow(dp.buf, r*d)
+		waitCounts := ex.AllToAllVStart(dp.sendC, cN, dp.recvC, cN)
+		waitRows := ex.AllToAllVStart(rows, dp.sendN, dp.buf[:r*d], dp.recvN)
+		waitCounts()
+		waitRows()
+		for j := 0; j < ep; j++ {
+			for x := 0; x < el; x++ {
+				dp.counts[j*el+x] = int(dp.recvC[j*el+x])
+			}
+		}
+	} else {
+		ex.AllToAllV(dp.sendC, cN, dp.recvC, cN)
+		for j := 0; j < ep; j++ {
+			dp.recvRows[j] = 0
+			for x := 0; x < el; x++ {
+				c := int(dp.recvC[j*el+x])
+				dp.counts[j*el+x] = c
+				dp.recvRows[j] += c
+			}
+			r += dp.recvRows[j]
+			dp.sendN[j], dp.recvN[j] = dp.sendRows[j]*d, dp.recvRows[j]*d
+		}
+		dp.buf = grow(dp.buf, r*d)
+		ex.AllToAllV(rows, dp.sendN, dp.buf[:r*d], dp.recvN)
 	}
+	dp.regroup(r)
+	*out = grow(*out, r*d)
+	tensor.GatherRows((*out)[:r*d], dp.buf, dp.perm[:r], d)
+	return (*out)[:r*d]
+}
+
+// regroup builds the expert-major order of r received rows (member-major,
+// then expert, as they arrive).
+func (dp *dispatch) regroup(r int) {
+	ep, el := dp.ep, dp.el
 	dp.perm = growInt32(dp.perm, r)
 	dp.inv = growInt32(dp.inv, r)
-	// Received order is member-major, then expert; expert-major regroups it.
 	base := make([]int, ep*el)
 	at := 0
 	for j := 0; j < ep; j++ {
@@ -93,18 +134,22 @@ func (dp *dispatch) plan(ex Exchange, p *Plan) {
 	for x := 0; x < el; x++ {
 		dp.offsets[x] = k
 		for j := 0; j < ep; j++ {
-			for i := 0; i < dp.counts[j*el+x]; i++ {
+			for i := 0; i < dp.counts[j*el+x] && k < r && base[j*el+x]+i < r; i++ {
 				dp.perm[k] = int32(base[j*el+x] + i)
 				dp.inv[base[j*el+x]+i] = int32(k)
 				k++
 			}
 		}
 	}
-	dp.offsets[el] = k
+	for ; k < r; k++ { // counts inconsistent with r: only after a failed exchange
+		dp.perm[k], dp.inv[k] = 0, 0
+	}
+	dp.offsets[el] = r
 }
 
-// forward sends rows [S, d] (plan order) to their experts' members and
-// writes the received rows, expert-major, into out [R, d].
+// forward sends rows [S, d] (plan order) the way the last dispatch went and
+// writes the received rows, expert-major, into out [R, d] (the backward's
+// output gradients follow their forward rows).
 func (dp *dispatch) forward(ex Exchange, out, rows []float32, d int) {
 	r := dp.rows()
 	dp.buf = grow(dp.buf, r*d)

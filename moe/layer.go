@@ -34,8 +34,13 @@ type State struct {
 	// the ranks holding the other tokens and calls FinishStats before
 	// Backward (parallel layouts use global statistics).
 	DeferStats bool
-	X          []float32 // [S, D] gathered inputs, S ≤ N·K kept slots (plan order)
-	Y          []float32 // [S, D] expert outputs before gating (plan order, whole: summed over TP)
+	// StaticSplit (expert parallelism) says every member of the EP group
+	// routes the same number of tokens with a router whose groups give every
+	// member the same number of rows (MoGE with groups a multiple of EP), so
+	// the dispatch's sizes are known without exchanging them first.
+	StaticSplit bool
+	X           []float32 // [S, D] gathered inputs, S ≤ N·K kept slots (plan order)
+	Y           []float32 // [S, D] expert outputs before gating (plan order, whole: summed over TP)
 	// The rows this rank's experts process, expert-major: X itself without
 	// expert parallelism, else the rows received from the group's members.
 	XL   []float32 // [R, D]
@@ -136,10 +141,7 @@ func Forward(out, x []float32, w Weights, dm Dims, router Router, mask []bool, s
 	if st.Ex != nil {
 		if size, _ := st.Ex.EP(); size > 1 {
 			st.ep = true
-			st.disp.plan(st.Ex, p)
-			rows := st.disp.rows()
-			st.XL = grow(st.XL, rows*d)
-			st.disp.forward(st.Ex, st.XL, st.X[:s*d], d)
+			st.disp.dispatch(st.Ex, p, &st.XL, st.X[:s*d], d, st.StaticSplit, n, dm.K)
 		}
 	}
 	xl, offs := st.local(d)

@@ -28,6 +28,8 @@ type Comms struct {
 	sp     *collective.Comm
 	tokens *collective.Comm
 
+	uniform bool
+
 	mu  sync.Mutex
 	ctx context.Context
 	err error
@@ -87,6 +89,13 @@ func (c *Comms) fail(axis Axis, op string, g *collective.Comm, err error) {
 	c.mu.Unlock()
 }
 
+// SetUniformTokens declares that every rank's batches have the same shape
+// each step (fixed-length windows), see model.Comms.UniformTokens.
+func (c *Comms) SetUniformTokens(u bool) { c.uniform = u }
+
+// UniformTokens reports what SetUniformTokens declared (default false).
+func (c *Comms) UniformTokens() bool { return c.uniform }
+
 // Mesh is the layout these communicators serve.
 func (c *Comms) Mesh() Mesh { return c.mesh }
 
@@ -144,6 +153,20 @@ func (c *Comms) AllToAllV(send []float32, sendCounts []int, recv []float32, recv
 	}
 	if err := c.ep.AllToAllV(c.ctx, send, sendCounts, recv, recvCounts); err != nil {
 		c.fail(AxisEP, "all-to-all-v", c.ep, err)
+	}
+}
+
+// AllToAllVStart starts the expert-parallel exchange; the returned wait
+// records its failure like the synchronous calls.
+func (c *Comms) AllToAllVStart(send []float32, sendCounts []int, recv []float32, recvCounts []int) func() {
+	if c.failed() {
+		return func() {}
+	}
+	rq := c.ep.AllToAllVAsync(send, sendCounts, recv, recvCounts)
+	return func() {
+		if err := rq.Wait(c.ctx); err != nil {
+			c.fail(AxisEP, "all-to-all-v", c.ep, err)
+		}
 	}
 }
 

@@ -79,6 +79,9 @@ func NewMeshRank(cfg JobConfig, mesh parallel.Mesh, rank int, world *collective.
 		return nil, err
 	}
 	tr.m.Comms = comms
+	// Window batches have one shape for every rank (bucketed and packed
+	// ones need not): MoGE's static split then sizes the dispatch.
+	comms.SetUniformTokens(cfg.Data.Mode == sampling.ModeWindow)
 	edp, err := world.Sub(mesh.Group(parallel.AxisEDP, rank))
 	if err != nil {
 		return nil, fmt.Errorf("train: expert-data-parallel group: %w", err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -267,6 +268,44 @@ func TestMeshRoutersEqualSerial(t *testing.T) {
 				c.Mesh = parallel.Config{DP: 4, TP: 1, EP: ep, SP: 1, SPAlgorithm: "tokenring"}
 				compareMesh(t, want, runMesh(t, c, m, global))
 			})
+		}
+	}
+}
+
+// A MoGE dispatch sized by the static split fails with an error on every
+// rank, never wrong numbers or a hang, when ranks route different token
+// counts despite declaring fixed-shape batches.
+func TestMeshStaticSplitMismatchFails(t *testing.T) {
+	cfg := meshJob()
+	cfg.Model.Router, cfg.Model.Groups = "moge", 2
+	mesh := parallel.Mesh{DP: 2, SP: 1, TP: 1, EP: 2}
+	cfg.Mesh = parallel.Config{DP: 2, TP: 1, EP: 2, SP: 1, SPAlgorithm: "tokenring"}
+	rng := rand.New(rand.NewPCG(17, 18))
+	ts := collective.NewInProcess(2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := 0; r < 2; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer ts[r].Close()
+			world := collective.NewWorldConfig(ts[r], collective.Config{Timeout: 5 * time.Second})
+			mr, err := NewMeshRank(cfg, mesh, r, world, zerolog.Nop())
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			_, errs[r] = mr.Step(ctx, randomBatch(rng, 1+r, 16, cfg.Model.Vocab))
+		}()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err == nil {
+			t.Errorf("rank %d: step with mismatched token counts succeeded", r)
+		} else if !strings.Contains(err.Error(), "all-to-all") {
+			t.Errorf("rank %d: error does not name the exchange: %v", r, err)
 		}
 	}
 }
