@@ -96,6 +96,7 @@ func NewMeshRank(cfg JobConfig, mesh parallel.Mesh, rank int, world *collective.
 		if r.shards, err = tr.NewShardOptimizers(red.ShardRanges()); err != nil {
 			return nil, err
 		}
+		tr.dropFullOptimizer()
 	}
 	tr.SetGradsReadyHook(red.Hook())
 	planeIdx := r.coord.DP*mesh.SP + r.coord.SP

@@ -209,6 +209,13 @@ func (t *Trainer) NewShardOptimizers(ranges [][2]int) ([]*optim.AdamW, error) {
 	return out, nil
 }
 
+// dropFullOptimizer releases the whole-buffer AdamW moments once ZeRO-1
+// shard optimizers hold this rank's state (two floats per parameter saved);
+// OptimizerStep must not be called afterwards.
+func (t *Trainer) dropFullOptimizer() {
+	t.opt, _ = optim.NewAdamW(t.cfg.Optim, 0, 0) // an empty range never fails
+}
+
 // OptimizerStepShards applies AdamW step Step()+1 with the schedule's
 // learning rate and gradScale (the caller's clipping factor, computed from
 // the global gradient norm) to each shard optimizer's range of Params, using
