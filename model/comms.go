@@ -25,9 +25,7 @@ import (
 // returns it and every later call returns at once without touching its
 // buffers, so Forward/Backward unwind and report it instead of hanging.
 type Comms interface {
-	moe.Exchange
-	// TP is the tensor-parallel group's size and this rank's index in it.
-	TP() (size, rank int)
+	moe.Exchange // includes TP() and SumTP
 	// GatherTP all-gathers len(send) elements from every TP member into
 	// recv [TP·len(send)], member order.
 	GatherTP(send, recv []float32)

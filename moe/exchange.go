@@ -24,8 +24,18 @@ type Exchange interface {
 	// AllToAllVStart starts the same exchange and returns the wait for it;
 	// several may be in flight at once.
 	AllToAllVStart(send []float32, sendCounts []int, recv []float32, recvCounts []int) (wait func())
+	// TP is the tensor-parallel group's size and this rank's index in it.
+	TP() (size, rank int)
 	// SumTP adds x element-wise over the tensor-parallel group, in place.
 	SumTP(x []float32)
+}
+
+func tpOf(ex Exchange) int {
+	if ex == nil {
+		return 1
+	}
+	n, _ := ex.TP()
+	return n
 }
 
 // dispatch is the expert-parallel routing of one layer's rows: which rows go

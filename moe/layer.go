@@ -47,6 +47,7 @@ type State struct {
 	Hpre []float32 // [R, H]
 	Hact []float32 // [R, H]
 	YL   []float32 // [R, D]
+	comb []float32 // [N, D] combined partial outputs (tensor parallelism)
 	disp dispatch
 	ep   bool // the last Forward dispatched over an expert-parallel group
 }
@@ -57,6 +58,7 @@ type State struct {
 type Scratch struct {
 	dY, dX       []float32 // [S, D]
 	dYL, dXL     []float32 // [R, D] (expert parallelism only)
+	dxN          []float32 // [N, D] (tensor parallelism only)
 	dHact, dHpre []float32 // [S, H]
 	dSlotGate    []float32 // [S]
 	dGates       []float32 // [N, K]
@@ -154,13 +156,22 @@ func Forward(out, x []float32, w Weights, dm Dims, router Router, mask []bool, s
 		yl = st.YL
 	}
 	Experts{D: d, H: dm.H}.Forward(yl, st.Hpre, st.Hact, xl, w.W1, w.W2, offs)
-	if st.Ex != nil {
-		st.Ex.SumTP(yl[:rows*d])
-	}
 	if st.ep {
 		st.disp.backward(st.Ex, st.Y[:s*d], st.YL[:rows*d], d)
 	}
-	tensor.ScatterAddRows(out, st.Y[:s*d], p.Token, p.Gate, d)
+	if tpOf(st.Ex) == 1 {
+		tensor.ScatterAddRows(out, st.Y[:s*d], p.Token, p.Gate, d)
+		return
+	}
+	// Tensor parallelism: Y holds this rank's partial sums (its slice of
+	// every expert's hidden dimension). Combining is linear, so the partial
+	// outputs are combined per token first and the sum over TP runs on
+	// [N, D] rather than on the K-times larger [S, D].
+	st.comb = grow(st.comb, n*d)
+	clear(st.comb[:n*d])
+	tensor.ScatterAddRows(st.comb, st.Y[:s*d], p.Token, p.Gate, d)
+	st.Ex.SumTP(st.comb[:n*d])
+	tensor.AddInPlace(out[:n*d], st.comb[:n*d])
 }
 
 // Backward, given dout [N, D] (the gradient of Forward's output), accumulates
@@ -177,6 +188,10 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 	// Gradient of combine: out[t] += gate_s·y_s.
 	tensor.GatherRows(sc.dY[:s*d], dout, p.Token, d)
 	tensor.RowDot(sc.dSlotGate[:s], sc.dY[:s*d], st.Y[:s*d], s, d)
+	tp := tpOf(st.Ex)
+	if tp > 1 {
+		st.Ex.SumTP(sc.dSlotGate[:s]) // Y is partial over TP; dY is whole
+	}
 	// Scale each slot's row by its gate in place; not tensor.Scale per row:
 	// that nests a ParallelFor whose closure is a heap allocation per row.
 	tensor.ParallelFor(s, 64, func(lo, hi int) {
@@ -200,13 +215,18 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 	sc.dHact = grow(sc.dHact, rows*dm.H)
 	sc.dHpre = grow(sc.dHpre, rows*dm.H)
 	Experts{D: d, H: dm.H}.Backward(dxl, dw.W1, dw.W2, sc.dHact, sc.dHpre, dyl, xl, st.Hpre, st.Hact, w.W1, w.W2, offs)
-	if st.Ex != nil {
-		st.Ex.SumTP(dxl[:rows*d])
-	}
 	if st.ep {
 		st.disp.backward(st.Ex, sc.dX[:s*d], dxl[:rows*d], d)
 	}
-	tensor.ScatterAddRows(dx, sc.dX[:s*d], p.Token, nil, d)
+	if tp == 1 {
+		tensor.ScatterAddRows(dx, sc.dX[:s*d], p.Token, nil, d)
+	} else { // partial over TP: sum per token, as in the forward
+		sc.dxN = grow(sc.dxN, n*d)
+		clear(sc.dxN[:n*d])
+		tensor.ScatterAddRows(sc.dxN, sc.dX[:s*d], p.Token, nil, d)
+		st.Ex.SumTP(sc.dxN[:n*d])
+		tensor.AddInPlace(dx[:n*d], sc.dxN[:n*d])
+	}
 	// Gates → router probabilities (+ aux) → logits → router weights and x.
 	for i, slot := range p.SlotOf[:n*dm.K] {
 		if slot < 0 {
