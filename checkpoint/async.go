@@ -70,6 +70,9 @@ func (s *Snapshot) WriteShard(ctx context.Context, store *Store, opts WriterOpti
 			return ShardInfo{}, err
 		}
 	}
+	if opts.BeforeClose != nil {
+		opts.BeforeClose(w.path)
+	}
 	return w.Close()
 }
 
@@ -95,7 +98,9 @@ func NewAsyncWriter(store *Store, opts WriterOptions) *AsyncWriter {
 // failed (then snap is not started), and otherwise starts writing snap in
 // the background and returns. The background write runs under ctx as well:
 // cancelling ctx aborts it. done, if not nil, is called from the background
-// goroutine with the result (e.g. to report the ShardInfo to the committer).
+// goroutine with the result (e.g. to report the ShardInfo to the committer)
+// before the save counts as finished: Wait and the next Save return only
+// after done has returned, so reports go out in step order.
 func (a *AsyncWriter) Save(ctx context.Context, snap *Snapshot, done func(ShardInfo, error)) error {
 	if snap == nil {
 		return errors.New("async save: nil snapshot")
@@ -117,15 +122,15 @@ func (a *AsyncWriter) Save(ctx context.Context, snap *Snapshot, done func(ShardI
 		if err != nil {
 			err = fmt.Errorf("async save of step %d rank %d: %w", snap.Step, snap.Rank, err)
 		}
+		if done != nil {
+			done(info, err)
+		}
 		cancel()
 		a.mu.Lock()
 		a.info, a.err = info, err
 		a.busy, a.cancel = nil, nil
 		a.mu.Unlock()
 		close(busy)
-		if done != nil {
-			done(info, err)
-		}
 	}()
 	return nil
 }

@@ -23,6 +23,13 @@
 //     fsyncs DIR, rewrites LATEST the same way, and prunes to Store.Keep.
 //  3. Store.Cleanup (at coordinator start) removes *.tmp leftovers.
 //
+// In a multi-rank job (package cluster) every rank writes its shard with an
+// AsyncWriter and reports the ShardInfo to the coordinator over the control
+// plane (ReportShard); the coordinator's core collects one per rank of the
+// plan and issues the commit, which the coordinator carries out as the
+// single committer (manifest with the job config and mesh, LATEST, pruning
+// to --checkpoint-keep), one step at a time in step order.
+//
 // A crash before the rename leaves only a .tmp directory, which readers
 // ignore; after it, the new checkpoint is complete. Store.Open("latest")
 // takes the newest committed directory that opens cleanly, reporting every

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -51,6 +52,17 @@ type WriterOptions struct {
 	// NoSync skips fsync (tests of logic only: a checkpoint written without
 	// it is not crash-safe).
 	NoSync bool
+	// AlwaysCompress compresses every chunk. By default a chunk that no
+	// worker has started when the file writer reaches it is stored raw by
+	// the writer itself: the disk never waits for the CPU, so a save on a
+	// busy machine still writes at about disk speed (with less
+	// compression) and takes less CPU from training.
+	AlwaysCompress bool
+	// BeforeClose, if set, is called by Snapshot.WriteShard with the shard's
+	// path once every tensor and blob is queued and before Close finishes
+	// the file: a test hook that holds a process in the middle of a shard
+	// write (its ".part" file exists, the shard does not) to crash it there.
+	BeforeClose func(path string)
 }
 
 func (o WriterOptions) withDefaults() WriterOptions {
@@ -93,6 +105,9 @@ type ShardInfo struct {
 }
 
 type chunkJob struct {
+	// taken is set (0 → 1) by whoever processes the job: a compression
+	// worker, or the file writer storing it raw; that one closes done.
+	taken   atomic.Int32
 	meta    *indexEntry // set on the first job of an entry
 	raw     []byte
 	last    bool // last job of its entry
@@ -251,32 +266,46 @@ func (w *ShardWriter) submit(meta *indexEntry, raw []byte, shuffle bool) error {
 			return w.fail(w.ctx.Err())
 		}
 		if n == 0 {
-			close(j.done) // an empty entry: nothing to compress
+			if j.taken.CompareAndSwap(0, 1) { // else the writer took it
+				close(j.done) // an empty entry: nothing to compress
+			}
 			continue
 		}
 		select {
 		case w.work <- j:
 		case <-w.ctx.Done():
-			j.err = w.ctx.Err() // queued but never compressed: release the writer
-			close(j.done)
-			return w.fail(j.err)
+			if j.taken.CompareAndSwap(0, 1) { // not stored raw by the writer meanwhile
+				j.err = w.ctx.Err() // queued but never compressed: release the writer
+				close(j.done)
+			}
+			return w.fail(w.ctx.Err())
 		}
 	}
 	return nil
 }
 
+// testWorkerHook, set by tests before CreateShard, runs in a compression
+// worker before it takes a job.
+var testWorkerHook func(*chunkJob)
+
 func (w *ShardWriter) compressLoop() {
 	defer w.wg.Done()
 	for j := range w.work {
-		w.compress(j)
-		close(j.done)
+		if testWorkerHook != nil {
+			testWorkerHook(j)
+		}
+		if j.taken.CompareAndSwap(0, 1) {
+			w.compress(j, false)
+			close(j.done)
+		}
 	}
 }
 
-func (w *ShardWriter) compress(j *chunkJob) {
+// compress checksums j's chunk and, unless raw, compresses it with its codec.
+func (w *ShardWriter) compress(j *chunkJob, raw bool) {
 	j.chunk.Raw = int64(len(j.raw))
 	j.chunk.RCRC = crc32.Checksum(j.raw, crcTable)
-	if j.codec == CodecZstd {
+	if j.codec == CodecZstd && !raw {
 		out := w.pool.Get().(*[]byte)
 		var ok bool
 		var codec uint8
@@ -328,7 +357,17 @@ func (w *ShardWriter) writeLoop() {
 	var cur *indexEntry
 	var sums []byte
 	for j := range w.queue {
-		<-j.done
+		select {
+		case <-j.done:
+		default:
+			// The chunk is not ready. If no worker has started it, every
+			// worker is busy and the disk would idle: store it raw now.
+			if !w.opts.AlwaysCompress && j.taken.CompareAndSwap(0, 1) {
+				w.compress(j, true)
+				close(j.done)
+			}
+			<-j.done
+		}
 		if j.err != nil && r.err == nil {
 			r.err = j.err
 		}

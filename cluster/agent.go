@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/moetrain/moetrain/checkpoint"
 	pb "github.com/moetrain/moetrain/cluster/proto"
 	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/train"
@@ -63,6 +64,13 @@ type StartSpec struct {
 	// Report sends progress to the coordinator; it may drop updates to save
 	// traffic, never the last one. Safe to call from the runner goroutine.
 	Report func(ProgressUpdate)
+	// Checkpoint says where to save and what to resume from (zero: neither).
+	Checkpoint CheckpointSpec
+	// ReportShard tells the coordinator this rank's shard of checkpoint
+	// step is written (werr == nil; info describes it) or failed. It blocks
+	// until the coordinator acknowledged it (bounded); safe for concurrent
+	// use.
+	ReportShard func(step int, info checkpoint.ShardInfo, werr error) error
 }
 
 // Runner runs one rank of a job until it completes, fails, or ctx is
@@ -372,6 +380,13 @@ func (a *agent) startSpec(s *pb.Start) (StartSpec, error) {
 	a.log = a.log.With().Int("rank", r).Logger().Hook(stepHook{&a.step})
 	spec.Log = a.log
 	spec.Report = a.reporter(r)
+	spec.ReportShard = a.shardReporter(r)
+	if ck := s.Checkpoint; ck != nil {
+		if ck.Every < 0 || ck.ResumeStep < 0 {
+			return spec, fmt.Errorf("start command: checkpoint every %d, resume step %d: must be >= 0", ck.Every, ck.ResumeStep)
+		}
+		spec.Checkpoint = CheckpointSpec{Dir: ck.Dir, Every: int(ck.Every), ResumeDir: ck.ResumeDir, ResumeStep: ck.ResumeStep}
+	}
 	spec.Log.Info().Str("mesh", spec.Plan.Mesh.String()).Int("steps", spec.Job.Train.Steps).Msg("start")
 	return spec, nil
 }
@@ -401,6 +416,29 @@ func (a *agent) sendProgress(rank int, u ProgressUpdate, done bool) {
 		Done: done, Tokens: u.Tokens})
 	if err != nil {
 		a.log.Warn().Err(err).Msg("progress report not delivered")
+	}
+}
+
+// shardReporter sends checkpoint shard reports for rank.
+func (a *agent) shardReporter(rank int) func(int, checkpoint.ShardInfo, error) error {
+	return func(step int, info checkpoint.ShardInfo, werr error) error {
+		req := &pb.ShardReport{Token: a.cfg.Token, WorkerId: a.id, Rank: int32(rank), Step: int64(step)}
+		if werr != nil {
+			req.Error = werr.Error()
+		} else {
+			b, err := json.Marshal(info)
+			if err != nil {
+				return fmt.Errorf("encode shard info: %w", err)
+			}
+			req.ShardInfoJson = b
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+		defer cancel()
+		if _, err := a.client.ReportShard(ctx, req); err != nil {
+			return rpcErr(a.cfg.Coordinator, "shard report", err)
+		}
+		a.log.Debug().Int("ckpt_step", step).Str("file", info.File).Int64("bytes", info.Size).Msg("shard reported")
+		return nil
 	}
 }
 

@@ -65,7 +65,11 @@ func FormatStatus(w io.Writer, s *pb.StatusResponse) error {
 	if s.HasValLoss {
 		fmt.Fprintf(w, "  val %.4f", s.ValLoss)
 	}
-	fmt.Fprintf(w, "  %.0f tok/s  mesh %s  workers %d/%d\n", s.TokensPerSec, s.Mesh, len(s.Workers), s.ExpectedWorkers)
+	fmt.Fprintf(w, "  %.0f tok/s  mesh %s  workers %d/%d", s.TokensPerSec, s.Mesh, len(s.Workers), s.ExpectedWorkers)
+	if s.LastCheckpoint > 0 {
+		fmt.Fprintf(w, "  checkpoint step %d", s.LastCheckpoint)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKER\tRANK\tHOST\tPID\tDATA-ADDR\tSTATE\tSTEP\tLOSS\tTOK/S")
 	for _, x := range s.Workers {

@@ -50,6 +50,11 @@ type CoordinatorConfig struct {
 	// OnStatus, if set, is called from the coordinator loop after every
 	// progress report and phase change. It must return quickly.
 	OnStatus func(Status)
+	// Checkpoint configures checkpoints and resume (zero: none).
+	Checkpoint CheckpointConfig
+	// CommitTimeout bounds one checkpoint commit (manifest, renames,
+	// fsyncs, pruning). Default 5 min.
+	CommitTimeout time.Duration
 }
 
 // CurvePoint is one point of the training curve kept for the summary.
@@ -71,6 +76,10 @@ type Result struct {
 	Curve   []CurvePoint `json:"curve"`
 	Started time.Time    `json:"started"`
 	Ended   time.Time    `json:"ended"`
+	// ResumedFrom is the checkpoint every rank restored ("" = none) and
+	// ResumedStep its step.
+	ResumedFrom string `json:"resumed_from,omitempty"`
+	ResumedStep int64  `json:"resumed_step,omitempty"`
 }
 
 // loopReq is one unit of work for the coordinator loop: an event for the core
@@ -104,6 +113,9 @@ type Coordinator struct {
 	curve   []CurvePoint
 	lastVal int
 	result  Result
+
+	ckpt    *coordCheckpoints
+	commits sync.WaitGroup // commits in flight
 }
 
 // NewCoordinator binds the control-plane and gossip ports. A busy port is an
@@ -124,6 +136,13 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	if cfg.StreamOpenTimeout <= 0 {
 		cfg.StreamOpenTimeout = 20 * time.Second
 	}
+	if cfg.CommitTimeout <= 0 {
+		cfg.CommitTimeout = 5 * time.Minute
+	}
+	ckpt, err := openCoordCheckpoints(cfg.Checkpoint, cfg.Log)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoints: %w", err)
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
@@ -132,7 +151,7 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: listen on %s: %w", cfg.Listen, err)
 	}
 	c := &Coordinator{cfg: cfg, log: cfg.Log, ln: ln, reqs: make(chan loopReq), done: make(chan struct{}),
-		outboxes: map[string]chan *pb.Command{}, opened: map[string]bool{}, lastVal: -1}
+		outboxes: map[string]chan *pb.Command{}, opened: map[string]bool{}, lastVal: -1, ckpt: ckpt}
 	c.core = NewCore(CoreConfig{
 		ExpectedWorkers: cfg.Workers,
 		TotalSteps:      cfg.TotalSteps,
@@ -140,6 +159,7 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 		JoinTimeout:     cfg.JoinTimeout,
 		DrainTimeout:    cfg.DrainTimeout,
 		FailureGrace:    cfg.FailureGrace,
+		CommitTimeout:   cfg.CommitTimeout,
 	})
 	mcfg := cfg.Membership
 	if mcfg.BindAddr == "" {
@@ -209,7 +229,7 @@ func (c *Coordinator) onLoop(fn func()) bool {
 // DrainTimeout.
 func (c *Coordinator) Run(ctx context.Context) (Result, error) {
 	c.start = time.Now()
-	c.result = Result{JobID: c.cfg.JobID, Started: c.start}
+	c.result = Result{JobID: c.cfg.JobID, Started: c.start, ResumedFrom: c.ckpt.resumeDir, ResumedStep: c.ckpt.resumeStep}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- c.srv.Serve(c.ln) }()
 	c.log.Info().Str("listen", c.Addr()).Str("gossip", c.GossipAddr()).Int("workers", c.cfg.Workers).
@@ -243,6 +263,7 @@ func (c *Coordinator) Run(ctx context.Context) (Result, error) {
 		}
 	}
 	close(c.done)
+	c.waitCommits()
 	c.result.Ended = time.Now()
 	c.result.Status = c.core.Status()
 	c.result.Plan = c.core.Plan()
@@ -252,6 +273,28 @@ func (c *Coordinator) Run(ctx context.Context) (Result, error) {
 		return c.result, fmt.Errorf("interrupted: the job was stopped on every worker: %w", ctx.Err())
 	}
 	return c.result, nil
+}
+
+// ended reports whether the job has ended.
+func (c *Coordinator) ended() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitCommits waits (bounded by CommitTimeout) for commits still in flight
+// when the job ended, so a complete checkpoint is not cut off by the exit.
+func (c *Coordinator) waitCommits() {
+	done := make(chan struct{})
+	go func() { c.commits.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(c.cfg.CommitTimeout):
+		c.log.Error().Dur("timeout", c.cfg.CommitTimeout).Msg("a checkpoint commit did not finish; exiting without it")
+	}
 }
 
 // Abandon fails the job with reason (aborting every worker). It does not
@@ -307,6 +350,32 @@ func (c *Coordinator) apply(cmds []Command) {
 		case StopWorker:
 			c.log.Info().Str("worker", x.ID).Str("reason", x.Reason).Msg("stopping worker")
 			c.sendTo(x.ID, &pb.Command{Kind: &pb.Command_Stop{Stop: &pb.StopCommand{Reason: x.Reason}}})
+		case CommitCheckpoint:
+			// Off the loop: a commit re-checks shards and fsyncs; the core
+			// waits for CheckpointCommitted, bounded by CommitTimeout.
+			plan := c.core.Plan()
+			c.commits.Add(1)
+			go func() {
+				defer c.commits.Done()
+				start := time.Now()
+				err := c.ckpt.commit(x, plan, c.cfg.JobConfigJSON, c.cfg.JobID)
+				ev := CheckpointCommitted{Step: x.Step}
+				if err != nil {
+					ev.Err = err.Error()
+					c.log.Error().Err(err).Int("ckpt_step", x.Step).Msg("checkpoint not published")
+				} else {
+					var size int64
+					for _, sh := range x.Shards {
+						size += sh.Size
+					}
+					c.log.Info().Int("ckpt_step", x.Step).Str("dir", c.ckpt.store.StepDir(int64(x.Step))).Int64("bytes", size).
+						Int("shards", len(x.Shards)).Dur("commit", time.Since(start)).Msg("checkpoint published")
+				}
+				c.submit(ev)
+			}()
+		case DropCheckpoint:
+			c.log.Warn().Int("ckpt_step", x.Step).Str("reason", x.Reason).
+				Msg("checkpoint not published; its temporary directory is removed at the next start")
 		case Finish:
 			c.result.Phase, c.result.Reason = x.Phase, x.Reason
 			ev := c.log.Info()
@@ -332,10 +401,14 @@ func (c *Coordinator) startCommand(x StartWorker) *pb.Command {
 			c.log.Warn().Msg("plan: " + w)
 		}
 	}
-	return &pb.Command{Kind: &pb.Command_Start{Start: &pb.Start{
+	start := &pb.Start{
 		Rank: int32(x.Rank), PlanJson: planJSON, JobConfigJson: c.cfg.JobConfigJSON,
 		Threads: int32(x.Plan.Ranks[x.Rank].Worker.Cores),
-	}}}
+	}
+	if cs := c.ckpt.spec(); cs != (CheckpointSpec{}) {
+		start.Checkpoint = &pb.CheckpointSpec{Dir: cs.Dir, Every: int32(cs.Every), ResumeDir: cs.ResumeDir, ResumeStep: cs.ResumeStep}
+	}
+	return &pb.Command{Kind: &pb.Command_Start{Start: start}}
 }
 
 func (c *Coordinator) sendTo(id string, cmd *pb.Command) {

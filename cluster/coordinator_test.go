@@ -84,7 +84,13 @@ type jobRun struct {
 // runJob runs a coordinator and n in-process agents to the end.
 func runJob(t *testing.T, n int, runner Runner, during func(c *Coordinator)) jobRun {
 	t.Helper()
-	c := newTestCoordinator(t, n)
+	return runJobWith(t, n, runner, during)
+}
+
+// runJobWith is runJob with coordinator options.
+func runJobWith(t *testing.T, n int, runner Runner, during func(c *Coordinator), opts ...func(*CoordinatorConfig)) jobRun {
+	t.Helper()
+	c := newTestCoordinator(t, n, opts...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var out jobRun

@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/moetrain/moetrain/checkpoint"
 )
 
 // Phase is the coordinator's job phase.
@@ -42,6 +44,10 @@ type CoreConfig struct {
 	// ("connection reset by rank 2") often arrive before the death is
 	// noticed, and the abort should name the dead worker. 0 aborts at once.
 	FailureGrace time.Duration
+	// CommitTimeout bounds one checkpoint commit (CommitCheckpoint until
+	// CheckpointCommitted); a commit that takes longer fails the job. 0 waits
+	// forever.
+	CommitTimeout time.Duration
 }
 
 // Events fed to Core.Step. Times are supplied by the caller (Tick); the core
@@ -73,16 +79,32 @@ type (
 	// JobFailed: the coordinator's environment gave up on the job (e.g. a
 	// launched worker process exited before joining).
 	JobFailed struct{ Reason string }
+	// ShardWritten: a worker finished writing its rank's shard of checkpoint
+	// Step into the step's temporary directory (Err != "": the write failed).
+	ShardWritten struct {
+		ID    string
+		Step  int
+		Shard checkpoint.ShardInfo
+		Err   string
+	}
+	// CheckpointCommitted: the I/O loop finished carrying out CommitCheckpoint
+	// for Step (Err != "": the step was not published).
+	CheckpointCommitted struct {
+		Step int
+		Err  string
+	}
 )
 
-func (Joined) isEvent()        {}
-func (Left) isEvent()          {}
-func (Lost) isEvent()          {}
-func (Progress) isEvent()      {}
-func (Failed) isEvent()        {}
-func (Tick) isEvent()          {}
-func (StopRequested) isEvent() {}
-func (JobFailed) isEvent()     {}
+func (Joined) isEvent()              {}
+func (Left) isEvent()                {}
+func (Lost) isEvent()                {}
+func (Progress) isEvent()            {}
+func (Failed) isEvent()              {}
+func (Tick) isEvent()                {}
+func (StopRequested) isEvent()       {}
+func (JobFailed) isEvent()           {}
+func (ShardWritten) isEvent()        {}
+func (CheckpointCommitted) isEvent() {}
 
 // Commands returned by Core.Step, to be carried out in order by the I/O loop.
 type (
@@ -109,14 +131,31 @@ type (
 		Phase  Phase
 		Reason string
 	}
+	// CommitCheckpoint: every rank of the plan wrote its shard of Step
+	// (Shards, in rank order): write the manifest, publish the step and
+	// LATEST, prune; then feed back CheckpointCommitted. The core issues one
+	// at a time, in step order.
+	CommitCheckpoint struct {
+		Step   int
+		Shards []checkpoint.ShardInfo
+	}
+	// DropCheckpoint: Step will never be complete (the job is ending
+	// without it). Nothing is published; its temporary directory is removed
+	// by the cleanup at the next start.
+	DropCheckpoint struct {
+		Step   int
+		Reason string
+	}
 )
 
-func (Accept) isCommand()      {}
-func (Reject) isCommand()      {}
-func (StartWorker) isCommand() {}
-func (AbortWorker) isCommand() {}
-func (StopWorker) isCommand()  {}
-func (Finish) isCommand()      {}
+func (Accept) isCommand()           {}
+func (Reject) isCommand()           {}
+func (StartWorker) isCommand()      {}
+func (AbortWorker) isCommand()      {}
+func (StopWorker) isCommand()       {}
+func (Finish) isCommand()           {}
+func (CommitCheckpoint) isCommand() {}
+func (DropCheckpoint) isCommand()   {}
 
 // Worker states inside the core.
 const (
@@ -154,11 +193,25 @@ type Core struct {
 
 	pending   string // first error report of the running job, held for FailureGrace
 	pendingAt time.Duration
+
+	ck ckptState
+}
+
+// ckptState tracks the checkpoints of the running job: shards reported per
+// step until every rank has one, then one commit at a time in step order.
+type ckptState struct {
+	shards     map[int]map[int]checkpoint.ShardInfo // step → rank → shard, steps not yet complete or committed
+	ready      []int                                // complete steps waiting for their commit, ascending
+	committing int                                  // step being committed; -1 when none
+	since      time.Duration                        // when the commit in flight was issued
+	last       int                                  // newest committed step; -1 when none
+	finishing  bool                                 // every rank is done: stop once the commits are through
 }
 
 // NewCore returns a core in the waiting phase at time 0.
 func NewCore(cfg CoreConfig) *Core {
-	return &Core{cfg: cfg, phase: PhaseWaiting, workers: map[string]*coreWorker{}}
+	return &Core{cfg: cfg, phase: PhaseWaiting, workers: map[string]*coreWorker{},
+		ck: ckptState{shards: map[int]map[int]checkpoint.ShardInfo{}, committing: -1, last: -1}}
 }
 
 // Phase returns the current phase.
@@ -197,6 +250,10 @@ func (c *Core) Step(ev Event) []Command {
 		return c.stop(e.Reason)
 	case JobFailed:
 		return c.abort(e.Reason)
+	case ShardWritten:
+		return c.shardWritten(e)
+	case CheckpointCommitted:
+		return c.committed(e)
 	}
 	return nil
 }
@@ -293,6 +350,22 @@ func (c *Core) progressed(e Progress) []Command {
 			return nil
 		}
 	}
+	return c.allDone()
+}
+
+// allDone stops the job as succeeded once every rank is done and every
+// checkpoint it wrote is committed. A rank reports its last shard before it
+// says it is done, so an incomplete step at this point is a rank that
+// skipped one: the job fails rather than end without its final checkpoint.
+func (c *Core) allDone() []Command {
+	if steps := c.incompleteSteps(); len(steps) > 0 {
+		s := steps[0]
+		return c.abort(fmt.Sprintf("every rank finished, but checkpoint step %d lacks the shards of ranks %v", s, c.missingRanks(s)))
+	}
+	if c.ck.committing >= 0 || len(c.ck.ready) > 0 {
+		c.ck.finishing = true
+		return nil
+	}
 	c.phase, c.outcome, c.reason = PhaseStopping, PhaseSucceeded, fmt.Sprintf("all %d steps done", c.cfg.TotalSteps)
 	c.deadline = c.now + c.cfg.DrainTimeout
 	var cmds []Command
@@ -310,6 +383,9 @@ func (c *Core) tick(now time.Duration) []Command {
 	case PhaseRunning:
 		if c.pending != "" && c.now >= c.pendingAt+c.cfg.FailureGrace {
 			return c.abort(c.pending)
+		}
+		if c.ck.committing >= 0 && c.cfg.CommitTimeout > 0 && c.now >= c.ck.since+c.cfg.CommitTimeout {
+			return c.abort(fmt.Sprintf("checkpoint step %d: commit did not finish within %v", c.ck.committing, c.cfg.CommitTimeout))
 		}
 	case PhaseWaiting:
 		if c.cfg.JoinTimeout > 0 && c.now >= c.cfg.JoinTimeout {
@@ -357,6 +433,13 @@ func (c *Core) abort(reason string) []Command {
 	c.phase, c.outcome, c.reason = PhaseAborting, PhaseFailed, reason
 	c.deadline = c.now + c.cfg.DrainTimeout
 	var cmds []Command
+	for _, s := range c.incompleteSteps() {
+		cmds = append(cmds, DropCheckpoint{Step: s, Reason: fmt.Sprintf("job aborted before ranks %v wrote their shards", c.missingRanks(s))})
+	}
+	for _, s := range c.ck.ready {
+		cmds = append(cmds, DropCheckpoint{Step: s, Reason: "job aborted while an earlier checkpoint was being committed"})
+	}
+	c.ck.shards, c.ck.ready = map[int]map[int]checkpoint.ShardInfo{}, nil
 	for _, id := range c.order {
 		if s := c.workers[id].state; s != wsLeft && s != wsLost {
 			cmds = append(cmds, AbortWorker{ID: id, Reason: reason})
@@ -433,6 +516,9 @@ type Status struct {
 	ValStep         int            `json:"val_step"`
 	Mesh            string         `json:"mesh"`
 	Workers         []WorkerStatus `json:"workers"`
+	// LastCheckpoint is the newest checkpoint step committed by this job
+	// (-1: none).
+	LastCheckpoint int `json:"last_checkpoint"`
 }
 
 // WorkerStatus is one worker's line in Status.
@@ -447,7 +533,8 @@ type WorkerStatus struct {
 
 // Status returns a snapshot; workers in rank order (unranked ones last, in join order).
 func (c *Core) Status() Status {
-	s := Status{Phase: c.phase, Reason: c.reason, ExpectedWorkers: c.cfg.ExpectedWorkers, TotalSteps: c.cfg.TotalSteps}
+	s := Status{Phase: c.phase, Reason: c.reason, ExpectedWorkers: c.cfg.ExpectedWorkers, TotalSteps: c.cfg.TotalSteps,
+		LastCheckpoint: c.ck.last}
 	if c.plan != nil {
 		s.Mesh = c.plan.Mesh.String()
 	}
@@ -475,3 +562,97 @@ func (c *Core) Status() Status {
 	}
 	return s
 }
+
+// shardWritten records one rank's shard of a checkpoint step and commits the
+// step once every rank of the plan has reported it.
+func (c *Core) shardWritten(e ShardWritten) []Command {
+	w := c.workers[e.ID]
+	if w == nil || w.rank < 0 || c.phase != PhaseRunning || e.Step <= c.ck.last || e.Step == c.ck.committing {
+		return nil
+	}
+	if e.Err != "" {
+		return c.abort(fmt.Sprintf("%s could not write its shard of checkpoint step %d: %s", c.describe(w), e.Step, e.Err))
+	}
+	if e.Shard.Rank != w.rank {
+		return c.abort(fmt.Sprintf("%s reported a shard of rank %d for checkpoint step %d", c.describe(w), e.Shard.Rank, e.Step))
+	}
+	got := c.ck.shards[e.Step]
+	if got == nil {
+		got = map[int]checkpoint.ShardInfo{}
+		c.ck.shards[e.Step] = got
+	}
+	got[w.rank] = e.Shard
+	if len(got) < len(c.plan.Ranks) {
+		return nil
+	}
+	c.ck.ready = append(c.ck.ready, e.Step)
+	sort.Ints(c.ck.ready)
+	return c.nextCommit()
+}
+
+// nextCommit issues the commit of the oldest complete step when none is in
+// flight.
+func (c *Core) nextCommit() []Command {
+	if c.ck.committing >= 0 || len(c.ck.ready) == 0 {
+		return nil
+	}
+	step := c.ck.ready[0]
+	c.ck.ready = c.ck.ready[1:]
+	got := c.ck.shards[step]
+	delete(c.ck.shards, step)
+	list := make([]checkpoint.ShardInfo, len(c.plan.Ranks))
+	for r := range list {
+		list[r] = got[r]
+	}
+	c.ck.committing, c.ck.since = step, c.now
+	return []Command{CommitCheckpoint{Step: step, Shards: list}}
+}
+
+// committed takes the result of a commit: the next one starts, a failure
+// fails the job, and a job whose ranks are all done stops once nothing is
+// left to commit.
+func (c *Core) committed(e CheckpointCommitted) []Command {
+	if e.Step != c.ck.committing {
+		return nil
+	}
+	c.ck.committing = -1
+	if e.Err != "" {
+		return c.abort(fmt.Sprintf("checkpoint step %d was not published: %s", e.Step, e.Err))
+	}
+	c.ck.last = e.Step
+	if cmds := c.nextCommit(); len(cmds) > 0 || c.phase != PhaseRunning || !c.ck.finishing {
+		return cmds
+	}
+	c.ck.finishing = false
+	return c.allDone()
+}
+
+// incompleteSteps lists the steps some but not all ranks wrote, ascending.
+func (c *Core) incompleteSteps() []int {
+	ready := map[int]bool{}
+	for _, s := range c.ck.ready {
+		ready[s] = true
+	}
+	var out []int
+	for s := range c.ck.shards {
+		if !ready[s] {
+			out = append(out, s)
+		}
+	}
+	sort.Ints(out)
+	return out
+}
+
+// missingRanks lists the ranks that have not reported their shard of step.
+func (c *Core) missingRanks(step int) []int {
+	var out []int
+	for r := range c.plan.Ranks {
+		if _, ok := c.ck.shards[step][r]; !ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// LastCheckpoint is the newest step committed during this job (-1 if none).
+func (c *Core) LastCheckpoint() int { return c.ck.last }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moetrain/moetrain/checkpoint"
 	"github.com/moetrain/moetrain/parallel"
 )
 
@@ -21,9 +22,10 @@ func testCore(n int) *Core {
 		Plan: func(ws []WorkerInfo) (Plan, error) {
 			return MakePlan(PlanRequest{Mesh: parallel.DefaultConfig(), Experts: 4, Heads: 2, SeqLen: 8}, ws)
 		},
-		JoinTimeout:  30 * time.Second,
-		DrainTimeout: 5 * time.Second,
-		FailureGrace: time.Second,
+		JoinTimeout:   30 * time.Second,
+		DrainTimeout:  5 * time.Second,
+		FailureGrace:  time.Second,
+		CommitTimeout: 90 * time.Second,
 	})
 }
 
@@ -33,6 +35,11 @@ func fmtEvent(e Event) string {
 		return fmt.Sprintf("Joined host=%s addr=%s pid=%d", e.Info.Host, e.Info.DataAddr, e.Info.Pid)
 	case Tick:
 		return fmt.Sprintf("Tick %v", e.Now)
+	case ShardWritten:
+		if e.Err != "" {
+			return fmt.Sprintf("ShardWritten %s step=%d err=%q", e.ID, e.Step, e.Err)
+		}
+		return fmt.Sprintf("ShardWritten %s step=%d rank=%d file=%s", e.ID, e.Step, e.Shard.Rank, e.Shard.File)
 	}
 	return fmt.Sprintf("%T %+v", e, e)
 }
@@ -43,12 +50,22 @@ func fmtCommand(c Command) string {
 		return fmt.Sprintf("StartWorker %s rank=%d mesh=%s addrs=%v", x.ID, x.Rank, x.Plan.Mesh, x.Plan.Addrs())
 	case Accept:
 		return fmt.Sprintf("Accept {ID:%s}", x.ID)
+	case CommitCheckpoint:
+		var files []string
+		for _, sh := range x.Shards {
+			files = append(files, fmt.Sprintf("%d:%s", sh.Rank, sh.File))
+		}
+		return fmt.Sprintf("CommitCheckpoint step=%d shards=%v", x.Step, files)
 	}
 	return strings.TrimPrefix(fmt.Sprintf("%T %+v", c, c), "cluster.")
 }
 
 func joinEv(i int) Joined {
 	return Joined{Info: WorkerInfo{Host: "h", DataAddr: fmt.Sprintf("h:%d", 9000+i), Pid: 100 + i}}
+}
+
+func shard(id string, step, rank int) ShardWritten {
+	return ShardWritten{ID: id, Step: step, Shard: checkpoint.ShardInfo{File: checkpoint.ShardName(rank), Rank: rank}}
 }
 
 func prog(id string, step int, done bool) Progress {
@@ -77,6 +94,26 @@ var traceCases = map[string]struct {
 	"drain_timeout": {2, []Event{joinEv(0), joinEv(1), Failed{"w1", "out of memory"}, Tick{500 * time.Millisecond},
 		Tick{time.Second}, Left{"w1", "failed"}, Tick{6 * time.Second}, Left{"w0", "late"}}, PhaseFailed},
 	"plan_error": {0, nil, ""}, // filled in below: a planner that refuses
+	// Checkpoints: step 5 commits as soon as both ranks wrote it; the job
+	// ends only after the final step's commit, reported after both are done.
+	"checkpoint_commit": {2, []Event{joinEv(0), joinEv(1), shard("w1", 5, 1), prog("w0", 5, false), shard("w0", 5, 0),
+		prog("w1", 5, false), CheckpointCommitted{Step: 5}, shard("w0", 10, 0), prog("w0", 10, true), shard("w1", 10, 1),
+		prog("w1", 10, true), Tick{2 * time.Second}, CheckpointCommitted{Step: 10}, Left{"w0", "stopped"}, Left{"w1", "stopped"}}, PhaseSucceeded},
+	// Rank 1 dies while writing step 10: step 5 stays the last published,
+	// step 10 is dropped (its temporary directory is cleaned at next start).
+	"checkpoint_worker_killed": {2, []Event{joinEv(0), joinEv(1), shard("w0", 5, 0), shard("w1", 5, 1),
+		CheckpointCommitted{Step: 5}, shard("w0", 10, 0), Lost{"w1", "command stream closed"}, Left{"w0", "aborted"}}, PhaseFailed},
+	// A rank's write fails: the job fails naming it.
+	"checkpoint_write_failed": {2, []Event{joinEv(0), joinEv(1), shard("w1", 5, 1),
+		ShardWritten{ID: "w0", Step: 5, Err: "no space left on device"}, Left{"w0", "aborted"}, Left{"w1", "aborted"}}, PhaseFailed},
+	// A commit that fails, and one that hangs past CommitTimeout.
+	"checkpoint_commit_failed": {2, []Event{joinEv(0), joinEv(1), shard("w0", 5, 0), shard("w1", 5, 1),
+		CheckpointCommitted{Step: 5, Err: "shard-00001.mtck: checksum mismatch"}, Left{"w0", "aborted"}, Left{"w1", "aborted"}}, PhaseFailed},
+	"checkpoint_commit_timeout": {2, []Event{joinEv(0), joinEv(1), shard("w0", 5, 0), shard("w1", 5, 1), Tick{time.Minute},
+		Tick{2 * time.Minute}, Left{"w0", "aborted"}, Left{"w1", "aborted"}}, PhaseFailed},
+	// Every rank says it is done but rank 1 never wrote its final shard.
+	"checkpoint_missing_at_end": {2, []Event{joinEv(0), joinEv(1), shard("w0", 10, 0), prog("w0", 10, true),
+		prog("w1", 10, true), Left{"w0", "aborted"}, Left{"w1", "aborted"}}, PhaseFailed},
 }
 
 func TestCoreTraces(t *testing.T) {
@@ -174,7 +211,7 @@ func TestCoreStatus(t *testing.T) {
 	c.Step(Progress{ID: "w0", Step: 4, Loss: 4.6, TokensPerSec: 100, HasVal: true, ValLoss: 4.5})
 	s := c.Status()
 	if s.Phase != PhaseRunning || s.Step != 3 || s.TokensPerSec != 200 || !s.HasVal || s.ValLoss != 4.5 ||
-		len(s.Workers) != 2 || s.Workers[1].Rank != 1 || s.Mesh != "dp=2 sp=1 tp=1 ep=1" {
+		len(s.Workers) != 2 || s.Workers[1].Rank != 1 || s.Mesh != "dp=2 sp=1 tp=1 ep=1" || s.LastCheckpoint != -1 {
 		t.Fatalf("status %+v", s)
 	}
 }

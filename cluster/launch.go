@@ -46,6 +46,8 @@ type LaunchConfig struct {
 	// Grace is how long workers get to exit after the job ends (or Ctrl-C)
 	// before SIGTERM, and again before SIGKILL. Default 10 s.
 	Grace time.Duration
+	// Checkpoint configures checkpoints and resume (zero: none).
+	Checkpoint CheckpointConfig
 }
 
 type proc struct {
@@ -82,6 +84,9 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 	if err := CheckLayout(cfg.Job, cfg.Workers); err != nil {
 		return sum, fmt.Errorf("launch: %w", err)
 	}
+	if err := cfg.Checkpoint.Validate(); err != nil {
+		return sum, fmt.Errorf("launch: %w", err)
+	}
 	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
 		return sum, fmt.Errorf("launch: run directory: %w", err)
 	}
@@ -105,6 +110,7 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 		Listen: "127.0.0.1:0", Token: token, JobID: filepath.Base(cfg.RunDir), Workers: cfg.Workers,
 		TotalSteps: cfg.Job.Train.Steps, Plan: PlanRequestFor(cfg.Job), JobConfigJSON: jobJSON,
 		JoinTimeout: 2 * time.Minute, Membership: cfg.Membership, Log: cfg.Log, OnStatus: prog.Update,
+		Checkpoint: cfg.Checkpoint,
 	})
 	if err != nil {
 		return sum, fmt.Errorf("launch: %w", err)

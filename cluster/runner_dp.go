@@ -24,11 +24,11 @@ const CollectiveTimeout = 60 * time.Second
 // over the data-parallel group in buckets that start during the backward
 // (package parallel/dp; ZeRO-1 when configured), so every replica stays
 // identical and equal to a serial trainer on the concatenated batches. Rank 0 runs periodic validation.
-// Plans with tp, sp or ep > 1 are refused (their runners plug in here later).
+// Plans with tp, sp or ep > 1 go to RunMesh.
 func RunDP(ctx context.Context, spec StartSpec) error {
 	m, cfg, log := spec.Plan.Mesh, spec.Job, spec.Log
 	if m.TP != 1 || m.SP != 1 || m.EP != 1 {
-		return fmt.Errorf("dp runner: plan %v needs tensor/sequence/expert parallelism, which this runner does not support yet (use tp = sp = ep = 1)", m)
+		return RunMesh(ctx, spec)
 	}
 	threads := spec.Threads
 	if threads <= 0 {
@@ -76,8 +76,12 @@ func RunDP(ctx context.Context, spec StartSpec) error {
 	if err != nil {
 		return fmt.Errorf("dp runner: %w", err)
 	}
+	rc, _, err := openRankCheckpoints(ctx, spec, newDPState(tr, w.shards, sampler, dpIdx, dpSize))
+	if err != nil {
+		return fmt.Errorf("dp runner: %w", err)
+	}
 	log.Info().Int("params", tr.Layout().Total).Int("threads", tensor.Threads()).Int("dp_rank", dpIdx).
-		Int("dp_size", dpSize).Int("steps", cfg.Train.Steps).Int("buckets", len(w.red.Buckets())).
+		Int("dp_size", dpSize).Int("steps", cfg.Train.Steps).Int("start_step", tr.Step()).Int("buckets", len(w.red.Buckets())).
 		Bool("zero1", dcfg.Zero1).Bool("overlap", dcfg.Overlap).Msg("data-parallel training")
 
 	var tokens, targets int64 // input positions (padding included) and non-ignored targets of this rank
@@ -102,6 +106,9 @@ func RunDP(ctx context.Context, spec StartSpec) error {
 		if math.IsNaN(loss) || math.IsInf(loss, 0) {
 			return fmt.Errorf("dp runner: step %d: loss is %v", step, loss)
 		}
+		if err := rc.afterStep(ctx, step); err != nil {
+			return fmt.Errorf("dp runner: %w", err)
+		}
 		u := ProgressUpdate{Step: step, Loss: loss, Tokens: tokens, TokensPerSec: float64(tokens) / trainTime.Seconds()}
 		if len(val) > 0 && (step%cfg.Train.EvalEvery == 0 || step == cfg.Train.Steps) {
 			v, err := tr.Evaluate(val)
@@ -118,6 +125,9 @@ func RunDP(ctx context.Context, spec StartSpec) error {
 		if u.HasVal {
 			log.Info().Float64("val_loss", u.ValLoss).Msg("validation")
 		}
+	}
+	if err := rc.finish(ctx); err != nil {
+		return fmt.Errorf("dp runner: %w", err)
 	}
 	padding := 0.0
 	if tokens > 0 {

@@ -3,7 +3,9 @@ package cluster
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"strings"
 
@@ -105,6 +107,32 @@ func (s *service) ReportError(ctx context.Context, req *pb.ErrorReport) (*pb.Ack
 	return &pb.Ack{}, nil
 }
 
+func (s *service) ReportShard(ctx context.Context, req *pb.ShardReport) (*pb.Ack, error) {
+	if err := s.checkToken(ctx, req.Token, "shard report"); err != nil {
+		return nil, err
+	}
+	if req.Step < 0 || req.Step > math.MaxInt32 {
+		return nil, status.Errorf(codes.InvalidArgument, "shard report of worker %s: step %d out of range", req.WorkerId, req.Step)
+	}
+	ev := ShardWritten{ID: req.WorkerId, Step: int(req.Step), Err: req.Error}
+	if req.Error == "" {
+		if err := json.Unmarshal(req.ShardInfoJson, &ev.Shard); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "shard report of worker %s, step %d: shard info: %v", req.WorkerId, req.Step, err)
+		}
+		if ev.Shard.Rank != int(req.Rank) || ev.Shard.File == "" {
+			return nil, status.Errorf(codes.InvalidArgument, "shard report of worker %s, step %d: shard info names rank %d file %q, the report rank %d",
+				req.WorkerId, req.Step, ev.Shard.Rank, ev.Shard.File, req.Rank)
+		}
+	} else {
+		s.c.log.Error().Str("worker", req.WorkerId).Int32("rank", req.Rank).Int64("ckpt_step", req.Step).Str("error", req.Error).
+			Msg("worker could not write its checkpoint shard")
+	}
+	if s.c.submit(ev) == nil && s.c.ended() {
+		return nil, errEnded
+	}
+	return &pb.Ack{}, nil
+}
+
 func (s *service) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.Ack, error) {
 	if err := s.checkToken(ctx, req.Token, "leave"); err != nil {
 		return nil, err
@@ -141,7 +169,8 @@ func (s *service) Stop(ctx context.Context, req *pb.StopRequest) (*pb.Ack, error
 func statusToProto(jobID string, s Status) *pb.StatusResponse {
 	out := &pb.StatusResponse{JobId: jobID, Phase: string(s.Phase), Reason: s.Reason,
 		ExpectedWorkers: int32(s.ExpectedWorkers), Step: int64(s.Step), TotalSteps: int64(s.TotalSteps),
-		Loss: s.Loss, TokensPerSec: s.TokensPerSec, HasValLoss: s.HasVal, ValLoss: s.ValLoss, Mesh: s.Mesh}
+		Loss: s.Loss, TokensPerSec: s.TokensPerSec, HasValLoss: s.HasVal, ValLoss: s.ValLoss, Mesh: s.Mesh,
+		LastCheckpoint: int64(s.LastCheckpoint)}
 	for _, w := range s.Workers {
 		out.Workers = append(out.Workers, &pb.WorkerStatus{Id: w.Info.ID, Host: w.Info.Host, DataAddr: w.Info.DataAddr,
 			Rank: int32(w.Rank), Step: int64(w.Step), Loss: w.Loss, TokensPerSec: w.TokensPerSec, State: w.State,

@@ -2,18 +2,24 @@
 # bench-checkpoint.sh: checkpoint save throughput against raw sequential
 # write on the same file system, measured in the same run.
 #
-# Each round runs, back to back:
+# Each round runs, back to back (odd rounds dd first, even rounds save
+# first, so neither always meets the other's dirty pages or warm caches):
 #   anchor: dd if=/dev/zero of=F bs=1M count=SIZE_MB conv=fdatasync
 #   save:   BenchmarkSave (2 ranks write ZeRO-1 style shards of realistic
 #           weights + Adam moments concurrently, fsync, commit), one iteration
-#           of SIZE_MB raw state, for the codecs in VARIANTS
-# and prints the medians over ROUNDS and each variant's ratio to dd.
+#           of SIZE_MB raw state, for the codecs in VARIANTS (each in its
+#           own process, the order rotating from round to round)
+# and prints the medians over ROUNDS and each variant's ratio to dd. The
+# machine's load average is printed: compression is CPU work, so on a busy
+# machine the compressed variants measure the CPU share they got, not the
+# writer. A tmpfs directory is refused (fdatasync is a no-op there).
 # Target (issue 9): save >= 0.8x dd.
 #
 # Environment:
 #   SIZE_MB              raw MB per measurement (default 256)
 #   ROUNDS               rounds (default 3)
-#   VARIANTS             BenchmarkSave sub-benchmarks (default "zstd-shuffle raw")
+#   VARIANTS             BenchmarkSave sub-benchmarks (default "zstd-shuffle raw";
+#                        also zstd-shuffle-always: no raw fallback, and zstd)
 #   CHECKPOINT_BENCH_DIR directory on the file system to test (default: a new
 #                        temp dir under ${TMPDIR:-/tmp}, removed at exit)
 #   CHECKPOINT_TEST_BIN  prebuilt `go test -c ./checkpoint` binary (default:
@@ -34,29 +40,49 @@ else
   DIR=$(mktemp -d "${TMPDIR:-/tmp}/ckbench.XXXXXX")
   cleanup_dir=$DIR
 fi
-trap '[ -n "$cleanup_dir" ] && rm -rf "$cleanup_dir"; rm -f "$DIR/dd.bin"' EXIT
+bindir=$(mktemp -d "${TMPDIR:-/tmp}/ckbench-bin.XXXXXX")
+trap 'rm -rf "$bindir"; [ -n "$cleanup_dir" ] && rm -rf "$cleanup_dir"; rm -f "$DIR/dd.bin"' EXIT
+if [ "$(stat -f -c %T "$DIR")" = tmpfs ]; then
+  echo "bench-checkpoint: $DIR is on tmpfs, where fdatasync writes nothing to a disk; set CHECKPOINT_BENCH_DIR to a directory on a disk" >&2
+  exit 2
+fi
 
 BIN=${CHECKPOINT_TEST_BIN:-}
 if [ -z "$BIN" ]; then
   root=$(cd "$(dirname "$0")/.." && pwd)
-  BIN=$DIR/checkpoint.test
+  BIN=$bindir/checkpoint.test # not in DIR: a user's directory keeps nothing of ours
   (cd "$root" && go test -c -o "$BIN" ./checkpoint)
 fi
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
-pattern=$(echo "$VARIANTS" | sed 's/ /|/g')
-echo "file system: $(df -h "$DIR" | awk 'NR==2 {print $1, $6}')  size: ${SIZE_MB} MB  rounds: $ROUNDS  cpus: $(nproc)"
+echo "file system: $(df -h "$DIR" | awk 'NR==2 {print $1, $6}') ($(stat -f -c %T "$DIR"))  size: ${SIZE_MB} MB  rounds: $ROUNDS  cpus: $(nproc)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A results
-for r in $(seq 1 "$ROUNDS"); do
+run_dd() {
+  local t0 t1
   t0=$(date +%s%N)
   dd if=/dev/zero of="$DIR/dd.bin" bs=1M count="$SIZE_MB" conv=fdatasync status=none
   t1=$(date +%s%N)
   rm -f "$DIR/dd.bin"
   dd_mbs=$(awk -v b=$((SIZE_MB * 1048576)) -v ns=$((t1 - t0)) 'BEGIN {printf "%.1f", b / 1e6 / (ns / 1e9)}')
+}
+# run_save R runs each variant in a process of its own (each generates its
+# state first, so none inherits another's heap or scheduler debt), starting
+# with a different variant each round.
+run_save() {
+  local vs=($VARIANTS) n i
+  n=${#vs[@]}
+  out=""
+  for i in $(seq 0 $((n - 1))); do
+    local v=${vs[$(((i + $1) % n))]}
+    out+=$(CHECKPOINT_BENCH_MB=$SIZE_MB CHECKPOINT_BENCH_DIR=$DIR "$BIN" -test.run '^$' \
+           -test.bench "^BenchmarkSave/$v\$" -test.benchtime 1x)
+    out+=$'\n'
+  done
+}
+for r in $(seq 1 "$ROUNDS"); do
+  if [ $((r % 2)) -eq 1 ]; then run_dd; run_save "$r"; else run_save "$r"; run_dd; fi
   results[dd]+="$dd_mbs "
-  out=$(CHECKPOINT_BENCH_MB=$SIZE_MB CHECKPOINT_BENCH_DIR=$DIR "$BIN" -test.run '^$' \
-        -test.bench "^BenchmarkSave/($pattern)\$" -test.benchtime 1x)
   line="round $r: dd ${dd_mbs} MB/s"
   for v in $VARIANTS; do
     mbs=$(echo "$out" | awk -v v="BenchmarkSave/$v" '$1 ~ "^"v"(-[0-9]+)?$" {for (i=1;i<=NF;i++) if ($(i+1)=="MB/s") print $i}')

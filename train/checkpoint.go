@@ -18,6 +18,7 @@ import (
 
 	"github.com/moetrain/moetrain/checkpoint"
 	"github.com/moetrain/moetrain/model"
+	"github.com/moetrain/moetrain/optim"
 	"github.com/moetrain/moetrain/sampling"
 )
 
@@ -45,6 +46,11 @@ type LocalPiece struct {
 	// Offset is the piece's first element in the local buffer; its
 	// Region.Len() elements follow in the region's row-major order.
 	Offset int
+	// Opt (moment pieces only) indexes the optimizers passed to
+	// SnapshotWith / RestoreWith whose M and V hold the piece; Offset is
+	// then relative to that optimizer's Lo. 0 with SnapshotLayout /
+	// RestoreLayout (the trainer's own optimizer).
+	Opt int
 }
 
 // ShardLayout says where a rank's local buffers sit in the global tensors.
@@ -70,6 +76,35 @@ func SerialShardLayout(l model.Layout, lo, hi int) ShardLayout {
 		if a < b {
 			sl.Moments = append(sl.Moments, LocalPiece{Name: e.Name, Shape: shape,
 				Region: checkpoint.FlatRange(int64(a-e.Offset), int64(b-a)), Offset: a - lo})
+		}
+	}
+	return sl
+}
+
+// RangeShardLayout is the layout of a data-parallel rank that writes only
+// the flat ranges ranges[i] = [lo, hi) of the layout's flat buffer:
+// parameters and moments as flat ranges of each entry they intersect, the
+// moments of ranges[i] held by optimizer i (opts[i].Lo == lo: a ZeRO-1
+// shard) when sharded, else by one optimizer over the whole buffer
+// (Opt 0, Lo 0). Disjoint ranges over the replicas split the checkpoint's
+// bytes between them.
+func RangeShardLayout(l model.Layout, ranges [][2]int, sharded bool) ShardLayout {
+	var sl ShardLayout
+	for i, r := range ranges {
+		lo, hi := r[0], r[1]
+		for _, e := range l.Entries {
+			a, b := max(lo, e.Offset), min(hi, e.Offset+e.Size())
+			if a >= b {
+				continue
+			}
+			shape := int64Shape(e.Shape)
+			reg := checkpoint.FlatRange(int64(a-e.Offset), int64(b-a))
+			sl.Params = append(sl.Params, LocalPiece{Name: e.Name, Shape: shape, Region: reg, Offset: a})
+			mp := LocalPiece{Name: e.Name, Shape: shape, Region: reg, Offset: a}
+			if sharded {
+				mp.Opt, mp.Offset = i, a-lo
+			}
+			sl.Moments = append(sl.Moments, mp)
 		}
 	}
 	return sl
@@ -103,9 +138,19 @@ type optimizerState struct {
 
 // checkPieces checks that every piece fits a local buffer of n elements.
 func checkPieces(kind string, pieces []LocalPiece, n int) error {
+	return checkPiecesIn(kind, pieces, func(int) int { return n })
+}
+
+// checkPiecesIn checks that every piece fits the buffer of size(piece.Opt)
+// elements (-1: no such buffer).
+func checkPiecesIn(kind string, pieces []LocalPiece, size func(opt int) int) error {
 	for _, p := range pieces {
 		if err := p.Region.Validate(p.Shape); err != nil {
 			return fmt.Errorf("%s piece %q: region %v of shape %v: %w", kind, p.Name, p.Region, p.Shape, err)
+		}
+		n := size(p.Opt)
+		if n < 0 {
+			return fmt.Errorf("%s piece %q: optimizer %d does not exist", kind, p.Name, p.Opt)
 		}
 		if p.Offset < 0 || int64(p.Offset)+p.Region.Len() > int64(n) {
 			return fmt.Errorf("%s piece %q: elements [%d, %d) outside the local buffer of %d", kind, p.Name, p.Offset, int64(p.Offset)+p.Region.Len(), n)
@@ -123,13 +168,34 @@ func (t *Trainer) Snapshot(rank int, sampler *sampling.State) (*checkpoint.Snaps
 
 // SnapshotLayout is Snapshot with an explicit layout of the local buffers.
 func (t *Trainer) SnapshotLayout(rank int, sl ShardLayout, sampler *sampling.State) (*checkpoint.Snapshot, error) {
+	return t.SnapshotWith(rank, sl, nil, sampler)
+}
+
+// optSizes returns the moment buffer size of optimizer i of opts (-1 if
+// none).
+func optSizes(opts []*optim.AdamW) func(int) int {
+	return func(i int) int {
+		if i < 0 || i >= len(opts) {
+			return -1
+		}
+		return len(opts[i].M)
+	}
+}
+
+// SnapshotWith is SnapshotLayout with the moments taken from opts
+// (sl.Moments[i].Opt indexes it), e.g. a rank's ZeRO-1 shard optimizers;
+// nil opts means the trainer's own optimizer.
+func (t *Trainer) SnapshotWith(rank int, sl ShardLayout, opts []*optim.AdamW, sampler *sampling.State) (*checkpoint.Snapshot, error) {
 	if rank < 0 {
 		return nil, fmt.Errorf("checkpoint snapshot: rank %d is negative", rank)
+	}
+	if opts == nil {
+		opts = []*optim.AdamW{t.opt}
 	}
 	if err := checkPieces("parameter", sl.Params, len(t.m.Params)); err != nil {
 		return nil, fmt.Errorf("checkpoint snapshot: %w", err)
 	}
-	if err := checkPieces("moment", sl.Moments, len(t.opt.M)); err != nil {
+	if err := checkPiecesIn("moment", sl.Moments, optSizes(opts)); err != nil {
 		return nil, fmt.Errorf("checkpoint snapshot: %w", err)
 	}
 	snap := &checkpoint.Snapshot{Step: int64(t.step), Rank: rank}
@@ -137,9 +203,9 @@ func (t *Trainer) SnapshotLayout(rank int, sl ShardLayout, sampler *sampling.Sta
 		snap.AddTensor(checkpoint.ModelPrefix+p.Name, p.Shape, p.Region, t.m.Params[p.Offset:p.Offset+int(p.Region.Len())])
 	}
 	for _, p := range sl.Moments {
-		end := p.Offset + int(p.Region.Len())
-		snap.AddTensor(checkpoint.MomentMPrefix+p.Name, p.Shape, p.Region, t.opt.M[p.Offset:end])
-		snap.AddTensor(checkpoint.MomentVPrefix+p.Name, p.Shape, p.Region, t.opt.V[p.Offset:end])
+		end, o := p.Offset+int(p.Region.Len()), opts[p.Opt]
+		snap.AddTensor(checkpoint.MomentMPrefix+p.Name, p.Shape, p.Region, o.M[p.Offset:end])
+		snap.AddTensor(checkpoint.MomentVPrefix+p.Name, p.Shape, p.Region, o.V[p.Offset:end])
 	}
 	ob, err := json.Marshal(optimizerState{Step: t.step, NextLR: t.sched.LR(t.step), Lo: t.opt.Lo, Hi: t.opt.Hi})
 	if err != nil {
@@ -171,7 +237,7 @@ func CheckModelShapes(c *checkpoint.Checkpoint, l model.Layout, weightsOnly bool
 		prefixes = append(prefixes, checkpoint.MomentMPrefix, checkpoint.MomentVPrefix)
 	}
 	for _, e := range l.Entries {
-		want := int64Shape(e.Shape)
+		want := int64Shape(e.GlobalShape()) // a sharded layout checks the global tensors
 		for _, pre := range prefixes {
 			got, ok := c.Shape(pre + e.Name)
 			switch {
@@ -235,13 +301,23 @@ func (t *Trainer) RestoreFrom(c *checkpoint.Checkpoint, rank int) (*sampling.Sta
 // them, after checking that c's tensors have the configured model's shapes.
 // Parameters, moments and step change only if everything was read.
 func (t *Trainer) RestoreLayout(c *checkpoint.Checkpoint, rank int, sl ShardLayout) (*sampling.State, error) {
+	return t.RestoreWith(c, rank, sl, nil)
+}
+
+// RestoreWith is RestoreLayout with the moments going to opts
+// (sl.Moments[i].Opt indexes it); nil opts means the trainer's own
+// optimizer.
+func (t *Trainer) RestoreWith(c *checkpoint.Checkpoint, rank int, sl ShardLayout, opts []*optim.AdamW) (*sampling.State, error) {
+	if opts == nil {
+		opts = []*optim.AdamW{t.opt}
+	}
 	if err := CheckModelShapes(c, t.m.Layout, false); err != nil {
 		return nil, err
 	}
 	if err := checkPieces("parameter", sl.Params, len(t.m.Params)); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	if err := checkPieces("moment", sl.Moments, len(t.opt.M)); err != nil {
+	if err := checkPiecesIn("moment", sl.Moments, optSizes(opts)); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	br := blobRank(c, rank)
@@ -279,8 +355,10 @@ func (t *Trainer) RestoreLayout(c *checkpoint.Checkpoint, rank int, sl ShardLayo
 	}
 	params := make([]float32, len(t.m.Params))
 	copy(params, t.m.Params) // regions sl leaves out keep their values
-	m := append([]float32(nil), t.opt.M...)
-	v := append([]float32(nil), t.opt.V...)
+	m, v := make([][]float32, len(opts)), make([][]float32, len(opts))
+	for i, o := range opts {
+		m[i], v[i] = append([]float32(nil), o.M...), append([]float32(nil), o.V...)
+	}
 	for _, p := range sl.Params {
 		if err := c.ReadRegion(checkpoint.ModelPrefix+p.Name, p.Region, params[p.Offset:p.Offset+int(p.Region.Len())]); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
@@ -288,10 +366,10 @@ func (t *Trainer) RestoreLayout(c *checkpoint.Checkpoint, rank int, sl ShardLayo
 	}
 	for _, p := range sl.Moments {
 		end := p.Offset + int(p.Region.Len())
-		if err := c.ReadRegion(checkpoint.MomentMPrefix+p.Name, p.Region, m[p.Offset:end]); err != nil {
+		if err := c.ReadRegion(checkpoint.MomentMPrefix+p.Name, p.Region, m[p.Opt][p.Offset:end]); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
 		}
-		if err := c.ReadRegion(checkpoint.MomentVPrefix+p.Name, p.Region, v[p.Offset:end]); err != nil {
+		if err := c.ReadRegion(checkpoint.MomentVPrefix+p.Name, p.Region, v[p.Opt][p.Offset:end]); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
 		}
 	}
@@ -301,8 +379,10 @@ func (t *Trainer) RestoreLayout(c *checkpoint.Checkpoint, rank int, sl ShardLayo
 		}
 	}
 	copy(t.m.Params, params)
-	copy(t.opt.M, m)
-	copy(t.opt.V, v)
+	for i, o := range opts {
+		copy(o.M, m[i])
+		copy(o.V, v[i])
+	}
 	t.step = ost.Step
 	if lr := t.sched.LR(t.step); lr != ost.NextLR {
 		t.log.Warn().Float64("saved_next_lr", ost.NextLR).Float64("next_lr", lr).Int("step", t.step).

@@ -620,3 +620,82 @@ func BenchmarkAsyncCheckpointOverhead(b *testing.B) {
 	b.ReportMetric(float64(anchor.Nanoseconds())/n, "ns/step_anchor")
 	b.ReportMetric(100*(float64(withSave)/float64(anchor)-1), "overhead_%")
 }
+
+// TestRangeShardLayoutWithShardOptimizers: two ranks each save a disjoint
+// set of flat ranges of the parameters and of their own shard optimizers'
+// moments (ZeRO-1, moments indexed by LocalPiece.Opt); a serial trainer
+// restores the whole state bitwise, shard optimizers of other ranges
+// restore theirs, and an Opt index without an optimizer is an error.
+func TestRangeShardLayoutWithShardOptimizers(t *testing.T) {
+	cfg := ckptJob(6)
+	a := newTestTrainer(t, cfg)
+	trainSteps(t, a, newSampler(t, "window", cfg), 3)
+	l := a.Layout()
+	third := l.Total / 3
+	// Rank 0 owns [0, t) and [2t, total); rank 1 owns [t, 2t).
+	owned := [][][2]int{{{0, third}, {2 * third, l.Total}}, {{third, 2 * third}}}
+	store := newTestStore(t)
+	var shards []checkpoint.ShardInfo
+	for r, ranges := range owned {
+		opts, err := a.NewShardOptimizers(ranges)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range opts {
+			copy(o.M, a.Optimizer().M[o.Lo:o.Hi])
+			copy(o.V, a.Optimizer().V[o.Lo:o.Hi])
+		}
+		st := sampling.State{Kind: "window", Seed: cfg.Train.Seed, Step: 3, DPSize: 2}
+		snap, err := a.SnapshotWith(r, RangeShardLayout(l, ranges, true), opts, &st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := snap.WriteShard(t.Context(), store, checkpoint.WriterOptions{ChunkBytes: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		shards = append(shards, info)
+	}
+	m, err := JobManifest(cfg, 3, shards, map[string]int{"dp": 2, "tp": 1, "ep": 1, "sp": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Commit(m); err != nil {
+		t.Fatal(err)
+	}
+	b := newTestTrainer(t, cfg)
+	if _, err := b.ResumeCheckpoint(store, "latest", 0); err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, "ranges of two ranks into serial", a, b)
+
+	c, _, err := OpenRef(store, "3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h := newTestTrainer(t, cfg)
+	other := [][2]int{{5, third + 7}, {l.Total - 11, l.Total}}
+	opts, err := h.NewShardOptimizers(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole := SerialShardLayout(l, 0, 0)
+	sl := ShardLayout{Params: whole.Params, Moments: RangeShardLayout(l, other, true).Moments}
+	if _, err := h.RestoreWith(c, 1, sl, opts); err != nil {
+		t.Fatal(err)
+	}
+	if !f32BitsEqual(h.Params(), a.Params()) || h.Step() != 3 {
+		t.Fatal("parameters or step differ")
+	}
+	for _, o := range opts {
+		if !f32BitsEqual(o.M, a.Optimizer().M[o.Lo:o.Hi]) || !f32BitsEqual(o.V, a.Optimizer().V[o.Lo:o.Hi]) {
+			t.Fatalf("moments of shard [%d, %d) differ", o.Lo, o.Hi)
+		}
+	}
+	bad := RangeShardLayout(l, [][2]int{{0, 10}}, true)
+	bad.Moments[0].Opt = 3
+	if _, err := a.SnapshotWith(0, bad, opts, nil); err == nil || !strings.Contains(err.Error(), "optimizer 3 does not exist") {
+		t.Fatalf("snapshot with a missing optimizer: %v", err)
+	}
+}

@@ -327,6 +327,7 @@ type Start struct {
 	PlanJson      []byte                 `protobuf:"bytes,2,opt,name=plan_json,json=planJson,proto3" json:"plan_json,omitempty"`                  // cluster.Plan
 	JobConfigJson []byte                 `protobuf:"bytes,3,opt,name=job_config_json,json=jobConfigJson,proto3" json:"job_config_json,omitempty"` // train.JobConfig
 	Threads       int32                  `protobuf:"varint,4,opt,name=threads,proto3" json:"threads,omitempty"`                                   // tensor thread budget for this worker
+	Checkpoint    *CheckpointSpec        `protobuf:"bytes,5,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`                              // unset: no checkpoints, no resume
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -389,6 +390,83 @@ func (x *Start) GetThreads() int32 {
 	return 0
 }
 
+func (x *Start) GetCheckpoint() *CheckpointSpec {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+// CheckpointSpec tells a rank where and when to write its checkpoint shards
+// and what to restore before the first step.
+type CheckpointSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Dir           string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`                                  // checkpoint directory shared by every rank; "" = no saves
+	Every         int32                  `protobuf:"varint,2,opt,name=every,proto3" json:"every,omitempty"`                             // save after every this many steps (and after the last); 0 = after the last only
+	ResumeDir     string                 `protobuf:"bytes,3,opt,name=resume_dir,json=resumeDir,proto3" json:"resume_dir,omitempty"`     // committed step directory to restore (resolved by the coordinator); "" = fresh start
+	ResumeStep    int64                  `protobuf:"varint,4,opt,name=resume_step,json=resumeStep,proto3" json:"resume_step,omitempty"` // its step
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointSpec) Reset() {
+	*x = CheckpointSpec{}
+	mi := &file_control_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointSpec) ProtoMessage() {}
+
+func (x *CheckpointSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointSpec.ProtoReflect.Descriptor instead.
+func (*CheckpointSpec) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CheckpointSpec) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *CheckpointSpec) GetEvery() int32 {
+	if x != nil {
+		return x.Every
+	}
+	return 0
+}
+
+func (x *CheckpointSpec) GetResumeDir() string {
+	if x != nil {
+		return x.ResumeDir
+	}
+	return ""
+}
+
+func (x *CheckpointSpec) GetResumeStep() int64 {
+	if x != nil {
+		return x.ResumeStep
+	}
+	return 0
+}
+
 type Abort struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
@@ -398,7 +476,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -410,7 +488,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -423,7 +501,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Abort) GetReason() string {
@@ -442,7 +520,7 @@ type StopCommand struct {
 
 func (x *StopCommand) Reset() {
 	*x = StopCommand{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +532,7 @@ func (x *StopCommand) String() string {
 func (*StopCommand) ProtoMessage() {}
 
 func (x *StopCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +545,7 @@ func (x *StopCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopCommand.ProtoReflect.Descriptor instead.
 func (*StopCommand) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StopCommand) GetReason() string {
@@ -495,7 +573,7 @@ type ProgressReport struct {
 
 func (x *ProgressReport) Reset() {
 	*x = ProgressReport{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +585,7 @@ func (x *ProgressReport) String() string {
 func (*ProgressReport) ProtoMessage() {}
 
 func (x *ProgressReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +598,7 @@ func (x *ProgressReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressReport.ProtoReflect.Descriptor instead.
 func (*ProgressReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ProgressReport) GetToken() string {
@@ -605,7 +683,7 @@ type ErrorReport struct {
 
 func (x *ErrorReport) Reset() {
 	*x = ErrorReport{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -617,7 +695,7 @@ func (x *ErrorReport) String() string {
 func (*ErrorReport) ProtoMessage() {}
 
 func (x *ErrorReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -630,7 +708,7 @@ func (x *ErrorReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorReport.ProtoReflect.Descriptor instead.
 func (*ErrorReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ErrorReport) GetToken() string {
@@ -661,6 +739,90 @@ func (x *ErrorReport) GetMessage() string {
 	return ""
 }
 
+type ShardReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	WorkerId      string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Rank          int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	Step          int64                  `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`
+	ShardInfoJson []byte                 `protobuf:"bytes,5,opt,name=shard_info_json,json=shardInfoJson,proto3" json:"shard_info_json,omitempty"` // checkpoint.ShardInfo (file, size, checksum, pieces) on success
+	Error         string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`                                        // why the write failed; "" on success
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardReport) Reset() {
+	*x = ShardReport{}
+	mi := &file_control_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardReport) ProtoMessage() {}
+
+func (x *ShardReport) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardReport.ProtoReflect.Descriptor instead.
+func (*ShardReport) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ShardReport) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *ShardReport) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ShardReport) GetRank() int32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *ShardReport) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *ShardReport) GetShardInfoJson() []byte {
+	if x != nil {
+		return x.ShardInfoJson
+	}
+	return nil
+}
+
+func (x *ShardReport) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type LeaveRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
@@ -672,7 +834,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +846,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +859,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LeaveRequest) GetToken() string {
@@ -729,7 +891,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +903,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +916,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 type StatusRequest struct {
@@ -766,7 +928,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +940,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +953,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusRequest) GetToken() string {
@@ -818,7 +980,7 @@ type WorkerStatus struct {
 
 func (x *WorkerStatus) Reset() {
 	*x = WorkerStatus{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +992,7 @@ func (x *WorkerStatus) String() string {
 func (*WorkerStatus) ProtoMessage() {}
 
 func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1005,7 @@ func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
 func (*WorkerStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WorkerStatus) GetId() string {
@@ -923,13 +1085,14 @@ type StatusResponse struct {
 	ValLoss         float64                `protobuf:"fixed64,10,opt,name=val_loss,json=valLoss,proto3" json:"val_loss,omitempty"`
 	Mesh            string                 `protobuf:"bytes,11,opt,name=mesh,proto3" json:"mesh,omitempty"`
 	Workers         []*WorkerStatus        `protobuf:"bytes,12,rep,name=workers,proto3" json:"workers,omitempty"`
+	LastCheckpoint  int64                  `protobuf:"varint,13,opt,name=last_checkpoint,json=lastCheckpoint,proto3" json:"last_checkpoint,omitempty"` // newest checkpoint step published by this job; -1 = none
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -941,7 +1104,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -954,7 +1117,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusResponse) GetJobId() string {
@@ -1041,6 +1204,13 @@ func (x *StatusResponse) GetWorkers() []*WorkerStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetLastCheckpoint() int64 {
+	if x != nil {
+		return x.LastCheckpoint
+	}
+	return 0
+}
+
 type StopRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
@@ -1051,7 +1221,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1233,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1246,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StopRequest) GetToken() string {
@@ -1117,12 +1287,22 @@ const file_control_proto_rawDesc = "" +
 	"\x05start\x18\x01 \x01(\v2\x1a.moetrain.cluster.v1.StartH\x00R\x05start\x122\n" +
 	"\x05abort\x18\x02 \x01(\v2\x1a.moetrain.cluster.v1.AbortH\x00R\x05abort\x126\n" +
 	"\x04stop\x18\x03 \x01(\v2 .moetrain.cluster.v1.StopCommandH\x00R\x04stopB\x06\n" +
-	"\x04kind\"z\n" +
+	"\x04kind\"\xbf\x01\n" +
 	"\x05Start\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tplan_json\x18\x02 \x01(\fR\bplanJson\x12&\n" +
 	"\x0fjob_config_json\x18\x03 \x01(\fR\rjobConfigJson\x12\x18\n" +
-	"\athreads\x18\x04 \x01(\x05R\athreads\"\x1f\n" +
+	"\athreads\x18\x04 \x01(\x05R\athreads\x12C\n" +
+	"\n" +
+	"checkpoint\x18\x05 \x01(\v2#.moetrain.cluster.v1.CheckpointSpecR\n" +
+	"checkpoint\"x\n" +
+	"\x0eCheckpointSpec\x12\x10\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x14\n" +
+	"\x05every\x18\x02 \x01(\x05R\x05every\x12\x1d\n" +
+	"\n" +
+	"resume_dir\x18\x03 \x01(\tR\tresumeDir\x12\x1f\n" +
+	"\vresume_step\x18\x04 \x01(\x03R\n" +
+	"resumeStep\"\x1f\n" +
 	"\x05Abort\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"%\n" +
 	"\vStopCommand\x12\x16\n" +
@@ -1144,7 +1324,14 @@ const file_control_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04rank\x18\x03 \x01(\x05R\x04rank\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"Y\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xa6\x01\n" +
+	"\vShardReport\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
+	"\x04rank\x18\x03 \x01(\x05R\x04rank\x12\x12\n" +
+	"\x04step\x18\x04 \x01(\x03R\x04step\x12&\n" +
+	"\x0fshard_info_json\x18\x05 \x01(\fR\rshardInfoJson\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"Y\n" +
 	"\fLeaveRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x16\n" +
@@ -1161,7 +1348,7 @@ const file_control_proto_rawDesc = "" +
 	"\x04loss\x18\x06 \x01(\x01R\x04loss\x12$\n" +
 	"\x0etokens_per_sec\x18\a \x01(\x01R\ftokensPerSec\x12\x14\n" +
 	"\x05state\x18\b \x01(\tR\x05state\x12\x10\n" +
-	"\x03pid\x18\t \x01(\x05R\x03pid\"\xfd\x02\n" +
+	"\x03pid\x18\t \x01(\x05R\x03pid\"\xa6\x03\n" +
 	"\x0eStatusResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x16\n" +
@@ -1177,10 +1364,11 @@ const file_control_proto_rawDesc = "" +
 	"\bval_loss\x18\n" +
 	" \x01(\x01R\avalLoss\x12\x12\n" +
 	"\x04mesh\x18\v \x01(\tR\x04mesh\x12;\n" +
-	"\aworkers\x18\f \x03(\v2!.moetrain.cluster.v1.WorkerStatusR\aworkers\";\n" +
+	"\aworkers\x18\f \x03(\v2!.moetrain.cluster.v1.WorkerStatusR\aworkers\x12'\n" +
+	"\x0flast_checkpoint\x18\r \x01(\x03R\x0elastCheckpoint\";\n" +
 	"\vStopRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason2\xa5\x04\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason2\xf0\x04\n" +
 	"\vCoordinator\x12K\n" +
 	"\x04Join\x12 .moetrain.cluster.v1.JoinRequest\x1a!.moetrain.cluster.v1.JoinResponse\x12P\n" +
 	"\bCommands\x12$.moetrain.cluster.v1.CommandsRequest\x1a\x1c.moetrain.cluster.v1.Command0\x01\x12O\n" +
@@ -1188,7 +1376,8 @@ const file_control_proto_rawDesc = "" +
 	"\vReportError\x12 .moetrain.cluster.v1.ErrorReport\x1a\x18.moetrain.cluster.v1.Ack\x12D\n" +
 	"\x05Leave\x12!.moetrain.cluster.v1.LeaveRequest\x1a\x18.moetrain.cluster.v1.Ack\x12Q\n" +
 	"\x06Status\x12\".moetrain.cluster.v1.StatusRequest\x1a#.moetrain.cluster.v1.StatusResponse\x12B\n" +
-	"\x04Stop\x12 .moetrain.cluster.v1.StopRequest\x1a\x18.moetrain.cluster.v1.AckB6Z4github.com/moetrain/moetrain/cluster/proto;clusterpbb\x06proto3"
+	"\x04Stop\x12 .moetrain.cluster.v1.StopRequest\x1a\x18.moetrain.cluster.v1.Ack\x12I\n" +
+	"\vReportShard\x12 .moetrain.cluster.v1.ShardReport\x1a\x18.moetrain.cluster.v1.AckB6Z4github.com/moetrain/moetrain/cluster/proto;clusterpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1202,48 +1391,53 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_control_proto_goTypes = []any{
 	(*JoinRequest)(nil),     // 0: moetrain.cluster.v1.JoinRequest
 	(*JoinResponse)(nil),    // 1: moetrain.cluster.v1.JoinResponse
 	(*CommandsRequest)(nil), // 2: moetrain.cluster.v1.CommandsRequest
 	(*Command)(nil),         // 3: moetrain.cluster.v1.Command
 	(*Start)(nil),           // 4: moetrain.cluster.v1.Start
-	(*Abort)(nil),           // 5: moetrain.cluster.v1.Abort
-	(*StopCommand)(nil),     // 6: moetrain.cluster.v1.StopCommand
-	(*ProgressReport)(nil),  // 7: moetrain.cluster.v1.ProgressReport
-	(*ErrorReport)(nil),     // 8: moetrain.cluster.v1.ErrorReport
-	(*LeaveRequest)(nil),    // 9: moetrain.cluster.v1.LeaveRequest
-	(*Ack)(nil),             // 10: moetrain.cluster.v1.Ack
-	(*StatusRequest)(nil),   // 11: moetrain.cluster.v1.StatusRequest
-	(*WorkerStatus)(nil),    // 12: moetrain.cluster.v1.WorkerStatus
-	(*StatusResponse)(nil),  // 13: moetrain.cluster.v1.StatusResponse
-	(*StopRequest)(nil),     // 14: moetrain.cluster.v1.StopRequest
+	(*CheckpointSpec)(nil),  // 5: moetrain.cluster.v1.CheckpointSpec
+	(*Abort)(nil),           // 6: moetrain.cluster.v1.Abort
+	(*StopCommand)(nil),     // 7: moetrain.cluster.v1.StopCommand
+	(*ProgressReport)(nil),  // 8: moetrain.cluster.v1.ProgressReport
+	(*ErrorReport)(nil),     // 9: moetrain.cluster.v1.ErrorReport
+	(*ShardReport)(nil),     // 10: moetrain.cluster.v1.ShardReport
+	(*LeaveRequest)(nil),    // 11: moetrain.cluster.v1.LeaveRequest
+	(*Ack)(nil),             // 12: moetrain.cluster.v1.Ack
+	(*StatusRequest)(nil),   // 13: moetrain.cluster.v1.StatusRequest
+	(*WorkerStatus)(nil),    // 14: moetrain.cluster.v1.WorkerStatus
+	(*StatusResponse)(nil),  // 15: moetrain.cluster.v1.StatusResponse
+	(*StopRequest)(nil),     // 16: moetrain.cluster.v1.StopRequest
 }
 var file_control_proto_depIdxs = []int32{
 	4,  // 0: moetrain.cluster.v1.Command.start:type_name -> moetrain.cluster.v1.Start
-	5,  // 1: moetrain.cluster.v1.Command.abort:type_name -> moetrain.cluster.v1.Abort
-	6,  // 2: moetrain.cluster.v1.Command.stop:type_name -> moetrain.cluster.v1.StopCommand
-	12, // 3: moetrain.cluster.v1.StatusResponse.workers:type_name -> moetrain.cluster.v1.WorkerStatus
-	0,  // 4: moetrain.cluster.v1.Coordinator.Join:input_type -> moetrain.cluster.v1.JoinRequest
-	2,  // 5: moetrain.cluster.v1.Coordinator.Commands:input_type -> moetrain.cluster.v1.CommandsRequest
-	7,  // 6: moetrain.cluster.v1.Coordinator.ReportProgress:input_type -> moetrain.cluster.v1.ProgressReport
-	8,  // 7: moetrain.cluster.v1.Coordinator.ReportError:input_type -> moetrain.cluster.v1.ErrorReport
-	9,  // 8: moetrain.cluster.v1.Coordinator.Leave:input_type -> moetrain.cluster.v1.LeaveRequest
-	11, // 9: moetrain.cluster.v1.Coordinator.Status:input_type -> moetrain.cluster.v1.StatusRequest
-	14, // 10: moetrain.cluster.v1.Coordinator.Stop:input_type -> moetrain.cluster.v1.StopRequest
-	1,  // 11: moetrain.cluster.v1.Coordinator.Join:output_type -> moetrain.cluster.v1.JoinResponse
-	3,  // 12: moetrain.cluster.v1.Coordinator.Commands:output_type -> moetrain.cluster.v1.Command
-	10, // 13: moetrain.cluster.v1.Coordinator.ReportProgress:output_type -> moetrain.cluster.v1.Ack
-	10, // 14: moetrain.cluster.v1.Coordinator.ReportError:output_type -> moetrain.cluster.v1.Ack
-	10, // 15: moetrain.cluster.v1.Coordinator.Leave:output_type -> moetrain.cluster.v1.Ack
-	13, // 16: moetrain.cluster.v1.Coordinator.Status:output_type -> moetrain.cluster.v1.StatusResponse
-	10, // 17: moetrain.cluster.v1.Coordinator.Stop:output_type -> moetrain.cluster.v1.Ack
-	11, // [11:18] is the sub-list for method output_type
-	4,  // [4:11] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	6,  // 1: moetrain.cluster.v1.Command.abort:type_name -> moetrain.cluster.v1.Abort
+	7,  // 2: moetrain.cluster.v1.Command.stop:type_name -> moetrain.cluster.v1.StopCommand
+	5,  // 3: moetrain.cluster.v1.Start.checkpoint:type_name -> moetrain.cluster.v1.CheckpointSpec
+	14, // 4: moetrain.cluster.v1.StatusResponse.workers:type_name -> moetrain.cluster.v1.WorkerStatus
+	0,  // 5: moetrain.cluster.v1.Coordinator.Join:input_type -> moetrain.cluster.v1.JoinRequest
+	2,  // 6: moetrain.cluster.v1.Coordinator.Commands:input_type -> moetrain.cluster.v1.CommandsRequest
+	8,  // 7: moetrain.cluster.v1.Coordinator.ReportProgress:input_type -> moetrain.cluster.v1.ProgressReport
+	9,  // 8: moetrain.cluster.v1.Coordinator.ReportError:input_type -> moetrain.cluster.v1.ErrorReport
+	11, // 9: moetrain.cluster.v1.Coordinator.Leave:input_type -> moetrain.cluster.v1.LeaveRequest
+	13, // 10: moetrain.cluster.v1.Coordinator.Status:input_type -> moetrain.cluster.v1.StatusRequest
+	16, // 11: moetrain.cluster.v1.Coordinator.Stop:input_type -> moetrain.cluster.v1.StopRequest
+	10, // 12: moetrain.cluster.v1.Coordinator.ReportShard:input_type -> moetrain.cluster.v1.ShardReport
+	1,  // 13: moetrain.cluster.v1.Coordinator.Join:output_type -> moetrain.cluster.v1.JoinResponse
+	3,  // 14: moetrain.cluster.v1.Coordinator.Commands:output_type -> moetrain.cluster.v1.Command
+	12, // 15: moetrain.cluster.v1.Coordinator.ReportProgress:output_type -> moetrain.cluster.v1.Ack
+	12, // 16: moetrain.cluster.v1.Coordinator.ReportError:output_type -> moetrain.cluster.v1.Ack
+	12, // 17: moetrain.cluster.v1.Coordinator.Leave:output_type -> moetrain.cluster.v1.Ack
+	15, // 18: moetrain.cluster.v1.Coordinator.Status:output_type -> moetrain.cluster.v1.StatusResponse
+	12, // 19: moetrain.cluster.v1.Coordinator.Stop:output_type -> moetrain.cluster.v1.Ack
+	12, // 20: moetrain.cluster.v1.Coordinator.ReportShard:output_type -> moetrain.cluster.v1.Ack
+	13, // [13:21] is the sub-list for method output_type
+	5,  // [5:13] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1262,7 +1456,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	Coordinator_Leave_FullMethodName          = "/moetrain.cluster.v1.Coordinator/Leave"
 	Coordinator_Status_FullMethodName         = "/moetrain.cluster.v1.Coordinator/Status"
 	Coordinator_Stop_FullMethodName           = "/moetrain.cluster.v1.Coordinator/Stop"
+	Coordinator_ReportShard_FullMethodName    = "/moetrain.cluster.v1.Coordinator/ReportShard"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -53,6 +54,10 @@ type CoordinatorClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// Stop ends the job on every worker (for `coordinator stop`).
 	Stop(ctx context.Context, in *StopRequest, opts ...grpc.CallOption) (*Ack, error)
+	// ReportShard says a rank finished (or failed) writing its shard of a
+	// checkpoint step into the step's temporary directory. Once every rank of
+	// the plan has reported success for a step, the coordinator publishes it.
+	ReportShard(ctx context.Context, in *ShardReport, opts ...grpc.CallOption) (*Ack, error)
 }
 
 type coordinatorClient struct {
@@ -142,6 +147,16 @@ func (c *coordinatorClient) Stop(ctx context.Context, in *StopRequest, opts ...g
 	return out, nil
 }
 
+func (c *coordinatorClient) ReportShard(ctx context.Context, in *ShardReport, opts ...grpc.CallOption) (*Ack, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Ack)
+	err := c.cc.Invoke(ctx, Coordinator_ReportShard_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -161,6 +176,10 @@ type CoordinatorServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// Stop ends the job on every worker (for `coordinator stop`).
 	Stop(context.Context, *StopRequest) (*Ack, error)
+	// ReportShard says a rank finished (or failed) writing its shard of a
+	// checkpoint step into the step's temporary directory. Once every rank of
+	// the plan has reported success for a step, the coordinator publishes it.
+	ReportShard(context.Context, *ShardReport) (*Ack, error)
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -191,6 +210,9 @@ func (UnimplementedCoordinatorServer) Status(context.Context, *StatusRequest) (*
 }
 func (UnimplementedCoordinatorServer) Stop(context.Context, *StopRequest) (*Ack, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stop not implemented")
+}
+func (UnimplementedCoordinatorServer) ReportShard(context.Context, *ShardReport) (*Ack, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportShard not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -332,6 +354,24 @@ func _Coordinator_Stop_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_ReportShard_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ShardReport)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).ReportShard(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_ReportShard_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).ReportShard(ctx, req.(*ShardReport))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -362,6 +402,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Stop",
 			Handler:    _Coordinator_Stop_Handler,
+		},
+		{
+			MethodName: "ReportShard",
+			Handler:    _Coordinator_ReportShard_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

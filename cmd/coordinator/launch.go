@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/moetrain/moetrain/cluster"
@@ -26,6 +27,7 @@ func init() {
 		workers, steps, thr int
 		verbose, noBar      bool
 		grace               time.Duration
+		ckpt                cluster.CheckpointConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "launch",
@@ -37,9 +39,12 @@ validation loss, tokens/s, ETA) is shown as a bar on a terminal, as lines otherw
 The run directory gets job.toml (the effective config), coordinator.log and worker-<i>.log (JSON
 lines), worker-<i>.out (each worker's console) and summary.json (outcome, plan, curve, exits).
 Ctrl-C stops the job on every worker; processes still running after --grace get SIGTERM, then
-SIGKILL.`,
+SIGKILL.
+` + checkpointHelp,
 		Example: "  coordinator launch --workers 2\n" +
-			"  coordinator launch --workers 4 --config job.toml --steps 200 --run-dir runs/try1",
+			"  coordinator launch --workers 4 --config job.toml --steps 200 --run-dir runs/try1\n" +
+			"  coordinator launch --workers 2 --checkpoint-dir ckpt --checkpoint-every 50 --checkpoint-keep 3\n" +
+			"  coordinator launch --workers 2 --checkpoint-dir ckpt --checkpoint-every 50 --resume latest",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if workers < 1 {
@@ -50,6 +55,9 @@ SIGKILL.`,
 			}
 			job, err := loadJob(config, steps)
 			if err != nil {
+				return err
+			}
+			if err := ckpt.Validate(); err != nil {
 				return err
 			}
 			if err := cluster.CheckRunnable(job); err != nil {
@@ -83,7 +91,7 @@ SIGKILL.`,
 			_, err = cluster.Launch(ctx, cluster.LaunchConfig{
 				Workers: workers, Job: job, RunDir: runDir, Threads: thr, Console: os.Stderr,
 				Bar: !noBar && term.IsTerminal(int(os.Stderr.Fd())), Log: lg, Grace: grace,
-				Membership: cluster.DefaultMembershipConfig(),
+				Membership: cluster.DefaultMembershipConfig(), Checkpoint: ckpt,
 				WorkerCmd: func(args ...string) *exec.Cmd {
 					return exec.Command(exe, append([]string{workerProcessCmd}, args...)...)
 				},
@@ -101,6 +109,7 @@ SIGKILL.`,
 	f.DurationVar(&grace, "grace", 10*time.Second, "how long workers get to exit before SIGTERM, then SIGKILL")
 	f.BoolVar(&noBar, "no-bar", false, "print progress lines instead of a progress bar")
 	f.BoolVarP(&verbose, "verbose", "v", false, "coordinator debug output on the console")
+	addCheckpointFlags(f, &ckpt)
 	rootCmd.AddCommand(cmd)
 
 	var wo cluster.WorkerOptions
@@ -133,4 +142,24 @@ SIGKILL.`,
 	wf.BoolVarP(&wo.Verbose, "verbose", "v", false, "debug output")
 	wf.DurationVar(&wo.JoinTimeout, "join-timeout", 30*time.Second, "join retry window")
 	rootCmd.AddCommand(wcmd)
+}
+
+// checkpointHelp is the checkpoint paragraph of launch's and serve's help.
+const checkpointHelp = `
+Checkpoints (--checkpoint-dir): after every --checkpoint-every steps and after the last, every
+rank writes its own shard into DIR/step-N.tmp in the background while training goes on; when
+every rank has reported its shard, the coordinator writes the manifest and publishes the step
+atomically (DIR/step-N, then DIR/LATEST) and keeps the newest --checkpoint-keep. A crash at any
+moment leaves the previous checkpoint loadable; leftovers are removed at the next start. The
+directory must have the same path on the coordinator and every worker (a shared file system).
+--resume latest|STEP|PATH restores every rank (model, optimizer incl. ZeRO-1 shards, schedule,
+step, sampler position, routing biases) before the first step, so the run continues bitwise as
+if never interrupted; "latest" falls back past damaged checkpoints and says so.`
+
+// addCheckpointFlags registers the checkpoint flags of launch and serve.
+func addCheckpointFlags(f *pflag.FlagSet, c *cluster.CheckpointConfig) {
+	f.StringVar(&c.Dir, "checkpoint-dir", "", "checkpoint directory (shared by the coordinator and every worker); empty = no checkpoints")
+	f.IntVar(&c.Every, "checkpoint-every", 0, "save every N steps (and after the last); 0 = after the last step only")
+	f.IntVar(&c.Keep, "checkpoint-keep", 0, "keep the newest N committed checkpoints; 0 = all")
+	f.StringVar(&c.Resume, "resume", "", "resume from latest (in --checkpoint-dir), a STEP of it, or a checkpoint PATH")
 }

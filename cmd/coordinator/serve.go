@@ -50,16 +50,22 @@ func init() {
 		joinTimeout                   time.Duration
 		verbose                       bool
 		gossip                        = cluster.DefaultMembershipConfig()
+		ckpt                          cluster.CheckpointConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve a job: wait for workers to join, plan the layout, run the job to its end",
+		Long: `Serve a job: wait for workers to join, plan the layout, run the job to its end.
+` + checkpointHelp,
 		Example: "  coordinator serve --config job.toml --listen 0.0.0.0:7070 --workers 4 --token $TOKEN\n" +
 			"  worker --join HOST:7070 --token $TOKEN   # on each worker machine",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			job, err := loadJob(config, steps)
 			if err != nil {
+				return err
+			}
+			if err := ckpt.Validate(); err != nil {
 				return err
 			}
 			if err := cluster.CheckRunnable(job); err != nil {
@@ -113,7 +119,7 @@ func init() {
 			coord, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
 				Listen: listen, Token: token, JobID: filepath.Base(runDir), Workers: workers,
 				TotalSteps: job.Train.Steps, Plan: cluster.PlanRequestFor(job), JobConfigJSON: jobJSON,
-				JoinTimeout: joinTimeout, Membership: mcfg, Log: lg, OnStatus: prog.Update,
+				JoinTimeout: joinTimeout, Membership: mcfg, Log: lg, OnStatus: prog.Update, Checkpoint: ckpt,
 			})
 			if err != nil {
 				return err
@@ -149,5 +155,6 @@ func init() {
 	f.IntVar(&gossip.SuspicionMult, "gossip-suspicion-mult", gossip.SuspicionMult, "failure detector: a suspect has this many probe intervals (× log10 n) to refute before it is dead")
 	f.DurationVar(&joinTimeout, "join-timeout", 0, "fail if not all workers joined within this time (0 = wait forever)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug output on the console")
+	addCheckpointFlags(f, &ckpt)
 	rootCmd.AddCommand(cmd)
 }
