@@ -56,9 +56,13 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 		return fmt.Errorf("mesh runner: %w", err)
 	}
 	tr := mr.Trainer()
+	rc, _, err := openRankCheckpoints(ctx, spec, &meshState{mr: mr, sampler: sampler, log: log})
+	if err != nil {
+		return fmt.Errorf("mesh runner: %w", err)
+	}
 	log.Info().Int("params", tr.Layout().Total).Int("threads", tensor.Threads()).Str("mesh", m.String()).
 		Int("dp", coord.DP).Int("sp", coord.SP).Int("tp", coord.TP).Int("steps", cfg.Train.Steps).
-		Bool("zero1", cfg.DP.Zero1).Str("sp_algorithm", cfg.Mesh.SPAlgorithm).Msg("mesh training")
+		Int("start_step", tr.Step()).Bool("zero1", cfg.DP.Zero1).Str("sp_algorithm", cfg.Mesh.SPAlgorithm).Msg("mesh training")
 
 	var tokens int64 // this rank's share of the job's input positions
 	var trainTime time.Duration
@@ -80,6 +84,9 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 		step := tr.Step()
 		if math.IsNaN(st.Loss) || math.IsInf(st.Loss, 0) {
 			return fmt.Errorf("mesh runner: step %d: loss is %v", step, st.Loss)
+		}
+		if err := rc.afterStep(ctx, step); err != nil {
+			return fmt.Errorf("mesh runner: %w", err)
 		}
 		u := ProgressUpdate{Step: step, Loss: st.Loss, Tokens: tokens, TokensPerSec: float64(tokens) / trainTime.Seconds()}
 		if len(val) > 0 && (step%cfg.Train.EvalEvery == 0 || step == cfg.Train.Steps) {
@@ -106,6 +113,10 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 			log.Info().Float64("val_loss", u.ValLoss).Msg("validation")
 		}
 	}
-	log.Info().Int("steps", tr.Step()).Int64("tokens", tokens).Dur("train_time", trainTime).Msg("done")
+	if err := rc.finish(ctx); err != nil {
+		return fmt.Errorf("mesh runner: %w", err)
+	}
+	log.Info().Int("steps", tr.Step()).Int64("tokens", tokens).Dur("train_time", trainTime).
+		Int64("peak_rss_bytes", peakRSSBytes()).Msg("done")
 	return nil
 }

@@ -1,0 +1,60 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/rs/zerolog"
+
+	"github.com/moetrain/moetrain/checkpoint"
+	"github.com/moetrain/moetrain/parallel"
+	"github.com/moetrain/moetrain/sampling"
+	"github.com/moetrain/moetrain/train"
+)
+
+// meshState is a mesh rank's state for the rank checkpointer (rankState):
+// the rank's blocks of every tensor (train.MeshRank.Snapshot/Restore, which
+// load under any mesh) and its DP replica's sampler position.
+type meshState struct {
+	mr      *train.MeshRank
+	sampler sampling.Sampler
+	log     zerolog.Logger
+}
+
+func (s *meshState) Snapshot(rank int) (*checkpoint.Snapshot, error) {
+	st := s.sampler.State()
+	return s.mr.Snapshot(&st)
+}
+
+// Restore loads the model and optimizer blocks this rank holds and, when the
+// checkpoint was written with the same number of data-parallel replicas,
+// the sampler position of this rank's replica (saved by every rank of the
+// replica, so any of them serves). With a different DP degree the replicas'
+// data streams are different ones: the sampler starts its stream afresh and
+// the log says so.
+func (s *meshState) Restore(c *checkpoint.Checkpoint, rank int) error {
+	if _, err := s.mr.Restore(c); err != nil {
+		return err
+	}
+	m := s.mr.Mesh()
+	saved := c.Manifest.Mesh
+	old := parallel.Mesh{DP: saved["dp"], SP: max(1, saved["sp"]), TP: max(1, saved["tp"]), EP: max(1, saved["ep"])}
+	if old.DP != m.DP || old.Validate() != nil {
+		s.log.Warn().Str("saved_mesh", old.String()).Str("mesh", m.String()).
+			Msg("checkpoint written with another data-parallel degree: the samplers start their streams afresh")
+		return nil
+	}
+	from := old.Rank(parallel.Coord{DP: m.Coord(rank).DP})
+	b, err := c.Blob(from, checkpoint.BlobSampler)
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: sampler of dp replica %d: %w", c.Dir, m.Coord(rank).DP, err)
+	}
+	var st sampling.State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("checkpoint %s: blob %q of rank %d: %w", c.Dir, checkpoint.BlobSampler, from, err)
+	}
+	if err := s.sampler.Restore(st); err != nil {
+		return fmt.Errorf("checkpoint %s: sampler of rank %d: %w", c.Dir, from, err)
+	}
+	return nil
+}

@@ -1,0 +1,98 @@
+package train
+
+import (
+	"github.com/moetrain/moetrain/checkpoint"
+	"github.com/moetrain/moetrain/model"
+	"github.com/moetrain/moetrain/optim"
+	"github.com/moetrain/moetrain/sampling"
+)
+
+// Checkpoints of a mesh. Every tensor is saved under its global name and
+// shape; each rank writes the blocks it is the canonical holder of (the same
+// rule that counts each block once in the gradient norm), so the step's
+// shards cover every tensor exactly once, and reads back the blocks it holds
+// in whatever layout it now has (checkpoint.ReadRegion assembles them from
+// the shards that wrote them). A checkpoint saved under one mesh therefore
+// loads under any other, experts and their moments included.
+
+// entryPieces describes the local flat range [lo, hi) of entry e (offsets in
+// the rank's flat buffer) as checkpoint pieces of the global tensor: the
+// whole local box when the range covers it, else flat ranges of the global
+// tensor (one per contiguous run of the box). base is subtracted from the
+// local offsets (an optimizer shard's Lo); opt indexes that optimizer.
+func entryPieces(e model.Entry, lo, hi, base, opt int) []LocalPiece {
+	lo, hi = max(lo, e.Offset), min(hi, e.Offset+e.Size())
+	if lo >= hi {
+		return nil
+	}
+	shape := int64Shape(e.GlobalShape())
+	if lo == e.Offset && hi == e.Offset+e.Size() {
+		r := checkpoint.Whole(shape)
+		if e.IsSharded() {
+			r = checkpoint.Box(int64Shape(e.Start), int64Shape(e.Shape))
+		}
+		return []LocalPiece{{Name: e.Name, Shape: shape, Region: r, Offset: lo - base, Opt: opt}}
+	}
+	if !e.IsSharded() {
+		return []LocalPiece{{Name: e.Name, Shape: shape, Region: checkpoint.FlatRange(int64(lo-e.Offset), int64(hi-lo)), Offset: lo - base, Opt: opt}}
+	}
+	var out []LocalPiece
+	a, b := lo-e.Offset, hi-e.Offset
+	e.Runs(func(local, global, n int) {
+		s, t := max(a, local), min(b, local+n)
+		if s >= t {
+			return
+		}
+		out = append(out, LocalPiece{Name: e.Name, Shape: shape, Region: checkpoint.FlatRange(int64(global+s-local), int64(t-s)),
+			Offset: e.Offset + s - base, Opt: opt})
+	})
+	return out
+}
+
+// checkpointLayouts returns what this rank writes and what it reads back.
+func (r *MeshRank) checkpointLayouts() (save, restore ShardLayout) {
+	for i, e := range r.tr.Layout().Entries {
+		whole := entryPieces(e, e.Offset, e.Offset+e.Size(), 0, 0)
+		restore.Params = append(restore.Params, whole...)
+		if !r.zero1 {
+			restore.Moments = append(restore.Moments, whole...)
+			if r.normWeight[i] {
+				save.Params = append(save.Params, whole...)
+				save.Moments = append(save.Moments, whole...)
+			}
+			continue
+		}
+		for k, o := range r.shards {
+			part := entryPieces(e, o.Lo, o.Hi, o.Lo, k)
+			restore.Moments = append(restore.Moments, part...)
+			if r.normWeight[i] {
+				save.Moments = append(save.Moments, part...)
+				save.Params = append(save.Params, entryPieces(e, o.Lo, o.Hi, 0, 0)...)
+			}
+		}
+	}
+	return save, restore
+}
+
+func (r *MeshRank) optimizers() []*optim.AdamW {
+	if r.zero1 {
+		return r.shards
+	}
+	return nil
+}
+
+// Snapshot copies this rank's part of a checkpoint of the last completed
+// step (sampler: its DP replica's sampler state, or nil).
+func (r *MeshRank) Snapshot(sampler *sampling.State) (*checkpoint.Snapshot, error) {
+	save, _ := r.checkpointLayouts()
+	return r.tr.SnapshotWith(r.rank, save, r.optimizers(), sampler)
+}
+
+// Restore loads every block this rank holds (parameters, AdamW moments),
+// the step, schedule and routing biases from c, whatever mesh saved it, and
+// returns the sampler state saved by this rank (or the nearest rank that
+// saved one; nil if none).
+func (r *MeshRank) Restore(c *checkpoint.Checkpoint) (*sampling.State, error) {
+	_, restore := r.checkpointLayouts()
+	return r.tr.RestoreWith(c, r.rank, restore, r.optimizers())
+}
