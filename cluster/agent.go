@@ -90,7 +90,7 @@ type AgentConfig struct {
 	JoinTimeout time.Duration
 	Membership  MembershipConfig
 	Log         zerolog.Logger
-	// Runner runs the job; nil = RunDP.
+	// Runner runs the job; nil = RunMesh.
 	Runner Runner
 	// NewDataPlane binds the data plane on ip; nil = TCP (collective.Listen).
 	NewDataPlane func(ip string) (DataPlane, error)
@@ -150,7 +150,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 		cfg.JoinTimeout = 30 * time.Second
 	}
 	if cfg.Runner == nil {
-		cfg.Runner = RunDP
+		cfg.Runner = RunMesh
 	}
 	if cfg.NewDataPlane == nil {
 		cfg.NewDataPlane = NewTCPDataPlane

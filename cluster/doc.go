@@ -8,8 +8,9 @@
 //     hashicorp/memberlist, encrypted with a key derived from the job token),
 //     progress, and the job's Result.
 //   - RunAgent (agent.go) is a worker: join, follow the command stream, run
-//     the job with a Runner, report progress and errors. RunDP (runner_dp.go)
-//     is the data-parallel runner.
+//     the job with a Runner, report progress and errors. RunMesh
+//     (runner_mesh.go) runs any mesh: data, tensor, expert and sequence
+//     parallelism (train.MeshRank), with checkpoints (runner_ckpt.go).
 //   - MakePlan (planner.go) lays a job's mesh (parallel.Mesh) over the joined
 //     workers, or refuses an impossible request naming a layout that works.
 //   - Launch (launch.go) is the local multi-process simulation behind

@@ -101,8 +101,7 @@ func TokenOrEnv(token string) string {
 }
 
 // CheckRunnable refuses, before anything starts, a job that the runners
-// cannot run. Every mesh the planner can lay out runs (RunDP for pure data
-// parallelism, RunMesh otherwise); what is left to refuse is what a mesh
+// cannot run. Every mesh the planner can lay out runs (RunMesh); what is left to refuse is what a mesh
 // needs of the data, which the job config's validation already checks.
 func CheckRunnable(cfg train.JobConfig) error { return cfg.Validate() }
 

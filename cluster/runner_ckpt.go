@@ -13,9 +13,8 @@ package cluster
 // part of a save the training step waits for); Restore loads a committed
 // checkpoint by global tensor name and region (checkpoint.ReadRegion), never
 // assuming the layout that saved it, so a checkpoint saved under one mesh
-// loads under another. dpState is the data-parallel implementation; a
-// sharded (TP/EP/SP) runner passes its own, whose train.ShardLayout names
-// its slices of the global tensors.
+// loads under another. meshState (runner_mesh_ckpt.go) is the
+// implementation for every mesh.
 //
 // Commit protocol (DESIGN §6, package checkpoint): after every
 // spec.Checkpoint.Every steps and after the last, the rank snapshots its
@@ -43,9 +42,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/moetrain/moetrain/checkpoint"
-	"github.com/moetrain/moetrain/optim"
-	"github.com/moetrain/moetrain/sampling"
-	"github.com/moetrain/moetrain/train"
 )
 
 // PauseEnv names the checkpoint test hook (see the file comment).
@@ -255,57 +251,4 @@ func pauseHook(ctx context.Context, rank int, log zerolog.Logger) (func(string),
 		case <-ctx.Done():
 		}
 	}, nil
-}
-
-// dpState is a data-parallel rank's state for checkpoints. Replicas hold the
-// same parameters, so each writes a disjoint part: under ZeRO-1 the ranges
-// of its optimizer shards (parameters and moments), otherwise the dp-th of
-// dpSize equal parts of the flat buffer; the checkpoint's bytes are split
-// between the ranks and its tensors are covered exactly once. Restore reads
-// every parameter (and every moment, or under ZeRO-1 this rank's shards).
-type dpState struct {
-	tr            *train.Trainer
-	shards        []*optim.AdamW // ZeRO-1 shard optimizers; nil otherwise
-	sampler       sampling.Sampler
-	save, restore train.ShardLayout
-}
-
-// newDPState describes replica dpIdx of dpSize; shards are the ZeRO-1
-// optimizers (nil without ZeRO-1).
-func newDPState(tr *train.Trainer, shards []*optim.AdamW, sampler sampling.Sampler, dpIdx, dpSize int) *dpState {
-	l := tr.Layout()
-	whole := train.SerialShardLayout(l, 0, l.Total)
-	s := &dpState{tr: tr, shards: shards, sampler: sampler}
-	if len(shards) > 0 {
-		ranges := make([][2]int, len(shards))
-		for i, o := range shards {
-			ranges[i] = [2]int{o.Lo, o.Hi}
-		}
-		s.save = train.RangeShardLayout(l, ranges, true)
-		s.restore = train.ShardLayout{Params: whole.Params, Moments: s.save.Moments}
-		return s
-	}
-	lo, hi := l.Total*dpIdx/dpSize, l.Total*(dpIdx+1)/dpSize
-	s.save = train.RangeShardLayout(l, [][2]int{{lo, hi}}, false)
-	s.restore = whole
-	return s
-}
-
-func (s *dpState) Snapshot(rank int) (*checkpoint.Snapshot, error) {
-	st := s.sampler.State()
-	return s.tr.SnapshotWith(rank, s.save, s.shards, &st)
-}
-
-func (s *dpState) Restore(c *checkpoint.Checkpoint, rank int) error {
-	ss, err := s.tr.RestoreWith(c, rank, s.restore, s.shards)
-	if err != nil {
-		return err
-	}
-	if ss == nil {
-		return fmt.Errorf("checkpoint %s holds no sampler state", c.Dir)
-	}
-	if err := s.sampler.Restore(*ss); err != nil {
-		return fmt.Errorf("checkpoint %s: sampler: %w", c.Dir, err)
-	}
-	return nil
 }

@@ -3,8 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"math"
-	"math/rand/v2"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,9 +13,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/moetrain/moetrain/checkpoint"
-	"github.com/moetrain/moetrain/optim"
-	"github.com/moetrain/moetrain/sampling"
-	"github.com/moetrain/moetrain/train"
 )
 
 // fakeState is a rank state of one flat tensor "model.w" of n·world
@@ -185,120 +180,4 @@ func TestCoordinatorFailsOnShardWriteError(t *testing.T) {
 	if latest, _ := store.Latest(); !slices.Equal(steps, []int64{2}) || latest != 2 {
 		t.Fatalf("committed %v latest %d, want [2] and 2", steps, latest)
 	}
-}
-
-// dpState writes disjoint parts of the state from each replica and restores
-// whole tensors by name, so a checkpoint saved by 2 ZeRO-1 ranks loads into
-// 1 rank without ZeRO-1, 3 ZeRO-1 ranks with other shard ranges, and 2
-// ranks without ZeRO-1, with every parameter and moment bitwise equal.
-func TestDPStateReshard(t *testing.T) {
-	cfg := tinyJob()
-	rng := rand.New(rand.NewPCG(3, 4))
-	ref, err := train.NewTrainer(cfg, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := ref.Layout().Total
-	for i := range ref.Params() {
-		ref.Params()[i] = rng.Float32()
-	}
-	o := ref.Optimizer()
-	for i := range o.M {
-		o.M[i], o.V[i] = rng.Float32(), rng.Float32()
-	}
-	// ZeRO-1-like shards: each rank owns two interleaved ranges.
-	shardRanges := func(rank, n int) [][2]int {
-		var out [][2]int
-		for part := rank; part < 2*n; part += n {
-			out = append(out, [2]int{total * part / (2 * n), total * (part + 1) / (2 * n)})
-		}
-		return out
-	}
-	newRank := func(t *testing.T, rank, n int, zero1 bool, from *train.Trainer) (*train.Trainer, []*optim.AdamW, sampling.Sampler) {
-		tr, err := train.NewTrainer(cfg, zerolog.Nop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if from != nil {
-			copy(tr.Params(), from.Params())
-			copy(tr.Optimizer().M, from.Optimizer().M)
-			copy(tr.Optimizer().V, from.Optimizer().V)
-		}
-		var shards []*optim.AdamW
-		if zero1 {
-			if shards, err = tr.NewShardOptimizers(shardRanges(rank, n)); err != nil {
-				t.Fatal(err)
-			}
-			for _, s := range shards {
-				copy(s.M, tr.Optimizer().M[s.Lo:s.Hi])
-				copy(s.V, tr.Optimizer().V[s.Lo:s.Hi])
-			}
-		}
-		data, err := sampling.Open(cfg.Data, cfg.Train.Seed)
-		if err != nil {
-			t.Fatal(err)
-		}
-		smp, err := data.Sampler(rank, n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tr, shards, smp
-	}
-	store, err := checkpoint.NewStore(t.TempDir(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store.NoSync = true
-	var infos []checkpoint.ShardInfo
-	for rank := 0; rank < 2; rank++ {
-		tr, shards, smp := newRank(t, rank, 2, true, ref)
-		snap, err := newDPState(tr, shards, smp, rank, 2).Snapshot(rank)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := snap.WriteShard(context.Background(), store, checkpoint.WriterOptions{NoSync: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		infos = append(infos, info)
-	}
-	if infos[0].Size > infos[1].Size*2 || infos[1].Size > infos[0].Size*2 {
-		t.Errorf("replicas wrote unbalanced shards: %d and %d bytes", infos[0].Size, infos[1].Size)
-	}
-	if err := store.Commit(checkpoint.NewManifest(0, infos)); err != nil {
-		t.Fatal(err)
-	}
-	c, _, err := store.Open("latest", checkpoint.OpenOptions{Verify: checkpoint.VerifyFull})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	for _, tc := range []struct {
-		n     int
-		zero1 bool
-	}{{1, false}, {3, true}, {2, false}} {
-		t.Run(fmt.Sprintf("dp=%d/zero1=%v", tc.n, tc.zero1), func(t *testing.T) {
-			for rank := 0; rank < tc.n; rank++ {
-				tr, shards, smp := newRank(t, rank, tc.n, tc.zero1, nil)
-				if err := newDPState(tr, shards, smp, rank, tc.n).Restore(c, rank); err != nil {
-					t.Fatal(err)
-				}
-				if !bitsEqual(tr.Params(), ref.Params()) {
-					t.Fatalf("rank %d: parameters differ", rank)
-				}
-				if !tc.zero1 && (!bitsEqual(tr.Optimizer().M, o.M) || !bitsEqual(tr.Optimizer().V, o.V)) {
-					t.Fatalf("rank %d: moments differ", rank)
-				}
-				for _, s := range shards {
-					if !bitsEqual(s.M, o.M[s.Lo:s.Hi]) || !bitsEqual(s.V, o.V[s.Lo:s.Hi]) {
-						t.Fatalf("rank %d: moments of shard [%d, %d) differ", rank, s.Lo, s.Hi)
-					}
-				}
-			}
-		})
-	}
-}
-
-func bitsEqual(a, b []float32) bool {
-	return slices.EqualFunc(a, b, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) })
 }

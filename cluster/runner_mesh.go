@@ -12,7 +12,12 @@ import (
 	"github.com/moetrain/moetrain/train"
 )
 
-// RunMesh is the runner of any mesh (DP × SP × TP with EP): every rank holds
+// CollectiveTimeout bounds every collective of a runner: a peer silent for
+// this long fails the step on every surviving rank.
+const CollectiveTimeout = 60 * time.Second
+
+// RunMesh is the runner of every mesh (DP × SP × TP with EP; pure data
+// parallelism is the mesh with tp = sp = ep = 1): every rank holds
 // its shard of the model (train.MeshRank), the ranks of one DP replica
 // (its TP and SP ranks) draw the replica's batch from the same sampler stream
 // (the dp index), and a step equals the serial trainer's on the

@@ -99,18 +99,22 @@ func NewMeshRank(cfg JobConfig, mesh parallel.Mesh, rank int, world *collective.
 		tr.dropFullOptimizer()
 	}
 	tr.SetGradsReadyHook(red.Hook())
-	planeIdx := r.coord.DP*mesh.SP + r.coord.SP
-	for _, e := range tr.Layout().Entries {
+	// Each distinct block of the model has one canonical holder among the
+	// ranks that hold it (for the gradient norm and for checkpoints), spread
+	// over the holders by entry so that checkpoint writes are split.
+	planeIdx, planeSize := r.coord.DP*mesh.SP+r.coord.SP, mesh.DP*mesh.SP
+	edpSize := planeSize / mesh.EP
+	for i, e := range tr.Layout().Entries {
 		var w bool
 		switch {
 		case r.zero1: // shard ranges partition each reduction group
 			w = e.Expert || e.IsSharded() || tpRank == 0
-		case e.Expert: // replicated over the expert-data-parallel groups
-			w = planeIdx < mesh.EP
+		case e.Expert: // replicated over the expert-data-parallel group
+			w = planeIdx/mesh.EP == i%edpSize
 		case e.IsSharded(): // a tensor-parallel slice, replicated over the plane
-			w = planeIdx == 0
-		default: // replicated everywhere
-			w = planeIdx == 0 && tpRank == 0
+			w = planeIdx == i%planeSize
+		default: // replicated over the plane and over TP
+			w = planeIdx*tpSize+tpRank == i%(planeSize*tpSize)
 		}
 		r.normWeight = append(r.normWeight, w)
 	}

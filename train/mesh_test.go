@@ -209,6 +209,11 @@ func TestMeshStepEqualsSerial(t *testing.T) {
 	cfg.Model.BiasUpdateRate = 1e-3
 	rng := rand.New(rand.NewPCG(11, 12))
 	global := []sampling.Batch{randomBatch(rng, 4, 16, cfg.Model.Vocab), randomBatch(rng, 4, 16, cfg.Model.Vocab)}
+	// Rows 2 and 3 of the second batch have no targets: with DP = 4 one
+	// rank then counts none, with DP = 2 one counts half as many.
+	for i := 2 * 16; i < 4*16; i++ {
+		global[1].Targets[i] = -1
+	}
 	want := runSerial(t, cfg, global)
 	for _, m := range meshCases() {
 		for _, zero1 := range []bool{false, true} {
@@ -219,6 +224,54 @@ func TestMeshStepEqualsSerial(t *testing.T) {
 				compareMesh(t, want, runMesh(t, c, m, global))
 			})
 		}
+	}
+}
+
+// TestMeshDataParallelVariants: the gradient reduction's settings — buckets
+// of one tensor or a few thousand floats, overlap off, ZeRO-1 with buckets
+// not divisible by the group — and clipping (a global norm over every
+// distinct block) give the serial step.
+func TestMeshDataParallelVariants(t *testing.T) {
+	base := meshJob()
+	rng := rand.New(rand.NewPCG(31, 32))
+	global := []sampling.Batch{randomBatch(rng, 4, 16, base.Model.Vocab), randomBatch(rng, 4, 16, base.Model.Vocab)}
+	for _, clip := range []float64{0, 0.05} {
+		cfg := base
+		cfg.Optim.ClipNorm = clip
+		want := runSerial(t, cfg, global)
+		for _, v := range []struct {
+			name     string
+			bucketMB float64
+			overlap  bool
+			zero1    bool
+		}{
+			{"tiny-buckets", 1e-6, true, false},
+			{"3000-float-buckets", 3000 * 4 / 1e6, true, false},
+			{"no-overlap", 3000 * 4 / 1e6, false, false},
+			{"zero1-tiny-buckets", 1e-6, true, true},
+			{"zero1-odd-buckets", 3001 * 4 / 1e6, true, true},
+		} {
+			for _, m := range []parallel.Mesh{{DP: 4, SP: 1, TP: 1, EP: 1}, {DP: 2, SP: 1, TP: 2, EP: 2}} {
+				t.Run(fmt.Sprintf("clip=%g/%s/%v", clip, v.name, m), func(t *testing.T) {
+					c := meshConfig(cfg, m)
+					c.DP.BucketMB, c.DP.Overlap, c.DP.Zero1 = v.bucketMB, v.overlap, v.zero1
+					compareMesh(t, want, runMesh(t, c, m, global))
+				})
+			}
+		}
+	}
+	// Three replicas (group sizes that divide nothing evenly).
+	cfg := base
+	cfg.Optim.ClipNorm = 0.05
+	odd := []sampling.Batch{randomBatch(rng, 3, 16, base.Model.Vocab), randomBatch(rng, 3, 16, base.Model.Vocab)}
+	want := runSerial(t, cfg, odd)
+	for _, zero1 := range []bool{false, true} {
+		m := parallel.Mesh{DP: 3, SP: 1, TP: 1, EP: 1}
+		t.Run(fmt.Sprintf("dp=3/zero1=%v", zero1), func(t *testing.T) {
+			c := meshConfig(cfg, m)
+			c.DP.BucketMB, c.DP.Zero1 = 3001*4/1e6, zero1
+			compareMesh(t, want, runMesh(t, c, m, odd))
+		})
 	}
 }
 
