@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/parallel"
 )
 
 // workerProcessCmd is the hidden subcommand `coordinator launch` re-executes
@@ -85,7 +86,11 @@ SIGKILL.
 				return err
 			}
 			defer closer.Close()
-			fmt.Fprintf(os.Stderr, "launching %d workers (dp) for %d steps; run directory %s\n", workers, job.Train.Steps, runDir)
+			layout := "?"
+			if m, err := parallel.NewMesh(job.Mesh, workers); err == nil { // CheckLayout accepted it
+				layout = m.String()
+			}
+			fmt.Fprintf(os.Stderr, "launching %d workers (%s) for %d steps; run directory %s\n", workers, layout, job.Train.Steps, runDir)
 			ctx, stop := signalContext()
 			defer stop()
 			_, err = cluster.Launch(ctx, cluster.LaunchConfig{
