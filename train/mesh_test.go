@@ -90,46 +90,7 @@ type meshRun struct {
 // holding the same block agree bit for bit.
 func runMesh(t *testing.T, cfg JobConfig, mesh parallel.Mesh, global []sampling.Batch) meshRun {
 	t.Helper()
-	n := mesh.World()
-	ts := collective.NewInProcess(n)
-	ranks := make([]*MeshRank, n)
-	losses := make([][]float64, n)
-	errs := make([]error, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	for r := 0; r < n; r++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			world := collective.NewWorldConfig(ts[r], collective.Config{Timeout: 30 * time.Second})
-			mr, err := NewMeshRank(cfg, mesh, r, world, zerolog.Nop())
-			if err != nil {
-				errs[r] = err
-				return
-			}
-			ranks[r] = mr
-			d := mesh.Coord(r).DP
-			for _, g := range global {
-				per := g.B / mesh.DP
-				st, err := mr.Step(ctx, rowsOf(g, d*per, (d+1)*per))
-				if err != nil {
-					errs[r] = err
-					return
-				}
-				losses[r] = append(losses[r], st.Loss)
-			}
-		}()
-	}
-	wg.Wait()
-	for _, tr := range ts {
-		tr.Close()
-	}
-	for r, err := range errs {
-		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
-		}
-	}
+	losses, ranks := stepMesh(t, cfg, mesh, global, nil)
 	whole := model.NewLayout(cfg.Model)
 	out := meshRun{losses: losses, params: make([]float32, whole.Total)}
 	seen := make([]bool, whole.Total)
