@@ -237,6 +237,8 @@ type agent struct {
 	log    zerolog.Logger
 	rank   int
 
+	mailbox *progressMailbox // the progress sender of the running job; nil before start
+
 	mu   sync.Mutex
 	last ProgressUpdate // the runner's latest update
 	step atomic.Int64   // steps completed, stamped on every log line after start
@@ -283,6 +285,7 @@ func (a *agent) serve(ctx context.Context) error {
 
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
+	defer a.stopProgress()
 	var runDone chan error // the running runner's result; nil when none runs
 	started := false       // a start command was carried out (one per job)
 	finished := false      // the runner completed every step
@@ -331,6 +334,7 @@ func (a *agent) serve(ctx context.Context) error {
 			if err == nil {
 				finished = true
 				runDone = nil
+				a.stopProgress()
 				a.mu.Lock()
 				last := a.last
 				a.mu.Unlock()
@@ -391,10 +395,31 @@ func (a *agent) startSpec(s *pb.Start) (StartSpec, error) {
 	return spec, nil
 }
 
-// reporter sends progress at most every 200 ms, and always validation
-// results; the final update goes out with done=true when the runner returns.
+// reporter hands progress to a sender goroutine, so the training loop never
+// waits on the control plane: at most every 200 ms, and always validation
+// results (a newer update that supersedes an unsent one keeps its
+// validation loss); the final update goes out with done=true when the
+// runner returns (after flushing, see stopProgress).
 func (a *agent) reporter(rank int) func(ProgressUpdate) {
 	var sent time.Time
+	mb := &progressMailbox{wake: make(chan struct{}, 1), stop: make(chan struct{}), exited: make(chan struct{})}
+	a.mailbox = mb
+	go func() {
+		defer close(mb.exited)
+		for {
+			select {
+			case <-mb.wake:
+			case <-mb.stop:
+				if u, ok := mb.take(); ok {
+					a.sendProgress(rank, u, false)
+				}
+				return
+			}
+			if u, ok := mb.take(); ok {
+				a.sendProgress(rank, u, false)
+			}
+		}
+	}()
 	return func(u ProgressUpdate) {
 		a.mu.Lock()
 		a.last = u
@@ -404,7 +429,50 @@ func (a *agent) reporter(rank int) func(ProgressUpdate) {
 			return // a later update supersedes this one
 		}
 		sent = time.Now()
-		a.sendProgress(rank, u, false)
+		mb.put(u)
+	}
+}
+
+// progressMailbox holds the newest unsent progress update for the sender.
+type progressMailbox struct {
+	mu      sync.Mutex
+	pending *ProgressUpdate
+	wake    chan struct{} // capacity 1
+	stop    chan struct{}
+	exited  chan struct{}
+}
+
+func (mb *progressMailbox) put(u ProgressUpdate) {
+	mb.mu.Lock()
+	if p := mb.pending; p != nil && p.HasVal && !u.HasVal {
+		u.HasVal, u.ValLoss = true, p.ValLoss
+	}
+	mb.pending = &u
+	mb.mu.Unlock()
+	select {
+	case mb.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (mb *progressMailbox) take() (ProgressUpdate, bool) {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	if mb.pending == nil {
+		return ProgressUpdate{}, false
+	}
+	u := *mb.pending
+	mb.pending = nil
+	return u, true
+}
+
+// stopProgress flushes the sender's pending update and ends it (bounded by
+// the RPC timeout of that one send).
+func (a *agent) stopProgress() {
+	if mb := a.mailbox; mb != nil {
+		a.mailbox = nil
+		close(mb.stop)
+		<-mb.exited
 	}
 }
 
