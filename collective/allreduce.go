@@ -16,7 +16,8 @@ func checkReduceOp(op ReduceOp) error {
 // all members' buf. The result is bitwise identical on every member and
 // independent of timing. Messages of at most Config.SmallBytes use recursive
 // doubling (log2 n exchanges of the whole buffer); larger ones over a
-// power-of-two group up to Config.HalvingBytes recursive halving + doubling;
+// power-of-two group of more than two up to Config.HalvingBytes recursive
+// halving + doubling;
 // the rest the pipelined ring (reduce-scatter + all-gather, 2(n-1)/n of the
 // buffer per link).
 func (c *Comm) AllReduce(ctx context.Context, buf []float32, op ReduceOp) error {
@@ -45,7 +46,7 @@ func allReduce(ctx context.Context, o *opRun, buf []float32, op ReduceOp) error 
 	if op == Mean {
 		div = float32(n)
 	}
-	pow2 := n&(n-1) == 0
+	pow2 := n&(n-1) == 0 && n > 2
 	if len(buf)*4 <= o.c.cfg.SmallBytes || len(buf) < n {
 		if err := recursiveDoubling(ctx, o, buf); err != nil {
 			return err

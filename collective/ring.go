@@ -51,9 +51,15 @@ type ringMsg struct {
 	lo, hi  int
 }
 
-// ringPool bounds the reduce-scatter temporaries, and so how far ahead
-// receives are posted (frames beyond it are buffered by the transport).
-const ringPool = 16
+// ringPoolBytes bounds the reduce-scatter temporaries, and so how far ahead
+// receives are posted (frames beyond it are buffered by the transport): 4 to
+// 16 segments, about 8 MiB, per ring in flight (16 segments of the default
+// 1 MiB would hold 16 MiB per bucket being reduced). Reduction keeps ahead of
+// the transfer, so a few segments of look-ahead are enough; on this host 4
+// and 16 one-MiB segments were within noise of each other.
+const ringPoolBytes = 8 << 20
+
+func ringPool(segElems int) int { return min(max(ringPoolBytes/(4*segElems), 4), 16) }
 
 // runRing executes sp on o's communicator. Receives are posted ahead, so
 // payloads land in place (all-gather) or in temporaries (reduce-scatter)
@@ -97,10 +103,11 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 			}
 		}
 	}
-	free := make(chan []float32, ringPool)
+	pool := ringPool(sp.seg)
+	free := make(chan []float32, pool)
 	var owned [][]float32
 	if sp.doRS {
-		for range ringPool {
+		for range pool {
 			t := getF32(sp.seg)
 			owned = append(owned, t)
 			free <- t

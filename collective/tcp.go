@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,6 +25,13 @@ type TCPConfig struct {
 	SocketBuffer int
 	// MaxPayload bounds one frame's payload. Default DefaultMaxPayload.
 	MaxPayload uint64
+	// SpinWait: when a receive waits on a connection that has no data, its
+	// reader polls the socket this long before sleeping in the network
+	// poller (Linux; elsewhere it always sleeps). Polling saves a wake-up per
+	// frame when the peer answers within the window, and costs CPU when it
+	// does not. Default 0 leaves it off (ranks that share cores would take
+	// CPU from each other); negative is the same as 0.
+	SpinWait time.Duration
 }
 
 // Listen binds the data-plane listener of a worker before it knows its rank;
@@ -236,6 +244,7 @@ type tcpTransport struct {
 	peers      []*tcpPeer
 	in         *inbox
 	maxPayload uint64
+	spin       time.Duration
 	closeOnce  sync.Once
 }
 
@@ -246,11 +255,16 @@ type tcpPeer struct {
 	wdl    time.Time // write deadline in force; guarded by wlock
 	downMu sync.Mutex
 	down   error
+	// closing is set before conn is closed: a polling reader holds the
+	// connection (Close waits for it) and must stop polling first.
+	closing atomic.Bool
 }
 
 func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) *tcpTransport {
-	t := &tcpTransport{rank: cfg.Rank, peers: make([]*tcpPeer, len(conns)), in: newInbox(), maxPayload: cfg.MaxPayload}
+	t := &tcpTransport{rank: cfg.Rank, peers: make([]*tcpPeer, len(conns)), in: newInbox(),
+		maxPayload: cfg.MaxPayload, spin: cfg.SpinWait}
 	t.in.breakLink = t.linkDown
+	t.in.waits = make([]atomic.Int32, len(conns))
 	for p, c := range conns {
 		if c == nil {
 			continue
@@ -284,6 +298,7 @@ func (t *tcpTransport) linkDown(p int, err error) {
 	}
 	pc.downMu.Unlock()
 	if first {
+		pc.closing.Store(true)
 		pc.conn.Close()
 		t.in.failPeer(p, err)
 	}
@@ -353,6 +368,7 @@ func (t *tcpTransport) Close() error {
 					pc.down = ErrClosed
 				}
 				pc.downMu.Unlock()
+				pc.closing.Store(true)
 				pc.conn.Close()
 			}
 		}
@@ -363,7 +379,7 @@ func (t *tcpTransport) Close() error {
 func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
 	// A small buffer: headers and small frames arrive in one read, large
 	// payloads bypass it and land in their destination directly.
-	br := bufio.NewReaderSize(pc.conn, 16<<10)
+	br := bufio.NewReaderSize(newSpinReader(pc.conn, t.spin, func() bool { return !pc.closing.Load() && t.in.hasWaiter(p) }), 16<<10)
 	var hb [HeaderSize]byte
 	for {
 		if _, err := io.ReadFull(br, hb[:]); err != nil {

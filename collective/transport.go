@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -135,6 +136,10 @@ type inbox struct {
 	aborted map[opKey]error
 	peerErr map[int]error
 	closed  error
+	// waits counts the unclaimed receives posted per peer when not nil (a
+	// transport sets it to its size), so a reader can tell without the lock
+	// whether anyone waits for its next frame.
+	waits []atomic.Int32
 	// breakLink is called (without mu) when a receive gives up while a reader
 	// is writing into its buffer: the link must fail so the reader lets go.
 	breakLink func(peer int, err error)
@@ -180,8 +185,26 @@ func (b *inbox) sigDel(k mkey) {
 	}
 }
 
-func (b *inbox) putW(k mkey, w *waiter) { b.waiting[k] = w; b.sigAdd(k, w.want) }
-func (b *inbox) delW(k mkey)            { delete(b.waiting, k); b.sigDel(k) }
+func (b *inbox) putW(k mkey, w *waiter) {
+	b.waiting[k] = w
+	b.sigAdd(k, w.want)
+	if k.peer < len(b.waits) {
+		b.waits[k.peer].Add(1)
+	}
+}
+
+func (b *inbox) delW(k mkey) {
+	delete(b.waiting, k)
+	b.sigDel(k)
+	if k.peer < len(b.waits) {
+		b.waits[k.peer].Add(-1)
+	}
+}
+
+// hasWaiter reports whether a receive from peer is posted and not yet claimed.
+func (b *inbox) hasWaiter(peer int) bool {
+	return peer < len(b.waits) && b.waits[peer].Load() > 0
+}
 func (b *inbox) putA(k mkey, a arrival) { b.arrived[k] = a; b.sigAdd(k, a.h) }
 func (b *inbox) delA(k mkey)            { delete(b.arrived, k); b.sigDel(k) }
 

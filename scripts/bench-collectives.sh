@@ -11,6 +11,14 @@
 # 16M, else 5), WARMUP (3), REPS (5), NPS ("2 4"),
 # SIZES ("64K 1M 16M 64M"), LAT_ITERS (200), SKIP_SHAPED (unset), COORD (a prebuilt
 # coordinator binary; default: go build).
+# Before/after in one run: BASE (another prebuilt coordinator, e.g. the previous
+# commit's) adds a column "base", run interleaved with the others; EXTRA (flags
+# for `bench collectives`, e.g. "--spin 50us") adds a column "ours+" (COORD with
+# those flags). CPUS (e.g. "0,1") runs every process under taskset on those
+# CPUs, and mpirun with --bind-to none so its ranks inherit the set (and with
+# mpi_yield_when_idle when np exceeds the set, which OpenMPI turns on by itself
+# only when np exceeds the cores it sees): a quiet many-core host then stands
+# in for a small machine.
 # Needs mpicc and mpirun (Debian openmpi-bin + libopenmpi-dev), python3, and go unless COORD is set.
 set -euo pipefail
 
@@ -35,7 +43,16 @@ else
 	command -v go >/dev/null || { echo "bench-collectives: go not found (or set COORD)" >&2; exit 1; }
 	(cd "$ROOT" && go build -o "$TMP/coordinator" ./cmd/coordinator)
 fi
+if [ -n "${BASE:-}" ]; then
+	cp "$BASE" "$TMP/base"
+fi
 mpicc -O2 -o "$TMP/mpi_coll" "$ROOT/scripts/bench/mpi_coll.c"
+PIN=()
+MPIBIND=()
+if [ -n "${CPUS:-}" ]; then
+	PIN=(taskset -c "$CPUS")
+	MPIBIND=(--bind-to none)
+fi
 
 bytes() { # 64K -> 65536
 	local s=$1
@@ -47,19 +64,38 @@ bytes() { # 64K -> 65536
 	esac
 }
 
-MPIRUN=(mpirun --allow-run-as-root --oversubscribe --mca btl tcp,self --mca btl_tcp_if_include lo)
+MPIRUN=(mpirun --allow-run-as-root --oversubscribe ${MPIBIND[@]+"${MPIBIND[@]}"} --mca btl tcp,self --mca btl_tcp_if_include lo)
 
-ours() { # np ops sizes iters [extra flags]
-	local np=$1 ops=$2 sizes=$3 iters=$4
-	shift 4
-	"$TMP/coordinator" bench collectives --workers "$np" --transport tcp --ops "$ops" --sizes "$sizes" \
+run_coord() { # binary np ops sizes iters [extra flags]
+	local bin=$1 np=$2 ops=$3 sizes=$4 iters=$5
+	shift 5
+	${PIN[@]+"${PIN[@]}"} "$bin" bench collectives --workers "$np" --transport tcp --ops "$ops" --sizes "$sizes" \
 		--iters "$iters" --warmup "$WARMUP" --reps "$REPS" --json "$@" |
 		python3 -c 'import sys,json
 for l in sys.stdin:
     r=json.loads(l); print(r["Op"], r["Bytes"], r["Time"]/1e3, r["AlgBW"], r["BusBW"], r["Wrong"])'
 }
-mpi() { # np ops sizes iters
-	"${MPIRUN[@]}" -np "$1" "$TMP/mpi_coll" "$2" "$3" "$4" "$WARMUP" "$REPS"
+mpi() { # np ops bytes iters
+	local yield=()
+	if [ -n "${CPUS:-}" ] && [ "$1" -gt "$(taskset -c "$CPUS" nproc)" ]; then
+		yield=(--mca mpi_yield_when_idle 1)
+	fi
+	${PIN[@]+"${PIN[@]}"} "${MPIRUN[@]}" ${yield[@]+"${yield[@]}"} -np "$1" "$TMP/mpi_coll" "$2" "$3" "$4" "$WARMUP" "$REPS"
+}
+# each NP OPS SIZE BYTES ITERS: one line per result and implementation
+# (base, ours, ours+, mpi; the first and third when asked for), prefixed with
+# the implementation's name and np.
+each() {
+	local np=$1 ops=$2 size=$3 b=$4 it=$5
+	if [ -n "${BASE:-}" ]; then
+		run_coord "$TMP/base" "$np" "$ops" "$size" "$it" | sed "s/^/base $np /"
+	fi
+	run_coord "$TMP/coordinator" "$np" "$ops" "$size" "$it" | sed "s/^/ours $np /"
+	if [ -n "${EXTRA:-}" ]; then
+		# shellcheck disable=SC2086 # EXTRA is a list of flags
+		run_coord "$TMP/coordinator" "$np" "$ops" "$size" "$it" $EXTRA | sed "s/^/ours+ $np /"
+	fi
+	mpi "$np" "$ops" "$b" "$it" | sed "s/^/mpi $np /"
 }
 
 # Iterations per timed repetition: enough that a repetition of a small size is
@@ -78,15 +114,12 @@ for np in $NPS; do
 	for round in $(seq "$ROUNDS"); do
 		for s in $SIZES; do
 			b=$(bytes "$s")
-			it=$(iters_for "$b")
-			ours "$np" allreduce,alltoall "$s" "$it" | sed "s/^/ours $np /" >>"$TMP/results"
-			mpi "$np" allreduce,alltoall "$b" "$it" | sed "s/^/mpi $np /" >>"$TMP/results"
+			each "$np" allreduce,alltoall "$s" "$b" "$(iters_for "$b")" >>"$TMP/results"
 		done
 	done
 done
 for round in $(seq "$ROUNDS"); do
-	ours 2 allreduce 4K "$LAT_ITERS" | sed "s/^/ours 2 /" >>"$TMP/latency"
-	mpi 2 allreduce 4096 "$LAT_ITERS" | sed "s/^/mpi 2 /" >>"$TMP/latency"
+	each 2 allreduce 4K 4096 "$LAT_ITERS" >>"$TMP/latency"
 done
 
 python3 - "$TMP/results" "$TMP/latency" <<'EOF'
@@ -98,23 +131,45 @@ def load(path):
         d.setdefault((impl, int(np_), op, int(size)), []).append((float(t), float(bus), int(wrong)))
     return d
 res = load(sys.argv[1])
-print("# busbw GB/s, median of %d rounds (wrong = elements differing from exact values, all rounds)" % len(next(iter(res.values()))))
-print("%-10s %3s %10s %10s %10s %7s %6s" % ("op", "np", "size", "ours", "openmpi", "ratio", "wrong"))
-for key in sorted({(k[1], k[2], k[3]) for k in res}, key=lambda k: (k[1], k[0], k[2])):
-    np_, op, size = key
-    o = res.get(("ours",) + key); m = res.get(("mpi",) + key)
-    if not o or not m: continue
-    ob = st.median(x[1] for x in o); mb = st.median(x[1] for x in m)
-    wrong = sum(x[2] for x in o)
-    print("%-10s %3d %10d %10.3f %10.3f %7.2f %6d" % (op, np_, size, ob, mb, ob / mb if mb else float("nan"), wrong))
+impls = [i for i in ("base", "ours", "ours+") if any(k[0] == i for k in res)]
+print("# busbw GB/s, median of %d rounds; X/mpi = ratio to OpenMPI's median "
+      "(wrong = elements differing from exact values, all rounds)" % len(next(iter(res.values()))))
+head = "%-10s %3s %10s" % ("op", "np", "size")
+head += "".join(" %9s" % i for i in impls) + " %9s" % "openmpi"
+head += "".join(" %9s" % (i + "/mpi") for i in impls)
+print(head + " %6s" % "wrong")
+for key in sorted({k[1:] for k in res}, key=lambda k: (k[1], k[0], k[2])):
+    m = res.get(("mpi",) + key)
+    got = {i: res.get((i,) + key) for i in impls}
+    if not m or not all(got.values()):
+        continue
+    mb = st.median(x[1] for x in m)
+    bw = {i: st.median(x[1] for x in got[i]) for i in impls}
+    line = "%-10s %3d %10d" % (key[1], key[0], key[2])
+    line += "".join(" %9.3f" % bw[i] for i in impls) + " %9.3f" % mb
+    line += "".join(" %9.2f" % (bw[i] / mb if mb else float("nan")) for i in impls)
+    print(line + " %6d" % sum(x[2] for i in impls for x in got[i]))
 lat = load(sys.argv[2])
-o = st.median(x[0] for x in lat[("ours", 2, "allreduce", 4096)])
-m = st.median(x[0] for x in lat[("mpi", 2, "allreduce", 4096)])
-print("# 4 KiB all-reduce latency at np=2: ours %.1f us, OpenMPI %.1f us (target <= 30 us)" % (o, m))
+key = (2, "allreduce", 4096)
+mine = ", ".join("%s %.1f us" % (i, st.median(x[0] for x in lat[(i,) + key])) for i in impls)
+print("# 4 KiB all-reduce latency at np=2: %s, OpenMPI %.1f us (target <= 30 us)"
+      % (mine, st.median(x[0] for x in lat[("mpi",) + key])))
 EOF
 
 if [ -z "${SKIP_SHAPED:-}" ]; then
 	echo "# shaped links, 1 GB/s per direction, all-reduce at np=4 (bound% = busbw / link bandwidth; target >= 85)"
-	"$TMP/coordinator" bench collectives --workers 4 --transport tcp --ops allreduce --sizes 64M \
-		--iters 5 --warmup 2 --reps 3 --link-bw 1GB/s
+	shaped() { # binary [extra flags]
+		local bin=$1
+		shift
+		${PIN[@]+"${PIN[@]}"} "$bin" bench collectives --workers 4 --transport tcp --ops allreduce --sizes 64M \
+			--iters 5 --warmup 2 --reps 3 --link-bw 1GB/s "$@" | tail -n 1
+	}
+	if [ -n "${BASE:-}" ]; then
+		echo "base:  $(shaped "$TMP/base")"
+	fi
+	echo "ours:  $(shaped "$TMP/coordinator")"
+	if [ -n "${EXTRA:-}" ]; then
+		# shellcheck disable=SC2086 # EXTRA is a list of flags
+		echo "ours+: $(shaped "$TMP/coordinator" $EXTRA)"
+	fi
 fi

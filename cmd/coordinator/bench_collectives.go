@@ -42,6 +42,8 @@ type benchCollectivesFlags struct {
 	timeout     time.Duration
 	jsonOut     bool
 	sockBuf     int
+	spin        time.Duration
+	procs       int
 }
 
 func (f *benchCollectivesFlags) register(cmd *cobra.Command) {
@@ -60,6 +62,8 @@ func (f *benchCollectivesFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.halving, "halving", 0, "all-reduce size up to which power-of-two groups use halving-doubling (0: default, -1: never)")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fl.IntVar(&f.sockBuf, "socket-buffer", 0, "SO_SNDBUF/SO_RCVBUF bytes for tcp (0: kernel autotuning)")
+	fl.DurationVar(&f.spin, "spin", 0, "tcp: poll an idle socket this long before sleeping when a receive waits on it (0: never)")
+	fl.IntVar(&f.procs, "gomaxprocs", 0, "tcp: GOMAXPROCS of each rank process (0: $GOMAXPROCS if set, else max(1, cores/workers))")
 	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object per result instead of the table")
 }
 
@@ -92,6 +96,12 @@ func (f *benchCollectivesFlags) validate() (sizes []int, ops []string, bw float6
 		if bw, err = parseBandwidth(f.linkBW); err != nil {
 			return nil, nil, 0, fmt.Errorf("--link-bw: %w", err)
 		}
+	}
+	if f.procs < 0 {
+		return nil, nil, 0, fmt.Errorf("--gomaxprocs %d: must not be negative", f.procs)
+	}
+	if f.spin < 0 {
+		return nil, nil, 0, fmt.Errorf("--spin %v: must not be negative", f.spin)
 	}
 	if f.linkLatency < 0 {
 		return nil, nil, 0, fmt.Errorf("--link-latency %v: must not be negative", f.linkLatency)
@@ -163,7 +173,7 @@ func (f *benchCollectivesFlags) childArgs() []string {
 		"--iters", strconv.Itoa(f.iters), "--warmup", strconv.Itoa(f.warmup), "--reps", strconv.Itoa(f.reps),
 		"--link-bw", f.linkBW, "--link-latency", f.linkLatency.String(),
 		"--segment", strconv.Itoa(f.segment), "--small", strconv.Itoa(f.small), "--halving", strconv.Itoa(f.halving), "--timeout", f.timeout.String(),
-		"--socket-buffer", strconv.Itoa(f.sockBuf),
+		"--socket-buffer", strconv.Itoa(f.sockBuf), "--spin", f.spin.String(),
 	}
 }
 
@@ -183,8 +193,9 @@ operation at each size: one exactly checked run (#wrong), --warmup untimed runs,
 repetitions of --iters back-to-back runs; time is the median repetition of the slowest rank.
 algbw = size/time; busbw = algbw × nccl-tests' factor (all-reduce 2(n-1)/n; reduce-scatter,
 all-gather, all-to-all (n-1)/n; broadcast 1). With --link-bw, bound% is busbw relative to the
-link bandwidth (the ring algorithms' bound; (n-1) links for all-to-all). Unless GOMAXPROCS
-is set, each rank process gets GOMAXPROCS = max(1, cores/workers): the ranks share the cores.`,
+link bandwidth (the ring algorithms' bound; (n-1) links for all-to-all). Unless --gomaxprocs
+or GOMAXPROCS is set, each rank process gets GOMAXPROCS = max(1, cores/workers): the ranks
+share the cores.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sizes, ops, bw, err := f.validate()
@@ -268,7 +279,10 @@ func benchProcesses(ctx context.Context, f *benchCollectivesFlags) ([]collective
 		args := append([]string{"bench-rank", "--rank", strconv.Itoa(r)}, f.childArgs()...)
 		cmd := exec.CommandContext(ctx, exe, args...)
 		cmd.Env = append(os.Environ(), benchTokenEnv+"="+hex.EncodeToString(tok[:]))
-		if os.Getenv("GOMAXPROCS") == "" {
+		switch {
+		case f.procs > 0:
+			cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", f.procs))
+		case os.Getenv("GOMAXPROCS") == "":
 			// Ranks share the host's cores: idle Go threads spinning for work
 			// would steal CPU from the ranks that have some.
 			cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", max(1, runtime.NumCPU()/n)))
@@ -372,7 +386,7 @@ func newBenchRankCmd() *cobra.Command {
 			if len(addrs) != f.workers {
 				return fmt.Errorf("address list has %d entries, want %d", len(addrs), f.workers)
 			}
-			t, err := collective.DialMesh(ctx, ln, collective.TCPConfig{Rank: rank, Addrs: addrs, Token: token, SocketBuffer: f.sockBuf})
+			t, err := collective.DialMesh(ctx, ln, collective.TCPConfig{Rank: rank, Addrs: addrs, Token: token, SocketBuffer: f.sockBuf, SpinWait: f.spin})
 			if err != nil {
 				return err
 			}
