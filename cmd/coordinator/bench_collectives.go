@@ -309,10 +309,11 @@ func benchProcesses(ctx context.Context, f *benchCollectivesFlags) ([]collective
 	}
 	list := "ADDRS " + strings.Join(addrs, ",") + "\n"
 	for r, ch := range children {
+		// stdin stays open while the rank runs (Wait closes it): its end
+		// tells a rank that this process has gone, so ranks never outlive it.
 		if _, err := io.WriteString(ch.stdin, list); err != nil {
 			return nil, fmt.Errorf("sending addresses to rank %d: %w", r, err)
 		}
-		ch.stdin.Close()
 	}
 	var res []collective.BenchResult
 	for {
@@ -378,10 +379,15 @@ func newBenchRankCmd() *cobra.Command {
 			}
 			defer ln.Close()
 			fmt.Printf("ADDR %s\n", ln.Addr())
-			line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+			in := bufio.NewReader(os.Stdin)
+			line, err := in.ReadString('\n')
 			if err != nil || !strings.HasPrefix(line, "ADDRS ") {
 				return fmt.Errorf("reading the address list: got %q: %v", line, err)
 			}
+			go func() { // the parent's end of stdin closes when it exits: stop then
+				_, _ = io.Copy(io.Discard, in)
+				cancel()
+			}()
 			addrs := strings.Split(strings.TrimSpace(strings.TrimPrefix(line, "ADDRS ")), ",")
 			if len(addrs) != f.workers {
 				return fmt.Errorf("address list has %d entries, want %d", len(addrs), f.workers)
