@@ -54,6 +54,7 @@ func rowsOf(b sampling.Batch, lo, hi int) sampling.Batch {
 type serialRun struct {
 	losses []float64
 	params []float32
+	grads  []float32 // the last step's gradient
 	layout model.Layout
 }
 
@@ -75,13 +76,14 @@ func runSerial(t *testing.T, cfg JobConfig, global []sampling.Batch) serialRun {
 		tr.OptimizerStep()
 		out.losses = append(out.losses, st.Loss)
 	}
-	out.params, out.layout = tr.Params(), tr.Layout()
+	out.params, out.grads, out.layout = tr.Params(), tr.Grads(), tr.Layout()
 	return out
 }
 
 type meshRun struct {
 	losses [][]float64 // [rank][step]
 	params []float32   // gathered whole-model parameters
+	grads  []float32   // gathered reduced gradient of the last step (nil under ZeRO-1)
 }
 
 // runMesh trains every rank of mesh as a goroutine over in-process links;
@@ -92,37 +94,51 @@ func runMesh(t *testing.T, cfg JobConfig, mesh parallel.Mesh, global []sampling.
 	t.Helper()
 	losses, ranks := stepMesh(t, cfg, mesh, global, nil)
 	whole := model.NewLayout(cfg.Model)
-	out := meshRun{losses: losses, params: make([]float32, whole.Total)}
+	out := meshRun{losses: losses, params: gatherMesh(t, ranks, whole, (*MeshRank).params)}
+	if !cfg.DP.Zero1 { // under ZeRO-1 only the shard ranges hold the reduced gradient
+		out.grads = gatherMesh(t, ranks, whole, (*MeshRank).grads)
+	}
+	return out
+}
+
+func (r *MeshRank) params() []float32 { return r.tr.Params() }
+func (r *MeshRank) grads() []float32  { return r.tr.Grads() }
+
+// gatherMesh assembles the whole-model buffer from every rank's local one
+// (buf), checking that ranks holding the same block agree bit for bit and
+// that every element is held.
+func gatherMesh(t *testing.T, ranks []*MeshRank, whole model.Layout, buf func(*MeshRank) []float32) []float32 {
+	t.Helper()
+	out := make([]float32, whole.Total)
 	seen := make([]bool, whole.Total)
 	for r, mr := range ranks {
-		l := mr.Trainer().Layout()
 		tmp := make([]float32, whole.Total)
 		for i := range tmp {
 			tmp[i] = float32(math.NaN())
 		}
-		l.Insert(tmp, mr.Trainer().Params(), whole)
+		mr.Trainer().Layout().Insert(tmp, buf(mr), whole)
 		for i, v := range tmp {
 			if v != v { // not held by this rank
 				continue
 			}
-			if seen[i] && out.params[i] != v {
-				t.Fatalf("rank %d disagrees with another holder of parameter %d: %v vs %v", r, i, v, out.params[i])
+			if seen[i] && out[i] != v {
+				t.Fatalf("rank %d disagrees with another holder of element %d: %v vs %v", r, i, v, out[i])
 			}
-			out.params[i], seen[i] = v, true
+			out[i], seen[i] = v, true
 		}
 	}
 	for i, s := range seen {
 		if !s {
-			t.Fatalf("parameter %d held by no rank", i)
+			t.Fatalf("element %d held by no rank", i)
 		}
 	}
 	return out
 }
 
-// compareMesh checks the acceptance of issue 6: every rank's loss within
-// 1e-5 relative of the serial trainer's, and every tensor of the gathered
-// parameters within 1e-4 relative (norm of the difference over norm of
-// the tensor).
+// compareMesh checks the acceptance of issues 6 and 7: every rank's loss
+// within 1e-5 relative of the serial trainer's, every tensor of the gathered
+// last-step gradient within 1e-5 and of the parameters within 1e-4 relative
+// (norm of the difference over norm of the tensor).
 func compareMesh(t *testing.T, want serialRun, got meshRun) {
 	t.Helper()
 	for r, ls := range got.losses {
@@ -132,15 +148,15 @@ func compareMesh(t *testing.T, want serialRun, got meshRun) {
 			}
 		}
 	}
-	for _, e := range want.layout.Entries {
-		a, b := e.Slice(got.params), e.Slice(want.params)
-		var num, den float64
-		for i := range a {
-			d := float64(a[i] - b[i])
-			num += d * d
-			den += float64(b[i]) * float64(b[i])
+	if got.grads != nil {
+		for _, e := range want.layout.Entries {
+			if rel := relDiff(e.Slice(got.grads), e.Slice(want.grads)); rel > 1e-5 {
+				t.Errorf("%s: gradient of the last step differs from serial by %.2g relative", e.Name, rel)
+			}
 		}
-		if rel := math.Sqrt(num / den); rel > 1e-4 {
+	}
+	for _, e := range want.layout.Entries {
+		if rel := relDiff(e.Slice(got.params), e.Slice(want.params)); rel > 1e-4 {
 			t.Errorf("%s: parameters after %d steps differ from serial by %.2g relative", e.Name, len(want.losses), rel)
 		}
 	}
@@ -322,4 +338,18 @@ func TestMeshStaticSplitMismatchFails(t *testing.T) {
 			t.Errorf("rank %d: error does not name the exchange: %v", r, err)
 		}
 	}
+}
+
+// relDiff is ‖a − b‖ / ‖b‖ (0 when both are zero).
+func relDiff(a, b []float32) float64 {
+	var num, den float64
+	for i := range a {
+		d := float64(a[i] - b[i])
+		num += d * d
+		den += float64(b[i]) * float64(b[i])
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
 }
