@@ -397,9 +397,8 @@ func (a *agent) startSpec(s *pb.Start) (StartSpec, error) {
 
 // reporter hands progress to a sender goroutine, so the training loop never
 // waits on the control plane: at most every 200 ms, and always validation
-// results (a newer update that supersedes an unsent one keeps its
-// validation loss); the final update goes out with done=true when the
-// runner returns (after flushing, see stopProgress).
+// results; the final update goes out with done=true when the runner returns
+// (after the sender is flushed, see stopProgress).
 func (a *agent) reporter(rank int) func(ProgressUpdate) {
 	var sent time.Time
 	mb := &progressMailbox{wake: make(chan struct{}, 1), stop: make(chan struct{}), exited: make(chan struct{})}
@@ -410,12 +409,12 @@ func (a *agent) reporter(rank int) func(ProgressUpdate) {
 			select {
 			case <-mb.wake:
 			case <-mb.stop:
-				if u, ok := mb.take(); ok {
+				for _, u := range mb.take() {
 					a.sendProgress(rank, u, false)
 				}
 				return
 			}
-			if u, ok := mb.take(); ok {
+			for _, u := range mb.take() {
 				a.sendProgress(rank, u, false)
 			}
 		}
@@ -433,21 +432,31 @@ func (a *agent) reporter(rank int) func(ProgressUpdate) {
 	}
 }
 
-// progressMailbox holds the newest unsent progress update for the sender.
+// maxPendingProgress bounds the updates a stalled sender accumulates.
+const maxPendingProgress = 16
+
+// progressMailbox holds the unsent progress for the sender: the newest
+// update, preceded by an unsent one carrying a validation loss (which is
+// never superseded, so the coordinator sees it at its own step).
 type progressMailbox struct {
 	mu      sync.Mutex
-	pending *ProgressUpdate
-	wake    chan struct{} // capacity 1
+	pending []ProgressUpdate // unsent validation updates, then the newest (bounded)
+	wake    chan struct{}    // capacity 1
 	stop    chan struct{}
 	exited  chan struct{}
 }
 
 func (mb *progressMailbox) put(u ProgressUpdate) {
 	mb.mu.Lock()
-	if p := mb.pending; p != nil && p.HasVal && !u.HasVal {
-		u.HasVal, u.ValLoss = true, p.ValLoss
+	switch n := len(mb.pending); {
+	case n == 0, mb.pending[n-1].HasVal:
+		if n == maxPendingProgress { // a stalled sender: drop the oldest
+			mb.pending = append(mb.pending[:0], mb.pending[1:]...)
+		}
+		mb.pending = append(mb.pending, u)
+	default: // the newest unsent one has no validation loss: replace it
+		mb.pending[n-1] = u
 	}
-	mb.pending = &u
 	mb.mu.Unlock()
 	select {
 	case mb.wake <- struct{}{}:
@@ -455,15 +464,13 @@ func (mb *progressMailbox) put(u ProgressUpdate) {
 	}
 }
 
-func (mb *progressMailbox) take() (ProgressUpdate, bool) {
+// take removes and returns everything pending, oldest first.
+func (mb *progressMailbox) take() []ProgressUpdate {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
-	if mb.pending == nil {
-		return ProgressUpdate{}, false
-	}
-	u := *mb.pending
+	out := mb.pending
 	mb.pending = nil
-	return u, true
+	return out
 }
 
 // stopProgress flushes the sender's pending update and ends it (bounded by
