@@ -1,33 +1,48 @@
 #!/usr/bin/env bash
 # Training throughput of the reference MoE model (9,644,288 parameters, batch
-# 8x256): PyTorch CPU (scripts/bench/torch_moe.py, the identical model,
+# 8x256), against PyTorch on the identical model, interleaved round by round
+# so a shared, noisy machine hurts all alike; prints medians over rounds and
+# the ratios.
+#
+# Serial (default): PyTorch CPU (scripts/bench/torch_moe.py,
 # torch.set_num_threads(1), OpenBLAS's core type and cache size left to its
-# own detection) against moetrain's
-# BenchmarkTrainStep with 1 and 2 kernel threads. Rounds alternate torch,
-# moetrain 1 thread, moetrain 2 threads, so a shared, noisy machine hurts all
-# alike; prints medians over rounds and the ratios.
+# own detection) against moetrain's BenchmarkTrainStep with 1 and 2 kernel
+# threads. torch.set_num_threads(1) does not reach OpenBLAS's own thread pool
+# (a Debian torch spawns one OpenBLAS thread per core regardless), so torch
+# runs twice per round: "torch" with OPENBLAS_NUM_THREADS=1 (truly one
+# thread, the anchor) and "torch-blas-pool" with OpenBLAS's default pool.
 #
-# torch.set_num_threads(1) does not reach OpenBLAS's own thread pool (a
-# Debian torch spawns one OpenBLAS thread per core regardless), so torch runs
-# twice per round: "torch" with OPENBLAS_NUM_THREADS=1 (truly one thread,
-# the anchor) and "torch-blas-pool" with OpenBLAS's default pool.
+# Data parallel (-d, issue 6 acceptance 4): `coordinator launch --workers 2`
+# (2 processes x 1 kernel thread, TCP over loopback, eval off, log_every 1)
+# against PyTorch DDP over gloo (scripts/bench/torch_ddp.py: 2 processes,
+# torch.set_num_threads(1), OPENBLAS_NUM_THREADS=1, batch 8x256 per rank,
+# AdamW); both report tokens/s of the whole job from the median step time
+# after the warm-up steps (scripts/bench/dp_steps.py reads the workers'
+# logs). Each round also runs BenchmarkTrainStep at 1 thread: twice that is
+# the ceiling of 2 one-thread ranks with nothing to communicate.
 #
-#   scripts/bench-train.sh [-r ROUNDS] [-s STEPS]     (defaults: 3 rounds, 8 timed steps)
+#   scripts/bench-train.sh [-d] [-r ROUNDS] [-s STEPS]
+#       defaults: 3 rounds; 8 timed steps serial, 60 with -d (plus 3 warm-up)
 #
 # Needs Go and a python3 with torch (Debian: python3-torch); set PYTHON to
 # choose the interpreter.
 set -euo pipefail
 
 rounds=3
-steps=8
-while getopts "r:s:h" opt; do
+steps=
+dp=0
+while getopts "dr:s:h" opt; do
 	case "$opt" in
+	d) dp=1 ;;
 	r) rounds=$OPTARG ;;
 	s) steps=$OPTARG ;;
-	h) sed -n '2,12p' "$0"; exit 0 ;;
-	*) echo "usage: $0 [-r ROUNDS] [-s STEPS]" >&2; exit 2 ;;
+	h) sed -n '2,28p' "$0"; exit 0 ;;
+	*) echo "usage: $0 [-d] [-r ROUNDS] [-s STEPS]" >&2; exit 2 ;;
 	esac
 done
+if [[ -z "$steps" ]]; then
+	steps=$((dp ? 60 : 8))
+fi
 for v in "$rounds" "$steps"; do
 	if ! [[ "$v" =~ ^[1-9][0-9]*$ ]]; then
 		echo "bench-train.sh: -r and -s want positive integers, got '$v'" >&2
@@ -57,6 +72,41 @@ go test -c -o "$bin/train.test" ./train
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 gotps() { awk '{for (i = 1; i < NF; i++) if ($(i+1) == "tokens/s") print $i}'; }
+field() { awk -v k="$1" 'index($0, k) == 1 {print $NF}'; }
+
+if ((dp)); then
+	warm=3
+	go build -o "$bin/coordinator" ./cmd/coordinator
+	printf '[train]\nsteps = %d\neval_every = 0\nlog_every = 1\n' $((steps + warm)) >"$bin/job.toml"
+	ddp_runs=() ours_runs=() ceil_runs=() ddp_mean=() ours_mean=() ours_job=()
+	for r in $(seq "$rounds"); do
+		out=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=1 "$py" scripts/bench/torch_ddp.py \
+			--world 2 --threads 1 --steps "$steps" --warmup "$warm")
+		d=$(field "ddp tokens/s:" <<<"$out") dm=$(field "ddp mean tokens/s:" <<<"$out")
+		rm -rf "$bin/run"
+		"$bin/coordinator" launch --workers 2 --threads 1 --config "$bin/job.toml" --run-dir "$bin/run" --no-bar \
+			>"$bin/launch.out" 2>&1 || { cat "$bin/launch.out" >&2; exit 1; }
+		out=$("$py" scripts/bench/dp_steps.py "$bin/run" --warmup "$warm")
+		o=$(field "moetrain tokens/s:" <<<"$out") om=$(field "moetrain mean tokens/s:" <<<"$out")
+		oj=$(field "moetrain job tokens/s:" <<<"$out")
+		c=$("$bin/train.test" -test.run '^$' -test.bench 'TrainStep/threads=1$' -test.benchtime 6x | gotps)
+		c=$(awk -v c="$c" 'BEGIN {printf "%.0f", 2 * c}')
+		echo "round $r: torch DDP $d (mean $dm), moetrain DP=2 $o (mean $om, job-reported $oj), 2 x serial 1 thread $c tokens/s"
+		ddp_runs+=("$d") ours_runs+=("$o") ceil_runs+=("$c") ddp_mean+=("$dm") ours_mean+=("$om") ours_job+=("$oj")
+	done
+	d=$(printf '%s\n' "${ddp_runs[@]}" | median)
+	o=$(printf '%s\n' "${ours_runs[@]}" | median)
+	c=$(printf '%s\n' "${ceil_runs[@]}" | median)
+	dm=$(printf '%s\n' "${ddp_mean[@]}" | median)
+	om=$(printf '%s\n' "${ours_mean[@]}" | median)
+	oj=$(printf '%s\n' "${ours_job[@]}" | median)
+	echo "median tokens/s: torch DDP $d (mean $dm), moetrain DP=2 $o (mean $om, job-reported $oj), 2 x serial $c"
+	awk -v d="$d" -v o="$o" -v c="$c" -v dm="$dm" -v om="$om" 'BEGIN {
+		printf "moetrain DP=2 / torch DDP: %.2fx (by mean step time %.2fx)\n", o / d, om / dm
+		printf "moetrain DP=2 / 2 x serial 1 thread: %.2fx; torch DDP / that: %.2fx\n", o / c, d / c
+	}'
+	exit 0
+fi
 
 torch_runs=() pool_runs=() go1_runs=() go2_runs=()
 torchtps() { awk '/tokens\/s:/ {print $3}'; }

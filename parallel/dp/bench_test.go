@@ -15,6 +15,7 @@ import (
 
 	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/model"
+	"github.com/moetrain/moetrain/optim"
 	"github.com/moetrain/moetrain/parallel/dp"
 	"github.com/moetrain/moetrain/tensor"
 	"github.com/moetrain/moetrain/train"
@@ -55,13 +56,18 @@ func benchSetup(b *testing.B) (cfg model.Config, batch, seq int, bucketMB, gbps 
 	return cfg, batch, seq, bucketMB, gbps
 }
 
-// BenchmarkOverlap times one DP=2 forward+backward+gradient reduction with
-// the goroutine ranks linked by a shaped in-process transport (1 GB/s by
-// default), in three modes interleaved in every iteration: compute only (no
-// reduction: the anchor), reduction after the backward (overlap off) and
-// buckets reducing during the backward (overlap on). It reports the median
-// step times and their ratios to the compute-only step. The optimizer step,
-// identical in every mode, is left out.
+// BenchmarkOverlap times one DP=2 training step (forward, backward,
+// gradient reduction, AdamW update) with the goroutine ranks linked by a
+// shaped in-process transport (1 GB/s per direction by default), in four
+// modes interleaved in every iteration: compute only (no reduction: the
+// anchor), reduction after the backward (overlap off), buckets reducing
+// during the backward on PlanBuckets' fixed layout plan ("layout"), and the
+// Reducer's default, buckets cut at the backward's ranges ("cut"). It
+// reports the median step times and ratios to the compute-only step, and
+// each mode's median reduction tail (ms-tail: the communication still
+// running after both ranks' backward ended) with the ratio it implies.
+//
+//	MOETRAIN_DP_BENCH_CONFIG=reference go test ./parallel/dp -run '^$' -bench Overlap -benchtime 10x
 func BenchmarkOverlap(b *testing.B) {
 	cfg, batch, seq, bucketMB, gbps := benchSetup(b)
 	const n = 2
@@ -76,9 +82,10 @@ func BenchmarkOverlap(b *testing.B) {
 	tensor.SetThreads(threads)
 	inner := collective.NewInProcess(n)
 	models := make([]*model.Model, n)
-	on := make([]*dp.Reducer, n)
-	off := make([]*dp.Reducer, n)
+	opts := make([]*optim.AdamW, n)
 	inputs := make([]model.Input, n)
+	const nModes = 3
+	reds := [nModes][]*dp.Reducer{} // overlap off, layout, cut
 	for r := range n {
 		t := collective.NewShaped(inner[r], collective.LinkShape{From: -1, To: -1, Bandwidth: gbps * 1e9})
 		defer t.Close()
@@ -86,19 +93,31 @@ func BenchmarkOverlap(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		if opts[r], err = optim.NewAdamW(optim.DefaultConfig(), 0, m.Layout.Total); err != nil {
+			b.Fatal(err)
+		}
 		models[r], inputs[r] = m, benchInput(cfg, batch, seq, uint64(r))
 		comm := collective.NewWorld(t)
-		if on[r], err = dp.NewReducer(dp.Config{BucketMB: bucketMB, Overlap: true}, m.Layout, m.Grads, comm, nil); err != nil {
-			b.Fatal(err)
-		}
-		if off[r], err = dp.NewReducer(dp.Config{BucketMB: bucketMB, Overlap: false}, m.Layout, m.Grads, comm, nil); err != nil {
-			b.Fatal(err)
+		for i, ov := range []bool{false, true, true} {
+			red, err := dp.NewReducer(dp.Config{BucketMB: bucketMB, Overlap: ov}, m.Layout, m.Grads, comm, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if i == 1 {
+				dp.CutAtLayout(red)
+			}
+			reds[i] = append(reds[i], red)
 		}
 	}
-	b.Logf("params %d (%.1f MB of gradients), %d buckets of ≤ %g MB, %d×%d tokens per rank, links %g GB/s, %d kernel threads per rank",
-		models[0].Layout.Total, float64(models[0].Layout.Total)*4/1e6, len(on[0].Buckets()), bucketMB, batch, seq, gbps, threads)
-	step := func(reds []*dp.Reducer) time.Duration {
+	steps := 0
+	// step returns the step's wall time and its reduction tail: from the
+	// end of the later rank's backward to the end of the later rank's
+	// Finish, i.e. the communication left exposed, without the wait for a
+	// straggling rank (which a loaded machine makes large and random).
+	step := func(reds []*dp.Reducer) (wall, tail time.Duration) {
+		steps++
 		errs := make([]error, n)
+		var bwdEnd, finEnd [n]time.Time
 		var wg sync.WaitGroup
 		t0 := time.Now()
 		for r := range n {
@@ -108,19 +127,24 @@ func BenchmarkOverlap(b *testing.B) {
 				m := models[r]
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				defer cancel()
-				if reds == nil {
-					_, errs[r] = m.ForwardBackward(inputs[r])
-					return
+				if reds != nil {
+					red := reds[r]
+					m.OnGradsReady = red.Hook()
+					if errs[r] = red.Begin(ctx, batch*seq); errs[r] != nil {
+						return
+					}
 				}
-				red := reds[r]
-				m.OnGradsReady = red.Hook()
-				if errs[r] = red.Begin(ctx, batch*seq); errs[r] != nil {
-					return
+				_, errs[r] = m.ForwardBackward(inputs[r])
+				bwdEnd[r] = time.Now()
+				if reds != nil {
+					if err := reds[r].Finish(ctx); errs[r] == nil {
+						errs[r] = err
+					}
 				}
-				if _, errs[r] = m.ForwardBackward(inputs[r]); errs[r] != nil {
-					return
+				finEnd[r] = time.Now()
+				if errs[r] == nil {
+					_, errs[r] = opts[r].Update(m.Params, m.Grads, steps, 1e-3, 1)
 				}
-				errs[r] = red.Finish(ctx)
 			}()
 		}
 		wg.Wait()
@@ -129,24 +153,49 @@ func BenchmarkOverlap(b *testing.B) {
 				b.Fatalf("rank %d: %v", r, err)
 			}
 		}
-		return time.Since(t0)
+		wall = time.Since(t0)
+		later := func(t [n]time.Time) time.Time {
+			return slices.MaxFunc(t[:], func(a, b time.Time) int { return a.Compare(b) })
+		}
+		return wall, later(finEnd).Sub(later(bwdEnd))
 	}
-	step(on) // warm up: activations, buffer pools
-	var tc, toff, ton []float64
+	for i := range nModes { // warm up: activations, buffer pools, the cut
+		step(reds[i])
+	}
+	b.Logf("params %d (%.1f MB of gradients), ≤ %g MB buckets: %d on the layout plan, %d cut at the backward's ranges; %d×%d tokens per rank, links %g GB/s, %d kernel threads per rank, GOMAXPROCS %d",
+		models[0].Layout.Total, float64(models[0].Layout.Total)*4/1e6, bucketMB, len(reds[1][0].Buckets()), len(reds[2][0].Buckets()),
+		batch, seq, gbps, threads, runtime.GOMAXPROCS(0))
+	var tc []float64
+	var tm, tt [nModes][]float64
 	b.ResetTimer()
 	for range b.N {
-		tc = append(tc, step(nil).Seconds())
-		toff = append(toff, step(off).Seconds())
-		ton = append(ton, step(on).Seconds())
+		w, _ := step(nil)
+		tc = append(tc, w.Seconds())
+		for i := range nModes {
+			w, tail := step(reds[i])
+			tm[i] = append(tm[i], w.Seconds())
+			tt[i] = append(tt[i], tail.Seconds())
+		}
 	}
 	b.StopTimer()
-	med := func(x []float64) float64 { slices.Sort(x); return x[len(x)/2] }
-	c, f, o := med(tc), med(toff), med(ton)
+	// Ratios are medians of each iteration's own ratio (a mode against the
+	// compute-only step just before it), which a machine whose load drifts
+	// disturbs less than a ratio of medians. The tail ratio is
+	// (compute-only + median tail) / compute-only: the step as it would be
+	// with the ranks in lockstep.
+	med := func(x []float64) float64 { x = slices.Clone(x); slices.Sort(x); return x[len(x)/2] }
+	c := med(tc)
 	b.ReportMetric(c*1e3, "ms/compute")
-	b.ReportMetric(f*1e3, "ms/overlap-off")
-	b.ReportMetric(o*1e3, "ms/overlap-on")
-	b.ReportMetric(f/c, "off/compute")
-	b.ReportMetric(o/c, "on/compute")
+	for i, name := range []string{"overlap-off", "layout", "cut"} {
+		ratios := make([]float64, len(tc))
+		for k := range tc {
+			ratios[k] = tm[i][k] / tc[k]
+		}
+		b.ReportMetric(med(tm[i])*1e3, "ms/"+name)
+		b.ReportMetric(med(ratios), name+"/compute")
+		b.ReportMetric(med(tt[i])*1e3, "ms-tail/"+name)
+		b.ReportMetric((c+med(tt[i]))/c, name+"-tail/compute")
+	}
 	b.ReportMetric(0, "ns/op")
 }
 

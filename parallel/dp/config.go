@@ -25,9 +25,11 @@ import (
 type Config struct {
 	// BucketMB is the size of a gradient bucket in MB (10⁶ bytes of float32
 	// gradients). Buckets end on parameter-tensor boundaries, so one holds at
-	// least one whole tensor and otherwise at most this much. Default 25
-	// (6.25 M floats): large enough that per-message latency is noise, small
-	// enough that the first bucket starts early in the backward.
+	// least one whole tensor and otherwise at most this much; without ZeRO-1
+	// they also end where the backward reports gradients final, once they
+	// hold 1 MiB (see Reducer). Default 25 (6.25 M floats): large enough
+	// that per-message latency is noise, small enough that the first bucket
+	// starts early in the backward.
 	BucketMB float64 `toml:"bucket_mb"`
 	// Zero1 shards the optimizer state over the data-parallel group:
 	// gradients are reduce-scattered, each rank updates its shard of every

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"sort"
 
 	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/model"
@@ -22,12 +23,36 @@ import (
 // is then undefined). With ZeRO-1 the caller then computes GlobalNorm,
 // updates its shards and calls GatherParams. Not safe for concurrent use;
 // the hook runs on the backward's goroutine.
+//
+// Bucket boundaries. With ZeRO-1 the buckets are fixed at construction
+// (PlanBuckets: the optimizer-state shards are cut from them). Without it
+// they are cut during each step from the top of the buffer down, as the
+// backward reports gradients final: at bucket_mb on entry boundaries (as
+// PlanBuckets), between expert and dense entries when they reduce over
+// different groups, and also at each boundary the backward reports once the
+// open bucket holds at least min(1 MiB, bucket_mb). A bucket therefore never
+// waits for gradients it does not hold, so what is left to reduce when the
+// backward ends is at most its last reported range (the embeddings) instead
+// of up to a whole bucket_mb. The cut depends only on the layout, the
+// configuration and the sequence of ranges the backward reports, which is
+// the same on every rank and in every step (and without the hook, it is
+// PlanBuckets' plan); ranks that disagree fail with a size-mismatch error
+// from the collective rather than mixing up ranges.
 type Reducer struct {
 	cfg     Config
 	grads   []float32
 	dense   *collective.Comm
 	expert  *collective.Comm
 	buckets []bucket
+
+	// Per-step cutting (ZeRO-1 off): the non-empty layout entries from the
+	// top of the buffer down, the bucket cap and the least size at which a
+	// reported boundary closes a bucket.
+	dynamic    bool
+	desc       []span
+	maxFloats  int
+	minFloats  int
+	splitGroup bool
 
 	ctx     context.Context
 	count   []float32 // {c>>12, c&4095}: exact integer sums in float32
@@ -41,6 +66,19 @@ type Reducer struct {
 	err     error
 	active  bool
 }
+
+// span is a non-empty layout entry's range of the flat buffer.
+type span struct {
+	lo, hi int
+	expert bool
+}
+
+// minReadyFloats is the least size (1 MiB of float32) at which a boundary
+// reported by the backward closes a bucket: smaller ranges merge so that a
+// model with many small layers does not pay one collective's latency (tens
+// of µs over TCP) per range, while 1 MiB already moves in about a
+// millisecond at 1 GB/s.
+const minReadyFloats = 1 << 18
 
 type bucket struct {
 	Bucket
@@ -67,23 +105,45 @@ func NewReducer(cfg Config, layout model.Layout, grads []float32, dense, expert 
 	if expert == nil {
 		expert = dense
 	}
-	r := &Reducer{cfg: cfg, grads: grads, dense: dense, expert: expert, count: make([]float32, 2)}
-	for _, b := range PlanBuckets(layout, cfg.BucketFloats(), expert != dense) {
-		c := dense
-		if b.Expert {
-			c = expert
+	r := &Reducer{cfg: cfg, grads: grads, dense: dense, expert: expert, count: make([]float32, 2),
+		dynamic: !cfg.Zero1, maxFloats: cfg.BucketFloats(), splitGroup: expert != dense}
+	r.minFloats = min(minReadyFloats, r.maxFloats)
+	next := 0
+	for i, e := range layout.Entries {
+		if e.Offset != next {
+			return nil, fmt.Errorf("dp: layout entry %d (%s) starts at %d, want %d: the entries must tile the buffer in order", i, e.Name, e.Offset, next)
 		}
-		bs := bucket{Bucket: b, comm: c, n: c.Size(), k: c.Rank()}
-		bs.s = (b.Len() + bs.n - 1) / bs.n
-		if cfg.Zero1 && bs.n*bs.s != b.Len() {
-			bs.stage = make([]float32, bs.n*bs.s)
+		next += e.Size()
+	}
+	for i := len(layout.Entries) - 1; i >= 0; i-- {
+		if e := layout.Entries[i]; e.Size() > 0 {
+			r.desc = append(r.desc, span{lo: e.Offset, hi: e.Offset + e.Size(), expert: e.Expert})
 		}
-		r.buckets = append(r.buckets, bs)
+	}
+	for _, b := range PlanBuckets(layout, r.maxFloats, r.splitGroup) {
+		r.buckets = append(r.buckets, r.newBucket(b))
 	}
 	return r, nil
 }
 
-// Buckets lists the buckets in launch order (decreasing offsets).
+// newBucket binds b to its communicator (and ZeRO-1 staging).
+func (r *Reducer) newBucket(b Bucket) bucket {
+	c := r.dense
+	if b.Expert {
+		c = r.expert
+	}
+	bs := bucket{Bucket: b, comm: c, n: c.Size(), k: c.Rank()}
+	bs.s = (b.Len() + bs.n - 1) / bs.n
+	if r.cfg.Zero1 && bs.n*bs.s != b.Len() {
+		bs.stage = make([]float32, bs.n*bs.s)
+	}
+	return bs
+}
+
+// Buckets lists the buckets in launch order (decreasing offsets): with
+// ZeRO-1 the fixed plan; without it those of the last finished step (before
+// the first one, PlanBuckets' plan, which is also every step's when the hook
+// is not installed).
 func (r *Reducer) Buckets() []Bucket {
 	out := make([]Bucket, len(r.buckets))
 	for i, b := range r.buckets {
@@ -136,41 +196,89 @@ func (r *Reducer) GradsReady(lo, hi int) {
 	r.launch()
 }
 
-// launch starts the buckets wholly at or above r.ready.
+// launch starts every bucket whose gradients are all final (at or above
+// r.ready): the fixed plan's next ones under ZeRO-1, otherwise those cut
+// now (see Reducer).
 func (r *Reducer) launch() {
-	for r.err == nil && r.next < len(r.buckets) && r.buckets[r.next].Lo >= r.ready {
-		if r.global < 0 {
-			if err := r.countRq.Wait(r.ctx); err != nil {
-				r.err = fmt.Errorf("dp: target-count all-reduce over %v: %w", r.dense.WorldRanks(), err)
-				return
-			}
-			r.global = int(r.count[0])<<12 + int(r.count[1])
-			if r.global > 0 {
-				r.scale = float32(float64(r.local) / float64(r.global))
-			} else {
-				// No targets anywhere: only the aux loss has a gradient; average it.
-				r.scale = float32(1 / float64(r.dense.Size()))
-			}
-		}
-		b := &r.buckets[r.next]
-		r.next++
-		g := r.grads[b.Lo:b.Hi]
-		if r.scale != 1 {
-			tensor.Scale(g, r.scale)
-		}
-		var rq *collective.Request
-		switch {
-		case !r.cfg.Zero1:
-			rq = b.comm.AllReduceAsync(g, collective.Sum)
-		case b.stage == nil:
-			rq = b.comm.ReduceScatterAsync(g, g[b.k*b.s:(b.k+1)*b.s], collective.Sum)
-		default:
-			copy(b.stage, g)
-			clear(b.stage[len(g):])
-			rq = b.comm.ReduceScatterAsync(b.stage, b.stage[b.k*b.s:(b.k+1)*b.s], collective.Sum)
-		}
-		r.reqs = append(r.reqs, rq)
+	if r.dynamic {
+		r.cut()
+		return
 	}
+	for r.err == nil && r.next < len(r.buckets) && r.buckets[r.next].Lo >= r.ready {
+		r.next++
+		r.start(&r.buckets[r.next-1])
+	}
+}
+
+// cut closes and starts buckets from the top of the unstarted part of the
+// buffer down, over final gradients only: a bucket closes where one more
+// entry would pass the cap or change the reduction group, or where the
+// final part ends if that is a reported boundary and the bucket holds at
+// least minFloats (any size once everything is final). The buckets started
+// in this step are r.buckets[:r.next].
+func (r *Reducer) cut() {
+	for r.err == nil {
+		top := len(r.grads)
+		if r.next > 0 {
+			top = r.buckets[r.next-1].Lo
+		}
+		// desc is ordered by decreasing hi; find the entry ending at top.
+		i := sort.Search(len(r.desc), func(i int) bool { return r.desc[i].hi <= top })
+		lo, expert, closed := top, true, false
+		for ; i < len(r.desc) && r.desc[i].lo >= r.ready; i++ {
+			e := r.desc[i]
+			if lo < top && (top-e.lo > r.maxFloats || (r.splitGroup && e.expert != expert)) {
+				closed = true
+				break
+			}
+			lo, expert = e.lo, expert && e.expert
+		}
+		if lo == top || !(closed || lo == r.ready && (lo == 0 || top-lo >= r.minFloats)) {
+			return
+		}
+		b := Bucket{Lo: lo, Hi: top, Expert: expert}
+		if r.next == len(r.buckets) {
+			r.buckets = append(r.buckets, r.newBucket(b))
+		} else if r.buckets[r.next].Bucket != b {
+			r.buckets[r.next] = r.newBucket(b)
+		}
+		r.next++
+		r.start(&r.buckets[r.next-1])
+	}
+}
+
+// start scales bucket b's gradients by c_r/G (waiting for G on the first
+// bucket of the step) and starts its reduction.
+func (r *Reducer) start(b *bucket) {
+	if r.global < 0 {
+		if err := r.countRq.Wait(r.ctx); err != nil {
+			r.err = fmt.Errorf("dp: target-count all-reduce over %v: %w", r.dense.WorldRanks(), err)
+			return
+		}
+		r.global = int(r.count[0])<<12 + int(r.count[1])
+		if r.global > 0 {
+			r.scale = float32(float64(r.local) / float64(r.global))
+		} else {
+			// No targets anywhere: only the aux loss has a gradient; average it.
+			r.scale = float32(1 / float64(r.dense.Size()))
+		}
+	}
+	g := r.grads[b.Lo:b.Hi]
+	if r.scale != 1 {
+		tensor.Scale(g, r.scale)
+	}
+	var rq *collective.Request
+	switch {
+	case !r.cfg.Zero1:
+		rq = b.comm.AllReduceAsync(g, collective.Sum)
+	case b.stage == nil:
+		rq = b.comm.ReduceScatterAsync(g, g[b.k*b.s:(b.k+1)*b.s], collective.Sum)
+	default:
+		copy(b.stage, g)
+		clear(b.stage[len(g):])
+		rq = b.comm.ReduceScatterAsync(b.stage, b.stage[b.k*b.s:(b.k+1)*b.s], collective.Sum)
+	}
+	r.reqs = append(r.reqs, rq)
 }
 
 // Finish starts any bucket not yet started (all of them without overlap),
@@ -183,6 +291,9 @@ func (r *Reducer) Finish(ctx context.Context) error {
 	if r.err == nil {
 		r.ready = 0
 		r.launch()
+	}
+	if r.dynamic && r.err == nil {
+		r.buckets = r.buckets[:r.next] // drop the previous step's extra cuts
 	}
 	werr := collective.WaitAll(ctx, r.reqs...)
 	if r.countRq != nil && r.global < 0 {

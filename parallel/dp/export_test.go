@@ -1,0 +1,6 @@
+package dp
+
+// CutAtLayout makes r use the fixed PlanBuckets plan for every step, as
+// ZeRO-1 does, instead of cutting buckets at the backward's ranges: the
+// baseline BenchmarkOverlap compares the cut against.
+func CutAtLayout(r *Reducer) { r.dynamic = false }
