@@ -21,7 +21,7 @@ import (
 // stepMesh runs one goroutine per rank of mesh: each rank is built by
 // NewMeshRank, then prepare (may be nil) runs, then one step per global
 // batch; it returns each rank's losses and the ranks.
-func stepMesh(t *testing.T, cfg JobConfig, mesh parallel.Mesh, global []sampling.Batch, prepare func(*MeshRank) error) ([][]float64, []*MeshRank) {
+func stepMesh(t testing.TB, cfg JobConfig, mesh parallel.Mesh, global []sampling.Batch, prepare func(*MeshRank) error) ([][]float64, []*MeshRank) {
 	t.Helper()
 	n := mesh.World()
 	ts := collective.NewInProcess(n)
