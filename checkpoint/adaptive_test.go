@@ -82,3 +82,71 @@ func TestWriterStoresChunksRawWhenWorkersLag(t *testing.T) {
 		t.Fatal("data read back differs")
 	}
 }
+
+// Once compression has kept the file writer waiting rawAfterStalls times,
+// the CPU is the bottleneck: the rest of the shard is stored raw even by
+// free workers, and it still reads back exactly.
+func TestWriterGoesRawAfterStalls(t *testing.T) {
+	rng := rand.New(rand.NewPCG(23, 24))
+	big := newTestTensor(rng, "model.big", 64, 64)
+	for i := range big.data {
+		big.data[i] = float32(i % 7) // compressible: a worker would shrink it
+	}
+	held := 0
+	testWorkerHook = func(j *chunkJob) {
+		if j.meta == nil || j.meta.Name != "model.big" || held >= rawAfterStalls+1 {
+			return // later chunks: the worker is free
+		}
+		held++
+		select { // hold the worker until the writer has stored the chunk raw
+		case <-j.done:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	defer func() { testWorkerHook = nil }()
+	s := newTestStore(t, 0)
+	path := filepath.Join(s.TempDir(1), ShardName(0))
+	w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 1024, Workers: 1, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteTensor(big.name, big.shape, Whole(big.shape), big.data); err != nil {
+		t.Fatal(err)
+	}
+	info, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w.rawOnly.Load() {
+		t.Fatal("the writer stalled but did not switch the shard to raw")
+	}
+	r, err := OpenShard(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	chunks := r.byName["model.big"].Chunks
+	for i, c := range chunks[rawAfterStalls+1:] {
+		if c.Codec != codecRaw {
+			t.Fatalf("chunk %d after the switch: codec %d, want raw", i+rawAfterStalls+1, c.Codec)
+		}
+	}
+	if err := s.Commit(NewManifest(1, []ShardInfo{info})); err != nil {
+		t.Fatal(err)
+	}
+	c, err := OpenDir(s.StepDir(1), OpenOptions{Verify: VerifyFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, _, err := c.ReadTensor("model.big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, big.data) {
+		t.Fatal("tensor read back differs")
+	}
+}

@@ -140,7 +140,17 @@ type ShardWriter struct {
 	names map[string]bool
 	err   error
 	done  bool
+	// rawOnly is set by the file writer once compression has kept it
+	// waiting rawAfterStalls times: the CPU, not the disk, is the
+	// bottleneck, so the rest of the shard is stored raw (workers still
+	// checksum). AlwaysCompress turns this off.
+	rawOnly atomic.Bool
 }
+
+// rawAfterStalls is how many chunks the file writer finds not yet compressed
+// when it reaches them (compression behind the disk) before the rest of a
+// shard goes raw.
+const rawAfterStalls = 2
 
 type writerResult struct {
 	entries []*indexEntry
@@ -295,7 +305,7 @@ func (w *ShardWriter) compressLoop() {
 			testWorkerHook(j)
 		}
 		if j.taken.CompareAndSwap(0, 1) {
-			w.compress(j, false)
+			w.compress(j, w.rawOnly.Load())
 			close(j.done)
 		}
 	}
@@ -356,15 +366,21 @@ func (w *ShardWriter) writeLoop() {
 	var word [4]byte
 	var cur *indexEntry
 	var sums []byte
+	stalls := 0
 	for j := range w.queue {
 		select {
 		case <-j.done:
 		default:
 			// The chunk is not ready. If no worker has started it, every
 			// worker is busy and the disk would idle: store it raw now.
-			if !w.opts.AlwaysCompress && j.taken.CompareAndSwap(0, 1) {
-				w.compress(j, true)
-				close(j.done)
+			if !w.opts.AlwaysCompress {
+				if j.taken.CompareAndSwap(0, 1) {
+					w.compress(j, true)
+					close(j.done)
+				}
+				if stalls++; stalls >= rawAfterStalls {
+					w.rawOnly.Store(true)
+				}
 			}
 			<-j.done
 		}
