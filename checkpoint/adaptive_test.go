@@ -66,21 +66,7 @@ func TestWriterStoresChunksRawWhenWorkersLag(t *testing.T) {
 			t.Fatalf("chunk %d: codec %d, %d of %d bytes: want raw", i+1, c.Codec, c.Stored, c.Raw)
 		}
 	}
-	if err := s.Commit(NewManifest(1, []ShardInfo{info})); err != nil {
-		t.Fatal(err)
-	}
-	c, err := OpenDir(s.StepDir(1), OpenOptions{Verify: VerifyFull})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	got, _, err := c.ReadTensor("model.big")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(got, big.data) {
-		t.Fatal("data read back differs")
-	}
+	commitAndCheck(t, s, info, big)
 }
 
 // Once compression has kept the file writer waiting rawAfterStalls times,
@@ -134,6 +120,13 @@ func TestWriterGoesRawAfterStalls(t *testing.T) {
 			t.Fatalf("chunk %d after the switch: codec %d, want raw", i+rawAfterStalls+1, c.Codec)
 		}
 	}
+	commitAndCheck(t, s, info, big)
+}
+
+// commitAndCheck publishes step 1 made of shard info, verifies every
+// checksum and reads tensor back, which must equal what was written.
+func commitAndCheck(t *testing.T, s *Store, info ShardInfo, tensor testTensor) {
+	t.Helper()
 	if err := s.Commit(NewManifest(1, []ShardInfo{info})); err != nil {
 		t.Fatal(err)
 	}
@@ -142,11 +135,11 @@ func TestWriterGoesRawAfterStalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	got, _, err := c.ReadTensor("model.big")
+	got, _, err := c.ReadTensor(tensor.name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got, big.data) {
-		t.Fatal("tensor read back differs")
+	if !slices.Equal(got, tensor.data) {
+		t.Fatalf("%s read back differs", tensor.name)
 	}
 }
