@@ -150,7 +150,7 @@ type ShardWriter struct {
 // rawAfterStalls is how many chunks the file writer finds not yet compressed
 // when it reaches them (compression behind the disk) before the rest of a
 // shard goes raw.
-const rawAfterStalls = 2
+const rawAfterStalls = 1
 
 type writerResult struct {
 	entries []*indexEntry
