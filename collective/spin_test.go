@@ -18,29 +18,9 @@ import (
 // tcpMeshSpin builds an n-rank loopback mesh whose readers poll for spin.
 func tcpMeshSpin(t *testing.T, n int, spin time.Duration) []Transport {
 	t.Helper()
-	lns := make([]net.Listener, n)
-	addrs := make([]string, n)
-	for i := range n {
-		ln, err := Listen("127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		lns[i] = ln
-		addrs[i] = ln.Addr().String()
-	}
-	ts := make([]Transport, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	ctx := testCtx(t, 5*time.Second)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ts[i], errs[i] = DialMesh(ctx, lns[i], TCPConfig{Rank: i, Addrs: addrs, Token: "spin", SpinWait: spin})
-		}()
-	}
-	wg.Wait()
+	ts, errs := dialTestMesh(t, n, 5*time.Second, func(rank int, addrs []string) TCPConfig {
+		return TCPConfig{Rank: rank, Addrs: addrs, Token: "spin", SpinWait: spin}
+	})
 	mustAll(t, errs)
 	t.Cleanup(func() { closeAllT(ts) })
 	return ts

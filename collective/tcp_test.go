@@ -12,8 +12,18 @@ import (
 	"time"
 )
 
-// tcpMesh builds an n-rank mesh over loopback inside this process.
+// tcpMesh builds an n-rank mesh over loopback inside this process, rank i
+// presenting tokens[i].
 func tcpMesh(t *testing.T, n int, tokens []string) ([]Transport, []error) {
+	t.Helper()
+	return dialTestMesh(t, n, 2*time.Second, func(rank int, addrs []string) TCPConfig {
+		return TCPConfig{Rank: rank, Addrs: addrs, Token: tokens[rank]}
+	})
+}
+
+// dialTestMesh listens on n loopback ports and dials the mesh with each
+// rank's config from cfg, returning every rank's transport and error.
+func dialTestMesh(t *testing.T, n int, timeout time.Duration, cfg func(rank int, addrs []string) TCPConfig) ([]Transport, []error) {
 	t.Helper()
 	lns := make([]net.Listener, n)
 	addrs := make([]string, n)
@@ -29,12 +39,12 @@ func tcpMesh(t *testing.T, n int, tokens []string) ([]Transport, []error) {
 	ts := make([]Transport, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
-	ctx := testCtx(t, 2*time.Second)
+	ctx := testCtx(t, timeout)
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ts[i], errs[i] = DialMesh(ctx, lns[i], TCPConfig{Rank: i, Addrs: addrs, Token: tokens[i]})
+			ts[i], errs[i] = DialMesh(ctx, lns[i], cfg(i, addrs))
 		}()
 	}
 	wg.Wait()
