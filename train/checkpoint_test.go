@@ -255,7 +255,7 @@ func TestShardedLayoutRestoresSerial(t *testing.T) {
 	ranges := [][2]int{{0, split}, {split, l.Total}}
 	layouts := make([]ShardLayout, 2)
 	store := newTestStore(t)
-	var shards []checkpoint.ShardInfo
+	var snaps []*checkpoint.Snapshot
 	for r, rg := range ranges {
 		sl := SerialShardLayout(l, rg[0], rg[1])
 		// a's moments cover the whole buffer; a real ZeRO-1 rank holds only
@@ -271,19 +271,9 @@ func TestShardedLayoutRestoresSerial(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		info, err := snap.WriteShard(t.Context(), store, checkpoint.WriterOptions{ChunkBytes: 1000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		shards = append(shards, info)
+		snaps = append(snaps, snap)
 	}
-	m, err := JobManifest(cfg, 3, shards, map[string]int{"dp": 2, "tp": 1, "ep": 1, "sp": 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Commit(m); err != nil {
-		t.Fatal(err)
-	}
+	commitSnapshots(t, store, cfg, snaps, 1000, map[string]int{"dp": 2, "tp": 1, "ep": 1, "sp": 1})
 	b := newTestTrainer(t, cfg)
 	res, err := b.ResumeCheckpoint(store, "latest", 5) // rank 5 is absent: blobs of rank 0
 	if err != nil {
@@ -635,7 +625,7 @@ func TestRangeShardLayoutWithShardOptimizers(t *testing.T) {
 	// Rank 0 owns [0, t) and [2t, total); rank 1 owns [t, 2t).
 	owned := [][][2]int{{{0, third}, {2 * third, l.Total}}, {{third, 2 * third}}}
 	store := newTestStore(t)
-	var shards []checkpoint.ShardInfo
+	var snaps []*checkpoint.Snapshot
 	for r, ranges := range owned {
 		opts, err := a.NewShardOptimizers(ranges)
 		if err != nil {
@@ -650,19 +640,9 @@ func TestRangeShardLayoutWithShardOptimizers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		info, err := snap.WriteShard(t.Context(), store, checkpoint.WriterOptions{ChunkBytes: 1000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		shards = append(shards, info)
+		snaps = append(snaps, snap)
 	}
-	m, err := JobManifest(cfg, 3, shards, map[string]int{"dp": 2, "tp": 1, "ep": 1, "sp": 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Commit(m); err != nil {
-		t.Fatal(err)
-	}
+	commitSnapshots(t, store, cfg, snaps, 1000, map[string]int{"dp": 2, "tp": 1, "ep": 1, "sp": 1})
 	b := newTestTrainer(t, cfg)
 	if _, err := b.ResumeCheckpoint(store, "latest", 0); err != nil {
 		t.Fatal(err)
@@ -697,5 +677,27 @@ func TestRangeShardLayoutWithShardOptimizers(t *testing.T) {
 	bad.Moments[0].Opt = 3
 	if _, err := a.SnapshotWith(0, bad, opts, nil); err == nil || !strings.Contains(err.Error(), "optimizer 3 does not exist") {
 		t.Fatalf("snapshot with a missing optimizer: %v", err)
+	}
+}
+
+// commitSnapshots writes every snapshot as a shard of store (chunks of
+// chunkBytes; 0 = the default) and publishes them as one checkpoint of cfg
+// written by mesh.
+func commitSnapshots(t *testing.T, store *checkpoint.Store, cfg JobConfig, snaps []*checkpoint.Snapshot, chunkBytes int, mesh map[string]int) {
+	t.Helper()
+	infos := make([]checkpoint.ShardInfo, len(snaps))
+	for i, snap := range snaps {
+		info, err := snap.WriteShard(t.Context(), store, checkpoint.WriterOptions{ChunkBytes: chunkBytes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		infos[i] = info
+	}
+	m, err := JobManifest(cfg, snaps[0].Step, infos, mesh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Commit(m); err != nil {
+		t.Fatal(err)
 	}
 }

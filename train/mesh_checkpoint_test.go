@@ -81,26 +81,13 @@ func saveMesh(t *testing.T, cfg JobConfig, mesh parallel.Mesh, ranks []*MeshRank
 	if err != nil {
 		t.Fatal(err)
 	}
-	var infos []checkpoint.ShardInfo
-	var step int64
-	for _, mr := range ranks {
-		snap, err := mr.Snapshot(nil)
-		if err != nil {
+	snaps := make([]*checkpoint.Snapshot, len(ranks))
+	for r, mr := range ranks {
+		if snaps[r], err = mr.Snapshot(nil); err != nil {
 			t.Fatal(err)
 		}
-		info, err := snap.WriteShard(context.Background(), store, checkpoint.WriterOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		infos, step = append(infos, info), snap.Step
 	}
-	m, err := JobManifest(cfg, step, infos, map[string]int{"dp": mesh.DP, "sp": mesh.SP, "tp": mesh.TP, "ep": mesh.EP})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Commit(m); err != nil {
-		t.Fatal(err)
-	}
+	commitSnapshots(t, store, cfg, snaps, 0, map[string]int{"dp": mesh.DP, "sp": mesh.SP, "tp": mesh.TP, "ep": mesh.EP})
 }
 
 // Issue 9 acceptance 2: a checkpoint saved under DP=2 × EP=2 (two ranks, each
