@@ -51,6 +51,10 @@ type MeshRank struct {
 // serial trainer's on the whole step's batch), identical on every rank.
 type MeshStepStats struct {
 	StepStats
+	// GradNorm is the global gradient norm before clipping. It costs a pass
+	// over the gradients and a collective, so without clipping it is
+	// computed only on steps the log shows (the first and every
+	// train.log_every-th); NaN on the others.
 	GradNorm float64
 }
 
@@ -199,13 +203,15 @@ func (r *MeshRank) Step(ctx context.Context, b sampling.Batch) (MeshStepStats, e
 	if err := tr.UpdateRouterBias(st.RoutedLoad); err != nil {
 		return fail(err)
 	}
-	norm, err := r.gradNorm(ctx)
-	if err != nil {
-		return fail(err)
+	clip := tr.cfg.Optim.ClipNorm
+	norm, scale := math.NaN(), 1.0
+	if clip > 0 || stepNo == 1 || stepNo%tr.cfg.Train.LogEvery == 0 { // the same on every rank
+		if norm, err = r.gradNorm(ctx); err != nil {
+			return fail(err)
+		}
 	}
-	scale := 1.0
-	if c := tr.cfg.Optim.ClipNorm; c > 0 {
-		scale = optim.ClipScale(norm, c)
+	if clip > 0 {
+		scale = optim.ClipScale(norm, clip)
 	}
 	if !r.zero1 {
 		tr.optimizerStepScaled(scale)
