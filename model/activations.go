@@ -36,6 +36,11 @@ type Acts struct {
 	DQKV    []float32 // [N, 3D]
 	AttD    []float32 // [B, Heads, T] rowsum(dO∘O)
 	MoE     moe.Scratch
+
+	// sharded forward scratch (Model.Comms set): vocab-parallel CE stats
+	// [N, 3], their all-gather [TP, N, 3], the rows' lse [N]; the global
+	// statistics reduction buffer
+	ceStats, ceGathered, ceLSE, stats []float32
 }
 
 // newActs allocates activations for n tokens of shard sh.

@@ -248,12 +248,13 @@ func (m *Model) Forward(in Input, wantGrad bool) (Result, error) {
 // dlogits is non-nil). It returns the local rows' loss sum.
 func (m *Model) vocabParallelCE(dlogits []float32, targets []int32, n, vl, tp, tpRank int, scale float32) float64 {
 	a := m.acts
-	stats := make([]float32, 3*n)
-	gathered := make([]float32, tp*3*n)
+	a.ceStats = growF32(a.ceStats, 3*n)
+	a.ceGathered = growF32(a.ceGathered, tp*3*n)
+	a.ceLSE = growF32(a.ceLSE, n)
+	stats, gathered, lse := a.ceStats, a.ceGathered, a.ceLSE
 	v0 := tpRank * vl
 	tensor.CrossEntropyShardStats(stats, a.Logits[:n*vl], targets, n, vl, v0)
 	m.Comms.GatherTP(stats, gathered)
-	lse := make([]float32, n)
 	sum, _ := tensor.CrossEntropyShardCombine(a.Losses[:n], lse, gathered, targets, n, tp)
 	if dlogits != nil {
 		tensor.CrossEntropyShardGrad(dlogits, a.Logits[:n*vl], lse, targets, n, vl, v0, scale)
@@ -268,7 +269,8 @@ func (m *Model) vocabParallelCE(dlogits []float32, targets []int32, n, vl, tp, t
 func (m *Model) reduceStats(ceSum float64) float64 {
 	a, e := m.acts, m.Cfg.Experts
 	per := 2*e + 3 // slot sums, prob sums, count, z sum, z count
-	buf := make(stats64, 2*(1+len(a.Layers)*per))
+	a.stats = growF32(a.stats, 2*(1+len(a.Layers)*per))
+	buf := stats64(a.stats)
 	buf.put(0, ceSum)
 	for l := range a.Layers {
 		st := &a.Layers[l].MoE
@@ -358,4 +360,13 @@ func (m *Model) CheckFinite() error {
 		return fmt.Errorf("model: non-finite parameter %w", err)
 	}
 	return nil
+}
+
+// growF32 returns s resized to n, reallocating only when it is too small
+// (step-to-step scratch of the sharded forward).
+func growF32(s []float32, n int) []float32 {
+	if cap(s) < n {
+		return make([]float32, n)
+	}
+	return s[:n]
 }

@@ -52,6 +52,8 @@ type dispatch struct {
 	inv          []int32 // [R] received row i is expert-major row inv[i]
 	sendC, recvC []float32
 	sendN, recvN []int
+	countN       []int     // [EP] El: the count exchange's split
+	base         []int     // [EP·El] first received row of (member, expert)
 	buf          []float32 // received rows in member order
 }
 
@@ -80,7 +82,8 @@ func (dp *dispatch) dispatch(ex Exchange, p *Plan, out *[]float32, rows []float3
 	dp.recvC = grow(dp.recvC, e)
 	dp.sendN = growInt(dp.sendN, ep)
 	dp.recvN = growInt(dp.recvN, ep)
-	cN := make([]int, ep)
+	dp.countN = growInt(dp.countN, ep)
+	cN := dp.countN
 	for j := 0; j < ep; j++ {
 		dp.sendRows[j] = p.Offsets[(j+1)*el] - p.Offsets[j*el]
 		cN[j] = el
@@ -132,7 +135,8 @@ func (dp *dispatch) regroup(r int) {
 	ep, el := dp.ep, dp.el
 	dp.perm = growInt32(dp.perm, r)
 	dp.inv = growInt32(dp.inv, r)
-	base := make([]int, ep*el)
+	dp.base = growInt(dp.base, ep*el)
+	base := dp.base
 	at := 0
 	for j := 0; j < ep; j++ {
 		for x := 0; x < el; x++ {
