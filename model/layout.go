@@ -140,22 +140,37 @@ func (l Layout) Views(buf []float32) Weights {
 }
 
 // InitParams fills params (length Total) deterministically from seed: each
-// entry draws from its own PCG stream keyed by (seed, entry index), so adding
-// an entry does not change the others' values.
+// entry draws its whole (global) tensor from its own PCG stream keyed by
+// (seed, entry index), so adding an entry does not change the others'
+// values, and a shard's layout (NewShardLayout) keeps its box of exactly the
+// values the whole model gets: every mesh starts from the serial weights.
 func (l Layout) InitParams(params []float32, std float64, seed uint64) {
 	for i, e := range l.Entries {
 		s := e.Slice(params)
-		switch e.Init {
-		case InitOnes:
+		switch {
+		case e.Init == InitOnes:
 			for j := range s {
 				s[j] = 1
 			}
+		case !e.IsSharded():
+			fillNormal(s, std, seed, i)
 		default:
-			r := rand.New(rand.NewPCG(seed, uint64(i)*0x9e3779b97f4a7c15+1))
-			for j := range s {
-				s[j] = float32(r.NormFloat64() * std)
+			n := 1
+			for _, x := range e.GlobalShape() {
+				n *= x
 			}
+			full := make([]float32, n)
+			fillNormal(full, std, seed, i)
+			e.Runs(func(lo, g, k int) { copy(s[lo:lo+k], full[g:g+k]) })
 		}
+	}
+}
+
+// fillNormal draws x from N(0, std²) on entry i's stream of seed.
+func fillNormal(x []float32, std float64, seed uint64, i int) {
+	r := rand.New(rand.NewPCG(seed, uint64(i)*0x9e3779b97f4a7c15+1))
+	for j := range x {
+		x[j] = float32(r.NormFloat64() * std)
 	}
 }
 

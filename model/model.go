@@ -126,7 +126,7 @@ func NewSharded(cfg Config, sh Shard, seed uint64) (*Model, error) {
 	m.Params = make([]float32, m.Layout.Total)
 	m.Grads = make([]float32, m.Layout.Total)
 	m.P, m.G = m.Layout.Views(m.Params), m.Layout.Views(m.Grads)
-	m.Layout.InitShardParams(m.Params, cfg.InitStd, seed)
+	m.Layout.InitParams(m.Params, cfg.InitStd, seed)
 	// A layer's entries run from its ln1 to the next layer's ln1 (ln_f after
 	// the last layer); the MoE half starts at ln2.
 	m.marks = make([][3]int, cfg.Layers)

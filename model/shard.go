@@ -2,7 +2,6 @@ package model
 
 import (
 	"fmt"
-	"math/rand/v2"
 )
 
 // Shard says which slice of the model one rank holds (Megatron-style tensor
@@ -143,9 +142,7 @@ func (e Entry) IsSharded() bool {
 // Runs calls fn(local, global, n) for every contiguous run of the entry's
 // box in order: local and global are element offsets inside the local and
 // global tensors, n the run length (the box's last dimension).
-func (e Entry) Runs(fn func(local, global, n int)) { e.forBox(fn) }
-
-func (e Entry) forBox(fn func(local, global, n int)) {
+func (e Entry) Runs(fn func(local, global, n int)) {
 	g := e.GlobalShape()
 	nd := len(e.Shape)
 	if nd == 0 {
@@ -186,7 +183,7 @@ func (l Layout) Extract(local, whole []float32, wholeLayout Layout) {
 	for _, e := range l.Entries {
 		ge, _ := wholeLayout.Lookup(e.Name)
 		dst, src := e.Slice(local), ge.Slice(whole)
-		e.forBox(func(lo, go_, n int) { copy(dst[lo:lo+n], src[go_:go_+n]) })
+		e.Runs(func(lo, go_, n int) { copy(dst[lo:lo+n], src[go_:go_+n]) })
 	}
 }
 
@@ -196,39 +193,6 @@ func (l Layout) Insert(whole, local []float32, wholeLayout Layout) {
 	for _, e := range l.Entries {
 		ge, _ := wholeLayout.Lookup(e.Name)
 		src, dst := e.Slice(local), ge.Slice(whole)
-		e.forBox(func(lo, go_, n int) { copy(dst[go_:go_+n], src[lo:lo+n]) })
-	}
-}
-
-// InitShardParams fills params (length l.Total) with exactly the values
-// NewLayout(cfg).InitParams would give this shard's boxes: each entry draws
-// its global tensor from its own stream and keeps its box, so every mesh
-// starts from the serial model's weights.
-func (l Layout) InitShardParams(params []float32, std float64, seed uint64) {
-	for i, e := range l.Entries {
-		s := e.Slice(params)
-		if e.Init == InitOnes {
-			for j := range s {
-				s[j] = 1
-			}
-			continue
-		}
-		if !e.IsSharded() {
-			r := rand.New(rand.NewPCG(seed, uint64(i)*0x9e3779b97f4a7c15+1))
-			for j := range s {
-				s[j] = float32(r.NormFloat64() * std)
-			}
-			continue
-		}
-		n := 1
-		for _, x := range e.GlobalShape() {
-			n *= x
-		}
-		full := make([]float32, n)
-		r := rand.New(rand.NewPCG(seed, uint64(i)*0x9e3779b97f4a7c15+1))
-		for j := range full {
-			full[j] = float32(r.NormFloat64() * std)
-		}
-		e.forBox(func(lo, go_, k int) { copy(s[lo:lo+k], full[go_:go_+k]) })
+		e.Runs(func(lo, go_, n int) { copy(dst[go_:go_+n], src[lo:lo+n]) })
 	}
 }
