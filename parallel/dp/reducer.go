@@ -173,12 +173,32 @@ func (r *Reducer) Begin(ctx context.Context, localTargets int) error {
 	if localTargets < 0 || localTargets >= 1<<36 {
 		return fmt.Errorf("dp: local target count %d out of range [0, 2^36)", localTargets)
 	}
-	r.active, r.ctx, r.err = true, ctx, nil
+	r.begin(ctx)
 	r.local, r.global, r.scale = localTargets, -1, 0
-	r.ready, r.next, r.reqs = len(r.grads), 0, r.reqs[:0]
 	r.count[0], r.count[1] = float32(localTargets>>12), float32(localTargets&4095)
 	r.countRq = r.dense.AllReduceAsync(r.count, collective.Sum)
 	return nil
+}
+
+// BeginScaled starts a step whose gradients the model has already scaled
+// for the global batch (it normalised its loss by the global target count
+// and uses global aux statistics, as model.Model with Comms does): the
+// buckets are summed as they are, with no target-count exchange. Otherwise
+// as Begin.
+func (r *Reducer) BeginScaled(ctx context.Context) error {
+	if r.active {
+		return fmt.Errorf("dp: BeginScaled while the previous step's reduction is unfinished (call Finish)")
+	}
+	r.begin(ctx)
+	r.local, r.global, r.scale = 0, 0, 1
+	r.countRq = nil
+	return nil
+}
+
+// begin resets the per-step state both Begin forms share.
+func (r *Reducer) begin(ctx context.Context) {
+	r.active, r.ctx, r.err = true, ctx, nil
+	r.ready, r.next, r.reqs = len(r.grads), 0, r.reqs[:0]
 }
 
 // GradsReady records that grads[lo:hi] is final and starts every bucket now
