@@ -301,20 +301,35 @@ func (r *MeshRank) gradNorm(ctx context.Context) (float64, error) {
 }
 
 // Evaluate is the mean cross-entropy over every target of batches; every
-// rank of the job must call it with the same batches (each DP replica
-// evaluates them all, SP ranks their chunks).
+// rank of the job must call it with the same batches. The DP replicas split
+// them (replica d takes batches d, d+DP, ...; SP ranks their chunks of
+// each): a forward's result is already summed over the replicas, so each
+// batch is evaluated once in the job. In a last round with fewer batches
+// than replicas, the replicas left over run batch 0 with every target
+// ignored, which adds nothing, so that every rank makes the same collective
+// calls.
 func (r *MeshRank) Evaluate(ctx context.Context, batches []sampling.Batch) (float64, error) {
 	var sum float64
 	var count int
-	for i, b := range batches {
+	dp, d := r.mesh.DP, r.coord.DP
+	for first := 0; first < len(batches); first += dp {
+		k := first + d
+		b := batches[min(k, len(batches)-1)]
+		if k >= len(batches) {
+			b = batches[0]
+			b.Targets = make([]int32, len(b.Targets))
+			for i := range b.Targets {
+				b.Targets[i] = -1
+			}
+		}
 		in, err := r.LocalInput(b)
 		if err != nil {
-			return 0, fmt.Errorf("train: evaluate batch %d: %w", i, err)
+			return 0, fmt.Errorf("train: evaluate batch %d: %w", k, err)
 		}
 		r.comms.Begin(ctx)
 		res, err := r.tr.m.Forward(in, false)
 		if err != nil {
-			return 0, fmt.Errorf("train: evaluate batch %d: %w", i, err)
+			return 0, fmt.Errorf("train: evaluate batch %d: %w", k, err)
 		}
 		sum += res.CE * float64(res.Targets)
 		count += res.Targets

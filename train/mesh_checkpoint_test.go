@@ -149,12 +149,13 @@ func TestMeshCheckpointReshard(t *testing.T) {
 	}
 }
 
-// MeshRank.Evaluate (every rank, collective) gives the serial trainer's
-// validation loss on the same batches.
+// MeshRank.Evaluate (every rank, collective, batches split over the DP
+// replicas, with ignored fillers when they do not divide evenly: 3 batches
+// over DP = 2 and DP = 4) gives the serial trainer's validation loss.
 func TestMeshEvaluateEqualsSerial(t *testing.T) {
 	cfg := meshJob()
 	rng := rand.New(rand.NewPCG(23, 24))
-	val := []sampling.Batch{randomBatch(rng, 2, 16, cfg.Model.Vocab), randomBatch(rng, 3, 16, cfg.Model.Vocab)}
+	val := []sampling.Batch{randomBatch(rng, 2, 16, cfg.Model.Vocab), randomBatch(rng, 3, 16, cfg.Model.Vocab), randomBatch(rng, 2, 16, cfg.Model.Vocab)}
 	tr, err := NewTrainer(cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
