@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"runtime"
@@ -37,6 +38,7 @@ type benchRoutingFlags struct {
 	skew     float64
 	biasRate float64
 	threads  int
+	rankCPU  float64
 	timeout  time.Duration
 	jsonOut  bool
 }
@@ -74,9 +76,13 @@ the slowest rank's wall time, and the table gives its median over the --steps ti
 in the step: about the step time with a core per rank, communication aside. Where the ranks
 share cores (more runnable processes than cores), a waiting rank frees its share for the
 others, so the wall time follows the total work rather than the busiest rank's; the CPU time
-does not. Load metrics are global,
-averaged over MoE layers and timed steps: IS = (max − min slots per EP rank) / tokens, max/mean
-expert and EP-rank load, drop rate.
+does not. Load metrics are global, averaged over MoE layers and timed steps: IS = (max − min
+slots per EP rank) / tokens, max/mean expert and EP-rank load, drop rate.
+
+--rank-cpu C models one device per EP rank instead: each rank process runs in its own cgroup
+with a CFS bandwidth quota of C cores (10 ms period) that it cannot exceed and that the other
+ranks cannot take while it waits. The busiest rank's work then sets the wall step time, as on
+a cluster. Needs Linux and root (or a delegated cgroup); C × ep must not exceed the cores.
 
 Configurations (--routers; every one uses the same k, so the same expert FLOPs per token):
   topk           dropless top-k (the anchor of the topk/this column)
@@ -86,7 +92,7 @@ Configurations (--routers; every one uses the same k, so the same expert FLOPs p
   topk+bias      dropless top-k with aux-loss-free bias balancing at --bias-rate
 Other configurations keep the job's model.bias_update_rate (0 unless it asks for balancing).
 Each rank process runs --threads kernel threads; unless GOMAXPROCS is set, each gets
-GOMAXPROCS = max(1, cores/ep).`,
+GOMAXPROCS = max(1, cores/ep), or max(1, ceil(C)) with --rank-cpu C.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			job, err := f.job()
@@ -103,7 +109,7 @@ GOMAXPROCS = max(1, cores/ep).`,
 			if err != nil {
 				return fmt.Errorf("locating own binary: %w", err)
 			}
-			rows, err := runBenchRouting(ctx, exe, specs, cmd.ErrOrStderr())
+			rows, err := runBenchRouting(ctx, exe, specs, f.rankCPU, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -121,6 +127,7 @@ GOMAXPROCS = max(1, cores/ep).`,
 	fl.Float64Var(&f.skew, "skew", defaultRoutingSkew, "selection-bias offset of EP rank 0's experts at the start (0: unskewed)")
 	fl.Float64Var(&f.biasRate, "bias-rate", defaultRoutingBiasRate, "γ of topk+bias (aux-loss-free balancing)")
 	fl.IntVar(&f.threads, "threads", 1, "kernel threads per rank process")
+	fl.Float64Var(&f.rankCPU, "rank-cpu", 0, "cores per rank process, enforced by a cgroup CPU quota: one device per EP rank (0: off, ranks share the cores)")
 	fl.DurationVar(&f.timeout, "timeout", 2*time.Hour, "give up after this long (all configurations; every collective also has its own 60s deadline)")
 	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object instead of the table")
 	return cmd
@@ -154,6 +161,11 @@ func (f *benchRoutingFlags) specs(job train.JobConfig) ([]cluster.RoutingBenchSp
 		return nil, fmt.Errorf("--bias-rate %g: want a finite value > 0", f.biasRate)
 	case f.timeout <= 0:
 		return nil, fmt.Errorf("--timeout %v: must be > 0", f.timeout)
+	case !(f.rankCPU == 0 || f.rankCPU >= minRankCPU && f.rankCPU < 1e6):
+		return nil, fmt.Errorf("--rank-cpu %g: want 0 (off) or at least %g cores per rank", f.rankCPU, minRankCPU)
+	case f.rankCPU*float64(f.ep) > float64(runtime.NumCPU())+1e-9:
+		return nil, fmt.Errorf("--rank-cpu %g × --ep %d = %g cores, more than the %d of this machine: the ranks could not all get their share at once",
+			f.rankCPU, f.ep, f.rankCPU*float64(f.ep), runtime.NumCPU())
 	}
 	k := f.k
 	if k == 0 {
@@ -181,13 +193,22 @@ func (f *benchRoutingFlags) specs(job train.JobConfig) ([]cluster.RoutingBenchSp
 	return specs, nil
 }
 
+// minRankCPU is the smallest --rank-cpu: a rank that slow would take
+// minutes per step of any model worth measuring (the kernel's own floor,
+// 0.001 cores, is far below it).
+const minRankCPU = 0.01
+
 // runBenchRouting runs every spec in turn as its own set of rank processes
-// of exe and summarises each.
-func runBenchRouting(ctx context.Context, exe string, specs []cluster.RoutingBenchSpec, progress io.Writer) ([]cluster.RoutingRow, error) {
+// of exe and summarises each. rankCPU > 0 puts each rank process in its own
+// cgroup limited to that many cores.
+func runBenchRouting(ctx context.Context, exe string, specs []cluster.RoutingBenchSpec, rankCPU float64, progress io.Writer) ([]cluster.RoutingRow, error) {
 	var rows []cluster.RoutingRow
-	for _, s := range specs {
+	for i, s := range specs {
 		t0 := time.Now()
-		res, err := runRoutingRanks(ctx, exe, s)
+		// Unique per coordinator, configuration and rank (the rank is
+		// appended), so a group left behind never collides with a later one.
+		prefix := fmt.Sprintf("moetrain-bench-%d-%d", os.Getpid(), i)
+		res, stats, err := runRoutingRanks(ctx, exe, s, rankCPU, prefix)
 		if err != nil {
 			return nil, err
 		}
@@ -195,7 +216,15 @@ func runBenchRouting(ctx context.Context, exe string, specs []cluster.RoutingBen
 		if err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(progress, "bench routing: %s done in %.1fs (median step %.1f ms, IS %.3f)\n", s.Case.Name, time.Since(t0).Seconds(), row.StepMS, row.IS)
+		throttled := ""
+		if len(stats) > 0 {
+			parts := make([]string, len(stats))
+			for r, st := range stats {
+				parts[r] = fmt.Sprintf("%d/%d", st.Throttled, st.Periods)
+			}
+			throttled = ", throttled/runnable quota periods per rank " + strings.Join(parts, " ")
+		}
+		fmt.Fprintf(progress, "bench routing: %s done in %.1fs (median step %.1f ms, IS %.3f%s)\n", s.Case.Name, time.Since(t0).Seconds(), row.StepMS, row.IS, throttled)
 		rows = append(rows, row)
 	}
 	return rows, nil
@@ -224,16 +253,22 @@ type routingEvent struct {
 // "RESULT <json>"; a rank whose stdin ends stops. The first rank to fail (or
 // to exit without a result) fails the run with its error and the tail of its
 // stderr, and the other ranks are killed at once; ctx bounds the whole run.
-func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchSpec) ([]cluster.RoutingRankResult, error) {
+//
+// With rankCPU > 0 rank r runs in the cgroup groupPrefix-r, limited to
+// rankCPU cores, and stats holds each group's throttling counts. A rank joins
+// its group right after it starts, before it is sent any work; the groups are
+// removed once every rank has exited, on every path (a failure to remove one
+// is an error).
+func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchSpec, rankCPU float64, groupPrefix string) (results []cluster.RoutingRankResult, stats []cpuQuotaStat, err error) {
 	n := spec.Mesh().World()
 	name := spec.Case.Name
 	var tok [16]byte
 	if _, err := rand.Read(tok[:]); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	specJSON, err := json.Marshal(spec)
 	if err != nil {
-		return nil, fmt.Errorf("bench routing %s: encoding the spec: %w", name, err)
+		return nil, nil, fmt.Errorf("bench routing %s: encoding the spec: %w", name, err)
 	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
@@ -241,6 +276,7 @@ func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchS
 	}
 	events := make(chan routingEvent, 2*n) // ≤ one address and one end per rank
 	children := make([]*routingChild, n)
+	quotas := make([]*cpuQuota, n)
 	var wg sync.WaitGroup
 	defer func() {
 		for _, ch := range children {
@@ -252,27 +288,55 @@ func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchS
 			}
 		}
 		wg.Wait() // the readers reap their processes
+		// Only now are the groups empty.
+		for r, q := range quotas {
+			if q == nil {
+				continue
+			}
+			if st, serr := q.Stat(); serr == nil && stats != nil {
+				stats[r] = st
+			}
+			if cerr := q.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("bench routing %s: --rank-cpu: rank %d: %w", name, r, cerr))
+			}
+		}
 	}()
+	if rankCPU > 0 {
+		stats = make([]cpuQuotaStat, n)
+	}
 	for r := range n {
 		args := []string{"bench-routing-rank", "--rank", strconv.Itoa(r), "--ranks", strconv.Itoa(n),
 			"--timeout", max(time.Second, time.Until(deadline).Round(time.Second)).String()}
 		cmd := exec.CommandContext(ctx, exe, args...)
 		cmd.Env = append(os.Environ(), benchTokenEnv+"="+hex.EncodeToString(tok[:]))
-		if os.Getenv("GOMAXPROCS") == "" {
+		switch {
+		case os.Getenv("GOMAXPROCS") != "":
+		case rankCPU > 0:
+			// As many Ps as the quota can keep busy; more would only
+			// be throttled together.
+			cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", max(1, int(math.Ceil(rankCPU)))))
+		default:
 			// Ranks share the host's cores (see bench collectives).
 			cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", max(1, runtime.NumCPU()/n)))
+		}
+		var quota *cpuQuota
+		if rankCPU > 0 {
+			if quota, err = newCPUQuota(fmt.Sprintf("%s-%d", groupPrefix, r), rankCPU); err != nil {
+				return nil, nil, fmt.Errorf("bench routing %s: --rank-cpu: rank %d: %w", name, r, err)
+			}
+			quotas[r] = quota
 		}
 		ch := &routingChild{cmd: cmd, stderr: &tailWriter{max: 8 << 10}}
 		cmd.Stderr = ch.stderr
 		if ch.stdin, err = cmd.StdinPipe(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if err := cmd.Start(); err != nil {
-			return nil, fmt.Errorf("bench routing %s: starting rank %d: %w", name, r, err)
+			return nil, nil, fmt.Errorf("bench routing %s: starting rank %d: %w", name, r, err)
 		}
 		children[r] = ch
 		wg.Add(1)
@@ -280,6 +344,11 @@ func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchS
 			defer wg.Done()
 			events <- readRoutingChild(r, stdout, ch, events)
 		}()
+		if quota != nil {
+			if err := quota.Add(cmd.Process.Pid); err != nil {
+				return nil, nil, fmt.Errorf("bench routing %s: --rank-cpu: rank %d: %w", name, r, err)
+			}
+		}
 	}
 	failed := func(ev routingEvent, what string) error {
 		if ev.err == nil {
@@ -302,12 +371,12 @@ func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchS
 		case ev := <-events:
 			if ev.exited {
 				children[ev.rank].exited = true
-				return nil, failed(ev, "its address")
+				return nil, nil, failed(ev, "its address")
 			}
 			addrs[ev.rank] = ev.addr
 			got++
 		case <-ctx.Done():
-			return nil, fmt.Errorf("bench routing %s: ranks [%s] did not report their addresses: %w", name, waiting(func(r int) bool { return addrs[r] != "" }), ctx.Err())
+			return nil, nil, fmt.Errorf("bench routing %s: ranks [%s] did not report their addresses: %w", name, waiting(func(r int) bool { return addrs[r] != "" }), ctx.Err())
 		}
 	}
 	msg := "ADDRS " + strings.Join(addrs, ",") + "\nSPEC " + string(specJSON) + "\n"
@@ -319,21 +388,21 @@ func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchS
 			ch.stdin.Close()
 		}
 	}
-	results := make([]cluster.RoutingRankResult, n)
+	results = make([]cluster.RoutingRankResult, n)
 	for done := 0; done < n; {
 		select {
 		case ev := <-events:
 			children[ev.rank].exited = true
 			if ev.err != nil || ev.result == nil {
-				return nil, failed(ev, "a result")
+				return nil, nil, failed(ev, "a result")
 			}
 			results[ev.rank] = *ev.result
 			done++
 		case <-ctx.Done():
-			return nil, fmt.Errorf("bench routing %s: ranks [%s] did not finish: %w", name, waiting(func(r int) bool { return children[r].exited }), ctx.Err())
+			return nil, nil, fmt.Errorf("bench routing %s: ranks [%s] did not finish: %w", name, waiting(func(r int) bool { return children[r].exited }), ctx.Err())
 		}
 	}
-	return results, nil
+	return results, stats, nil
 }
 
 // readRoutingChild reads rank r's stdout: its address goes to events at
@@ -514,12 +583,15 @@ func readControl(ctx context.Context, r io.Reader, stop context.CancelFunc) ([]s
 
 // benchRoutingReport is the --json output.
 type benchRoutingReport struct {
-	EP      int                  `json:"ep"`
-	K       int                  `json:"k"`
-	Skew    float64              `json:"skew"`
-	Warmup  int                  `json:"warmup"`
-	Steps   int                  `json:"steps"`
-	Threads int                  `json:"threads"`
+	EP      int     `json:"ep"`
+	K       int     `json:"k"`
+	Skew    float64 `json:"skew"`
+	Warmup  int     `json:"warmup"`
+	Steps   int     `json:"steps"`
+	Threads int     `json:"threads"`
+	// RankCPU is --rank-cpu: each rank process's cgroup CPU quota in
+	// cores, 0 when the ranks share the machine's cores.
+	RankCPU float64              `json:"rank_cpu"`
 	Anchor  string               `json:"anchor"`
 	Rows    []cluster.RoutingRow `json:"rows"`
 }
@@ -529,7 +601,7 @@ func printBenchRouting(w io.Writer, f *benchRoutingFlags, spec cluster.RoutingBe
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(benchRoutingReport{EP: f.ep, K: spec.Case.TopK, Skew: f.skew, Warmup: f.warmup, Steps: f.steps,
-			Threads: f.threads, Anchor: anchor, Rows: rows})
+			Threads: f.threads, RankCPU: f.rankCPU, Anchor: anchor, Rows: rows})
 	}
 	m, d := spec.Job.Model, spec.Job.Data
 	data := d.Path
@@ -542,6 +614,11 @@ func printBenchRouting(w io.Writer, f *benchRoutingFlags, spec cluster.RoutingBe
 		m.DModel, m.Layers, m.Experts, m.ExpertHidden, m.Score, spec.Case.TopK)
 	fmt.Fprintf(w, "# data: %s, %s sampler, %d×%d tokens per rank per step; skew +%g on EP rank 0's experts; warmup %d, %d timed steps\n",
 		data, d.Mode, d.BatchSize, d.SeqLen, f.skew, f.warmup, f.steps)
+	if f.rankCPU > 0 {
+		fmt.Fprintf(w, "# rank cpu: %.2f cores per rank (cgroup cpu quota): one device per EP rank, so the busiest rank sets the step time\n", f.rankCPU)
+	} else {
+		fmt.Fprintf(w, "# rank cpu: shared (no quota): a waiting rank lends its cores to the others, so step ms follows the total work\n")
+	}
 	fmt.Fprintf(w, "# step ms: median over steps of the slowest rank's wall time; cpu ms: median over steps of the busiest rank's CPU time\n")
 	fmt.Fprintf(w, "#   (≈ the step with a core per rank, communication aside); %s/this: speedup vs %s; load metrics: mean over layers and timed steps\n", anchor, anchor)
 	fmt.Fprintf(w, "%-15s %3s %6s %9s %9s %9s %9s %7s %13s %9s %9s %7s %10s\n",

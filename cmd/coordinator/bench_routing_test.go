@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -22,9 +26,15 @@ const (
 	// testCancelRankEnv names a rank whose process runs with its context
 	// already cancelled: a rank that fails.
 	testCancelRankEnv = "MOETRAIN_TEST_CANCEL_RANK"
+	// testSpinEnv makes the test binary a busy loop: once a line arrives
+	// on stdin it spins for the duration the variable holds, then exits.
+	testSpinEnv = "MOETRAIN_TEST_SPIN"
 )
 
 func TestMain(m *testing.M) {
+	if d := os.Getenv(testSpinEnv); d != "" {
+		os.Exit(spin(d))
+	}
 	if os.Getenv(testAsCoordinatorEnv) != "1" {
 		os.Exit(m.Run())
 	}
@@ -43,6 +53,30 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	os.Exit(0)
+}
+
+// spin waits for a line on stdin, then keeps one core busy for d of wall
+// time; it returns the exit status.
+func spin(d string) int {
+	dur, err := time.ParseDuration(d)
+	if err != nil {
+		os.Stderr.WriteString(testSpinEnv + ": " + err.Error() + "\n")
+		return 2
+	}
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		os.Stderr.WriteString("spin: reading the start line: " + err.Error() + "\n")
+		return 2
+	}
+	x := uint64(1)
+	for t0 := time.Now(); time.Since(t0) < dur; {
+		for range 1000 {
+			x = x*6364136223846793005 + 1442695040888963407
+		}
+	}
+	if x == 0 { // keeps the loop from being optimised away
+		os.Stderr.WriteString("spin: x is 0\n")
+	}
+	return 0
 }
 
 // tinyRoutingConfig writes a job TOML of a model small enough for a few
@@ -202,10 +236,84 @@ func TestBenchRoutingFlags(t *testing.T) {
 		{[]string{"--ep", "2", "--k", "3"}, `router configuration "moge" (k = 3, groups = 2)`},
 		{[]string{"--ep", "4", "--k", "5", "--routers", "group_limited"}, `"group_limited"`},
 		{[]string{"--config", filepath.Join(t.TempDir(), "none.toml")}, "none.toml"},
+		{[]string{"--rank-cpu", "-1"}, "--rank-cpu -1"},
+		{[]string{"--rank-cpu", "NaN"}, "--rank-cpu NaN"},
+		{[]string{"--rank-cpu", "+Inf"}, "--rank-cpu +Inf"},
+		{[]string{"--rank-cpu", "0.001"}, "--rank-cpu 0.001: want 0 (off) or at least 0.01"},
+		{[]string{"--ep", "2", "--rank-cpu", fmt.Sprint(float64(runtime.NumCPU())/2 + 0.25)},
+			fmt.Sprintf("× --ep 2 = %g cores, more than the %d of this machine", float64(runtime.NumCPU())+0.5, runtime.NumCPU())},
 	} {
 		args := append([]string{"--config", cfg}, c.args...)
 		if _, err := runRoutingCmd(t, args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: error %v, want one containing %q", c.args, err, c.want)
 		}
+	}
+}
+
+// rankCPUGroups skips the test unless this host can make CPU quota groups,
+// and returns a function listing this process's bench groups left behind.
+func rankCPUGroups(t *testing.T) func() []string {
+	t.Helper()
+	q, err := newCPUQuota(fmt.Sprintf("moetrain-probe-%d", os.Getpid()), 0.5)
+	if ue, ok := errors.AsType[*cgroupUnavailableError](err); ok {
+		t.Skipf("cgroups are not writable here: %v", ue)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := filepath.Dir(q.Dir())
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return func() []string {
+		left, err := filepath.Glob(filepath.Join(parent, fmt.Sprintf("moetrain-bench-%d-*", os.Getpid())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return left
+	}
+}
+
+// TestBenchRoutingRankCPU: with --rank-cpu the run completes, reports the
+// setting, and removes its groups, also when a rank fails.
+func TestBenchRoutingRankCPU(t *testing.T) {
+	left := rankCPUGroups(t)
+	cfg := tinyRoutingConfig(t, "")
+	out, err := runRoutingCmd(t, "--config", cfg, "--ep", "2", "--steps", "2", "--warmup", "0", "--routers", "topk,moge",
+		"--rank-cpu", "0.5", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep benchRoutingReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("output is not the JSON report: %v\n%s", err, out)
+	}
+	if rep.RankCPU != 0.5 || len(rep.Rows) != 2 || rep.Rows[1].IS != 0 || !(rep.Rows[0].StepMS > 0) {
+		t.Errorf("report %+v", rep)
+	}
+	if l := left(); len(l) > 0 {
+		t.Errorf("groups left after the run: %v", l)
+	}
+
+	t.Setenv(testCancelRankEnv, "1")
+	_, err = runRoutingCmd(t, "--config", cfg, "--ep", "2", "--steps", "2", "--warmup", "0", "--routers", "moge", "--rank-cpu", "0.5")
+	if err == nil || !strings.Contains(err.Error(), "rank 1 of 2") {
+		t.Errorf("error %v: want rank 1's failure", err)
+	}
+	if l := left(); len(l) > 0 {
+		t.Errorf("groups left after a failed run: %v", l)
+	}
+
+	var table bytes.Buffer
+	f := &benchRoutingFlags{ep: 2, steps: 2, skew: 0.5, threads: 1, rankCPU: 0.5}
+	spec, err := (&benchRoutingFlags{ep: 2, steps: 2, skew: 0.5, threads: 1, biasRate: 0.01, timeout: time.Minute, routers: "topk,moge"}).specs(mustLoadJob(t, cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := printBenchRouting(&table, f, spec[0], rep.Rows, "topk"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "# rank cpu: 0.50 cores per rank (cgroup cpu quota)") {
+		t.Errorf("table header does not give the rank cpu:\n%s", table.String())
 	}
 }
