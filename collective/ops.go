@@ -293,8 +293,9 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 	if sc[r] != rc[r] {
 		return fmt.Errorf("this rank sends itself %d elements but expects %d", sc[r], rc[r])
 	}
-	copy(recv[roff[r]:roff[r+1]], send[soff[r]:soff[r+1]])
+	self := func() { copy(recv[roff[r]:roff[r+1]], send[soff[r]:soff[r+1]]) }
 	if n == 1 {
+		self()
 		return nil
 	}
 	pend := make([]Pending, n)
@@ -337,6 +338,8 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 			}()
 		}
 	}
+	// This rank's own block is copied while the peers' blocks are in flight.
+	self()
 	var first error
 	for s := 1; s < n; s++ {
 		p := mod(r-s, n)

@@ -103,12 +103,22 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 			}
 		}
 	}
-	pool := ringPool(sp.seg)
+	// Temporaries: as many as look-ahead allows, but no more than there are
+	// reduce-scatter messages, each as long as the longest of them (a small
+	// buffer needs one short temporary, not the pool's worth of segments).
+	pool, tmpLen, nrs := ringPool(sp.seg), 0, 0
+	for _, m := range msgs {
+		if !m.ag {
+			nrs++
+			tmpLen = max(tmpLen, m.hi-m.lo)
+		}
+	}
+	pool = max(1, min(pool, nrs))
 	free := make(chan []float32, pool)
 	var owned [][]float32
 	if sp.doRS {
 		for range pool {
-			t := getF32(sp.seg)
+			t := getF32(tmpLen)
 			owned = append(owned, t)
 			free <- t
 		}

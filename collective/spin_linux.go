@@ -20,20 +20,24 @@ import (
 // reply of a peer that is already sending. Between polls it yields the P
 // (runtime.Gosched), so the goroutines of this process (the operation that
 // consumes what was read, senders) keep running; only goroutines parked in
-// the network poller wait, for at most spin. want is asked between polls:
-// the owner turns it false before closing the connection, since Close waits
-// for a Read in progress.
+// the network poller wait, for at most spin. With yield it also gives the
+// CPU to other processes between polls (sched_yield), for ranks that share
+// cores. want is asked between polls: polling stops as soon as it turns
+// false (nobody waits for this connection's data any more; the owner also
+// turns it false before closing the connection, since Close waits for a
+// Read in progress).
 type spinReader struct {
-	conn *net.TCPConn
-	spin time.Duration
-	want func() bool
+	conn  *net.TCPConn
+	spin  time.Duration
+	yield bool
+	want  func() bool
 }
 
-func newSpinReader(c *net.TCPConn, spin time.Duration, want func() bool) io.Reader {
+func newSpinReader(c *net.TCPConn, spin time.Duration, yield bool, want func() bool) io.Reader {
 	if spin <= 0 {
 		return c
 	}
-	return &spinReader{conn: c, spin: spin, want: want}
+	return &spinReader{conn: c, spin: spin, yield: yield, want: want}
 }
 
 func (s *spinReader) Read(p []byte) (int, error) {
@@ -71,6 +75,9 @@ func (s *spinReader) Read(p []byte) (int, error) {
 				return false
 			}
 			runtime.Gosched()
+			if s.yield {
+				_, _, _ = unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+			}
 		}
 	})
 	if err != nil {

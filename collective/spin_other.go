@@ -9,4 +9,4 @@ import (
 )
 
 // newSpinReader reads c directly: polling is implemented on Linux only.
-func newSpinReader(c *net.TCPConn, _ time.Duration, _ func() bool) io.Reader { return c }
+func newSpinReader(c *net.TCPConn, _ time.Duration, _ bool, _ func() bool) io.Reader { return c }

@@ -36,9 +36,9 @@ func checkNoWaiters(t *testing.T, ts []Transport) {
 			continue
 		}
 		tt.in.mu.Lock()
-		for p := range tt.in.waits {
-			if got := tt.in.waits[p].Load(); got != 0 {
-				t.Errorf("rank %d: %d receives from rank %d still counted as waiting", r, got, p)
+		for p := range tt.in.blocked {
+			if got := tt.in.blocked[p].Load(); got != 0 {
+				t.Errorf("rank %d: %d goroutines still counted as blocked on rank %d", r, got, p)
 			}
 		}
 		if len(tt.in.waiting) != 0 {
@@ -171,8 +171,9 @@ func loopbackPair(t *testing.T) (a, b *net.TCPConn) {
 // TestSpinReaderStream: whatever the polling decision, the reader returns the
 // stream's bytes in order and then EOF.
 func TestSpinReaderStream(t *testing.T) {
-	for _, want := range []bool{true, false} {
-		t.Run(fmt.Sprintf("want=%v", want), func(t *testing.T) {
+	for _, c := range []struct{ want, yield bool }{{true, false}, {true, true}, {false, false}} {
+		want, yield := c.want, c.yield
+		t.Run(fmt.Sprintf("want=%v,yield=%v", want, yield), func(t *testing.T) {
 			a, b := loopbackPair(t)
 			rng := rand.New(rand.NewPCG(1, 2))
 			data := make([]byte, 1<<20+3)
@@ -191,7 +192,7 @@ func TestSpinReaderStream(t *testing.T) {
 				}
 				a.Close()
 			}()
-			r := newSpinReader(b, 100*time.Microsecond, func() bool { return want })
+			r := newSpinReader(b, 100*time.Microsecond, yield, func() bool { return want })
 			got, err := io.ReadAll(r)
 			if err != nil {
 				t.Fatal(err)
@@ -209,7 +210,7 @@ func TestSpinReaderStream(t *testing.T) {
 func TestSpinReaderClose(t *testing.T) {
 	_, b := loopbackPair(t)
 	var closing atomic.Bool
-	r := newSpinReader(b, time.Minute, func() bool { return !closing.Load() })
+	r := newSpinReader(b, time.Minute, false, func() bool { return !closing.Load() })
 	done := make(chan error, 1)
 	go func() {
 		var p [16]byte

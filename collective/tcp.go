@@ -32,6 +32,11 @@ type TCPConfig struct {
 	// does not. Default 0 leaves it off (ranks that share cores would take
 	// CPU from each other); negative is the same as 0.
 	SpinWait time.Duration
+	// SpinYield: between polls, a spinning reader also gives its CPU to other
+	// processes (sched_yield), as OpenMPI's mpi_yield_when_idle does. For
+	// ranks that share cores: the peer the reader waits for may need the
+	// core it spins on. Without SpinWait it has no effect.
+	SpinYield bool
 }
 
 // Listen binds the data-plane listener of a worker before it knows its rank;
@@ -245,6 +250,7 @@ type tcpTransport struct {
 	in         *inbox
 	maxPayload uint64
 	spin       time.Duration
+	spinYield  bool
 	closeOnce  sync.Once
 }
 
@@ -262,9 +268,9 @@ type tcpPeer struct {
 
 func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) *tcpTransport {
 	t := &tcpTransport{rank: cfg.Rank, peers: make([]*tcpPeer, len(conns)), in: newInbox(),
-		maxPayload: cfg.MaxPayload, spin: cfg.SpinWait}
+		maxPayload: cfg.MaxPayload, spin: cfg.SpinWait, spinYield: cfg.SpinYield}
 	t.in.breakLink = t.linkDown
-	t.in.waits = make([]atomic.Int32, len(conns))
+	t.in.blocked = make([]atomic.Int32, len(conns))
 	for p, c := range conns {
 		if c == nil {
 			continue
@@ -379,7 +385,7 @@ func (t *tcpTransport) Close() error {
 func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
 	// A small buffer: headers and small frames arrive in one read, large
 	// payloads bypass it and land in their destination directly.
-	br := bufio.NewReaderSize(newSpinReader(pc.conn, t.spin, func() bool { return !pc.closing.Load() && t.in.hasWaiter(p) }), 16<<10)
+	br := bufio.NewReaderSize(newSpinReader(pc.conn, t.spin, t.spinYield, func() bool { return !pc.closing.Load() && t.in.hasBlocked(p) }), 16<<10)
 	var hb [HeaderSize]byte
 	for {
 		if _, err := io.ReadFull(br, hb[:]); err != nil {

@@ -136,10 +136,12 @@ type inbox struct {
 	aborted map[opKey]error
 	peerErr map[int]error
 	closed  error
-	// waits counts the unclaimed receives posted per peer when not nil (a
-	// transport sets it to its size), so a reader can tell without the lock
-	// whether anyone waits for its next frame.
-	waits []atomic.Int32
+	// blocked counts, per peer, the goroutines blocked in Pending.Wait on a
+	// frame from that peer, claimed or not, when not nil (a transport sets it
+	// to its size). A reader polls its socket only while someone is blocked on
+	// its data (also in the middle of a frame), not for receives posted far
+	// ahead of their use.
+	blocked []atomic.Int32
 	// breakLink is called (without mu) when a receive gives up while a reader
 	// is writing into its buffer: the link must fail so the reader lets go.
 	breakLink func(peer int, err error)
@@ -188,22 +190,16 @@ func (b *inbox) sigDel(k mkey) {
 func (b *inbox) putW(k mkey, w *waiter) {
 	b.waiting[k] = w
 	b.sigAdd(k, w.want)
-	if k.peer < len(b.waits) {
-		b.waits[k.peer].Add(1)
-	}
 }
 
 func (b *inbox) delW(k mkey) {
 	delete(b.waiting, k)
 	b.sigDel(k)
-	if k.peer < len(b.waits) {
-		b.waits[k.peer].Add(-1)
-	}
 }
 
-// hasWaiter reports whether a receive from peer is posted and not yet claimed.
-func (b *inbox) hasWaiter(peer int) bool {
-	return peer < len(b.waits) && b.waits[peer].Load() > 0
+// hasBlocked reports whether a goroutine is blocked waiting for a frame from peer.
+func (b *inbox) hasBlocked(peer int) bool {
+	return peer < len(b.blocked) && b.blocked[peer].Load() > 0
 }
 func (b *inbox) putA(k mkey, a arrival) { b.arrived[k] = a; b.sigAdd(k, a.h) }
 func (b *inbox) delA(k mkey)            { delete(b.arrived, k); b.sigDel(k) }
@@ -283,12 +279,16 @@ func (p *pending) Wait(ctx context.Context) (Header, error) {
 		return w.got, w.err
 	default:
 	}
+	b := p.b
+	if peer := p.key.peer; peer < len(b.blocked) {
+		b.blocked[peer].Add(1)
+		defer b.blocked[peer].Add(-1)
+	}
 	select {
 	case <-w.done:
 		return w.got, w.err
 	case <-ctx.Done():
 	}
-	b := p.b
 	b.mu.Lock()
 	select {
 	case <-w.done: // completed while we took the lock
