@@ -7,9 +7,9 @@
 # then the 4 KiB all-reduce latency at np=2; then all-reduce of 64 MiB at np=4
 # over links shaped to 1 GB/s per direction, as a share of the ring bound.
 #
-# Environment: ROUNDS (3), ITERS (default by size: 200 up to 64K, 50 up to 1M, 10 up to
+# Environment: ROUNDS (3), ITERS (default by size: 2000 up to 64K, 200 up to 1M, 10 up to
 # 16M, else 5), WARMUP (3), REPS (5), NPS ("2 4"),
-# SIZES ("64K 1M 16M 64M"), LAT_ITERS (200), SKIP_SHAPED (unset), COORD (a prebuilt
+# SIZES ("64K 1M 16M 64M"), LAT_ITERS (2000), SKIP_SHAPED (unset), COORD (a prebuilt
 # coordinator binary; default: go build).
 # Before/after in one run: BASE (another prebuilt coordinator, e.g. the previous
 # commit's) adds a column "base", run interleaved with the others; EXTRA (flags
@@ -29,7 +29,7 @@ WARMUP=${WARMUP:-3}
 REPS=${REPS:-5}
 NPS=${NPS:-"2 4"}
 SIZES=${SIZES:-"64K 1M 16M 64M"}
-LAT_ITERS=${LAT_ITERS:-200}
+LAT_ITERS=${LAT_ITERS:-2000}
 
 for tool in mpicc mpirun python3; do
 	command -v "$tool" >/dev/null || { echo "bench-collectives: $tool not found" >&2; exit 1; }
@@ -69,11 +69,13 @@ MPIRUN=(mpirun --allow-run-as-root --oversubscribe ${MPIBIND[@]+"${MPIBIND[@]}"}
 run_coord() { # binary np ops sizes iters [extra flags]
 	local bin=$1 np=$2 ops=$3 sizes=$4 iters=$5
 	shift 5
+	# The output is parsed after the run: a python3 starting in the same
+	# pipeline would take a core away from the ranks while they are timed.
 	${PIN[@]+"${PIN[@]}"} "$bin" bench collectives --workers "$np" --transport tcp --ops "$ops" --sizes "$sizes" \
-		--iters "$iters" --warmup "$WARMUP" --reps "$REPS" --json "$@" |
-		python3 -c 'import sys,json
+		--iters "$iters" --warmup "$WARMUP" --reps "$REPS" --json "$@" >"$TMP/run.json"
+	python3 -c 'import sys,json
 for l in sys.stdin:
-    r=json.loads(l); print(r["Op"], r["Bytes"], r["Time"]/1e3, r["AlgBW"], r["BusBW"], r["Wrong"])'
+    r=json.loads(l); print(r["Op"], r["Bytes"], r["Time"]/1e3, r["AlgBW"], r["BusBW"], r["Wrong"])' <"$TMP/run.json"
 }
 mpi() { # np ops bytes iters
 	local yield=()
@@ -103,8 +105,8 @@ each() {
 iters_for() {
 	local b=$1
 	if [ -n "$ITERS" ]; then echo "$ITERS"
-	elif [ "$b" -le 65536 ]; then echo 200
-	elif [ "$b" -le 1048576 ]; then echo 50
+	elif [ "$b" -le 65536 ]; then echo 2000
+	elif [ "$b" -le 1048576 ]; then echo 200
 	elif [ "$b" -le 16777216 ]; then echo 10
 	else echo 5
 	fi
