@@ -20,24 +20,21 @@ import (
 // reply of a peer that is already sending. Between polls it yields the P
 // (runtime.Gosched), so the goroutines of this process (the operation that
 // consumes what was read, senders) keep running; only goroutines parked in
-// the network poller wait, for at most spin. With yield it also gives the
-// CPU to other processes between polls (sched_yield), for ranks that share
-// cores. want is asked between polls: polling stops as soon as it turns
+// the network poller wait, for at most spin. want is asked between polls: polling stops as soon as it turns
 // false (nobody waits for this connection's data any more; the owner also
 // turns it false before closing the connection, since Close waits for a
 // Read in progress).
 type spinReader struct {
-	conn  *net.TCPConn
-	spin  time.Duration
-	yield bool
-	want  func() bool
+	conn *net.TCPConn
+	spin time.Duration
+	want func() bool
 }
 
-func newSpinReader(c *net.TCPConn, spin time.Duration, yield bool, want func() bool) io.Reader {
+func newSpinReader(c *net.TCPConn, spin time.Duration, want func() bool) io.Reader {
 	if spin <= 0 {
 		return c
 	}
-	return &spinReader{conn: c, spin: spin, yield: yield, want: want}
+	return &spinReader{conn: c, spin: spin, want: want}
 }
 
 func (s *spinReader) Read(p []byte) (int, error) {
@@ -75,9 +72,6 @@ func (s *spinReader) Read(p []byte) (int, error) {
 				return false
 			}
 			runtime.Gosched()
-			if s.yield {
-				_, _, _ = unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
-			}
 		}
 	})
 	if err != nil {
@@ -90,4 +84,60 @@ func (s *spinReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// pollReady returns when the connection to peer has data to read, done is
+// closed, spin has passed, or a connection with a write in progress has
+// room (or any polled connection fails), whichever is first. Between polls it lets
+// the other goroutines of this process run and yields the CPU to other
+// processes.
+func pollReady(t *tcpTransport, peer int, done <-chan struct{}) {
+	fds := make([]unix.PollFd, 0, len(t.peers))
+	start := time.Now()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		fds = fds[:0]
+		for q, pc := range t.peers {
+			if pc == nil {
+				continue
+			}
+			ev := int16(0)
+			if q == peer {
+				ev |= unix.POLLIN
+			}
+			if pc.writing.Load() > 0 {
+				ev |= unix.POLLOUT
+			}
+			if ev == 0 {
+				continue
+			}
+			if pc.fd < 0 {
+				return
+			}
+			fds = append(fds, unix.PollFd{Fd: pc.fd, Events: ev})
+		}
+		n, err := unix.Poll(fds, 0)
+		if (err != nil && err != unix.EINTR) || n > 0 || time.Since(start) > t.spin {
+			return
+		}
+		runtime.Gosched()
+		_, _, _ = unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+	}
+}
+
+// rawFD is c's descriptor number, or -1.
+func rawFD(c *net.TCPConn) int32 {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	fd := int32(-1)
+	if rc.Control(func(f uintptr) { fd = int32(f) }) != nil {
+		return -1
+	}
+	return fd
 }

@@ -32,10 +32,14 @@ type TCPConfig struct {
 	// does not. Default 0 leaves it off (ranks that share cores would take
 	// CPU from each other); negative is the same as 0.
 	SpinWait time.Duration
-	// SpinYield: between polls, a spinning reader also gives its CPU to other
-	// processes (sched_yield), as OpenMPI's mpi_yield_when_idle does. For
-	// ranks that share cores: the peer the reader waits for may need the
-	// core it spins on. Without SpinWait it has no effect.
+	// SpinYield is for ranks that share cores (more rank processes than
+	// cores), where a polling reader would take the core its peer needs.
+	// Instead of readers polling sockets, a goroutine about to block on a
+	// frame of at most 64 KiB first polls that socket for readiness for up to
+	// SpinWait, yielding the CPU to other processes between polls
+	// (sched_yield), as OpenMPI's mpi_yield_when_idle does: the process stays
+	// runnable instead of paying a wake-up per frame. Without SpinWait it
+	// has no effect.
 	SpinYield bool
 }
 
@@ -264,6 +268,14 @@ type tcpPeer struct {
 	// closing is set before conn is closed: a polling reader holds the
 	// connection (Close waits for it) and must stop polling first.
 	closing atomic.Bool
+	// writing is non-zero while a Send is inside the socket write (it may
+	// be parked until the socket has room: see polledPending).
+	writing atomic.Int32
+	// fd is conn's descriptor for poll(2) (-1 if unknown). It is read
+	// without holding conn: once conn is closed, poll reports POLLNVAL or,
+	// should the number be reused, a spurious readiness; both only end a
+	// poll early.
+	fd int32
 }
 
 func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) *tcpTransport {
@@ -275,7 +287,7 @@ func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) *tcpTransport {
 		if c == nil {
 			continue
 		}
-		t.peers[p] = &tcpPeer{conn: c, wlock: make(chan struct{}, 1)}
+		t.peers[p] = &tcpPeer{conn: c, wlock: make(chan struct{}, 1), fd: rawFD(c)}
 	}
 	for p, pc := range t.peers {
 		if pc != nil {
@@ -342,7 +354,10 @@ func (t *tcpTransport) Send(ctx context.Context, p int, h Header, parts ...[]byt
 			bufs = append(bufs, b)
 		}
 	}
-	if _, err := bufs.WriteTo(pc.conn); err != nil {
+	pc.writing.Add(1)
+	_, err = bufs.WriteTo(pc.conn)
+	pc.writing.Add(-1)
+	if err != nil {
 		// A partly written frame leaves the stream unusable.
 		t.linkDown(p, fmt.Errorf("write: %w", err))
 		return &PeerError{Peer: p, Err: fmt.Errorf("write: %w", err)}
@@ -361,7 +376,41 @@ func (t *tcpTransport) Post(p int, want Header, dst []byte) Pending {
 	if _, err := t.peer(p); err != nil {
 		return failedPending{err}
 	}
-	return t.in.post(p, want, dst)
+	pd := t.in.post(p, want, dst)
+	if t.spin > 0 && t.spinYield && pd.w != nil && len(dst) <= maxPolledFrame {
+		return &polledPending{pending: pd, t: t, peer: p}
+	}
+	return pd
+}
+
+// maxPolledFrame bounds the frames whose waiters poll (see polledPending).
+// Larger frames take long enough to arrive that a wake-up is a small part
+// of their cost, while polling for them kept runnable processes from the
+// cores that copy the data: with 4 ranks on 2 cores, 64 KiB all-reduces ran
+// 2x faster with polling and 1 MiB ones 0.9x as fast.
+const maxPolledFrame = 64 << 10
+
+// polledPending is a receive whose waiter, before it blocks, polls the
+// peer's socket for data (poll(2) with no timeout, yielding the CPU to
+// other processes in between) for up to spin. Where ranks share cores, a
+// process that sleeps in the kernel until its peer's frame arrives pays a
+// wake-up per frame; one that yields stays runnable, and once the socket
+// has data it blocks on the frame's completion as usual, by which time the
+// runtime's network poller (consulted without sleeping when nothing else
+// can run) hands the data to the connection's reader at once. Polling for
+// readiness rather than reading keeps the reader the only one to read.
+// The network poller is not consulted while the waiter polls (it is always
+// runnable), so polling also ends when a connection with a write in progress
+// can take more data: that writer may be parked until it can.
+type polledPending struct {
+	*pending
+	t    *tcpTransport
+	peer int
+}
+
+func (p *polledPending) Wait(ctx context.Context) (Header, error) {
+	pollReady(p.t, p.peer, p.w.done)
+	return p.pending.Wait(ctx)
 }
 
 func (t *tcpTransport) Close() error {
@@ -385,7 +434,7 @@ func (t *tcpTransport) Close() error {
 func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
 	// A small buffer: headers and small frames arrive in one read, large
 	// payloads bypass it and land in their destination directly.
-	br := bufio.NewReaderSize(newSpinReader(pc.conn, t.spin, t.spinYield, func() bool { return !pc.closing.Load() && t.in.hasBlocked(p) }), 16<<10)
+	br := bufio.NewReaderSize(newSpinReader(pc.conn, t.readerSpin(), func() bool { return !pc.closing.Load() && t.in.hasBlocked(p) }), 16<<10)
 	var hb [HeaderSize]byte
 	for {
 		if _, err := io.ReadFull(br, hb[:]); err != nil {
@@ -428,4 +477,13 @@ func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
 		}
 		t.in.store(p, h, buf)
 	}
+}
+
+// readerSpin is how long a reader polls its socket: SpinWait, unless
+// SpinYield moves the polling to the waiters (see polledPending).
+func (t *tcpTransport) readerSpin() time.Duration {
+	if t.spinYield {
+		return 0
+	}
+	return t.spin
 }

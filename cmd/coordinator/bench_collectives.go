@@ -44,7 +44,8 @@ type benchCollectivesFlags struct {
 	sockBuf     int
 	spinFlag    string        // --spin as given: "auto" or a duration
 	spin        time.Duration // resolved by validate
-	spinYield   bool
+	yieldFlag   string        // --spin-yield as given: "auto", "true" or "false"
+	spinYield   bool          // resolved by validate
 	procs       int
 }
 
@@ -64,8 +65,8 @@ func (f *benchCollectivesFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.halving, "halving", 0, "all-reduce size up to which power-of-two groups use halving-doubling (0: default, -1: never)")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fl.IntVar(&f.sockBuf, "socket-buffer", 0, "SO_SNDBUF/SO_RCVBUF bytes for tcp (0: kernel autotuning)")
-	fl.StringVar(&f.spinFlag, "spin", "auto", "tcp: poll an idle socket this long before sleeping while a receive is blocked on it (0: never; auto: "+autoSpin.String()+" when every rank can have a core of its own, else 0)")
-	fl.BoolVar(&f.spinYield, "spin-yield", false, "tcp: while polling, also yield the CPU to other processes (sched_yield), for ranks that share cores")
+	fl.StringVar(&f.spinFlag, "spin", "auto", "tcp: poll a socket this long before sleeping while a receive is blocked on it (0: never; auto: "+autoSpin.String()+")")
+	fl.StringVar(&f.yieldFlag, "spin-yield", "auto", "tcp: poll as ranks that share cores should (true: waiters of frames up to 64 KiB poll and yield the CPU to other processes between polls; false: readers poll; auto: true when ranks outnumber cores)")
 	fl.IntVar(&f.procs, "gomaxprocs", 0, "tcp: GOMAXPROCS of each rank process (0: $GOMAXPROCS if set, else max(1, cores/workers))")
 	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object per result instead of the table")
 }
@@ -103,7 +104,7 @@ func (f *benchCollectivesFlags) validate() (sizes []int, ops []string, bw float6
 	if f.procs < 0 {
 		return nil, nil, 0, fmt.Errorf("--gomaxprocs %d: must not be negative", f.procs)
 	}
-	if f.spin, err = resolveSpin(f.spinFlag, f.workers, f.procs); err != nil {
+	if f.spin, f.spinYield, err = resolveSpin(f.spinFlag, f.yieldFlag, f.workers, f.procs); err != nil {
 		return nil, nil, 0, err
 	}
 	if f.linkLatency < 0 {
@@ -116,31 +117,39 @@ func (f *benchCollectivesFlags) validate() (sizes []int, ops []string, bw float6
 }
 
 // autoSpin is the poll window of --spin auto. Measured on this project's
-// 2-core host at np = 2 (4 KiB to 1 MiB): 30 µs is shorter than a typical
+// 2-core host. At np = 2 (readers poll): 30 µs is shorter than a typical
 // peer's answer (its reduction included), so the reader polls and then parks
 // anyway and pays both; 200 µs catches nearly every answer (4 KiB all-reduce
-// 15 → 9 µs, 64 KiB all-to-all 40 → 15 µs). Where ranks outnumber cores, a
-// poller takes the core its peer needs: with 4 ranks on 2 cores polling (with
-// or without sched_yield) made every size slower, so auto leaves it off.
+// 15 → 9 µs, 64 KiB all-to-all 40 → 15 µs). At np = 4 (ranks share cores,
+// waiters poll and yield): 64 KiB all-reduce 190 → 95 µs with 200 µs,
+// nothing gained with 1 ms. Readers that poll without yielding made every
+// size slower at np = 4: they take the core the peer needs.
 const autoSpin = 200 * time.Microsecond
 
-// resolveSpin reads --spin: "auto" polls for autoSpin when every rank
-// process can have its own cores (workers × GOMAXPROCS ≤ cores), else not.
-func resolveSpin(flag string, workers, procs int) (time.Duration, error) {
-	if strings.TrimSpace(flag) == "auto" {
-		if max(procs, 1)*workers <= runtime.NumCPU() {
-			return autoSpin, nil
+// resolveSpin reads --spin and --spin-yield. "auto" polls for autoSpin,
+// yielding (waiters poll) when ranks outnumber cores (workers × GOMAXPROCS
+// > cores), else with readers polling.
+func resolveSpin(spinFlag, yieldFlag string, workers, procs int) (time.Duration, bool, error) {
+	spin := autoSpin
+	if v := strings.TrimSpace(spinFlag); v != "auto" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, false, fmt.Errorf("--spin %q: want auto or a duration such as 200us or 0: %w", spinFlag, err)
 		}
-		return 0, nil
+		if d < 0 {
+			return 0, false, fmt.Errorf("--spin %v: must not be negative", d)
+		}
+		spin = d
 	}
-	d, err := time.ParseDuration(strings.TrimSpace(flag))
-	if err != nil {
-		return 0, fmt.Errorf("--spin %q: want auto or a duration such as 200us or 0: %w", flag, err)
+	switch strings.TrimSpace(yieldFlag) {
+	case "auto":
+		return spin, max(procs, 1)*workers > runtime.NumCPU(), nil
+	case "true":
+		return spin, true, nil
+	case "false":
+		return spin, false, nil
 	}
-	if d < 0 {
-		return 0, fmt.Errorf("--spin %v: must not be negative", d)
-	}
-	return d, nil
+	return 0, false, fmt.Errorf("--spin-yield %q: want auto, true or false", yieldFlag)
 }
 
 // parseBytes reads "64K", "1M", "16M", "4096", "1G" (binary multiples).
@@ -204,7 +213,7 @@ func (f *benchCollectivesFlags) childArgs() []string {
 		"--iters", strconv.Itoa(f.iters), "--warmup", strconv.Itoa(f.warmup), "--reps", strconv.Itoa(f.reps),
 		"--link-bw", f.linkBW, "--link-latency", f.linkLatency.String(),
 		"--segment", strconv.Itoa(f.segment), "--small", strconv.Itoa(f.small), "--halving", strconv.Itoa(f.halving), "--timeout", f.timeout.String(),
-		"--socket-buffer", strconv.Itoa(f.sockBuf), "--spin", f.spin.String(), "--spin-yield=" + strconv.FormatBool(f.spinYield),
+		"--socket-buffer", strconv.Itoa(f.sockBuf), "--spin", f.spin.String(), "--spin-yield", strconv.FormatBool(f.spinYield),
 	}
 }
 
@@ -462,7 +471,9 @@ func printBench(w io.Writer, f *benchCollectivesFlags, res []collective.BenchRes
 	if f.transport == "tcp" {
 		fmt.Fprintf(w, ", spin %v", f.spin)
 		if f.spin > 0 && f.spinYield {
-			fmt.Fprint(w, " (yielding)")
+			fmt.Fprint(w, " (waiters poll and yield)")
+		} else if f.spin > 0 {
+			fmt.Fprint(w, " (readers poll)")
 		}
 	}
 	if bw > 0 || f.linkLatency > 0 {
