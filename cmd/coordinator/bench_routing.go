@@ -333,9 +333,10 @@ func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchS
 		}
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
+			ch.stdin.Close() // Start, which would close it on failure, is not reached
 			return nil, nil, err
 		}
-		if err := cmd.Start(); err != nil {
+		if err := cmd.Start(); err != nil { // closes both pipes on failure
 			return nil, nil, fmt.Errorf("bench routing %s: starting rank %d: %w", name, r, err)
 		}
 		children[r] = ch
