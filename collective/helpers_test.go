@@ -51,6 +51,29 @@ func closeAllT(ts []Transport) {
 // val is an integer-valued test element: sums over up to 8 ranks stay exact.
 func val(rank, i int) float32 { return float32((i*7+rank*13)%1000) - 300 }
 
+// checkAllReduce sums val(rank, i) over c's members with AllReduce and
+// checks every element against the exact sum.
+func checkAllReduce(ctx context.Context, c *Comm, size int) error {
+	n := c.Size()
+	buf := make([]float32, size)
+	for i := range buf {
+		buf[i] = val(c.Rank(), i)
+	}
+	if err := c.AllReduce(ctx, buf, Sum); err != nil {
+		return err
+	}
+	for i := range buf {
+		var s float32
+		for q := range n {
+			s += val(q, i)
+		}
+		if buf[i] != s {
+			return fmt.Errorf("allreduce n=%d size=%d: element %d = %v, want %v", n, size, i, buf[i], s)
+		}
+	}
+	return nil
+}
+
 func testCtx(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)

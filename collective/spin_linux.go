@@ -20,10 +20,10 @@ import (
 // reply of a peer that is already sending. Between polls it yields the P
 // (runtime.Gosched), so the goroutines of this process (the operation that
 // consumes what was read, senders) keep running; only goroutines parked in
-// the network poller wait, for at most spin. want is asked between polls: polling stops as soon as it turns
-// false (nobody waits for this connection's data any more; the owner also
-// turns it false before closing the connection, since Close waits for a
-// Read in progress).
+// the network poller wait, for at most spin. want is asked between polls:
+// polling stops as soon as it turns false (nobody waits for this
+// connection's data any more; the owner also turns it false before closing
+// the connection, since Close waits for a Read in progress).
 type spinReader struct {
 	conn *net.TCPConn
 	spin time.Duration
@@ -88,9 +88,9 @@ func (s *spinReader) Read(p []byte) (int, error) {
 
 // pollReady returns when the connection to peer has data to read, done is
 // closed, spin has passed, or a connection with a write in progress has
-// room (or any polled connection fails), whichever is first. Between polls it lets
-// the other goroutines of this process run and yields the CPU to other
-// processes.
+// room (or any polled connection fails), whichever is first. Between polls
+// it lets the other goroutines of this process run and yields the CPU to
+// other processes.
 func pollReady(t *tcpTransport, peer int, done <-chan struct{}) {
 	fds := make([]unix.PollFd, 0, len(t.peers))
 	start := time.Now()

@@ -187,22 +187,15 @@ func (b *inbox) sigDel(k mkey) {
 	}
 }
 
-func (b *inbox) putW(k mkey, w *waiter) {
-	b.waiting[k] = w
-	b.sigAdd(k, w.want)
-}
-
-func (b *inbox) delW(k mkey) {
-	delete(b.waiting, k)
-	b.sigDel(k)
-}
+func (b *inbox) putW(k mkey, w *waiter) { b.waiting[k] = w; b.sigAdd(k, w.want) }
+func (b *inbox) delW(k mkey)            { delete(b.waiting, k); b.sigDel(k) }
+func (b *inbox) putA(k mkey, a arrival) { b.arrived[k] = a; b.sigAdd(k, a.h) }
+func (b *inbox) delA(k mkey)            { delete(b.arrived, k); b.sigDel(k) }
 
 // hasBlocked reports whether a goroutine is blocked waiting for a frame from peer.
 func (b *inbox) hasBlocked(peer int) bool {
 	return peer < len(b.blocked) && b.blocked[peer].Load() > 0
 }
-func (b *inbox) putA(k mkey, a arrival) { b.arrived[k] = a; b.sigAdd(k, a.h) }
-func (b *inbox) delA(k mkey)            { delete(b.arrived, k); b.sigDel(k) }
 
 // complete finishes an unclaimed waiter; callers hold mu and removed it.
 func (w *waiter) complete(err error) {
