@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -253,15 +252,6 @@ func RunRoutingRank(ctx context.Context, t collective.Transport, spec RoutingBen
 		return fail(fmt.Errorf("final barrier: %w", err))
 	}
 	return res, nil
-}
-
-// processCPU is the CPU time (user + system) this process has used.
-func processCPU() (time.Duration, error) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, fmt.Errorf("getrusage: %w", err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
 // RoutingRow is one router configuration's line of the table.
