@@ -313,6 +313,8 @@ func TestMeshStaticSplitMismatchFails(t *testing.T) {
 	rng := rand.New(rand.NewPCG(17, 18))
 	ts := collective.NewInProcess(2)
 	errs := make([]error, 2)
+	// Drawn before the ranks start: the generator is not safe for concurrent use.
+	batches := []sampling.Batch{randomBatch(rng, 1, 16, cfg.Model.Vocab), randomBatch(rng, 2, 16, cfg.Model.Vocab)}
 	var wg sync.WaitGroup
 	for r := 0; r < 2; r++ {
 		wg.Add(1)
@@ -327,7 +329,7 @@ func TestMeshStaticSplitMismatchFails(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			_, errs[r] = mr.Step(ctx, randomBatch(rng, 1+r, 16, cfg.Model.Vocab))
+			_, errs[r] = mr.Step(ctx, batches[r])
 		}()
 	}
 	wg.Wait()
