@@ -39,7 +39,7 @@ type MeshRank struct {
 	comms  *parallel.Comms
 	world  *collective.Comm
 	red    *dp.Reducer
-	shards []*optim.AdamW
+	shards []*optim.AdamW // this rank's optimizers: its ZeRO-1 shards, else the trainer's whole-buffer one
 	zero1  bool
 	// normWeight[i] says whether entry i's squared gradient counts on this
 	// rank towards the global norm (each distinct tensor block once).
@@ -101,6 +101,8 @@ func NewMeshRank(cfg JobConfig, mesh parallel.Mesh, rank int, world *collective.
 			return nil, err
 		}
 		tr.dropFullOptimizer()
+	} else {
+		r.shards = []*optim.AdamW{tr.Optimizer()} // one shard: the whole buffer
 	}
 	tr.SetGradsReadyHook(red.Hook())
 	// Each distinct block of the model has one canonical holder among the
@@ -213,12 +215,10 @@ func (r *MeshRank) Step(ctx context.Context, b sampling.Batch) (MeshStepStats, e
 	if clip > 0 {
 		scale = optim.ClipScale(norm, clip)
 	}
-	if !r.zero1 {
-		tr.optimizerStepScaled(scale)
-	} else {
-		if _, err := tr.OptimizerStepShards(r.shards, scale); err != nil {
-			return fail(err)
-		}
+	if _, err := tr.OptimizerStepShards(r.shards, scale); err != nil {
+		return fail(err)
+	}
+	if r.zero1 {
 		if err := r.red.GatherParams(ctx, tr.Params()); err != nil {
 			return fail(err)
 		}

@@ -3,7 +3,6 @@ package train
 import (
 	"github.com/moetrain/moetrain/checkpoint"
 	"github.com/moetrain/moetrain/model"
-	"github.com/moetrain/moetrain/optim"
 	"github.com/moetrain/moetrain/sampling"
 )
 
@@ -74,18 +73,11 @@ func (r *MeshRank) checkpointLayouts() (save, restore ShardLayout) {
 	return save, restore
 }
 
-func (r *MeshRank) optimizers() []*optim.AdamW {
-	if r.zero1 {
-		return r.shards
-	}
-	return nil
-}
-
 // Snapshot copies this rank's part of a checkpoint of the last completed
 // step (sampler: its DP replica's sampler state, or nil).
 func (r *MeshRank) Snapshot(sampler *sampling.State) (*checkpoint.Snapshot, error) {
 	save, _ := r.checkpointLayouts()
-	return r.tr.SnapshotWith(r.rank, save, r.optimizers(), sampler)
+	return r.tr.SnapshotWith(r.rank, save, r.shards, sampler)
 }
 
 // Restore loads every block this rank holds (parameters, AdamW moments),
@@ -94,5 +86,5 @@ func (r *MeshRank) Snapshot(sampler *sampling.State) (*checkpoint.Snapshot, erro
 // saved one; nil if none).
 func (r *MeshRank) Restore(c *checkpoint.Checkpoint) (*sampling.State, error) {
 	_, restore := r.checkpointLayouts()
-	return r.tr.RestoreWith(c, r.rank, restore, r.optimizers())
+	return r.tr.RestoreWith(c, r.rank, restore, r.shards)
 }

@@ -149,15 +149,6 @@ func (t *Trainer) OptimizerStep() (gradNorm float64) {
 	return gradNorm
 }
 
-// optimizerStepScaled applies AdamW to the whole buffer with gradScale (the
-// clipping factor the caller derived from the global norm) and advances Step.
-func (t *Trainer) optimizerStepScaled(gradScale float64) {
-	if _, err := t.opt.Update(t.m.Params, t.m.Grads, t.step+1, t.sched.LR(t.step), gradScale); err != nil {
-		t.log.Error().Err(err).Msg("optimizer step")
-	}
-	t.step++
-}
-
 // Step is the number of optimizer steps taken.
 func (t *Trainer) Step() int { return t.step }
 
