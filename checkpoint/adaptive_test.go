@@ -10,11 +10,10 @@ import (
 )
 
 // When no compression worker has started a chunk by the time the file
-// writer reaches it, the writer stores it raw itself (the disk does not wait
-// for the CPU); the shard stays valid and reads back exactly. Here the one
-// worker is held until the writer has taken every chunk after the first, so
-// those are stored raw, deterministically (the first may go either way: the
-// writer can reach it before the worker does).
+// writer reaches it (past the pipeline's fill), the writer stores it raw
+// itself (the disk does not wait for the CPU); the shard stays valid and
+// reads back exactly. Here the one worker is held until the writer has taken
+// every chunk after the first, so those are stored raw, deterministically.
 func TestWriterStoresChunksRawWhenWorkersLag(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 22))
 	big := newTestTensor(rng, "model.big", 64, 64)
@@ -78,13 +77,16 @@ func TestWriterGoesRawAfterStalls(t *testing.T) {
 	for i := range big.data {
 		big.data[i] = float32(i % 7) // compressible: a worker would shrink it
 	}
-	held := 0
+	// The one worker takes the chunks in order. It compresses the first
+	// (the writer waits for it while the pipeline fills), then is held on
+	// the next rawAfterStalls chunks until the writer has stored them raw.
+	calls := 0
 	testWorkerHook = func(j *chunkJob) {
-		if j.meta == nil || j.meta.Name != "model.big" || held >= rawAfterStalls+1 {
-			return // later chunks: the worker is free
+		calls++
+		if calls == 1 || calls > rawAfterStalls+1 {
+			return
 		}
-		held++
-		select { // hold the worker until the writer has stored the chunk raw
+		select {
 		case <-j.done:
 		case <-time.After(5 * time.Second):
 		}
@@ -142,4 +144,46 @@ func commitAndCheck(t *testing.T, s *Store, info ShardInfo, tensor testTensor) {
 	if !slices.Equal(got, tensor.data) {
 		t.Fatalf("%s read back differs", tensor.name)
 	}
+}
+
+// The writer always reaches a shard's first chunks before they are
+// compressed (the pipeline is filling); that is not compression falling
+// behind the disk, so they are compressed and the shard does not go raw.
+// (Before this rule every shard went raw at its first chunk.)
+func TestWriterCompressesWithFreeWorkers(t *testing.T) {
+	rng := rand.New(rand.NewPCG(25, 26))
+	big := newTestTensor(rng, "model.big", 64, 64)
+	for i := range big.data {
+		big.data[i] = float32(i % 7)
+	}
+	s := newTestStore(t, 0)
+	path := filepath.Join(s.TempDir(1), ShardName(0))
+	// One chunk, within the fill of two workers.
+	w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 64 << 10, Workers: 2, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteTensor(big.name, big.shape, Whole(big.shape), big.data); err != nil {
+		t.Fatal(err)
+	}
+	info, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.rawOnly.Load() {
+		t.Fatal("the shard went raw although a worker was always free")
+	}
+	r, err := OpenShard(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	chunks := r.byName["model.big"].Chunks
+	if len(chunks) != 1 {
+		t.Fatalf("%d chunks, want 1", len(chunks))
+	}
+	if c := chunks[0]; c.Codec == codecRaw || c.Stored >= c.Raw {
+		t.Fatalf("chunk stored with codec %d, %d of %d bytes: want it compressed", c.Codec, c.Stored, c.Raw)
+	}
+	commitAndCheck(t, s, info, big)
 }

@@ -149,7 +149,8 @@ type ShardWriter struct {
 
 // rawAfterStalls is how many chunks the file writer finds not yet compressed
 // when it reaches them (compression behind the disk) before the rest of a
-// shard goes raw.
+// shard goes raw. The first Workers chunks of a shard do not count: the
+// writer always reaches them before the pipeline has filled.
 const rawAfterStalls = 1
 
 type writerResult struct {
@@ -366,14 +367,19 @@ func (w *ShardWriter) writeLoop() {
 	var word [4]byte
 	var cur *indexEntry
 	var sums []byte
-	stalls := 0
+	stalls, seen := 0, 0
 	for j := range w.queue {
+		filling := seen < w.opts.Workers
+		if len(j.raw) > 0 {
+			seen++
+		}
 		select {
 		case <-j.done:
 		default:
-			// The chunk is not ready. If no worker has started it, every
-			// worker is busy and the disk would idle: store it raw now.
-			if !w.opts.AlwaysCompress {
+			// The chunk is not ready. Past the pipeline's fill, compression
+			// is behind the disk: store the chunk raw now if no worker has
+			// started it, and count the stall.
+			if !w.opts.AlwaysCompress && !filling {
 				if j.taken.CompareAndSwap(0, 1) {
 					w.compress(j, true)
 					close(j.done)
