@@ -581,6 +581,9 @@ func (c *Core) shardWritten(e ShardWritten) []Command {
 		got = map[int]checkpoint.ShardInfo{}
 		c.ck.shards[e.Step] = got
 	}
+	if _, dup := got[w.rank]; dup {
+		return nil // a repeated report: the step is already counted (or queued)
+	}
 	got[w.rank] = e.Shard
 	if len(got) < len(c.plan.Ranks) {
 		return nil

@@ -215,3 +215,25 @@ func TestCoreStatus(t *testing.T) {
 		t.Fatalf("status %+v", s)
 	}
 }
+
+// A rank that reports its shard of a step twice (a repeated RPC) while that
+// step waits behind another step's commit does not queue a second commit.
+func TestCoreRepeatedShardReportCommitsOnce(t *testing.T) {
+	c := testCore(2)
+	commits := map[int]int{}
+	for _, e := range []Event{joinEv(0), joinEv(1), shard("w0", 5, 0), shard("w1", 5, 1), // commit 5 in flight
+		shard("w0", 10, 0), shard("w1", 10, 1), shard("w1", 10, 1), // step 10 complete, waiting; reported twice
+		CheckpointCommitted{Step: 5}, CheckpointCommitted{Step: 10}} {
+		for _, cmd := range c.Step(e) {
+			if cc, ok := cmd.(CommitCheckpoint); ok {
+				commits[cc.Step]++
+			}
+		}
+	}
+	if commits[5] != 1 || commits[10] != 1 {
+		t.Fatalf("commits issued per step: %v, want one each of 5 and 10", commits)
+	}
+	if c.Phase() != PhaseRunning {
+		t.Fatalf("phase %s after a repeated report, want running", c.Phase())
+	}
+}
