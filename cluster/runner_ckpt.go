@@ -155,6 +155,17 @@ func (rc *rankCheckpoints) afterStep(ctx context.Context, step int) error {
 	if rc.aw == nil || !rc.due(step) {
 		return nil
 	}
+	// The previous write, still running, is bounded here: one stuck for
+	// finishTimeout fails the job. Its failure is returned once. Waiting
+	// before taking the new snapshot keeps one copy of the state alive, not
+	// two (the training loop waits here either way); checking the report
+	// after the wait catches the previous save's report, not only older ones.
+	wctx, cancel := context.WithTimeout(ctx, finishTimeout)
+	_, err := rc.aw.Wait(wctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("rank %d: %w", rc.rank, err)
+	}
 	select {
 	case err := <-rc.reportErr:
 		return err
@@ -166,14 +177,6 @@ func (rc *rankCheckpoints) afterStep(ctx context.Context, step int) error {
 	}
 	if snap.Step != int64(step) {
 		return fmt.Errorf("checkpoint step %d: the runner's snapshot is of step %d", step, snap.Step)
-	}
-	// The previous write, still running, is bounded here: one stuck for
-	// finishTimeout fails the job. Its failure is returned once.
-	wctx, cancel := context.WithTimeout(ctx, finishTimeout)
-	_, err = rc.aw.Wait(wctx)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("rank %d: %w", rc.rank, err)
 	}
 	// The write runs under ctx: an abort or stop cancels it.
 	err = rc.aw.Save(ctx, snap, func(info checkpoint.ShardInfo, werr error) {
