@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -186,4 +187,61 @@ func TestWriterCompressesWithFreeWorkers(t *testing.T) {
 		t.Fatalf("chunk stored with codec %d, %d of %d bytes: want it compressed", c.Codec, c.Stored, c.Raw)
 	}
 	commitAndCheck(t, s, info, big)
+}
+
+// High-entropy data shrinks by a few percent at most: once
+// the pipeline's fill shows it saves less than minSaving, the rest of the
+// shard is stored raw. Low-entropy data keeps being compressed past the fill.
+func TestWriterGoesRawOnIncompressibleData(t *testing.T) {
+	for _, c := range []struct {
+		name           string
+		compressible   bool
+		wantIncompress bool
+	}{{"weights", false, true}, {"pattern", true, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(27, 28))
+			big := newTestTensor(rng, "model.big", 64, 64)
+			for i := range big.data {
+				// 31 random bits per value (bit 30 clear: finite), like the
+				// high-entropy mantissas of trained weights and moments.
+				big.data[i] = math.Float32frombits(rng.Uint32() &^ (1 << 30))
+			}
+			if c.compressible {
+				for i := range big.data {
+					big.data[i] = float32(i % 7)
+				}
+			}
+			s := newTestStore(t, 0)
+			path := filepath.Join(s.TempDir(1), ShardName(0))
+			w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 1024, Workers: 2, NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.WriteTensor(big.name, big.shape, Whole(big.shape), big.data); err != nil {
+				t.Fatal(err)
+			}
+			info, err := w.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := w.rawWhy == "incompressible"; got != c.wantIncompress {
+				t.Fatalf("raw because %q; want incompressible: %v", w.rawWhy, c.wantIncompress)
+			}
+			r, err := OpenShard(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			chunks := r.byName["model.big"].Chunks
+			for i, ch := range chunks {
+				if c.wantIncompress && i >= 2 && ch.Codec != codecRaw {
+					t.Fatalf("chunk %d after the fill: codec %d, want raw", i, ch.Codec)
+				}
+				if !c.wantIncompress && i < 2 && ch.Codec == codecRaw {
+					t.Fatalf("fill chunk %d of a compressible shard stored raw", i)
+				}
+			}
+			commitAndCheck(t, s, info, big)
+		})
+	}
 }

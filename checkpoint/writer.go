@@ -143,9 +143,20 @@ type ShardWriter struct {
 	// rawOnly is set by the file writer once compression has kept it
 	// waiting rawAfterStalls times: the CPU, not the disk, is the
 	// bottleneck, so the rest of the shard is stored raw (workers still
-	// checksum). AlwaysCompress turns this off.
+	// checksum). It is also set when the chunks of the pipeline's fill
+	// shrank by less than minSaving: the data does not compress, so the
+	// CPU is better spent elsewhere. AlwaysCompress turns both off.
 	rawOnly atomic.Bool
+	// rawWhy says which rule set rawOnly ("stalls" or "incompressible").
+	rawWhy string
 }
+
+// minSaving is the share of the fill's raw bytes that compression must save
+// for the rest of a shard to be compressed. Realistic trained weights and
+// Adam moments shrink by about 2% (shuffle + zstd), which costs this 2-core
+// host about 6% of save throughput; zeros or low-entropy tensors shrink far
+// more than 10%.
+const minSaving = 0.10
 
 // rawAfterStalls is how many chunks the file writer finds not yet compressed
 // when it reaches them (compression behind the disk) before the rest of a
@@ -368,6 +379,7 @@ func (w *ShardWriter) writeLoop() {
 	var cur *indexEntry
 	var sums []byte
 	stalls, seen := 0, 0
+	var fillRaw, fillStored int64
 	for j := range w.queue {
 		filling := seen < w.opts.Workers
 		if len(j.raw) > 0 {
@@ -384,7 +396,8 @@ func (w *ShardWriter) writeLoop() {
 					w.compress(j, true)
 					close(j.done)
 				}
-				if stalls++; stalls >= rawAfterStalls {
+				if stalls++; stalls >= rawAfterStalls && !w.rawOnly.Load() {
+					w.rawWhy = "stalls"
 					w.rawOnly.Store(true)
 				}
 			}
@@ -405,6 +418,15 @@ func (w *ShardWriter) writeLoop() {
 			r.crc = crc32.Update(r.crc, crcTable, word[:])
 			cur.Chunks = append(cur.Chunks, j.chunk)
 			sums = binary.LittleEndian.AppendUint32(sums, j.chunk.RCRC)
+			if filling {
+				fillRaw += j.chunk.Raw
+				fillStored += j.chunk.Stored
+				if seen == w.opts.Workers && !w.opts.AlwaysCompress && !w.rawOnly.Load() &&
+					float64(fillStored) > (1-minSaving)*float64(fillRaw) {
+					w.rawWhy = "incompressible"
+					w.rawOnly.Store(true)
+				}
+			}
 		}
 		if j.last {
 			cur.CRC = crc32.Checksum(sums, crcTable)
