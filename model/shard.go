@@ -64,13 +64,6 @@ func (s Shard) Validate(cfg Config) error {
 	return nil
 }
 
-// LocalExperts is the first expert this shard holds and how many.
-func (s Shard) LocalExperts(cfg Config) (first, count int) {
-	s = s.norm()
-	count = cfg.Experts / s.EP
-	return s.EPRank * count, count
-}
-
 // NewShardLayout is the layout of the parameters s holds: the same entries
 // in the same order as NewLayout(cfg), with local shapes, each recording
 // where its box lies in the global tensor (Entry.Global, Entry.Start). qkv is
@@ -177,18 +170,8 @@ func (e Entry) Runs(fn func(local, global, n int)) {
 	}
 }
 
-// Extract copies this layout's boxes out of a whole-model buffer (laid out
-// by NewLayout) into local (length l.Total).
-func (l Layout) Extract(local, whole []float32, wholeLayout Layout) {
-	for _, e := range l.Entries {
-		ge, _ := wholeLayout.Lookup(e.Name)
-		dst, src := e.Slice(local), ge.Slice(whole)
-		e.Runs(func(lo, go_, n int) { copy(dst[lo:lo+n], src[go_:go_+n]) })
-	}
-}
-
 // Insert copies local (length l.Total) into its boxes of a whole-model
-// buffer: the inverse of Extract, used to gather shards.
+// buffer, used to gather shards.
 func (l Layout) Insert(whole, local []float32, wholeLayout Layout) {
 	for _, e := range l.Entries {
 		ge, _ := wholeLayout.Lookup(e.Name)

@@ -43,7 +43,7 @@ func tpOf(ex Exchange) int {
 // every member are regrouped so that each local expert's rows are contiguous
 // (one GEMM per expert).
 type dispatch struct {
-	ep, rank, el int
+	ep, el       int
 	sendRows     []int   // [EP] rows to member j (plan order: experts of j are contiguous)
 	recvRows     []int   // [EP] rows from member j
 	counts       []int   // [EP·El] rows from member j for local expert x
@@ -62,18 +62,18 @@ func (dp *dispatch) rows() int { return dp.offsets[dp.el] }
 
 // dispatch sends the plan-order rows [S, d] of p to the members owning their
 // experts and writes the rows this member's experts receive, expert-major,
-// into the buffer it returns ([R, d], reusing *out). The per-expert row
+// into *out ([R, d], grown as needed; rows() gives R). The per-expert row
 // counts travel alongside. With static, every member routes the same number
 // of tokens n and the router's groups give every member exactly n·k/EP rows
 // of every other (MoGE with one or more groups per member): the row
 // exchange's sizes are known, so it starts together with the count exchange
 // instead of after it. A member whose counts break that (another token count)
 // makes the exchange fail with a size mismatch, not wrong numbers.
-func (dp *dispatch) dispatch(ex Exchange, p *Plan, out *[]float32, rows []float32, d int, static bool, n, k int) []float32 {
-	ep, rank := ex.EP()
+func (dp *dispatch) dispatch(ex Exchange, p *Plan, out *[]float32, rows []float32, d int, static bool, n, k int) {
+	ep, _ := ex.EP()
 	e := p.E
 	el := e / ep
-	dp.ep, dp.rank, dp.el = ep, rank, el
+	dp.ep, dp.el = ep, el
 	dp.sendRows = growInt(dp.sendRows, ep)
 	dp.recvRows = growInt(dp.recvRows, ep)
 	dp.counts = growInt(dp.counts, ep*el)
@@ -126,7 +126,6 @@ func (dp *dispatch) dispatch(ex Exchange, p *Plan, out *[]float32, rows []float3
 	dp.regroup(r)
 	*out = grow(*out, r*d)
 	tensor.GatherRows((*out)[:r*d], dp.buf, dp.perm[:r], d)
-	return (*out)[:r*d]
 }
 
 // regroup builds the expert-major order of r received rows (member-major,
