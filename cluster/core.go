@@ -656,6 +656,3 @@ func (c *Core) missingRanks(step int) []int {
 	}
 	return out
 }
-
-// LastCheckpoint is the newest step committed during this job (-1 if none).
-func (c *Core) LastCheckpoint() int { return c.ck.last }

@@ -20,8 +20,6 @@ import (
 //
 // Not safe for concurrent use: one model's forward/backward drives it.
 type Comms struct {
-	mesh   Mesh
-	rank   int
 	alg    sp.Algorithm
 	tp     *collective.Comm
 	ep     *collective.Comm
@@ -45,7 +43,7 @@ func NewComms(world *collective.Comm, m Mesh, rank int, alg sp.Algorithm) (*Comm
 	if world.Size() != m.World() {
 		return nil, fmt.Errorf("parallel: world communicator has %d ranks, mesh %v needs %d", world.Size(), m, m.World())
 	}
-	c := &Comms{mesh: m, rank: rank, alg: alg, ctx: context.Background()}
+	c := &Comms{alg: alg, ctx: context.Background()}
 	for _, ax := range []struct {
 		axis Axis
 		dst  **collective.Comm
@@ -95,9 +93,6 @@ func (c *Comms) SetUniformTokens(u bool) { c.uniform = u }
 
 // UniformTokens reports what SetUniformTokens declared (default false).
 func (c *Comms) UniformTokens() bool { return c.uniform }
-
-// Mesh is the layout these communicators serve.
-func (c *Comms) Mesh() Mesh { return c.mesh }
 
 // Plane is the communicator over the ranks holding the step's other tokens
 // (AxisPlane): dense gradients reduce over it.
