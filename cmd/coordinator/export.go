@@ -38,7 +38,7 @@ Tensor names are the model layout's, with these shapes (matrices are [out, in]: 
   tok_emb              [vocab, d_model]          token embedding
   pos_emb              [seq_len, d_model]        learned position embedding
   layers.N.ln1         [d_model]                 RMSNorm weight before attention
-  layers.N.qkv         [3·d_model, d_model]      rows: q, then k, then v
+  layers.N.qkv         [3, d_model, d_model]     q, k, v (each [d_model, d_model])
   layers.N.proj        [d_model, d_model]        attention output projection
   layers.N.ln2         [d_model]                 RMSNorm weight before the MoE
   layers.N.router      [experts, d_model]        router logits
