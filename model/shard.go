@@ -134,8 +134,29 @@ func (e Entry) IsSharded() bool {
 
 // Runs calls fn(local, global, n) for every contiguous run of the entry's
 // box in order: local and global are element offsets inside the local and
-// global tensors, n the run length (the box's last dimension).
+// global tensors, n the run length. Rows of the box that follow each other
+// in the global tensor too (a box spanning whole trailing dimensions, e.g.
+// a vocab-parallel lm_head shard) come as one run.
 func (e Entry) Runs(fn func(local, global, n int)) {
+	pl, pg, pn := 0, 0, 0
+	e.rows(func(l, g, n int) {
+		if pn > 0 && l == pl+pn && g == pg+pn {
+			pn += n
+			return
+		}
+		if pn > 0 {
+			fn(pl, pg, pn)
+		}
+		pl, pg, pn = l, g, n
+	})
+	if pn > 0 {
+		fn(pl, pg, pn)
+	}
+}
+
+// rows calls fn(local, global, n) for every row (last-dimension run) of
+// the entry's box in order.
+func (e Entry) rows(fn func(local, global, n int)) {
 	g := e.GlobalShape()
 	nd := len(e.Shape)
 	if nd == 0 {
