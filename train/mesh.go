@@ -188,7 +188,7 @@ func (r *MeshRank) Step(ctx context.Context, b sampling.Batch) (MeshStepStats, e
 		return fail(err)
 	}
 	r.comms.Begin(ctx)
-	if err := r.red.BeginScaled(ctx); err != nil {
+	if err := r.red.Begin(ctx); err != nil {
 		return fail(err)
 	}
 	res, err := tr.m.ForwardBackward(in)

@@ -130,7 +130,7 @@ func BenchmarkOverlap(b *testing.B) {
 				if reds != nil {
 					red := reds[r]
 					m.OnGradsReady = red.Hook()
-					if errs[r] = red.Begin(ctx, batch*seq); errs[r] != nil {
+					if errs[r] = red.Begin(ctx); errs[r] != nil {
 						return
 					}
 				}

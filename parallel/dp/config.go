@@ -4,15 +4,11 @@
 // gradient, update the local shard, all-gather the parameters).
 //
 // Loss semantics: the reduced gradient is that of the serial trainer on the
-// concatenation of every rank's batch, i.e. of the mean cross-entropy over
-// all non-ignored targets of the global batch. Each rank's model averages
-// over its own c_r targets, so before the reduction every bucket is scaled by
-// c_r / G (G = Σ c_r, all-reduced once per step while the forward runs) and
-// the buckets are then summed (collective.Sum). With equal target counts this
-// is the plain mean; with unequal ones (ignored targets, uneven batches) it
-// is still the global-batch gradient. The auxiliary load-balancing loss is
-// weighted the same way, which equals the serial one only when its routing
-// statistics are global (or aux_coef = 0).
+// concatenation of every rank's batch. The model makes each rank's gradient
+// its share of the global-batch gradient before the reduction (it divides
+// its loss by the global target count and computes the auxiliary and z-loss
+// from global routing statistics, exchanged through model.Comms), so the
+// reducer only sums the buckets (collective.Sum).
 package dp
 
 import (

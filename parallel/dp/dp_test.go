@@ -157,7 +157,7 @@ func TestBackwardHook(t *testing.T) {
 // With splitExpert, expert tensors reduce over a second communicator of the
 // same ranks (as EP > 1 would give them their own group). Under ZeRO-1 it
 // also returns the rank's GlobalNorm.
-func runReducer(t *testing.T, cfg Config, l model.Layout, grads [][]float32, counts []int, splitExpert bool) ([][]float32, [][][2]int, []float64) {
+func runReducer(t *testing.T, cfg Config, l model.Layout, grads [][]float32, splitExpert bool) ([][]float32, [][][2]int, []float64) {
 	t.Helper()
 	n := len(grads)
 	ts := collective.NewInProcess(n)
@@ -189,7 +189,7 @@ func runReducer(t *testing.T, cfg Config, l model.Layout, grads [][]float32, cou
 				return
 			}
 			ctx := context.Background()
-			if err := red.Begin(ctx, counts[r]); err != nil {
+			if err := red.Begin(ctx); err != nil {
 				errs[r] = err
 				return
 			}
@@ -218,9 +218,10 @@ func runReducer(t *testing.T, cfg Config, l model.Layout, grads [][]float32, cou
 	return out, shards, norms
 }
 
-// The reduced gradient is Σ_r (c_r/G)·g_r on every rank (ZeRO-1: on the
-// rank's shards, which tile the buffer across ranks).
-func TestReducerWeightedSum(t *testing.T) {
+// The reduced gradient is Σ_r g_r on every rank (ZeRO-1: on the rank's
+// shards, which tile the buffer across ranks); the model has already scaled
+// each rank's gradient for the global batch.
+func TestReducerSum(t *testing.T) {
 	l := model.NewLayout(tinyModelConfig())
 	for _, n := range []int{1, 2, 3, 4} {
 		for _, z := range []bool{false, true} {
@@ -229,17 +230,13 @@ func TestReducerWeightedSum(t *testing.T) {
 				cfg := Config{BucketMB: 700 * 4 / 1e6, Zero1: z, Overlap: ov}
 				rng := rand.New(rand.NewPCG(uint64(n), 9))
 				grads := make([][]float32, n)
-				counts := make([]int, n)
-				total := 0
 				for r := range grads {
 					grads[r] = make([]float32, l.Total)
 					for i := range grads[r] {
 						grads[r][i] = float32(rng.NormFloat64())
 					}
-					counts[r] = 1 + rng.IntN(50)
-					total += counts[r]
 				}
-				got, shards, norms := runReducer(t, cfg, l, grads, counts, split)
+				got, shards, norms := runReducer(t, cfg, l, grads, split)
 				covered := make([]int, l.Total)
 				var sumSq float64
 				for r := range n {
@@ -252,7 +249,7 @@ func TestReducerWeightedSum(t *testing.T) {
 							covered[i]++
 							var want float64
 							for q := range n {
-								want += float64(grads[q][i]) * float64(counts[q]) / float64(total)
+								want += float64(grads[q][i])
 							}
 							if r == 0 || z {
 								sumSq += want * want
@@ -298,18 +295,15 @@ func TestReducerMisuse(t *testing.T) {
 	if err := red.Finish(ctx); err == nil {
 		t.Fatal("Finish without Begin accepted")
 	}
-	if err := red.Begin(ctx, 3); err != nil {
+	if err := red.Begin(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := red.Begin(ctx, 3); err == nil {
+	if err := red.Begin(ctx); err == nil {
 		t.Fatal("Begin twice accepted")
 	}
 	red.GradsReady(0, 10) // not the top of the buffer
 	if err := red.Finish(ctx); err == nil || !strings.Contains(err.Error(), "final") {
 		t.Fatalf("out-of-order hook range: got %v, want an error", err)
-	}
-	if err := red.Begin(ctx, -1); err == nil {
-		t.Fatal("negative target count accepted")
 	}
 	if _, err := red.GlobalNorm(ctx); err == nil {
 		t.Fatal("GlobalNorm without ZeRO-1 accepted")

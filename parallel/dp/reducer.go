@@ -14,10 +14,13 @@ import (
 // Reducer reduces one rank's flat gradient buffer over the data-parallel
 // group, bucket by bucket. Per step:
 //
-//	r.Begin(ctx, localTargets)    // before the forward
+//	r.Begin(ctx)                  // before the forward
 //	forward + backward, with r.Hook() as the model's OnGradsReady
 //	r.Finish(ctx)                 // before the optimizer
 //
+// The gradients must already be scaled for the global batch (the model
+// normalises its loss by the global target count and uses global aux
+// statistics, as model.Model with Comms does): the reducer only sums them.
 // After Finish the whole buffer holds the global-batch gradient (ZeRO-1 off),
 // or this rank's shards (ShardRanges) do (ZeRO-1 on; the rest of the buffer
 // is then undefined). With ZeRO-1 the caller then computes GlobalNorm,
@@ -54,17 +57,12 @@ type Reducer struct {
 	minFloats  int
 	splitGroup bool
 
-	ctx     context.Context
-	count   []float32 // {c>>12, c&4095}: exact integer sums in float32
-	countRq *collective.Request
-	local   int
-	global  int
-	scale   float32
-	ready   int // every gradient at or above this offset is final
-	next    int // first bucket not started
-	reqs    []*collective.Request
-	err     error
-	active  bool
+	ctx    context.Context
+	ready  int // every gradient at or above this offset is final
+	next   int // first bucket not started
+	reqs   []*collective.Request
+	err    error
+	active bool
 }
 
 // span is a non-empty layout entry's range of the flat buffer.
@@ -105,7 +103,7 @@ func NewReducer(cfg Config, layout model.Layout, grads []float32, dense, expert 
 	if expert == nil {
 		expert = dense
 	}
-	r := &Reducer{cfg: cfg, grads: grads, dense: dense, expert: expert, count: make([]float32, 2),
+	r := &Reducer{cfg: cfg, grads: grads, dense: dense, expert: expert,
 		dynamic: !cfg.Zero1, maxFloats: cfg.BucketFloats(), splitGroup: expert != dense}
 	r.minFloats = min(minReadyFloats, r.maxFloats)
 	next := 0
@@ -161,44 +159,16 @@ func (r *Reducer) Hook() func(lo, hi int) {
 	return r.GradsReady
 }
 
-// Begin starts a step: localTargets is this rank's count of non-ignored
-// targets (what the model's loss averages over). It starts the all-reduce of
-// the counts, which the first bucket waits for. ctx cancels the step's
-// waits until Finish; each collective also carries the communicator's own
-// deadline from its start, so no wait is unbounded.
-func (r *Reducer) Begin(ctx context.Context, localTargets int) error {
+// Begin starts a step. ctx cancels the step's waits until Finish; each
+// collective also carries the communicator's own deadline from its start,
+// so no wait is unbounded.
+func (r *Reducer) Begin(ctx context.Context) error {
 	if r.active {
 		return fmt.Errorf("dp: Begin while the previous step's reduction is unfinished (call Finish)")
 	}
-	if localTargets < 0 || localTargets >= 1<<36 {
-		return fmt.Errorf("dp: local target count %d out of range [0, 2^36)", localTargets)
-	}
-	r.begin(ctx)
-	r.local, r.global, r.scale = localTargets, -1, 0
-	r.count[0], r.count[1] = float32(localTargets>>12), float32(localTargets&4095)
-	r.countRq = r.dense.AllReduceAsync(r.count, collective.Sum)
-	return nil
-}
-
-// BeginScaled starts a step whose gradients the model has already scaled
-// for the global batch (it normalised its loss by the global target count
-// and uses global aux statistics, as model.Model with Comms does): the
-// buckets are summed as they are, with no target-count exchange. Otherwise
-// as Begin.
-func (r *Reducer) BeginScaled(ctx context.Context) error {
-	if r.active {
-		return fmt.Errorf("dp: BeginScaled while the previous step's reduction is unfinished (call Finish)")
-	}
-	r.begin(ctx)
-	r.local, r.global, r.scale = 0, 0, 1
-	r.countRq = nil
-	return nil
-}
-
-// begin resets the per-step state both Begin forms share.
-func (r *Reducer) begin(ctx context.Context) {
 	r.active, r.ctx, r.err = true, ctx, nil
 	r.ready, r.next, r.reqs = len(r.grads), 0, r.reqs[:0]
+	return nil
 }
 
 // GradsReady records that grads[lo:hi] is final and starts every bucket now
@@ -267,26 +237,9 @@ func (r *Reducer) cut() {
 	}
 }
 
-// start scales bucket b's gradients by c_r/G (waiting for G on the first
-// bucket of the step) and starts its reduction.
+// start starts bucket b's reduction.
 func (r *Reducer) start(b *bucket) {
-	if r.global < 0 {
-		if err := r.countRq.Wait(r.ctx); err != nil {
-			r.err = fmt.Errorf("dp: target-count all-reduce over %v: %w", r.dense.WorldRanks(), err)
-			return
-		}
-		r.global = int(r.count[0])<<12 + int(r.count[1])
-		if r.global > 0 {
-			r.scale = float32(float64(r.local) / float64(r.global))
-		} else {
-			// No targets anywhere: only the aux loss has a gradient; average it.
-			r.scale = float32(1 / float64(r.dense.Size()))
-		}
-	}
 	g := r.grads[b.Lo:b.Hi]
-	if r.scale != 1 {
-		tensor.Scale(g, r.scale)
-	}
 	var rq *collective.Request
 	switch {
 	case !r.cfg.Zero1:
@@ -316,9 +269,6 @@ func (r *Reducer) Finish(ctx context.Context) error {
 		r.buckets = r.buckets[:r.next] // drop the previous step's extra cuts
 	}
 	werr := collective.WaitAll(ctx, r.reqs...)
-	if r.countRq != nil && r.global < 0 {
-		_ = r.countRq.Wait(ctx) // launch failed before waiting for it: let it go
-	}
 	if r.err != nil {
 		return r.err
 	}
@@ -336,10 +286,6 @@ func (r *Reducer) Finish(ctx context.Context) error {
 	}
 	return nil
 }
-
-// GlobalTargets is G, the number of non-ignored targets over the group in
-// the last step (-1 before the first bucket started).
-func (r *Reducer) GlobalTargets() int { return r.global }
 
 // ShardRanges are the non-empty ranges of the flat buffer whose optimizer
 // state this rank owns under ZeRO-1 (one per bucket; nil when ZeRO-1 is
