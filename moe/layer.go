@@ -188,10 +188,9 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 	// Gradient of combine: out[t] += gate_s·y_s.
 	tensor.GatherRows(sc.dY[:s*d], dout, p.Token, d)
 	tensor.RowDot(sc.dSlotGate[:s], sc.dY[:s*d], st.Y[:s*d], s, d)
+	// Under TP, Y is partial (dY is whole), so dSlotGate is partial too: it is
+	// summed over TP together with dX below, in one all-reduce.
 	tp := tpOf(st.Ex)
-	if tp > 1 {
-		st.Ex.SumTP(sc.dSlotGate[:s]) // Y is partial over TP; dY is whole
-	}
 	// Scale each slot's row by its gate in place; not tensor.Scale per row:
 	// that nests a ParallelFor whose closure is a heap allocation per row.
 	tensor.ParallelFor(s, 64, func(lo, hi int) {
@@ -221,11 +220,13 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 	if tp == 1 {
 		tensor.ScatterAddRows(dx, sc.dX[:s*d], p.Token, nil, d)
 	} else { // partial over TP: sum per token, as in the forward
-		sc.dxN = grow(sc.dxN, n*d)
+		sc.dxN = grow(sc.dxN, n*d+s)
 		clear(sc.dxN[:n*d])
 		tensor.ScatterAddRows(sc.dxN, sc.dX[:s*d], p.Token, nil, d)
-		st.Ex.SumTP(sc.dxN[:n*d])
+		copy(sc.dxN[n*d:n*d+s], sc.dSlotGate[:s])
+		st.Ex.SumTP(sc.dxN[:n*d+s])
 		tensor.AddInPlace(dx[:n*d], sc.dxN[:n*d])
+		copy(sc.dSlotGate[:s], sc.dxN[n*d:n*d+s])
 	}
 	// Gates → router probabilities (+ aux) → logits → router weights and x.
 	for i, slot := range p.SlotOf[:n*dm.K] {
