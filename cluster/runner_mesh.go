@@ -105,13 +105,7 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 		if step%cfg.Train.LogEvery == 0 || step == 1 {
 			ev := log.Info().Float64("loss", st.Loss).Float64("ce", st.CE).Float64("aux", st.Aux).
 				Float64("grad_norm", st.GradNorm).Float64("tokens_per_sec", math.Round(u.TokensPerSec))
-			if len(st.Router) > 0 {
-				is, mm := 0.0, 0.0
-				for _, r := range st.Router {
-					is, mm = max(is, r.IS), max(mm, r.MaxMean)
-				}
-				ev = ev.Float64("imbalance", is).Float64("max_mean_load", mm)
-			}
+			train.LogRouterLoad(ev, st.Router)
 			ev.Msg("step")
 		}
 		if u.HasVal {

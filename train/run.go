@@ -144,8 +144,7 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 		if step%cfg.Train.LogEvery == 0 || step == 1 {
 			log.Info().Int("step", step).Float64("loss", st.Loss).Float64("ce", st.CE).Float64("aux", st.Aux).
 				Float64("grad_norm", gnorm).Float64("lr", tr.sched.LR(step-1)).Float64("tokens_per_sec", math.Round(tps)).
-				Float64("max_load", maxLoadRatio(st.Router)).Float64("imbalance", worstIS(st.Router)).
-				Float64("drop_rate", meanDropRate(st.Router)).Msg("step")
+				Func(func(e *zerolog.Event) { LogRouterLoad(e, st.Router) }).Msg("step")
 		}
 		valLoss := math.NaN()
 		if len(val) > 0 && (step%cfg.Train.EvalEvery == 0 || step == cfg.Train.Steps) {
@@ -180,16 +179,6 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 	return sum, nil
 }
 
-// maxLoadRatio is the largest expert load over the mean load (LoadStats.
-// MaxMean) among the layers (1 = perfectly balanced).
-func maxLoadRatio(stats []moe.LoadStats) float64 {
-	worst := 0.0
-	for _, s := range stats {
-		worst = math.Max(worst, s.MaxMean)
-	}
-	return worst
-}
-
 // openData loads cfg.Data, or wraps corpus (window and pack modes) when the
 // caller supplies one.
 func openData(cfg JobConfig, corpus *sampling.Corpus) (*sampling.Data, error) {
@@ -200,25 +189,18 @@ func openData(cfg JobConfig, corpus *sampling.Corpus) (*sampling.Data, error) {
 	return &sampling.Data{Config: dc, Seed: cfg.Train.Seed + dc.SeedOffset, Corpus: corpus}, nil
 }
 
-// worstIS is the largest imbalance score IS = (max − min)/tokens over
-// expert-parallel ranks among the layers.
-func worstIS(stats []moe.LoadStats) float64 {
-	worst := 0.0
-	for _, s := range stats {
-		worst = math.Max(worst, s.IS)
-	}
-	return worst
-}
-
-// meanDropRate is the share of token slots dropped by capacity, averaged
-// over layers.
-func meanDropRate(stats []moe.LoadStats) float64 {
+// LogRouterLoad adds a step's routing load to a log event under the keys
+// every runner uses: max_load (the largest expert load over the mean among
+// the layers; 1 = balanced), imbalance (the largest IS = (max − min)/tokens
+// over expert-parallel ranks) and drop_rate (the share of slots dropped by
+// capacity, averaged over layers). Nothing is added without MoE layers.
+func LogRouterLoad(e *zerolog.Event, stats []moe.LoadStats) {
 	if len(stats) == 0 {
-		return 0
+		return
 	}
-	sum := 0.0
+	maxLoad, is, drop := 0.0, 0.0, 0.0
 	for _, s := range stats {
-		sum += s.DropRate
+		maxLoad, is, drop = max(maxLoad, s.MaxMean), max(is, s.IS), drop+s.DropRate
 	}
-	return sum / float64(len(stats))
+	e.Float64("max_load", maxLoad).Float64("imbalance", is).Float64("drop_rate", drop/float64(len(stats)))
 }
