@@ -78,7 +78,7 @@ func NewMeshRank(cfg JobConfig, mesh parallel.Mesh, rank int, world *collective.
 	tpSize, tpRank := comms.TP()
 	epSize, epRank := comms.EP()
 	shard := model.Shard{TP: tpSize, TPRank: tpRank, EP: epSize, EPRank: epRank}
-	tr, err := NewShardedTrainer(cfg, shard, log)
+	tr, err := newTrainer(cfg, shard, !cfg.DP.Zero1, log)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +100,6 @@ func NewMeshRank(cfg JobConfig, mesh parallel.Mesh, rank int, world *collective.
 		if r.shards, err = tr.NewShardOptimizers(red.ShardRanges()); err != nil {
 			return nil, err
 		}
-		tr.dropFullOptimizer()
 	} else {
 		r.shards = []*optim.AdamW{tr.Optimizer()} // one shard: the whole buffer
 	}

@@ -48,13 +48,15 @@ type Trainer struct {
 // from cfg.Train.Seed and zeroed optimizer state. It does not change the
 // process's thread budget (see tensor.SetThreads).
 func NewTrainer(cfg JobConfig, log zerolog.Logger) (*Trainer, error) {
-	return NewShardedTrainer(cfg, model.Whole, log)
+	return newTrainer(cfg, model.Whole, true, log)
 }
 
-// NewShardedTrainer is NewTrainer for the shard sh of the model (a
-// tensor-/expert-parallel rank; its optimizer covers that shard). A sharded
-// trainer's model needs Comms before its first forward (see MeshRank).
-func NewShardedTrainer(cfg JobConfig, sh model.Shard, log zerolog.Logger) (*Trainer, error) {
+// newTrainer builds the trainer of the shard sh of the model (a tensor- or
+// expert-parallel rank's, whose model needs Comms before its first forward:
+// see MeshRank); without fullOptimizer its whole-buffer
+// AdamW covers no parameters (a ZeRO-1 mesh rank keeps its optimizer state
+// in shard optimizers, so two floats per parameter are never allocated).
+func newTrainer(cfg JobConfig, sh model.Shard, fullOptimizer bool, log zerolog.Logger) (*Trainer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
@@ -62,7 +64,11 @@ func NewShardedTrainer(cfg JobConfig, sh model.Shard, log zerolog.Logger) (*Trai
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	opt, err := optim.NewAdamW(cfg.Optim, 0, m.Layout.Total)
+	hi := m.Layout.Total
+	if !fullOptimizer {
+		hi = 0
+	}
+	opt, err := optim.NewAdamW(cfg.Optim, 0, hi)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
@@ -183,8 +189,7 @@ func (t *Trainer) SetGradsReadyHook(fn func(lo, hi int)) { t.m.OnGradsReady = fn
 // NewShardOptimizers builds zeroed AdamW states, with the job's optimizer
 // settings, over each range [r[0], r[1]) of the flat buffer: the shards of
 // the optimizer state this rank owns under ZeRO-1. Step them with
-// OptimizerStepShards. (The trainer's own full-range optimizer, Optimizer(),
-// is left as it is: checkpoints still cover it, not these shards.)
+// OptimizerStepShards, and checkpoint them with SnapshotWith/RestoreWith.
 func (t *Trainer) NewShardOptimizers(ranges [][2]int) ([]*optim.AdamW, error) {
 	out := make([]*optim.AdamW, 0, len(ranges))
 	for i, r := range ranges {
@@ -198,13 +203,6 @@ func (t *Trainer) NewShardOptimizers(ranges [][2]int) ([]*optim.AdamW, error) {
 		out = append(out, o)
 	}
 	return out, nil
-}
-
-// dropFullOptimizer releases the whole-buffer AdamW moments once ZeRO-1
-// shard optimizers hold this rank's state (two floats per parameter saved);
-// OptimizerStep must not be called afterwards.
-func (t *Trainer) dropFullOptimizer() {
-	t.opt, _ = optim.NewAdamW(t.cfg.Optim, 0, 0) // an empty range never fails
 }
 
 // OptimizerStepShards applies AdamW step Step()+1 with the schedule's
