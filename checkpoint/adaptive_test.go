@@ -33,15 +33,7 @@ func TestWriterStoresChunksRawWhenWorkersLag(t *testing.T) {
 		}
 	}
 	defer func() { testWorkerHook = nil }()
-	s := newTestStore(t, 0)
-	path := filepath.Join(s.TempDir(1), ShardName(0))
-	w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 1024, Workers: 1, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.WriteTensor(big.name, big.shape, Whole(big.shape), big.data); err != nil {
-		t.Fatal(err)
-	}
+	s, path, w := writeShard(t, big, WriterOptions{ChunkBytes: 1024, Workers: 1, NoSync: true})
 	if err := w.WriteBlob(BlobOptimizer, []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
@@ -93,15 +85,7 @@ func TestWriterGoesRawAfterStalls(t *testing.T) {
 		}
 	}
 	defer func() { testWorkerHook = nil }()
-	s := newTestStore(t, 0)
-	path := filepath.Join(s.TempDir(1), ShardName(0))
-	w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 1024, Workers: 1, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.WriteTensor(big.name, big.shape, Whole(big.shape), big.data); err != nil {
-		t.Fatal(err)
-	}
+	s, path, w := writeShard(t, big, WriterOptions{ChunkBytes: 1024, Workers: 1, NoSync: true})
 	info, err := w.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -157,16 +141,8 @@ func TestWriterCompressesWithFreeWorkers(t *testing.T) {
 	for i := range big.data {
 		big.data[i] = float32(i % 7)
 	}
-	s := newTestStore(t, 0)
-	path := filepath.Join(s.TempDir(1), ShardName(0))
 	// One chunk, within the fill of two workers.
-	w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 64 << 10, Workers: 2, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.WriteTensor(big.name, big.shape, Whole(big.shape), big.data); err != nil {
-		t.Fatal(err)
-	}
+	s, path, w := writeShard(t, big, WriterOptions{ChunkBytes: 64 << 10, Workers: 2, NoSync: true})
 	info, err := w.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -211,15 +187,7 @@ func TestWriterGoesRawOnIncompressibleData(t *testing.T) {
 					big.data[i] = float32(i % 7)
 				}
 			}
-			s := newTestStore(t, 0)
-			path := filepath.Join(s.TempDir(1), ShardName(0))
-			w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 1024, Workers: 2, NoSync: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := w.WriteTensor(big.name, big.shape, Whole(big.shape), big.data); err != nil {
-				t.Fatal(err)
-			}
+			s, path, w := writeShard(t, big, WriterOptions{ChunkBytes: 1024, Workers: 2, NoSync: true})
 			info, err := w.Close()
 			if err != nil {
 				t.Fatal(err)
@@ -244,4 +212,20 @@ func TestWriterGoesRawOnIncompressibleData(t *testing.T) {
 			commitAndCheck(t, s, info, big)
 		})
 	}
+}
+
+// writeShard writes tensor as the only entry of rank 0's shard of step 1 in
+// a fresh store, without closing the writer.
+func writeShard(t *testing.T, tensor testTensor, opts WriterOptions) (*Store, string, *ShardWriter) {
+	t.Helper()
+	s := newTestStore(t, 0)
+	path := filepath.Join(s.TempDir(1), ShardName(0))
+	w, err := s.CreateShard(context.Background(), 1, 0, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteTensor(tensor.name, tensor.shape, Whole(tensor.shape), tensor.data); err != nil {
+		t.Fatal(err)
+	}
+	return s, path, w
 }
