@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -111,8 +112,8 @@ func TestWriterGoesRawAfterStalls(t *testing.T) {
 }
 
 // commitAndCheck publishes step 1 made of shard info, verifies every
-// checksum and reads tensor back, which must equal what was written.
-func commitAndCheck(t *testing.T, s *Store, info ShardInfo, tensor testTensor) {
+// checksum and reads each tensor back, which must equal what was written.
+func commitAndCheck(t *testing.T, s *Store, info ShardInfo, tensors ...testTensor) {
 	t.Helper()
 	if err := s.Commit(NewManifest(1, []ShardInfo{info})); err != nil {
 		t.Fatal(err)
@@ -122,12 +123,14 @@ func commitAndCheck(t *testing.T, s *Store, info ShardInfo, tensor testTensor) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	got, _, err := c.ReadTensor(tensor.name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(got, tensor.data) {
-		t.Fatalf("%s read back differs", tensor.name)
+	for _, tensor := range tensors {
+		got, _, err := c.ReadTensor(tensor.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, tensor.data) {
+			t.Fatalf("%s read back differs", tensor.name)
+		}
 	}
 }
 
@@ -165,51 +168,140 @@ func TestWriterCompressesWithFreeWorkers(t *testing.T) {
 	commitAndCheck(t, s, info, big)
 }
 
-// High-entropy data shrinks by a few percent at most: once
-// the pipeline's fill shows it saves less than minSaving, the rest of the
-// shard is stored raw. Low-entropy data keeps being compressed past the fill.
-func TestWriterGoesRawOnIncompressibleData(t *testing.T) {
-	for _, c := range []struct {
-		name           string
-		compressible   bool
-		wantIncompress bool
-	}{{"weights", false, true}, {"pattern", true, false}} {
-		t.Run(c.name, func(t *testing.T) {
+// noiseTensor has 31 random bits per value (bit 30 clear: finite), like the
+// high-entropy mantissas of trained weights and moments: its byte planes
+// shrink by about 3%, below minSaving, but they do shrink, so a writer that
+// compressed it would store its chunks with the plane codec.
+func noiseTensor(rng *rand.Rand, name string, n int64) testTensor {
+	t := testTensor{name: name, shape: []int64{n}, data: make([]float32, n)}
+	for i := range t.data {
+		t.data[i] = math.Float32frombits(rng.Uint32() &^ (1 << 30))
+	}
+	return t
+}
+
+// patternTensor is low-entropy data that compresses far beyond minSaving.
+func patternTensor(name string, n int64) testTensor {
+	t := testTensor{name: name, shape: []int64{n}, data: make([]float32, n)}
+	for i := range t.data {
+		t.data[i] = float32(i % 7)
+	}
+	return t
+}
+
+// codecRecord is what the worker hook saw: the codec each entry's first
+// chunk was queued with (the per-entry decision, whether or not a stall later
+// made the file writer store a chunk raw) and how many chunks were queued
+// with each codec.
+type codecRecord struct {
+	mu     sync.Mutex
+	first  map[string]Codec
+	chunks map[Codec]int
+}
+
+// recordCodecs installs a worker hook filling a codecRecord.
+func recordCodecs(t *testing.T) *codecRecord {
+	rec := &codecRecord{first: map[string]Codec{}, chunks: map[Codec]int{}}
+	testWorkerHook = func(j *chunkJob) {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if j.meta != nil {
+			rec.first[j.meta.Name] = j.codec
+		}
+		rec.chunks[j.codec]++
+	}
+	t.Cleanup(func() { testWorkerHook = nil })
+	return rec
+}
+
+// Each large entry is judged on a sample of its own data: an incompressible
+// entry is stored raw and a compressible one compressed, whichever comes
+// first in the shard. With the decision taken once per shard, from its first
+// chunks, the second entry of each case would get the first one's codec.
+func TestWriterDecidesCodecPerEntry(t *testing.T) {
+	const n = 128 << 10 // 512 KiB per entry: above probeBytes, 8 chunks of 64 KiB
+	const chunks = 4 * n / (64 << 10)
+	for _, order := range []string{"noise-then-pattern", "pattern-then-noise"} {
+		t.Run(order, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(27, 28))
-			big := newTestTensor(rng, "model.big", 64, 64)
-			for i := range big.data {
-				// 31 random bits per value (bit 30 clear: finite), like the
-				// high-entropy mantissas of trained weights and moments.
-				big.data[i] = math.Float32frombits(rng.Uint32() &^ (1 << 30))
+			noise, pattern := noiseTensor(rng, "optim.m.w", n), patternTensor("model.b", n)
+			first, second := noise, pattern
+			if order == "pattern-then-noise" {
+				first, second = pattern, noise
 			}
-			if c.compressible {
-				for i := range big.data {
-					big.data[i] = float32(i % 7)
-				}
+			rec := recordCodecs(t)
+			s, path, w := writeShard(t, first, WriterOptions{ChunkBytes: 64 << 10, Workers: 2, NoSync: true})
+			if err := w.WriteTensor(second.name, second.shape, Whole(second.shape), second.data); err != nil {
+				t.Fatal(err)
 			}
-			s, path, w := writeShard(t, big, WriterOptions{ChunkBytes: 1024, Workers: 2, NoSync: true})
 			info, err := w.Close()
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := w.rawWhy == "incompressible"; got != c.wantIncompress {
-				t.Fatalf("raw because %q; want incompressible: %v", w.rawWhy, c.wantIncompress)
+			if rec.first[noise.name] != CodecNone || rec.first[pattern.name] != CodecZstd {
+				t.Fatalf("entries queued with codecs %v, want %s raw (%d) and %s compressed (%d)",
+					rec.first, noise.name, CodecNone, pattern.name, CodecZstd)
+			}
+			if rec.chunks[CodecNone] != chunks || rec.chunks[CodecZstd] != chunks {
+				t.Fatalf("chunks queued per codec %v, want %d of each", rec.chunks, chunks)
 			}
 			r, err := OpenShard(path)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer r.Close()
-			chunks := r.byName["model.big"].Chunks
-			for i, ch := range chunks {
-				if c.wantIncompress && i >= 2 && ch.Codec != codecRaw {
-					t.Fatalf("chunk %d after the fill: codec %d, want raw", i, ch.Codec)
-				}
-				if !c.wantIncompress && i < 2 && ch.Codec == codecRaw {
-					t.Fatalf("fill chunk %d of a compressible shard stored raw", i)
+			for i, c := range r.byName[noise.name].Chunks {
+				if c.Codec != codecRaw {
+					t.Fatalf("%s chunk %d: codec %d, want raw", noise.name, i, c.Codec)
 				}
 			}
-			commitAndCheck(t, s, info, big)
+			if !w.rawOnly.Load() { // no stall made the writer store chunks raw
+				for i, c := range r.byName[pattern.name].Chunks {
+					if c.Codec != codecPlanes || c.Stored >= c.Raw {
+						t.Fatalf("%s chunk %d: codec %d, %d of %d bytes: want compressed", pattern.name, i, c.Codec, c.Stored, c.Raw)
+					}
+				}
+			}
+			commitAndCheck(t, s, info, noise, pattern)
+		})
+	}
+}
+
+// The probe applies to entries larger than its sample, and AlwaysCompress
+// turns it off: in both cases incompressible data is queued for compression
+// (and, with AlwaysCompress, which also disables the stall rule, stored with
+// the plane codec since it shrinks a little).
+func TestWriterProbeScope(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		n      int64
+		always bool
+	}{{"small-entry", probeBytes / 4, false}, {"always-compress", 128 << 10, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(29, 30))
+			noise := noiseTensor(rng, "optim.v.w", c.n)
+			rec := recordCodecs(t)
+			s, path, w := writeShard(t, noise, WriterOptions{ChunkBytes: 64 << 10, Workers: 2, NoSync: true, AlwaysCompress: c.always})
+			info, err := w.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.chunks[CodecNone] != 0 {
+				t.Fatalf("chunks queued per codec %v, want none raw", rec.chunks)
+			}
+			if c.always {
+				r, err := OpenShard(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer r.Close()
+				for i, ch := range r.byName[noise.name].Chunks {
+					if ch.Codec != codecPlanes {
+						t.Fatalf("chunk %d: codec %d, want the plane codec", i, ch.Codec)
+					}
+				}
+			}
+			commitAndCheck(t, s, info, noise)
 		})
 	}
 }

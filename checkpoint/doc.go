@@ -35,6 +35,17 @@
 // takes the newest committed directory that opens cleanly, reporting every
 // newer one it skipped and why.
 //
+// # Write path
+//
+// A ShardWriter cuts entries into chunks that workers checksum and, when it
+// pays, compress (float32 byte planes, see planes.go); the codec is recorded
+// per chunk, so a reader needs no other hint. Compression is skipped for an
+// entry whose sample saves less than minSaving (probe.go), and for the rest
+// of a shard once compression has kept the file writer waiting (the disk is
+// faster than the CPU). The file writer asks the kernel to start writeback
+// every few MiB (writeback.go), so the device writes while the shard is
+// still being copied and the closing fsync waits only for the tail.
+//
 // # Integrity
 //
 // Each chunk (default 4 MiB raw) carries CRC-32C of its stored and of its

@@ -52,11 +52,12 @@ type WriterOptions struct {
 	// NoSync skips fsync (tests of logic only: a checkpoint written without
 	// it is not crash-safe).
 	NoSync bool
-	// AlwaysCompress compresses every chunk. By default a chunk that no
-	// worker has started when the file writer reaches it is stored raw by
-	// the writer itself: the disk never waits for the CPU, so a save on a
-	// busy machine still writes at about disk speed (with less
-	// compression) and takes less CPU from training.
+	// AlwaysCompress compresses every chunk. By default an entry whose
+	// sample saves less than minSaving is stored raw (entryCompressible),
+	// and a chunk that no worker has started when the file writer reaches
+	// it is stored raw by the writer itself: the disk never waits for the
+	// CPU, so a save on a busy machine still writes at about disk speed
+	// (with less compression) and takes less CPU from training.
 	AlwaysCompress bool
 	// BeforeClose, if set, is called by Snapshot.WriteShard with the shard's
 	// path once every tensor and blob is queued and before Close finishes
@@ -143,19 +144,15 @@ type ShardWriter struct {
 	// rawOnly is set by the file writer once compression has kept it
 	// waiting rawAfterStalls times: the CPU, not the disk, is the
 	// bottleneck, so the rest of the shard is stored raw (workers still
-	// checksum). It is also set when the chunks of the pipeline's fill
-	// shrank by less than minSaving: the data does not compress, so the
-	// CPU is better spent elsewhere. AlwaysCompress turns both off.
+	// checksum). AlwaysCompress turns it off.
 	rawOnly atomic.Bool
-	// rawWhy says which rule set rawOnly ("stalls" or "incompressible").
-	rawWhy string
 }
 
-// minSaving is the share of the fill's raw bytes that compression must save
-// for the rest of a shard to be compressed. Realistic trained weights and
-// Adam moments shrink by about 2% (shuffle + zstd), which costs this 2-core
-// host about 6% of save throughput; zeros or low-entropy tensors shrink far
-// more than 10%.
+// minSaving is the share of an entry's bytes that compression must save,
+// judged on a sample (entryCompressible), for the entry to be compressed.
+// Trained float32 weights and Adam moments often shrink by only a few
+// percent (shuffle + Huffman), which costs far more CPU time than it saves
+// disk time; zeros or low-entropy tensors shrink far more than 10%.
 const minSaving = 0.10
 
 // rawAfterStalls is how many chunks the file writer finds not yet compressed
@@ -168,6 +165,7 @@ type writerResult struct {
 	entries []*indexEntry
 	off     int64
 	crc     uint32
+	fw      *fileWriter
 	bw      *bufio.Writer
 	err     error
 }
@@ -269,13 +267,20 @@ func (w *ShardWriter) fail(err error) error {
 
 func (w *ShardWriter) submit(meta *indexEntry, raw []byte, shuffle bool) error {
 	cb := w.opts.ChunkBytes
+	// The entry's codec is decided once, before its first chunk is queued,
+	// so every chunk of an entry gets the same decision whichever worker
+	// takes it, and one entry's data never decides for another's.
+	codec := w.opts.Codec
+	if codec == CodecZstd && !w.opts.AlwaysCompress && !w.entryCompressible(raw, shuffle) {
+		codec = CodecNone
+	}
 	first := true
 	for first || len(raw) > 0 {
 		if err := w.ctx.Err(); err != nil {
 			return w.fail(err)
 		}
 		n := min(cb, len(raw))
-		j := &chunkJob{raw: raw[:n:n], shuffle: shuffle, codec: w.opts.Codec, done: make(chan struct{})}
+		j := &chunkJob{raw: raw[:n:n], shuffle: shuffle, codec: codec, done: make(chan struct{})}
 		if first {
 			j.meta = meta
 			first = false
@@ -361,7 +366,8 @@ func (w *ShardWriter) compress(j *chunkJob, raw bool) {
 // writeLoop appends finished chunks to the file in submission order; it owns
 // the index and the running file checksum (see fileChecksum in format.go).
 func (w *ShardWriter) writeLoop() {
-	r := writerResult{bw: bufio.NewWriterSize(w.f, 1<<20)}
+	fw := newFileWriter(w.f, !w.opts.NoSync)
+	r := writerResult{fw: fw, bw: bufio.NewWriterSize(fw, 1<<20)}
 	write := func(b []byte) {
 		if r.err != nil {
 			return
@@ -379,7 +385,6 @@ func (w *ShardWriter) writeLoop() {
 	var cur *indexEntry
 	var sums []byte
 	stalls, seen := 0, 0
-	var fillRaw, fillStored int64
 	for j := range w.queue {
 		filling := seen < w.opts.Workers
 		if len(j.raw) > 0 {
@@ -389,16 +394,16 @@ func (w *ShardWriter) writeLoop() {
 		case <-j.done:
 		default:
 			// The chunk is not ready. Past the pipeline's fill, compression
-			// is behind the disk: store the chunk raw now if no worker has
-			// started it, and count the stall.
+			// is behind the disk: count the stall, then store the chunk raw
+			// now if no worker has started it. rawOnly is set before done
+			// is closed, so a worker that waited for this chunk sees it.
 			if !w.opts.AlwaysCompress && !filling {
+				if stalls++; stalls >= rawAfterStalls {
+					w.rawOnly.Store(true)
+				}
 				if j.taken.CompareAndSwap(0, 1) {
 					w.compress(j, true)
 					close(j.done)
-				}
-				if stalls++; stalls >= rawAfterStalls && !w.rawOnly.Load() {
-					w.rawWhy = "stalls"
-					w.rawOnly.Store(true)
 				}
 			}
 			<-j.done
@@ -418,15 +423,6 @@ func (w *ShardWriter) writeLoop() {
 			r.crc = crc32.Update(r.crc, crcTable, word[:])
 			cur.Chunks = append(cur.Chunks, j.chunk)
 			sums = binary.LittleEndian.AppendUint32(sums, j.chunk.RCRC)
-			if filling {
-				fillRaw += j.chunk.Raw
-				fillStored += j.chunk.Stored
-				if seen == w.opts.Workers && !w.opts.AlwaysCompress && !w.rawOnly.Load() &&
-					float64(fillStored) > (1-minSaving)*float64(fillRaw) {
-					w.rawWhy = "incompressible"
-					w.rawOnly.Store(true)
-				}
-			}
 		}
 		if j.last {
 			cur.CRC = crc32.Checksum(sums, crcTable)
@@ -451,6 +447,7 @@ func (w *ShardWriter) Close() (ShardInfo, error) {
 	close(w.work)
 	w.wg.Wait()
 	r := <-w.res
+	r.fw.stop()
 	if w.enc != nil {
 		_ = w.enc.Close()
 	}

@@ -9,7 +9,8 @@
 #           weights + Adam moments concurrently, fsync, commit), one iteration
 #           of SIZE_MB raw state, for the codecs in VARIANTS (each in its
 #           own process, the order rotating from round to round)
-# and prints the medians over ROUNDS and each variant's ratio to dd. The
+# and prints the medians over ROUNDS, each variant's ratio to dd and its
+# median compression ratio (raw bytes / bytes on disk). The
 # machine's load average is printed: compression is CPU work, so on a busy
 # machine the compressed variants measure the CPU share they got, not the
 # writer. A tmpfs directory is refused (fdatasync is a no-op there).
@@ -57,7 +58,7 @@ fi
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "file system: $(df -h "$DIR" | awk 'NR==2 {print $1, $6}') ($(stat -f -c %T "$DIR"))  size: ${SIZE_MB} MB  rounds: $ROUNDS  cpus: $(nproc)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A results
+declare -A results ratios
 run_dd() {
   local t0 t1
   t0=$(date +%s%N)
@@ -89,6 +90,7 @@ for r in $(seq 1 "$ROUNDS"); do
     ratio=$(echo "$out" | awk -v v="BenchmarkSave/$v" '$1 ~ "^"v"(-[0-9]+)?$" {for (i=1;i<=NF;i++) if ($(i+1)=="ratio") print $i}')
     [ -n "$mbs" ] || { echo "no result for $v in:"; echo "$out"; exit 1; } >&2
     results[$v]+="$mbs "
+    ratios[$v]+="$ratio "
     line+=", $v ${mbs} MB/s (compression ${ratio}x)"
   done
   echo "$line"
@@ -98,5 +100,6 @@ dd_med=$(echo "${results[dd]}" | tr ' ' '\n' | grep . | median)
 echo "median dd (conv=fdatasync): ${dd_med} MB/s"
 for v in $VARIANTS; do
   med=$(echo "${results[$v]}" | tr ' ' '\n' | grep . | median)
-  awk -v v="$v" -v m="$med" -v d="$dd_med" 'BEGIN {printf "median save %-13s %8.1f MB/s  = %.2fx dd  (target >= 0.80x)\n", v, m, m / d}'
+  cr=$(echo "${ratios[$v]}" | tr ' ' '\n' | grep . | median)
+  awk -v v="$v" -v m="$med" -v d="$dd_med" -v c="$cr" 'BEGIN {printf "median save %-13s %8.1f MB/s  = %.2fx dd  (target >= 0.80x)  compression %.3fx\n", v, m, m / d, c}'
 done
