@@ -332,9 +332,15 @@ func TestSendRecvAndRingExchange(t *testing.T) {
 // Sub-groups of a 2×4 mesh: rows and columns reduce concurrently (async),
 // several operations in flight on each.
 func TestSubGroupsConcurrent(t *testing.T) {
-	const rows, cols = 2, 4
-	ts := NewInProcess(rows * cols)
+	ts := NewInProcess(8)
 	defer closeAllT(ts)
+	subGroupsConcurrent(t, ts)
+}
+
+// subGroupsConcurrent runs all-reduces on the rows, the columns and the
+// whole of a 2×4 grid of the 8 transports at once, and checks exact sums.
+func subGroupsConcurrent(t *testing.T, ts []Transport) {
+	const rows, cols = 2, 4
 	comms := worlds(ts, Config{SegmentBytes: 512})
 	ctx := testCtx(t, 20*time.Second)
 	mustAll(t, runRanks(comms, func(w *Comm) error {

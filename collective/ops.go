@@ -307,6 +307,7 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 		}
 		pend[p] = o.c.t.Post(o.c.ranks[p], want, f32bytes(recv[roff[p]:roff[p+1]]))
 	}
+	opCtx := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sendErrs := make([]error, n)
@@ -321,7 +322,19 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 		}
 	}
 	var wg sync.WaitGroup
-	if 4*(len(send)-sc[r]) <= a2aInlineBytes {
+	var sent []Pending
+	if ss := asyncSender(o.c.t); ss != nil {
+		// Queued: this goroutine moves every frame while it waits.
+		sent = make([]Pending, n)
+		for s := 1; s < n; s++ {
+			p := mod(r+s, n)
+			h := o.header(0)
+			if perMessage {
+				h.Count = uint64(sc[p])
+			}
+			sent[p] = ss.startSend(o.c.ranks[p], h, f32bytes(send[soff[p]:soff[p+1]]))
+		}
+	} else if 4*(len(send)-sc[r]) <= a2aInlineBytes {
 		// Small: the socket buffers take it all at once, in order.
 		for s := 1; s < n; s++ {
 			sendTo(mod(r+s, n))
@@ -338,8 +351,11 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 			}()
 		}
 	}
-	// This rank's own block is copied while the peers' blocks are in flight.
-	self()
+	// This rank's own block is copied while the peers' blocks are in flight
+	// (with queued sends, in pieces between which the sockets are served).
+	inPieces(asyncSender(o.c.t), sc[r], func(lo, hi int) {
+		copy(recv[roff[r]+lo:roff[r]+hi], send[soff[r]+lo:soff[r]+hi])
+	})
 	var first error
 	for s := 1; s < n; s++ {
 		p := mod(r-s, n)
@@ -353,6 +369,16 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 		}
 	}
 	wg.Wait()
+	for p, pd := range sent {
+		if pd == nil {
+			continue
+		}
+		// Under the operation's deadline, not ctx: withdrawing a frame half
+		// written after another failure would cut a healthy link.
+		if _, err := pd.Wait(opCtx); err != nil {
+			sendErrs[p] = fmt.Errorf("send to rank %d: %w", o.c.ranks[p], err)
+		}
+	}
 	// Prefer the root cause over the cancellations it caused.
 	for _, err := range sendErrs {
 		if err != nil && (first == nil || (isCtxErr(first) && !isCtxErr(err))) {

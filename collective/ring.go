@@ -70,6 +70,10 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 	c := o.c
 	n, r := len(c.ranks), c.rank
 	next, prev := mod(r+1, n), mod(r-1, n)
+	// Queued sends are waited for under the operation's deadline even after
+	// a failure cancelled ctx: withdrawing a frame half written would cut
+	// a healthy link.
+	opCtx := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -126,22 +130,54 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 
 	jobs := make(chan sendJob, 64)
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		var step uint32
-		for jb := range jobs {
-			if ctx.Err() == nil {
-				if err := o.send(ctx, next, step, f32bytes(jb.data)); err != nil {
-					setErr(err)
+	// With queued sends (sendStarter) this goroutine moves every frame
+	// itself while it waits, and a temporary returns to free when the send
+	// that reads it has finished; otherwise a sender goroutine writes.
+	ss := asyncSender(c.t)
+	type inflight struct {
+		pd      Pending
+		release []float32
+	}
+	var sent []inflight
+	var sendStep uint32
+	// reap collects finished sends from the front; with block it waits for
+	// sends until one returns a temporary (or none is left to).
+	reap := func(block bool) {
+		for len(sent) > 0 {
+			f := sent[0]
+			if !block && !sendDone(f.pd) {
+				return
+			}
+			if _, err := f.pd.Wait(opCtx); err != nil {
+				setErr(fmt.Errorf("send to rank %d: %w", c.ranks[next], err))
+			}
+			sent = sent[1:]
+			if f.release != nil {
+				free <- f.release
+				if block {
+					return
 				}
 			}
-			step++
-			if jb.release != nil {
-				free <- jb.release
-			}
 		}
-	}()
+	}
+	if ss == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var step uint32
+			for jb := range jobs {
+				if ctx.Err() == nil {
+					if err := o.send(ctx, next, step, f32bytes(jb.data)); err != nil {
+						setErr(err)
+					}
+				}
+				step++
+				if jb.release != nil {
+					free <- jb.release
+				}
+			}
+		}()
+	}
 
 	pend := make([]Pending, len(msgs))
 	tmps := make([][]float32, len(msgs))
@@ -174,6 +210,16 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 		}
 	}
 	queue := func(jb sendJob) bool {
+		if ss != nil {
+			if ctx.Err() != nil {
+				return false
+			}
+			pd := ss.startSend(c.ranks[next], o.header(sendStep), f32bytes(jb.data))
+			sendStep++
+			sent = append(sent, inflight{pd: pd, release: jb.release})
+			reap(false)
+			return true
+		}
 		select {
 		case jobs <- jb:
 			return true
@@ -183,7 +229,9 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 	}
 
 	func() {
-		defer close(jobs)
+		if ss == nil {
+			defer close(jobs)
+		}
 		// Reduce-scatter step 0 (or the all-gather's first step) sends local data.
 		first, data := mod(r-1, n), sp.src
 		if !sp.doRS {
@@ -198,6 +246,9 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 		}
 		for i, m := range msgs {
 			if posted == i { // out of temporaries: wait for one
+				if ss != nil && len(free) == 0 {
+					reap(true)
+				}
 				select {
 				case t := <-free:
 					post(i, t)
@@ -222,7 +273,7 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 			tmp := tmps[i]
 			if m.s == n-2 { // chunk r complete
 				dst := sp.out[m.lo-sp.off[r] : m.hi-sp.off[r]]
-				addTo(dst, sp.src[m.lo:m.hi], tmp)
+				addPieces(ss, dst, sp.src[m.lo:m.hi], tmp)
 				free <- tmp[:cap(tmp)]
 				if sp.divisor != 0 {
 					divide(dst, sp.divisor)
@@ -233,13 +284,13 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 				continue
 			}
 			if sp.inPlace {
-				addTo(sp.src[m.lo:m.hi], sp.src[m.lo:m.hi], tmp)
+				addPieces(ss, sp.src[m.lo:m.hi], sp.src[m.lo:m.hi], tmp)
 				free <- tmp[:cap(tmp)]
 				if !queue(sendJob{data: sp.src[m.lo:m.hi]}) {
 					return
 				}
 			} else {
-				addTo(tmp, sp.src[m.lo:m.hi], tmp)
+				addPieces(ss, tmp, sp.src[m.lo:m.hi], tmp)
 				if !queue(sendJob{data: tmp, release: tmp[:cap(tmp)]}) {
 					return
 				}
@@ -247,6 +298,11 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 		}
 	}()
 	wg.Wait()
+	for _, f := range sent {
+		if _, err := f.pd.Wait(opCtx); err != nil {
+			setErr(fmt.Errorf("send to rank %d: %w", c.ranks[next], err))
+		}
+	}
 	// Withdraw receives that were posted but not completed.
 	if waited < posted {
 		done, stop := context.WithCancel(context.Background())
@@ -264,6 +320,12 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 		return firstErr
 	}
 	return ctx.Err()
+}
+
+// addPieces is addTo(dst, a, b) in pieces between which ss's sockets are
+// served (see inPieces).
+func addPieces(ss sendStarter, dst, a, b []float32) {
+	inPieces(ss, len(dst), func(lo, hi int) { addTo(dst[lo:hi], a[lo:hi], b[lo:hi]) })
 }
 
 // equalChunks splits count elements into n chunks differing by at most one.

@@ -233,7 +233,13 @@ func TestTCPSpinDeadPeer(t *testing.T) {
 }
 
 func testTCPSpinDeadPeer(t *testing.T, yield bool, size int) {
-	ts := tcpMeshSpin(t, 3, 50*time.Millisecond, yield)
+	deadPeerMidOperation(t, tcpMeshSpin(t, 3, 50*time.Millisecond, yield), size)
+}
+
+// deadPeerMidOperation starts an all-reduce of size elements on ranks 0 and
+// 2 of the 3 transports ts, closes rank 1 (as if it died) while they wait
+// for it, and checks that both fail naming rank 1, before the deadline.
+func deadPeerMidOperation(t *testing.T, ts []Transport, size int) {
 	comms := worlds(ts, Config{})
 	ctx := testCtx(t, 5*time.Second)
 	errs := make([]error, 3)

@@ -41,6 +41,12 @@ type TCPConfig struct {
 	// runnable instead of paying a wake-up per frame. Without SpinWait it
 	// has no effect.
 	SpinYield bool
+	// ProgressEngine moves bytes in the goroutines that wait for them, with
+	// nonblocking system calls, instead of in a reader goroutine per
+	// connection and blocking writes (see progressEngine; Linux only).
+	// SpinWait is then how long a waiter keeps trying before it blocks in
+	// poll(2), and SpinYield makes it yield the CPU between tries.
+	ProgressEngine bool
 }
 
 // Listen binds the data-plane listener of a worker before it knows its rank;
@@ -197,7 +203,12 @@ func DialMesh(ctx context.Context, ln net.Listener, cfg TCPConfig) (Transport, e
 		}
 		break
 	}
-	return newTCPTransport(cfg, conns), nil
+	t, err := newTCPTransport(cfg, conns)
+	if err != nil {
+		closeAll(conns)
+		return nil, err
+	}
+	return t, nil
 }
 
 func closeAll(conns []*net.TCPConn) {
@@ -255,6 +266,7 @@ type tcpTransport struct {
 	maxPayload uint64
 	spin       time.Duration
 	spinYield  bool
+	eng        *progressEngine // nil unless TCPConfig.ProgressEngine
 	closeOnce  sync.Once
 }
 
@@ -278,7 +290,7 @@ type tcpPeer struct {
 	fd int32
 }
 
-func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) *tcpTransport {
+func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) (*tcpTransport, error) {
 	t := &tcpTransport{rank: cfg.Rank, peers: make([]*tcpPeer, len(conns)), in: newInbox(),
 		maxPayload: cfg.MaxPayload, spin: cfg.SpinWait, spinYield: cfg.SpinYield}
 	t.in.breakLink = t.linkDown
@@ -289,12 +301,20 @@ func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) *tcpTransport {
 		}
 		t.peers[p] = &tcpPeer{conn: c, wlock: make(chan struct{}, 1), fd: rawFD(c)}
 	}
+	if cfg.ProgressEngine {
+		eng, err := newProgressEngine(t, conns, cfg.SpinWait, cfg.SpinYield)
+		if err != nil {
+			return nil, err
+		}
+		t.eng = eng
+		return t, nil
+	}
 	for p, pc := range t.peers {
 		if pc != nil {
 			go t.readLoop(p, pc)
 		}
 	}
-	return t
+	return t, nil
 }
 
 func (t *tcpTransport) Rank() int { return t.rank }
@@ -316,8 +336,12 @@ func (t *tcpTransport) linkDown(p int, err error) {
 	}
 	pc.downMu.Unlock()
 	if first {
-		pc.closing.Store(true)
-		pc.conn.Close()
+		if t.eng != nil {
+			t.eng.linkDown(p, err)
+		} else {
+			pc.closing.Store(true)
+			pc.conn.Close()
+		}
 		t.in.failPeer(p, err)
 	}
 }
@@ -326,6 +350,12 @@ func (t *tcpTransport) Send(ctx context.Context, p int, h Header, parts ...[]byt
 	pc, err := t.peer(p)
 	if err != nil {
 		return err
+	}
+	if t.eng != nil {
+		if err := t.in.peerFailed(p); err != nil {
+			return err
+		}
+		return t.eng.send(ctx, p, h, parts)
 	}
 	select {
 	case pc.wlock <- struct{}{}:
@@ -365,9 +395,28 @@ func (t *tcpTransport) Send(ctx context.Context, p int, h Header, parts ...[]byt
 	return nil
 }
 
+func (t *tcpTransport) asyncSends() bool { return t.eng != nil }
+
+// progress implements sendStarter with the progress engine.
+func (t *tcpTransport) progress() { t.eng.poke() }
+
+// startSend implements sendStarter with the progress engine.
+func (t *tcpTransport) startSend(p int, h Header, parts ...[]byte) Pending {
+	if _, err := t.peer(p); err != nil {
+		return failedPending{err}
+	}
+	if err := t.in.peerFailed(p); err != nil {
+		return failedPending{err}
+	}
+	return t.eng.startSend(p, h, parts)
+}
+
 func (t *tcpTransport) Recv(ctx context.Context, p int, want Header, dst []byte) (Header, error) {
 	if _, err := t.peer(p); err != nil {
 		return Header{}, err
+	}
+	if t.eng != nil {
+		return t.Post(p, want, dst).Wait(ctx)
 	}
 	return t.in.recv(ctx, p, want, dst)
 }
@@ -377,6 +426,10 @@ func (t *tcpTransport) Post(p int, want Header, dst []byte) Pending {
 		return failedPending{err}
 	}
 	pd := t.in.post(p, want, dst)
+	if t.eng != nil {
+		pd.await = t.eng.await
+		return pd
+	}
 	if t.spin > 0 && t.spinYield && pd.w != nil && len(dst) <= maxPolledFrame {
 		return &polledPending{pending: pd, t: t, peer: p}
 	}
@@ -416,6 +469,10 @@ func (p *polledPending) Wait(ctx context.Context) (Header, error) {
 func (t *tcpTransport) Close() error {
 	t.closeOnce.Do(func() {
 		t.in.close(ErrClosed)
+		if t.eng != nil {
+			t.eng.close()
+			return
+		}
 		for _, pc := range t.peers {
 			if pc != nil {
 				pc.downMu.Lock()

@@ -1,0 +1,658 @@
+//go:build linux
+
+package collective
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// progressEngine moves a TCP mesh's bytes in the goroutines that wait for
+// them (TCPConfig.ProgressEngine), as MPI's progress engine does: a goroutine
+// blocked in Send or Pending.Wait becomes the driver and, with nonblocking
+// system calls on raw descriptors, writes every queued frame and reads every
+// connection until what it waits for is done. One thread then interleaves
+// writing and reading, and no goroutine is woken per frame: on 2 cores a
+// 512 KiB exchange took half the time of a reader goroutine plus a blocking
+// writer, which the runtime parks and wakes through its network poller at
+// every full or empty socket buffer.
+//
+// There is at most one driver (it holds token); other waiters park until
+// their item is done or the token is free, so a process has one spinning
+// thread at most. A driver that makes no progress for spin (yielding the CPU
+// between attempts when yield is set) blocks in poll(2) on every descriptor
+// and an eventfd, which non-drivers write when they queue a frame or fail a
+// link. Every connection is drained whenever anyone drives, so sending before
+// waiting cannot deadlock, as with the reader goroutines.
+//
+// Descriptors are dups owned by the engine (the net.TCPConns are closed, so
+// the runtime's poller never sees these sockets) and are closed only by the
+// token holder, so no system call can reach a reused descriptor number.
+type progressEngine struct {
+	t        *tcpTransport
+	peers    []*enginePeer // nil for this rank
+	token    chan struct{}
+	wakeMu   sync.Mutex // orders kicks before the eventfd's close
+	wakeFD   int        // -1 once closed; guarded by wakeMu
+	sleeping atomic.Bool
+	closed   atomic.Bool
+	spin     time.Duration
+	yield    bool
+	// Driver-only state.
+	rr   int
+	pfds []unix.PollFd
+}
+
+type enginePeer struct {
+	id int
+	fd int
+
+	mu     sync.Mutex // guards wq and down
+	wq     []*outFrame
+	queued atomic.Int32 // len(wq), read without mu
+	down   error
+	isDown atomic.Bool
+
+	// Driver-only state.
+	dead    bool
+	stage   []byte // bytes read ahead of the current frame: stage[rs:re]
+	rs, re  int
+	inFrame bool
+	h       Header
+	dst     []byte  // where the current payload goes
+	off     int     // bytes of dst filled
+	w       *waiter // claimed receive being filled, or nil
+	abort   bool    // dst holds an abort reason
+	iov     []unix.Iovec
+}
+
+// outFrame is a frame queued for writing; done is closed once it is written
+// whole or has failed (err).
+type outFrame struct {
+	hdr     [HeaderSize]byte
+	parts   [][]byte // what remains to be written, header first
+	started bool     // the driver has taken it; guarded by the peer's mu
+	done    chan struct{}
+	err     error
+}
+
+// stageBytes is the read-ahead buffer per connection: headers and small
+// payloads arrive through it; longer payload remainders are read in place.
+const stageBytes = 32 << 10
+
+// writeBudget bounds the bytes written to one connection before the driver
+// reads (and serves the other connections): both ends of an exchange fill
+// their socket buffers, and each must drain the other's to go on.
+const writeBudget = 256 << 10
+
+// readBudget bounds the bytes read from one connection per pass.
+const readBudget = 1 << 20
+
+func newProgressEngine(t *tcpTransport, conns []*net.TCPConn, spin time.Duration, yield bool) (*progressEngine, error) {
+	e := &progressEngine{t: t, peers: make([]*enginePeer, len(conns)), token: make(chan struct{}, 1),
+		spin: spin, yield: yield, wakeFD: -1}
+	fail := func(err error) (*progressEngine, error) {
+		for _, pp := range e.peers {
+			if pp != nil {
+				unix.Close(pp.fd)
+			}
+		}
+		if e.wakeFD >= 0 {
+			unix.Close(e.wakeFD)
+		}
+		return nil, fmt.Errorf("collective: progress engine: %w", err)
+	}
+	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return fail(fmt.Errorf("eventfd: %w", err))
+	}
+	e.wakeFD = fd
+	for p, c := range conns {
+		if c == nil {
+			continue
+		}
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return fail(fmt.Errorf("connection to rank %d: %w", p, err))
+		}
+		dup, derr := -1, error(nil)
+		if err := rc.Control(func(f uintptr) { dup, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+			return fail(fmt.Errorf("connection to rank %d: %w", p, err))
+		}
+		if derr != nil {
+			return fail(fmt.Errorf("dup connection to rank %d: %w", p, derr))
+		}
+		e.peers[p] = &enginePeer{id: p, fd: dup, stage: make([]byte, stageBytes)}
+		if err := unix.SetNonblock(dup, true); err != nil {
+			return fail(fmt.Errorf("connection to rank %d: %w", p, err))
+		}
+	}
+	// The dups keep the sockets open; closing the conns takes them out of
+	// the runtime's poller.
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+	return e, nil
+}
+
+// kick wakes a driver blocked in poll(2).
+func (e *progressEngine) kick() {
+	if !e.sleeping.Load() {
+		return
+	}
+	e.wakeMu.Lock()
+	if e.wakeFD >= 0 {
+		one := [8]byte{1}
+		_, _ = unix.Write(e.wakeFD, one[:])
+	}
+	e.wakeMu.Unlock()
+}
+
+// send queues a frame for peer p and returns once it is written.
+func (e *progressEngine) send(ctx context.Context, p int, h Header, parts [][]byte) error {
+	f, err := e.queue(p, h, parts)
+	if err != nil {
+		return err
+	}
+	return e.waitFrame(ctx, p, f)
+}
+
+// sendPending is a frame queued by startSend; Wait returns once it is written.
+type sendPending struct {
+	e *progressEngine
+	p int
+	f *outFrame
+}
+
+func (s *sendPending) Wait(ctx context.Context) (Header, error) {
+	return Header{}, s.e.waitFrame(ctx, s.p, s.f)
+}
+
+// done reports without blocking whether the frame is written or failed.
+func (s *sendPending) done() bool {
+	select {
+	case <-s.f.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// startSend queues a frame for peer p and returns at once; parts must not
+// change until the returned Pending's Wait has returned.
+func (e *progressEngine) startSend(p int, h Header, parts [][]byte) Pending {
+	f, err := e.queue(p, h, parts)
+	if err != nil {
+		return failedPending{err}
+	}
+	return &sendPending{e: e, p: p, f: f}
+}
+
+// queue appends a frame for peer p to its write queue.
+func (e *progressEngine) queue(p int, h Header, parts [][]byte) (*outFrame, error) {
+	pp := e.peers[p]
+	f := &outFrame{done: make(chan struct{})}
+	h.Len = 0
+	for _, b := range parts {
+		h.Len += uint64(len(b))
+	}
+	EncodeHeader(f.hdr[:], h)
+	f.parts = make([][]byte, 0, 1+len(parts))
+	f.parts = append(f.parts, f.hdr[:])
+	for _, b := range parts {
+		if len(b) > 0 {
+			f.parts = append(f.parts, b)
+		}
+	}
+	pp.mu.Lock()
+	if pp.down != nil {
+		err := pp.down
+		pp.mu.Unlock()
+		return nil, &PeerError{Peer: p, Err: err}
+	}
+	pp.wq = append(pp.wq, f)
+	pp.queued.Add(1)
+	pp.mu.Unlock()
+	e.kick()
+	return f, nil
+}
+
+// waitFrame returns once f is written or has failed, or ctx has ended.
+func (e *progressEngine) waitFrame(ctx context.Context, p int, f *outFrame) error {
+	pp := e.peers[p]
+	if err := e.await(ctx, f.done); err == nil {
+		return f.err
+	}
+	// ctx ended. A frame not yet taken is withdrawn; one partly written
+	// leaves the stream unusable, so the link fails, and the driver lets go
+	// of the frame's buffers before we return.
+	pp.mu.Lock()
+	if !f.started {
+		for i, q := range pp.wq {
+			if q == f {
+				pp.wq = append(pp.wq[:i], pp.wq[i+1:]...)
+				pp.queued.Add(-1)
+				break
+			}
+		}
+		pp.mu.Unlock()
+		return fmt.Errorf("waiting to write to rank %d: %w", p, ctx.Err())
+	}
+	pp.mu.Unlock()
+	err := fmt.Errorf("write stalled: %w", ctx.Err())
+	e.t.linkDown(p, err)
+	_ = e.await(context.Background(), f.done)
+	if f.err == nil {
+		return nil // it finished after all
+	}
+	return &PeerError{Peer: p, Err: err}
+}
+
+// await returns nil once done is closed, or ctx's error when ctx ends first.
+// Meanwhile it drives the engine whenever nobody else does.
+func (e *progressEngine) await(ctx context.Context, done <-chan struct{}) error {
+	for {
+		select {
+		case <-done:
+			return nil
+		default:
+		}
+		select {
+		case <-done:
+			return nil
+		case e.token <- struct{}{}:
+			err := e.drive(ctx, done)
+			<-e.token
+			return err
+		case <-ctx.Done():
+			select {
+			case <-done:
+				return nil
+			default:
+			}
+			return ctx.Err()
+		}
+	}
+}
+
+// poke makes one pass over the connections if nobody drives: a goroutine
+// that computes between waits (copies, reductions) calls it between pieces
+// of its work so that the sockets keep moving.
+func (e *progressEngine) poke() {
+	select {
+	case e.token <- struct{}{}:
+		e.step()
+		<-e.token
+	default:
+	}
+}
+
+// drive makes progress until done is closed or ctx ends; the caller holds
+// the token.
+func (e *progressEngine) drive(ctx context.Context, done <-chan struct{}) error {
+	var idle time.Time
+	for {
+		if e.step() {
+			idle = time.Time{}
+		}
+		select {
+		case <-done:
+			e.flush()
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if idle.IsZero() {
+			idle = time.Now()
+			continue
+		}
+		if time.Since(idle) < e.spin {
+			if e.yield {
+				_, _, _ = unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+			}
+			continue
+		}
+		e.block(ctx)
+		idle = time.Time{}
+	}
+}
+
+// step is one pass over the connections; it reports whether anything moved.
+func (e *progressEngine) step() bool {
+	moved := false
+	closed := e.closed.Load()
+	n := len(e.peers)
+	e.rr++
+	for i := range n {
+		pp := e.peers[(e.rr+i)%n]
+		if pp == nil || pp.dead {
+			continue
+		}
+		if closed || pp.isDown.Load() {
+			e.bury(pp)
+			moved = true
+			continue
+		}
+		if pp.queued.Load() > 0 && e.write(pp) {
+			moved = true
+		}
+		if e.read(pp) {
+			moved = true
+		}
+	}
+	return moved
+}
+
+// flush writes queued frames until the sockets take no more. A driver
+// calls it before it returns: a peer may be waiting for the rest of a frame
+// of ours while this goroutine goes on to compute, and socket buffers are
+// large enough to take most of it now.
+func (e *progressEngine) flush() {
+	for moved := true; moved; {
+		moved = false
+		for _, pp := range e.peers {
+			if pp != nil && !pp.dead && !pp.isDown.Load() && pp.queued.Load() > 0 && e.write(pp) {
+				moved = true
+			}
+		}
+	}
+}
+
+// block waits in poll(2) for a connection to become readable (or writable,
+// with frames queued), for the eventfd, or for 10 ms or ctx's deadline,
+// whichever is first.
+func (e *progressEngine) block(ctx context.Context) {
+	timeout := 10 * time.Millisecond
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(dl))
+	}
+	if timeout <= 0 {
+		return
+	}
+	e.sleeping.Store(true)
+	defer e.sleeping.Store(false)
+	// Built after sleeping is set: a frame queued before is in the set, one
+	// queued after kicks the eventfd.
+	e.pfds = append(e.pfds[:0], unix.PollFd{Fd: int32(e.wakeFD), Events: unix.POLLIN})
+	for _, pp := range e.peers {
+		if pp == nil || pp.dead {
+			continue
+		}
+		if pp.isDown.Load() || e.closed.Load() {
+			return
+		}
+		ev := int16(unix.POLLIN)
+		if pp.queued.Load() > 0 {
+			ev |= unix.POLLOUT
+		}
+		e.pfds = append(e.pfds, unix.PollFd{Fd: int32(pp.fd), Events: ev})
+	}
+	ms := int((timeout + time.Millisecond - 1) / time.Millisecond)
+	n, _ := unix.Poll(e.pfds, ms)
+	if n > 0 && e.pfds[0].Revents != 0 {
+		var b [8]byte
+		_, _ = unix.Read(e.wakeFD, b[:])
+	}
+}
+
+// write writes up to writeBudget bytes of pp's queued frames.
+func (e *progressEngine) write(pp *enginePeer) bool {
+	moved := false
+	budget := writeBudget
+	for budget > 0 {
+		pp.mu.Lock()
+		if len(pp.wq) == 0 {
+			pp.mu.Unlock()
+			return moved
+		}
+		f := pp.wq[0]
+		f.started = true
+		pp.mu.Unlock()
+
+		pp.iov = pp.iov[:0]
+		left := budget
+		for _, b := range f.parts {
+			if left == 0 {
+				break
+			}
+			b = b[:min(len(b), left)]
+			left -= len(b)
+			v := unix.Iovec{Base: &b[0]}
+			v.SetLen(len(b))
+			pp.iov = append(pp.iov, v)
+		}
+		// Raw (see rawRead): a nonblocking writev only copies.
+		r, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(pp.fd), uintptr(unsafe.Pointer(&pp.iov[0])), uintptr(len(pp.iov)))
+		runtime.KeepAlive(f)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno == unix.EAGAIN {
+			return moved
+		}
+		if errno != 0 {
+			e.t.linkDown(pp.id, fmt.Errorf("write: %w", errno))
+			e.bury(pp)
+			return true
+		}
+		n := int(r)
+		moved = true
+		budget -= n
+		for n > 0 {
+			k := min(n, len(f.parts[0]))
+			f.parts[0] = f.parts[0][k:]
+			n -= k
+			if len(f.parts[0]) == 0 {
+				f.parts = f.parts[1:]
+			}
+		}
+		if len(f.parts) == 0 {
+			pp.mu.Lock()
+			pp.wq = pp.wq[1:]
+			pp.queued.Add(-1)
+			pp.mu.Unlock()
+			close(f.done)
+		}
+	}
+	return moved
+}
+
+// read reads what pp has (up to readBudget) and hands complete frames to
+// the inbox. The payload of a claimed receive goes straight into its buffer.
+func (e *progressEngine) read(pp *enginePeer) bool {
+	moved := false
+	budget := readBudget
+	for budget > 0 {
+		if !pp.inFrame {
+			if pp.re-pp.rs >= HeaderSize {
+				if !e.startFrame(pp) {
+					return true
+				}
+				moved = true
+				continue
+			}
+		} else {
+			k := copy(pp.dst[pp.off:], pp.stage[pp.rs:pp.re])
+			pp.rs += k
+			pp.off += k
+			if pp.off == len(pp.dst) {
+				e.endFrame(pp)
+				moved = true
+				continue
+			}
+		}
+		// Need more bytes: read the rest of a long payload in place,
+		// anything else through the stage.
+		var buf []byte
+		direct := pp.inFrame && len(pp.dst)-pp.off >= stageBytes/2
+		if direct {
+			buf = pp.dst[pp.off:]
+		} else {
+			if pp.rs == pp.re {
+				pp.rs, pp.re = 0, 0
+			} else if pp.rs > 0 && len(pp.stage)-pp.re < HeaderSize {
+				pp.re = copy(pp.stage, pp.stage[pp.rs:pp.re])
+				pp.rs = 0
+			}
+			buf = pp.stage[pp.re:]
+		}
+		buf = buf[:min(len(buf), budget)]
+		n, err := rawRead(pp.fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return moved
+		}
+		if err != nil || n == 0 {
+			if err == nil {
+				err = errors.New("connection closed by peer")
+			}
+			e.t.linkDown(pp.id, fmt.Errorf("read: %w", err))
+			e.bury(pp)
+			return true
+		}
+		moved = true
+		budget -= n
+		if direct {
+			pp.off += n
+			if pp.off == len(pp.dst) {
+				e.endFrame(pp)
+			}
+		} else {
+			pp.re += n
+		}
+	}
+	return moved
+}
+
+// startFrame decodes the header at the front of the stage and picks where
+// its payload goes. It returns false if the link failed.
+func (e *progressEngine) startFrame(pp *enginePeer) bool {
+	h, err := DecodeHeader(pp.stage[pp.rs:pp.rs+HeaderSize], e.t.maxPayload)
+	if err != nil {
+		e.t.linkDown(pp.id, err)
+		e.bury(pp)
+		return false
+	}
+	pp.rs += HeaderSize
+	pp.h, pp.inFrame, pp.off, pp.w, pp.abort = h, true, 0, nil, false
+	switch {
+	case h.Op == OpAbort:
+		pp.dst, pp.abort = make([]byte, h.Len), true
+	default:
+		if w := e.t.in.claim(pp.id, h); w != nil {
+			pp.w, pp.dst = w, w.dst
+		} else {
+			pp.dst = getBuf(int(h.Len))
+		}
+	}
+	if len(pp.dst) == 0 {
+		e.endFrame(pp)
+	}
+	return true
+}
+
+func (e *progressEngine) endFrame(pp *enginePeer) {
+	pp.inFrame = false
+	switch {
+	case pp.abort:
+		e.t.in.abort(pp.id, pp.h.Tag, string(pp.dst))
+	case pp.w != nil:
+		e.t.in.finish(pp.w, nil)
+	default:
+		e.t.in.store(pp.id, pp.h, pp.dst)
+	}
+	pp.dst, pp.w, pp.abort = nil, nil, false
+}
+
+// bury closes a failed connection (token holder only) and fails what still
+// depends on it: queued frames and a receive being filled.
+func (e *progressEngine) bury(pp *enginePeer) {
+	if pp.dead {
+		return
+	}
+	pp.dead = true
+	pp.mu.Lock()
+	err := pp.down
+	if err == nil {
+		err = ErrClosed
+		pp.down = err
+	}
+	wq := pp.wq
+	pp.wq = nil
+	pp.queued.Store(0)
+	pp.mu.Unlock()
+	unix.Close(pp.fd)
+	perr := &PeerError{Peer: pp.id, Err: err}
+	for _, f := range wq {
+		f.err = perr
+		close(f.done)
+	}
+	if pp.inFrame {
+		if pp.w != nil {
+			e.t.in.finish(pp.w, perr)
+		} else if !pp.abort {
+			putBuf(pp.dst)
+		}
+		pp.inFrame, pp.w, pp.dst = false, nil, nil
+	}
+}
+
+// linkDown records that the link to p failed; the driver buries it.
+func (e *progressEngine) linkDown(p int, err error) {
+	pp := e.peers[p]
+	pp.mu.Lock()
+	if pp.down == nil {
+		pp.down = err
+	}
+	pp.mu.Unlock()
+	pp.isDown.Store(true)
+	e.kick()
+}
+
+// close fails everything and releases the descriptors once no driver runs
+// (a driver sees closed within a poll timeout, or at once when kicked).
+func (e *progressEngine) close() {
+	e.closed.Store(true)
+	e.kick()
+	select {
+	case e.token <- struct{}{}:
+	case <-time.After(5 * time.Second):
+		return // a driver is stuck in a system call: leave its descriptors
+	}
+	for _, pp := range e.peers {
+		if pp != nil {
+			e.bury(pp)
+		}
+	}
+	e.wakeMu.Lock()
+	unix.Close(e.wakeFD)
+	e.wakeFD = -1
+	e.wakeMu.Unlock()
+	<-e.token
+}
+
+// rawRead is read(2) without telling the scheduler: on a nonblocking socket
+// it never blocks, only copies. Through syscall.Syscall every call marks the
+// P as in a system call, and with GOMAXPROCS 1 the runtime's monitor then
+// hands the P to another thread, which the caller has to take back.
+func rawRead(fd int, b []byte) (int, error) {
+	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
+}

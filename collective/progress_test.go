@@ -1,0 +1,229 @@
+//go:build linux
+
+package collective
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// engineModes are the progress engine's waiting behaviours: blocking in
+// poll(2) at once, spinning, and spinning with sched_yield.
+var engineModes = []struct {
+	name  string
+	spin  time.Duration
+	yield bool
+}{
+	{"block", 0, false},
+	{"spin", 50 * time.Microsecond, false},
+	{"yield", 50 * time.Microsecond, true},
+}
+
+func tcpMeshEngine(t *testing.T, n int, spin time.Duration, yield bool) []Transport {
+	t.Helper()
+	ts, errs := dialTestMesh(t, n, 5*time.Second, func(rank int, addrs []string) TCPConfig {
+		return TCPConfig{Rank: rank, Addrs: addrs, Token: "engine", SpinWait: spin, SpinYield: yield, ProgressEngine: true}
+	})
+	mustAll(t, errs)
+	t.Cleanup(func() { closeAllT(ts) })
+	for r, tr := range ts {
+		if tr.(*tcpTransport).eng == nil {
+			t.Fatalf("rank %d: no progress engine", r)
+		}
+	}
+	return ts
+}
+
+// TestTCPEngineCollectives runs the collectives with the progress engine in
+// each waiting mode over world sizes 1–8 and checks exact results.
+func TestTCPEngineCollectives(t *testing.T) {
+	sizes := []int{0, 1, 7, 101, 4099, 1<<18 + 3}
+	for _, m := range engineModes {
+		for _, n := range []int{1, 2, 3, 5, 8} {
+			t.Run(fmt.Sprintf("%s/n=%d", m.name, n), func(t *testing.T) {
+				ts := tcpMeshEngine(t, n, m.spin, m.yield)
+				for cfgName, cfg := range testCfgs {
+					comms := worlds(ts, cfg)
+					ctx := testCtx(t, 20*time.Second)
+					for _, size := range sizes {
+						if n == 8 && size > 4099 && cfgName != "default" {
+							continue
+						}
+						mustAll(t, runRanks(comms, func(c *Comm) error {
+							return spinRound(ctx, c, size)
+						}))
+					}
+				}
+				checkNoWaiters(t, ts)
+			})
+		}
+	}
+}
+
+// TestTCPEngineSubGroupsConcurrent: many goroutines of one rank wait at once
+// (one drives, the others park and take over), on three groups.
+func TestTCPEngineSubGroupsConcurrent(t *testing.T) {
+	for _, m := range engineModes {
+		t.Run(m.name, func(t *testing.T) {
+			subGroupsConcurrent(t, tcpMeshEngine(t, 8, m.spin, m.yield))
+		})
+	}
+}
+
+// TestTCPEngineDeadPeer: a peer that dies mid-operation fails the survivors
+// with an error naming it, before the deadline, in every waiting mode.
+func TestTCPEngineDeadPeer(t *testing.T) {
+	for _, m := range engineModes {
+		for _, size := range []int{1000, 1<<18 + 3} {
+			t.Run(fmt.Sprintf("%s/size=%d", m.name, size), func(t *testing.T) {
+				deadPeerMidOperation(t, tcpMeshEngine(t, 3, m.spin, m.yield), size)
+			})
+		}
+	}
+}
+
+// TestTCPEngineStalledSend: a frame the peer never reads fails at the
+// deadline; the link is then down, so the next send fails at once, and the
+// peer sees the link fail too.
+func TestTCPEngineStalledSend(t *testing.T) {
+	ts := tcpMeshEngine(t, 2, 0, false)
+	big := make([]byte, 64<<20) // far beyond the socket buffers
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	h := Header{Op: OpSendRecv, Tag: Tag{Group: 1, Seq: 1}, Count: uint64(len(big) / 4)}
+	start := time.Now()
+	err := ts[0].Send(ctx, 1, h, big)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("stalled send: want a deadline error, got %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("stalled send returned after %v", d)
+	}
+	err = ts[0].Send(context.Background(), 1, h, []byte{1, 2, 3, 4})
+	var pe *PeerError
+	if !errors.As(err, &pe) || pe.Peer != 1 {
+		t.Fatalf("send after a stall: want a PeerError for rank 1, got %v", err)
+	}
+	// Rank 1 reads what arrived, then the close.
+	rctx := testCtx(t, 5*time.Second)
+	_, err = ts[1].Recv(rctx, 0, h, make([]byte, len(big)))
+	if !errors.As(err, &pe) || pe.Peer != 0 {
+		t.Fatalf("receiver of a cut frame: want a PeerError for rank 0, got %v", err)
+	}
+}
+
+// TestTCPEngineDesync: ranks that call different collectives get a
+// desynchronisation error, not wrong numbers.
+func TestTCPEngineDesync(t *testing.T) {
+	ts := tcpMeshEngine(t, 2, 0, false)
+	comms := worlds(ts, Config{})
+	ctx := testCtx(t, 5*time.Second)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); errs[0] = comms[0].AllReduce(ctx, make([]float32, 100), Sum) }()
+	go func() { defer wg.Done(); errs[1] = comms[1].AllGather(ctx, make([]float32, 50), make([]float32, 100)) }()
+	wg.Wait()
+	for r, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "desync") {
+			t.Errorf("rank %d: want a desynchronisation error, got %v", r, err)
+		}
+	}
+}
+
+// TestEngineReadsFragmentedStream feeds the engine frames written in random
+// pieces (headers and payloads split anywhere, with pauses), some for
+// receives posted before they arrive (read in place) and some after (kept
+// by the inbox), then a corrupt header: every payload arrives intact and in
+// full, and the bad frame fails the link with an error naming the peer.
+func TestEngineReadsFragmentedStream(t *testing.T) {
+	for _, m := range engineModes {
+		t.Run(m.name, func(t *testing.T) { testEngineFragmented(t, m.spin, m.yield) })
+	}
+}
+
+func testEngineFragmented(t *testing.T, spin time.Duration, yield bool) {
+	a, b := loopbackPair(t)
+	tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: DefaultMaxPayload,
+		SpinWait: spin, SpinYield: yield, ProgressEngine: true}, []*net.TCPConn{nil, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	sizes := []int{0, 1, HeaderSize - 1, HeaderSize, HeaderSize + 1, stageBytes/2 - 1, stageBytes / 2, stageBytes - 1,
+		stageBytes, stageBytes + 1, 40000, 1<<20 + 3}
+	payload := func(i, n int) []byte {
+		p := make([]byte, n)
+		for k := range p {
+			p[k] = byte(i*31 + k*7)
+		}
+		return p
+	}
+	var stream []byte
+	for i, n := range sizes {
+		var hb [HeaderSize]byte
+		EncodeHeader(hb[:], Header{Op: OpSendRecv, Tag: Tag{Group: 9, Seq: 1, Step: uint32(i)}, Count: uint64(n), Len: uint64(n)})
+		stream = append(stream, hb[:]...)
+		stream = append(stream, payload(i, n)...)
+	}
+	stream = append(stream, make([]byte, HeaderSize)...) // bad magic
+	rng := rand.New(rand.NewPCG(uint64(len(stream)), 7))
+	// Receives for the even frames are posted before anything is sent.
+	pend := make([]Pending, len(sizes))
+	dsts := make([][]byte, len(sizes))
+	want := func(i int) Header {
+		return Header{Op: OpSendRecv, Tag: Tag{Group: 9, Seq: 1, Step: uint32(i)}, Count: uint64(sizes[i])}
+	}
+	for i := 0; i < len(sizes); i += 2 {
+		dsts[i] = make([]byte, sizes[i])
+		pend[i] = tr.Post(1, want(i), dsts[i])
+	}
+	writeErr := make(chan error, 1)
+	go func() {
+		for off := 0; off < len(stream); {
+			k := min(len(stream)-off, 1+rng.IntN(3*stageBytes))
+			if rng.IntN(4) == 0 {
+				k = min(k, 1+rng.IntN(HeaderSize))
+			}
+			if _, err := b.Write(stream[off : off+k]); err != nil {
+				writeErr <- err
+				return
+			}
+			off += k
+			if rng.IntN(8) == 0 {
+				time.Sleep(200 * time.Microsecond)
+			}
+		}
+		writeErr <- nil
+	}()
+	ctx := testCtx(t, 10*time.Second)
+	for i := range sizes {
+		if pend[i] == nil {
+			dsts[i] = make([]byte, sizes[i])
+			pend[i] = tr.Post(1, want(i), dsts[i])
+		}
+		if _, err := pend[i].Wait(ctx); err != nil {
+			t.Fatalf("frame %d (%d bytes): %v", i, sizes[i], err)
+		}
+		if !bytes.Equal(dsts[i], payload(i, sizes[i])) {
+			t.Fatalf("frame %d (%d bytes): payload differs", i, sizes[i])
+		}
+	}
+	last := Header{Op: OpSendRecv, Tag: Tag{Group: 9, Seq: 1, Step: uint32(len(sizes))}}
+	_, err = tr.Recv(ctx, 1, last, nil)
+	var pe *PeerError
+	if !errors.As(err, &pe) || pe.Peer != 1 || !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("after a corrupt header: want a PeerError for rank 1 wrapping ErrBadFrame, got %v", err)
+	}
+	if err := <-writeErr; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+}
