@@ -16,6 +16,12 @@ import (
 // Every element is reduced by exactly one rank per step, in a fixed tree
 // given by the rank bits, so the result is independent of timing and, being
 // copied in the all-gather, identical on every rank.
+//
+// The receives of every exchange are posted before the first one starts,
+// into places that nothing else touches until they are waited for: each
+// reduce-scatter step into its own part of one temporary, each all-gather
+// step into the part of buf it fills. A partner that runs a step ahead then
+// writes straight into place instead of into a buffer that is copied later.
 func halvingDoubling(ctx context.Context, o *opRun, buf []float32, divisor float32) error {
 	n, r := len(o.c.ranks), o.c.rank
 	if n&(n-1) != 0 {
@@ -24,14 +30,14 @@ func halvingDoubling(ctx context.Context, o *opRun, buf []float32, divisor float
 	const stride = 1 << 24 // tag steps per exchange
 	seg := max(o.c.cfg.SegmentBytes/4, 16)
 	type window struct{ lo, hi int }
-	steps := bitsLen(n)
-	wins := make([]window, 0, steps)
+
+	// Plan: reduce-scatter halves the window at distance n/2, n/4, ..., 1
+	// (rank r ends up owning block r); the all-gather doubles it back.
+	var xs []*segExchange
+	var keeps []window
+	wins := []window{}
 	w := window{0, len(buf)}
-	tmp := getF32((len(buf) + 1) / 2)
-	defer putF32(tmp)
-	ex := 0
-	// Reduce-scatter: halve the window at distance n/2, n/4, ..., 1; rank r
-	// ends up owning block r.
+	tmpLen := 0
 	for d := n / 2; d >= 1; d /= 2 {
 		mid := w.lo + (w.hi-w.lo)/2
 		keep, give := window{w.lo, mid}, window{mid, w.hi}
@@ -39,48 +45,87 @@ func halvingDoubling(ctx context.Context, o *opRun, buf []float32, divisor float
 			keep, give = give, keep
 		}
 		wins = append(wins, w)
-		err := exchangeSegments(ctx, o, r^d, uint32(ex*stride), seg,
-			buf[give.lo:give.hi], tmp[:keep.hi-keep.lo],
-			func(lo, hi int) { addTo(buf[keep.lo+lo:keep.lo+hi], buf[keep.lo+lo:keep.lo+hi], tmp[lo:hi]) })
-		if err != nil {
-			return err
-		}
+		keeps = append(keeps, keep)
+		xs = append(xs, &segExchange{peer: r ^ d, send: buf[give.lo:give.hi]})
+		tmpLen += keep.hi - keep.lo
 		w = keep
-		ex++
 	}
-	if divisor != 0 {
-		divide(buf[w.lo:w.hi], divisor)
-	}
-	// All-gather: double the window back, in reverse order.
+	owned := w
 	for i := len(wins) - 1; i >= 0; i-- {
-		d := n >> (i + 1)
 		parent := wins[i]
 		other := window{parent.lo, w.lo}
 		if w.lo == parent.lo {
 			other = window{w.hi, parent.hi}
 		}
-		if err := exchangeSegments(ctx, o, r^d, uint32(ex*stride), seg,
-			buf[w.lo:w.hi], buf[other.lo:other.hi], nil); err != nil {
+		xs = append(xs, &segExchange{peer: r ^ (n >> (i + 1)), send: buf[w.lo:w.hi], recv: buf[other.lo:other.hi]})
+		w = parent
+	}
+	tmp := getF32(tmpLen)
+	defer putF32(tmp)
+	off := 0
+	for i, keep := range keeps {
+		x := xs[i]
+		x.recv = tmp[off : off+keep.hi-keep.lo]
+		off += keep.hi - keep.lo
+		x.onSeg = func(lo, hi int) {
+			addTo(buf[keep.lo+lo:keep.lo+hi], buf[keep.lo+lo:keep.lo+hi], x.recv[lo:hi])
+		}
+	}
+	for i, x := range xs {
+		x.base, x.seg = uint32(i*stride), seg
+		x.post(o)
+	}
+	for i, x := range xs {
+		err := x.run(ctx, o)
+		if err == nil && i == len(keeps)-1 && divisor != 0 {
+			divide(buf[owned.lo:owned.hi], divisor)
+		}
+		if err != nil {
+			for _, y := range xs[i+1:] {
+				y.withdraw(o)
+			}
 			return err
 		}
-		w = parent
-		ex++
 	}
 	return nil
 }
 
-// exchangeSegments sends send to peer and receives the peer's matching
-// message into recv at the same time, both in segments of seg elements
-// tagged base, base+1, ... Receives are posted first, so payloads land in
-// recv directly; onSeg (if not nil) is called for each received segment
+// segExchange sends send to peer and receives the peer's matching message
+// into recv at the same time, both in segments of seg elements tagged base,
+// base+1, ...; onSeg (if not nil) is called for each received segment
 // [lo, hi) of recv in order while later ones are still in flight.
-func exchangeSegments(ctx context.Context, o *opRun, peer int, base uint32, seg int, send, recv []float32, onSeg func(lo, hi int)) error {
-	nr := (len(recv) + seg - 1) / seg
-	pend := make([]Pending, nr)
+type segExchange struct {
+	peer       int
+	base       uint32
+	seg        int
+	send, recv []float32
+	onSeg      func(lo, hi int)
+	pend       []Pending
+}
+
+// post registers the receives, so payloads land in recv directly.
+func (x *segExchange) post(o *opRun) {
+	nr := (len(x.recv) + x.seg - 1) / x.seg
+	x.pend = make([]Pending, nr)
 	for k := range nr {
-		lo, hi := k*seg, min((k+1)*seg, len(recv))
-		pend[k] = o.post(peer, base+uint32(k), f32bytes(recv[lo:hi]))
+		lo, hi := k*x.seg, min((k+1)*x.seg, len(x.recv))
+		x.pend[k] = o.post(x.peer, x.base+uint32(k), f32bytes(x.recv[lo:hi]))
 	}
+}
+
+// withdraw cancels the posted receives of an exchange that will not run.
+func (x *segExchange) withdraw(o *opRun) {
+	for _, p := range x.pend {
+		o.withdraw(p)
+	}
+}
+
+// run sends and waits for the posted receives.
+func (x *segExchange) run(ctx context.Context, o *opRun) error {
+	if ss := asyncSender(o.c.t); ss != nil {
+		return x.runQueued(ctx, o, ss)
+	}
+	seg, nr := x.seg, len(x.pend)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -88,9 +133,9 @@ func exchangeSegments(ctx context.Context, o *opRun, peer int, base uint32, seg 
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for k := 0; k*seg < len(send); k++ {
-			lo, hi := k*seg, min((k+1)*seg, len(send))
-			if err := o.send(ctx, peer, base+uint32(k), f32bytes(send[lo:hi])); err != nil {
+		for k := 0; k*seg < len(x.send); k++ {
+			lo, hi := k*seg, min((k+1)*seg, len(x.send))
+			if err := o.send(ctx, x.peer, x.base+uint32(k), f32bytes(x.send[lo:hi])); err != nil {
 				sendErr = err
 				cancel()
 				return
@@ -100,21 +145,55 @@ func exchangeSegments(ctx context.Context, o *opRun, peer int, base uint32, seg 
 	var recvErr error
 	k := 0
 	for ; k < nr; k++ {
-		if err := o.wait(ctx, peer, pend[k]); err != nil {
+		if err := o.wait(ctx, x.peer, x.pend[k]); err != nil {
 			recvErr = err
 			cancel()
 			break
 		}
-		if onSeg != nil {
-			onSeg(k*seg, min((k+1)*seg, len(recv)))
+		if x.onSeg != nil {
+			x.onSeg(k*seg, min((k+1)*seg, len(x.recv)))
 		}
 	}
 	for k++; k < nr; k++ {
-		o.withdraw(pend[k])
+		o.withdraw(x.pend[k])
 	}
 	wg.Wait()
 	if recvErr != nil && (sendErr == nil || !isCtxErr(recvErr)) {
 		return recvErr
 	}
 	return sendErr
+}
+
+// runQueued is run with queued sends: this goroutine moves every frame while
+// it waits, and reduces in pieces between which the sockets are served.
+func (x *segExchange) runQueued(ctx context.Context, o *opRun, ss sendStarter) error {
+	seg := x.seg
+	var sent []Pending
+	for k := 0; k*seg < len(x.send); k++ {
+		lo, hi := k*seg, min((k+1)*seg, len(x.send))
+		sent = append(sent, ss.startSend(o.c.ranks[x.peer], o.header(x.base+uint32(k)), f32bytes(x.send[lo:hi])))
+	}
+	var first error
+	for k, p := range x.pend {
+		if first != nil {
+			o.withdraw(p)
+			continue
+		}
+		if err := o.wait(ctx, x.peer, p); err != nil {
+			first = err
+			continue
+		}
+		if x.onSeg != nil {
+			lo, hi := k*seg, min((k+1)*seg, len(x.recv))
+			inPieces(ss, hi-lo, func(a, b int) { x.onSeg(lo+a, lo+b) })
+		}
+	}
+	// Sends are waited for under ctx even after a failed receive: ctx is the
+	// operation's own, and a frame withdrawn half written would cut the link.
+	for _, p := range sent {
+		if _, err := p.Wait(ctx); err != nil && first == nil {
+			first = fmt.Errorf("send to rank %d: %w", o.c.ranks[x.peer], err)
+		}
+	}
+	return first
 }

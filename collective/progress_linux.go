@@ -302,10 +302,12 @@ func (e *progressEngine) poke() {
 // the token.
 func (e *progressEngine) drive(ctx context.Context, done <-chan struct{}) error {
 	var idle time.Time
+	check := true // make a pass over the connections
 	for {
-		if e.step() {
+		if check && e.step() {
 			idle = time.Time{}
 		}
+		check = true
 		select {
 		case <-done:
 			e.flush()
@@ -320,11 +322,15 @@ func (e *progressEngine) drive(ctx context.Context, done <-chan struct{}) error 
 		}
 		if time.Since(idle) < e.spin {
 			if e.yield {
-				_, _, _ = unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+				// Ranks share cores: let the others run, then ask all the
+				// connections at once (one poll(2) instead of a read per
+				// connection) whether a pass would find anything.
+				_, _, _ = unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+				check = e.wait(ctx, 0)
 			}
 			continue
 		}
-		e.block(ctx)
+		e.wait(ctx, 10*time.Millisecond)
 		idle = time.Time{}
 	}
 }
@@ -370,19 +376,21 @@ func (e *progressEngine) flush() {
 	}
 }
 
-// block waits in poll(2) for a connection to become readable (or writable,
-// with frames queued), for the eventfd, or for 10 ms or ctx's deadline,
-// whichever is first.
-func (e *progressEngine) block(ctx context.Context) {
-	timeout := 10 * time.Millisecond
-	if dl, ok := ctx.Deadline(); ok {
+// wait waits in poll(2) for a connection to become readable (or writable,
+// with frames queued) or for the eventfd, for at most timeout (0: only
+// checks) or until ctx's deadline, whichever is first. It reports whether
+// anything is ready (or must be looked at: a failed link, a closed engine).
+func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) bool {
+	if dl, ok := ctx.Deadline(); ok && timeout > 0 {
 		timeout = min(timeout, time.Until(dl))
+		if timeout <= 0 {
+			return true
+		}
 	}
-	if timeout <= 0 {
-		return
+	if timeout > 0 {
+		e.sleeping.Store(true)
+		defer e.sleeping.Store(false)
 	}
-	e.sleeping.Store(true)
-	defer e.sleeping.Store(false)
 	// Built after sleeping is set: a frame queued before is in the set, one
 	// queued after kicks the eventfd.
 	e.pfds = append(e.pfds[:0], unix.PollFd{Fd: int32(e.wakeFD), Events: unix.POLLIN})
@@ -391,7 +399,7 @@ func (e *progressEngine) block(ctx context.Context) {
 			continue
 		}
 		if pp.isDown.Load() || e.closed.Load() {
-			return
+			return true
 		}
 		ev := int16(unix.POLLIN)
 		if pp.queued.Load() > 0 {
@@ -400,11 +408,22 @@ func (e *progressEngine) block(ctx context.Context) {
 		e.pfds = append(e.pfds, unix.PollFd{Fd: int32(pp.fd), Events: ev})
 	}
 	ms := int((timeout + time.Millisecond - 1) / time.Millisecond)
-	n, _ := unix.Poll(e.pfds, ms)
+	var n int
+	if ms == 0 {
+		// Raw: a poll that cannot block only looks (see rawRead).
+		r, _, errno := unix.RawSyscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&e.pfds[0])), uintptr(len(e.pfds)), 0)
+		if errno != 0 {
+			return true
+		}
+		n = int(r)
+	} else {
+		n, _ = unix.Poll(e.pfds, ms)
+	}
 	if n > 0 && e.pfds[0].Revents != 0 {
 		var b [8]byte
 		_, _ = unix.Read(e.wakeFD, b[:])
 	}
+	return n != 0
 }
 
 // write writes up to writeBudget bytes of pp's queued frames.
@@ -484,6 +503,9 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 				continue
 			}
 		} else {
+			if pp.w == nil && !pp.abort && len(pp.dst) >= lateClaimBytes {
+				e.lateClaim(pp)
+			}
 			k := copy(pp.dst[pp.off:], pp.stage[pp.rs:pp.re])
 			pp.rs += k
 			pp.off += k
@@ -563,6 +585,24 @@ func (e *progressEngine) startFrame(pp *enginePeer) bool {
 		e.endFrame(pp)
 	}
 	return true
+}
+
+// lateClaimBytes: an unclaimed payload at least this long is switched to
+// its receive if one is posted while it is being read, so that only the
+// part read so far is copied (a peer a step ahead sends before this rank
+// posts; the whole payload would otherwise be copied when it is done).
+const lateClaimBytes = 64 << 10
+
+// lateClaim moves the payload being buffered for pp's current frame into the
+// receive posted for it meanwhile, if any.
+func (e *progressEngine) lateClaim(pp *enginePeer) {
+	w := e.t.in.claim(pp.id, pp.h)
+	if w == nil {
+		return
+	}
+	copy(w.dst, pp.dst[:pp.off])
+	putBuf(pp.dst)
+	pp.w, pp.dst = w, w.dst
 }
 
 func (e *progressEngine) endFrame(pp *enginePeer) {

@@ -42,28 +42,25 @@ func TestResolveSpin(t *testing.T) {
 }
 
 func TestResolveEngine(t *testing.T) {
-	cores := runtime.NumCPU()
 	cases := []struct {
 		engine, sockBuf  string
-		workers, procs   int
+		shaped           bool
 		wantEngine       bool
 		wantSockBuf      int
 		wantErrSubstring string
 	}{
-		{engine: "auto", sockBuf: "auto", workers: 1, wantEngine: true, wantSockBuf: engineSocketBuffer},
-		{engine: "auto", sockBuf: "auto", workers: cores, wantEngine: true, wantSockBuf: engineSocketBuffer},
-		{engine: "auto", sockBuf: "auto", workers: cores + 1, wantEngine: false, wantSockBuf: 0},
-		{engine: "auto", sockBuf: "auto", workers: 1, procs: cores + 1, wantEngine: false, wantSockBuf: 0},
-		{engine: "true", sockBuf: "auto", workers: cores + 1, wantEngine: true, wantSockBuf: engineSocketBuffer},
-		{engine: "false", sockBuf: "auto", workers: 1, wantEngine: false, wantSockBuf: 0},
-		{engine: "true", sockBuf: " 0 ", workers: 1, wantEngine: true, wantSockBuf: 0},
-		{engine: "false", sockBuf: "65536", workers: 1, wantEngine: false, wantSockBuf: 65536},
-		{engine: "yes", sockBuf: "auto", workers: 1, wantErrSubstring: `--engine "yes"`},
-		{engine: "auto", sockBuf: "-1", workers: 1, wantErrSubstring: `--socket-buffer "-1"`},
-		{engine: "auto", sockBuf: "1M", workers: 1, wantErrSubstring: `--socket-buffer "1M"`},
+		{engine: "auto", sockBuf: "auto", wantEngine: true, wantSockBuf: engineSocketBuffer},
+		{engine: "auto", sockBuf: "auto", shaped: true, wantEngine: false, wantSockBuf: 0},
+		{engine: "true", sockBuf: "auto", shaped: true, wantEngine: true, wantSockBuf: engineSocketBuffer},
+		{engine: "false", sockBuf: "auto", wantEngine: false, wantSockBuf: 0},
+		{engine: "true", sockBuf: " 0 ", wantEngine: true, wantSockBuf: 0},
+		{engine: "false", sockBuf: "65536", wantEngine: false, wantSockBuf: 65536},
+		{engine: "yes", sockBuf: "auto", wantErrSubstring: `--engine "yes"`},
+		{engine: "auto", sockBuf: "-1", wantErrSubstring: `--socket-buffer "-1"`},
+		{engine: "auto", sockBuf: "1M", wantErrSubstring: `--socket-buffer "1M"`},
 	}
 	for _, c := range cases {
-		engine, sockBuf, err := resolveEngine(c.engine, c.sockBuf, c.workers, c.procs)
+		engine, sockBuf, err := resolveEngine(c.engine, c.sockBuf, c.shaped)
 		if c.wantErrSubstring != "" {
 			if err == nil || !strings.Contains(err.Error(), c.wantErrSubstring) {
 				t.Errorf("resolveEngine(%q, %q): error %v, want one containing %q", c.engine, c.sockBuf, err, c.wantErrSubstring)
@@ -71,8 +68,8 @@ func TestResolveEngine(t *testing.T) {
 			continue
 		}
 		if err != nil || engine != c.wantEngine || sockBuf != c.wantSockBuf {
-			t.Errorf("resolveEngine(%q, %q, workers %d, procs %d) = %v, %d, %v; want %v, %d",
-				c.engine, c.sockBuf, c.workers, c.procs, engine, sockBuf, err, c.wantEngine, c.wantSockBuf)
+			t.Errorf("resolveEngine(%q, %q, shaped %v) = %v, %d, %v; want %v, %d",
+				c.engine, c.sockBuf, c.shaped, engine, sockBuf, err, c.wantEngine, c.wantSockBuf)
 		}
 	}
 }
