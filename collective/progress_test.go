@@ -227,3 +227,23 @@ func testEngineFragmented(t *testing.T, spin time.Duration, yield bool) {
 		t.Fatalf("writer: %v", err)
 	}
 }
+
+// TestTCPEngineShaped: shaped links over the engine keep queued sends (the
+// ring and the all-to-all run in one goroutine) and exact results.
+func TestTCPEngineShaped(t *testing.T) {
+	ts := tcpMeshEngine(t, 3, 50*time.Microsecond, false)
+	shaped := make([]Transport, len(ts))
+	for r, tr := range ts {
+		shaped[r] = NewShaped(tr, LinkShape{From: -1, To: -1, Bandwidth: 2e9, Latency: 20 * time.Microsecond})
+		if asyncSender(shaped[r]) == nil {
+			t.Fatalf("rank %d: shaped transport over the engine has no queued sends", r)
+		}
+	}
+	ctx := testCtx(t, 20*time.Second)
+	for _, cfg := range testCfgs {
+		comms := worlds(shaped, cfg)
+		for _, size := range []int{0, 7, 4099, 1<<18 + 3} {
+			mustAll(t, runRanks(comms, func(c *Comm) error { return spinRound(ctx, c, size) }))
+		}
+	}
+}

@@ -84,10 +84,7 @@ func (s *shapedTransport) Send(ctx context.Context, peer int, h Header, parts ..
 	if peer < 0 || peer >= len(s.out) || s.out[peer] == nil {
 		return fmt.Errorf("send to rank %d: not a peer of rank %d in a world of %d", peer, s.Rank(), len(s.out))
 	}
-	size := HeaderSize
-	for _, b := range parts {
-		size += len(b)
-	}
+	size := frameSize(parts)
 	// The frame goes out now; the receiver holds it until its last byte has
 	// crossed the link (done) plus the latency. Send does not wait for done:
 	// the link queues frames back to back like a NIC queue, so timer
@@ -96,6 +93,33 @@ func (s *shapedTransport) Send(ctx context.Context, peer int, h Header, parts ..
 	done := s.out[peer].reserve(size)
 	h.Time = done.UnixNano()
 	return s.inner.Send(ctx, peer, h, parts...)
+}
+
+// asyncSends implements sendStarter when the wrapped transport does: a
+// shaped send goes out at once like any other (the receiver holds it).
+func (s *shapedTransport) asyncSends() bool { return asyncSender(s.inner) != nil }
+
+func (s *shapedTransport) startSend(peer int, h Header, parts ...[]byte) Pending {
+	if peer < 0 || peer >= len(s.out) || s.out[peer] == nil {
+		return failedPending{fmt.Errorf("send to rank %d: not a peer of rank %d in a world of %d", peer, s.Rank(), len(s.out))}
+	}
+	h.Time = s.out[peer].reserve(frameSize(parts)).UnixNano()
+	return asyncSender(s.inner).startSend(peer, h, parts...)
+}
+
+func (s *shapedTransport) progress() {
+	if ss := asyncSender(s.inner); ss != nil {
+		ss.progress()
+	}
+}
+
+// frameSize is the bytes a frame of parts occupies on a link.
+func frameSize(parts [][]byte) int {
+	size := HeaderSize
+	for _, b := range parts {
+		size += len(b)
+	}
+	return size
 }
 
 func (s *shapedTransport) Recv(ctx context.Context, peer int, want Header, dst []byte) (Header, error) {

@@ -160,18 +160,22 @@ EOF
 
 if [ -z "${SKIP_SHAPED:-}" ]; then
 	echo "# shaped links, 1 GB/s per direction, all-reduce at np=4 (bound% = busbw / link bandwidth; target >= 85)"
-	shaped() { # binary [extra flags]
+	shaped() { # binary [extra flags]: prints bound%
 		local bin=$1
 		shift
 		${PIN[@]+"${PIN[@]}"} "$bin" bench collectives --workers 4 --transport tcp --ops allreduce --sizes 64M \
-			--iters 5 --warmup 2 --reps 3 --link-bw 1GB/s "$@" | tail -n 1
+			--iters 5 --warmup 2 --reps 3 --link-bw 1GB/s "$@" | tail -n 1 | awk '{print $NF}'
 	}
-	if [ -n "${BASE:-}" ]; then
-		echo "base:  $(shaped "$TMP/base")"
-	fi
-	echo "ours:  $(shaped "$TMP/coordinator")"
-	if [ -n "${EXTRA:-}" ]; then
+	# ROUNDS interleaved runs of each binary; the median bound% is reported.
+	sb=() so=() sx=()
+	for ((round = 1; round <= ROUNDS; round++)); do
+		if [ -n "${BASE:-}" ]; then sb+=("$(shaped "$TMP/base")"); fi
+		so+=("$(shaped "$TMP/coordinator")")
 		# shellcheck disable=SC2086 # EXTRA is a list of flags
-		echo "ours+: $(shaped "$TMP/coordinator" $EXTRA)"
-	fi
+		if [ -n "${EXTRA:-}" ]; then sx+=("$(shaped "$TMP/coordinator" $EXTRA)"); fi
+	done
+	med() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+	if [ -n "${BASE:-}" ]; then echo "base:  all-reduce 64 MiB, median bound% $(med "${sb[@]}") (runs: ${sb[*]})"; fi
+	echo "ours:  all-reduce 64 MiB, median bound% $(med "${so[@]}") (runs: ${so[*]})"
+	if [ -n "${EXTRA:-}" ]; then echo "ours+: all-reduce 64 MiB, median bound% $(med "${sx[@]}") (runs: ${sx[*]})"; fi
 fi

@@ -47,8 +47,7 @@ type benchCollectivesFlags struct {
 	spin        time.Duration // resolved by validate
 	yieldFlag   string        // --spin-yield as given: "auto", "true" or "false"
 	spinYield   bool          // resolved by validate
-	engineFlag  string        // --engine as given: "auto", "true" or "false"
-	engine      bool          // resolved by validate
+	engine      bool
 	procs       int
 }
 
@@ -70,7 +69,7 @@ func (f *benchCollectivesFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.sockBufFlag, "socket-buffer", "auto", "SO_SNDBUF/SO_RCVBUF bytes for tcp (0: kernel autotuning; auto: "+strconv.Itoa(engineSocketBuffer)+" with the progress engine, else 0)")
 	fl.StringVar(&f.spinFlag, "spin", "auto", "tcp: poll a socket this long before sleeping while a receive is blocked on it (0: never; auto: "+autoSpin.String()+")")
 	fl.StringVar(&f.yieldFlag, "spin-yield", "auto", "tcp: poll as ranks that share cores should (true: waiters of frames up to 64 KiB poll and yield the CPU to other processes between polls; false: readers poll; auto: true when ranks outnumber cores)")
-	fl.StringVar(&f.engineFlag, "engine", "auto", "tcp: move bytes in the waiting goroutines with nonblocking system calls (the progress engine) instead of reader goroutines and blocking writes; --spin is then how long a waiter tries before blocking in poll(2) (auto: on unless links are shaped)")
+	fl.BoolVar(&f.engine, "engine", true, "tcp: move bytes in the waiting goroutines with nonblocking system calls (the progress engine) instead of reader goroutines and blocking writes; --spin is then how long a waiter tries before blocking in poll(2)")
 	fl.IntVar(&f.procs, "gomaxprocs", 0, "tcp: GOMAXPROCS of each rank process (0: $GOMAXPROCS if set, else max(1, cores/workers))")
 	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object per result instead of the table")
 }
@@ -114,7 +113,7 @@ func (f *benchCollectivesFlags) validate() (sizes []int, ops []string, bw float6
 	if f.linkLatency < 0 {
 		return nil, nil, 0, fmt.Errorf("--link-latency %v: must not be negative", f.linkLatency)
 	}
-	if f.engine, f.sockBuf, err = resolveEngine(f.engineFlag, f.sockBufFlag, bw > 0 || f.linkLatency > 0); err != nil {
+	if f.sockBuf, err = resolveSocketBuffer(f.sockBufFlag, f.engine); err != nil {
 		return nil, nil, 0, err
 	}
 	if f.iters < 1 || f.reps < 1 || f.warmup < 0 {
@@ -168,37 +167,28 @@ func resolveSpin(spinFlag, yieldFlag string, workers, procs int) (time.Duration,
 // net.core.[rw]mem_max.
 const engineSocketBuffer = 2 << 20
 
-// resolveEngine reads --engine and --socket-buffer. "auto" turns the
-// progress engine on unless links are shaped. Measured on this project's
-// 2-core host (5-9 interleaved rounds against OpenMPI): at np = 2, 1 MiB
-// all-reduce 0.72 → 1.18x OpenMPI and all-to-all 0.76 → 1.12x, 16 MiB
-// 0.88 → 1.02x; at np = 4 (ranks share cores, waiters yield between polls)
-// 1 MiB all-reduce 0.61 → 0.77x, all-to-all 0.67 → 1.02x. Shaped links
-// hold each frame until its time has come by sleeping in the receive, and
-// a sleeping waiter moves no bytes: 64 MiB all-reduce over 1 GB/s links at
-// np = 4 reached 74% of the ring bound with the engine, 80% without.
-func resolveEngine(engineFlag, sockBufFlag string, shaped bool) (bool, int, error) {
-	var engine bool
-	switch strings.TrimSpace(engineFlag) {
-	case "auto":
-		engine = !shaped
-	case "true":
-		engine = true
-	case "false":
-	default:
-		return false, 0, fmt.Errorf("--engine %q: want auto, true or false", engineFlag)
-	}
-	if v := strings.TrimSpace(sockBufFlag); v != "auto" {
+// resolveSocketBuffer reads --socket-buffer: "auto" is engineSocketBuffer
+// with the progress engine, else 0 (autotuning).
+//
+// The engine is on by default. Measured on this project's 2-core host (5-9
+// interleaved rounds against OpenMPI): at np = 2, 1 MiB all-reduce went
+// from 0.72 to 1.18x OpenMPI and all-to-all from 0.76 to 1.12x, 16 MiB from
+// 0.88 to 1.02x; at np = 4 (ranks share cores, waiters yield between polls)
+// 1 MiB all-reduce from 0.61 to 0.77x, all-to-all from 0.67 to 1.02x; 64 MiB
+// all-reduce over 1 GB/s shaped links at np = 4 from 75-79% of the ring
+// bound to 82-83%.
+func resolveSocketBuffer(flag string, engine bool) (int, error) {
+	if v := strings.TrimSpace(flag); v != "auto" {
 		b, err := strconv.Atoi(v)
 		if err != nil || b < 0 {
-			return false, 0, fmt.Errorf("--socket-buffer %q: want auto or a byte count ≥ 0", sockBufFlag)
+			return 0, fmt.Errorf("--socket-buffer %q: want auto or a byte count ≥ 0", flag)
 		}
-		return engine, b, nil
+		return b, nil
 	}
 	if engine {
-		return true, engineSocketBuffer, nil
+		return engineSocketBuffer, nil
 	}
-	return false, 0, nil
+	return 0, nil
 }
 
 // parseBytes reads "64K", "1M", "16M", "4096", "1G" (binary multiples).

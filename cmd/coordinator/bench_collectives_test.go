@@ -41,35 +41,30 @@ func TestResolveSpin(t *testing.T) {
 	}
 }
 
-func TestResolveEngine(t *testing.T) {
+func TestResolveSocketBuffer(t *testing.T) {
 	cases := []struct {
-		engine, sockBuf  string
-		shaped           bool
-		wantEngine       bool
-		wantSockBuf      int
+		flag             string
+		engine           bool
+		want             int
 		wantErrSubstring string
 	}{
-		{engine: "auto", sockBuf: "auto", wantEngine: true, wantSockBuf: engineSocketBuffer},
-		{engine: "auto", sockBuf: "auto", shaped: true, wantEngine: false, wantSockBuf: 0},
-		{engine: "true", sockBuf: "auto", shaped: true, wantEngine: true, wantSockBuf: engineSocketBuffer},
-		{engine: "false", sockBuf: "auto", wantEngine: false, wantSockBuf: 0},
-		{engine: "true", sockBuf: " 0 ", wantEngine: true, wantSockBuf: 0},
-		{engine: "false", sockBuf: "65536", wantEngine: false, wantSockBuf: 65536},
-		{engine: "yes", sockBuf: "auto", wantErrSubstring: `--engine "yes"`},
-		{engine: "auto", sockBuf: "-1", wantErrSubstring: `--socket-buffer "-1"`},
-		{engine: "auto", sockBuf: "1M", wantErrSubstring: `--socket-buffer "1M"`},
+		{flag: "auto", engine: true, want: engineSocketBuffer},
+		{flag: "auto", engine: false, want: 0},
+		{flag: " 0 ", engine: true, want: 0},
+		{flag: "65536", engine: false, want: 65536},
+		{flag: "-1", wantErrSubstring: `--socket-buffer "-1"`},
+		{flag: "1M", wantErrSubstring: `--socket-buffer "1M"`},
 	}
 	for _, c := range cases {
-		engine, sockBuf, err := resolveEngine(c.engine, c.sockBuf, c.shaped)
+		got, err := resolveSocketBuffer(c.flag, c.engine)
 		if c.wantErrSubstring != "" {
 			if err == nil || !strings.Contains(err.Error(), c.wantErrSubstring) {
-				t.Errorf("resolveEngine(%q, %q): error %v, want one containing %q", c.engine, c.sockBuf, err, c.wantErrSubstring)
+				t.Errorf("resolveSocketBuffer(%q): error %v, want one containing %q", c.flag, err, c.wantErrSubstring)
 			}
 			continue
 		}
-		if err != nil || engine != c.wantEngine || sockBuf != c.wantSockBuf {
-			t.Errorf("resolveEngine(%q, %q, shaped %v) = %v, %d, %v; want %v, %d",
-				c.engine, c.sockBuf, c.shaped, engine, sockBuf, err, c.wantEngine, c.wantSockBuf)
+		if err != nil || got != c.want {
+			t.Errorf("resolveSocketBuffer(%q, engine %v) = %d, %v; want %d", c.flag, c.engine, got, err, c.want)
 		}
 	}
 }
