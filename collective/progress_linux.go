@@ -48,8 +48,9 @@ type progressEngine struct {
 	spin     time.Duration
 	yield    bool
 	// Driver-only state.
-	rr   int
-	pfds []unix.PollFd
+	rr     int
+	pfds   []unix.PollFd
+	polled []*enginePeer // the peer of each of pfds[1:]
 }
 
 type enginePeer struct {
@@ -73,6 +74,7 @@ type enginePeer struct {
 	w       *waiter // claimed receive being filled, or nil
 	abort   bool    // dst holds an abort reason
 	iov     []unix.Iovec
+	ready   bool // the last poll(2) reported this connection ready
 }
 
 // outFrame is a frame queued for writing; done is closed once it is written
@@ -292,7 +294,7 @@ func (e *progressEngine) await(ctx context.Context, done <-chan struct{}) error 
 func (e *progressEngine) poke() {
 	select {
 	case e.token <- struct{}{}:
-		e.step()
+		e.step(false)
 		<-e.token
 	default:
 	}
@@ -302,12 +304,12 @@ func (e *progressEngine) poke() {
 // the token.
 func (e *progressEngine) drive(ctx context.Context, done <-chan struct{}) error {
 	var idle time.Time
-	check := true // make a pass over the connections
+	check, onlyReady := true, false // make a pass over (the ready) connections
 	for {
-		if check && e.step() {
+		if check && e.step(onlyReady) {
 			idle = time.Time{}
 		}
-		check = true
+		check, onlyReady = true, false
 		select {
 		case <-done:
 			e.flush()
@@ -327,6 +329,7 @@ func (e *progressEngine) drive(ctx context.Context, done <-chan struct{}) error 
 				// connection) whether a pass would find anything.
 				_, _, _ = unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 				check = e.wait(ctx, 0)
+				onlyReady = check
 			}
 			continue
 		}
@@ -336,7 +339,7 @@ func (e *progressEngine) drive(ctx context.Context, done <-chan struct{}) error 
 }
 
 // step is one pass over the connections; it reports whether anything moved.
-func (e *progressEngine) step() bool {
+func (e *progressEngine) step(onlyReady bool) bool {
 	moved := false
 	closed := e.closed.Load()
 	n := len(e.peers)
@@ -349,6 +352,9 @@ func (e *progressEngine) step() bool {
 		if closed || pp.isDown.Load() {
 			e.bury(pp)
 			moved = true
+			continue
+		}
+		if onlyReady && !pp.ready {
 			continue
 		}
 		if pp.queued.Load() > 0 && e.write(pp) {
@@ -394,6 +400,7 @@ func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) bool {
 	// Built after sleeping is set: a frame queued before is in the set, one
 	// queued after kicks the eventfd.
 	e.pfds = append(e.pfds[:0], unix.PollFd{Fd: int32(e.wakeFD), Events: unix.POLLIN})
+	e.polled = e.polled[:0]
 	for _, pp := range e.peers {
 		if pp == nil || pp.dead {
 			continue
@@ -406,6 +413,7 @@ func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) bool {
 			ev |= unix.POLLOUT
 		}
 		e.pfds = append(e.pfds, unix.PollFd{Fd: int32(pp.fd), Events: ev})
+		e.polled = append(e.polled, pp)
 	}
 	ms := int((timeout + time.Millisecond - 1) / time.Millisecond)
 	var n int
@@ -422,6 +430,9 @@ func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) bool {
 	if n > 0 && e.pfds[0].Revents != 0 {
 		var b [8]byte
 		_, _ = unix.Read(e.wakeFD, b[:])
+	}
+	for i, pp := range e.polled {
+		pp.ready = n > 0 && e.pfds[i+1].Revents != 0
 	}
 	return n != 0
 }
