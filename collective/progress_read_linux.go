@@ -1,0 +1,157 @@
+//go:build linux
+
+package collective
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The progress engine's frame reader: bytes from a connection go through a
+// small stage (headers, short payloads) or straight into the buffer of the
+// receive they are for, and complete frames go to the inbox.
+
+// read reads what pp has (up to readBudget) and hands complete frames to
+// the inbox. The payload of a claimed receive goes straight into its buffer.
+func (e *progressEngine) read(pp *enginePeer) bool {
+	moved := false
+	budget := readBudget
+	for budget > 0 {
+		if !pp.inFrame {
+			if pp.re-pp.rs >= HeaderSize {
+				if !e.startFrame(pp) {
+					return true
+				}
+				moved = true
+				continue
+			}
+		} else {
+			if pp.w == nil && !pp.abort && len(pp.dst) >= lateClaimBytes {
+				e.lateClaim(pp)
+			}
+			k := copy(pp.dst[pp.off:], pp.stage[pp.rs:pp.re])
+			pp.rs += k
+			pp.off += k
+			if pp.off == len(pp.dst) {
+				e.endFrame(pp)
+				moved = true
+				continue
+			}
+		}
+		// Need more bytes: read the rest of a long payload in place,
+		// anything else through the stage.
+		var buf []byte
+		direct := pp.inFrame && len(pp.dst)-pp.off >= stageBytes/2
+		if direct {
+			buf = pp.dst[pp.off:]
+		} else {
+			if pp.rs == pp.re {
+				pp.rs, pp.re = 0, 0
+			} else if pp.rs > 0 && len(pp.stage)-pp.re < HeaderSize {
+				pp.re = copy(pp.stage, pp.stage[pp.rs:pp.re])
+				pp.rs = 0
+			}
+			buf = pp.stage[pp.re:]
+		}
+		buf = buf[:min(len(buf), budget)]
+		n, err := rawRead(pp.fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return moved
+		}
+		if err != nil || n == 0 {
+			if err == nil {
+				err = errors.New("connection closed by peer")
+			}
+			e.t.linkDown(pp.id, fmt.Errorf("read: %w", err))
+			e.bury(pp)
+			return true
+		}
+		moved = true
+		budget -= n
+		if direct {
+			pp.off += n
+			if pp.off == len(pp.dst) {
+				e.endFrame(pp)
+			}
+		} else {
+			pp.re += n
+		}
+	}
+	return moved
+}
+
+// startFrame decodes the header at the front of the stage and picks where
+// its payload goes. It returns false if the link failed.
+func (e *progressEngine) startFrame(pp *enginePeer) bool {
+	h, err := DecodeHeader(pp.stage[pp.rs:pp.rs+HeaderSize], e.t.maxPayload)
+	if err != nil {
+		e.t.linkDown(pp.id, err)
+		e.bury(pp)
+		return false
+	}
+	pp.rs += HeaderSize
+	pp.h, pp.inFrame, pp.off, pp.w, pp.abort = h, true, 0, nil, false
+	switch {
+	case h.Op == OpAbort:
+		pp.dst, pp.abort = make([]byte, h.Len), true
+	default:
+		if w := e.t.in.claim(pp.id, h); w != nil {
+			pp.w, pp.dst = w, w.dst
+		} else {
+			pp.dst = getBuf(int(h.Len))
+		}
+	}
+	if len(pp.dst) == 0 {
+		e.endFrame(pp)
+	}
+	return true
+}
+
+// lateClaimBytes: an unclaimed payload at least this long is switched to
+// its receive if one is posted while it is being read, so that only the
+// part read so far is copied (a peer a step ahead sends before this rank
+// posts; the whole payload would otherwise be copied when it is done).
+const lateClaimBytes = 64 << 10
+
+// lateClaim moves the payload being buffered for pp's current frame into the
+// receive posted for it meanwhile, if any.
+func (e *progressEngine) lateClaim(pp *enginePeer) {
+	w := e.t.in.claim(pp.id, pp.h)
+	if w == nil {
+		return
+	}
+	copy(w.dst, pp.dst[:pp.off])
+	putBuf(pp.dst)
+	pp.w, pp.dst = w, w.dst
+}
+
+func (e *progressEngine) endFrame(pp *enginePeer) {
+	pp.inFrame = false
+	switch {
+	case pp.abort:
+		e.t.in.abort(pp.id, pp.h.Tag, string(pp.dst))
+	case pp.w != nil:
+		e.t.in.finish(pp.w, nil)
+	default:
+		e.t.in.store(pp.id, pp.h, pp.dst)
+	}
+	pp.dst, pp.w, pp.abort = nil, nil, false
+}
+
+// rawRead is read(2) without telling the scheduler: on a nonblocking socket
+// it never blocks, only copies. Through syscall.Syscall every call marks the
+// P as in a system call, and with GOMAXPROCS 1 the runtime's monitor then
+// hands the P to another thread, which the caller has to take back.
+func rawRead(fd int, b []byte) (int, error) {
+	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
+}
