@@ -1,6 +1,9 @@
 package main
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -66,5 +69,69 @@ func TestResolveSocketBuffer(t *testing.T) {
 		if err != nil || got != c.want {
 			t.Errorf("resolveSocketBuffer(%q, engine %v) = %d, %v; want %d", c.flag, c.engine, got, err, c.want)
 		}
+	}
+}
+
+func TestResolveBind(t *testing.T) {
+	two := []int{0, 1}
+	cases := []struct {
+		flag             string
+		workers, procs   int
+		cpus             []int
+		want             []int
+		wantErrSubstring string
+	}{
+		{flag: "auto", workers: 2, procs: 1, cpus: two, want: two},
+		{flag: "auto", workers: 4, procs: 1, cpus: two, want: nil},
+		{flag: "auto", workers: 2, procs: 2, cpus: two, want: nil},
+		{flag: "core", workers: 2, procs: 2, cpus: two, want: two},
+		{flag: "core", workers: 3, procs: 1, cpus: two, wantErrSubstring: "3 ranks but only 2 CPUs"},
+		{flag: "none", workers: 1, procs: 1, cpus: two, want: nil},
+		{flag: "socket", workers: 1, procs: 1, cpus: two, wantErrSubstring: `--bind "socket"`},
+	}
+	for _, c := range cases {
+		got, err := resolveBind(c.flag, c.workers, c.procs, c.cpus)
+		if c.wantErrSubstring != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErrSubstring) {
+				t.Errorf("resolveBind(%q, %d, %d): error %v, want one containing %q", c.flag, c.workers, c.procs, err, c.wantErrSubstring)
+			}
+			continue
+		}
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("resolveBind(%q, %d, %d) = %v, %v; want %v", c.flag, c.workers, c.procs, got, err, c.want)
+		}
+	}
+}
+
+// TestBindProcess pins a child process's threads and reads them back.
+func TestBindProcess(t *testing.T) {
+	cpus, err := allowedCPUs()
+	if err != nil || len(cpus) == 0 {
+		t.Fatalf("allowedCPUs: %v, %v", cpus, err)
+	}
+	if runtime.GOOS != "linux" {
+		t.Skip("binding is implemented on Linux only")
+	}
+	if os.Getenv("MOETRAIN_TEST_BIND_CHILD") != "" {
+		last := cpus[len(cpus)-1]
+		if err := bindProcess(last); err != nil {
+			t.Fatal(err)
+		}
+		tasks, _ := os.ReadDir("/proc/self/task")
+		for _, tk := range tasks {
+			b, err := os.ReadFile("/proc/self/task/" + tk.Name() + "/status")
+			if err != nil {
+				continue
+			}
+			if want := fmt.Sprintf("Cpus_allowed_list:\t%d\n", last); !strings.Contains(string(b), want) {
+				t.Fatalf("thread %s not bound to CPU %d", tk.Name(), last)
+			}
+		}
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestBindProcess$")
+	cmd.Env = append(os.Environ(), "MOETRAIN_TEST_BIND_CHILD=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
 	}
 }
