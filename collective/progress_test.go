@@ -15,41 +15,50 @@ import (
 	"time"
 )
 
-// engineModes are the progress engine's waiting behaviours: blocking in
-// poll(2) at once, spinning, and spinning with sched_yield.
-var engineModes = []struct {
-	name  string
-	spin  time.Duration
-	yield bool
+// tcpModes are the ways a TCP transport moves bytes: reader goroutines,
+// and the progress engine blocking in poll(2) at once, spinning, and
+// spinning with sched_yield.
+var tcpModes = []struct {
+	name   string
+	engine bool
+	spin   time.Duration
+	yield  bool
 }{
-	{"block", 0, false},
-	{"spin", 50 * time.Microsecond, false},
-	{"yield", 50 * time.Microsecond, true},
+	{"readers", false, 0, false},
+	{"block", true, 0, false},
+	{"spin", true, 50 * time.Microsecond, false},
+	{"yield", true, 50 * time.Microsecond, true},
 }
 
 func tcpMeshEngine(t *testing.T, n int, spin time.Duration, yield bool) []Transport {
 	t.Helper()
+	return tcpMeshMode(t, n, true, spin, yield)
+}
+
+// tcpMeshMode builds an n-rank loopback mesh in one of tcpModes.
+func tcpMeshMode(t *testing.T, n int, engine bool, spin time.Duration, yield bool) []Transport {
+	t.Helper()
 	ts, errs := dialTestMesh(t, n, 5*time.Second, func(rank int, addrs []string) TCPConfig {
-		return TCPConfig{Rank: rank, Addrs: addrs, Token: "engine", SpinWait: spin, SpinYield: yield, ProgressEngine: true}
+		return TCPConfig{Rank: rank, Addrs: addrs, Token: "engine", SpinWait: spin, SpinYield: yield, ProgressEngine: engine}
 	})
 	mustAll(t, errs)
 	t.Cleanup(func() { closeAllT(ts) })
 	for r, tr := range ts {
-		if tr.(*tcpTransport).eng == nil {
-			t.Fatalf("rank %d: no progress engine", r)
+		if (tr.(*tcpTransport).eng != nil) != engine {
+			t.Fatalf("rank %d: progress engine %v, want %v", r, tr.(*tcpTransport).eng != nil, engine)
 		}
 	}
 	return ts
 }
 
-// TestTCPEngineCollectives runs the collectives with the progress engine in
-// each waiting mode over world sizes 1–8 and checks exact results.
-func TestTCPEngineCollectives(t *testing.T) {
+// TestTCPModesCollectives runs the collectives over TCP in every mode of
+// tcpModes over world sizes 1–8 and checks exact results.
+func TestTCPModesCollectives(t *testing.T) {
 	sizes := []int{0, 1, 7, 101, 4099, 1<<18 + 3}
-	for _, m := range engineModes {
+	for _, m := range tcpModes {
 		for _, n := range []int{1, 2, 3, 5, 8} {
 			t.Run(fmt.Sprintf("%s/n=%d", m.name, n), func(t *testing.T) {
-				ts := tcpMeshEngine(t, n, m.spin, m.yield)
+				ts := tcpMeshMode(t, n, m.engine, m.spin, m.yield)
 				for cfgName, cfg := range testCfgs {
 					comms := worlds(ts, cfg)
 					ctx := testCtx(t, 20*time.Second)
@@ -58,7 +67,7 @@ func TestTCPEngineCollectives(t *testing.T) {
 							continue
 						}
 						mustAll(t, runRanks(comms, func(c *Comm) error {
-							return spinRound(ctx, c, size)
+							return collectivesRound(ctx, c, size)
 						}))
 					}
 				}
@@ -68,23 +77,24 @@ func TestTCPEngineCollectives(t *testing.T) {
 	}
 }
 
-// TestTCPEngineSubGroupsConcurrent: many goroutines of one rank wait at once
-// (one drives, the others park and take over), on three groups.
-func TestTCPEngineSubGroupsConcurrent(t *testing.T) {
-	for _, m := range engineModes {
+// TestTCPModesSubGroupsConcurrent: many goroutines of one rank wait at once
+// on three groups (with the engine, one drives, the others park and take
+// over).
+func TestTCPModesSubGroupsConcurrent(t *testing.T) {
+	for _, m := range tcpModes {
 		t.Run(m.name, func(t *testing.T) {
-			subGroupsConcurrent(t, tcpMeshEngine(t, 8, m.spin, m.yield))
+			subGroupsConcurrent(t, tcpMeshMode(t, 8, m.engine, m.spin, m.yield))
 		})
 	}
 }
 
-// TestTCPEngineDeadPeer: a peer that dies mid-operation fails the survivors
-// with an error naming it, before the deadline, in every waiting mode.
-func TestTCPEngineDeadPeer(t *testing.T) {
-	for _, m := range engineModes {
+// TestTCPModesDeadPeer: a peer that dies mid-operation fails the survivors
+// with an error naming it, before the deadline, in every mode.
+func TestTCPModesDeadPeer(t *testing.T) {
+	for _, m := range tcpModes {
 		for _, size := range []int{1000, 1<<18 + 3} {
 			t.Run(fmt.Sprintf("%s/size=%d", m.name, size), func(t *testing.T) {
-				deadPeerMidOperation(t, tcpMeshEngine(t, 3, m.spin, m.yield), size)
+				deadPeerMidOperation(t, tcpMeshMode(t, 3, m.engine, m.spin, m.yield), size)
 			})
 		}
 	}
@@ -145,8 +155,10 @@ func TestTCPEngineDesync(t *testing.T) {
 // by the inbox), then a corrupt header: every payload arrives intact and in
 // full, and the bad frame fails the link with an error naming the peer.
 func TestEngineReadsFragmentedStream(t *testing.T) {
-	for _, m := range engineModes {
-		t.Run(m.name, func(t *testing.T) { testEngineFragmented(t, m.spin, m.yield) })
+	for _, m := range tcpModes {
+		if m.engine {
+			t.Run(m.name, func(t *testing.T) { testEngineFragmented(t, m.spin, m.yield) })
+		}
 	}
 }
 
@@ -243,7 +255,7 @@ func TestTCPEngineShaped(t *testing.T) {
 	for _, cfg := range testCfgs {
 		comms := worlds(shaped, cfg)
 		for _, size := range []int{0, 7, 4099, 1<<18 + 3} {
-			mustAll(t, runRanks(comms, func(c *Comm) error { return spinRound(ctx, c, size) }))
+			mustAll(t, runRanks(comms, func(c *Comm) error { return collectivesRound(ctx, c, size) }))
 		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -25,28 +24,20 @@ type TCPConfig struct {
 	SocketBuffer int
 	// MaxPayload bounds one frame's payload. Default DefaultMaxPayload.
 	MaxPayload uint64
-	// SpinWait: when a receive waits on a connection that has no data, its
-	// reader polls the socket this long before sleeping in the network
-	// poller (Linux; elsewhere it always sleeps). Polling saves a wake-up per
-	// frame when the peer answers within the window, and costs CPU when it
-	// does not. Default 0 leaves it off (ranks that share cores would take
-	// CPU from each other); negative is the same as 0.
-	SpinWait time.Duration
-	// SpinYield is for ranks that share cores (more rank processes than
-	// cores), where a polling reader would take the core its peer needs.
-	// Instead of readers polling sockets, a goroutine about to block on a
-	// frame of at most 64 KiB first polls that socket for readiness for up to
-	// SpinWait, yielding the CPU to other processes between polls
-	// (sched_yield), as OpenMPI's mpi_yield_when_idle does: the process stays
-	// runnable instead of paying a wake-up per frame. Without SpinWait it
-	// has no effect.
-	SpinYield bool
 	// ProgressEngine moves bytes in the goroutines that wait for them, with
 	// nonblocking system calls, instead of in a reader goroutine per
 	// connection and blocking writes (see progressEngine; Linux only).
-	// SpinWait is then how long a waiter keeps trying before it blocks in
-	// poll(2), and SpinYield makes it yield the CPU between tries.
 	ProgressEngine bool
+	// SpinWait (progress engine only) is how long a waiter that finds no
+	// bytes to move keeps trying before it blocks in poll(2): a peer that
+	// answers within it costs no wake-up, at the price of a busy core.
+	// Default 0 blocks at once; negative is the same as 0.
+	SpinWait time.Duration
+	// SpinYield (progress engine only) is for ranks that share cores (more
+	// rank processes than cores): between tries the waiter yields the CPU
+	// to other processes (sched_yield), as OpenMPI's mpi_yield_when_idle
+	// does, so a spinning rank does not hold the core its peer needs.
+	SpinYield bool
 }
 
 // Listen binds the data-plane listener of a worker before it knows its rank;
@@ -81,6 +72,9 @@ func DialMesh(ctx context.Context, ln net.Listener, cfg TCPConfig) (Transport, e
 	}
 	if cfg.MaxPayload == 0 {
 		cfg.MaxPayload = DefaultMaxPayload
+	}
+	if !cfg.ProgressEngine && (cfg.SpinWait > 0 || cfg.SpinYield) {
+		return nil, errors.New("collective: dial mesh: SpinWait and SpinYield apply to the progress engine only (set ProgressEngine)")
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 30 * time.Second
@@ -258,14 +252,14 @@ func dialPeer(ctx context.Context, p int, cfg TCPConfig) (*net.TCPConn, error) {
 // tcpTransport is a full mesh of TCP connections. Each connection has one
 // reader goroutine that never blocks on anything but the socket: payloads go
 // straight into posted receive buffers or into fresh buffers kept for later
-// receives, so a sender can always finish writing.
+// receives, so a sender can always finish writing. With the progress engine
+// (eng) the waiting goroutines move the bytes instead, with the same
+// guarantee.
 type tcpTransport struct {
 	rank       int
 	peers      []*tcpPeer
 	in         *inbox
 	maxPayload uint64
-	spin       time.Duration
-	spinYield  bool
 	eng        *progressEngine // nil unless TCPConfig.ProgressEngine
 	closeOnce  sync.Once
 }
@@ -277,29 +271,17 @@ type tcpPeer struct {
 	wdl    time.Time // write deadline in force; guarded by wlock
 	downMu sync.Mutex
 	down   error
-	// closing is set before conn is closed: a polling reader holds the
-	// connection (Close waits for it) and must stop polling first.
-	closing atomic.Bool
-	// writing is non-zero while a Send is inside the socket write (it may
-	// be parked until the socket has room: see polledPending).
-	writing atomic.Int32
-	// fd is conn's descriptor for poll(2) (-1 if unknown). It is read
-	// without holding conn: once conn is closed, poll reports POLLNVAL or,
-	// should the number be reused, a spurious readiness; both only end a
-	// poll early.
-	fd int32
 }
 
 func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) (*tcpTransport, error) {
 	t := &tcpTransport{rank: cfg.Rank, peers: make([]*tcpPeer, len(conns)), in: newInbox(),
-		maxPayload: cfg.MaxPayload, spin: cfg.SpinWait, spinYield: cfg.SpinYield}
+		maxPayload: cfg.MaxPayload}
 	t.in.breakLink = t.linkDown
-	t.in.blocked = make([]atomic.Int32, len(conns))
 	for p, c := range conns {
 		if c == nil {
 			continue
 		}
-		t.peers[p] = &tcpPeer{conn: c, wlock: make(chan struct{}, 1), fd: rawFD(c)}
+		t.peers[p] = &tcpPeer{conn: c, wlock: make(chan struct{}, 1)}
 	}
 	if cfg.ProgressEngine {
 		eng, err := newProgressEngine(t, conns, cfg.SpinWait, cfg.SpinYield)
@@ -339,7 +321,6 @@ func (t *tcpTransport) linkDown(p int, err error) {
 		if t.eng != nil {
 			t.eng.linkDown(p, err)
 		} else {
-			pc.closing.Store(true)
 			pc.conn.Close()
 		}
 		t.in.failPeer(p, err)
@@ -384,10 +365,7 @@ func (t *tcpTransport) Send(ctx context.Context, p int, h Header, parts ...[]byt
 			bufs = append(bufs, b)
 		}
 	}
-	pc.writing.Add(1)
-	_, err = bufs.WriteTo(pc.conn)
-	pc.writing.Add(-1)
-	if err != nil {
+	if _, err := bufs.WriteTo(pc.conn); err != nil {
 		// A partly written frame leaves the stream unusable.
 		t.linkDown(p, fmt.Errorf("write: %w", err))
 		return &PeerError{Peer: p, Err: fmt.Errorf("write: %w", err)}
@@ -428,42 +406,8 @@ func (t *tcpTransport) Post(p int, want Header, dst []byte) Pending {
 	pd := t.in.post(p, want, dst)
 	if t.eng != nil {
 		pd.await = t.eng.await
-		return pd
-	}
-	if t.spin > 0 && t.spinYield && pd.w != nil && len(dst) <= maxPolledFrame {
-		return &polledPending{pending: pd, t: t, peer: p}
 	}
 	return pd
-}
-
-// maxPolledFrame bounds the frames whose waiters poll (see polledPending).
-// Larger frames take long enough to arrive that a wake-up is a small part
-// of their cost, while polling for them kept runnable processes from the
-// cores that copy the data: with 4 ranks on 2 cores, 64 KiB all-reduces ran
-// 2x faster with polling and 1 MiB ones 0.9x as fast.
-const maxPolledFrame = 64 << 10
-
-// polledPending is a receive whose waiter, before it blocks, polls the
-// peer's socket for data (poll(2) with no timeout, yielding the CPU to
-// other processes in between) for up to spin. Where ranks share cores, a
-// process that sleeps in the kernel until its peer's frame arrives pays a
-// wake-up per frame; one that yields stays runnable, and once the socket
-// has data it blocks on the frame's completion as usual, by which time the
-// runtime's network poller (consulted without sleeping when nothing else
-// can run) hands the data to the connection's reader at once. Polling for
-// readiness rather than reading keeps the reader the only one to read.
-// The network poller is not consulted while the waiter polls (it is always
-// runnable), so polling also ends when a connection with a write in progress
-// can take more data: that writer may be parked until it can.
-type polledPending struct {
-	*pending
-	t    *tcpTransport
-	peer int
-}
-
-func (p *polledPending) Wait(ctx context.Context) (Header, error) {
-	pollReady(p.t, p.peer, p.w.done)
-	return p.pending.Wait(ctx)
 }
 
 func (t *tcpTransport) Close() error {
@@ -480,7 +424,6 @@ func (t *tcpTransport) Close() error {
 					pc.down = ErrClosed
 				}
 				pc.downMu.Unlock()
-				pc.closing.Store(true)
 				pc.conn.Close()
 			}
 		}
@@ -491,7 +434,7 @@ func (t *tcpTransport) Close() error {
 func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
 	// A small buffer: headers and small frames arrive in one read, large
 	// payloads bypass it and land in their destination directly.
-	br := bufio.NewReaderSize(newSpinReader(pc.conn, t.readerSpin(), func() bool { return !pc.closing.Load() && t.in.hasBlocked(p) }), 16<<10)
+	br := bufio.NewReaderSize(pc.conn, 16<<10)
 	var hb [HeaderSize]byte
 	for {
 		if _, err := io.ReadFull(br, hb[:]); err != nil {
@@ -534,13 +477,4 @@ func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
 		}
 		t.in.store(p, h, buf)
 	}
-}
-
-// readerSpin is how long a reader polls its socket: SpinWait, unless
-// SpinYield moves the polling to the waiters (see polledPending).
-func (t *tcpTransport) readerSpin() time.Duration {
-	if t.spinYield {
-		return 0
-	}
-	return t.spin
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -170,10 +171,27 @@ func TestDialMeshValidation(t *testing.T) {
 		{Rank: 0, Token: "t"},
 		{Rank: 2, Addrs: []string{"a", "b"}, Token: "t"},
 		{Rank: 0, Addrs: []string{"a"}},
+		{Rank: 0, Addrs: []string{"a"}, Token: "t", SpinWait: time.Millisecond},
+		{Rank: 0, Addrs: []string{"a"}, Token: "t", SpinYield: true},
 	} {
 		if _, err := DialMesh(ctx, nil, cfg); err == nil {
 			t.Errorf("DialMesh(%+v) accepted", cfg)
 		}
+	}
+	if runtime.GOOS != "linux" {
+		return // the engine is Linux only
+	}
+	// A world of one needs no peers: the engine options are accepted with
+	// the engine, refused without it.
+	ok := TCPConfig{Rank: 0, Addrs: []string{"a"}, Token: "t", SpinWait: time.Millisecond, SpinYield: true, ProgressEngine: true}
+	tr, err := DialMesh(ctx, nil, ok)
+	if err != nil {
+		t.Fatalf("DialMesh(%+v): %v", ok, err)
+	}
+	tr.Close()
+	ok.ProgressEngine = false
+	if _, err := DialMesh(ctx, nil, ok); err == nil || !strings.Contains(err.Error(), "progress engine only") {
+		t.Errorf("SpinWait without the engine: error %v, want one naming the progress engine", err)
 	}
 }
 
@@ -212,5 +230,135 @@ func TestTCPUnexpectedRankRefused(t *testing.T) {
 	wg.Wait()
 	if !errors.Is(errs[2], ErrRefused) || !strings.Contains(errs[2].Error(), "expected rank") {
 		t.Fatalf("rank 2: want a refusal naming the unexpected rank, got %v", errs[2])
+	}
+}
+
+// checkNoWaiters verifies that after every operation completed no receive
+// is still posted on any TCP transport of ts.
+func checkNoWaiters(t *testing.T, ts []Transport) {
+	t.Helper()
+	for r, tr := range ts {
+		tt, ok := tr.(*tcpTransport)
+		if !ok {
+			continue
+		}
+		tt.in.mu.Lock()
+		if len(tt.in.waiting) != 0 {
+			t.Errorf("rank %d: %d receives still posted", r, len(tt.in.waiting))
+		}
+		tt.in.mu.Unlock()
+	}
+}
+
+// collectivesRound checks an all-reduce, an all-to-all-v with zero splits and a
+// ring exchange of about size elements on c.
+func collectivesRound(ctx context.Context, c *Comm, size int) error {
+	n, r := c.Size(), c.Rank()
+	if err := checkAllReduce(ctx, c, size); err != nil {
+		return err
+	}
+	// Rank q sends (q+j)%3 == 0 ? 0 : size/n+j elements to rank j.
+	count := func(from, to int) int {
+		if (from+to)%3 == 0 {
+			return 0
+		}
+		return size/max(n, 1) + to
+	}
+	sc, rc := make([]int, n), make([]int, n)
+	ns, nr := 0, 0
+	for j := range n {
+		sc[j], rc[j] = count(r, j), count(j, r)
+		ns += sc[j]
+		nr += rc[j]
+	}
+	send, recv := make([]float32, ns), make([]float32, nr)
+	off := 0
+	for j := range n {
+		for i := range sc[j] {
+			send[off+i] = float32(r*100000 + j*1000 + i%1000)
+		}
+		off += sc[j]
+	}
+	if err := c.AllToAllV(ctx, send, sc, recv, rc); err != nil {
+		return err
+	}
+	off = 0
+	for j := range n {
+		for i := range rc[j] {
+			if w := float32(j*100000 + r*1000 + i%1000); recv[off+i] != w {
+				return fmt.Errorf("alltoallv n=%d size=%d: from %d element %d = %v, want %v", n, size, j, i, recv[off+i], w)
+			}
+		}
+		off += rc[j]
+	}
+	toNext, toPrev := make([]float32, size), make([]float32, size)
+	fromPrev, fromNext := make([]float32, size), make([]float32, size)
+	for i := range size {
+		toNext[i], toPrev[i] = float32(r*10+1), float32(r*10+2)
+	}
+	if err := c.RingExchange(ctx, toNext, toPrev, fromPrev, fromNext); err != nil {
+		return err
+	}
+	prev, next := mod(r-1, n), mod(r+1, n)
+	for i := range size {
+		if fromPrev[i] != float32(prev*10+1) || fromNext[i] != float32(next*10+2) {
+			return fmt.Errorf("ring exchange n=%d size=%d: element %d got %v/%v", n, size, i, fromPrev[i], fromNext[i])
+		}
+	}
+	return nil
+}
+
+// loopbackPair returns the two ends of a loopback TCP connection.
+func loopbackPair(t *testing.T) (a, b *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-acc
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// deadPeerMidOperation starts an all-reduce of size elements on ranks 0 and
+// 2 of the 3 transports ts, closes rank 1 (as if it died) while they wait
+// for it, and checks that both fail naming rank 1, before the deadline.
+func deadPeerMidOperation(t *testing.T, ts []Transport, size int) {
+	comms := worlds(ts, Config{})
+	ctx := testCtx(t, 5*time.Second)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for _, r := range []int{0, 2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Rank 1 never joins: the survivors poll for its frames.
+			errs[r] = comms[r].AllReduce(ctx, make([]float32, size), Sum)
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
+	ts[1].Close()
+	wg.Wait()
+	for _, r := range []int{0, 2} {
+		err := errs[r]
+		if err == nil || !strings.Contains(err.Error(), "rank 1") {
+			t.Errorf("rank %d: want an error naming rank 1, got %v", r, err)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("rank %d: waited for the deadline: %v", r, err)
+		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"unsafe"
 )
 
@@ -189,12 +188,6 @@ type inbox struct {
 	aborted map[opKey]error
 	peerErr map[int]error
 	closed  error
-	// blocked counts, per peer, the goroutines blocked in Pending.Wait on a
-	// frame from that peer, claimed or not, when not nil (a transport sets it
-	// to its size). A reader polls its socket only while someone is blocked on
-	// its data (also in the middle of a frame), not for receives posted far
-	// ahead of their use.
-	blocked []atomic.Int32
 	// breakLink is called (without mu) when a receive gives up while a reader
 	// is writing into its buffer: the link must fail so the reader lets go.
 	breakLink func(peer int, err error)
@@ -244,11 +237,6 @@ func (b *inbox) putW(k mkey, w *waiter) { b.waiting[k] = w; b.sigAdd(k, w.want) 
 func (b *inbox) delW(k mkey)            { delete(b.waiting, k); b.sigDel(k) }
 func (b *inbox) putA(k mkey, a arrival) { b.arrived[k] = a; b.sigAdd(k, a.h) }
 func (b *inbox) delA(k mkey)            { delete(b.arrived, k); b.sigDel(k) }
-
-// hasBlocked reports whether a goroutine is blocked waiting for a frame from peer.
-func (b *inbox) hasBlocked(peer int) bool {
-	return peer < len(b.blocked) && b.blocked[peer].Load() > 0
-}
 
 // complete finishes an unclaimed waiter; callers hold mu and removed it.
 func (w *waiter) complete(err error) {
@@ -330,10 +318,6 @@ func (p *pending) Wait(ctx context.Context) (Header, error) {
 	default:
 	}
 	b := p.b
-	if peer := p.key.peer; peer < len(b.blocked) {
-		b.blocked[peer].Add(1)
-		defer b.blocked[peer].Add(-1)
-	}
 	if p.await != nil {
 		if p.await(ctx, w.done) == nil {
 			return w.got, w.err

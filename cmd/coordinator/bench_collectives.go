@@ -70,9 +70,9 @@ func (f *benchCollectivesFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.halving, "halving", 0, "all-reduce size up to which power-of-two groups use halving-doubling (0: default, -1: never)")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fl.StringVar(&f.sockBufFlag, "socket-buffer", "auto", "SO_SNDBUF/SO_RCVBUF bytes for tcp (0: kernel autotuning; auto: "+strconv.Itoa(engineSocketBuffer)+" with the progress engine, else 0)")
-	fl.StringVar(&f.spinFlag, "spin", "auto", "tcp: poll a socket this long before sleeping while a receive is blocked on it (0: never; auto: "+autoSpin.String()+")")
-	fl.StringVar(&f.yieldFlag, "spin-yield", "auto", "tcp: poll as ranks that share cores should (true: waiters of frames up to 64 KiB poll and yield the CPU to other processes between polls; false: readers poll; auto: true when ranks outnumber cores)")
-	fl.BoolVar(&f.engine, "engine", true, "tcp: move bytes in the waiting goroutines with nonblocking system calls (the progress engine) instead of reader goroutines and blocking writes; --spin is then how long a waiter tries before blocking in poll(2)")
+	fl.StringVar(&f.spinFlag, "spin", "auto", "tcp, progress engine: how long a waiter with no bytes to move keeps trying before it blocks in poll(2) (0: block at once; auto: "+autoSpin.String()+")")
+	fl.StringVar(&f.yieldFlag, "spin-yield", "auto", "tcp, progress engine: yield the CPU to other processes between tries (auto: when ranks outnumber cores)")
+	fl.BoolVar(&f.engine, "engine", true, "tcp: move bytes in the waiting goroutines with nonblocking system calls (the progress engine) instead of reader goroutines and blocking writes")
 	fl.StringVar(&f.bindFlag, "bind", "auto", "tcp: pin each rank process to a core of its own (core), or not (none); auto: core when every rank has cores of its own (workers × GOMAXPROCS <= cores), as OpenMPI binds by default")
 	fl.IntVar(&f.procs, "gomaxprocs", 0, "tcp: GOMAXPROCS of each rank process (0: $GOMAXPROCS if set, else max(1, cores/workers))")
 	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object per result instead of the table")
@@ -111,7 +111,17 @@ func (f *benchCollectivesFlags) validate() (sizes []int, ops []string, bw float6
 	if f.procs < 0 {
 		return nil, nil, 0, fmt.Errorf("--gomaxprocs %d: must not be negative", f.procs)
 	}
-	if f.spin, f.spinYield, err = resolveSpin(f.spinFlag, f.yieldFlag, f.workers, f.procs); err != nil {
+	// Whether ranks outnumber cores decides --spin-yield and --bind auto.
+	cores := runtime.NumCPU()
+	var cpus []int
+	if f.transport == "tcp" {
+		if cpus, err = allowedCPUs(); err != nil {
+			return nil, nil, 0, err
+		}
+		cores = len(cpus)
+	}
+	oversubscribed := f.workers*rankProcs(f.workers, f.procs) > cores
+	if f.spin, f.spinYield, err = resolveSpin(f.spinFlag, f.yieldFlag, f.engine, oversubscribed); err != nil {
 		return nil, nil, 0, err
 	}
 	if f.linkLatency < 0 {
@@ -121,11 +131,7 @@ func (f *benchCollectivesFlags) validate() (sizes []int, ops []string, bw float6
 		return nil, nil, 0, err
 	}
 	if f.transport == "tcp" {
-		cpus, err := allowedCPUs()
-		if err != nil {
-			return nil, nil, 0, err
-		}
-		if f.bindCPUs, err = resolveBind(f.bindFlag, f.workers, rankProcs(f.workers, f.procs), cpus); err != nil {
+		if f.bindCPUs, err = resolveBind(f.bindFlag, f.workers, oversubscribed, cpus); err != nil {
 			return nil, nil, 0, err
 		}
 	}
@@ -135,23 +141,30 @@ func (f *benchCollectivesFlags) validate() (sizes []int, ops []string, bw float6
 	return sizes, ops, bw, nil
 }
 
-// autoSpin is the poll window of --spin auto. Measured on this project's
-// 2-core host. At np = 2 (readers poll): 30 µs is shorter than a typical
-// peer's answer (its reduction included), so the reader polls and then parks
-// anyway and pays both; 200 µs catches nearly every answer (4 KiB all-reduce
-// 15 → 9 µs, 64 KiB all-to-all 40 → 15 µs). At np = 4 (ranks share cores,
-// waiters poll and yield): 64 KiB all-reduce 190 → 95 µs with 200 µs,
-// nothing gained with 1 ms. Readers that poll without yielding made every
-// size slower at np = 4: they take the core the peer needs.
+// autoSpin is --spin auto: how long a progress-engine waiter with no bytes
+// to move keeps trying before it blocks in poll(2). Measured on this
+// project's 2-core host with polling in the transport: 30 µs is shorter than
+// a typical peer's answer (its reduction included), so the waiter tries and
+// then blocks anyway and pays both; 200 µs catches nearly every answer (4 KiB
+// all-reduce at np = 2 15 → 9 µs, 64 KiB all-to-all 40 → 15 µs). At np = 4,
+// where ranks share cores and yield between tries, 64 KiB all-reduce went
+// 190 → 95 µs with 200 µs and gained nothing more with 1 ms.
 const autoSpin = 200 * time.Microsecond
 
-// resolveSpin reads --spin and --spin-yield. "auto" polls for autoSpin,
-// yielding (waiters poll) when ranks outnumber cores (workers × GOMAXPROCS
-// > cores), else with readers polling.
-func resolveSpin(spinFlag, yieldFlag string, workers, procs int) (time.Duration, bool, error) {
+// resolveSpin reads --spin and --spin-yield, which apply to the progress
+// engine only (given explicitly without it, they are an error). "auto"
+// tries for autoSpin, yielding when ranks outnumber cores.
+func resolveSpin(spinFlag, yieldFlag string, engine, oversubscribed bool) (time.Duration, bool, error) {
+	spinFlag, yieldFlag = strings.TrimSpace(spinFlag), strings.TrimSpace(yieldFlag)
+	if !engine {
+		if spinFlag != "auto" || yieldFlag != "auto" {
+			return 0, false, fmt.Errorf("--spin and --spin-yield apply to the progress engine, which --engine=false turns off")
+		}
+		return 0, false, nil
+	}
 	spin := autoSpin
-	if v := strings.TrimSpace(spinFlag); v != "auto" {
-		d, err := time.ParseDuration(v)
+	if spinFlag != "auto" {
+		d, err := time.ParseDuration(spinFlag)
 		if err != nil {
 			return 0, false, fmt.Errorf("--spin %q: want auto or a duration such as 200us or 0: %w", spinFlag, err)
 		}
@@ -160,9 +173,9 @@ func resolveSpin(spinFlag, yieldFlag string, workers, procs int) (time.Duration,
 		}
 		spin = d
 	}
-	switch strings.TrimSpace(yieldFlag) {
+	switch yieldFlag {
 	case "auto":
-		return spin, max(procs, 1)*workers > runtime.NumCPU(), nil
+		return spin, oversubscribed, nil
 	case "true":
 		return spin, true, nil
 	case "false":
@@ -170,6 +183,14 @@ func resolveSpin(spinFlag, yieldFlag string, workers, procs int) (time.Duration,
 	}
 	return 0, false, fmt.Errorf("--spin-yield %q: want auto, true or false", yieldFlag)
 }
+
+// The progress engine is on by default (--engine). Measured on this
+// project's 2-core host (5-9 interleaved rounds against OpenMPI): at np = 2,
+// 1 MiB all-reduce went from 0.72 to 1.18x OpenMPI and all-to-all from 0.76
+// to 1.12x, 16 MiB from 0.88 to 1.02x; at np = 4 (ranks share cores,
+// waiters yield between tries) 1 MiB all-reduce from 0.61 to 0.77x,
+// all-to-all from 0.67 to 1.02x; 64 MiB all-reduce over 1 GB/s shaped links
+// at np = 4 from 75-79% of the ring bound to 82-83%.
 
 // engineSocketBuffer is --socket-buffer auto with the progress engine. On
 // this project's 2-core host at np = 2 (9 interleaved rounds), 1 MiB
@@ -180,7 +201,8 @@ func resolveSpin(spinFlag, yieldFlag string, workers, procs int) (time.Duration,
 // net.core.[rw]mem_max.
 const engineSocketBuffer = 2 << 20
 
-// rankProcs is the GOMAXPROCS a rank process runs with (see runTCP).
+// rankProcs is the GOMAXPROCS a rank process runs with: --gomaxprocs, else
+// $GOMAXPROCS, else max(1, cores/workers) (benchProcesses sets it).
 func rankProcs(workers, procs int) int {
 	if procs > 0 {
 		return procs
@@ -192,18 +214,18 @@ func rankProcs(workers, procs int) int {
 }
 
 // resolveBind reads --bind and returns the CPUs ranks are pinned to (rank r
-// to cpus[r % len(cpus)]), or nil when they are not pinned. "auto" pins when
-// every rank has cores of its own, as OpenMPI does by default (bind to core
-// for 2 ranks or fewer, none when oversubscribed). Measured at np = 2 on
-// this project's 2-core host: unpinned ranks that poll without yielding
+// to cpus[r % len(cpus)]), or nil when they are not pinned. "auto" pins
+// unless ranks outnumber cores, as OpenMPI does by default (bind to core for
+// 2 ranks or fewer, none when oversubscribed). Measured at np = 2 on this
+// project's 2-core host: unpinned ranks that poll without yielding
 // sometimes share a core until the scheduler moves one (1 MiB all-reduce
 // 2.45-3.72 GB/s over four runs), pinned ones do not (3.41-3.53).
-func resolveBind(flag string, workers, procs int, cpus []int) ([]int, error) {
+func resolveBind(flag string, workers int, oversubscribed bool, cpus []int) ([]int, error) {
 	switch strings.TrimSpace(flag) {
 	case "none":
 		return nil, nil
 	case "auto":
-		if workers*procs > len(cpus) {
+		if oversubscribed {
 			return nil, nil
 		}
 	case "core":
@@ -218,14 +240,6 @@ func resolveBind(flag string, workers, procs int, cpus []int) ([]int, error) {
 
 // resolveSocketBuffer reads --socket-buffer: "auto" is engineSocketBuffer
 // with the progress engine, else 0 (autotuning).
-//
-// The engine is on by default. Measured on this project's 2-core host (5-9
-// interleaved rounds against OpenMPI): at np = 2, 1 MiB all-reduce went
-// from 0.72 to 1.18x OpenMPI and all-to-all from 0.76 to 1.12x, 16 MiB from
-// 0.88 to 1.02x; at np = 4 (ranks share cores, waiters yield between polls)
-// 1 MiB all-reduce from 0.61 to 0.77x, all-to-all from 0.67 to 1.02x; 64 MiB
-// all-reduce over 1 GB/s shaped links at np = 4 from 75-79% of the ring
-// bound to 82-83%.
 func resolveSocketBuffer(flag string, engine bool) (int, error) {
 	if v := strings.TrimSpace(flag); v != "auto" {
 		b, err := strconv.Atoi(v)
@@ -296,14 +310,17 @@ func (f *benchCollectivesFlags) benchConfig(ops []string, sizes []int) collectiv
 
 // childArgs are the flags passed on to every rank process.
 func (f *benchCollectivesFlags) childArgs() []string {
-	return []string{
+	args := []string{
 		"--workers", strconv.Itoa(f.workers), "--ops", f.ops, "--sizes", f.sizes,
 		"--iters", strconv.Itoa(f.iters), "--warmup", strconv.Itoa(f.warmup), "--reps", strconv.Itoa(f.reps),
 		"--link-bw", f.linkBW, "--link-latency", f.linkLatency.String(),
 		"--segment", strconv.Itoa(f.segment), "--small", strconv.Itoa(f.small), "--halving", strconv.Itoa(f.halving), "--timeout", f.timeout.String(),
-		"--socket-buffer", strconv.Itoa(f.sockBuf), "--spin", f.spin.String(), "--spin-yield", strconv.FormatBool(f.spinYield),
-		"--engine=" + strconv.FormatBool(f.engine), "--bind", "none",
+		"--socket-buffer", strconv.Itoa(f.sockBuf), "--engine=" + strconv.FormatBool(f.engine), "--bind", "none",
 	}
+	if f.engine {
+		args = append(args, "--spin", f.spin.String(), "--spin-yield", strconv.FormatBool(f.spinYield))
+	}
+	return args
 }
 
 const (
@@ -411,13 +428,11 @@ func benchProcesses(ctx context.Context, f *benchCollectivesFlags) ([]collective
 		}
 		cmd := exec.CommandContext(ctx, exe, args...)
 		cmd.Env = append(os.Environ(), benchTokenEnv+"="+hex.EncodeToString(tok[:]))
-		switch {
-		case f.procs > 0:
-			cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", f.procs))
-		case os.Getenv("GOMAXPROCS") == "":
-			// Ranks share the host's cores: idle Go threads spinning for work
-			// would steal CPU from the ranks that have some.
-			cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", max(1, runtime.NumCPU()/n)))
+		if f.procs > 0 || os.Getenv("GOMAXPROCS") == "" {
+			// Without a setting, ranks share the host's cores: idle Go
+			// threads spinning for work would steal CPU from the ranks that
+			// have some.
+			cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", rankProcs(n, f.procs)))
 		}
 		cmd.Stderr = os.Stderr
 		stdin, err := cmd.StdinPipe()
@@ -568,23 +583,20 @@ func printBench(w io.Writer, f *benchCollectivesFlags, res []collective.BenchRes
 	fmt.Fprintf(w, "# bench collectives: %d ranks, transport %s, %d iters × %d reps (median), warmup %d",
 		f.workers, f.transport, f.iters, f.reps, f.warmup)
 	if f.transport == "tcp" {
-		fmt.Fprintf(w, ", spin %v", f.spin)
+		if f.engine {
+			fmt.Fprintf(w, ", progress engine (spin %v", f.spin)
+			if f.spinYield {
+				fmt.Fprint(w, ", yielding")
+			}
+			fmt.Fprint(w, ")")
+		} else {
+			fmt.Fprint(w, ", reader goroutines")
+		}
 		if f.sockBuf > 0 {
 			fmt.Fprintf(w, ", socket buffers %d B", f.sockBuf)
 		}
 		if f.bindCPUs != nil {
 			fmt.Fprintf(w, ", ranks bound to CPUs %v", f.bindCPUs[:min(f.workers, len(f.bindCPUs))])
-		}
-		if f.engine {
-			fmt.Fprint(w, " (progress engine")
-			if f.spinYield {
-				fmt.Fprint(w, ", yielding")
-			}
-			fmt.Fprint(w, ")")
-		} else if f.spin > 0 && f.spinYield {
-			fmt.Fprint(w, " (waiters poll and yield)")
-		} else if f.spin > 0 {
-			fmt.Fprint(w, " (readers poll)")
 		}
 	}
 	if bw > 0 || f.linkLatency > 0 {

@@ -11,35 +11,36 @@ import (
 )
 
 func TestResolveSpin(t *testing.T) {
-	cores := runtime.NumCPU()
 	cases := []struct {
-		spin, yield      string
-		workers, procs   int
-		wantSpin         time.Duration
-		wantYield        bool
-		wantErrSubstring string
+		spin, yield            string
+		engine, oversubscribed bool
+		wantSpin               time.Duration
+		wantYield              bool
+		wantErrSubstring       string
 	}{
-		{spin: "auto", yield: "auto", workers: 1, wantSpin: autoSpin, wantYield: false},
-		{spin: "auto", yield: "auto", workers: cores + 1, wantSpin: autoSpin, wantYield: true},
-		{spin: "auto", yield: "auto", workers: 1, procs: cores + 1, wantSpin: autoSpin, wantYield: true},
-		{spin: "0", yield: "auto", workers: 1, wantSpin: 0, wantYield: false},
-		{spin: "50us", yield: "true", workers: 1, wantSpin: 50 * time.Microsecond, wantYield: true},
-		{spin: " 1ms ", yield: "false", workers: cores + 1, wantSpin: time.Millisecond, wantYield: false},
-		{spin: "fast", yield: "auto", workers: 2, wantErrSubstring: `--spin "fast"`},
-		{spin: "-1us", yield: "auto", workers: 2, wantErrSubstring: "must not be negative"},
-		{spin: "auto", yield: "maybe", workers: 2, wantErrSubstring: `--spin-yield "maybe"`},
+		{spin: "auto", yield: "auto", engine: true, wantSpin: autoSpin, wantYield: false},
+		{spin: "auto", yield: "auto", engine: true, oversubscribed: true, wantSpin: autoSpin, wantYield: true},
+		{spin: "0", yield: "auto", engine: true, wantSpin: 0, wantYield: false},
+		{spin: "50us", yield: "true", engine: true, wantSpin: 50 * time.Microsecond, wantYield: true},
+		{spin: " 1ms ", yield: "false", engine: true, oversubscribed: true, wantSpin: time.Millisecond, wantYield: false},
+		{spin: "auto", yield: "auto", engine: false, oversubscribed: true, wantSpin: 0, wantYield: false},
+		{spin: "50us", yield: "auto", engine: false, wantErrSubstring: "--engine=false"},
+		{spin: "auto", yield: "true", engine: false, wantErrSubstring: "--engine=false"},
+		{spin: "fast", yield: "auto", engine: true, wantErrSubstring: `--spin "fast"`},
+		{spin: "-1us", yield: "auto", engine: true, wantErrSubstring: "must not be negative"},
+		{spin: "auto", yield: "maybe", engine: true, wantErrSubstring: `--spin-yield "maybe"`},
 	}
 	for _, c := range cases {
-		spin, yield, err := resolveSpin(c.spin, c.yield, c.workers, c.procs)
+		spin, yield, err := resolveSpin(c.spin, c.yield, c.engine, c.oversubscribed)
 		if c.wantErrSubstring != "" {
 			if err == nil || !strings.Contains(err.Error(), c.wantErrSubstring) {
-				t.Errorf("resolveSpin(%q, %q): error %v, want one containing %q", c.spin, c.yield, err, c.wantErrSubstring)
+				t.Errorf("resolveSpin(%q, %q, engine %v): error %v, want one containing %q", c.spin, c.yield, c.engine, err, c.wantErrSubstring)
 			}
 			continue
 		}
 		if err != nil || spin != c.wantSpin || yield != c.wantYield {
-			t.Errorf("resolveSpin(%q, %q, workers %d, procs %d) = %v, %v, %v; want %v, %v",
-				c.spin, c.yield, c.workers, c.procs, spin, yield, err, c.wantSpin, c.wantYield)
+			t.Errorf("resolveSpin(%q, %q, engine %v, oversubscribed %v) = %v, %v, %v; want %v, %v",
+				c.spin, c.yield, c.engine, c.oversubscribed, spin, yield, err, c.wantSpin, c.wantYield)
 		}
 	}
 }
@@ -76,30 +77,48 @@ func TestResolveBind(t *testing.T) {
 	two := []int{0, 1}
 	cases := []struct {
 		flag             string
-		workers, procs   int
+		workers          int
+		oversubscribed   bool
 		cpus             []int
 		want             []int
 		wantErrSubstring string
 	}{
-		{flag: "auto", workers: 2, procs: 1, cpus: two, want: two},
-		{flag: "auto", workers: 4, procs: 1, cpus: two, want: nil},
-		{flag: "auto", workers: 2, procs: 2, cpus: two, want: nil},
-		{flag: "core", workers: 2, procs: 2, cpus: two, want: two},
-		{flag: "core", workers: 3, procs: 1, cpus: two, wantErrSubstring: "3 ranks but only 2 CPUs"},
-		{flag: "none", workers: 1, procs: 1, cpus: two, want: nil},
-		{flag: "socket", workers: 1, procs: 1, cpus: two, wantErrSubstring: `--bind "socket"`},
+		{flag: "auto", workers: 2, cpus: two, want: two},
+		{flag: "auto", workers: 4, oversubscribed: true, cpus: two, want: nil},
+		{flag: "core", workers: 2, oversubscribed: true, cpus: two, want: two},
+		{flag: "core", workers: 3, oversubscribed: true, cpus: two, wantErrSubstring: "3 ranks but only 2 CPUs"},
+		{flag: "none", workers: 1, cpus: two, want: nil},
+		{flag: "socket", workers: 1, cpus: two, wantErrSubstring: `--bind "socket"`},
 	}
 	for _, c := range cases {
-		got, err := resolveBind(c.flag, c.workers, c.procs, c.cpus)
+		got, err := resolveBind(c.flag, c.workers, c.oversubscribed, c.cpus)
 		if c.wantErrSubstring != "" {
 			if err == nil || !strings.Contains(err.Error(), c.wantErrSubstring) {
-				t.Errorf("resolveBind(%q, %d, %d): error %v, want one containing %q", c.flag, c.workers, c.procs, err, c.wantErrSubstring)
+				t.Errorf("resolveBind(%q, %d, %v): error %v, want one containing %q", c.flag, c.workers, c.oversubscribed, err, c.wantErrSubstring)
 			}
 			continue
 		}
 		if err != nil || fmt.Sprint(got) != fmt.Sprint(c.want) {
-			t.Errorf("resolveBind(%q, %d, %d) = %v, %v; want %v", c.flag, c.workers, c.procs, got, err, c.want)
+			t.Errorf("resolveBind(%q, %d, %v) = %v, %v; want %v", c.flag, c.workers, c.oversubscribed, got, err, c.want)
 		}
+	}
+}
+
+// TestRankProcs: --gomaxprocs wins, then $GOMAXPROCS, then cores/workers.
+func TestRankProcs(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "")
+	if got, want := rankProcs(1, 0), max(1, runtime.NumCPU()); got != want {
+		t.Errorf("rankProcs(1, 0) = %d, want %d", got, want)
+	}
+	if got := rankProcs(4*runtime.NumCPU(), 0); got != 1 {
+		t.Errorf("rankProcs with more ranks than cores = %d, want 1", got)
+	}
+	t.Setenv("GOMAXPROCS", "3")
+	if got := rankProcs(2, 0); got != 3 {
+		t.Errorf("rankProcs with GOMAXPROCS=3 = %d, want 3", got)
+	}
+	if got := rankProcs(2, 5); got != 5 {
+		t.Errorf("rankProcs with --gomaxprocs 5 = %d, want 5", got)
 	}
 }
 
