@@ -42,15 +42,7 @@ func TestWriterStoresChunksRawWhenWorkersLag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := OpenShard(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if err := r.Verify(); err != nil {
-		t.Fatal(err)
-	}
-	chunks := r.byName["model.big"].Chunks
+	chunks := shardChunks(t, path, "model.big")
 	if len(chunks) != 16 {
 		t.Fatalf("%d chunks, want 16", len(chunks))
 	}
@@ -94,15 +86,7 @@ func TestWriterGoesRawAfterStalls(t *testing.T) {
 	if !w.rawOnly.Load() {
 		t.Fatal("the writer stalled but did not switch the shard to raw")
 	}
-	r, err := OpenShard(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if err := r.Verify(); err != nil {
-		t.Fatal(err)
-	}
-	chunks := r.byName["model.big"].Chunks
+	chunks := shardChunks(t, path, "model.big")
 	for i, c := range chunks[rawAfterStalls+1:] {
 		if c.Codec != codecRaw {
 			t.Fatalf("chunk %d after the switch: codec %d, want raw", i+rawAfterStalls+1, c.Codec)
@@ -153,12 +137,7 @@ func TestWriterCompressesWithFreeWorkers(t *testing.T) {
 	if w.rawOnly.Load() {
 		t.Fatal("the shard went raw although a worker was always free")
 	}
-	r, err := OpenShard(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	chunks := r.byName["model.big"].Chunks
+	chunks := shardChunks(t, path, "model.big")
 	if len(chunks) != 1 {
 		t.Fatalf("%d chunks, want 1", len(chunks))
 	}
@@ -245,18 +224,13 @@ func TestWriterDecidesCodecPerEntry(t *testing.T) {
 			if rec.chunks[CodecNone] != chunks || rec.chunks[CodecZstd] != chunks {
 				t.Fatalf("chunks queued per codec %v, want %d of each", rec.chunks, chunks)
 			}
-			r, err := OpenShard(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			for i, c := range r.byName[noise.name].Chunks {
+			for i, c := range shardChunks(t, path, noise.name) {
 				if c.Codec != codecRaw {
 					t.Fatalf("%s chunk %d: codec %d, want raw", noise.name, i, c.Codec)
 				}
 			}
 			if !w.rawOnly.Load() { // no stall made the writer store chunks raw
-				for i, c := range r.byName[pattern.name].Chunks {
+				for i, c := range shardChunks(t, path, pattern.name) {
 					if c.Codec != codecPlanes || c.Stored >= c.Raw {
 						t.Fatalf("%s chunk %d: codec %d, %d of %d bytes: want compressed", pattern.name, i, c.Codec, c.Stored, c.Raw)
 					}
@@ -290,12 +264,7 @@ func TestWriterProbeScope(t *testing.T) {
 				t.Fatalf("chunks queued per codec %v, want none raw", rec.chunks)
 			}
 			if c.always {
-				r, err := OpenShard(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer r.Close()
-				for i, ch := range r.byName[noise.name].Chunks {
+				for i, ch := range shardChunks(t, path, noise.name) {
 					if ch.Codec != codecPlanes {
 						t.Fatalf("chunk %d: codec %d, want the plane codec", i, ch.Codec)
 					}
@@ -304,6 +273,25 @@ func TestWriterProbeScope(t *testing.T) {
 			commitAndCheck(t, s, info, noise)
 		})
 	}
+}
+
+// shardChunks opens the shard at path, verifies every checksum and returns
+// the chunk records of entry name.
+func shardChunks(t *testing.T, path, name string) []chunkEntry {
+	t.Helper()
+	r, err := OpenShard(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	e, ok := r.byName[name]
+	if !ok {
+		t.Fatalf("%s: no entry %q", path, name)
+	}
+	return e.Chunks
 }
 
 // writeShard writes tensor as the only entry of rank 0's shard of step 1 in

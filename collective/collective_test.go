@@ -33,10 +33,7 @@ func TestAllReduce(t *testing.T) {
 						comms := worlds(ts, cfg)
 						want := make([]float32, size)
 						for i := range want {
-							var s float32
-							for r := range n {
-								s += val(r, i)
-							}
+							s := valSum(n, i)
 							if op == Mean {
 								s /= float32(n)
 							}
@@ -114,11 +111,7 @@ func TestReduceScatterAllGather(t *testing.T) {
 								return err
 							}
 							for i := range m {
-								var s float32
-								for q := range n {
-									s += val(q, r*m+i)
-								}
-								if recv[i] != s {
+								if s := valSum(n, r*m+i); recv[i] != s {
 									return fmt.Errorf("reducescatter[%d] = %v, want %v", i, recv[i], s)
 								}
 							}
@@ -138,11 +131,7 @@ func TestReduceScatterAllGather(t *testing.T) {
 								return err
 							}
 							for i := range all {
-								var s float32
-								for q := range n {
-									s += val(q, i)
-								}
-								if all[i] != s {
+								if s := valSum(n, i); all[i] != s {
 									return fmt.Errorf("allgather[%d] = %v, want %v", i, all[i], s)
 								}
 							}

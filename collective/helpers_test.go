@@ -51,6 +51,16 @@ func closeAllT(ts []Transport) {
 // val is an integer-valued test element: sums over up to 8 ranks stay exact.
 func val(rank, i int) float32 { return float32((i*7+rank*13)%1000) - 300 }
 
+// valSum is element i summed over ranks 0..n-1: what an all-reduce of
+// val(rank, i) gives, exactly.
+func valSum(n, i int) float32 {
+	var s float32
+	for q := range n {
+		s += val(q, i)
+	}
+	return s
+}
+
 // checkAllReduce sums val(rank, i) over c's members with AllReduce and
 // checks every element against the exact sum.
 func checkAllReduce(ctx context.Context, c *Comm, size int) error {
@@ -63,11 +73,7 @@ func checkAllReduce(ctx context.Context, c *Comm, size int) error {
 		return err
 	}
 	for i := range buf {
-		var s float32
-		for q := range n {
-			s += val(q, i)
-		}
-		if buf[i] != s {
+		if s := valSum(n, i); buf[i] != s {
 			return fmt.Errorf("allreduce n=%d size=%d: element %d = %v, want %v", n, size, i, buf[i], s)
 		}
 	}
