@@ -46,6 +46,9 @@ type progressEngine struct {
 	closed   atomic.Bool
 	spin     time.Duration
 	yield    bool
+	// pollFirst: a pass starts with one poll(2) over all connections (see
+	// pass).
+	pollFirst bool
 	// Driver-only state.
 	rr     int
 	pfds   []unix.PollFd
@@ -73,7 +76,9 @@ type enginePeer struct {
 	w       *waiter // claimed receive being filled, or nil
 	abort   bool    // dst holds an abort reason
 	iov     []unix.Iovec
-	ready   bool // the last poll(2) reported this connection ready
+	// What the last poll(2) reported: bytes (or an error) to read, room to
+	// write.
+	readable, writable bool
 }
 
 // outFrame is a frame queued for writing; done is closed once it is written
@@ -144,8 +149,13 @@ func newProgressEngine(t *tcpTransport, conns []*net.TCPConn, spin time.Duration
 			c.Close()
 		}
 	}
+	e.pollFirst = yield || len(conns)-1 >= pollFirstPeers
 	return e, nil
 }
+
+// pollFirstPeers is the number of connections from which one poll(2) costs
+// less than a read on each (most of which find nothing).
+const pollFirstPeers = 3
 
 // kick wakes a driver blocked in poll(2).
 func (e *progressEngine) kick() {
@@ -293,22 +303,39 @@ func (e *progressEngine) await(ctx context.Context, done <-chan struct{}) error 
 func (e *progressEngine) poke() {
 	select {
 	case e.token <- struct{}{}:
-		e.step(false)
+		e.pass(context.Background())
 		<-e.token
 	default:
 	}
+}
+
+// pass is one pass over the connections. When system calls are dear (ranks
+// share cores) or there are several connections, it first asks poll(2)
+// which of them a pass would find anything on: one call instead of a read
+// on each that mostly returns EAGAIN.
+func (e *progressEngine) pass(ctx context.Context) bool {
+	if e.pollFirst {
+		return e.wait(ctx, 0) && e.step(true)
+	}
+	return e.step(false)
 }
 
 // drive makes progress until done is closed or ctx ends; the caller holds
 // the token.
 func (e *progressEngine) drive(ctx context.Context, done <-chan struct{}) error {
 	var idle time.Time
-	check, onlyReady := true, false // make a pass over (the ready) connections
+	polled := false // the readiness from the last poll(2) is fresh
 	for {
-		if check && e.step(onlyReady) {
+		var moved bool
+		if polled {
+			moved = e.step(true)
+		} else {
+			moved = e.pass(ctx)
+		}
+		polled = false
+		if moved {
 			idle = time.Time{}
 		}
-		check, onlyReady = true, false
 		select {
 		case <-done:
 			e.flush()
@@ -323,16 +350,13 @@ func (e *progressEngine) drive(ctx context.Context, done <-chan struct{}) error 
 		}
 		if time.Since(idle) < e.spin {
 			if e.yield {
-				// Ranks share cores: let the others run, then ask all the
-				// connections at once (one poll(2) instead of a read per
-				// connection) whether a pass would find anything.
+				// Ranks share cores: let the others run.
 				_, _, _ = unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
-				check = e.wait(ctx, 0)
-				onlyReady = check
 			}
 			continue
 		}
 		e.wait(ctx, 10*time.Millisecond)
+		polled = true
 		idle = time.Time{}
 	}
 }
@@ -353,13 +377,10 @@ func (e *progressEngine) step(onlyReady bool) bool {
 			moved = true
 			continue
 		}
-		if onlyReady && !pp.ready {
-			continue
-		}
-		if pp.queued.Load() > 0 && e.write(pp) {
+		if pp.queued.Load() > 0 && (!onlyReady || pp.writable) && e.write(pp) {
 			moved = true
 		}
-		if e.read(pp) {
+		if (!onlyReady || pp.readable) && e.read(pp) {
 			moved = true
 		}
 	}
@@ -431,7 +452,13 @@ func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) bool {
 		_, _ = unix.Read(e.wakeFD, b[:])
 	}
 	for i, pp := range e.polled {
-		pp.ready = n > 0 && e.pfds[i+1].Revents != 0
+		ev := e.pfds[i+1].Revents
+		if n <= 0 {
+			ev = 0
+		}
+		// An error or hang-up shows in both, so that the pass finds it.
+		pp.readable = ev&^unix.POLLOUT != 0
+		pp.writable = ev&^unix.POLLIN != 0
 	}
 	return n != 0
 }
@@ -462,6 +489,7 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 			v.SetLen(len(b))
 			pp.iov = append(pp.iov, v)
 		}
+		want := budget - left
 		// Raw (see rawRead): a nonblocking writev only copies.
 		r, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(pp.fd), uintptr(unsafe.Pointer(&pp.iov[0])), uintptr(len(pp.iov)))
 		runtime.KeepAlive(f)
@@ -479,6 +507,8 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 		n := int(r)
 		moved = true
 		budget -= n
+		// A short write filled the socket: another would only return EAGAIN.
+		full := n < want
 		for n > 0 {
 			k := min(n, len(f.parts[0]))
 			f.parts[0] = f.parts[0][k:]
@@ -493,6 +523,9 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 			pp.queued.Add(-1)
 			pp.mu.Unlock()
 			close(f.done)
+		}
+		if full {
+			return moved
 		}
 	}
 	return moved

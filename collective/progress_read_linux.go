@@ -17,7 +17,7 @@ import (
 // read reads what pp has (up to readBudget) and hands complete frames to
 // the inbox. The payload of a claimed receive goes straight into its buffer.
 func (e *progressEngine) read(pp *enginePeer) bool {
-	moved := false
+	moved, drained := false, false
 	budget := readBudget
 	for budget > 0 {
 		if !pp.inFrame {
@@ -40,6 +40,11 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 				moved = true
 				continue
 			}
+		}
+		// A short read emptied the socket: another read would only return
+		// EAGAIN, a system call for nothing.
+		if drained {
+			return moved
 		}
 		// Need more bytes: read the rest of a long payload in place,
 		// anything else through the stage.
@@ -74,6 +79,7 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 		}
 		moved = true
 		budget -= n
+		drained = n < len(buf)
 		if direct {
 			pp.off += n
 			if pp.off == len(pp.dst) {
