@@ -48,6 +48,7 @@ type benchCollectivesFlags struct {
 	yieldFlag   string        // --spin-yield as given: "auto", "true" or "false"
 	spinYield   bool          // resolved by validate
 	engine      bool
+	congestion  string // --tcp-congestion: TCPConfig.Congestion
 	procs       int
 	bindFlag    string // --bind as given: "auto", "core" or "none"
 	bindCPUs    []int  // resolved by validate: rank r runs on bindCPUs[r % len]; nil: unbound
@@ -73,6 +74,7 @@ func (f *benchCollectivesFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.spinFlag, "spin", "auto", "tcp, progress engine: how long a waiter with no bytes to move keeps trying before it blocks in poll(2) (0: block at once; auto: "+autoSpin.String()+")")
 	fl.StringVar(&f.yieldFlag, "spin-yield", "auto", "tcp, progress engine: yield the CPU to other processes between tries (auto: when ranks outnumber cores)")
 	fl.BoolVar(&f.engine, "engine", true, "tcp: move bytes in the waiting goroutines with nonblocking system calls (the progress engine) instead of reader goroutines and blocking writes")
+	fl.StringVar(&f.congestion, "tcp-congestion", "", "tcp: congestion control of the ranks' connections, a comma-separated list of kernel names (first accepted wins), or "+collective.CongestionSystem+" for the system's (default: "+collective.DefaultCongestion+")")
 	fl.StringVar(&f.bindFlag, "bind", "auto", "tcp: pin each rank process to a core of its own (core), or not (none); auto: core when every rank has cores of its own (workers × GOMAXPROCS <= cores), as OpenMPI binds by default")
 	fl.IntVar(&f.procs, "gomaxprocs", 0, "tcp: GOMAXPROCS of each rank process (0: $GOMAXPROCS if set, else max(1, cores/workers))")
 	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object per result instead of the table")
@@ -316,6 +318,7 @@ func (f *benchCollectivesFlags) childArgs() []string {
 		"--link-bw", f.linkBW, "--link-latency", f.linkLatency.String(),
 		"--segment", strconv.Itoa(f.segment), "--small", strconv.Itoa(f.small), "--halving", strconv.Itoa(f.halving), "--timeout", f.timeout.String(),
 		"--socket-buffer", strconv.Itoa(f.sockBuf), "--engine=" + strconv.FormatBool(f.engine), "--bind", "none",
+		"--tcp-congestion", f.congestion,
 	}
 	if f.engine {
 		args = append(args, "--spin", f.spin.String(), "--spin-yield", strconv.FormatBool(f.spinYield))
@@ -526,7 +529,7 @@ func newBenchRankCmd() *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
-			ln, err := collective.Listen("127.0.0.1:0")
+			ln, err := collective.ListenCongestion("127.0.0.1:0", f.congestion)
 			if err != nil {
 				return err
 			}
@@ -545,7 +548,7 @@ func newBenchRankCmd() *cobra.Command {
 			if len(addrs) != f.workers {
 				return fmt.Errorf("address list has %d entries, want %d", len(addrs), f.workers)
 			}
-			t, err := collective.DialMesh(ctx, ln, collective.TCPConfig{Rank: rank, Addrs: addrs, Token: token, SocketBuffer: f.sockBuf, SpinWait: f.spin, SpinYield: f.spinYield, ProgressEngine: f.engine})
+			t, err := collective.DialMesh(ctx, ln, collective.TCPConfig{Rank: rank, Addrs: addrs, Token: token, SocketBuffer: f.sockBuf, SpinWait: f.spin, SpinYield: f.spinYield, ProgressEngine: f.engine, Congestion: f.congestion})
 			if err != nil {
 				return err
 			}
@@ -595,6 +598,11 @@ func printBench(w io.Writer, f *benchCollectivesFlags, res []collective.BenchRes
 		if f.sockBuf > 0 {
 			fmt.Fprintf(w, ", socket buffers %d B", f.sockBuf)
 		}
+		cc := f.congestion
+		if cc == "" {
+			cc = collective.DefaultCongestion
+		}
+		fmt.Fprintf(w, ", congestion control %s", cc)
 		if f.bindCPUs != nil {
 			fmt.Fprintf(w, ", ranks bound to CPUs %v", f.bindCPUs[:min(f.workers, len(f.bindCPUs))])
 		}

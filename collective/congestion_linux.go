@@ -1,0 +1,51 @@
+//go:build linux
+
+package collective
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// setCongestion gives the socket behind c the first TCP congestion control
+// of choice (TCPConfig.Congestion's syntax) that the kernel accepts.
+func setCongestion(c syscall.RawConn, choice string) error {
+	names, err := congestionNames(choice)
+	if err != nil || names == nil {
+		return err
+	}
+	var errs []string
+	set := false
+	if cerr := c.Control(func(fd uintptr) {
+		for _, name := range names {
+			err := unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
+			if err == nil {
+				set = true
+				return
+			}
+			errs = append(errs, fmt.Sprintf("%s: %v", name, err))
+		}
+	}); cerr != nil {
+		return fmt.Errorf("TCP congestion control: %w", cerr)
+	}
+	if !set {
+		return fmt.Errorf("TCP congestion control %q: none accepted (%s; see /proc/sys/net/ipv4/tcp_allowed_congestion_control)",
+			choice, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// congestionOf reports the congestion control of the socket behind c.
+func congestionOf(c syscall.RawConn) (string, error) {
+	var name string
+	var err error
+	if cerr := c.Control(func(fd uintptr) {
+		name, err = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+	}); cerr != nil {
+		return "", cerr
+	}
+	return strings.TrimRight(name, "\x00"), err
+}

@@ -1,0 +1,148 @@
+//go:build linux
+
+package collective
+
+import (
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// congestionMesh builds a 3-rank mesh whose listeners and dialers all ask
+// for choice, and returns each connection's congestion control as the
+// kernel reports it (getsockopt), both dialed and accepted ends.
+func congestionMesh(t *testing.T, choice string) ([]string, error) {
+	t.Helper()
+	const n = 3
+	lns := make([]net.Listener, n)
+	addrs := make([]string, n)
+	for i := range n {
+		ln, err := ListenCongestion("127.0.0.1:0", choice)
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(func() { ln.Close() })
+		lns[i], addrs[i] = ln, ln.Addr().String()
+	}
+	ts := make([]Transport, n)
+	errs := make([]error, n)
+	ctx := testCtx(t, 5*time.Second)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ts[i], errs[i] = DialMesh(ctx, lns[i], TCPConfig{Rank: i, Addrs: addrs, Token: "cc", Congestion: choice})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			for _, tr := range ts {
+				if tr != nil {
+					tr.Close()
+				}
+			}
+			return nil, err
+		}
+		t.Cleanup(func() { ts[i].Close() })
+	}
+	var got []string
+	for _, tr := range ts {
+		for _, pp := range tr.(*tcpTransport).peers {
+			if pp == nil {
+				continue
+			}
+			rc, err := pp.conn.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			name, err := congestionOf(rc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, name)
+		}
+	}
+	return got, nil
+}
+
+func TestTCPCongestion(t *testing.T) {
+	sysDefault, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control")
+	if err != nil {
+		t.Skipf("no congestion sysctl: %v", err)
+	}
+	system := strings.TrimSpace(string(sysDefault))
+	all := func(got []string, want func(string) bool) {
+		t.Helper()
+		if len(got) != 6 { // 3 pairs, both ends
+			t.Fatalf("got %d connection ends, want 6", len(got))
+		}
+		for _, g := range got {
+			if !want(g) {
+				t.Fatalf("connection ends have congestion control %v", got)
+			}
+		}
+	}
+
+	// reno is always allowed, to unprivileged processes too.
+	got, err := congestionMesh(t, "reno")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all(got, func(s string) bool { return s == "reno" })
+
+	// An unknown name first falls through to the next.
+	got, err = congestionMesh(t, "nosuch-cc, reno")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all(got, func(s string) bool { return s == "reno" })
+
+	got, err = congestionMesh(t, CongestionSystem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all(got, func(s string) bool { return s == system })
+
+	// The default is cubic where this process may choose it, else reno:
+	// never the system's BBR.
+	got, err = congestionMesh(t, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all(got, func(s string) bool { return s == "cubic" || s == "reno" })
+
+	// A list the kernel accepts nothing of fails at once, naming it: in
+	// Listen, and in DialMesh's dial, which must not retry it.
+	if _, err := ListenCongestion("127.0.0.1:0", "nosuch-cc"); err == nil || !strings.Contains(err.Error(), "nosuch-cc") {
+		t.Fatalf("listen with an unknown congestion control: err = %v, want one naming it", err)
+	}
+	ln0, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln0.Close()
+	ln1, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln1.Close()
+	start := time.Now()
+	_, err = DialMesh(testCtx(t, 5*time.Second), ln1, TCPConfig{Rank: 1, Addrs: []string{ln0.Addr().String(), ln1.Addr().String()},
+		Token: "cc", Congestion: "nosuch-cc"})
+	if err == nil || !strings.Contains(err.Error(), "nosuch-cc") || !strings.Contains(err.Error(), "rank 0") {
+		t.Fatalf("dial with an unknown congestion control: err = %v, want one naming it and the peer", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("dial with an unknown congestion control took %v to fail: it must not be retried", d)
+	}
+	for _, bad := range []string{"reno,,cubic", "a-name-longer-than-fifteen"} {
+		if _, err := DialMesh(testCtx(t, time.Second), nil, TCPConfig{Rank: 0, Addrs: []string{"127.0.0.1:1"}, Token: "x", Congestion: bad}); err == nil || !strings.Contains(err.Error(), "bad name") {
+			t.Fatalf("congestion %q: err = %v, want a bad-name error", bad, err)
+		}
+	}
+}
