@@ -8,13 +8,24 @@ import (
 
 // Scratch buffers (frames that arrive before their receive, temporaries of
 // the algorithms) come from power-of-two size classes, so steady-state
-// collectives neither allocate nor clear memory.
+// collectives neither allocate nor clear memory. The free lists are plain
+// stacks, not sync.Pools: a Pool is emptied by every garbage collection,
+// and refilling it allocated (and the kernel zeroed) a collective's scratch
+// memory again, which made the next collection come sooner. What a class
+// keeps is bounded (keepBytes, keepBufs); the rest goes to the collector.
 const (
 	minBufClass = 12 // 4 KiB
 	maxBufClass = 28 // 256 MiB; larger buffers are allocated directly
+	keepBytes   = 128 << 20
+	keepBufs    = 64
 )
 
-var bufPools [maxBufClass + 1]sync.Pool
+type bufList struct {
+	mu   sync.Mutex
+	free [][]byte
+}
+
+var bufLists [maxBufClass + 1]bufList
 
 func bufClass(n int) int {
 	k := bits.Len(uint(n - 1))
@@ -33,9 +44,16 @@ func getBuf(n int) []byte {
 	if k > maxBufClass {
 		return make([]byte, n)
 	}
-	if v := bufPools[k].Get(); v != nil {
-		return (*v.(*[]byte))[:n]
+	l := &bufLists[k]
+	l.mu.Lock()
+	if m := len(l.free); m > 0 {
+		b := l.free[m-1]
+		l.free[m-1] = nil
+		l.free = l.free[:m-1]
+		l.mu.Unlock()
+		return b[:n]
 	}
+	l.mu.Unlock()
 	return make([]byte, n, 1<<k)
 }
 
@@ -49,8 +67,12 @@ func putBuf(b []byte) {
 	if k < minBufClass || k > maxBufClass {
 		return
 	}
-	b = b[:c]
-	bufPools[k].Put(&b)
+	l := &bufLists[k]
+	l.mu.Lock()
+	if n := len(l.free); n < keepBufs && (n+1)<<k <= max(keepBytes, 1<<k) {
+		l.free = append(l.free, b[:0])
+	}
+	l.mu.Unlock()
 }
 
 // getF32 returns n float32s with unspecified contents (pooled memory is

@@ -84,10 +84,13 @@ type enginePeer struct {
 // outFrame is a frame queued for writing; done is closed once it is written
 // whole or has failed (err).
 type outFrame struct {
+	e       *progressEngine
+	p       int
 	hdr     [HeaderSize]byte
-	parts   [][]byte // what remains to be written, header first
-	started bool     // the driver has taken it; guarded by the peer's mu
-	done    chan struct{}
+	parts   [][]byte      // what remains to be written, header first
+	inline  [3][]byte     // parts' storage for frames of up to two parts
+	started bool          // the driver has taken it; guarded by the peer's mu
+	doneCh  chan struct{} // closed once written or failed
 	err     error
 }
 
@@ -179,21 +182,16 @@ func (e *progressEngine) send(ctx context.Context, p int, h Header, parts [][]by
 	return e.waitFrame(ctx, p, f)
 }
 
-// sendPending is a frame queued by startSend; Wait returns once it is written.
-type sendPending struct {
-	e *progressEngine
-	p int
-	f *outFrame
-}
-
-func (s *sendPending) Wait(ctx context.Context) (Header, error) {
-	return Header{}, s.e.waitFrame(ctx, s.p, s.f)
+// Wait implements Pending for a frame queued by startSend: it returns once
+// the frame is written.
+func (f *outFrame) Wait(ctx context.Context) (Header, error) {
+	return Header{}, f.e.waitFrame(ctx, f.p, f)
 }
 
 // done reports without blocking whether the frame is written or failed.
-func (s *sendPending) done() bool {
+func (f *outFrame) done() bool {
 	select {
-	case <-s.f.done:
+	case <-f.doneCh:
 		return true
 	default:
 		return false
@@ -207,19 +205,19 @@ func (e *progressEngine) startSend(p int, h Header, parts [][]byte) Pending {
 	if err != nil {
 		return failedPending{err}
 	}
-	return &sendPending{e: e, p: p, f: f}
+	return f
 }
 
 // queue appends a frame for peer p to its write queue.
 func (e *progressEngine) queue(p int, h Header, parts [][]byte) (*outFrame, error) {
 	pp := e.peers[p]
-	f := &outFrame{done: make(chan struct{})}
+	f := &outFrame{e: e, p: p, doneCh: make(chan struct{})}
 	h.Len = 0
 	for _, b := range parts {
 		h.Len += uint64(len(b))
 	}
 	EncodeHeader(f.hdr[:], h)
-	f.parts = make([][]byte, 0, 1+len(parts))
+	f.parts = f.inline[:0]
 	f.parts = append(f.parts, f.hdr[:])
 	for _, b := range parts {
 		if len(b) > 0 {
@@ -242,7 +240,7 @@ func (e *progressEngine) queue(p int, h Header, parts [][]byte) (*outFrame, erro
 // waitFrame returns once f is written or has failed, or ctx has ended.
 func (e *progressEngine) waitFrame(ctx context.Context, p int, f *outFrame) error {
 	pp := e.peers[p]
-	if err := e.await(ctx, f.done); err == nil {
+	if err := e.await(ctx, f.doneCh); err == nil {
 		return f.err
 	}
 	// ctx ended. A frame not yet taken is withdrawn; one partly written
@@ -263,7 +261,7 @@ func (e *progressEngine) waitFrame(ctx context.Context, p int, f *outFrame) erro
 	pp.mu.Unlock()
 	err := fmt.Errorf("write stalled: %w", ctx.Err())
 	e.t.linkDown(p, err)
-	_ = e.await(context.Background(), f.done)
+	_ = e.await(context.Background(), f.doneCh)
 	if f.err == nil {
 		return nil // it finished after all
 	}
@@ -522,7 +520,7 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 			pp.wq = pp.wq[1:]
 			pp.queued.Add(-1)
 			pp.mu.Unlock()
-			close(f.done)
+			close(f.doneCh)
 		}
 		if full {
 			return moved
@@ -552,7 +550,7 @@ func (e *progressEngine) bury(pp *enginePeer) {
 	perr := &PeerError{Peer: pp.id, Err: err}
 	for _, f := range wq {
 		f.err = perr
-		close(f.done)
+		close(f.doneCh)
 	}
 	if pp.inFrame {
 		if pp.w != nil {

@@ -328,7 +328,8 @@ type tcpTransport struct {
 	peers      []*tcpPeer
 	in         *inbox
 	maxPayload uint64
-	eng        *progressEngine // nil unless TCPConfig.ProgressEngine
+	eng        *progressEngine                                       // nil unless TCPConfig.ProgressEngine
+	engAwait   func(ctx context.Context, done <-chan struct{}) error // eng.await, bound once (a method value allocates)
 	closeOnce  sync.Once
 }
 
@@ -357,6 +358,7 @@ func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) (*tcpTransport, error)
 			return nil, err
 		}
 		t.eng = eng
+		t.engAwait = eng.await
 		return t, nil
 	}
 	for p, pc := range t.peers {
@@ -472,9 +474,7 @@ func (t *tcpTransport) Post(p int, want Header, dst []byte) Pending {
 		return failedPending{err}
 	}
 	pd := t.in.post(p, want, dst)
-	if t.eng != nil {
-		pd.await = t.eng.await
-	}
+	pd.await = t.engAwait
 	return pd
 }
 

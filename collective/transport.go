@@ -184,7 +184,7 @@ type inbox struct {
 	mu      sync.Mutex
 	waiting map[mkey]*waiter
 	arrived map[mkey]arrival
-	sigs    map[pkey]*psig
+	sigs    map[pkey]psig
 	aborted map[opKey]error
 	peerErr map[int]error
 	closed  error
@@ -197,7 +197,7 @@ func newInbox() *inbox {
 	return &inbox{
 		waiting: make(map[mkey]*waiter),
 		arrived: make(map[mkey]arrival),
-		sigs:    make(map[pkey]*psig),
+		sigs:    make(map[pkey]psig),
 		aborted: make(map[opKey]error),
 		peerErr: make(map[int]error),
 	}
@@ -216,19 +216,22 @@ func checkFrame(peer int, want, got Header, dstLen int) error {
 
 func (b *inbox) sigAdd(k mkey, h Header) {
 	pk := prefix(k)
-	if s := b.sigs[pk]; s != nil {
+	if s, ok := b.sigs[pk]; ok {
 		s.n++
+		b.sigs[pk] = s
 		return
 	}
-	b.sigs[pk] = &psig{h: h, n: 1}
+	b.sigs[pk] = psig{h: h, n: 1}
 }
 
 func (b *inbox) sigDel(k mkey) {
 	pk := prefix(k)
-	if s := b.sigs[pk]; s != nil {
+	if s, ok := b.sigs[pk]; ok {
 		s.n--
 		if s.n <= 0 {
 			delete(b.sigs, pk)
+		} else {
+			b.sigs[pk] = s
 		}
 	}
 }
@@ -248,7 +251,8 @@ func (w *waiter) complete(err error) {
 type pending struct {
 	b    *inbox
 	key  mkey
-	w    *waiter // nil when the result was known at post time
+	w    *waiter // nil when the result was known at post time; else &ws
+	ws   waiter  // one allocation for both
 	h    Header
 	err  error
 	want Op
@@ -283,7 +287,7 @@ func (b *inbox) post(peer int, want Header, dst []byte) *pending {
 		putBuf(a.payload)
 		return p
 	}
-	if s := b.sigs[prefix(key)]; s != nil && s.h.Op != want.Op {
+	if s, ok := b.sigs[prefix(key)]; ok && s.h.Op != want.Op {
 		b.mu.Unlock()
 		w := want
 		w.Len = uint64(len(dst))
@@ -300,7 +304,8 @@ func (b *inbox) post(peer int, want Header, dst []byte) *pending {
 		p.err = fmt.Errorf("second receive posted for %v from rank %d", want.Tag, peer)
 		return p
 	}
-	p.w = &waiter{peer: peer, want: want, dst: dst, done: make(chan struct{})}
+	p.ws = waiter{peer: peer, want: want, dst: dst, done: make(chan struct{})}
+	p.w = &p.ws
 	b.putW(key, p.w)
 	b.mu.Unlock()
 	return p
@@ -364,8 +369,8 @@ func (b *inbox) recv(ctx context.Context, peer int, want Header, dst []byte) (He
 // mismatch fails the waiters of h's operation with peer when h belongs to
 // another collective; it reports whether it did. Callers hold mu.
 func (b *inbox) mismatch(peer int, h Header) bool {
-	s := b.sigs[pkey{peer, h.Tag.Group, h.Tag.Seq}]
-	if s == nil || s.h.Op == h.Op {
+	s, ok := b.sigs[pkey{peer, h.Tag.Group, h.Tag.Seq}]
+	if !ok || s.h.Op == h.Op {
 		return false
 	}
 	for key, w := range b.waiting {
@@ -529,7 +534,7 @@ func (b *inbox) close(err error) {
 		}
 	}
 	b.arrived = make(map[mkey]arrival)
-	b.sigs = make(map[pkey]*psig)
+	b.sigs = make(map[pkey]psig)
 }
 
 // failedPending is a receive that failed before it was posted.
