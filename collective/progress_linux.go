@@ -75,7 +75,11 @@ type enginePeer struct {
 	off     int     // bytes of dst filled
 	w       *waiter // claimed receive being filled, or nil
 	abort   bool    // dst holds an abort reason
-	iov     []unix.Iovec
+	// headerFirst: the last payload from this peer was long, so the next
+	// header is read alone and its payload straight into place, instead
+	// of both into the stage and the payload copied out.
+	headerFirst bool
+	iov         []unix.Iovec
 	// What the last poll(2) reported: bytes (or an error) to read, room to
 	// write.
 	readable, writable bool

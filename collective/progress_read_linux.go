@@ -60,6 +60,9 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 				pp.rs = 0
 			}
 			buf = pp.stage[pp.re:]
+			if !pp.inFrame && pp.headerFirst {
+				buf = buf[:HeaderSize-(pp.re-pp.rs)]
+			}
 		}
 		buf = buf[:min(len(buf), budget)]
 		n, err := rawRead(pp.fd, buf)
@@ -103,6 +106,7 @@ func (e *progressEngine) startFrame(pp *enginePeer) bool {
 	}
 	pp.rs += HeaderSize
 	pp.h, pp.inFrame, pp.off, pp.w, pp.abort = h, true, 0, nil, false
+	pp.headerFirst = h.Len >= stageBytes/2
 	switch {
 	case h.Op == OpAbort:
 		pp.dst, pp.abort = make([]byte, h.Len), true

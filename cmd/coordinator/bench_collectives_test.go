@@ -19,7 +19,9 @@ func TestResolveSpin(t *testing.T) {
 		wantErrSubstring       string
 	}{
 		{spin: "auto", yield: "auto", engine: true, wantSpin: autoSpin, wantYield: false},
-		{spin: "auto", yield: "auto", engine: true, oversubscribed: true, wantSpin: autoSpin, wantYield: true},
+		{spin: "auto", yield: "auto", engine: true, oversubscribed: true, wantSpin: autoSpinYield, wantYield: true},
+		{spin: "auto", yield: "true", engine: true, wantSpin: autoSpinYield, wantYield: true},
+		{spin: "auto", yield: "false", engine: true, oversubscribed: true, wantSpin: autoSpin, wantYield: false},
 		{spin: "0", yield: "auto", engine: true, wantSpin: 0, wantYield: false},
 		{spin: "50us", yield: "true", engine: true, wantSpin: 50 * time.Microsecond, wantYield: true},
 		{spin: " 1ms ", yield: "false", engine: true, oversubscribed: true, wantSpin: time.Millisecond, wantYield: false},
