@@ -284,14 +284,18 @@ const a2aInlineBytes = 256 << 10
 // mismatches are named); otherwise the header carries the op's total.
 func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []float32, rc []int, perMessage bool) error {
 	n, r := len(o.c.ranks), o.c.rank
-	soff := make([]int, n+1)
-	roff := make([]int, n+1)
+	// Send and receive offsets in one allocation.
+	off := make([]int, 2*(n+1))
+	soff, roff := off[:n+1], off[n+1:]
 	for i := range n {
 		soff[i+1] = soff[i] + sc[i]
 		roff[i+1] = roff[i] + rc[i]
 	}
 	if sc[r] != rc[r] {
 		return fmt.Errorf("this rank sends itself %d elements but expects %d", sc[r], rc[r])
+	}
+	if ss := asyncSender(o.c.t); ss != nil && n > 1 {
+		return allToAllVQueued(ctx, o, ss, send, sc, soff, recv, rc, roff, perMessage)
 	}
 	self := func() { copy(recv[roff[r]:roff[r+1]], send[soff[r]:soff[r+1]]) }
 	if n == 1 {
@@ -307,7 +311,6 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 		}
 		pend[p] = o.c.t.Post(o.c.ranks[p], want, f32bytes(recv[roff[p]:roff[p+1]]))
 	}
-	opCtx := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sendErrs := make([]error, n)
@@ -322,19 +325,7 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 		}
 	}
 	var wg sync.WaitGroup
-	var sent []Pending
-	if ss := asyncSender(o.c.t); ss != nil {
-		// Queued: this goroutine moves every frame while it waits.
-		sent = make([]Pending, n)
-		for s := 1; s < n; s++ {
-			p := mod(r+s, n)
-			h := o.header(0)
-			if perMessage {
-				h.Count = uint64(sc[p])
-			}
-			sent[p] = ss.startSend(o.c.ranks[p], h, f32bytes(send[soff[p]:soff[p+1]]))
-		}
-	} else if 4*(len(send)-sc[r]) <= a2aInlineBytes {
+	if 4*(len(send)-sc[r]) <= a2aInlineBytes {
 		// Small: the socket buffers take it all at once, in order.
 		for s := 1; s < n; s++ {
 			sendTo(mod(r+s, n))
@@ -351,11 +342,8 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 			}()
 		}
 	}
-	// This rank's own block is copied while the peers' blocks are in flight
-	// (with queued sends, in pieces between which the sockets are served).
-	inPieces(asyncSender(o.c.t), sc[r], func(lo, hi int) {
-		copy(recv[roff[r]+lo:roff[r]+hi], send[soff[r]+lo:soff[r]+hi])
-	})
+	// This rank's own block is copied while the peers' blocks are in flight.
+	self()
 	var first error
 	for s := 1; s < n; s++ {
 		p := mod(r-s, n)
@@ -369,21 +357,71 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 		}
 	}
 	wg.Wait()
-	for p, pd := range sent {
-		if pd == nil {
-			continue
-		}
-		// Under the operation's deadline, not ctx: withdrawing a frame half
-		// written after another failure would cut a healthy link.
-		if _, err := pd.Wait(opCtx); err != nil {
-			sendErrs[p] = fmt.Errorf("send to rank %d: %w", o.c.ranks[p], err)
-		}
-	}
 	// Prefer the root cause over the cancellations it caused.
 	for _, err := range sendErrs {
 		if err != nil && (first == nil || (isCtxErr(first) && !isCtxErr(err))) {
 			first = err
 		}
+	}
+	return first
+}
+
+// allToAllVQueued is allToAllV over a transport with queued sends: this
+// goroutine moves every frame while it waits, and nothing is allocated per
+// peer but the frames and receives themselves.
+func allToAllVQueued(ctx context.Context, o *opRun, ss sendStarter, send []float32, sc, soff []int, recv []float32, rc, roff []int, perMessage bool) error {
+	n, r := len(o.c.ranks), o.c.rank
+	pend := make([]Pending, 2*n) // receives by source, then sends by destination
+	recvs, sends := pend[:n], pend[n:]
+	for s := 1; s < n; s++ {
+		p := mod(r-s, n)
+		want := o.header(0)
+		if perMessage {
+			want.Count = uint64(rc[p])
+		}
+		recvs[p] = o.c.t.Post(o.c.ranks[p], want, f32bytes(recv[roff[p]:roff[p+1]]))
+	}
+	for s := 1; s < n; s++ {
+		p := mod(r+s, n)
+		h := o.header(0)
+		if perMessage {
+			h.Count = uint64(sc[p])
+		}
+		sends[p] = ss.startSend(o.c.ranks[p], h, f32bytes(send[soff[p]:soff[p+1]]))
+	}
+	// This rank's own block is copied while the peers' blocks are in flight,
+	// in pieces between which the sockets are served.
+	self, selfOut := send[soff[r]:soff[r+1]], recv[roff[r]:roff[r+1]]
+	for lo := 0; lo < len(self); lo += progressEvery {
+		if lo > 0 {
+			ss.progress()
+		}
+		hi := min(lo+progressEvery, len(self))
+		copy(selfOut[lo:hi], self[lo:hi])
+	}
+	var first error
+	for s := 1; s < n; s++ {
+		p := mod(r-s, n)
+		if first != nil {
+			o.withdraw(recvs[p])
+			continue
+		}
+		if _, err := recvs[p].Wait(ctx); err != nil {
+			first = fmt.Errorf("receive from rank %d: %w", o.c.ranks[p], err)
+		}
+	}
+	var sendErr error
+	for s := 1; s < n; s++ {
+		p := mod(r+s, n)
+		// Under ctx even after a failed receive: ctx is the operation's own,
+		// and a frame withdrawn half written would cut a healthy link.
+		if _, err := sends[p].Wait(ctx); err != nil && sendErr == nil {
+			sendErr = fmt.Errorf("send to rank %d: %w", o.c.ranks[p], err)
+		}
+	}
+	// Prefer the root cause over the cancellations it caused.
+	if sendErr != nil && (first == nil || (isCtxErr(first) && !isCtxErr(sendErr))) {
+		first = sendErr
 	}
 	return first
 }

@@ -202,10 +202,10 @@ func (f *outFrame) done() bool {
 	}
 }
 
-// startSend queues a frame for peer p and returns at once; parts must not
+// startSend queues a frame for peer p and returns at once; payload must not
 // change until the returned Pending's Wait has returned.
-func (e *progressEngine) startSend(p int, h Header, parts [][]byte) Pending {
-	f, err := e.queue(p, h, parts)
+func (e *progressEngine) startSend(p int, h Header, payload []byte) Pending {
+	f, err := e.queue(p, h, [][]byte{payload})
 	if err != nil {
 		return failedPending{err}
 	}
@@ -521,7 +521,11 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 		}
 		if len(f.parts) == 0 {
 			pp.mu.Lock()
-			pp.wq = pp.wq[1:]
+			// Shift rather than reslice, so that the queue keeps its
+			// capacity and appending to it does not allocate.
+			n := copy(pp.wq, pp.wq[1:])
+			pp.wq[n] = nil
+			pp.wq = pp.wq[:n]
 			pp.queued.Add(-1)
 			pp.mu.Unlock()
 			close(f.doneCh)

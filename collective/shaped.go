@@ -99,12 +99,12 @@ func (s *shapedTransport) Send(ctx context.Context, peer int, h Header, parts ..
 // shaped send goes out at once like any other (the receiver holds it).
 func (s *shapedTransport) asyncSends() bool { return asyncSender(s.inner) != nil }
 
-func (s *shapedTransport) startSend(peer int, h Header, parts ...[]byte) Pending {
+func (s *shapedTransport) startSend(peer int, h Header, payload []byte) Pending {
 	if peer < 0 || peer >= len(s.out) || s.out[peer] == nil {
 		return failedPending{fmt.Errorf("send to rank %d: not a peer of rank %d in a world of %d", peer, s.Rank(), len(s.out))}
 	}
-	h.Time = s.out[peer].reserve(frameSize(parts)).UnixNano()
-	return asyncSender(s.inner).startSend(peer, h, parts...)
+	h.Time = s.out[peer].reserve(HeaderSize + len(payload)).UnixNano()
+	return asyncSender(s.inner).startSend(peer, h, payload)
 }
 
 func (s *shapedTransport) progress() {

@@ -449,14 +449,14 @@ func (t *tcpTransport) asyncSends() bool { return t.eng != nil }
 func (t *tcpTransport) progress() { t.eng.poke() }
 
 // startSend implements sendStarter with the progress engine.
-func (t *tcpTransport) startSend(p int, h Header, parts ...[]byte) Pending {
+func (t *tcpTransport) startSend(p int, h Header, payload []byte) Pending {
 	if _, err := t.peer(p); err != nil {
 		return failedPending{err}
 	}
 	if err := t.in.peerFailed(p); err != nil {
 		return failedPending{err}
 	}
-	return t.eng.startSend(p, h, parts)
+	return t.eng.startSend(p, h, payload)
 }
 
 func (t *tcpTransport) Recv(ctx context.Context, p int, want Header, dst []byte) (Header, error) {

@@ -49,9 +49,11 @@ type sendStarter interface {
 	// the transport's configuration).
 	asyncSends() bool
 	// startSend queues the frame and returns at once. Wait on the Pending
-	// returns once the frame is written or has failed; parts must not
-	// change before. Every such Pending must be waited on.
-	startSend(peer int, h Header, parts ...[]byte) Pending
+	// returns once the frame is written or has failed; payload must not
+	// change before. Every such Pending must be waited on. (One payload,
+	// not variadic parts: a variadic slice passed through an interface
+	// method is a heap allocation per frame.)
+	startSend(peer int, h Header, payload []byte) Pending
 	// progress moves bytes once without blocking, if nobody else is: called
 	// between pieces of computation, it keeps sockets busy meanwhile.
 	progress()
