@@ -187,9 +187,9 @@ func startWorkers(cfg LaunchConfig, addr, token string) ([]*proc, error) {
 		p.cmd = cfg.WorkerCmd("--join", addr, "--threads", strconv.Itoa(cfg.Threads), "--log-file", p.log, "--host", "localhost")
 		p.cmd.Env = append(os.Environ(), TokenEnv+"="+token)
 		p.cmd.Stdout, p.cmd.Stderr = out, out
-		// One process group for all workers (signalled together); each dies
-		// with this process even if it is SIGKILLed.
-		p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: pgid, Pdeathsig: syscall.SIGKILL}
+		// One process group for all workers (signalled together); on Linux
+		// each dies with this process even if it is SIGKILLed.
+		p.cmd.SysProcAttr = workerProcAttr(pgid)
 		if err := p.cmd.Start(); err != nil {
 			out.Close()
 			return procs, fmt.Errorf("start worker %d (%s): %w", i, p.cmd.Path, err)

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e runs the coordinator and worker binaries as separate processes:
 // local launch, a worker killed mid-job, refusals, and a network-namespace
 // cluster. The binaries are built once per run in TestMain.
