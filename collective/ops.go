@@ -344,18 +344,7 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 	}
 	// This rank's own block is copied while the peers' blocks are in flight.
 	self()
-	var first error
-	for s := 1; s < n; s++ {
-		p := mod(r-s, n)
-		if first != nil {
-			o.withdraw(pend[p])
-			continue
-		}
-		if _, err := pend[p].Wait(ctx); err != nil {
-			first = fmt.Errorf("receive from rank %d: %w", o.c.ranks[p], err)
-			cancel()
-		}
-	}
+	first := awaitReceives(ctx, o, pend, cancel)
 	wg.Wait()
 	// Prefer the root cause over the cancellations it caused.
 	for _, err := range sendErrs {
@@ -399,17 +388,7 @@ func allToAllVQueued(ctx context.Context, o *opRun, ss sendStarter, send []float
 		hi := min(lo+progressEvery, len(self))
 		copy(selfOut[lo:hi], self[lo:hi])
 	}
-	var first error
-	for s := 1; s < n; s++ {
-		p := mod(r-s, n)
-		if first != nil {
-			o.withdraw(recvs[p])
-			continue
-		}
-		if _, err := recvs[p].Wait(ctx); err != nil {
-			first = fmt.Errorf("receive from rank %d: %w", o.c.ranks[p], err)
-		}
-	}
+	first := awaitReceives(ctx, o, recvs, nil)
 	var sendErr error
 	for s := 1; s < n; s++ {
 		p := mod(r+s, n)
@@ -422,6 +401,29 @@ func allToAllVQueued(ctx context.Context, o *opRun, ss sendStarter, send []float
 	// Prefer the root cause over the cancellations it caused.
 	if sendErr != nil && (first == nil || (isCtxErr(first) && !isCtxErr(sendErr))) {
 		first = sendErr
+	}
+	return first
+}
+
+// awaitReceives waits for an all-to-all's receives (recvs by source, this
+// rank's own entry unused), nearest source first. After the first failure
+// it calls onFail (if not nil) and withdraws the rest; it returns that
+// failure.
+func awaitReceives(ctx context.Context, o *opRun, recvs []Pending, onFail context.CancelFunc) error {
+	n, r := len(o.c.ranks), o.c.rank
+	var first error
+	for s := 1; s < n; s++ {
+		p := mod(r-s, n)
+		if first != nil {
+			o.withdraw(recvs[p])
+			continue
+		}
+		if _, err := recvs[p].Wait(ctx); err != nil {
+			first = fmt.Errorf("receive from rank %d: %w", o.c.ranks[p], err)
+			if onFail != nil {
+				onFail()
+			}
+		}
 	}
 	return first
 }
