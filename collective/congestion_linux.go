@@ -49,3 +49,29 @@ func congestionOf(c syscall.RawConn) (string, error) {
 	}
 	return strings.TrimRight(name, "\x00"), err
 }
+
+// CheckCongestion reports whether choice (TCPConfig.Congestion's syntax)
+// names a congestion control this process may use, by trying it on a
+// socket that is never connected: callers can refuse a bad flag before
+// they start anything.
+func CheckCongestion(choice string) error {
+	names, err := congestionNames(choice)
+	if err != nil || names == nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("TCP congestion control: probe socket: %w", err)
+	}
+	defer unix.Close(fd)
+	var errs []string
+	for _, name := range names {
+		err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Sprintf("%s: %v", name, err))
+	}
+	return fmt.Errorf("TCP congestion control %q: none accepted (%s; see /proc/sys/net/ipv4/tcp_allowed_congestion_control)",
+		choice, strings.Join(errs, "; "))
+}

@@ -146,3 +146,16 @@ func TestTCPCongestion(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckCongestion(t *testing.T) {
+	for _, ok := range []string{"", CongestionSystem, "reno", "nosuch-cc,reno"} {
+		if err := CheckCongestion(ok); err != nil {
+			t.Errorf("CheckCongestion(%q) = %v, want nil", ok, err)
+		}
+	}
+	for bad, want := range map[string]string{"nosuch-cc": "nosuch-cc", "reno,,cubic": "bad name", "a-name-longer-than-fifteen": "bad name"} {
+		if err := CheckCongestion(bad); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("CheckCongestion(%q) = %v, want an error containing %q", bad, err, want)
+		}
+	}
+}

@@ -20,3 +20,6 @@ func setCongestion(_ syscall.RawConn, choice string) error {
 func congestionOf(syscall.RawConn) (string, error) {
 	return "", errors.New("collective: TCP_CONGESTION needs Linux")
 }
+
+// CheckCongestion reports whether choice may be used here (see setCongestion).
+func CheckCongestion(choice string) error { return setCongestion(nil, choice) }

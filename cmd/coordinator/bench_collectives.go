@@ -87,6 +87,9 @@ func (f *benchCollectivesFlags) validate() (sizes []int, ops []string, bw float6
 	if f.transport != "tcp" && f.transport != "inproc" {
 		return nil, nil, 0, fmt.Errorf("--transport %q: want tcp or inproc", f.transport)
 	}
+	if err := collective.CheckCongestion(f.congestion); err != nil {
+		return nil, nil, 0, fmt.Errorf("--tcp-congestion: %w", err)
+	}
 	for _, s := range strings.Split(f.sizes, ",") {
 		b, err := parseBytes(strings.TrimSpace(s))
 		if err != nil {
