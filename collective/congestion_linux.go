@@ -17,37 +17,10 @@ func setCongestion(c syscall.RawConn, choice string) error {
 	if err != nil || names == nil {
 		return err
 	}
-	var errs []string
-	set := false
-	if cerr := c.Control(func(fd uintptr) {
-		for _, name := range names {
-			err := unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
-			if err == nil {
-				set = true
-				return
-			}
-			errs = append(errs, fmt.Sprintf("%s: %v", name, err))
-		}
-	}); cerr != nil {
+	if cerr := c.Control(func(fd uintptr) { err = chooseCongestion(int(fd), choice, names) }); cerr != nil {
 		return fmt.Errorf("TCP congestion control: %w", cerr)
 	}
-	if !set {
-		return fmt.Errorf("TCP congestion control %q: none accepted (%s; see /proc/sys/net/ipv4/tcp_allowed_congestion_control)",
-			choice, strings.Join(errs, "; "))
-	}
-	return nil
-}
-
-// congestionOf reports the congestion control of the socket behind c.
-func congestionOf(c syscall.RawConn) (string, error) {
-	var name string
-	var err error
-	if cerr := c.Control(func(fd uintptr) {
-		name, err = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
-	}); cerr != nil {
-		return "", cerr
-	}
-	return strings.TrimRight(name, "\x00"), err
+	return err
 }
 
 // CheckCongestion reports whether choice (TCPConfig.Congestion's syntax)
@@ -64,6 +37,11 @@ func CheckCongestion(choice string) error {
 		return fmt.Errorf("TCP congestion control: probe socket: %w", err)
 	}
 	defer unix.Close(fd)
+	return chooseCongestion(fd, choice, names)
+}
+
+// chooseCongestion sets the first of names that the kernel accepts on fd.
+func chooseCongestion(fd int, choice string, names []string) error {
 	var errs []string
 	for _, name := range names {
 		err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
@@ -74,4 +52,16 @@ func CheckCongestion(choice string) error {
 	}
 	return fmt.Errorf("TCP congestion control %q: none accepted (%s; see /proc/sys/net/ipv4/tcp_allowed_congestion_control)",
 		choice, strings.Join(errs, "; "))
+}
+
+// congestionOf reports the congestion control of the socket behind c.
+func congestionOf(c syscall.RawConn) (string, error) {
+	var name string
+	var err error
+	if cerr := c.Control(func(fd uintptr) {
+		name, err = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+	}); cerr != nil {
+		return "", cerr
+	}
+	return strings.TrimRight(name, "\x00"), err
 }
