@@ -92,8 +92,11 @@ type AgentConfig struct {
 	Log         zerolog.Logger
 	// Runner runs the job; nil = RunMesh.
 	Runner Runner
-	// NewDataPlane binds the data plane on ip; nil = TCP (collective.Listen).
+	// NewDataPlane binds the data plane on ip; nil = TCP with TCPCongestion.
 	NewDataPlane func(ip string) (DataPlane, error)
+	// TCPCongestion is the TCP data plane's congestion control
+	// (collective.TCPConfig.Congestion's syntax; "" = its default).
+	TCPCongestion string
 }
 
 // ExitAborted is the exit status of a worker process (`worker --join`,
@@ -153,7 +156,8 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 		cfg.Runner = RunMesh
 	}
 	if cfg.NewDataPlane == nil {
-		cfg.NewDataPlane = NewTCPDataPlane
+		cc := cfg.TCPCongestion
+		cfg.NewDataPlane = func(ip string) (DataPlane, error) { return NewTCPDataPlaneCongestion(ip, cc) }
 	}
 	ip := cfg.BindIP
 	if ip == "" {

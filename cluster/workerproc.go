@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/moetrain/moetrain/collective"
 )
 
 // WorkerOptions are the flags of `worker --join`.
@@ -21,6 +23,9 @@ type WorkerOptions struct {
 	Verbose     bool
 	JoinTimeout time.Duration
 	Membership  MembershipConfig
+	// TCPCongestion is the data plane's TCP congestion control
+	// (collective.TCPConfig.Congestion's syntax; "" = its default).
+	TCPCongestion string
 }
 
 // RunWorkerProcess is the body of a worker process: logs, then RunAgent.
@@ -35,6 +40,9 @@ func RunWorkerProcess(ctx context.Context, o WorkerOptions) error {
 	if o.Threads < 0 {
 		return fmt.Errorf("--threads %d: must be ≥ 0 (0 = all cores)", o.Threads)
 	}
+	if err := collective.CheckCongestion(o.TCPCongestion); err != nil {
+		return fmt.Errorf("--tcp-congestion: %w", err)
+	}
 	lvl := zerolog.InfoLevel
 	if o.Verbose {
 		lvl = zerolog.DebugLevel
@@ -46,6 +54,6 @@ func RunWorkerProcess(ctx context.Context, o WorkerOptions) error {
 	defer closer.Close()
 	return RunAgent(ctx, AgentConfig{
 		Coordinator: o.Join, Token: o.Token, Host: o.Host, BindIP: o.BindIP, Cores: o.Threads,
-		JoinTimeout: o.JoinTimeout, Membership: o.Membership, Log: lg,
+		JoinTimeout: o.JoinTimeout, Membership: o.Membership, Log: lg, TCPCongestion: o.TCPCongestion,
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/collective"
 )
 
 var joinOpts cluster.WorkerOptions
@@ -26,6 +27,7 @@ func init() {
 	f.StringVar(&joinOpts.LogFile, "log-file", "", "write JSON log lines to this file")
 	f.BoolVarP(&joinOpts.Verbose, "verbose", "v", false, "debug output on the console")
 	f.DurationVar(&joinOpts.JoinTimeout, "join-timeout", 30*time.Second, "how long to retry while the coordinator is not reachable")
+	f.StringVar(&joinOpts.TCPCongestion, "tcp-congestion", "", "TCP congestion control of the data plane: a comma-separated list of kernel names, the first accepted wins, or "+collective.CongestionSystem+" for the system's (default "+collective.DefaultCongestion+")")
 	rootCmd.Long = rootCmd.Short + `
 
 With --join ADDR the worker joins a coordinator (coordinator serve), receives its rank and the
