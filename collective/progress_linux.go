@@ -317,7 +317,8 @@ func (e *progressEngine) poke() {
 // on each that mostly returns EAGAIN.
 func (e *progressEngine) pass(ctx context.Context) bool {
 	if e.pollFirst {
-		return e.wait(ctx, 0) && e.step(true)
+		e.wait(ctx, 0)
+		return e.step(true) // also serves what is already staged
 	}
 	return e.step(false)
 }
@@ -382,7 +383,10 @@ func (e *progressEngine) step(onlyReady bool) bool {
 		if pp.queued.Load() > 0 && (!onlyReady || pp.writable) && e.write(pp) {
 			moved = true
 		}
-		if (!onlyReady || pp.readable) && e.read(pp) {
+		// Bytes already in the stage (a pass that stopped at readBudget)
+		// may hold whole frames: read serves those before the socket,
+		// which may have nothing more to say.
+		if (!onlyReady || pp.readable || pp.re > pp.rs) && e.read(pp) {
 			moved = true
 		}
 	}

@@ -331,3 +331,46 @@ func FuzzEngineStream(f *testing.F) {
 		}
 	})
 }
+
+// TestTCPEngineStagedFramesAtBudget: a pass that stops at readBudget may
+// leave whole frames read into the stage with nothing more on the socket.
+// A driver that polls first (ranks sharing cores) must still deliver them,
+// not wait for bytes that will never come.
+func TestTCPEngineStagedFramesAtBudget(t *testing.T) {
+	const payload = 8192 - HeaderSize // frames of 8 KiB: 4 per stage read
+	const frames = readBudget / (HeaderSize + payload)
+	ts, errs := dialTestMesh(t, 2, 5*time.Second, func(rank int, addrs []string) TCPConfig {
+		return TCPConfig{Rank: rank, Addrs: addrs, Token: "engine", SpinWait: time.Millisecond, SpinYield: true,
+			ProgressEngine: true, SocketBuffer: 4 << 20}
+	})
+	mustAll(t, errs)
+	t.Cleanup(func() { closeAllT(ts) })
+	if !ts[0].(*tcpTransport).eng.pollFirst {
+		t.Fatal("the receiving engine does not poll first; the test would not cover that path")
+	}
+	hdr := func(i int) Header {
+		return Header{Op: OpSendRecv, Tag: Tag{Group: 1, Seq: uint64(i)}, Count: payload / 4}
+	}
+	ctx := testCtx(t, 5*time.Second)
+	// Exactly readBudget bytes, all in the receiver's socket before it reads.
+	for i := range frames {
+		b := make([]byte, payload)
+		b[0], b[payload-1] = byte(i), byte(i+1)
+		if err := ts[1].Send(ctx, 0, hdr(i), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	for i := range frames {
+		b := make([]byte, payload)
+		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := ts[0].Recv(rctx, 1, hdr(i), b)
+		cancel()
+		if err != nil {
+			t.Fatalf("frame %d of %d: %v", i, frames, err)
+		}
+		if b[0] != byte(i) || b[payload-1] != byte(i+1) {
+			t.Fatalf("frame %d: payload ends %d, %d; want %d, %d", i, b[0], b[payload-1], byte(i), byte(i+1))
+		}
+	}
+}
