@@ -303,22 +303,12 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 		return nil
 	}
 	pend := make([]Pending, n)
-	for s := 1; s < n; s++ {
-		p := mod(r-s, n)
-		want := o.header(0)
-		if perMessage {
-			want.Count = uint64(rc[p])
-		}
-		pend[p] = o.c.t.Post(o.c.ranks[p], want, f32bytes(recv[roff[p]:roff[p+1]]))
-	}
+	postReceives(o, pend, recv, rc, roff, perMessage)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sendErrs := make([]error, n)
 	sendTo := func(p int) {
-		h := o.header(0)
-		if perMessage {
-			h.Count = uint64(sc[p])
-		}
+		h := a2aHeader(o, sc[p], perMessage)
 		if err := o.c.t.Send(ctx, o.c.ranks[p], h, f32bytes(send[soff[p]:soff[p+1]])); err != nil {
 			sendErrs[p] = fmt.Errorf("send to rank %d: %w", o.c.ranks[p], err)
 			cancel()
@@ -346,11 +336,8 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 	self()
 	first := awaitReceives(ctx, o, pend, cancel)
 	wg.Wait()
-	// Prefer the root cause over the cancellations it caused.
 	for _, err := range sendErrs {
-		if err != nil && (first == nil || (isCtxErr(first) && !isCtxErr(err))) {
-			first = err
-		}
+		first = rootCause(first, err)
 	}
 	return first
 }
@@ -362,32 +349,15 @@ func allToAllVQueued(ctx context.Context, o *opRun, ss sendStarter, send []float
 	n, r := len(o.c.ranks), o.c.rank
 	pend := make([]Pending, 2*n) // receives by source, then sends by destination
 	recvs, sends := pend[:n], pend[n:]
-	for s := 1; s < n; s++ {
-		p := mod(r-s, n)
-		want := o.header(0)
-		if perMessage {
-			want.Count = uint64(rc[p])
-		}
-		recvs[p] = o.c.t.Post(o.c.ranks[p], want, f32bytes(recv[roff[p]:roff[p+1]]))
-	}
+	postReceives(o, recvs, recv, rc, roff, perMessage)
 	for s := 1; s < n; s++ {
 		p := mod(r+s, n)
-		h := o.header(0)
-		if perMessage {
-			h.Count = uint64(sc[p])
-		}
-		sends[p] = ss.startSend(o.c.ranks[p], h, f32bytes(send[soff[p]:soff[p+1]]))
+		sends[p] = ss.startSend(o.c.ranks[p], a2aHeader(o, sc[p], perMessage), f32bytes(send[soff[p]:soff[p+1]]))
 	}
 	// This rank's own block is copied while the peers' blocks are in flight,
 	// in pieces between which the sockets are served.
 	self, selfOut := send[soff[r]:soff[r+1]], recv[roff[r]:roff[r+1]]
-	for lo := 0; lo < len(self); lo += progressEvery {
-		if lo > 0 {
-			ss.progress()
-		}
-		hi := min(lo+progressEvery, len(self))
-		copy(selfOut[lo:hi], self[lo:hi])
-	}
+	inPieces(ss, len(self), func(lo, hi int) { copy(selfOut[lo:hi], self[lo:hi]) })
 	first := awaitReceives(ctx, o, recvs, nil)
 	var sendErr error
 	for s := 1; s < n; s++ {
@@ -398,9 +368,34 @@ func allToAllVQueued(ctx context.Context, o *opRun, ss sendStarter, send []float
 			sendErr = fmt.Errorf("send to rank %d: %w", o.c.ranks[p], err)
 		}
 	}
-	// Prefer the root cause over the cancellations it caused.
-	if sendErr != nil && (first == nil || (isCtxErr(first) && !isCtxErr(sendErr))) {
-		first = sendErr
+	return rootCause(first, sendErr)
+}
+
+// postReceives posts an all-to-all's receives into recvs (by source; this
+// rank's own entry is left alone), each into its block of recv.
+func postReceives(o *opRun, recvs []Pending, recv []float32, rc, roff []int, perMessage bool) {
+	n, r := len(o.c.ranks), o.c.rank
+	for s := 1; s < n; s++ {
+		p := mod(r-s, n)
+		recvs[p] = o.c.t.Post(o.c.ranks[p], a2aHeader(o, rc[p], perMessage), f32bytes(recv[roff[p]:roff[p+1]]))
+	}
+}
+
+// a2aHeader is the header of an all-to-all message of count elements:
+// perMessage puts the count in it, otherwise it carries the op's total.
+func a2aHeader(o *opRun, count int, perMessage bool) Header {
+	h := o.header(0)
+	if perMessage {
+		h.Count = uint64(count)
+	}
+	return h
+}
+
+// rootCause is the error to report of first and a later err: the first,
+// unless it is only the cancellation that err caused.
+func rootCause(first, err error) error {
+	if err != nil && (first == nil || (isCtxErr(first) && !isCtxErr(err))) {
+		return err
 	}
 	return first
 }

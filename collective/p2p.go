@@ -160,9 +160,7 @@ func ringExchange(ctx context.Context, o *opRun, toNext, toPrev, fromPrev, fromN
 		first = fmt.Errorf("send to rank %d: %w", o.c.ranks[next], err)
 	}
 	for range 3 {
-		if err := <-out; err != nil && (first == nil || (isCtxErr(first) && !isCtxErr(err))) {
-			first = err
-		}
+		first = rootCause(first, <-out)
 	}
 	return first
 }

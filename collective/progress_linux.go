@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -254,7 +255,7 @@ func (e *progressEngine) waitFrame(ctx context.Context, p int, f *outFrame) erro
 	if !f.started {
 		for i, q := range pp.wq {
 			if q == f {
-				pp.wq = append(pp.wq[:i], pp.wq[i+1:]...)
+				pp.wq = slices.Delete(pp.wq, i, i+1)
 				pp.queued.Add(-1)
 				break
 			}
@@ -410,13 +411,16 @@ func (e *progressEngine) flush() {
 
 // wait waits in poll(2) for a connection to become readable (or writable,
 // with frames queued) or for the eventfd, for at most timeout (0: only
-// checks) or until ctx's deadline, whichever is first. It reports whether
-// anything is ready (or must be looked at: a failed link, a closed engine).
-func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) bool {
+// checks) or until ctx's deadline, whichever is first. It records in each
+// peer's readable and writable what a pass (step(true)) must serve; when it
+// cannot tell (a failed link, a closed engine, a failed poll, a deadline
+// already past) it marks them all.
+func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) {
 	if dl, ok := ctx.Deadline(); ok && timeout > 0 {
 		timeout = min(timeout, time.Until(dl))
 		if timeout <= 0 {
-			return true
+			e.markAll()
+			return
 		}
 	}
 	if timeout > 0 {
@@ -432,7 +436,8 @@ func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) bool {
 			continue
 		}
 		if pp.isDown.Load() || e.closed.Load() {
-			return true
+			e.markAll()
+			return
 		}
 		ev := int16(unix.POLLIN)
 		if pp.queued.Load() > 0 {
@@ -447,11 +452,16 @@ func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) bool {
 		// Raw: a poll that cannot block only looks (see rawRead).
 		r, _, errno := unix.RawSyscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&e.pfds[0])), uintptr(len(e.pfds)), 0)
 		if errno != 0 {
-			return true
+			e.markAll()
+			return
 		}
 		n = int(r)
 	} else {
-		n, _ = unix.Poll(e.pfds, ms)
+		var err error
+		if n, err = unix.Poll(e.pfds, ms); err != nil {
+			e.markAll()
+			return
+		}
 	}
 	if n > 0 && e.pfds[0].Revents != 0 {
 		var b [8]byte
@@ -466,7 +476,15 @@ func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) bool {
 		pp.readable = ev&^unix.POLLOUT != 0
 		pp.writable = ev&^unix.POLLIN != 0
 	}
-	return n != 0
+}
+
+// markAll has the next pass serve every connection.
+func (e *progressEngine) markAll() {
+	for _, pp := range e.peers {
+		if pp != nil {
+			pp.readable, pp.writable = true, true
+		}
+	}
 }
 
 // write writes up to writeBudget bytes of pp's queued frames.
@@ -527,9 +545,7 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 			pp.mu.Lock()
 			// Shift rather than reslice, so that the queue keeps its
 			// capacity and appending to it does not allocate.
-			n := copy(pp.wq, pp.wq[1:])
-			pp.wq[n] = nil
-			pp.wq = pp.wq[:n]
+			pp.wq = slices.Delete(pp.wq, 0, 1)
 			pp.queued.Add(-1)
 			pp.mu.Unlock()
 			close(f.doneCh)

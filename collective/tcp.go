@@ -51,13 +51,13 @@ type TCPConfig struct {
 }
 
 // DefaultCongestion is the congestion control the mesh asks for unless told
-// otherwise. Not BBR, the default of many distributions: BBR makes the
-// kernel pace every connection with timers of its own (internal pacing),
-// and on links between ranks that share a host's cores that cost 30-60% of
-// collective throughput (a 1 MiB all-reduce over 4 loopback ranks on 2
-// cores: 3.0 ms of CPU per operation under BBR, 1.85 ms under cubic or
-// reno). The choice must be made before a connection exists: BBR turns
-// pacing on when it starts, and a later switch leaves it on.
+// otherwise. Not BBR, the default of many distributions: without an fq
+// qdisc BBR makes the kernel pace every connection with timers of its own
+// (internal pacing), which costs CPU that ranks sharing a host's cores
+// need (a 1 MiB all-reduce over 4 loopback ranks all on one core: 3.0 ms
+// per operation under BBR, 1.85 ms under cubic or reno). The choice must
+// be made before a connection exists: BBR turns pacing on when it starts,
+// and a later switch leaves it on.
 const DefaultCongestion = "cubic,reno"
 
 // CongestionSystem, as TCPConfig.Congestion, keeps the system's default

@@ -159,8 +159,9 @@ const autoSpin = 200 * time.Microsecond
 // autoSpinYield is --spin auto when waiters yield (ranks outnumber cores).
 // A yielding waiter gives its core to whoever else can run, so trying
 // longer costs little, while blocking costs a wake-up that waits for a
-// core: 64 KiB all-to-all at np = 4 on 2 cores took 65-67 µs with 2 ms
-// against 81 µs with 200 µs (OpenMPI, which never blocks: 55-57 µs).
+// core: 64 KiB all-to-all at np = 4 on 2 cores, run directly, took 65-67 µs
+// with 2 ms against 81 µs with 200 µs (in scripts/bench-collectives.sh's
+// interleaved run both read 0.84 of OpenMPI; no cell got worse).
 const autoSpinYield = 2 * time.Millisecond
 
 // resolveSpin reads --spin and --spin-yield, which apply to the progress
@@ -175,17 +176,6 @@ func resolveSpin(spinFlag, yieldFlag string, engine, oversubscribed bool) (time.
 		}
 		return 0, false, nil
 	}
-	spin := time.Duration(-1) // auto: by yield, below
-	if spinFlag != "auto" {
-		d, err := time.ParseDuration(spinFlag)
-		if err != nil {
-			return 0, false, fmt.Errorf("--spin %q: want auto or a duration such as 200us or 0: %w", spinFlag, err)
-		}
-		if d < 0 {
-			return 0, false, fmt.Errorf("--spin %v: must not be negative", d)
-		}
-		spin = d
-	}
 	var yield bool
 	switch yieldFlag {
 	case "auto":
@@ -197,11 +187,18 @@ func resolveSpin(spinFlag, yieldFlag string, engine, oversubscribed bool) (time.
 	default:
 		return 0, false, fmt.Errorf("--spin-yield %q: want auto, true or false", yieldFlag)
 	}
-	if spin < 0 {
-		spin = autoSpin
+	if spinFlag == "auto" {
 		if yield {
-			spin = autoSpinYield
+			return autoSpinYield, true, nil
 		}
+		return autoSpin, false, nil
+	}
+	spin, err := time.ParseDuration(spinFlag)
+	if err != nil {
+		return 0, false, fmt.Errorf("--spin %q: want auto or a duration such as 200us or 0: %w", spinFlag, err)
+	}
+	if spin < 0 {
+		return 0, false, fmt.Errorf("--spin %v: must not be negative", spin)
 	}
 	return spin, yield, nil
 }
