@@ -158,10 +158,7 @@ func (x *segExchange) run(ctx context.Context, o *opRun) error {
 		o.withdraw(x.pend[k])
 	}
 	wg.Wait()
-	if recvErr != nil && (sendErr == nil || !isCtxErr(recvErr)) {
-		return recvErr
-	}
-	return sendErr
+	return rootCause(recvErr, sendErr)
 }
 
 // runQueued is run with queued sends: this goroutine moves every frame while
