@@ -48,21 +48,45 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 		}
 		// Need more bytes: read the rest of a long payload in place,
 		// anything else through the stage.
-		var buf []byte
-		direct := pp.inFrame && len(pp.dst)-pp.off >= stageBytes/2
-		if direct {
-			buf = pp.dst[pp.off:]
-		} else {
-			if pp.rs == pp.re {
-				pp.rs, pp.re = 0, 0
-			} else if pp.rs > 0 && len(pp.stage)-pp.re < HeaderSize {
-				pp.re = copy(pp.stage, pp.stage[pp.rs:pp.re])
-				pp.rs = 0
+		if pp.inFrame && len(pp.dst)-pp.off >= stageBytes/2 {
+			// The stage is empty here (its bytes went to dst above), and
+			// takes the next header in the same call: reading the payload
+			// alone leaves a full read, which says nothing about whether
+			// the socket is drained, and the next read is mostly EAGAIN.
+			a := pp.dst[pp.off:]
+			a = a[:min(len(a), budget)]
+			pp.rs, pp.re = 0, 0
+			n, err := rawReadv2(pp.fd, a, pp.stage[:HeaderSize])
+			if err == unix.EINTR {
+				continue
 			}
-			buf = pp.stage[pp.re:]
-			if !pp.inFrame && pp.headerFirst {
-				buf = buf[:HeaderSize-(pp.re-pp.rs)]
+			if err == unix.EAGAIN {
+				return moved
 			}
+			if err != nil || n == 0 {
+				e.readFailed(pp, err)
+				return true
+			}
+			moved = true
+			budget -= n
+			drained = n < len(a)+HeaderSize
+			got := min(n, len(a))
+			pp.off += got
+			pp.re = n - got // the next header, or more of this payload if the budget cut a
+			if pp.off == len(pp.dst) {
+				e.endFrame(pp)
+			}
+			continue
+		}
+		if pp.rs == pp.re {
+			pp.rs, pp.re = 0, 0
+		} else if pp.rs > 0 && len(pp.stage)-pp.re < HeaderSize {
+			pp.re = copy(pp.stage, pp.stage[pp.rs:pp.re])
+			pp.rs = 0
+		}
+		buf := pp.stage[pp.re:]
+		if !pp.inFrame && pp.headerFirst {
+			buf = buf[:HeaderSize-(pp.re-pp.rs)]
 		}
 		buf = buf[:min(len(buf), budget)]
 		n, err := rawRead(pp.fd, buf)
@@ -73,26 +97,25 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 			return moved
 		}
 		if err != nil || n == 0 {
-			if err == nil {
-				err = errors.New("connection closed by peer")
-			}
-			e.t.linkDown(pp.id, fmt.Errorf("read: %w", err))
-			e.bury(pp)
+			e.readFailed(pp, err)
 			return true
 		}
 		moved = true
 		budget -= n
 		drained = n < len(buf)
-		if direct {
-			pp.off += n
-			if pp.off == len(pp.dst) {
-				e.endFrame(pp)
-			}
-		} else {
-			pp.re += n
-		}
+		pp.re += n
 	}
 	return moved
+}
+
+// readFailed takes pp's link down after a read returned err (nil: the peer
+// closed the connection).
+func (e *progressEngine) readFailed(pp *enginePeer, err error) {
+	if err == nil {
+		err = errors.New("connection closed by peer")
+	}
+	e.t.linkDown(pp.id, fmt.Errorf("read: %w", err))
+	e.bury(pp)
 }
 
 // startFrame decodes the header at the front of the stage and picks where
@@ -160,6 +183,19 @@ func (e *progressEngine) endFrame(pp *enginePeer) {
 // hands the P to another thread, which the caller has to take back.
 func rawRead(fd int, b []byte) (int, error) {
 	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
+}
+
+// rawReadv2 is readv(2) into a then b, raw for the same reason as rawRead.
+func rawReadv2(fd int, a, b []byte) (int, error) {
+	iov := [2]unix.Iovec{
+		{Base: unsafe.SliceData(a), Len: uint64(len(a))},
+		{Base: unsafe.SliceData(b), Len: uint64(len(b))},
+	}
+	r, _, errno := unix.RawSyscall(unix.SYS_READV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), 2)
 	if errno != 0 {
 		return 0, errno
 	}
