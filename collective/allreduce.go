@@ -25,7 +25,7 @@ func (c *Comm) AllReduce(ctx context.Context, buf []float32, op ReduceOp) error 
 		return err
 	}
 	o := c.begin(OpAllReduce, len(buf))
-	return o.run(ctx, func(ctx context.Context) error { return allReduce(ctx, o, buf, op) })
+	return o.run(ctx, func(ctx context.Context) error { return allReduce(ctx, &o, buf, op) })
 }
 
 // AllReduceAsync starts AllReduce; buf must not be touched until Wait returns.
@@ -34,7 +34,7 @@ func (c *Comm) AllReduceAsync(buf []float32, op ReduceOp) *Request {
 		return failedRequest(err)
 	}
 	o := c.begin(OpAllReduce, len(buf))
-	return o.async(func(ctx context.Context) error { return allReduce(ctx, o, buf, op) })
+	return o.async(func(ctx context.Context) error { return allReduce(ctx, &o, buf, op) })
 }
 
 func allReduce(ctx context.Context, o *opRun, buf []float32, op ReduceOp) error {

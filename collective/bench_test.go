@@ -56,7 +56,10 @@ func BenchmarkAllReduceInProc(b *testing.B) {
 	}
 }
 
-func benchTCP(b *testing.B, n int) []Transport {
+// benchTCP builds an n-rank TCP mesh on loopback; engine selects the
+// progress engine (spinning, as the bench command runs it) over reader
+// goroutines.
+func benchTCP(b *testing.B, n int, engine bool) []Transport {
 	lns := make([]net.Listener, n)
 	addrs := make([]string, n)
 	for i := range n {
@@ -74,7 +77,7 @@ func benchTCP(b *testing.B, n int) []Transport {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ts[i], errs[i] = DialMesh(context.Background(), lns[i], TCPConfig{Rank: i, Addrs: addrs, Token: "b"})
+			ts[i], errs[i] = DialMesh(context.Background(), lns[i], TCPConfig{Rank: i, Addrs: addrs, Token: "b", ProgressEngine: engine, SpinWait: spinIf(engine)})
 		}()
 	}
 	wg.Wait()
@@ -92,7 +95,7 @@ func BenchmarkAllReduceTCP(b *testing.B) {
 	for _, n := range []int{2, 4} {
 		for _, size := range []int{4 << 10, 64 << 10, 1 << 20, 16 << 20} {
 			b.Run(fmt.Sprintf("n%d/%dK", n, size>>10), func(b *testing.B) {
-				ts := benchTCP(b, n)
+				ts := benchTCP(b, n, false)
 				defer closeAllT(ts)
 				benchRanks(b, worlds(ts, Config{}), size, allReduceOp)
 			})
@@ -113,21 +116,36 @@ func BenchmarkAddTo(b *testing.B) {
 }
 
 func BenchmarkAllToAllTCP(b *testing.B) {
-	for _, n := range []int{2, 4} {
-		for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
-			b.Run(fmt.Sprintf("n%d/%dK", n, size>>10), func(b *testing.B) {
-				ts := benchTCP(b, n)
-				defer closeAllT(ts)
-				recv := make([][]float32, n)
-				for i := range recv {
-					recv[i] = make([]float32, size/4)
-				}
-				benchRanks(b, worlds(ts, Config{}), size, func(ctx context.Context, c *Comm, buf []float32) error {
-					return c.AllToAll(ctx, buf[:len(buf)/n*n], recv[c.Rank()][:len(buf)/n*n])
-				})
-			})
+	for _, mode := range []string{"readers", "engine"} {
+		for _, n := range []int{2, 4} {
+			for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
+				benchAllToAllTCP(b, mode, n, size)
+			}
 		}
 	}
+}
+
+func benchAllToAllTCP(b *testing.B, mode string, n, size int) {
+	b.Run(fmt.Sprintf("%s/n%d/%dK", mode, n, size>>10), func(b *testing.B) {
+		ts := benchTCP(b, n, mode == "engine")
+		defer closeAllT(ts)
+		recv := make([][]float32, n)
+		for i := range recv {
+			recv[i] = make([]float32, size/4)
+		}
+		benchRanks(b, worlds(ts, Config{}), size, func(ctx context.Context, c *Comm, buf []float32) error {
+			return c.AllToAll(ctx, buf[:len(buf)/n*n], recv[c.Rank()][:len(buf)/n*n])
+		})
+	})
+}
+
+// spinIf is the engine's spin budget in benchmarks: the bench command's
+// default when ranks do not outnumber cores.
+func spinIf(engine bool) time.Duration {
+	if engine {
+		return 200 * time.Microsecond
+	}
+	return 0
 }
 
 // RunBench's correctness pass must find every operation exact on sizes that

@@ -201,12 +201,12 @@ type opRun struct {
 	count uint64
 }
 
-func (c *Comm) begin(op Op, count int) *opRun {
+func (c *Comm) begin(op Op, count int) opRun {
 	c.mu.Lock()
 	c.seq++
 	s := c.seq
 	c.mu.Unlock()
-	return &opRun{c: c, op: op, seq: s, count: uint64(count)}
+	return opRun{c: c, op: op, seq: s, count: uint64(count)}
 }
 
 func (o *opRun) header(step uint32) Header {
@@ -256,6 +256,7 @@ func (o *opRun) fail(err error) error {
 		reason = reason[:maxAbortReason]
 	}
 	h := Header{Op: OpAbort, Tag: Tag{Group: o.c.group, Seq: o.seq}}
+	t := o.c.t // the goroutines must not hold o, which may live on the stack
 	for i, w := range o.c.ranks {
 		if i == o.c.rank {
 			continue
@@ -263,7 +264,7 @@ func (o *opRun) fail(err error) error {
 		go func(w int) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			_ = o.c.t.Send(ctx, w, h, reason)
+			_ = t.Send(ctx, w, h, reason)
 		}(w)
 	}
 	return oe
@@ -272,12 +273,25 @@ func (o *opRun) fail(err error) error {
 // run executes fn synchronously under the caller's context (or the default
 // deadline).
 func (o *opRun) run(ctx context.Context, fn func(ctx context.Context) error) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.c.cfg.Timeout)
-		defer cancel()
+	ctx, cancel := o.deadline(ctx)
+	defer cancel()
+	return o.result(fn(ctx))
+}
+
+// deadline is ctx, or ctx under the communicator's default deadline if it
+// has none; call cancel when the operation is over.
+func (o *opRun) deadline(ctx context.Context) (_ context.Context, cancel context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, noCancel
 	}
-	if err := fn(ctx); err != nil {
+	return context.WithTimeout(ctx, o.c.cfg.Timeout)
+}
+
+func noCancel() {}
+
+// result is the error a synchronous operation returns for err.
+func (o *opRun) result(err error) error {
+	if err != nil {
 		return o.fail(err)
 	}
 	return nil

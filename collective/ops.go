@@ -3,6 +3,7 @@ package collective
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"unsafe"
 )
@@ -40,7 +41,7 @@ func (c *Comm) reduceScatter(send, recv []float32, op ReduceOp) (*opRun, func(co
 		return nil, nil, fmt.Errorf("collective: reducescatter on %s: send has %d elements, want %d blocks of %d", c.name, len(send), n, len(recv))
 	}
 	o := c.begin(OpReduceScatter, len(send))
-	return o, func(ctx context.Context) error {
+	return &o, func(ctx context.Context) error {
 		m := len(recv)
 		if n == 1 {
 			copy(recv, send)
@@ -51,7 +52,7 @@ func (c *Comm) reduceScatter(send, recv []float32, op ReduceOp) (*opRun, func(co
 		if op == Mean {
 			sp.divisor = float32(n)
 		}
-		return runRing(ctx, o, sp)
+		return runRing(ctx, &o, sp)
 	}, nil
 }
 
@@ -80,7 +81,7 @@ func (c *Comm) allGather(send, recv []float32) (*opRun, func(context.Context) er
 		return nil, nil, fmt.Errorf("collective: allgather on %s: recv has %d elements, want %d blocks of %d", c.name, len(recv), n, len(send))
 	}
 	o := c.begin(OpAllGather, len(recv))
-	return o, func(ctx context.Context) error {
+	return &o, func(ctx context.Context) error {
 		m := len(send)
 		mine := recv[c.rank*m : (c.rank+1)*m]
 		if !sameStart(mine, send) {
@@ -91,7 +92,7 @@ func (c *Comm) allGather(send, recv []float32) (*opRun, func(context.Context) er
 		}
 		off, ln := fixedChunks(m, n)
 		sp := &ringSpec{doAG: true, ag: recv, off: off, ln: ln, seg: max(c.cfg.SegmentBytes/4, 16)}
-		return runRing(ctx, o, sp)
+		return runRing(ctx, &o, sp)
 	}, nil
 }
 
@@ -120,7 +121,7 @@ func (c *Comm) broadcast(buf []float32, root int) (*opRun, func(context.Context)
 		return nil, nil, fmt.Errorf("collective: broadcast on %s: root %d outside 0..%d", c.name, root, n-1)
 	}
 	o := c.begin(OpBroadcast, len(buf))
-	return o, func(ctx context.Context) error {
+	return &o, func(ctx context.Context) error {
 		if n == 1 {
 			return nil
 		}
@@ -187,37 +188,52 @@ func (c *Comm) broadcast(buf []float32, root int) (*opRun, func(context.Context)
 // receives member j's block Rank() into block j of recv. send and recv must
 // not overlap.
 func (c *Comm) AllToAll(ctx context.Context, send, recv []float32) error {
-	o, fn, err := c.allToAll(send, recv)
-	if err != nil {
+	if err := c.checkAllToAll(send, recv); err != nil {
 		return err
 	}
-	return o.run(ctx, fn)
+	// Called directly rather than through allToAll's closure: with few
+	// ranks an all-to-all on the progress engine allocates nothing of its
+	// own (the closure and the counts would be its only allocations).
+	var cbuf [stackRanks]int
+	counts := uniformCounts(cbuf[:0], len(c.ranks), len(send))
+	o := c.begin(OpAllToAll, len(send))
+	ctx, cancel := o.deadline(ctx)
+	err := allToAllV(ctx, &o, send, counts, recv, counts, false)
+	cancel()
+	return o.result(err)
 }
 
 // AllToAllAsync starts AllToAll.
 func (c *Comm) AllToAllAsync(send, recv []float32) *Request {
-	o, fn, err := c.allToAll(send, recv)
-	if err != nil {
+	if err := c.checkAllToAll(send, recv); err != nil {
 		return failedRequest(err)
 	}
-	return o.async(fn)
+	counts := uniformCounts(nil, len(c.ranks), len(send))
+	o := c.begin(OpAllToAll, len(send))
+	return o.async(func(ctx context.Context) error {
+		return allToAllV(ctx, &o, send, counts, recv, counts, false)
+	})
 }
 
-func (c *Comm) allToAll(send, recv []float32) (*opRun, func(context.Context) error, error) {
+func (c *Comm) checkAllToAll(send, recv []float32) error {
 	n := len(c.ranks)
 	if len(send) != len(recv) || len(send)%n != 0 {
-		return nil, nil, fmt.Errorf("collective: alltoall on %s: send %d and recv %d elements must be equal and divisible by %d", c.name, len(send), len(recv), n)
+		return fmt.Errorf("collective: alltoall on %s: send %d and recv %d elements must be equal and divisible by %d", c.name, len(send), len(recv), n)
 	}
-	m := len(send) / n
-	counts := make([]int, n)
-	for i := range counts {
-		counts[i] = m
-	}
-	o := c.begin(OpAllToAll, len(send))
-	return o, func(ctx context.Context) error {
-		return allToAllV(ctx, o, send, counts, recv, counts, false)
-	}, nil
+	return nil
 }
+
+// uniformCounts appends n counts of total/n to dst.
+func uniformCounts(dst []int, n, total int) []int {
+	for range n {
+		dst = append(dst, total/n)
+	}
+	return dst
+}
+
+// stackRanks: groups of at most this many ranks keep an all-to-all's
+// per-peer bookkeeping in arrays on the stack.
+const stackRanks = 16
 
 // AllToAllV sends sendCounts[j] elements (consecutive blocks of send, in rank
 // order) to member j and receives recvCounts[j] elements from member j into
@@ -225,20 +241,38 @@ func (c *Comm) allToAll(send, recv []float32) (*opRun, func(context.Context) err
 // must agree (my sendCounts[j] == member j's recvCounts[me]); a mismatch is a
 // *DesyncError on the receiver.
 func (c *Comm) AllToAllV(ctx context.Context, send []float32, sendCounts []int, recv []float32, recvCounts []int) error {
-	o, fn, err := c.allToAllV(send, sendCounts, recv, recvCounts)
-	if err != nil {
+	if err := c.checkAllToAllV(send, sendCounts, recv, recvCounts); err != nil {
 		return err
 	}
-	return o.run(ctx, fn)
+	o := c.begin(OpAllToAllV, 0)
+	ctx, cancel := o.deadline(ctx)
+	err := allToAllV(ctx, &o, send, sendCounts, recv, recvCounts, true)
+	cancel()
+	return o.result(err)
 }
 
 // AllToAllVAsync starts AllToAllV.
 func (c *Comm) AllToAllVAsync(send []float32, sendCounts []int, recv []float32, recvCounts []int) *Request {
-	o, fn, err := c.allToAllV(send, sendCounts, recv, recvCounts)
-	if err != nil {
+	if err := c.checkAllToAllV(send, sendCounts, recv, recvCounts); err != nil {
 		return failedRequest(err)
 	}
-	return o.async(fn)
+	sc := append([]int(nil), sendCounts...)
+	rc := append([]int(nil), recvCounts...)
+	o := c.begin(OpAllToAllV, 0)
+	return o.async(func(ctx context.Context) error {
+		return allToAllV(ctx, &o, send, sc, recv, rc, true)
+	})
+}
+
+func (c *Comm) checkAllToAllV(send []float32, sendCounts []int, recv []float32, recvCounts []int) error {
+	n := len(c.ranks)
+	if err := checkCounts("sendCounts", sendCounts, n, len(send)); err != nil {
+		return fmt.Errorf("collective: alltoallv on %s: %w", c.name, err)
+	}
+	if err := checkCounts("recvCounts", recvCounts, n, len(recv)); err != nil {
+		return fmt.Errorf("collective: alltoallv on %s: %w", c.name, err)
+	}
+	return nil
 }
 
 func checkCounts(what string, counts []int, n, have int) error {
@@ -258,22 +292,6 @@ func checkCounts(what string, counts []int, n, have int) error {
 	return nil
 }
 
-func (c *Comm) allToAllV(send []float32, sendCounts []int, recv []float32, recvCounts []int) (*opRun, func(context.Context) error, error) {
-	n := len(c.ranks)
-	if err := checkCounts("sendCounts", sendCounts, n, len(send)); err != nil {
-		return nil, nil, fmt.Errorf("collective: alltoallv on %s: %w", c.name, err)
-	}
-	if err := checkCounts("recvCounts", recvCounts, n, len(recv)); err != nil {
-		return nil, nil, fmt.Errorf("collective: alltoallv on %s: %w", c.name, err)
-	}
-	sc := append([]int(nil), sendCounts...)
-	rc := append([]int(nil), recvCounts...)
-	o := c.begin(OpAllToAllV, 0)
-	return o, func(ctx context.Context) error {
-		return allToAllV(ctx, o, send, sc, recv, rc, true)
-	}, nil
-}
-
 // a2aInlineBytes: all-to-alls sending at most this much are sent from the
 // calling goroutine (a goroutine per peer costs more than it overlaps).
 const a2aInlineBytes = 256 << 10
@@ -284,8 +302,14 @@ const a2aInlineBytes = 256 << 10
 // mismatches are named); otherwise the header carries the op's total.
 func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []float32, rc []int, perMessage bool) error {
 	n, r := len(o.c.ranks), o.c.rank
-	// Send and receive offsets in one allocation.
-	off := make([]int, 2*(n+1))
+	// Send and receive offsets; on the stack for small groups.
+	var obuf [2 * (stackRanks + 1)]int
+	var off []int
+	if n <= stackRanks {
+		off = obuf[:2*(n+1)]
+	} else {
+		off = make([]int, 2*(n+1))
+	}
 	soff, roff := off[:n+1], off[n+1:]
 	for i := range n {
 		soff[i+1] = soff[i] + sc[i]
@@ -294,23 +318,35 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 	if sc[r] != rc[r] {
 		return fmt.Errorf("this rank sends itself %d elements but expects %d", sc[r], rc[r])
 	}
-	if ss := asyncSender(o.c.t); ss != nil && n > 1 {
-		return allToAllVQueued(ctx, o, ss, send, sc, soff, recv, rc, roff, perMessage)
-	}
-	self := func() { copy(recv[roff[r]:roff[r+1]], send[soff[r]:soff[r+1]]) }
 	if n == 1 {
-		self()
+		copy(recv[roff[r]:roff[r+1]], send[soff[r]:soff[r+1]])
 		return nil
 	}
+	if ss := asyncSender(o.c.t); ss != nil {
+		return allToAllVQueued(ctx, o, ss, send, sc, soff, recv, rc, roff, perMessage)
+	}
+	return allToAllVBlocking(ctx, o, send, sc, slices.Clone(soff), recv, rc, roff, perMessage)
+}
+
+// allToAllVBlocking is allToAllV over a transport whose sends block: small
+// messages are sent in turn from this goroutine, large ones from a
+// goroutine per peer. The goroutines hold neither o nor the caller's
+// slices, which may live on the caller's stack.
+func allToAllVBlocking(ctx context.Context, o *opRun, send []float32, sc, soff []int, recv []float32, rc, roff []int, perMessage bool) error {
+	n, r := len(o.c.ranks), o.c.rank
 	pend := make([]Pending, n)
 	postReceives(o, pend, recv, rc, roff, perMessage)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	t, ranks := o.c.t, o.c.ranks
+	headers := make([]Header, n)
+	for p := range n {
+		headers[p] = a2aHeader(o, sc[p], perMessage)
+	}
 	sendErrs := make([]error, n)
 	sendTo := func(p int) {
-		h := a2aHeader(o, sc[p], perMessage)
-		if err := o.c.t.Send(ctx, o.c.ranks[p], h, f32bytes(send[soff[p]:soff[p+1]])); err != nil {
-			sendErrs[p] = fmt.Errorf("send to rank %d: %w", o.c.ranks[p], err)
+		if err := t.Send(ctx, ranks[p], headers[p], f32bytes(send[soff[p]:soff[p+1]])); err != nil {
+			sendErrs[p] = fmt.Errorf("send to rank %d: %w", ranks[p], err)
 			cancel()
 		}
 	}
@@ -333,7 +369,7 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 		}
 	}
 	// This rank's own block is copied while the peers' blocks are in flight.
-	self()
+	copy(recv[roff[r]:roff[r+1]], send[soff[r]:soff[r+1]])
 	first := awaitReceives(ctx, o, pend, cancel)
 	wg.Wait()
 	for _, err := range sendErrs {
@@ -347,7 +383,15 @@ func allToAllV(ctx context.Context, o *opRun, send []float32, sc []int, recv []f
 // peer but the frames and receives themselves.
 func allToAllVQueued(ctx context.Context, o *opRun, ss sendStarter, send []float32, sc, soff []int, recv []float32, rc, roff []int, perMessage bool) error {
 	n, r := len(o.c.ranks), o.c.rank
-	pend := make([]Pending, 2*n) // receives by source, then sends by destination
+	// Receives by source, then sends by destination; on the stack for
+	// small groups.
+	var pbuf [2 * stackRanks]Pending
+	var pend []Pending
+	if n <= stackRanks {
+		pend = pbuf[:2*n]
+	} else {
+		pend = make([]Pending, 2*n)
+	}
 	recvs, sends := pend[:n], pend[n:]
 	postReceives(o, recvs, recv, rc, roff, perMessage)
 	for s := 1; s < n; s++ {
@@ -367,6 +411,12 @@ func allToAllVQueued(ctx context.Context, o *opRun, ss sendStarter, send []float
 		if _, err := sends[p].Wait(ctx); err != nil && sendErr == nil {
 			sendErr = fmt.Errorf("send to rank %d: %w", o.c.ranks[p], err)
 		}
+	}
+	// Every receive and send has been waited on: their objects go back to
+	// the transport, so that the next operation allocates none.
+	for s := 1; s < n; s++ {
+		release(recvs[mod(r-s, n)])
+		release(sends[mod(r+s, n)])
 	}
 	return rootCause(first, sendErr)
 }

@@ -105,13 +105,13 @@ func (o *opRun) asyncP2P(fn func(context.Context) error) *Request {
 // buffers are copied across.
 func (c *Comm) RingExchange(ctx context.Context, toNext, toPrev, fromPrev, fromNext []float32) error {
 	o := c.begin(OpRingExchange, 0)
-	return o.run(ctx, func(ctx context.Context) error { return ringExchange(ctx, o, toNext, toPrev, fromPrev, fromNext) })
+	return o.run(ctx, func(ctx context.Context) error { return ringExchange(ctx, &o, toNext, toPrev, fromPrev, fromNext) })
 }
 
 // RingExchangeAsync starts RingExchange.
 func (c *Comm) RingExchangeAsync(toNext, toPrev, fromPrev, fromNext []float32) *Request {
 	o := c.begin(OpRingExchange, 0)
-	return o.async(func(ctx context.Context) error { return ringExchange(ctx, o, toNext, toPrev, fromPrev, fromNext) })
+	return o.async(func(ctx context.Context) error { return ringExchange(ctx, &o, toNext, toPrev, fromPrev, fromNext) })
 }
 
 // Tag steps: 0 travels forward (to next), 1 backward (to prev), so the two
@@ -172,6 +172,6 @@ func (c *Comm) Barrier(ctx context.Context) error {
 		if len(c.ranks) == 1 {
 			return nil
 		}
-		return recursiveDoubling(ctx, o, nil)
+		return recursiveDoubling(ctx, &o, nil)
 	})
 }

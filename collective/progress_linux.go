@@ -65,6 +65,7 @@ type enginePeer struct {
 	queued atomic.Int32 // len(wq), read without mu
 	down   error
 	isDown atomic.Bool
+	free   []*outFrame // released frames, for queue to reuse; guarded by mu
 
 	// Driver-only state.
 	dead    bool
@@ -92,10 +93,10 @@ type outFrame struct {
 	e       *progressEngine
 	p       int
 	hdr     [HeaderSize]byte
-	parts   [][]byte      // what remains to be written, header first
-	inline  [3][]byte     // parts' storage for frames of up to two parts
-	started bool          // the driver has taken it; guarded by the peer's mu
-	doneCh  chan struct{} // closed once written or failed
+	parts   [][]byte  // what remains to be written, header first
+	inline  [3][]byte // parts' storage for frames of up to two parts
+	started bool      // the driver has taken it; guarded by the peer's mu
+	sig     signal    // fires once written or failed
 	err     error
 }
 
@@ -194,13 +195,27 @@ func (f *outFrame) Wait(ctx context.Context) (Header, error) {
 }
 
 // done reports without blocking whether the frame is written or failed.
-func (f *outFrame) done() bool {
-	select {
-	case <-f.doneCh:
-		return true
-	default:
-		return false
+func (f *outFrame) done() bool { return f.sig.done() }
+
+// keepFrames bounds a connection's free list of frames.
+const keepFrames = 64
+
+// release hands f back for reuse by a later queue; see pending.release. A
+// frame that never fired (withdrawn from its queue) is left alone.
+func (f *outFrame) release() {
+	if !f.sig.done() {
+		return
 	}
+	f.sig.reset()
+	f.err, f.started = nil, false
+	clear(f.inline[:])
+	f.parts = nil
+	pp := f.e.peers[f.p]
+	pp.mu.Lock()
+	if len(pp.free) < keepFrames {
+		pp.free = append(pp.free, f)
+	}
+	pp.mu.Unlock()
 }
 
 // startSend queues a frame for peer p and returns at once; payload must not
@@ -216,10 +231,23 @@ func (e *progressEngine) startSend(p int, h Header, payload []byte) Pending {
 // queue appends a frame for peer p to its write queue.
 func (e *progressEngine) queue(p int, h Header, parts [][]byte) (*outFrame, error) {
 	pp := e.peers[p]
-	f := &outFrame{e: e, p: p, doneCh: make(chan struct{})}
 	h.Len = 0
 	for _, b := range parts {
 		h.Len += uint64(len(b))
+	}
+	pp.mu.Lock()
+	if pp.down != nil {
+		err := pp.down
+		pp.mu.Unlock()
+		return nil, &PeerError{Peer: p, Err: err}
+	}
+	var f *outFrame
+	if k := len(pp.free); k > 0 {
+		f = pp.free[k-1]
+		pp.free = pp.free[:k-1]
+	} else {
+		f = &outFrame{e: e, p: p}
+		f.sig.init()
 	}
 	EncodeHeader(f.hdr[:], h)
 	f.parts = f.inline[:0]
@@ -228,12 +256,6 @@ func (e *progressEngine) queue(p int, h Header, parts [][]byte) (*outFrame, erro
 		if len(b) > 0 {
 			f.parts = append(f.parts, b)
 		}
-	}
-	pp.mu.Lock()
-	if pp.down != nil {
-		err := pp.down
-		pp.mu.Unlock()
-		return nil, &PeerError{Peer: p, Err: err}
 	}
 	pp.wq = append(pp.wq, f)
 	pp.queued.Add(1)
@@ -245,7 +267,7 @@ func (e *progressEngine) queue(p int, h Header, parts [][]byte) (*outFrame, erro
 // waitFrame returns once f is written or has failed, or ctx has ended.
 func (e *progressEngine) waitFrame(ctx context.Context, p int, f *outFrame) error {
 	pp := e.peers[p]
-	if err := e.await(ctx, f.doneCh); err == nil {
+	if err := e.await(ctx, &f.sig); err == nil {
 		return f.err
 	}
 	// ctx ended. A frame not yet taken is withdrawn; one partly written
@@ -266,38 +288,31 @@ func (e *progressEngine) waitFrame(ctx context.Context, p int, f *outFrame) erro
 	pp.mu.Unlock()
 	err := fmt.Errorf("write stalled: %w", ctx.Err())
 	e.t.linkDown(p, err)
-	_ = e.await(context.Background(), f.doneCh)
+	_ = e.await(context.Background(), &f.sig)
 	if f.err == nil {
 		return nil // it finished after all
 	}
 	return &PeerError{Peer: p, Err: err}
 }
 
-// await returns nil once done is closed, or ctx's error when ctx ends first.
+// await returns nil once done fires, or ctx's error when ctx ends first.
 // Meanwhile it drives the engine whenever nobody else does.
-func (e *progressEngine) await(ctx context.Context, done <-chan struct{}) error {
-	for {
+func (e *progressEngine) await(ctx context.Context, done *signal) error {
+	for !done.done() {
 		select {
-		case <-done:
-			return nil
-		default:
-		}
-		select {
-		case <-done:
-			return nil
+		case <-done.wake: // a hint: checked above
 		case e.token <- struct{}{}:
 			err := e.drive(ctx, done)
 			<-e.token
 			return err
 		case <-ctx.Done():
-			select {
-			case <-done:
+			if done.done() {
 				return nil
-			default:
 			}
 			return ctx.Err()
 		}
 	}
+	return nil
 }
 
 // poke makes one pass over the connections if nobody drives: a goroutine
@@ -324,11 +339,12 @@ func (e *progressEngine) pass(ctx context.Context) bool {
 	return e.step(false)
 }
 
-// drive makes progress until done is closed or ctx ends; the caller holds
+// drive makes progress until done fires or ctx ends; the caller holds
 // the token.
-func (e *progressEngine) drive(ctx context.Context, done <-chan struct{}) error {
+func (e *progressEngine) drive(ctx context.Context, done *signal) error {
 	var idle time.Time
 	polled := false // the readiness from the last poll(2) is fresh
+	ctxDone := ctx.Done()
 	for {
 		var moved bool
 		if polled {
@@ -340,11 +356,13 @@ func (e *progressEngine) drive(ctx context.Context, done <-chan struct{}) error 
 		if moved {
 			idle = time.Time{}
 		}
-		select {
-		case <-done:
+		if done.done() {
 			e.flush()
 			return nil
-		case <-ctx.Done():
+		}
+		// One channel at a time: a select over several locks them all.
+		select {
+		case <-ctxDone:
 			return ctx.Err()
 		default:
 		}
@@ -548,7 +566,7 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 			pp.wq = slices.Delete(pp.wq, 0, 1)
 			pp.queued.Add(-1)
 			pp.mu.Unlock()
-			close(f.doneCh)
+			f.sig.fire()
 		}
 		if full {
 			return moved
@@ -578,7 +596,7 @@ func (e *progressEngine) bury(pp *enginePeer) {
 	perr := &PeerError{Peer: pp.id, Err: err}
 	for _, f := range wq {
 		f.err = perr
-		close(f.doneCh)
+		f.sig.fire()
 	}
 	if pp.inFrame {
 		if pp.w != nil {

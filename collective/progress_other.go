@@ -19,7 +19,7 @@ func newProgressEngine(*tcpTransport, []*net.TCPConn, time.Duration, bool) (*pro
 
 func (*progressEngine) send(context.Context, int, Header, [][]byte) error { return ErrClosed }
 func (*progressEngine) startSend(int, Header, []byte) Pending             { return failedPending{ErrClosed} }
-func (*progressEngine) await(context.Context, <-chan struct{}) error      { return ErrClosed }
+func (*progressEngine) await(context.Context, *signal) error              { return ErrClosed }
 func (*progressEngine) poke()                                             {}
 func (*progressEngine) linkDown(int, error)                               {}
 func (*progressEngine) close()                                            {}

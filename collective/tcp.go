@@ -328,8 +328,8 @@ type tcpTransport struct {
 	peers      []*tcpPeer
 	in         *inbox
 	maxPayload uint64
-	eng        *progressEngine                                       // nil unless TCPConfig.ProgressEngine
-	engAwait   func(ctx context.Context, done <-chan struct{}) error // eng.await, bound once (a method value allocates)
+	eng        *progressEngine                               // nil unless TCPConfig.ProgressEngine
+	engAwait   func(ctx context.Context, done *signal) error // eng.await, bound once (a method value allocates)
 	closeOnce  sync.Once
 }
 

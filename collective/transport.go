@@ -170,7 +170,7 @@ type waiter struct {
 	peer    int
 	want    Header
 	dst     []byte
-	done    chan struct{}
+	done    signal
 	err     error
 	got     Header
 	claimed bool // a reader is writing into dst; only it may complete the waiter
@@ -189,6 +189,7 @@ type inbox struct {
 	sigs    map[pkey]psig
 	aborted map[opKey]error
 	peerErr map[int]error
+	free    []*pending // released receives, for post to reuse
 	closed  error
 	// breakLink is called (without mu) when a receive gives up while a reader
 	// is writing into its buffer: the link must fail so the reader lets go.
@@ -246,7 +247,7 @@ func (b *inbox) delA(k mkey)            { delete(b.arrived, k); b.sigDel(k) }
 // complete finishes an unclaimed waiter; callers hold mu and removed it.
 func (w *waiter) complete(err error) {
 	w.err = err
-	close(w.done)
+	w.done.fire()
 }
 
 // pending is a receive posted on an inbox.
@@ -258,17 +259,18 @@ type pending struct {
 	h    Header
 	err  error
 	want Op
-	// await, when set, blocks until done is closed or ctx ends (nil or
-	// ctx's error) while moving the transport's bytes: the TCP progress
-	// engine's waiters do the I/O themselves.
-	await func(ctx context.Context, done <-chan struct{}) error
+	// await, when set, blocks until done fires or ctx ends (nil or ctx's
+	// error) while moving the transport's bytes: the TCP progress engine's
+	// waiters do the I/O themselves.
+	await func(ctx context.Context, done *signal) error
 }
 
 // post registers a receive (or completes it at once from an early frame).
 func (b *inbox) post(peer int, want Header, dst []byte) *pending {
 	key := mkey{peer, want.Tag}
-	p := &pending{b: b, key: key, want: want.Op}
 	b.mu.Lock()
+	p := b.newPending()
+	p.key, p.want = key, want.Op
 	if b.closed != nil {
 		b.mu.Unlock()
 		p.err = b.closed
@@ -306,11 +308,55 @@ func (b *inbox) post(peer int, want Header, dst []byte) *pending {
 		p.err = fmt.Errorf("second receive posted for %v from rank %d", want.Tag, peer)
 		return p
 	}
-	p.ws = waiter{peer: peer, want: want, dst: dst, done: make(chan struct{})}
+	p.ws.peer, p.ws.want, p.ws.dst = peer, want, dst
 	p.w = &p.ws
 	b.putW(key, p.w)
 	b.mu.Unlock()
 	return p
+}
+
+// keepPendings bounds an inbox's free list of receives.
+const keepPendings = 64
+
+// newPending returns a cleared receive, recycled if one is free; callers
+// hold mu.
+func (b *inbox) newPending() *pending {
+	if k := len(b.free); k > 0 {
+		p := b.free[k-1]
+		b.free = b.free[:k-1]
+		return p
+	}
+	p := &pending{b: b}
+	p.ws.done.init()
+	return p
+}
+
+// release hands p back for reuse by a later post. Only an operation that
+// posted p and has waited on it may call it, once, holding no other
+// reference. A receive still in the inbox (its Wait has not returned) is
+// left alone.
+func (p *pending) release() {
+	if p.w != nil && !p.ws.done.done() {
+		return
+	}
+	b := p.b
+	done := &p.ws.done
+	done.reset()
+	p.key, p.w, p.h, p.err, p.want, p.await = mkey{}, nil, Header{}, nil, 0, nil
+	p.ws.peer, p.ws.want, p.ws.dst, p.ws.err, p.ws.got, p.ws.claimed = 0, Header{}, nil, nil, Header{}, false
+	b.mu.Lock()
+	if len(b.free) < keepPendings {
+		b.free = append(b.free, p)
+	}
+	b.mu.Unlock()
+}
+
+// release hands p back for reuse if its transport recycles them (see
+// pending.release); a Pending must not be used after.
+func release(p Pending) {
+	if r, ok := p.(interface{ release() }); ok {
+		r.release()
+	}
 }
 
 // Wait implements Pending.
@@ -319,29 +365,21 @@ func (p *pending) Wait(ctx context.Context) (Header, error) {
 	if w == nil {
 		return p.h, p.err
 	}
-	select {
-	case <-w.done:
+	if w.done.done() {
 		return w.got, w.err
-	default:
 	}
 	b := p.b
 	if p.await != nil {
-		if p.await(ctx, w.done) == nil {
+		if p.await(ctx, &w.done) == nil {
 			return w.got, w.err
 		}
-	} else {
-		select {
-		case <-w.done:
-			return w.got, w.err
-		case <-ctx.Done():
-		}
+	} else if w.done.wait(ctx) == nil {
+		return w.got, w.err
 	}
 	b.mu.Lock()
-	select {
-	case <-w.done: // completed while we took the lock
+	if w.done.done() { // completed while we took the lock
 		b.mu.Unlock()
 		return w.got, w.err
-	default:
 	}
 	if !w.claimed {
 		b.delW(p.key)
@@ -356,9 +394,9 @@ func (p *pending) Wait(ctx context.Context) (Header, error) {
 		b.breakLink(p.key.peer, fmt.Errorf("stalled in the middle of a frame: %w", ctx.Err()))
 	}
 	if p.await != nil {
-		_ = p.await(context.Background(), w.done)
+		_ = p.await(context.Background(), &w.done)
 	} else {
-		<-w.done
+		_ = w.done.wait(context.Background())
 	}
 	return Header{}, fmt.Errorf("no %v frame from rank %d: %w", p.want, p.key.peer, ctx.Err())
 }
