@@ -25,7 +25,10 @@ func (c *Comm) AllReduce(ctx context.Context, buf []float32, op ReduceOp) error 
 		return err
 	}
 	o := c.begin(OpAllReduce, len(buf))
-	return o.run(ctx, func(ctx context.Context) error { return allReduce(ctx, &o, buf, op) })
+	ctx, cancel := o.deadline(ctx)
+	err := allReduce(ctx, &o, buf, op)
+	cancel()
+	return o.result(err)
 }
 
 // AllReduceAsync starts AllReduce; buf must not be touched until Wait returns.
@@ -113,7 +116,9 @@ func recursiveDoubling(ctx context.Context, o *opRun, buf []float32) error {
 				o.withdraw(pd)
 				return err
 			}
-			if err := o.wait(ctx, peer, pd); err != nil {
+			err := o.wait(ctx, peer, pd)
+			release(pd)
+			if err != nil {
 				return err
 			}
 			addTo(buf, buf, tmp)

@@ -92,13 +92,15 @@ func benchTCP(b *testing.B, n int, engine bool) []Transport {
 // Ranks share one process here; `coordinator bench collectives` runs one
 // process per rank, which is what the figures in the report come from.
 func BenchmarkAllReduceTCP(b *testing.B) {
-	for _, n := range []int{2, 4} {
-		for _, size := range []int{4 << 10, 64 << 10, 1 << 20, 16 << 20} {
-			b.Run(fmt.Sprintf("n%d/%dK", n, size>>10), func(b *testing.B) {
-				ts := benchTCP(b, n, false)
-				defer closeAllT(ts)
-				benchRanks(b, worlds(ts, Config{}), size, allReduceOp)
-			})
+	for _, mode := range []string{"readers", "engine"} {
+		for _, n := range []int{2, 4} {
+			for _, size := range []int{4 << 10, 64 << 10, 1 << 20, 16 << 20} {
+				b.Run(fmt.Sprintf("%s/n%d/%dK", mode, n, size>>10), func(b *testing.B) {
+					ts := benchTCP(b, n, mode == "engine")
+					defer closeAllT(ts)
+					benchRanks(b, worlds(ts, Config{}), size, allReduceOp)
+				})
+			}
 		}
 	}
 }

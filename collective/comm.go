@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sync"
 	"time"
 )
@@ -215,7 +216,17 @@ func (o *opRun) header(step uint32) Header {
 
 // send and recv address peers by comm rank.
 func (o *opRun) send(ctx context.Context, peer int, step uint32, parts ...[]byte) error {
-	if err := o.c.t.Send(ctx, o.c.ranks[peer], o.header(step), parts...); err != nil {
+	var err error
+	if ss := asyncSender(o.c.t); ss != nil && len(parts) == 1 {
+		// Queued and waited for: the same as Send, without handing parts
+		// to an interface method (which would move it to the heap).
+		p := ss.startSend(o.c.ranks[peer], o.header(step), parts[0])
+		_, err = p.Wait(ctx)
+		release(p)
+	} else {
+		err = o.c.t.Send(ctx, o.c.ranks[peer], o.header(step), slices.Clone(parts)...)
+	}
+	if err != nil {
 		return fmt.Errorf("send to rank %d: %w", o.c.ranks[peer], err)
 	}
 	return nil

@@ -130,12 +130,13 @@ func (x *segExchange) run(ctx context.Context, o *opRun) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	var sendErr error
+	oc := *o // the goroutine holds a copy: o may live on the caller's stack
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for k := 0; k*seg < len(x.send); k++ {
 			lo, hi := k*seg, min((k+1)*seg, len(x.send))
-			if err := o.send(ctx, x.peer, x.base+uint32(k), f32bytes(x.send[lo:hi])); err != nil {
+			if err := oc.send(ctx, x.peer, x.base+uint32(k), f32bytes(x.send[lo:hi])); err != nil {
 				sendErr = err
 				cancel()
 				return
@@ -191,6 +192,10 @@ func (x *segExchange) runQueued(ctx context.Context, o *opRun, ss sendStarter) e
 		if _, err := p.Wait(ctx); err != nil && first == nil {
 			first = fmt.Errorf("send to rank %d: %w", o.c.ranks[x.peer], err)
 		}
+		release(p)
+	}
+	for _, p := range x.pend {
+		release(p) // each was waited on or withdrawn above
 	}
 	return first
 }

@@ -105,7 +105,10 @@ func (o *opRun) asyncP2P(fn func(context.Context) error) *Request {
 // buffers are copied across.
 func (c *Comm) RingExchange(ctx context.Context, toNext, toPrev, fromPrev, fromNext []float32) error {
 	o := c.begin(OpRingExchange, 0)
-	return o.run(ctx, func(ctx context.Context) error { return ringExchange(ctx, &o, toNext, toPrev, fromPrev, fromNext) })
+	ctx, cancel := o.deadline(ctx)
+	err := ringExchange(ctx, &o, toNext, toPrev, fromPrev, fromNext)
+	cancel()
+	return o.result(err)
 }
 
 // RingExchangeAsync starts RingExchange.
@@ -127,37 +130,44 @@ func ringExchange(ctx context.Context, o *opRun, toNext, toPrev, fromPrev, fromN
 		return nil
 	}
 	next, prev := mod(r+1, n), mod(r-1, n)
+	header := func(step uint32, dst []float32) Header {
+		h := o.header(step)
+		h.Count = uint64(len(dst))
+		return h
+	}
+	hNext, hPrev := header(0, toNext), header(1, toPrev)
+	wantPrev, wantNext := header(0, fromPrev), header(1, fromNext)
+	if ss := asyncSender(o.c.t); ss != nil {
+		return ringExchangeQueued(ctx, o, ss, next, prev, hNext, hPrev, wantPrev, wantNext, toNext, toPrev, fromPrev, fromNext)
+	}
+	// The goroutines hold the transport and the ranks, not o, which may
+	// live on the caller's stack.
+	t, ranks := o.c.t, o.c.ranks
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	out := make(chan error, 3)
-	recvOne := func(peer int, step uint32, dst []float32) {
-		h := o.header(step)
-		h.Count = uint64(len(dst))
-		if _, err := o.c.t.Recv(ctx, o.c.ranks[peer], h, f32bytes(dst)); err != nil {
+	recvOne := func(peer int, want Header, dst []float32) {
+		if _, err := t.Recv(ctx, ranks[peer], want, f32bytes(dst)); err != nil {
 			cancel()
-			out <- fmt.Errorf("receive from rank %d: %w", o.c.ranks[peer], err)
+			out <- fmt.Errorf("receive from rank %d: %w", ranks[peer], err)
 			return
 		}
 		out <- nil
 	}
-	go recvOne(prev, 0, fromPrev)
-	go recvOne(next, 1, fromNext)
+	go recvOne(prev, wantPrev, fromPrev)
+	go recvOne(next, wantNext, fromNext)
 	go func() {
-		h := o.header(1)
-		h.Count = uint64(len(toPrev))
-		if err := o.c.t.Send(ctx, o.c.ranks[prev], h, f32bytes(toPrev)); err != nil {
+		if err := t.Send(ctx, ranks[prev], hPrev, f32bytes(toPrev)); err != nil {
 			cancel()
-			out <- fmt.Errorf("send to rank %d: %w", o.c.ranks[prev], err)
+			out <- fmt.Errorf("send to rank %d: %w", ranks[prev], err)
 			return
 		}
 		out <- nil
 	}()
 	var first error
-	h := o.header(0)
-	h.Count = uint64(len(toNext))
-	if err := o.c.t.Send(ctx, o.c.ranks[next], h, f32bytes(toNext)); err != nil {
+	if err := t.Send(ctx, ranks[next], hNext, f32bytes(toNext)); err != nil {
 		cancel()
-		first = fmt.Errorf("send to rank %d: %w", o.c.ranks[next], err)
+		first = fmt.Errorf("send to rank %d: %w", ranks[next], err)
 	}
 	for range 3 {
 		first = rootCause(first, <-out)
@@ -165,13 +175,53 @@ func ringExchange(ctx context.Context, o *opRun, toNext, toPrev, fromPrev, fromN
 	return first
 }
 
+// ringExchangeQueued is ringExchange over queued sends: both receives are
+// posted and both frames queued at once, and this goroutine moves them all
+// while it waits; nothing is allocated.
+func ringExchangeQueued(ctx context.Context, o *opRun, ss sendStarter, next, prev int, hNext, hPrev, wantPrev, wantNext Header, toNext, toPrev, fromPrev, fromNext []float32) error {
+	t, ranks := o.c.t, o.c.ranks
+	recvs := [2]Pending{
+		t.Post(ranks[prev], wantPrev, f32bytes(fromPrev)),
+		t.Post(ranks[next], wantNext, f32bytes(fromNext)),
+	}
+	sends := [2]Pending{
+		ss.startSend(ranks[next], hNext, f32bytes(toNext)),
+		ss.startSend(ranks[prev], hPrev, f32bytes(toPrev)),
+	}
+	from, to := [2]int{prev, next}, [2]int{next, prev}
+	var first error
+	for i, p := range recvs {
+		if first != nil {
+			o.withdraw(p)
+			continue
+		}
+		if _, err := p.Wait(ctx); err != nil {
+			first = fmt.Errorf("receive from rank %d: %w", ranks[from[i]], err)
+		}
+	}
+	var sendErr error
+	for i, p := range sends {
+		// Under ctx even after a failed receive: ctx is the operation's own,
+		// and a frame withdrawn half written would cut a healthy link.
+		if _, err := p.Wait(ctx); err != nil && sendErr == nil {
+			sendErr = fmt.Errorf("send to rank %d: %w", ranks[to[i]], err)
+		}
+	}
+	for i := range 2 {
+		release(recvs[i])
+		release(sends[i])
+	}
+	return rootCause(first, sendErr)
+}
+
 // Barrier returns once every member has entered it.
 func (c *Comm) Barrier(ctx context.Context) error {
+	if len(c.ranks) == 1 {
+		return nil
+	}
 	o := c.begin(OpBarrier, 0)
-	return o.run(ctx, func(ctx context.Context) error {
-		if len(c.ranks) == 1 {
-			return nil
-		}
-		return recursiveDoubling(ctx, &o, nil)
-	})
+	ctx, cancel := o.deadline(ctx)
+	err := recursiveDoubling(ctx, &o, nil)
+	cancel()
+	return o.result(err)
 }

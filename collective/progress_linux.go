@@ -96,6 +96,7 @@ type outFrame struct {
 	parts   [][]byte  // what remains to be written, header first
 	inline  [3][]byte // parts' storage for frames of up to two parts
 	started bool      // the driver has taken it; guarded by the peer's mu
+	inFree  bool      // on the peer's free list; guarded by its mu
 	sig     signal    // fires once written or failed
 	err     error
 }
@@ -185,7 +186,9 @@ func (e *progressEngine) send(ctx context.Context, p int, h Header, parts [][]by
 	if err != nil {
 		return err
 	}
-	return e.waitFrame(ctx, p, f)
+	err = e.waitFrame(ctx, p, f)
+	f.release()
+	return err
 }
 
 // Wait implements Pending for a frame queued by startSend: it returns once
@@ -206,16 +209,18 @@ func (f *outFrame) release() {
 	if !f.sig.done() {
 		return
 	}
+	pp := f.e.peers[f.p]
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if f.inFree || len(pp.free) >= keepFrames {
+		return
+	}
 	f.sig.reset()
 	f.err, f.started = nil, false
 	clear(f.inline[:])
 	f.parts = nil
-	pp := f.e.peers[f.p]
-	pp.mu.Lock()
-	if len(pp.free) < keepFrames {
-		pp.free = append(pp.free, f)
-	}
-	pp.mu.Unlock()
+	f.inFree = true
+	pp.free = append(pp.free, f)
 }
 
 // startSend queues a frame for peer p and returns at once; payload must not
@@ -245,6 +250,7 @@ func (e *progressEngine) queue(p int, h Header, parts [][]byte) (*outFrame, erro
 	if k := len(pp.free); k > 0 {
 		f = pp.free[k-1]
 		pp.free = pp.free[:k-1]
+		f.inFree = false
 	} else {
 		f = &outFrame{e: e, p: p}
 		f.sig.init()

@@ -151,6 +151,7 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 			if _, err := f.pd.Wait(opCtx); err != nil {
 				setErr(fmt.Errorf("send to rank %d: %w", c.ranks[next], err))
 			}
+			release(f.pd)
 			sent = sent[1:]
 			if f.release != nil {
 				free <- f.release
@@ -161,13 +162,14 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 		}
 	}
 	if ss == nil {
+		oc := *o // the goroutine holds a copy: o may live on the caller's stack
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var step uint32
 			for jb := range jobs {
 				if ctx.Err() == nil {
-					if err := o.send(ctx, next, step, f32bytes(jb.data)); err != nil {
+					if err := oc.send(ctx, next, step, f32bytes(jb.data)); err != nil {
 						setErr(err)
 					}
 				}
@@ -259,6 +261,7 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 			}
 			postAhead()
 			_, err := pend[i].Wait(ctx)
+			release(pend[i])
 			waited = i + 1
 			if err != nil {
 				setErr(fmt.Errorf("receive from rank %d: %w", c.ranks[prev], err))
@@ -302,6 +305,7 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 		if _, err := f.pd.Wait(opCtx); err != nil {
 			setErr(fmt.Errorf("send to rank %d: %w", c.ranks[next], err))
 		}
+		release(f.pd)
 	}
 	// Withdraw receives that were posted but not completed.
 	if waited < posted {
@@ -309,6 +313,7 @@ func runRing(ctx context.Context, o *opRun, sp *ringSpec) error {
 		stop()
 		for i := waited; i < posted; i++ {
 			_, _ = pend[i].Wait(done)
+			release(pend[i])
 		}
 	}
 	for _, t := range owned {

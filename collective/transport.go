@@ -259,6 +259,9 @@ type pending struct {
 	h    Header
 	err  error
 	want Op
+	// inFree: released and on the inbox's free list (guarded by its mu); a
+	// second release is ignored.
+	inFree bool
 	// await, when set, blocks until done fires or ctx ends (nil or ctx's
 	// error) while moving the transport's bytes: the TCP progress engine's
 	// waiters do the I/O themselves.
@@ -324,6 +327,7 @@ func (b *inbox) newPending() *pending {
 	if k := len(b.free); k > 0 {
 		p := b.free[k-1]
 		b.free = b.free[:k-1]
+		p.inFree = false
 		return p
 	}
 	p := &pending{b: b}
@@ -340,15 +344,16 @@ func (p *pending) release() {
 		return
 	}
 	b := p.b
-	done := &p.ws.done
-	done.reset()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if p.inFree || len(b.free) >= keepPendings {
+		return
+	}
+	p.ws.done.reset()
 	p.key, p.w, p.h, p.err, p.want, p.await = mkey{}, nil, Header{}, nil, 0, nil
 	p.ws.peer, p.ws.want, p.ws.dst, p.ws.err, p.ws.got, p.ws.claimed = 0, Header{}, nil, nil, Header{}, false
-	b.mu.Lock()
-	if len(b.free) < keepPendings {
-		b.free = append(b.free, p)
-	}
-	b.mu.Unlock()
+	p.inFree = true
+	b.free = append(b.free, p)
 }
 
 // release hands p back for reuse if its transport recycles them (see
@@ -403,7 +408,10 @@ func (p *pending) Wait(ctx context.Context) (Header, error) {
 
 // recv implements Transport.Recv on top of the inbox.
 func (b *inbox) recv(ctx context.Context, peer int, want Header, dst []byte) (Header, error) {
-	return b.post(peer, want, dst).Wait(ctx)
+	p := b.post(peer, want, dst)
+	h, err := p.Wait(ctx)
+	p.release()
+	return h, err
 }
 
 // mismatch fails the waiters of h's operation with peer when h belongs to
