@@ -54,6 +54,9 @@ type progressEngine struct {
 	rr     int
 	pfds   []unix.PollFd
 	polled []*enginePeer // the peer of each of pfds[1:]
+	// Speculative header reads (see readSpeculative) that found the frame
+	// expected, and that found another.
+	specHits, specMisses int
 }
 
 type enginePeer struct {

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -261,6 +262,11 @@ func TestTCPEngineShaped(t *testing.T) {
 	}
 }
 
+// fuzzPosted is the frame FuzzEngineStream has a receive posted for.
+var fuzzPosted = Header{Op: OpSendRecv, Tag: Tag{Group: 3, Seq: 1}, Count: 25}
+
+const fuzzPostedLen = 100
+
 // FuzzEngineStream feeds arbitrary bytes, in arbitrary pieces, to the
 // engine's frame reader. It never panics or hangs: the stream ends in a
 // failed link that fails a waiting receive with a *PeerError, and every
@@ -271,6 +277,7 @@ func FuzzEngineStream(f *testing.F) {
 	WriteFrame(&buf, Header{Op: OpAllReduce, Tag: Tag{Group: 1, Seq: 2}, Count: 3}, []byte{1, 2, 3, 4})
 	WriteFrame(&buf, Header{Op: OpAbort, Tag: Tag{Group: 1, Seq: 3}}, []byte("why"))
 	WriteFrame(&buf, Header{Op: OpSendRecv, Tag: Tag{Group: 2, Seq: 1}, Count: 1}, bytes.Repeat([]byte{7}, 40000))
+	WriteFrame(&buf, fuzzPosted, bytes.Repeat([]byte{5}, fuzzPostedLen))
 	f.Add(buf.Bytes(), uint16(1))
 	f.Add(buf.Bytes(), uint16(57))
 	f.Add([]byte{}, uint16(0))
@@ -299,6 +306,10 @@ func FuzzEngineStream(f *testing.F) {
 			}
 			_ = b.CloseWrite()
 		}()
+		// A receive posted up front: after a long payload the reader
+		// guesses that the next frame is its (readSpeculative).
+		posted := make([]byte, fuzzPostedLen)
+		pPosted := tr.Post(1, fuzzPosted, posted)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		never := Header{Op: OpSendRecv, Tag: Tag{Group: 1 << 62, Seq: 1}}
@@ -318,6 +329,16 @@ func FuzzEngineStream(f *testing.F) {
 			k := mkey{1, h.Tag}
 			ref[k] = append(ref[k], h)
 			refPayload[k] = append(refPayload[k], p)
+		}
+		if _, err := pPosted.Wait(ctx); err == nil {
+			k := mkey{1, fuzzPosted.Tag}
+			ok := false
+			for i, h := range ref[k] {
+				ok = ok || (h.Op == fuzzPosted.Op && h.Count == fuzzPosted.Count && bytes.Equal(refPayload[k][i], posted))
+			}
+			if !ok {
+				t.Fatalf("the posted receive completed with a payload the reference decoder does not read")
+			}
 		}
 		tr.in.mu.Lock()
 		defer tr.in.mu.Unlock()
@@ -481,5 +502,166 @@ func TestTCPEngineCollectivesAllocs(t *testing.T) {
 				t.Errorf("%.2f allocations per rank per operation, want none", perOp)
 			}
 		})
+	}
+}
+
+// The engine reads a header and its payload in one call when it guesses
+// the frame from the oldest receive posted for the peer (readSpeculative).
+// Frames sent in an order other than their receives were posted, cut into
+// random pieces, of lengths around the speculation bound, must all land
+// whole and exact; the guess must have been right and wrong in the run.
+func TestEngineSpeculativeReads(t *testing.T) {
+	a, b := loopbackPair(t)
+	tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: DefaultMaxPayload,
+		SpinWait: 20 * time.Microsecond, ProgressEngine: true}, []*net.TCPConn{nil, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx := testCtx(t, 20*time.Second)
+	rng := rand.New(rand.NewPCG(11, 12))
+	sizes := []int{1, 100, HeaderSize, stageBytes / 2, stageBytes/2 + 1, maxSpeculate - 1, maxSpeculate, maxSpeculate + 1, stageBytes, 40000}
+	payload := func(round, i, n int) []byte {
+		p := make([]byte, n)
+		for k := range p {
+			p[k] = byte(round*131 + i*31 + k*7)
+		}
+		return p
+	}
+	for round := range 30 {
+		m := 6 + rng.IntN(10)
+		lens := make([]int, m)
+		for i := range lens {
+			lens[i] = sizes[rng.IntN(len(sizes))]
+		}
+		lens[0] = stageBytes // a long payload first: the next header is read with a guess
+		hdr := func(i int) Header {
+			return Header{Op: OpSendRecv, Tag: Tag{Group: 5, Seq: uint64(round), Step: uint32(i)}, Count: uint64(lens[i])}
+		}
+		// Receives posted in one order (most up front, some late), frames
+		// sent in another.
+		pend := make([]Pending, m)
+		dsts := make([][]byte, m)
+		for _, i := range rng.Perm(m) {
+			if rng.IntN(4) > 0 {
+				dsts[i] = make([]byte, lens[i])
+				pend[i] = tr.Post(1, hdr(i), dsts[i])
+			}
+		}
+		var stream []byte
+		var ends []int // where each frame ends in stream
+		for _, i := range rng.Perm(m) {
+			h := hdr(i)
+			h.Len = uint64(lens[i])
+			var hb [HeaderSize]byte
+			EncodeHeader(hb[:], h)
+			stream = append(stream, hb[:]...)
+			stream = append(stream, payload(round, i, lens[i])...)
+			ends = append(ends, len(stream))
+		}
+		writeErr := make(chan error, 1)
+		go func() {
+			wr := rand.New(rand.NewPCG(uint64(round), 3))
+			for off := 0; off < len(stream); {
+				k := min(len(stream)-off, 1+wr.IntN(2*stageBytes))
+				if wr.IntN(3) == 0 {
+					k = min(k, 1+wr.IntN(2*HeaderSize))
+				}
+				// Often stop at the end of a frame for a moment, so that the
+				// reader finds the next header alone and guesses.
+				if i := slices.IndexFunc(ends, func(e int) bool { return e > off }); i >= 0 && off+k > ends[i] && wr.IntN(2) == 0 {
+					k = ends[i] - off
+				}
+				if _, err := b.Write(stream[off : off+k]); err != nil {
+					writeErr <- err
+					return
+				}
+				off += k
+				if slices.Contains(ends, off) || wr.IntN(6) == 0 {
+					time.Sleep(100 * time.Microsecond)
+				}
+			}
+			writeErr <- nil
+		}()
+		for i := range m {
+			if pend[i] == nil {
+				dsts[i] = make([]byte, lens[i])
+				pend[i] = tr.Post(1, hdr(i), dsts[i])
+			}
+		}
+		for i := range m {
+			if _, err := pend[i].Wait(ctx); err != nil {
+				t.Fatalf("round %d frame %d (%d bytes): %v", round, i, lens[i], err)
+			}
+			if !bytes.Equal(dsts[i], payload(round, i, lens[i])) {
+				t.Fatalf("round %d frame %d (%d bytes): payload differs", round, i, lens[i])
+			}
+			release(pend[i])
+		}
+		if err := <-writeErr; err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := tr.eng
+	e.token <- struct{}{}
+	hits, misses := e.specHits, e.specMisses
+	<-e.token
+	t.Logf("speculative reads: %d right, %d wrong", hits, misses)
+	if hits == 0 || misses == 0 {
+		t.Fatalf("speculative reads: %d right, %d wrong; the test must see both", hits, misses)
+	}
+	checkNoWaiters(t, []Transport{tr})
+}
+
+// A frame with the tag of the receive guessed for it but another length is
+// a desync on that receive, as without the guess, and the link stays up.
+func TestEngineSpeculativeDesync(t *testing.T) {
+	a, b := loopbackPair(t)
+	tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: DefaultMaxPayload,
+		SpinWait: 20 * time.Microsecond, ProgressEngine: true}, []*net.TCPConn{nil, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx := testCtx(t, 10*time.Second)
+	tag := func(step uint32) Tag { return Tag{Group: 3, Seq: 1, Step: step} }
+	long := Header{Op: OpSendRecv, Tag: tag(0), Count: stageBytes}
+	want := Header{Op: OpSendRecv, Tag: tag(1), Count: 20000}
+	after := Header{Op: OpSendRecv, Tag: tag(2), Count: 10}
+	pLong := tr.Post(1, long, make([]byte, stageBytes))
+	pWant := tr.Post(1, want, make([]byte, 20000))
+	var buf bytes.Buffer
+	WriteFrame(&buf, long, make([]byte, stageBytes))
+	if _, err := b.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pLong.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Sent once the long frame is in: the next header is read into an
+	// empty stage, with a guess.
+	buf.Reset()
+	bad := want
+	bad.Count = 15000
+	WriteFrame(&buf, bad, make([]byte, 15000))
+	WriteFrame(&buf, after, bytes.Repeat([]byte{9}, 10))
+	if _, err := b.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pWant.Wait(ctx)
+	var de *DesyncError
+	if !errors.As(err, &de) || de.Got.Len != 15000 {
+		t.Fatalf("receive for 20000 bytes given 15000: %v, want a DesyncError naming 15000", err)
+	}
+	got := make([]byte, 10)
+	if _, err := tr.Recv(ctx, 1, after, got); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{9}, 10)) {
+		t.Fatalf("frame after the desync: %v %v", err, got)
+	}
+	e := tr.eng
+	e.token <- struct{}{}
+	misses := e.specMisses
+	<-e.token
+	if misses == 0 {
+		t.Fatal("the desynchronised frame was not read with a guess")
 	}
 }

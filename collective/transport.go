@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"unsafe"
 )
@@ -185,6 +186,7 @@ type arrival struct {
 type inbox struct {
 	mu      sync.Mutex
 	waiting map[mkey]*waiter
+	byPeer  [][]*waiter // waiting by peer, oldest first
 	arrived map[mkey]arrival
 	sigs    map[pkey]psig
 	aborted map[opKey]error
@@ -239,8 +241,28 @@ func (b *inbox) sigDel(k mkey) {
 	}
 }
 
-func (b *inbox) putW(k mkey, w *waiter) { b.waiting[k] = w; b.sigAdd(k, w.want) }
-func (b *inbox) delW(k mkey)            { delete(b.waiting, k); b.sigDel(k) }
+func (b *inbox) putW(k mkey, w *waiter) {
+	b.waiting[k] = w
+	b.sigAdd(k, w.want)
+	for len(b.byPeer) <= k.peer {
+		b.byPeer = append(b.byPeer, nil)
+	}
+	b.byPeer[k.peer] = append(b.byPeer[k.peer], w)
+}
+
+func (b *inbox) delW(k mkey) {
+	delete(b.waiting, k)
+	b.sigDel(k)
+	if k.peer < len(b.byPeer) {
+		ws := b.byPeer[k.peer]
+		for i, w := range ws {
+			if w.want.Tag == k.tag {
+				b.byPeer[k.peer] = slices.Delete(ws, i, i+1)
+				break
+			}
+		}
+	}
+}
 func (b *inbox) putA(k mkey, a arrival) { b.arrived[k] = a; b.sigAdd(k, a.h) }
 func (b *inbox) delA(k mkey)            { delete(b.arrived, k); b.sigDel(k) }
 
@@ -453,6 +475,60 @@ func (b *inbox) claim(peer int, h Header) *waiter {
 	}
 	w.claimed = true
 	return w
+}
+
+// speculate claims the oldest receive posted for peer, if its buffer holds
+// 1 to max bytes, before its frame's header is read: a reader that expects
+// frames in the order their receives were posted reads the header and the
+// payload in one system call, the payload into the receive's buffer. If the
+// header turns out to be another frame's, unclaim puts the receive back
+// (the reader moves the bytes it put in dst elsewhere; dst is filled again
+// by its own frame). It returns nil if there is no such receive.
+func (b *inbox) speculate(peer, max int) *waiter {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if peer >= len(b.byPeer) || len(b.byPeer[peer]) == 0 {
+		return nil
+	}
+	w := b.byPeer[peer][0]
+	if len(w.dst) == 0 || len(w.dst) > max {
+		return nil
+	}
+	b.delW(mkey{peer, w.want.Tag})
+	w.claimed = true
+	return w
+}
+
+// matches reports whether h is the frame w was speculatively claimed for,
+// sized to fill its buffer exactly.
+func (w *waiter) matches(h Header) bool {
+	return h.Tag == w.want.Tag && checkFrame(w.peer, w.want, h, len(w.dst)) == nil
+}
+
+// unclaim posts a speculatively claimed receive again, or fails it if its
+// operation, its peer or the inbox failed meanwhile (those skip claimed
+// receives).
+func (b *inbox) unclaim(w *waiter) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w.claimed = false
+	err := b.closed
+	if err == nil {
+		err = b.aborted[opKey{w.want.Tag.Group, w.want.Tag.Seq}]
+	}
+	if err == nil {
+		err = b.peerErr[w.peer]
+	}
+	if err != nil {
+		w.complete(err)
+		return
+	}
+	// Back at the front: it was the oldest.
+	k := mkey{w.peer, w.want.Tag}
+	b.putW(k, w)
+	ws := b.byPeer[w.peer]
+	copy(ws[1:], ws[:len(ws)-1])
+	ws[0] = w
 }
 
 // finish completes a claimed waiter.
