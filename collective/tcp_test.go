@@ -246,6 +246,11 @@ func checkNoWaiters(t *testing.T, ts []Transport) {
 		if len(tt.in.waiting) != 0 {
 			t.Errorf("rank %d: %d receives still posted", r, len(tt.in.waiting))
 		}
+		for p, ws := range tt.in.byPeer {
+			if len(ws) != 0 {
+				t.Errorf("rank %d: %d receives from rank %d still listed by peer", r, len(ws), p)
+			}
+		}
 		tt.in.mu.Unlock()
 	}
 }
