@@ -186,7 +186,8 @@ func (c *Comm) broadcast(buf []float32, root int) (*opRun, func(context.Context)
 
 // AllToAll sends block j of send (len(send)/Size() elements) to member j and
 // receives member j's block Rank() into block j of recv. send and recv must
-// not overlap.
+// not overlap. recv is the operation's until it returns (the transport may
+// use it as scratch); if it fails, recv's contents are unspecified.
 func (c *Comm) AllToAll(ctx context.Context, send, recv []float32) error {
 	if err := c.checkAllToAll(send, recv); err != nil {
 		return err
@@ -239,7 +240,8 @@ const stackRanks = 16
 // order) to member j and receives recvCounts[j] elements from member j into
 // consecutive blocks of recv. Zero counts are allowed. Each pair of members
 // must agree (my sendCounts[j] == member j's recvCounts[me]); a mismatch is a
-// *DesyncError on the receiver.
+// *DesyncError on the receiver. As with AllToAll, send and recv must not
+// overlap, and recv is unspecified if the operation fails.
 func (c *Comm) AllToAllV(ctx context.Context, send []float32, sendCounts []int, recv []float32, recvCounts []int) error {
 	if err := c.checkAllToAllV(send, sendCounts, recv, recvCounts); err != nil {
 		return err
@@ -425,9 +427,17 @@ func allToAllVQueued(ctx context.Context, o *opRun, ss sendStarter, send []float
 // rank's own entry is left alone), each into its block of recv.
 func postReceives(o *opRun, recvs []Pending, recv []float32, rc, roff []int, perMessage bool) {
 	n, r := len(o.c.ranks), o.c.rank
+	// recv is the all-to-all's own until it returns (it must not overlap
+	// send): its blocks are scratch.
+	sp, scratch := o.c.t.(scratchPoster)
 	for s := 1; s < n; s++ {
 		p := mod(r-s, n)
-		recvs[p] = o.c.t.Post(o.c.ranks[p], a2aHeader(o, rc[p], perMessage), f32bytes(recv[roff[p]:roff[p+1]]))
+		h, dst := a2aHeader(o, rc[p], perMessage), f32bytes(recv[roff[p]:roff[p+1]])
+		if scratch {
+			recvs[p] = sp.postScratch(o.c.ranks[p], h, dst)
+		} else {
+			recvs[p] = o.c.t.Post(o.c.ranks[p], h, dst)
+		}
 	}
 }
 

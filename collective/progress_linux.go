@@ -283,6 +283,13 @@ func (e *progressEngine) waitFrame(ctx context.Context, p int, f *outFrame) erro
 	// leaves the stream unusable, so the link fails, and the driver lets go
 	// of the frame's buffers before we return.
 	pp.mu.Lock()
+	if !slices.Contains(pp.wq, f) {
+		// Written whole (or failed) since await gave up: the driver fires
+		// it next. The link is fine.
+		pp.mu.Unlock()
+		_ = e.await(context.Background(), &f.sig)
+		return f.err
+	}
 	if !f.started {
 		for i, q := range pp.wq {
 			if q == f {

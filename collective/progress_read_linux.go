@@ -81,14 +81,11 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 		if pp.rs == pp.re {
 			pp.rs, pp.re = 0, 0
 			if !pp.inFrame && pp.headerFirst {
-				if w := e.t.in.speculate(pp.id, maxSpeculate); w != nil {
-					// w is not ours to look at once its frame is done: its
-					// owner may have released it.
-					full := 2*HeaderSize + len(w.dst)
-					n, ok := e.readSpeculative(pp, w)
-					if !ok {
-						return true
-					}
+				n, want, ok := e.readSpeculative(pp)
+				if !ok {
+					return true
+				}
+				if want > 0 { // guessed
 					if n < 0 { // EINTR
 						continue
 					}
@@ -97,7 +94,7 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 					}
 					moved = true
 					budget -= n
-					drained = n < full
+					drained = n < want
 					continue
 				}
 			}
@@ -135,55 +132,68 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 const maxSpeculate = stageBytes - 2*HeaderSize
 
 // readSpeculative reads the next header into the (empty) stage and, in the
-// same call, the payload into w's buffer and the header after it into the
-// stage, w being the receive speculate took for the next frame. If the
-// header is w's frame, that frame is under way (or done); if not, w is
-// posted again and the bytes are left in the stage for the usual path.
-// It returns the bytes read (0: the socket had none, -1: interrupted), and
-// ok false if the link failed.
-func (e *progressEngine) readSpeculative(pp *enginePeer, w *waiter) (n int, ok bool) {
+// same call, the payload into the buffer of the receive the frame most
+// likely is for (the oldest posted for the peer, if its buffer is scratch:
+// see inbox.guess) and the header after it into the stage. If the header
+// is that receive's, its frame is under way (or done); if not, the bytes
+// are moved to the stage, in stream order, for the usual path, and the
+// receive stays posted. The inbox stays locked from the guess until the
+// header is checked, so that nobody takes the receive back meanwhile; the
+// read does not block.
+//
+// want is the most the read could have returned, 0 if there was no guess
+// to make (nothing was read); n is what it returned (0: the socket had
+// nothing, -1: interrupted). ok is false if the link failed.
+func (e *progressEngine) readSpeculative(pp *enginePeer) (n, want int, ok bool) {
 	const H = HeaderSize
 	in := e.t.in
+	in.mu.Lock()
+	w := in.guess(pp.id, maxSpeculate)
+	if w == nil {
+		in.mu.Unlock()
+		return 0, 0, true
+	}
+	want = 2*H + len(w.dst)
 	n, err := rawReadv3(pp.fd, pp.stage[:H], w.dst, pp.stage[H:2*H])
-	if err == unix.EINTR || err == unix.EAGAIN {
-		in.unclaim(w)
-		if err == unix.EINTR {
-			return -1, true
-		}
-		return 0, true
+	if err == unix.EINTR {
+		in.mu.Unlock()
+		return -1, want, true
+	}
+	if err == unix.EAGAIN {
+		in.mu.Unlock()
+		return 0, want, true
 	}
 	if err != nil || n == 0 {
-		in.unclaim(w)
+		in.mu.Unlock()
 		e.readFailed(pp, err)
-		return 0, false
+		return 0, want, false
 	}
 	if n >= H {
 		h, derr := DecodeHeader(pp.stage[:H], e.t.maxPayload)
 		if derr == nil && w.matches(h) {
-			got := min(n-H, len(w.dst))
+			in.claimGuessed(w, h)
+			in.mu.Unlock()
 			e.specHits++
-			w.got = h
+			got := min(n-H, len(w.dst))
 			pp.h, pp.inFrame, pp.w, pp.dst, pp.off, pp.abort = h, true, w, w.dst, got, false
 			pp.headerFirst = h.Len >= stageBytes/2
 			pp.rs, pp.re = H, H+n-H-got // the next header's first bytes
 			if pp.off == len(pp.dst) {
 				e.endFrame(pp)
 			}
-			return n, true
+			return n, want, true
 		}
 	}
-	// Another frame (or only part of a header): the bytes go in order into
-	// the stage (header, then what went to w.dst, then what went past it),
-	// and w is posted again. In that order: once posted, w can fail and be
-	// released by its owner.
-	e.specMisses++
+	// Another frame (or only part of a header): header, then what went to
+	// w.dst, then what went past it.
 	if k := min(max(n-H, 0), len(w.dst)); k > 0 {
 		copy(pp.stage[H+k:], pp.stage[H:H+n-H-k])
 		copy(pp.stage[H:], w.dst[:k])
 	}
-	in.unclaim(w)
+	in.mu.Unlock()
+	e.specMisses++
 	pp.rs, pp.re = 0, n
-	return n, true
+	return n, want, true
 }
 
 // readFailed takes pp's link down after a read returned err (nil: the peer

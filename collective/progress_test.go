@@ -545,7 +545,7 @@ func TestEngineSpeculativeReads(t *testing.T) {
 		for _, i := range rng.Perm(m) {
 			if rng.IntN(4) > 0 {
 				dsts[i] = make([]byte, lens[i])
-				pend[i] = tr.Post(1, hdr(i), dsts[i])
+				pend[i] = tr.postScratch(1, hdr(i), dsts[i])
 			}
 		}
 		var stream []byte
@@ -586,7 +586,7 @@ func TestEngineSpeculativeReads(t *testing.T) {
 		for i := range m {
 			if pend[i] == nil {
 				dsts[i] = make([]byte, lens[i])
-				pend[i] = tr.Post(1, hdr(i), dsts[i])
+				pend[i] = tr.postScratch(1, hdr(i), dsts[i])
 			}
 		}
 		for i := range m {
@@ -629,7 +629,7 @@ func TestEngineSpeculativeDesync(t *testing.T) {
 	want := Header{Op: OpSendRecv, Tag: tag(1), Count: 20000}
 	after := Header{Op: OpSendRecv, Tag: tag(2), Count: 10}
 	pLong := tr.Post(1, long, make([]byte, stageBytes))
-	pWant := tr.Post(1, want, make([]byte, 20000))
+	pWant := tr.postScratch(1, want, make([]byte, 20000))
 	var buf bytes.Buffer
 	WriteFrame(&buf, long, make([]byte, stageBytes))
 	if _, err := b.Write(buf.Bytes()); err != nil {
@@ -664,4 +664,174 @@ func TestEngineSpeculativeDesync(t *testing.T) {
 	if misses == 0 {
 		t.Fatal("the desynchronised frame was not read with a guess")
 	}
+}
+
+// Only a scratch receive (an all-to-all's) is read into before its header
+// is checked. A receive posted with Post may target memory that a queued
+// send still reads (the ring all-reduce receives the all-gather of a chunk
+// over the chunk its reduce-scatter is sending): another frame's bytes must
+// never land there. The same sequence with a scratch receive shows that a
+// guess was made.
+func TestEngineGuessOnlyScratch(t *testing.T) {
+	for _, scratch := range []bool{false, true} {
+		t.Run(fmt.Sprint("scratch=", scratch), func(t *testing.T) {
+			a, b := loopbackPair(t)
+			tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: DefaultMaxPayload,
+				SpinWait: time.Second, ProgressEngine: true}, []*net.TCPConn{nil, a})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			ctx := testCtx(t, 10*time.Second)
+			hdr := func(step uint32, n int) Header {
+				return Header{Op: OpSendRecv, Tag: Tag{Group: 7, Seq: 1, Step: step}, Count: uint64(n)}
+			}
+			frame := func(h Header, p []byte) []byte {
+				var buf bytes.Buffer
+				WriteFrame(&buf, h, p)
+				return buf.Bytes()
+			}
+			// A long payload first, so that the next header is read with a
+			// guess if one is allowed.
+			h0 := hdr(0, 20000)
+			p0 := tr.Post(1, h0, make([]byte, 20000))
+			if _, err := b.Write(frame(h0, make([]byte, 20000))); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p0.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+			x := bytes.Repeat([]byte{0xAB}, 20000)
+			hR := hdr(1, len(x))
+			var pR Pending
+			if scratch {
+				pR = tr.postScratch(1, hR, x)
+			} else {
+				pR = tr.Post(1, hR, x)
+			}
+			hQ := hdr(2, 100)
+			q := make([]byte, 100)
+			pQ := tr.Post(1, hQ, q)
+			qDone := make(chan error, 1)
+			go func() { _, err := pQ.Wait(ctx); qDone <- err }()
+			time.Sleep(5 * time.Millisecond) // the driver spins on the empty socket
+			if _, err := b.Write(frame(hQ, bytes.Repeat([]byte{0xEE}, 100))); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-qDone; err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(q, bytes.Repeat([]byte{0xEE}, 100)) {
+				t.Fatal("the frame that came first has the wrong payload")
+			}
+			e := tr.eng
+			e.token <- struct{}{}
+			misses := e.specMisses
+			<-e.token
+			switch {
+			case !scratch && !bytes.Equal(x, bytes.Repeat([]byte{0xAB}, len(x))):
+				t.Fatalf("a receive posted with Post had its buffer written by another frame: x[0] = %#x", x[0])
+			case !scratch && misses != 0:
+				t.Fatalf("%d guesses for a receive posted with Post", misses)
+			case scratch && misses == 0:
+				t.Fatal("no guess for the scratch receive: the test shows nothing")
+			}
+			want := bytes.Repeat([]byte{0x5A}, len(x))
+			if _, err := b.Write(frame(hR, want)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pR.Wait(ctx); err != nil || !bytes.Equal(x, want) {
+				t.Fatalf("the receive's own frame: %v, payload equal %v", err, bytes.Equal(x, want))
+			}
+		})
+	}
+}
+
+// A scratch receive that times out while another goroutine drives (and
+// guesses it, over and over, on an empty socket) fails alone: the link
+// stays up. The guess holds the inbox's lock rather than claiming the
+// receive, which would make its Wait take the link down ("stalled in the
+// middle of a frame").
+func TestEngineGuessTimeoutKeepsLink(t *testing.T) {
+	a, b := loopbackPair(t)
+	tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: DefaultMaxPayload,
+		SpinWait: time.Second, ProgressEngine: true}, []*net.TCPConn{nil, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx := testCtx(t, 10*time.Second)
+	hdr := func(step uint32, n int) Header {
+		return Header{Op: OpSendRecv, Tag: Tag{Group: 7, Seq: 1, Step: step}, Count: uint64(n)}
+	}
+	h0 := hdr(0, 20000)
+	p0 := tr.Post(1, h0, make([]byte, 20000))
+	var buf bytes.Buffer
+	WriteFrame(&buf, h0, make([]byte, 20000))
+	if _, err := b.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p0.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Another goroutine drives: it waits for a send the peer does not read.
+	big := make([]byte, 64<<20)
+	pBig := tr.startSend(1, hdr(100, len(big)), big)
+	dctx, dcancel := context.WithCancel(ctx)
+	driving := make(chan struct{})
+	go func() { _, _ = pBig.Wait(dctx); close(driving) }()
+	defer func() { dcancel(); <-driving }()
+	time.Sleep(2 * time.Millisecond)
+	for i := range 300 {
+		pR := tr.postScratch(1, hdr(uint32(10+i), 100), make([]byte, 100))
+		short, cancel := context.WithTimeout(context.Background(), 200*time.Microsecond)
+		_, err := pR.Wait(short)
+		cancel()
+		release(pR)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("iteration %d: %v, want the deadline", i, err)
+		}
+		if tr.eng.peers[1].isDown.Load() {
+			t.Fatalf("iteration %d: a receive timing out took the healthy link down", i)
+		}
+	}
+}
+
+// Concurrent all-to-alls on one mesh: frames of one operation arrive while
+// the engine guesses another's receives, and every guess that misses must
+// leave the stream in order. Blocks of 16 KiB, as in the bench.
+func TestTCPEngineConcurrentAllToAllExact(t *testing.T) {
+	const n, k, block = 3, 4, 4096
+	ts := tcpMeshEngine(t, n, 50*time.Microsecond, false)
+	comms := worlds(ts, Config{})
+	ctx := testCtx(t, 30*time.Second)
+	for round := range 20 {
+		mustAll(t, runRanks(comms, func(c *Comm) error {
+			sends := make([][]float32, k)
+			recvs := make([][]float32, k)
+			var reqs []*Request
+			for j := range k {
+				sends[j] = make([]float32, n*block)
+				recvs[j] = make([]float32, n*block)
+				for i := range sends[j] {
+					sends[j][i] = val(c.Rank(), i+j*7+round)
+				}
+				reqs = append(reqs, c.AllToAllAsync(sends[j], recvs[j]))
+			}
+			if err := WaitAll(ctx, reqs...); err != nil {
+				return err
+			}
+			for j := range k {
+				for p := range n {
+					for i := range block {
+						if want := val(p, c.Rank()*block+i+j*7+round); recvs[j][p*block+i] != want {
+							return fmt.Errorf("round %d op %d from %d [%d] = %v, want %v", round, j, p, i, recvs[j][p*block+i], want)
+						}
+					}
+				}
+			}
+			return nil
+		}))
+	}
+	checkNoWaiters(t, ts)
 }

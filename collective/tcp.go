@@ -464,16 +464,29 @@ func (t *tcpTransport) Recv(ctx context.Context, p int, want Header, dst []byte)
 		return Header{}, err
 	}
 	if t.eng != nil {
-		return t.Post(p, want, dst).Wait(ctx)
+		pd := t.Post(p, want, dst)
+		h, err := pd.Wait(ctx)
+		release(pd)
+		return h, err
 	}
 	return t.in.recv(ctx, p, want, dst)
 }
 
 func (t *tcpTransport) Post(p int, want Header, dst []byte) Pending {
+	return t.post(p, want, dst, false)
+}
+
+// postScratch implements scratchPoster: with the progress engine, the
+// reader may read a payload into dst before it has checked the header.
+func (t *tcpTransport) postScratch(p int, want Header, dst []byte) Pending {
+	return t.post(p, want, dst, t.eng != nil)
+}
+
+func (t *tcpTransport) post(p int, want Header, dst []byte, scratch bool) Pending {
 	if _, err := t.peer(p); err != nil {
 		return failedPending{err}
 	}
-	pd := t.in.post(p, want, dst)
+	pd := t.in.postOpts(p, want, dst, scratch)
 	pd.await = t.engAwait
 	return pd
 }

@@ -65,6 +65,15 @@ type sendStarter interface {
 // 10 µs to add, about what a socket buffer drains in that time.
 const progressEvery = 64 << 10
 
+// scratchPoster is implemented by transports that can post a receive whose
+// buffer is scratch until the receive completes: nothing reads it, so the
+// transport may put other bytes there meanwhile (and leaves it unspecified
+// if the receive fails). Receives into memory that queued sends may still
+// read must use Post.
+type scratchPoster interface {
+	postScratch(peer int, want Header, dst []byte) Pending
+}
+
 // inPieces calls fn on [lo, hi) pieces of [0, n) of at most progressEvery
 // elements, calling ss.progress between them (ss may be nil: one piece).
 func inPieces(ss sendStarter, n int, fn func(lo, hi int)) {
@@ -168,9 +177,14 @@ type psig struct {
 }
 
 type waiter struct {
-	peer    int
-	want    Header
-	dst     []byte
+	peer int
+	want Header
+	dst  []byte
+	// scratch: nothing reads dst until the receive completes, so a reader
+	// may put another frame's bytes there before it has read the header
+	// (readSpeculative). An all-to-all's receive buffer is scratch; a ring
+	// posts receives over memory its queued sends still read, which is not.
+	scratch bool
 	done    signal
 	err     error
 	got     Header
@@ -292,6 +306,11 @@ type pending struct {
 
 // post registers a receive (or completes it at once from an early frame).
 func (b *inbox) post(peer int, want Header, dst []byte) *pending {
+	return b.postOpts(peer, want, dst, false)
+}
+
+// postOpts is post; scratch marks dst as a waiter's scratch field says.
+func (b *inbox) postOpts(peer int, want Header, dst []byte, scratch bool) *pending {
 	key := mkey{peer, want.Tag}
 	b.mu.Lock()
 	p := b.newPending()
@@ -333,7 +352,7 @@ func (b *inbox) post(peer int, want Header, dst []byte) *pending {
 		p.err = fmt.Errorf("second receive posted for %v from rank %d", want.Tag, peer)
 		return p
 	}
-	p.ws.peer, p.ws.want, p.ws.dst = peer, want, dst
+	p.ws.peer, p.ws.want, p.ws.dst, p.ws.scratch = peer, want, dst, scratch
 	p.w = &p.ws
 	b.putW(key, p.w)
 	b.mu.Unlock()
@@ -373,7 +392,7 @@ func (p *pending) release() {
 	}
 	p.ws.done.reset()
 	p.key, p.w, p.h, p.err, p.want, p.await = mkey{}, nil, Header{}, nil, 0, nil
-	p.ws.peer, p.ws.want, p.ws.dst, p.ws.err, p.ws.got, p.ws.claimed = 0, Header{}, nil, nil, Header{}, false
+	p.ws.peer, p.ws.want, p.ws.dst, p.ws.err, p.ws.got, p.ws.claimed, p.ws.scratch = 0, Header{}, nil, nil, Header{}, false, false
 	p.inFree = true
 	b.free = append(b.free, p)
 }
@@ -477,58 +496,36 @@ func (b *inbox) claim(peer int, h Header) *waiter {
 	return w
 }
 
-// speculate claims the oldest receive posted for peer, if its buffer holds
-// 1 to max bytes, before its frame's header is read: a reader that expects
-// frames in the order their receives were posted reads the header and the
-// payload in one system call, the payload into the receive's buffer. If the
-// header turns out to be another frame's, unclaim puts the receive back
-// (the reader moves the bytes it put in dst elsewhere; dst is filled again
-// by its own frame). It returns nil if there is no such receive.
-func (b *inbox) speculate(peer, max int) *waiter {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+// guess returns the oldest receive posted for peer if a reader may read
+// into its buffer before it knows the frame is its (see readSpeculative):
+// the buffer is scratch (posted with postScratch), holds 1 to max bytes,
+// and no reader is filling it. Callers hold mu, and keep holding it while
+// they read into the buffer and check the header: while they do, nobody
+// can take the receive back.
+func (b *inbox) guess(peer, max int) *waiter {
 	if peer >= len(b.byPeer) || len(b.byPeer[peer]) == 0 {
 		return nil
 	}
 	w := b.byPeer[peer][0]
-	if len(w.dst) == 0 || len(w.dst) > max {
+	if !w.scratch || w.claimed || len(w.dst) == 0 || len(w.dst) > max {
 		return nil
 	}
-	b.delW(mkey{peer, w.want.Tag})
-	w.claimed = true
 	return w
 }
 
-// matches reports whether h is the frame w was speculatively claimed for,
-// sized to fill its buffer exactly.
+// matches reports whether h is the frame of receive w, sized to fill its
+// buffer exactly.
 func (w *waiter) matches(h Header) bool {
 	return h.Tag == w.want.Tag && checkFrame(w.peer, w.want, h, len(w.dst)) == nil
 }
 
-// unclaim posts a speculatively claimed receive again, or fails it if its
-// operation, its peer or the inbox failed meanwhile (those skip claimed
-// receives).
-func (b *inbox) unclaim(w *waiter) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	w.claimed = false
-	err := b.closed
-	if err == nil {
-		err = b.aborted[opKey{w.want.Tag.Group, w.want.Tag.Seq}]
-	}
-	if err == nil {
-		err = b.peerErr[w.peer]
-	}
-	if err != nil {
-		w.complete(err)
-		return
-	}
-	// Back at the front: it was the oldest.
-	k := mkey{w.peer, w.want.Tag}
-	b.putW(k, w)
-	ws := b.byPeer[w.peer]
-	copy(ws[1:], ws[:len(ws)-1])
-	ws[0] = w
+// claimGuessed claims w for its frame with header h, which a reader has
+// found at the start of what it read into w's buffer; callers hold mu
+// (since guess).
+func (b *inbox) claimGuessed(w *waiter, h Header) {
+	b.delW(mkey{w.peer, w.want.Tag})
+	w.got = h
+	w.claimed = true
 }
 
 // finish completes a claimed waiter.
