@@ -483,7 +483,7 @@ func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) {
 	ms := int((timeout + time.Millisecond - 1) / time.Millisecond)
 	var n int
 	if ms == 0 {
-		// Raw: a poll that cannot block only looks (see rawRead).
+		// Raw: a poll that cannot block only looks (see rawReadv2).
 		r, _, errno := unix.RawSyscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&e.pfds[0])), uintptr(len(e.pfds)), 0)
 		if errno != 0 {
 			e.markAll()
@@ -548,7 +548,7 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 			pp.iov = append(pp.iov, v)
 		}
 		want := budget - left
-		// Raw (see rawRead): a nonblocking writev only copies.
+		// Raw (see rawReadv2): a nonblocking writev only copies.
 		r, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(pp.fd), uintptr(unsafe.Pointer(&pp.iov[0])), uintptr(len(pp.iov)))
 		runtime.KeepAlive(f)
 		if errno == unix.EINTR {

@@ -48,66 +48,49 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 		}
 		// Need more bytes: read the rest of a long payload in place,
 		// anything else through the stage.
-		if pp.inFrame && len(pp.dst)-pp.off >= stageBytes/2 {
+		var a, b []byte
+		direct := pp.inFrame && len(pp.dst)-pp.off >= stageBytes/2
+		if direct {
 			// The stage is empty here (its bytes went to dst above), and
 			// takes the next header in the same call: reading the payload
 			// alone leaves a full read, which says nothing about whether
 			// the socket is drained, and the next read is mostly EAGAIN.
-			a := pp.dst[pp.off:]
+			a = pp.dst[pp.off:]
 			a = a[:min(len(a), budget)]
+			b = pp.stage[:HeaderSize]
 			pp.rs, pp.re = 0, 0
-			n, err := rawReadv2(pp.fd, a, pp.stage[:HeaderSize])
-			if err == unix.EINTR {
-				continue
-			}
-			if err == unix.EAGAIN {
-				return moved
-			}
-			if err != nil || n == 0 {
-				e.readFailed(pp, err)
-				return true
-			}
-			moved = true
-			budget -= n
-			drained = n < len(a)+HeaderSize
-			got := min(n, len(a))
-			pp.off += got
-			pp.re = n - got // the next header, or more of this payload if the budget cut a
-			if pp.off == len(pp.dst) {
-				e.endFrame(pp)
-			}
-			continue
-		}
-		if pp.rs == pp.re {
-			pp.rs, pp.re = 0, 0
-			if !pp.inFrame && pp.headerFirst {
-				n, want, ok := e.readSpeculative(pp)
-				if !ok {
-					return true
-				}
-				if want > 0 { // guessed
-					if n < 0 { // EINTR
+		} else {
+			if pp.rs == pp.re {
+				pp.rs, pp.re = 0, 0
+				if !pp.inFrame && pp.headerFirst {
+					n, want, ok := e.readSpeculative(pp)
+					if !ok {
+						return true
+					}
+					if want > 0 { // guessed
+						if n < 0 { // EINTR
+							continue
+						}
+						if n == 0 { // EAGAIN
+							return moved
+						}
+						moved = true
+						budget -= n
+						drained = n < want
 						continue
 					}
-					if n == 0 { // EAGAIN
-						return moved
-					}
-					moved = true
-					budget -= n
-					drained = n < want
-					continue
 				}
+			} else if pp.rs > 0 && len(pp.stage)-pp.re < HeaderSize {
+				pp.re = copy(pp.stage, pp.stage[pp.rs:pp.re])
+				pp.rs = 0
 			}
-		} else if pp.rs > 0 && len(pp.stage)-pp.re < HeaderSize {
-			pp.re = copy(pp.stage, pp.stage[pp.rs:pp.re])
-			pp.rs = 0
+			a = pp.stage[pp.re:]
+			if !pp.inFrame && pp.headerFirst {
+				a = a[:HeaderSize-(pp.re-pp.rs)]
+			}
+			a = a[:min(len(a), budget)]
 		}
-		buf := pp.stage[pp.re:]
-		if !pp.inFrame && pp.headerFirst {
-			buf = buf[:HeaderSize-(pp.re-pp.rs)]
-		}
-		buf = buf[:min(len(buf), budget)]
-		n, err := rawRead(pp.fd, buf)
+		n, err := rawReadv2(pp.fd, a, b)
 		if err == unix.EINTR {
 			continue
 		}
@@ -120,8 +103,17 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 		}
 		moved = true
 		budget -= n
-		drained = n < len(buf)
-		pp.re += n
+		drained = n < len(a)+len(b)
+		if !direct {
+			pp.re += n
+			continue
+		}
+		got := min(n, len(a))
+		pp.off += got
+		pp.re = n - got // the next header, or more of this payload if the budget cut a
+		if pp.off == len(pp.dst) {
+			e.endFrame(pp)
+		}
 	}
 	return moved
 }
@@ -265,24 +257,13 @@ func (e *progressEngine) endFrame(pp *enginePeer) {
 	pp.dst, pp.w, pp.abort = nil, nil, false
 }
 
-// rawRead is read(2) without telling the scheduler: on a nonblocking socket
-// it never blocks, only copies. Through syscall.Syscall every call marks the
-// P as in a system call, and with GOMAXPROCS 1 the runtime's monitor then
-// hands the P to another thread, which the caller has to take back.
-func rawRead(fd int, b []byte) (int, error) {
-	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(r), nil
-}
-
-// rawReadv2 is readv(2) into a then b, raw for the same reason as rawRead.
+// rawReadv2 is readv(2) into a then b (b may be empty) without telling the
+// scheduler: on a nonblocking socket it never blocks, only copies. Through
+// syscall.Syscall every call marks the P as in a system call, and with
+// GOMAXPROCS 1 the runtime's monitor then hands the P to another thread,
+// which the caller has to take back.
 func rawReadv2(fd int, a, b []byte) (int, error) {
-	iov := [2]unix.Iovec{
-		{Base: unsafe.SliceData(a), Len: uint64(len(a))},
-		{Base: unsafe.SliceData(b), Len: uint64(len(b))},
-	}
+	iov := [2]unix.Iovec{iovec(a), iovec(b)}
 	r, _, errno := unix.RawSyscall(unix.SYS_READV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), 2)
 	if errno != 0 {
 		return 0, errno
@@ -290,16 +271,18 @@ func rawReadv2(fd int, a, b []byte) (int, error) {
 	return int(r), nil
 }
 
-// rawReadv3 is readv(2) into a, b, then c, raw for the same reason as rawRead.
+// rawReadv3 is readv(2) into a, b, then c, raw for the same reason as rawReadv2.
 func rawReadv3(fd int, a, b, c []byte) (int, error) {
-	iov := [3]unix.Iovec{
-		{Base: unsafe.SliceData(a), Len: uint64(len(a))},
-		{Base: unsafe.SliceData(b), Len: uint64(len(b))},
-		{Base: unsafe.SliceData(c), Len: uint64(len(c))},
-	}
+	iov := [3]unix.Iovec{iovec(a), iovec(b), iovec(c)}
 	r, _, errno := unix.RawSyscall(unix.SYS_READV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), 3)
 	if errno != 0 {
 		return 0, errno
 	}
 	return int(r), nil
+}
+
+func iovec(b []byte) unix.Iovec {
+	v := unix.Iovec{Base: unsafe.SliceData(b)}
+	v.SetLen(len(b))
+	return v
 }

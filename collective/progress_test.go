@@ -511,13 +511,7 @@ func TestTCPEngineCollectivesAllocs(t *testing.T) {
 // random pieces, of lengths around the speculation bound, must all land
 // whole and exact; the guess must have been right and wrong in the run.
 func TestEngineSpeculativeReads(t *testing.T) {
-	a, b := loopbackPair(t)
-	tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: DefaultMaxPayload,
-		SpinWait: 20 * time.Microsecond, ProgressEngine: true}, []*net.TCPConn{nil, a})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr, b := enginePair(t, 20*time.Microsecond)
 	ctx := testCtx(t, 20*time.Second)
 	rng := rand.New(rand.NewPCG(11, 12))
 	sizes := []int{1, 100, HeaderSize, stageBytes / 2, stageBytes/2 + 1, maxSpeculate - 1, maxSpeculate, maxSpeculate + 1, stageBytes, 40000}
@@ -616,13 +610,7 @@ func TestEngineSpeculativeReads(t *testing.T) {
 // A frame with the tag of the receive guessed for it but another length is
 // a desync on that receive, as without the guess, and the link stays up.
 func TestEngineSpeculativeDesync(t *testing.T) {
-	a, b := loopbackPair(t)
-	tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: DefaultMaxPayload,
-		SpinWait: 20 * time.Microsecond, ProgressEngine: true}, []*net.TCPConn{nil, a})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr, b := enginePair(t, 20*time.Microsecond)
 	ctx := testCtx(t, 10*time.Second)
 	tag := func(step uint32) Tag { return Tag{Group: 3, Seq: 1, Step: step} }
 	long := Header{Op: OpSendRecv, Tag: tag(0), Count: stageBytes}
@@ -648,7 +636,7 @@ func TestEngineSpeculativeDesync(t *testing.T) {
 	if _, err := b.Write(buf.Bytes()); err != nil {
 		t.Fatal(err)
 	}
-	_, err = pWant.Wait(ctx)
+	_, err := pWant.Wait(ctx)
 	var de *DesyncError
 	if !errors.As(err, &de) || de.Got.Len != 15000 {
 		t.Fatalf("receive for 20000 bytes given 15000: %v, want a DesyncError naming 15000", err)
@@ -675,17 +663,8 @@ func TestEngineSpeculativeDesync(t *testing.T) {
 func TestEngineGuessOnlyScratch(t *testing.T) {
 	for _, scratch := range []bool{false, true} {
 		t.Run(fmt.Sprint("scratch=", scratch), func(t *testing.T) {
-			a, b := loopbackPair(t)
-			tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: DefaultMaxPayload,
-				SpinWait: time.Second, ProgressEngine: true}, []*net.TCPConn{nil, a})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tr.Close()
+			tr, b := enginePair(t, time.Second)
 			ctx := testCtx(t, 10*time.Second)
-			hdr := func(step uint32, n int) Header {
-				return Header{Op: OpSendRecv, Tag: Tag{Group: 7, Seq: 1, Step: step}, Count: uint64(n)}
-			}
 			frame := func(h Header, p []byte) []byte {
 				var buf bytes.Buffer
 				WriteFrame(&buf, h, p)
@@ -693,7 +672,7 @@ func TestEngineGuessOnlyScratch(t *testing.T) {
 			}
 			// A long payload first, so that the next header is read with a
 			// guess if one is allowed.
-			h0 := hdr(0, 20000)
+			h0 := stepHeader(0, 20000)
 			p0 := tr.Post(1, h0, make([]byte, 20000))
 			if _, err := b.Write(frame(h0, make([]byte, 20000))); err != nil {
 				t.Fatal(err)
@@ -702,14 +681,14 @@ func TestEngineGuessOnlyScratch(t *testing.T) {
 				t.Fatal(err)
 			}
 			x := bytes.Repeat([]byte{0xAB}, 20000)
-			hR := hdr(1, len(x))
+			hR := stepHeader(1, len(x))
 			var pR Pending
 			if scratch {
 				pR = tr.postScratch(1, hR, x)
 			} else {
 				pR = tr.Post(1, hR, x)
 			}
-			hQ := hdr(2, 100)
+			hQ := stepHeader(2, 100)
 			q := make([]byte, 100)
 			pQ := tr.Post(1, hQ, q)
 			qDone := make(chan error, 1)
@@ -753,18 +732,9 @@ func TestEngineGuessOnlyScratch(t *testing.T) {
 // receive, which would make its Wait take the link down ("stalled in the
 // middle of a frame").
 func TestEngineGuessTimeoutKeepsLink(t *testing.T) {
-	a, b := loopbackPair(t)
-	tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: DefaultMaxPayload,
-		SpinWait: time.Second, ProgressEngine: true}, []*net.TCPConn{nil, a})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr, b := enginePair(t, time.Second)
 	ctx := testCtx(t, 10*time.Second)
-	hdr := func(step uint32, n int) Header {
-		return Header{Op: OpSendRecv, Tag: Tag{Group: 7, Seq: 1, Step: step}, Count: uint64(n)}
-	}
-	h0 := hdr(0, 20000)
+	h0 := stepHeader(0, 20000)
 	p0 := tr.Post(1, h0, make([]byte, 20000))
 	var buf bytes.Buffer
 	WriteFrame(&buf, h0, make([]byte, 20000))
@@ -776,14 +746,14 @@ func TestEngineGuessTimeoutKeepsLink(t *testing.T) {
 	}
 	// Another goroutine drives: it waits for a send the peer does not read.
 	big := make([]byte, 64<<20)
-	pBig := tr.startSend(1, hdr(100, len(big)), big)
+	pBig := tr.startSend(1, stepHeader(100, len(big)), big)
 	dctx, dcancel := context.WithCancel(ctx)
 	driving := make(chan struct{})
 	go func() { _, _ = pBig.Wait(dctx); close(driving) }()
 	defer func() { dcancel(); <-driving }()
 	time.Sleep(2 * time.Millisecond)
 	for i := range 300 {
-		pR := tr.postScratch(1, hdr(uint32(10+i), 100), make([]byte, 100))
+		pR := tr.postScratch(1, stepHeader(uint32(10+i), 100), make([]byte, 100))
 		short, cancel := context.WithTimeout(context.Background(), 200*time.Microsecond)
 		_, err := pR.Wait(short)
 		cancel()
@@ -834,4 +804,23 @@ func TestTCPEngineConcurrentAllToAllExact(t *testing.T) {
 		}))
 	}
 	checkNoWaiters(t, ts)
+}
+
+// enginePair is a progress-engine transport of rank 0 whose peer, rank 1,
+// is the returned raw connection: a test writes rank 1's frames itself.
+func enginePair(t *testing.T, spin time.Duration) (*tcpTransport, *net.TCPConn) {
+	t.Helper()
+	a, b := loopbackPair(t)
+	tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: DefaultMaxPayload,
+		SpinWait: spin, ProgressEngine: true}, []*net.TCPConn{nil, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr, b
+}
+
+// stepHeader is the header of a send-receive of n bytes at the given step.
+func stepHeader(step uint32, n int) Header {
+	return Header{Op: OpSendRecv, Tag: Tag{Group: 7, Seq: 1, Step: step}, Count: uint64(n)}
 }
