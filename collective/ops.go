@@ -187,7 +187,7 @@ func (c *Comm) broadcast(buf []float32, root int) (*opRun, func(context.Context)
 // AllToAll sends block j of send (len(send)/Size() elements) to member j and
 // receives member j's block Rank() into block j of recv. send and recv must
 // not overlap. recv is the operation's until it returns (the transport may
-// use it as scratch); if it fails, recv's contents are unspecified.
+// use it as scratch); if it fails, recv is zeroed.
 func (c *Comm) AllToAll(ctx context.Context, send, recv []float32) error {
 	if err := c.checkAllToAll(send, recv); err != nil {
 		return err
@@ -241,7 +241,7 @@ const stackRanks = 16
 // consecutive blocks of recv. Zero counts are allowed. Each pair of members
 // must agree (my sendCounts[j] == member j's recvCounts[me]); a mismatch is a
 // *DesyncError on the receiver. As with AllToAll, send and recv must not
-// overlap, and recv is unspecified if the operation fails.
+// overlap, and recv is zeroed if the operation fails.
 func (c *Comm) AllToAllV(ctx context.Context, send []float32, sendCounts []int, recv []float32, recvCounts []int) error {
 	if err := c.checkAllToAllV(send, sendCounts, recv, recvCounts); err != nil {
 		return err
@@ -377,6 +377,9 @@ func allToAllVBlocking(ctx context.Context, o *opRun, send []float32, sc, soff [
 	for _, err := range sendErrs {
 		first = rootCause(first, err)
 	}
+	if first != nil {
+		clear(recv) // as allToAllVQueued does
+	}
 	return first
 }
 
@@ -420,7 +423,14 @@ func allToAllVQueued(ctx context.Context, o *opRun, ss sendStarter, send []float
 		release(recvs[mod(r-s, n)])
 		release(sends[mod(r+s, n)])
 	}
-	return rootCause(first, sendErr)
+	err := rootCause(first, sendErr)
+	if err != nil {
+		// Receives are scratch: a failed one may hold another frame's
+		// bytes. Zeros are what a caller that reads on (the MoE layer
+		// turns received floats into row counts) can live with.
+		clear(recv)
+	}
+	return err
 }
 
 // postReceives posts an all-to-all's receives into recvs (by source; this

@@ -526,6 +526,10 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 	moved := false
 	budget := writeBudget
 	for budget > 0 {
+		// mu is held through the (nonblocking) writev and the frame's
+		// bookkeeping: a waitFrame that gives up finds its frame either
+		// off the queue or not yet written whole, never written whole but
+		// still queued (which it would take for a stall).
 		pp.mu.Lock()
 		if len(pp.wq) == 0 {
 			pp.mu.Unlock()
@@ -533,8 +537,6 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 		}
 		f := pp.wq[0]
 		f.started = true
-		pp.mu.Unlock()
-
 		pp.iov = pp.iov[:0]
 		left := budget
 		for _, b := range f.parts {
@@ -551,13 +553,14 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 		// Raw (see rawReadv2): a nonblocking writev only copies.
 		r, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(pp.fd), uintptr(unsafe.Pointer(&pp.iov[0])), uintptr(len(pp.iov)))
 		runtime.KeepAlive(f)
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno == unix.EAGAIN {
-			return moved
-		}
 		if errno != 0 {
+			pp.mu.Unlock()
+			switch errno {
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return moved
+			}
 			e.t.linkDown(pp.id, fmt.Errorf("write: %w", errno))
 			e.bury(pp)
 			return true
@@ -575,13 +578,15 @@ func (e *progressEngine) write(pp *enginePeer) bool {
 				f.parts = f.parts[1:]
 			}
 		}
-		if len(f.parts) == 0 {
-			pp.mu.Lock()
+		done := len(f.parts) == 0
+		if done {
 			// Shift rather than reslice, so that the queue keeps its
 			// capacity and appending to it does not allocate.
 			pp.wq = slices.Delete(pp.wq, 0, 1)
 			pp.queued.Add(-1)
-			pp.mu.Unlock()
+		}
+		pp.mu.Unlock()
+		if done {
 			f.sig.fire()
 		}
 		if full {

@@ -163,16 +163,20 @@ func (e *progressEngine) readSpeculative(pp *enginePeer) (n, want int, ok bool) 
 	if n >= H {
 		h, derr := DecodeHeader(pp.stage[:H], e.t.maxPayload)
 		if derr == nil && w.matches(h) {
-			in.claimGuessed(w, h)
-			in.mu.Unlock()
 			e.specHits++
 			got := min(n-H, len(w.dst))
-			pp.h, pp.inFrame, pp.w, pp.dst, pp.off, pp.abort = h, true, w, w.dst, got, false
 			pp.headerFirst = h.Len >= stageBytes/2
 			pp.rs, pp.re = H, H+n-H-got // the next header's first bytes
-			if pp.off == len(pp.dst) {
-				e.endFrame(pp)
+			if got == len(w.dst) {
+				// The whole frame: done under the same lock, so that a
+				// Wait giving up meanwhile never finds it claimed.
+				in.completeGuessed(w, h)
+				in.mu.Unlock()
+				return n, want, true
 			}
+			in.claimGuessed(w, h)
+			in.mu.Unlock()
+			pp.h, pp.inFrame, pp.w, pp.dst, pp.off, pp.abort = h, true, w, w.dst, got, false
 			return n, want, true
 		}
 	}

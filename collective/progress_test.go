@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"runtime"
@@ -823,4 +824,46 @@ func enginePair(t *testing.T, spin time.Duration) (*tcpTransport, *net.TCPConn) 
 // stepHeader is the header of a send-receive of n bytes at the given step.
 func stepHeader(step uint32, n int) Header {
 	return Header{Op: OpSendRecv, Tag: Tag{Group: 7, Seq: 1, Step: step}, Count: uint64(n)}
+}
+
+// A failed all-to-all leaves zeros in recv, in every mode: its receives
+// may hold another frame's bytes (the engine guesses into them), and a
+// caller that reads on after a failure (the MoE layer turns received floats
+// into row counts) must not find garbage there. Rank 1 calls another
+// collective, so the all-to-all on rank 0 fails with a desync or an abort.
+func TestTCPModesAllToAllFailureZeroes(t *testing.T) {
+	for _, m := range tcpModes {
+		t.Run(m.name, func(t *testing.T) {
+			ts := tcpMeshMode(t, 2, m.engine, m.spin, m.yield)
+			comms := worlds(ts, Config{})
+			ctx := testCtx(t, 5*time.Second)
+			const block = 5000
+			errs := runRanks(comms, func(c *Comm) error {
+				buf := make([]float32, 2*block)
+				for i := range buf {
+					buf[i] = float32(i + 1)
+				}
+				if c.Rank() == 1 {
+					return c.AllReduce(ctx, buf, Sum)
+				}
+				recv := make([]float32, 2*block)
+				for i := range recv {
+					recv[i] = float32(math.NaN())
+				}
+				err := c.AllToAll(ctx, buf, recv)
+				if err == nil {
+					return errors.New("all-to-all against an all-reduce succeeded")
+				}
+				for i, v := range recv {
+					if v != 0 {
+						return fmt.Errorf("after %v: recv[%d] = %v, want 0", err, i, v)
+					}
+				}
+				return nil
+			})
+			if errs[0] != nil {
+				t.Fatal(errs[0])
+			}
+		})
+	}
 }

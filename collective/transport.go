@@ -528,6 +528,14 @@ func (b *inbox) claimGuessed(w *waiter, h Header) {
 	w.claimed = true
 }
 
+// completeGuessed completes w, whose whole frame (header h) a reader has
+// read into its buffer; callers hold mu (since guess).
+func (b *inbox) completeGuessed(w *waiter, h Header) {
+	b.delW(mkey{w.peer, w.want.Tag})
+	w.got = h
+	w.complete(nil)
+}
+
 // finish completes a claimed waiter.
 func (b *inbox) finish(w *waiter, err error) {
 	b.mu.Lock()
