@@ -155,9 +155,13 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	if cfg.Runner == nil {
 		cfg.Runner = RunMesh
 	}
+	congestion := "" // the TCP data plane's, for the log; "" with another data plane
 	if cfg.NewDataPlane == nil {
 		cc := cfg.TCPCongestion
 		cfg.NewDataPlane = func(ip string) (DataPlane, error) { return NewTCPDataPlaneCongestion(ip, cc) }
+		if congestion = cc; cc == "" {
+			congestion = collective.DefaultCongestion
+		}
 	}
 	ip := cfg.BindIP
 	if ip == "" {
@@ -184,7 +188,11 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	}
 	a := &agent{cfg: cfg, client: client, id: resp.WorkerId, dp: dp,
 		log: lg.With().Str("worker", resp.WorkerId).Logger()}
-	a.log.Info().Str("coordinator", cfg.Coordinator).Str("data_addr", dp.Addr()).Str("job", resp.JobId).Msg("joined")
+	ev := a.log.Info().Str("coordinator", cfg.Coordinator).Str("data_addr", dp.Addr()).Str("job", resp.JobId)
+	if congestion != "" {
+		ev = ev.Str("tcp_congestion", congestion) // asked for; the kernel takes the first it allows
+	}
+	ev.Msg("joined")
 
 	meta, _ := json.Marshal(map[string]any{"id": a.id, "host": cfg.Host, "data_addr": dp.Addr(), "cores": cfg.Cores})
 	mcfg := cfg.Membership

@@ -16,15 +16,17 @@ import (
 	"time"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/train"
 )
 
 // launchTiny runs `coordinator launch --workers 2` on the tiny job and
 // returns the run directory.
-func launchTiny(t *testing.T) string {
+func launchTiny(t *testing.T, flags ...string) string {
 	t.Helper()
 	run := filepath.Join(t.TempDir(), "run")
-	p := start(t, "coordinator launch", nil, "launch", "--workers", "2", "--config", writeJob(t), "--run-dir", run, "--no-bar")
+	args := append([]string{"launch", "--workers", "2", "--config", writeJob(t), "--run-dir", run, "--no-bar"}, flags...)
+	p := start(t, "coordinator launch", nil, args...)
 	if code := p.wait(60 * time.Second); code != 0 {
 		t.Fatalf("launch exited %d", code)
 	}
@@ -108,7 +110,20 @@ func TestLaunchTwoWorkers(t *testing.T) {
 			t.Errorf("step %v: rank losses differ: %v vs %v", step, l, first[1][step])
 		}
 	}
-	again := launchTiny(t)
+	// The second run's data plane uses reno, not the default: the losses
+	// are the same, and each worker says what it asked for.
+	again := launchTiny(t, "--tcp-congestion", "reno")
+	for run, want := range map[string]string{run: collective.DefaultCongestion, again: "reno"} {
+		for i := 0; i < 2; i++ {
+			b, err := os.ReadFile(filepath.Join(run, "worker-"+strconv.Itoa(i)+".log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if field := `"tcp_congestion":"` + want + `"`; !strings.Contains(string(b), field) {
+				t.Errorf("worker-%d.log of %s lacks %s", i, run, field)
+			}
+		}
+	}
 	for i := 0; i < 2; i++ {
 		second := stepLosses(t, filepath.Join(again, "worker-"+strconv.Itoa(i)+".log"))
 		for step, l := range first[i] {
@@ -116,6 +131,26 @@ func TestLaunchTwoWorkers(t *testing.T) {
 				t.Errorf("worker-%d step %v: loss %v in the first run, %v in the second", i, step, l, second[step])
 			}
 		}
+	}
+}
+
+// A congestion control the kernel refuses fails the launch at once, naming
+// the flag and the name, before any worker starts.
+func TestLaunchBadCongestion(t *testing.T) {
+	run := filepath.Join(t.TempDir(), "run")
+	p := start(t, "coordinator launch", nil, "launch", "--workers", "2", "--config", writeJob(t), "--run-dir", run,
+		"--no-bar", "--tcp-congestion", "nosuch-cc")
+	if code := p.wait(10 * time.Second); code == 0 {
+		t.Fatal("launch with --tcp-congestion nosuch-cc succeeded")
+	}
+	out := p.output()
+	for _, want := range []string{"--tcp-congestion", "nosuch-cc"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("launch output lacks %q:\n%s", want, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(run, "worker-0.log")); err == nil {
+		t.Error("a worker was started")
 	}
 }
 

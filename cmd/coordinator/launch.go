@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/parallel"
 )
 
@@ -25,6 +26,7 @@ const workerProcessCmd = "worker-process"
 func init() {
 	var (
 		config, runDir      string
+		congestion          string
 		workers, steps, thr int
 		verbose, noBar      bool
 		grace               time.Duration
@@ -53,6 +55,11 @@ SIGKILL.
 			}
 			if thr < 0 {
 				return fmt.Errorf("--threads %d: must be ≥ 0 (0 = cores/workers)", thr)
+			}
+			// Checked here, so that a name the kernel refuses fails the
+			// launch at once instead of every worker after it started.
+			if err := collective.CheckCongestion(congestion); err != nil {
+				return fmt.Errorf("--tcp-congestion: %w", err)
 			}
 			job, err := loadJob(config, steps)
 			if err != nil {
@@ -98,7 +105,7 @@ SIGKILL.
 				Bar: !noBar && term.IsTerminal(int(os.Stderr.Fd())), Log: lg, Grace: grace,
 				Membership: cluster.DefaultMembershipConfig(), Checkpoint: ckpt,
 				WorkerCmd: func(args ...string) *exec.Cmd {
-					return exec.Command(exe, append([]string{workerProcessCmd}, args...)...)
+					return exec.Command(exe, append([]string{workerProcessCmd, "--tcp-congestion", congestion}, args...)...)
 				},
 			})
 			fmt.Fprintf(os.Stderr, "logs and summary.json in %s\n", runDir)
@@ -114,6 +121,7 @@ SIGKILL.
 	f.DurationVar(&grace, "grace", 10*time.Second, "how long workers get to exit before SIGTERM, then SIGKILL")
 	f.BoolVar(&noBar, "no-bar", false, "print progress lines instead of a progress bar")
 	f.BoolVarP(&verbose, "verbose", "v", false, "coordinator debug output on the console")
+	f.StringVar(&congestion, "tcp-congestion", "", "TCP congestion control of the workers' data plane: a comma-separated list of kernel names, the first accepted wins, or "+collective.CongestionSystem+" for the system's (default "+collective.DefaultCongestion+")")
 	addCheckpointFlags(f, &ckpt)
 	rootCmd.AddCommand(cmd)
 
@@ -146,6 +154,7 @@ SIGKILL.
 	wf.StringVar(&wo.LogFile, "log-file", "", "JSON log file")
 	wf.BoolVarP(&wo.Verbose, "verbose", "v", false, "debug output")
 	wf.DurationVar(&wo.JoinTimeout, "join-timeout", 30*time.Second, "join retry window")
+	wf.StringVar(&wo.TCPCongestion, "tcp-congestion", "", "data-plane TCP congestion control (see worker --join)")
 	rootCmd.AddCommand(wcmd)
 }
 
