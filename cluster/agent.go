@@ -159,9 +159,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	if cfg.NewDataPlane == nil {
 		cc := cfg.TCPCongestion
 		cfg.NewDataPlane = func(ip string) (DataPlane, error) { return NewTCPDataPlaneCongestion(ip, cc) }
-		if congestion = cc; cc == "" {
-			congestion = collective.DefaultCongestion
-		}
+		congestion = collective.CongestionChoice(cc)
 	}
 	ip := cfg.BindIP
 	if ip == "" {

@@ -25,10 +25,7 @@ func (c *Comm) AllReduce(ctx context.Context, buf []float32, op ReduceOp) error 
 		return err
 	}
 	o := c.begin(OpAllReduce, len(buf))
-	ctx, cancel := o.deadline(ctx)
-	err := allReduce(ctx, &o, buf, op)
-	cancel()
-	return o.result(err)
+	return o.run(ctx, func(ctx context.Context) error { return allReduce(ctx, &o, buf, op) })
 }
 
 // AllReduceAsync starts AllReduce; buf must not be touched until Wait returns.

@@ -121,24 +121,20 @@ func BenchmarkAllToAllTCP(b *testing.B) {
 	for _, mode := range []string{"readers", "engine"} {
 		for _, n := range []int{2, 4} {
 			for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
-				benchAllToAllTCP(b, mode, n, size)
+				b.Run(fmt.Sprintf("%s/n%d/%dK", mode, n, size>>10), func(b *testing.B) {
+					ts := benchTCP(b, n, mode == "engine")
+					defer closeAllT(ts)
+					recv := make([][]float32, n)
+					for i := range recv {
+						recv[i] = make([]float32, size/4)
+					}
+					benchRanks(b, worlds(ts, Config{}), size, func(ctx context.Context, c *Comm, buf []float32) error {
+						return c.AllToAll(ctx, buf[:len(buf)/n*n], recv[c.Rank()][:len(buf)/n*n])
+					})
+				})
 			}
 		}
 	}
-}
-
-func benchAllToAllTCP(b *testing.B, mode string, n, size int) {
-	b.Run(fmt.Sprintf("%s/n%d/%dK", mode, n, size>>10), func(b *testing.B) {
-		ts := benchTCP(b, n, mode == "engine")
-		defer closeAllT(ts)
-		recv := make([][]float32, n)
-		for i := range recv {
-			recv[i] = make([]float32, size/4)
-		}
-		benchRanks(b, worlds(ts, Config{}), size, func(ctx context.Context, c *Comm, buf []float32) error {
-			return c.AllToAll(ctx, buf[:len(buf)/n*n], recv[c.Rank()][:len(buf)/n*n])
-		})
-	})
 }
 
 // spinIf is the engine's spin budget in benchmarks: the bench command's

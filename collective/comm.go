@@ -224,6 +224,8 @@ func (o *opRun) send(ctx context.Context, peer int, step uint32, parts ...[]byte
 		_, err = p.Wait(ctx)
 		release(p)
 	} else {
+		// A copy goes to the interface method, so that parts itself (the
+		// caller's variadic slice) stays on the caller's stack.
 		err = o.c.t.Send(ctx, o.c.ranks[peer], o.header(step), slices.Clone(parts)...)
 	}
 	if err != nil {
@@ -282,27 +284,15 @@ func (o *opRun) fail(err error) error {
 }
 
 // run executes fn synchronously under the caller's context (or the default
-// deadline).
+// deadline). fn does not escape: a closure over an opRun on the caller's
+// stack stays there.
 func (o *opRun) run(ctx context.Context, fn func(ctx context.Context) error) error {
-	ctx, cancel := o.deadline(ctx)
-	defer cancel()
-	return o.result(fn(ctx))
-}
-
-// deadline is ctx, or ctx under the communicator's default deadline if it
-// has none; call cancel when the operation is over.
-func (o *opRun) deadline(ctx context.Context) (_ context.Context, cancel context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, noCancel
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.c.cfg.Timeout)
+		defer cancel()
 	}
-	return context.WithTimeout(ctx, o.c.cfg.Timeout)
-}
-
-func noCancel() {}
-
-// result is the error a synchronous operation returns for err.
-func (o *opRun) result(err error) error {
-	if err != nil {
+	if err := fn(ctx); err != nil {
 		return o.fail(err)
 	}
 	return nil

@@ -192,16 +192,12 @@ func (c *Comm) AllToAll(ctx context.Context, send, recv []float32) error {
 	if err := c.checkAllToAll(send, recv); err != nil {
 		return err
 	}
-	// Called directly rather than through allToAll's closure: with few
-	// ranks an all-to-all on the progress engine allocates nothing of its
-	// own (the closure and the counts would be its only allocations).
+	// The counts on the stack: with few ranks an all-to-all on the progress
+	// engine allocates nothing (run's closure does not escape).
 	var cbuf [stackRanks]int
 	counts := uniformCounts(cbuf[:0], len(c.ranks), len(send))
 	o := c.begin(OpAllToAll, len(send))
-	ctx, cancel := o.deadline(ctx)
-	err := allToAllV(ctx, &o, send, counts, recv, counts, false)
-	cancel()
-	return o.result(err)
+	return o.run(ctx, func(ctx context.Context) error { return allToAllV(ctx, &o, send, counts, recv, counts, false) })
 }
 
 // AllToAllAsync starts AllToAll.
@@ -247,10 +243,9 @@ func (c *Comm) AllToAllV(ctx context.Context, send []float32, sendCounts []int, 
 		return err
 	}
 	o := c.begin(OpAllToAllV, 0)
-	ctx, cancel := o.deadline(ctx)
-	err := allToAllV(ctx, &o, send, sendCounts, recv, recvCounts, true)
-	cancel()
-	return o.result(err)
+	return o.run(ctx, func(ctx context.Context) error {
+		return allToAllV(ctx, &o, send, sendCounts, recv, recvCounts, true)
+	})
 }
 
 // AllToAllVAsync starts AllToAllV.

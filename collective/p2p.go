@@ -105,10 +105,7 @@ func (o *opRun) asyncP2P(fn func(context.Context) error) *Request {
 // buffers are copied across.
 func (c *Comm) RingExchange(ctx context.Context, toNext, toPrev, fromPrev, fromNext []float32) error {
 	o := c.begin(OpRingExchange, 0)
-	ctx, cancel := o.deadline(ctx)
-	err := ringExchange(ctx, &o, toNext, toPrev, fromPrev, fromNext)
-	cancel()
-	return o.result(err)
+	return o.run(ctx, func(ctx context.Context) error { return ringExchange(ctx, &o, toNext, toPrev, fromPrev, fromNext) })
 }
 
 // RingExchangeAsync starts RingExchange.
@@ -220,8 +217,5 @@ func (c *Comm) Barrier(ctx context.Context) error {
 		return nil
 	}
 	o := c.begin(OpBarrier, 0)
-	ctx, cancel := o.deadline(ctx)
-	err := recursiveDoubling(ctx, &o, nil)
-	cancel()
-	return o.result(err)
+	return o.run(ctx, func(ctx context.Context) error { return recursiveDoubling(ctx, &o, nil) })
 }

@@ -90,8 +90,9 @@ type enginePeer struct {
 	readable, writable bool
 }
 
-// outFrame is a frame queued for writing; done is closed once it is written
-// whole or has failed (err).
+// outFrame is a frame queued for writing; sig fires once it is written whole
+// or has failed (err). It is the Pending that startSend returns, and goes
+// back to its connection's free list when released.
 type outFrame struct {
 	e       *progressEngine
 	p       int

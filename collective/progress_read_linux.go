@@ -47,10 +47,15 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 			return moved
 		}
 		// Need more bytes: read the rest of a long payload in place,
-		// anything else through the stage.
+		// anything else through the stage, and a header into an empty
+		// stage with a guess at its payload's receive.
 		var a, b []byte
+		var n, want int
+		var err error
+		guessed := false
 		direct := pp.inFrame && len(pp.dst)-pp.off >= stageBytes/2
-		if direct {
+		switch {
+		case direct:
 			// The stage is empty here (its bytes went to dst above), and
 			// takes the next header in the same call: reading the payload
 			// alone leaves a full read, which says nothing about whether
@@ -59,38 +64,26 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 			a = a[:min(len(a), budget)]
 			b = pp.stage[:HeaderSize]
 			pp.rs, pp.re = 0, 0
-		} else {
-			if pp.rs == pp.re {
-				pp.rs, pp.re = 0, 0
-				if !pp.inFrame && pp.headerFirst {
-					n, want, ok := e.readSpeculative(pp)
-					if !ok {
-						return true
-					}
-					if want > 0 { // guessed
-						if n < 0 { // EINTR
-							continue
-						}
-						if n == 0 { // EAGAIN
-							return moved
-						}
-						moved = true
-						budget -= n
-						drained = n < want
-						continue
-					}
-				}
-			} else if pp.rs > 0 && len(pp.stage)-pp.re < HeaderSize {
-				pp.re = copy(pp.stage, pp.stage[pp.rs:pp.re])
-				pp.rs = 0
-			}
-			a = pp.stage[pp.re:]
+		case pp.rs == pp.re:
+			pp.rs, pp.re = 0, 0
 			if !pp.inFrame && pp.headerFirst {
-				a = a[:HeaderSize-(pp.re-pp.rs)]
+				n, want, guessed, err = e.readSpeculative(pp)
 			}
-			a = a[:min(len(a), budget)]
+		case pp.rs > 0 && len(pp.stage)-pp.re < HeaderSize:
+			pp.re = copy(pp.stage, pp.stage[pp.rs:pp.re])
+			pp.rs = 0
 		}
-		n, err := rawReadv2(pp.fd, a, b)
+		if !guessed {
+			if !direct {
+				a = pp.stage[pp.re:]
+				if !pp.inFrame && pp.headerFirst {
+					a = a[:HeaderSize-(pp.re-pp.rs)]
+				}
+				a = a[:min(len(a), budget)]
+			}
+			n, err = rawReadv2(pp.fd, a, b)
+			want = len(a) + len(b)
+		}
 		if err == unix.EINTR {
 			continue
 		}
@@ -103,16 +96,18 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 		}
 		moved = true
 		budget -= n
-		drained = n < len(a)+len(b)
-		if !direct {
+		drained = n < want
+		switch {
+		case guessed: // readSpeculative placed the bytes
+		case direct:
+			got := min(n, len(a))
+			pp.off += got
+			pp.re = n - got // the next header, or more of this payload if the budget cut a
+			if pp.off == len(pp.dst) {
+				e.endFrame(pp)
+			}
+		default:
 			pp.re += n
-			continue
-		}
-		got := min(n, len(a))
-		pp.off += got
-		pp.re = n - got // the next header, or more of this payload if the budget cut a
-		if pp.off == len(pp.dst) {
-			e.endFrame(pp)
 		}
 	}
 	return moved
@@ -133,32 +128,23 @@ const maxSpeculate = stageBytes - 2*HeaderSize
 // header is checked, so that nobody takes the receive back meanwhile; the
 // read does not block.
 //
-// want is the most the read could have returned, 0 if there was no guess
-// to make (nothing was read); n is what it returned (0: the socket had
-// nothing, -1: interrupted). ok is false if the link failed.
-func (e *progressEngine) readSpeculative(pp *enginePeer) (n, want int, ok bool) {
+// guessed is false if there was no guess to make (nothing was read, the
+// caller reads as usual); otherwise n and err are the read's, and want the
+// most it could have returned. On an error nothing is placed and the inbox
+// is unlocked: the caller handles it as any read's.
+func (e *progressEngine) readSpeculative(pp *enginePeer) (n, want int, guessed bool, err error) {
 	const H = HeaderSize
 	in := e.t.in
 	in.mu.Lock()
+	defer in.mu.Unlock()
 	w := in.guess(pp.id, maxSpeculate)
 	if w == nil {
-		in.mu.Unlock()
-		return 0, 0, true
+		return 0, 0, false, nil
 	}
 	want = 2*H + len(w.dst)
-	n, err := rawReadv3(pp.fd, pp.stage[:H], w.dst, pp.stage[H:2*H])
-	if err == unix.EINTR {
-		in.mu.Unlock()
-		return -1, want, true
-	}
-	if err == unix.EAGAIN {
-		in.mu.Unlock()
-		return 0, want, true
-	}
+	n, err = rawReadv3(pp.fd, pp.stage[:H], w.dst, pp.stage[H:2*H])
 	if err != nil || n == 0 {
-		in.mu.Unlock()
-		e.readFailed(pp, err)
-		return 0, want, false
+		return n, want, true, err
 	}
 	if n >= H {
 		h, derr := DecodeHeader(pp.stage[:H], e.t.maxPayload)
@@ -171,25 +157,22 @@ func (e *progressEngine) readSpeculative(pp *enginePeer) (n, want int, ok bool) 
 				// The whole frame: done under the same lock, so that a
 				// Wait giving up meanwhile never finds it claimed.
 				in.completeGuessed(w, h)
-				in.mu.Unlock()
-				return n, want, true
+				return n, want, true, nil
 			}
 			in.claimGuessed(w, h)
-			in.mu.Unlock()
 			pp.h, pp.inFrame, pp.w, pp.dst, pp.off, pp.abort = h, true, w, w.dst, got, false
-			return n, want, true
+			return n, want, true, nil
 		}
 	}
 	// Another frame (or only part of a header): header, then what went to
 	// w.dst, then what went past it.
+	e.specMisses++
 	if k := min(max(n-H, 0), len(w.dst)); k > 0 {
 		copy(pp.stage[H+k:], pp.stage[H:H+n-H-k])
 		copy(pp.stage[H:], w.dst[:k])
 	}
-	in.mu.Unlock()
-	e.specMisses++
 	pp.rs, pp.re = 0, n
-	return n, want, true
+	return n, want, true, nil
 }
 
 // readFailed takes pp's link down after a read returned err (nil: the peer

@@ -40,7 +40,7 @@ func TestSignalStaleWake(t *testing.T) {
 func TestSignalReuse(t *testing.T) {
 	var s signal
 	s.init()
-	var val, ready int
+	var val int
 	var wg sync.WaitGroup
 	next := make(chan int)
 	wg.Add(1)
@@ -61,12 +61,8 @@ func TestSignalReuse(t *testing.T) {
 		if val != i {
 			t.Fatalf("round %d: waiter saw %d", i, val)
 		}
-		ready++
 		s.reset()
 	}
 	close(next)
 	wg.Wait()
-	if ready != 2000 {
-		t.Fatalf("%d rounds", ready)
-	}
 }

@@ -64,13 +64,20 @@ const DefaultCongestion = "cubic,reno"
 // congestion control (net.ipv4.tcp_congestion_control).
 const CongestionSystem = "system"
 
+// CongestionChoice is the choice TCPConfig.Congestion's value stands for:
+// DefaultCongestion for "", else the value itself.
+func CongestionChoice(congestion string) string {
+	if congestion == "" {
+		return DefaultCongestion
+	}
+	return congestion
+}
+
 // congestionNames resolves a congestion choice to the names to try in
 // order; nil means keep the system's.
 func congestionNames(choice string) ([]string, error) {
-	switch choice {
-	case "":
-		choice = DefaultCongestion
-	case CongestionSystem:
+	choice = CongestionChoice(choice)
+	if choice == CongestionSystem {
 		return nil, nil
 	}
 	var names []string

@@ -486,8 +486,7 @@ func (b *inbox) claim(peer int, h Header) *waiter {
 		b.mismatch(peer, h)
 		return nil
 	}
-	b.delW(key)
-	w.got = h
+	b.take(w, h)
 	if err := checkFrame(peer, w.want, h, len(w.dst)); err != nil {
 		w.complete(err)
 		return nil
@@ -516,24 +515,29 @@ func (b *inbox) guess(peer, max int) *waiter {
 // matches reports whether h is the frame of receive w, sized to fill its
 // buffer exactly.
 func (w *waiter) matches(h Header) bool {
-	return h.Tag == w.want.Tag && checkFrame(w.peer, w.want, h, len(w.dst)) == nil
+	return checkFrame(w.peer, w.want, h, len(w.dst)) == nil
 }
 
 // claimGuessed claims w for its frame with header h, which a reader has
 // found at the start of what it read into w's buffer; callers hold mu
 // (since guess).
 func (b *inbox) claimGuessed(w *waiter, h Header) {
-	b.delW(mkey{w.peer, w.want.Tag})
-	w.got = h
+	b.take(w, h)
 	w.claimed = true
 }
 
 // completeGuessed completes w, whose whole frame (header h) a reader has
 // read into its buffer; callers hold mu (since guess).
 func (b *inbox) completeGuessed(w *waiter, h Header) {
+	b.take(w, h)
+	w.complete(nil)
+}
+
+// take removes w from the posted receives for its frame, header h;
+// callers hold mu.
+func (b *inbox) take(w *waiter, h Header) {
 	b.delW(mkey{w.peer, w.want.Tag})
 	w.got = h
-	w.complete(nil)
 }
 
 // finish completes a claimed waiter.

@@ -615,11 +615,7 @@ func printBench(w io.Writer, f *benchCollectivesFlags, res []collective.BenchRes
 		if f.sockBuf > 0 {
 			fmt.Fprintf(w, ", socket buffers %d B", f.sockBuf)
 		}
-		cc := f.congestion
-		if cc == "" {
-			cc = collective.DefaultCongestion
-		}
-		fmt.Fprintf(w, ", congestion control %s", cc)
+		fmt.Fprintf(w, ", congestion control %s", collective.CongestionChoice(f.congestion))
 		if f.bindCPUs != nil {
 			fmt.Fprintf(w, ", ranks bound to CPUs %v", f.bindCPUs[:min(f.workers, len(f.bindCPUs))])
 		}
