@@ -1,5 +1,11 @@
 // Package checkpoint stores training state as sharded, checksummed,
 // compressed checkpoints that commit atomically and load under any layout.
+// The on-disk format and the protocol: docs/checkpoint-format.md.
+//
+// It imports nothing of the project and must not know the model, the mesh
+// or the optimizer: callers name tensors and the regions they hold (package
+// train maps a rank's state to them). A checkpoint must become visible only
+// through Store.Commit's rename.
 //
 // # Model
 //
@@ -38,8 +44,9 @@
 // # Write path
 //
 // A ShardWriter cuts entries into chunks that workers checksum and, when it
-// pays, compress (float32 byte planes, see planes.go); the codec is recorded
-// per chunk, so a reader needs no other hint. Compression is skipped for an
+// pays, compress (float32 tensors as Huffman-coded byte planes, planes.go;
+// blobs as zstd frames); the codec is recorded per chunk, so a reader needs
+// no other hint. Compression is skipped for an
 // entry whose sample saves less than minSaving (probe.go), and for the rest
 // of a shard once compression has kept the file writer waiting (the disk is
 // faster than the CPU). The file writer asks the kernel to start writeback
@@ -58,10 +65,11 @@
 //
 // The trainer names tensors by role and model layout entry (see
 // model.Layout): ModelPrefix+"layers.0.w1" for a weight, MomentMPrefix and
-// MomentVPrefix for AdamW's moments. Blobs are per rank: BlobRNG,
-// BlobSampler, BlobOptimizer. ExportSafetensors writes the ModelPrefix
-// tensors with the prefix stripped, so model.safetensors names are the
-// layout entry names ("tok_emb", "layers.0.qkv", "layers.0.w1" with shape
+// MomentVPrefix for AdamW's moments. Blobs are per rank: BlobSampler,
+// BlobOptimizer, and the trainer's routing biases; BlobRNG is reserved and
+// not written (the trainer holds no random stream). ExportSafetensors
+// writes the ModelPrefix tensors with the prefix stripped, so
+// model.safetensors names are the layout entry names ("tok_emb", "layers.0.qkv", "layers.0.w1" with shape
 // [experts, hidden, d_model], ..., "lm_head") with the layout's shapes.
 package checkpoint
 

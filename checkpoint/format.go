@@ -53,15 +53,15 @@ const (
 // Chunk codecs.
 const (
 	codecRaw    = 0 // stored bytes are the raw bytes
-	codecZstd   = 1 // one zstd frame of the raw bytes
-	codecPlanes = 2 // float32 byte planes, each raw or zstd (planes.go)
+	codecZstd   = 1 // one zstd frame of the raw bytes (blobs; float32 with NoShuffle)
+	codecPlanes = 2 // float32 byte planes, each raw or huff0 blocks (planes.go)
 )
 
 type chunkEntry struct {
 	Off    int64  `json:"off"`   // file offset of the stored bytes
 	Stored int64  `json:"len"`   // stored (possibly compressed) length
 	Raw    int64  `json:"raw"`   // raw length in bytes
-	Codec  uint8  `json:"codec"` // codecRaw or codecZstd
+	Codec  uint8  `json:"codec"` // codecRaw, codecZstd or codecPlanes
 	SCRC   uint32 `json:"scrc"`  // CRC-32C of the stored bytes
 	RCRC   uint32 `json:"rcrc"`  // CRC-32C of the raw bytes (before shuffle)
 }
@@ -72,7 +72,7 @@ type indexEntry struct {
 	Shape   []int64      `json:"shape,omitempty"`
 	Region  Region       `json:"region"`
 	Shuffle bool         `json:"shuffle,omitempty"` // chunks were offered to the plane codec
-	CRC     uint32       `json:"crc"`               // CRC-32C of the whole raw piece / blob
+	CRC     uint32       `json:"crc"`               // CRC-32C over the chunks' RCRCs (u32 LE, in order)
 	Chunks  []chunkEntry `json:"chunks"`
 }
 

@@ -23,8 +23,9 @@ const (
 )
 
 // Manifest describes one committed checkpoint: what every shard holds and how
-// it was produced. The committer (the coordinator, or rank 0 of a local run)
-// builds it from the ranks' ShardInfo once all of them succeeded.
+// it was produced. The committer (the coordinator of a multi-rank job, or the
+// single process of `worker train --standalone`) builds it from the ranks'
+// ShardInfo once all of them succeeded.
 type Manifest struct {
 	Version int   `json:"version"`
 	Step    int64 `json:"step"`

@@ -18,10 +18,11 @@ import (
 //	                 plane, each: type 1 byte (0 raw, 1 huff0 4X, 2 RLE) then
 //	                 raw: the block; RLE: 1 byte; huff0: u32 length + stream
 //
-// Trained float32 state has one low-entropy plane (sign and exponent, ~2.7
-// bits/byte for weights) and three planes of mantissa noise. A Huffman coder
-// is the right tool for the first (no matches to find: BenchmarkPlaneCoders
-// shows it ~5× faster than zstd's fastest level and with a better ratio)
+// Trained float32 state has one low-entropy plane (sign and exponent) and
+// three planes of mantissa noise. A Huffman coder is the right tool for the
+// first (there are no matches to find; it is faster than zstd's fastest
+// level with a better ratio: BenchmarkPlaneCoders, see
+// docs/decisions.md#float32-byte-planes-with-huffman-coding)
 // and the noise planes are stored raw after a sampled entropy check, so
 // compression costs little more than the shuffle and keeps up with the disk.
 

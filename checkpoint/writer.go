@@ -21,8 +21,13 @@ import (
 type Codec int
 
 const (
-	// CodecZstd compresses every chunk as one zstd frame (the default); a
-	// chunk that does not shrink is stored raw instead.
+	// CodecZstd (the default) compresses where it pays, and despite its name
+	// mostly without zstd: float32 tensors go through the byte-plane codec
+	// (planes.go: Huffman-coded planes, noise planes raw), blobs and float32
+	// with NoShuffle as one zstd frame per chunk. An entry whose sample does
+	// not shrink enough, a chunk that does not shrink, and the rest of a
+	// shard once compression falls behind the disk are stored raw (see
+	// AlwaysCompress; docs/checkpoint-format.md#codecs-as-implemented).
 	CodecZstd Codec = iota
 	// CodecNone stores raw bytes.
 	CodecNone
@@ -33,12 +38,13 @@ type WriterOptions struct {
 	// Codec of the chunks; default CodecZstd.
 	Codec Codec
 	// ZstdLevel is a zstd level 1..22 mapped onto the encoder's speed
-	// settings; 0 means 1 (fastest), because a checkpoint competes with
-	// training for CPU and most of float32 entropy is in the mantissa anyway.
+	// settings, for the chunks coded as zstd frames (blobs, NoShuffle); 0
+	// means 1 (fastest), because a checkpoint competes with training for CPU
+	// and most of float32 entropy is in the mantissa anyway.
 	ZstdLevel int
-	// NoShuffle disables the float32 byte-plane codec and compresses whole
-	// chunks instead (BenchmarkCompressionRatio: unshuffled float32 state
-	// does not compress at all; shuffled, weights and moments shrink ~15%).
+	// NoShuffle disables the float32 byte-plane codec and codes float32
+	// chunks as zstd frames instead, which do not shrink trained float32
+	// state (docs/decisions.md#float32-byte-planes-with-huffman-coding).
 	NoShuffle bool
 	// ChunkBytes is the raw size of one chunk; default 4 MiB, rounded down to
 	// a multiple of 4 and capped at MaxChunkSize. Chunks are the unit of

@@ -1,8 +1,15 @@
-// Package cluster is moetrain's control plane (DESIGN.md §6).
+// Package cluster is moetrain's control plane and the worker's runtime
+// around it (docs/control-plane.md): the coordinator and its state machine,
+// the workers that join it and run their ranks, the planner and the local
+// launcher. It must not hold model math or collective algorithms: a rank's
+// training is package train, its communication package collective, and this
+// package only wires them to the job (plan, data plane, checkpoints,
+// progress).
 //
 //   - Core (core.go) is the coordinator's deterministic state machine:
-//     events in (worker joined/left/lost, progress, error, tick, stop), commands
-//     out (start with plan, abort, stop, finish). No clock, goroutine or I/O.
+//     events in (worker joined/left/lost, progress, error, tick, stop, shard
+//     written, checkpoint committed), commands out (start with plan, abort,
+//     stop, commit or drop a checkpoint, finish). No clock, goroutine or I/O.
 //   - Coordinator (coordinator.go, service.go) is the I/O loop around it: the
 //     gRPC service of cluster/proto, gossip membership (membership.go,
 //     hashicorp/memberlist, encrypted with a key derived from the job token),
@@ -20,4 +27,6 @@
 // process closes its sockets; gRPC keepalives catch a silent peer within ~5 s)
 // and gossip (memberlist's LAN profile declares a node dead in ~5 s). The
 // first to fire names the worker; the job is aborted on every other worker.
+// Nothing re-plans: a job is continued by a new one with --resume (see
+// docs/control-plane.md#failure-handling).
 package cluster

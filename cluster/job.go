@@ -106,8 +106,12 @@ func TokenOrEnv(token string) string {
 func CheckRunnable(cfg train.JobConfig) error { return cfg.Validate() }
 
 // CheckLayout refuses a job whose mesh cannot be laid over n workers (see
-// MakePlan), naming the conflict and a layout that works.
+// MakePlan), naming the conflict and a layout that works, and a cuda job over
+// more than one worker (its config alone cannot tell when mesh.dp is auto).
 func CheckLayout(cfg train.JobConfig, n int) error {
+	if cfg.Train.Device == train.DeviceCUDA && n > 1 {
+		return fmt.Errorf("%w: %d workers, want 1", train.ErrCUDAOneRank, n)
+	}
 	probe := make([]WorkerInfo, n)
 	for i := range probe {
 		probe[i] = WorkerInfo{ID: fmt.Sprintf("w%d", i), Host: "local"}

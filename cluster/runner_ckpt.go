@@ -16,7 +16,7 @@ package cluster
 // loads under another. meshState (runner_mesh_ckpt.go) is the
 // implementation for every mesh.
 //
-// Commit protocol (DESIGN §6, package checkpoint): after every
+// Commit protocol (docs/checkpoint-format.md#commit-protocol): after every
 // spec.Checkpoint.Every steps and after the last, the rank snapshots its
 // state and an AsyncWriter writes its shard into DIR/step-N.tmp in the
 // background while training continues (a new save first waits for the

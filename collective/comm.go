@@ -38,18 +38,14 @@ type Config struct {
 	Timeout time.Duration
 	// SegmentBytes is the pipelining unit of ring algorithms: reduction of one
 	// segment overlaps the transfer of the next, and each segment is one frame.
-	// Default 256 KiB. Over TCP loopback with 4 ranks on 2 cores it beat
-	// 1 MiB on the 1 MiB all-reduce (1.51-1.62 against 1.09-1.50 GB/s
-	// busbw), the 64 MiB one (1.05 against 1.00) and, with links shaped to
-	// 1 GB/s, the 64 MiB ring (96-98% of the bound against 83-87%: finer
-	// pipelining); 512 KiB was worse than both when shaped. (1 MiB had won
-	// while the system's BBR paced every connection, which made each frame
-	// dear; see DefaultCongestion.)
+	// Default 256 KiB: finer pipelining beat 1 MiB and 512 KiB segments once
+	// connections were no longer paced by BBR (see DefaultCongestion;
+	// measured in docs/decisions.md#ring-segments-of-256-kib).
 	SegmentBytes int
 	// SmallBytes: all-reduces of at most this many bytes use the
-	// latency-optimised algorithm (recursive doubling) instead of the ring.
-	// Default 64 KiB (at 4 ranks on 2 cores, 64 KiB all-reduces took 0.65×
-	// the time of halving-doubling).
+	// latency-optimised algorithm (recursive doubling) instead of
+	// halving-doubling or the ring. Default 64 KiB (measured in
+	// docs/decisions.md#recursive-doubling-for-small-all-reduces).
 	SmallBytes int
 	// HalvingBytes: larger all-reduces up to this size over a power-of-two
 	// group of more than 2 use recursive halving + doubling (2·log2 n
@@ -84,7 +80,10 @@ func (c Config) withDefaults() Config {
 // (asynchronous ones are ordered by their start call). Operations on one Comm
 // may run concurrently with each other and with operations on other Comms over
 // the same Transport. After an operation fails, the communicator's members may
-// disagree about what completed: rebuild it (the job re-plans).
+// disagree about what completed, and nothing here repairs that: callers must
+// not go on as if it had succeeded everywhere. The training runtime fails the
+// step and the coordinator aborts the job (see
+// docs/control-plane.md#failure-handling).
 type Comm struct {
 	t     Transport
 	cfg   Config

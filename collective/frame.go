@@ -11,6 +11,10 @@
 // peer yields an error naming the peer and the operation on every surviving
 // rank. Payloads are float32 in the host's byte order; the wire format assumes
 // little-endian hosts (amd64, arm64).
+//
+// The package imports nothing of the project and must not know about models,
+// meshes or training: callers build their groups with Sub and hand it
+// buffers. Design: docs/collectives.md.
 package collective
 
 import (

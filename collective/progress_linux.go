@@ -21,10 +21,11 @@ import (
 // blocked in Send or Pending.Wait becomes the driver and, with nonblocking
 // system calls on raw descriptors, writes every queued frame and reads every
 // connection until what it waits for is done. One thread then interleaves
-// writing and reading, and no goroutine is woken per frame: on 2 cores a
-// 512 KiB exchange took half the time of a reader goroutine plus a blocking
-// writer, which the runtime parks and wakes through its network poller at
-// every full or empty socket buffer.
+// writing and reading, and no goroutine is woken per frame, where a reader
+// goroutine and a blocking writer are parked and woken through the
+// runtime's network poller at every full or empty socket buffer
+// (docs/collectives.md#tcp-mesh; measured in
+// docs/decisions.md#the-tcp-progress-engine).
 //
 // There is at most one driver (it holds token); other waiters park until
 // their item is done or the token is free, so a process has one spinning

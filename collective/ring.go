@@ -52,11 +52,11 @@ type ringMsg struct {
 }
 
 // ringPoolBytes bounds the reduce-scatter temporaries, and so how far ahead
-// receives are posted (frames beyond it are buffered by the transport): 4 to
-// 16 segments, about 8 MiB, per ring in flight (16 segments of the default
-// 1 MiB would hold 16 MiB per bucket being reduced). Reduction keeps ahead of
-// the transfer, so a few segments of look-ahead are enough; on this host 4
-// and 16 one-MiB segments were within noise of each other.
+// receives are posted (frames beyond it are buffered by the transport):
+// ringPoolBytes worth of segments, at least 4 and at most 16, per ring in
+// flight (16 with the default 256 KiB segments: 4 MiB). Reduction keeps
+// ahead of the transfer, so a few segments of look-ahead are enough
+// (docs/decisions.md#two-ranks-take-the-ring).
 const ringPoolBytes = 8 << 20
 
 func ringPool(segElems int) int { return min(max(ringPoolBytes/(4*segElems), 4), 16) }

@@ -54,10 +54,10 @@ type TCPConfig struct {
 // otherwise. Not BBR, the default of many distributions: without an fq
 // qdisc BBR makes the kernel pace every connection with timers of its own
 // (internal pacing), which costs CPU that ranks sharing a host's cores
-// need (a 1 MiB all-reduce over 4 loopback ranks all on one core: 3.0 ms
-// per operation under BBR, 1.85 ms under cubic or reno). The choice must
-// be made before a connection exists: BBR turns pacing on when it starts,
-// and a later switch leaves it on.
+// need (measured in
+// docs/decisions.md#tcp-congestion-control-cubic-else-reno).
+// The choice must be made before a connection exists: BBR turns pacing on
+// when it starts, and a later switch leaves it on.
 const DefaultCongestion = "cubic,reno"
 
 // CongestionSystem, as TCPConfig.Congestion, keeps the system's default

@@ -84,6 +84,11 @@ func symbols(lib uintptr, libName string, table map[string]*uintptr) error {
 	return nil
 }
 
+// call invokes the C function fn. Pointers converted to uintptr in a call
+// to call (or check, blasCheck) escape to the heap and stay alive for the
+// call, so C never writes into a goroutine stack that may have moved.
+//
+//go:uintptrescapes
 func call(fn uintptr, args ...uintptr) uintptr {
 	r, _, _ := purego.SyscallN(fn, args...)
 	return r

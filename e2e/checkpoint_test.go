@@ -104,7 +104,7 @@ func committedSteps(t *testing.T, dir string) ([]int64, int64) {
 	return steps, latest
 }
 
-// Acceptance 1 (issue 9) with two worker processes: 20 steps uninterrupted
+// TestLaunchResumeBitwise, with two worker processes: 20 steps uninterrupted
 // vs 10 steps, resume, 10 steps: bitwise-identical losses, with and without
 // ZeRO-1; checkpointing does not perturb training (same losses as a run
 // without it); the coordinator publishes every step and keeps the newest 2.
@@ -160,11 +160,12 @@ func waitFile(t *testing.T, path string, d time.Duration, p *process) string {
 	return ""
 }
 
-// Acceptance 3 (issue 9): SIGKILL of a worker process, and of the
-// coordinator (the launch process), while rank 1 is in the middle of
-// writing its shard of step 10 (held there by the test hook) leaves step 5
-// published and loadable, step 10 unpublished; `--resume latest` removes
-// the leftovers, resumes at 5 and reproduces the uninterrupted losses.
+// TestCheckpointCrash: SIGKILL of a worker process, and of the coordinator
+// (the launch process), while rank 1 is in the middle of writing its shard
+// of step 10 (held there by the test hook) leaves step 5 published and
+// loadable, step 10 unpublished (docs/checkpoint-format.md#commit-protocol);
+// `--resume latest` removes the leftovers, resumes at 5 and reproduces the
+// uninterrupted losses.
 func TestCheckpointCrash(t *testing.T) {
 	job := ckptJob(t, false)
 	plain := mustLaunch(t, job)
@@ -248,7 +249,7 @@ func TestCheckpointCrash(t *testing.T) {
 	}
 }
 
-// Acceptance 3 (issue 9), at resume: a truncated shard and a shard with one
+// TestResumeDetectsDamage: a truncated shard and a shard with one
 // flipped bit in the newest checkpoint of a 2-rank job are each named when
 // that step is asked for; `--resume latest` falls back to the previous one,
 // says so, sets the damaged one aside, and the run matches an uninterrupted

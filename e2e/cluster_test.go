@@ -73,9 +73,10 @@ func stepLosses(t *testing.T, path string) map[float64]float64 {
 	return losses
 }
 
-// Acceptance 1 on a tiny model: launch with 2 worker processes trains to the
-// end, exits 0, and leaves logs and a summary; a second run gives bitwise the
-// same losses (deterministic data-parallel training).
+// TestLaunchTwoWorkers: on a tiny model, launch with 2 worker processes
+// trains to the end, exits 0, and leaves logs and a summary; a second run
+// gives bitwise the same losses (deterministic data-parallel training, see
+// docs/mesh.md#parallel-equals-serial).
 func TestLaunchTwoWorkers(t *testing.T) {
 	run := launchTiny(t)
 	var sum cluster.Summary
@@ -154,9 +155,9 @@ func TestLaunchBadCongestion(t *testing.T) {
 	}
 }
 
-// Acceptance 2: coordinator + 3 workers as processes; SIGKILL one mid-job;
+// TestKillWorker: coordinator + 3 workers as processes; SIGKILL one mid-job;
 // the coordinator names it within 10 s and every other process exits by
-// itself.
+// itself (docs/control-plane.md#failure-handling).
 func TestKillWorker(t *testing.T) {
 	addr := freeAddr(t)
 	env := []string{cluster.TokenEnv + "=kill-test-token"}
@@ -236,8 +237,8 @@ func TestKillWorker(t *testing.T) {
 	}
 }
 
-// Acceptance 5a: a worker with a wrong token is refused with a clear message,
-// and the coordinator keeps waiting (then stops on request).
+// TestWrongTokenRefused: a worker with a wrong token is refused with a clear
+// message, and the coordinator keeps waiting (then stops on request).
 func TestWrongTokenRefused(t *testing.T) {
 	addr := freeAddr(t)
 	coord := start(t, "coordinator serve", []string{cluster.TokenEnv + "=right"}, "serve", "--config", writeJob(t),
@@ -269,7 +270,7 @@ func TestWrongTokenRefused(t *testing.T) {
 	}
 }
 
-// Acceptance 5b: a second coordinator on a busy port is refused clearly.
+// TestBusyPortRefused: a second coordinator on a busy port is refused clearly.
 func TestBusyPortRefused(t *testing.T) {
 	addr := freeAddr(t)
 	first := start(t, "coordinator serve 1", []string{cluster.TokenEnv + "=t"}, "serve", "--config", writeJob(t),

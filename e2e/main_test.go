@@ -2,7 +2,12 @@
 
 // Package e2e runs the coordinator and worker binaries as separate processes:
 // local launch, a worker killed mid-job, refusals, and a network-namespace
-// cluster. The binaries are built once per run in TestMain.
+// cluster. The binaries are built once per run in TestMain. Its tests must
+// reach the processes only as a user or operator would: command lines,
+// environment, signals, the control plane's status RPC, exit status and the
+// files they write. Library packages serve to compute reference values (the
+// serial trainer's losses) and to read those files, never to change what a
+// process does.
 package e2e
 
 import (

@@ -89,10 +89,10 @@ func serialOnConcatenation(t *testing.T, cfg train.JobConfig, dp, steps int) []f
 	return losses
 }
 
-// Issue 6 acceptance 2: a 3-step run with experts over 2 ranks and 4 data
-// shards, 4 worker processes over TCP started by `coordinator launch`,
-// matches the serial trainer's losses within 1e-5 (every rank logs the
-// global loss).
+// TestLaunchExpertParallelMatchesSerial: a 3-step run with experts over 2
+// ranks and 4 data shards, 4 worker processes over TCP started by
+// `coordinator launch`, matches the serial trainer's losses within 1e-5
+// (every rank logs the global loss; see docs/mesh.md#parallel-equals-serial).
 func TestLaunchExpertParallelMatchesSerial(t *testing.T) {
 	dir := t.TempDir()
 	job := filepath.Join(dir, "job.toml")

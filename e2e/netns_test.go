@@ -35,8 +35,8 @@ func canMakeNetns() string {
 
 func itoaPid() string { return strconv.Itoa(os.Getpid()) }
 
-// Acceptance 3: a coordinator and 2 workers on 3 different network-namespace
-// hosts (scripts/netns-cluster.sh) run a job to its end.
+// TestNetnsCluster: a coordinator and 2 workers on 3 different
+// network-namespace hosts (scripts/netns-cluster.sh) run a job to its end.
 func TestNetnsCluster(t *testing.T) {
 	if why := canMakeNetns(); why != "" {
 		t.Skipf("network namespaces cannot be made here (%s); this test needs root and iproute2", why)

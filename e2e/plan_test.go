@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-// Acceptance 4: `coordinator plan` output is golden-tested (go test ./e2e
+// TestPlanGolden: `coordinator plan` output is golden-tested (go test ./e2e
 // -run TestPlanGolden -update rewrites the files).
 func TestPlanGolden(t *testing.T) {
 	cases := []struct {

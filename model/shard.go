@@ -5,7 +5,7 @@ import (
 )
 
 // Shard says which slice of the model one rank holds (Megatron-style tensor
-// parallelism and expert parallelism; DESIGN.md §3):
+// parallelism and expert parallelism; see docs/mesh.md#what-each-dimension-shards):
 //
 //   - TP splits attention heads (qkv rows of the rank's heads: column
 //     parallel; proj columns: row parallel), each expert's hidden dimension

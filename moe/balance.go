@@ -6,8 +6,10 @@ import "fmt"
 // selection bias of one layer: b_e −= rate·sign(load_e − mean load), with
 // load the slots the router sent to each expert over the whole step (all
 // data- and expert-parallel ranks summed by the caller). Experts exactly at
-// the mean keep their bias. It runs outside the gradient, after the
-// optimizer step.
+// the mean keep their bias. It runs outside the gradient, between steps
+// (after the backward; the serial loop after the optimizer step, a mesh rank
+// before it): it changes only the next step's selection. See
+// docs/algorithms/bias-balancing.md.
 func UpdateBias(bias []float32, load []int, rate float32) error {
 	if len(bias) != len(load) {
 		return fmt.Errorf("moe: bias update: bias has %d experts, load has %d", len(bias), len(load))

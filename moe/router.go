@@ -3,6 +3,12 @@
 // plan that groups token slots by expert, capacity and drop policies, the
 // expert FFN as grouped GEMMs, the Switch/GShard auxiliary loss, the router
 // z-loss, aux-loss-free bias balancing and load metrics.
+//
+// It imports only package tensor and must not communicate by itself: the
+// expert- and tensor-parallel exchanges of a layer go through the Exchange
+// interface, which the parallel plan implements. Design:
+// docs/algorithms/moe-dispatch.md, docs/algorithms/moge.md,
+// docs/algorithms/bias-balancing.md.
 package moe
 
 import "fmt"

@@ -1,7 +1,8 @@
 // Package optim holds the optimizer (AdamW with decoupled weight decay),
 // learning-rate schedules and global-norm gradient clipping. Everything works
 // on a flat buffer and a range [lo, hi) of it, so a ZeRO-1 rank can update
-// only its shard with the same code.
+// only its shard with the same code. It must not know the model's layout or
+// the mesh (callers pass buffers and ranges) and imports only package tensor.
 package optim
 
 import (

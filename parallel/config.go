@@ -21,11 +21,13 @@
 //	      expert-data-parallel group (parallel/dp).
 //
 // Every exchange is a no-op at degree 1, so the serial trainer is the
-// one-rank mesh.
+// one-rank mesh. The package must not hold model math: a plan that needs a
+// new computation adds it to model or moe and only its exchange here. The
+// mesh, its rank formula and groups: docs/mesh.md.
 package parallel
 
 // Config is the [mesh] section of a job: the degree of each parallel
-// dimension. world = DP × SP × TP; EP divides DP·SP (see DESIGN.md §3).
+// dimension. world = DP × SP × TP; EP divides DP·SP (see docs/mesh.md#degrees).
 type Config struct {
 	// DP is the data-parallel degree; 0 means "auto": whatever the worker count
 	// leaves after TP and SP.

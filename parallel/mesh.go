@@ -4,7 +4,7 @@ import (
 	"fmt"
 )
 
-// Mesh is the resolved layout of a job's ranks (DESIGN.md §3):
+// Mesh is the resolved layout of a job's ranks (docs/mesh.md):
 //
 //	world = DP × SP × TP,  rank = (dp·SP + sp)·TP + tp
 //

@@ -2,9 +2,10 @@ package sampling
 
 import "testing"
 
-// TestBucketingAcceptance is issue 4's first acceptance point: with examples
-// of up to 2,048 tokens and a budget of 16,384 tokens per batch, bucketing
-// pads at most 5% and fits at least 4× the examples of naive fixed-size random
+// TestBucketingAcceptance checks what bucketing is for (see
+// docs/algorithms/bucketing.md#checks-and-tools): with examples of up to
+// 2,048 tokens and a budget of 16,384 tokens per batch, bucketing pads at
+// most 5% and fits at least 4× the examples of naive fixed-size random
 // batching, on the embedded corpus and on a bimodal synthetic set.
 func TestBucketingAcceptance(t *testing.T) {
 	const maxLen, budget = 2048, 16384

@@ -12,7 +12,11 @@ const (
 	ModeWindow = "window" // random fixed-length windows of the concatenated documents
 	ModeBucket = "bucket" // whole documents, length-bucketed dynamic batches under a token budget
 	ModePack   = "pack"   // documents packed into full rows, segment ids and positions restart per document
+	ModeRandom = "random" // uniformly random token ids in [0, Vocab), no corpus: synthetic data for throughput runs
 )
+
+// MaxRandomVocab is the largest data.vocab of random mode: token ids are int32.
+const MaxRandomVocab = 1<<31 - 1
 
 // Too-long example policies.
 const (
@@ -41,12 +45,18 @@ type Config struct {
 	InputLenField  string `toml:"input_len_field"`
 	OutputLenField string `toml:"output_len_field"`
 
-	// Mode is "window", "bucket" or "pack". Default "window".
+	// Mode is "window", "bucket", "pack" or "random". Default "window".
 	Mode string `toml:"mode"`
-	// SeqLen is the row length of window and pack batches. Default 256.
+	// Vocab is random mode's vocabulary: token ids are drawn from
+	// [0, Vocab); 0 = the model's vocabulary (filled in by the job config,
+	// train.JobConfig, since this section does not know the model). Other
+	// modes ignore it. Default 0.
+	Vocab int `toml:"vocab"`
+	// SeqLen is the row length of window, pack and random batches. Default
+	// 256.
 	SeqLen int `toml:"seq_len"`
-	// BatchSize is the rows per batch per data-parallel rank in window and
-	// pack modes. Default 8.
+	// BatchSize is the rows per batch per data-parallel rank in window, pack
+	// and random modes. Default 8.
 	BatchSize int `toml:"batch_size"`
 	// MaxLen is the longest example in bucket mode, in positions (a row of L
 	// positions holds L+1 tokens' worth of inputs and targets). Default 0 =
@@ -124,6 +134,11 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
+// FixedShape reports whether every batch of the mode is BatchSize × SeqLen
+// with a target at every position and no segments (window and random), so
+// all ranks see the same token count and a row is one whole sequence.
+func (c Config) FixedShape() bool { return c.Mode == ModeWindow || c.Mode == ModeRandom }
+
 // EffectiveMaxLen is MaxLen, or SeqLen when MaxLen is 0.
 func (c Config) EffectiveMaxLen() int {
 	if c.MaxLen > 0 {
@@ -153,8 +168,14 @@ func (c Config) Validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	switch c.Mode {
 	case ModeWindow, ModeBucket, ModePack:
+	case ModeRandom:
+		// Validate sees the section after the job config filled a 0 in from
+		// model.vocab, so a 0 here means nobody did.
+		if c.Vocab < 1 || c.Vocab > MaxRandomVocab {
+			bad("data.vocab = %d with data.mode = %q, want 1..%d (0 is replaced by model.vocab only in a job config)", c.Vocab, c.Mode, MaxRandomVocab)
+		}
 	default:
-		bad("data.mode = %q, want \"window\", \"bucket\" or \"pack\"", c.Mode)
+		bad("data.mode = %q, want \"window\", \"bucket\", \"pack\" or \"random\"", c.Mode)
 	}
 	if c.SeqLen <= 0 {
 		bad("data.seq_len = %d, want > 0", c.SeqLen)

@@ -19,5 +19,8 @@
 // and Restore continues exactly where the State was taken without replaying
 // batches. Open builds everything a job's [data] section describes.
 //
-// The package imports nothing of the project (a leaf, see DESIGN.md).
+// The package imports nothing of the project (a leaf, see
+// docs/architecture.md#import-graph) and must not communicate: data-parallel
+// ranks agree on their batches by computing the same plan from the same
+// seed, never by exchanging messages.
 package sampling

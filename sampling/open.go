@@ -10,7 +10,7 @@ import (
 type Data struct {
 	Config  Config   // with defaults filled in
 	Seed    uint64   // sampler seed: job seed + Config.SeedOffset
-	Corpus  *Corpus  // documents; nil for two-length data
+	Corpus  *Corpus  // documents; nil for two-length data and random mode
 	Train   *Dataset // bucket mode: training examples
 	Val     *Dataset // bucket mode: validation examples (nil without held-out data)
 	Buckets *Buckets // bucket mode: bounds (estimated or from the bucket batch file)
@@ -26,6 +26,9 @@ func Open(cfg Config, jobSeed uint64) (*Data, error) {
 		return nil, err
 	}
 	d := &Data{Config: cfg, Seed: jobSeed + cfg.SeedOffset}
+	if cfg.Mode == ModeRandom {
+		return d, nil // synthetic tokens: no corpus to load
+	}
 	var err error
 	if cfg.Mode != ModeBucket {
 		if d.Corpus, err = loadCorpusField(cfg.Path, cfg.ValFraction, jobSeed, cfg.TextField); err != nil {
@@ -69,15 +72,18 @@ func (d *Data) Sampler(dpRank, dpSize int) (Sampler, error) {
 		return NewPackSampler(d.Corpus.Train, c.SeqLen, c.BatchSize, d.Seed, dpRank, dpSize)
 	case ModeBucket:
 		return NewBucketSampler(d.Train, d.Buckets, c.EffectiveBudget(), c.QuadraticQ, c.MaxExamples, d.Seed, dpRank, dpSize)
+	case ModeRandom:
+		return NewRandomSampler(c.Vocab, c.SeqLen, c.BatchSize, d.Seed, dpRank, dpSize)
 	}
 	return nil, fmt.Errorf("sampler: unknown mode %q", c.Mode)
 }
 
 // ValBatches returns up to count deterministic validation batches in the
 // configured mode's shape: random windows (window), the first batches of an
-// epoch-0 plan of the validation examples (bucket), or the first packed
-// batches of the validation documents (pack). It fails when there is no
-// held-out data.
+// epoch-0 plan of the validation examples (bucket), the first packed
+// batches of the validation documents (pack), or random tokens from a stream
+// no training step uses (random). It fails when there is no held-out data
+// (random mode needs none).
 func (d *Data) ValBatches(count int) ([]Batch, error) {
 	c := d.Config
 	if count <= 0 {
@@ -107,6 +113,8 @@ func (d *Data) ValBatches(count int) ([]Batch, error) {
 			return nil, fmt.Errorf("validation batches: %w", err)
 		}
 		return takeBatches(s, min(count, len(s.plan.Steps)))
+	case ModeRandom:
+		return RandomFixedBatches(c.Vocab, c.SeqLen, c.BatchSize, count, d.Seed)
 	}
 	return nil, fmt.Errorf("validation batches: unknown mode %q", c.Mode)
 }

@@ -17,7 +17,7 @@ func TestConfigValidate(t *testing.T) {
 		mut  func(*Config)
 		want string
 	}{
-		{func(c *Config) { c.Mode = "random" }, "data.mode = \"random\""},
+		{func(c *Config) { c.Mode = "shuffle" }, "data.mode = \"shuffle\""},
 		{func(c *Config) { c.SeqLen = 0 }, "data.seq_len = 0"},
 		{func(c *Config) { c.BatchSize = -1 }, "data.batch_size = -1"},
 		{func(c *Config) { c.ValFraction = 1 }, "data.val_fraction = 1"},

@@ -9,7 +9,7 @@
 # line) / (STEPS - 1) in worker-0.log: it covers the snapshots (taken on the
 # training goroutine) and the background shard writes competing for CPU
 # and memory bandwidth, and leaves out start-up and the final wait for the
-# last shard. Target (issue 9): overhead <= 5% at EVERY = 50.
+# last shard. Target: overhead <= 5% at EVERY = 50 (docs/decisions.md#checkpoints).
 #
 # Environment:
 #   STEPS            steps per run, a multiple of 10 (default 150)

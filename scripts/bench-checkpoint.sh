@@ -14,7 +14,7 @@
 # machine's load average is printed: compression is CPU work, so on a busy
 # machine the compressed variants measure the CPU share they got, not the
 # writer. A tmpfs directory is refused (fdatasync is a no-op there).
-# Target (issue 9): save >= 0.8x dd.
+# Target: save >= 0.8x dd (results: docs/decisions.md#checkpoints).
 #
 # Environment:
 #   SIZE_MB              raw MB per measurement (default 256)

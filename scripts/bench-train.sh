@@ -12,7 +12,7 @@
 # runs twice per round: "torch" with OPENBLAS_NUM_THREADS=1 (truly one
 # thread, the anchor) and "torch-blas-pool" with OpenBLAS's default pool.
 #
-# Data parallel (-d, issue 6 acceptance 4): `coordinator launch --workers 2`
+# Data parallel (-d): `coordinator launch --workers 2`
 # (2 processes x 1 kernel thread, TCP over loopback, eval off, log_every 1)
 # against PyTorch DDP over gloo (scripts/bench/torch_ddp.py: 2 processes,
 # torch.set_num_threads(1), OPENBLAS_NUM_THREADS=1, batch 8x256 per rank,

@@ -13,5 +13,7 @@
 //   - Each optimised kernel has a naive reference beside it (suffix Ref) used
 //     by the property tests.
 //
-// The package imports nothing of the project.
+// The package imports nothing of the project. It must not hold model state,
+// know the model's layout or communicate: callers pass buffers and sizes, and
+// the thread count must never change a result.
 package tensor

@@ -192,6 +192,9 @@ func (t *Trainer) SnapshotWith(rank int, sl ShardLayout, opts []*optim.AdamW, sa
 	if opts == nil {
 		opts = []*optim.AdamW{t.opt}
 	}
+	if err := t.syncFromDevice(); err != nil {
+		return nil, err
+	}
 	if err := checkPieces("parameter", sl.Params, len(t.m.Params)); err != nil {
 		return nil, fmt.Errorf("checkpoint snapshot: %w", err)
 	}
@@ -314,6 +317,11 @@ func (t *Trainer) RestoreWith(c *checkpoint.Checkpoint, rank int, sl ShardLayout
 	if err := CheckModelShapes(c, t.m.Layout, false); err != nil {
 		return nil, err
 	}
+	// Regions the checkpoint leaves out keep their current values, which on
+	// the GPU are the device's.
+	if err := t.syncFromDevice(); err != nil {
+		return nil, err
+	}
 	if err := checkPieces("parameter", sl.Params, len(t.m.Params)); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -384,6 +392,9 @@ func (t *Trainer) RestoreWith(c *checkpoint.Checkpoint, rank int, sl ShardLayout
 		copy(o.V, v[i])
 	}
 	t.step = ost.Step
+	if err := t.syncToDevice(); err != nil {
+		return nil, err
+	}
 	if lr := t.sched.LR(t.step); lr != ost.NextLR {
 		t.log.Warn().Float64("saved_next_lr", ost.NextLR).Float64("next_lr", lr).Int("step", t.step).
 			Msg("learning-rate schedule differs from the checkpointed run (train.steps or optim settings changed): the resumed run will not match an uninterrupted one")

@@ -35,12 +35,29 @@ type Config struct {
 	EvalBatches int `toml:"eval_batches"`
 	// LogEvery logs a training line every this many steps.
 	LogEvery int `toml:"log_every"`
+	// Device runs the model on "cpu" or "cuda" (one GPU; "" = "cpu", the
+	// zero value of a config decoded without defaults).
+	Device string `toml:"device"`
+	// Precision is "fp32" or "bf16" (cuda only: bf16 matmuls, fp32 master
+	// weights); "" = "fp32".
+	Precision string `toml:"precision"`
+	// GPU is the CUDA device ordinal of a standalone run.
+	GPU int `toml:"gpu"`
 }
 
+// Devices and precisions of Config.
+const (
+	DeviceCPU     = "cpu"
+	DeviceCUDA    = "cuda"
+	PrecisionFP32 = "fp32"
+	PrecisionBF16 = "bf16"
+)
+
 // DefaultConfig: 1000 steps, seed 1, validation every 100 steps on 8
-// batches, a log line every 10 steps.
+// batches, a log line every 10 steps, fp32 on the CPU.
 func DefaultConfig() Config {
-	return Config{Steps: 1000, Seed: 1, Threads: 0, EvalEvery: 100, EvalBatches: 8, LogEvery: 10}
+	return Config{Steps: 1000, Seed: 1, Threads: 0, EvalEvery: 100, EvalBatches: 8, LogEvery: 10,
+		Device: DeviceCPU, Precision: PrecisionFP32, GPU: 0}
 }
 
 // Validate checks every field; errors name the TOML key.
@@ -61,8 +78,28 @@ func (c Config) Validate() error {
 	if c.LogEvery < 1 {
 		errs = append(errs, fmt.Errorf("train.log_every = %d: must be >= 1", c.LogEvery))
 	}
+	switch c.Device {
+	case "", DeviceCPU, DeviceCUDA:
+	default:
+		errs = append(errs, fmt.Errorf("train.device = %q: want %q or %q", c.Device, DeviceCPU, DeviceCUDA))
+	}
+	switch c.Precision {
+	case "", PrecisionFP32:
+	case PrecisionBF16:
+		if c.Device != DeviceCUDA {
+			errs = append(errs, fmt.Errorf("train.precision = %q needs train.device = %q, not %q", c.Precision, DeviceCUDA, c.Device))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("train.precision = %q: want %q or %q", c.Precision, PrecisionFP32, PrecisionBF16))
+	}
+	if c.GPU < 0 {
+		errs = append(errs, fmt.Errorf("train.gpu = %d: must be >= 0", c.GPU))
+	}
 	return errors.Join(errs...)
 }
+
+// ErrCUDAOneRank is the error of a cuda job laid out over more than one rank.
+var ErrCUDAOneRank = errors.New(`train.device = "cuda" supports one rank (multi-GPU is not implemented yet)`)
 
 // JobConfig is a whole job: one TOML file with a section per component.
 type JobConfig struct {
@@ -86,9 +123,24 @@ func DefaultJobConfig() JobConfig {
 	}
 }
 
+// DataConfig is the [data] section as training uses it: in random mode a
+// data.vocab of 0 becomes model.vocab. Every sampling.Open of a job should
+// take this rather than j.Data (LoadJobConfig already stores it in j.Data).
+func (j JobConfig) DataConfig() sampling.Config {
+	d := j.Data
+	if d.Mode == sampling.ModeRandom && d.Vocab == 0 {
+		d.Vocab = j.Model.Vocab
+	}
+	return d
+}
+
 // Validate checks every section and the constraints between them.
 func (j JobConfig) Validate() error {
-	errs := []error{j.Model.Validate(), j.Optim.Validate(), j.Data.Validate(), j.Train.Validate(), j.DP.Validate(), validateMesh(j.Mesh, j.Model), validateSequenceParallel(j)}
+	data := j.DataConfig()
+	errs := []error{j.Model.Validate(), j.Optim.Validate(), data.Validate(), j.Train.Validate(), j.DP.Validate(), validateMesh(j.Mesh, j.Model), validateSequenceParallel(j), validateDevice(j)}
+	if data.Mode == sampling.ModeRandom && j.Model.Vocab >= 1 && data.Vocab > j.Model.Vocab {
+		errs = append(errs, fmt.Errorf("data.vocab = %d exceeds model.vocab = %d: token ids must index the embedding", data.Vocab, j.Model.Vocab))
+	}
 	longest := j.Data.SeqLen
 	if j.Data.Mode == sampling.ModeBucket {
 		longest = j.Data.EffectiveMaxLen()
@@ -136,8 +188,8 @@ func validateSequenceParallel(j JobConfig) error {
 	if j.Mesh.SP <= 1 {
 		return nil
 	}
-	if j.Data.Mode != sampling.ModeWindow {
-		return fmt.Errorf("mesh.sp = %d needs data.mode = %q (fixed-length windows), not %q", j.Mesh.SP, sampling.ModeWindow, j.Data.Mode)
+	if !j.Data.FixedShape() {
+		return fmt.Errorf("mesh.sp = %d needs data.mode = %q or %q (fixed-length windows), not %q", j.Mesh.SP, sampling.ModeWindow, sampling.ModeRandom, j.Data.Mode)
 	}
 	if j.Data.SeqLen%(2*j.Mesh.SP) != 0 {
 		return fmt.Errorf("mesh.sp = %d: data.seq_len = %d must be a multiple of 2·sp = %d (zigzag chunks)", j.Mesh.SP, j.Data.SeqLen, 2*j.Mesh.SP)
@@ -145,9 +197,23 @@ func validateSequenceParallel(j JobConfig) error {
 	return nil
 }
 
+// validateDevice refuses a cuda job whose mesh has more than one rank. With
+// mesh.dp = 0 (auto) the rank count is only known at launch, where
+// cluster.CheckLayout refuses more than one worker.
+func validateDevice(j JobConfig) error {
+	if j.Train.Device != DeviceCUDA {
+		return nil
+	}
+	m := j.Mesh
+	if m.DP > 1 || m.TP > 1 || m.SP > 1 || m.EP > 1 {
+		return fmt.Errorf("%w: mesh.dp = %d, mesh.tp = %d, mesh.sp = %d, mesh.ep = %d, want 1 (or dp = 0 with one worker)", ErrCUDAOneRank, m.DP, m.TP, m.SP, m.EP)
+	}
+	return nil
+}
+
 // LoadJobConfig reads a job TOML file over the defaults: keys it leaves out
-// keep their defaults, unknown keys are an error naming them, and the result
-// is validated.
+// keep their defaults, unknown keys are an error naming them, data.vocab is
+// resolved (DataConfig), and the result is validated.
 func LoadJobConfig(path string) (JobConfig, error) {
 	cfg := DefaultJobConfig()
 	md, err := toml.DecodeFile(path, &cfg)
@@ -166,6 +232,7 @@ func LoadJobConfig(path string) (JobConfig, error) {
 		sort.Strings(keys)
 		return JobConfig{}, fmt.Errorf("config %s: unknown key(s): %s", path, strings.Join(keys, ", "))
 	}
+	cfg.Data = cfg.DataConfig() // the vocab is explicit in what the job hands on (workers, checkpoints)
 	if err := cfg.Validate(); err != nil {
 		return JobConfig{}, fmt.Errorf("config %s: %w", path, err)
 	}

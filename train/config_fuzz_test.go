@@ -13,6 +13,7 @@ func FuzzLoadJobConfig(f *testing.F) {
 	f.Add("[optim]\nschedule = \"cosine\"\nwarmup_steps = 10\n")
 	f.Add("[data]\nmode = \"pack\"\n[mesh]\ntp = 2\n")
 	f.Add("[train]\nsteps = -1\n")
+	f.Add("[train]\ndevice = \"cuda\"\nprecision = \"bf16\"\n[data]\nmode = \"random\"\nvocab = 100\n")
 	f.Add("[[model]]\n")
 	f.Add("model = 3\n")
 	dir := f.TempDir()

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/moetrain/moetrain/sampling"
 )
 
 func writeTOML(t *testing.T, body string) string {
@@ -59,6 +61,14 @@ func TestLoadJobConfigErrors(t *testing.T) {
 		{"[mesh]\nep = 3\n", "mesh.ep = 3 must divide model.experts = 8"},
 		{"[model]\nlayers = \"four\"\n", "config"},
 		{"[model]\nlayers = 4\n\n[[[\n", "line 4"},
+		{"[data]\nmode = \"random\"\nvocab = 300\n", "data.vocab = 300 exceeds model.vocab = 256"},
+		{"[data]\nmode = \"random\"\nvocab = -1\n", "data.vocab = -1"},
+		{"[train]\ndevice = \"gpu\"\n", `train.device = "gpu": want "cpu" or "cuda"`},
+		{"[train]\nprecision = \"fp16\"\n", `train.precision = "fp16": want "fp32" or "bf16"`},
+		{"[train]\nprecision = \"bf16\"\n", `train.precision = "bf16" needs train.device = "cuda", not "cpu"`},
+		{"[train]\ngpu = -1\n", "train.gpu = -1"},
+		{"[train]\ndevice = \"cuda\"\n[mesh]\ndp = 2\n", `train.device = "cuda" supports one rank (multi-GPU is not implemented yet): mesh.dp = 2`},
+		{"[train]\ndevice = \"cuda\"\n[mesh]\ntp = 2\n", "mesh.tp = 2"},
 	}
 	for _, tc := range cases {
 		_, err := LoadJobConfig(writeTOML(t, tc.body))
@@ -84,5 +94,60 @@ func TestDefaultJobRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, DefaultJobConfig()) {
 		t.Fatalf("round trip changed the config:\n%+v\n%+v", got, DefaultJobConfig())
+	}
+}
+
+// TestDeviceAndRandomData: the device keys load, cuda runs on one rank (dp 1
+// or auto), and random data takes model.vocab when data.vocab is 0, also for
+// a config built in code (DataConfig) rather than loaded.
+func TestDeviceAndRandomData(t *testing.T) {
+	cfg, err := LoadJobConfig(writeTOML(t, `
+[train]
+device = "cuda"
+precision = "bf16"
+gpu = 3
+[mesh]
+dp = 1
+[data]
+mode = "random"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Train.Device != DeviceCUDA || cfg.Train.Precision != PrecisionBF16 || cfg.Train.GPU != 3 {
+		t.Fatalf("device keys not read: %+v", cfg.Train)
+	}
+	if cfg.Data.Vocab != cfg.Model.Vocab {
+		t.Fatalf("data.vocab = %d, want model.vocab = %d", cfg.Data.Vocab, cfg.Model.Vocab)
+	}
+	def := DefaultConfig()
+	if def.Device != DeviceCPU || def.Precision != PrecisionFP32 || def.GPU != 0 {
+		t.Fatalf("defaults %+v", def)
+	}
+	j := DefaultJobConfig()
+	j.Train.Device, j.Train.Precision = "", "" // a config decoded without defaults
+	if err := j.Validate(); err != nil {
+		t.Fatalf("empty device and precision: %v", err)
+	}
+	j = DefaultJobConfig()
+	j.Data.Mode, j.Model.Vocab = sampling.ModeRandom, 512
+	if err := j.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if d := j.DataConfig(); d.Vocab != 512 || j.Data.Vocab != 0 {
+		t.Fatalf("DataConfig vocab %d (section %d)", d.Vocab, j.Data.Vocab)
+	}
+	j.Data.Vocab = 100
+	if d := j.DataConfig(); d.Vocab != 100 {
+		t.Fatalf("explicit data.vocab replaced: %d", d.Vocab)
+	}
+	j.Data.Mode, j.Data.Vocab = sampling.ModeWindow, 1<<20 // other modes ignore data.vocab
+	if err := j.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	j = DefaultJobConfig()
+	j.Data.Mode, j.Mesh.SP = sampling.ModeRandom, 2 // fixed-length rows: sequence parallelism works
+	if err := j.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -19,7 +19,7 @@ import (
 )
 
 // MeshRank is one rank of a job laid out on a DP × SP × TP mesh with EP
-// (DESIGN.md §2–3): its shard of the model (heads, expert hidden and
+// (docs/mesh.md): its shard of the model (heads, expert hidden and
 // vocabulary over TP; experts over EP), the communicators of its groups, the
 // gradient reducer (dense tensors over the DP·SP plane, expert tensors over
 // the expert-data-parallel group; buckets overlapped with the backward;
@@ -85,7 +85,7 @@ func NewMeshRank(cfg JobConfig, mesh parallel.Mesh, rank int, world *collective.
 	tr.m.Comms = comms
 	// Window batches have one shape for every rank (bucketed and packed
 	// ones need not): MoGE's static split then sizes the dispatch.
-	comms.SetUniformTokens(cfg.Data.Mode == sampling.ModeWindow)
+	comms.SetUniformTokens(cfg.Data.FixedShape())
 	edp, err := world.Sub(mesh.Group(parallel.AxisEDP, rank))
 	if err != nil {
 		return nil, fmt.Errorf("train: expert-data-parallel group: %w", err)

@@ -90,7 +90,7 @@ func saveMesh(t *testing.T, cfg JobConfig, mesh parallel.Mesh, ranks []*MeshRank
 	commitSnapshots(t, store, cfg, snaps, 0, map[string]int{"dp": mesh.DP, "sp": mesh.SP, "tp": mesh.TP, "ep": mesh.EP})
 }
 
-// Issue 9 acceptance 2: a checkpoint saved under DP=2 × EP=2 (two ranks, each
+// Resume under another mesh (docs/checkpoint-format.md#resume): a checkpoint saved under DP=2 × EP=2 (two ranks, each
 // holding half the experts) loads under DP=1, DP=4, EP=4 (with DP=4) and TP=2
 // (alone and with DP=2 × EP=2), with and without ZeRO-1 on either side, and
 // the next two steps' losses equal those of the run that never changed

@@ -135,7 +135,7 @@ func gatherMesh(t *testing.T, ranks []*MeshRank, whole model.Layout, buf func(*M
 	return out
 }
 
-// compareMesh checks the acceptance of issues 6 and 7: every rank's loss
+// compareMesh checks parallel-equals-serial (docs/mesh.md#parallel-equals-serial): every rank's loss
 // within 1e-5 relative of the serial trainer's, every tensor of the gathered
 // last-step gradient within 1e-5 and of the parameters within 1e-4 relative
 // (norm of the difference over norm of the tensor).
@@ -177,7 +177,7 @@ func meshCases() []parallel.Mesh {
 	return out
 }
 
-// TestMeshStepEqualsSerial is issue 6's equivalence matrix: DP ∈ {1,2,4},
+// TestMeshStepEqualsSerial is the equivalence matrix of the dense dimensions: DP ∈ {1,2,4},
 // TP ∈ {1,2}, EP ∈ {1,2,4} up to 8 ranks, ZeRO-1 off and on; two steps from
 // the serial model's initial weights on the same global batches, with the aux
 // loss, z-loss and bias balancing on (global statistics).
@@ -252,7 +252,7 @@ func TestMeshDataParallelVariants(t *testing.T) {
 	}
 }
 
-// TestMeshSequenceParallelEqualsSerial is issue 8's training-step part: SP=2
+// TestMeshSequenceParallelEqualsSerial is sequence parallelism's training step: SP=2
 // alone and with DP=2, EP=2 and TP=2, both attention algorithms, and SP=4.
 func TestMeshSequenceParallelEqualsSerial(t *testing.T) {
 	cfg := meshJob()
@@ -271,7 +271,7 @@ func TestMeshSequenceParallelEqualsSerial(t *testing.T) {
 	}
 }
 
-// TestMeshRoutersEqualSerial is issue 7's equivalence: every router with
+// TestMeshRoutersEqualSerial is the routers' equivalence: every router with
 // EP ∈ {1, 2, 4} (MoGE with one group per EP rank at EP = 2; group-limited
 // with 4 groups) equals the serial trainer.
 func TestMeshRoutersEqualSerial(t *testing.T) {

@@ -96,6 +96,7 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 	if err != nil {
 		return sum, err
 	}
+	defer tr.Close()
 	ckpt, err := startCheckpoints(opts.Checkpoint, tr, sampler, log)
 	if err != nil {
 		return sum, fmt.Errorf("train: %w", err)
@@ -182,8 +183,8 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 // openData loads cfg.Data, or wraps corpus (window and pack modes) when the
 // caller supplies one.
 func openData(cfg JobConfig, corpus *sampling.Corpus) (*sampling.Data, error) {
-	if corpus == nil || cfg.Data.Mode == sampling.ModeBucket {
-		return sampling.Open(cfg.Data, cfg.Train.Seed)
+	if corpus == nil || cfg.Data.Mode == sampling.ModeBucket || cfg.Data.Mode == sampling.ModeRandom {
+		return sampling.Open(cfg.DataConfig(), cfg.Train.Seed)
 	}
 	dc := cfg.Data.WithDefaults()
 	return &sampling.Data{Config: dc, Seed: cfg.Train.Seed + dc.SeedOffset, Corpus: corpus}, nil

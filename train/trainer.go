@@ -42,6 +42,9 @@ type Trainer struct {
 	opt   *optim.AdamW
 	sched optim.Schedule
 	step  int
+	// gpu (train.device = "cuda") runs the steps on a GPU; m's Params and
+	// opt's moments are then host mirrors (see gpuState).
+	gpu *gpuState
 }
 
 // NewTrainer validates cfg and builds the model with weights initialised
@@ -73,6 +76,14 @@ func newTrainer(cfg JobConfig, sh model.Shard, fullOptimizer bool, log zerolog.L
 		return nil, fmt.Errorf("train: %w", err)
 	}
 	t := &Trainer{cfg: cfg, log: log, m: m, opt: opt, sched: optim.NewSchedule(cfg.Optim, cfg.Train.Steps)}
+	if cfg.Train.Device == DeviceCUDA {
+		if !sh.IsWhole() || !fullOptimizer {
+			return nil, fmt.Errorf("train: train.device = \"cuda\" supports one rank holding the whole model (multi-GPU is not implemented yet)")
+		}
+		if err := t.openGPU(); err != nil {
+			return nil, err
+		}
+	}
 	log.Debug().Int("params", m.Layout.Total).Msg("trainer ready")
 	return t, nil
 }
@@ -84,13 +95,27 @@ func toInput(b sampling.Batch) model.Input {
 // ForwardBackward zeroes the gradients, then runs forward and backward on b.
 // Batches may change B and T from call to call (T ≤ model.seq_len).
 func (t *Trainer) ForwardBackward(b sampling.Batch) (StepStats, error) {
-	r, err := t.m.ForwardBackward(toInput(b))
-	if err != nil {
-		return StepStats{}, fmt.Errorf("train: step %d: %w", t.step, err)
-	}
 	ep := t.cfg.Mesh.EP
 	if ep <= 1 {
 		ep = max(1, t.cfg.Model.Groups)
+	}
+	if g := t.gpu; g != nil {
+		r, err := g.m.ForwardBackward(toInput(b))
+		if err != nil {
+			return StepStats{}, fmt.Errorf("train: step %d: %w", t.step, err)
+		}
+		stats, err := g.m.RouterStats(ep)
+		if err != nil {
+			return StepStats{}, fmt.Errorf("train: step %d: router stats: %w", t.step, err)
+		}
+		return StepStats{
+			Loss: r.Loss, CE: r.CE, Aux: r.Aux, ZLoss: r.ZLoss, Tokens: b.B * b.T, Targets: r.Targets,
+			RoutedLoad: g.m.RoutedLoad(), Router: stats,
+		}, nil
+	}
+	r, err := t.m.ForwardBackward(toInput(b))
+	if err != nil {
+		return StepStats{}, fmt.Errorf("train: step %d: %w", t.step, err)
 	}
 	stats, err := t.m.RouterStats(ep)
 	if err != nil {
@@ -109,8 +134,19 @@ func (t *Trainer) ForwardBackward(b sampling.Batch) (StepStats, error) {
 func (t *Trainer) UpdateRouterBias(load [][]int) error { return t.m.Balance.Update(load) }
 
 // Params is the flat parameter buffer (layout: Layout()); callers may read
-// it and, between steps, overwrite it (broadcast, checkpoint restore).
-func (t *Trainer) Params() []float32 { return t.m.Params }
+// it and, between steps, overwrite it (broadcast, checkpoint restore). On
+// the GPU it is the host mirror, filled from the device by this call; a
+// caller that overwrites it must call ParamsChanged afterwards.
+func (t *Trainer) Params() []float32 {
+	if err := t.syncFromDevice(); err != nil {
+		t.log.Error().Err(err).Msg("parameters from the GPU")
+	}
+	return t.m.Params
+}
+
+// ParamsChanged copies the host parameters and optimizer moments to the
+// GPU after a caller overwrote them (a no-op on the CPU).
+func (t *Trainer) ParamsChanged() error { return t.syncToDevice() }
 
 // Grads is the flat gradient buffer of the last ForwardBackward; a
 // data-parallel caller all-reduces it in place before OptimizerStep.
@@ -136,6 +172,14 @@ func (t *Trainer) LR() float64 { return t.sched.LR(t.step) }
 // gradient norm before clipping. Without clipping the norm comes from the
 // update's own pass over the gradient (one pass instead of two).
 func (t *Trainer) OptimizerStep() (gradNorm float64) {
+	if t.gpu != nil {
+		n, err := t.gpuOptimizerStep()
+		if err != nil {
+			t.log.Error().Err(err).Msg("optimizer step")
+			return math.NaN()
+		}
+		return n
+	}
 	scale := 1.0
 	clip := t.cfg.Optim.ClipNorm > 0
 	if clip {
@@ -168,7 +212,11 @@ func (t *Trainer) Evaluate(batches []sampling.Batch) (float64, error) {
 	var sum float64
 	var count int
 	for i, b := range batches {
-		r, err := t.m.Forward(toInput(b), false)
+		forward := t.m.Forward
+		if t.gpu != nil {
+			forward = t.gpu.m.Forward
+		}
+		r, err := forward(toInput(b), false)
 		if err != nil {
 			return 0, fmt.Errorf("train: evaluate batch %d: %w", i, err)
 		}

@@ -147,21 +147,16 @@ func (f *benchCollectivesFlags) validate() (sizes []int, ops []string, bw float6
 }
 
 // autoSpin is --spin auto: how long a progress-engine waiter with no bytes
-// to move keeps trying before it blocks in poll(2). Measured on this
-// project's 2-core host with polling in the transport: 30 µs is shorter than
-// a typical peer's answer (its reduction included), so the waiter tries and
-// then blocks anyway and pays both; 200 µs catches nearly every answer (4 KiB
-// all-reduce at np = 2 15 → 9 µs, 64 KiB all-to-all 40 → 15 µs). At np = 4,
-// where ranks share cores and yield between tries, 64 KiB all-reduce went
-// 190 → 95 µs with 200 µs and gained nothing more with 1 ms.
+// to move keeps trying before it blocks in poll(2). Much shorter and the
+// waiter tries, blocks anyway and pays both; 200 µs catches nearly every
+// peer's answer, and longer gained nothing (measured in
+// docs/decisions.md#bench-collectives-defaults).
 const autoSpin = 200 * time.Microsecond
 
 // autoSpinYield is --spin auto when waiters yield (ranks outnumber cores).
 // A yielding waiter gives its core to whoever else can run, so trying
 // longer costs little, while blocking costs a wake-up that waits for a
-// core: 64 KiB all-to-all at np = 4 on 2 cores, run directly, took 65-67 µs
-// with 2 ms against 81 µs with 200 µs (in scripts/bench-collectives.sh's
-// interleaved run both read 0.84 of OpenMPI; no cell got worse).
+// core (measured in the same entry as autoSpin).
 const autoSpinYield = 2 * time.Millisecond
 
 // resolveSpin reads --spin and --spin-yield, which apply to the progress
@@ -203,21 +198,15 @@ func resolveSpin(spinFlag, yieldFlag string, engine, oversubscribed bool) (time.
 	return spin, yield, nil
 }
 
-// The progress engine is on by default (--engine). Measured on this
-// project's 2-core host (5-9 interleaved rounds against OpenMPI): at np = 2,
-// 1 MiB all-reduce went from 0.72 to 1.18x OpenMPI and all-to-all from 0.76
-// to 1.12x, 16 MiB from 0.88 to 1.02x; at np = 4 (ranks share cores,
-// waiters yield between tries) 1 MiB all-reduce from 0.61 to 0.77x,
-// all-to-all from 0.67 to 1.02x; 64 MiB all-reduce over 1 GB/s shaped links
-// at np = 4 from 75-79% of the ring bound to 82-83%.
+// The progress engine is on by default (--engine): against OpenMPI it
+// gained at every size measured, with and without shaped links (see
+// docs/decisions.md#the-tcp-progress-engine).
 
-// engineSocketBuffer is --socket-buffer auto with the progress engine. On
-// this project's 2-core host at np = 2 (9 interleaved rounds), 1 MiB
-// all-reduce and all-to-all ran 1.3-1.4x faster with 1-2 MiB buffers than
-// with autotuning, which starts a connection's send buffer at 16 KiB; the
-// engine then writes a whole segment at once instead of in pieces as the
-// peer drains them. The kernel doubles the value and caps it at
-// net.core.[rw]mem_max.
+// engineSocketBuffer is --socket-buffer auto with the progress engine. With
+// it the engine writes a whole segment at once instead of in pieces as the
+// peer drains them; autotuning starts a connection's send buffer at 16 KiB
+// (measured in the same entry as autoSpin). The kernel doubles the value and
+// caps it at net.core.[rw]mem_max.
 const engineSocketBuffer = 2 << 20
 
 // rankProcs is the GOMAXPROCS a rank process runs with: --gomaxprocs, else
@@ -235,10 +224,9 @@ func rankProcs(workers, procs int) int {
 // resolveBind reads --bind and returns the CPUs ranks are pinned to (rank r
 // to cpus[r % len(cpus)]), or nil when they are not pinned. "auto" pins
 // unless ranks outnumber cores, as OpenMPI does by default (bind to core for
-// 2 ranks or fewer, none when oversubscribed). Measured at np = 2 on this
-// project's 2-core host: unpinned ranks that poll without yielding
-// sometimes share a core until the scheduler moves one (1 MiB all-reduce
-// 2.45-3.72 GB/s over four runs), pinned ones do not (3.41-3.53).
+// 2 ranks or fewer, none when oversubscribed): unpinned ranks that poll
+// without yielding sometimes share a core until the scheduler moves one
+// (measured in the same entry as autoSpin).
 func resolveBind(flag string, workers int, oversubscribed bool, cpus []int) ([]int, error) {
 	switch strings.TrimSpace(flag) {
 	case "none":

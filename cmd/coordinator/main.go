@@ -3,6 +3,11 @@
 //
 // Each subcommand lives in its own file and registers itself on rootCmd in an
 // init function; a subcommand is registered only once it works.
+//
+// A command should parse flags and wire packages together, and must not grow
+// library code of its own. Not yet so: the rank-process orchestration of
+// `bench collectives` and `bench routing`, CPU pinning and cgroup CPU quotas
+// still live here (see docs/architecture.md#packages).
 package main
 
 import (

@@ -27,6 +27,8 @@ type trainFlags struct {
 	steps      int
 	threads    int
 	seed       uint64
+	device     string
+	precision  string
 	jsonLogs   bool
 	summary    string
 	printCfg   bool
@@ -39,7 +41,7 @@ type trainFlags struct {
 func newTrainCmd() *cobra.Command {
 	var f trainFlags
 	cmd := &cobra.Command{
-		Use:   "train --standalone [--config job.toml] [--data PATH] [--steps N] [--threads N] [--seed N]",
+		Use:   "train --standalone [--config job.toml] [--data PATH] [--steps N] [--threads N] [--seed N] [--device cpu|cuda] [--precision fp32|bf16]",
 		Short: "Train a model in this process (standalone, no coordinator)",
 		Long: `Train the MoE model single-process on the embedded corpus or your data, with a live
 progress line (step, loss, tokens/s, ETA), periodic validation loss and structured logs.
@@ -56,6 +58,8 @@ out keep their defaults (the reference model). Flags override the file.`,
 	fl.IntVar(&f.steps, "steps", 0, "optimizer steps (overrides train.steps)")
 	fl.IntVar(&f.threads, "threads", 0, "kernel threads (overrides train.threads; 0 = all cores)")
 	fl.Uint64Var(&f.seed, "seed", 0, "random seed for weights and data order (overrides train.seed)")
+	fl.StringVar(&f.device, "device", "", "cpu or cuda (overrides train.device)")
+	fl.StringVar(&f.precision, "precision", "", "fp32 or bf16, bf16 on cuda only (overrides train.precision)")
 	fl.BoolVar(&f.jsonLogs, "json-logs", false, "write logs as JSON lines instead of console text")
 	fl.StringVar(&f.summary, "summary", "", "write the run summary (loss curves) as JSON to this file")
 	fl.BoolVar(&f.printCfg, "print-config", false, "print the effective job configuration as TOML and exit")
@@ -95,6 +99,12 @@ func runTrain(cmd *cobra.Command, f trainFlags) error {
 	}
 	if fl.Changed("seed") {
 		cfg.Train.Seed = f.seed
+	}
+	if fl.Changed("device") {
+		cfg.Train.Device = f.device // checked by cfg.Validate
+	}
+	if fl.Changed("precision") {
+		cfg.Train.Precision = f.precision
 	}
 	if err := cfg.Validate(); err != nil {
 		return err

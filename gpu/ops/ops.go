@@ -22,8 +22,9 @@ type Ops struct {
 	K *kernels.Set
 	S cuda.Stream
 	// SMs is the GPU's multiprocessor count (grid sizing).
-	SMs int
-	fns map[string]cuda.Function
+	SMs       int
+	fns       map[string]cuda.Function
+	sharedSet map[string]int // dynamic shared-memory limit set per kernel
 }
 
 // New loads every kernel into c and launches onto c's stream.
@@ -32,7 +33,7 @@ func New(c *cuda.Context) (*Ops, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Ops{C: c, K: k, S: c.Stream(), SMs: c.Info().SMs, fns: map[string]cuda.Function{}}, nil
+	return &Ops{C: c, K: k, S: c.Stream(), SMs: c.Info().SMs, fns: map[string]cuda.Function{}, sharedSet: map[string]int{}}, nil
 }
 
 // launch queues kernel name over grid×block with shared bytes of dynamic
@@ -49,12 +50,15 @@ func (o *Ops) launch3(name string, grid, block cuda.Dim3, shared int, args ...an
 		if f, err = o.K.Get(name); err != nil {
 			return err
 		}
-		if shared > 48<<10 {
-			if err := o.C.SetMaxDynamicShared(f, o.C.Info().MaxSharedOptin); err != nil {
-				return err
-			}
-		}
 		o.fns[name] = f
+	}
+	// A launch above 48 KiB of dynamic shared memory needs the kernel's
+	// limit raised to it first (once per kernel and larger size).
+	if shared > 48<<10 && shared > o.sharedSet[name] {
+		if err := o.C.SetMaxDynamicShared(f, shared); err != nil {
+			return fmt.Errorf("gpu/ops: %s: %d bytes of shared memory: %w", name, shared, err)
+		}
+		o.sharedSet[name] = shared
 	}
 	return o.C.Launch(f, grid, block, shared, o.S, args...)
 }

@@ -8,7 +8,10 @@
 // its share of the global-batch gradient before the reduction (it divides
 // its loss by the global target count and computes the auxiliary and z-loss
 // from global routing statistics, exchanged through model.Comms), so the
-// reducer only sums the buckets (collective.Sum).
+// reducer only sums the buckets (collective.Sum). It must not scale or
+// otherwise change gradients, and knows the model only through its layout
+// table (entry boundaries, expert flags). See
+// docs/architecture.md#one-training-step.
 package dp
 
 import (

@@ -12,7 +12,9 @@ import (
 )
 
 // Reducer reduces one rank's flat gradient buffer over the data-parallel
-// group, bucket by bucket. Per step:
+// group (on a mesh: dense tensors over the DP·SP plane, expert tensors over
+// the expert-data-parallel group; see NewReducer), bucket by bucket. Per
+// step:
 //
 //	r.Begin(ctx)                  // before the forward
 //	forward + backward, with r.Hook() as the model's OnGradsReady
@@ -87,9 +89,12 @@ type bucket struct {
 }
 
 // NewReducer plans the buckets of layout over grads (length layout.Total).
-// dense is the data-parallel group; expert the expert-data-parallel group
-// over which expert tensors reduce (nil or the same *Comm as dense when
-// EP = 1: then expert and dense tensors may share buckets).
+// dense is the group over which dense tensors reduce: every rank holding
+// other tokens of the step (on a mesh the DP·SP plane at this rank's tp,
+// parallel.AxisPlane, which is the data-parallel group when SP = 1); expert
+// the expert-data-parallel group over which expert tensors reduce (nil or
+// the same *Comm as dense when EP = 1: then expert and dense tensors may
+// share buckets).
 func NewReducer(cfg Config, layout model.Layout, grads []float32, dense, expert *collective.Comm) (*Reducer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -12,6 +12,11 @@
 // Chunk+t is token (2·SP−1−i)·Chunk+t. Per-row statistics (lse, and D in
 // the backward) are [Batch][Heads][2·Chunk], the layout tensor's attention
 // kernels use for Tq = 2·Chunk.
+//
+// The algorithms are described in docs/algorithms/tokenring.md. The package
+// works on tensor shapes and a collective.Comm only: it must not import the
+// model, and it holds no state between calls (each call derives its own
+// message streams).
 package sp
 
 import (

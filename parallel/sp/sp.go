@@ -56,7 +56,8 @@ func ParseAlgorithm(s string) (Algorithm, error) {
 // sub-communicators for its message streams). Every wait ends with ctx (or
 // comm's default timeout); an error names the algorithm, pass, step, message
 // and peer. A failure is not broadcast: the other members fail at their own
-// deadlines, and the job rebuilds its communicators.
+// deadlines. Nothing retries on comm after a failure: the caller's step
+// fails and the job is aborted (docs/control-plane.md#failure-handling).
 //
 // For the model: pass the local slices of a fused QKV buffer with strides 3C
 // (C = Heads·HeadDim); position embeddings use Positions; Shard/Gather move

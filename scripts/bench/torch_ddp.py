@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch DDP over gloo on the reference MoE model: the anchor of moetrain's
-data-parallel throughput (issue 6, acceptance 4).
+data-parallel throughput (scripts/bench-train.sh -d).
 
 WORLD processes (default 2) on this host, each torch.set_num_threads(THREADS),
 a gloo process group over loopback (127.0.0.1), the model of torch_moe.py

@@ -23,6 +23,10 @@
 // The output format is read by sampling.DefaultCorpus: the magic line
 // "MOECORPUS1\n", then gzip of records uvarint(len(name)) name
 // uvarint(len(text)) text. The toolchain's LICENSE is copied beside it.
+//
+// It is a maintainer's tool: no binary may depend on it (the corpus it writes
+// is embedded), and its output must be reproducible from the toolchain
+// version and the flags (sorted walk, no clocks, no randomness).
 package main
 
 import (

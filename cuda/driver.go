@@ -1,5 +1,3 @@
-//go:build linux
-
 package cuda
 
 import (
@@ -97,6 +95,8 @@ func driverError(callName string, r uintptr) error {
 }
 
 // check calls fn with args and wraps a failure.
+//
+//go:uintptrescapes
 func check(name string, fn uintptr, args ...uintptr) error {
 	return driverError(name, call(fn, args...))
 }

@@ -1,0 +1,318 @@
+package cuda
+
+import (
+	"fmt"
+	"sync"
+	"unsafe"
+)
+
+// cublasLt is cuBLASLt's function table.
+var cublasLt struct {
+	once sync.Once
+	err  error
+	path string
+
+	create, destroy, getVersion                 uintptr
+	descCreate, descSet, descDestroy            uintptr
+	layoutCreate, layoutDestroy                 uintptr
+	prefCreate, prefSet, prefDestroy, heuristic uintptr
+	matmul                                      uintptr
+}
+
+func loadBlasLt() error {
+	l := &cublasLt
+	l.once.Do(func() {
+		lib, path, err := openLibrary("cuBLASLt (libcublasLt.so)", "cublas", "libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", "libcublasLt.so")
+		if err != nil {
+			l.err = err
+			return
+		}
+		l.path = path
+		l.err = symbols(lib, path, map[string]*uintptr{
+			"cublasLtCreate": &l.create, "cublasLtDestroy": &l.destroy, "cublasLtGetVersion": &l.getVersion,
+			"cublasLtMatmulDescCreate": &l.descCreate, "cublasLtMatmulDescSetAttribute": &l.descSet,
+			"cublasLtMatmulDescDestroy":  &l.descDestroy,
+			"cublasLtMatrixLayoutCreate": &l.layoutCreate, "cublasLtMatrixLayoutDestroy": &l.layoutDestroy,
+			"cublasLtMatmulPreferenceCreate": &l.prefCreate, "cublasLtMatmulPreferenceSetAttribute": &l.prefSet,
+			"cublasLtMatmulPreferenceDestroy": &l.prefDestroy, "cublasLtMatmulAlgoGetHeuristic": &l.heuristic,
+			"cublasLtMatmul": &l.matmul,
+		})
+	})
+	return l.err
+}
+
+// BlasError is a failed cuBLASLt call.
+type BlasError struct {
+	Call   string
+	Status int
+}
+
+var blasStatusNames = map[int]string{
+	1: "CUBLAS_STATUS_NOT_INITIALIZED", 3: "CUBLAS_STATUS_ALLOC_FAILED", 7: "CUBLAS_STATUS_INVALID_VALUE",
+	8: "CUBLAS_STATUS_ARCH_MISMATCH", 11: "CUBLAS_STATUS_MAPPING_ERROR", 13: "CUBLAS_STATUS_EXECUTION_FAILED",
+	14: "CUBLAS_STATUS_INTERNAL_ERROR", 15: "CUBLAS_STATUS_NOT_SUPPORTED", 16: "CUBLAS_STATUS_LICENSE_ERROR",
+}
+
+func (e *BlasError) Error() string {
+	name := blasStatusNames[e.Status]
+	if name == "" {
+		name = "CUBLAS_STATUS_UNKNOWN"
+	}
+	return fmt.Sprintf("cublasLt: %s: %s (%d)", e.Call, name, e.Status)
+}
+
+//go:uintptrescapes
+func blasCheck(name string, fn uintptr, args ...uintptr) error {
+	if r := int32(call(fn, args...)); r != 0 {
+		return &BlasError{Call: name, Status: int(r)}
+	}
+	return nil
+}
+
+// DType is an element type of GEMM operands (cudaDataType values).
+type DType int
+
+const (
+	F32  DType = 0  // CUDA_R_32F
+	BF16 DType = 14 // CUDA_R_16BF
+)
+
+// Size is the element size in bytes.
+func (t DType) Size() int {
+	if t == BF16 {
+		return 2
+	}
+	return 4
+}
+
+func (t DType) String() string {
+	if t == BF16 {
+		return "bf16"
+	}
+	return "f32"
+}
+
+// cuBLASLt enum values used here (cublasLt.h).
+const (
+	computeF32           = 68 // CUBLAS_COMPUTE_32F: fp32 accumulation, no TF32
+	descComputeType      = 0
+	descScaleType        = 1
+	descTransA           = 3
+	descTransB           = 4
+	prefMaxWorkspace     = 1
+	prefReductionMask    = 3
+	prefAlignA           = 5
+	prefAlignB           = 6
+	prefAlignC           = 7
+	prefAlignD           = 8
+	heuristicResultBytes = 96 // sizeof(cublasLtMatmulHeuristicResult_t)
+	blasWorkspaceBytes   = 32 << 20
+)
+
+// GemmSpec is one matrix product in moetrain's row-major convention (as
+// tensor.Gemm): C[m,n] = alpha·op(A)·op(B) + beta·C, op(A) [m,k], op(B)
+// [k,n], leading dimensions in elements. AB is A's and B's element type, CD
+// C's (and the output's); accumulation is fp32 (CUBLAS_COMPUTE_32F, no
+// TF32), so an F32 product matches a float32 CPU GEMM up to summation order.
+type GemmSpec struct {
+	TransA, TransB bool
+	M, N, K        int
+	LDA, LDB, LDC  int
+	AB, CD         DType
+}
+
+// gemmKey adds the operands' alignments, which the chosen algorithm needs.
+type gemmKey struct {
+	GemmSpec
+	alignA, alignB, alignC int
+}
+
+type gemmPlan struct {
+	desc, a, b, c uintptr
+	algo          [heuristicResultBytes]byte
+}
+
+// BlasLt is a cuBLASLt handle bound to a Context, with a workspace and a
+// cache of chosen algorithms per GEMM shape.
+type BlasLt struct {
+	c       *Context
+	handle  uintptr
+	ws      DevicePtr
+	plans   map[gemmKey]*gemmPlan
+	Library string
+}
+
+// NewBlasLt loads cuBLASLt and creates a handle; the error names the
+// library when it is missing.
+func (c *Context) NewBlasLt() (*BlasLt, error) {
+	if err := loadBlasLt(); err != nil {
+		return nil, err
+	}
+	b := &BlasLt{c: c, plans: map[gemmKey]*gemmPlan{}, Library: cublasLt.path}
+	err := c.do(func() error {
+		return blasCheck("cublasLtCreate", cublasLt.create, uintptr(unsafe.Pointer(&b.handle)))
+	})
+	if err != nil {
+		return nil, err
+	}
+	if b.ws, err = c.Alloc(blasWorkspaceBytes); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Version is cuBLASLt's version number (e.g. 130000).
+func (b *BlasLt) Version() int { return int(call(cublasLt.getVersion)) }
+
+// alignment is the largest power of two (≤ 256) dividing p.
+func alignment(p DevicePtr) int {
+	a := 256
+	for a > 1 && uintptr(p)%uintptr(a) != 0 {
+		a >>= 1
+	}
+	return a
+}
+
+// Gemm queues C = alpha·op(A)·op(B) + beta·C (row-major, see GemmSpec) on s.
+func (b *BlasLt) Gemm(s Stream, g GemmSpec, alpha float32, A, B DevicePtr, beta float32, C DevicePtr) error {
+	if g.M < 0 || g.N < 0 || g.K < 0 {
+		return fmt.Errorf("cublasLt: gemm %dx%dx%d: negative size", g.M, g.N, g.K)
+	}
+	if g.M == 0 || g.N == 0 {
+		return nil
+	}
+	if g.K == 0 { // C = beta·C: cuBLASLt refuses k = 0
+		if beta == 0 {
+			return fmt.Errorf("cublasLt: gemm with k = 0 and beta = 0 (clear C instead)")
+		}
+		if beta == 1 {
+			return nil
+		}
+		return fmt.Errorf("cublasLt: gemm with k = 0 and beta = %g unsupported", beta)
+	}
+	key := gemmKey{GemmSpec: g, alignA: alignment(A), alignB: alignment(B), alignC: alignment(C)}
+	p, ok := b.plans[key]
+	if !ok {
+		var err error
+		if p, err = b.plan(key); err != nil {
+			return err
+		}
+		b.plans[key] = p
+	}
+	// Column-major view: C^T[n,m] = op(B)^T·op(A)^T, so cuBLASLt's A is our
+	// B and its B our A.
+	return b.c.do(func() error {
+		return blasCheck("cublasLtMatmul", cublasLt.matmul, b.handle, p.desc,
+			uintptr(unsafe.Pointer(&alpha)), uintptr(B), p.b, uintptr(A), p.a,
+			uintptr(unsafe.Pointer(&beta)), uintptr(C), p.c, uintptr(C), p.c,
+			uintptr(unsafe.Pointer(&p.algo[0])), uintptr(b.ws), blasWorkspaceBytes, uintptr(s))
+	})
+}
+
+// plan creates the descriptors of key's product and asks the heuristic for
+// an algorithm; the error names the shape.
+func (b *BlasLt) plan(key gemmKey) (*gemmPlan, error) {
+	g := key.GemmSpec
+	p := &gemmPlan{}
+	fail := func(err error) (*gemmPlan, error) {
+		return nil, fmt.Errorf("cublasLt: gemm transA=%v transB=%v m=%d n=%d k=%d lda=%d ldb=%d ldc=%d %s->%s: %w",
+			g.TransA, g.TransB, g.M, g.N, g.K, g.LDA, g.LDB, g.LDC, g.AB, g.CD, err)
+	}
+	err := b.c.do(func() error {
+		if err := blasCheck("cublasLtMatmulDescCreate", cublasLt.descCreate, uintptr(unsafe.Pointer(&p.desc)), computeF32, uintptr(F32)); err != nil {
+			return err
+		}
+		// cuBLASLt's op(A') is op(B)^T: no transpose when B is not transposed.
+		opA, opB := int32(0), int32(0)
+		if g.TransB {
+			opA = 1
+		}
+		if g.TransA {
+			opB = 1
+		}
+		if err := blasCheck("cublasLtMatmulDescSetAttribute", cublasLt.descSet, p.desc, descTransA, uintptr(unsafe.Pointer(&opA)), 4); err != nil {
+			return err
+		}
+		if err := blasCheck("cublasLtMatmulDescSetAttribute", cublasLt.descSet, p.desc, descTransB, uintptr(unsafe.Pointer(&opB)), 4); err != nil {
+			return err
+		}
+		// Stored (pre-op) column-major shapes: our row-major X[r,c] with
+		// leading dimension ld is column-major [c, r] with the same ld.
+		aRows, aCols := g.N, g.K // B stored k×n row-major → col-major n×k
+		if g.TransB {
+			aRows, aCols = g.K, g.N
+		}
+		bRows, bCols := g.K, g.M
+		if g.TransA {
+			bRows, bCols = g.M, g.K
+		}
+		if err := blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.b)), uintptr(g.AB), uintptr(aRows), uintptr(aCols), uintptr(g.LDB)); err != nil {
+			return err
+		}
+		if err := blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.a)), uintptr(g.AB), uintptr(bRows), uintptr(bCols), uintptr(g.LDA)); err != nil {
+			return err
+		}
+		if err := blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.c)), uintptr(g.CD), uintptr(g.N), uintptr(g.M), uintptr(g.LDC)); err != nil {
+			return err
+		}
+		var pref uintptr
+		if err := blasCheck("cublasLtMatmulPreferenceCreate", cublasLt.prefCreate, uintptr(unsafe.Pointer(&pref))); err != nil {
+			return err
+		}
+		defer call(cublasLt.prefDestroy, pref)
+		ws := uint64(blasWorkspaceBytes)
+		if err := blasCheck("cublasLtMatmulPreferenceSetAttribute", cublasLt.prefSet, pref, prefMaxWorkspace, uintptr(unsafe.Pointer(&ws)), 8); err != nil {
+			return err
+		}
+		// No in-place (atomic) split-K reductions: results stay bitwise
+		// reproducible run to run.
+		mask := uint32(2 | 4)
+		if err := blasCheck("cublasLtMatmulPreferenceSetAttribute", cublasLt.prefSet, pref, prefReductionMask, uintptr(unsafe.Pointer(&mask)), 4); err != nil {
+			return err
+		}
+		for _, al := range []struct {
+			attr uintptr
+			v    uint32
+		}{{prefAlignA, uint32(key.alignB)}, {prefAlignB, uint32(key.alignA)}, {prefAlignC, uint32(key.alignC)}, {prefAlignD, uint32(key.alignC)}} {
+			v := al.v
+			if err := blasCheck("cublasLtMatmulPreferenceSetAttribute", cublasLt.prefSet, pref, al.attr, uintptr(unsafe.Pointer(&v)), 4); err != nil {
+				return err
+			}
+		}
+		var res [heuristicResultBytes]byte
+		var found int32
+		if err := blasCheck("cublasLtMatmulAlgoGetHeuristic", cublasLt.heuristic, b.handle, p.desc, p.b, p.a, p.c, p.c, pref, 1,
+			uintptr(unsafe.Pointer(&res[0])), uintptr(unsafe.Pointer(&found))); err != nil {
+			return err
+		}
+		if found < 1 {
+			return fmt.Errorf("no algorithm")
+		}
+		p.algo = res
+		return nil
+	})
+	if err != nil {
+		return fail(err)
+	}
+	return p, nil
+}
+
+// Close releases the cached descriptors, the workspace and the handle.
+func (b *BlasLt) Close() error {
+	if b == nil || b.handle == 0 {
+		return nil
+	}
+	err := b.c.do(func() error {
+		for _, p := range b.plans {
+			call(cublasLt.layoutDestroy, p.a)
+			call(cublasLt.layoutDestroy, p.b)
+			call(cublasLt.layoutDestroy, p.c)
+			call(cublasLt.descDestroy, p.desc)
+		}
+		return blasCheck("cublasLtDestroy", cublasLt.destroy, b.handle)
+	})
+	b.plans = nil
+	b.c.Free(b.ws)
+	b.handle = 0
+	return err
+}

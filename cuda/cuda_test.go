@@ -1,0 +1,234 @@
+package cuda
+
+import (
+	"math"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+)
+
+var (
+	testOnce sync.Once
+	testCtx  *Context
+	testBlas *BlasLt
+	testErr  error
+)
+
+// gpu returns the shared test context and cuBLASLt handle, skipping where
+// no driver or GPU is present (MOETRAIN_REQUIRE_GPU=1 makes that a failure).
+func gpu(t *testing.T) (*Context, *BlasLt) {
+	t.Helper()
+	testOnce.Do(func() {
+		if testCtx, testErr = Open(0); testErr == nil {
+			testBlas, testErr = testCtx.NewBlasLt()
+		}
+	})
+	if testErr != nil {
+		if os.Getenv("MOETRAIN_REQUIRE_GPU") == "" {
+			t.Skipf("no GPU: %v", testErr)
+		}
+		t.Fatalf("GPU required: %v", testErr)
+	}
+	return testCtx, testBlas
+}
+
+// Without a driver (or without a GPU behind it), the error is one line that
+// names what is missing: the library, or the driver call that found no GPU.
+func TestMissingDriverNamed(t *testing.T) {
+	_, err := DeviceCount()
+	if err == nil {
+		t.Skip("a CUDA driver is present")
+	}
+	msg := err.Error()
+	if !(strings.Contains(msg, "libcuda.so.1") || strings.Contains(msg, "cuInit")) || strings.Contains(msg, "\n") {
+		t.Fatalf("error %q: want one line naming libcuda.so.1 or the failing cuInit", msg)
+	}
+	if _, err := Open(0); err == nil || err.Error() != msg {
+		t.Fatalf("Open: %v, want the same error", err)
+	}
+}
+
+func TestDeviceInfo(t *testing.T) {
+	c, b := gpu(t)
+	in := c.Info()
+	t.Logf("GPU %d: %s, sm_%d%d, %d SMs, %.1f GiB, driver %d (%s); cuBLASLt %d (%s)", in.Ordinal, in.Name, in.Major, in.Minor, in.SMs,
+		float64(in.TotalMem)/(1<<30), in.Driver, in.Library, b.Version(), b.Library)
+	if in.SMs < 1 || in.TotalMem <= 0 || in.Major < 1 {
+		t.Fatalf("implausible device info %+v", in)
+	}
+}
+
+func TestCopyRoundTrip(t *testing.T) {
+	c, _ := gpu(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	src := make([]float32, 100003)
+	for i := range src {
+		src[i] = rng.Float32()
+	}
+	p, err := c.Alloc(len(src) * 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Free(p)
+	if err := CopyIn(c, p, src); err != nil {
+		t.Fatal(err)
+	}
+	q, err := c.Alloc(len(src) * 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Free(q)
+	if err := c.Fill32(c.Stream(), q, len(src), 0x7fc00000); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CopyDevice(c.Stream(), q.Add(4), p.Add(4), (len(src)-1)*4); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]float32, len(src))
+	if err := CopyOut(c, got, q); err != nil {
+		t.Fatal(err)
+	}
+	if !math.IsNaN(float64(got[0])) {
+		t.Fatalf("element 0 = %g, want the NaN poison", got[0])
+	}
+	for i := 1; i < len(src); i++ {
+		if got[i] != src[i] {
+			t.Fatalf("element %d = %g, want %g", i, got[i], src[i])
+		}
+	}
+}
+
+// toBF16 rounds to the nearest bfloat16 (ties to even), as bits.
+func toBF16(f float32) uint16 {
+	b := math.Float32bits(f)
+	return uint16((b + 0x7fff + (b>>16)&1) >> 16)
+}
+
+func fromBF16(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// gemmRef is the float64 row-major reference of GemmSpec.
+func gemmRef(g GemmSpec, alpha float64, a, b []float32, beta float64, c []float64) {
+	for i := 0; i < g.M; i++ {
+		for j := 0; j < g.N; j++ {
+			var s float64
+			for p := 0; p < g.K; p++ {
+				var av, bv float32
+				if g.TransA {
+					av = a[p*g.LDA+i]
+				} else {
+					av = a[i*g.LDA+p]
+				}
+				if g.TransB {
+					bv = b[j*g.LDB+p]
+				} else {
+					bv = b[p*g.LDB+j]
+				}
+				s += float64(av) * float64(bv)
+			}
+			c[i*g.LDC+j] = alpha*s + beta*c[i*g.LDC+j]
+		}
+	}
+}
+
+func TestGemmAgainstReference(t *testing.T) {
+	c, b := gpu(t)
+	rng := rand.New(rand.NewPCG(5, 6))
+	sizes := []int{1, 3, 17, 64, 129, 300}
+	for trial := 0; trial < 60; trial++ {
+		g := GemmSpec{TransA: rng.IntN(2) == 1, TransB: rng.IntN(2) == 1,
+			M: sizes[rng.IntN(len(sizes))], N: sizes[rng.IntN(len(sizes))], K: sizes[rng.IntN(len(sizes))],
+			AB: F32, CD: F32}
+		if trial%3 == 1 {
+			g.AB = BF16
+		}
+		if trial%6 == 4 {
+			g.AB, g.CD = BF16, BF16
+		}
+		pad := rng.IntN(3)
+		ar, ac := g.M, g.K
+		if g.TransA {
+			ar, ac = g.K, g.M
+		}
+		br, bc := g.K, g.N
+		if g.TransB {
+			br, bc = g.N, g.K
+		}
+		g.LDA, g.LDB, g.LDC = ac+pad, bc+pad, g.N+pad
+		a := make([]float32, ar*g.LDA)
+		bm := make([]float32, br*g.LDB)
+		cm := make([]float32, g.M*g.LDC)
+		for _, s := range [][]float32{a, bm, cm} {
+			for i := range s {
+				s[i] = float32(rng.NormFloat64())
+				if g.AB == BF16 {
+					s[i] = fromBF16(toBF16(s[i]))
+				}
+			}
+		}
+		alpha, beta := float32(1), float32(rng.IntN(2))
+		if trial%5 == 0 {
+			alpha = 0.5
+		}
+		want := make([]float64, len(cm))
+		for i, v := range cm {
+			want[i] = float64(v)
+		}
+		gemmRef(g, float64(alpha), a, bm, float64(beta), want)
+		up := func(s []float32, t16 DType) DevicePtr {
+			p, err := c.Alloc(len(s) * t16.Size())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if t16 == BF16 {
+				h := make([]uint16, len(s))
+				for i, v := range s {
+					h[i] = toBF16(v)
+				}
+				err = CopyIn(c, p, h)
+			} else {
+				err = CopyIn(c, p, s)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		da, db, dc := up(a, g.AB), up(bm, g.AB), up(cm, g.CD)
+		if err := b.Gemm(c.Stream(), g, alpha, da, db, beta, dc); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]float32, len(cm))
+		if g.CD == BF16 {
+			h := make([]uint16, len(cm))
+			if err := CopyOut(c, h, dc); err != nil {
+				t.Fatal(err)
+			}
+			for i, v := range h {
+				got[i] = fromBF16(v)
+			}
+		} else if err := CopyOut(c, got, dc); err != nil {
+			t.Fatal(err)
+		}
+		var num, den float64
+		for i := 0; i < g.M; i++ {
+			for j := 0; j < g.N; j++ {
+				d := float64(got[i*g.LDC+j]) - want[i*g.LDC+j]
+				num += d * d
+				den += want[i*g.LDC+j] * want[i*g.LDC+j]
+			}
+		}
+		rel := math.Sqrt(num / math.Max(den, 1e-30))
+		tol := 1e-5
+		if g.CD == BF16 {
+			tol = 1e-2
+		}
+		if !(rel <= tol) {
+			t.Fatalf("%+v alpha=%g beta=%g: relative error %g > %g", g, alpha, beta, rel, tol)
+		}
+		c.Free(da)
+		c.Free(db)
+		c.Free(dc)
+	}
+}

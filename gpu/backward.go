@@ -1,0 +1,119 @@
+package gpu
+
+import (
+	"fmt"
+
+	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/gpu/ops"
+)
+
+// Backward accumulates the gradient of the last Forward(…, true)'s loss into
+// the device gradients, in model.Model.Backward's order.
+func (m *Model) Backward() error {
+	if !m.ready {
+		return fmt.Errorf("gpu: Backward without a preceding Forward(wantGrad=true)")
+	}
+	m.ready = false
+	if err := m.backward(); err != nil {
+		return fmt.Errorf("gpu: backward: %w", err)
+	}
+	return nil
+}
+
+func (m *Model) backward() error {
+	cfg, dev := m.Cfg, m.dev
+	o := dev.Ops
+	a, lf := m.acts, &m.last
+	n, d, v := lf.n, cfg.DModel, cfg.Vocab
+	last := a.Layers[len(a.Layers)-1].Out
+	// Head: dHead += dlogitsᵀ·lnf; dln = dlogits·Head; dres = RMSNorm'.
+	if err := dev.gemm(true, false, v, d, n, a.DLogits, v, a.LNF, d, 1, m.G.Head, d); err != nil {
+		return err
+	}
+	if err := dev.gemm(false, false, n, d, v, a.DLogits, v, m.P.Head, d, 0, a.DTmp, d); err != nil {
+		return err
+	}
+	if err := dev.C.Zero(o.S, a.DRes, 4*n*d); err != nil {
+		return err
+	}
+	if err := o.RMSNormBackward(a.DRes, m.G.LNF, a.DTmp, last, m.P.LNF, a.RstdF, a.NormScratch, n, d); err != nil {
+		return err
+	}
+	seg := cuda.DevicePtr(0)
+	if lf.in.Seg != nil {
+		seg = a.Seg
+	}
+	for l := len(a.Layers) - 1; l >= 0; l-- {
+		la, w, dw := &a.Layers[l], m.P.Layers[l], m.G.Layers[l]
+		if err := m.moeBackward(l, la, w, dw); err != nil {
+			return fmt.Errorf("layer %d: %w", l, err)
+		}
+		// Attention: dProj += dresᵀ·att; datt = dres·Proj; attention
+		// backward into dqkv; dQKV += dqkvᵀ·ln1; dln = dqkv·QKV; RMSNorm'.
+		if err := dev.gemm(true, false, d, d, n, a.DRes, d, la.Att, d, 1, dw.Proj, d); err != nil {
+			return err
+		}
+		datt := a.DTmp
+		if err := dev.gemm(false, false, n, d, d, a.DRes, d, w.Proj, d, 0, datt, d); err != nil {
+			return err
+		}
+		if err := dev.C.Zero(o.S, a.DQKV, 4*n*3*d); err != nil {
+			return err
+		}
+		if err := o.AttentionRowDot(a.AttD, datt, la.Att, lf.attn); err != nil {
+			return err
+		}
+		q, k, vv := la.QKV, la.QKV.Add(4*d), la.QKV.Add(8*d)
+		if err := o.AttentionBackward(a.DQKV, a.DQKV.Add(4*d), a.DQKV.Add(8*d), datt, q, k, vv, la.LSE, a.AttD, lf.attn, seg, seg); err != nil {
+			return err
+		}
+		if err := dev.gemm(true, false, 3*d, d, n, a.DQKV, 3*d, la.LN1, d, 1, dw.QKV, d); err != nil {
+			return err
+		}
+		dln := a.DTmp // datt is dead now
+		if err := dev.gemm(false, false, n, d, 3*d, a.DQKV, 3*d, w.QKV, d, 0, dln, d); err != nil {
+			return err
+		}
+		if err := o.RMSNormBackward(a.DRes, dw.LN1, dln, la.In, w.LN1, la.Rstd1, a.NormScratch, n, d); err != nil {
+			return err
+		}
+	}
+	return m.embedBackward()
+}
+
+// embedBackward accumulates dres into the token and position tables'
+// gradients, summing each id's rows in position order (deterministic): the
+// host builds the index from the batch it already holds.
+func (m *Model) embedBackward() error {
+	dev, a, lf := m.dev, m.acts, &m.last
+	o := dev.Ops
+	n, d := lf.n, m.Cfg.DModel
+	for _, t := range []struct {
+		ids                   []int32
+		vocab                 int
+		order, unique, starts cuda.DevicePtr
+		table                 cuda.DevicePtr
+	}{
+		{lf.in.Tokens, m.Cfg.Vocab, a.TokOrder, a.TokUnique, a.TokStarts, m.G.TokEmb},
+		{lf.in.Pos, m.Cfg.SeqLen, a.PosOrder, a.PosUnique, a.PosStarts, m.G.PosEmb},
+	} {
+		order, unique, starts := make([]int32, n), make([]int32, n), make([]int32, n+1)
+		u, err := ops.EmbeddingIndex(t.ids, t.vocab, order, unique, starts)
+		if err != nil {
+			return err
+		}
+		if err := cuda.CopyIn(dev.C, t.order, order); err != nil {
+			return err
+		}
+		if err := cuda.CopyIn(dev.C, t.unique, unique[:u]); err != nil {
+			return err
+		}
+		if err := cuda.CopyIn(dev.C, t.starts, starts[:u+1]); err != nil {
+			return err
+		}
+		if err := o.EmbeddingBackward(t.table, t.order, t.unique, t.starts, a.DRes, u, n, d, t.vocab); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,97 @@
+package gpu
+
+import (
+	"fmt"
+
+	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/gpu/ops"
+)
+
+// Device is one GPU with its kernels, cuBLASLt handle and a tally of the
+// memory this package allocated on it.
+type Device struct {
+	C    *cuda.Context
+	Ops  *ops.Ops
+	Blas *cuda.BlasLt
+
+	allocated, peak int64
+}
+
+// Open opens GPU ordinal: the driver, the kernels and cuBLASLt. The error
+// names what is missing (library, GPU) in one line.
+func Open(ordinal int) (*Device, error) {
+	c, err := cuda.Open(ordinal)
+	if err != nil {
+		return nil, err
+	}
+	o, err := ops.New(c)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	b, err := c.NewBlasLt()
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &Device{C: c, Ops: o, Blas: b}, nil
+}
+
+// Close releases cuBLASLt and the context.
+func (d *Device) Close() error {
+	if d == nil {
+		return nil
+	}
+	err := d.Blas.Close()
+	if e := d.C.Close(); err == nil {
+		err = e
+	}
+	return err
+}
+
+// String describes the GPU and the libraries in use.
+func (d *Device) String() string {
+	in := d.C.Info()
+	return fmt.Sprintf("%s (sm_%d%d, %d SMs, %.0f GiB; driver %d; %s)", in.Name, in.Major, in.Minor, in.SMs,
+		float64(in.TotalMem)/(1<<30), in.Driver, d.Blas.Library)
+}
+
+// alloc allocates bytes and counts them.
+func (d *Device) alloc(bytes int) (cuda.DevicePtr, error) {
+	p, err := d.C.Alloc(bytes)
+	if err != nil {
+		return 0, err
+	}
+	d.allocated += int64(bytes)
+	d.peak = max(d.peak, d.allocated)
+	return p, nil
+}
+
+func (d *Device) free(p cuda.DevicePtr, bytes int) {
+	if p != 0 {
+		d.C.Free(p)
+		d.allocated -= int64(bytes)
+	}
+}
+
+// Allocated is the device memory this package holds now and at most, in
+// bytes (cuBLASLt's workspace and the driver's own not included).
+func (d *Device) Allocated() (now, peak int64) { return d.allocated, d.peak }
+
+// gemm is tensor.Gemm on the device in fp32: C[m,n] = op(A)·op(B) +
+// beta·C, row-major, leading dimensions in elements.
+func (d *Device) gemm(transA, transB bool, m, n, k int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c cuda.DevicePtr, ldc int) error {
+	g := cuda.GemmSpec{TransA: transA, TransB: transB, M: m, N: n, K: k, LDA: lda, LDB: ldb, LDC: ldc, AB: cuda.F32, CD: cuda.F32}
+	if k == 0 {
+		if beta == 0 && m > 0 && n > 0 {
+			// An empty sum: C = 0 (rows of ldc, only the first n written).
+			for i := 0; i < m; i++ {
+				if err := d.C.Zero(d.Ops.S, c.Add(i*ldc*4), n*4); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return d.Blas.Gemm(d.Ops.S, g, 1, a, b, beta, c)
+}

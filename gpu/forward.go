@@ -1,0 +1,192 @@
+package gpu
+
+import (
+	"fmt"
+
+	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/model"
+	"github.com/moetrain/moetrain/tensor"
+)
+
+// lastForward is what the host keeps of the last forward: the batch, the
+// plan sizes each layer's expert GEMMs need, and the statistics behind the
+// loss and the router metrics.
+type lastForward struct {
+	in      model.Input
+	n       int
+	count   int // counted (non-ignored) targets
+	attn    tensor.AttnShape
+	offsets [][]int32 // [layer][E+1] slot offsets per expert
+	routed  [][]int32 // [layer][E] router choices per expert before capacity
+	aux     []float64 // [layer] aux loss
+	auxN    []int     // [layer] tokens the aux loss counted
+	zloss   []float64 // [layer] z-loss value
+	hostTok []int32   // embedding index scratch (host)
+	hostPos []int32
+}
+
+// Forward runs the model on in, with the same result as model.Model's
+// Forward up to float summation order. With wantGrad the state Backward
+// needs is kept. The host waits for the device once per MoE layer (the
+// expert GEMMs' sizes) and once at the end (the loss).
+func (m *Model) Forward(in model.Input, wantGrad bool) (model.Result, error) {
+	m.ready = false
+	if err := in.Validate(m.Cfg); err != nil {
+		return model.Result{}, err
+	}
+	r, err := m.forward(in, wantGrad)
+	if err != nil {
+		return model.Result{}, fmt.Errorf("gpu: forward: %w", err)
+	}
+	m.ready = wantGrad
+	return r, nil
+}
+
+func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
+	cfg, dev := m.Cfg, m.dev
+	o := dev.Ops
+	n, d := in.B*in.T, cfg.DModel
+	if m.acts == nil || m.acts.cap < n {
+		if m.acts != nil {
+			m.acts.mem.free()
+			m.acts = nil
+		}
+		a, err := m.newActs(n)
+		if err != nil {
+			return model.Result{}, err
+		}
+		m.acts = a
+	}
+	a := m.acts
+	lf := &m.last
+	lf.in, lf.n = in, n
+	lf.attn = model.AttnShape(cfg, in.B, in.T, in.Seg) // segments also travel as device arrays
+	// The counted-token mask is one byte per token (the router statistics'
+	// convention).
+	mask := make([]uint8, n)
+	lf.count = 0
+	for i, t := range in.Targets {
+		if t >= 0 {
+			mask[i] = 1
+			lf.count++
+		}
+	}
+	if err := cuda.CopyIn(dev.C, a.Mask, mask); err != nil {
+		return model.Result{}, err
+	}
+	for _, up := range []struct {
+		p cuda.DevicePtr
+		s []int32
+	}{{a.Tokens, in.Tokens}, {a.Pos, in.Pos}, {a.Targets, in.Targets}} {
+		if err := cuda.CopyIn(dev.C, up.p, up.s); err != nil {
+			return model.Result{}, err
+		}
+	}
+	seg := cuda.DevicePtr(0)
+	if in.Seg != nil {
+		if err := cuda.CopyIn(dev.C, a.Seg, in.Seg); err != nil {
+			return model.Result{}, err
+		}
+		seg = a.Seg
+	}
+	biased := m.Balance.Rate != 0 || anyNonZero(m.Balance.Flat)
+	if biased {
+		if err := cuda.CopyIn(dev.C, m.bias, m.Balance.Flat); err != nil {
+			return model.Result{}, err
+		}
+	}
+	if err := o.EmbedForward(a.Res0, a.Tokens, a.Pos, m.P.TokEmb, m.P.PosEmb, n, d, cfg.Vocab, cfg.SeqLen); err != nil {
+		return model.Result{}, err
+	}
+	e := cfg.Experts
+	grow := func(s [][]int32, w int) [][]int32 {
+		for len(s) < cfg.Layers {
+			s = append(s, make([]int32, w))
+		}
+		return s
+	}
+	lf.offsets, lf.routed = grow(lf.offsets, e+1), grow(lf.routed, e)
+	if len(lf.aux) < cfg.Layers {
+		lf.aux, lf.auxN, lf.zloss = make([]float64, cfg.Layers), make([]int, cfg.Layers), make([]float64, cfg.Layers)
+	}
+	eps := float32(cfg.NormEps)
+	for l := range a.Layers {
+		la, w := &a.Layers[l], m.P.Layers[l]
+		// Attention sub-layer.
+		if err := o.RMSNormForward(la.LN1, la.Rstd1, la.In, w.LN1, n, d, eps); err != nil {
+			return model.Result{}, err
+		}
+		if err := dev.gemm(false, true, n, 3*d, d, la.LN1, d, w.QKV, d, 0, la.QKV, 3*d); err != nil {
+			return model.Result{}, err
+		}
+		if err := o.AttentionForward(la.Att, la.LSE, la.QKV, la.QKV.Add(4*d), la.QKV.Add(8*d), lf.attn, seg, seg); err != nil {
+			return model.Result{}, err
+		}
+		if err := dev.C.CopyDevice(o.S, la.Mid, la.In, 4*n*d); err != nil {
+			return model.Result{}, err
+		}
+		if err := dev.gemm(false, true, n, d, d, la.Att, d, w.Proj, d, 1, la.Mid, d); err != nil {
+			return model.Result{}, err
+		}
+		// MoE sub-layer.
+		if err := o.RMSNormForward(la.LN2, la.Rstd2, la.Mid, w.LN2, n, d, eps); err != nil {
+			return model.Result{}, err
+		}
+		if err := dev.C.CopyDevice(o.S, la.Out, la.Mid, 4*n*d); err != nil {
+			return model.Result{}, err
+		}
+		bias := cuda.DevicePtr(0)
+		if biased {
+			bias = m.bias.Add(4 * l * e)
+		}
+		if err := m.moeForward(l, la, w, n, bias); err != nil {
+			return model.Result{}, fmt.Errorf("layer %d: %w", l, err)
+		}
+	}
+	last := a.Layers[len(a.Layers)-1].Out
+	if err := o.RMSNormForward(a.LNF, a.RstdF, last, m.P.LNF, n, d, eps); err != nil {
+		return model.Result{}, err
+	}
+	v := cfg.Vocab
+	if err := dev.gemm(false, true, n, v, d, a.LNF, d, m.P.Head, d, 0, a.Logits, v); err != nil {
+		return model.Result{}, err
+	}
+	dlogits, scale := cuda.DevicePtr(0), float32(0)
+	if wantGrad {
+		dlogits = a.DLogits
+		if lf.count > 0 {
+			scale = 1 / float32(lf.count)
+		}
+	}
+	if err := o.CrossEntropy(a.Losses, dlogits, a.Logits, a.Targets, n, v, scale, a.CESum); err != nil {
+		return model.Result{}, err
+	}
+	var ceSum [2]float64
+	if err := cuda.CopyOut(dev.C, ceSum[:], a.CESum); err != nil {
+		return model.Result{}, err
+	}
+	r := model.Result{Targets: lf.count}
+	if lf.count > 0 {
+		r.CE = ceSum[0] / float64(lf.count)
+	}
+	for l := range a.Layers {
+		r.Aux += lf.aux[l]
+		r.ZLoss += lf.zloss[l]
+	}
+	r.Loss = r.CE + cfg.AuxCoef*r.Aux
+	if cfg.ZLossCoef > 0 {
+		r.Loss += cfg.ZLossCoef * r.ZLoss
+	} else {
+		r.ZLoss = 0
+	}
+	return r, nil
+}
+
+func anyNonZero(s []float32) bool {
+	for _, v := range s {
+		if v != 0 {
+			return true
+		}
+	}
+	return false
+}

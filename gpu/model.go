@@ -1,0 +1,177 @@
+package gpu
+
+import (
+	"fmt"
+
+	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/gpu/ops"
+	"github.com/moetrain/moetrain/model"
+	"github.com/moetrain/moetrain/moe"
+)
+
+// layerWeights are one block's tensors inside a flat device buffer.
+type layerWeights struct {
+	LN1, QKV, Proj, LN2, Router, W1, W2 cuda.DevicePtr
+}
+
+// weights are every tensor of a flat device buffer (parameters or
+// gradients), at the offsets of the model's Layout.
+type weights struct {
+	TokEmb, PosEmb cuda.DevicePtr
+	Layers         []layerWeights
+	LNF, Head      cuda.DevicePtr
+}
+
+func views(l model.Layout, base cuda.DevicePtr, layers int) weights {
+	at := func(name string) cuda.DevicePtr {
+		e, ok := l.Lookup(name)
+		if !ok {
+			panic("gpu: layout has no " + name)
+		}
+		return base.Add(4 * e.Offset)
+	}
+	w := weights{TokEmb: at("tok_emb"), PosEmb: at("pos_emb"), LNF: at("ln_f"), Head: at("lm_head")}
+	for i := 0; i < layers; i++ {
+		p := fmt.Sprintf("layers.%d.", i)
+		w.Layers = append(w.Layers, layerWeights{LN1: at(p + "ln1"), QKV: at(p + "qkv"), Proj: at(p + "proj"),
+			LN2: at(p + "ln2"), Router: at(p + "router"), W1: at(p + "w1"), W2: at(p + "w2")})
+	}
+	return w
+}
+
+// Model is the reference MoE decoder on a GPU, in fp32: parameters and
+// gradients are flat device buffers in model.Layout order, so a parameter
+// offset means the same tensor on the CPU and the GPU. Not safe for
+// concurrent use.
+type Model struct {
+	Cfg    model.Config
+	Layout model.Layout
+	Router moe.Router
+	// Balance holds the aux-loss-free routing biases on the host (model
+	// state that checkpoints save); Forward uploads them.
+	Balance *model.RouterState
+
+	dev           *Device
+	spec          ops.RouterSpec
+	params, grads cuda.DevicePtr
+	P, G          weights
+	bias          cuda.DevicePtr // [Layers·E]
+	mem           arena
+
+	acts  *acts
+	last  lastForward
+	ready bool
+}
+
+// New builds the model of cfg on dev with parameters initialised from seed
+// exactly as model.New(cfg, seed) does (they are drawn on the host and
+// copied).
+func New(dev *Device, cfg model.Config, seed uint64) (*Model, error) {
+	cpu, err := model.New(cfg, seed)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newEmpty(dev, cfg, cpu.Layout, cpu.Router)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.SetParams(cpu.Params); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// newEmpty allocates the parameter, gradient and bias buffers.
+func newEmpty(dev *Device, cfg model.Config, layout model.Layout, router moe.Router) (*Model, error) {
+	spec, err := ops.RouterSpecOf(router)
+	if err != nil {
+		return nil, fmt.Errorf("gpu: %w", err)
+	}
+	m := &Model{Cfg: cfg, Layout: layout, Router: router, Balance: model.NewRouterState(cfg), dev: dev, spec: spec}
+	m.mem.d = dev
+	m.params = m.mem.f32(layout.Total)
+	m.grads = m.mem.f32(layout.Total)
+	m.bias = m.mem.f32(cfg.Layers * cfg.Experts)
+	if m.mem.err != nil {
+		m.mem.free()
+		return nil, fmt.Errorf("gpu: parameters of %d floats: %w", layout.Total, m.mem.err)
+	}
+	m.P = views(layout, m.params, cfg.Layers)
+	m.G = views(layout, m.grads, cfg.Layers)
+	return m, nil
+}
+
+// Close frees the model's device memory.
+func (m *Model) Close() {
+	if m.acts != nil {
+		m.acts.mem.free()
+		m.acts = nil
+	}
+	m.mem.free()
+}
+
+// Device is the GPU the model lives on.
+func (m *Model) Device() *Device { return m.dev }
+
+// ParamsPtr and GradsPtr are the flat device buffers (Layout.Total floats).
+func (m *Model) ParamsPtr() cuda.DevicePtr { return m.params }
+func (m *Model) GradsPtr() cuda.DevicePtr  { return m.grads }
+
+// SetParams copies host parameters (Layout.Total floats) to the device.
+func (m *Model) SetParams(p []float32) error {
+	if len(p) != m.Layout.Total {
+		return fmt.Errorf("gpu: %d parameters given, layout has %d", len(p), m.Layout.Total)
+	}
+	return cuda.CopyIn(m.dev.C, m.params, p)
+}
+
+// Params copies the device parameters into p (Layout.Total floats).
+func (m *Model) Params(p []float32) error {
+	if len(p) != m.Layout.Total {
+		return fmt.Errorf("gpu: buffer of %d floats for %d parameters", len(p), m.Layout.Total)
+	}
+	return cuda.CopyOut(m.dev.C, p, m.params)
+}
+
+// Grads copies the device gradients of the last backward into g.
+func (m *Model) Grads(g []float32) error {
+	if len(g) != m.Layout.Total {
+		return fmt.Errorf("gpu: buffer of %d floats for %d gradients", len(g), m.Layout.Total)
+	}
+	return cuda.CopyOut(m.dev.C, g, m.grads)
+}
+
+// ZeroGrads clears the gradient buffer.
+func (m *Model) ZeroGrads() error { return m.dev.C.Zero(m.dev.Ops.S, m.grads, 4*m.Layout.Total) }
+
+// ForwardBackward zeroes the gradients, runs forward and backward.
+func (m *Model) ForwardBackward(in model.Input) (model.Result, error) {
+	if err := m.ZeroGrads(); err != nil {
+		return model.Result{}, err
+	}
+	r, err := m.Forward(in, true)
+	if err != nil {
+		return r, err
+	}
+	return r, m.Backward()
+}
+
+// NewFromHost puts the CPU model cpu (whole, unsharded) on dev: its
+// parameters are copied, and the GPU model shares its router-bias state, so
+// restoring cpu's biases reaches the GPU model's next forward.
+func NewFromHost(dev *Device, cpu *model.Model) (*Model, error) {
+	if !cpu.Shard.IsWhole() {
+		return nil, fmt.Errorf("gpu: the GPU model is whole; got shard %+v", cpu.Shard)
+	}
+	m, err := newEmpty(dev, cpu.Cfg, cpu.Layout, cpu.Router)
+	if err != nil {
+		return nil, err
+	}
+	m.Balance = cpu.Balance
+	if err := m.SetParams(cpu.Params); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}

@@ -1,0 +1,237 @@
+package gpu
+
+import (
+	"math"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/moetrain/moetrain/model"
+	"github.com/moetrain/moetrain/optim"
+)
+
+var (
+	testOnce sync.Once
+	testDev  *Device
+	testErr  error
+)
+
+// device returns the shared test GPU, skipping where no CUDA driver or GPU
+// is present (MOETRAIN_REQUIRE_GPU=1 turns the skip into a failure).
+func device(t testing.TB) *Device {
+	t.Helper()
+	testOnce.Do(func() { testDev, testErr = Open(0) })
+	if testErr != nil {
+		if os.Getenv("MOETRAIN_REQUIRE_GPU") == "" {
+			t.Skipf("no GPU: %v", testErr)
+		}
+		t.Fatalf("GPU required: %v", testErr)
+	}
+	return testDev
+}
+
+func smallConfig() model.Config {
+	c := model.DefaultConfig()
+	c.Vocab, c.DModel, c.Layers, c.Heads, c.SeqLen = 256, 64, 2, 4, 96
+	c.Experts, c.ExpertHidden, c.TopK = 8, 96, 2
+	return c
+}
+
+// batch draws B rows of T tokens; with packed, rows hold several documents
+// (segments, positions restarting) and some ignored targets.
+func batch(cfg model.Config, b, t int, packed bool, seed uint64) model.Input {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	in := model.Input{B: b, T: t}
+	if packed {
+		in.Seg = make([]int32, 0, b*t)
+	}
+	for r := 0; r < b; r++ {
+		doc, pos := int32(0), int32(0)
+		for j := 0; j < t; j++ {
+			if packed && j > 0 && rng.IntN(17) == 0 {
+				doc++
+				pos = 0
+			}
+			in.Tokens = append(in.Tokens, int32(rng.IntN(cfg.Vocab)))
+			tgt := int32(rng.IntN(cfg.Vocab))
+			if packed && rng.IntN(9) == 0 {
+				tgt = -1
+			}
+			in.Targets = append(in.Targets, tgt)
+			if packed {
+				in.Pos = append(in.Pos, pos)
+				in.Seg = append(in.Seg, doc)
+			} else {
+				in.Pos = append(in.Pos, int32(j))
+			}
+			pos++
+		}
+	}
+	return in
+}
+
+// relNorm is ‖a − b‖/‖b‖ over float32 slices (NaN → +Inf).
+func relNorm(a, b []float32) float64 {
+	var num, den float64
+	for i := range a {
+		x, y := float64(a[i]), float64(b[i])
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return math.Inf(1)
+		}
+		num += (x - y) * (x - y)
+		den += y * y
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}
+
+// TestStepEqualsCPU: one fp32 forward and backward on the GPU equals the CPU
+// serial trainer's: loss within 1e-5 relative, every gradient tensor within
+// 1e-4 in relative norm, for every router, score, capacity policy, the
+// z-loss, router biases and packed documents.
+func TestStepEqualsCPU(t *testing.T) {
+	dev := device(t)
+	cases := []struct {
+		name   string
+		edit   func(*model.Config)
+		packed bool
+		bias   bool
+	}{
+		{"topk", func(*model.Config) {}, false, false},
+		{"topk-packed", func(*model.Config) {}, true, false},
+		{"moge-sigmoid", func(c *model.Config) { c.Router, c.Groups, c.Score = "moge", 2, "sigmoid" }, false, false},
+		{"group-limited-bias", func(c *model.Config) {
+			c.Router, c.Groups, c.TopKGroups, c.BiasUpdateRate = "group_limited", 4, 2, 1e-3
+		}, false, true},
+		{"zloss-capacity-probability", func(c *model.Config) { c.ZLossCoef, c.CapacityFactor = 1e-3, 0.75 }, false, false},
+		{"capacity-position-top3", func(c *model.Config) {
+			c.CapacityFactor, c.DropPolicy, c.TopK = 1.0, "position", 3
+		}, true, false},
+		{"odd-sizes", func(c *model.Config) {
+			c.Vocab, c.DModel, c.Heads, c.Experts, c.ExpertHidden = 250, 72, 3, 5, 52
+		}, false, false},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := smallConfig()
+			tc.edit(&cfg)
+			cpu, err := model.New(cfg, uint64(10+i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.bias {
+				rng := rand.New(rand.NewPCG(uint64(i), 3))
+				for j := range cpu.Balance.Flat {
+					cpu.Balance.Flat[j] = float32(rng.NormFloat64() * 0.05)
+				}
+			}
+			g, err := NewFromHost(dev, cpu)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Close()
+			for round, shape := range [][2]int{{3, 80}, {2, 33}} { // a smaller second batch reuses the buffers
+				in := batch(cfg, shape[0], shape[1], tc.packed, uint64(100*i+round))
+				want, err := cpu.ForwardBackward(in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := g.ForwardBackward(in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, c := range []struct {
+					what      string
+					got, want float64
+				}{{"loss", got.Loss, want.Loss}, {"ce", got.CE, want.CE}, {"aux", got.Aux, want.Aux}, {"zloss", got.ZLoss, want.ZLoss}} {
+					if d := math.Abs(c.got - c.want); d > 1e-5*math.Max(math.Abs(c.want), 1e-3) {
+						t.Errorf("round %d %s = %.9g, CPU %.9g", round, c.what, c.got, c.want)
+					}
+				}
+				if got.Targets != want.Targets {
+					t.Errorf("targets %d, CPU %d", got.Targets, want.Targets)
+				}
+				grads := make([]float32, cpu.Layout.Total)
+				if err := g.Grads(grads); err != nil {
+					t.Fatal(err)
+				}
+				for _, e := range cpu.Layout.Entries {
+					if r := relNorm(e.Slice(grads), e.Slice(cpu.Grads)); !(r <= 1e-4) {
+						t.Errorf("round %d gradient %s: relative error %.3g", round, e.Name, r)
+					}
+				}
+				wantLoad, gotLoad := cpu.RoutedLoad(), g.RoutedLoad()
+				for l := range wantLoad {
+					for x := range wantLoad[l] {
+						if wantLoad[l][x] != gotLoad[l][x] {
+							t.Fatalf("round %d layer %d routed load %v, CPU %v", round, l, gotLoad[l], wantLoad[l])
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestTrainingStepsEqualCPU: five AdamW steps (with clipping) on the GPU
+// track the CPU trainer's parameters within 1e-4 relative.
+func TestTrainingStepsEqualCPU(t *testing.T) {
+	dev := device(t)
+	cfg := smallConfig()
+	ocfg := optim.DefaultConfig()
+	cpu, _ := model.New(cfg, 5)
+	g, err := NewFromHost(dev, cpu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	copt, _ := optim.NewAdamW(ocfg, 0, cpu.Layout.Total)
+	gopt, err := NewAdamW(dev, ocfg, cpu.Layout.Total)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gopt.Close()
+	for step := 1; step <= 5; step++ {
+		in := batch(cfg, 2, 64, false, uint64(step))
+		if _, err := cpu.ForwardBackward(in); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.ForwardBackward(in); err != nil {
+			t.Fatal(err)
+		}
+		norm := optim.GlobalNorm(cpu.Grads)
+		gnorm, err := gopt.GradNorm(g.GradsPtr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(gnorm-norm) > 1e-4*norm {
+			t.Fatalf("step %d grad norm %g, CPU %g", step, gnorm, norm)
+		}
+		scale := optim.ClipScale(norm, 0.5)
+		ss, _ := copt.Update(cpu.Params, cpu.Grads, step, 1e-3, scale)
+		gss, err := gopt.Update(g.ParamsPtr(), g.GradsPtr(), step, 1e-3, scale)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(gss-ss) > 1e-4*ss {
+			t.Fatalf("step %d Σg² %g, CPU %g", step, gss, ss)
+		}
+	}
+	p := make([]float32, cpu.Layout.Total)
+	if err := g.Params(p); err != nil {
+		t.Fatal(err)
+	}
+	if r := relNorm(p, cpu.Params); r > 1e-4 {
+		t.Fatalf("parameters after 5 steps: relative error %g", r)
+	}
+	m, v := make([]float32, cpu.Layout.Total), make([]float32, cpu.Layout.Total)
+	if err := gopt.Moments(m, v); err != nil {
+		t.Fatal(err)
+	}
+	if r := relNorm(m, copt.M); r > 1e-3 {
+		t.Fatalf("first moment: relative error %g", r)
+	}
+}

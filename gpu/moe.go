@@ -1,0 +1,222 @@
+package gpu
+
+import (
+	"fmt"
+
+	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/moe"
+)
+
+// moeForward is moe.Forward for layer l on the device: router scores,
+// selection, the dispatch plan, the aux-loss and z-loss statistics, the
+// experts as one GEMM pair per expert over its contiguous slots, and the
+// gated combine into la.Out (which holds Mid on entry).
+func (m *Model) moeForward(l int, la *layerActs, w layerWeights, n int, bias cuda.DevicePtr) error {
+	cfg, dev := m.Cfg, m.dev
+	o := dev.Ops
+	a, lf := m.acts, &m.last
+	d, e, k, h := cfg.DModel, cfg.Experts, cfg.TopK, cfg.ExpertHidden
+	opt := m.Router.Options()
+	if err := dev.gemm(false, true, n, e, d, la.LN2, d, w.Router, d, 0, la.RLogits, e); err != nil {
+		return err
+	}
+	if err := o.RouterScores(la.Probs, la.RLogits, n, e, opt.Score); err != nil {
+		return err
+	}
+	if err := o.RouterSelect(la.Experts, la.Gates, la.Probs, bias, n, e, k, m.spec); err != nil {
+		return err
+	}
+	if err := o.PlanBuild(la.Routed, la.Counts, la.Offsets, la.Token, la.SlotGate, la.SlotOf, a.PlanWork,
+		la.Experts, la.Gates, la.Probs, n, e, k, opt.Capacity(n, e, k), opt.Drop); err != nil {
+		return err
+	}
+	// Statistics over the counted tokens: the aux loss's (finished on the
+	// device, where the backward reads F and the count) and the z-loss's.
+	if err := o.RouterAuxStats(la.AuxStats, a.ReduceScratch, la.Probs, la.Experts, a.Mask, n, e, k); err != nil {
+		return err
+	}
+	if err := o.RouterAuxFinish(la.AuxFin, la.AuxStats, e, k); err != nil {
+		return err
+	}
+	var fin [2]float64 // value, count
+	if err := cuda.CopyOut(dev.C, fin[:], la.AuxFin.Add(8*2*e)); err != nil {
+		return err
+	}
+	lf.aux[l], lf.auxN[l] = fin[0], int(fin[1])
+	lf.zloss[l] = 0
+	if opt.ZLossCoef > 0 {
+		if err := o.RouterZLoss(la.ZLSE, la.ZStats, a.ReduceScratch, la.RLogits, a.Mask, n, e); err != nil {
+			return err
+		}
+		var z [3]float64
+		if err := cuda.CopyOut(dev.C, z[:], la.ZStats); err != nil {
+			return err
+		}
+		lf.zloss[l] = z[2]
+	}
+	offs, routed := lf.offsets[l], lf.routed[l]
+	if err := cuda.CopyOut(dev.C, offs, la.Offsets); err != nil {
+		return err
+	}
+	if err := cuda.CopyOut(dev.C, routed, la.Routed); err != nil {
+		return err
+	}
+	s := int(offs[e])
+	if err := o.GatherRows(la.X, la.LN2, la.Token, s, d); err != nil {
+		return err
+	}
+	for x := 0; x < e; x++ {
+		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
+		if c == 0 {
+			continue
+		}
+		if err := dev.gemm(false, true, c, h, d, la.X.Add(4*lo*d), d, w.W1.Add(4*x*h*d), d, 0, la.Hpre.Add(4*lo*h), h); err != nil {
+			return err
+		}
+	}
+	if err := o.GELUForward(la.Hact, la.Hpre, s*h); err != nil {
+		return err
+	}
+	for x := 0; x < e; x++ {
+		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
+		if c == 0 {
+			continue
+		}
+		if err := dev.gemm(false, true, c, d, h, la.Hact.Add(4*lo*h), h, w.W2.Add(4*x*d*h), h, 0, la.Y.Add(4*lo*d), d); err != nil {
+			return err
+		}
+	}
+	return o.Combine(la.Out, la.Y, la.SlotOf, la.Gates, n, k, d)
+}
+
+// moeBackward is moe.Backward followed by the ln2 RMSNorm backward (as
+// model.MoEBackward): a.DRes holds ∂L/∂out on entry and ∂L/∂mid on return.
+func (m *Model) moeBackward(l int, la *layerActs, w, dw layerWeights) error {
+	cfg, dev := m.Cfg, m.dev
+	o := dev.Ops
+	a, lf := m.acts, &m.last
+	n := lf.n
+	d, e, k, h := cfg.DModel, cfg.Experts, cfg.TopK, cfg.ExpertHidden
+	opt := m.Router.Options()
+	offs := lf.offsets[l]
+	s := int(offs[e])
+	dln := a.DTmp
+	if err := dev.C.Zero(o.S, dln, 4*n*d); err != nil {
+		return err
+	}
+	// Gradient of the combine: dY = dout gathered per slot; the gate's
+	// gradient is dY·Y; then dY is scaled by the gate.
+	if err := o.GatherRows(a.DY, a.DRes, la.Token, s, d); err != nil {
+		return err
+	}
+	if err := o.RowDot(a.DSlotGate, a.DY, la.Y, s, d); err != nil {
+		return err
+	}
+	if err := o.ScaleRows(a.DY, la.SlotGate, s, d); err != nil {
+		return err
+	}
+	for x := 0; x < e; x++ {
+		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
+		if c == 0 {
+			continue
+		}
+		if err := dev.gemm(true, false, d, h, c, a.DY.Add(4*lo*d), d, la.Hact.Add(4*lo*h), h, 1, dw.W2.Add(4*x*d*h), h); err != nil {
+			return err
+		}
+		if err := dev.gemm(false, false, c, h, d, a.DY.Add(4*lo*d), d, w.W2.Add(4*x*d*h), h, 0, a.DHact.Add(4*lo*h), h); err != nil {
+			return err
+		}
+	}
+	if err := dev.C.Zero(o.S, a.DHpre, 4*s*h); err != nil {
+		return err
+	}
+	if err := o.GELUBackward(a.DHpre, a.DHact, la.Hpre, s*h); err != nil {
+		return err
+	}
+	for x := 0; x < e; x++ {
+		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
+		if c == 0 {
+			continue
+		}
+		if err := dev.gemm(true, false, h, d, c, a.DHpre.Add(4*lo*h), h, la.X.Add(4*lo*d), d, 1, dw.W1.Add(4*x*h*d), d); err != nil {
+			return err
+		}
+		if err := dev.gemm(false, false, c, d, h, a.DHpre.Add(4*lo*h), h, w.W1.Add(4*x*h*d), d, 0, a.DX.Add(4*lo*d), d); err != nil {
+			return err
+		}
+	}
+	if err := o.CombineBackward(dln, a.DX, la.SlotOf, n, k, d); err != nil {
+		return err
+	}
+	if err := o.SlotGradsToChoices(a.DGates, a.DSlotGate, la.SlotOf, n*k); err != nil {
+		return err
+	}
+	if err := dev.C.Zero(o.S, a.DProbs, 4*n*e); err != nil {
+		return err
+	}
+	if err := o.RouterBackward(a.DProbs, a.DGates, la.Probs, la.Experts, la.Gates, n, e, k, m.spec); err != nil {
+		return err
+	}
+	if lf.auxN[l] > 0 && cfg.AuxCoef != 0 {
+		if err := o.RouterAuxBackward(a.DProbs, la.AuxFin, a.Mask, n, e, cfg.AuxCoef); err != nil {
+			return err
+		}
+	}
+	if err := dev.C.Zero(o.S, a.DRLogits, 4*n*e); err != nil {
+		return err
+	}
+	if err := o.RouterScoresBackward(a.DRLogits, a.DProbs, la.Probs, n, e, opt.Score); err != nil {
+		return err
+	}
+	if opt.ZLossCoef > 0 {
+		if err := o.RouterZLossBackward(a.DRLogits, la.RLogits, la.ZLSE, la.ZStats, a.Mask, n, e, opt.ZLossCoef); err != nil {
+			return err
+		}
+	}
+	if err := dev.gemm(true, false, e, d, n, a.DRLogits, e, la.LN2, d, 1, dw.Router, d); err != nil {
+		return err
+	}
+	if err := dev.gemm(false, false, n, d, e, a.DRLogits, e, w.Router, d, 1, dln, d); err != nil {
+		return err
+	}
+	return o.RMSNormBackward(a.DRes, dw.LN2, dln, la.Mid, w.LN2, la.Rstd2, a.NormScratch, n, d)
+}
+
+// RoutedLoad returns, per layer, the slots the router sent to each expert
+// in the last forward, before capacity (as model.Model.RoutedLoad).
+func (m *Model) RoutedLoad() [][]int {
+	if m.acts == nil {
+		return nil
+	}
+	out := make([][]int, m.Cfg.Layers)
+	for l := range out {
+		out[l] = make([]int, m.Cfg.Experts)
+		for x, v := range m.last.routed[l] {
+			out[l][x] = int(v)
+		}
+	}
+	return out
+}
+
+// RouterStats returns each layer's load metrics of the last forward for
+// expert-parallel degree ep (as model.Model.RouterStats).
+func (m *Model) RouterStats(ep int) ([]moe.LoadStats, error) {
+	if m.acts == nil {
+		return nil, fmt.Errorf("gpu: router stats before any forward")
+	}
+	e, k, n := m.Cfg.Experts, m.Cfg.TopK, m.last.n
+	out := make([]moe.LoadStats, m.Cfg.Layers)
+	counts := make([]int, e)
+	for l := range out {
+		offs := m.last.offsets[l]
+		for x := range counts {
+			counts[x] = int(offs[x+1] - offs[x])
+		}
+		s, err := moe.NewLoadStats(counts, n, n*k, n*k-int(offs[e]), ep)
+		if err != nil {
+			return nil, fmt.Errorf("gpu: layer %d: %w", l, err)
+		}
+		out[l] = s
+	}
+	return out, nil
+}

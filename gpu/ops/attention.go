@@ -1,0 +1,322 @@
+package ops
+
+import (
+	"math"
+
+	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/tensor"
+)
+
+// Attention kernels (cuda/kernels/attention.cu, fp32; attention_bf16.cu, a
+// tensor-core forward): 64×64 query × key tiles, one kernel variant per
+// head-size bound DMAX (32, 64, 128; the head size is rounded up to one of
+// them, so each kernel name always launches with the same shared memory and
+// launch3's one-time opt-in above 48 KiB holds). Semantics and layouts are
+// tensor.AttnShape's: the same masks (causal with QPos0/KPos0, segments),
+// lse and d [(b·Heads + h)·Tq + t], rows with no visible key get o = 0 and
+// lse = -Inf, and the backward adds into dq, dk, dv.
+const (
+	attnTile    = 64
+	attnThreads = 256
+	attnMaxDim  = 128
+	attnLdP     = attnTile + 4 // row stride of the kernels' score tile
+)
+
+// attnDMax is the kernel variant for head size d (0 if none).
+func attnDMax(d int) int {
+	switch {
+	case d <= 32:
+		return 32
+	case d <= 64:
+		return 64
+	case d <= attnMaxDim:
+		return 128
+	}
+	return 0
+}
+
+// Kernel names by DMAX, so launches do not format strings.
+var (
+	attnFwdName = map[int]string{32: "attention_fwd_f32_d32", 64: "attention_fwd_f32_d64", 128: "attention_fwd_f32_d128"}
+	attnDKVName = map[int]string{32: "attention_bwd_dkv_f32_d32", 64: "attention_bwd_dkv_f32_d64", 128: "attention_bwd_dkv_f32_d128"}
+	attnDQName  = map[int]string{32: "attention_bwd_dq_f32_d32", 64: "attention_bwd_dq_f32_d64", 128: "attention_bwd_dq_f32_d128"}
+)
+
+// attnFwdShared is the forward's dynamic shared memory: Q and K/V tiles
+// [64][DMAX+4], the P tile [64][68], key segment ids [64].
+func attnFwdShared(dmax int) int { return 4 * (2*attnTile*(dmax+4) + attnTile*attnLdP + attnTile) }
+
+// attnBwdShared is either backward kernel's: Q, dO, K, V tiles, the P/dS
+// tile, and lse, d, query and key segment ids [64] each.
+func attnBwdShared(dmax int) int { return 4 * (4*attnTile*(dmax+4) + attnTile*attnLdP + 4*attnTile) }
+
+// attnArgs checks s for the GPU kernels and returns the kernel variant and
+// the resolved scale. s.Validate runs with the buffer lengths the shape
+// needs (device buffers carry no length: the caller vouches for them);
+// the device segment arrays must be given exactly when s.QSeg, s.KSeg are
+// (their contents are not read here); the grid's y and z (Heads, Batch)
+// must fit the CUDA limit and the head size the kernels' bound.
+func attnArgs(op string, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) (dmax int, scale float32, err error) {
+	w := s.Heads * s.HeadDim
+	need := func(rows, stride int) int {
+		if rows <= 0 {
+			return 0
+		}
+		return (rows-1)*stride + w
+	}
+	if err := s.Validate(need(s.Batch*s.Tq, s.QStride), need(s.Batch*s.Tk, s.KStride),
+		need(s.Batch*s.Tk, s.VStride), need(s.Batch*s.Tq, s.OStride)); err != nil {
+		return 0, 0, errf(op, "%v", err)
+	}
+	if (s.QSeg != nil) != (qseg != 0) || (s.KSeg != nil) != (kseg != 0) {
+		return 0, 0, errf(op, "device segment ids (qseg %#x, kseg %#x) must be given exactly when the shape has QSeg, KSeg", uintptr(qseg), uintptr(kseg))
+	}
+	if dmax = attnDMax(s.HeadDim); dmax == 0 {
+		return 0, 0, errf(op, "HeadDim %d > %d", s.HeadDim, attnMaxDim)
+	}
+	if s.Heads > 65535 || s.Batch > 65535 {
+		return 0, 0, errf(op, "Heads %d, Batch %d: each must be at most 65535 (grid y, z)", s.Heads, s.Batch)
+	}
+	const lim = math.MaxInt32
+	if int64(s.Batch)*int64(max(s.Tq, s.Tk))*int64(s.Heads) > lim || s.Tq > lim || s.Tk > lim {
+		return 0, 0, errf(op, "Batch·T·Heads too large for 32-bit indices")
+	}
+	scale = s.Scale
+	if scale == 0 {
+		scale = float32(1 / math.Sqrt(float64(s.HeadDim)))
+	}
+	return dmax, scale, nil
+}
+
+// attnShared checks that the GPU grants a kernel shared bytes.
+func (o *Ops) attnShared(op string, shared int) error {
+	if lim := o.C.Info().MaxSharedOptin; shared > lim {
+		return errf(op, "needs %d bytes of shared memory per block, the GPU allows %d", shared, lim)
+	}
+	return nil
+}
+
+func attnBool(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// AttentionForward computes out (OStride rows) and lse [Batch·Heads·Tq]
+// from q, k, v as tensor.AttentionForward does. qseg, kseg are the device
+// copies of s.QSeg, s.KSeg (int32 [Batch·Tq], [Batch·Tk]) or 0 when those are
+// nil. Every out element of the heads' columns and every lse is written.
+//
+// Launch: grid (ceil(Tq/64), Heads, Batch) × 256 threads, attnFwdShared
+// bytes of dynamic shared memory (35 KiB at DMAX 32, 51 KiB at 64, 83 KiB
+// at 128).
+func (o *Ops) AttentionForward(out, lse, q, k, v cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
+	const op = "AttentionForward"
+	dm, scale, err := attnArgs(op, s, qseg, kseg)
+	if err != nil {
+		return err
+	}
+	if s.Batch == 0 || s.Tq == 0 {
+		return nil
+	}
+	if out == 0 || lse == 0 || (s.Tk > 0 && (q == 0 || k == 0 || v == 0)) {
+		return errf(op, "nil device buffer")
+	}
+	sh := attnFwdShared(dm)
+	if err := o.attnShared(op, sh); err != nil {
+		return err
+	}
+	grid := cuda.Dim3{X: (s.Tq + attnTile - 1) / attnTile, Y: s.Heads, Z: s.Batch}
+	return o.launch3(attnFwdName[dm], grid, cuda.Dim3{X: attnThreads}, sh,
+		out, lse, q, k, v, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
+		s.QStride, s.KStride, s.VStride, s.OStride, attnBool(s.Causal), s.QPos0, s.KPos0, scale)
+}
+
+// AttentionRowDot sets d[(b·Heads + h)·Tq + t] = Σ_i dout·out over head h
+// of row b·Tq + t (dout and out use OStride), as tensor.AttentionRowDot.
+//
+// Launch: one warp per (b, t, h), 256-thread blocks, grid-stride.
+func (o *Ops) AttentionRowDot(d, dout, out cuda.DevicePtr, s tensor.AttnShape) error {
+	const op = "AttentionRowDot"
+	if s.Batch < 0 || s.Tq < 0 || s.Heads <= 0 || s.HeadDim <= 0 || s.OStride < s.Heads*s.HeadDim {
+		return errf(op, "bad shape: Batch %d, Tq %d, Heads %d, HeadDim %d, OStride %d", s.Batch, s.Tq, s.Heads, s.HeadDim, s.OStride)
+	}
+	rows := int64(s.Batch) * int64(s.Tq) * int64(s.Heads)
+	if rows == 0 {
+		return nil
+	}
+	if rows*32 > math.MaxInt32 {
+		return errf(op, "Batch·Tq·Heads = %d too large", rows)
+	}
+	if d == 0 || dout == 0 || out == 0 {
+		return errf(op, "nil device buffer")
+	}
+	n := int(rows) * 32
+	return o.launch("attention_rowdot_f32", o.gridFor(n, 256), 256, 0,
+		d, dout, out, int(rows), s.Tq, s.Heads, s.HeadDim, s.OStride)
+}
+
+// AttentionBackward adds the gradients of tensor.AttentionBackward into dq,
+// dk, dv (the layouts of q, k, v; they may be column ranges of one packed
+// buffer): dout uses OStride, lse comes from AttentionForward and d from
+// AttentionRowDot. Deterministic: no atomics, every sum in a fixed order.
+//
+// Launch: dK, dV first, grid (ceil(Tk/64), Heads, Batch), then dQ, grid
+// (ceil(Tq/64), Heads, Batch), both 256 threads with attnBwdShared bytes of
+// dynamic shared memory (54 KiB at DMAX 32, 86 KiB at 64, 150 KiB at 128).
+func (o *Ops) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
+	const op = "AttentionBackward"
+	dm, scale, err := attnArgs(op, s, qseg, kseg)
+	if err != nil {
+		return err
+	}
+	if s.Batch == 0 || s.Tq == 0 || s.Tk == 0 {
+		return nil
+	}
+	if dq == 0 || dk == 0 || dv == 0 || dout == 0 || q == 0 || k == 0 || v == 0 || lse == 0 || d == 0 {
+		return errf(op, "nil device buffer")
+	}
+	sh := attnBwdShared(dm)
+	if err := o.attnShared(op, sh); err != nil {
+		return err
+	}
+	block := cuda.Dim3{X: attnThreads}
+	causal := attnBool(s.Causal)
+	grid := cuda.Dim3{X: (s.Tk + attnTile - 1) / attnTile, Y: s.Heads, Z: s.Batch}
+	if err := o.launch3(attnDKVName[dm], grid, block, sh,
+		dk, dv, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
+		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale); err != nil {
+		return err
+	}
+	grid.X = (s.Tq + attnTile - 1) / attnTile
+	return o.launch3(attnDQName[dm], grid, block, sh,
+		dq, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
+		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale)
+}
+
+// bf16 kernels by DMAX (64 serves heads up to 64, 128 up to 128).
+var (
+	attnBF16Name    = map[int]string{64: "attention_fwd_bf16_d64", 128: "attention_fwd_bf16_d128"}
+	attnBF16DKVName = map[int]string{64: "attention_bwd_dkv_bf16_d64", 128: "attention_bwd_dkv_bf16_d128"}
+	attnBF16DQName  = map[int]string{64: "attention_bwd_dq_bf16_d64", 128: "attention_bwd_dq_bf16_d128"}
+)
+
+// attnBF16Shared is the bf16 forward's dynamic shared memory: bf16 Q, K, V
+// tiles [64][DMAX+8] and key segment ids [64].
+func attnBF16Shared(dmax int) int { return 2*3*attnTile*(dmax+8) + 4*attnTile }
+
+// attnBF16BwdShared is either bf16 backward kernel's: Q, dO, K, V tiles and
+// lse, d, query and key segment ids [64] each.
+func attnBF16BwdShared(dmax int) int { return 2*4*attnTile*(dmax+8) + 4*4*attnTile }
+
+// attnBF16Args adds the bf16 kernels' requirements to attnArgs': HeadDim
+// and strides multiples of 8 elements, the bf16 buffers 16-byte aligned.
+func attnBF16Args(op string, s tensor.AttnShape, qseg, kseg cuda.DevicePtr, bf16 ...cuda.DevicePtr) (dmax int, scale float32, err error) {
+	dm, scale, err := attnArgs(op, s, qseg, kseg)
+	if err != nil {
+		return 0, 0, err
+	}
+	if s.HeadDim%8 != 0 || s.QStride%8 != 0 || s.KStride%8 != 0 || s.VStride%8 != 0 || s.OStride%8 != 0 {
+		return 0, 0, errf(op, "HeadDim %d and strides (%d, %d, %d, %d) must be multiples of 8", s.HeadDim, s.QStride, s.KStride, s.VStride, s.OStride)
+	}
+	for _, p := range bf16 {
+		if p%16 != 0 {
+			return 0, 0, errf(op, "bf16 buffer %#x is not 16-byte aligned", uintptr(p))
+		}
+	}
+	return max(dm, 64), scale, nil
+}
+
+// AttentionForwardBF16 is AttentionForward on tensor cores with q, k, v and
+// out in bf16 (same strides, in elements) and lse in float32: fp32
+// accumulation, the probabilities rounded to bf16 for the P·V product, so
+// results match the fp32 kernel to about 1e-2 relative. It also needs
+// HeadDim, every stride and the q, k, v, out addresses to be multiples of 8
+// elements (16 bytes): tile rows move as 16-byte vectors.
+//
+// Launch: grid (ceil(Tq/64), Heads, Batch) × 128 threads (4 warps of 16
+// query rows), attnBF16Shared bytes (27 KiB at DMAX 64, 51 KiB at 128).
+func (o *Ops) AttentionForwardBF16(out, lse, q, k, v cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
+	const op = "AttentionForwardBF16"
+	dm, scale, err := attnBF16Args(op, s, qseg, kseg, out, q, k, v)
+	if err != nil {
+		return err
+	}
+	if s.Batch == 0 || s.Tq == 0 {
+		return nil
+	}
+	if out == 0 || lse == 0 || (s.Tk > 0 && (q == 0 || k == 0 || v == 0)) {
+		return errf(op, "nil device buffer")
+	}
+	sh := attnBF16Shared(dm)
+	if err := o.attnShared(op, sh); err != nil {
+		return err
+	}
+	grid := cuda.Dim3{X: (s.Tq + attnTile - 1) / attnTile, Y: s.Heads, Z: s.Batch}
+	return o.launch3(attnBF16Name[dm], grid, cuda.Dim3{X: 128}, sh,
+		out, lse, q, k, v, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
+		s.QStride, s.KStride, s.VStride, s.OStride, attnBool(s.Causal), s.QPos0, s.KPos0, scale)
+}
+
+// AttentionRowDotBF16 is AttentionRowDot with dout and out in bf16 (d in
+// float32).
+func (o *Ops) AttentionRowDotBF16(d, dout, out cuda.DevicePtr, s tensor.AttnShape) error {
+	const op = "AttentionRowDotBF16"
+	if s.Batch < 0 || s.Tq < 0 || s.Heads <= 0 || s.HeadDim <= 0 || s.OStride < s.Heads*s.HeadDim {
+		return errf(op, "bad shape: Batch %d, Tq %d, Heads %d, HeadDim %d, OStride %d", s.Batch, s.Tq, s.Heads, s.HeadDim, s.OStride)
+	}
+	rows := int64(s.Batch) * int64(s.Tq) * int64(s.Heads)
+	if rows == 0 {
+		return nil
+	}
+	if rows*32 > math.MaxInt32 {
+		return errf(op, "Batch·Tq·Heads = %d too large", rows)
+	}
+	if d == 0 || dout == 0 || out == 0 {
+		return errf(op, "nil device buffer")
+	}
+	n := int(rows) * 32
+	return o.launch("attention_rowdot_bf16", o.gridFor(n, 256), 256, 0,
+		d, dout, out, int(rows), s.Tq, s.Heads, s.HeadDim, s.OStride)
+}
+
+// AttentionBackwardBF16 is AttentionBackward on tensor cores with dout, q,
+// k, v in bf16 and lse, d and the gradients dq, dk, dv in float32 (added
+// to; they use the element strides of q, k, v). P and dS are rounded to
+// bf16 for their products, so gradients match the fp32 kernels to about
+// 1e-2 relative. Same requirements as AttentionForwardBF16 (multiples of 8,
+// 16-byte aligned bf16 buffers). Deterministic: no atomics.
+//
+// Launch: dK, dV over grid (ceil(Tk/64), Heads, Batch), then dQ over
+// (ceil(Tq/64), Heads, Batch), 128 threads each (4 warps of 16 rows),
+// attnBF16BwdShared bytes (37 KiB at DMAX 64, 69 KiB at 128).
+func (o *Ops) AttentionBackwardBF16(dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
+	const op = "AttentionBackwardBF16"
+	dm, scale, err := attnBF16Args(op, s, qseg, kseg, dout, q, k, v)
+	if err != nil {
+		return err
+	}
+	if s.Batch == 0 || s.Tq == 0 || s.Tk == 0 {
+		return nil
+	}
+	if dq == 0 || dk == 0 || dv == 0 || dout == 0 || q == 0 || k == 0 || v == 0 || lse == 0 || d == 0 {
+		return errf(op, "nil device buffer")
+	}
+	sh := attnBF16BwdShared(dm)
+	if err := o.attnShared(op, sh); err != nil {
+		return err
+	}
+	block := cuda.Dim3{X: 128}
+	causal := attnBool(s.Causal)
+	grid := cuda.Dim3{X: (s.Tk + attnTile - 1) / attnTile, Y: s.Heads, Z: s.Batch}
+	if err := o.launch3(attnBF16DKVName[dm], grid, block, sh,
+		dk, dv, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
+		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale); err != nil {
+		return err
+	}
+	grid.X = (s.Tq + attnTile - 1) / attnTile
+	return o.launch3(attnBF16DQName[dm], grid, block, sh,
+		dq, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
+		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale)
+}

@@ -1,0 +1,811 @@
+package ops
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/tensor"
+)
+
+// attnCase is one attention problem of the GPU tests.
+type attnCase struct {
+	B, Tq, Tk, H, D int
+	causal          bool
+	seg             int  // 0: none; 1: documents (monotone ids, Tq == Tk: shared); 2: random ids in {0,1,2}, q and k apart
+	packed          bool // q, k, v at columns 0, C, 2C of one [N, 3C] buffer, o stride C (model layout; Tq == Tk)
+	pad             int  // unpacked: extra floats per row of every buffer
+	qpos0, kpos0    int
+	scale           float32
+}
+
+func (c attnCase) String() string {
+	return fmt.Sprintf("B%d_Tq%d_Tk%d_H%d_D%d_causal%v_seg%d_packed%v_pad%d_pos%d,%d_scale%g",
+		c.B, c.Tq, c.Tk, c.H, c.D, c.causal, c.seg, c.packed, c.pad, c.qpos0, c.kpos0, c.scale)
+}
+
+// attnCases: every Tq = Tk in {1, 5, 64, 65, 130, 257} with every head size
+// in {8, 24, 64, 128} (1–4 heads, batch 1–3, causal or not, each segment
+// mode, packed / padded / plain layouts), then cross attention (Tq ≠ Tk,
+// position offsets, rows that see no key), head sizes that are not
+// multiples of 4 or sit just past a kernel bound, a negative and a large
+// scale, and a longer packed causal sequence with documents.
+func attnCases() []attnCase {
+	rng := rand.New(rand.NewPCG(7, 11))
+	var cs []attnCase
+	i := 0
+	for _, t := range []int{1, 5, 64, 65, 130, 257} {
+		for _, d := range []int{8, 24, 64, 128} {
+			c := attnCase{B: 1 + rng.IntN(3), Tq: t, Tk: t, H: 1 + rng.IntN(4), D: d,
+				causal: i%2 == 0, seg: (i / 2) % 3}
+			switch i % 3 {
+			case 0:
+				c.packed = true
+			case 1:
+				c.pad = 3
+			}
+			cs = append(cs, c)
+			i++
+		}
+	}
+	return append(cs,
+		attnCase{B: 2, Tq: 70, Tk: 130, H: 2, D: 64, causal: true, qpos0: 100},          // queries late in a longer sequence
+		attnCase{B: 2, Tq: 70, Tk: 50, H: 3, D: 24, causal: true, kpos0: 30, pad: 1},    // queries t < 30 see no key
+		attnCase{B: 3, Tq: 100, Tk: 37, H: 2, D: 32, seg: 2},                            // cross attention, unmatched ids
+		attnCase{B: 2, Tq: 37, Tk: 200, H: 1, D: 128, causal: true, qpos0: 150, seg: 2}, // both masks, Tq < Tk
+		attnCase{B: 1, Tq: 65, Tk: 65, H: 3, D: 7, causal: true, packed: true},          // odd head size, unaligned k, v
+		attnCase{B: 2, Tq: 130, Tk: 130, H: 2, D: 33, seg: 1, pad: 2},
+		attnCase{B: 1, Tq: 96, Tk: 96, H: 2, D: 100, causal: true, seg: 1, packed: true},
+		attnCase{B: 2, Tq: 80, Tk: 80, H: 2, D: 64, causal: true, scale: -0.3},
+		attnCase{B: 1, Tq: 150, Tk: 150, H: 2, D: 64, scale: 0.6}, // peaked softmax
+		attnCase{B: 1, Tq: 1030, Tk: 1030, H: 2, D: 64, causal: true, seg: 1, packed: true},
+	)
+}
+
+// attnProblem is a case's host data, its shape, and device copies.
+type attnProblem struct {
+	c            attnCase
+	s            tensor.AttnShape
+	q, k, v      []float32 // host views (packed: sub-slices of qkv)
+	qkv          []float32 // packed buffer (packed only)
+	nq, nk, nv   int       // buffer lengths
+	no           int
+	devQ, devK   cuda.DevicePtr // device q, k, v (packed: into one buffer)
+	devV         cuda.DevicePtr
+	dqseg, dkseg cuda.DevicePtr // device segment ids, or 0
+}
+
+// attnDocs returns n monotone document ids per batch row (documents of 1 to 80
+// tokens).
+func attnDocs(rng *rand.Rand, b, n int) []int32 {
+	ids := make([]int32, b*n)
+	for bb := 0; bb < b; bb++ {
+		id, left := int32(0), 1+rng.IntN(80)
+		for t := 0; t < n; t++ {
+			if left == 0 {
+				id++
+				left = 1 + rng.IntN(80)
+			}
+			ids[bb*n+t] = id
+			left--
+		}
+	}
+	return ids
+}
+
+func attnRandIDs(rng *rand.Rand, n int) []int32 {
+	ids := make([]int32, n)
+	for i := range ids {
+		ids[i] = int32(rng.IntN(3))
+	}
+	return ids
+}
+
+func newAttnProblem(t *testing.T, o *Ops, c attnCase, rng *rand.Rand) *attnProblem {
+	t.Helper()
+	C := c.H * c.D
+	p := &attnProblem{c: c}
+	s := tensor.AttnShape{Batch: c.B, Tq: c.Tq, Tk: c.Tk, Heads: c.H, HeadDim: c.D,
+		Causal: c.causal, QPos0: c.qpos0, KPos0: c.kpos0, Scale: c.scale}
+	if c.packed {
+		if c.Tq != c.Tk {
+			t.Fatalf("%v: packed needs Tq == Tk", c)
+		}
+		s.QStride, s.KStride, s.VStride, s.OStride = 3*C, 3*C, 3*C, C
+		p.qkv = randn(rng, c.B*c.Tq*3*C, 1)
+		p.q, p.k, p.v = p.qkv, p.qkv[C:], p.qkv[2*C:]
+		p.nq, p.nk, p.nv = len(p.q), len(p.k), len(p.v)
+		base := upload(t, o, p.qkv)
+		p.devQ, p.devK, p.devV = base, base.Add(4*C), base.Add(8*C)
+	} else {
+		s.QStride, s.KStride, s.VStride, s.OStride = C+c.pad, C+c.pad, C+c.pad, C+c.pad
+		p.q = randn(rng, c.B*c.Tq*s.QStride, 1)
+		p.k = randn(rng, c.B*c.Tk*s.KStride, 1)
+		p.v = randn(rng, c.B*c.Tk*s.VStride, 1)
+		p.nq, p.nk, p.nv = len(p.q), len(p.k), len(p.v)
+		p.devQ, p.devK, p.devV = upload(t, o, p.q), upload(t, o, p.k), upload(t, o, p.v)
+	}
+	p.no = c.B * c.Tq * s.OStride
+	switch c.seg {
+	case 1:
+		if c.Tq != c.Tk || c.qpos0 != c.kpos0 {
+			t.Fatalf("%v: document ids need Tq == Tk", c)
+		}
+		s.QSeg = attnDocs(rng, c.B, c.Tq)
+		s.KSeg = s.QSeg
+	case 2:
+		s.QSeg = attnRandIDs(rng, c.B*c.Tq)
+		s.KSeg = attnRandIDs(rng, c.B*c.Tk)
+	}
+	if s.QSeg != nil {
+		p.dqseg, p.dkseg = upload(t, o, s.QSeg), upload(t, o, s.KSeg)
+	}
+	if err := s.Validate(p.nq, p.nk, p.nv, p.no); err != nil {
+		t.Fatalf("%v: %v", c, err)
+	}
+	p.s = s
+	return p
+}
+
+// attnHeadCols gathers the head columns [off, off+width) of rows rows of buf.
+func attnHeadCols(buf []float32, rows, stride, off, width int) []float32 {
+	out := make([]float32, 0, rows*width)
+	for r := 0; r < rows; r++ {
+		out = append(out, buf[r*stride+off:][:width]...)
+	}
+	return out
+}
+
+// attnCheckClose fails unless ‖got − want‖ <= tol·max(‖want‖, 1e-2·sqrt(n))
+// (the floor keeps near-zero gradients, e.g. of a query that sees one key,
+// from turning rounding into a large relative error) and got has no NaN.
+func attnCheckClose(t *testing.T, what string, got, want []float32, tol float64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d values, want %d", what, len(got), len(want))
+	}
+	var num, den float64
+	for i := range got {
+		g, w := float64(got[i]), float64(want[i])
+		if math.IsNaN(g) || math.IsInf(g, 0) {
+			t.Fatalf("%s[%d] = %v (want %v)", what, i, g, w)
+		}
+		num += (g - w) * (g - w)
+		den += w * w
+	}
+	den = math.Max(math.Sqrt(den), 1e-2*math.Sqrt(float64(len(got))))
+	if e := math.Sqrt(num) / den; e > tol {
+		t.Fatalf("%s: relative error %.3g > %g", what, e, tol)
+	}
+}
+
+// attnCheckLSE compares log-sum-exps: the same rows -Inf, the rest close.
+func attnCheckLSE(t *testing.T, what string, got, want []float32, tol float64) {
+	t.Helper()
+	var g, w []float32
+	for i := range want {
+		gi, wi := got[i], want[i]
+		if math.IsInf(float64(wi), -1) != math.IsInf(float64(gi), -1) {
+			t.Fatalf("%s[%d] = %v, want %v", what, i, gi, wi)
+		}
+		if !math.IsInf(float64(wi), -1) {
+			g, w = append(g, gi), append(w, wi)
+		}
+	}
+	if len(w) > 0 {
+		attnCheckClose(t, what, g, w, tol)
+	}
+}
+
+func attnBitsEqual(a, b []float32) int {
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+// gpuForward runs the GPU forward into poisoned buffers and returns out
+// (whole OStride rows) and lse.
+func (p *attnProblem) gpuForward(t *testing.T, o *Ops) (out, lse []float32, devOut, devLSE cuda.DevicePtr) {
+	t.Helper()
+	s := p.s
+	nl := s.Batch * s.Heads * s.Tq
+	devOut, devLSE = poisoned(t, o, p.no), poisoned(t, o, nl)
+	if err := o.AttentionForward(devOut, devLSE, p.devQ, p.devK, p.devV, s, p.dqseg, p.dkseg); err != nil {
+		t.Fatal(err)
+	}
+	return download[float32](t, o, devOut, p.no), download[float32](t, o, devLSE, nl), devOut, devLSE
+}
+
+func TestAttentionForward(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, c := range attnCases() {
+		t.Run(c.String(), func(t *testing.T) {
+			p := newAttnProblem(t, o, c, rng)
+			s, C := p.s, c.H*c.D
+			rows := c.B * c.Tq
+			want, wantLSE := make([]float32, p.no), make([]float32, c.B*c.H*c.Tq)
+			tensor.AttentionForwardRef(want, wantLSE, p.q, p.k, p.v, s)
+
+			got, gotLSE, _, _ := p.gpuForward(t, o)
+			attnCheckClose(t, "out", attnHeadCols(got, rows, s.OStride, 0, C), attnHeadCols(want, rows, s.OStride, 0, C), 1e-5)
+			attnCheckLSE(t, "lse", gotLSE, wantLSE, 1e-5)
+			for r := 0; r < rows; r++ {
+				for i := C; i < s.OStride; i++ { // padding columns are not the kernel's
+					if v := got[r*s.OStride+i]; !math.IsNaN(float64(v)) {
+						t.Fatalf("out row %d padding column %d written: %v", r, i, v)
+					}
+				}
+			}
+			for b := 0; b < c.B; b++ { // rows that see no key: exactly 0
+				for h := 0; h < c.H; h++ {
+					for tq := 0; tq < c.Tq; tq++ {
+						if !math.IsInf(float64(wantLSE[(b*c.H+h)*c.Tq+tq]), -1) {
+							continue
+						}
+						for _, v := range got[(b*c.Tq+tq)*s.OStride+h*c.D:][:c.D] {
+							if v != 0 {
+								t.Fatalf("b %d h %d t %d sees no key but out = %v", b, h, tq, v)
+							}
+						}
+					}
+				}
+			}
+
+			got2, gotLSE2, _, _ := p.gpuForward(t, o)
+			if i := attnBitsEqual(attnHeadCols(got2, rows, s.OStride, 0, C), attnHeadCols(got, rows, s.OStride, 0, C)); i >= 0 {
+				t.Fatalf("out differs between two runs at %d", i)
+			}
+			if i := attnBitsEqual(gotLSE2, gotLSE); i >= 0 {
+				t.Fatalf("lse differs between two runs at %d", i)
+			}
+		})
+	}
+}
+
+func TestAttentionRowDot(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, c := range []attnCase{{B: 1, Tq: 1, H: 1, D: 8}, {B: 3, Tq: 65, H: 4, D: 24, pad: 5}, {B: 2, Tq: 257, H: 2, D: 128}, {B: 2, Tq: 33, H: 3, D: 7}} {
+		C := c.H * c.D
+		s := tensor.AttnShape{Batch: c.B, Tq: c.Tq, Heads: c.H, HeadDim: c.D, OStride: C + c.pad}
+		n := c.B * c.Tq * s.OStride
+		dout, out := randn(rng, n, 1), randn(rng, n, 1)
+		want := make([]float32, c.B*c.H*c.Tq)
+		tensor.AttentionRowDot(want, dout, out, s)
+		dd := poisoned(t, o, len(want))
+		if err := o.AttentionRowDot(dd, upload(t, o, dout), upload(t, o, out), s); err != nil {
+			t.Fatal(err)
+		}
+		attnCheckClose(t, fmt.Sprintf("%v d", c), download[float32](t, o, dd, len(want)), want, 1e-5)
+	}
+}
+
+// attnGrads holds dq, dk, dv device buffers in p's layout.
+type attnGrads struct{ dq, dk, dv, base cuda.DevicePtr }
+
+// newGrads uploads init (packed: one [N, 3C] buffer; else three buffers of
+// the q, k, v sizes, concatenated in init) as gradient buffers.
+func (p *attnProblem) newGrads(t *testing.T, o *Ops, init []float32) attnGrads {
+	C := p.c.H * p.c.D
+	if p.c.packed {
+		base := upload(t, o, init)
+		return attnGrads{dq: base, dk: base.Add(4 * C), dv: base.Add(8 * C), base: base}
+	}
+	return attnGrads{dq: upload(t, o, init[:p.nq]), dk: upload(t, o, init[p.nq:p.nq+p.nk]), dv: upload(t, o, init[p.nq+p.nk:])}
+}
+
+func (p *attnProblem) gradLen() int {
+	if p.c.packed {
+		return len(p.qkv)
+	}
+	return p.nq + p.nk + p.nv
+}
+
+func (p *attnProblem) downloadGrads(t *testing.T, o *Ops, g attnGrads) []float32 {
+	if p.c.packed {
+		return download[float32](t, o, g.base, len(p.qkv))
+	}
+	out := download[float32](t, o, g.dq, p.nq)
+	out = append(out, download[float32](t, o, g.dk, p.nk)...)
+	return append(out, download[float32](t, o, g.dv, p.nv)...)
+}
+
+// grads splits a gradient buffer in p's layout into dq, dk, dv head columns.
+func (p *attnProblem) grads(buf []float32) (dq, dk, dv []float32) {
+	c, s := p.c, p.s
+	C := c.H * c.D
+	if c.packed {
+		n := c.B * c.Tq
+		return attnHeadCols(buf, n, 3*C, 0, C), attnHeadCols(buf, n, 3*C, C, C), attnHeadCols(buf, n, 3*C, 2*C, C)
+	}
+	return attnHeadCols(buf[:p.nq], c.B*c.Tq, s.QStride, 0, C),
+		attnHeadCols(buf[p.nq:p.nq+p.nk], c.B*c.Tk, s.KStride, 0, C),
+		attnHeadCols(buf[p.nq+p.nk:], c.B*c.Tk, s.VStride, 0, C)
+}
+
+// refGrads returns the reference gradients (added to zero) in p's layout.
+func (p *attnProblem) refGrads(dout, lse, d []float32) []float32 {
+	C := p.c.H * p.c.D
+	g := make([]float32, p.gradLen())
+	if p.c.packed {
+		tensor.AttentionBackwardRef(g, g[C:], g[2*C:], dout, p.q, p.k, p.v, lse, d, p.s)
+	} else {
+		tensor.AttentionBackwardRef(g[:p.nq], g[p.nq:p.nq+p.nk], g[p.nq+p.nk:], dout, p.q, p.k, p.v, lse, d, p.s)
+	}
+	return g
+}
+
+func (p *attnProblem) gpuBackward(t *testing.T, o *Ops, g attnGrads, dout, lse, d cuda.DevicePtr) {
+	t.Helper()
+	if err := o.AttentionBackward(g.dq, g.dk, g.dv, dout, p.devQ, p.devK, p.devV, lse, d, p.s, p.dqseg, p.dkseg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAttentionBackward checks, per case: the gradients from the reference
+// forward's o, lse (and d from tensor.AttentionRowDot) against
+// AttentionBackwardRef (zero-initialised buffers; padding columns stay
+// zero); accumulation (random initial gradients end as init + the first
+// run's gradients, bitwise); determinism (a rerun is bitwise equal); and the
+// all-GPU chain (GPU forward, GPU row dot, GPU backward) against the
+// reference.
+func TestAttentionBackward(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(8, 9))
+	for _, c := range attnCases() {
+		t.Run(c.String(), func(t *testing.T) {
+			p := newAttnProblem(t, o, c, rng)
+			s := p.s
+			out, lse := make([]float32, p.no), make([]float32, c.B*c.H*c.Tq)
+			tensor.AttentionForwardRef(out, lse, p.q, p.k, p.v, s)
+			dout := randn(rng, p.no, 1)
+			d := make([]float32, len(lse))
+			tensor.AttentionRowDot(d, dout, out, s)
+			want := p.refGrads(dout, lse, d)
+			wq, wk, wv := p.grads(want)
+
+			ddout, dlse, dd := upload(t, o, dout), upload(t, o, lse), upload(t, o, d)
+			zero := make([]float32, p.gradLen())
+			g1 := p.newGrads(t, o, zero)
+			p.gpuBackward(t, o, g1, ddout, dlse, dd)
+			got := p.downloadGrads(t, o, g1)
+			gq, gk, gv := p.grads(got)
+			attnCheckClose(t, "dq", gq, wq, 1e-4)
+			attnCheckClose(t, "dk", gk, wk, 1e-4)
+			attnCheckClose(t, "dv", gv, wv, 1e-4)
+			for i, v := range got {
+				if v != 0 && p.isPadding(i) {
+					t.Fatalf("padding element %d written: %v", i, v)
+				}
+			}
+
+			init := randn(rng, p.gradLen(), 1)
+			g2 := p.newGrads(t, o, init)
+			p.gpuBackward(t, o, g2, ddout, dlse, dd)
+			acc := p.downloadGrads(t, o, g2)
+			for i := range acc {
+				w := init[i] + got[i]
+				if math.Float32bits(acc[i]) != math.Float32bits(w) {
+					t.Fatalf("accumulate: element %d = %v, want init %v + grad %v = %v", i, acc[i], init[i], got[i], w)
+				}
+			}
+
+			g3 := p.newGrads(t, o, zero)
+			p.gpuBackward(t, o, g3, ddout, dlse, dd)
+			if i := attnBitsEqual(p.downloadGrads(t, o, g3), got); i >= 0 {
+				t.Fatalf("gradients differ between two runs at %d", i)
+			}
+
+			// All on the GPU: forward, row dot, backward.
+			_, _, gout, glse := p.gpuForward(t, o)
+			gd := poisoned(t, o, len(d))
+			if err := o.AttentionRowDot(gd, ddout, gout, s); err != nil {
+				t.Fatal(err)
+			}
+			attnCheckClose(t, "d", download[float32](t, o, gd, len(d)), d, 1e-5)
+			g4 := p.newGrads(t, o, zero)
+			p.gpuBackward(t, o, g4, ddout, glse, gd)
+			cq, ck, cv := p.grads(p.downloadGrads(t, o, g4))
+			attnCheckClose(t, "chain dq", cq, wq, 1e-4)
+			attnCheckClose(t, "chain dk", ck, wk, 1e-4)
+			attnCheckClose(t, "chain dv", cv, wv, 1e-4)
+		})
+	}
+}
+
+// isPadding reports whether element i of a gradient buffer in p's layout
+// is a padding column (packed buffers have none).
+func (p *attnProblem) isPadding(i int) bool {
+	C := p.c.H * p.c.D
+	switch {
+	case p.c.packed:
+		return false
+	case i < p.nq:
+		return i%p.s.QStride >= C
+	case i < p.nq+p.nk:
+		return (i-p.nq)%p.s.KStride >= C
+	default:
+		return (i-p.nq-p.nk)%p.s.VStride >= C
+	}
+}
+
+// TestAttentionBadShapes needs no GPU: the wrappers reject these before
+// launching anything, and empty problems launch nothing.
+func TestAttentionBadShapes(t *testing.T) {
+	o := &Ops{} // any launch would panic
+	good := tensor.AttnShape{Batch: 2, Tq: 8, Tk: 8, Heads: 2, HeadDim: 16, QStride: 96, KStride: 96, VStride: 96, OStride: 32, Causal: true}
+	seg := make([]int32, 16)
+	p := cuda.DevicePtr(1 << 20)
+	cases := []struct {
+		name       string
+		mod        func(s *tensor.AttnShape)
+		qseg, kseg cuda.DevicePtr
+	}{
+		{"head dim 0", func(s *tensor.AttnShape) { s.HeadDim = 0 }, 0, 0},
+		{"head dim 129", func(s *tensor.AttnShape) {
+			s.HeadDim, s.QStride, s.KStride, s.VStride, s.OStride = 129, 774, 774, 774, 258
+		}, 0, 0},
+		{"no heads", func(s *tensor.AttnShape) { s.Heads = 0 }, 0, 0},
+		{"negative Tq", func(s *tensor.AttnShape) { s.Tq = -1 }, 0, 0},
+		{"q stride", func(s *tensor.AttnShape) { s.QStride = 31 }, 0, 0},
+		{"o stride", func(s *tensor.AttnShape) { s.OStride = 31 }, 0, 0},
+		{"NaN scale", func(s *tensor.AttnShape) { s.Scale = float32(math.NaN()) }, 0, 0},
+		{"too many heads", func(s *tensor.AttnShape) {
+			s.Heads, s.HeadDim, s.QStride, s.KStride, s.VStride, s.OStride = 70000, 1, 210000, 210000, 210000, 70000
+		}, 0, 0},
+		{"segments without device ids", func(s *tensor.AttnShape) { s.QSeg, s.KSeg = seg, seg }, 0, 0},
+		{"device ids without segments", func(s *tensor.AttnShape) {}, p, p},
+		{"one segment side", func(s *tensor.AttnShape) { s.QSeg = seg }, p, 0},
+		{"short segments", func(s *tensor.AttnShape) { s.QSeg, s.KSeg = seg[:15], seg }, p, p},
+	}
+	for _, c := range cases {
+		s := good
+		c.mod(&s)
+		err := o.AttentionForward(p, p, p, p, p, s, c.qseg, c.kseg)
+		t.Logf("%s: %v", c.name, err)
+		if err == nil {
+			t.Errorf("%s: AttentionForward accepted %+v", c.name, s)
+		}
+		if err := o.AttentionBackward(p, p, p, p, p, p, p, p, p, s, c.qseg, c.kseg); err == nil {
+			t.Errorf("%s: AttentionBackward accepted %+v", c.name, s)
+		}
+	}
+	if err := o.AttentionForward(0, p, p, p, p, good, 0, 0); err == nil {
+		t.Error("AttentionForward accepted a nil out")
+	}
+	if err := o.AttentionBackward(p, p, 0, p, p, p, p, p, p, good, 0, 0); err == nil {
+		t.Error("AttentionBackward accepted a nil dv")
+	}
+	if err := o.AttentionRowDot(p, p, p, tensor.AttnShape{Batch: 1, Tq: 4, Heads: 2, HeadDim: 8, OStride: 15}); err == nil {
+		t.Error("AttentionRowDot accepted OStride < Heads·HeadDim")
+	}
+	if err := o.AttentionRowDot(p, p, p, tensor.AttnShape{Batch: 1, Tq: 4, Heads: 0, HeadDim: 8, OStride: 15}); err == nil {
+		t.Error("AttentionRowDot accepted Heads 0")
+	}
+	// Empty problems are valid and launch nothing.
+	empty := good
+	empty.Batch = 0
+	if err := o.AttentionForward(p, p, p, p, p, empty, 0, 0); err != nil {
+		t.Errorf("Batch 0 forward: %v", err)
+	}
+	if err := o.AttentionBackward(p, p, p, p, p, p, p, p, p, empty, 0, 0); err != nil {
+		t.Errorf("Batch 0 backward: %v", err)
+	}
+	if err := o.AttentionRowDot(p, p, p, empty); err != nil {
+		t.Errorf("Batch 0 row dot: %v", err)
+	}
+	empty = good
+	empty.Tk = 0
+	if err := o.AttentionBackward(p, p, p, p, p, p, p, p, p, empty, 0, 0); err != nil {
+		t.Errorf("Tk 0 backward: %v", err)
+	}
+}
+
+// TestAttentionNoKeys: with Tk = 0 every query row sees nothing: out = 0,
+// lse = -Inf.
+func TestAttentionNoKeys(t *testing.T) {
+	o := testOps(t)
+	s := tensor.AttnShape{Batch: 2, Tq: 70, Tk: 0, Heads: 2, HeadDim: 24, QStride: 48, KStride: 48, VStride: 48, OStride: 48, Causal: true}
+	q := randn(rand.New(rand.NewPCG(1, 1)), 2*70*48, 1)
+	dq := upload(t, o, q)
+	out, lse := poisoned(t, o, len(q)), poisoned(t, o, 2*2*70)
+	if err := o.AttentionForward(out, lse, dq, dq, dq, s, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range download[float32](t, o, out, len(q)) {
+		if v != 0 {
+			t.Fatalf("out[%d] = %v", i, v)
+		}
+	}
+	for i, v := range download[float32](t, o, lse, 2*2*70) {
+		if !math.IsInf(float64(v), -1) {
+			t.Fatalf("lse[%d] = %v", i, v)
+		}
+	}
+}
+
+// bf16 conversions (round to nearest even; inputs here are finite).
+func attnToBF16(x []float32) []uint16 {
+	out := make([]uint16, len(x))
+	for i, v := range x {
+		b := math.Float32bits(v)
+		out[i] = uint16((b + 0x7fff + (b>>16)&1) >> 16)
+	}
+	return out
+}
+
+func attnFromBF16(x []uint16) []float32 {
+	out := make([]float32, len(x))
+	for i, h := range x {
+		out[i] = math.Float32frombits(uint32(h) << 16)
+	}
+	return out
+}
+
+// attnRoundBF16 rounds x to bf16 in place and returns the bf16 values.
+func attnRoundBF16(x []float32) []uint16 {
+	h := attnToBF16(x)
+	copy(x, attnFromBF16(h))
+	return h
+}
+
+// toBF16 rounds p's host q, k, v to bf16 in place (so the references see
+// what the bf16 kernels see) and uploads bf16 copies in p's layout.
+func (p *attnProblem) toBF16(t *testing.T, o *Ops) (q, k, v cuda.DevicePtr) {
+	t.Helper()
+	if p.c.packed {
+		C := p.c.H * p.c.D
+		base := upload(t, o, attnRoundBF16(p.qkv))
+		return base, base.Add(2 * C), base.Add(4 * C)
+	}
+	return upload(t, o, attnRoundBF16(p.q)), upload(t, o, attnRoundBF16(p.k)), upload(t, o, attnRoundBF16(p.v))
+}
+
+// attnBF16Cases are the cases of attnCases the bf16 kernels take: head
+// sizes that are multiples of 8, padded layouts padded by 8.
+func attnBF16Cases() []attnCase {
+	var cs []attnCase
+	for _, c := range attnCases() {
+		if c.D%8 != 0 {
+			continue
+		}
+		if c.pad != 0 {
+			c.pad = 8
+		}
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// poisonedBF16 allocates n bf16 values, all NaN.
+func poisonedBF16(t *testing.T, o *Ops, n int) cuda.DevicePtr {
+	t.Helper()
+	w := max(1, (n+1)/2)
+	p := devAlloc(t, o, 4*w)
+	if err := o.C.Fill32(o.S, p, w, 0x7fc07fc0); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestAttentionForwardBF16 runs the cases of attnCases whose head size is a
+// multiple of 8 (padded layouts padded by 8) with q, k, v rounded to bf16,
+// against the float64 reference on the rounded values: out within 1e-2
+// (it is rounded to bf16, and so are the probabilities of P·V), lse within
+// 1e-4; every out element written, padding untouched, two runs bitwise equal.
+func TestAttentionForwardBF16(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(12, 13))
+	for _, c := range attnBF16Cases() {
+		t.Run(c.String(), func(t *testing.T) {
+			p := newAttnProblem(t, o, c, rng)
+			s, C := p.s, c.H*c.D
+			bq, bk, bv := p.toBF16(t, o)
+			rows, nl := c.B*c.Tq, c.B*c.H*c.Tq
+			want, wantLSE := make([]float32, p.no), make([]float32, nl)
+			tensor.AttentionForwardRef(want, wantLSE, p.q, p.k, p.v, s)
+
+			run := func() ([]float32, []float32) {
+				got, gotLSE, _, _ := p.gpuForwardBF16(t, o, bq, bk, bv)
+				return got, gotLSE
+			}
+			got, gotLSE := run()
+			attnCheckClose(t, "out", attnHeadCols(got, rows, s.OStride, 0, C), attnHeadCols(want, rows, s.OStride, 0, C), 1e-2)
+			attnCheckLSE(t, "lse", gotLSE, wantLSE, 1e-4)
+			for r := 0; r < rows; r++ {
+				for i := C; i < s.OStride; i++ {
+					if v := got[r*s.OStride+i]; !math.IsNaN(float64(v)) {
+						t.Fatalf("out row %d padding column %d written: %v", r, i, v)
+					}
+				}
+			}
+			for i, l := range wantLSE { // rows that see no key: exactly 0
+				if math.IsInf(float64(l), -1) {
+					b, h, tq := i/(c.H*c.Tq), i/c.Tq%c.H, i%c.Tq
+					for _, v := range got[(b*c.Tq+tq)*s.OStride+h*c.D:][:c.D] {
+						if v != 0 {
+							t.Fatalf("b %d h %d t %d sees no key but out = %v", b, h, tq, v)
+						}
+					}
+				}
+			}
+			got2, gotLSE2 := run()
+			if i := attnBitsEqual(attnHeadCols(got2, rows, s.OStride, 0, C), attnHeadCols(got, rows, s.OStride, 0, C)); i >= 0 {
+				t.Fatalf("out differs between two runs at %d", i)
+			}
+			if i := attnBitsEqual(gotLSE2, gotLSE); i >= 0 {
+				t.Fatalf("lse differs between two runs at %d", i)
+			}
+		})
+	}
+}
+
+// gpuForwardBF16 runs the bf16 forward on device q, k, v into poisoned
+// buffers and returns out (whole OStride rows, as float32) and lse, and the
+// device out (bf16) and lse.
+func (p *attnProblem) gpuForwardBF16(t *testing.T, o *Ops, q, k, v cuda.DevicePtr) (out, lse []float32, devOut, devLSE cuda.DevicePtr) {
+	t.Helper()
+	nl := p.c.B * p.c.H * p.c.Tq
+	devOut, devLSE = poisonedBF16(t, o, p.no), poisoned(t, o, nl)
+	if err := o.AttentionForwardBF16(devOut, devLSE, q, k, v, p.s, p.dqseg, p.dkseg); err != nil {
+		t.Fatal(err)
+	}
+	return attnFromBF16(download[uint16](t, o, devOut, p.no)), download[float32](t, o, devLSE, nl), devOut, devLSE
+}
+
+// TestAttentionBackwardBF16 is TestAttentionBackward for the bf16 kernels,
+// on the bf16 cases with q, k, v and dO rounded to bf16 (the reference sees
+// the rounded values): gradients from the reference lse and d within 1e-2,
+// padding untouched, accumulation bitwise init + gradient, reruns bitwise
+// equal; then the all-bf16 chain (bf16 forward, bf16 row dot from the bf16
+// out, bf16 backward) within 2e-2 (d now comes from a rounded out).
+func TestAttentionBackwardBF16(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(14, 15))
+	for _, c := range attnBF16Cases() {
+		t.Run(c.String(), func(t *testing.T) {
+			p := newAttnProblem(t, o, c, rng)
+			s := p.s
+			bq, bk, bv := p.toBF16(t, o)
+			out, lse := make([]float32, p.no), make([]float32, c.B*c.H*c.Tq)
+			tensor.AttentionForwardRef(out, lse, p.q, p.k, p.v, s)
+			dout := randn(rng, p.no, 1)
+			bdout := upload(t, o, attnRoundBF16(dout))
+			d := make([]float32, len(lse))
+			tensor.AttentionRowDot(d, dout, out, s)
+			want := p.refGrads(dout, lse, d)
+			wq, wk, wv := p.grads(want)
+
+			dlse, dd := upload(t, o, lse), upload(t, o, d)
+			run := func(init []float32, lse, d cuda.DevicePtr) []float32 {
+				g := p.newGrads(t, o, init)
+				if err := o.AttentionBackwardBF16(g.dq, g.dk, g.dv, bdout, bq, bk, bv, lse, d, s, p.dqseg, p.dkseg); err != nil {
+					t.Fatal(err)
+				}
+				return p.downloadGrads(t, o, g)
+			}
+			zero := make([]float32, p.gradLen())
+			got := run(zero, dlse, dd)
+			gq, gk, gv := p.grads(got)
+			attnCheckClose(t, "dq", gq, wq, 1e-2)
+			attnCheckClose(t, "dk", gk, wk, 1e-2)
+			attnCheckClose(t, "dv", gv, wv, 1e-2)
+			for i, v := range got {
+				if v != 0 && p.isPadding(i) {
+					t.Fatalf("padding element %d written: %v", i, v)
+				}
+			}
+			init := randn(rng, p.gradLen(), 1)
+			for i, v := range run(init, dlse, dd) {
+				if w := init[i] + got[i]; math.Float32bits(v) != math.Float32bits(w) {
+					t.Fatalf("accumulate: element %d = %v, want init %v + grad %v = %v", i, v, init[i], got[i], w)
+				}
+			}
+			if i := attnBitsEqual(run(zero, dlse, dd), got); i >= 0 {
+				t.Fatalf("gradients differ between two runs at %d", i)
+			}
+
+			_, _, gout, glse := p.gpuForwardBF16(t, o, bq, bk, bv)
+			gd := poisoned(t, o, len(d))
+			if err := o.AttentionRowDotBF16(gd, bdout, gout, s); err != nil {
+				t.Fatal(err)
+			}
+			attnCheckClose(t, "d", download[float32](t, o, gd, len(d)), d, 1e-2)
+			cq, ck, cv := p.grads(run(zero, glse, gd))
+			attnCheckClose(t, "chain dq", cq, wq, 2e-2)
+			attnCheckClose(t, "chain dk", ck, wk, 2e-2)
+			attnCheckClose(t, "chain dv", cv, wv, 2e-2)
+		})
+	}
+}
+
+// TestAttentionRowDotBF16: the bf16 row dot against tensor.AttentionRowDot
+// on the rounded values (products exact in fp32, so 1e-5).
+func TestAttentionRowDotBF16(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(16, 17))
+	for _, c := range []attnCase{{B: 1, Tq: 1, H: 1, D: 8}, {B: 3, Tq: 65, H: 4, D: 24, pad: 5}, {B: 2, Tq: 257, H: 2, D: 128}, {B: 2, Tq: 33, H: 3, D: 7}} {
+		C := c.H * c.D
+		s := tensor.AttnShape{Batch: c.B, Tq: c.Tq, Heads: c.H, HeadDim: c.D, OStride: C + c.pad}
+		n := c.B * c.Tq * s.OStride
+		dout, out := randn(rng, n, 1), randn(rng, n, 1)
+		hd, ho := attnRoundBF16(dout), attnRoundBF16(out)
+		want := make([]float32, c.B*c.H*c.Tq)
+		tensor.AttentionRowDot(want, dout, out, s)
+		dd := poisoned(t, o, len(want))
+		if err := o.AttentionRowDotBF16(dd, upload(t, o, hd), upload(t, o, ho), s); err != nil {
+			t.Fatal(err)
+		}
+		attnCheckClose(t, fmt.Sprintf("%v d", c), download[float32](t, o, dd, len(want)), want, 1e-5)
+	}
+}
+
+// TestAttentionBF16BadArgs needs no GPU: the bf16 kernel's extra
+// requirements are checked before any launch.
+func TestAttentionBF16BadArgs(t *testing.T) {
+	o := &Ops{}
+	p := cuda.DevicePtr(1 << 20)
+	good := tensor.AttnShape{Batch: 2, Tq: 8, Tk: 8, Heads: 2, HeadDim: 16, QStride: 96, KStride: 96, VStride: 96, OStride: 32, Causal: true}
+	for _, c := range []struct {
+		name         string
+		mod          func(s *tensor.AttnShape)
+		out, q, k, v cuda.DevicePtr
+	}{
+		{"head dim 12", func(s *tensor.AttnShape) { s.HeadDim = 12 }, p, p, p, p},
+		{"odd stride", func(s *tensor.AttnShape) { s.KStride = 97 }, p, p, p, p},
+		{"o stride", func(s *tensor.AttnShape) { s.OStride = 36 }, p, p, p, p},
+		{"head dim 136", func(s *tensor.AttnShape) {
+			s.HeadDim, s.QStride, s.KStride, s.VStride, s.OStride = 136, 816, 816, 816, 272
+		}, p, p, p, p},
+		{"misaligned k", func(s *tensor.AttnShape) {}, p, p, p + 8, p},
+		{"misaligned out", func(s *tensor.AttnShape) {}, p + 2, p, p, p},
+		{"nil v", func(s *tensor.AttnShape) {}, p, p, p, 0},
+	} {
+		s := good
+		c.mod(&s)
+		err := o.AttentionForwardBF16(c.out, p, c.q, c.k, c.v, s, 0, 0)
+		t.Logf("%s: %v", c.name, err)
+		if err == nil {
+			t.Errorf("%s: accepted", c.name)
+		}
+	}
+	for _, c := range []struct {
+		name     string
+		mod      func(s *tensor.AttnShape)
+		dout, dq cuda.DevicePtr
+	}{
+		{"head dim 12", func(s *tensor.AttnShape) { s.HeadDim = 12 }, p, p},
+		{"o stride", func(s *tensor.AttnShape) { s.OStride = 36 }, p, p},
+		{"misaligned dout", func(s *tensor.AttnShape) {}, p + 4, p},
+		{"nil dq", func(s *tensor.AttnShape) {}, p, 0},
+		{"NaN scale", func(s *tensor.AttnShape) { s.Scale = float32(math.NaN()) }, p, p},
+	} {
+		s := good
+		c.mod(&s)
+		err := o.AttentionBackwardBF16(c.dq, p, p, c.dout, p, p, p, p, p, s, 0, 0)
+		t.Logf("backward %s: %v", c.name, err)
+		if err == nil {
+			t.Errorf("backward %s: accepted", c.name)
+		}
+	}
+	if err := o.AttentionRowDotBF16(p, p, p, tensor.AttnShape{Batch: 1, Tq: 4, Heads: 2, HeadDim: 8, OStride: 15}); err == nil {
+		t.Error("AttentionRowDotBF16 accepted OStride < Heads·HeadDim")
+	}
+	empty := good
+	empty.Tq = 0
+	if err := o.AttentionForwardBF16(p, p, p, p, p, empty, 0, 0); err != nil {
+		t.Errorf("Tq 0: %v", err)
+	}
+	if err := o.AttentionBackwardBF16(p, p, p, p, p, p, p, p, p, empty, 0, 0); err != nil {
+		t.Errorf("Tq 0 backward: %v", err)
+	}
+	if err := o.AttentionRowDotBF16(p, p, p, empty); err != nil {
+		t.Errorf("Tq 0 row dot: %v", err)
+	}
+}

@@ -1,0 +1,264 @@
+package ops
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/optim"
+	"github.com/moetrain/moetrain/tensor"
+)
+
+// Helpers of the elementwise/norm/embedding/cross-entropy/optimizer tests
+// (prefixed ew so they cannot clash with other kernel families' tests).
+
+// ewBF16Tol bounds relErr of a bf16 output against the float reference
+// rounded to bf16: one rounding of at most 2^-9 relative per element plus
+// float-level differences.
+const ewBF16Tol = 3e-3
+
+// ewBF16 rounds x to bf16 bits, to nearest even (NaN stays NaN).
+func ewBF16(x float32) uint16 {
+	b := math.Float32bits(x)
+	if x != x {
+		return uint16(b>>16) | 0x40
+	}
+	b += 0x7fff + (b>>16)&1
+	return uint16(b >> 16)
+}
+
+// ewF32 widens bf16 bits to float32 (exact).
+func ewF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+func ewToBF16(s []float32) []uint16 {
+	out := make([]uint16, len(s))
+	for i, x := range s {
+		out[i] = ewBF16(x)
+	}
+	return out
+}
+
+func ewFromBF16(h []uint16) []float32 {
+	out := make([]float32, len(h))
+	for i, x := range h {
+		out[i] = ewF32(x)
+	}
+	return out
+}
+
+// ewRound returns s rounded to bf16 and widened back.
+func ewRound(s []float32) []float32 { return ewFromBF16(ewToBF16(s)) }
+
+// ewUploadAt copies s into a new device buffer at element offset off (off=1
+// misaligns float4 and 4×bf16 chunks) and returns the address of s[0].
+func ewUploadAt[T any](t testing.TB, o *Ops, s []T, off int) cuda.DevicePtr {
+	t.Helper()
+	var z T
+	sz := sizeOf(z)
+	p := devAlloc(t, o, (len(s)+off+1)*sz).Add(off * sz)
+	if err := cuda.CopyIn(o.C, p, s); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// ewPoisonedAt is poisoned (n NaN floats) at float offset off.
+func ewPoisonedAt(t testing.TB, o *Ops, n, off int) cuda.DevicePtr {
+	t.Helper()
+	return poisoned(t, o, n+off).Add(4 * off)
+}
+
+// ewPoisonedBF16 is n bf16 NaNs at element offset off.
+func ewPoisonedBF16(t testing.TB, o *Ops, n, off int) cuda.DevicePtr {
+	t.Helper()
+	words := (n + off + 2) / 2
+	p := devAlloc(t, o, 4*words)
+	if err := o.C.Fill32(o.S, p, words, 0x7fc07fc0); err != nil {
+		t.Fatal(err)
+	}
+	return p.Add(2 * off)
+}
+
+// ewF64 is one float64 on the device set to NaN.
+func ewF64(t testing.TB, o *Ops, n int) cuda.DevicePtr {
+	t.Helper()
+	s := make([]float64, n)
+	for i := range s {
+		s[i] = math.NaN()
+	}
+	return upload(t, o, s)
+}
+
+// ewDiffBits returns the first index where a and b differ bitwise, or -1.
+func ewDiffBits(a, b []float32) int {
+	if len(a) != len(b) {
+		return 0
+	}
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+// ewRel64 is |got−want|/|want| (|got−want| for want = 0), +Inf for NaN.
+func ewRel64(got, want float64) float64 {
+	if math.IsNaN(got) {
+		return math.Inf(1)
+	}
+	if want == 0 {
+		return math.Abs(got)
+	}
+	return math.Abs(got-want) / math.Abs(want)
+}
+
+// ewSizes are flat lengths around the vector width and the reduction chunk.
+var ewSizes = []int{1, 3, 37, 300, 1027, 8191, 8193, 100003}
+
+func TestElementwiseAddScale(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, n := range ewSizes {
+		for _, off := range []int{0, 1} {
+			x, y := randn(rng, n, 1), randn(rng, n, 1)
+			dx, dy := ewUploadAt(t, o, x, off), ewUploadAt(t, o, y, off)
+			if err := o.AddInPlace(dy, dx, n); err != nil {
+				t.Fatal(err)
+			}
+			tensor.AddInPlace(y, x)
+			if i := ewDiffBits(download[float32](t, o, dy, n), y); i >= 0 {
+				t.Fatalf("n=%d off=%d AddInPlace differs at %d", n, off, i)
+			}
+			if err := o.Scale(dy, -0.37, n); err != nil {
+				t.Fatal(err)
+			}
+			tensor.Scale(y, -0.37)
+			if i := ewDiffBits(download[float32](t, o, dy, n), y); i >= 0 {
+				t.Fatalf("n=%d off=%d Scale differs at %d", n, off, i)
+			}
+		}
+	}
+}
+
+func TestSumSquaresGlobalNorm(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, n := range append([]int{0, 8192, 3 * 8192}, ewSizes...) {
+		for _, off := range []int{0, 1} {
+			x := randn(rng, n, 2)
+			dx := ewUploadAt(t, o, x, off)
+			scratch := poisoned(t, o, SumSquaresScratch(n))
+			out := ewF64(t, o, 2)
+			if err := o.SumSquares(dx, n, scratch, out); err != nil {
+				t.Fatal(err)
+			}
+			if err := o.GlobalNorm(dx, n, scratch, out.Add(8)); err != nil {
+				t.Fatal(err)
+			}
+			got := download[float64](t, o, out, 2)
+			want := tensor.SumSquares(x)
+			if e := ewRel64(got[0], want); e > 1e-12 {
+				t.Fatalf("n=%d off=%d SumSquares = %v, want %v", n, off, got[0], want)
+			}
+			if e := ewRel64(got[1], optim.GlobalNorm(x)); e > 1e-12 {
+				t.Fatalf("n=%d off=%d GlobalNorm = %v, want %v", n, off, got[1], optim.GlobalNorm(x))
+			}
+			// Deterministic: a second run gives the same bits.
+			if err := o.SumSquares(dx, n, scratch, out); err != nil {
+				t.Fatal(err)
+			}
+			if again := download[float64](t, o, out, 1); math.Float64bits(again[0]) != math.Float64bits(got[0]) {
+				t.Fatalf("n=%d off=%d SumSquares not reproducible: %v then %v", n, off, got[0], again[0])
+			}
+		}
+	}
+}
+
+func TestCastBF16(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(7, 8))
+	special := []float32{0, float32(math.Copysign(0, -1)), 1, -1, float32(math.Inf(1)), float32(math.Inf(-1)),
+		float32(math.NaN()), math.MaxFloat32, -math.MaxFloat32, 1e-40, -3e-39, math.SmallestNonzeroFloat32,
+		math.Float32frombits(0x3f808000), math.Float32frombits(0x3f818000), // ties: to even, down then up
+		math.Float32frombits(0x3f808001), math.Float32frombits(0x7f7f8000)} // just above a tie; the top tie, to +Inf
+	for _, n := range ewSizes {
+		for _, off := range []int{0, 1} {
+			x := randn(rng, n, 10)
+			copy(x, special)
+			dx := ewUploadAt(t, o, x, off)
+			dh := ewPoisonedBF16(t, o, n, off)
+			if err := o.CastF32ToBF16(dh, dx, n); err != nil {
+				t.Fatal(err)
+			}
+			got := download[uint16](t, o, dh, n)
+			for i, v := range x {
+				w := ewBF16(v)
+				if v != v {
+					if g := ewF32(got[i]); g == g {
+						t.Fatalf("n=%d off=%d: bf16(NaN) = %#04x", n, off, got[i])
+					}
+					continue
+				}
+				if got[i] != w {
+					t.Fatalf("n=%d off=%d: bf16(%g = %#08x) = %#04x, want %#04x", n, off, v, math.Float32bits(v), got[i], w)
+				}
+			}
+			h := ewToBF16(x)
+			dh2 := ewUploadAt(t, o, h, off)
+			df := ewPoisonedAt(t, o, n, off)
+			if err := o.CastBF16ToF32(df, dh2, n); err != nil {
+				t.Fatal(err)
+			}
+			back := download[float32](t, o, df, n)
+			for i := range h {
+				w := ewF32(h[i])
+				if w != w {
+					if back[i] == back[i] {
+						t.Fatalf("n=%d off=%d: float(bf16 NaN) = %g", n, off, back[i])
+					}
+					continue
+				}
+				if math.Float32bits(back[i]) != math.Float32bits(w) {
+					t.Fatalf("n=%d off=%d: float(%#04x) = %g, want %g", n, off, h[i], back[i], w)
+				}
+			}
+		}
+	}
+}
+
+// TestElementwiseBadSizes needs no GPU: the checks come before any launch.
+func TestElementwiseBadSizes(t *testing.T) {
+	o := &Ops{}
+	p := cuda.DevicePtr(1 << 20)
+	for name, err := range map[string]error{
+		"add n<0":         o.AddInPlace(p, p, -1),
+		"add null":        o.AddInPlace(0, p, 5),
+		"scale n<0":       o.Scale(p, 2, -3),
+		"scale null":      o.Scale(0, 2, 3),
+		"sumsq n<0":       o.SumSquares(p, -1, p, p),
+		"sumsq out null":  o.SumSquares(p, 5, p, 0),
+		"sumsq out align": o.SumSquares(p, 5, p, p+4),
+		"sumsq scratch":   o.SumSquares(p, 5, 0, p),
+		"norm x null":     o.GlobalNorm(0, 5, p, p),
+		"cast n<0":        o.CastF32ToBF16(p, p, -1),
+		"cast null":       o.CastBF16ToF32(p, 0, 1),
+	} {
+		if err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	for name, err := range map[string]error{
+		"add empty":  o.AddInPlace(0, 0, 0),
+		"scale zero": o.Scale(0, 1, 0),
+		"cast empty": o.CastF32ToBF16(0, 0, 0),
+	} {
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if SumSquaresScratch(0) != 0 || SumSquaresScratch(1) != 2 || SumSquaresScratch(8192) != 2 || SumSquaresScratch(8193) != 4 {
+		t.Error("SumSquaresScratch sizes")
+	}
+}

@@ -1,0 +1,387 @@
+package ops
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/moe"
+	"github.com/moetrain/moetrain/tensor"
+)
+
+// rowsUploadAt copies s to a new device buffer at element offset off (off
+// odd: not 16-byte aligned, so the kernels take their element path).
+func rowsUploadAt[T any](t testing.TB, o *Ops, s []T, off int) cuda.DevicePtr {
+	t.Helper()
+	var z T
+	sz := sizeOf(z)
+	p := devAlloc(t, o, (len(s)+off+1)*sz).Add(off * sz)
+	if err := cuda.CopyIn(o.C, p, s); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// rowsPoisonedAt is n NaN floats (or n bfloat16 NaN pairs' worth of words)
+// at element offset off of elemSize bytes.
+func rowsPoisonedAt(t testing.TB, o *Ops, n, off, elemSize int) cuda.DevicePtr {
+	t.Helper()
+	words := ((n+off)*elemSize + 3) / 4
+	p := devAlloc(t, o, 4*max(1, words))
+	if err := o.C.Fill32(o.S, p, max(1, words), 0x7fc07fc0); err != nil { // NaN as float32 and as both bfloat16 halves
+		t.Fatal(err)
+	}
+	return p.Add(off * elemSize)
+}
+
+// rowsBitDiffs counts elements whose bits differ.
+func rowsBitDiffs(a, b []float32) int {
+	n := 0
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			n++
+		}
+	}
+	return n
+}
+
+// rowsDot64 is Σ a·b per row in float64 (the exact reference for RowDot).
+func rowsDot64(a, b []float32, n, d int) []float32 {
+	out := make([]float32, n)
+	for i := 0; i < n; i++ {
+		var s float64
+		for j := 0; j < d; j++ {
+			s += float64(a[i*d+j]) * float64(b[i*d+j])
+		}
+		out[i] = float32(s)
+	}
+	return out
+}
+
+// rowsBF16 rounds to bfloat16 (nearest even); rowsF32 widens.
+func rowsBF16(f float32) uint16 {
+	b := math.Float32bits(f)
+	if f != f {
+		return uint16(b>>16) | 0x40
+	}
+	b += 0x7fff + (b>>16)&1
+	return uint16(b >> 16)
+}
+
+func rowsF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+func rowsToBF16(s []float32) []uint16 {
+	out := make([]uint16, len(s))
+	for i, v := range s {
+		out[i] = rowsBF16(v)
+	}
+	return out
+}
+
+func rowsFromBF16(h []uint16) []float32 {
+	out := make([]float32, len(h))
+	for i, v := range h {
+		out[i] = rowsF32(v)
+	}
+	return out
+}
+
+// rowsCase is a routing and its CPU plan, the inputs of every row kernel.
+type rowsCase struct {
+	r *moe.Routing
+	p *moe.Plan
+}
+
+func rowsCases(rng *rand.Rand) []rowsCase {
+	var out []rowsCase
+	for _, n := range []int{1, 5, 300} {
+		for _, ek := range [][2]int{{8, 2}, {16, 8}, {64, 32}} {
+			e, k := ek[0], ek[1]
+			if k == 32 && n > 5 {
+				continue // 32 choices (the combine's limit) on few tokens only
+			}
+			r := planRandomRouting(rng, n, e, k, planShapeSkewed)
+			// Dropless, everything dropped, and some drops.
+			for _, capacity := range []int{-1, 0, max(1, n*k/e/2)} {
+				p := &moe.Plan{}
+				p.BuildCapacity(r, capacity, moe.DropProbability)
+				out = append(out, rowsCase{r, p})
+			}
+		}
+	}
+	return out
+}
+
+var rowsDs = []int{1, 3, 64, 130, 1027}
+
+func TestRowsF32(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(21, 22))
+	for _, c := range rowsCases(rng) {
+		for _, d := range rowsDs {
+			for _, off := range []int{0, 1} {
+				rowsCheckF32(t, o, rng, c, d, off)
+			}
+		}
+	}
+}
+
+func rowsCheckF32(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) {
+	r, p := c.r, c.p
+	n, k := r.N, r.K
+	nk, s := n*k, p.Slots()
+	what := fmt.Sprintf("n=%d e=%d k=%d S=%d d=%d off=%d", n, r.E, k, s, d, off)
+	tok := upload(t, o, p.Token)
+	slotOf := upload(t, o, p.SlotOf[:nk])
+	gates := upload(t, o, r.Gates[:nk])
+	slotGate := upload(t, o, p.Gate)
+
+	// Gather: exact.
+	x := randn(rng, n*d, 1)
+	dst := rowsPoisonedAt(t, o, s*d, off, 4)
+	if err := o.GatherRows(dst, rowsUploadAt(t, o, x, off), tok, s, d); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]float32, s*d)
+	tensor.GatherRows(want, x, p.Token, d)
+	if got := download[float32](t, o, dst, s*d); rowsBitDiffs(got, want) != 0 {
+		t.Fatalf("%s: GatherRows differs in %d elements", what, rowsBitDiffs(got, want))
+	}
+
+	// Combine and its backward: the CPU's order, so equal bit for bit
+	// unless Go fuses multiply-adds (GOAMD64=v3); 1e-6 either way.
+	y := randn(rng, s*d, 1)
+	yDev := rowsUploadAt(t, o, y, off)
+	base := randn(rng, n*d, 1)
+	for _, withGates := range []bool{true, false} {
+		out := rowsUploadAt(t, o, base, off)
+		run := func() []float32 {
+			var err error
+			if withGates {
+				err = o.Combine(out, yDev, slotOf, gates, n, k, d)
+			} else {
+				err = o.CombineBackward(out, yDev, slotOf, n, k, d)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			return download[float32](t, o, out, n*d)
+		}
+		got := run()
+		want := slices.Clone(base)
+		scale := p.Gate
+		if !withGates {
+			scale = nil
+		}
+		tensor.ScatterAddRows(want, y, p.Token, scale, d)
+		if e := relErr(got, want); e > 1e-6 {
+			t.Fatalf("%s gates=%v: Combine rel err %g", what, withGates, e)
+		}
+		if nd := rowsBitDiffs(got, want); nd != 0 {
+			t.Logf("%s gates=%v: Combine within tolerance but %d elements differ in bits", what, withGates, nd)
+		}
+		for tk := 0; tk < n; tk++ { // tokens with every choice dropped are untouched
+			if slices.Max(p.SlotOf[tk*k:(tk+1)*k]) < 0 && rowsBitDiffs(got[tk*d:(tk+1)*d], base[tk*d:(tk+1)*d]) != 0 {
+				t.Fatalf("%s: token %d has no kept slot but its row changed", what, tk)
+			}
+		}
+		if err := cuda.CopyIn(o.C, out, base); err != nil {
+			t.Fatal(err)
+		}
+		if again := run(); rowsBitDiffs(again, got) != 0 {
+			t.Fatalf("%s gates=%v: Combine not deterministic", what, withGates)
+		}
+	}
+
+	// RowDot: a different summation order than tensor.RowDot's four
+	// running sums, so compared with the float64 dot at 1e-6.
+	a := randn(rng, s*d, 1)
+	dot := rowsPoisonedAt(t, o, s, 0, 4)
+	if err := o.RowDot(dot, rowsUploadAt(t, o, a, off), yDev, s, d); err != nil {
+		t.Fatal(err)
+	}
+	got := download[float32](t, o, dot, s)
+	if e := relErr(got, rowsDot64(a, y, s, d)); e > 1e-6 {
+		t.Fatalf("%s: RowDot rel err %g against float64", what, e)
+	}
+	// Against the CPU kernel: both are float32 sums in different orders, and
+	// with one or two rows cancellation can leave either 1e-6 off, so the
+	// forward tolerance of every kernel (1e-5) applies.
+	wantDot := make([]float32, s)
+	tensor.RowDot(wantDot, a, y, s, d)
+	if e := relErr(got, wantDot); e > 1e-5 {
+		t.Fatalf("%s: RowDot rel err %g against tensor.RowDot", what, e)
+	}
+
+	// ScaleRows: one rounding per element, exact.
+	z := randn(rng, s*d, 1)
+	zDev := rowsUploadAt(t, o, z, off)
+	if err := o.ScaleRows(zDev, slotGate, s, d); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < s; i++ {
+		for j := 0; j < d; j++ {
+			z[i*d+j] *= p.Gate[i]
+		}
+	}
+	if gotZ := download[float32](t, o, zDev, s*d); rowsBitDiffs(gotZ, z) != 0 {
+		t.Fatalf("%s: ScaleRows differs in %d elements", what, rowsBitDiffs(gotZ, z))
+	}
+
+	// Slot gradients back to the choices: exact, every element written.
+	dslot := randn(rng, s, 1)
+	dg := rowsPoisonedAt(t, o, nk, 0, 4)
+	if err := o.SlotGradsToChoices(dg, upload(t, o, dslot), slotOf, nk); err != nil {
+		t.Fatal(err)
+	}
+	wantG := make([]float32, nk)
+	for i, sl := range p.SlotOf[:nk] {
+		if sl >= 0 {
+			wantG[i] = dslot[sl]
+		}
+	}
+	if gotG := download[float32](t, o, dg, nk); rowsBitDiffs(gotG, wantG) != 0 {
+		t.Fatalf("%s: SlotGradsToChoices differs in %d elements", what, rowsBitDiffs(gotG, wantG))
+	}
+}
+
+func TestRowsBF16(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(31, 32))
+	for _, c := range rowsCases(rng) {
+		for _, d := range rowsDs {
+			for _, off := range []int{0, 1} {
+				rowsCheckBF16(t, o, rng, c, d, off)
+			}
+		}
+	}
+}
+
+func rowsCheckBF16(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) {
+	r, p := c.r, c.p
+	n, k := r.N, r.K
+	nk, s := n*k, p.Slots()
+	what := fmt.Sprintf("bf16 n=%d e=%d k=%d S=%d d=%d off=%d", n, r.E, k, s, d, off)
+	tok := upload(t, o, p.Token)
+	slotOf := upload(t, o, p.SlotOf[:nk])
+	gates := upload(t, o, r.Gates[:nk])
+	slotGate := upload(t, o, p.Gate)
+
+	x := rowsToBF16(randn(rng, n*d, 1))
+	dst := rowsPoisonedAt(t, o, s*d, off, 2)
+	if err := o.GatherRowsBF16(dst, rowsUploadAt(t, o, x, off), tok, s, d); err != nil {
+		t.Fatal(err)
+	}
+	got := download[uint16](t, o, dst, s*d)
+	for i, tk := range p.Token {
+		if !slices.Equal(got[i*d:(i+1)*d], x[int(tk)*d:int(tk+1)*d]) {
+			t.Fatalf("%s: GatherRowsBF16 row %d differs", what, i)
+		}
+	}
+
+	// Combine: float32 sums of the widened rows in the CPU's order, rounded
+	// to bfloat16 once.
+	y := rowsToBF16(randn(rng, s*d, 1))
+	yDev := rowsUploadAt(t, o, y, off)
+	base := rowsToBF16(randn(rng, n*d, 1))
+	for _, withGates := range []bool{true, false} {
+		out := rowsUploadAt(t, o, base, off)
+		var err error
+		scale := p.Gate
+		if withGates {
+			err = o.CombineBF16(out, yDev, slotOf, gates, n, k, d)
+		} else {
+			err = o.CombineBackwardBF16(out, yDev, slotOf, n, k, d)
+			scale = nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := rowsFromBF16(base)
+		tensor.ScatterAddRows(want, rowsFromBF16(y), p.Token, scale, d)
+		want = rowsFromBF16(rowsToBF16(want))
+		gotF := rowsFromBF16(download[uint16](t, o, out, n*d))
+		if e := relErr(gotF, want); e > 1e-6 {
+			t.Fatalf("%s gates=%v: CombineBF16 rel err %g", what, withGates, e)
+		}
+	}
+
+	a := rowsToBF16(randn(rng, s*d, 1))
+	dot := rowsPoisonedAt(t, o, s, 0, 4)
+	if err := o.RowDotBF16(dot, rowsUploadAt(t, o, a, off), yDev, s, d); err != nil {
+		t.Fatal(err)
+	}
+	if e := relErr(download[float32](t, o, dot, s), rowsDot64(rowsFromBF16(a), rowsFromBF16(y), s, d)); e > 1e-6 {
+		t.Fatalf("%s: RowDotBF16 rel err %g", what, e)
+	}
+
+	z := rowsToBF16(randn(rng, s*d, 1))
+	zDev := rowsUploadAt(t, o, z, off)
+	if err := o.ScaleRowsBF16(zDev, slotGate, s, d); err != nil {
+		t.Fatal(err)
+	}
+	gotZ := download[uint16](t, o, zDev, s*d)
+	for i := 0; i < s; i++ {
+		for j := 0; j < d; j++ {
+			if w := rowsBF16(rowsF32(z[i*d+j]) * p.Gate[i]); gotZ[i*d+j] != w {
+				t.Fatalf("%s: ScaleRowsBF16[%d,%d] = %#04x, want %#04x", what, i, j, gotZ[i*d+j], w)
+			}
+		}
+	}
+}
+
+// TestRowsLargeRows: rows wider than a warp's 32 vectors and many tokens
+// (grid-stride loops over rows and columns).
+func TestRowsLargeRows(t *testing.T) {
+	o := testOps(t)
+	rng := rand.New(rand.NewPCG(41, 42))
+	r := planRandomRouting(rng, 20000, 64, 8, planShapeUniform)
+	p := &moe.Plan{}
+	p.BuildCapacity(r, moe.Options{CapacityFactor: 1.25}.Capacity(r.N, r.E, r.K), moe.DropPosition)
+	rowsCheckF32(t, o, rng, rowsCase{r, p}, 256, 0)
+	r2 := planRandomRouting(rng, 64, 8, 2, planShapeUniform)
+	p2 := &moe.Plan{}
+	p2.Build(r2)
+	rowsCheckF32(t, o, rng, rowsCase{r2, p2}, 4096+4, 0)
+}
+
+// TestRowsBadArgs needs no GPU: arguments are checked before any launch,
+// and empty work launches nothing.
+func TestRowsBadArgs(t *testing.T) {
+	o := &Ops{}
+	for name, err := range map[string]error{
+		"gather rows<0":    o.GatherRows(1, 1, 1, -1, 4),
+		"gather d<0":       o.GatherRowsBF16(1, 1, 1, 4, -1),
+		"gather nil":       o.GatherRows(0, 1, 1, 4, 4),
+		"combine k=0":      o.Combine(1, 1, 1, 1, 4, 0, 4),
+		"combine k=33":     o.Combine(1, 1, 1, 1, 4, 33, 4),
+		"combine no gates": o.Combine(1, 1, 1, 0, 4, 2, 4),
+		"combine nil out":  o.CombineBF16(0, 1, 1, 1, 4, 2, 4),
+		"backward k=33":    o.CombineBackward(1, 1, 1, 4, 33, 4),
+		"backward n<0":     o.CombineBackwardBF16(1, 1, 1, -4, 2, 4),
+		"dot n<0":          o.RowDot(1, 1, 1, -1, 4),
+		"dot nil":          o.RowDotBF16(1, 0, 1, 4, 4),
+		"scale nil gate":   o.ScaleRows(1, 0, 4, 4),
+		"scale d<0":        o.ScaleRowsBF16(1, 1, 4, -1),
+		"dgates nk<0":      o.SlotGradsToChoices(1, 1, 1, -1),
+		"dgates nil":       o.SlotGradsToChoices(1, 1, 0, 4),
+	} {
+		if err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	for name, err := range map[string]error{
+		"gather empty":  o.GatherRows(0, 0, 0, 0, 4),
+		"combine empty": o.Combine(0, 0, 0, 1, 0, 2, 4),
+		"dot empty":     o.RowDot(0, 0, 0, 0, 4),
+		"scale empty":   o.ScaleRows(0, 0, 4, 0),
+		"dgates empty":  o.SlotGradsToChoices(0, 0, 0, 0),
+	} {
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

@@ -1,0 +1,91 @@
+package gpu
+
+import (
+	"fmt"
+
+	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/gpu/ops"
+	"github.com/moetrain/moetrain/optim"
+)
+
+// AdamW is optim.AdamW over a whole flat buffer on the device: fp32 moments
+// in model.Layout order, the same element math, and Σg² in a fixed order.
+type AdamW struct {
+	cfg     optim.Config
+	dev     *Device
+	n       int
+	mem     arena
+	m, v    cuda.DevicePtr
+	scratch cuda.DevicePtr
+	sum     cuda.DevicePtr // float64: Σg² of the last update or norm
+}
+
+// NewAdamW allocates zeroed moments for n parameters.
+func NewAdamW(dev *Device, cfg optim.Config, n int) (*AdamW, error) {
+	a := &AdamW{cfg: cfg, dev: dev, n: n}
+	a.mem.d = dev
+	a.m, a.v = a.mem.f32(n), a.mem.f32(n)
+	a.scratch = a.mem.f32(ops.AdamWScratch(n))
+	a.sum = a.mem.f64(1)
+	if a.mem.err != nil {
+		a.mem.free()
+		return nil, fmt.Errorf("gpu: optimizer state of %d parameters: %w", n, a.mem.err)
+	}
+	s := dev.Ops.S
+	if err := dev.C.Zero(s, a.m, 4*n); err != nil {
+		return nil, err
+	}
+	if err := dev.C.Zero(s, a.v, 4*n); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Close frees the moments.
+func (a *AdamW) Close() { a.mem.free() }
+
+// Update applies AdamW step t (1-based) with learning rate lr to params
+// using grads·gradScale, and returns Σg² before gradScale (as
+// optim.AdamW.Update). It waits for the device to read the sum.
+func (a *AdamW) Update(params, grads cuda.DevicePtr, t int, lr, gradScale float64) (float64, error) {
+	st := ops.AdamWStep{Beta1: a.cfg.Beta1, Beta2: a.cfg.Beta2, Eps: a.cfg.Eps, WeightDecay: a.cfg.WeightDecay,
+		T: t, LR: lr, GradScale: gradScale}
+	if err := a.dev.Ops.AdamWUpdate(params, grads, a.m, a.v, 0, a.n, st, a.scratch, a.sum); err != nil {
+		return 0, err
+	}
+	var s [1]float64
+	err := cuda.CopyOut(a.dev.C, s[:], a.sum)
+	return s[0], err
+}
+
+// GradNorm is the L2 norm of grads (n floats), as optim.GlobalNorm.
+func (a *AdamW) GradNorm(grads cuda.DevicePtr) (float64, error) {
+	if err := a.dev.Ops.GlobalNorm(grads, a.n, a.scratch, a.sum); err != nil {
+		return 0, err
+	}
+	var s [1]float64
+	err := cuda.CopyOut(a.dev.C, s[:], a.sum)
+	return s[0], err
+}
+
+// Moments copies the moments to the host (n floats each).
+func (a *AdamW) Moments(m, v []float32) error {
+	if len(m) != a.n || len(v) != a.n {
+		return fmt.Errorf("gpu: moments of %d and %d floats for %d parameters", len(m), len(v), a.n)
+	}
+	if err := cuda.CopyOut(a.dev.C, m, a.m); err != nil {
+		return err
+	}
+	return cuda.CopyOut(a.dev.C, v, a.v)
+}
+
+// SetMoments copies host moments (n floats each) to the device.
+func (a *AdamW) SetMoments(m, v []float32) error {
+	if len(m) != a.n || len(v) != a.n {
+		return fmt.Errorf("gpu: moments of %d and %d floats for %d parameters", len(m), len(v), a.n)
+	}
+	if err := cuda.CopyIn(a.dev.C, a.m, m); err != nil {
+		return err
+	}
+	return cuda.CopyIn(a.dev.C, a.v, v)
+}
