@@ -8,7 +8,10 @@ import (
 )
 
 // layerActs are one block's saved activations on the device for up to Cap
-// tokens (as model.LayerActs), with its MoE layer's routing and plan.
+// tokens (as model.LayerActs), with its MoE layer's routing and plan. The
+// residual stream (In, Mid, Out), norms' rstd, attention's LSE, routing and
+// the expert outputs Y are fp32; LN1, QKV, Att, LN2, X, Hpre and Hact are in
+// the model's precision (bf16 in mixed precision).
 type layerActs struct {
 	In, LN1, Rstd1, QKV, Att, LSE, Mid, LN2, Rstd2, Out cuda.DevicePtr
 
@@ -41,21 +44,30 @@ type acts struct {
 	TokOrder, TokUnique, TokStarts cuda.DevicePtr
 	PosOrder, PosUnique, PosStarts cuda.DevicePtr
 
-	Res0               cuda.DevicePtr // [N, D]
-	Layers             []layerActs
-	LNF, RstdF, Logits cuda.DevicePtr // [N, D], [N], [N, V]
-	Losses             cuda.DevicePtr // [N]
-	CESum              cuda.DevicePtr // float64 [2]: loss sum, counted rows
+	Res0       cuda.DevicePtr // [N, D]
+	Layers     []layerActs
+	LNF, RstdF cuda.DevicePtr // [N, D] (model precision), [N]
+	// Logits [N, V] in the model's precision; the cross-entropy overwrites
+	// them with their gradient (DLogits is the same buffer).
+	Logits, DLogits cuda.DevicePtr
+	Losses          cuda.DevicePtr // [N]
+	CESum           cuda.DevicePtr // float64 [2]: loss sum, counted rows
 
-	DLogits, DRes, DTmp, DQKV, AttD cuda.DevicePtr
-	DY, DX, DHact, DHpre            cuda.DevicePtr // [S, D], [S, H]
-	DSlotGate, DGates               cuda.DevicePtr // [S], [N, K]
-	DProbs, DRLogits                cuda.DevicePtr // [N, E]
-	NormScratch, ReduceScratch      cuda.DevicePtr
-	PlanWork                        cuda.DevicePtr // the plan's scratch (ops.PlanWorkBytes)
+	// fp32 backward scratch.
+	DRes, DTmp, DQKV, AttD cuda.DevicePtr
+	DY, DX, DHact, DHpre   cuda.DevicePtr // [S, D], [S, H]
+	DSlotGate, DGates      cuda.DevicePtr // [S], [N, K]
+	DProbs, DRLogits       cuda.DevicePtr // [N, E]
+	// Their copies in the model's precision, the operands of the weight
+	// gradients' products (the same buffers as the fp32 ones in fp32), and
+	// NormOut, the fp32 norm output before its bf16 cast.
+	DResLow, DAtt, DYLow, DHpreLow, DQKVLow, DRLogitsLow, NormOut cuda.DevicePtr
+
+	NormScratch, ReduceScratch cuda.DevicePtr
+	PlanWork                   cuda.DevicePtr // the plan's scratch (ops.PlanWorkBytes)
 }
 
-// newActs allocates activations for n tokens.
+// newActs allocates activations for n tokens in the model's precision.
 func (m *Model) newActs(n int) (*acts, error) {
 	c := m.Cfg
 	d, v, e, k, h, heads := c.DModel, c.Vocab, c.Experts, c.TopK, c.ExpertHidden, c.Heads
@@ -63,26 +75,35 @@ func (m *Model) newActs(n int) (*acts, error) {
 	a := &acts{cap: n}
 	a.mem.d = m.dev
 	f, i32, f64 := a.mem.f32, a.mem.i32, a.mem.f64
+	lp := func(cnt int) cuda.DevicePtr { return a.mem.alloc(m.es * cnt) } // model precision
 	a.Tokens, a.Pos, a.Targets, a.Seg, a.Mask = i32(n), i32(n), i32(n), i32(n), i32(n)
 	a.TokOrder, a.TokUnique, a.TokStarts = i32(n), i32(n), i32(n+1)
 	a.PosOrder, a.PosUnique, a.PosStarts = i32(n), i32(n), i32(n+1)
 	a.Res0 = f(n * d)
 	in := a.Res0
 	for l := 0; l < c.Layers; l++ {
-		la := layerActs{In: in, LN1: f(n * d), Rstd1: f(n), QKV: f(n * 3 * d), Att: f(n * d), LSE: f(n * heads),
-			Mid: f(n * d), LN2: f(n * d), Rstd2: f(n), Out: f(n * d),
+		la := layerActs{In: in, LN1: lp(n * d), Rstd1: f(n), QKV: lp(n * 3 * d), Att: lp(n * d), LSE: f(n * heads),
+			Mid: f(n * d), LN2: lp(n * d), Rstd2: f(n), Out: f(n * d),
 			RLogits: f(n * e), Probs: f(n * e), Gates: f(s), Experts: i32(s),
 			Routed: i32(e), Counts: i32(e), Offsets: i32(e + 1), Token: i32(s), SlotOf: i32(s), SlotGate: f(s),
-			X: f(s * d), Y: f(s * d), Hpre: f(s * h), Hact: f(s * h),
+			X: lp(s * d), Y: f(s * d), Hpre: lp(s * h), Hact: lp(s * h),
 			ZLSE: f64(n), AuxStats: f64(2*e + 1), AuxFin: f64(2*e + 2), ZStats: f64(3),
 		}
 		a.Layers = append(a.Layers, la)
 		in = la.Out
 	}
-	a.LNF, a.RstdF, a.Logits, a.Losses, a.CESum = f(n*d), f(n), f(n*v), f(n), f64(2)
-	a.DLogits, a.DRes, a.DTmp, a.DQKV, a.AttD = f(n*v), f(n*d), f(n*d), f(n*3*d), f(n*heads)
+	a.LNF, a.RstdF, a.Logits, a.Losses, a.CESum = lp(n*d), f(n), lp(n*v), f(n), f64(2)
+	a.DLogits = a.Logits
+	a.DRes, a.DTmp, a.DQKV, a.AttD = f(n*d), f(n*d), f(n*3*d), f(n*heads)
 	a.DY, a.DX, a.DHact, a.DHpre = f(s*d), f(s*d), f(s*h), f(s*h)
 	a.DSlotGate, a.DGates, a.DProbs, a.DRLogits = f(s), f(s), f(n*e), f(n*e)
+	if m.bf16 {
+		a.DResLow, a.DAtt, a.DYLow, a.DHpreLow = lp(n*d), lp(n*d), lp(s*d), lp(s*h)
+		a.DQKVLow, a.DRLogitsLow, a.NormOut = lp(n*3*d), lp(n*e), f(n*d)
+	} else {
+		a.DResLow, a.DAtt, a.DYLow, a.DHpreLow = a.DRes, a.DTmp, a.DY, a.DHpre
+		a.DQKVLow, a.DRLogitsLow, a.NormOut = a.DQKV, a.DRLogits, 0
+	}
 	a.NormScratch = f(ops.RMSNormBackwardScratch(n, d))
 	a.PlanWork = a.mem.alloc(ops.PlanWorkBytes(n, e, k))
 	a.ReduceScratch = a.mem.alloc(max(ops.RouterAuxScratchBytes(n, e), ops.RouterZLossScratchBytes(n), 8*ops.SumSquaresScratch(1)))

@@ -27,10 +27,10 @@ func (m *Model) backward() error {
 	n, d, v := lf.n, cfg.DModel, cfg.Vocab
 	last := a.Layers[len(a.Layers)-1].Out
 	// Head: dHead += dlogitsᵀ·lnf; dln = dlogits·Head; dres = RMSNorm'.
-	if err := dev.gemm(true, false, v, d, n, a.DLogits, v, a.LNF, d, 1, m.G.Head, d); err != nil {
+	if err := m.mm(true, false, v, d, n, a.DLogits, v, a.LNF, d, 1, m.G.Head, d, true); err != nil {
 		return err
 	}
-	if err := dev.gemm(false, false, n, d, v, a.DLogits, v, m.P.Head, d, 0, a.DTmp, d); err != nil {
+	if err := m.mm(false, false, n, d, v, a.DLogits, v, m.W.Head, d, 0, a.DTmp, d, true); err != nil {
 		return err
 	}
 	if err := dev.C.Zero(o.S, a.DRes, 4*n*d); err != nil {
@@ -43,38 +43,50 @@ func (m *Model) backward() error {
 	if lf.in.Seg != nil {
 		seg = a.Seg
 	}
+	es := m.es
+	rowDot, attnBack := o.AttentionRowDot, o.AttentionBackward
+	if m.bf16 {
+		rowDot, attnBack = o.AttentionRowDotBF16, o.AttentionBackwardBF16
+	}
 	for l := len(a.Layers) - 1; l >= 0; l-- {
-		la, w, dw := &a.Layers[l], m.P.Layers[l], m.G.Layers[l]
-		if err := m.moeBackward(l, la, w, dw); err != nil {
+		la, p, w, dw := &a.Layers[l], m.P.Layers[l], m.W.Layers[l], m.G.Layers[l]
+		if err := m.moeBackward(l, la, p, w, dw); err != nil {
 			return fmt.Errorf("layer %d: %w", l, err)
 		}
 		// Attention: dProj += dresᵀ·att; datt = dres·Proj; attention
-		// backward into dqkv; dQKV += dqkvᵀ·ln1; dln = dqkv·QKV; RMSNorm'.
-		if err := dev.gemm(true, false, d, d, n, a.DRes, d, la.Att, d, 1, dw.Proj, d); err != nil {
+		// backward into dqkv (fp32); dQKV += dqkvᵀ·ln1; dln = dqkv·QKV;
+		// RMSNorm'.
+		if err := m.lowp(a.DResLow, a.DRes, n*d); err != nil {
 			return err
 		}
-		datt := a.DTmp
-		if err := dev.gemm(false, false, n, d, d, a.DRes, d, w.Proj, d, 0, datt, d); err != nil {
+		if err := m.mm(true, false, d, d, n, a.DResLow, d, la.Att, d, 1, dw.Proj, d, true); err != nil {
+			return err
+		}
+		datt := a.DAtt
+		if err := m.mm(false, false, n, d, d, a.DResLow, d, w.Proj, d, 0, datt, d, false); err != nil {
 			return err
 		}
 		if err := dev.C.Zero(o.S, a.DQKV, 4*n*3*d); err != nil {
 			return err
 		}
-		if err := o.AttentionRowDot(a.AttD, datt, la.Att, lf.attn); err != nil {
+		if err := rowDot(a.AttD, datt, la.Att, lf.attn); err != nil {
 			return err
 		}
-		q, k, vv := la.QKV, la.QKV.Add(4*d), la.QKV.Add(8*d)
-		if err := o.AttentionBackward(a.DQKV, a.DQKV.Add(4*d), a.DQKV.Add(8*d), datt, q, k, vv, la.LSE, a.AttD, lf.attn, seg, seg); err != nil {
+		q, k, vv := la.QKV, la.QKV.Add(es*d), la.QKV.Add(2*es*d)
+		if err := attnBack(a.DQKV, a.DQKV.Add(4*d), a.DQKV.Add(8*d), datt, q, k, vv, la.LSE, a.AttD, lf.attn, seg, seg); err != nil {
 			return err
 		}
-		if err := dev.gemm(true, false, 3*d, d, n, a.DQKV, 3*d, la.LN1, d, 1, dw.QKV, d); err != nil {
+		if err := m.lowp(a.DQKVLow, a.DQKV, n*3*d); err != nil {
+			return err
+		}
+		if err := m.mm(true, false, 3*d, d, n, a.DQKVLow, 3*d, la.LN1, d, 1, dw.QKV, d, true); err != nil {
 			return err
 		}
 		dln := a.DTmp // datt is dead now
-		if err := dev.gemm(false, false, n, d, 3*d, a.DQKV, 3*d, w.QKV, d, 0, dln, d); err != nil {
+		if err := m.mm(false, false, n, d, 3*d, a.DQKVLow, 3*d, w.QKV, d, 0, dln, d, true); err != nil {
 			return err
 		}
-		if err := o.RMSNormBackward(a.DRes, dw.LN1, dln, la.In, w.LN1, la.Rstd1, a.NormScratch, n, d); err != nil {
+		if err := o.RMSNormBackward(a.DRes, dw.LN1, dln, la.In, p.LN1, la.Rstd1, a.NormScratch, n, d); err != nil {
 			return err
 		}
 	}

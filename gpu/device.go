@@ -81,17 +81,26 @@ func (d *Device) Allocated() (now, peak int64) { return d.allocated, d.peak }
 // gemm is tensor.Gemm on the device in fp32: C[m,n] = op(A)·op(B) +
 // beta·C, row-major, leading dimensions in elements.
 func (d *Device) gemm(transA, transB bool, m, n, k int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c cuda.DevicePtr, ldc int) error {
-	g := cuda.GemmSpec{TransA: transA, TransB: transB, M: m, N: n, K: k, LDA: lda, LDB: ldb, LDC: ldc, AB: cuda.F32, CD: cuda.F32}
+	return d.gemmT(transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc, cuda.F32, cuda.F32)
+}
+
+// gemmT is gemm with A and B of type ab and C of type cd (fp32
+// accumulation whatever the types).
+func (d *Device) gemmT(transA, transB bool, m, n, k int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c cuda.DevicePtr, ldc int, ab, cd cuda.DType) error {
+	g := cuda.GemmSpec{TransA: transA, TransB: transB, M: m, N: n, K: k, LDA: lda, LDB: ldb, LDC: ldc, AB: ab, CD: cd}
 	if k == 0 {
 		if beta == 0 && m > 0 && n > 0 {
 			// An empty sum: C = 0 (rows of ldc, only the first n written).
 			for i := 0; i < m; i++ {
-				if err := d.C.Zero(d.Ops.S, c.Add(i*ldc*4), n*4); err != nil {
+				if err := d.C.Zero(d.Ops.S, c.Add(i*ldc*cd.Size()), n*cd.Size()); err != nil {
 					return err
 				}
 			}
 		}
 		return nil
+	}
+	if d.Ops.Prof != nil {
+		return d.Ops.Prof.Span("gemm", func() error { return d.Blas.Gemm(d.Ops.S, g, 1, a, b, beta, c) })
 	}
 	return d.Blas.Gemm(d.Ops.S, g, 1, a, b, beta, c)
 }

@@ -109,27 +109,35 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 	if len(lf.aux) < cfg.Layers {
 		lf.aux, lf.auxN, lf.zloss = make([]float64, cfg.Layers), make([]int, cfg.Layers), make([]float64, cfg.Layers)
 	}
-	eps := float32(cfg.NormEps)
+	if err := m.refreshWeights(); err != nil {
+		return model.Result{}, err
+	}
+	es := m.es
 	for l := range a.Layers {
-		la, w := &a.Layers[l], m.P.Layers[l]
+		la, w, ww := &a.Layers[l], m.P.Layers[l], m.W.Layers[l]
 		// Attention sub-layer.
-		if err := o.RMSNormForward(la.LN1, la.Rstd1, la.In, w.LN1, n, d, eps); err != nil {
+		if err := m.norm(la.LN1, la.Rstd1, la.In, w.LN1, n); err != nil {
 			return model.Result{}, err
 		}
-		if err := dev.gemm(false, true, n, 3*d, d, la.LN1, d, w.QKV, d, 0, la.QKV, 3*d); err != nil {
+		if err := m.mm(false, true, n, 3*d, d, la.LN1, d, ww.QKV, d, 0, la.QKV, 3*d, false); err != nil {
 			return model.Result{}, err
 		}
-		if err := o.AttentionForward(la.Att, la.LSE, la.QKV, la.QKV.Add(4*d), la.QKV.Add(8*d), lf.attn, seg, seg); err != nil {
+		q, k, v := la.QKV, la.QKV.Add(es*d), la.QKV.Add(2*es*d)
+		attn := o.AttentionForward
+		if m.bf16 {
+			attn = o.AttentionForwardBF16
+		}
+		if err := attn(la.Att, la.LSE, q, k, v, lf.attn, seg, seg); err != nil {
 			return model.Result{}, err
 		}
 		if err := dev.C.CopyDevice(o.S, la.Mid, la.In, 4*n*d); err != nil {
 			return model.Result{}, err
 		}
-		if err := dev.gemm(false, true, n, d, d, la.Att, d, w.Proj, d, 1, la.Mid, d); err != nil {
+		if err := m.mm(false, true, n, d, d, la.Att, d, ww.Proj, d, 1, la.Mid, d, true); err != nil {
 			return model.Result{}, err
 		}
 		// MoE sub-layer.
-		if err := o.RMSNormForward(la.LN2, la.Rstd2, la.Mid, w.LN2, n, d, eps); err != nil {
+		if err := m.norm(la.LN2, la.Rstd2, la.Mid, w.LN2, n); err != nil {
 			return model.Result{}, err
 		}
 		if err := dev.C.CopyDevice(o.S, la.Out, la.Mid, 4*n*d); err != nil {
@@ -139,16 +147,16 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 		if biased {
 			bias = m.bias.Add(4 * l * e)
 		}
-		if err := m.moeForward(l, la, w, n, bias); err != nil {
+		if err := m.moeForward(l, la, ww, n, bias); err != nil {
 			return model.Result{}, fmt.Errorf("layer %d: %w", l, err)
 		}
 	}
 	last := a.Layers[len(a.Layers)-1].Out
-	if err := o.RMSNormForward(a.LNF, a.RstdF, last, m.P.LNF, n, d, eps); err != nil {
+	if err := m.norm(a.LNF, a.RstdF, last, m.P.LNF, n); err != nil {
 		return model.Result{}, err
 	}
 	v := cfg.Vocab
-	if err := dev.gemm(false, true, n, v, d, a.LNF, d, m.P.Head, d, 0, a.Logits, v); err != nil {
+	if err := m.mm(false, true, n, v, d, a.LNF, d, m.W.Head, d, 0, a.Logits, v, false); err != nil {
 		return model.Result{}, err
 	}
 	dlogits, scale := cuda.DevicePtr(0), float32(0)
@@ -158,7 +166,11 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 			scale = 1 / float32(lf.count)
 		}
 	}
-	if err := o.CrossEntropy(a.Losses, dlogits, a.Logits, a.Targets, n, v, scale, a.CESum); err != nil {
+	ce := o.CrossEntropy
+	if m.bf16 {
+		ce = o.CrossEntropyBF16
+	}
+	if err := ce(a.Losses, dlogits, a.Logits, a.Targets, n, v, scale, a.CESum); err != nil {
 		return model.Result{}, err
 	}
 	var ceSum [2]float64
@@ -180,6 +192,20 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 		r.ZLoss = 0
 	}
 	return r, nil
+}
+
+// norm is RMSNorm of the fp32 rows in into out in the model's precision
+// (through the fp32 scratch NormOut and a cast in mixed precision).
+func (m *Model) norm(out, rstd, in, w cuda.DevicePtr, n int) error {
+	d, o := m.Cfg.DModel, m.dev.Ops
+	eps := float32(m.Cfg.NormEps)
+	if !m.bf16 {
+		return o.RMSNormForward(out, rstd, in, w, n, d, eps)
+	}
+	if err := o.RMSNormForward(m.acts.NormOut, rstd, in, w, n, d, eps); err != nil {
+		return err
+	}
+	return m.lowp(out, m.acts.NormOut, n*d)
 }
 
 func anyNonZero(s []float32) bool {

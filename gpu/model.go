@@ -22,13 +22,14 @@ type weights struct {
 	LNF, Head      cuda.DevicePtr
 }
 
-func views(l model.Layout, base cuda.DevicePtr, layers int) weights {
+// views cuts a flat buffer of es-byte elements in layout order.
+func views(l model.Layout, base cuda.DevicePtr, layers, es int) weights {
 	at := func(name string) cuda.DevicePtr {
 		e, ok := l.Lookup(name)
 		if !ok {
 			panic("gpu: layout has no " + name)
 		}
-		return base.Add(4 * e.Offset)
+		return base.Add(es * e.Offset)
 	}
 	w := weights{TokEmb: at("tok_emb"), PosEmb: at("pos_emb"), LNF: at("ln_f"), Head: at("lm_head")}
 	for i := 0; i < layers; i++ {
@@ -39,10 +40,13 @@ func views(l model.Layout, base cuda.DevicePtr, layers int) weights {
 	return w
 }
 
-// Model is the reference MoE decoder on a GPU, in fp32: parameters and
-// gradients are flat device buffers in model.Layout order, so a parameter
-// offset means the same tensor on the CPU and the GPU. Not safe for
-// concurrent use.
+// Model is the reference MoE decoder on a GPU: parameters and gradients are
+// flat fp32 device buffers in model.Layout order, so a parameter offset
+// means the same tensor on the CPU and the GPU. In bf16 mixed precision
+// (SetPrecision) the matrix products take bf16 copies of the weights and
+// bf16 activations, with fp32 accumulation, an fp32 residual stream, fp32
+// routing, and fp32 gradients; fp32 (the default) keeps everything fp32.
+// Not safe for concurrent use.
 type Model struct {
 	Cfg    model.Config
 	Layout model.Layout
@@ -55,8 +59,16 @@ type Model struct {
 	spec          ops.RouterSpec
 	params, grads cuda.DevicePtr
 	P, G          weights
-	bias          cuda.DevicePtr // [Layers·E]
-	mem           arena
+	// bf16 mixed precision: act is the activations' and GEMM operands'
+	// type, es its size; W are the weights the GEMMs read (P in fp32, the
+	// bf16 copy params16 refreshed at every forward in bf16).
+	bf16     bool
+	act      cuda.DType
+	es       int
+	params16 cuda.DevicePtr
+	W        weights
+	bias     cuda.DevicePtr // [Layers·E]
+	mem      arena
 
 	acts  *acts
 	last  lastForward
@@ -88,7 +100,7 @@ func newEmpty(dev *Device, cfg model.Config, layout model.Layout, router moe.Rou
 	if err != nil {
 		return nil, fmt.Errorf("gpu: %w", err)
 	}
-	m := &Model{Cfg: cfg, Layout: layout, Router: router, Balance: model.NewRouterState(cfg), dev: dev, spec: spec}
+	m := &Model{Cfg: cfg, Layout: layout, Router: router, Balance: model.NewRouterState(cfg), dev: dev, spec: spec, act: cuda.F32, es: 4}
 	m.mem.d = dev
 	m.params = m.mem.f32(layout.Total)
 	m.grads = m.mem.f32(layout.Total)
@@ -97,9 +109,44 @@ func newEmpty(dev *Device, cfg model.Config, layout model.Layout, router moe.Rou
 		m.mem.free()
 		return nil, fmt.Errorf("gpu: parameters of %d floats: %w", layout.Total, m.mem.err)
 	}
-	m.P = views(layout, m.params, cfg.Layers)
-	m.G = views(layout, m.grads, cfg.Layers)
+	m.P = views(layout, m.params, cfg.Layers, 4)
+	m.G = views(layout, m.grads, cfg.Layers, 4)
+	m.W = m.P
 	return m, nil
+}
+
+// SetPrecision chooses fp32 (bf16 false) or bf16 mixed precision for the
+// following steps; it allocates or frees the bf16 weight copy and drops
+// the activations (reallocated at the next forward).
+func (m *Model) SetPrecision(bf16 bool) error {
+	if bf16 == m.bf16 {
+		return nil
+	}
+	if m.acts != nil {
+		m.acts.mem.free()
+		m.acts = nil
+	}
+	m.ready = false
+	if !bf16 {
+		m.dev.free(m.params16, 2*m.Layout.Total)
+		m.params16, m.bf16, m.act, m.es, m.W = 0, false, cuda.F32, 4, m.P
+		return nil
+	}
+	p, err := m.dev.alloc(2 * m.Layout.Total)
+	if err != nil {
+		return fmt.Errorf("gpu: bf16 weights of %d parameters: %w", m.Layout.Total, err)
+	}
+	m.params16, m.bf16, m.act, m.es = p, true, cuda.BF16, 2
+	m.W = views(m.Layout, p, m.Cfg.Layers, 2)
+	return nil
+}
+
+// Precision is "bf16" or "fp32".
+func (m *Model) Precision() string {
+	if m.bf16 {
+		return "bf16"
+	}
+	return "fp32"
 }
 
 // Close frees the model's device memory.
@@ -107,6 +154,10 @@ func (m *Model) Close() {
 	if m.acts != nil {
 		m.acts.mem.free()
 		m.acts = nil
+	}
+	if m.params16 != 0 {
+		m.dev.free(m.params16, 2*m.Layout.Total)
+		m.params16 = 0
 	}
 	m.mem.free()
 }

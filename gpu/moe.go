@@ -10,14 +10,16 @@ import (
 // moeForward is moe.Forward for layer l on the device: router scores,
 // selection, the dispatch plan, the aux-loss and z-loss statistics, the
 // experts as one GEMM pair per expert over its contiguous slots, and the
-// gated combine into la.Out (which holds Mid on entry).
+// gated combine into la.Out (which holds Mid on entry). w are the weights
+// the products read (the model's precision).
 func (m *Model) moeForward(l int, la *layerActs, w layerWeights, n int, bias cuda.DevicePtr) error {
 	cfg, dev := m.Cfg, m.dev
 	o := dev.Ops
 	a, lf := m.acts, &m.last
 	d, e, k, h := cfg.DModel, cfg.Experts, cfg.TopK, cfg.ExpertHidden
 	opt := m.Router.Options()
-	if err := dev.gemm(false, true, n, e, d, la.LN2, d, w.Router, d, 0, la.RLogits, e); err != nil {
+	es := m.es
+	if err := m.mm(false, true, n, e, d, la.LN2, d, w.Router, d, 0, la.RLogits, e, true); err != nil {
 		return err
 	}
 	if err := o.RouterScores(la.Probs, la.RLogits, n, e, opt.Score); err != nil {
@@ -62,7 +64,11 @@ func (m *Model) moeForward(l int, la *layerActs, w layerWeights, n int, bias cud
 		return err
 	}
 	s := int(offs[e])
-	if err := o.GatherRows(la.X, la.LN2, la.Token, s, d); err != nil {
+	gather, gelu := o.GatherRows, o.GELUForward
+	if m.bf16 {
+		gather, gelu = o.GatherRowsBF16, o.GELUForwardBF16
+	}
+	if err := gather(la.X, la.LN2, la.Token, s, d); err != nil {
 		return err
 	}
 	for x := 0; x < e; x++ {
@@ -70,11 +76,11 @@ func (m *Model) moeForward(l int, la *layerActs, w layerWeights, n int, bias cud
 		if c == 0 {
 			continue
 		}
-		if err := dev.gemm(false, true, c, h, d, la.X.Add(4*lo*d), d, w.W1.Add(4*x*h*d), d, 0, la.Hpre.Add(4*lo*h), h); err != nil {
+		if err := m.mm(false, true, c, h, d, la.X.Add(es*lo*d), d, w.W1.Add(es*x*h*d), d, 0, la.Hpre.Add(es*lo*h), h, false); err != nil {
 			return err
 		}
 	}
-	if err := o.GELUForward(la.Hact, la.Hpre, s*h); err != nil {
+	if err := gelu(la.Hact, la.Hpre, s*h); err != nil {
 		return err
 	}
 	for x := 0; x < e; x++ {
@@ -82,7 +88,7 @@ func (m *Model) moeForward(l int, la *layerActs, w layerWeights, n int, bias cud
 		if c == 0 {
 			continue
 		}
-		if err := dev.gemm(false, true, c, d, h, la.Hact.Add(4*lo*h), h, w.W2.Add(4*x*d*h), h, 0, la.Y.Add(4*lo*d), d); err != nil {
+		if err := m.mm(false, true, c, d, h, la.Hact.Add(es*lo*h), h, w.W2.Add(es*x*d*h), h, 0, la.Y.Add(4*lo*d), d, true); err != nil {
 			return err
 		}
 	}
@@ -91,7 +97,9 @@ func (m *Model) moeForward(l int, la *layerActs, w layerWeights, n int, bias cud
 
 // moeBackward is moe.Backward followed by the ln2 RMSNorm backward (as
 // model.MoEBackward): a.DRes holds ∂L/∂out on entry and ∂L/∂mid on return.
-func (m *Model) moeBackward(l int, la *layerActs, w, dw layerWeights) error {
+// p are the fp32 parameters, w the weights the products read, dw the fp32
+// gradients.
+func (m *Model) moeBackward(l int, la *layerActs, p, w, dw layerWeights) error {
 	cfg, dev := m.Cfg, m.dev
 	o := dev.Ops
 	a, lf := m.acts, &m.last
@@ -115,22 +123,33 @@ func (m *Model) moeBackward(l int, la *layerActs, w, dw layerWeights) error {
 	if err := o.ScaleRows(a.DY, la.SlotGate, s, d); err != nil {
 		return err
 	}
+	es := m.es
+	if err := m.lowp(a.DYLow, a.DY, s*d); err != nil {
+		return err
+	}
 	for x := 0; x < e; x++ {
 		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
 		if c == 0 {
 			continue
 		}
-		if err := dev.gemm(true, false, d, h, c, a.DY.Add(4*lo*d), d, la.Hact.Add(4*lo*h), h, 1, dw.W2.Add(4*x*d*h), h); err != nil {
+		if err := m.mm(true, false, d, h, c, a.DYLow.Add(es*lo*d), d, la.Hact.Add(es*lo*h), h, 1, dw.W2.Add(4*x*d*h), h, true); err != nil {
 			return err
 		}
-		if err := dev.gemm(false, false, c, h, d, a.DY.Add(4*lo*d), d, w.W2.Add(4*x*d*h), h, 0, a.DHact.Add(4*lo*h), h); err != nil {
+		if err := m.mm(false, false, c, h, d, a.DYLow.Add(es*lo*d), d, w.W2.Add(es*x*d*h), h, 0, a.DHact.Add(4*lo*h), h, true); err != nil {
 			return err
 		}
 	}
 	if err := dev.C.Zero(o.S, a.DHpre, 4*s*h); err != nil {
 		return err
 	}
-	if err := o.GELUBackward(a.DHpre, a.DHact, la.Hpre, s*h); err != nil {
+	geluBack := o.GELUBackward
+	if m.bf16 {
+		geluBack = o.GELUBackwardBF16
+	}
+	if err := geluBack(a.DHpre, a.DHact, la.Hpre, s*h); err != nil {
+		return err
+	}
+	if err := m.lowp(a.DHpreLow, a.DHpre, s*h); err != nil {
 		return err
 	}
 	for x := 0; x < e; x++ {
@@ -138,10 +157,10 @@ func (m *Model) moeBackward(l int, la *layerActs, w, dw layerWeights) error {
 		if c == 0 {
 			continue
 		}
-		if err := dev.gemm(true, false, h, d, c, a.DHpre.Add(4*lo*h), h, la.X.Add(4*lo*d), d, 1, dw.W1.Add(4*x*h*d), d); err != nil {
+		if err := m.mm(true, false, h, d, c, a.DHpreLow.Add(es*lo*h), h, la.X.Add(es*lo*d), d, 1, dw.W1.Add(4*x*h*d), d, true); err != nil {
 			return err
 		}
-		if err := dev.gemm(false, false, c, d, h, a.DHpre.Add(4*lo*h), h, w.W1.Add(4*x*h*d), d, 0, a.DX.Add(4*lo*d), d); err != nil {
+		if err := m.mm(false, false, c, d, h, a.DHpreLow.Add(es*lo*h), h, w.W1.Add(es*x*h*d), d, 0, a.DX.Add(4*lo*d), d, true); err != nil {
 			return err
 		}
 	}
@@ -173,13 +192,16 @@ func (m *Model) moeBackward(l int, la *layerActs, w, dw layerWeights) error {
 			return err
 		}
 	}
-	if err := dev.gemm(true, false, e, d, n, a.DRLogits, e, la.LN2, d, 1, dw.Router, d); err != nil {
+	if err := m.lowp(a.DRLogitsLow, a.DRLogits, n*e); err != nil {
 		return err
 	}
-	if err := dev.gemm(false, false, n, d, e, a.DRLogits, e, w.Router, d, 1, dln, d); err != nil {
+	if err := m.mm(true, false, e, d, n, a.DRLogitsLow, e, la.LN2, d, 1, dw.Router, d, true); err != nil {
 		return err
 	}
-	return o.RMSNormBackward(a.DRes, dw.LN2, dln, la.Mid, w.LN2, la.Rstd2, a.NormScratch, n, d)
+	if err := m.mm(false, false, n, d, e, a.DRLogitsLow, e, w.Router, d, 1, dln, d, true); err != nil {
+		return err
+	}
+	return o.RMSNormBackward(a.DRes, dw.LN2, dln, la.Mid, p.LN2, la.Rstd2, a.NormScratch, n, d)
 }
 
 // RoutedLoad returns, per layer, the slots the router sent to each expert

@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/moetrain/moetrain/gpu"
+	"github.com/moetrain/moetrain/gpu/ops"
 	"github.com/moetrain/moetrain/optim"
 )
 
@@ -18,19 +19,26 @@ type gpuState struct {
 	opt *gpu.AdamW
 	// hostStale: the device has taken steps since the mirrors were filled.
 	hostStale bool
+	// prof (StartGPUProfile) times the steps by kernel family; profSteps
+	// counts the optimizer steps taken since.
+	prof      *ops.Profile
+	profSteps int
+	err       error // first failure of a call without an error result
 }
 
 // openGPU puts t's model and optimizer on GPU cfg.Train.GPU.
 func (t *Trainer) openGPU() error {
-	if t.cfg.Train.Precision == PrecisionBF16 {
-		return fmt.Errorf("train: train.precision = %q on the GPU is not implemented yet (use \"fp32\")", t.cfg.Train.Precision)
-	}
 	dev, err := gpu.Open(t.cfg.Train.GPU)
 	if err != nil {
 		return fmt.Errorf("train: train.device = \"cuda\": %w", err)
 	}
 	m, err := gpu.NewFromHost(dev, t.m)
 	if err != nil {
+		dev.Close()
+		return fmt.Errorf("train: %w", err)
+	}
+	if err := m.SetPrecision(t.cfg.Train.Precision == PrecisionBF16); err != nil {
+		m.Close()
 		dev.Close()
 		return fmt.Errorf("train: %w", err)
 	}
@@ -41,20 +49,36 @@ func (t *Trainer) openGPU() error {
 		return fmt.Errorf("train: %w", err)
 	}
 	t.gpu = &gpuState{dev: dev, m: m, opt: opt}
-	t.log.Info().Str("gpu", dev.String()).Msg("training on the GPU")
+	t.log.Info().Str("gpu", dev.String()).Str("precision", m.Precision()).Msg("training on the GPU")
 	return nil
 }
 
-// Close releases the trainer's GPU resources (a no-op on the CPU).
+// Close releases the trainer's GPU resources (a no-op on the CPU) after
+// copying the device's parameters and moments to the host, so the trainer
+// goes on as a CPU trainer from where the GPU left it.
 func (t *Trainer) Close() error {
 	if t.gpu == nil {
 		return nil
 	}
+	syncErr := t.syncFromDevice()
 	t.gpu.opt.Close()
 	t.gpu.m.Close()
 	err := t.gpu.dev.Close()
 	t.gpu = nil
+	if syncErr != nil {
+		return syncErr
+	}
 	return err
+}
+
+// DeviceErr is the first error a GPU trainer met in a call that has no
+// error result (OptimizerStep, Params); nil on the CPU. Run checks it after
+// every step.
+func (t *Trainer) DeviceErr() error {
+	if t.gpu == nil {
+		return nil
+	}
+	return t.gpu.err
 }
 
 // syncFromDevice copies the device's parameters and moments into the host
@@ -110,5 +134,57 @@ func (t *Trainer) gpuOptimizerStep() (gradNorm float64, err error) {
 	}
 	g.hostStale = true
 	t.step++
+	if g.prof != nil {
+		g.profSteps++
+		if err := g.prof.Collect(); err != nil { // the step itself went through
+			t.log.Warn().Err(err).Msg("GPU profile: stopped")
+			g.prof, g.dev.Ops.Prof = nil, nil
+		}
+	}
 	return gradNorm, nil
+}
+
+// GPUStats are a GPU trainer's memory figures and, when profiling, the time
+// per kernel family.
+type GPUStats struct {
+	// PeakAllocated is the most device memory the model, activations and
+	// optimizer held at once (what PyTorch calls max_memory_allocated);
+	// InUse is what the device reports in use now (the context and
+	// cuBLASLt's workspace included).
+	PeakAllocated, InUse int64
+	// FamilyMS is milliseconds per profiled step by kernel family ("gemm",
+	// "attention", "routing", "elementwise", "optimizer"); Steps counts the
+	// profiled steps.
+	FamilyMS map[string]float64
+	Steps    int
+}
+
+// StartGPUProfile times every following step's device work by kernel
+// family (event pairs around each launch: a few microseconds each).
+func (t *Trainer) StartGPUProfile() {
+	if t.gpu != nil && t.gpu.prof == nil {
+		t.gpu.prof = t.gpu.dev.Ops.NewProfile()
+	}
+}
+
+// GPUStats reports the GPU's figures; ok is false on the CPU.
+func (t *Trainer) GPUStats() (s GPUStats, ok bool) {
+	g := t.gpu
+	if g == nil {
+		return s, false
+	}
+	_, s.PeakAllocated = g.dev.Allocated()
+	if free, total, err := g.dev.C.MemInfo(); err == nil {
+		s.InUse = total - free
+	}
+	if g.prof != nil {
+		if err := g.prof.Collect(); err == nil && g.profSteps > 0 {
+			s.FamilyMS = map[string]float64{}
+			for f, ms := range g.prof.Totals {
+				s.FamilyMS[f] = ms / float64(g.profSteps)
+			}
+			s.Steps = g.profSteps
+		}
+	}
+	return s, true
 }

@@ -34,6 +34,9 @@ type RunOptions struct {
 	// Checkpoint configures periodic checkpoints and resume (zero value:
 	// none).
 	Checkpoint CheckpointOptions
+	// ProfileGPU, on the GPU, times the device work of every step after
+	// the first three by kernel family and logs it at the end.
+	ProfileGPU bool
 }
 
 // CurvePoint is one step of the training curve.
@@ -121,11 +124,17 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 		if err != nil {
 			return sum, fmt.Errorf("train: step %d: data: %w", tr.Step(), err)
 		}
+		if opts.ProfileGPU && tr.Step() == startStep+3 {
+			tr.StartGPUProfile()
+		}
 		st, err := tr.ForwardBackward(b)
 		if err != nil {
 			return sum, err
 		}
 		gnorm := tr.OptimizerStep()
+		if err := tr.DeviceErr(); err != nil {
+			return sum, err
+		}
 		if err := tr.UpdateRouterBias(st.RoutedLoad); err != nil {
 			return sum, fmt.Errorf("train: step %d: %w", tr.Step(), err)
 		}
@@ -173,6 +182,16 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 	}
 	if sum.Tokens > 0 {
 		sum.PaddingFraction = 1 - float64(sum.Targets)/float64(sum.Tokens)
+	}
+	if gs, ok := tr.GPUStats(); ok {
+		ev := log.Info().Float64("peak_allocated_gib", float64(gs.PeakAllocated)/(1<<30)).Float64("in_use_gib", float64(gs.InUse)/(1<<30))
+		if gs.Steps > 0 {
+			ev = ev.Int("profiled_steps", gs.Steps)
+			for f, ms := range gs.FamilyMS {
+				ev = ev.Float64(f+"_ms", ms)
+			}
+		}
+		ev.Msg("gpu")
 	}
 	log.Info().Int("steps", sum.Steps).Int64("tokens", sum.Tokens).Float64("tokens_per_sec", math.Round(sum.TokensPerSec)).
 		Float64("padding_fraction", sum.PaddingFraction).

@@ -140,6 +140,9 @@ func (t *Trainer) UpdateRouterBias(load [][]int) error { return t.m.Balance.Upda
 func (t *Trainer) Params() []float32 {
 	if err := t.syncFromDevice(); err != nil {
 		t.log.Error().Err(err).Msg("parameters from the GPU")
+		if t.gpu.err == nil {
+			t.gpu.err = err
+		}
 	}
 	return t.m.Params
 }
@@ -149,7 +152,9 @@ func (t *Trainer) Params() []float32 {
 func (t *Trainer) ParamsChanged() error { return t.syncToDevice() }
 
 // Grads is the flat gradient buffer of the last ForwardBackward; a
-// data-parallel caller all-reduces it in place before OptimizerStep.
+// data-parallel caller all-reduces it in place before OptimizerStep. On the
+// GPU (one rank) the gradients stay on the device and this buffer is not
+// filled.
 func (t *Trainer) Grads() []float32 { return t.m.Grads }
 
 // Layout is the parameter layout table shared by params, grads and moments.
@@ -176,6 +181,9 @@ func (t *Trainer) OptimizerStep() (gradNorm float64) {
 		n, err := t.gpuOptimizerStep()
 		if err != nil {
 			t.log.Error().Err(err).Msg("optimizer step")
+			if t.gpu.err == nil {
+				t.gpu.err = fmt.Errorf("train: step %d: optimizer on the GPU: %w", t.step+1, err)
+			}
 			return math.NaN()
 		}
 		return n

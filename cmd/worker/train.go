@@ -29,6 +29,7 @@ type trainFlags struct {
 	seed       uint64
 	device     string
 	precision  string
+	profileGPU bool
 	jsonLogs   bool
 	summary    string
 	printCfg   bool
@@ -60,6 +61,7 @@ out keep their defaults (the reference model). Flags override the file.`,
 	fl.Uint64Var(&f.seed, "seed", 0, "random seed for weights and data order (overrides train.seed)")
 	fl.StringVar(&f.device, "device", "", "cpu or cuda (overrides train.device)")
 	fl.StringVar(&f.precision, "precision", "", "fp32 or bf16, bf16 on cuda only (overrides train.precision)")
+	fl.BoolVar(&f.profileGPU, "profile-gpu", false, "on cuda, time the device work by kernel family after 3 warm-up steps and log it at the end")
 	fl.BoolVar(&f.jsonLogs, "json-logs", false, "write logs as JSON lines instead of console text")
 	fl.StringVar(&f.summary, "summary", "", "write the run summary (loss curves) as JSON to this file")
 	fl.BoolVar(&f.printCfg, "print-config", false, "print the effective job configuration as TOML and exit")
@@ -137,7 +139,7 @@ func runTrain(cmd *cobra.Command, f trainFlags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sum, err := train.Run(ctx, cfg, train.RunOptions{
-		Log: log, OnProgress: line.update,
+		Log: log, OnProgress: line.update, ProfileGPU: f.profileGPU,
 		Checkpoint: train.CheckpointOptions{Dir: f.ckptDir, Every: f.ckptEvery, Keep: f.ckptKeep, Resume: f.resume},
 	})
 	line.finish()

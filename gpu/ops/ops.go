@@ -25,6 +25,8 @@ type Ops struct {
 	SMs       int
 	fns       map[string]cuda.Function
 	sharedSet map[string]int // dynamic shared-memory limit set per kernel
+	// Prof, when set, times every launch by kernel family.
+	Prof *Profile
 }
 
 // New loads every kernel into c and launches onto c's stream.
@@ -59,6 +61,9 @@ func (o *Ops) launch3(name string, grid, block cuda.Dim3, shared int, args ...an
 			return fmt.Errorf("gpu/ops: %s: %d bytes of shared memory: %w", name, shared, err)
 		}
 		o.sharedSet[name] = shared
+	}
+	if o.Prof != nil {
+		return o.Prof.Span(Family(name), func() error { return o.C.Launch(f, grid, block, shared, o.S, args...) })
 	}
 	return o.C.Launch(f, grid, block, shared, o.S, args...)
 }

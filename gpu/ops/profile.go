@@ -1,0 +1,110 @@
+package ops
+
+import (
+	"sort"
+	"strings"
+
+	"github.com/moetrain/moetrain/cuda"
+)
+
+// Profile times the work queued on an Ops' stream by kernel family, with a
+// pair of events around each launch (and around each product the caller
+// reports through Span). Events come from a pool, so a profiled step
+// allocates nothing once warm; the timings include each launch's own
+// queueing gaps only when the stream was starved.
+type Profile struct {
+	c     *cuda.Context
+	s     cuda.Stream
+	pool  []cuda.Event
+	used  int
+	marks []profMark
+	// Totals are the milliseconds per family collected so far.
+	Totals map[string]float64
+}
+
+type profMark struct {
+	family     string
+	start, end cuda.Event
+}
+
+// NewProfile starts profiling o's launches (o.Prof = the profile).
+func (o *Ops) NewProfile() *Profile {
+	p := &Profile{c: o.C, s: o.S, Totals: map[string]float64{}}
+	o.Prof = p
+	return p
+}
+
+// Family names the kernel family of a kernel: attention, routing (router
+// scores, selection, the dispatch plan and row movement), optimizer (AdamW
+// and gradient norms), or elementwise (norms, activations, embeddings,
+// cross-entropy, casts).
+func Family(kernel string) string {
+	switch {
+	case strings.HasPrefix(kernel, "attention_"):
+		return "attention"
+	case strings.HasPrefix(kernel, "router_"), strings.HasPrefix(kernel, "plan_"), strings.HasPrefix(kernel, "rows_"):
+		return "routing"
+	case strings.HasPrefix(kernel, "adamw_"), strings.HasPrefix(kernel, "elementwise_sum"):
+		return "optimizer"
+	}
+	return "elementwise"
+}
+
+func (p *Profile) event() (cuda.Event, error) {
+	if p.used == len(p.pool) {
+		e, err := p.c.NewEvent()
+		if err != nil {
+			return 0, err
+		}
+		p.pool = append(p.pool, e)
+	}
+	p.used++
+	return p.pool[p.used-1], nil
+}
+
+// Span times fn's work on the stream under family.
+func (p *Profile) Span(family string, fn func() error) error {
+	start, err := p.event()
+	if err != nil {
+		return err
+	}
+	end, err := p.event()
+	if err != nil {
+		return err
+	}
+	if err := p.c.Record(start, p.s); err != nil {
+		return err
+	}
+	if err := fn(); err != nil {
+		return err
+	}
+	if err := p.c.Record(end, p.s); err != nil {
+		return err
+	}
+	p.marks = append(p.marks, profMark{family, start, end})
+	return nil
+}
+
+// Collect waits for the stream, adds the spans' times to Totals and frees
+// the events for reuse.
+func (p *Profile) Collect() error {
+	for _, m := range p.marks {
+		ms, err := p.c.Elapsed(m.start, m.end)
+		if err != nil {
+			return err
+		}
+		p.Totals[m.family] += float64(ms)
+	}
+	p.marks, p.used = p.marks[:0], 0
+	return nil
+}
+
+// Families lists the families with time, largest first.
+func (p *Profile) Families() []string {
+	var out []string
+	for f := range p.Totals {
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return p.Totals[out[i]] > p.Totals[out[j]] })
+	return out
+}
