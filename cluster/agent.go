@@ -35,8 +35,9 @@ const rpcTimeout = 10 * time.Second
 type DataPlane interface {
 	// Addr is the address other ranks dial, host:port.
 	Addr() string
-	// Connect builds the transport of the job's world.
-	Connect(ctx context.Context, rank int, addrs []string, token string) (collective.Transport, error)
+	// Connect builds the transport of the job's world; lim bounds what a
+	// peer can make this rank hold.
+	Connect(ctx context.Context, rank int, addrs []string, token string, lim DataPlaneLimits) (collective.Transport, error)
 	// Close releases the listener.
 	Close() error
 }

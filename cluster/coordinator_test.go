@@ -20,7 +20,7 @@ import (
 type fakeData struct{ addr string }
 
 func (f fakeData) Addr() string { return f.addr }
-func (f fakeData) Connect(context.Context, int, []string, string) (collective.Transport, error) {
+func (f fakeData) Connect(context.Context, int, []string, string, DataPlaneLimits) (collective.Transport, error) {
 	return nil, errors.New("fake data plane")
 }
 func (f fakeData) Close() error { return nil }

@@ -48,14 +48,15 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 			val = nil
 		}
 	}
+	ccfg := collective.Config{Timeout: CollectiveTimeout}
 	dctx, cancel := context.WithTimeout(ctx, CollectiveTimeout)
-	t, err := spec.Data.Connect(dctx, spec.Rank, spec.Plan.Addrs(), spec.Token)
+	t, err := spec.Data.Connect(dctx, spec.Rank, spec.Plan.Addrs(), spec.Token, JobDataPlaneLimits(cfg, m, ccfg))
 	cancel()
 	if err != nil {
 		return fmt.Errorf("mesh runner: %w", err)
 	}
 	defer t.Close()
-	world := collective.NewWorldConfig(t, collective.Config{Timeout: CollectiveTimeout})
+	world := collective.NewWorldConfig(t, ccfg)
 	mr, err := train.NewMeshRank(cfg, m, spec.Rank, world, log)
 	if err != nil {
 		return fmt.Errorf("mesh runner: %w", err)

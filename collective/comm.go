@@ -75,6 +75,18 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// MaxSegmentFrame is the largest payload, in bytes, that the all-reduce,
+// reduce-scatter, all-gather, broadcast and barrier of a communicator with
+// this Config put in one frame, but for all-reduces of fewer elements than
+// ranks: they move segments of SegmentBytes, or whole buffers of at most
+// SmallBytes (recursive doubling, the binomial broadcast; see
+// docs/collectives.md#algorithms). All-to-all blocks and point-to-point
+// messages go whole: their callers know how large those are.
+func (c Config) MaxSegmentFrame() int {
+	c = c.withDefaults()
+	return max(c.SegmentBytes, c.SmallBytes)
+}
+
 // Comm is a communicator: a group of world ranks with its own tag space.
 // Collective operations must be called by every member in the same order
 // (asynchronous ones are ordered by their start call). Operations on one Comm

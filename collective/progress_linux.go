@@ -77,7 +77,8 @@ type enginePeer struct {
 	rs, re  int
 	inFrame bool
 	h       Header
-	dst     []byte  // where the current payload goes
+	dst     []byte  // where the current payload goes (a piece of it if unclaimed: see room)
+	want    int     // the payload's length, h.Len
 	off     int     // bytes of dst filled
 	w       *waiter // claimed receive being filled, or nil
 	abort   bool    // dst holds an abort reason
@@ -626,6 +627,7 @@ func (e *progressEngine) bury(pp *enginePeer) {
 			e.t.in.finish(pp.w, perr)
 		} else if !pp.abort {
 			putBuf(pp.dst)
+			e.t.in.refund(pp.id, pp.h.Len)
 		}
 		pp.inFrame, pp.w, pp.dst = false, nil, nil
 	}

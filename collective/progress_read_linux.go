@@ -29,13 +29,16 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 				continue
 			}
 		} else {
-			if pp.w == nil && !pp.abort && len(pp.dst) >= lateClaimBytes {
-				e.lateClaim(pp)
+			if pp.w == nil && !pp.abort {
+				if pp.want >= lateClaimBytes {
+					e.lateClaim(pp)
+				}
+				pp.room()
 			}
 			k := copy(pp.dst[pp.off:], pp.stage[pp.rs:pp.re])
 			pp.rs += k
 			pp.off += k
-			if pp.off == len(pp.dst) {
+			if pp.off == pp.want {
 				e.endFrame(pp)
 				moved = true
 				continue
@@ -102,8 +105,8 @@ func (e *progressEngine) read(pp *enginePeer) bool {
 		case direct:
 			got := min(n, len(a))
 			pp.off += got
-			pp.re = n - got // the next header, or more of this payload if the budget cut a
-			if pp.off == len(pp.dst) {
+			pp.re = n - got // the next header, or more of this payload if the budget or a piece cut a
+			if pp.off == pp.want {
 				e.endFrame(pp)
 			}
 		default:
@@ -160,7 +163,7 @@ func (e *progressEngine) readSpeculative(pp *enginePeer) (n, want int, guessed b
 				return n, want, true, nil
 			}
 			in.claimGuessed(w, h)
-			pp.h, pp.inFrame, pp.w, pp.dst, pp.off, pp.abort = h, true, w, w.dst, got, false
+			pp.h, pp.inFrame, pp.w, pp.dst, pp.want, pp.off, pp.abort = h, true, w, w.dst, len(w.dst), got, false
 			return n, want, true, nil
 		}
 	}
@@ -195,22 +198,41 @@ func (e *progressEngine) startFrame(pp *enginePeer) bool {
 		return false
 	}
 	pp.rs += HeaderSize
-	pp.h, pp.inFrame, pp.off, pp.w, pp.abort = h, true, 0, nil, false
+	// An abort reason is kept as long as the transport (charged for good);
+	// a payload without a receive is charged until it leaves the inbox.
+	var w *waiter
+	if h.Op == OpAbort {
+		err = e.t.in.charge(pp.id, h.Len, true)
+	} else {
+		w, err = e.t.in.claimOrCharge(pp.id, h)
+	}
+	if err != nil {
+		e.t.linkDown(pp.id, err)
+		e.bury(pp)
+		return false
+	}
+	pp.h, pp.inFrame, pp.off, pp.w, pp.abort, pp.want = h, true, 0, nil, false, int(h.Len)
 	pp.headerFirst = h.Len >= stageBytes/2
 	switch {
 	case h.Op == OpAbort:
 		pp.dst, pp.abort = make([]byte, h.Len), true
+	case w != nil:
+		pp.w, pp.dst = w, w.dst
 	default:
-		if w := e.t.in.claim(pp.id, h); w != nil {
-			pp.w, pp.dst = w, w.dst
-		} else {
-			pp.dst = getBuf(int(h.Len))
-		}
+		pp.dst = getBuf(min(pp.want, unexpectedPiece))
 	}
-	if len(pp.dst) == 0 {
+	if pp.want == 0 {
 		e.endFrame(pp)
 	}
 	return true
+}
+
+// room grows the buffer of a payload without a receive once its bytes so
+// far fill it (see unexpectedPiece).
+func (pp *enginePeer) room() {
+	if pp.off == len(pp.dst) && pp.off < pp.want {
+		pp.dst = growPiece(pp.dst, pp.off, pp.want)
+	}
 }
 
 // lateClaimBytes: an unclaimed payload at least this long is switched to
@@ -222,7 +244,7 @@ const lateClaimBytes = 64 << 10
 // lateClaim moves the payload being buffered for pp's current frame into the
 // receive posted for it meanwhile, if any.
 func (e *progressEngine) lateClaim(pp *enginePeer) {
-	w := e.t.in.claim(pp.id, pp.h)
+	w := e.t.in.claimCharged(pp.id, pp.h)
 	if w == nil {
 		return
 	}

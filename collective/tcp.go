@@ -24,8 +24,17 @@ type TCPConfig struct {
 	// Linux's autotuning on, which grows buffers beyond what an explicit
 	// setting may (net.core.[rw]mem_max caps explicit sizes).
 	SocketBuffer int
-	// MaxPayload bounds one frame's payload. Default DefaultMaxPayload.
+	// MaxPayload bounds one frame's payload: a longer frame fails its link
+	// before anything is allocated for it. Training sets the largest
+	// message its plan sends; default DefaultMaxPayload.
 	MaxPayload uint64
+	// MaxBuffered bounds what this rank keeps for one peer ahead of its
+	// receives: the payloads of frames that arrive before their receive is
+	// posted (plus a fixed cost per frame) and abort reasons. A peer that
+	// sends more fails its link with a *BufferLimitError. Frames may
+	// legitimately arrive early, so it must exceed MaxPayload (DialMesh
+	// refuses less). Default 2·MaxPayload.
+	MaxBuffered uint64
 	// ProgressEngine moves bytes in the goroutines that wait for them, with
 	// nonblocking system calls, instead of in a reader goroutine per
 	// connection and blocking writes (see progressEngine; Linux only).
@@ -71,6 +80,20 @@ func CongestionChoice(congestion string) string {
 		return DefaultCongestion
 	}
 	return congestion
+}
+
+// withLimits fills in the defaults of MaxPayload and MaxBuffered.
+func (c TCPConfig) withLimits() TCPConfig {
+	if c.MaxPayload == 0 {
+		c.MaxPayload = DefaultMaxPayload
+	}
+	if c.MaxBuffered == 0 {
+		c.MaxBuffered = 2 * c.MaxPayload
+		if c.MaxBuffered < c.MaxPayload { // overflow
+			c.MaxBuffered = ^uint64(0)
+		}
+	}
+	return c
 }
 
 // congestionNames resolves a congestion choice to the names to try in
@@ -145,8 +168,10 @@ func DialMesh(ctx context.Context, ln net.Listener, cfg TCPConfig) (Transport, e
 	if _, err := congestionNames(cfg.Congestion); err != nil {
 		return nil, fmt.Errorf("collective: dial mesh: %w", err)
 	}
-	if cfg.MaxPayload == 0 {
-		cfg.MaxPayload = DefaultMaxPayload
+	cfg = cfg.withLimits()
+	if cfg.MaxBuffered < cfg.MaxPayload+earlyOverhead {
+		return nil, fmt.Errorf("collective: dial mesh: MaxBuffered %d must exceed MaxPayload %d by %d (a frame may arrive before its receive)",
+			cfg.MaxBuffered, cfg.MaxPayload, earlyOverhead)
 	}
 	if !cfg.ProgressEngine && (cfg.SpinWait > 0 || cfg.SpinYield) {
 		return nil, errors.New("collective: dial mesh: SpinWait and SpinYield apply to the progress engine only (set ProgressEngine)")
@@ -350,8 +375,10 @@ type tcpPeer struct {
 }
 
 func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) (*tcpTransport, error) {
+	cfg = cfg.withLimits()
 	t := &tcpTransport{rank: cfg.Rank, peers: make([]*tcpPeer, len(conns)), in: newInbox(),
 		maxPayload: cfg.MaxPayload}
+	t.in.maxEarly = cfg.MaxBuffered
 	t.in.breakLink = t.linkDown
 	for p, c := range conns {
 		if c == nil {
@@ -538,6 +565,11 @@ func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
 			return
 		}
 		if h.Op == OpAbort {
+			// Kept as long as the transport: charged for good.
+			if err := t.in.charge(p, h.Len, true); err != nil {
+				t.linkDown(p, err)
+				return
+			}
 			reason := make([]byte, h.Len)
 			if _, err := io.ReadFull(br, reason); err != nil {
 				t.linkDown(p, fmt.Errorf("read: %w", err))
@@ -546,7 +578,12 @@ func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
 			t.in.abort(p, h.Tag, string(reason))
 			continue
 		}
-		if w := t.in.claim(p, h); w != nil {
+		w, err := t.in.claimOrCharge(p, h)
+		if err != nil {
+			t.linkDown(p, err)
+			return
+		}
+		if w != nil {
 			_, err := io.ReadFull(br, w.dst)
 			if err != nil {
 				err = &PeerError{Peer: p, Err: fmt.Errorf("read payload: %w", err)}
@@ -558,11 +595,47 @@ func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
 			}
 			continue
 		}
-		buf := getBuf(int(h.Len))
-		if _, err := io.ReadFull(br, buf); err != nil {
+		buf, err := readPieces(br, int(h.Len))
+		if err != nil {
+			t.in.refund(p, h.Len)
 			t.linkDown(p, fmt.Errorf("read payload: %w", err))
 			return
 		}
 		t.in.store(p, h, buf)
 	}
+}
+
+// unexpectedPiece is the first buffer of a payload that no receive waits
+// for; it doubles as the bytes arrive, so a length that the peer does not
+// follow with bytes costs one piece or twice what it did send, not the
+// length. Larger than a ring segment (Config.SegmentBytes), whose buffer
+// then never grows.
+const unexpectedPiece = 1 << 20
+
+// readPieces reads an n-byte payload from r into a scratch buffer (getBuf)
+// grown as it arrives (see unexpectedPiece).
+func readPieces(r io.Reader, n int) ([]byte, error) {
+	buf := getBuf(min(n, unexpectedPiece))
+	off := 0
+	for {
+		k, err := io.ReadFull(r, buf[off:])
+		off += k
+		if err != nil {
+			putBuf(buf)
+			return nil, err
+		}
+		if off == n {
+			return buf, nil
+		}
+		buf = growPiece(buf, off, n)
+	}
+}
+
+// growPiece returns a buffer of min(n, 2·len(buf)) bytes holding buf[:off]
+// and recycles buf.
+func growPiece(buf []byte, off, n int) []byte {
+	nb := getBuf(min(n, 2*len(buf)))
+	copy(nb, buf[:off])
+	putBuf(buf)
+	return nb
 }

@@ -143,6 +143,24 @@ func (e *AbortError) Error() string {
 	return fmt.Sprintf("rank %d aborted the operation: %s", e.Peer, e.Reason)
 }
 
+// BufferLimitError reports a peer that sent more than this rank keeps for
+// one peer ahead of its receives (TCPConfig.MaxBuffered): frames that arrive
+// before their receive, each counted as its payload plus earlyOverhead, and
+// abort reasons, which are kept for the transport's life. The peer's link
+// fails with it instead of this rank allocating what the peer asks for
+// (docs/collectives.md#safety-contract).
+type BufferLimitError struct {
+	Peer  int
+	Held  uint64 // bytes charged to the peer already
+	Frame uint64 // the payload of the frame that did not fit
+	Limit uint64
+}
+
+func (e *BufferLimitError) Error() string {
+	return fmt.Sprintf("rank %d sent more than this rank buffers for one peer ahead of its receives: %d bytes held, a frame of %d more, limit %d",
+		e.Peer, e.Held, e.Frame, e.Limit)
+}
+
 // ErrClosed is returned by operations on a closed transport.
 var ErrClosed = errors.New("transport closed")
 
@@ -207,6 +225,13 @@ type inbox struct {
 	peerErr map[int]error
 	free    []*pending // released receives, for post to reuse
 	closed  error
+	// What each peer's frames without a receive cost this rank: early[p]
+	// for frames kept in arrived or being read for it (refunded when they
+	// leave), kept[p] for abort reasons (kept as long as aborted). Each is
+	// a payload plus earlyOverhead; maxEarly (0: no bound, as on in-process
+	// links) bounds early[p] + kept[p].
+	maxEarly    uint64
+	early, kept []uint64
 	// breakLink is called (without mu) when a receive gives up while a reader
 	// is writing into its buffer: the link must fail so the reader lets go.
 	breakLink func(peer int, err error)
@@ -220,6 +245,53 @@ func newInbox() *inbox {
 		aborted: make(map[opKey]error),
 		peerErr: make(map[int]error),
 	}
+}
+
+// earlyOverhead is what one frame kept before its receive costs beyond its
+// payload (map entries, header, bookkeeping), charged with the payload so
+// that empty frames cannot fill memory either.
+const earlyOverhead = 256
+
+// chargeLocked charges peer for a frame of n payload bytes that has no
+// receive (keep: an abort reason, never refunded), or returns a
+// *BufferLimitError and charges nothing. Callers hold mu.
+func (b *inbox) chargeLocked(peer int, n uint64, keep bool) error {
+	for len(b.early) <= peer {
+		b.early, b.kept = append(b.early, 0), append(b.kept, 0)
+	}
+	held := b.early[peer] + b.kept[peer]
+	c := n + earlyOverhead
+	if b.maxEarly > 0 && (n > b.maxEarly || c > b.maxEarly-held) {
+		return &BufferLimitError{Peer: peer, Held: held, Frame: n, Limit: b.maxEarly}
+	}
+	if keep {
+		b.kept[peer] += c
+	} else {
+		b.early[peer] += c
+	}
+	return nil
+}
+
+// refundLocked takes back the charge of a frame of n payload bytes that
+// left the inbox (received, dropped or given up). Callers hold mu.
+func (b *inbox) refundLocked(peer int, n uint64) {
+	if peer < len(b.early) {
+		b.early[peer] -= min(b.early[peer], n+earlyOverhead)
+	}
+}
+
+// charge is chargeLocked for callers that do not hold mu.
+func (b *inbox) charge(peer int, n uint64, keep bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.chargeLocked(peer, n, keep)
+}
+
+// refund is refundLocked for callers that do not hold mu.
+func (b *inbox) refund(peer int, n uint64) {
+	b.mu.Lock()
+	b.refundLocked(peer, n)
+	b.mu.Unlock()
 }
 
 func checkFrame(peer int, want, got Header, dstLen int) error {
@@ -327,6 +399,7 @@ func (b *inbox) postOpts(peer int, want Header, dst []byte, scratch bool) *pendi
 	}
 	if a, ok := b.arrived[key]; ok {
 		b.delA(key)
+		b.refundLocked(peer, a.h.Len)
 		b.mu.Unlock()
 		p.h = a.h
 		if p.err = checkFrame(peer, want, a.h, len(dst)); p.err == nil {
@@ -478,9 +551,38 @@ func (b *inbox) mismatch(peer int, h Header) bool {
 // has to be buffered (then call store). A waiter whose expectations h does not
 // meet is completed with a *DesyncError and nil is returned.
 func (b *inbox) claim(peer int, h Header) *waiter {
-	key := mkey{peer, h.Tag}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.claimLocked(peer, h)
+}
+
+// claimOrCharge is claim for a reader about to read h's payload: when it
+// returns no waiter, the payload has been charged to peer (see
+// chargeLocked), or the error says it does not fit.
+func (b *inbox) claimOrCharge(peer int, h Header) (*waiter, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if w := b.claimLocked(peer, h); w != nil {
+		return w, nil
+	}
+	return nil, b.chargeLocked(peer, h.Len, false)
+}
+
+// claimCharged is claim for a payload already charged to peer and partly
+// read: a waiter found takes it over, and the charge is refunded.
+func (b *inbox) claimCharged(peer int, h Header) *waiter {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w := b.claimLocked(peer, h)
+	if w != nil {
+		b.refundLocked(peer, h.Len)
+	}
+	return w
+}
+
+// claimLocked is claim; callers hold mu.
+func (b *inbox) claimLocked(peer int, h Header) *waiter {
+	key := mkey{peer, h.Tag}
 	w := b.waiting[key]
 	if w == nil {
 		b.mismatch(peer, h)
@@ -547,15 +649,18 @@ func (b *inbox) finish(w *waiter, err error) {
 	b.mu.Unlock()
 }
 
-// store hands over a buffered payload: to a receive posted meanwhile, or kept.
+// store hands over a buffered payload, charged to peer (claimOrCharge): to
+// a receive posted meanwhile, or kept (the charge stays until it leaves).
 func (b *inbox) store(peer int, h Header, payload []byte) {
 	key := mkey{peer, h.Tag}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.aborted[opKey{h.Tag.Group, h.Tag.Seq}] != nil || b.closed != nil {
+		b.refundLocked(peer, h.Len)
 		return
 	}
 	if w := b.waiting[key]; w != nil {
+		b.refundLocked(peer, h.Len)
 		b.delW(key)
 		w.got = h
 		err := checkFrame(peer, w.want, h, len(w.dst))
@@ -567,11 +672,13 @@ func (b *inbox) store(peer int, h Header, payload []byte) {
 		return
 	}
 	if b.mismatch(peer, h) {
+		b.refundLocked(peer, h.Len)
 		return
 	}
 	if _, dup := b.arrived[key]; dup {
 		// A second frame with one tag is a protocol error of the sender; keep
 		// the first.
+		b.refundLocked(peer, h.Len)
 		return
 	}
 	b.putA(key, arrival{h: h, payload: payload})
@@ -587,7 +694,11 @@ func (b *inbox) deliver(peer int, h Header, parts [][]byte) {
 		b.abort(peer, h.Tag, string(reason))
 		return
 	}
-	if w := b.claim(peer, h); w != nil {
+	w, err := b.claimOrCharge(peer, h)
+	if err != nil {
+		return // only with a bound, which in-process links do not set
+	}
+	if w != nil {
 		off := 0
 		for _, p := range parts {
 			off += copy(w.dst[off:], p)
@@ -619,9 +730,10 @@ func (b *inbox) abort(peer int, tag Tag, reason string) {
 			w.complete(err)
 		}
 	}
-	for key := range b.arrived {
+	for key, a := range b.arrived {
 		if key.tag.Group == k.group && key.tag.Seq == k.seq {
 			b.delA(key)
+			b.refundLocked(key.peer, a.h.Len)
 		}
 	}
 }
@@ -668,6 +780,7 @@ func (b *inbox) close(err error) {
 	}
 	b.arrived = make(map[mkey]arrival)
 	b.sigs = make(map[pkey]psig)
+	clear(b.early)
 }
 
 // failedPending is a receive that failed before it was posted.

@@ -100,7 +100,7 @@ func (d *Device) gemmT(transA, transB bool, m, n, k int, a cuda.DevicePtr, lda i
 		return nil
 	}
 	if d.Ops.Prof != nil {
-		return d.Ops.Prof.Span("gemm", func() error { return d.Blas.Gemm(d.Ops.S, g, 1, a, b, beta, c) })
+		return d.Ops.Prof.Span("gemm", "gemm", func() error { return d.Blas.Gemm(d.Ops.S, g, 1, a, b, beta, c) })
 	}
 	return d.Blas.Gemm(d.Ops.S, g, 1, a, b, beta, c)
 }

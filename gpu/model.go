@@ -67,6 +67,9 @@ type Model struct {
 	es       int
 	params16 cuda.DevicePtr
 	W        weights
+	// weightsFresh: params16 holds the current parameters (see Update,
+	// ParamsWritten).
+	weightsFresh bool
 	bias     cuda.DevicePtr // [Layers·E]
 	mem      arena
 
@@ -136,7 +139,7 @@ func (m *Model) SetPrecision(bf16 bool) error {
 	if err != nil {
 		return fmt.Errorf("gpu: bf16 weights of %d parameters: %w", m.Layout.Total, err)
 	}
-	m.params16, m.bf16, m.act, m.es = p, true, cuda.BF16, 2
+	m.params16, m.bf16, m.act, m.es, m.weightsFresh = p, true, cuda.BF16, 2, false
 	m.W = views(m.Layout, p, m.Cfg.Layers, 2)
 	return nil
 }
@@ -166,6 +169,8 @@ func (m *Model) Close() {
 func (m *Model) Device() *Device { return m.dev }
 
 // ParamsPtr and GradsPtr are the flat device buffers (Layout.Total floats).
+// Writing the parameters through ParamsPtr must be followed by
+// ParamsWritten (Update does its own bookkeeping).
 func (m *Model) ParamsPtr() cuda.DevicePtr { return m.params }
 func (m *Model) GradsPtr() cuda.DevicePtr  { return m.grads }
 
@@ -174,6 +179,7 @@ func (m *Model) SetParams(p []float32) error {
 	if len(p) != m.Layout.Total {
 		return fmt.Errorf("gpu: %d parameters given, layout has %d", len(p), m.Layout.Total)
 	}
+	m.weightsFresh = false
 	return cuda.CopyIn(m.dev.C, m.params, p)
 }
 

@@ -333,7 +333,7 @@ func TestBF16TracksFP32Over300Steps(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := opt.Update(g.ParamsPtr(), g.GradsPtr(), i+1, 1e-3, 1); err != nil {
+			if _, err := g.Update(opt, i+1, 1e-3, 1); err != nil {
 				t.Fatal(err)
 			}
 			losses[i] = r.Loss

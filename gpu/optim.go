@@ -46,10 +46,18 @@ func (a *AdamW) Close() { a.mem.free() }
 
 // Update applies AdamW step t (1-based) with learning rate lr to params
 // using grads·gradScale, and returns Σg² before gradScale (as
-// optim.AdamW.Update). It waits for the device to read the sum.
+// optim.AdamW.Update). It waits for the device to read the sum. A model's
+// parameters are better updated through Model.Update, which also refreshes
+// its bf16 weight copy in the same pass.
 func (a *AdamW) Update(params, grads cuda.DevicePtr, t int, lr, gradScale float64) (float64, error) {
+	return a.update(params, 0, grads, t, lr, gradScale)
+}
+
+// update is Update that also writes the parameters rounded to bf16 into
+// p16 when it is not 0.
+func (a *AdamW) update(params, p16, grads cuda.DevicePtr, t int, lr, gradScale float64) (float64, error) {
 	st := ops.AdamWStep{Beta1: a.cfg.Beta1, Beta2: a.cfg.Beta2, Eps: a.cfg.Eps, WeightDecay: a.cfg.WeightDecay,
-		T: t, LR: lr, GradScale: gradScale}
+		T: t, LR: lr, GradScale: gradScale, P16: p16}
 	if err := a.dev.Ops.AdamWUpdate(params, grads, a.m, a.v, 0, a.n, st, a.scratch, a.sum); err != nil {
 		return 0, err
 	}

@@ -27,10 +27,36 @@ func (m *Model) lowp(dst, src cuda.DevicePtr, n int) error {
 }
 
 // refreshWeights casts the fp32 parameters to the bf16 copy the products
-// read (mixed precision; a no-op in fp32).
+// read when the copy is stale (mixed precision; a no-op in fp32).
 func (m *Model) refreshWeights() error {
-	if !m.bf16 {
+	if !m.bf16 || m.weightsFresh {
 		return nil
 	}
-	return m.dev.Ops.CastF32ToBF16(m.params16, m.params, m.Layout.Total)
+	if err := m.dev.Ops.CastF32ToBF16(m.params16, m.params, m.Layout.Total); err != nil {
+		return err
+	}
+	m.weightsFresh = true
+	return nil
+}
+
+// ParamsWritten tells the model that its device parameters were written
+// through ParamsPtr (other than by Update), so its bf16 weight copy is
+// recast before the next forward.
+func (m *Model) ParamsWritten() { m.weightsFresh = false }
+
+// Update applies optimizer step t of opt to the model's parameters with its
+// gradients (as AdamW.Update), refreshing the bf16 weight copy in the same
+// pass in mixed precision.
+func (m *Model) Update(opt *AdamW, t int, lr, gradScale float64) (float64, error) {
+	p16 := cuda.DevicePtr(0)
+	if m.bf16 {
+		p16 = m.params16
+	}
+	s, err := opt.update(m.params, p16, m.grads, t, lr, gradScale)
+	if err != nil {
+		m.weightsFresh = false
+		return s, err
+	}
+	m.weightsFresh = m.bf16
+	return s, nil
 }

@@ -102,9 +102,10 @@ for line in open(sys.argv[1]):
         continue
     if e.get("message") == "gpu":
         print(f"moetrain peak allocated {e['peak_allocated_gib']:.2f} GiB (device in use {e['in_use_gib']:.2f} GiB)")
-        fam = {k[:-3]: v for k, v in e.items() if k.endswith("_ms")}
+        fam = {k[:-3]: v for k, v in e.items() if k.endswith("_ms") and isinstance(v, (int, float))}
         tot = sum(fam.values())
         print(f"moetrain device time per step by kernel family ({e.get('profiled_steps', 0)} profiled steps): "
               + ", ".join(f"{k} {v:.1f} ms ({100*v/tot:.0f}%)" for k, v in sorted(fam.items(), key=lambda kv: -kv[1]))
               + f"; total {tot:.1f} ms")
+        print("moetrain top kernels (ms per step): " + "; ".join(e.get("top_kernels_ms", [])))
 PY

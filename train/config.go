@@ -6,6 +6,7 @@ package train
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -137,7 +138,11 @@ func (j JobConfig) DataConfig() sampling.Config {
 // Validate checks every section and the constraints between them.
 func (j JobConfig) Validate() error {
 	data := j.DataConfig()
-	errs := []error{j.Model.Validate(), j.Optim.Validate(), data.Validate(), j.Train.Validate(), j.DP.Validate(), validateMesh(j.Mesh, j.Model), validateSequenceParallel(j), validateDevice(j)}
+	modelErr := j.Model.Validate()
+	errs := []error{modelErr, j.Optim.Validate(), data.Validate(), j.Train.Validate(), j.DP.Validate(), validateMesh(j.Mesh, j.Model), validateSequenceParallel(j), validateDevice(j)}
+	if modelErr == nil {
+		errs = append(errs, validateMemory(j))
+	}
 	if data.Mode == sampling.ModeRandom && j.Model.Vocab >= 1 && data.Vocab > j.Model.Vocab {
 		errs = append(errs, fmt.Errorf("data.vocab = %d exceeds model.vocab = %d: token ids must index the embedding", data.Vocab, j.Model.Vocab))
 	}
@@ -149,6 +154,40 @@ func (j JobConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("data sequences of up to %d positions (data.seq_len / data.max_len) exceed model.seq_len = %d, the position table size", longest, j.Model.SeqLen))
 	}
 	return errors.Join(errs...)
+}
+
+// MaxBatchTokens bounds the input positions of one data-parallel
+// replica's batch, for training and validation: data.batch_size ×
+// data.seq_len for fixed-length rows (window, pack, random), the token
+// budget in bucket mode (a batch's examples × its longest ≤ budget). It is
+// at most model.MaxRankMemory (larger configurations do not validate).
+func (j JobConfig) MaxBatchTokens() int {
+	return int(min(maxBatchTokens(j.Data), model.MaxRankMemory))
+}
+
+// maxBatchTokens is MaxBatchTokens unbounded, in float64 so that no
+// configuration overflows it.
+func maxBatchTokens(d sampling.Config) float64 {
+	if d.Mode == sampling.ModeBucket && d.Budget > 0 {
+		return float64(d.Budget)
+	}
+	return float64(max(d.BatchSize, 1)) * float64(max(d.SeqLen, 1))
+}
+
+// validateMemory refuses a job that would need more than
+// model.MaxRankMemory on one rank (model.EstimateMemory for the rank's
+// shard and share of a batch), before any worker allocates it: the error
+// carries the estimate. Below that bound no size the model computes
+// overflows int.
+func validateMemory(j JobConfig) error {
+	tokens := maxBatchTokens(j.Data) / float64(max(j.Mesh.SP, 1))
+	n := int(math.Ceil(min(tokens, model.MaxRankMemory)))
+	sh := model.Shard{TP: max(j.Mesh.TP, 1), EP: max(j.Mesh.EP, 1)}
+	if err := model.EstimateMemory(j.Model, sh, n).Check(); err != nil {
+		return fmt.Errorf("model.d_model = %d, model.layers = %d, model.experts = %d, model.expert_hidden = %d, model.vocab = %d, model.seq_len = %d with %.4g tokens per rank (data.batch_size × data.seq_len, or data.budget, over mesh.sp): %w",
+			j.Model.DModel, j.Model.Layers, j.Model.Experts, j.Model.ExpertHidden, j.Model.Vocab, j.Model.SeqLen, tokens, err)
+	}
+	return nil
 }
 
 func validateMesh(m parallel.Config, mc model.Config) error {

@@ -125,7 +125,7 @@ func (t *Trainer) gpuOptimizerStep() (gradNorm float64, err error) {
 		}
 		scale = optim.ClipScale(gradNorm, t.cfg.Optim.ClipNorm)
 	}
-	sumSq, err := g.opt.Update(g.m.ParamsPtr(), g.m.GradsPtr(), t.step+1, t.sched.LR(t.step), scale)
+	sumSq, err := g.m.Update(g.opt, t.step+1, t.sched.LR(t.step), scale)
 	if err != nil {
 		return 0, err
 	}
@@ -157,6 +157,8 @@ type GPUStats struct {
 	// profiled steps.
 	FamilyMS map[string]float64
 	Steps    int
+	// TopKernels are the ten kernels with the most time, as "name ms".
+	TopKernels []string
 }
 
 // StartGPUProfile times every following step's device work by kernel
@@ -182,6 +184,9 @@ func (t *Trainer) GPUStats() (s GPUStats, ok bool) {
 			s.FamilyMS = map[string]float64{}
 			for f, ms := range g.prof.Totals {
 				s.FamilyMS[f] = ms / float64(g.profSteps)
+			}
+			for _, k := range g.prof.Top(10) {
+				s.TopKernels = append(s.TopKernels, fmt.Sprintf("%s %.2f", k, g.prof.Kernels[k]/float64(g.profSteps)))
 			}
 			s.Steps = g.profSteps
 		}

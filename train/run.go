@@ -190,6 +190,7 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 			for f, ms := range gs.FamilyMS {
 				ev = ev.Float64(f+"_ms", ms)
 			}
+			ev = ev.Strs("top_kernels_ms", gs.TopKernels)
 		}
 		ev.Msg("gpu")
 	}

@@ -61,8 +61,10 @@ static __device__ __forceinline__ void adamw_one(float& p, float g0, float& m, f
 // 1, or, when norm is non-null and maxNorm > 0, optim.ClipScale(*norm,
 // maxNorm) evaluated here in double (so clipping needs no host round trip).
 // When partial is non-null, partial[blockIdx.x] = Σ g² over the block's
-// elements (before gs), in double.
-extern "C" __global__ void adamw_update_f32(float* p, const float* g, float* m, float* v, double* partial, const double* norm,
+// elements (before gs), in double. When p16 is non-null it receives the
+// updated p rounded to bf16 (the mixed-precision weight copy, written in the
+// same pass instead of a separate cast over every parameter).
+extern "C" __global__ void adamw_update_f32(float* p, __nv_bfloat16* p16, const float* g, float* m, float* v, double* partial, const double* norm,
                                             long long n, float b1, float b2, float ob1, float ob2, float decay, float step,
                                             float invSqrtBc2, float eps, double gradScale, double maxNorm) {
   __shared__ double sh[32];
@@ -90,6 +92,12 @@ extern "C" __global__ void adamw_update_f32(float* p, const float* g, float* m, 
     *reinterpret_cast<float4*>(p + i) = pp;
     *reinterpret_cast<float4*>(m + i) = mm;
     *reinterpret_cast<float4*>(v + i) = vv;
+    if (p16 != nullptr) {
+      p16[i] = __float2bfloat16_rn(pp.x);
+      p16[i + 1] = __float2bfloat16_rn(pp.y);
+      p16[i + 2] = __float2bfloat16_rn(pp.z);
+      p16[i + 3] = __float2bfloat16_rn(pp.w);
+    }
   }
   for (long long i = lo + 4 * m4 + threadIdx.x; i < hi; i += blockDim.x) {
     float pp = p[i], mm = m[i], vv = v[i];
@@ -97,6 +105,7 @@ extern "C" __global__ void adamw_update_f32(float* p, const float* g, float* m, 
     p[i] = pp;
     m[i] = mm;
     v[i] = vv;
+    if (p16 != nullptr) p16[i] = __float2bfloat16_rn(pp);
   }
   if (partial == nullptr) return;  // uniform across the block
   ss = adamw_block_sum_f64(ss, sh);

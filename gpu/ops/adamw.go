@@ -23,6 +23,10 @@ type AdamWStep struct {
 	// needs no host round trip between GlobalNorm and the update.
 	ClipNorm cuda.DevicePtr
 	MaxNorm  float64
+	// P16, when non-zero, is a bf16 copy of the whole parameter buffer
+	// (indexed like params) that the update refreshes in the same pass:
+	// the mixed-precision weights.
+	P16 cuda.DevicePtr
 }
 
 // AdamWScratch is the scratch, in floats, AdamWUpdate needs for a range of n
@@ -71,8 +75,12 @@ func (o *Ops) AdamWUpdate(params, grads, m, v cuda.DevicePtr, lo, hi int, s Adam
 		// The host-side constants exactly as optim.AdamW.Update computes them.
 		bc1 := 1 - math.Pow(s.Beta1, float64(s.T))
 		bc2 := 1 - math.Pow(s.Beta2, float64(s.T))
+		p16 := s.P16
+		if p16 != 0 {
+			p16 = p16.Add(2 * lo)
+		}
 		err := o.launch("adamw_update_f32", nb, elementwiseReduceBlock, 0,
-			params.Add(4*lo), grads.Add(4*lo), m, v, scratch, s.ClipNorm, int64(n),
+			params.Add(4*lo), p16, grads.Add(4*lo), m, v, scratch, s.ClipNorm, int64(n),
 			float32(s.Beta1), float32(s.Beta2), float32(1-s.Beta1), float32(1-s.Beta2),
 			float32(1-s.LR*s.WeightDecay), float32(s.LR/bc1), float32(1/math.Sqrt(bc2)), float32(s.Eps),
 			elementwiseF64(s.GradScale), elementwiseF64(s.MaxNorm))

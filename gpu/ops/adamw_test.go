@@ -32,6 +32,12 @@ func TestAdamW(t *testing.T) {
 		dm, dv := upload(t, o, make([]float32, n)), upload(t, o, make([]float32, n))
 		scratch := poisoned(t, o, AdamWScratch(n))
 		sumSq := ewF64(t, o, 1)
+		// The bf16 copy: written over the range only (the rest keeps its
+		// poison), each value the rounding of the updated parameter.
+		p16 := devAlloc(t, o, 2*size+2)
+		if err := o.C.Fill32(o.S, p16, size/2+1, 0xffffffff); err != nil {
+			t.Fatal(err)
+		}
 		for step := 1; step <= 3; step++ {
 			grads := randn(rng, size, 0.01)
 			lr, gs := 1e-3*float64(step), 0.7
@@ -40,13 +46,23 @@ func TestAdamW(t *testing.T) {
 				t.Fatal(err)
 			}
 			s := AdamWStep{Beta1: ewAdamWCfg.Beta1, Beta2: ewAdamWCfg.Beta2, Eps: ewAdamWCfg.Eps, WeightDecay: ewAdamWCfg.WeightDecay,
-				T: step, LR: lr, GradScale: gs}
+				T: step, LR: lr, GradScale: gs, P16: p16}
 			if err := o.AdamWUpdate(dp, upload(t, o, grads), dm, dv, lo, hi, s, scratch, sumSq); err != nil {
 				t.Fatal(err)
 			}
 			gotP := download[float32](t, o, dp, size)
 			if e := relErr(gotP[lo:hi], cpuP[lo:hi]); e > 1e-6 {
 				t.Fatalf("range %v step %d: params rel err %g", r, step, e)
+			}
+			got16 := download[uint16](t, o, p16, size)
+			for i := range got16 {
+				want := uint16(0xffff)
+				if i >= lo && i < hi {
+					want = ewBF16(gotP[i])
+				}
+				if got16[i] != want {
+					t.Fatalf("range %v step %d: bf16 copy [%d] = %#04x, want %#04x", r, step, i, got16[i], want)
+				}
 			}
 			if ewDiffBits(gotP[:lo], cpuP[:lo]) >= 0 || ewDiffBits(gotP[hi:], cpuP[hi:]) >= 0 {
 				t.Fatalf("range %v step %d: params outside the range changed", r, step)

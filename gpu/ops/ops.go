@@ -63,7 +63,7 @@ func (o *Ops) launch3(name string, grid, block cuda.Dim3, shared int, args ...an
 		o.sharedSet[name] = shared
 	}
 	if o.Prof != nil {
-		return o.Prof.Span(Family(name), func() error { return o.C.Launch(f, grid, block, shared, o.S, args...) })
+		return o.Prof.Span(Family(name), name, func() error { return o.C.Launch(f, grid, block, shared, o.S, args...) })
 	}
 	return o.C.Launch(f, grid, block, shared, o.S, args...)
 }

@@ -18,18 +18,19 @@ type Profile struct {
 	pool  []cuda.Event
 	used  int
 	marks []profMark
-	// Totals are the milliseconds per family collected so far.
-	Totals map[string]float64
+	// Totals are the milliseconds per family collected so far, Kernels per
+	// kernel (products as "gemm").
+	Totals, Kernels map[string]float64
 }
 
 type profMark struct {
-	family     string
-	start, end cuda.Event
+	family, name string
+	start, end   cuda.Event
 }
 
 // NewProfile starts profiling o's launches (o.Prof = the profile).
 func (o *Ops) NewProfile() *Profile {
-	p := &Profile{c: o.C, s: o.S, Totals: map[string]float64{}}
+	p := &Profile{c: o.C, s: o.S, Totals: map[string]float64{}, Kernels: map[string]float64{}}
 	o.Prof = p
 	return p
 }
@@ -62,8 +63,8 @@ func (p *Profile) event() (cuda.Event, error) {
 	return p.pool[p.used-1], nil
 }
 
-// Span times fn's work on the stream under family.
-func (p *Profile) Span(family string, fn func() error) error {
+// Span times fn's work on the stream under family and name.
+func (p *Profile) Span(family, name string, fn func() error) error {
 	start, err := p.event()
 	if err != nil {
 		return err
@@ -81,7 +82,7 @@ func (p *Profile) Span(family string, fn func() error) error {
 	if err := p.c.Record(end, p.s); err != nil {
 		return err
 	}
-	p.marks = append(p.marks, profMark{family, start, end})
+	p.marks = append(p.marks, profMark{family, name, start, end})
 	return nil
 }
 
@@ -94,17 +95,18 @@ func (p *Profile) Collect() error {
 			return err
 		}
 		p.Totals[m.family] += float64(ms)
+		p.Kernels[m.name] += float64(ms)
 	}
 	p.marks, p.used = p.marks[:0], 0
 	return nil
 }
 
-// Families lists the families with time, largest first.
-func (p *Profile) Families() []string {
+// Top lists the n kernels with the most time, largest first.
+func (p *Profile) Top(n int) []string {
 	var out []string
-	for f := range p.Totals {
+	for f := range p.Kernels {
 		out = append(out, f)
 	}
-	sort.Slice(out, func(i, j int) bool { return p.Totals[out[i]] > p.Totals[out[j]] })
-	return out
+	sort.Slice(out, func(i, j int) bool { return p.Kernels[out[i]] > p.Kernels[out[j]] })
+	return out[:min(n, len(out))]
 }
