@@ -1,6 +1,11 @@
 package moe
 
-import "github.com/moetrain/moetrain/tensor"
+import (
+	"fmt"
+	"math"
+
+	"github.com/moetrain/moetrain/tensor"
+)
 
 // Exchange is the communication of a sharded MoE layer; a nil Exchange is the
 // whole layer on one rank. With expert parallelism (EP members, each holding
@@ -29,6 +34,36 @@ type Exchange interface {
 	// SumTP adds x element-wise over the tensor-parallel group, in place.
 	SumTP(x []float32)
 }
+
+// Failer is implemented by an Exchange that keeps a first error, as
+// model.Comms does (its Err fails the step): the dispatch reports through it
+// row counts from a peer that it cannot use (*CountError). Without it the
+// bad counts are still never used (see dispatch).
+type Failer interface {
+	Fail(err error)
+}
+
+// CountError reports an expert-parallel member that sent a row count this
+// rank cannot use: not a finite non-negative integer of at most maxCount,
+// or (over the member's counts) more rows than it routes, or not the rows a
+// static split fixes.
+type CountError struct {
+	Member int     // the sender's index in the expert-parallel group
+	Expert int     // the global expert the count is for; -1: the member's total
+	Count  float64 // what it sent (the total for Expert -1)
+	Reason string
+}
+
+func (e *CountError) Error() string {
+	if e.Expert < 0 {
+		return fmt.Sprintf("expert-parallel member %d sent row counts that sum to %v: %s", e.Member, e.Count, e.Reason)
+	}
+	return fmt.Sprintf("expert-parallel member %d sent a row count of %v for expert %d: %s", e.Member, e.Count, e.Expert, e.Reason)
+}
+
+// maxCount bounds one received row count: float32 holds every integer up
+// to 2^24 exactly, and dispatch sends no more.
+const maxCount = 1 << 24
 
 func tpOf(ex Exchange) int {
 	if ex == nil {
@@ -69,8 +104,13 @@ func (dp *dispatch) rows() int { return dp.offsets[dp.el] }
 // exchange's sizes are known, so it starts together with the count exchange
 // instead of after it. A member whose counts break that (another token count)
 // makes the exchange fail with a size mismatch, not wrong numbers.
+//
+// Received counts are checked before anything is sized from them
+// (takeCounts): a member's bad ones are reported to ex (Failer) as a
+// *CountError naming it and replaced by zeros, so the layer neither panics
+// nor allocates what a peer asks for.
 func (dp *dispatch) dispatch(ex Exchange, p *Plan, out *[]float32, rows []float32, d int, static bool, n, k int) {
-	ep, _ := ex.EP()
+	ep, me := ex.EP()
 	e := p.E
 	el := e / ep
 	dp.ep, dp.el = ep, el
@@ -103,18 +143,20 @@ func (dp *dispatch) dispatch(ex Exchange, p *Plan, out *[]float32, rows []float3
 		waitRows := ex.AllToAllVStart(rows, dp.sendN, dp.buf[:r*d], dp.recvN)
 		waitCounts()
 		waitRows()
-		for j := 0; j < ep; j++ {
-			for x := 0; x < el; x++ {
-				dp.counts[j*el+x] = int(dp.recvC[j*el+x])
-			}
-		}
+		dp.takeCounts(ex, me, n*k/ep, n*k/ep)
 	} else {
 		ex.AllToAllV(dp.sendC, cN, dp.recvC, cN)
+		// Every member routes n tokens when the exchange says so (a
+		// member's rows here are then at most its n·k slots); otherwise
+		// only each count is bounded.
+		most := el * maxCount
+		if u, ok := ex.(interface{ UniformTokens() bool }); ok && u.UniformTokens() {
+			most = n * k
+		}
+		dp.takeCounts(ex, me, -1, most)
 		for j := 0; j < ep; j++ {
 			dp.recvRows[j] = 0
-			for x := 0; x < el; x++ {
-				c := int(dp.recvC[j*el+x])
-				dp.counts[j*el+x] = c
+			for _, c := range dp.counts[j*el : (j+1)*el] {
 				dp.recvRows[j] += c
 			}
 			r += dp.recvRows[j]
@@ -126,6 +168,71 @@ func (dp *dispatch) dispatch(ex Exchange, p *Plan, out *[]float32, rows []float3
 	dp.regroup(r)
 	*out = grow(*out, r*d)
 	tensor.GatherRows((*out)[:r*d], dp.buf, dp.perm[:r], d)
+}
+
+// takeCounts sets counts from the received counts recvC: per
+// member, finite non-negative integers of at most maxCount that sum to want
+// (want >= 0) and to at most most. The first member whose counts are not is
+// reported to ex as a *CountError and, as every member after a failed
+// exchange (ex's Err, if it has one), gets zeros. me is this rank's index
+// in the group (its experts' numbers).
+func (dp *dispatch) takeCounts(ex Exchange, me, want, most int) {
+	ep, el := dp.ep, dp.el
+	failed := false
+	if e, ok := ex.(interface{ Err() error }); ok && e.Err() != nil {
+		failed = true // recvC is unspecified: nothing to check
+	}
+	var first error
+	for j := 0; j < ep; j++ {
+		cs := dp.counts[j*el : (j+1)*el]
+		err := error(nil)
+		if !failed {
+			err = checkCounts(cs, dp.recvC[j*el:(j+1)*el], j, me*el, want, most)
+		}
+		if failed || err != nil {
+			clear(cs)
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	if first != nil {
+		if f, ok := ex.(Failer); ok {
+			f.Fail(first)
+		}
+	}
+}
+
+// checkCounts converts member's received counts rc (for the experts from
+// expert0 on) into cs, or returns why it cannot (see takeCounts).
+func checkCounts(cs []int, rc []float32, member, expert0, want, most int) error {
+	sum := 0
+	for x, c := range rc {
+		bad := func(why string) error {
+			return &CountError{Member: member, Expert: expert0 + x, Count: float64(c), Reason: why}
+		}
+		switch v := float64(c); {
+		case math.IsNaN(v):
+			return bad("not a number")
+		case math.IsInf(v, 0):
+			return bad("infinite")
+		case v < 0:
+			return bad("negative")
+		case v > maxCount:
+			return bad(fmt.Sprintf("more than %d", maxCount))
+		case v != math.Trunc(v):
+			return bad("not an integer")
+		}
+		cs[x] = int(c)
+		sum += cs[x]
+	}
+	switch {
+	case want >= 0 && sum != want:
+		return &CountError{Member: member, Expert: -1, Count: float64(sum), Reason: fmt.Sprintf("a static split fixes %d rows per member", want)}
+	case sum > most:
+		return &CountError{Member: member, Expert: -1, Count: float64(sum), Reason: fmt.Sprintf("more than the %d rows a member can send here", most)}
+	}
+	return nil
 }
 
 // regroup builds the expert-major order of r received rows (member-major,
