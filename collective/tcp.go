@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -32,8 +33,8 @@ type TCPConfig struct {
 	// receives: the payloads of frames that arrive before their receive is
 	// posted (plus a fixed cost per frame) and abort reasons. A peer that
 	// sends more fails its link with a *BufferLimitError. Frames may
-	// legitimately arrive early, so it must exceed MaxPayload (DialMesh
-	// refuses less). Default 2·MaxPayload.
+	// legitimately arrive early, so it must hold one of MaxPayload bytes
+	// (DialMesh refuses less). Default: room for two such frames.
 	MaxBuffered uint64
 	// ProgressEngine moves bytes in the goroutines that wait for them, with
 	// nonblocking system calls, instead of in a reader goroutine per
@@ -88,10 +89,8 @@ func (c TCPConfig) withLimits() TCPConfig {
 		c.MaxPayload = DefaultMaxPayload
 	}
 	if c.MaxBuffered == 0 {
-		c.MaxBuffered = 2 * c.MaxPayload
-		if c.MaxBuffered < c.MaxPayload { // overflow
-			c.MaxBuffered = ^uint64(0)
-		}
+		f := frameCost(min(c.MaxPayload, math.MaxUint64/4))
+		c.MaxBuffered = 2 * f
 	}
 	return c
 }
@@ -169,9 +168,9 @@ func DialMesh(ctx context.Context, ln net.Listener, cfg TCPConfig) (Transport, e
 		return nil, fmt.Errorf("collective: dial mesh: %w", err)
 	}
 	cfg = cfg.withLimits()
-	if cfg.MaxBuffered < cfg.MaxPayload+earlyOverhead {
-		return nil, fmt.Errorf("collective: dial mesh: MaxBuffered %d must exceed MaxPayload %d by %d (a frame may arrive before its receive)",
-			cfg.MaxBuffered, cfg.MaxPayload, earlyOverhead)
+	if c := frameCost(cfg.MaxPayload); cfg.MaxBuffered < c {
+		return nil, fmt.Errorf("collective: dial mesh: MaxBuffered %d cannot hold a frame of MaxPayload %d bytes (%d with its buffer's size class and bookkeeping), which may arrive before its receive",
+			cfg.MaxBuffered, cfg.MaxPayload, c)
 	}
 	if !cfg.ProgressEngine && (cfg.SpinWait > 0 || cfg.SpinYield) {
 		return nil, errors.New("collective: dial mesh: SpinWait and SpinYield apply to the progress engine only (set ProgressEngine)")

@@ -225,11 +225,11 @@ type inbox struct {
 	peerErr map[int]error
 	free    []*pending // released receives, for post to reuse
 	closed  error
-	// What each peer's frames without a receive cost this rank: early[p]
-	// for frames kept in arrived or being read for it (refunded when they
-	// leave), kept[p] for abort reasons (kept as long as aborted). Each is
-	// a payload plus earlyOverhead; maxEarly (0: no bound, as on in-process
-	// links) bounds early[p] + kept[p].
+	// What each peer's frames without a receive cost this rank (frameCost):
+	// early[p] for frames kept in arrived or being read for it (refunded
+	// when they leave), kept[p] for abort reasons (kept as long as
+	// aborted). maxEarly (0: no bound, as on in-process links) bounds
+	// early[p] + kept[p].
 	maxEarly    uint64
 	early, kept []uint64
 	// breakLink is called (without mu) when a receive gives up while a reader
@@ -252,6 +252,18 @@ func newInbox() *inbox {
 // that empty frames cannot fill memory either.
 const earlyOverhead = 256
 
+// frameCost is what keeping a frame of n payload bytes costs: the buffer
+// getBuf returns for it (a power-of-two size class) and earlyOverhead.
+func frameCost(n uint64) uint64 {
+	if n > 1<<maxBufClass {
+		return n + earlyOverhead
+	}
+	if n == 0 {
+		return earlyOverhead
+	}
+	return 1<<bufClass(int(n)) + earlyOverhead
+}
+
 // chargeLocked charges peer for a frame of n payload bytes that has no
 // receive (keep: an abort reason, never refunded), or returns a
 // *BufferLimitError and charges nothing. Callers hold mu.
@@ -260,8 +272,8 @@ func (b *inbox) chargeLocked(peer int, n uint64, keep bool) error {
 		b.early, b.kept = append(b.early, 0), append(b.kept, 0)
 	}
 	held := b.early[peer] + b.kept[peer]
-	c := n + earlyOverhead
-	if b.maxEarly > 0 && (n > b.maxEarly || c > b.maxEarly-held) {
+	c := frameCost(n)
+	if b.maxEarly > 0 && (c > b.maxEarly || c > b.maxEarly-held) {
 		return &BufferLimitError{Peer: peer, Held: held, Frame: n, Limit: b.maxEarly}
 	}
 	if keep {
@@ -276,7 +288,7 @@ func (b *inbox) chargeLocked(peer int, n uint64, keep bool) error {
 // left the inbox (received, dropped or given up). Callers hold mu.
 func (b *inbox) refundLocked(peer int, n uint64) {
 	if peer < len(b.early) {
-		b.early[peer] -= min(b.early[peer], n+earlyOverhead)
+		b.early[peer] -= min(b.early[peer], frameCost(n))
 	}
 }
 

@@ -113,19 +113,23 @@ func (m *Model) moeBackward(l int, la *layerActs, p, w, dw layerWeights) error {
 		return err
 	}
 	// Gradient of the combine: dY = dout gathered per slot; the gate's
-	// gradient is dY·Y; then dY is scaled by the gate.
-	if err := o.GatherRows(a.DY, a.DRes, la.Token, s, d); err != nil {
-		return err
-	}
-	if err := o.RowDot(a.DSlotGate, a.DY, la.Y, s, d); err != nil {
-		return err
-	}
-	if err := o.ScaleRows(a.DY, la.SlotGate, s, d); err != nil {
-		return err
-	}
+	// gradient is dY·Y; then dY is scaled by the gate (one fused pass
+	// writing bf16 dY in mixed precision).
 	es := m.es
-	if err := m.lowp(a.DYLow, a.DY, s*d); err != nil {
-		return err
+	if m.bf16 {
+		if err := o.GatherDotScaleBF16(a.DYLow, a.DSlotGate, a.DRes, la.Token, la.Y, la.SlotGate, s, d); err != nil {
+			return err
+		}
+	} else {
+		if err := o.GatherRows(a.DY, a.DRes, la.Token, s, d); err != nil {
+			return err
+		}
+		if err := o.RowDot(a.DSlotGate, a.DY, la.Y, s, d); err != nil {
+			return err
+		}
+		if err := o.ScaleRows(a.DY, la.SlotGate, s, d); err != nil {
+			return err
+		}
 	}
 	for x := 0; x < e; x++ {
 		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
@@ -135,22 +139,22 @@ func (m *Model) moeBackward(l int, la *layerActs, p, w, dw layerWeights) error {
 		if err := m.mm(true, false, d, h, c, a.DYLow.Add(es*lo*d), d, la.Hact.Add(es*lo*h), h, 1, dw.W2.Add(4*x*d*h), h, true); err != nil {
 			return err
 		}
-		if err := m.mm(false, false, c, h, d, a.DYLow.Add(es*lo*d), d, w.W2.Add(es*x*d*h), h, 0, a.DHact.Add(4*lo*h), h, true); err != nil {
+		// dHact in the model's precision (bf16 in mixed precision).
+		if err := m.mm(false, false, c, h, d, a.DYLow.Add(es*lo*d), d, w.W2.Add(es*x*d*h), h, 0, a.DHact.Add(es*lo*h), h, false); err != nil {
 			return err
 		}
 	}
-	if err := dev.C.Zero(o.S, a.DHpre, 4*s*h); err != nil {
-		return err
-	}
-	geluBack := o.GELUBackward
 	if m.bf16 {
-		geluBack = o.GELUBackwardBF16
-	}
-	if err := geluBack(a.DHpre, a.DHact, la.Hpre, s*h); err != nil {
-		return err
-	}
-	if err := m.lowp(a.DHpreLow, a.DHpre, s*h); err != nil {
-		return err
+		if err := o.GELUBackwardBF16Out(a.DHpreLow, a.DHact, la.Hpre, s*h); err != nil {
+			return err
+		}
+	} else {
+		if err := dev.C.Zero(o.S, a.DHpre, 4*s*h); err != nil {
+			return err
+		}
+		if err := o.GELUBackward(a.DHpre, a.DHact, la.Hpre, s*h); err != nil {
+			return err
+		}
 	}
 	for x := 0; x < e; x++ {
 		lo, c := int(offs[x]), int(offs[x+1]-offs[x])

@@ -38,7 +38,8 @@ type Exchange interface {
 // Failer is implemented by an Exchange that keeps a first error, as
 // model.Comms does (its Err fails the step): the dispatch reports through it
 // row counts from a peer that it cannot use (*CountError). Without it the
-// bad counts are still never used (see dispatch).
+// bad counts are still never used: they count as zero rows, and the row
+// exchange then fails on the member's rows if it sends any.
 type Failer interface {
 	Fail(err error)
 }
@@ -107,8 +108,9 @@ func (dp *dispatch) rows() int { return dp.offsets[dp.el] }
 //
 // Received counts are checked before anything is sized from them
 // (takeCounts): a member's bad ones are reported to ex (Failer) as a
-// *CountError naming it and replaced by zeros, so the layer neither panics
-// nor allocates what a peer asks for.
+// *CountError naming it and count as zero rows, so the layer never panics
+// on them, and allocates for a member at most the n·k rows it can send when
+// the exchange reports uniform tokens (else maxCount per count).
 func (dp *dispatch) dispatch(ex Exchange, p *Plan, out *[]float32, rows []float32, d int, static bool, n, k int) {
 	ep, me := ex.EP()
 	e := p.E

@@ -75,6 +75,24 @@ __device__ __forceinline__ void gelu_bwd(float* din, const float* dout, const T*
   for (long long i = n4 * 4 + tid; i < n; i += stride) din[i] += dout[i] * gelu_grad(to_f32(in[i]));
 }
 
+// gelu_bwd_bf16_bf16 OVERWRITES din[i] = bf16(dout[i]·GELU'(in[i])) with every
+// array bf16: the mixed-precision backward, whose expert products consume
+// the bf16 gradient directly (no fp32 buffer to clear, accumulate and cast).
+extern "C" __global__ void gelu_bwd_bf16_bf16(__nv_bfloat16* din, const __nv_bfloat16* dout, const __nv_bfloat16* in, long long n) {
+  long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
+  long long n4 = (gelu_aligned(din, 8) && gelu_aligned(dout, 8) && gelu_aligned(in, 8)) ? n >> 2 : 0;
+  for (long long k = tid; k < n4; k += stride) {
+    float x[4], g[4];
+    gelu_load4(in + 4 * k, x);
+    gelu_load4(dout + 4 * k, g);
+#pragma unroll
+    for (int c = 0; c < 4; c++) g[c] *= gelu_grad(x[c]);
+    gelu_store4(din + 4 * k, g);
+  }
+  for (long long i = n4 * 4 + tid; i < n; i += stride)
+    din[i] = __float2bfloat16_rn(__bfloat162float(dout[i]) * gelu_grad(__bfloat162float(in[i])));
+}
+
 extern "C" __global__ void gelu_fwd_f32(float* out, const float* in, long long n) { gelu_fwd(out, in, n); }
 extern "C" __global__ void gelu_fwd_bf16(__nv_bfloat16* out, const __nv_bfloat16* in, long long n) { gelu_fwd(out, in, n); }
 extern "C" __global__ void gelu_bwd_f32(float* din, const float* dout, const float* in, long long n) { gelu_bwd(din, dout, in, n); }

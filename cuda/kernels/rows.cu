@@ -262,3 +262,31 @@ extern "C" __global__ void __launch_bounds__(kThreads)
     dgates[i] = s >= 0 ? dslot[s] : 0.f;
   }
 }
+
+// rows_gather_dot_scale_bf16 is the mixed-precision backward of the combine
+// in one pass per slot s < rows (one warp a slot): r = src[idx[s], :] (fp32,
+// the gradient of the layer output at the slot's token), dot[s] = Σ r·y[s, :]
+// (fp32 rows: the gate's gradient), and dst[s, :] = bf16(gate[s]·r) (the
+// expert outputs' gradient, operand of the experts' products). Replaces a
+// gather, a row dot, a row scaling and a cast over fp32 [S, d] buffers.
+extern "C" __global__ void __launch_bounds__(rows_detail::kThreads)
+    rows_gather_dot_scale_bf16(__nv_bfloat16* dst, float* dot, const float* src, const int* idx, const float* y,
+                               const float* gate, int rows, int d) {
+  const int lane = threadIdx.x & 31;
+  const int warp = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
+  const int nw = (int)((gridDim.x * (unsigned)blockDim.x) >> 5);
+  for (int s = warp; s < rows; s += nw) {
+    const float* r = src + (long long)idx[s] * d;
+    const float* yr = y + (long long)s * d;
+    __nv_bfloat16* o = dst + (long long)s * d;
+    const float g = gate[s];
+    float acc = 0.f;
+    for (int j = lane; j < d; j += 32) {
+      const float v = r[j];
+      acc += v * yr[j];
+      o[j] = __float2bfloat16_rn(g * v);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) dot[s] = acc;
+  }
+}

@@ -41,3 +41,10 @@ func (o *Ops) geluBackward(op, kernel string, din, dout, in cuda.DevicePtr, n in
 	}
 	return o.launch(kernel, o.elementwiseGrid(n), 256, 0, din, dout, in, int64(n))
 }
+
+// GELUBackwardBF16Out OVERWRITES din = bf16(dout·GELU'(in)) over n bf16
+// elements (dout, in and din all bf16): the mixed-precision expert backward,
+// whose products read the bf16 gradient directly.
+func (o *Ops) GELUBackwardBF16Out(din, dout, in cuda.DevicePtr, n int) error {
+	return o.geluBackward("GELUBackwardBF16Out", "gelu_bwd_bf16_bf16", din, dout, in, n)
+}

@@ -97,6 +97,19 @@ func TestGELUBF16(t *testing.T) {
 			if e := relErr(download[float32](t, o, ddin, n), din); e > 1e-4 {
 				t.Fatalf("n=%d off=%d backward rel err %g", n, off, e)
 			}
+
+			// The all-bf16 backward that overwrites: the rounded reference.
+			gb := ewRound(g)
+			dgb := ewUploadAt(t, o, ewToBF16(gb), off)
+			dinb := ewPoisonedBF16(t, o, n, off)
+			if err := o.GELUBackwardBF16Out(dinb, dgb, dx, n); err != nil {
+				t.Fatal(err)
+			}
+			wantb := make([]float32, n)
+			ewGELUBackwardRef(wantb, gb, x)
+			if e := relErr(ewFromBF16(download[uint16](t, o, dinb, n)), ewRound(wantb)); e > ewBF16Tol {
+				t.Fatalf("n=%d off=%d bf16-out backward rel err %g", n, off, e)
+			}
 		}
 	}
 }

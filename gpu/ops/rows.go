@@ -169,3 +169,23 @@ func rowsCheck(name string, rows, d int) error {
 	}
 	return nil
 }
+
+// GatherDotScaleBF16 is the mixed-precision backward of Combine in one pass
+// over the S = rows slots: with r = src[idx[s], :] (fp32 rows of width d,
+// the gradient of the layer output), dot[s] = Σ r·y[s, :] (y fp32: the gate
+// gradients, float32) and dst[s, :] = bf16(gate[s]·r) (bf16 rows): what
+// GatherRows, RowDot, ScaleRows and CastF32ToBF16 compute over fp32 [S, d]
+// scratch, with the dot summed in another order.
+func (o *Ops) GatherDotScaleBF16(dst, dot, src, idx, y, gate cuda.DevicePtr, rows, d int) error {
+	const name = "rows_gather_dot_scale_bf16"
+	if err := rowsCheck(name, rows, d); err != nil {
+		return err
+	}
+	if rows == 0 || d == 0 {
+		return nil
+	}
+	if dst == 0 || dot == 0 || src == 0 || idx == 0 || y == 0 || gate == 0 {
+		return errf(name, "nil buffer")
+	}
+	return o.launch(name, o.gridFor(rows*32, rowsThreads), rowsThreads, 0, dst, dot, src, idx, y, gate, rows, d)
+}

@@ -331,6 +331,30 @@ func rowsCheckBF16(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int)
 			}
 		}
 	}
+
+	// GatherDotScaleBF16: fp32 source and expert outputs; the dot against
+	// the float64 reference, the scaled rows bitwise (one float32 product,
+	// one rounding).
+	src := randn(rng, n*d, 1)
+	yf := randn(rng, s*d, 1)
+	dst16 := rowsPoisonedAt(t, o, s*d, off, 2)
+	dot2 := rowsPoisonedAt(t, o, s, 0, 4)
+	if err := o.GatherDotScaleBF16(dst16, dot2, rowsUploadAt(t, o, src, off), tok, rowsUploadAt(t, o, yf, off), slotGate, s, d); err != nil {
+		t.Fatal(err)
+	}
+	gathered := make([]float32, s*d)
+	tensor.GatherRows(gathered, src, p.Token, d)
+	if e := relErr(download[float32](t, o, dot2, s), rowsDot64(gathered, yf, s, d)); e > 1e-5 {
+		t.Fatalf("%s: GatherDotScaleBF16 dot rel err %g", what, e)
+	}
+	got16 := download[uint16](t, o, dst16, s*d)
+	for i := 0; i < s; i++ {
+		for j := 0; j < d; j++ {
+			if w := rowsBF16(gathered[i*d+j] * p.Gate[i]); got16[i*d+j] != w {
+				t.Fatalf("%s: GatherDotScaleBF16[%d,%d] = %#04x, want %#04x", what, i, j, got16[i*d+j], w)
+			}
+		}
+	}
 }
 
 // TestRowsLargeRows: rows wider than a warp's 32 vectors and many tokens
