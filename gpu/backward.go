@@ -10,6 +10,11 @@ import (
 // Backward accumulates the gradient of the last Forward(…, true)'s loss into
 // the device gradients, in model.Model.Backward's order.
 func (m *Model) Backward() error {
+	m.gradBeta = 1
+	return m.runBackward()
+}
+
+func (m *Model) runBackward() error {
 	if !m.ready {
 		return fmt.Errorf("gpu: Backward without a preceding Forward(wantGrad=true)")
 	}
@@ -27,7 +32,7 @@ func (m *Model) backward() error {
 	n, d, v := lf.n, cfg.DModel, cfg.Vocab
 	last := a.Layers[len(a.Layers)-1].Out
 	// Head: dHead += dlogitsᵀ·lnf; dln = dlogits·Head; dres = RMSNorm'.
-	if err := m.mm(true, false, v, d, n, a.DLogits, v, a.LNF, d, 1, m.G.Head, d, true); err != nil {
+	if err := m.mm(true, false, v, d, n, a.DLogits, v, a.LNF, d, m.gradBeta, m.G.Head, d, true); err != nil {
 		return err
 	}
 	if err := m.mm(false, false, n, d, v, a.DLogits, v, m.W.Head, d, 0, a.DTmp, d, true); err != nil {
@@ -59,7 +64,7 @@ func (m *Model) backward() error {
 		if err := m.lowp(a.DResLow, a.DRes, n*d); err != nil {
 			return err
 		}
-		if err := m.mm(true, false, d, d, n, a.DResLow, d, la.Att, d, 1, dw.Proj, d, true); err != nil {
+		if err := m.mm(true, false, d, d, n, a.DResLow, d, la.Att, d, m.gradBeta, dw.Proj, d, true); err != nil {
 			return err
 		}
 		datt := a.DAtt
@@ -79,7 +84,7 @@ func (m *Model) backward() error {
 		if err := m.lowp(a.DQKVLow, a.DQKV, n*3*d); err != nil {
 			return err
 		}
-		if err := m.mm(true, false, 3*d, d, n, a.DQKVLow, 3*d, la.LN1, d, 1, dw.QKV, d, true); err != nil {
+		if err := m.mm(true, false, 3*d, d, n, a.DQKVLow, 3*d, la.LN1, d, m.gradBeta, dw.QKV, d, true); err != nil {
 			return err
 		}
 		dln := a.DTmp // datt is dead now

@@ -70,6 +70,10 @@ type Model struct {
 	// weightsFresh: params16 holds the current parameters (see Update,
 	// ParamsWritten).
 	weightsFresh bool
+	// gradBeta is the weight gradients' products' beta: 1 accumulates
+	// (Backward), 0 overwrites (ForwardBackward, which then clears only the
+	// gradients no product writes).
+	gradBeta float32
 	bias     cuda.DevicePtr // [Layers·E]
 	mem      arena
 
@@ -202,16 +206,47 @@ func (m *Model) Grads(g []float32) error {
 // ZeroGrads clears the gradient buffer.
 func (m *Model) ZeroGrads() error { return m.dev.C.Zero(m.dev.Ops.S, m.grads, 4*m.Layout.Total) }
 
-// ForwardBackward zeroes the gradients, runs forward and backward.
+// ForwardBackward sets the gradients to those of in's loss: forward and
+// backward, the weight gradients' products overwriting (beta 0) instead of
+// clearing the whole buffer first; the embeddings' and norms' gradients,
+// which are accumulated, are cleared.
 func (m *Model) ForwardBackward(in model.Input) (model.Result, error) {
-	if err := m.ZeroGrads(); err != nil {
-		return model.Result{}, err
-	}
 	r, err := m.Forward(in, true)
 	if err != nil {
 		return r, err
 	}
-	return r, m.Backward()
+	if err := m.zeroAccumulatedGrads(); err != nil {
+		return r, err
+	}
+	m.gradBeta = 0
+	return r, m.runBackward()
+}
+
+// zeroAccumulatedGrads clears the gradients that the backward accumulates
+// rather than writes with a product: the embedding tables and the norms'
+// weights.
+func (m *Model) zeroAccumulatedGrads() error {
+	c, s := m.dev.C, m.dev.Ops.S
+	d := m.Cfg.DModel
+	zero := func(p cuda.DevicePtr, n int) error { return c.Zero(s, p, 4*n) }
+	if err := zero(m.G.TokEmb, m.Cfg.Vocab*d); err != nil {
+		return err
+	}
+	if err := zero(m.G.PosEmb, m.Cfg.SeqLen*d); err != nil {
+		return err
+	}
+	if err := zero(m.G.LNF, d); err != nil {
+		return err
+	}
+	for _, l := range m.G.Layers {
+		if err := zero(l.LN1, d); err != nil {
+			return err
+		}
+		if err := zero(l.LN2, d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // NewFromHost puts the CPU model cpu (whole, unsharded) on dev: its

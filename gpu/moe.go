@@ -134,9 +134,17 @@ func (m *Model) moeBackward(l int, la *layerActs, p, w, dw layerWeights) error {
 	for x := 0; x < e; x++ {
 		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
 		if c == 0 {
+			if m.gradBeta == 0 { // no product writes this expert's gradients
+				if err := dev.C.Zero(o.S, dw.W1.Add(4*x*h*d), 4*h*d); err != nil {
+					return err
+				}
+				if err := dev.C.Zero(o.S, dw.W2.Add(4*x*d*h), 4*d*h); err != nil {
+					return err
+				}
+			}
 			continue
 		}
-		if err := m.mm(true, false, d, h, c, a.DYLow.Add(es*lo*d), d, la.Hact.Add(es*lo*h), h, 1, dw.W2.Add(4*x*d*h), h, true); err != nil {
+		if err := m.mm(true, false, d, h, c, a.DYLow.Add(es*lo*d), d, la.Hact.Add(es*lo*h), h, m.gradBeta, dw.W2.Add(4*x*d*h), h, true); err != nil {
 			return err
 		}
 		// dHact in the model's precision (bf16 in mixed precision).
@@ -161,7 +169,7 @@ func (m *Model) moeBackward(l int, la *layerActs, p, w, dw layerWeights) error {
 		if c == 0 {
 			continue
 		}
-		if err := m.mm(true, false, h, d, c, a.DHpreLow.Add(es*lo*h), h, la.X.Add(es*lo*d), d, 1, dw.W1.Add(4*x*h*d), d, true); err != nil {
+		if err := m.mm(true, false, h, d, c, a.DHpreLow.Add(es*lo*h), h, la.X.Add(es*lo*d), d, m.gradBeta, dw.W1.Add(4*x*h*d), d, true); err != nil {
 			return err
 		}
 		if err := m.mm(false, false, c, d, h, a.DHpreLow.Add(es*lo*h), h, w.W1.Add(es*x*h*d), d, 0, a.DX.Add(4*lo*d), d, true); err != nil {
@@ -199,7 +207,7 @@ func (m *Model) moeBackward(l int, la *layerActs, p, w, dw layerWeights) error {
 	if err := m.lowp(a.DRLogitsLow, a.DRLogits, n*e); err != nil {
 		return err
 	}
-	if err := m.mm(true, false, e, d, n, a.DRLogitsLow, e, la.LN2, d, 1, dw.Router, d, true); err != nil {
+	if err := m.mm(true, false, e, d, n, a.DRLogitsLow, e, la.LN2, d, m.gradBeta, dw.Router, d, true); err != nil {
 		return err
 	}
 	if err := m.mm(false, false, n, d, e, a.DRLogitsLow, e, w.Router, d, 1, dln, d, true); err != nil {

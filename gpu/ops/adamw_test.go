@@ -34,7 +34,7 @@ func TestAdamW(t *testing.T) {
 		sumSq := ewF64(t, o, 1)
 		// The bf16 copy: written over the range only (the rest keeps its
 		// poison), each value the rounding of the updated parameter.
-		p16 := devAlloc(t, o, 2*size+2)
+		p16 := devAlloc(t, o, 4*(size/2+1))
 		if err := o.C.Fill32(o.S, p16, size/2+1, 0xffffffff); err != nil {
 			t.Fatal(err)
 		}
