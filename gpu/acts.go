@@ -60,9 +60,8 @@ type acts struct {
 	DSlotGate, DGates      cuda.DevicePtr // [S], [N, K]
 	DProbs, DRLogits       cuda.DevicePtr // [N, E]
 	// Their copies in the model's precision, the operands of the weight
-	// gradients' products (the same buffers as the fp32 ones in fp32), and
-	// NormOut, the fp32 norm output before its bf16 cast.
-	DResLow, DAtt, DYLow, DHpreLow, DQKVLow, DRLogitsLow, NormOut cuda.DevicePtr
+	// gradients' products (the same buffers as the fp32 ones in fp32).
+	DResLow, DAtt, DYLow, DHpreLow, DQKVLow, DRLogitsLow cuda.DevicePtr
 
 	NormScratch, ReduceScratch cuda.DevicePtr
 	PlanWork                   cuda.DevicePtr // the plan's scratch (ops.PlanWorkBytes)
@@ -102,11 +101,11 @@ func (m *Model) newActs(n int) (*acts, error) {
 		// The expert backward runs in bf16 from the fused combine backward
 		// on: no fp32 dY or dHpre.
 		a.DResLow, a.DAtt, a.DYLow, a.DHpreLow = lp(n*d), lp(n*d), lp(s*d), lp(s*h)
-		a.DQKVLow, a.DRLogitsLow, a.NormOut = lp(n*3*d), lp(n*e), f(n*d)
+		a.DQKVLow, a.DRLogitsLow = lp(n*3*d), lp(n*e)
 	} else {
 		a.DY, a.DHpre = f(s*d), f(s*h)
 		a.DResLow, a.DAtt, a.DYLow, a.DHpreLow = a.DRes, a.DTmp, a.DY, a.DHpre
-		a.DQKVLow, a.DRLogitsLow, a.NormOut = a.DQKV, a.DRLogits, 0
+		a.DQKVLow, a.DRLogitsLow = a.DQKV, a.DRLogits
 	}
 	a.NormScratch = f(ops.RMSNormBackwardScratch(n, d))
 	a.PlanWork = a.mem.alloc(ops.PlanWorkBytes(n, e, k))

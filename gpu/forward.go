@@ -194,18 +194,14 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 	return r, nil
 }
 
-// norm is RMSNorm of the fp32 rows in into out in the model's precision
-// (through the fp32 scratch NormOut and a cast in mixed precision).
+// norm is RMSNorm of the fp32 rows in into out in the model's precision.
 func (m *Model) norm(out, rstd, in, w cuda.DevicePtr, n int) error {
 	d, o := m.Cfg.DModel, m.dev.Ops
 	eps := float32(m.Cfg.NormEps)
 	if !m.bf16 {
 		return o.RMSNormForward(out, rstd, in, w, n, d, eps)
 	}
-	if err := o.RMSNormForward(m.acts.NormOut, rstd, in, w, n, d, eps); err != nil {
-		return err
-	}
-	return m.lowp(out, m.acts.NormOut, n*d)
+	return o.RMSNormForwardF32BF16(out, rstd, in, w, n, d, eps)
 }
 
 func anyNonZero(s []float32) bool {

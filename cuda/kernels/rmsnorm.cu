@@ -53,14 +53,14 @@ static __device__ __forceinline__ double rms_block_sum_f64(double v, double* sh)
 // rmsnorm_fwd: one block per row i < n (grid n, blockDim a multiple of 32):
 // rstd[i] = 1/sqrt(mean_j in[i,j]² + eps), out[i,j] = in[i,j]·rstd[i]·w[j].
 // out must not alias in (out is written while other threads still read in).
-template <typename T>
-__device__ __forceinline__ void rmsnorm_fwd(T* out, float* rstd, const T* in, const float* w, int n, int d, float eps) {
+template <typename T, typename TO = T>
+__device__ __forceinline__ void rmsnorm_fwd(TO* out, float* rstd, const T* in, const float* w, int n, int d, float eps) {
   __shared__ double sh[32];
   int i = blockIdx.x;
   if (i >= n) return;  // whole block
   const T* x = in + (size_t)i * d;
-  T* o = out + (size_t)i * d;
-  bool vec = (d & 3) == 0 && rms_aligned(in, 4 * sizeof(T)) && rms_aligned(out, 4 * sizeof(T)) && rms_aligned(w, 16);
+  TO* o = out + (size_t)i * d;
+  bool vec = (d & 3) == 0 && rms_aligned(in, 4 * sizeof(T)) && rms_aligned(out, 4 * sizeof(TO)) && rms_aligned(w, 16);
   int d4 = vec ? d >> 2 : 0;
   double ss = 0.0;
   for (int k = threadIdx.x; k < d4; k += blockDim.x) {
@@ -84,7 +84,7 @@ __device__ __forceinline__ void rmsnorm_fwd(T* out, float* rstd, const T* in, co
     for (int c = 0; c < 4; c++) v[c] = v[c] * r * g[c];
     rms_store4(o + 4 * k, v);
   }
-  for (int j = 4 * d4 + threadIdx.x; j < d; j += blockDim.x) o[j] = from_f32<T>(to_f32(x[j]) * r * w[j]);
+  for (int j = 4 * d4 + threadIdx.x; j < d; j += blockDim.x) o[j] = from_f32<TO>(to_f32(x[j]) * r * w[j]);
 }
 
 // rmsnorm_bwd: block b handles rows [b·ROWS, min((b+1)·ROWS, n)) in order
@@ -163,6 +163,12 @@ __device__ __forceinline__ void rmsnorm_bwd(float* din, float* partial, const fl
 }
 
 extern "C" __global__ void rmsnorm_fwd_f32(float* out, float* rstd, const float* in, const float* w, int n, int d, float eps) {
+  rmsnorm_fwd(out, rstd, in, w, n, d, eps);
+}
+// rmsnorm_fwd_f32_bf16: fp32 rows in (the residual stream), bf16 out (the
+// next product's operand) — mixed precision's norm in one pass.
+extern "C" __global__ void rmsnorm_fwd_f32_bf16(__nv_bfloat16* out, float* rstd, const float* in, const float* w, int n, int d,
+                                                float eps) {
   rmsnorm_fwd(out, rstd, in, w, n, d, eps);
 }
 extern "C" __global__ void rmsnorm_fwd_bf16(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* in, const float* w, int n, int d,

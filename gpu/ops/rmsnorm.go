@@ -27,6 +27,12 @@ func (o *Ops) RMSNormForwardBF16(out, rstd, in, w cuda.DevicePtr, n, d int, eps 
 	return o.rmsnormForward("RMSNormForwardBF16", "rmsnorm_fwd_bf16", out, rstd, in, w, n, d, eps)
 }
 
+// RMSNormForwardF32BF16 is RMSNormForward with fp32 in and bf16 out (the
+// norm of the fp32 residual stream feeding a bf16 product).
+func (o *Ops) RMSNormForwardF32BF16(out, rstd, in, w cuda.DevicePtr, n, d int, eps float32) error {
+	return o.rmsnormForward("RMSNormForwardF32BF16", "rmsnorm_fwd_f32_bf16", out, rstd, in, w, n, d, eps)
+}
+
 func (o *Ops) rmsnormForward(op, kernel string, out, rstd, in, w cuda.DevicePtr, n, d int, eps float32) error {
 	if n < 0 || d < 1 {
 		return errf(op, "n=%d d=%d", n, d)

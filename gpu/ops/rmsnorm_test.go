@@ -118,6 +118,22 @@ func TestRMSNormBF16(t *testing.T) {
 					t.Fatalf("n=%d d=%d off=%d forward rstd rel err %g", n, d, off, e)
 				}
 
+				// fp32 in, bf16 out: the fp32 reference on unrounded input,
+				// rounded once.
+				in32 := randn(rng, n*d, 1)
+				dout2, drstd2 := ewPoisonedBF16(t, o, n*d, off), poisoned(t, o, n)
+				if err := o.RMSNormForwardF32BF16(dout2, drstd2, ewUploadAt(t, o, in32, off), dW, n, d, eps); err != nil {
+					t.Fatal(err)
+				}
+				out2, rstd2 := make([]float32, n*d), make([]float32, n)
+				tensor.RMSNormForward(out2, rstd2, in32, w, n, d, eps)
+				if e := relErr(ewFromBF16(download[uint16](t, o, dout2, n*d)), ewRound(out2)); e > ewBF16Tol {
+					t.Fatalf("n=%d d=%d off=%d f32→bf16 forward out rel err %g", n, d, off, e)
+				}
+				if e := relErr(download[float32](t, o, drstd2, n), rstd2); e > 1e-5 {
+					t.Fatalf("n=%d d=%d off=%d f32→bf16 forward rstd rel err %g", n, d, off, e)
+				}
+
 				g := randn(rng, n*d, 1)
 				gin0, gw0 := randn(rng, n*d, 1), randn(rng, d, 1)
 				dg, drs := upload(t, o, g), upload(t, o, rstd)
