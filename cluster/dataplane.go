@@ -76,12 +76,21 @@ type DataPlaneLimits struct {
 // tensor-parallel sums of n·(d_model + top_k) floats; at least
 // 4·MaxPayload and 64 MiB.
 func JobDataPlaneLimits(job train.JobConfig, m parallel.Mesh, cc collective.Config) DataPlaneLimits {
+	largest, step := planBounds(job, m, cc)
+	payload := max(2*largest, 1<<20)
+	buffered := max(step, 4*payload, 64<<20)
+	return DataPlaneLimits{MaxPayload: uint64(payload), MaxBuffered: uint64(buffered)}
+}
+
+// planBounds is the largest message of job's plan on mesh m and one step's
+// traffic from one peer, in bytes (see JobDataPlaneLimits).
+func planBounds(job train.JobConfig, m parallel.Mesh, cc collective.Config) (largest, step float64) {
 	mc := job.Model
 	sp := max(m.SP, 1)
 	n := float64((job.MaxBatchTokens() + sp - 1) / sp)
 	d, k, heads, l := float64(mc.DModel), float64(mc.TopK), float64(mc.Heads), float64(mc.Layers)
-	largest := float64(max(cc.MaxSegmentFrame(), 4*m.World(), 4096)) // bytes
-	perLayer := 8 * n * (d + k)                                      // floats
+	largest = float64(max(cc.MaxSegmentFrame(), 4*m.World(), 4096)) // bytes
+	perLayer := 8 * n * (d + k)                                     // floats
 	if m.EP > 1 {
 		block := n * k * d
 		largest = max(largest, 4*block)
@@ -93,7 +102,5 @@ func JobDataPlaneLimits(job train.JobConfig, m parallel.Mesh, cc collective.Conf
 		perLayer += 4 * float64(sp) * seqBlock
 	}
 	params := model.EstimateMemory(mc, model.Whole, 1).Params
-	payload := max(2*largest, 1<<20)
-	buffered := max(4*(2*params+l*perLayer), 4*payload, 64<<20)
-	return DataPlaneLimits{MaxPayload: uint64(payload), MaxBuffered: uint64(buffered)}
+	return largest, 4 * (2*params + l*perLayer)
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"runtime"
 	"testing"
@@ -116,7 +117,7 @@ func TestTCPModesUnexpectedFlood(t *testing.T) {
 			flood := func(peer *net.TCPConn) {
 				go func() { _, _ = peer.Write(stream) }()
 			}
-			t.Run(mode.name+"/capped", func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s/%dB/capped", mode.name, size), func(t *testing.T) {
 				const limit = 1 << 20
 				tr, peer := rawPeer(t, m, 1<<16, limit)
 				before := allocated()
@@ -132,12 +133,13 @@ func TestTCPModesUnexpectedFlood(t *testing.T) {
 				if kept == 0 || kept >= frames {
 					t.Fatalf("%d of %d frames kept", kept, frames)
 				}
-				if d := allocated() - before; d > 4*limit+4<<20 {
+				d := allocated() - before
+				if d > 4*limit+4<<20 {
 					t.Fatalf("allocated %d bytes under a limit of %d: %v", d, limit, err)
 				}
-				t.Logf("%d-byte frames: link failed after %d kept: %v", size, kept, err)
+				t.Logf("link failed after %d frames kept, %d bytes allocated: %v", kept, d, err)
 			})
-			t.Run(mode.name+"/room", func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s/%dB/room", mode.name, size), func(t *testing.T) {
 				tr, peer := rawPeer(t, m, 1<<16, 64<<20)
 				flood(peer)
 				ctx := testCtx(t, 10*time.Second)

@@ -86,8 +86,10 @@ const HeaderSize = 56
 
 const frameMagic = 0x3143544d // "MTC1"
 
-// DefaultMaxPayload bounds the payload a receiver accepts in one frame, so a
-// corrupt length cannot make it allocate without limit.
+// DefaultMaxPayload bounds the payload a receiver accepts in one frame
+// (TCPConfig.MaxPayload) unless told less, so a corrupt length cannot make
+// it allocate without limit; callers that know their largest message set
+// that instead (training does).
 const DefaultMaxPayload = 1 << 32
 
 // ErrBadFrame is wrapped by every frame decoding error.

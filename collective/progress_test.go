@@ -269,11 +269,20 @@ var fuzzPosted = Header{Op: OpSendRecv, Tag: Tag{Group: 3, Seq: 1}, Count: 25}
 const fuzzPostedLen = 100
 
 // FuzzEngineStream feeds arbitrary bytes, in arbitrary pieces, to the
-// engine's frame reader. It never panics or hangs: the stream ends in a
-// failed link that fails a waiting receive with a *PeerError, and every
-// frame it kept is one the reference decoder (ReadFrame) reads from the same
-// bytes, with the same payload.
+// engine's frame reader; see fuzzStream.
 func FuzzEngineStream(f *testing.F) {
+	fuzzStreamSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte, piece uint16) { fuzzStream(t, data, piece, true) })
+}
+
+// FuzzReaderStream is FuzzEngineStream for the reader goroutines, the
+// frame reader of cluster's data plane.
+func FuzzReaderStream(f *testing.F) {
+	fuzzStreamSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte, piece uint16) { fuzzStream(t, data, piece, false) })
+}
+
+func fuzzStreamSeeds(f *testing.F) {
 	var buf bytes.Buffer
 	WriteFrame(&buf, Header{Op: OpAllReduce, Tag: Tag{Group: 1, Seq: 2}, Count: 3}, []byte{1, 2, 3, 4})
 	WriteFrame(&buf, Header{Op: OpAbort, Tag: Tag{Group: 1, Seq: 3}}, []byte("why"))
@@ -283,76 +292,98 @@ func FuzzEngineStream(f *testing.F) {
 	f.Add(buf.Bytes(), uint16(57))
 	f.Add([]byte{}, uint16(0))
 	f.Add(bytes.Repeat([]byte{0xff}, HeaderSize), uint16(3))
-	f.Fuzz(func(t *testing.T, data []byte, piece uint16) {
-		const maxPayload = 1 << 16
-		a, b := loopbackPair(t)
-		// Closed with a reset, not left in TIME_WAIT: a fuzzing run opens
-		// connections by the ten thousand and would run out of ports.
-		_ = a.SetLinger(0)
-		_ = b.SetLinger(0)
-		tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: maxPayload, ProgressEngine: true},
-			[]*net.TCPConn{nil, a})
+	// More than MaxBuffered ahead of their receives.
+	buf.Reset()
+	for i := range 5 {
+		WriteFrame(&buf, Header{Op: OpSendRecv, Tag: Tag{Group: 4, Seq: uint64(i)}, Count: 1}, bytes.Repeat([]byte{9}, 60000))
+	}
+	f.Add(buf.Bytes(), uint16(4000))
+}
+
+// fuzzStream feeds data, in pieces of about piece bytes, to a transport's
+// frame reader (the engine's or the reader goroutines'). It never panics or
+// hangs: the stream ends in a failed link that fails a waiting receive with
+// a *PeerError; every frame it kept is one the reference decoder
+// (ReadFrame) reads from the same bytes, with the same payload; and what is
+// charged to the peer (MaxBuffered) is exactly what it keeps.
+func fuzzStream(t *testing.T, data []byte, piece uint16, engine bool) {
+	const maxPayload, maxBuffered = 1 << 16, 1 << 17
+	a, b := loopbackPair(t)
+	// Closed with a reset, not left in TIME_WAIT: a fuzzing run opens
+	// connections by the ten thousand and would run out of ports.
+	_ = a.SetLinger(0)
+	_ = b.SetLinger(0)
+	tr, err := newTCPTransport(TCPConfig{Rank: 0, Addrs: []string{"", ""}, MaxPayload: maxPayload, MaxBuffered: maxBuffered,
+		ProgressEngine: engine}, []*net.TCPConn{nil, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	go func() {
+		// At most about 64 pieces: one byte per write of a long input
+		// would make every run slow without finding more.
+		step := max(int(piece)%4096+1, len(data)/64)
+		for off := 0; off < len(data); off += step {
+			if _, err := b.Write(data[off:min(off+step, len(data))]); err != nil {
+				return // the transport closed a link it found broken
+			}
+		}
+		_ = b.CloseWrite()
+	}()
+	// A receive posted up front: after a long payload the engine guesses
+	// that the next frame is its (readSpeculative).
+	posted := make([]byte, fuzzPostedLen)
+	pPosted := tr.Post(1, fuzzPosted, posted)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	never := Header{Op: OpSendRecv, Tag: Tag{Group: 1 << 62, Seq: 1}}
+	_, err = tr.Recv(ctx, 1, never, nil)
+	var pe *PeerError
+	if !errors.As(err, &pe) || pe.Peer != 1 {
+		t.Fatalf("after the stream ended: want a PeerError for rank 1, got %v", err)
+	}
+	ref := map[mkey][]Header{}
+	refPayload := map[mkey][][]byte{}
+	r := bytes.NewReader(data)
+	for {
+		h, p, err := ReadFrame(r, maxPayload)
 		if err != nil {
-			t.Fatal(err)
+			break
 		}
-		defer tr.Close()
-		go func() {
-			// At most about 64 pieces: one byte per write of a long input
-			// would make every run slow without finding more.
-			step := max(int(piece)%4096+1, len(data)/64)
-			for off := 0; off < len(data); off += step {
-				if _, err := b.Write(data[off:min(off+step, len(data))]); err != nil {
-					return // the engine closed a link it found broken
-				}
-			}
-			_ = b.CloseWrite()
-		}()
-		// A receive posted up front: after a long payload the reader
-		// guesses that the next frame is its (readSpeculative).
-		posted := make([]byte, fuzzPostedLen)
-		pPosted := tr.Post(1, fuzzPosted, posted)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		never := Header{Op: OpSendRecv, Tag: Tag{Group: 1 << 62, Seq: 1}}
-		_, err = tr.Recv(ctx, 1, never, nil)
-		var pe *PeerError
-		if !errors.As(err, &pe) || pe.Peer != 1 {
-			t.Fatalf("after the stream ended: want a PeerError for rank 1, got %v", err)
+		k := mkey{1, h.Tag}
+		ref[k] = append(ref[k], h)
+		refPayload[k] = append(refPayload[k], p)
+	}
+	if _, err := pPosted.Wait(ctx); err == nil {
+		k := mkey{1, fuzzPosted.Tag}
+		ok := false
+		for i, h := range ref[k] {
+			ok = ok || (h.Op == fuzzPosted.Op && h.Count == fuzzPosted.Count && bytes.Equal(refPayload[k][i], posted))
 		}
-		ref := map[mkey][]Header{}
-		refPayload := map[mkey][][]byte{}
-		r := bytes.NewReader(data)
-		for {
-			h, p, err := ReadFrame(r, maxPayload)
-			if err != nil {
-				break
-			}
-			k := mkey{1, h.Tag}
-			ref[k] = append(ref[k], h)
-			refPayload[k] = append(refPayload[k], p)
+		if !ok {
+			t.Fatalf("the posted receive completed with a payload the reference decoder does not read")
 		}
-		if _, err := pPosted.Wait(ctx); err == nil {
-			k := mkey{1, fuzzPosted.Tag}
-			ok := false
-			for i, h := range ref[k] {
-				ok = ok || (h.Op == fuzzPosted.Op && h.Count == fuzzPosted.Count && bytes.Equal(refPayload[k][i], posted))
-			}
-			if !ok {
-				t.Fatalf("the posted receive completed with a payload the reference decoder does not read")
-			}
+	}
+	tr.in.mu.Lock()
+	defer tr.in.mu.Unlock()
+	var charged uint64
+	for k, got := range tr.in.arrived {
+		charged += frameCost(got.h.Len)
+		ok := false
+		for i, h := range ref[k] {
+			ok = ok || (h == got.h && bytes.Equal(refPayload[k][i], got.payload))
 		}
-		tr.in.mu.Lock()
-		defer tr.in.mu.Unlock()
-		for k, got := range tr.in.arrived {
-			ok := false
-			for i, h := range ref[k] {
-				ok = ok || (h == got.h && bytes.Equal(refPayload[k][i], got.payload))
-			}
-			if !ok {
-				t.Fatalf("kept a frame %v (%d bytes) that the reference decoder does not read", got.h, len(got.payload))
-			}
+		if !ok {
+			t.Fatalf("kept a frame %v (%d bytes) that the reference decoder does not read", got.h, len(got.payload))
 		}
-	})
+	}
+	var early, kept uint64
+	if len(tr.in.early) > 1 {
+		early, kept = tr.in.early[1], tr.in.kept[1]
+	}
+	if early != charged || early+kept > maxBuffered {
+		t.Fatalf("rank 1 is charged %d (+%d for aborts, limit %d) for kept frames that cost %d", early, kept, maxBuffered, charged)
+	}
 }
 
 // TestTCPEngineStagedFramesAtBudget: a pass that stops at readBudget may

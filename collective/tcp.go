@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"strings"
 	"sync"
@@ -83,14 +82,18 @@ func CongestionChoice(congestion string) string {
 	return congestion
 }
 
+// maxMaxPayload caps MaxPayload so that a frame's length fits in int and
+// its cost (frameCost) in uint64, whatever is configured.
+const maxMaxPayload = 1 << 56
+
 // withLimits fills in the defaults of MaxPayload and MaxBuffered.
 func (c TCPConfig) withLimits() TCPConfig {
 	if c.MaxPayload == 0 {
 		c.MaxPayload = DefaultMaxPayload
 	}
+	c.MaxPayload = min(c.MaxPayload, maxMaxPayload)
 	if c.MaxBuffered == 0 {
-		f := frameCost(min(c.MaxPayload, math.MaxUint64/4))
-		c.MaxBuffered = 2 * f
+		c.MaxBuffered = 2 * frameCost(c.MaxPayload)
 	}
 	return c
 }

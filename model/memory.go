@@ -16,7 +16,7 @@ import (
 // configuration before anything is allocated for it, and an estimate that
 // fits in MaxRankMemory also bounds every size the model computes in int.
 type Memory struct {
-	Tokens     int     // tokens per forward on this rank
+	Tokens     float64 // tokens per forward on this rank
 	Params     float64 // elements of this rank's parameters
 	ParamBytes float64 // parameters, gradients and the reduction's stage
 	OptimBytes float64 // AdamW's first and second moments
@@ -32,7 +32,7 @@ const MaxRankMemory = 1 << 40
 func (m Memory) Total() float64 { return m.ParamBytes + m.OptimBytes + m.ActBytes + m.InitBytes }
 
 func (m Memory) String() string {
-	return fmt.Sprintf("%s (%.4g parameters: %s with gradients and reduction buffers, %s of optimizer state; %s of activations for %d tokens)",
+	return fmt.Sprintf("%s (%.4g parameters: %s with gradients and reduction buffers, %s of optimizer state; %s of activations for %.0f tokens)",
 		FormatBytes(m.Total()), m.Params, FormatBytes(m.ParamBytes), FormatBytes(m.OptimBytes), FormatBytes(m.ActBytes), m.Tokens)
 }
 
@@ -46,13 +46,14 @@ func (m Memory) Check() error {
 }
 
 // EstimateMemory estimates what rank shard sh of cfg needs for forwards of
-// tokens tokens. It never fails: sizes below 1 count as 1 and degrees as
-// at least 1 (the configuration's own validation reports them).
-func EstimateMemory(cfg Config, sh Shard, tokens int) Memory {
+// tokens tokens (a float64, as a configuration's product of batch sizes
+// may not fit in int). It never fails: sizes below 1 count as 1 and
+// degrees as at least 1 (the configuration's own validation reports them).
+func EstimateMemory(cfg Config, sh Shard, tokens float64) Memory {
 	f := func(x int) float64 { return float64(max(x, 1)) }
 	tp, ep := f(sh.TP), f(sh.EP)
 	v, d, l, heads, seq := f(cfg.Vocab), f(cfg.DModel), f(cfg.Layers), f(cfg.Heads), f(cfg.SeqLen)
-	e, h, k, n := f(cfg.Experts), f(cfg.ExpertHidden), f(cfg.TopK), f(tokens)
+	e, h, k, n := f(cfg.Experts), f(cfg.ExpertHidden), f(cfg.TopK), math.Max(tokens, 1)
 	// The shard's sizes (NewShardLayout): TP splits heads, each expert's
 	// hidden dimension and the LM head's vocabulary; EP splits the experts.
 	c, hl, el, vl, hh := d/tp, h/tp, e/ep, v/tp, heads/tp

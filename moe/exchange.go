@@ -172,12 +172,12 @@ func (dp *dispatch) dispatch(ex Exchange, p *Plan, out *[]float32, rows []float3
 	tensor.GatherRows((*out)[:r*d], dp.buf, dp.perm[:r], d)
 }
 
-// takeCounts sets counts from the received counts recvC: per
-// member, finite non-negative integers of at most maxCount that sum to want
-// (want >= 0) and to at most most. The first member whose counts are not is
-// reported to ex as a *CountError and, as every member after a failed
-// exchange (ex's Err, if it has one), gets zeros. me is this rank's index
-// in the group (its experts' numbers).
+// takeCounts sets counts from the received counts recvC, which must be,
+// per member, finite non-negative integers of at most maxCount that sum to
+// want (want >= 0) and to at most most. A member whose counts are not gets
+// zeros, and the first such is reported to ex as a *CountError; after a
+// failed exchange (ex's Err, if it has one) every member gets zeros. me is
+// this rank's index in the group (its experts' numbers).
 func (dp *dispatch) takeCounts(ex Exchange, me, want, most int) {
 	ep, el := dp.ep, dp.el
 	failed := false

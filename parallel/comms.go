@@ -79,6 +79,11 @@ func (c *Comms) Err() error {
 
 func (c *Comms) failed() bool { return c.Err() != nil }
 
+// Fail records err as the step's failure over the expert-parallel group
+// (moe.Failer: a peer's row counts the dispatch cannot use), so the step
+// ends with an error naming the peer instead of dropping its rows.
+func (c *Comms) Fail(err error) { c.fail(AxisEP, "expert dispatch", c.ep, err) }
+
 func (c *Comms) fail(axis Axis, op string, g *collective.Comm, err error) {
 	c.mu.Lock()
 	if c.err == nil {

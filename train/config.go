@@ -180,10 +180,9 @@ func maxBatchTokens(d sampling.Config) float64 {
 // carries the estimate. Below that bound no size the model computes
 // overflows int.
 func validateMemory(j JobConfig) error {
-	tokens := maxBatchTokens(j.Data) / float64(max(j.Mesh.SP, 1))
-	n := int(math.Ceil(min(tokens, model.MaxRankMemory)))
+	tokens := math.Ceil(maxBatchTokens(j.Data) / float64(max(j.Mesh.SP, 1)))
 	sh := model.Shard{TP: max(j.Mesh.TP, 1), EP: max(j.Mesh.EP, 1)}
-	if err := model.EstimateMemory(j.Model, sh, n).Check(); err != nil {
+	if err := model.EstimateMemory(j.Model, sh, tokens).Check(); err != nil {
 		return fmt.Errorf("model.d_model = %d, model.layers = %d, model.experts = %d, model.expert_hidden = %d, model.vocab = %d, model.seq_len = %d with %.4g tokens per rank (data.batch_size × data.seq_len, or data.budget, over mesh.sp): %w",
 			j.Model.DModel, j.Model.Layers, j.Model.Experts, j.Model.ExpertHidden, j.Model.Vocab, j.Model.SeqLen, tokens, err)
 	}

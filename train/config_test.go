@@ -9,6 +9,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/moetrain/moetrain/model"
 	"github.com/moetrain/moetrain/sampling"
 )
 
@@ -149,5 +150,34 @@ mode = "random"
 	j.Data.Mode, j.Mesh.SP = sampling.ModeRandom, 2 // fixed-length rows: sequence parallelism works
 	if err := j.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A configuration that would need more than model.MaxRankMemory per rank is
+// refused at validation, before any worker starts, with the estimate in the
+// error; the GPU benchmark configurations (gpu-small, gpu-medium) are not.
+func TestValidateMemory(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{"[model]\nd_model = 1099511627776\n", "model.d_model = 1099511627776"},
+		{"[model]\nexperts = 1073741824\n", "model.experts = 1073741824"},
+		{"[model]\nexperts = 1073741824\n[mesh]\nep = 8\n", "model.experts = 1073741824"},
+		{"[data]\nbatch_size = 1099511627776\n", "2.815e+14 tokens per rank"},
+	} {
+		_, err := LoadJobConfig(writeTOML(t, tc.body))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "estimated memory per rank") ||
+			!strings.Contains(err.Error(), "exceeds the limit of 1.0 TiB") {
+			t.Errorf("config %q: error %v, want the estimate and %q", tc.body, err, tc.want)
+		}
+	}
+	for name, body := range map[string]string{
+		"gpu-small":  "vocab = 32768\nd_model = 1024\nlayers = 8\nheads = 16\nexperts = 16\nexpert_hidden = 2816\ntop_k = 2\n",
+		"gpu-medium": "vocab = 32768\nd_model = 2048\nlayers = 12\nheads = 32\nexperts = 32\nexpert_hidden = 1408\ntop_k = 4\n",
+	} {
+		cfg, err := LoadJobConfig(writeTOML(t, "[model]\nseq_len = 2048\n"+body+
+			"[data]\nmode = \"random\"\nseq_len = 2048\nbatch_size = 8\n[train]\ndevice = \"cuda\"\nprecision = \"bf16\"\n"))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Logf("%s: %v", name, model.EstimateMemory(cfg.Model, model.Whole, float64(cfg.MaxBatchTokens())))
 	}
 }
