@@ -11,19 +11,28 @@
 // row strides and the buffer addresses multiples of 8 elements / 16 bytes,
 // so tile rows move as 16-byte vectors.
 //
-// Block: 4 warps over 64-row tiles, 16 rows per warp; the other side's
-// 64-row tiles in shared memory (row stride DMAX + 8 elements: ldmatrix rows
-// land on distinct banks). Scores stay in the mma accumulator layout, which
-// is reused as the A fragments of the next product (P·V, dS·K, Pᵀ·dO,
-// dSᵀ·Q), so P and dS are rounded to bf16 there; row sums use P unrounded.
+// FlashAttention-2 structure. A block is 8 warps; each warp owns 16 rows of
+// the block's 128-row tile (queries in the forward and dQ kernels, keys in
+// the dK/dV kernel) and loops over the other side's 64-row tiles, which are
+// double-buffered in shared memory: the copy of tile i+1 (cp.async, zero
+// filled past the sequence and past D) runs while tile i is computed, one
+// barrier per tile. Tiles are [rows][DMAX+8] bf16 (the padding puts the 8
+// rows of each ldmatrix on distinct banks). Scores stay in the mma
+// accumulator layout, which is reused as the A fragments of the next product
+// (P·V, dS·K, Pᵀ·dO, dSᵀ·Q), so P and dS are rounded to bf16 there; row sums
+// use P unrounded. Exponentials are exp2 with scale·log2(e) folded in.
+// Masks are evaluated only on tiles that need them (the causal diagonal,
+// partial tiles, segments); a warp skips the tiles it sees nothing of.
+// Blocks are numbered longest-first (most tiles first) over all heads.
 // The backward is deterministic (no atomics): one kernel per key tile for
 // dK, dV, one per query tile for dQ, each recomputing P from lse.
 #include "common.cuh"
 
 namespace {
 
-constexpr int kTile = 64;
-constexpr int kThreads = 128;
+constexpr int kRows = 128;   // the block's own rows (8 warps × 16)
+constexpr int kCols = 64;    // rows of the other side's tiles
+constexpr int kThreads = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -57,189 +66,43 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
   return *reinterpret_cast<unsigned*>(&v);
 }
 
-// load_tile_bf16 copies rows [0, nrows) × cols [0, D) (D a multiple of 8)
-// of a head into dst [64][DMAX+8] as 16-byte vectors, zeroing the rest of
-// rows [0, 64) × cols [0, DMAX). No barrier.
-template <int DMAX>
-__device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* dst, const __nv_bfloat16* __restrict__ src, long long stride,
-                                               int nrows, int D) {
+// ex2 is 2^x (ex2.approx.ftz: 2^-inf = 0, subnormal results flush to 0).
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// 16-byte global → shared copy, asynchronous (cp.async.cg, L2 only); with
+// valid false it writes 16 zero bytes and reads nothing (src must still be a
+// mapped address).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// cp_async_wait0 waits for every cp.async this thread issued (other threads'
+// copies need a barrier after it).
+__device__ __forceinline__ void cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// cp_tile starts copying rows [0, nrows) × cols [0, D) (D a multiple of 8,
+// nrows >= 1) of a head at src (row stride stride) into dst [ROWS][DMAX+8],
+// zero filling the rest of rows [0, ROWS) × cols [0, DMAX). The block's 256
+// threads each copy ROWS·DMAX/8/256 16-byte chunks. No commit, no barrier.
+template <int DMAX, int ROWS>
+__device__ __forceinline__ void cp_tile(__nv_bfloat16* dst, const __nv_bfloat16* __restrict__ src, long long stride,
+                                        int nrows, int D) {
   constexpr int LD = DMAX + 8, CH = DMAX / 8; // 8-element chunks per row
-  for (int idx = threadIdx.x; idx < kTile * CH; idx += kThreads) {
-    const int r = idx / CH, c = (idx % CH) * 8;
-    uint4 x = make_uint4(0, 0, 0, 0);
-    if (r < nrows && c < D) x = *reinterpret_cast<const uint4*>(src + r * stride + c);
-    *reinterpret_cast<uint4*>(dst + r * LD + c) = x;
+  static_assert(ROWS * CH % kThreads == 0, "tile chunks");
+#pragma unroll
+  for (int i = 0; i < ROWS * CH / kThreads; ++i) {
+    const int idx = threadIdx.x + i * kThreads, r = idx / CH, c = (idx % CH) * 8;
+    const bool ok = r < nrows && c < D;
+    cp_async16(dst + r * LD + c, ok ? src + r * stride + c : src, ok);
   }
 }
 
-// Grid (ceil(Tq/64), H, B), block 128, shared 2·(3·64·(DMAX+8)) + 4·64
-// bytes: Q, K, V tiles and the key tile's segment ids. Query tiles run
-// last-first (longest causal rows first).
-template <int DMAX>
-__device__ __forceinline__ void attn_fwd_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
-                                              const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
-                                              const __nv_bfloat16* __restrict__ v, const int* __restrict__ qseg,
-                                              const int* __restrict__ kseg, int Tq, int Tk, int H, int D, int qs, int ks,
-                                              int vs, int os, int causal, int qpos0, int kpos0, float scale) {
-  static_assert(DMAX % 16 == 0 && DMAX <= 128, "DMAX");
-  constexpr int LD = DMAX + 8, NKS = DMAX / 16, NDT = DMAX / 8;
-  extern __shared__ __align__(16) unsigned char attn_bf16_smem[];
-  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(attn_bf16_smem);
-  __nv_bfloat16* Ks = Qs + kTile * LD;
-  __nv_bfloat16* Vs = Ks + kTile * LD;
-  int* kss = reinterpret_cast<int*>(Vs + kTile * LD);
-
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int t0 = qt * kTile, nq = min(kTile, Tq - t0);
-  const bool seg = qseg != nullptr;
-  const float c2 = scale * kLog2e;
-  const int nks = (D + 15) / 16; // 16-wide slices of the head that hold data
-
-  // This thread's two query rows (accumulator rows g and g + 8 of its warp).
-  int qsr[2];
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    const int t = t0 + warp * 16 + g + 8 * hr;
-    qsr[hr] = (seg && t < Tq) ? qseg[(long long)b * Tq + t] : 0;
-  }
-
-  load_tile_bf16<DMAX>(Qs, q + ((long long)b * Tq + t0) * qs + (long long)h * D, qs, nq, D);
-  __syncthreads();
-  unsigned qf[NKS][4]; // A fragments of the warp's 16 rows
-#pragma unroll
-  for (int kk = 0; kk < NKS; ++kk)
-    if (kk < nks)
-      ldsm_x4(qf[kk], Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8);
-
-  const __nv_bfloat16* kb = k + (long long)b * Tk * ks + (long long)h * D;
-  const __nv_bfloat16* vb = v + (long long)b * Tk * vs + (long long)h * D;
-  int jend = Tk;
-  if (causal) jend = max(0, min(Tk, qpos0 + t0 + nq - kpos0));
-  const int nkt = (jend + kTile - 1) / kTile;
-
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  float o[NDT][4];
-#pragma unroll
-  for (int n = 0; n < NDT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-
-  for (int kt = 0; kt < nkt; ++kt) {
-    const int j0 = kt * kTile, nk = min(kTile, Tk - j0);
-    load_tile_bf16<DMAX>(Ks, kb + (long long)j0 * ks, ks, nk, D);
-    load_tile_bf16<DMAX>(Vs, vb + (long long)j0 * vs, vs, nk, D);
-    if (seg && tid < kTile) kss[tid] = tid < nk ? kseg[(long long)b * Tk + j0 + tid] : 0;
-    __syncthreads(); // K, V, key ids visible (Q fragments were read before)
-
-    // Bit nt·4 + hr·2 + e: key j0 + nt·8 + 2·t4 + e visible to row g + 8·hr.
-    unsigned vis = 0;
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int t = t0 + warp * 16 + g + 8 * hr;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = nt * 8 + 2 * t4 + e, j = j0 + c;
-          const bool ok = t < Tq && j < Tk && (!causal || kpos0 + j <= qpos0 + t) && (!seg || qsr[hr] == kss[c]);
-          vis |= (unsigned)ok << (nt * 4 + hr * 2 + e);
-        }
-    }
-    if (seg && !__syncthreads_or(vis != 0)) continue; // ends the kss reads too
-
-    float s[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < NKS; ++kk) {
-      if (kk >= nks) break;
-#pragma unroll
-      for (int np = 0; np < 4; ++np) { // key n-tiles 2np, 2np+1
-        unsigned bf[4];
-        ldsm_x4(bf, Ks + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-        mma_bf16(s[2 * np], qf[kk], bf[0], bf[1]);
-        mma_bf16(s[2 * np + 1], qf[kk], bf[2], bf[3]);
-      }
-    }
-
-    // Online softmax for rows g (regs 0, 1) and g + 8 (regs 2, 3); a row's
-    // 16 key columns of each n-tile are spread over the 4 lanes of a quad.
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[nt][hr * 2 + e];
-          x = (vis >> (nt * 4 + hr * 2 + e)) & 1u ? x * c2 : -INFINITY;
-          mx = fmaxf(mx, x);
-        }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mn = fmaxf(m[hr], mx);
-      float alpha = 1.f, sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[nt][hr * 2 + e];
-          x = mn == -INFINITY ? 0.f : exp2f(x - mn);
-          sum += x;
-        }
-      if (mn != -INFINITY) alpha = exp2f(m[hr] - mn);
-      m[hr] = mn;
-      l[hr] = l[hr] * alpha + sum; // per-lane partial, reduced at the end
-#pragma unroll
-      for (int n = 0; n < NDT; ++n) {
-        o[n][hr * 2] *= alpha;
-        o[n][hr * 2 + 1] *= alpha;
-      }
-    }
-
-    // O += P·V, P's accumulator layout reused as A fragments (16 keys per
-    // k-step: n-tiles 2kc, 2kc+1).
-#pragma unroll
-    for (int kc = 0; kc < 4; ++kc) {
-      unsigned pa[4];
-      pa[0] = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
-      pa[1] = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
-      pa[2] = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-      pa[3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
-#pragma unroll
-      for (int dp = 0; dp < NKS; ++dp) { // head n-tiles 2dp, 2dp+1
-        if (dp >= nks) break;
-        unsigned bf[4];
-        ldsm_x4_trans(bf, Vs + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8);
-        mma_bf16(o[2 * dp], pa, bf[0], bf[1]);
-        mma_bf16(o[2 * dp + 1], pa, bf[2], bf[3]);
-      }
-    }
-    __syncthreads(); // K, V reads done before the next tile overwrites them
-  }
-
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    float L = l[hr];
-    L += __shfl_xor_sync(0xffffffffu, L, 1);
-    L += __shfl_xor_sync(0xffffffffu, L, 2);
-    const int t = t0 + warp * 16 + g + 8 * hr;
-    if (t >= Tq) continue;
-    const float inv = L > 0.f ? 1.f / L : 0.f;
-    __nv_bfloat16* orow = out + ((long long)b * Tq + t) * os + (long long)h * D;
-#pragma unroll
-    for (int n = 0; n < NDT; ++n) {
-      const int c = n * 8 + 2 * t4; // even; D is a multiple of 8, so c + 1 < D too
-      if (c < D)
-        *reinterpret_cast<__nv_bfloat162*>(orow + c) = __floats2bfloat162_rn(o[n][hr * 2] * inv, o[n][hr * 2 + 1] * inv);
-    }
-    if (t4 == 0) lse[((long long)b * H + h) * Tq + t] = L > 0.f ? m[hr] * kLn2 + logf(L) : -INFINITY;
-  }
-}
-
-
-// ------------------------------------------------------------- backward
-
-// Fragment addresses in a [64][DMAX+8] tile T (rows r0.., columns c0..) for
+// Fragment addresses in a [rows][LD] tile T (rows r0.., columns c0..) for
 // ldsm_x4, lane by lane:
 //   a_frag: A operand (16 rows × 16 columns, row-major), rows r0..r0+15;
 //   b_frag: B operands of two n-tiles whose n index is T's row (rows
@@ -259,37 +122,65 @@ __device__ __forceinline__ const __nv_bfloat16* bt_frag(const __nv_bfloat16* T, 
   return T + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + c0 + (lane >> 4) * 8;
 }
 
-// acc (16 × 64, accumulator layout, 8 n-tiles) += A·Bᵀ over the first nks
-// 16-column slices, A the warp's 16 rows of tile TA (rows ra..), B the 64
-// rows of tile TB (each row an n index).
+// A fragments of the warp's 16 rows (r0..) of tile T over the first nks
+// 16-column slices (the rest zero), each register XORed with flip.
 template <int DMAX>
-__device__ __forceinline__ void mma_abt(float (&acc)[8][4], const __nv_bfloat16* TA, int ra, const __nv_bfloat16* TB,
+__device__ __forceinline__ void load_afrags(unsigned (&f)[DMAX / 16][4], const __nv_bfloat16* T, int r0, int nks,
+                                            unsigned flip, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < DMAX / 16; ++kk) {
+    if (kk < nks) {
+      ldsm_x4(f[kk], a_frag<DMAX + 8>(T, r0, kk * 16, lane));
+#pragma unroll
+      for (int i = 0; i < 4; ++i) f[kk][i] ^= flip;
+    } else {
+      f[kk][0] = f[kk][1] = f[kk][2] = f[kk][3] = 0u;
+    }
+  }
+}
+
+// acc (16 × 8·NT, accumulator layout, NT n-tiles) += A·Bᵀ over the first
+// nks 16-column slices: A the warp's 16 rows, as fragments af (AREG) or read
+// from tile TA at rows ra.. (XORed with flip); B the 8·NT rows rb.. of tile
+// TB (each row an n index).
+template <int DMAX, int NT, bool AREG>
+__device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const unsigned (&af)[DMAX / 16][4],
+                                        const __nv_bfloat16* TA, int ra, unsigned flip, const __nv_bfloat16* TB, int rb,
                                         int nks, int lane) {
+  static_assert(NT % 2 == 0, "NT");
   constexpr int LD = DMAX + 8;
 #pragma unroll
   for (int kk = 0; kk < DMAX / 16; ++kk) {
     if (kk >= nks) break;
     unsigned a[4];
-    ldsm_x4(a, a_frag<LD>(TA, ra, kk * 16, lane));
+    if (AREG) {
 #pragma unroll
-    for (int np = 0; np < 4; ++np) {
+      for (int i = 0; i < 4; ++i) a[i] = af[kk][i];
+    } else {
+      ldsm_x4(a, a_frag<LD>(TA, ra, kk * 16, lane));
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] ^= flip;
+    }
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
       unsigned b[4];
-      ldsm_x4(b, b_frag<LD>(TB, np * 16, kk * 16, lane));
+      ldsm_x4(b, b_frag<LD>(TB, rb + np * 16, kk * 16, lane));
       mma_bf16(acc[2 * np], a, b[0], b[1]);
       mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
     }
   }
 }
 
-// acc (16 × DMAX, DMAX/8 n-tiles) += P·X: P the warp's 16 × 64 accumulator
-// tile (rounded to bf16 as A fragments), X a [64][DMAX+8] tile whose rows
-// are P's columns, over the first nks 16-column slices of X.
-template <int DMAX>
-__device__ __forceinline__ void mma_px(float (&acc)[DMAX / 8][4], const float (&p)[8][4], const __nv_bfloat16* X, int nks,
-                                       int lane) {
+// acc (16 × DMAX, DMAX/8 n-tiles) += P·X: P the warp's 16 × 8·NT
+// accumulator tile (rounded to bf16 as A fragments), X a [rows][DMAX+8]
+// tile whose rows rx.. are P's columns, over the first nks 16-column slices
+// of X.
+template <int DMAX, int NT>
+__device__ __forceinline__ void mma_px(float (&acc)[DMAX / 8][4], const float (&p)[NT][4], const __nv_bfloat16* X, int rx,
+                                       int nks, int lane) {
   constexpr int LD = DMAX + 8;
 #pragma unroll
-  for (int kc = 0; kc < 4; ++kc) {
+  for (int kc = 0; kc < NT / 2; ++kc) {
     unsigned a[4];
     a[0] = pack_bf16(p[2 * kc][0], p[2 * kc][1]);
     a[1] = pack_bf16(p[2 * kc][2], p[2 * kc][3]);
@@ -299,18 +190,20 @@ __device__ __forceinline__ void mma_px(float (&acc)[DMAX / 8][4], const float (&
     for (int dt = 0; dt < DMAX / 16; ++dt) {
       if (dt >= nks) break;
       unsigned b[4];
-      ldsm_x4_trans(b, bt_frag<LD>(X, kc * 16, dt * 16, lane));
+      ldsm_x4_trans(b, bt_frag<LD>(X, rx + kc * 16, dt * 16, lane));
       mma_bf16(acc[2 * dt], a, b[0], b[1]);
       mma_bf16(acc[2 * dt + 1], a, b[2], b[3]);
     }
   }
 }
 
-// add_rows adds the warp's 16 × DMAX accumulator tile to fp32 rows: row r
-// (0..15 within the warp) goes to dst + (row0 + r)·stride if row0 + r < nrows.
+// add_rows adds mul·acc, the warp's 16 × DMAX accumulator tile, to fp32
+// rows: row r (0..15 within the warp) goes to dst + (row0 + r)·stride if
+// row0 + r < nrows. The product is rounded before the add (no fma), so the
+// result is init + (what a zero init gets), bitwise.
 template <int DMAX>
 __device__ __forceinline__ void add_rows(float* dst, long long stride, int row0, int nrows, int D,
-                                         const float (&acc)[DMAX / 8][4], int lane) {
+                                         const float (&acc)[DMAX / 8][4], float mul, int lane) {
   const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
@@ -321,68 +214,271 @@ __device__ __forceinline__ void add_rows(float* dst, long long stride, int row0,
     for (int n = 0; n < DMAX / 8; ++n) {
       const int c = n * 8 + 2 * t4; // D is a multiple of 8: c < D implies c + 1 < D
       if (c < D) {
-        row[c] += acc[n][hr * 2];
-        row[c + 1] += acc[n][hr * 2 + 1];
+        row[c] += __fmul_rn(acc[n][hr * 2], mul);
+        row[c + 1] += __fmul_rn(acc[n][hr * 2 + 1], mul);
       }
     }
   }
 }
 
-// Shared memory of both backward kernels: Q, dO, K, V tiles (bf16
-// [64][DMAX+8] each), then lse·log2(e), d, query and key segment ids [64]
-// each: 2·4·64·(DMAX+8) + 4·4·64 bytes.
-template <int DMAX> struct BwdSmemBF16 {
-  __nv_bfloat16 *Qs, *dOs, *Ks, *Vs;
-  float *lse2, *dd;
-  int *qss, *kss;
-  __device__ __forceinline__ BwdSmemBF16(unsigned char* base) {
-    constexpr int T = kTile * (DMAX + 8);
-    Qs = reinterpret_cast<__nv_bfloat16*>(base);
-    dOs = Qs + T;
-    Ks = dOs + T;
-    Vs = Ks + T;
-    lse2 = reinterpret_cast<float*>(Vs + T);
-    dd = lse2 + kTile;
-    qss = reinterpret_cast<int*>(dd + kTile);
-    kss = qss + kTile;
-  }
-};
+// Tile numbering: blockIdx.x = i·BH + bh over BH = gridDim.x / ntiles
+// (b, h) pairs, so the first blocks are tile i = 0 of every head. Returns
+// the pair; i in *tile.
+__device__ __forceinline__ int block_tile(int ntiles, int* tile) {
+  const int bh_count = gridDim.x / ntiles;
+  *tile = blockIdx.x / bh_count;
+  return blockIdx.x % bh_count;
+}
 
-// dK, dV for key tile blockIdx.x of (b, h) = (blockIdx.z, blockIdx.y), warp
-// w owning keys j0 + 16w..: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ per query tile (in
-// increasing order), then dV += Pᵀ·dO, dK += dSᵀ·Q. Grid (ceil(Tk/64), H,
-// B), block 128.
-template <int DMAX>
+// ------------------------------------------------------------- forward
+
+// Grid (ceil(Tq/128)·H·B), block 256, shared 2·(128 + 4·64)·(DMAX+8) + 8·64
+// bytes: the Q tile, two stages of K and V tiles and of the key tile's
+// segment ids. Query tiles run last-first (longest causal rows first).
+// QREG: Q fragments stay in registers (else re-read from shared per tile).
+// A negative scale is applied by negating Q (exact), so the max is taken
+// over raw scores with c2 = |scale|·log2(e) > 0.
+template <int DMAX, bool QREG, bool FULL>
+__device__ __forceinline__ void attn_fwd_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
+                                              const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                                              const __nv_bfloat16* __restrict__ v, const int* __restrict__ qseg,
+                                              const int* __restrict__ kseg, int Tq, int Tk, int H, int D, int qs, int ks,
+                                              int vs, int os, int causal, int qpos0, int kpos0, float scale) {
+  static_assert(DMAX % 16 == 0 && DMAX <= 128, "DMAX");
+  constexpr int LD = DMAX + 8, NKS = DMAX / 16, NDT = DMAX / 8, TL = kCols * LD;
+  extern __shared__ __align__(16) unsigned char attn_bf16_smem[];
+  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(attn_bf16_smem); // [128][LD]
+  __nv_bfloat16* Ks = Qs + kRows * LD;                                    // [2][64][LD]
+  __nv_bfloat16* Vs = Ks + 2 * TL;                                        // [2][64][LD]
+  int* kss = reinterpret_cast<int*>(Vs + 2 * TL);                         // [2][64]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int nqt = (Tq + kRows - 1) / kRows;
+  int i;
+  const int bh = block_tile(nqt, &i), h = bh % H, b = bh / H, qt = nqt - 1 - i;
+  const int t0 = qt * kRows, nq = min(kRows, Tq - t0);
+  const bool seg = qseg != nullptr;
+  const float c2 = fabsf(scale) * kLog2e;
+  const unsigned flip = scale < 0.f ? 0x80008000u : 0u; // negates both bf16 halves
+  const int nks = FULL ? NKS : (D + 15) / 16; // 16-wide slices of the head that hold data
+
+  const int tw = t0 + warp * 16; // the warp's first row
+  const bool wrows = tw < Tq;
+  // Keys [0, jend) are visible to some row of the block, [0, wjend) to some
+  // row of the warp.
+  int jend = Tk, wjend = Tk;
+  if (causal) {
+    jend = max(0, min(Tk, qpos0 + t0 + nq - kpos0));
+    wjend = max(0, min(Tk, qpos0 + min(tw + 16, Tq) - kpos0));
+  }
+  const int nkt = (jend + kCols - 1) / kCols;
+
+  int qsr[2]; // segment ids of this thread's rows (accumulator rows g, g + 8)
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int t = tw + g + 8 * hr;
+    qsr[hr] = (seg && t < Tq) ? qseg[(long long)b * Tq + t] : 0;
+  }
+
+  const __nv_bfloat16* kb = k + (long long)b * Tk * ks + (long long)h * D;
+  const __nv_bfloat16* vb = v + (long long)b * Tk * vs + (long long)h * D;
+  if (nkt > 0) { // Q and the first K, V tile: one cp.async group
+    cp_tile<DMAX, kRows>(Qs, q + ((long long)b * Tq + t0) * qs + (long long)h * D, qs, nq, D);
+    const int nk = min(kCols, Tk);
+    cp_tile<DMAX, kCols>(Ks, kb, ks, nk, D);
+    cp_tile<DMAX, kCols>(Vs, vb, vs, nk, D);
+    cp_async_commit();
+    if (seg && tid < kCols) kss[tid] = tid < nk ? kseg[(long long)b * Tk + tid] : 0;
+  }
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}; // running max (log2 units), per-lane partial sums
+  float o[NDT][4];
+#pragma unroll
+  for (int n = 0; n < NDT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  unsigned qf[NKS][4]; // the warp's Q fragments (QREG)
+  int knext = 0;       // next tile's key segment id (threads < 64)
+
+#pragma unroll 1
+  for (int kt = 0; kt < nkt; ++kt) {
+    const int st = kt & 1, j0 = kt * kCols;
+    cp_async_wait0();
+    __syncthreads(); // tile kt (and Q) in shared for all; every warp is done with tile kt-1 (stage st^1)
+    if (kt + 1 < nkt) {
+      const int j1 = j0 + kCols, nk1 = min(kCols, Tk - j1);
+      cp_tile<DMAX, kCols>(Ks + (st ^ 1) * TL, kb + (long long)j1 * ks, ks, nk1, D);
+      cp_tile<DMAX, kCols>(Vs + (st ^ 1) * TL, vb + (long long)j1 * vs, vs, nk1, D);
+      cp_async_commit();
+      if (seg && tid < kCols) knext = tid < nk1 ? kseg[(long long)b * Tk + j1 + tid] : 0;
+    }
+    if (QREG && kt == 0) load_afrags<DMAX>(qf, Qs, warp * 16, nks, flip, lane);
+
+    if (wrows && j0 < wjend) { // warp-uniform
+      const __nv_bfloat16* Kt = Ks + st * TL;
+      const __nv_bfloat16* Vt = Vs + st * TL;
+      float s[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+      mma_abt<DMAX, 8, QREG>(s, qf, Qs, warp * 16, flip, Kt, 0, nks, lane);
+
+      // Masks: past Tk, the causal diagonal, segments (warp-uniform test).
+      bool any = true;
+      if (seg || j0 + kCols > Tk || (causal && kpos0 + j0 + kCols - 1 > qpos0 + tw)) {
+        const int* kst = kss + st * kCols;
+        bool vis = false;
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int t = tw + g + 8 * hr, lim = qpos0 + t - kpos0 - j0; // causal: column c visible iff c <= lim
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int c = nt * 8 + 2 * t4 + e;
+              const bool ok = t < Tq && j0 + c < Tk && (!causal || c <= lim) && (!seg || qsr[hr] == kst[c]);
+              if (!ok) s[nt][hr * 2 + e] = -INFINITY;
+              vis |= ok;
+            }
+        }
+        any = __any_sync(0xffffffffu, vis);
+      }
+
+      if (any) {
+        // Online softmax for rows g (regs 0, 1) and g + 8 (regs 2, 3); a
+        // row's 16 key columns of each n-tile are spread over a quad.
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][hr * 2], s[nt][hr * 2 + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float mn = fmaxf(m[hr], mx * c2);
+          const float ms = mn == -INFINITY ? 0.f : mn; // all masked so far: p = 2^-inf = 0
+          const float alpha = ex2(m[hr] - ms);
+          m[hr] = mn;
+          float sum = 0.f;
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              float& x = s[nt][hr * 2 + e];
+              x = ex2(fmaf(x, c2, -ms));
+              sum += x;
+            }
+          l[hr] = l[hr] * alpha + sum; // per-lane partial, reduced at the end
+#pragma unroll
+          for (int n = 0; n < NDT; ++n) {
+            o[n][hr * 2] *= alpha;
+            o[n][hr * 2 + 1] *= alpha;
+          }
+        }
+        mma_px<DMAX, 8>(o, s, Vt, 0, nks, lane); // O += P·V
+      }
+    }
+    // Tile kt+1's key ids go to stage st^1, last read in iteration kt-1.
+    if (seg && tid < kCols && kt + 1 < nkt) kss[(st ^ 1) * kCols + tid] = knext;
+  }
+  cp_async_wait0(); // nothing in flight at exit
+
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    float L = l[hr];
+    L += __shfl_xor_sync(0xffffffffu, L, 1);
+    L += __shfl_xor_sync(0xffffffffu, L, 2);
+    const int t = tw + g + 8 * hr;
+    if (t >= Tq) continue;
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    __nv_bfloat16* orow = out + ((long long)b * Tq + t) * os + (long long)h * D;
+#pragma unroll
+    for (int n = 0; n < NDT; ++n) {
+      const int c = n * 8 + 2 * t4; // even; D is a multiple of 8, so c + 1 < D too
+      if (c < D)
+        *reinterpret_cast<__nv_bfloat162*>(orow + c) = __floats2bfloat162_rn(o[n][hr * 2] * inv, o[n][hr * 2 + 1] * inv);
+    }
+    if (t4 == 0) lse[((long long)b * H + h) * Tq + t] = L > 0.f ? m[hr] * kLn2 + logf(L) : -INFINITY;
+  }
+}
+
+// ------------------------------------------------------------- backward
+
+// Both backward kernels recompute P = 2^(c2·s − lse2) with c2 = scale·
+// log2(e) and lse2 = lse·log2(e), where a row with lse = -inf (it sees no
+// key) or past Tq gets lse2 = +inf: its P is 0 without a mask. dS is
+// P∘(dP − d) unscaled; the scale multiplies dK and dQ once at the end.
+
+// bwd_row: lse2, d and the segment id of query row t of (b, h).
+__device__ __forceinline__ void bwd_row(const float* __restrict__ lse, const float* __restrict__ d,
+                                        const int* __restrict__ qseg, int b, int h, int H, int Tq, int t, float& l2,
+                                        float& dr, int& id) {
+  l2 = INFINITY;
+  dr = 0.f;
+  id = 0;
+  if (t < Tq) {
+    const long long li = ((long long)b * H + h) * Tq + t;
+    const float x = lse[li];
+    l2 = x == -INFINITY ? INFINITY : x * kLog2e;
+    dr = d[li];
+    if (qseg != nullptr) id = qseg[(long long)b * Tq + t];
+  }
+}
+
+// dK, dV for the 128 keys j0.. of (b, h), warp w owning keys j0 + 16w..:
+// per query tile of 64 (increasing order) Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, then
+// dV += Pᵀ·dO, dK += dSᵀ·Q. Grid (ceil(Tk/128)·H·B), key tiles first-first
+// (they see the most queries), block 256. Shared: K, V [128][LD], two
+// stages of Q, dO [64][LD] and of lse2, d, query segment ids [64]:
+// 2·(2·128 + 4·64)·(DMAX+8) + 24·64 bytes. KVREG: K, V fragments stay in
+// registers.
+template <int DMAX, bool KVREG, int NT, bool FULL>
 __device__ __forceinline__ void attn_bwd_dkv_bf16(float* dk, float* dv, const __nv_bfloat16* __restrict__ dout,
                                                   const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
                                                   const __nv_bfloat16* __restrict__ v, const float* __restrict__ lse,
                                                   const float* __restrict__ d, const int* __restrict__ qseg,
                                                   const int* __restrict__ kseg, int Tq, int Tk, int H, int D, int qs,
                                                   int ks, int vs, int os, int causal, int qpos0, int kpos0, float scale) {
-  constexpr int NDT = DMAX / 8;
+  constexpr int LD = DMAX + 8, NKS = DMAX / 16, NDT = DMAX / 8, TL = kCols * LD;
   extern __shared__ __align__(16) unsigned char attn_bf16_smem[];
-  BwdSmemBF16<DMAX> sm(attn_bf16_smem);
+  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(attn_bf16_smem); // [128][LD]
+  __nv_bfloat16* Vs = Ks + kRows * LD;                                    // [128][LD]
+  __nv_bfloat16* Qs = Vs + kRows * LD;                                    // [2][64][LD]
+  __nv_bfloat16* dOs = Qs + 2 * TL;                                       // [2][64][LD]
+  float* l2s = reinterpret_cast<float*>(dOs + 2 * TL);                    // [2][64]
+  float* dds = l2s + 2 * kCols;                                           // [2][64]
+  int* qss = reinterpret_cast<int*>(dds + 2 * kCols);                     // [2][64]
+
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int j0 = blockIdx.x * kTile, nk = min(kTile, Tk - j0);
+  const int nkb = (Tk + kRows - 1) / kRows;
+  int kb;
+  const int bh = block_tile(nkb, &kb), h = bh % H, b = bh / H;
+  const int j0 = kb * kRows, nk = min(kRows, Tk - j0);
   const bool seg = qseg != nullptr;
   const float c2 = scale * kLog2e;
-  const int nks = (D + 15) / 16;
+  const int nks = FULL ? NKS : (D + 15) / 16;
+  const int jw = j0 + warp * 16; // the warp's first key
+  const bool wrows = jw < Tk;
 
-  load_tile_bf16<DMAX>(sm.Ks, k + ((long long)b * Tk + j0) * ks + (long long)h * D, ks, nk, D);
-  load_tile_bf16<DMAX>(sm.Vs, v + ((long long)b * Tk + j0) * vs + (long long)h * D, vs, nk, D);
-  int ksr[2]; // this thread's key rows (accumulator rows g, g + 8 of its warp)
+  int ksr[2]; // segment ids of this thread's keys (accumulator rows g, g + 8)
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
-    const int j = j0 + warp * 16 + g + 8 * hr;
+    const int j = jw + g + 8 * hr;
     ksr[hr] = (seg && j < Tk) ? kseg[(long long)b * Tk + j] : 0;
   }
 
-  const int nqt = (Tq + kTile - 1) / kTile;
+  const int nqt = (Tq + kCols - 1) / kCols;
   int qt0 = 0;
   if (causal) { // queries before tstart see none of these keys
     const int tstart = max(0, kpos0 + j0 - qpos0);
-    qt0 = tstart >= Tq ? nqt : tstart / kTile;
+    qt0 = tstart >= Tq ? nqt : tstart / kCols;
+  }
+  const __nv_bfloat16* qb = q + (long long)b * Tq * qs + (long long)h * D;
+  const __nv_bfloat16* ob = dout + (long long)b * Tq * os + (long long)h * D;
+  if (qt0 < nqt) { // K, V and the first query tile: one cp.async group
+    cp_tile<DMAX, kRows>(Ks, k + ((long long)b * Tk + j0) * ks + (long long)h * D, ks, nk, D);
+    cp_tile<DMAX, kRows>(Vs, v + ((long long)b * Tk + j0) * vs + (long long)h * D, vs, nk, D);
+    const int t0 = qt0 * kCols, nq = min(kCols, Tq - t0);
+    cp_tile<DMAX, kCols>(Qs, qb + (long long)t0 * qs, qs, nq, D);
+    cp_tile<DMAX, kCols>(dOs, ob + (long long)t0 * os, os, nq, D);
+    cp_async_commit();
+    if (tid < kCols) bwd_row(lse, d, qseg, b, h, H, Tq, t0 + tid, l2s[tid], dds[tid], qss[tid]);
   }
 
   float dka[NDT][4], dva[NDT][4];
@@ -390,197 +486,327 @@ __device__ __forceinline__ void attn_bwd_dkv_bf16(float* dk, float* dv, const __
   for (int n = 0; n < NDT; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.f;
+  unsigned kf[NKS][4], vf[NKS][4]; // the warp's K, V fragments (KVREG)
+  float nl2 = 0.f, nd = 0.f;       // next tile's row values (threads < 64)
+  int nid = 0;
 
+#pragma unroll 1
   for (int qt = qt0; qt < nqt; ++qt) {
-    const int t0 = qt * kTile, nq = min(kTile, Tq - t0);
-    load_tile_bf16<DMAX>(sm.Qs, q + ((long long)b * Tq + t0) * qs + (long long)h * D, qs, nq, D);
-    load_tile_bf16<DMAX>(sm.dOs, dout + ((long long)b * Tq + t0) * os + (long long)h * D, os, nq, D);
-    if (tid < kTile) {
-      const bool ok = tid < nq;
-      const long long li = ((long long)b * H + h) * Tq + t0 + tid;
-      sm.lse2[tid] = ok ? lse[li] * kLog2e : -INFINITY;
-      sm.dd[tid] = ok ? d[li] : 0.f;
-      sm.qss[tid] = (ok && seg) ? qseg[(long long)b * Tq + t0 + tid] : 0;
+    const int st = (qt - qt0) & 1, t0 = qt * kCols;
+    cp_async_wait0();
+    __syncthreads(); // tile qt (and K, V) in shared for all; every warp is done with tile qt-1 (stage st^1)
+    if (qt + 1 < nqt) {
+      const int t1 = t0 + kCols, nq1 = min(kCols, Tq - t1);
+      cp_tile<DMAX, kCols>(Qs + (st ^ 1) * TL, qb + (long long)t1 * qs, qs, nq1, D);
+      cp_tile<DMAX, kCols>(dOs + (st ^ 1) * TL, ob + (long long)t1 * os, os, nq1, D);
+      cp_async_commit();
+      if (tid < kCols) bwd_row(lse, d, qseg, b, h, H, Tq, t1 + tid, nl2, nd, nid);
     }
-    __syncthreads(); // query side (and K, V on the first pass) visible
-
-    // Bit nt·4 + hr·2 + e: query t0 + nt·8 + 2·t4 + e sees key row g + 8·hr.
-    unsigned vis = 0;
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int j = j0 + warp * 16 + g + 8 * hr;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = nt * 8 + 2 * t4 + e, t = t0 + c;
-          const bool ok = t < Tq && j < Tk && (!causal || kpos0 + j <= qpos0 + t) && (!seg || ksr[hr] == sm.qss[c]) &&
-                          sm.lse2[c] != -INFINITY;
-          vis |= (unsigned)ok << (nt * 4 + hr * 2 + e);
-        }
+    if (KVREG && qt == qt0) {
+      load_afrags<DMAX>(kf, Ks, warp * 16, nks, 0u, lane);
+      load_afrags<DMAX>(vf, Vs, warp * 16, nks, 0u, lane);
     }
-    if (seg && !__syncthreads_or(vis != 0)) continue; // ends the lse2, qss reads too
 
-    float st[8][4], dpt[8][4]; // Sᵀ, dPᵀ: rows = keys, columns = queries
+    // The warp's keys jw.. are seen by query t iff qpos0 + t >= kpos0 + j:
+    // skip tiles (and chunks) whose last query precedes the warp's first key.
+    if (wrows && !(causal && qpos0 + t0 + kCols - 1 < kpos0 + jw)) { // warp-uniform
+      const __nv_bfloat16* Qt = Qs + st * TL;
+      const __nv_bfloat16* dOt = dOs + st * TL;
+      const float* l2t = l2s + st * kCols;
+      const float* ddt = dds + st * kCols;
+      const int* qst = qss + st * kCols;
+      // Masks: past Tq or Tk, the causal diagonal, segments.
+      const bool need = seg || t0 + kCols > Tq || jw + 16 > Tk || (causal && qpos0 + t0 < kpos0 + jw + 15);
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+      for (int ch = 0; ch < 8 / NT; ++ch) { // query columns c0.. of the tile
+        const int c0 = ch * NT * 8;
+        if (t0 + c0 >= Tq) break;
+        if (causal && qpos0 + t0 + c0 + NT * 8 - 1 < kpos0 + jw) continue;
+        float sT[NT][4], dpT[NT][4]; // Sᵀ, dPᵀ: rows = keys, columns = queries
 #pragma unroll
-      for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
-    mma_abt<DMAX>(st, sm.Ks, warp * 16, sm.Qs, nks, lane);
-    mma_abt<DMAX>(dpt, sm.Vs, warp * 16, sm.dOs, nks, lane);
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+          for (int e = 0; e < 4; ++e) sT[nt][e] = dpT[nt][e] = 0.f;
+        mma_abt<DMAX, NT, KVREG>(sT, kf, Ks, warp * 16, 0u, Qt, c0, nks, lane);
+        mma_abt<DMAX, NT, KVREG>(dpT, vf, Vs, warp * 16, 0u, dOt, c0, nks, lane);
 #pragma unroll
-      for (int hr = 0; hr < 2; ++hr)
+        for (int nt = 0; nt < NT; ++nt) {
+          const int c = c0 + nt * 8 + 2 * t4;
+          const float2 lq = *reinterpret_cast<const float2*>(l2t + c);
+          const float2 dq2 = *reinterpret_cast<const float2*>(ddt + c);
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = nt * 8 + 2 * t4 + e, x = hr * 2 + e;
-          const bool on = (vis >> (nt * 4 + x)) & 1u;
-          const float p = on ? exp2f(st[nt][x] * c2 - sm.lse2[c]) : 0.f;
-          st[nt][x] = p;
-          dpt[nt][x] = on ? scale * p * (dpt[nt][x] - sm.dd[c]) : 0.f;
+          for (int hr = 0; hr < 2; ++hr) {
+            float& s0 = sT[nt][hr * 2];
+            float& s1 = sT[nt][hr * 2 + 1];
+            s0 = ex2(fmaf(s0, c2, -lq.x));
+            s1 = ex2(fmaf(s1, c2, -lq.y));
+            dpT[nt][hr * 2] = s0 * (dpT[nt][hr * 2] - dq2.x);
+            dpT[nt][hr * 2 + 1] = s1 * (dpT[nt][hr * 2 + 1] - dq2.y);
+          }
         }
-    mma_px<DMAX>(dva, st, sm.dOs, nks, lane);  // dV += Pᵀ·dO
-    mma_px<DMAX>(dka, dpt, sm.Qs, nks, lane);  // dK += dSᵀ·Q
-    __syncthreads(); // tile reads done before the next pass overwrites them
+        bool any = true;
+        if (need) {
+          bool vis = false;
+#pragma unroll
+          for (int hr = 0; hr < 2; ++hr) {
+            const int j = jw + g + 8 * hr, lo = kpos0 + j - qpos0 - t0; // causal: column c visible iff c >= lo
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int c = c0 + nt * 8 + 2 * t4 + e;
+                const bool ok = t0 + c < Tq && j < Tk && (!causal || c >= lo) && (!seg || ksr[hr] == qst[c]);
+                if (!ok) sT[nt][hr * 2 + e] = dpT[nt][hr * 2 + e] = 0.f;
+                vis |= ok;
+              }
+          }
+          any = __any_sync(0xffffffffu, vis);
+        }
+        if (any) {
+          mma_px<DMAX, NT>(dva, sT, dOt, c0, nks, lane); // dV += Pᵀ·dO
+          mma_px<DMAX, NT>(dka, dpT, Qt, c0, nks, lane); // dK += dSᵀ·Q
+        }
+      }
+    }
+    // Tile qt+1's row values go to stage st^1, last read in iteration qt-1.
+    if (tid < kCols && qt + 1 < nqt) {
+      l2s[(st ^ 1) * kCols + tid] = nl2;
+      dds[(st ^ 1) * kCols + tid] = nd;
+      qss[(st ^ 1) * kCols + tid] = nid;
+    }
   }
+  cp_async_wait0();
 
-  const int r0 = j0 + warp * 16;
-  add_rows<DMAX>(dk + (long long)b * Tk * ks + (long long)h * D, ks, r0, Tk, D, dka, lane);
-  add_rows<DMAX>(dv + (long long)b * Tk * vs + (long long)h * D, vs, r0, Tk, D, dva, lane);
+  add_rows<DMAX>(dk + (long long)b * Tk * ks + (long long)h * D, ks, jw, Tk, D, dka, scale, lane);
+  add_rows<DMAX>(dv + (long long)b * Tk * vs + (long long)h * D, vs, jw, Tk, D, dva, 1.f, lane);
 }
 
-// dQ for query tile gridDim.x−1−blockIdx.x of (b, h), warp w owning rows
-// t0 + 16w..: S = Q·Kᵀ and dP = dO·Vᵀ per visible key tile (in increasing
-// order), then dQ += dS·K. Grid (ceil(Tq/64), H, B), block 128.
-template <int DMAX>
+// dQ for the 128 queries t0.. of (b, h), warp w owning rows t0 + 16w..: per
+// visible key tile of 64 (increasing order) S = Q·Kᵀ, dP = dO·Vᵀ, then
+// dQ += dS·K. Grid (ceil(Tq/128)·H·B), query tiles last-first, block 256.
+// Shared: Q, dO [128][LD], two stages of K, V [64][LD] and of key segment
+// ids [64]: 2·(2·128 + 4·64)·(DMAX+8) + 8·64 bytes. QREG: Q, dO fragments
+// stay in registers.
+template <int DMAX, bool QREG, int NT, bool FULL>
 __device__ __forceinline__ void attn_bwd_dq_bf16(float* dq, const __nv_bfloat16* __restrict__ dout,
                                                  const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
                                                  const __nv_bfloat16* __restrict__ v, const float* __restrict__ lse,
                                                  const float* __restrict__ d, const int* __restrict__ qseg,
                                                  const int* __restrict__ kseg, int Tq, int Tk, int H, int D, int qs, int ks,
                                                  int vs, int os, int causal, int qpos0, int kpos0, float scale) {
-  constexpr int NDT = DMAX / 8;
+  constexpr int LD = DMAX + 8, NKS = DMAX / 16, NDT = DMAX / 8, TL = kCols * LD;
   extern __shared__ __align__(16) unsigned char attn_bf16_smem[];
-  BwdSmemBF16<DMAX> sm(attn_bf16_smem);
+  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(attn_bf16_smem); // [128][LD]
+  __nv_bfloat16* dOs = Qs + kRows * LD;                                   // [128][LD]
+  __nv_bfloat16* Ks = dOs + kRows * LD;                                   // [2][64][LD]
+  __nv_bfloat16* Vs = Ks + 2 * TL;                                        // [2][64][LD]
+  int* kss = reinterpret_cast<int*>(Vs + 2 * TL);                         // [2][64]
+
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int t0 = qt * kTile, nq = min(kTile, Tq - t0);
+  const int nqt = (Tq + kRows - 1) / kRows;
+  int i;
+  const int bh = block_tile(nqt, &i), h = bh % H, b = bh / H, qt = nqt - 1 - i;
+  const int t0 = qt * kRows, nq = min(kRows, Tq - t0);
   const bool seg = qseg != nullptr;
   const float c2 = scale * kLog2e;
-  const int nks = (D + 15) / 16;
+  const int nks = FULL ? NKS : (D + 15) / 16;
+  const int tw = t0 + warp * 16;
+  const bool wrows = tw < Tq;
 
-  load_tile_bf16<DMAX>(sm.Qs, q + ((long long)b * Tq + t0) * qs + (long long)h * D, qs, nq, D);
-  load_tile_bf16<DMAX>(sm.dOs, dout + ((long long)b * Tq + t0) * os + (long long)h * D, os, nq, D);
   float l2[2], dr[2]; // this thread's rows g, g + 8 of its warp
   int qsr[2];
 #pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    const int t = t0 + warp * 16 + g + 8 * hr;
-    const long long li = ((long long)b * H + h) * Tq + t;
-    l2[hr] = t < Tq ? lse[li] * kLog2e : -INFINITY;
-    dr[hr] = t < Tq ? d[li] : 0.f;
-    qsr[hr] = (seg && t < Tq) ? qseg[(long long)b * Tq + t] : 0;
+  for (int hr = 0; hr < 2; ++hr) bwd_row(lse, d, qseg, b, h, H, Tq, tw + g + 8 * hr, l2[hr], dr[hr], qsr[hr]);
+
+  int jend = Tk, wjend = Tk;
+  if (causal) {
+    jend = max(0, min(Tk, qpos0 + t0 + nq - kpos0));
+    wjend = max(0, min(Tk, qpos0 + min(tw + 16, Tq) - kpos0));
   }
-  int jend = Tk;
-  if (causal) jend = max(0, min(Tk, qpos0 + t0 + nq - kpos0));
-  const int nkt = (jend + kTile - 1) / kTile;
+  const int nkt = (jend + kCols - 1) / kCols;
+  const __nv_bfloat16* kb = k + (long long)b * Tk * ks + (long long)h * D;
+  const __nv_bfloat16* vb = v + (long long)b * Tk * vs + (long long)h * D;
+  if (nkt > 0) { // Q, dO and the first K, V tile: one cp.async group
+    cp_tile<DMAX, kRows>(Qs, q + ((long long)b * Tq + t0) * qs + (long long)h * D, qs, nq, D);
+    cp_tile<DMAX, kRows>(dOs, dout + ((long long)b * Tq + t0) * os + (long long)h * D, os, nq, D);
+    const int nk = min(kCols, Tk);
+    cp_tile<DMAX, kCols>(Ks, kb, ks, nk, D);
+    cp_tile<DMAX, kCols>(Vs, vb, vs, nk, D);
+    cp_async_commit();
+    if (seg && tid < kCols) kss[tid] = tid < nk ? kseg[(long long)b * Tk + tid] : 0;
+  }
 
   float dqa[NDT][4];
 #pragma unroll
   for (int n = 0; n < NDT; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dqa[n][e] = 0.f;
+  unsigned qf[NKS][4], of[NKS][4]; // the warp's Q, dO fragments (QREG)
+  int knext = 0;
 
+#pragma unroll 1
   for (int kt = 0; kt < nkt; ++kt) {
-    const int j0 = kt * kTile, nk = min(kTile, Tk - j0);
-    load_tile_bf16<DMAX>(sm.Ks, k + ((long long)b * Tk + j0) * ks + (long long)h * D, ks, nk, D);
-    load_tile_bf16<DMAX>(sm.Vs, v + ((long long)b * Tk + j0) * vs + (long long)h * D, vs, nk, D);
-    if (seg && tid < kTile) sm.kss[tid] = tid < nk ? kseg[(long long)b * Tk + j0 + tid] : 0;
-    __syncthreads(); // key side (and Q, dO on the first pass) visible
-
-    unsigned vis = 0; // bit nt·4 + hr·2 + e: key j0 + nt·8 + 2·t4 + e, row g + 8·hr
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int t = t0 + warp * 16 + g + 8 * hr;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = nt * 8 + 2 * t4 + e, j = j0 + c;
-          const bool ok = t < Tq && j < Tk && (!causal || kpos0 + j <= qpos0 + t) && (!seg || qsr[hr] == sm.kss[c]) &&
-                          l2[hr] != -INFINITY;
-          vis |= (unsigned)ok << (nt * 4 + hr * 2 + e);
-        }
+    const int st = kt & 1, j0 = kt * kCols;
+    cp_async_wait0();
+    __syncthreads(); // tile kt (and Q, dO) in shared for all; every warp is done with tile kt-1 (stage st^1)
+    if (kt + 1 < nkt) {
+      const int j1 = j0 + kCols, nk1 = min(kCols, Tk - j1);
+      cp_tile<DMAX, kCols>(Ks + (st ^ 1) * TL, kb + (long long)j1 * ks, ks, nk1, D);
+      cp_tile<DMAX, kCols>(Vs + (st ^ 1) * TL, vb + (long long)j1 * vs, vs, nk1, D);
+      cp_async_commit();
+      if (seg && tid < kCols) knext = tid < nk1 ? kseg[(long long)b * Tk + j1 + tid] : 0;
     }
-    if (seg && !__syncthreads_or(vis != 0)) continue; // ends the kss reads too
+    if (QREG && kt == 0) {
+      load_afrags<DMAX>(qf, Qs, warp * 16, nks, 0u, lane);
+      load_afrags<DMAX>(of, dOs, warp * 16, nks, 0u, lane);
+    }
 
-    float s[8][4], dp[8][4];
+    if (wrows && j0 < wjend) { // warp-uniform
+      const __nv_bfloat16* Kt = Ks + st * TL;
+      const __nv_bfloat16* Vt = Vs + st * TL;
+      const int* kst = kss + st * kCols;
+      // Masks: past Tk or Tq, the causal diagonal, segments.
+      const bool need = seg || j0 + kCols > Tk || tw + 16 > Tq || (causal && kpos0 + j0 + kCols - 1 > qpos0 + tw);
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+      for (int ch = 0; ch < 8 / NT; ++ch) { // key columns c0.. of the tile
+        const int c0 = ch * NT * 8;
+        if (j0 + c0 >= wjend) break; // no row of the warp sees these keys or later ones
+        float s[NT][4], dp[NT][4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
-    mma_abt<DMAX>(s, sm.Qs, warp * 16, sm.Ks, nks, lane);
-    mma_abt<DMAX>(dp, sm.dOs, warp * 16, sm.Vs, nks, lane);
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+          for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+        mma_abt<DMAX, NT, QREG>(s, qf, Qs, warp * 16, 0u, Kt, c0, nks, lane);
+        mma_abt<DMAX, NT, QREG>(dp, of, dOs, warp * 16, 0u, Vt, c0, nks, lane);
 #pragma unroll
-      for (int hr = 0; hr < 2; ++hr)
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int x = hr * 2 + e;
-          const bool on = (vis >> (nt * 4 + x)) & 1u;
-          const float p = on ? exp2f(s[nt][x] * c2 - l2[hr]) : 0.f;
-          dp[nt][x] = on ? scale * p * (dp[nt][x] - dr[hr]) : 0.f;
+          for (int hr = 0; hr < 2; ++hr)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int x = hr * 2 + e;
+              dp[nt][x] = ex2(fmaf(s[nt][x], c2, -l2[hr])) * (dp[nt][x] - dr[hr]); // dS (unscaled)
+            }
+        bool any = true;
+        if (need) {
+          bool vis = false;
+#pragma unroll
+          for (int hr = 0; hr < 2; ++hr) {
+            const int t = tw + g + 8 * hr, lim = qpos0 + t - kpos0 - j0; // causal: column c visible iff c <= lim
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int c = c0 + nt * 8 + 2 * t4 + e;
+                const bool ok = t < Tq && j0 + c < Tk && (!causal || c <= lim) && (!seg || qsr[hr] == kst[c]);
+                if (!ok) dp[nt][hr * 2 + e] = 0.f;
+                vis |= ok;
+              }
+          }
+          any = __any_sync(0xffffffffu, vis);
         }
-    mma_px<DMAX>(dqa, dp, sm.Ks, nks, lane); // dQ += dS·K
-    __syncthreads(); // tile reads done before the next pass overwrites them
+        if (any) mma_px<DMAX, NT>(dqa, dp, Kt, c0, nks, lane); // dQ += dS·K
+      }
+    }
+    if (seg && tid < kCols && kt + 1 < nkt) kss[(st ^ 1) * kCols + tid] = knext;
   }
+  cp_async_wait0();
 
-  add_rows<DMAX>(dq + (long long)b * Tq * qs + (long long)h * D, qs, t0 + warp * 16, Tq, D, dqa, lane);
+  add_rows<DMAX>(dq + (long long)b * Tq * qs + (long long)h * D, qs, tw, Tq, D, dqa, scale, lane);
 }
 
 } // namespace
 
-#define ATTN_BF16_FWD(DM)                                                                                           \
-  extern "C" __global__ void __launch_bounds__(kThreads) attention_fwd_bf16_d##DM(                                 \
+// Per DMAX: FREG, KVREG, QREG keep the warp's A fragments in registers
+// (Q in the forward, K and V in dK/dV, Q and dO in dQ; else re-read from
+// shared per tile); NT is the backward kernels' chunk of the other side's
+// tile in 8-column n-tiles (8: all 64 columns at once; 2: 16 at a time, so
+// fewer registers live); *_MIN the blocks per SM asked of ptxas. Each
+// kernel holds two copies of its body: heads of DMAX−15..DMAX columns
+// (FULL: every 16-column slice holds data, no slice tests) and smaller ones.
+#define ATTN_BF16_KERNELS(DM, FREG, FWD_MIN, KVREG, DKV_NT, DKV_MIN, QREG, DQ_NT, DQ_MIN)                          \
+  extern "C" __global__ void __launch_bounds__(kThreads, FWD_MIN) attention_fwd_bf16_d##DM(                        \
       __nv_bfloat16* out, float* lse, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,      \
       const int* qseg, const int* kseg, int Tq, int Tk, int H, int D, int qs, int ks, int vs, int os, int causal,   \
       int qpos0, int kpos0, float scale) {                                                                         \
-    attn_fwd_bf16<DM>(out, lse, q, k, v, qseg, kseg, Tq, Tk, H, D, qs, ks, vs, os, causal, qpos0, kpos0, scale);    \
-  }
-
-ATTN_BF16_FWD(64)
-ATTN_BF16_FWD(128)
-
-#define ATTN_BF16_BWD(DM)                                                                                           \
-  extern "C" __global__ void __launch_bounds__(kThreads) attention_bwd_dkv_bf16_d##DM(                             \
+    if (D > DM - 16)                                                                                               \
+      attn_fwd_bf16<DM, FREG, true>(out, lse, q, k, v, qseg, kseg, Tq, Tk, H, D, qs, ks, vs, os, causal, qpos0,     \
+                                    kpos0, scale);                                                                 \
+    else                                                                                                           \
+      attn_fwd_bf16<DM, FREG, false>(out, lse, q, k, v, qseg, kseg, Tq, Tk, H, D, qs, ks, vs, os, causal, qpos0,    \
+                                     kpos0, scale);                                                                \
+  }                                                                                                                \
+  extern "C" __global__ void __launch_bounds__(kThreads, DKV_MIN) attention_bwd_dkv_bf16_d##DM(                    \
       float* dk, float* dv, const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k,               \
       const __nv_bfloat16* v, const float* lse, const float* d, const int* qseg, const int* kseg, int Tq, int Tk,    \
       int H, int D, int qs, int ks, int vs, int os, int causal, int qpos0, int kpos0, float scale) {                 \
-    attn_bwd_dkv_bf16<DM>(dk, dv, dout, q, k, v, lse, d, qseg, kseg, Tq, Tk, H, D, qs, ks, vs, os, causal, qpos0,   \
-                          kpos0, scale);                                                                             \
+    if (D > DM - 16)                                                                                                 \
+      attn_bwd_dkv_bf16<DM, KVREG, DKV_NT, true>(dk, dv, dout, q, k, v, lse, d, qseg, kseg, Tq, Tk, H, D, qs, ks,    \
+                                                 vs, os, causal, qpos0, kpos0, scale);                               \
+    else                                                                                                             \
+      attn_bwd_dkv_bf16<DM, KVREG, DKV_NT, false>(dk, dv, dout, q, k, v, lse, d, qseg, kseg, Tq, Tk, H, D, qs, ks,   \
+                                                  vs, os, causal, qpos0, kpos0, scale);                              \
   }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(kThreads) attention_bwd_dq_bf16_d##DM(                              \
+  extern "C" __global__ void __launch_bounds__(kThreads, DQ_MIN) attention_bwd_dq_bf16_d##DM(                      \
       float* dq, const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, \
       const float* lse, const float* d, const int* qseg, const int* kseg, int Tq, int Tk, int H, int D, int qs,     \
       int ks, int vs, int os, int causal, int qpos0, int kpos0, float scale) {                                      \
-    attn_bwd_dq_bf16<DM>(dq, dout, q, k, v, lse, d, qseg, kseg, Tq, Tk, H, D, qs, ks, vs, os, causal, qpos0, kpos0, \
-                         scale);                                                                                     \
+    if (D > DM - 16)                                                                                                 \
+      attn_bwd_dq_bf16<DM, QREG, DQ_NT, true>(dq, dout, q, k, v, lse, d, qseg, kseg, Tq, Tk, H, D, qs, ks, vs, os,  \
+                                              causal, qpos0, kpos0, scale);                                          \
+    else                                                                                                             \
+      attn_bwd_dq_bf16<DM, QREG, DQ_NT, false>(dq, dout, q, k, v, lse, d, qseg, kseg, Tq, Tk, H, D, qs, ks, vs, os, \
+                                               causal, qpos0, kpos0, scale);                                         \
   }
 
-ATTN_BF16_BWD(64)
-ATTN_BF16_BWD(128)
+ATTN_BF16_KERNELS(64, false, 2, true, 2, 1, true, 2, 2)
+ATTN_BF16_KERNELS(128, true, 1, false, 4, 1, true, 2, 1)
 
 // attention_rowdot_bf16 is attention_rowdot_f32 (attention.cu) with dout and
 // out in bf16: d[(b·H + h)·Tq + t] = Σ_i dout·out over head h of row b·Tq + t,
-// in fp32. One warp per (b, t, h) of rows = B·Tq·H, grid-stride.
+// in fp32, for rows = B·Tq·H rows (b, t, h), grid-stride over warps. When D
+// and os are multiples of 8 and both buffers 16-byte aligned, a row is L
+// lanes (the power of two >= D/8, at most 32) reading 16-byte vectors, 32/L
+// rows per warp; otherwise one warp per row reads single elements. Either
+// way the order of the sums is fixed.
 extern "C" __global__ void attention_rowdot_bf16(float* d, const __nv_bfloat16* __restrict__ dout,
                                                  const __nv_bfloat16* __restrict__ out, int rows, int Tq, int H, int D,
                                                  int os) {
   const int lane = threadIdx.x & 31;
-  const int nw = (gridDim.x * blockDim.x) >> 5;
-  for (int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; w < rows; w += nw) {
+  const int gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, nw = (gridDim.x * blockDim.x) >> 5;
+  const bool vec = D % 8 == 0 && os % 8 == 0 &&
+                   ((reinterpret_cast<unsigned long long>(dout) | reinterpret_cast<unsigned long long>(out)) & 15) == 0;
+  if (vec) {
+    const int CH = D / 8; // 16-byte chunks per row
+    int L = 1;
+    while (L < CH && L < 32) L <<= 1;
+    const int rpw = 32 / L, sub = lane / L, li = lane % L;
+    for (int w0 = gw * rpw; w0 < rows; w0 += nw * rpw) { // warp-uniform
+      const int w = w0 + sub;
+      float acc = 0.f;
+      if (w < rows) {
+        const int h = w % H, bt = w / H;
+        const long long off = (long long)bt * os + (long long)h * D;
+        for (int c = li; c < CH; c += L) {
+          const uint4 x = *reinterpret_cast<const uint4*>(dout + off + 8 * c);
+          const uint4 y = *reinterpret_cast<const uint4*>(out + off + 8 * c);
+          const unsigned xs[4] = {x.x, x.y, x.z, x.w}, ys[4] = {y.x, y.y, y.z, y.w};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            acc = fmaf(__uint_as_float(xs[e] << 16), __uint_as_float(ys[e] << 16), acc);
+            acc = fmaf(__uint_as_float(xs[e] & 0xffff0000u), __uint_as_float(ys[e] & 0xffff0000u), acc);
+          }
+        }
+      }
+      for (int m = L >> 1; m > 0; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+      if (li == 0 && w < rows) {
+        const int h = w % H, bt = w / H, b = bt / Tq, t = bt % Tq;
+        d[((long long)b * H + h) * Tq + t] = acc;
+      }
+    }
+    return;
+  }
+  for (int w = gw; w < rows; w += nw) {
     const int h = w % H, bt = w / H;
     const long long off = (long long)bt * os + (long long)h * D;
     float acc = 0.f;

@@ -7,11 +7,11 @@ import (
 	"github.com/moetrain/moetrain/tensor"
 )
 
-// Attention kernels (cuda/kernels/attention.cu, fp32; attention_bf16.cu, a
-// tensor-core forward): 64×64 query × key tiles, one kernel variant per
-// head-size bound DMAX (32, 64, 128; the head size is rounded up to one of
-// them, so each kernel name always launches with the same shared memory and
-// launch3's one-time opt-in above 48 KiB holds). Semantics and layouts are
+// Attention kernels (cuda/kernels/attention.cu, fp32, 64×64 query × key
+// tiles; attention_bf16.cu, tensor cores, 128-row blocks over 64-row tiles):
+// one kernel variant per head-size bound DMAX (32, 64, 128; the head size is
+// rounded up to one of them, so each kernel name always launches with the
+// same shared memory and launch3's one-time opt-in above 48 KiB holds). Semantics and layouts are
 // tensor.AttnShape's: the same masks (causal with QPos0/KPos0, segments),
 // lse and d [(b·Heads + h)·Tq + t], rows with no visible key get o = 0 and
 // lse = -Inf, and the backward adds into dq, dk, dv.
@@ -202,13 +202,40 @@ var (
 	attnBF16DQName  = map[int]string{64: "attention_bwd_dq_bf16_d64", 128: "attention_bwd_dq_bf16_d128"}
 )
 
-// attnBF16Shared is the bf16 forward's dynamic shared memory: bf16 Q, K, V
-// tiles [64][DMAX+8] and key segment ids [64].
-func attnBF16Shared(dmax int) int { return 2*3*attnTile*(dmax+8) + 4*attnTile }
+// The bf16 kernels (FlashAttention-2 style): blocks of 8 warps (256
+// threads) own 128 rows (queries in the forward and dQ kernels, keys in dK/dV)
+// and loop over 64-row tiles of the other side, double-buffered in shared
+// memory; tiles are [rows][DMAX+8] bf16. Blocks are numbered tile-major,
+// (b, h) fastest: grid ceil(T/128)·Heads·Batch, one dimension.
+const (
+	attnBF16Rows    = 128
+	attnBF16Cols    = 64
+	attnBF16Threads = 256
+)
 
-// attnBF16BwdShared is either bf16 backward kernel's: Q, dO, K, V tiles and
-// lse, d, query and key segment ids [64] each.
-func attnBF16BwdShared(dmax int) int { return 2*4*attnTile*(dmax+8) + 4*4*attnTile }
+// attnBF16Grid is the one-dimensional grid over t rows of every (b, h).
+func attnBF16Grid(t int, s tensor.AttnShape) cuda.Dim3 {
+	return cuda.Dim3{X: (t + attnBF16Rows - 1) / attnBF16Rows * s.Heads * s.Batch}
+}
+
+// attnBF16Shared is the bf16 forward's dynamic shared memory: the Q tile
+// [128][DMAX+8], two stages of K and V tiles [64][DMAX+8] (bf16) and of the
+// key segment ids [64] (int32).
+func attnBF16Shared(dmax int) int {
+	return 2*(attnBF16Rows+4*attnBF16Cols)*(dmax+8) + 4*2*attnBF16Cols
+}
+
+// attnBF16DKVShared is the dK/dV kernel's: K and V [128][DMAX+8], two
+// stages of Q and dO [64][DMAX+8] and of lse, d and query segment ids [64].
+func attnBF16DKVShared(dmax int) int {
+	return 2*(2*attnBF16Rows+4*attnBF16Cols)*(dmax+8) + 4*3*2*attnBF16Cols
+}
+
+// attnBF16DQShared is the dQ kernel's: Q and dO [128][DMAX+8], two stages
+// of K and V [64][DMAX+8] and of key segment ids [64].
+func attnBF16DQShared(dmax int) int {
+	return 2*(2*attnBF16Rows+4*attnBF16Cols)*(dmax+8) + 4*2*attnBF16Cols
+}
 
 // attnBF16Args adds the bf16 kernels' requirements to attnArgs': HeadDim
 // and strides multiples of 8 elements, the bf16 buffers 16-byte aligned.
@@ -235,8 +262,8 @@ func attnBF16Args(op string, s tensor.AttnShape, qseg, kseg cuda.DevicePtr, bf16
 // HeadDim, every stride and the q, k, v, out addresses to be multiples of 8
 // elements (16 bytes): tile rows move as 16-byte vectors.
 //
-// Launch: grid (ceil(Tq/64), Heads, Batch) × 128 threads (4 warps of 16
-// query rows), attnBF16Shared bytes (27 KiB at DMAX 64, 51 KiB at 128).
+// Launch: grid ceil(Tq/128)·Heads·Batch × 256 threads (8 warps of 16
+// query rows), attnBF16Shared bytes (55 KiB at DMAX 64, 103 KiB at 128).
 func (o *Ops) AttentionForwardBF16(out, lse, q, k, v cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
 	const op = "AttentionForwardBF16"
 	dm, scale, err := attnBF16Args(op, s, qseg, kseg, out, q, k, v)
@@ -253,8 +280,7 @@ func (o *Ops) AttentionForwardBF16(out, lse, q, k, v cuda.DevicePtr, s tensor.At
 	if err := o.attnShared(op, sh); err != nil {
 		return err
 	}
-	grid := cuda.Dim3{X: (s.Tq + attnTile - 1) / attnTile, Y: s.Heads, Z: s.Batch}
-	return o.launch3(attnBF16Name[dm], grid, cuda.Dim3{X: 128}, sh,
+	return o.launch3(attnBF16Name[dm], attnBF16Grid(s.Tq, s), cuda.Dim3{X: attnBF16Threads}, sh,
 		out, lse, q, k, v, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
 		s.QStride, s.KStride, s.VStride, s.OStride, attnBool(s.Causal), s.QPos0, s.KPos0, scale)
 }
@@ -288,9 +314,10 @@ func (o *Ops) AttentionRowDotBF16(d, dout, out cuda.DevicePtr, s tensor.AttnShap
 // 1e-2 relative. Same requirements as AttentionForwardBF16 (multiples of 8,
 // 16-byte aligned bf16 buffers). Deterministic: no atomics.
 //
-// Launch: dK, dV over grid (ceil(Tk/64), Heads, Batch), then dQ over
-// (ceil(Tq/64), Heads, Batch), 128 threads each (4 warps of 16 rows),
-// attnBF16BwdShared bytes (37 KiB at DMAX 64, 69 KiB at 128).
+// Launch: dK, dV over grid ceil(Tk/128)·Heads·Batch, attnBF16DKVShared
+// bytes (74 KiB at DMAX 64, 138 KiB at 128), then dQ over
+// ceil(Tq/128)·Heads·Batch, attnBF16DQShared bytes (73 KiB, 137 KiB); 256
+// threads each (8 warps of 16 rows).
 func (o *Ops) AttentionBackwardBF16(dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
 	const op = "AttentionBackwardBF16"
 	dm, scale, err := attnBF16Args(op, s, qseg, kseg, dout, q, k, v)
@@ -303,20 +330,18 @@ func (o *Ops) AttentionBackwardBF16(dq, dk, dv, dout, q, k, v, lse, d cuda.Devic
 	if dq == 0 || dk == 0 || dv == 0 || dout == 0 || q == 0 || k == 0 || v == 0 || lse == 0 || d == 0 {
 		return errf(op, "nil device buffer")
 	}
-	sh := attnBF16BwdShared(dm)
-	if err := o.attnShared(op, sh); err != nil {
+	shKV, shQ := attnBF16DKVShared(dm), attnBF16DQShared(dm)
+	if err := o.attnShared(op, max(shKV, shQ)); err != nil {
 		return err
 	}
-	block := cuda.Dim3{X: 128}
+	block := cuda.Dim3{X: attnBF16Threads}
 	causal := attnBool(s.Causal)
-	grid := cuda.Dim3{X: (s.Tk + attnTile - 1) / attnTile, Y: s.Heads, Z: s.Batch}
-	if err := o.launch3(attnBF16DKVName[dm], grid, block, sh,
+	if err := o.launch3(attnBF16DKVName[dm], attnBF16Grid(s.Tk, s), block, shKV,
 		dk, dv, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
 		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale); err != nil {
 		return err
 	}
-	grid.X = (s.Tq + attnTile - 1) / attnTile
-	return o.launch3(attnBF16DQName[dm], grid, block, sh,
+	return o.launch3(attnBF16DQName[dm], attnBF16Grid(s.Tq, s), block, shQ,
 		dq, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
 		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale)
 }

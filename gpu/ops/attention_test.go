@@ -567,8 +567,14 @@ func (p *attnProblem) toBF16(t *testing.T, o *Ops) (q, k, v cuda.DevicePtr) {
 	return upload(t, o, attnRoundBF16(p.q)), upload(t, o, attnRoundBF16(p.k)), upload(t, o, attnRoundBF16(p.v))
 }
 
-// attnBF16Cases are the cases of attnCases the bf16 kernels take: head
-// sizes that are multiples of 8, padded layouts padded by 8.
+// attnBF16Cases are the cases of attnCases the bf16 kernels take (head
+// sizes that are multiples of 8, padded layouts padded by 8), then cases
+// for the bf16 kernels' own paths: 128-row blocks over 64-row tiles (T not
+// a multiple of either, several blocks per head and heads per block
+// numbering), head sizes just under each kernel bound (every 16-column
+// slice holds data, but not every column) and between bounds, a negative
+// scale on both kernel sizes, cross attention whose rows or keys see
+// nothing at all in whole blocks, and the production sequence length.
 func attnBF16Cases() []attnCase {
 	var cs []attnCase
 	for _, c := range attnCases() {
@@ -580,7 +586,20 @@ func attnBF16Cases() []attnCase {
 		}
 		cs = append(cs, c)
 	}
-	return cs
+	return append(cs,
+		attnCase{B: 2, Tq: 300, Tk: 300, H: 3, D: 56, causal: true, packed: true},          // DMAX 64, D < DMAX in the last slice
+		attnCase{B: 1, Tq: 200, Tk: 200, H: 2, D: 120, causal: true, seg: 1, pad: 8},       // DMAX 128, D < DMAX in the last slice
+		attnCase{B: 2, Tq: 260, Tk: 260, H: 2, D: 96, causal: true, scale: -0.2},           // DMAX 128, two empty slices, negative scale
+		attnCase{B: 1, Tq: 190, Tk: 190, H: 2, D: 128, causal: true, seg: 2, scale: -0.15}, // negative scale with Q fragments in registers
+		attnCase{B: 2, Tq: 140, Tk: 140, H: 2, D: 24, causal: true, scale: -0.5, pad: 8},   // negative scale, DMAX 64 with partial slices
+		attnCase{B: 3, Tq: 300, Tk: 200, H: 2, D: 64, causal: true, kpos0: 150},            // rows t < 150 see no key: whole query blocks empty
+		attnCase{B: 2, Tq: 100, Tk: 300, H: 2, D: 64, causal: true},                        // keys j >= 100 see no query: whole key blocks empty
+		attnCase{B: 2, Tq: 200, Tk: 333, H: 2, D: 128, causal: true, qpos0: 133, seg: 2},   // queries at the end of the keys
+		attnCase{B: 1, Tq: 129, Tk: 383, H: 3, D: 64, qpos0: 7, kpos0: 3, seg: 2, pad: 8},  // cross attention with ids, not causal
+		attnCase{B: 3, Tq: 384, Tk: 384, H: 5, D: 64, causal: true, packed: true},          // 15 (b, h) pairs × 3 blocks
+		attnCase{B: 1, Tq: 600, Tk: 600, H: 2, D: 128, causal: true, seg: 1, packed: true},
+		attnCase{B: 1, Tq: 2048, Tk: 2048, H: 1, D: 64, causal: true, packed: true}, // gpu-small's sequence
+	)
 }
 
 // poisonedBF16 allocates n bf16 values, all NaN.
