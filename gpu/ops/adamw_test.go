@@ -58,13 +58,13 @@ func TestAdamW(t *testing.T) {
 			for i := range got16 {
 				want := uint16(0xffff)
 				if i >= lo && i < hi {
-					want = ewBF16(gotP[i])
+					want = bf16Bits(gotP[i])
 				}
 				if got16[i] != want {
 					t.Fatalf("range %v step %d: bf16 copy [%d] = %#04x, want %#04x", r, step, i, got16[i], want)
 				}
 			}
-			if ewDiffBits(gotP[:lo], cpuP[:lo]) >= 0 || ewDiffBits(gotP[hi:], cpuP[hi:]) >= 0 {
+			if firstBitDiff(gotP[:lo], cpuP[:lo]) >= 0 || firstBitDiff(gotP[hi:], cpuP[hi:]) >= 0 {
 				t.Fatalf("range %v step %d: params outside the range changed", r, step)
 			}
 			if e := relErr(download[float32](t, o, dm, n), cpu.M); e > 1e-6 {
@@ -113,7 +113,7 @@ func TestAdamWDeterministic(t *testing.T) {
 			continue
 		}
 		for k := range got {
-			if i := ewDiffBits(got[k], first[k]); i >= 0 {
+			if i := firstBitDiff(got[k], first[k]); i >= 0 {
 				t.Fatalf("run %d: buffer %d differs at %d", run, k, i)
 			}
 		}

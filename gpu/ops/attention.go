@@ -50,6 +50,11 @@ func attnFwdShared(dmax int) int { return 4 * (2*attnTile*(dmax+4) + attnTile*at
 // tile, and lse, d, query and key segment ids [64] each.
 func attnBwdShared(dmax int) int { return 4 * (4*attnTile*(dmax+4) + attnTile*attnLdP + 4*attnTile) }
 
+// attnGrid is the fp32 kernels' grid over t rows: (ceil(t/64), Heads, Batch).
+func attnGrid(t int, s tensor.AttnShape) cuda.Dim3 {
+	return cuda.Dim3{X: (t + attnTile - 1) / attnTile, Y: s.Heads, Z: s.Batch}
+}
+
 // attnArgs checks s for the GPU kernels and returns the kernel variant and
 // the resolved scale. s.Validate runs with the buffer lengths the shape
 // needs (device buffers carry no length: the caller vouches for them);
@@ -103,42 +108,37 @@ func attnBool(b bool) int {
 	return 0
 }
 
-// AttentionForward computes out (OStride rows) and lse [Batch·Heads·Tq]
-// from q, k, v as tensor.AttentionForward does. qseg, kseg are the device
-// copies of s.QSeg, s.KSeg (int32 [Batch·Tq], [Batch·Tk]) or 0 when those are
-// nil. Every out element of the heads' columns and every lse is written.
-//
-// Launch: grid (ceil(Tq/64), Heads, Batch) × 256 threads, attnFwdShared
-// bytes of dynamic shared memory (35 KiB at DMAX 32, 51 KiB at 64, 83 KiB
-// at 128).
-func (o *Ops) AttentionForward(out, lse, q, k, v cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
-	const op = "AttentionForward"
-	dm, scale, err := attnArgs(op, s, qseg, kseg)
-	if err != nil {
-		return err
-	}
+// attnLaunch is one attention kernel launch: the kernel, its grid and block,
+// and its dynamic shared memory in bytes.
+type attnLaunch struct {
+	name   string
+	grid   cuda.Dim3
+	block  cuda.Dim3
+	shared int
+}
+
+// attnForward is the forward of either precision once attnArgs or
+// attnBF16Args has passed: nothing for an empty batch or query, else out,
+// lse and (with keys) q, k, v must be given and the GPU must grant
+// fwd.shared bytes; then one launch of fwd.
+func (o *Ops) attnForward(op string, fwd attnLaunch, out, lse, q, k, v cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr, scale float32) error {
 	if s.Batch == 0 || s.Tq == 0 {
 		return nil
 	}
 	if out == 0 || lse == 0 || (s.Tk > 0 && (q == 0 || k == 0 || v == 0)) {
 		return errf(op, "nil device buffer")
 	}
-	sh := attnFwdShared(dm)
-	if err := o.attnShared(op, sh); err != nil {
+	if err := o.attnShared(op, fwd.shared); err != nil {
 		return err
 	}
-	grid := cuda.Dim3{X: (s.Tq + attnTile - 1) / attnTile, Y: s.Heads, Z: s.Batch}
-	return o.launch3(attnFwdName[dm], grid, cuda.Dim3{X: attnThreads}, sh,
+	return o.launch3(fwd.name, fwd.grid, fwd.block, fwd.shared,
 		out, lse, q, k, v, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
 		s.QStride, s.KStride, s.VStride, s.OStride, attnBool(s.Causal), s.QPos0, s.KPos0, scale)
 }
 
-// AttentionRowDot sets d[(b·Heads + h)·Tq + t] = Σ_i dout·out over head h
-// of row b·Tq + t (dout and out use OStride), as tensor.AttentionRowDot.
-//
-// Launch: one warp per (b, t, h), 256-thread blocks, grid-stride.
-func (o *Ops) AttentionRowDot(d, dout, out cuda.DevicePtr, s tensor.AttnShape) error {
-	const op = "AttentionRowDot"
+// attnRowDot is AttentionRowDot of either precision: kernel name over one
+// warp per (b, t, h), 256-thread blocks, grid-stride.
+func (o *Ops) attnRowDot(op, name string, d, dout, out cuda.DevicePtr, s tensor.AttnShape) error {
 	if s.Batch < 0 || s.Tq < 0 || s.Heads <= 0 || s.HeadDim <= 0 || s.OStride < s.Heads*s.HeadDim {
 		return errf(op, "bad shape: Batch %d, Tq %d, Heads %d, HeadDim %d, OStride %d", s.Batch, s.Tq, s.Heads, s.HeadDim, s.OStride)
 	}
@@ -153,8 +153,59 @@ func (o *Ops) AttentionRowDot(d, dout, out cuda.DevicePtr, s tensor.AttnShape) e
 		return errf(op, "nil device buffer")
 	}
 	n := int(rows) * 32
-	return o.launch("attention_rowdot_f32", o.gridFor(n, 256), 256, 0,
+	return o.launch(name, o.gridFor(n, 256), 256, 0,
 		d, dout, out, int(rows), s.Tq, s.Heads, s.HeadDim, s.OStride)
+}
+
+// attnBackward is the backward of either precision once attnArgs or
+// attnBF16Args has passed: nothing for an empty batch, query or key side,
+// else every buffer must be given and the GPU must grant the larger of the
+// two kernels' shared bytes; then dkv (dK, dV) and dq (dQ), in that order.
+func (o *Ops) attnBackward(op string, dkv, dqk attnLaunch, dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr, scale float32) error {
+	if s.Batch == 0 || s.Tq == 0 || s.Tk == 0 {
+		return nil
+	}
+	if dq == 0 || dk == 0 || dv == 0 || dout == 0 || q == 0 || k == 0 || v == 0 || lse == 0 || d == 0 {
+		return errf(op, "nil device buffer")
+	}
+	if err := o.attnShared(op, max(dkv.shared, dqk.shared)); err != nil {
+		return err
+	}
+	causal := attnBool(s.Causal)
+	if err := o.launch3(dkv.name, dkv.grid, dkv.block, dkv.shared,
+		dk, dv, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
+		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale); err != nil {
+		return err
+	}
+	return o.launch3(dqk.name, dqk.grid, dqk.block, dqk.shared,
+		dq, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
+		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale)
+}
+
+// AttentionForward computes out (OStride rows) and lse [Batch·Heads·Tq]
+// from q, k, v as tensor.AttentionForward does. qseg, kseg are the device
+// copies of s.QSeg, s.KSeg (int32 [Batch·Tq], [Batch·Tk]) or 0 when those are
+// nil. Every out element of the heads' columns and every lse is written.
+//
+// Launch: grid (ceil(Tq/64), Heads, Batch) × 256 threads, attnFwdShared
+// bytes of dynamic shared memory (35 KiB at DMAX 32, 51 KiB at 64, 83 KiB
+// at 128).
+func (o *Ops) AttentionForward(out, lse, q, k, v cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
+	const op = "AttentionForward"
+	dm, scale, err := attnArgs(op, s, qseg, kseg)
+	if err != nil {
+		return err
+	}
+	fwd := attnLaunch{attnFwdName[dm], attnGrid(s.Tq, s), cuda.Dim3{X: attnThreads}, attnFwdShared(dm)}
+	return o.attnForward(op, fwd, out, lse, q, k, v, s, qseg, kseg, scale)
+}
+
+// AttentionRowDot sets d[(b·Heads + h)·Tq + t] = Σ_i dout·out over head h
+// of row b·Tq + t (dout and out use OStride), as tensor.AttentionRowDot.
+//
+// Launch: one warp per (b, t, h), 256-thread blocks, grid-stride.
+func (o *Ops) AttentionRowDot(d, dout, out cuda.DevicePtr, s tensor.AttnShape) error {
+	return o.attnRowDot("AttentionRowDot", "attention_rowdot_f32", d, dout, out, s)
 }
 
 // AttentionBackward adds the gradients of tensor.AttentionBackward into dq,
@@ -171,28 +222,10 @@ func (o *Ops) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr
 	if err != nil {
 		return err
 	}
-	if s.Batch == 0 || s.Tq == 0 || s.Tk == 0 {
-		return nil
-	}
-	if dq == 0 || dk == 0 || dv == 0 || dout == 0 || q == 0 || k == 0 || v == 0 || lse == 0 || d == 0 {
-		return errf(op, "nil device buffer")
-	}
-	sh := attnBwdShared(dm)
-	if err := o.attnShared(op, sh); err != nil {
-		return err
-	}
-	block := cuda.Dim3{X: attnThreads}
-	causal := attnBool(s.Causal)
-	grid := cuda.Dim3{X: (s.Tk + attnTile - 1) / attnTile, Y: s.Heads, Z: s.Batch}
-	if err := o.launch3(attnDKVName[dm], grid, block, sh,
-		dk, dv, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
-		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale); err != nil {
-		return err
-	}
-	grid.X = (s.Tq + attnTile - 1) / attnTile
-	return o.launch3(attnDQName[dm], grid, block, sh,
-		dq, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
-		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale)
+	block, sh := cuda.Dim3{X: attnThreads}, attnBwdShared(dm)
+	dkv := attnLaunch{attnDKVName[dm], attnGrid(s.Tk, s), block, sh}
+	dqk := attnLaunch{attnDQName[dm], attnGrid(s.Tq, s), block, sh}
+	return o.attnBackward(op, dkv, dqk, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg, scale)
 }
 
 // bf16 kernels by DMAX (64 serves heads up to 64, 128 up to 128).
@@ -270,41 +303,14 @@ func (o *Ops) AttentionForwardBF16(out, lse, q, k, v cuda.DevicePtr, s tensor.At
 	if err != nil {
 		return err
 	}
-	if s.Batch == 0 || s.Tq == 0 {
-		return nil
-	}
-	if out == 0 || lse == 0 || (s.Tk > 0 && (q == 0 || k == 0 || v == 0)) {
-		return errf(op, "nil device buffer")
-	}
-	sh := attnBF16Shared(dm)
-	if err := o.attnShared(op, sh); err != nil {
-		return err
-	}
-	return o.launch3(attnBF16Name[dm], attnBF16Grid(s.Tq, s), cuda.Dim3{X: attnBF16Threads}, sh,
-		out, lse, q, k, v, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
-		s.QStride, s.KStride, s.VStride, s.OStride, attnBool(s.Causal), s.QPos0, s.KPos0, scale)
+	fwd := attnLaunch{attnBF16Name[dm], attnBF16Grid(s.Tq, s), cuda.Dim3{X: attnBF16Threads}, attnBF16Shared(dm)}
+	return o.attnForward(op, fwd, out, lse, q, k, v, s, qseg, kseg, scale)
 }
 
 // AttentionRowDotBF16 is AttentionRowDot with dout and out in bf16 (d in
 // float32).
 func (o *Ops) AttentionRowDotBF16(d, dout, out cuda.DevicePtr, s tensor.AttnShape) error {
-	const op = "AttentionRowDotBF16"
-	if s.Batch < 0 || s.Tq < 0 || s.Heads <= 0 || s.HeadDim <= 0 || s.OStride < s.Heads*s.HeadDim {
-		return errf(op, "bad shape: Batch %d, Tq %d, Heads %d, HeadDim %d, OStride %d", s.Batch, s.Tq, s.Heads, s.HeadDim, s.OStride)
-	}
-	rows := int64(s.Batch) * int64(s.Tq) * int64(s.Heads)
-	if rows == 0 {
-		return nil
-	}
-	if rows*32 > math.MaxInt32 {
-		return errf(op, "Batch·Tq·Heads = %d too large", rows)
-	}
-	if d == 0 || dout == 0 || out == 0 {
-		return errf(op, "nil device buffer")
-	}
-	n := int(rows) * 32
-	return o.launch("attention_rowdot_bf16", o.gridFor(n, 256), 256, 0,
-		d, dout, out, int(rows), s.Tq, s.Heads, s.HeadDim, s.OStride)
+	return o.attnRowDot("AttentionRowDotBF16", "attention_rowdot_bf16", d, dout, out, s)
 }
 
 // AttentionBackwardBF16 is AttentionBackward on tensor cores with dout, q,
@@ -324,24 +330,8 @@ func (o *Ops) AttentionBackwardBF16(dq, dk, dv, dout, q, k, v, lse, d cuda.Devic
 	if err != nil {
 		return err
 	}
-	if s.Batch == 0 || s.Tq == 0 || s.Tk == 0 {
-		return nil
-	}
-	if dq == 0 || dk == 0 || dv == 0 || dout == 0 || q == 0 || k == 0 || v == 0 || lse == 0 || d == 0 {
-		return errf(op, "nil device buffer")
-	}
-	shKV, shQ := attnBF16DKVShared(dm), attnBF16DQShared(dm)
-	if err := o.attnShared(op, max(shKV, shQ)); err != nil {
-		return err
-	}
 	block := cuda.Dim3{X: attnBF16Threads}
-	causal := attnBool(s.Causal)
-	if err := o.launch3(attnBF16DKVName[dm], attnBF16Grid(s.Tk, s), block, shKV,
-		dk, dv, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
-		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale); err != nil {
-		return err
-	}
-	return o.launch3(attnBF16DQName[dm], attnBF16Grid(s.Tq, s), block, shQ,
-		dq, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
-		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale)
+	dkv := attnLaunch{attnBF16DKVName[dm], attnBF16Grid(s.Tk, s), block, attnBF16DKVShared(dm)}
+	dqk := attnLaunch{attnBF16DQName[dm], attnBF16Grid(s.Tq, s), block, attnBF16DQShared(dm)}
+	return o.attnBackward(op, dkv, dqk, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg, scale)
 }

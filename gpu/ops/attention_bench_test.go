@@ -26,9 +26,9 @@ func BenchmarkAttentionBF16(b *testing.B) {
 			o := testOps(b)
 			C, N := c.H*c.D, c.B*c.T
 			rng := rand.New(rand.NewPCG(1, 2))
-			qkv := upload(b, o, attnToBF16(randn(rng, N*3*C, 1)))
+			qkv := upload(b, o, bf16Encode(randn(rng, N*3*C, 1)))
 			q, k, v := qkv, qkv.Add(2*C), qkv.Add(4*C)
-			dout := upload(b, o, attnToBF16(randn(rng, N*C, 1)))
+			dout := upload(b, o, bf16Encode(randn(rng, N*C, 1)))
 			out := devAlloc(b, o, 2*N*C)
 			lse := devAlloc(b, o, 4*c.B*c.H*c.T)
 			d := devAlloc(b, o, 4*c.B*c.H*c.T)

@@ -199,15 +199,6 @@ func attnCheckLSE(t *testing.T, what string, got, want []float32, tol float64) {
 	}
 }
 
-func attnBitsEqual(a, b []float32) int {
-	for i := range a {
-		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
-			return i
-		}
-	}
-	return -1
-}
-
 // gpuForward runs the GPU forward into poisoned buffers and returns out
 // (whole OStride rows) and lse.
 func (p *attnProblem) gpuForward(t *testing.T, o *Ops) (out, lse []float32, devOut, devLSE cuda.DevicePtr) {
@@ -221,65 +212,94 @@ func (p *attnProblem) gpuForward(t *testing.T, o *Ops) (out, lse []float32, devO
 	return download[float32](t, o, devOut, p.no), download[float32](t, o, devLSE, nl), devOut, devLSE
 }
 
+// checkForward runs a forward (run returns out, whole OStride rows as
+// float32, and lse) twice and checks the first run against the reference
+// want, wantLSE: the heads' columns within tol, lse within lseTol (the same
+// rows -Inf), padding columns untouched (still NaN), rows that see no key
+// exactly 0; and the second run bitwise equal to the first.
+func (p *attnProblem) checkForward(t *testing.T, want, wantLSE []float32, tol, lseTol float64, run func() (out, lse []float32)) {
+	t.Helper()
+	c, s, C := p.c, p.s, p.c.H*p.c.D
+	rows := c.B * c.Tq
+	got, gotLSE := run()
+	attnCheckClose(t, "out", attnHeadCols(got, rows, s.OStride, 0, C), attnHeadCols(want, rows, s.OStride, 0, C), tol)
+	attnCheckLSE(t, "lse", gotLSE, wantLSE, lseTol)
+	for r := 0; r < rows; r++ {
+		for i := C; i < s.OStride; i++ { // padding columns are not the kernel's
+			if v := got[r*s.OStride+i]; !math.IsNaN(float64(v)) {
+				t.Fatalf("out row %d padding column %d written: %v", r, i, v)
+			}
+		}
+	}
+	for b := 0; b < c.B; b++ { // rows that see no key: exactly 0
+		for h := 0; h < c.H; h++ {
+			for tq := 0; tq < c.Tq; tq++ {
+				if !math.IsInf(float64(wantLSE[(b*c.H+h)*c.Tq+tq]), -1) {
+					continue
+				}
+				for _, v := range got[(b*c.Tq+tq)*s.OStride+h*c.D:][:c.D] {
+					if v != 0 {
+						t.Fatalf("b %d h %d t %d sees no key but out = %v", b, h, tq, v)
+					}
+				}
+			}
+		}
+	}
+
+	got2, gotLSE2 := run()
+	if i := firstBitDiff(attnHeadCols(got2, rows, s.OStride, 0, C), attnHeadCols(got, rows, s.OStride, 0, C)); i >= 0 {
+		t.Fatalf("out differs between two runs at %d", i)
+	}
+	if i := firstBitDiff(gotLSE2, gotLSE); i >= 0 {
+		t.Fatalf("lse differs between two runs at %d", i)
+	}
+}
+
 func TestAttentionForward(t *testing.T) {
 	o := testOps(t)
 	rng := rand.New(rand.NewPCG(3, 4))
 	for _, c := range attnCases() {
 		t.Run(c.String(), func(t *testing.T) {
 			p := newAttnProblem(t, o, c, rng)
-			s, C := p.s, c.H*c.D
-			rows := c.B * c.Tq
 			want, wantLSE := make([]float32, p.no), make([]float32, c.B*c.H*c.Tq)
-			tensor.AttentionForwardRef(want, wantLSE, p.q, p.k, p.v, s)
+			tensor.AttentionForwardRef(want, wantLSE, p.q, p.k, p.v, p.s)
 
-			got, gotLSE, _, _ := p.gpuForward(t, o)
-			attnCheckClose(t, "out", attnHeadCols(got, rows, s.OStride, 0, C), attnHeadCols(want, rows, s.OStride, 0, C), 1e-5)
-			attnCheckLSE(t, "lse", gotLSE, wantLSE, 1e-5)
-			for r := 0; r < rows; r++ {
-				for i := C; i < s.OStride; i++ { // padding columns are not the kernel's
-					if v := got[r*s.OStride+i]; !math.IsNaN(float64(v)) {
-						t.Fatalf("out row %d padding column %d written: %v", r, i, v)
-					}
-				}
-			}
-			for b := 0; b < c.B; b++ { // rows that see no key: exactly 0
-				for h := 0; h < c.H; h++ {
-					for tq := 0; tq < c.Tq; tq++ {
-						if !math.IsInf(float64(wantLSE[(b*c.H+h)*c.Tq+tq]), -1) {
-							continue
-						}
-						for _, v := range got[(b*c.Tq+tq)*s.OStride+h*c.D:][:c.D] {
-							if v != 0 {
-								t.Fatalf("b %d h %d t %d sees no key but out = %v", b, h, tq, v)
-							}
-						}
-					}
-				}
-			}
-
-			got2, gotLSE2, _, _ := p.gpuForward(t, o)
-			if i := attnBitsEqual(attnHeadCols(got2, rows, s.OStride, 0, C), attnHeadCols(got, rows, s.OStride, 0, C)); i >= 0 {
-				t.Fatalf("out differs between two runs at %d", i)
-			}
-			if i := attnBitsEqual(gotLSE2, gotLSE); i >= 0 {
-				t.Fatalf("lse differs between two runs at %d", i)
-			}
+			p.checkForward(t, want, wantLSE, 1e-5, 1e-5, func() ([]float32, []float32) {
+				got, gotLSE, _, _ := p.gpuForward(t, o)
+				return got, gotLSE
+			})
 		})
 	}
 }
 
 func TestAttentionRowDot(t *testing.T) {
+	attnTestRowDot(t, rand.New(rand.NewPCG(5, 6)), false)
+}
+
+// attnTestRowDot checks AttentionRowDot (bf16: AttentionRowDotBF16 on dout
+// and out rounded to bf16, the reference on the rounded values; products
+// are exact in fp32 either way) against tensor.AttentionRowDot within 1e-5.
+func attnTestRowDot(t *testing.T, rng *rand.Rand, bf16 bool) {
 	o := testOps(t)
-	rng := rand.New(rand.NewPCG(5, 6))
 	for _, c := range []attnCase{{B: 1, Tq: 1, H: 1, D: 8}, {B: 3, Tq: 65, H: 4, D: 24, pad: 5}, {B: 2, Tq: 257, H: 2, D: 128}, {B: 2, Tq: 33, H: 3, D: 7}} {
 		C := c.H * c.D
 		s := tensor.AttnShape{Batch: c.B, Tq: c.Tq, Heads: c.H, HeadDim: c.D, OStride: C + c.pad}
 		n := c.B * c.Tq * s.OStride
 		dout, out := randn(rng, n, 1), randn(rng, n, 1)
+		var hd, ho []uint16
+		if bf16 {
+			hd, ho = bf16RoundInPlace(dout), bf16RoundInPlace(out)
+		}
 		want := make([]float32, c.B*c.H*c.Tq)
 		tensor.AttentionRowDot(want, dout, out, s)
 		dd := poisoned(t, o, len(want))
-		if err := o.AttentionRowDot(dd, upload(t, o, dout), upload(t, o, out), s); err != nil {
+		var err error
+		if bf16 {
+			err = o.AttentionRowDotBF16(dd, upload(t, o, hd), upload(t, o, ho), s)
+		} else {
+			err = o.AttentionRowDot(dd, upload(t, o, dout), upload(t, o, out), s)
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 		attnCheckClose(t, fmt.Sprintf("%v d", c), download[float32](t, o, dd, len(want)), want, 1e-5)
@@ -341,13 +361,6 @@ func (p *attnProblem) refGrads(dout, lse, d []float32) []float32 {
 	return g
 }
 
-func (p *attnProblem) gpuBackward(t *testing.T, o *Ops, g attnGrads, dout, lse, d cuda.DevicePtr) {
-	t.Helper()
-	if err := o.AttentionBackward(g.dq, g.dk, g.dv, dout, p.devQ, p.devK, p.devV, lse, d, p.s, p.dqseg, p.dkseg); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestAttentionBackward checks, per case: the gradients from the reference
 // forward's o, lse (and d from tensor.AttentionRowDot) against
 // AttentionBackwardRef (zero-initialised buffers; padding columns stay
@@ -356,29 +369,58 @@ func (p *attnProblem) gpuBackward(t *testing.T, o *Ops, g attnGrads, dout, lse, 
 // all-GPU chain (GPU forward, GPU row dot, GPU backward) against the
 // reference.
 func TestAttentionBackward(t *testing.T) {
+	attnTestBackward(t, rand.New(rand.NewPCG(8, 9)), false)
+}
+
+// attnTestBackward is TestAttentionBackward over attnCases (gradients and
+// chain within 1e-4, the GPU row dot within 1e-5) or, for bf16, over
+// attnBF16Cases with q, k, v and dO rounded to bf16 and the bf16 kernels
+// (gradients within 1e-2, the row dot within 1e-2, the chain within 2e-2).
+func attnTestBackward(t *testing.T, rng *rand.Rand, bf16 bool) {
 	o := testOps(t)
-	rng := rand.New(rand.NewPCG(8, 9))
-	for _, c := range attnCases() {
+	cases, gradTol, dTol, chainTol := attnCases(), 1e-4, 1e-5, 1e-4
+	backward, rowDot := o.AttentionBackward, o.AttentionRowDot
+	if bf16 {
+		cases, gradTol, dTol, chainTol = attnBF16Cases(), 1e-2, 1e-2, 2e-2
+		backward, rowDot = o.AttentionBackwardBF16, o.AttentionRowDotBF16
+	}
+	for _, c := range cases {
 		t.Run(c.String(), func(t *testing.T) {
 			p := newAttnProblem(t, o, c, rng)
 			s := p.s
+			devQ, devK, devV := p.devQ, p.devK, p.devV
+			if bf16 {
+				devQ, devK, devV = p.toBF16(t, o)
+			}
 			out, lse := make([]float32, p.no), make([]float32, c.B*c.H*c.Tq)
 			tensor.AttentionForwardRef(out, lse, p.q, p.k, p.v, s)
 			dout := randn(rng, p.no, 1)
+			var ddout cuda.DevicePtr
+			if bf16 {
+				ddout = upload(t, o, bf16RoundInPlace(dout))
+			} else {
+				ddout = upload(t, o, dout)
+			}
 			d := make([]float32, len(lse))
 			tensor.AttentionRowDot(d, dout, out, s)
 			want := p.refGrads(dout, lse, d)
 			wq, wk, wv := p.grads(want)
 
-			ddout, dlse, dd := upload(t, o, dout), upload(t, o, lse), upload(t, o, d)
+			dlse, dd := upload(t, o, lse), upload(t, o, d)
+			run := func(init []float32, lse, d cuda.DevicePtr) []float32 {
+				t.Helper()
+				g := p.newGrads(t, o, init)
+				if err := backward(g.dq, g.dk, g.dv, ddout, devQ, devK, devV, lse, d, s, p.dqseg, p.dkseg); err != nil {
+					t.Fatal(err)
+				}
+				return p.downloadGrads(t, o, g)
+			}
 			zero := make([]float32, p.gradLen())
-			g1 := p.newGrads(t, o, zero)
-			p.gpuBackward(t, o, g1, ddout, dlse, dd)
-			got := p.downloadGrads(t, o, g1)
+			got := run(zero, dlse, dd)
 			gq, gk, gv := p.grads(got)
-			attnCheckClose(t, "dq", gq, wq, 1e-4)
-			attnCheckClose(t, "dk", gk, wk, 1e-4)
-			attnCheckClose(t, "dv", gv, wv, 1e-4)
+			attnCheckClose(t, "dq", gq, wq, gradTol)
+			attnCheckClose(t, "dk", gk, wk, gradTol)
+			attnCheckClose(t, "dv", gv, wv, gradTol)
 			for i, v := range got {
 				if v != 0 && p.isPadding(i) {
 					t.Fatalf("padding element %d written: %v", i, v)
@@ -386,35 +428,32 @@ func TestAttentionBackward(t *testing.T) {
 			}
 
 			init := randn(rng, p.gradLen(), 1)
-			g2 := p.newGrads(t, o, init)
-			p.gpuBackward(t, o, g2, ddout, dlse, dd)
-			acc := p.downloadGrads(t, o, g2)
-			for i := range acc {
-				w := init[i] + got[i]
-				if math.Float32bits(acc[i]) != math.Float32bits(w) {
-					t.Fatalf("accumulate: element %d = %v, want init %v + grad %v = %v", i, acc[i], init[i], got[i], w)
+			for i, v := range run(init, dlse, dd) {
+				if w := init[i] + got[i]; math.Float32bits(v) != math.Float32bits(w) {
+					t.Fatalf("accumulate: element %d = %v, want init %v + grad %v = %v", i, v, init[i], got[i], w)
 				}
 			}
 
-			g3 := p.newGrads(t, o, zero)
-			p.gpuBackward(t, o, g3, ddout, dlse, dd)
-			if i := attnBitsEqual(p.downloadGrads(t, o, g3), got); i >= 0 {
+			if i := firstBitDiff(run(zero, dlse, dd), got); i >= 0 {
 				t.Fatalf("gradients differ between two runs at %d", i)
 			}
 
 			// All on the GPU: forward, row dot, backward.
-			_, _, gout, glse := p.gpuForward(t, o)
+			var gout, glse cuda.DevicePtr
+			if bf16 {
+				_, _, gout, glse = p.gpuForwardBF16(t, o, devQ, devK, devV)
+			} else {
+				_, _, gout, glse = p.gpuForward(t, o)
+			}
 			gd := poisoned(t, o, len(d))
-			if err := o.AttentionRowDot(gd, ddout, gout, s); err != nil {
+			if err := rowDot(gd, ddout, gout, s); err != nil {
 				t.Fatal(err)
 			}
-			attnCheckClose(t, "d", download[float32](t, o, gd, len(d)), d, 1e-5)
-			g4 := p.newGrads(t, o, zero)
-			p.gpuBackward(t, o, g4, ddout, glse, gd)
-			cq, ck, cv := p.grads(p.downloadGrads(t, o, g4))
-			attnCheckClose(t, "chain dq", cq, wq, 1e-4)
-			attnCheckClose(t, "chain dk", ck, wk, 1e-4)
-			attnCheckClose(t, "chain dv", cv, wv, 1e-4)
+			attnCheckClose(t, "d", download[float32](t, o, gd, len(d)), d, dTol)
+			cq, ck, cv := p.grads(run(zero, glse, gd))
+			attnCheckClose(t, "chain dq", cq, wq, chainTol)
+			attnCheckClose(t, "chain dk", ck, wk, chainTol)
+			attnCheckClose(t, "chain dv", cv, wv, chainTol)
 		})
 	}
 }
@@ -530,41 +569,16 @@ func TestAttentionNoKeys(t *testing.T) {
 	}
 }
 
-// bf16 conversions (round to nearest even; inputs here are finite).
-func attnToBF16(x []float32) []uint16 {
-	out := make([]uint16, len(x))
-	for i, v := range x {
-		b := math.Float32bits(v)
-		out[i] = uint16((b + 0x7fff + (b>>16)&1) >> 16)
-	}
-	return out
-}
-
-func attnFromBF16(x []uint16) []float32 {
-	out := make([]float32, len(x))
-	for i, h := range x {
-		out[i] = math.Float32frombits(uint32(h) << 16)
-	}
-	return out
-}
-
-// attnRoundBF16 rounds x to bf16 in place and returns the bf16 values.
-func attnRoundBF16(x []float32) []uint16 {
-	h := attnToBF16(x)
-	copy(x, attnFromBF16(h))
-	return h
-}
-
 // toBF16 rounds p's host q, k, v to bf16 in place (so the references see
 // what the bf16 kernels see) and uploads bf16 copies in p's layout.
 func (p *attnProblem) toBF16(t *testing.T, o *Ops) (q, k, v cuda.DevicePtr) {
 	t.Helper()
 	if p.c.packed {
 		C := p.c.H * p.c.D
-		base := upload(t, o, attnRoundBF16(p.qkv))
+		base := upload(t, o, bf16RoundInPlace(p.qkv))
 		return base, base.Add(2 * C), base.Add(4 * C)
 	}
-	return upload(t, o, attnRoundBF16(p.q)), upload(t, o, attnRoundBF16(p.k)), upload(t, o, attnRoundBF16(p.v))
+	return upload(t, o, bf16RoundInPlace(p.q)), upload(t, o, bf16RoundInPlace(p.k)), upload(t, o, bf16RoundInPlace(p.v))
 }
 
 // attnBF16Cases are the cases of attnCases the bf16 kernels take (head
@@ -602,17 +616,6 @@ func attnBF16Cases() []attnCase {
 	)
 }
 
-// poisonedBF16 allocates n bf16 values, all NaN.
-func poisonedBF16(t *testing.T, o *Ops, n int) cuda.DevicePtr {
-	t.Helper()
-	w := max(1, (n+1)/2)
-	p := devAlloc(t, o, 4*w)
-	if err := o.C.Fill32(o.S, p, w, 0x7fc07fc0); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // TestAttentionForwardBF16 runs the cases of attnCases whose head size is a
 // multiple of 8 (padded layouts padded by 8) with q, k, v rounded to bf16,
 // against the float64 reference on the rounded values: out within 1e-2
@@ -624,43 +627,13 @@ func TestAttentionForwardBF16(t *testing.T) {
 	for _, c := range attnBF16Cases() {
 		t.Run(c.String(), func(t *testing.T) {
 			p := newAttnProblem(t, o, c, rng)
-			s, C := p.s, c.H*c.D
 			bq, bk, bv := p.toBF16(t, o)
-			rows, nl := c.B*c.Tq, c.B*c.H*c.Tq
-			want, wantLSE := make([]float32, p.no), make([]float32, nl)
-			tensor.AttentionForwardRef(want, wantLSE, p.q, p.k, p.v, s)
-
-			run := func() ([]float32, []float32) {
+			want, wantLSE := make([]float32, p.no), make([]float32, c.B*c.H*c.Tq)
+			tensor.AttentionForwardRef(want, wantLSE, p.q, p.k, p.v, p.s)
+			p.checkForward(t, want, wantLSE, 1e-2, 1e-4, func() ([]float32, []float32) {
 				got, gotLSE, _, _ := p.gpuForwardBF16(t, o, bq, bk, bv)
 				return got, gotLSE
-			}
-			got, gotLSE := run()
-			attnCheckClose(t, "out", attnHeadCols(got, rows, s.OStride, 0, C), attnHeadCols(want, rows, s.OStride, 0, C), 1e-2)
-			attnCheckLSE(t, "lse", gotLSE, wantLSE, 1e-4)
-			for r := 0; r < rows; r++ {
-				for i := C; i < s.OStride; i++ {
-					if v := got[r*s.OStride+i]; !math.IsNaN(float64(v)) {
-						t.Fatalf("out row %d padding column %d written: %v", r, i, v)
-					}
-				}
-			}
-			for i, l := range wantLSE { // rows that see no key: exactly 0
-				if math.IsInf(float64(l), -1) {
-					b, h, tq := i/(c.H*c.Tq), i/c.Tq%c.H, i%c.Tq
-					for _, v := range got[(b*c.Tq+tq)*s.OStride+h*c.D:][:c.D] {
-						if v != 0 {
-							t.Fatalf("b %d h %d t %d sees no key but out = %v", b, h, tq, v)
-						}
-					}
-				}
-			}
-			got2, gotLSE2 := run()
-			if i := attnBitsEqual(attnHeadCols(got2, rows, s.OStride, 0, C), attnHeadCols(got, rows, s.OStride, 0, C)); i >= 0 {
-				t.Fatalf("out differs between two runs at %d", i)
-			}
-			if i := attnBitsEqual(gotLSE2, gotLSE); i >= 0 {
-				t.Fatalf("lse differs between two runs at %d", i)
-			}
+			})
 		})
 	}
 }
@@ -671,11 +644,11 @@ func TestAttentionForwardBF16(t *testing.T) {
 func (p *attnProblem) gpuForwardBF16(t *testing.T, o *Ops, q, k, v cuda.DevicePtr) (out, lse []float32, devOut, devLSE cuda.DevicePtr) {
 	t.Helper()
 	nl := p.c.B * p.c.H * p.c.Tq
-	devOut, devLSE = poisonedBF16(t, o, p.no), poisoned(t, o, nl)
+	devOut, devLSE = poisonedBF16At(t, o, p.no, 0), poisoned(t, o, nl)
 	if err := o.AttentionForwardBF16(devOut, devLSE, q, k, v, p.s, p.dqseg, p.dkseg); err != nil {
 		t.Fatal(err)
 	}
-	return attnFromBF16(download[uint16](t, o, devOut, p.no)), download[float32](t, o, devLSE, nl), devOut, devLSE
+	return bf16Decode(download[uint16](t, o, devOut, p.no)), download[float32](t, o, devLSE, nl), devOut, devLSE
 }
 
 // TestAttentionBackwardBF16 is TestAttentionBackward for the bf16 kernels,
@@ -685,84 +658,13 @@ func (p *attnProblem) gpuForwardBF16(t *testing.T, o *Ops, q, k, v cuda.DevicePt
 // equal; then the all-bf16 chain (bf16 forward, bf16 row dot from the bf16
 // out, bf16 backward) within 2e-2 (d now comes from a rounded out).
 func TestAttentionBackwardBF16(t *testing.T) {
-	o := testOps(t)
-	rng := rand.New(rand.NewPCG(14, 15))
-	for _, c := range attnBF16Cases() {
-		t.Run(c.String(), func(t *testing.T) {
-			p := newAttnProblem(t, o, c, rng)
-			s := p.s
-			bq, bk, bv := p.toBF16(t, o)
-			out, lse := make([]float32, p.no), make([]float32, c.B*c.H*c.Tq)
-			tensor.AttentionForwardRef(out, lse, p.q, p.k, p.v, s)
-			dout := randn(rng, p.no, 1)
-			bdout := upload(t, o, attnRoundBF16(dout))
-			d := make([]float32, len(lse))
-			tensor.AttentionRowDot(d, dout, out, s)
-			want := p.refGrads(dout, lse, d)
-			wq, wk, wv := p.grads(want)
-
-			dlse, dd := upload(t, o, lse), upload(t, o, d)
-			run := func(init []float32, lse, d cuda.DevicePtr) []float32 {
-				g := p.newGrads(t, o, init)
-				if err := o.AttentionBackwardBF16(g.dq, g.dk, g.dv, bdout, bq, bk, bv, lse, d, s, p.dqseg, p.dkseg); err != nil {
-					t.Fatal(err)
-				}
-				return p.downloadGrads(t, o, g)
-			}
-			zero := make([]float32, p.gradLen())
-			got := run(zero, dlse, dd)
-			gq, gk, gv := p.grads(got)
-			attnCheckClose(t, "dq", gq, wq, 1e-2)
-			attnCheckClose(t, "dk", gk, wk, 1e-2)
-			attnCheckClose(t, "dv", gv, wv, 1e-2)
-			for i, v := range got {
-				if v != 0 && p.isPadding(i) {
-					t.Fatalf("padding element %d written: %v", i, v)
-				}
-			}
-			init := randn(rng, p.gradLen(), 1)
-			for i, v := range run(init, dlse, dd) {
-				if w := init[i] + got[i]; math.Float32bits(v) != math.Float32bits(w) {
-					t.Fatalf("accumulate: element %d = %v, want init %v + grad %v = %v", i, v, init[i], got[i], w)
-				}
-			}
-			if i := attnBitsEqual(run(zero, dlse, dd), got); i >= 0 {
-				t.Fatalf("gradients differ between two runs at %d", i)
-			}
-
-			_, _, gout, glse := p.gpuForwardBF16(t, o, bq, bk, bv)
-			gd := poisoned(t, o, len(d))
-			if err := o.AttentionRowDotBF16(gd, bdout, gout, s); err != nil {
-				t.Fatal(err)
-			}
-			attnCheckClose(t, "d", download[float32](t, o, gd, len(d)), d, 1e-2)
-			cq, ck, cv := p.grads(run(zero, glse, gd))
-			attnCheckClose(t, "chain dq", cq, wq, 2e-2)
-			attnCheckClose(t, "chain dk", ck, wk, 2e-2)
-			attnCheckClose(t, "chain dv", cv, wv, 2e-2)
-		})
-	}
+	attnTestBackward(t, rand.New(rand.NewPCG(14, 15)), true)
 }
 
 // TestAttentionRowDotBF16: the bf16 row dot against tensor.AttentionRowDot
 // on the rounded values (products exact in fp32, so 1e-5).
 func TestAttentionRowDotBF16(t *testing.T) {
-	o := testOps(t)
-	rng := rand.New(rand.NewPCG(16, 17))
-	for _, c := range []attnCase{{B: 1, Tq: 1, H: 1, D: 8}, {B: 3, Tq: 65, H: 4, D: 24, pad: 5}, {B: 2, Tq: 257, H: 2, D: 128}, {B: 2, Tq: 33, H: 3, D: 7}} {
-		C := c.H * c.D
-		s := tensor.AttnShape{Batch: c.B, Tq: c.Tq, Heads: c.H, HeadDim: c.D, OStride: C + c.pad}
-		n := c.B * c.Tq * s.OStride
-		dout, out := randn(rng, n, 1), randn(rng, n, 1)
-		hd, ho := attnRoundBF16(dout), attnRoundBF16(out)
-		want := make([]float32, c.B*c.H*c.Tq)
-		tensor.AttentionRowDot(want, dout, out, s)
-		dd := poisoned(t, o, len(want))
-		if err := o.AttentionRowDotBF16(dd, upload(t, o, hd), upload(t, o, ho), s); err != nil {
-			t.Fatal(err)
-		}
-		attnCheckClose(t, fmt.Sprintf("%v d", c), download[float32](t, o, dd, len(want)), want, 1e-5)
-	}
+	attnTestRowDot(t, rand.New(rand.NewPCG(16, 17)), true)
 }
 
 // TestAttentionBF16BadArgs needs no GPU: the bf16 kernel's extra

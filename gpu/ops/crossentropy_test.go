@@ -49,17 +49,17 @@ func TestCrossEntropy(t *testing.T) {
 			wantL, wantD := make([]float32, n), make([]float32, n*v)
 			wantSum, wantCount := tensor.CrossEntropy(wantL, wantD, logits, tg, n, v, scale)
 
-			dl, dt := ewUploadAt(t, o, logits, off), upload(t, o, tg)
+			dl, dt := uploadAt(t, o, logits, off), upload(t, o, tg)
 			var firstL, firstD []float32
 			var firstSum []float64
 			for run := 0; run < 2; run++ {
-				losses, dd, sum := poisoned(t, o, n), ewPoisonedAt(t, o, n*v, off), ewF64(t, o, 2)
+				losses, dd, sum := poisoned(t, o, n), poisonedAt(t, o, n*v, off), ewF64(t, o, 2)
 				if err := o.CrossEntropy(losses, dd, dl, dt, n, v, scale, sum); err != nil {
 					t.Fatal(err)
 				}
 				gotL, gotD, gotSum := download[float32](t, o, losses, n), download[float32](t, o, dd, n*v), download[float64](t, o, sum, 2)
 				if run == 1 {
-					if ewDiffBits(gotL, firstL) >= 0 || ewDiffBits(gotD, firstD) >= 0 || math.Float64bits(gotSum[0]) != math.Float64bits(firstSum[0]) {
+					if firstBitDiff(gotL, firstL) >= 0 || firstBitDiff(gotD, firstD) >= 0 || math.Float64bits(gotSum[0]) != math.Float64bits(firstSum[0]) {
 						t.Fatalf("n=%d v=%d off=%d: second run differs", n, v, off)
 					}
 					continue
@@ -81,16 +81,16 @@ func TestCrossEntropy(t *testing.T) {
 			if err := o.CrossEntropy(losses, 0, dl, dt, n, v, scale, 0); err != nil {
 				t.Fatal(err)
 			}
-			if i := ewDiffBits(download[float32](t, o, losses, n), firstL); i >= 0 {
+			if i := firstBitDiff(download[float32](t, o, losses, n), firstL); i >= 0 {
 				t.Fatalf("n=%d v=%d off=%d: losses without dlogits differ at row %d", n, v, off, i)
 			}
 
 			// In place: dlogits overwrites logits.
-			inPlace := ewUploadAt(t, o, logits, off)
+			inPlace := uploadAt(t, o, logits, off)
 			if err := o.CrossEntropy(losses, inPlace, inPlace, dt, n, v, scale, 0); err != nil {
 				t.Fatal(err)
 			}
-			if i := ewDiffBits(download[float32](t, o, inPlace, n*v), firstD); i >= 0 {
+			if i := firstBitDiff(download[float32](t, o, inPlace, n*v), firstD); i >= 0 {
 				t.Fatalf("n=%d v=%d off=%d: in-place dlogits differ at %d", n, v, off, i)
 			}
 		}
@@ -103,20 +103,20 @@ func TestCrossEntropyBF16(t *testing.T) {
 	for _, sh := range ewCEShapes() {
 		n, v := sh[0], sh[1]
 		for _, off := range []int{0, 1} {
-			logits := ewRound(randn(rng, n*v, 3))
+			logits := bf16Round(randn(rng, n*v, 3))
 			tg := ewTargets(rng, n, v)
 			const scale = 1.0 / 1024
 			wantL, wantD := make([]float32, n), make([]float32, n*v)
 			wantSum, wantCount := tensor.CrossEntropy(wantL, wantD, logits, tg, n, v, scale)
-			dl, dt := ewUploadAt(t, o, ewToBF16(logits), off), upload(t, o, tg)
-			losses, dd, sum := poisoned(t, o, n), ewPoisonedBF16(t, o, n*v, off), ewF64(t, o, 2)
+			dl, dt := uploadAt(t, o, bf16Encode(logits), off), upload(t, o, tg)
+			losses, dd, sum := poisoned(t, o, n), poisonedBF16At(t, o, n*v, off), ewF64(t, o, 2)
 			if err := o.CrossEntropyBF16(losses, dd, dl, dt, n, v, scale, sum); err != nil {
 				t.Fatal(err)
 			}
 			if e := relErr(download[float32](t, o, losses, n), wantL); e > 1e-5 {
 				t.Fatalf("n=%d v=%d off=%d losses rel err %g", n, v, off, e)
 			}
-			if e := relErr(ewFromBF16(download[uint16](t, o, dd, n*v)), ewRound(wantD)); e > ewBF16Tol {
+			if e := ewRelErrBF16(t, o, dd, wantD); e > ewBF16Tol {
 				t.Fatalf("n=%d v=%d off=%d dlogits rel err %g", n, v, off, e)
 			}
 			gotSum := download[float64](t, o, sum, 2)

@@ -18,66 +18,11 @@ import (
 // float-level differences.
 const ewBF16Tol = 3e-3
 
-// ewBF16 rounds x to bf16 bits, to nearest even (NaN stays NaN).
-func ewBF16(x float32) uint16 {
-	b := math.Float32bits(x)
-	if x != x {
-		return uint16(b>>16) | 0x40
-	}
-	b += 0x7fff + (b>>16)&1
-	return uint16(b >> 16)
-}
-
-// ewF32 widens bf16 bits to float32 (exact).
-func ewF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
-
-func ewToBF16(s []float32) []uint16 {
-	out := make([]uint16, len(s))
-	for i, x := range s {
-		out[i] = ewBF16(x)
-	}
-	return out
-}
-
-func ewFromBF16(h []uint16) []float32 {
-	out := make([]float32, len(h))
-	for i, x := range h {
-		out[i] = ewF32(x)
-	}
-	return out
-}
-
-// ewRound returns s rounded to bf16 and widened back.
-func ewRound(s []float32) []float32 { return ewFromBF16(ewToBF16(s)) }
-
-// ewUploadAt copies s into a new device buffer at element offset off (off=1
-// misaligns float4 and 4×bf16 chunks) and returns the address of s[0].
-func ewUploadAt[T any](t testing.TB, o *Ops, s []T, off int) cuda.DevicePtr {
+// ewRelErrBF16 is relErr of the len(want) bf16 values at p (downloaded and
+// widened) against want rounded to bf16: what ewBF16Tol bounds.
+func ewRelErrBF16(t testing.TB, o *Ops, p cuda.DevicePtr, want []float32) float64 {
 	t.Helper()
-	var z T
-	sz := sizeOf(z)
-	p := devAlloc(t, o, (len(s)+off+1)*sz).Add(off * sz)
-	if err := cuda.CopyIn(o.C, p, s); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// ewPoisonedAt is poisoned (n NaN floats) at float offset off.
-func ewPoisonedAt(t testing.TB, o *Ops, n, off int) cuda.DevicePtr {
-	t.Helper()
-	return poisoned(t, o, n+off).Add(4 * off)
-}
-
-// ewPoisonedBF16 is n bf16 NaNs at element offset off.
-func ewPoisonedBF16(t testing.TB, o *Ops, n, off int) cuda.DevicePtr {
-	t.Helper()
-	words := (n + off + 2) / 2
-	p := devAlloc(t, o, 4*words)
-	if err := o.C.Fill32(o.S, p, words, 0x7fc07fc0); err != nil {
-		t.Fatal(err)
-	}
-	return p.Add(2 * off)
+	return relErr(bf16Decode(download[uint16](t, o, p, len(want))), bf16Round(want))
 }
 
 // ewF64 is one float64 on the device set to NaN.
@@ -88,19 +33,6 @@ func ewF64(t testing.TB, o *Ops, n int) cuda.DevicePtr {
 		s[i] = math.NaN()
 	}
 	return upload(t, o, s)
-}
-
-// ewDiffBits returns the first index where a and b differ bitwise, or -1.
-func ewDiffBits(a, b []float32) int {
-	if len(a) != len(b) {
-		return 0
-	}
-	for i := range a {
-		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
-			return i
-		}
-	}
-	return -1
 }
 
 // ewRel64 is |got−want|/|want| (|got−want| for want = 0), +Inf for NaN.
@@ -123,19 +55,19 @@ func TestElementwiseAddScale(t *testing.T) {
 	for _, n := range ewSizes {
 		for _, off := range []int{0, 1} {
 			x, y := randn(rng, n, 1), randn(rng, n, 1)
-			dx, dy := ewUploadAt(t, o, x, off), ewUploadAt(t, o, y, off)
+			dx, dy := uploadAt(t, o, x, off), uploadAt(t, o, y, off)
 			if err := o.AddInPlace(dy, dx, n); err != nil {
 				t.Fatal(err)
 			}
 			tensor.AddInPlace(y, x)
-			if i := ewDiffBits(download[float32](t, o, dy, n), y); i >= 0 {
+			if i := firstBitDiff(download[float32](t, o, dy, n), y); i >= 0 {
 				t.Fatalf("n=%d off=%d AddInPlace differs at %d", n, off, i)
 			}
 			if err := o.Scale(dy, -0.37, n); err != nil {
 				t.Fatal(err)
 			}
 			tensor.Scale(y, -0.37)
-			if i := ewDiffBits(download[float32](t, o, dy, n), y); i >= 0 {
+			if i := firstBitDiff(download[float32](t, o, dy, n), y); i >= 0 {
 				t.Fatalf("n=%d off=%d Scale differs at %d", n, off, i)
 			}
 		}
@@ -148,7 +80,7 @@ func TestSumSquaresGlobalNorm(t *testing.T) {
 	for _, n := range append([]int{0, 8192, 3 * 8192}, ewSizes...) {
 		for _, off := range []int{0, 1} {
 			x := randn(rng, n, 2)
-			dx := ewUploadAt(t, o, x, off)
+			dx := uploadAt(t, o, x, off)
 			scratch := poisoned(t, o, SumSquaresScratch(n))
 			out := ewF64(t, o, 2)
 			if err := o.SumSquares(dx, n, scratch, out); err != nil {
@@ -187,16 +119,16 @@ func TestCastBF16(t *testing.T) {
 		for _, off := range []int{0, 1} {
 			x := randn(rng, n, 10)
 			copy(x, special)
-			dx := ewUploadAt(t, o, x, off)
-			dh := ewPoisonedBF16(t, o, n, off)
+			dx := uploadAt(t, o, x, off)
+			dh := poisonedBF16At(t, o, n, off)
 			if err := o.CastF32ToBF16(dh, dx, n); err != nil {
 				t.Fatal(err)
 			}
 			got := download[uint16](t, o, dh, n)
 			for i, v := range x {
-				w := ewBF16(v)
+				w := bf16Bits(v)
 				if v != v {
-					if g := ewF32(got[i]); g == g {
+					if g := bf16Value(got[i]); g == g {
 						t.Fatalf("n=%d off=%d: bf16(NaN) = %#04x", n, off, got[i])
 					}
 					continue
@@ -205,15 +137,15 @@ func TestCastBF16(t *testing.T) {
 					t.Fatalf("n=%d off=%d: bf16(%g = %#08x) = %#04x, want %#04x", n, off, v, math.Float32bits(v), got[i], w)
 				}
 			}
-			h := ewToBF16(x)
-			dh2 := ewUploadAt(t, o, h, off)
-			df := ewPoisonedAt(t, o, n, off)
+			h := bf16Encode(x)
+			dh2 := uploadAt(t, o, h, off)
+			df := poisonedAt(t, o, n, off)
 			if err := o.CastBF16ToF32(df, dh2, n); err != nil {
 				t.Fatal(err)
 			}
 			back := download[float32](t, o, df, n)
 			for i := range h {
-				w := ewF32(h[i])
+				w := bf16Value(h[i])
 				if w != w {
 					if back[i] == back[i] {
 						t.Fatalf("n=%d off=%d: float(bf16 NaN) = %g", n, off, back[i])

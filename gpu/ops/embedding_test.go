@@ -97,15 +97,15 @@ func TestEmbeddingForward(t *testing.T) {
 				ids, pos := ewIDs(rng, n, vocab), ewIDs(rng, n, npos)
 				tok, ptab := randn(rng, vocab*d, 1), randn(rng, npos*d, 1)
 				dids, dpos := upload(t, o, ids), upload(t, o, pos)
-				dtok, dptab := ewUploadAt(t, o, tok, off), ewUploadAt(t, o, ptab, off)
+				dtok, dptab := uploadAt(t, o, tok, off), uploadAt(t, o, ptab, off)
 
 				want := make([]float32, n*d)
 				tensor.EmbeddingForward(want, ids, tok, d)
-				out := ewPoisonedAt(t, o, n*d, off)
+				out := poisonedAt(t, o, n*d, off)
 				if err := o.EmbeddingForward(out, dids, dtok, n, d, vocab); err != nil {
 					t.Fatal(err)
 				}
-				if i := ewDiffBits(download[float32](t, o, out, n*d), want); i >= 0 {
+				if i := firstBitDiff(download[float32](t, o, out, n*d), want); i >= 0 {
 					t.Fatalf("n=%d d=%d off=%d: EmbeddingForward differs at %d", n, d, off, i)
 				}
 
@@ -113,27 +113,27 @@ func TestEmbeddingForward(t *testing.T) {
 				scratch := make([]float32, n*d)
 				tensor.EmbeddingForward(scratch, pos, ptab, d)
 				tensor.AddInPlace(want, scratch)
-				out = ewPoisonedAt(t, o, n*d, off)
+				out = poisonedAt(t, o, n*d, off)
 				if err := o.EmbedForward(out, dids, dpos, dtok, dptab, n, d, vocab, npos); err != nil {
 					t.Fatal(err)
 				}
-				if i := ewDiffBits(download[float32](t, o, out, n*d), want); i >= 0 {
+				if i := firstBitDiff(download[float32](t, o, out, n*d), want); i >= 0 {
 					t.Fatalf("n=%d d=%d off=%d: EmbedForward differs at %d", n, d, off, i)
 				}
-				outH := ewPoisonedBF16(t, o, n*d, off)
+				outH := poisonedBF16At(t, o, n*d, off)
 				if err := o.EmbedForwardBF16(outH, dids, dpos, dtok, dptab, n, d, vocab, npos); err != nil {
 					t.Fatal(err)
 				}
-				if !slices.Equal(download[uint16](t, o, outH, n*d), ewToBF16(want)) {
+				if !slices.Equal(download[uint16](t, o, outH, n*d), bf16Encode(want)) {
 					t.Fatalf("n=%d d=%d off=%d: EmbedForwardBF16 is not the rounded float sum", n, d, off)
 				}
-				outH = ewPoisonedBF16(t, o, n*d, off)
+				outH = poisonedBF16At(t, o, n*d, off)
 				if err := o.EmbeddingForwardBF16(outH, dids, dtok, n, d, vocab); err != nil {
 					t.Fatal(err)
 				}
 				gather := make([]float32, n*d)
 				tensor.EmbeddingForward(gather, ids, tok, d)
-				if !slices.Equal(download[uint16](t, o, outH, n*d), ewToBF16(gather)) {
+				if !slices.Equal(download[uint16](t, o, outH, n*d), bf16Encode(gather)) {
 					t.Fatalf("n=%d d=%d off=%d: EmbeddingForwardBF16 is not the rounded gather", n, d, off)
 				}
 			}
@@ -180,16 +180,16 @@ func TestEmbeddingBackward(t *testing.T) {
 					table0 := randn(rng, vocab*d, 1) // backward accumulates
 					order, unique, starts, u := ewIndex(t, ids, vocab)
 					dord, duniq, dstarts := upload(t, o, order), upload(t, o, unique), upload(t, o, starts)
-					ddout := ewUploadAt(t, o, dout, off)
+					ddout := uploadAt(t, o, dout, off)
 					want := append([]float32(nil), table0...)
 					tensor.EmbeddingBackward(want, ids, dout, d)
 					for run := 0; run < 2; run++ {
-						dtab := ewUploadAt(t, o, table0, off)
+						dtab := uploadAt(t, o, table0, off)
 						if err := o.EmbeddingBackward(dtab, dord, duniq, dstarts, ddout, u, n, d, vocab); err != nil {
 							t.Fatal(err)
 						}
 						// Same additions in the same order as the CPU: bitwise.
-						if i := ewDiffBits(download[float32](t, o, dtab, vocab*d), want); i >= 0 {
+						if i := firstBitDiff(download[float32](t, o, dtab, vocab*d), want); i >= 0 {
 							t.Fatalf("vocab %d n=%d d=%d off=%d run %d: dtable differs at %d", vocab, n, d, off, run, i)
 						}
 					}

@@ -28,14 +28,34 @@ func ewGELUBackwardRef(din, dout, in []float32) {
 	}
 }
 
+// ewCheckGELUBackward runs an accumulating GELU backward at x (bwd adds
+// into din, float32 at offset off, the gradient given dout, float32 at
+// offset off) on random dout and din, checks it against ewGELUBackwardRef
+// within 1e-4 and returns dout.
+func ewCheckGELUBackward(t *testing.T, o *Ops, rng *rand.Rand, x []float32, off int, bwd func(din, dout cuda.DevicePtr) error) []float32 {
+	t.Helper()
+	n := len(x)
+	g := randn(rng, n, 1)
+	din := randn(rng, n, 1) // backward accumulates
+	dg, ddin := uploadAt(t, o, g, off), uploadAt(t, o, din, off)
+	if err := bwd(ddin, dg); err != nil {
+		t.Fatal(err)
+	}
+	ewGELUBackwardRef(din, g, x)
+	if e := relErr(download[float32](t, o, ddin, n), din); e > 1e-4 {
+		t.Fatalf("n=%d off=%d backward rel err %g", n, off, e)
+	}
+	return g
+}
+
 func TestGELU(t *testing.T) {
 	o := testOps(t)
 	rng := rand.New(rand.NewPCG(9, 10))
 	for _, n := range ewSizes {
 		for _, off := range []int{0, 1} {
 			x := randn(rng, n, 3) // reaches both tails
-			dx := ewUploadAt(t, o, x, off)
-			dout := ewPoisonedAt(t, o, n, off)
+			dx := uploadAt(t, o, x, off)
+			dout := poisonedAt(t, o, n, off)
 			if err := o.GELUForward(dout, dx, n); err != nil {
 				t.Fatal(err)
 			}
@@ -45,16 +65,9 @@ func TestGELU(t *testing.T) {
 				t.Fatalf("n=%d off=%d forward rel err %g", n, off, e)
 			}
 
-			g := randn(rng, n, 1)
-			din := randn(rng, n, 1) // backward accumulates
-			dg, ddin := ewUploadAt(t, o, g, off), ewUploadAt(t, o, din, off)
-			if err := o.GELUBackward(ddin, dg, dx, n); err != nil {
-				t.Fatal(err)
-			}
-			ewGELUBackwardRef(din, g, x)
-			if e := relErr(download[float32](t, o, ddin, n), din); e > 1e-4 {
-				t.Fatalf("n=%d off=%d backward rel err %g", n, off, e)
-			}
+			ewCheckGELUBackward(t, o, rng, x, off, func(din, dout cuda.DevicePtr) error {
+				return o.GELUBackward(din, dout, dx, n)
+			})
 		}
 	}
 	// In place: out aliases in.
@@ -75,39 +88,32 @@ func TestGELUBF16(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	for _, n := range ewSizes {
 		for _, off := range []int{0, 1} {
-			x := ewRound(randn(rng, n, 3))
-			dx := ewUploadAt(t, o, ewToBF16(x), off)
-			dout := ewPoisonedBF16(t, o, n, off)
+			x := bf16Round(randn(rng, n, 3))
+			dx := uploadAt(t, o, bf16Encode(x), off)
+			dout := poisonedBF16At(t, o, n, off)
 			if err := o.GELUForwardBF16(dout, dx, n); err != nil {
 				t.Fatal(err)
 			}
 			want := make([]float32, n)
 			ewGELURef(want, x)
-			if e := relErr(ewFromBF16(download[uint16](t, o, dout, n)), ewRound(want)); e > ewBF16Tol {
+			if e := ewRelErrBF16(t, o, dout, want); e > ewBF16Tol {
 				t.Fatalf("n=%d off=%d forward rel err %g", n, off, e)
 			}
 
-			g := randn(rng, n, 1)
-			din := randn(rng, n, 1)
-			dg, ddin := ewUploadAt(t, o, g, off), ewUploadAt(t, o, din, off)
-			if err := o.GELUBackwardBF16(ddin, dg, dx, n); err != nil {
-				t.Fatal(err)
-			}
-			ewGELUBackwardRef(din, g, x)
-			if e := relErr(download[float32](t, o, ddin, n), din); e > 1e-4 {
-				t.Fatalf("n=%d off=%d backward rel err %g", n, off, e)
-			}
+			g := ewCheckGELUBackward(t, o, rng, x, off, func(din, dout cuda.DevicePtr) error {
+				return o.GELUBackwardBF16(din, dout, dx, n)
+			})
 
 			// The all-bf16 backward that overwrites: the rounded reference.
-			gb := ewRound(g)
-			dgb := ewUploadAt(t, o, ewToBF16(gb), off)
-			dinb := ewPoisonedBF16(t, o, n, off)
+			gb := bf16Round(g)
+			dgb := uploadAt(t, o, bf16Encode(gb), off)
+			dinb := poisonedBF16At(t, o, n, off)
 			if err := o.GELUBackwardBF16Out(dinb, dgb, dx, n); err != nil {
 				t.Fatal(err)
 			}
 			wantb := make([]float32, n)
 			ewGELUBackwardRef(wantb, gb, x)
-			if e := relErr(ewFromBF16(download[uint16](t, o, dinb, n)), ewRound(wantb)); e > ewBF16Tol {
+			if e := ewRelErrBF16(t, o, dinb, wantb); e > ewBF16Tol {
 				t.Fatalf("n=%d off=%d bf16-out backward rel err %g", n, off, e)
 			}
 		}

@@ -30,8 +30,8 @@ func TestRMSNorm(t *testing.T) {
 				for j := range w {
 					w[j] += 1
 				}
-				dIn, dW := ewUploadAt(t, o, in, off), ewUploadAt(t, o, w, off)
-				dout, drstd := ewPoisonedAt(t, o, n*d, off), poisoned(t, o, n)
+				dIn, dW := uploadAt(t, o, in, off), uploadAt(t, o, w, off)
+				dout, drstd := poisonedAt(t, o, n*d, off), poisoned(t, o, n)
 				if err := o.RMSNormForward(dout, drstd, dIn, dW, n, d, eps); err != nil {
 					t.Fatal(err)
 				}
@@ -48,11 +48,11 @@ func TestRMSNorm(t *testing.T) {
 				// and dweight, twice from the same start (bitwise equal).
 				g := randn(rng, n*d, 1)
 				gin0, gw0 := randn(rng, n*d, 1), randn(rng, d, 1)
-				dg, drs := ewUploadAt(t, o, g, off), upload(t, o, rstd)
+				dg, drs := uploadAt(t, o, g, off), upload(t, o, rstd)
 				scratch := poisoned(t, o, RMSNormBackwardScratch(n, d))
 				var first [2][]float32
 				for run := 0; run < 2; run++ {
-					dgin, dgw := ewUploadAt(t, o, gin0, off), ewUploadAt(t, o, gw0, off)
+					dgin, dgw := uploadAt(t, o, gin0, off), uploadAt(t, o, gw0, off)
 					if err := o.RMSNormBackward(dgin, dgw, dg, dIn, dW, drs, scratch, n, d); err != nil {
 						t.Fatal(err)
 					}
@@ -69,16 +69,16 @@ func TestRMSNorm(t *testing.T) {
 						first = [2][]float32{gotIn, gotW}
 						continue
 					}
-					if i := ewDiffBits(gotIn, first[0]); i >= 0 {
+					if i := firstBitDiff(gotIn, first[0]); i >= 0 {
 						t.Fatalf("n=%d d=%d off=%d backward din not reproducible at %d", n, d, off, i)
 					}
-					if i := ewDiffBits(gotW, first[1]); i >= 0 {
+					if i := firstBitDiff(gotW, first[1]); i >= 0 {
 						t.Fatalf("n=%d d=%d off=%d backward dweight not reproducible at %d", n, d, off, i)
 					}
 				}
 
 				// Without dweight (and without scratch).
-				dgin := ewUploadAt(t, o, gin0, off)
+				dgin := uploadAt(t, o, gin0, off)
 				if err := o.RMSNormBackward(dgin, 0, dg, dIn, dW, drs, 0, n, d); err != nil {
 					t.Fatal(err)
 				}
@@ -99,40 +99,41 @@ func TestRMSNormBF16(t *testing.T) {
 	for _, n := range ewRowNs {
 		for _, d := range ewRowDs {
 			for _, off := range []int{0, 1} {
-				in := ewRound(randn(rng, n*d, 1))
+				in := bf16Round(randn(rng, n*d, 1))
 				w := randn(rng, d, 0.2)
 				for j := range w {
 					w[j] += 1
 				}
-				dIn, dW := ewUploadAt(t, o, ewToBF16(in), off), upload(t, o, w)
-				dout, drstd := ewPoisonedBF16(t, o, n*d, off), poisoned(t, o, n)
-				if err := o.RMSNormForwardBF16(dout, drstd, dIn, dW, n, d, eps); err != nil {
-					t.Fatal(err)
+				dIn, dW := uploadAt(t, o, bf16Encode(in), off), upload(t, o, w)
+				// forward runs fwd into poisoned out (bf16) and rstd and
+				// checks them against tensor.RMSNormForward of x (out
+				// rounded to bf16 once); it returns the reference rstd.
+				forward := func(what string, x []float32, fwd func(dout, drstd cuda.DevicePtr) error) []float32 {
+					t.Helper()
+					dout, drstd := poisonedBF16At(t, o, n*d, off), poisoned(t, o, n)
+					if err := fwd(dout, drstd); err != nil {
+						t.Fatal(err)
+					}
+					out, rstd := make([]float32, n*d), make([]float32, n)
+					tensor.RMSNormForward(out, rstd, x, w, n, d, eps)
+					if e := ewRelErrBF16(t, o, dout, out); e > ewBF16Tol {
+						t.Fatalf("n=%d d=%d off=%d %s out rel err %g", n, d, off, what, e)
+					}
+					if e := relErr(download[float32](t, o, drstd, n), rstd); e > 1e-5 {
+						t.Fatalf("n=%d d=%d off=%d %s rstd rel err %g", n, d, off, what, e)
+					}
+					return rstd
 				}
-				out, rstd := make([]float32, n*d), make([]float32, n)
-				tensor.RMSNormForward(out, rstd, in, w, n, d, eps)
-				if e := relErr(ewFromBF16(download[uint16](t, o, dout, n*d)), ewRound(out)); e > ewBF16Tol {
-					t.Fatalf("n=%d d=%d off=%d forward out rel err %g", n, d, off, e)
-				}
-				if e := relErr(download[float32](t, o, drstd, n), rstd); e > 1e-5 {
-					t.Fatalf("n=%d d=%d off=%d forward rstd rel err %g", n, d, off, e)
-				}
+				rstd := forward("forward", in, func(dout, drstd cuda.DevicePtr) error {
+					return o.RMSNormForwardBF16(dout, drstd, dIn, dW, n, d, eps)
+				})
 
 				// fp32 in, bf16 out: the fp32 reference on unrounded input,
 				// rounded once.
 				in32 := randn(rng, n*d, 1)
-				dout2, drstd2 := ewPoisonedBF16(t, o, n*d, off), poisoned(t, o, n)
-				if err := o.RMSNormForwardF32BF16(dout2, drstd2, ewUploadAt(t, o, in32, off), dW, n, d, eps); err != nil {
-					t.Fatal(err)
-				}
-				out2, rstd2 := make([]float32, n*d), make([]float32, n)
-				tensor.RMSNormForward(out2, rstd2, in32, w, n, d, eps)
-				if e := relErr(ewFromBF16(download[uint16](t, o, dout2, n*d)), ewRound(out2)); e > ewBF16Tol {
-					t.Fatalf("n=%d d=%d off=%d f32→bf16 forward out rel err %g", n, d, off, e)
-				}
-				if e := relErr(download[float32](t, o, drstd2, n), rstd2); e > 1e-5 {
-					t.Fatalf("n=%d d=%d off=%d f32→bf16 forward rstd rel err %g", n, d, off, e)
-				}
+				forward("f32→bf16 forward", in32, func(dout, drstd cuda.DevicePtr) error {
+					return o.RMSNormForwardF32BF16(dout, drstd, uploadAt(t, o, in32, off), dW, n, d, eps)
+				})
 
 				g := randn(rng, n*d, 1)
 				gin0, gw0 := randn(rng, n*d, 1), randn(rng, d, 1)

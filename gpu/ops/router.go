@@ -118,6 +118,15 @@ func routerTopK(op string, n, e, k int) error {
 	return nil
 }
 
+// routerSelectArgs checks n tokens over e experts with k choices each
+// (routerTopK), then spec's rules for e and k (RouterSpec.check).
+func routerSelectArgs(op string, n, e, k int, spec RouterSpec) error {
+	if err := routerTopK(op, n, e, k); err != nil {
+		return err
+	}
+	return spec.check(op, e, k)
+}
+
 // routerPtrs errors when a required buffer is null.
 func routerPtrs(op string, names string, ps ...cuda.DevicePtr) error {
 	for _, p := range ps {
@@ -192,10 +201,7 @@ func routerSelectBlock(spec RouterSpec, k int) (threads, shared int) {
 // (0 = none) steers the choice only. One thread per token.
 func (o *Ops) RouterSelect(experts, gates, probs, bias cuda.DevicePtr, n, e, k int, spec RouterSpec) error {
 	const op = "RouterSelect"
-	if err := routerTopK(op, n, e, k); err != nil {
-		return err
-	}
-	if err := spec.check(op, e, k); err != nil {
+	if err := routerSelectArgs(op, n, e, k, spec); err != nil {
 		return err
 	}
 	if n == 0 {
@@ -222,10 +228,7 @@ func (o *Ops) RouterSelect(experts, gates, probs, bias cuda.DevicePtr, n, e, k i
 // scores themselves for moge).
 func (o *Ops) RouterBackward(dprobs, dgates, probs, experts, gates cuda.DevicePtr, n, e, k int, spec RouterSpec) error {
 	const op = "RouterBackward"
-	if err := routerTopK(op, n, e, k); err != nil {
-		return err
-	}
-	if err := spec.check(op, e, k); err != nil {
+	if err := routerSelectArgs(op, n, e, k, spec); err != nil {
 		return err
 	}
 	if n == 0 {

@@ -12,31 +12,6 @@ import (
 	"github.com/moetrain/moetrain/tensor"
 )
 
-// rowsUploadAt copies s to a new device buffer at element offset off (off
-// odd: not 16-byte aligned, so the kernels take their element path).
-func rowsUploadAt[T any](t testing.TB, o *Ops, s []T, off int) cuda.DevicePtr {
-	t.Helper()
-	var z T
-	sz := sizeOf(z)
-	p := devAlloc(t, o, (len(s)+off+1)*sz).Add(off * sz)
-	if err := cuda.CopyIn(o.C, p, s); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// rowsPoisonedAt is n NaN floats (or n bfloat16 NaN pairs' worth of words)
-// at element offset off of elemSize bytes.
-func rowsPoisonedAt(t testing.TB, o *Ops, n, off, elemSize int) cuda.DevicePtr {
-	t.Helper()
-	words := ((n+off)*elemSize + 3) / 4
-	p := devAlloc(t, o, 4*max(1, words))
-	if err := o.C.Fill32(o.S, p, max(1, words), 0x7fc07fc0); err != nil { // NaN as float32 and as both bfloat16 halves
-		t.Fatal(err)
-	}
-	return p.Add(off * elemSize)
-}
-
 // rowsBitDiffs counts elements whose bits differ.
 func rowsBitDiffs(a, b []float32) int {
 	n := 0
@@ -57,34 +32,6 @@ func rowsDot64(a, b []float32, n, d int) []float32 {
 			s += float64(a[i*d+j]) * float64(b[i*d+j])
 		}
 		out[i] = float32(s)
-	}
-	return out
-}
-
-// rowsBF16 rounds to bfloat16 (nearest even); rowsF32 widens.
-func rowsBF16(f float32) uint16 {
-	b := math.Float32bits(f)
-	if f != f {
-		return uint16(b>>16) | 0x40
-	}
-	b += 0x7fff + (b>>16)&1
-	return uint16(b >> 16)
-}
-
-func rowsF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
-
-func rowsToBF16(s []float32) []uint16 {
-	out := make([]uint16, len(s))
-	for i, v := range s {
-		out[i] = rowsBF16(v)
-	}
-	return out
-}
-
-func rowsFromBF16(h []uint16) []float32 {
-	out := make([]float32, len(h))
-	for i, v := range h {
-		out[i] = rowsF32(v)
 	}
 	return out
 }
@@ -117,16 +64,29 @@ func rowsCases(rng *rand.Rand) []rowsCase {
 
 var rowsDs = []int{1, 3, 64, 130, 1027}
 
-func TestRowsF32(t *testing.T) {
+// rowsEach runs check on every case of rowsCases over every width of
+// rowsDs at offsets 0 and 1, drawing the cases and data from one generator.
+func rowsEach(t *testing.T, rng *rand.Rand, check func(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int)) {
 	o := testOps(t)
-	rng := rand.New(rand.NewPCG(21, 22))
 	for _, c := range rowsCases(rng) {
 		for _, d := range rowsDs {
 			for _, off := range []int{0, 1} {
-				rowsCheckF32(t, o, rng, c, d, off)
+				check(t, o, rng, c, d, off)
 			}
 		}
 	}
+}
+
+// rowsInputs uploads a case's Plan.Token, Plan.SlotOf[:N·K],
+// Routing.Gates[:N·K] and Plan.Gate.
+func rowsInputs(t *testing.T, o *Ops, c rowsCase) (tok, slotOf, gates, slotGate cuda.DevicePtr) {
+	t.Helper()
+	nk := c.r.N * c.r.K
+	return upload(t, o, c.p.Token), upload(t, o, c.p.SlotOf[:nk]), upload(t, o, c.r.Gates[:nk]), upload(t, o, c.p.Gate)
+}
+
+func TestRowsF32(t *testing.T) {
+	rowsEach(t, rand.New(rand.NewPCG(21, 22)), rowsCheckF32)
 }
 
 func rowsCheckF32(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) {
@@ -134,15 +94,12 @@ func rowsCheckF32(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) 
 	n, k := r.N, r.K
 	nk, s := n*k, p.Slots()
 	what := fmt.Sprintf("n=%d e=%d k=%d S=%d d=%d off=%d", n, r.E, k, s, d, off)
-	tok := upload(t, o, p.Token)
-	slotOf := upload(t, o, p.SlotOf[:nk])
-	gates := upload(t, o, r.Gates[:nk])
-	slotGate := upload(t, o, p.Gate)
+	tok, slotOf, gates, slotGate := rowsInputs(t, o, c)
 
 	// Gather: exact.
 	x := randn(rng, n*d, 1)
-	dst := rowsPoisonedAt(t, o, s*d, off, 4)
-	if err := o.GatherRows(dst, rowsUploadAt(t, o, x, off), tok, s, d); err != nil {
+	dst := poisonedAt(t, o, s*d, off)
+	if err := o.GatherRows(dst, uploadAt(t, o, x, off), tok, s, d); err != nil {
 		t.Fatal(err)
 	}
 	want := make([]float32, s*d)
@@ -154,10 +111,10 @@ func rowsCheckF32(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) 
 	// Combine and its backward: the CPU's order, so equal bit for bit
 	// unless Go fuses multiply-adds (GOAMD64=v3); 1e-6 either way.
 	y := randn(rng, s*d, 1)
-	yDev := rowsUploadAt(t, o, y, off)
+	yDev := uploadAt(t, o, y, off)
 	base := randn(rng, n*d, 1)
 	for _, withGates := range []bool{true, false} {
-		out := rowsUploadAt(t, o, base, off)
+		out := uploadAt(t, o, base, off)
 		run := func() []float32 {
 			var err error
 			if withGates {
@@ -199,8 +156,8 @@ func rowsCheckF32(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) 
 	// RowDot: a different summation order than tensor.RowDot's four
 	// running sums, so compared with the float64 dot at 1e-6.
 	a := randn(rng, s*d, 1)
-	dot := rowsPoisonedAt(t, o, s, 0, 4)
-	if err := o.RowDot(dot, rowsUploadAt(t, o, a, off), yDev, s, d); err != nil {
+	dot := poisonedAt(t, o, s, 0)
+	if err := o.RowDot(dot, uploadAt(t, o, a, off), yDev, s, d); err != nil {
 		t.Fatal(err)
 	}
 	got := download[float32](t, o, dot, s)
@@ -218,7 +175,7 @@ func rowsCheckF32(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) 
 
 	// ScaleRows: one rounding per element, exact.
 	z := randn(rng, s*d, 1)
-	zDev := rowsUploadAt(t, o, z, off)
+	zDev := uploadAt(t, o, z, off)
 	if err := o.ScaleRows(zDev, slotGate, s, d); err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +190,7 @@ func rowsCheckF32(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) 
 
 	// Slot gradients back to the choices: exact, every element written.
 	dslot := randn(rng, s, 1)
-	dg := rowsPoisonedAt(t, o, nk, 0, 4)
+	dg := poisonedAt(t, o, nk, 0)
 	if err := o.SlotGradsToChoices(dg, upload(t, o, dslot), slotOf, nk); err != nil {
 		t.Fatal(err)
 	}
@@ -249,30 +206,19 @@ func rowsCheckF32(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) 
 }
 
 func TestRowsBF16(t *testing.T) {
-	o := testOps(t)
-	rng := rand.New(rand.NewPCG(31, 32))
-	for _, c := range rowsCases(rng) {
-		for _, d := range rowsDs {
-			for _, off := range []int{0, 1} {
-				rowsCheckBF16(t, o, rng, c, d, off)
-			}
-		}
-	}
+	rowsEach(t, rand.New(rand.NewPCG(31, 32)), rowsCheckBF16)
 }
 
 func rowsCheckBF16(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) {
 	r, p := c.r, c.p
 	n, k := r.N, r.K
-	nk, s := n*k, p.Slots()
+	s := p.Slots()
 	what := fmt.Sprintf("bf16 n=%d e=%d k=%d S=%d d=%d off=%d", n, r.E, k, s, d, off)
-	tok := upload(t, o, p.Token)
-	slotOf := upload(t, o, p.SlotOf[:nk])
-	gates := upload(t, o, r.Gates[:nk])
-	slotGate := upload(t, o, p.Gate)
+	tok, slotOf, gates, slotGate := rowsInputs(t, o, c)
 
-	x := rowsToBF16(randn(rng, n*d, 1))
-	dst := rowsPoisonedAt(t, o, s*d, off, 2)
-	if err := o.GatherRowsBF16(dst, rowsUploadAt(t, o, x, off), tok, s, d); err != nil {
+	x := bf16Encode(randn(rng, n*d, 1))
+	dst := poisonedBF16At(t, o, s*d, off)
+	if err := o.GatherRowsBF16(dst, uploadAt(t, o, x, off), tok, s, d); err != nil {
 		t.Fatal(err)
 	}
 	got := download[uint16](t, o, dst, s*d)
@@ -284,11 +230,11 @@ func rowsCheckBF16(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int)
 
 	// Combine: float32 sums of the widened rows in the CPU's order, rounded
 	// to bfloat16 once.
-	y := rowsToBF16(randn(rng, s*d, 1))
-	yDev := rowsUploadAt(t, o, y, off)
-	base := rowsToBF16(randn(rng, n*d, 1))
+	y := bf16Encode(randn(rng, s*d, 1))
+	yDev := uploadAt(t, o, y, off)
+	base := bf16Encode(randn(rng, n*d, 1))
 	for _, withGates := range []bool{true, false} {
-		out := rowsUploadAt(t, o, base, off)
+		out := uploadAt(t, o, base, off)
 		var err error
 		scale := p.Gate
 		if withGates {
@@ -300,33 +246,33 @@ func rowsCheckBF16(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := rowsFromBF16(base)
-		tensor.ScatterAddRows(want, rowsFromBF16(y), p.Token, scale, d)
-		want = rowsFromBF16(rowsToBF16(want))
-		gotF := rowsFromBF16(download[uint16](t, o, out, n*d))
+		want := bf16Decode(base)
+		tensor.ScatterAddRows(want, bf16Decode(y), p.Token, scale, d)
+		want = bf16Decode(bf16Encode(want))
+		gotF := bf16Decode(download[uint16](t, o, out, n*d))
 		if e := relErr(gotF, want); e > 1e-6 {
 			t.Fatalf("%s gates=%v: CombineBF16 rel err %g", what, withGates, e)
 		}
 	}
 
-	a := rowsToBF16(randn(rng, s*d, 1))
-	dot := rowsPoisonedAt(t, o, s, 0, 4)
-	if err := o.RowDotBF16(dot, rowsUploadAt(t, o, a, off), yDev, s, d); err != nil {
+	a := bf16Encode(randn(rng, s*d, 1))
+	dot := poisonedAt(t, o, s, 0)
+	if err := o.RowDotBF16(dot, uploadAt(t, o, a, off), yDev, s, d); err != nil {
 		t.Fatal(err)
 	}
-	if e := relErr(download[float32](t, o, dot, s), rowsDot64(rowsFromBF16(a), rowsFromBF16(y), s, d)); e > 1e-6 {
+	if e := relErr(download[float32](t, o, dot, s), rowsDot64(bf16Decode(a), bf16Decode(y), s, d)); e > 1e-6 {
 		t.Fatalf("%s: RowDotBF16 rel err %g", what, e)
 	}
 
-	z := rowsToBF16(randn(rng, s*d, 1))
-	zDev := rowsUploadAt(t, o, z, off)
+	z := bf16Encode(randn(rng, s*d, 1))
+	zDev := uploadAt(t, o, z, off)
 	if err := o.ScaleRowsBF16(zDev, slotGate, s, d); err != nil {
 		t.Fatal(err)
 	}
 	gotZ := download[uint16](t, o, zDev, s*d)
 	for i := 0; i < s; i++ {
 		for j := 0; j < d; j++ {
-			if w := rowsBF16(rowsF32(z[i*d+j]) * p.Gate[i]); gotZ[i*d+j] != w {
+			if w := bf16Bits(bf16Value(z[i*d+j]) * p.Gate[i]); gotZ[i*d+j] != w {
 				t.Fatalf("%s: ScaleRowsBF16[%d,%d] = %#04x, want %#04x", what, i, j, gotZ[i*d+j], w)
 			}
 		}
@@ -337,9 +283,9 @@ func rowsCheckBF16(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int)
 	// one rounding).
 	src := randn(rng, n*d, 1)
 	yf := randn(rng, s*d, 1)
-	dst16 := rowsPoisonedAt(t, o, s*d, off, 2)
-	dot2 := rowsPoisonedAt(t, o, s, 0, 4)
-	if err := o.GatherDotScaleBF16(dst16, dot2, rowsUploadAt(t, o, src, off), tok, rowsUploadAt(t, o, yf, off), slotGate, s, d); err != nil {
+	dst16 := poisonedBF16At(t, o, s*d, off)
+	dot2 := poisonedAt(t, o, s, 0)
+	if err := o.GatherDotScaleBF16(dst16, dot2, uploadAt(t, o, src, off), tok, uploadAt(t, o, yf, off), slotGate, s, d); err != nil {
 		t.Fatal(err)
 	}
 	gathered := make([]float32, s*d)
@@ -350,7 +296,7 @@ func rowsCheckBF16(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int)
 	got16 := download[uint16](t, o, dst16, s*d)
 	for i := 0; i < s; i++ {
 		for j := 0; j < d; j++ {
-			if w := rowsBF16(gathered[i*d+j] * p.Gate[i]); got16[i*d+j] != w {
+			if w := bf16Bits(gathered[i*d+j] * p.Gate[i]); got16[i*d+j] != w {
 				t.Fatalf("%s: GatherDotScaleBF16[%d,%d] = %#04x, want %#04x", what, i, j, got16[i*d+j], w)
 			}
 		}

@@ -81,6 +81,52 @@ func poisoned(t testing.TB, o *Ops, n int) cuda.DevicePtr {
 	return p
 }
 
+// uploadAt copies s into a new device buffer at element offset off (off
+// odd: not 16-byte aligned, so float4 and 4×bf16 chunks are misaligned and
+// the kernels take their element paths) and returns the address of s[0].
+func uploadAt[T any](t testing.TB, o *Ops, s []T, off int) cuda.DevicePtr {
+	t.Helper()
+	var z T
+	sz := sizeOf(z)
+	p := devAlloc(t, o, (len(s)+off+1)*sz).Add(off * sz)
+	if err := cuda.CopyIn(o.C, p, s); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// poisonedAt is poisoned (n NaN floats) at float offset off.
+func poisonedAt(t testing.TB, o *Ops, n, off int) cuda.DevicePtr {
+	t.Helper()
+	return poisoned(t, o, n+off).Add(4 * off)
+}
+
+// poisonedBF16At is n bf16 NaNs at element offset off (the buffer has room
+// for one more element past them).
+func poisonedBF16At(t testing.TB, o *Ops, n, off int) cuda.DevicePtr {
+	t.Helper()
+	words := (n + off + 2) / 2
+	p := devAlloc(t, o, 4*words)
+	if err := o.C.Fill32(o.S, p, words, 0x7fc07fc0); err != nil { // NaN in both bf16 halves
+		t.Fatal(err)
+	}
+	return p.Add(2 * off)
+}
+
+// firstBitDiff returns the first index where a and b differ bitwise (0 if
+// their lengths differ), or -1.
+func firstBitDiff(a, b []float32) int {
+	if len(a) != len(b) {
+		return 0
+	}
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
 func sizeOf[T any](v T) int {
 	switch any(v).(type) {
 	case float32, int32, uint32:
