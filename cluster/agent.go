@@ -98,6 +98,10 @@ type AgentConfig struct {
 	// TCPCongestion is the TCP data plane's congestion control
 	// (collective.TCPConfig.Congestion's syntax; "" = its default).
 	TCPCongestion string
+	// ProcsPerCore is how many worker processes share a core on this host
+	// (0 = not known, taken as 1): it scales the gRPC keepalive timeout and
+	// the gossip timings (LivenessBound, ScaleMembership).
+	ProcsPerCore float64
 }
 
 // ExitAborted is the exit status of a worker process (`worker --join`,
@@ -126,11 +130,20 @@ func localIPFor(addr string) (string, error) {
 	return c.LocalAddr().(*net.UDPAddr).IP.String(), nil
 }
 
-// dialCoordinator opens the client connection with keepalives.
-func dialCoordinator(addr string) (*grpc.ClientConn, error) {
+// dialCoordinator opens a client connection with keepalives for an
+// unloaded host (see dialCoordinatorLoad).
+func dialCoordinator(addr string) (*grpc.ClientConn, error) { return dialCoordinatorLoad(addr, 0) }
+
+// dialCoordinatorLoad opens the client connection with keepalives: the
+// kernel's (a coordinator host that stopped answering is found in about
+// 6 s) and gRPC's (a coordinator process that does not answer a ping
+// within LivenessBound(1, procsPerCore)); see liveness.go.
+func dialCoordinatorLoad(addr string, procsPerCore float64) (*grpc.ClientConn, error) {
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second, Timeout: 3 * time.Second, PermitWithoutStream: true}),
+		grpc.WithContextDialer(dialControl),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: LivenessBound(1, procsPerCore),
+			PermitWithoutStream: true}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator address %q: %w", addr, err)
@@ -174,7 +187,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 		return fmt.Errorf("data plane on %s: %w", ip, err)
 	}
 	defer dp.Close()
-	conn, err := dialCoordinator(cfg.Coordinator)
+	conn, err := dialCoordinatorLoad(cfg.Coordinator, cfg.ProcsPerCore)
 	if err != nil {
 		return err
 	}
@@ -195,6 +208,9 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 
 	meta, _ := json.Marshal(map[string]any{"id": a.id, "host": cfg.Host, "data_addr": dp.Addr(), "cores": cfg.Cores})
 	mcfg := cfg.Membership
+	if cfg.ProcsPerCore > 0 {
+		mcfg = ScaleMembership(mcfg, cfg.ProcsPerCore)
+	}
 	if mcfg.BindAddr == "" {
 		mcfg.BindAddr = ip
 	}

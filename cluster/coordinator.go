@@ -44,6 +44,15 @@ type CoordinatorConfig struct {
 	StreamOpenTimeout time.Duration
 	// FailureGrace: see CoreConfig. Default 1 s.
 	FailureGrace time.Duration
+	// ProcsPerCore is how many worker processes share a core on the
+	// busiest host (a local launch of 64 workers on 2 cores: 32); 0 = not
+	// known, taken as 1. With Workers it sets LivenessBound, the time a
+	// live worker may take to answer a gRPC ping or refute a gossip death.
+	ProcsPerCore float64
+	// GossipConfirm is how long a worker that gossip declared dead has to
+	// refute it (a starved process comes back alive) before it is taken
+	// for dead. Default LivenessBound(Workers, ProcsPerCore).
+	GossipConfirm time.Duration
 	// Membership tunes gossip; BindAddr "" = the Listen IP.
 	Membership MembershipConfig
 	Log        zerolog.Logger
@@ -106,7 +115,10 @@ type Coordinator struct {
 
 	mu       sync.Mutex
 	outboxes map[string]chan *pb.Command
-	opened   map[string]bool // the worker opened its command stream
+	opened   map[string]bool   // the worker opened its command stream
+	suspects map[string]uint64 // declared dead by gossip, not refuted yet: generation of the death
+	left     map[string]bool   // the worker said it is leaving (its gossip death is no news)
+	deaths   uint64            // gossip deaths so far (generations)
 
 	gossipAnyIP bool // gossip bound to 0.0.0.0
 
@@ -133,8 +145,12 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	if cfg.FailureGrace <= 0 {
 		cfg.FailureGrace = time.Second
 	}
+	bound := LivenessBound(cfg.Workers, cfg.ProcsPerCore)
 	if cfg.StreamOpenTimeout <= 0 {
-		cfg.StreamOpenTimeout = 20 * time.Second
+		cfg.StreamOpenTimeout = max(20*time.Second, 2*bound)
+	}
+	if cfg.GossipConfirm <= 0 {
+		cfg.GossipConfirm = bound
 	}
 	if cfg.CommitTimeout <= 0 {
 		cfg.CommitTimeout = 5 * time.Minute
@@ -151,7 +167,8 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: listen on %s: %w", cfg.Listen, err)
 	}
 	c := &Coordinator{cfg: cfg, log: cfg.Log, ln: ln, reqs: make(chan loopReq), done: make(chan struct{}),
-		outboxes: map[string]chan *pb.Command{}, opened: map[string]bool{}, lastVal: -1, ckpt: ckpt}
+		outboxes: map[string]chan *pb.Command{}, opened: map[string]bool{}, suspects: map[string]uint64{}, left: map[string]bool{},
+		lastVal: -1, ckpt: ckpt}
 	c.core = NewCore(CoreConfig{
 		ExpectedWorkers: cfg.Workers,
 		TotalSteps:      cfg.TotalSteps,
@@ -162,6 +179,9 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 		CommitTimeout:   cfg.CommitTimeout,
 	})
 	mcfg := cfg.Membership
+	if cfg.ProcsPerCore > 0 {
+		mcfg = ScaleMembership(mcfg, cfg.ProcsPerCore)
+	}
 	if mcfg.BindAddr == "" {
 		mcfg.BindAddr = ln.Addr().(*net.TCPAddr).IP.String()
 		if ip := ln.Addr().(*net.TCPAddr).IP; ip.IsUnspecified() {
@@ -170,17 +190,27 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	}
 	c.gossipAnyIP = mcfg.BindAddr == "0.0.0.0"
 	meta, _ := json.Marshal(map[string]string{"role": "coordinator", "job": cfg.JobID})
-	c.member, err = StartMembership("coordinator", meta, cfg.Token, mcfg, c.log, func(name string) {
-		c.submit(Lost{ID: name, Reason: "gossip: stopped answering probes (process dead or network cut)"})
+	c.member, err = StartMembershipWatch("coordinator", meta, cfg.Token, mcfg, c.log, MemberWatch{
+		Dead:  c.gossipDead,
+		Alive: c.gossipAlive,
+		Left: func(name string) {
+			c.submit(Lost{ID: name, Reason: "gossip: left the cluster (process exiting)"})
+		},
 	})
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
+	// Accepted connections get the kernel keepalive (liveness.go); a
+	// worker that never answers pings is dropped after the liveness bound.
+	c.ln = keepAliveListener{ln}
 	c.srv = grpc.NewServer(
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Second, Timeout: 3 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: bound}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
 	)
+	c.log.Debug().Dur("liveness_bound", bound).Dur("gossip_confirm", cfg.GossipConfirm).
+		Dur("stream_open_timeout", cfg.StreamOpenTimeout).Float64("procs_per_core", cfg.ProcsPerCore).
+		Dur("gossip_probe_interval", mcfg.ProbeInterval).Dur("gossip_probe_timeout", mcfg.ProbeTimeout).Msg("failure detection")
 	pb.RegisterCoordinatorServer(c.srv, &service{c: c})
 	return c, nil
 }
@@ -294,6 +324,46 @@ func (c *Coordinator) waitCommits() {
 	case <-done:
 	case <-time.After(c.cfg.CommitTimeout):
 		c.log.Error().Dur("timeout", c.cfg.CommitTimeout).Msg("a checkpoint commit did not finish; exiting without it")
+	}
+}
+
+// gossipDead starts the refutation window of a worker gossip declared dead:
+// a starved process refutes its death once it runs (gossipAlive), a dead or
+// cut-off one cannot, and is taken for lost when the window ends. A dead
+// process has usually been found already by its closed command stream.
+func (c *Coordinator) gossipDead(name string) {
+	c.mu.Lock()
+	if c.left[name] {
+		c.mu.Unlock()
+		return
+	}
+	c.deaths++
+	gen := c.deaths
+	c.suspects[name] = gen
+	c.mu.Unlock()
+	window := c.cfg.GossipConfirm
+	c.log.Info().Str("worker", name).Dur("window", window).Msg("gossip declared the worker dead; waiting for it to refute")
+	time.AfterFunc(window, func() {
+		c.mu.Lock()
+		g, ok := c.suspects[name]
+		if ok && g == gen {
+			delete(c.suspects, name)
+		}
+		c.mu.Unlock()
+		if ok && g == gen {
+			c.submit(Lost{ID: name, Reason: fmt.Sprintf("gossip: stopped answering probes and did not refute its death within %v (host down or network cut)", window)})
+		}
+	})
+}
+
+// gossipAlive ends the refutation window of a worker that came back.
+func (c *Coordinator) gossipAlive(name string) {
+	c.mu.Lock()
+	_, ok := c.suspects[name]
+	delete(c.suspects, name)
+	c.mu.Unlock()
+	if ok {
+		c.log.Info().Str("worker", name).Msg("gossip: the worker refuted its death (it was slow, not dead)")
 	}
 }
 

@@ -23,10 +23,13 @@
 //   - Launch (launch.go) is the local multi-process simulation behind
 //     `coordinator launch`.
 //
-// Worker liveness has two independent detectors: the command stream (a dead
-// process closes its sockets; gRPC keepalives catch a silent peer within ~5 s)
-// and gossip (memberlist's LAN profile declares a node dead in ~5 s). The
-// first to fire names the worker; the job is aborted on every other worker.
+// Worker liveness (liveness.go) tells a dead worker from a starved one: a
+// dead process closes its sockets (its command stream ends, a launcher sees
+// it exit), a dead host stops answering the kernel's TCP keepalive; gRPC
+// keepalives and gossip deaths (which a live process refutes) only count
+// after a liveness bound that grows with the job's size and the worker
+// processes per core. The first detector to fire names the worker; the job
+// is aborted on every other worker.
 // Nothing re-plans: a job is continued by a new one with --resume (see
 // docs/control-plane.md#failure-handling).
 package cluster

@@ -49,6 +49,9 @@ type Summary struct {
 	DurationS   float64         `json:"duration_s"`
 	FinalLoss   float64         `json:"final_loss"`
 	FinalVal    *float64        `json:"final_val_loss,omitempty"`
+	// ExpertLoad is the per-layer, per-expert load of the logged steps,
+	// gathered from the worker logs at the end of a launch.
+	ExpertLoad []ExpertLoadPoint `json:"expert_load,omitempty"`
 }
 
 // WorkerExit records how a launched worker process ended.

@@ -110,7 +110,7 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 		Listen: "127.0.0.1:0", Token: token, JobID: filepath.Base(cfg.RunDir), Workers: cfg.Workers,
 		TotalSteps: cfg.Job.Train.Steps, Plan: PlanRequestFor(cfg.Job), JobConfigJSON: jobJSON,
 		JoinTimeout: 2 * time.Minute, Membership: cfg.Membership, Log: cfg.Log, OnStatus: prog.Update,
-		Checkpoint: cfg.Checkpoint,
+		Checkpoint: cfg.Checkpoint, ProcsPerCore: procsPerCore(cfg.Workers),
 	})
 	if err != nil {
 		return sum, fmt.Errorf("launch: %w", err)
@@ -158,9 +158,14 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 		}
 	}
 	sum.Result = res
+	logs := make([]string, 0, len(procs))
 	for _, p := range procs {
 		sum.WorkerExits = append(sum.WorkerExits, p.exit)
 		p.out.Close()
+		logs = append(logs, p.log)
+	}
+	if sum.ExpertLoad, err = ExpertLoadFromLogs(logs); err != nil {
+		cfg.Log.Warn().Err(err).Msg("summary: no expert load from the worker logs")
 	}
 	if err := WriteSummary(cfg.RunDir, sum); err != nil {
 		return sum, err
@@ -174,6 +179,13 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 	return sum, nil
 }
 
+// procsPerCore is how many of n worker processes share one of the cores
+// this process may use (the CPUs it may run on, or fewer under a cgroup CPU
+// limit, which GOMAXPROCS follows).
+func procsPerCore(n int) float64 {
+	return float64(n) / float64(max(1, min(runtime.NumCPU(), runtime.GOMAXPROCS(0))))
+}
+
 func startWorkers(cfg LaunchConfig, addr, token string) ([]*proc, error) {
 	var procs []*proc
 	pgid := 0
@@ -185,7 +197,8 @@ func startWorkers(cfg LaunchConfig, addr, token string) ([]*proc, error) {
 		}
 		p.out = out
 		p.cmd = cfg.WorkerCmd("--join", addr, "--threads", strconv.Itoa(cfg.Threads), "--log-file", p.log, "--host", "localhost")
-		p.cmd.Env = append(os.Environ(), TokenEnv+"="+token)
+		p.cmd.Env = append(os.Environ(), TokenEnv+"="+token,
+			ProcsPerCoreEnv+"="+strconv.FormatFloat(procsPerCore(cfg.Workers), 'g', 4, 64))
 		p.cmd.Stdout, p.cmd.Stderr = out, out
 		// One process group for all workers (signalled together); on Linux
 		// each dies with this process even if it is SIGKILLed.

@@ -8,6 +8,7 @@ import (
 	"log"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -53,31 +54,108 @@ func GossipKey(token string) []byte {
 
 // Membership is one node of the job's gossip cluster.
 type Membership struct {
-	ml *memberlist.Memberlist
+	ml     *memberlist.Memberlist
+	events *memberEvents
+	once   sync.Once
 }
 
-// memberEvents forwards leaves/joins to callbacks without blocking
-// memberlist (its delegates run under its locks).
+// MemberWatch receives what gossip learns about the other members, in the
+// order it learns it, on one goroutine of the member's own (a callback may
+// block; later events wait for it).
+type MemberWatch struct {
+	// Dead: the failure detector declared the node dead (it stopped
+	// answering probes and did not refute the suspicion in time). A node
+	// that is alive after all refutes the death and is reported by Alive.
+	Dead func(name string)
+	// Left: the node left the cluster on its own (it is shutting down).
+	Left func(name string)
+	// Alive: the node joined, or came back after being declared dead.
+	Alive func(name string)
+}
+
+// memberEvent is one queued membership change.
+type memberEvent struct {
+	name string
+	kind byte // 'd' dead, 'l' left, 'a' alive
+}
+
+// memberEvents queues memberlist's notifications and hands them to a
+// MemberWatch in order from one goroutine, without blocking memberlist (its
+// delegates run under its locks).
 type memberEvents struct {
-	self    string
-	onLeave func(name string)
-	log     zerolog.Logger
+	self  string
+	watch MemberWatch
+	log   zerolog.Logger
+
+	mu    sync.Mutex
+	queue []memberEvent
+	wake  chan struct{} // capacity 1
+	done  chan struct{} // closed by Membership.Close
+}
+
+func newMemberEvents(self string, w MemberWatch, lg zerolog.Logger) *memberEvents {
+	e := &memberEvents{self: self, watch: w, log: lg, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go e.run()
+	return e
+}
+
+func (e *memberEvents) push(ev memberEvent) {
+	e.mu.Lock()
+	e.queue = append(e.queue, ev)
+	e.mu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (e *memberEvents) run() {
+	for {
+		select {
+		case <-e.wake:
+		case <-e.done:
+			return
+		}
+		e.mu.Lock()
+		q := e.queue
+		e.queue = nil
+		e.mu.Unlock()
+		for _, ev := range q {
+			var f func(string)
+			switch ev.kind {
+			case 'd':
+				f = e.watch.Dead
+			case 'l':
+				f = e.watch.Left
+			case 'a':
+				f = e.watch.Alive
+			}
+			if f != nil {
+				f(ev.name)
+			}
+		}
+	}
 }
 
 func (e *memberEvents) NotifyJoin(n *memberlist.Node) {
-	if n.Name != e.self {
-		e.log.Debug().Str("node", n.Name).Str("addr", n.Address()).Str("meta", string(n.Meta)).Msg("gossip: node joined")
+	if n.Name == e.self {
+		return
 	}
+	e.log.Debug().Str("node", n.Name).Str("addr", n.Address()).Str("meta", string(n.Meta)).Msg("gossip: node joined")
+	e.push(memberEvent{n.Name, 'a'})
 }
 
 func (e *memberEvents) NotifyLeave(n *memberlist.Node) {
 	if n.Name == e.self {
 		return
 	}
-	e.log.Debug().Str("node", n.Name).Msg("gossip: node left or dead")
-	if e.onLeave != nil {
-		go e.onLeave(n.Name)
+	if n.State == memberlist.StateLeft {
+		e.log.Debug().Str("node", n.Name).Msg("gossip: node left")
+		e.push(memberEvent{n.Name, 'l'})
+		return
 	}
+	e.log.Debug().Str("node", n.Name).Msg("gossip: node declared dead")
+	e.push(memberEvent{n.Name, 'd'})
 }
 
 func (e *memberEvents) NotifyUpdate(*memberlist.Node) {}
@@ -97,10 +175,17 @@ func (d *metaDelegate) LocalState(join bool) []byte                { return nil 
 func (d *metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
 
 // StartMembership creates this node's gossip member, named name, with the
-// given metadata. onLeave is called (on its own goroutine) when another node
-// leaves or is declared dead.
+// given metadata. onLeave is called (on the member's event goroutine) when
+// another node leaves or is declared dead.
 func StartMembership(name string, meta []byte, token string, cfg MembershipConfig, lg zerolog.Logger,
 	onLeave func(name string)) (*Membership, error) {
+	return StartMembershipWatch(name, meta, token, cfg, lg, MemberWatch{Dead: onLeave, Left: onLeave})
+}
+
+// StartMembershipWatch is StartMembership that tells deaths, departures
+// and returns apart (see MemberWatch).
+func StartMembershipWatch(name string, meta []byte, token string, cfg MembershipConfig, lg zerolog.Logger,
+	w MemberWatch) (*Membership, error) {
 	c := memberlist.DefaultLANConfig()
 	c.Name = name
 	c.BindAddr = cfg.BindAddr
@@ -127,14 +212,16 @@ func StartMembership(name string, meta []byte, token string, cfg MembershipConfi
 	}
 	c.SecretKey = GossipKey(token)
 	c.Delegate = &metaDelegate{meta: meta}
-	c.Events = &memberEvents{self: name, onLeave: onLeave, log: lg}
+	events := newMemberEvents(name, w, lg)
+	c.Events = events
 	out := &zerologWriter{log: lg.With().Str("component", "memberlist").Logger()}
 	c.Logger = log.New(out, "", 0)
 	ml, err := memberlist.Create(c)
 	if err != nil {
+		close(events.done)
 		return nil, fmt.Errorf("gossip: start member %s on %s:%d: %w", name, c.BindAddr, cfg.BindPort, err)
 	}
-	return &Membership{ml: ml}, nil
+	return &Membership{ml: ml, events: events}, nil
 }
 
 // Addr is this member's gossip address, host:port.
@@ -155,6 +242,7 @@ func (m *Membership) Join(addr string) error {
 func (m *Membership) Close(timeout time.Duration) {
 	_ = m.ml.Leave(timeout)
 	_ = m.ml.Shutdown()
+	m.once.Do(func() { close(m.events.done) })
 }
 
 // zerologWriter turns memberlist's "[LEVEL] memberlist: msg" lines into

@@ -16,6 +16,16 @@ import (
 // this long fails the step on every surviving rank.
 const CollectiveTimeout = 60 * time.Second
 
+// SetupTimeout bounds a runner's data-plane connection and the barrier
+// before its first step in a world of n ranks: CollectiveTimeout plus a
+// second per rank. Ranks reach them as they finish loading, which on a host
+// with more ranks than cores spreads over tens of seconds (14–36 s for 128
+// ranks on 2 cores, docs/decisions.md#local-simulation-at-64-and-128-workers).
+// A rank that dies meanwhile is found by the coordinator, which aborts the
+// others (cancelling this wait), so the bound only catches a rank that
+// hangs.
+func SetupTimeout(n int) time.Duration { return CollectiveTimeout + time.Duration(n)*time.Second }
+
 // RunMesh is the runner of every mesh (DP × SP × TP with EP; pure data
 // parallelism is the mesh with tp = sp = ep = 1): every rank holds
 // its shard of the model (train.MeshRank), the ranks of one DP replica
@@ -48,19 +58,33 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 			val = nil
 		}
 	}
+	t0 := time.Now()
+	log.Debug().Msg("data opened")
 	ccfg := collective.Config{Timeout: CollectiveTimeout}
-	dctx, cancel := context.WithTimeout(ctx, CollectiveTimeout)
+	setup := SetupTimeout(m.World())
+	dctx, cancel := context.WithTimeout(ctx, setup)
 	t, err := spec.Data.Connect(dctx, spec.Rank, spec.Plan.Addrs(), spec.Token, JobDataPlaneLimits(cfg, m, ccfg))
 	cancel()
 	if err != nil {
 		return fmt.Errorf("mesh runner: %w", err)
 	}
 	defer t.Close()
+	log.Debug().Dur("wait", time.Since(t0)).Msg("data plane connected")
 	world := collective.NewWorldConfig(t, ccfg)
 	mr, err := train.NewMeshRank(cfg, m, spec.Rank, world, log)
 	if err != nil {
 		return fmt.Errorf("mesh runner: %w", err)
 	}
+	// Every rank ready before the first step, so the steps' collectives
+	// (bounded by CollectiveTimeout) do not wait for a rank still loading.
+	t1 := time.Now()
+	bctx, cancel := context.WithTimeout(ctx, setup)
+	err = world.Barrier(bctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("mesh runner: waiting for every rank to be ready: %w", err)
+	}
+	log.Debug().Dur("wait", time.Since(t1)).Msg("every rank ready")
 	tr := mr.Trainer()
 	rc, _, err := openRankCheckpoints(ctx, spec, &meshState{mr: mr, sampler: sampler, log: log})
 	if err != nil {

@@ -138,6 +138,11 @@ func (s *service) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.Ack, err
 		return nil, err
 	}
 	s.c.log.Info().Str("worker", req.WorkerId).Str("reason", req.Reason).Msg("worker leaving")
+	s.c.mu.Lock()
+	if s.c.outboxes[req.WorkerId] != nil {
+		s.c.left[req.WorkerId] = true
+	}
+	s.c.mu.Unlock()
 	s.c.submit(Left{ID: req.WorkerId, Reason: req.Reason})
 	return &pb.Ack{}, nil
 }

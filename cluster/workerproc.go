@@ -26,6 +26,9 @@ type WorkerOptions struct {
 	// TCPCongestion is the data plane's TCP congestion control
 	// (collective.TCPConfig.Congestion's syntax; "" = its default).
 	TCPCongestion string
+	// ProcsPerCore: see AgentConfig; 0 = $MOETRAIN_PROCS_PER_CORE (set by
+	// `coordinator launch`), else not known.
+	ProcsPerCore float64
 }
 
 // RunWorkerProcess is the body of a worker process: logs, then RunAgent.
@@ -36,6 +39,9 @@ func RunWorkerProcess(ctx context.Context, o WorkerOptions) error {
 	o.Token = TokenOrEnv(o.Token)
 	if o.Token == "" {
 		return fmt.Errorf("--token is required (or set %s): the job token the coordinator was started with", TokenEnv)
+	}
+	if o.ProcsPerCore <= 0 {
+		o.ProcsPerCore = procsPerCoreFromEnv()
 	}
 	if o.Threads < 0 {
 		return fmt.Errorf("--threads %d: must be ≥ 0 (0 = all cores)", o.Threads)
@@ -55,5 +61,6 @@ func RunWorkerProcess(ctx context.Context, o WorkerOptions) error {
 	return RunAgent(ctx, AgentConfig{
 		Coordinator: o.Join, Token: o.Token, Host: o.Host, BindIP: o.BindIP, Cores: o.Threads,
 		JoinTimeout: o.JoinTimeout, Membership: o.Membership, Log: lg, TCPCongestion: o.TCPCongestion,
+		ProcsPerCore: o.ProcsPerCore,
 	})
 }

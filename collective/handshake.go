@@ -24,11 +24,17 @@ import (
 // ranks and world size, so a process of another job or a replayed exchange
 // is refused. The dialer checks that the acceptor is the rank it dialled.
 const (
-	helloMagic    = 0x3148544d // "MTH1"
-	nonceSize     = 16
-	macSize       = sha256.Size
-	handshakeTime = 10 * time.Second // bound on one handshake, so strangers cannot hold the accept side
+	helloMagic = 0x3148544d // "MTH1"
+	nonceSize  = 16
+	macSize    = sha256.Size
 )
+
+// handshakeTime bounds the accepting side of one handshake, so strangers
+// cannot hold it. The dialing side waits up to its context's deadline
+// instead: the rank it dialled may accept late (it is still loading when
+// many ranks share few cores), and the dialer trusts the address it was
+// given. A variable for tests.
+var handshakeTime = 10 * time.Second
 
 // ErrRefused is wrapped by handshake refusals.
 var ErrRefused = errors.New("connection refused by handshake")
@@ -54,8 +60,17 @@ func handshakeDeadline(ctx context.Context, c net.Conn) {
 }
 
 func dialHandshake(ctx context.Context, c *net.TCPConn, want int, cfg TCPConfig) error {
-	handshakeDeadline(ctx, c)
-	defer c.SetDeadline(time.Time{})
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(handshakeTime)
+	}
+	_ = c.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	defer func() {
+		if stop() {
+			_ = c.SetDeadline(time.Time{})
+		}
+	}()
 	n := len(cfg.Addrs)
 	var hello [12 + nonceSize]byte
 	binary.LittleEndian.PutUint32(hello[0:], helloMagic)

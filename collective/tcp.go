@@ -323,8 +323,10 @@ func tuneConn(c *net.TCPConn, cfg TCPConfig) {
 	}
 }
 
-// dialPeer connects to rank p, retrying refused connections (the peer may not
-// be accepting yet) until ctx ends; a failed handshake is final.
+// dialPeer connects to rank p until ctx ends, retrying refused connections
+// (the peer may not be listening yet) and handshakes the peer dropped
+// before it answered (its bound on a handshake ran out while this rank got
+// no CPU); a handshake the peer refused is final.
 func dialPeer(ctx context.Context, p int, cfg TCPConfig) (*net.TCPConn, error) {
 	d := net.Dialer{Control: congestionControl(cfg.Congestion)}
 	backoff := 10 * time.Millisecond
@@ -333,13 +335,16 @@ func dialPeer(ctx context.Context, p int, cfg TCPConfig) (*net.TCPConn, error) {
 		if err == nil {
 			tc := c.(*net.TCPConn)
 			tuneConn(tc, cfg)
-			if err := dialHandshake(ctx, tc, p, cfg); err != nil {
-				tc.Close()
-				return nil, fmt.Errorf("rank %d at %s: %w", p, cfg.Addrs[p], err)
+			herr := dialHandshake(ctx, tc, p, cfg)
+			if herr == nil {
+				return tc, nil
 			}
-			return tc, nil
-		}
-		if ctx.Err() != nil || errors.Is(err, errCongestion) {
+			tc.Close()
+			if errors.Is(herr, ErrRefused) || ctx.Err() != nil {
+				return nil, fmt.Errorf("rank %d at %s: %w", p, cfg.Addrs[p], herr)
+			}
+			err = herr
+		} else if ctx.Err() != nil || errors.Is(err, errCongestion) {
 			return nil, fmt.Errorf("dial rank %d at %s: %w", p, cfg.Addrs[p], err)
 		}
 		select {

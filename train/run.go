@@ -214,14 +214,19 @@ func openData(cfg JobConfig, corpus *sampling.Corpus) (*sampling.Data, error) {
 // every runner uses: max_load (the largest expert load over the mean among
 // the layers; 1 = balanced), imbalance (the largest IS = (max − min)/tokens
 // over expert-parallel ranks) and drop_rate (the share of slots dropped by
-// capacity, averaged over layers). Nothing is added without MoE layers.
+// capacity, averaged over layers), and expert_load (per layer, the slots
+// each expert processed: [layer][expert]; what `coordinator plot` draws).
+// Nothing is added without MoE layers.
 func LogRouterLoad(e *zerolog.Event, stats []moe.LoadStats) {
 	if len(stats) == 0 {
 		return
 	}
 	maxLoad, is, drop := 0.0, 0.0, 0.0
-	for _, s := range stats {
+	perExpert := make([][]int, len(stats))
+	for l, s := range stats {
 		maxLoad, is, drop = max(maxLoad, s.MaxMean), max(is, s.IS), drop+s.DropRate
+		perExpert[l] = s.PerExpert
 	}
-	e.Float64("max_load", maxLoad).Float64("imbalance", is).Float64("drop_rate", drop/float64(len(stats)))
+	e.Float64("max_load", maxLoad).Float64("imbalance", is).Float64("drop_rate", drop/float64(len(stats))).
+		Interface("expert_load", perExpert)
 }

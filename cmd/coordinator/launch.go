@@ -40,7 +40,8 @@ data parallel over the workers, each with a kernel thread budget of cores/N. Pro
 validation loss, tokens/s, ETA) is shown as a bar on a terminal, as lines otherwise.
 
 The run directory gets job.toml (the effective config), coordinator.log and worker-<i>.log (JSON
-lines), worker-<i>.out (each worker's console) and summary.json (outcome, plan, curve, exits).
+lines), worker-<i>.out (each worker's console), summary.json (outcome, plan, curve, expert load,
+exits) and the PNG plots of coordinator plot.
 Ctrl-C stops the job on every worker; processes still running after --grace get SIGTERM, then
 SIGKILL.
 ` + checkpointHelp,
@@ -109,6 +110,7 @@ SIGKILL.
 				},
 			})
 			fmt.Fprintf(os.Stderr, "logs and summary.json in %s\n", runDir)
+			plotRun(runDir, lg)
 			return err
 		},
 	}
