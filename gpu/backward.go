@@ -114,7 +114,10 @@ func (m *Model) embedBackward() error {
 		{lf.in.Tokens, m.Cfg.Vocab, a.TokOrder, a.TokUnique, a.TokStarts, m.G.TokEmb},
 		{lf.in.Pos, m.Cfg.SeqLen, a.PosOrder, a.PosUnique, a.PosStarts, m.G.PosEmb},
 	} {
-		order, unique, starts := make([]int32, n), make([]int32, n), make([]int32, n+1)
+		if cap(lf.index[0]) < n {
+			lf.index = [3][]int32{make([]int32, n), make([]int32, n), make([]int32, n+1)}
+		}
+		order, unique, starts := lf.index[0][:n], lf.index[1][:n], lf.index[2][:n+1]
 		u, err := ops.EmbeddingIndex(t.ids, t.vocab, order, unique, starts)
 		if err != nil {
 			return err

@@ -78,14 +78,9 @@ func (d *Device) free(p cuda.DevicePtr, bytes int) {
 // bytes (cuBLASLt's workspace and the driver's own not included).
 func (d *Device) Allocated() (now, peak int64) { return d.allocated, d.peak }
 
-// gemm is tensor.Gemm on the device in fp32: C[m,n] = op(A)·op(B) +
-// beta·C, row-major, leading dimensions in elements.
-func (d *Device) gemm(transA, transB bool, m, n, k int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c cuda.DevicePtr, ldc int) error {
-	return d.gemmT(transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc, cuda.F32, cuda.F32)
-}
-
-// gemmT is gemm with A and B of type ab and C of type cd (fp32
-// accumulation whatever the types).
+// gemmT is tensor.Gemm on the device: C[m,n] = op(A)·op(B) + beta·C,
+// row-major, leading dimensions in elements, A and B of type ab and C of
+// type cd, fp32 accumulation whatever the types.
 func (d *Device) gemmT(transA, transB bool, m, n, k int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c cuda.DevicePtr, ldc int, ab, cd cuda.DType) error {
 	g := cuda.GemmSpec{TransA: transA, TransB: transB, M: m, N: n, K: k, LDA: lda, LDB: ldb, LDC: ldc, AB: ab, CD: cd}
 	if k == 0 {

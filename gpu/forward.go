@@ -21,8 +21,9 @@ type lastForward struct {
 	aux     []float64 // [layer] aux loss
 	auxN    []int     // [layer] tokens the aux loss counted
 	zloss   []float64 // [layer] z-loss value
-	hostTok []int32   // embedding index scratch (host)
-	hostPos []int32
+	// index is the embedding backward's host scratch: order, unique,
+	// starts of one table's index (reused step to step).
+	index [3][]int32
 }
 
 // Forward runs the model on in, with the same result as model.Model's
