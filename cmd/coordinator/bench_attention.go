@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moetrain/moetrain/parallel/sp"
+	"github.com/moetrain/moetrain/rankbench"
 	"github.com/spf13/cobra"
 )
 
@@ -85,7 +86,7 @@ func (f *benchAttentionFlags) validate() ([]float64, error) {
 			bws = append(bws, 0)
 			continue
 		}
-		bw, err := parseBandwidth(s)
+		bw, err := rankbench.ParseBandwidth(s)
 		if err != nil {
 			return nil, fmt.Errorf("--link-bw: %w", err)
 		}

@@ -1,13 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -15,107 +11,8 @@ import (
 	"time"
 
 	"github.com/moetrain/moetrain/cluster"
-	"github.com/moetrain/moetrain/train"
+	"github.com/moetrain/moetrain/rankbench"
 )
-
-// testAsCoordinatorEnv makes the test binary act as the coordinator binary:
-// `bench routing` re-executes os.Executable() (here the test binary) for its
-// rank processes.
-const (
-	testAsCoordinatorEnv = "MOETRAIN_TEST_AS_COORDINATOR"
-	// testCancelRankEnv names a rank whose process runs with its context
-	// already cancelled: a rank that fails.
-	testCancelRankEnv = "MOETRAIN_TEST_CANCEL_RANK"
-	// testSpinEnv makes the test binary a busy loop: once a line arrives
-	// on stdin it spins for the duration the variable holds, then exits.
-	testSpinEnv = "MOETRAIN_TEST_SPIN"
-)
-
-func TestMain(m *testing.M) {
-	if d := os.Getenv(testSpinEnv); d != "" {
-		os.Exit(spin(d))
-	}
-	if os.Getenv(testAsCoordinatorEnv) != "1" {
-		os.Exit(m.Run())
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if r := os.Getenv(testCancelRankEnv); r != "" {
-		for i, a := range os.Args {
-			if a == "--rank" && i+1 < len(os.Args) && os.Args[i+1] == r {
-				cancel()
-			}
-		}
-	}
-	rootCmd.SetArgs(os.Args[1:])
-	if err := rootCmd.ExecuteContext(ctx); err != nil {
-		os.Stderr.WriteString("coordinator: " + err.Error() + "\n")
-		os.Exit(2)
-	}
-	os.Exit(0)
-}
-
-// spin waits for a line on stdin, then keeps one core busy for d of wall
-// time; it returns the exit status.
-func spin(d string) int {
-	dur, err := time.ParseDuration(d)
-	if err != nil {
-		os.Stderr.WriteString(testSpinEnv + ": " + err.Error() + "\n")
-		return 2
-	}
-	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
-		os.Stderr.WriteString("spin: reading the start line: " + err.Error() + "\n")
-		return 2
-	}
-	x := uint64(1)
-	for t0 := time.Now(); time.Since(t0) < dur; {
-		for range 1000 {
-			x = x*6364136223846793005 + 1442695040888963407
-		}
-	}
-	if x == 0 { // keeps the loop from being optimised away
-		os.Stderr.WriteString("spin: x is 0\n")
-	}
-	return 0
-}
-
-// tinyRoutingConfig writes a job TOML of a model small enough for a few
-// steps in milliseconds (8 experts: ep 2 and 4 split them).
-func tinyRoutingConfig(t *testing.T, extra string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "job.toml")
-	text := `[model]
-d_model = 16
-layers = 2
-heads = 2
-seq_len = 16
-experts = 8
-expert_hidden = 32
-[data]
-seq_len = 16
-batch_size = 2
-` + extra
-	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// runRoutingCmd runs a fresh `bench routing` command (its rank processes
-// are this test binary) and returns its output.
-func runRoutingCmd(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	t.Setenv(testAsCoordinatorEnv, "1")
-	cmd := newBenchRoutingCmd()
-	var out, errOut bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&errOut)
-	cmd.SetArgs(args)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	err := cmd.ExecuteContext(ctx)
-	return out.String(), err
-}
 
 // TestBenchRouting runs the command on 2 rank processes, a tiny model and 3
 // timed steps: every router has a row; with the router skewed to rank 0,
@@ -126,7 +23,7 @@ func TestBenchRouting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rep benchRoutingReport
+	var rep rankbench.RoutingReport
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("output is not the JSON report: %v\n%s", err, out)
 	}
@@ -154,13 +51,13 @@ func TestBenchRouting(t *testing.T) {
 	}
 
 	var table bytes.Buffer
-	f := &benchRoutingFlags{ep: 2, steps: 3, warmup: 1, skew: 0.2, threads: 1, biasRate: 0.01, timeout: time.Minute,
-		routers: strings.Join(cluster.DefaultRoutingCases, ",")}
-	spec, err := f.specs(mustLoadJob(t, cfg))
+	f := &rankbench.Routing{EP: 2, Steps: 3, Warmup: 1, Skew: 0.2, Threads: 1, BiasRate: 0.01, Timeout: time.Minute,
+		Routers: strings.Join(cluster.DefaultRoutingCases, ",")}
+	spec, err := f.Specs(mustLoadJob(t, cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := printBenchRouting(&table, f, spec[0], rep.Rows, rep.Anchor); err != nil {
+	if err := rankbench.PrintRouting(&table, f, spec[0], rep.Rows, rep.Anchor); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(table.String()), "\n")
@@ -178,16 +75,6 @@ func TestBenchRouting(t *testing.T) {
 			t.Errorf("table row %d is %q, want router %q", i, body[i], name)
 		}
 	}
-}
-
-func mustLoadJob(t *testing.T, path string) train.JobConfig {
-	t.Helper()
-	f := &benchRoutingFlags{config: path}
-	j, err := f.job()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return j
 }
 
 // TestBenchRoutingRankFails: a rank that fails fails the command with that
@@ -250,30 +137,6 @@ func TestBenchRoutingFlags(t *testing.T) {
 	}
 }
 
-// rankCPUGroups skips the test unless this host can make CPU quota groups,
-// and returns a function listing this process's bench groups left behind.
-func rankCPUGroups(t *testing.T) func() []string {
-	t.Helper()
-	q, err := newCPUQuota(fmt.Sprintf("moetrain-probe-%d", os.Getpid()), 0.5)
-	if ue, ok := errors.AsType[*cgroupUnavailableError](err); ok {
-		t.Skipf("cgroups are not writable here: %v", ue)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	parent := filepath.Dir(q.Dir())
-	if err := q.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return func() []string {
-		left, err := filepath.Glob(filepath.Join(parent, fmt.Sprintf("moetrain-bench-%d-*", os.Getpid())))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return left
-	}
-}
-
 // TestBenchRoutingRankCPU: with --rank-cpu the run completes, reports the
 // setting, and removes its groups, also when a rank fails.
 func TestBenchRoutingRankCPU(t *testing.T) {
@@ -284,7 +147,7 @@ func TestBenchRoutingRankCPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rep benchRoutingReport
+	var rep rankbench.RoutingReport
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("output is not the JSON report: %v\n%s", err, out)
 	}
@@ -305,12 +168,12 @@ func TestBenchRoutingRankCPU(t *testing.T) {
 	}
 
 	var table bytes.Buffer
-	f := &benchRoutingFlags{ep: 2, steps: 2, skew: 0.5, threads: 1, rankCPU: 0.5}
-	spec, err := (&benchRoutingFlags{ep: 2, steps: 2, skew: 0.5, threads: 1, biasRate: 0.01, timeout: time.Minute, routers: "topk,moge"}).specs(mustLoadJob(t, cfg))
+	f := &rankbench.Routing{EP: 2, Steps: 2, Skew: 0.5, Threads: 1, RankCPU: 0.5}
+	spec, err := (&rankbench.Routing{EP: 2, Steps: 2, Skew: 0.5, Threads: 1, BiasRate: 0.01, Timeout: time.Minute, Routers: "topk,moge"}).Specs(mustLoadJob(t, cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := printBenchRouting(&table, f, spec[0], rep.Rows, "topk"); err != nil {
+	if err := rankbench.PrintRouting(&table, f, spec[0], rep.Rows, "topk"); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(table.String(), "# rank cpu: 0.50 cores per rank (cgroup cpu quota)") {

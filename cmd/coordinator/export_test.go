@@ -2,67 +2,18 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/rs/zerolog"
-
 	"github.com/moetrain/moetrain/checkpoint"
-	"github.com/moetrain/moetrain/sampling"
 	"github.com/moetrain/moetrain/train"
 )
-
-// trainedCheckpoint trains a tiny model for steps steps, saves it into
-// store and returns the trainer.
-func trainedCheckpoint(t *testing.T, store *checkpoint.Store, steps int) *train.Trainer {
-	t.Helper()
-	cfg := train.DefaultJobConfig()
-	cfg.Model.DModel, cfg.Model.Heads, cfg.Model.Layers = 32, 2, 2
-	cfg.Model.SeqLen, cfg.Model.Experts, cfg.Model.ExpertHidden = 16, 4, 48
-	cfg.Data.SeqLen, cfg.Data.BatchSize = 16, 4
-	cfg.Train.Steps = 10
-	tr, err := train.NewTrainer(cfg, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := strings.Repeat("export the trained weights; read them back.\n", 20)
-	docs := []sampling.Document{{Name: "d", Tokens: sampling.ByteTokenize([]byte(text))}}
-	s, err := sampling.NewWindowSampler(docs, cfg.Data.SeqLen, cfg.Data.BatchSize, cfg.Train.Seed, 0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < steps; i++ {
-		b, err := s.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tr.ForwardBackward(b); err != nil {
-			t.Fatal(err)
-		}
-		tr.OptimizerStep()
-	}
-	st := s.State()
-	if _, err := tr.SaveCheckpoint(t.Context(), store, &st, checkpoint.WriterOptions{ChunkBytes: 4096}); err != nil {
-		t.Fatal(err)
-	}
-	return tr
-}
-
-func f32LE(v []float32) []byte {
-	b := make([]byte, 4*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
-	}
-	return b
-}
 
 // TestExportEndToEnd runs `coordinator export` on a trained checkpoint and
 // checks the file with scripts/read_safetensors.py (an independent reader)

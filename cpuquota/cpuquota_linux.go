@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package cpuquota
 
 import (
 	"bufio"
@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-// quotaPeriod is the CFS bandwidth period of a cpuQuota. The kernel grants
+// quotaPeriod is the CFS bandwidth period of a Quota. The kernel grants
 // the group its quota once per period and throttles it, once the quota is
 // spent, until the next. With the kernel's default of 100 ms a 0.5-core rank
 // could run 50 ms flat out and then stall 50 ms, while its peers wait for it
@@ -37,10 +37,10 @@ const (
 // after its last process is reaped.
 const quotaRemoveTimeout = 2 * time.Second
 
-// cpuQuota is a cgroup with a CFS bandwidth limit: the processes in it get at
+// Quota is a cgroup with a CFS bandwidth limit: the processes in it get at
 // most cores CPUs' worth of time together, however idle the others are, and
 // no one else takes that share from them. Not safe for concurrent use.
-type cpuQuota struct {
+type Quota struct {
 	dir    string // the group's directory
 	v2     bool   // cgroup v2 (cpu.max) rather than v1 (cpu.cfs_*)
 	period time.Duration
@@ -48,22 +48,22 @@ type cpuQuota struct {
 	closed bool
 }
 
-// cgroupUnavailableError marks errors that mean this host (or this user)
+// UnavailableError marks errors that mean this host (or this user)
 // cannot give a process a CPU quota at all, as opposed to a failure of one
 // operation; tests skip on it.
-type cgroupUnavailableError struct{ err error }
+type UnavailableError struct{ err error }
 
-func (e *cgroupUnavailableError) Error() string { return e.err.Error() }
-func (e *cgroupUnavailableError) Unwrap() error { return e.err }
+func (e *UnavailableError) Error() string { return e.err.Error() }
+func (e *UnavailableError) Unwrap() error { return e.err }
 
 func unavailable(format string, a ...any) error {
-	return &cgroupUnavailableError{fmt.Errorf(format, a...)}
+	return &UnavailableError{fmt.Errorf(format, a...)}
 }
 
-// newCPUQuota creates the cgroup name (one path element; callers make it
+// New creates the cgroup name (one path element; callers make it
 // unique, e.g. with their pid) under this process's own cpu cgroup, limited to
 // cores CPUs. The group is empty until Add; Close removes it.
-func newCPUQuota(name string, cores float64) (*cpuQuota, error) {
+func New(name string, cores float64) (*Quota, error) {
 	if !(cores > 0) || math.IsInf(cores, 0) {
 		return nil, fmt.Errorf("cpu quota %q: cores %g: want a finite value > 0", name, cores)
 	}
@@ -83,7 +83,7 @@ func newCPUQuota(name string, cores float64) (*cpuQuota, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := &cpuQuota{dir: filepath.Join(parent, name), v2: v2, period: period, quota: quota}
+	q := &Quota{dir: filepath.Join(parent, name), v2: v2, period: period, quota: quota}
 	if err := os.Mkdir(q.dir, 0o755); err != nil {
 		errno := unwrapPathError(err)
 		switch {
@@ -104,7 +104,7 @@ func newCPUQuota(name string, cores float64) (*cpuQuota, error) {
 }
 
 // setLimit writes the group's quota and period.
-func (q *cpuQuota) setLimit() error {
+func (q *Quota) setLimit() error {
 	us := func(d time.Duration) string { return strconv.FormatInt(d.Microseconds(), 10) }
 	if q.v2 {
 		return writeCgroupFile(q.dir, "cpu.max", us(q.quota)+" "+us(q.period))
@@ -118,7 +118,7 @@ func (q *cpuQuota) setLimit() error {
 
 // Add moves process pid, all its threads and every thread or child it
 // creates later into the group.
-func (q *cpuQuota) Add(pid int) error {
+func (q *Quota) Add(pid int) error {
 	if q.closed {
 		return fmt.Errorf("adding pid %d to cgroup %s: the group is closed", pid, q.dir)
 	}
@@ -132,20 +132,20 @@ func (q *cpuQuota) Add(pid int) error {
 }
 
 // Dir is the group's directory.
-func (q *cpuQuota) Dir() string { return q.dir }
+func (q *Quota) Dir() string { return q.dir }
 
 // Cores is the limit the group enforces (quota / period).
-func (q *cpuQuota) Cores() float64 { return float64(q.quota) / float64(q.period) }
+func (q *Quota) Cores() float64 { return float64(q.quota) / float64(q.period) }
 
-// cpuQuotaStat is the group's CFS bandwidth accounting so far.
-type cpuQuotaStat struct {
+// Stat is the group's CFS bandwidth accounting so far.
+type Stat struct {
 	Periods   int64 // periods in which the group was runnable
 	Throttled int64 // of those, periods in which it used up its quota
 }
 
 // Stat reads the group's cpu.stat.
-func (q *cpuQuota) Stat() (cpuQuotaStat, error) {
-	var st cpuQuotaStat
+func (q *Quota) Stat() (Stat, error) {
+	var st Stat
 	p := filepath.Join(q.dir, "cpu.stat")
 	b, err := os.ReadFile(p)
 	if err != nil {
@@ -175,7 +175,7 @@ func (q *cpuQuota) Stat() (cpuQuotaStat, error) {
 // first: the kernel refuses to remove a group with members, so Close retries
 // for a moment and then fails naming the pids still there. Closing twice, or
 // a group already gone, is fine.
-func (q *cpuQuota) Close() error {
+func (q *Quota) Close() error {
 	if q.closed {
 		return nil
 	}

@@ -1,8 +1,9 @@
 //go:build linux
 
-package main
+package cpuquota
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"math"
@@ -14,12 +15,47 @@ import (
 	"time"
 )
 
+// testSpinEnv makes the test binary a busy loop: once a line arrives on
+// stdin it spins for the duration the variable holds, then exits.
+const testSpinEnv = "MOETRAIN_TEST_SPIN"
+
+func TestMain(m *testing.M) {
+	if d := os.Getenv(testSpinEnv); d != "" {
+		os.Exit(spin(d))
+	}
+	os.Exit(m.Run())
+}
+
+// spin waits for a line on stdin, then keeps one core busy for d of wall
+// time; it returns the exit status.
+func spin(d string) int {
+	dur, err := time.ParseDuration(d)
+	if err != nil {
+		os.Stderr.WriteString(testSpinEnv + ": " + err.Error() + "\n")
+		return 2
+	}
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		os.Stderr.WriteString("spin: reading the start line: " + err.Error() + "\n")
+		return 2
+	}
+	x := uint64(1)
+	for t0 := time.Now(); time.Since(t0) < dur; {
+		for range 1000 {
+			x = x*6364136223846793005 + 1442695040888963407
+		}
+	}
+	if x == 0 { // keeps the loop from being optimised away
+		os.Stderr.WriteString("spin: x is 0\n")
+	}
+	return 0
+}
+
 // newTestQuota creates a quota group for this test or skips the test when
 // this host cannot have one (no root, no cpu controller, ...).
-func newTestQuota(t *testing.T, name string, cores float64) *cpuQuota {
+func newTestQuota(t *testing.T, name string, cores float64) *Quota {
 	t.Helper()
-	q, err := newCPUQuota(fmt.Sprintf("moetrain-test-%d-%s", os.Getpid(), name), cores)
-	if ue, ok := errors.AsType[*cgroupUnavailableError](err); ok {
+	q, err := New(fmt.Sprintf("moetrain-test-%d-%s", os.Getpid(), name), cores)
+	if ue, ok := errors.AsType[*UnavailableError](err); ok {
 		t.Skipf("cgroups are not writable here: %v", ue)
 	}
 	if err != nil {
@@ -141,12 +177,12 @@ func TestCPUQuotaBadInput(t *testing.T) {
 		{"a/b", 1, "group name"},
 		{"..", 1, "group name"},
 	} {
-		q, err := newCPUQuota(c.name, c.cores)
+		q, err := New(c.name, c.cores)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			if q != nil {
 				_ = q.Close()
 			}
-			t.Errorf("newCPUQuota(%q, %v): error %v, want one containing %q", c.name, c.cores, err, c.want)
+			t.Errorf("New(%q, %v): error %v, want one containing %q", c.name, c.cores, err, c.want)
 		}
 	}
 }
@@ -156,7 +192,7 @@ func TestCPUQuotaBadInput(t *testing.T) {
 func TestCPUQuotaExists(t *testing.T) {
 	q := newTestQuota(t, "dup", 0.5)
 	name := filepath.Base(q.Dir())
-	if q2, err := newCPUQuota(name, 0.5); err == nil || !strings.Contains(err.Error(), q.Dir()) || !strings.Contains(err.Error(), "already exists") {
+	if q2, err := New(name, 0.5); err == nil || !strings.Contains(err.Error(), q.Dir()) || !strings.Contains(err.Error(), "already exists") {
 		if q2 != nil {
 			_ = q2.Close()
 		}

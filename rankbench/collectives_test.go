@@ -1,4 +1,4 @@
-package main
+package rankbench
 
 import (
 	"fmt"
@@ -18,10 +18,10 @@ func TestResolveSpin(t *testing.T) {
 		wantYield              bool
 		wantErrSubstring       string
 	}{
-		{spin: "auto", yield: "auto", engine: true, wantSpin: autoSpin, wantYield: false},
-		{spin: "auto", yield: "auto", engine: true, oversubscribed: true, wantSpin: autoSpinYield, wantYield: true},
-		{spin: "auto", yield: "true", engine: true, wantSpin: autoSpinYield, wantYield: true},
-		{spin: "auto", yield: "false", engine: true, oversubscribed: true, wantSpin: autoSpin, wantYield: false},
+		{spin: "auto", yield: "auto", engine: true, wantSpin: AutoSpin, wantYield: false},
+		{spin: "auto", yield: "auto", engine: true, oversubscribed: true, wantSpin: AutoSpinYield, wantYield: true},
+		{spin: "auto", yield: "true", engine: true, wantSpin: AutoSpinYield, wantYield: true},
+		{spin: "auto", yield: "false", engine: true, oversubscribed: true, wantSpin: AutoSpin, wantYield: false},
 		{spin: "0", yield: "auto", engine: true, wantSpin: 0, wantYield: false},
 		{spin: "50us", yield: "true", engine: true, wantSpin: 50 * time.Microsecond, wantYield: true},
 		{spin: " 1ms ", yield: "false", engine: true, oversubscribed: true, wantSpin: time.Millisecond, wantYield: false},
@@ -54,7 +54,7 @@ func TestResolveSocketBuffer(t *testing.T) {
 		want             int
 		wantErrSubstring string
 	}{
-		{flag: "auto", engine: true, want: engineSocketBuffer},
+		{flag: "auto", engine: true, want: EngineSocketBuffer},
 		{flag: "auto", engine: false, want: 0},
 		{flag: " 0 ", engine: true, want: 0},
 		{flag: "65536", engine: false, want: 65536},
@@ -109,33 +109,33 @@ func TestResolveBind(t *testing.T) {
 // TestRankProcs: --gomaxprocs wins, then $GOMAXPROCS, then cores/workers.
 func TestRankProcs(t *testing.T) {
 	t.Setenv("GOMAXPROCS", "")
-	if got, want := rankProcs(1, 0), max(1, runtime.NumCPU()); got != want {
-		t.Errorf("rankProcs(1, 0) = %d, want %d", got, want)
+	if got, want := RankProcs(1, 0), max(1, runtime.NumCPU()); got != want {
+		t.Errorf("RankProcs(1, 0) = %d, want %d", got, want)
 	}
-	if got := rankProcs(4*runtime.NumCPU(), 0); got != 1 {
-		t.Errorf("rankProcs with more ranks than cores = %d, want 1", got)
+	if got := RankProcs(4*runtime.NumCPU(), 0); got != 1 {
+		t.Errorf("RankProcs with more ranks than cores = %d, want 1", got)
 	}
 	t.Setenv("GOMAXPROCS", "3")
-	if got := rankProcs(2, 0); got != 3 {
-		t.Errorf("rankProcs with GOMAXPROCS=3 = %d, want 3", got)
+	if got := RankProcs(2, 0); got != 3 {
+		t.Errorf("RankProcs with GOMAXPROCS=3 = %d, want 3", got)
 	}
-	if got := rankProcs(2, 5); got != 5 {
-		t.Errorf("rankProcs with --gomaxprocs 5 = %d, want 5", got)
+	if got := RankProcs(2, 5); got != 5 {
+		t.Errorf("RankProcs with --gomaxprocs 5 = %d, want 5", got)
 	}
 }
 
 // TestBindProcess pins a child process's threads and reads them back.
 func TestBindProcess(t *testing.T) {
-	cpus, err := allowedCPUs()
+	cpus, err := AllowedCPUs()
 	if err != nil || len(cpus) == 0 {
-		t.Fatalf("allowedCPUs: %v, %v", cpus, err)
+		t.Fatalf("AllowedCPUs: %v, %v", cpus, err)
 	}
 	if runtime.GOOS != "linux" {
 		t.Skip("binding is implemented on Linux only")
 	}
 	if os.Getenv("MOETRAIN_TEST_BIND_CHILD") != "" {
 		last := cpus[len(cpus)-1]
-		if err := bindProcess(last); err != nil {
+		if err := BindProcess(last); err != nil {
 			t.Fatal(err)
 		}
 		tasks, _ := os.ReadDir("/proc/self/task")

@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package rankbench
 
 import (
 	"fmt"
@@ -10,8 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// allowedCPUs lists the CPUs this process may run on, in order.
-func allowedCPUs() ([]int, error) {
+// AllowedCPUs lists the CPUs this process may run on, in order.
+func AllowedCPUs() ([]int, error) {
 	var set unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &set); err != nil {
 		return nil, fmt.Errorf("reading the CPU affinity: %w", err)
@@ -25,10 +25,10 @@ func allowedCPUs() ([]int, error) {
 	return cpus, nil
 }
 
-// bindProcess pins every thread of this process to cpu. Threads started
+// BindProcess pins every thread of this process to cpu. Threads started
 // later inherit the affinity of the thread that starts them, which is
 // pinned by then, so the whole process stays on cpu.
-func bindProcess(cpu int) error {
+func BindProcess(cpu int) error {
 	var set unix.CPUSet
 	set.Set(cpu)
 	tasks, err := os.ReadDir("/proc/self/task")
