@@ -192,6 +192,11 @@ func (b *BlasLt) Gemm(s Stream, g GemmSpec, alpha float32, A, B DevicePtr, beta 
 	}
 	key := gemmKey{GemmSpec: g, alignA: alignment(A), alignB: alignment(B), alignC: alignment(C)}
 	p, ok := b.plans[key]
+	if !ok && len(b.plans) >= maxPlans {
+		// Expert products vary their row count with the routing, so the
+		// cache is bounded: past maxPlans shapes it starts over.
+		b.dropPlans()
+	}
 	if !ok {
 		var err error
 		if p, err = b.plan(key); err != nil {
@@ -292,9 +297,37 @@ func (b *BlasLt) plan(key gemmKey) (*gemmPlan, error) {
 		return nil
 	})
 	if err != nil {
+		b.destroyPlan(p) // what was created before the failure
 		return fail(err)
 	}
 	return p, nil
+}
+
+// maxPlans bounds the cache of GEMM plans (four descriptors each).
+const maxPlans = 4096
+
+// destroyPlan releases p's descriptors (those created: zero ones are
+// skipped). The context must be current or reachable through b.c.do.
+func (b *BlasLt) destroyPlan(p *gemmPlan) {
+	b.c.do(func() error {
+		for _, l := range []uintptr{p.a, p.b, p.c} {
+			if l != 0 {
+				call(cublasLt.layoutDestroy, l)
+			}
+		}
+		if p.desc != 0 {
+			call(cublasLt.descDestroy, p.desc)
+		}
+		return nil
+	})
+}
+
+// dropPlans releases every cached plan.
+func (b *BlasLt) dropPlans() {
+	for k, p := range b.plans {
+		b.destroyPlan(p)
+		delete(b.plans, k)
+	}
 }
 
 // Close releases the cached descriptors, the workspace and the handle.

@@ -11,6 +11,10 @@ type Module struct {
 	c    *Context
 	h    uintptr
 	name string
+	// jitLog is the JIT's error-log buffer: a field of the heap-allocated
+	// Module, so its address (handed to the driver inside an options
+	// array, where //go:uintptrescapes does not reach) cannot move.
+	jitLog []byte
 }
 
 // Function is a kernel of a loaded module.
@@ -30,10 +34,10 @@ const (
 func (c *Context) LoadModule(name string, ptx []byte) (*Module, error) {
 	img := make([]byte, len(ptx)+1)
 	copy(img, ptx)
-	logBuf := make([]byte, 8192)
+	m := &Module{c: c, name: name, jitLog: make([]byte, 8192)}
+	logBuf := m.jitLog
 	opts := [2]int32{jitErrorLogBuffer, jitErrorLogBufferSize}
 	vals := [2]uintptr{uintptr(unsafe.Pointer(&logBuf[0])), uintptr(len(logBuf))}
-	m := &Module{c: c, name: name}
 	err := c.do(func() error {
 		return check("cuModuleLoadDataEx", driver.cuModuleLoadDataEx, uintptr(unsafe.Pointer(&m.h)),
 			uintptr(unsafe.Pointer(&img[0])), 2, uintptr(unsafe.Pointer(&opts[0])), uintptr(unsafe.Pointer(&vals[0])))

@@ -33,9 +33,11 @@ func NewAdamW(dev *Device, cfg optim.Config, n int) (*AdamW, error) {
 	}
 	s := dev.Ops.S
 	if err := dev.C.Zero(s, a.m, 4*n); err != nil {
+		a.mem.free()
 		return nil, err
 	}
 	if err := dev.C.Zero(s, a.v, 4*n); err != nil {
+		a.mem.free()
 		return nil, err
 	}
 	return a, nil

@@ -98,11 +98,16 @@ func (t *Trainer) syncFromDevice() error {
 	return nil
 }
 
-// syncToDevice copies the host mirrors (just restored) to the device.
+// syncToDevice copies the host mirrors (just restored) to the device. It
+// refuses while the mirrors are stale (the device took steps since they
+// were filled): pushing them would silently undo those steps.
 func (t *Trainer) syncToDevice() error {
 	g := t.gpu
 	if g == nil {
 		return nil
+	}
+	if g.hostStale {
+		return fmt.Errorf("train: host parameters are older than the GPU's (read them with Params after the last step before changing them)")
 	}
 	if err := g.m.SetParams(t.m.Params); err != nil {
 		return fmt.Errorf("train: parameters to the GPU: %w", err)
@@ -125,6 +130,9 @@ func (t *Trainer) gpuOptimizerStep() (gradNorm float64, err error) {
 		}
 		scale = optim.ClipScale(gradNorm, t.cfg.Optim.ClipNorm)
 	}
+	// The update rewrites the device state even if reading its Σg² back
+	// fails: the mirrors are stale from here on.
+	g.hostStale = true
 	sumSq, err := g.m.Update(g.opt, t.step+1, t.sched.LR(t.step), scale)
 	if err != nil {
 		return 0, err
@@ -132,7 +140,6 @@ func (t *Trainer) gpuOptimizerStep() (gradNorm float64, err error) {
 	if !clip {
 		gradNorm = math.Sqrt(sumSq)
 	}
-	g.hostStale = true
 	t.step++
 	if g.prof != nil {
 		g.profSteps++

@@ -223,6 +223,10 @@ func (t *Trainer) Evaluate(batches []sampling.Batch) (float64, error) {
 		forward := t.m.Forward
 		if t.gpu != nil {
 			forward = t.gpu.m.Forward
+			if p := t.gpu.dev.Ops.Prof; p != nil { // validation is not training time
+				t.gpu.dev.Ops.Prof = nil
+				defer func() { t.gpu.dev.Ops.Prof = p }()
+			}
 		}
 		r, err := forward(toInput(b), false)
 		if err != nil {
