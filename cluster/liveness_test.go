@@ -18,7 +18,7 @@ func TestLivenessBound(t *testing.T) {
 	}{
 		{2, 1, 3 * time.Second, 4 * time.Second},           // a small job on its own cores
 		{3, 1.5, 3 * time.Second, 4 * time.Second},         // 3 workers on 2 cores
-		{64, 32, 25 * time.Second, 30 * time.Second},       // issue 23: 64 workers on 2 cores
+		{64, 32, 25 * time.Second, 30 * time.Second},       // 64 workers on 2 cores (docs/decisions.md)
 		{128, 64, 50 * time.Second, 55 * time.Second},      // 128 on 2 cores
 		{1000, 1, 7 * time.Second, 9 * time.Second},        // a thousand hosts: log of the world
 		{100000, 1000, 60 * time.Second, 60 * time.Second}, // capped

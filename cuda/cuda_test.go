@@ -3,10 +3,11 @@ package cuda
 import (
 	"math"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/moetrain/moetrain/internal/gputest"
 )
 
 var (
@@ -26,10 +27,7 @@ func gpu(t *testing.T) (*Context, *BlasLt) {
 		}
 	})
 	if testErr != nil {
-		if os.Getenv("MOETRAIN_REQUIRE_GPU") == "" {
-			t.Skipf("no GPU: %v", testErr)
-		}
-		t.Fatalf("GPU required: %v", testErr)
+		gputest.SkipOrFail(t, testErr)
 	}
 	return testCtx, testBlas
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/moetrain/moetrain/cluster"
 )
 
-// scaleJob is issue 23's local simulation at scale: a one-layer model with
+// scaleJob is the local simulation at scale (docs/decisions.md): a one-layer model with
 // d_model 32 and one expert per worker, experts split over every worker
 // (ep = world), on the embedded corpus. On a 2-core machine most of a
 // launch is its start: every worker process decodes the corpus and builds

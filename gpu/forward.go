@@ -24,6 +24,7 @@ type lastForward struct {
 	// index is the embedding backward's host scratch: order, unique,
 	// starts of one table's index (reused step to step).
 	index [3][]int32
+	mask  []uint8 // the counted-token mask's host buffer (reused)
 }
 
 // Forward runs the model on in, with the same result as model.Model's
@@ -64,7 +65,11 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 	lf.attn = model.AttnShape(cfg, in.B, in.T, in.Seg) // segments also travel as device arrays
 	// The counted-token mask is one byte per token (the router statistics'
 	// convention).
-	mask := make([]uint8, n)
+	if cap(lf.mask) < n {
+		lf.mask = make([]uint8, n)
+	}
+	mask := lf.mask[:n]
+	clear(mask)
 	lf.count = 0
 	for i, t := range in.Targets {
 		if t >= 0 {

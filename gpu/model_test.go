@@ -3,10 +3,10 @@ package gpu
 import (
 	"math"
 	"math/rand/v2"
-	"os"
 	"sync"
 	"testing"
 
+	"github.com/moetrain/moetrain/internal/gputest"
 	"github.com/moetrain/moetrain/model"
 	"github.com/moetrain/moetrain/optim"
 	"github.com/moetrain/moetrain/sampling"
@@ -24,10 +24,7 @@ func device(t testing.TB) *Device {
 	t.Helper()
 	testOnce.Do(func() { testDev, testErr = Open(0) })
 	if testErr != nil {
-		if os.Getenv("MOETRAIN_REQUIRE_GPU") == "" {
-			t.Skipf("no GPU: %v", testErr)
-		}
-		t.Fatalf("GPU required: %v", testErr)
+		gputest.SkipOrFail(t, testErr)
 	}
 	return testDev
 }
@@ -72,22 +69,8 @@ func batch(cfg model.Config, b, t int, packed bool, seed uint64) model.Input {
 	return in
 }
 
-// relNorm is ‖a − b‖/‖b‖ over float32 slices (NaN → +Inf).
-func relNorm(a, b []float32) float64 {
-	var num, den float64
-	for i := range a {
-		x, y := float64(a[i]), float64(b[i])
-		if math.IsNaN(x) || math.IsInf(x, 0) {
-			return math.Inf(1)
-		}
-		num += (x - y) * (x - y)
-		den += y * y
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
-}
+// relNorm is gputest.RelNorm.
+func relNorm(a, b []float32) float64 { return gputest.RelNorm(a, b) }
 
 // TestStepEqualsCPU: one fp32 forward and backward on the GPU equals the CPU
 // serial trainer's: loss within 1e-5 relative, every gradient tensor within

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/moetrain/moetrain/checkpoint"
 	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/internal/gputest"
 	"github.com/moetrain/moetrain/model"
 	"github.com/moetrain/moetrain/sampling"
 )
@@ -70,10 +70,7 @@ func skipWithoutGPU(t *testing.T, err error) {
 	if !isNoGPU(err) {
 		return
 	}
-	if os.Getenv("MOETRAIN_REQUIRE_GPU") == "" {
-		t.Skipf("no GPU: %v", err)
-	}
-	t.Fatalf("GPU required: %v", err)
+	gputest.SkipOrFail(t, err)
 }
 
 // gpuTrainer builds cfg's trainer on the GPU through NewTrainer (skipping
@@ -119,25 +116,8 @@ func relErr(got, want float64) float64 {
 	return math.Abs(got-want) / math.Abs(want)
 }
 
-// relNorm32 is ‖got − want‖/‖want‖ (+Inf when got holds a NaN or Inf).
-func relNorm32(got, want []float32) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	var num, den float64
-	for i := range got {
-		x, y := float64(got[i]), float64(want[i])
-		if math.IsNaN(x) || math.IsInf(x, 0) {
-			return math.Inf(1)
-		}
-		num += (x - y) * (x - y)
-		den += y * y
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
-}
+// relNorm32 is gputest.RelNorm.
+func relNorm32(got, want []float32) float64 { return gputest.RelNorm(got, want) }
 
 // closeParams fails unless got is within tol of want in relative norm; the
 // message names the tensor of layout l that differs most.

@@ -3,11 +3,11 @@ package ops
 import (
 	"math"
 	"math/rand/v2"
-	"os"
 	"sync"
 	"testing"
 
 	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/internal/gputest"
 )
 
 // Tests share one context and kernel set per process.
@@ -31,10 +31,7 @@ func testOps(t testing.TB) *Ops {
 		testO, testErr = New(c)
 	})
 	if testErr != nil {
-		if os.Getenv("MOETRAIN_REQUIRE_GPU") == "" {
-			t.Skipf("no GPU: %v", testErr)
-		}
-		t.Fatalf("GPU required: %v", testErr)
+		gputest.SkipOrFail(t, testErr)
 	}
 	return testO
 }
@@ -150,26 +147,8 @@ func randn(rng *rand.Rand, n int, std float64) []float32 {
 	return s
 }
 
-// relErr is ‖got − want‖ / ‖want‖ (‖got − want‖ when want is zero); NaN in
-// got gives +Inf.
-func relErr(got, want []float32) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	var num, den float64
-	for i := range got {
-		g, w := float64(got[i]), float64(want[i])
-		if math.IsNaN(g) || math.IsInf(g, 0) {
-			return math.Inf(1)
-		}
-		num += (g - w) * (g - w)
-		den += w * w
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
-}
+// relErr is gputest.RelNorm.
+func relErr(got, want []float32) float64 { return gputest.RelNorm(got, want) }
 
 // sync waits for the stream.
 func syncOps(t testing.TB, o *Ops) {

@@ -1,0 +1,42 @@
+// Package gputest is what GPU tests share: the rule for skipping where no
+// CUDA driver or GPU answers (MOETRAIN_REQUIRE_GPU=1 turns the skip into a
+// failure, for runs on GPU machines) and the relative-norm comparison the
+// kernel and model tests use. Test code only: nothing else may import it.
+package gputest
+
+import (
+	"math"
+	"os"
+	"testing"
+)
+
+// SkipOrFail ends t because err says no GPU is usable: a skip, or with
+// MOETRAIN_REQUIRE_GPU set, a failure.
+func SkipOrFail(t testing.TB, err error) {
+	t.Helper()
+	if os.Getenv("MOETRAIN_REQUIRE_GPU") == "" {
+		t.Skipf("no GPU: %v", err)
+	}
+	t.Fatalf("GPU required: %v", err)
+}
+
+// RelNorm is ‖got − want‖ / ‖want‖ (‖got − want‖ when want is zero); a NaN
+// or Inf in got, or a length mismatch, gives +Inf.
+func RelNorm(got, want []float32) float64 {
+	if len(got) != len(want) {
+		return math.Inf(1)
+	}
+	var num, den float64
+	for i := range got {
+		g, w := float64(got[i]), float64(want[i])
+		if math.IsNaN(g) || math.IsInf(g, 0) {
+			return math.Inf(1)
+		}
+		num += (g - w) * (g - w)
+		den += w * w
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}
