@@ -51,3 +51,45 @@ func BenchmarkPlanEpoch(b *testing.B) {
 		}
 	}
 }
+
+// benchPrepared is benchSampler on the embedded corpus's documents written
+// as a prepared dataset (repeated to 2^25 tokens, 64 MiB of shards), read
+// through the memory maps; compare with BenchmarkNextWindow and
+// BenchmarkNextPack.
+func benchPrepared(b *testing.B, mode string) {
+	c, err := DefaultCorpus()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var docs [][]int32
+	for n := 0; n < 1<<25; {
+		for _, d := range c.Train {
+			docs = append(docs, d.Tokens)
+			n += len(d.Tokens)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.Mode, cfg.Path = mode, writePrepared(b, docs, Vocab, 1<<22)
+	d, err := Open(cfg, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	s, err := d.Sampler(0, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	tokens := 0
+	for i := 0; i < b.N; i++ {
+		x, err := s.Next()
+		if err != nil {
+			b.Fatal(err)
+		}
+		tokens += x.B * x.T
+	}
+	b.ReportMetric(float64(tokens)/b.Elapsed().Seconds(), "slots/s")
+}
+
+func BenchmarkNextWindowPrepared(b *testing.B) { benchPrepared(b, ModeWindow) }
+func BenchmarkNextPackPrepared(b *testing.B)   { benchPrepared(b, ModePack) }

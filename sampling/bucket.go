@@ -25,7 +25,7 @@ func NewBucketSampler(ds *Dataset, bk *Buckets, budget int, q float64, maxExampl
 	if dpSize <= 0 || dpRank < 0 || dpRank >= dpSize {
 		return nil, fmt.Errorf("bucket sampler: dp rank %d of size %d, want 0 <= rank < size", dpRank, dpSize)
 	}
-	if ds != nil && len(ds.Examples) > 0 && ds.Examples[0].Tokens == nil {
+	if ds != nil && !ds.trainable() {
 		return nil, fmt.Errorf("bucket sampler: dataset %s has lengths only (no text) and cannot be trained on", ds.Name)
 	}
 	p, err := NewPlanner(ds, bk, budget, q, maxExamples)
@@ -43,22 +43,27 @@ func NewBucketSampler(ds *Dataset, bk *Buckets, budget int, q float64, maxExampl
 // fingerprint identifies the data and batching configuration (not the DP
 // size, which State records on its own).
 func (s *BucketSampler) fingerprint() uint64 {
-	words := []uint64{uint64(len(s.p.ds.Examples)), math.Float64bits(s.p.budget), math.Float64bits(s.p.q), uint64(s.p.maxExamples)}
+	// mix of the words below, folded one at a time (no list per example)
+	h := mix()
+	fold := func(w uint64) { r := rng{s: h ^ w}; h = r.next() }
+	for _, w := range []uint64{uint64(len(s.p.ds.Examples)), math.Float64bits(s.p.budget), math.Float64bits(s.p.q), uint64(s.p.maxExamples)} {
+		fold(w)
+	}
 	for _, e := range s.p.ds.Examples {
-		words = append(words, uint64(e.Len)<<32|uint64(e.In))
+		fold(uint64(e.Len)<<32 | uint64(e.In))
 	}
 	for _, u := range s.p.bk.Upper {
-		words = append(words, uint64(u))
+		fold(uint64(u))
 	}
 	for _, u2 := range s.p.bk.Upper2 {
 		for _, u := range u2 {
-			words = append(words, uint64(u)|1<<40)
+			fold(uint64(u) | 1<<40)
 		}
 	}
 	for _, c := range s.p.bk.MaxCount {
-		words = append(words, uint64(c)|1<<41)
+		fold(uint64(c) | 1<<41)
 	}
-	return mix(words...)
+	return h
 }
 
 // Plan returns the current epoch's plan (shared; do not modify).

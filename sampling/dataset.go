@@ -17,7 +17,8 @@ import (
 // read from length fields) have no Tokens and can be planned but not batched.
 type Example struct {
 	Doc    int     // index of the source document or record
-	Tokens []int32 // see above; nil for length-only examples
+	Tokens []int32 // see above; nil for length-only examples and for examples read from Dataset's source
+	Off    int     // with a source: offset of the example's first token in document Doc
 	Len    int     // row positions the example fills
 	In     int     // two-length: input tokens; 0 for one-length
 	Out    int     // two-length: output tokens; 0 for one-length
@@ -34,6 +35,14 @@ type Dataset struct {
 	Split     int // documents split into several examples (too_long = split)
 	Truncated int // examples truncated (too_long = truncate, and two-length data)
 	Dropped   int // documents with fewer than 2 tokens (nothing to predict)
+
+	src docSource // when set, examples' tokens are read from it (Doc, Off) at batch time
+}
+
+// trainable reports whether batches can be made (tokens in memory or in a
+// source, not lengths only).
+func (d *Dataset) trainable() bool {
+	return d.src != nil || len(d.Examples) == 0 || d.Examples[0].Tokens != nil
 }
 
 // Lengths returns every example's Len.
@@ -61,36 +70,62 @@ func (d *Dataset) Tokens() int {
 // token (so every prediction is kept exactly once), or truncated to its first
 // maxLen+1 tokens.
 func NewDataset(name string, docs []Document, maxLen int, tooLong string) (*Dataset, error) {
+	return newDataset(name, memDocs(docs), maxLen, tooLong)
+}
+
+// newDataset is NewDataset over a source; the examples of an in-memory source
+// share its token slices, those of another source keep (Doc, Off) and read
+// their tokens when batched.
+func newDataset(name string, src docSource, maxLen int, tooLong string) (*Dataset, error) {
 	if maxLen <= 0 {
 		return nil, fmt.Errorf("dataset %s: max_len %d, want > 0", name, maxLen)
 	}
 	if tooLong != TooLongSplit && tooLong != TooLongTruncate {
 		return nil, fmt.Errorf("dataset %s: too_long %q, want split or truncate", name, tooLong)
 	}
-	ds := &Dataset{Name: name, MaxLen: maxLen, Docs: len(docs)}
-	for i, d := range docs {
-		n := len(d.Tokens)
+	mem, inMem := src.(memDocs)
+	ds := &Dataset{Name: name, MaxLen: maxLen, Docs: src.numDocs()}
+	count := 0 // examples, counted first so the slice is allocated once
+	for i := 0; i < src.numDocs(); i++ {
+		if n := src.docLen(i); n >= 2 && tooLong == TooLongSplit {
+			count += (n - 2 + maxLen) / maxLen
+		} else if n >= 2 {
+			count++
+		}
+	}
+	ds.Examples = make([]Example, 0, count)
+	if !inMem {
+		ds.src = src
+	}
+	add := func(i, from, to int) { // tokens [from, to) of document i
+		e := Example{Doc: i, Off: from, Len: to - from - 1}
+		if inMem {
+			e.Tokens, e.Off = mem[i].Tokens[from:to], 0
+		}
+		ds.Examples = append(ds.Examples, e)
+	}
+	for i := 0; i < src.numDocs(); i++ {
+		n := src.docLen(i)
 		if n < 2 {
 			ds.Dropped++
 			continue
 		}
 		if n-1 <= maxLen {
-			ds.Examples = append(ds.Examples, Example{Doc: i, Tokens: d.Tokens, Len: n - 1})
+			add(i, 0, n)
 			continue
 		}
 		if tooLong == TooLongTruncate {
 			ds.Truncated++
-			ds.Examples = append(ds.Examples, Example{Doc: i, Tokens: d.Tokens[:maxLen+1], Len: maxLen})
+			add(i, 0, maxLen+1)
 			continue
 		}
 		ds.Split++
 		for s := 0; s < n-1; s += maxLen {
-			e := min(s+maxLen+1, n)
-			ds.Examples = append(ds.Examples, Example{Doc: i, Tokens: d.Tokens[s:e], Len: e - s - 1})
+			add(i, s, min(s+maxLen+1, n))
 		}
 	}
 	if len(ds.Examples) == 0 {
-		return nil, fmt.Errorf("dataset %s: no example has 2 or more tokens (%d documents)", name, len(docs))
+		return nil, fmt.Errorf("dataset %s: no example has 2 or more tokens (%d documents)", name, src.numDocs())
 	}
 	return ds, nil
 }
@@ -214,6 +249,22 @@ func ReadPairs(path, inField, outField string, lenFields bool) ([]Pair, error) {
 func LoadDatasets(cfg Config, seed uint64) (train, val *Dataset, err error) {
 	cfg = cfg.WithDefaults()
 	maxLen := cfg.EffectiveMaxLen()
+	if !cfg.TwoD() && IsPrepared(cfg.Path) {
+		// the datasets read their tokens through the maps, which stay open
+		// for the life of the process
+		p, err := OpenPrepared(cfg.Path, ModeBucket, cfg.ValFraction, seed)
+		if err != nil {
+			return nil, nil, err
+		}
+		if train, err = newDataset(cfg.Path, p.train, maxLen, cfg.TooLong); err == nil && p.val.numDocs() > 0 {
+			val, err = newDataset(cfg.Path+" (validation)", p.val, maxLen, cfg.TooLong)
+		}
+		if err != nil {
+			p.Close()
+			return nil, nil, err
+		}
+		return train, val, nil
+	}
 	if !cfg.TwoD() {
 		c, err := loadCorpusField(cfg.Path, cfg.ValFraction, seed, cfg.TextField)
 		if err != nil {

@@ -19,8 +19,12 @@
 // and Restore continues exactly where the State was taken without replaying
 // batches. Open builds everything a job's [data] section describes.
 //
-// The package imports nothing of the project (a leaf, see
-// docs/architecture.md#import-graph) and must not communicate: data-parallel
+// A prepared dataset (data.path naming a directory made by `coordinator
+// data prepare`, see IsPrepared) is read through memory maps by the same
+// samplers (docs/dataset-format.md#training-from-a-prepared-dataset).
+//
+// The package imports nothing of the project but its own tokshard (a leaf,
+// see docs/architecture.md#import-graph) and must not communicate: data-parallel
 // ranks agree on their batches by computing the same plan from the same
 // seed, never by exchanging messages.
 package sampling

@@ -14,6 +14,28 @@ type Data struct {
 	Train   *Dataset // bucket mode: training examples
 	Val     *Dataset // bucket mode: validation examples (nil without held-out data)
 	Buckets *Buckets // bucket mode: bounds (estimated or from the bucket batch file)
+	// Prepared is the memory-mapped dataset when data.path is a prepared
+	// directory (IsPrepared); Corpus is nil then. Close unmaps it.
+	Prepared *Prepared
+}
+
+// Close releases the memory maps of a prepared dataset (nothing otherwise).
+func (d *Data) Close() error {
+	if d.Prepared != nil {
+		return d.Prepared.Close()
+	}
+	return nil
+}
+
+// sources returns the training and validation documents of the data.
+func (d *Data) sources() (train, val docSource, err error) {
+	switch {
+	case d.Prepared != nil:
+		return d.Prepared.train, d.Prepared.val, nil
+	case d.Corpus != nil:
+		return memDocs(d.Corpus.Train), memDocs(d.Corpus.Val), nil
+	}
+	return nil, nil, errors.New("no documents loaded")
 }
 
 // Open validates cfg and loads its data. jobSeed is the job's seed: it
@@ -30,6 +52,21 @@ func Open(cfg Config, jobSeed uint64) (*Data, error) {
 		return d, nil // synthetic tokens: no corpus to load
 	}
 	var err error
+	if IsPrepared(cfg.Path) {
+		if cfg.TwoD() {
+			return nil, fmt.Errorf("data %s: a prepared dataset has one length; two-length data needs a .jsonl file", cfg.Path)
+		}
+		if d.Prepared, err = OpenPrepared(cfg.Path, cfg.Mode, cfg.ValFraction, jobSeed); err != nil {
+			return nil, err
+		}
+		if cfg.Mode == ModeBucket {
+			if err := d.preparedExamples(); err != nil {
+				d.Close()
+				return nil, err
+			}
+		}
+		return d, nil
+	}
 	if cfg.Mode != ModeBucket {
 		if d.Corpus, err = loadCorpusField(cfg.Path, cfg.ValFraction, jobSeed, cfg.TextField); err != nil {
 			return nil, err
@@ -52,6 +89,23 @@ func Open(cfg Config, jobSeed uint64) (*Data, error) {
 	return d, nil
 }
 
+// preparedExamples builds bucket mode's examples and bounds of a prepared
+// dataset from its index (tokens are read when batched).
+func (d *Data) preparedExamples() error {
+	c, p := d.Config, d.Prepared
+	var err error
+	if d.Train, err = newDataset(c.Path, p.train, c.EffectiveMaxLen(), c.TooLong); err != nil {
+		return err
+	}
+	if p.val.numDocs() > 0 {
+		if d.Val, err = newDataset(c.Path+" (validation)", p.val, c.EffectiveMaxLen(), c.TooLong); err != nil {
+			return err
+		}
+	}
+	d.Buckets, err = bucketsFor(c, d.Train, d.Seed)
+	return err
+}
+
 // bucketsFor reads the bucket batch file or estimates bounds from ds.
 func bucketsFor(cfg Config, ds *Dataset, seed uint64) (*Buckets, error) {
 	if cfg.BucketBatchFile != "" {
@@ -66,10 +120,15 @@ func bucketsFor(cfg Config, ds *Dataset, seed uint64) (*Buckets, error) {
 func (d *Data) Sampler(dpRank, dpSize int) (Sampler, error) {
 	c := d.Config
 	switch c.Mode {
-	case ModeWindow:
-		return NewWindowSampler(d.Corpus.Train, c.SeqLen, c.BatchSize, d.Seed, dpRank, dpSize)
-	case ModePack:
-		return NewPackSampler(d.Corpus.Train, c.SeqLen, c.BatchSize, d.Seed, dpRank, dpSize)
+	case ModeWindow, ModePack:
+		train, _, err := d.sources()
+		if err != nil {
+			return nil, fmt.Errorf("sampler: %w", err)
+		}
+		if c.Mode == ModeWindow {
+			return newWindowSampler(train, c.SeqLen, c.BatchSize, d.Seed, dpRank, dpSize)
+		}
+		return newPackSampler(train, c.SeqLen, c.BatchSize, d.Seed, dpRank, dpSize)
 	case ModeBucket:
 		return NewBucketSampler(d.Train, d.Buckets, c.EffectiveBudget(), c.QuadraticQ, c.MaxExamples, d.Seed, dpRank, dpSize)
 	case ModeRandom:
@@ -90,16 +149,15 @@ func (d *Data) ValBatches(count int) ([]Batch, error) {
 		return nil, fmt.Errorf("validation batches: count %d, want > 0", count)
 	}
 	switch c.Mode {
-	case ModeWindow:
-		if d.Corpus == nil || len(d.Corpus.Val) == 0 {
+	case ModeWindow, ModePack:
+		_, val, err := d.sources()
+		if err != nil || val.numDocs() == 0 {
 			return nil, errors.New("validation batches: no held-out documents (data.val_fraction = 0?)")
 		}
-		return FixedBatchesErr(d.Corpus.Val, c.SeqLen, c.BatchSize, count, d.Seed)
-	case ModePack:
-		if d.Corpus == nil || len(d.Corpus.Val) == 0 {
-			return nil, errors.New("validation batches: no held-out documents (data.val_fraction = 0?)")
+		if c.Mode == ModeWindow {
+			return fixedBatches(val, c.SeqLen, c.BatchSize, count, d.Seed)
 		}
-		s, err := NewPackSampler(d.Corpus.Val, c.SeqLen, c.BatchSize, d.Seed, 0, 1)
+		s, err := newPackSampler(val, c.SeqLen, c.BatchSize, d.Seed, 0, 1)
 		if err != nil {
 			return nil, fmt.Errorf("validation batches: %w", err)
 		}

@@ -19,7 +19,8 @@ import (
 // with the last full step as two steps. So every position is seen exactly once
 // per epoch and every rank takes the same number of steps.
 type PackSampler struct {
-	docs           []Document // documents with >= 2 tokens
+	src            docSource
+	docs           []int // documents of src with >= 2 tokens
 	seqLen, rows   int
 	seed           uint64
 	dpRank, dpSize int
@@ -34,33 +35,44 @@ type PackSampler struct {
 	full        int     // full steps
 	tailSteps   int     // 0, 1 or 2 steps after the full ones
 	tailStart   int64
+	toks        []int32 // scratch: one document's piece
 }
 
 // NewPackSampler builds the packing sampler; documents with fewer than two
 // tokens are dropped (counted in Dropped).
 func NewPackSampler(docs []Document, seqLen, batchSize int, seed uint64, dpRank, dpSize int) (*PackSampler, error) {
+	return newPackSampler(memDocs(docs), seqLen, batchSize, seed, dpRank, dpSize)
+}
+
+func newPackSampler(src docSource, seqLen, batchSize int, seed uint64, dpRank, dpSize int) (*PackSampler, error) {
 	if seqLen <= 0 || batchSize <= 0 || seqLen*batchSize < 2 {
 		return nil, fmt.Errorf("pack sampler: seq_len=%d batch_size=%d, want positive with seq_len×batch_size >= 2", seqLen, batchSize)
 	}
 	if dpSize <= 0 || dpRank < 0 || dpRank >= dpSize {
 		return nil, fmt.Errorf("pack sampler: dp rank %d of size %d, want 0 <= rank < size", dpRank, dpSize)
 	}
-	s := &PackSampler{seqLen: seqLen, rows: batchSize, seed: seed, dpRank: dpRank, dpSize: dpSize}
+	s := &PackSampler{src: src, seqLen: seqLen, rows: batchSize, seed: seed, dpRank: dpRank, dpSize: dpSize}
 	var total int64
-	words := []uint64{uint64(seqLen), uint64(batchSize)}
-	for _, d := range docs {
-		if len(d.Tokens) < 2 {
+	// the fingerprint is mix(seqLen, batchSize, kept document lengths...),
+	// folded in one word at a time so no list of the lengths is built
+	h := mix()
+	fold := func(w uint64) { r := rng{s: h ^ w}; h = r.next() }
+	fold(uint64(seqLen))
+	fold(uint64(batchSize))
+	for i := 0; i < src.numDocs(); i++ {
+		n := src.docLen(i)
+		if n < 2 {
 			s.dropped++
 			continue
 		}
-		s.docs = append(s.docs, d)
-		total += int64(len(d.Tokens) - 1)
-		words = append(words, uint64(len(d.Tokens)))
+		s.docs = append(s.docs, i)
+		total += int64(n - 1)
+		fold(uint64(n))
 	}
 	if total < int64(dpSize) {
-		return nil, fmt.Errorf("pack sampler: %d positions in %d documents, fewer than dp size %d", total, len(docs), dpSize)
+		return nil, fmt.Errorf("pack sampler: %d positions in %d documents, fewer than dp size %d", total, src.numDocs(), dpSize)
 	}
-	s.fp = mix(words...)
+	s.fp = h
 	s.layout(0)
 	return s, nil
 }
@@ -84,7 +96,7 @@ func (s *PackSampler) layout(epoch uint64) {
 	r.shuffle(s.order)
 	s.starts = make([]int64, len(s.order)+1)
 	for i, d := range s.order {
-		s.starts[i+1] = s.starts[i] + int64(len(s.docs[d].Tokens)-1)
+		s.starts[i+1] = s.starts[i] + int64(s.src.docLen(s.docs[d])-1)
 	}
 	total := s.starts[len(s.order)]
 	per := int64(s.dpSize * s.rows * s.seqLen)
@@ -146,13 +158,15 @@ func (s *PackSampler) fill(a, b int64, w int) Batch {
 			for s.starts[i+1] <= x {
 				i++
 			}
-			toks := s.docs[s.order[i]].Tokens
 			k := int(x - s.starts[i])
 			end := min(rb, s.starts[i+1])
-			for p := 0; x < end; p, x, k = p+1, x+1, k+1 {
+			// positions k..k+cnt-1 of the document read tokens k..k+cnt
+			s.toks = s.src.appendTokens(s.toks[:0], s.docs[s.order[i]], k, k+int(end-x)+1)
+			toks := s.toks
+			for p := 0; x < end; p, x = p+1, x+1 {
 				j := r*w + int(x-ra)
-				out.Tokens[j] = toks[k]
-				out.Targets[j] = toks[k+1]
+				out.Tokens[j] = toks[p]
+				out.Targets[j] = toks[p+1]
 				out.Pos[j] = int32(p)
 				out.Seg[j] = seg
 			}

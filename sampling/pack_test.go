@@ -34,7 +34,7 @@ func TestPackSamplerProperties(t *testing.T) {
 				ss[0].layout(epoch)
 				var want []pair
 				for _, i := range ss[0].order {
-					d := ss[0].docs[i].Tokens
+					d := ss[0].src.(memDocs)[ss[0].docs[i]].Tokens
 					for k := 0; k+1 < len(d); k++ {
 						want = append(want, pair{d[k], d[k+1]})
 					}

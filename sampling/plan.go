@@ -41,6 +41,13 @@ func NewPlanner(ds *Dataset, bk *Buckets, budget int, q float64, maxExamples int
 	}
 	p := &Planner{ds: ds, bk: bk, budget: float64(budget), q: q, maxExamples: maxExamples}
 	p.byBucket = make([][]int, bk.N())
+	sizes := make([]int, bk.N()) // counted first so each list is allocated once
+	for _, e := range ds.Examples {
+		sizes[bk.Index(e)]++
+	}
+	for b, n := range sizes {
+		p.byBucket[b] = make([]int, 0, n)
+	}
 	longest := 0
 	for i, e := range ds.Examples {
 		b := bk.Index(e)
@@ -219,19 +226,25 @@ func (d *Dataset) Batch(ids []int) (Batch, error) {
 			return Batch{}, fmt.Errorf("batch: example %d out of range [0,%d)", id, len(d.Examples))
 		}
 		e := d.Examples[id]
-		if e.Tokens == nil {
+		if e.Tokens == nil && d.src == nil {
 			return Batch{}, fmt.Errorf("batch: dataset %s has lengths only (no text) and cannot be trained on", d.Name)
 		}
 		t = max(t, e.Len)
 	}
 	b := newBatch(len(ids), t, false)
+	var buf []int32
 	for r, id := range ids {
 		e := d.Examples[id]
+		toks := e.Tokens
+		if toks == nil {
+			buf = d.src.appendTokens(buf[:0], e.Doc, e.Off, e.Off+e.Len+1)
+			toks = buf
+		}
 		row := r * t
 		for j := 0; j < e.Len; j++ {
-			b.Tokens[row+j] = e.Tokens[j]
+			b.Tokens[row+j] = toks[j]
 			if j+1 >= e.In {
-				b.Targets[row+j] = e.Tokens[j+1]
+				b.Targets[row+j] = toks[j+1]
 			}
 		}
 	}

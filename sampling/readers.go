@@ -44,6 +44,9 @@ func loadCorpusField(path string, valFraction float64, seed uint64, field string
 	if math.IsNaN(valFraction) || valFraction < 0 || valFraction >= 1 {
 		return nil, fmt.Errorf("load %s: validation fraction %v, want 0 <= f < 1", path, valFraction)
 	}
+	if IsPrepared(path) { // never read token shards as text
+		return nil, fmt.Errorf("load %s: a prepared dataset is read through Open (memory maps), not into memory", path)
+	}
 	var docs []Document
 	var err error
 	if IsSynthetic(path) {

@@ -20,31 +20,32 @@ type Sampler interface {
 // Pos 0..T-1. The window of (step, row) depends only on (seed, step, dpRank,
 // row), so the stream never ends and State is just the step count.
 type WindowSampler struct {
-	stream         []int32
+	stream         stream
 	seqLen, batch  int
 	seed           uint64
 	dpRank, dpSize int
 	step           uint64
+	win            []int32 // scratch: one window
 }
 
 // NewWindowSampler builds the random-window sampler of the serial trainer and
 // of data-parallel training (dpRank in [0, dpSize)).
 func NewWindowSampler(docs []Document, seqLen, batchSize int, seed uint64, dpRank, dpSize int) (Sampler, error) {
-	return newWindowSampler(docs, seqLen, batchSize, seed, dpRank, dpSize)
+	return newWindowSampler(memDocs(docs), seqLen, batchSize, seed, dpRank, dpSize)
 }
 
-func newWindowSampler(docs []Document, seqLen, batchSize int, seed uint64, dpRank, dpSize int) (*WindowSampler, error) {
+func newWindowSampler(src docSource, seqLen, batchSize int, seed uint64, dpRank, dpSize int) (*WindowSampler, error) {
 	if seqLen <= 0 || batchSize <= 0 {
 		return nil, fmt.Errorf("window sampler: seq_len=%d batch_size=%d, both must be positive", seqLen, batchSize)
 	}
 	if dpSize <= 0 || dpRank < 0 || dpRank >= dpSize {
 		return nil, fmt.Errorf("window sampler: dp rank %d of size %d, want 0 <= rank < size", dpRank, dpSize)
 	}
-	stream := concat(docs)
-	if len(stream) < seqLen+1 {
-		return nil, fmt.Errorf("window sampler: %d tokens in %d documents, need at least seq_len+1 = %d", len(stream), len(docs), seqLen+1)
+	st := newStream(src)
+	if st.total() < int64(seqLen+1) {
+		return nil, fmt.Errorf("window sampler: %d tokens in %d documents, need at least seq_len+1 = %d", st.total(), src.numDocs(), seqLen+1)
 	}
-	return &WindowSampler{stream: stream, seqLen: seqLen, batch: batchSize, seed: seed, dpRank: dpRank, dpSize: dpSize}, nil
+	return &WindowSampler{stream: st, seqLen: seqLen, batch: batchSize, seed: seed, dpRank: dpRank, dpSize: dpSize}, nil
 }
 
 func concat(docs []Document) []int32 {
@@ -58,11 +59,12 @@ func concat(docs []Document) []int32 {
 // Next returns the batch of the current step and advances.
 func (w *WindowSampler) Next() (Batch, error) {
 	b := newBatch(w.batch, w.seqLen, false)
-	span := len(w.stream) - w.seqLen // window starts in [0, span)
+	span := w.stream.total() - int64(w.seqLen) // window starts in [0, span)
 	for r := 0; r < w.batch; r++ {
 		g := rng{s: mix(w.seed, purposeWindow, w.step, uint64(w.dpRank), uint64(r))}
-		start := g.intn(span)
-		fillWindow(b, r, w.stream[start:start+w.seqLen+1])
+		start := g.intn(int(span))
+		w.win = w.stream.read(w.win[:0], int64(start), w.seqLen+1)
+		fillWindow(b, r, w.win)
 	}
 	w.step++
 	return b, nil
@@ -126,23 +128,25 @@ func FixedBatches(docs []Document, seqLen, batchSize, count int, seed uint64) []
 
 // FixedBatchesErr is FixedBatches with the reason for an empty result.
 func FixedBatchesErr(docs []Document, seqLen, batchSize, count int, seed uint64) ([]Batch, error) {
+	return fixedBatches(memDocs(docs), seqLen, batchSize, count, seed)
+}
+
+func fixedBatches(src docSource, seqLen, batchSize, count int, seed uint64) ([]Batch, error) {
 	if seqLen <= 0 || batchSize <= 0 || count < 0 {
 		return nil, fmt.Errorf("fixed batches: seq_len=%d batch_size=%d count=%d, want positive sizes", seqLen, batchSize, count)
 	}
-	stream := concat(docs)
-	if len(stream) < 2 {
+	st := newStream(src)
+	if st.total() < 2 {
 		return nil, errors.New("fixed batches: documents hold fewer than 2 tokens")
 	}
 	out := make([]Batch, count)
-	win := make([]int32, seqLen+1)
+	var win []int32
 	for i := range out {
 		b := newBatch(batchSize, seqLen, false)
 		for r := 0; r < batchSize; r++ {
 			g := rng{s: mix(seed, purposeFixed, uint64(i), uint64(r))}
-			start := g.intn(len(stream))
-			for j := range win {
-				win[j] = stream[(start+j)%len(stream)]
-			}
+			start := g.intn(int(st.total()))
+			win = st.read(win[:0], int64(start), seqLen+1)
 			fillWindow(b, r, win)
 		}
 		out[i] = b

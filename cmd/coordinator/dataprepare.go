@@ -23,8 +23,8 @@ func init() {
 		Use:   "prepare",
 		Short: "Tokenize text into memory-mappable token shards plus an index (docs/dataset-format.md)",
 		Long: `prepare streams --data (a directory tree, a text file, or JSONL, optionally .gz or .zst
-compressed) through the tokenizer into token shards plus an index in --out, never holding the
-corpus in memory. Empty files, binary files (a NUL byte, or more than 30% of bytes in invalid
+compressed) through the tokenizer, on all cores, into token shards plus an index in --out, never
+holding the corpus in memory; progress goes to stderr. Empty files, binary files (a NUL byte, or more than 30% of bytes in invalid
 UTF-8) and other non-UTF-8 files are skipped; the summary counts them by reason, is printed and
 is written to --out/prepare-summary.json.`,
 		Example: "  coordinator data prepare --data /usr/lib/python3.11 --out data/py\n  coordinator data prepare --data corpus.jsonl.zst --out data/corpus",
@@ -61,6 +61,7 @@ is written to --out/prepare-summary.json.`,
 	f.StringVar(&o.TextField, "text-field", "text", "JSONL field holding the text")
 	f.StringVar(&tokenizer, "tokenizer", "byte", "tokenizer: byte")
 	f.Int64Var(&o.ShardTokens, "shard-tokens", tokshard.DefaultShardTokens, "target tokens per shard file")
+	f.IntVar(&o.Workers, "workers", 0, "tokenizing goroutines: 0 = one per CPU, 1 = serial (same output either way)")
 	dataCmd.AddCommand(cmd)
 	rootCmd.AddCommand(dataCmd)
 }

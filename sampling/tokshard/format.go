@@ -65,3 +65,48 @@ func WidthFor(vocab int) int {
 }
 
 func shardName(i int) string { return fmt.Sprintf("shard-%05d.tok", i) }
+
+// Encoded is a run of tokens checked against a vocabulary and laid out in
+// its token width (WidthFor), ready for Writer.WriteEncoded. Only
+// AppendEncoded makes one, so a writer can copy it without checking again;
+// encoding can then run on many goroutines while one writer copies.
+type Encoded struct {
+	b     []byte
+	vocab int
+}
+
+// AppendEncoded appends tokens to e (reusing its buffer when e.Reset was
+// used) after checking each lies in [0, vocab).
+func AppendEncoded(e Encoded, vocab int, tokens []int32) (Encoded, error) {
+	if e.vocab != 0 && e.vocab != vocab {
+		return e, fmt.Errorf("tokshard: appending tokens of vocabulary %d to tokens of %d", vocab, e.vocab)
+	}
+	e.vocab = vocab
+	w := WidthFor(vocab)
+	for i, t := range tokens {
+		if t < 0 || int64(t) >= int64(vocab) {
+			return e, fmt.Errorf("tokshard: token %d (index %d) outside the vocabulary [0, %d)", t, i, vocab)
+		}
+	}
+	if w == 2 {
+		for _, t := range tokens {
+			e.b = le.AppendUint16(e.b, uint16(t))
+		}
+	} else {
+		for _, t := range tokens {
+			e.b = le.AppendUint32(e.b, uint32(t))
+		}
+	}
+	return e, nil
+}
+
+// Tokens is the number of tokens in e.
+func (e Encoded) Tokens() int {
+	if e.vocab == 0 {
+		return 0
+	}
+	return len(e.b) / WidthFor(e.vocab)
+}
+
+// Reset empties e, keeping its buffer.
+func (e Encoded) Reset() Encoded { return Encoded{b: e.b[:0]} }

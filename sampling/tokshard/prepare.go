@@ -70,6 +70,10 @@ type PrepareOptions struct {
 	ShardTokens   int64     // 0 = DefaultShardTokens
 	Progress      io.Writer // progress lines every ProgressEvery; nil = none
 	ProgressEvery time.Duration
+	// Workers is the number of tokenizing goroutines: 0 = one per CPU; 1 =
+	// the serial path (read, check and tokenize on the calling goroutine),
+	// which the parallel path must match byte for byte.
+	Workers int
 }
 
 // Skipped is one skipped file (or, for JSONL records, file:line).
@@ -117,9 +121,11 @@ type preparer struct {
 
 // Prepare streams o.Data (a directory walked in sorted order with hidden
 // entries skipped, a text file, or a .jsonl/.json file, optionally .gz or
-// .zst compressed) into a dataset in o.Out. Text files are read twice (check,
-// then tokenize) so nothing larger than a read buffer or one JSONL record is
-// held in memory.
+// .zst compressed) into a dataset in o.Out. The serial path (Workers 1)
+// reads text files twice (check, then tokenize); the parallel path
+// (pipeline.go) reads them once in chunks and takes a document back when a
+// later chunk shows the file must be skipped. Either way nothing larger than
+// a bounded number of read chunks or JSONL records is held in memory.
 func Prepare(o PrepareOptions) (*Summary, error) {
 	if o.TextField == "" {
 		o.TextField = "text"
@@ -129,6 +135,9 @@ func Prepare(o PrepareOptions) (*Summary, error) {
 	}
 	if o.ProgressEvery == 0 {
 		o.ProgressEvery = 2 * time.Second
+	}
+	if o.Workers < 0 {
+		return nil, fmt.Errorf("prepare: %d workers, want 0 (one per CPU) or more", o.Workers)
 	}
 	st, err := os.Stat(o.Data)
 	if err != nil {
@@ -142,33 +151,13 @@ func Prepare(o PrepareOptions) (*Summary, error) {
 		s: &Summary{Data: o.Data, Out: o.Out, Tokenizer: o.Tokenizer.Name(), Vocab: o.Tokenizer.Vocab(),
 			TokenBytes: WidthFor(o.Tokenizer.Vocab()), SkippedFiles: map[string]int{}, SkippedRecords: map[string]int{}}}
 	p.last = p.start
-	outAbs, _ := filepath.Abs(o.Out)
-	if !st.IsDir() {
-		err = p.file(o.Data)
-	} else {
-		err = filepath.WalkDir(o.Data, func(path string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if path != o.Data && strings.HasPrefix(d.Name(), ".") {
-				if d.IsDir() {
-					return filepath.SkipDir
-				}
-				return nil
-			}
-			if d.IsDir() {
-				if a, _ := filepath.Abs(path); a == outAbs {
-					return filepath.SkipDir
-				}
-				return nil
-			}
-			if !d.Type().IsRegular() {
-				p.s.FilesSeen++
-				p.skip(path, ReasonNotRegular, d.Type().String(), true)
-				return nil
-			}
-			return p.file(path)
+	if o.Workers == 1 {
+		err = walkInputs(o.Data, o.Out, st.IsDir(), p.file, func(path, typ string) {
+			p.s.FilesSeen++
+			p.skip(path, ReasonNotRegular, typ, true)
 		})
+	} else {
+		err = p.pipeline(st.IsDir())
 	}
 	if err != nil {
 		w.Abort()
@@ -188,6 +177,38 @@ func Prepare(o PrepareOptions) (*Summary, error) {
 		return nil, fmt.Errorf("prepare: %w", err)
 	}
 	return p.s, nil
+}
+
+// walkInputs calls file for every regular input file of data (itself when
+// not a directory) in sorted order, skipping hidden entries and the output
+// directory, and other for entries that are not regular files.
+func walkInputs(data, out string, isDir bool, file func(path string) error, other func(path, typ string)) error {
+	if !isDir {
+		return file(data)
+	}
+	outAbs, _ := filepath.Abs(out)
+	return filepath.WalkDir(data, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if path != data && strings.HasPrefix(d.Name(), ".") {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			if a, _ := filepath.Abs(path); a == outAbs {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			other(path, d.Type().String())
+			return nil
+		}
+		return file(path)
+	})
 }
 
 func (p *preparer) skip(path, reason, detail string, file bool) {
@@ -416,29 +437,17 @@ func (p *preparer) jsonl(path, comp string) error {
 			break
 		}
 		where := fmt.Sprintf("%s:%d", path, ln)
-		if trimmed := bytes.TrimSpace(line); long {
-			p.skip(where, "long-record", fmt.Sprintf("longer than %d bytes", maxRecord), false)
-		} else if len(trimmed) > 0 {
-			var obj map[string]json.RawMessage
-			var text string
-			if err := json.Unmarshal(trimmed, &obj); err != nil || obj == nil {
-				p.skip(where, "bad-json", fmt.Sprint("not a JSON object: ", err), false)
-			} else if raw, ok := obj[p.o.TextField]; !ok {
-				p.skip(where, "no-field", fmt.Sprintf("no field %q", p.o.TextField), false)
-			} else if err := json.Unmarshal(raw, &text); err != nil {
-				p.skip(where, "bad-field", fmt.Sprintf("field %q is not a string", p.o.TextField), false)
-			} else if text == "" {
-				p.skip(where, "empty-record", fmt.Sprintf("field %q is empty", p.o.TextField), false)
-			} else {
-				p.toks = p.o.Tokenizer.Append(p.toks[:0], []byte(text))
-				if err := p.w.WriteDoc(p.toks); err != nil {
-					return err
-				}
-				docs++
-				p.s.Docs++
-				p.s.Tokens = p.w.Tokens()
-				p.progress()
+		if text, reason, detail := parseRecord(line, long, p.o.TextField); reason != "" {
+			p.skip(where, reason, detail, false)
+		} else if text != nil {
+			p.toks = p.o.Tokenizer.Append(p.toks[:0], text)
+			if err := p.w.WriteDoc(p.toks); err != nil {
+				return err
 			}
+			docs++
+			p.s.Docs++
+			p.s.Tokens = p.w.Tokens()
+			p.progress()
 		}
 		if rerr == io.EOF {
 			break
@@ -450,6 +459,34 @@ func (p *preparer) jsonl(path, comp string) error {
 	}
 	p.s.FilesIngested++
 	return nil
+}
+
+// parseRecord is one JSONL line's text, or the reason it is skipped; both
+// are empty for a blank line.
+func parseRecord(line []byte, long bool, field string) (text []byte, reason, detail string) {
+	trimmed := bytes.TrimSpace(line)
+	if long {
+		return nil, "long-record", fmt.Sprintf("longer than %d bytes", maxRecord)
+	}
+	if len(trimmed) == 0 {
+		return nil, "", ""
+	}
+	var obj map[string]json.RawMessage
+	var str string
+	if err := json.Unmarshal(trimmed, &obj); err != nil || obj == nil {
+		return nil, "bad-json", fmt.Sprint("not a JSON object: ", err)
+	}
+	raw, ok := obj[field]
+	if !ok {
+		return nil, "no-field", fmt.Sprintf("no field %q", field)
+	}
+	if err := json.Unmarshal(raw, &str); err != nil {
+		return nil, "bad-field", fmt.Sprintf("field %q is not a string", field)
+	}
+	if str == "" {
+		return nil, "empty-record", fmt.Sprintf("field %q is empty", field)
+	}
+	return []byte(str), "", ""
 }
 
 func writeSummary(dir string, s *Summary) error {

@@ -144,6 +144,10 @@ func Open(dir string) (*Dataset, error) {
 		d.Close()
 		return nil, fmt.Errorf("tokshard: %s: %w", ipath, err)
 	}
+	// Validation touched every page of the index; drop them from this
+	// process's resident set (they stay in the page cache and fault back in
+	// on use), so a reader's memory counts only what it reads afterwards.
+	_ = unix.Madvise(m, unix.MADV_DONTNEED)
 	x := d.Index
 	for s := 0; s < x.NumShards(); s++ {
 		p := filepath.Join(dir, shardName(s))
@@ -257,6 +261,31 @@ func (d *Dataset) Doc(i int) (Tokens, error) {
 		return Tokens{U16: unsafe.Slice((*uint16)(p), n)}, nil
 	}
 	return Tokens{I32: unsafe.Slice((*int32)(p), n)}, nil
+}
+
+// Shard returns all of shard s's tokens without copying (documents of the
+// shard in index order, end to end); valid until Close.
+func (d *Dataset) Shard(s int) Tokens {
+	n := int(d.Index.ShardTokens(s))
+	if n == 0 {
+		return Tokens{U16: []uint16{}}
+	}
+	p := unsafe.Pointer(&d.maps[s][headerSize])
+	if d.Index.Width == 2 {
+		return Tokens{U16: unsafe.Slice((*uint16)(p), n)}
+	}
+	return Tokens{I32: unsafe.Slice((*int32)(p), n)}
+}
+
+// AppendRange appends tokens [from, to) of t to dst as int32.
+func (t Tokens) AppendRange(dst []int32, from, to int) []int32 {
+	if t.I32 != nil {
+		return append(dst, t.I32[from:to]...)
+	}
+	for _, v := range t.U16[from:to] {
+		dst = append(dst, int32(v))
+	}
+	return dst
 }
 
 // Verify checks every chunk checksum of every shard; an error names the file

@@ -33,6 +33,7 @@ type Writer struct {
 	shardDocs int64
 	buf       []byte // pending payload bytes of the current chunk
 	crcs      []uint32
+	shardCrc0 int // len(crcs) when the open shard began
 	shards    [][2]uint64
 
 	docs     *os.File
@@ -155,6 +156,78 @@ func (w *Writer) EndDoc() error {
 	return nil
 }
 
+// WriteEncoded appends tokens encoded by AppendEncoded for this writer's
+// vocabulary: the bytes are copied as they are, without a second range check.
+func (w *Writer) WriteEncoded(e Encoded) error {
+	if w.err != nil {
+		return w.err
+	}
+	if !w.inDoc {
+		return errors.New("tokshard: Write outside a document")
+	}
+	if e.vocab != w.o.Vocab {
+		return w.fail(fmt.Errorf("tokshard: tokens encoded for vocabulary %d, writer has %d", e.vocab, w.o.Vocab))
+	}
+	b := e.b
+	for len(b) > 0 {
+		n := copy(w.buf[len(w.buf):cap(w.buf)], b)
+		w.buf, b = w.buf[:len(w.buf)+n], b[n:]
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flushChunk(); err != nil {
+				return w.fail(err)
+			}
+		}
+	}
+	w.shardTok += int64(e.Tokens())
+	return nil
+}
+
+// AbortDoc discards the open document: the dataset is as if it had never
+// been begun. Whole chunks already written stay; the partial chunk the
+// document began in is read back from the shard file, which is cut there.
+func (w *Writer) AbortDoc() error {
+	if w.err != nil {
+		return w.err
+	}
+	if !w.inDoc {
+		return errors.New("tokshard: AbortDoc outside a document")
+	}
+	w.inDoc = false
+	if w.shardDocs == 0 { // the shard was opened for this document: drop it
+		name := w.shard.Name()
+		w.shard.Close()
+		w.shard = nil
+		w.crcs, w.buf = w.crcs[:w.shardCrc0], w.buf[:0]
+		if err := os.Remove(name); err != nil {
+			return w.fail(fmt.Errorf("tokshard: %w", err))
+		}
+		return nil
+	}
+	cb := int64(w.o.ChunkBytes)
+	pos := w.docStart * int64(w.width)                       // payload offset of the document
+	written := w.shardTok*int64(w.width) - int64(len(w.buf)) // payload bytes in the file (whole chunks)
+	if pos >= written {
+		w.buf = w.buf[:pos-written]
+		w.shardTok = w.docStart
+		return nil
+	}
+	keep := pos / cb
+	tail := w.buf[:pos-keep*cb]
+	if _, err := w.shard.ReadAt(tail, headerSize+keep*cb); err != nil {
+		return w.fail(fmt.Errorf("tokshard: read back %s: %w", w.shard.Name(), err))
+	}
+	if err := w.shard.Truncate(headerSize + keep*cb); err != nil {
+		return w.fail(fmt.Errorf("tokshard: %w", err))
+	}
+	if _, err := w.shard.Seek(0, io.SeekEnd); err != nil {
+		return w.fail(fmt.Errorf("tokshard: %w", err))
+	}
+	w.crcs = w.crcs[:w.shardCrc0+int(keep)]
+	w.buf = tail
+	w.shardTok = w.docStart
+	return nil
+}
+
 // WriteDoc writes one whole document.
 func (w *Writer) WriteDoc(tokens []int32) error {
 	if err := w.BeginDoc(); err != nil {
@@ -195,7 +268,7 @@ func (w *Writer) openShard() error {
 		f.Close()
 		return fmt.Errorf("tokshard: %w", err)
 	}
-	w.shard, w.shardIdx, w.shardTok, w.shardDocs = f, len(w.shards), 0, 0
+	w.shard, w.shardIdx, w.shardTok, w.shardDocs, w.shardCrc0 = f, len(w.shards), 0, 0, len(w.crcs)
 	return nil
 }
 
