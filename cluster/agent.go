@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,7 +17,6 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
@@ -35,8 +35,9 @@ const rpcTimeout = 10 * time.Second
 type DataPlane interface {
 	// Addr is the address other ranks dial, host:port.
 	Addr() string
-	// Connect builds the transport of the job's world; lim bounds what a
-	// peer can make this rank hold.
+	// Connect builds the transport of the job's world; token is the job
+	// token, from which the plane derives its own key (DataPlaneKey); lim
+	// bounds what a peer can make this rank hold.
 	Connect(ctx context.Context, rank int, addrs []string, token string, lim DataPlaneLimits) (collective.Transport, error)
 	// Close releases the listener.
 	Close() error
@@ -84,6 +85,9 @@ type AgentConfig struct {
 	Token       string
 	Host        string // reported host name; "" = os.Hostname
 	Cores       int    // cores this worker may use; 0 = GOMAXPROCS
+	// TLS is the client side of mutual TLS with the coordinator
+	// (pki.Files.ClientConfig); nil = cleartext.
+	TLS *tls.Config
 	// BindIP is the IP for the data plane and gossip; "" = the local IP that
 	// routes to the coordinator.
 	BindIP string
@@ -115,7 +119,8 @@ type AbortedError struct{ Reason string }
 func (e *AbortedError) Error() string { return "job aborted by the coordinator: " + e.Reason }
 
 // RefusedError is returned by RunAgent when the coordinator refused to admit
-// this worker (wrong token, job already running).
+// this worker (wrong token, job already running) or TLS with it cannot
+// work (either side's certificate is not the job's).
 type RefusedError struct{ Msg string }
 
 func (e *RefusedError) Error() string { return e.Msg }
@@ -132,23 +137,28 @@ func localIPFor(addr string) (string, error) {
 
 // dialCoordinator opens a client connection with keepalives for an
 // unloaded host (see dialCoordinatorLoad).
-func dialCoordinator(addr string) (*grpc.ClientConn, error) { return dialCoordinatorLoad(addr, 0) }
+func dialCoordinator(addr string, tlsCfg *tls.Config) (*grpc.ClientConn, *tlsRefusal, error) {
+	return dialCoordinatorLoad(addr, 0, tlsCfg)
+}
 
-// dialCoordinatorLoad opens the client connection with keepalives: the
-// kernel's (a coordinator host that stopped answering is found in about
-// 6 s) and gRPC's (a coordinator process that does not answer a ping
-// within LivenessBound(1, procsPerCore)); see liveness.go.
-func dialCoordinatorLoad(addr string, procsPerCore float64) (*grpc.ClientConn, error) {
+// dialCoordinatorLoad opens the client connection, over TLS with tlsCfg
+// (nil: cleartext), with keepalives: the kernel's (a coordinator host that
+// stopped answering is found in about 6 s) and gRPC's (a coordinator
+// process that does not answer a ping within LivenessBound(1,
+// procsPerCore)); see liveness.go. The refusal (nil in cleartext) is set
+// when TLS with the coordinator cannot work.
+func dialCoordinatorLoad(addr string, procsPerCore float64, tlsCfg *tls.Config) (*grpc.ClientConn, *tlsRefusal, error) {
+	creds, refusal := clientCreds(tlsCfg)
 	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithContextDialer(dialControl),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: LivenessBound(1, procsPerCore),
 			PermitWithoutStream: true}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("coordinator address %q: %w", addr, err)
+		return nil, nil, fmt.Errorf("coordinator address %q: %w", addr, err)
 	}
-	return conn, nil
+	return conn, refusal, nil
 }
 
 // RunAgent joins the coordinator and runs what it is told until the job ends.
@@ -187,18 +197,19 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 		return fmt.Errorf("data plane on %s: %w", ip, err)
 	}
 	defer dp.Close()
-	conn, err := dialCoordinatorLoad(cfg.Coordinator, cfg.ProcsPerCore)
+	conn, refusal, err := dialCoordinatorLoad(cfg.Coordinator, cfg.ProcsPerCore, cfg.TLS)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	client := pb.NewCoordinatorClient(conn)
 
-	resp, err := join(ctx, client, cfg, dp.Addr())
+	cred := ControlCredential(cfg.Token)
+	resp, err := join(ctx, client, cfg, cred, dp.Addr(), refusal)
 	if err != nil {
 		return err
 	}
-	a := &agent{cfg: cfg, client: client, id: resp.WorkerId, dp: dp,
+	a := &agent{cfg: cfg, cred: cred, client: client, id: resp.WorkerId, dp: dp,
 		log: lg.With().Str("worker", resp.WorkerId).Logger()}
 	ev := a.log.Info().Str("coordinator", cfg.Coordinator).Str("data_addr", dp.Addr()).Str("job", resp.JobId)
 	if congestion != "" {
@@ -227,17 +238,33 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	return a.serve(ctx)
 }
 
-// join retries while the coordinator is unreachable, up to JoinTimeout.
-func join(ctx context.Context, client pb.CoordinatorClient, cfg AgentConfig, dataAddr string) (*pb.JoinResponse, error) {
+// join retries while the coordinator is unreachable, up to JoinTimeout,
+// and gives up at once when refusal (nil in cleartext) says TLS with it
+// cannot work.
+func join(ctx context.Context, client pb.CoordinatorClient, cfg AgentConfig, cred, dataAddr string, refusal *tlsRefusal) (*pb.JoinResponse, error) {
 	deadline := time.Now().Add(cfg.JoinTimeout)
-	req := &pb.JoinRequest{Token: cfg.Token, Host: cfg.Host, DataAddr: dataAddr, Cores: int32(cfg.Cores), Pid: int32(os.Getpid())}
+	req := &pb.JoinRequest{Token: cred, Host: cfg.Host, DataAddr: dataAddr, Cores: int32(cfg.Cores), Pid: int32(os.Getpid())}
+	refused := make(chan struct{}) // never closed in cleartext
+	if refusal != nil {
+		refused = refusal.done
+	}
 	for {
 		attempt := min(rpcTimeout, max(time.Until(deadline), 100*time.Millisecond))
 		cctx, cancel := context.WithTimeout(ctx, attempt)
+		go func() {
+			select {
+			case <-refused:
+				cancel()
+			case <-cctx.Done():
+			}
+		}()
 		resp, err := client.Join(cctx, req, grpc.WaitForReady(true))
 		cancel()
 		if err == nil {
 			return resp, nil
+		}
+		if refusal != nil && refusal.Err() != nil {
+			return nil, &RefusedError{Msg: fmt.Sprintf("cannot join coordinator %s: %v", cfg.Coordinator, refusal.Err())}
 		}
 		switch status.Code(err) {
 		case codes.PermissionDenied, codes.FailedPrecondition, codes.InvalidArgument:
@@ -258,6 +285,7 @@ func join(ctx context.Context, client pb.CoordinatorClient, cfg AgentConfig, dat
 
 type agent struct {
 	cfg    AgentConfig
+	cred   string // ControlCredential(cfg.Token)
 	client pb.CoordinatorClient
 	id     string
 	dp     DataPlane
@@ -279,7 +307,7 @@ func (h stepHook) Run(e *zerolog.Event, _ zerolog.Level, _ string) { e.Int64("st
 func (a *agent) leave(reason string) {
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	defer cancel()
-	if _, err := a.client.Leave(ctx, &pb.LeaveRequest{Token: a.cfg.Token, WorkerId: a.id, Reason: reason}); err != nil {
+	if _, err := a.client.Leave(ctx, &pb.LeaveRequest{Token: a.cred, WorkerId: a.id, Reason: reason}); err != nil {
 		a.log.Debug().Err(err).Msg("leave not delivered")
 	}
 }
@@ -288,7 +316,7 @@ func (a *agent) leave(reason string) {
 func (a *agent) serve(ctx context.Context) error {
 	sctx, cancelStream := context.WithCancel(ctx)
 	defer cancelStream()
-	stream, err := a.client.Commands(sctx, &pb.CommandsRequest{Token: a.cfg.Token, WorkerId: a.id})
+	stream, err := a.client.Commands(sctx, &pb.CommandsRequest{Token: a.cred, WorkerId: a.id})
 	if err != nil {
 		a.leave("could not open the command stream")
 		return fmt.Errorf("worker %s: open command stream: %w", a.id, err)
@@ -513,7 +541,7 @@ func (a *agent) stopProgress() {
 func (a *agent) sendProgress(rank int, u ProgressUpdate, done bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	defer cancel()
-	_, err := a.client.ReportProgress(ctx, &pb.ProgressReport{Token: a.cfg.Token, WorkerId: a.id, Rank: int32(rank),
+	_, err := a.client.ReportProgress(ctx, &pb.ProgressReport{Token: a.cred, WorkerId: a.id, Rank: int32(rank),
 		Step: int64(u.Step), Loss: u.Loss, TokensPerSec: u.TokensPerSec, HasValLoss: u.HasVal, ValLoss: u.ValLoss,
 		Done: done, Tokens: u.Tokens})
 	if err != nil {
@@ -524,7 +552,7 @@ func (a *agent) sendProgress(rank int, u ProgressUpdate, done bool) {
 // shardReporter sends checkpoint shard reports for rank.
 func (a *agent) shardReporter(rank int) func(int, checkpoint.ShardInfo, error) error {
 	return func(step int, info checkpoint.ShardInfo, werr error) error {
-		req := &pb.ShardReport{Token: a.cfg.Token, WorkerId: a.id, Rank: int32(rank), Step: int64(step)}
+		req := &pb.ShardReport{Token: a.cred, WorkerId: a.id, Rank: int32(rank), Step: int64(step)}
 		if werr != nil {
 			req.Error = werr.Error()
 		} else {
@@ -547,7 +575,7 @@ func (a *agent) shardReporter(rank int) func(int, checkpoint.ShardInfo, error) e
 func (a *agent) reportError(err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	defer cancel()
-	if _, e := a.client.ReportError(ctx, &pb.ErrorReport{Token: a.cfg.Token, WorkerId: a.id, Rank: int32(a.rank), Message: err.Error()}); e != nil {
+	if _, e := a.client.ReportError(ctx, &pb.ErrorReport{Token: a.cred, WorkerId: a.id, Rank: int32(a.rank), Message: err.Error()}); e != nil {
 		a.log.Warn().Err(e).Msg("error report not delivered")
 	}
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -24,35 +25,54 @@ func rpcErr(addr, what string, err error) error {
 	return fmt.Errorf("%s: coordinator at %s: %s", what, addr, st.Message())
 }
 
-// QueryStatus asks the coordinator at addr for the job's status.
+// QueryStatus asks the coordinator at addr for the job's status, in
+// cleartext.
 func QueryStatus(ctx context.Context, addr, token string) (*pb.StatusResponse, error) {
-	conn, err := dialCoordinator(addr)
+	return QueryStatusTLS(ctx, addr, token, nil)
+}
+
+// QueryStatusTLS is QueryStatus over TLS with tlsCfg (nil: cleartext).
+func QueryStatusTLS(ctx context.Context, addr, token string, tlsCfg *tls.Config) (*pb.StatusResponse, error) {
+	conn, refusal, err := dialCoordinator(addr, tlsCfg)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	resp, err := pb.NewCoordinatorClient(conn).Status(ctx, &pb.StatusRequest{Token: token})
+	resp, err := pb.NewCoordinatorClient(conn).Status(ctx, &pb.StatusRequest{Token: ControlCredential(token)})
 	if err != nil {
-		return nil, rpcErr(addr, "status", err)
+		return nil, tlsOrRPCErr(addr, "status", refusal, err)
 	}
 	return resp, nil
 }
 
-// RequestStop asks the coordinator at addr to stop the job.
+// RequestStop asks the coordinator at addr to stop the job, in cleartext.
 func RequestStop(ctx context.Context, addr, token, reason string) error {
-	conn, err := dialCoordinator(addr)
+	return RequestStopTLS(ctx, addr, token, reason, nil)
+}
+
+// RequestStopTLS is RequestStop over TLS with tlsCfg (nil: cleartext).
+func RequestStopTLS(ctx context.Context, addr, token, reason string, tlsCfg *tls.Config) error {
+	conn, refusal, err := dialCoordinator(addr, tlsCfg)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	if _, err := pb.NewCoordinatorClient(conn).Stop(ctx, &pb.StopRequest{Token: token, Reason: reason}); err != nil {
-		return rpcErr(addr, "stop", err)
+	if _, err := pb.NewCoordinatorClient(conn).Stop(ctx, &pb.StopRequest{Token: ControlCredential(token), Reason: reason}); err != nil {
+		return tlsOrRPCErr(addr, "stop", refusal, err)
 	}
 	return nil
+}
+
+// tlsOrRPCErr is the TLS refusal when there was one, else rpcErr.
+func tlsOrRPCErr(addr, what string, refusal *tlsRefusal, err error) error {
+	if refusal != nil && refusal.Err() != nil {
+		return fmt.Errorf("%s: %w", what, refusal.Err())
+	}
+	return rpcErr(addr, what, err)
 }
 
 // FormatStatus writes a status response as text.

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,8 +22,12 @@ import (
 type CoordinatorConfig struct {
 	// Listen is the control-plane (gRPC) address, host:port; port 0 picks one.
 	Listen string
-	// Token is the job token every worker must present.
+	// Token is the job token: every worker must present its control-plane
+	// credential (ControlCredential), gossip uses its key (GossipKey).
 	Token string
+	// TLS is the server side of mutual TLS on the control plane
+	// (pki.Files.ServerConfig); nil = cleartext.
+	TLS *tls.Config
 	// JobID names the job in logs and status.
 	JobID string
 	// Workers is how many workers the job waits for before it starts.
@@ -205,13 +210,14 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	// worker that never answers pings is dropped after the liveness bound.
 	c.ln = keepAliveListener{ln}
 	c.srv = grpc.NewServer(
+		grpc.Creds(serverCreds(cfg.TLS, c.log)),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: bound}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
 	)
 	c.log.Debug().Dur("liveness_bound", bound).Dur("gossip_confirm", cfg.GossipConfirm).
 		Dur("stream_open_timeout", cfg.StreamOpenTimeout).Float64("procs_per_core", cfg.ProcsPerCore).
 		Dur("gossip_probe_interval", mcfg.ProbeInterval).Dur("gossip_probe_timeout", mcfg.ProbeTimeout).Msg("failure detection")
-	pb.RegisterCoordinatorServer(c.srv, &service{c: c})
+	pb.RegisterCoordinatorServer(c.srv, &service{c: c, cred: ControlCredential(cfg.Token)})
 	return c, nil
 }
 

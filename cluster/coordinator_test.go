@@ -270,12 +270,12 @@ func TestCoordinatorDropsSilentJoiner(t *testing.T) {
 	defer cancel()
 	done := make(chan struct{})
 	go func() { _, _ = c.Run(ctx); close(done) }()
-	conn, err := dialCoordinator(c.Addr())
+	conn, _, err := dialCoordinator(c.Addr(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := pb.NewCoordinatorClient(conn).Join(ctx, &pb.JoinRequest{Token: "tok", Host: "h", DataAddr: "127.0.0.1:9"}); err != nil {
+	if _, err := pb.NewCoordinatorClient(conn).Join(ctx, &pb.JoinRequest{Token: ControlCredential("tok"), Host: "h", DataAddr: "127.0.0.1:9"}); err != nil {
 		t.Fatal(err)
 	}
 	for {

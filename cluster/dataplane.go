@@ -35,7 +35,7 @@ func NewTCPDataPlaneCongestion(ip, congestion string) (DataPlane, error) {
 func (d *tcpDataPlane) Addr() string { return d.ln.Addr().String() }
 
 func (d *tcpDataPlane) Connect(ctx context.Context, rank int, addrs []string, token string, lim DataPlaneLimits) (collective.Transport, error) {
-	t, err := collective.DialMesh(ctx, d.ln, collective.TCPConfig{Rank: rank, Addrs: addrs, Token: token, Congestion: d.congestion,
+	t, err := collective.DialMesh(ctx, d.ln, collective.TCPConfig{Rank: rank, Addrs: addrs, Token: DataPlaneKey(token), Congestion: d.congestion,
 		MaxPayload: lim.MaxPayload, MaxBuffered: lim.MaxBuffered})
 	if err != nil {
 		return nil, fmt.Errorf("data plane: connect rank %d: %w", rank, err)
@@ -74,11 +74,13 @@ type DataPlaneLimits struct {
 // traffic, bounded by: every parameter twice (the gradient reductions) and
 // per layer 4 all-to-all-v blocks, 4·SP sequence blocks and 8
 // tensor-parallel sums of n·(d_model + top_k) floats; at least
-// 4·MaxPayload and 64 MiB.
+// 4·MaxPayload. No fixed floor beyond that: what one peer can make a rank
+// hold must stay small next to the rank's own memory, which for a small
+// model is tens of MiB (docs/control-plane.md#hostile-peers).
 func JobDataPlaneLimits(job train.JobConfig, m parallel.Mesh, cc collective.Config) DataPlaneLimits {
 	largest, step := planBounds(job, m, cc)
 	payload := max(2*largest, 1<<20)
-	buffered := max(step, 4*payload, 64<<20)
+	buffered := max(step, 4*payload)
 	return DataPlaneLimits{MaxPayload: uint64(payload), MaxBuffered: uint64(buffered)}
 }
 

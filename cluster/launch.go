@@ -18,6 +18,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/rs/zerolog"
 
+	"github.com/moetrain/moetrain/cluster/pki"
 	"github.com/moetrain/moetrain/train"
 )
 
@@ -32,7 +33,8 @@ type LaunchConfig struct {
 	Job     train.JobConfig
 	RunDir  string
 	// WorkerCmd returns the command running one worker process; the join
-	// flags (--join, --threads, --log-file, --host) are appended to args.
+	// flags (--join, --threads, --log-file, --host, --tls-cert, --tls-key,
+	// --tls-ca) are appended to args.
 	WorkerCmd func(args ...string) *exec.Cmd
 	// Threads is each worker's kernel thread budget; 0 = max(1, cores/Workers).
 	Threads int
@@ -63,7 +65,9 @@ type proc struct {
 // every worker, then terminates the worker processes (SIGTERM to their
 // process group, SIGKILL after Grace). The run directory gets job.toml,
 // coordinator.log (if the caller's logger writes there), worker-<i>.log (JSON),
-// worker-<i>.out (console output) and summary.json.
+// worker-<i>.out (console output), summary.json and tls/: the job's CA and
+// the certificates of the coordinator, the operator and every worker
+// (pki.WriteJob): the control plane is mutual TLS.
 func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 	sum := Summary{Config: cfg.Job, Workers: cfg.Workers}
 	if cfg.Workers < 1 {
@@ -105,9 +109,18 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 	if err != nil {
 		return sum, err
 	}
+	jobID := filepath.Base(cfg.RunDir)
+	certs, err := pki.WriteJob(filepath.Join(cfg.RunDir, "tls"), jobID, []string{"127.0.0.1", "localhost"}, cfg.Workers)
+	if err != nil {
+		return sum, fmt.Errorf("launch: %w", err)
+	}
+	serverTLS, err := certs.Coordinator.ServerConfig()
+	if err != nil {
+		return sum, fmt.Errorf("launch: %w", err)
+	}
 	prog := NewProgressView(cfg.Console, cfg.Bar, cfg.Job.Train.Steps)
 	coord, err := NewCoordinator(CoordinatorConfig{
-		Listen: "127.0.0.1:0", Token: token, JobID: filepath.Base(cfg.RunDir), Workers: cfg.Workers,
+		Listen: "127.0.0.1:0", Token: token, TLS: serverTLS, JobID: jobID, Workers: cfg.Workers,
 		TotalSteps: cfg.Job.Train.Steps, Plan: PlanRequestFor(cfg.Job), JobConfigJSON: jobJSON,
 		JoinTimeout: 2 * time.Minute, Membership: cfg.Membership, Log: cfg.Log, OnStatus: prog.Update,
 		Checkpoint: cfg.Checkpoint, ProcsPerCore: procsPerCore(cfg.Workers),
@@ -116,7 +129,7 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 		return sum, fmt.Errorf("launch: %w", err)
 	}
 
-	procs, err := startWorkers(cfg, coord.Addr(), token)
+	procs, err := startWorkers(cfg, coord.Addr(), token, certs.Workers)
 	if err != nil {
 		coord.Close()
 		killGroup(procs, syscall.SIGKILL)
@@ -186,7 +199,7 @@ func procsPerCore(n int) float64 {
 	return float64(n) / float64(max(1, min(runtime.NumCPU(), runtime.GOMAXPROCS(0))))
 }
 
-func startWorkers(cfg LaunchConfig, addr, token string) ([]*proc, error) {
+func startWorkers(cfg LaunchConfig, addr, token string, certs []pki.Files) ([]*proc, error) {
 	var procs []*proc
 	pgid := 0
 	for i := 0; i < cfg.Workers; i++ {
@@ -196,7 +209,8 @@ func startWorkers(cfg LaunchConfig, addr, token string) ([]*proc, error) {
 			return procs, err
 		}
 		p.out = out
-		p.cmd = cfg.WorkerCmd("--join", addr, "--threads", strconv.Itoa(cfg.Threads), "--log-file", p.log, "--host", "localhost")
+		p.cmd = cfg.WorkerCmd("--join", addr, "--threads", strconv.Itoa(cfg.Threads), "--log-file", p.log, "--host", "localhost",
+			"--tls-cert", certs[i].Cert, "--tls-key", certs[i].Key, "--tls-ca", certs[i].CA)
 		p.cmd.Env = append(os.Environ(), TokenEnv+"="+token,
 			ProcsPerCoreEnv+"="+strconv.FormatFloat(procsPerCore(cfg.Workers), 'g', 4, 64))
 		p.cmd.Stdout, p.cmd.Stderr = out, out

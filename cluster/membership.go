@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"log"
@@ -43,13 +42,6 @@ func DefaultMembershipConfig() MembershipConfig {
 	lan := memberlist.DefaultLANConfig()
 	return MembershipConfig{ProbeInterval: lan.ProbeInterval, ProbeTimeout: lan.ProbeTimeout,
 		SuspicionMult: lan.SuspicionMult, GossipInterval: lan.GossipInterval}
-}
-
-// GossipKey derives the 32-byte AES-256 gossip key from the job token, so
-// only holders of the token can read or join the job's gossip.
-func GossipKey(token string) []byte {
-	sum := sha256.Sum256([]byte("moetrain gossip key v1\x00" + token))
-	return sum[:]
 }
 
 // Membership is one node of the job's gossip cluster.

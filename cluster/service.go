@@ -19,11 +19,16 @@ import (
 // service implements pb.CoordinatorServer on top of the coordinator loop.
 type service struct {
 	pb.UnimplementedCoordinatorServer
-	c *Coordinator
+	c    *Coordinator
+	cred string // ControlCredential(c.cfg.Token)
 }
 
+// checkToken admits a request that carries the job's control-plane
+// credential (ControlCredential of the job token). It is kept under TLS
+// too: a cluster's own CA may sign the certificates of many jobs, and the
+// credential is what tells this job's workers from theirs.
 func (s *service) checkToken(ctx context.Context, token, what string) error {
-	if subtle.ConstantTimeCompare([]byte(token), []byte(s.c.cfg.Token)) == 1 {
+	if subtle.ConstantTimeCompare([]byte(token), []byte(s.cred)) == 1 {
 		return nil
 	}
 	from := "unknown peer"

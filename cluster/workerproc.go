@@ -2,12 +2,14 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/moetrain/moetrain/cluster/pki"
 	"github.com/moetrain/moetrain/collective"
 )
 
@@ -23,6 +25,9 @@ type WorkerOptions struct {
 	Verbose     bool
 	JoinTimeout time.Duration
 	Membership  MembershipConfig
+	// TLS names this worker's certificate, key and the CA that signed the
+	// coordinator's (--tls-cert, --tls-key, --tls-ca); none = cleartext.
+	TLS pki.Files
 	// TCPCongestion is the data plane's TCP congestion control
 	// (collective.TCPConfig.Congestion's syntax; "" = its default).
 	TCPCongestion string
@@ -49,6 +54,13 @@ func RunWorkerProcess(ctx context.Context, o WorkerOptions) error {
 	if err := collective.CheckCongestion(o.TCPCongestion); err != nil {
 		return fmt.Errorf("--tcp-congestion: %w", err)
 	}
+	var tlsCfg *tls.Config
+	if o.TLS.Enabled() {
+		var err error
+		if tlsCfg, err = o.TLS.ClientConfig(); err != nil {
+			return err
+		}
+	}
 	lvl := zerolog.InfoLevel
 	if o.Verbose {
 		lvl = zerolog.DebugLevel
@@ -58,8 +70,12 @@ func RunWorkerProcess(ctx context.Context, o WorkerOptions) error {
 		return err
 	}
 	defer closer.Close()
+	if tlsCfg == nil {
+		lg.Warn().Msg("control plane in cleartext: no TLS configured (--tls-cert, --tls-key, --tls-ca); " +
+			"this worker does not check that the coordinator is the job's")
+	}
 	return RunAgent(ctx, AgentConfig{
-		Coordinator: o.Join, Token: o.Token, Host: o.Host, BindIP: o.BindIP, Cores: o.Threads,
+		Coordinator: o.Join, Token: o.Token, TLS: tlsCfg, Host: o.Host, BindIP: o.BindIP, Cores: o.Threads,
 		JoinTimeout: o.JoinTimeout, Membership: o.Membership, Log: lg, TCPCongestion: o.TCPCongestion,
 		ProcsPerCore: o.ProcsPerCore,
 	})

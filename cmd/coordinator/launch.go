@@ -41,7 +41,8 @@ validation loss, tokens/s, ETA) is shown as a bar on a terminal, as lines otherw
 
 The run directory gets job.toml (the effective config), coordinator.log and worker-<i>.log (JSON
 lines), worker-<i>.out (each worker's console), summary.json (outcome, plan, curve, expert load,
-exits) and the PNG plots of coordinator plot.
+exits), the PNG plots of coordinator plot and tls/: the job's CA and certificates (the control
+plane is mutual TLS; operator.pem serves coordinator status and stop).
 Ctrl-C stops the job on every worker; processes still running after --grace get SIGTERM, then
 SIGKILL.
 ` + checkpointHelp,
@@ -157,6 +158,7 @@ SIGKILL.
 	wf.BoolVarP(&wo.Verbose, "verbose", "v", false, "debug output")
 	wf.DurationVar(&wo.JoinTimeout, "join-timeout", 30*time.Second, "join retry window")
 	wf.StringVar(&wo.TCPCongestion, "tcp-congestion", "", "data-plane TCP congestion control (see worker --join)")
+	addTLSFlags(wf, &wo.TLS, "this worker's")
 	rootCmd.AddCommand(wcmd)
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -12,8 +13,10 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/cluster/pki"
 	"github.com/moetrain/moetrain/train"
 )
 
@@ -51,6 +54,7 @@ func init() {
 		verbose                       bool
 		gossip                        = cluster.DefaultMembershipConfig()
 		ckpt                          cluster.CheckpointConfig
+		tlsFiles                      pki.Files
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -58,7 +62,8 @@ func init() {
 		Long: `Serve a job: wait for workers to join, plan the layout, run the job to its end.
 ` + checkpointHelp,
 		Example: "  coordinator serve --config job.toml --listen 0.0.0.0:7070 --workers 4 --token $TOKEN\n" +
-			"  worker --join HOST:7070 --token $TOKEN   # on each worker machine",
+			"  worker --join HOST:7070 --token $TOKEN   # on each worker machine\n" +
+			"  coordinator serve ... --tls-cert coord.pem --tls-key coord-key.pem --tls-ca ca.pem   # mutual TLS (workers: theirs)",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			job, err := loadJob(config, steps)
@@ -66,6 +71,10 @@ func init() {
 				return err
 			}
 			if err := ckpt.Validate(); err != nil {
+				return err
+			}
+			serverTLS, err := serverTLSConfig(tlsFiles)
+			if err != nil {
 				return err
 			}
 			if err := cluster.CheckRunnable(job); err != nil {
@@ -117,7 +126,7 @@ func init() {
 			mcfg := gossip
 			mcfg.BindPort = gossipPort
 			coord, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
-				Listen: listen, Token: token, JobID: filepath.Base(runDir), Workers: workers,
+				Listen: listen, Token: token, TLS: serverTLS, JobID: filepath.Base(runDir), Workers: workers,
 				TotalSteps: job.Train.Steps, Plan: cluster.PlanRequestFor(job), JobConfigJSON: jobJSON,
 				JoinTimeout: joinTimeout, Membership: mcfg, Log: lg, OnStatus: prog.Update, Checkpoint: ckpt,
 			})
@@ -156,5 +165,30 @@ func init() {
 	f.DurationVar(&joinTimeout, "join-timeout", 0, "fail if not all workers joined within this time (0 = wait forever)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug output on the console")
 	addCheckpointFlags(f, &ckpt)
+	addTLSFlags(f, &tlsFiles, "this coordinator's")
 	rootCmd.AddCommand(cmd)
+}
+
+// addTLSFlags registers --tls-cert, --tls-key and --tls-ca (whose
+// certificate: e.g. "this coordinator's").
+func addTLSFlags(f *pflag.FlagSet, t *pki.Files, whose string) {
+	f.StringVar(&t.Cert, "tls-cert", "", whose+" TLS certificate (PEM); with --tls-key and --tls-ca the control plane is mutual TLS, else cleartext")
+	f.StringVar(&t.Key, "tls-key", "", "the private key of --tls-cert (PEM)")
+	f.StringVar(&t.CA, "tls-ca", "", "the CA certificate (PEM) the other side's certificate must be signed by")
+}
+
+// serverTLSConfig is the coordinator's mutual TLS of t; nil when t is empty.
+func serverTLSConfig(t pki.Files) (*tls.Config, error) {
+	if !t.Enabled() {
+		return nil, nil
+	}
+	return t.ServerConfig()
+}
+
+// clientTLSConfig is a tool's mutual TLS of t; nil when t is empty.
+func clientTLSConfig(t pki.Files) (*tls.Config, error) {
+	if !t.Enabled() {
+		return nil, nil
+	}
+	return t.ClientConfig()
 }

@@ -7,16 +7,22 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/cluster/pki"
 )
 
 func init() {
 	var addr, token string
+	var tlsFiles pki.Files
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the status of a running coordinator's job",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := cluster.QueryStatus(context.Background(), addr, cluster.TokenOrEnv(token))
+			tlsCfg, err := clientTLSConfig(tlsFiles)
+			if err != nil {
+				return err
+			}
+			s, err := cluster.QueryStatusTLS(context.Background(), addr, cluster.TokenOrEnv(token), tlsCfg)
 			if err != nil {
 				return err
 			}
@@ -25,5 +31,6 @@ func init() {
 	}
 	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:7070", "coordinator control-plane address")
 	cmd.Flags().StringVar(&token, "token", "", "job token (default $"+cluster.TokenEnv+")")
+	addTLSFlags(cmd.Flags(), &tlsFiles, "this tool's (launch writes RUN/tls/operator.pem)")
 	rootCmd.AddCommand(cmd)
 }

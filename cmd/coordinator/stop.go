@@ -8,16 +8,22 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/cluster/pki"
 )
 
 func init() {
 	var addr, token, reason string
+	var tlsFiles pki.Files
 	cmd := &cobra.Command{
 		Use:   "stop",
 		Short: "Stop a running coordinator's job on every worker",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := cluster.RequestStop(context.Background(), addr, cluster.TokenOrEnv(token), reason); err != nil {
+			tlsCfg, err := clientTLSConfig(tlsFiles)
+			if err != nil {
+				return err
+			}
+			if err := cluster.RequestStopTLS(context.Background(), addr, cluster.TokenOrEnv(token), reason, tlsCfg); err != nil {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "stop requested at %s\n", addr)
@@ -27,5 +33,6 @@ func init() {
 	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:7070", "coordinator control-plane address")
 	cmd.Flags().StringVar(&token, "token", "", "job token (default $"+cluster.TokenEnv+")")
 	cmd.Flags().StringVar(&reason, "reason", "stopped by operator", "reason recorded in the job's status and logs")
+	addTLSFlags(cmd.Flags(), &tlsFiles, "this tool's (launch writes RUN/tls/operator.pem)")
 	rootCmd.AddCommand(cmd)
 }

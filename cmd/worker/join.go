@@ -27,6 +27,9 @@ func init() {
 	f.StringVar(&joinOpts.LogFile, "log-file", "", "write JSON log lines to this file")
 	f.BoolVarP(&joinOpts.Verbose, "verbose", "v", false, "debug output on the console")
 	f.DurationVar(&joinOpts.JoinTimeout, "join-timeout", 30*time.Second, "how long to retry while the coordinator is not reachable")
+	f.StringVar(&joinOpts.TLS.Cert, "tls-cert", "", "this worker's TLS certificate (PEM); with --tls-key and --tls-ca the control plane is mutual TLS, else cleartext")
+	f.StringVar(&joinOpts.TLS.Key, "tls-key", "", "the private key of --tls-cert (PEM)")
+	f.StringVar(&joinOpts.TLS.CA, "tls-ca", "", "the CA certificate (PEM) the coordinator's certificate must be signed by")
 	f.StringVar(&joinOpts.TCPCongestion, "tcp-congestion", "", "TCP congestion control of the data plane: a comma-separated list of kernel names, the first accepted wins, or "+collective.CongestionSystem+" for the system's (default "+collective.DefaultCongestion+")")
 	rootCmd.Long = rootCmd.Short + `
 
