@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"sync"
+	"time"
 	"unsafe"
 )
 
@@ -127,19 +128,56 @@ type gemmKey struct {
 	alignA, alignB, alignC int
 }
 
+// bucket is the key whose algorithm k borrows: M and K rounded up to the
+// next of 128, 192, 256, 384, 512, ... (powers of two and the midpoints
+// between them). Expert products change their row count (and the weight
+// gradients their inner size) with every step's routing; the heuristic's
+// choice for one size serves the sizes near it, and asking it again for
+// each size costs host time while the GPU waits (about 0.1 ms a search).
+func (k gemmKey) bucket() gemmKey {
+	k.M, k.K = sizeBucket(k.M), sizeBucket(k.K)
+	k.LDA, k.LDB = 0, 0 // leading dimensions do not change the choice
+	return k
+}
+
+// sizeBucket rounds v up to 128 or to the next power of two or 1.5 times
+// a power of two.
+func sizeBucket(v int) int {
+	if v <= 128 {
+		return 128
+	}
+	p := 128
+	for p < v {
+		if p+p/2 >= v {
+			return p + p/2
+		}
+		p *= 2
+	}
+	return p
+}
+
 type gemmPlan struct {
 	desc, a, b, c uintptr
 	algo          [heuristicResultBytes]byte
+	// borrowed: algo is the bucket's, not searched for this exact shape.
+	borrowed bool
 }
 
-// BlasLt is a cuBLASLt handle bound to a Context, with a workspace and a
-// cache of chosen algorithms per GEMM shape.
+// BlasLt is a cuBLASLt handle bound to a Context, with a workspace per
+// stream and caches of descriptors per GEMM shape and of algorithms per
+// shape bucket.
 type BlasLt struct {
-	c       *Context
-	handle  uintptr
-	ws      DevicePtr
-	plans   map[gemmKey]*gemmPlan
+	c      *Context
+	handle uintptr
+	ws     map[Stream]DevicePtr
+	plans  map[gemmKey]*gemmPlan
+	algos  map[gemmKey][heuristicResultBytes]byte
+	// Library is the path of the loaded cuBLASLt.
 	Library string
+	// PlansMade counts the algorithm searches (one per new shape bucket and
+	// alignment) and PlanTime is the host time they took.
+	PlansMade int
+	PlanTime  time.Duration
 }
 
 // NewBlasLt loads cuBLASLt and creates a handle; the error names the
@@ -148,17 +186,32 @@ func (c *Context) NewBlasLt() (*BlasLt, error) {
 	if err := loadBlasLt(); err != nil {
 		return nil, err
 	}
-	b := &BlasLt{c: c, plans: map[gemmKey]*gemmPlan{}, Library: cublasLt.path}
+	b := &BlasLt{c: c, ws: map[Stream]DevicePtr{}, plans: map[gemmKey]*gemmPlan{},
+		algos: map[gemmKey][heuristicResultBytes]byte{}, Library: cublasLt.path}
 	err := c.do(func() error {
 		return blasCheck("cublasLtCreate", cublasLt.create, uintptr(unsafe.Pointer(&b.handle)))
 	})
 	if err != nil {
 		return nil, err
 	}
-	if b.ws, err = c.Alloc(blasWorkspaceBytes); err != nil {
+	if _, err := b.workspace(c.Stream()); err != nil {
 		return nil, err
 	}
 	return b, nil
+}
+
+// workspace is s's workspace: products queued on different streams may run
+// at once, so each stream has its own.
+func (b *BlasLt) workspace(s Stream) (DevicePtr, error) {
+	if w, ok := b.ws[s]; ok {
+		return w, nil
+	}
+	w, err := b.c.Alloc(blasWorkspaceBytes)
+	if err != nil {
+		return 0, fmt.Errorf("cublasLt: workspace for stream %#x: %w", uintptr(s), err)
+	}
+	b.ws[s] = w
+	return w, nil
 }
 
 // Version is cuBLASLt's version number (e.g. 130000).
@@ -175,6 +228,13 @@ func alignment(p DevicePtr) int {
 
 // Gemm queues C = alpha·op(A)·op(B) + beta·C (row-major, see GemmSpec) on s.
 func (b *BlasLt) Gemm(s Stream, g GemmSpec, alpha float32, A, B DevicePtr, beta float32, C DevicePtr) error {
+	return b.GemmTo(s, g, alpha, A, B, beta, C, C)
+}
+
+// GemmTo queues D = alpha·op(A)·op(B) + beta·C on s, D laid out as C (a
+// residual added on the way: C is only read). D may be C; otherwise the two
+// must not overlap.
+func (b *BlasLt) GemmTo(s Stream, g GemmSpec, alpha float32, A, B DevicePtr, beta float32, C, D DevicePtr) error {
 	if g.M < 0 || g.N < 0 || g.K < 0 {
 		return fmt.Errorf("cublasLt: gemm %dx%dx%d: negative size", g.M, g.N, g.K)
 	}
@@ -190,15 +250,18 @@ func (b *BlasLt) Gemm(s Stream, g GemmSpec, alpha float32, A, B DevicePtr, beta 
 		}
 		return fmt.Errorf("cublasLt: gemm with k = 0 and beta = %g unsupported", beta)
 	}
-	key := gemmKey{GemmSpec: g, alignA: alignment(A), alignB: alignment(B), alignC: alignment(C)}
+	ws, err := b.workspace(s)
+	if err != nil {
+		return err
+	}
+	key := gemmKey{GemmSpec: g, alignA: alignment(A), alignB: alignment(B), alignC: min(alignment(C), alignment(D))}
 	p, ok := b.plans[key]
 	if !ok && len(b.plans) >= maxPlans {
-		// Expert products vary their row count with the routing, so the
-		// cache is bounded: past maxPlans shapes it starts over.
+		// Expert products vary their sizes with the routing, so the cache
+		// is bounded: past maxPlans shapes it starts over.
 		b.dropPlans()
 	}
 	if !ok {
-		var err error
 		if p, err = b.plan(key); err != nil {
 			return err
 		}
@@ -206,23 +269,37 @@ func (b *BlasLt) Gemm(s Stream, g GemmSpec, alpha float32, A, B DevicePtr, beta 
 	}
 	// Column-major view: C^T[n,m] = op(B)^T·op(A)^T, so cuBLASLt's A is our
 	// B and its B our A.
-	return b.c.do(func() error {
-		return blasCheck("cublasLtMatmul", cublasLt.matmul, b.handle, p.desc,
-			uintptr(unsafe.Pointer(&alpha)), uintptr(B), p.b, uintptr(A), p.a,
-			uintptr(unsafe.Pointer(&beta)), uintptr(C), p.c, uintptr(C), p.c,
-			uintptr(unsafe.Pointer(&p.algo[0])), uintptr(b.ws), blasWorkspaceBytes, uintptr(s))
-	})
+	run := func() error {
+		return b.c.do(func() error {
+			return blasCheck("cublasLtMatmul", cublasLt.matmul, b.handle, p.desc,
+				uintptr(unsafe.Pointer(&alpha)), uintptr(B), p.b, uintptr(A), p.a,
+				uintptr(unsafe.Pointer(&beta)), uintptr(C), p.c, uintptr(D), p.c,
+				uintptr(unsafe.Pointer(&p.algo[0])), uintptr(ws), blasWorkspaceBytes, uintptr(s))
+		})
+	}
+	err = run()
+	if err != nil && p.borrowed {
+		// The bucket's algorithm does not take this shape: search for it.
+		if err = b.search(key, p); err != nil {
+			return b.shapeError(key, err)
+		}
+		err = run()
+	}
+	return err
 }
 
-// plan creates the descriptors of key's product and asks the heuristic for
-// an algorithm; the error names the shape.
+func (b *BlasLt) shapeError(key gemmKey, err error) error {
+	g := key.GemmSpec
+	return fmt.Errorf("cublasLt: gemm transA=%v transB=%v m=%d n=%d k=%d lda=%d ldb=%d ldc=%d %s->%s: %w",
+		g.TransA, g.TransB, g.M, g.N, g.K, g.LDA, g.LDB, g.LDC, g.AB, g.CD, err)
+}
+
+// plan creates the descriptors of key's product and takes its bucket's
+// algorithm, searching for one when the bucket has none; the error names
+// the shape.
 func (b *BlasLt) plan(key gemmKey) (*gemmPlan, error) {
 	g := key.GemmSpec
 	p := &gemmPlan{}
-	fail := func(err error) (*gemmPlan, error) {
-		return nil, fmt.Errorf("cublasLt: gemm transA=%v transB=%v m=%d n=%d k=%d lda=%d ldb=%d ldc=%d %s->%s: %w",
-			g.TransA, g.TransB, g.M, g.N, g.K, g.LDA, g.LDB, g.LDC, g.AB, g.CD, err)
-	}
 	err := b.c.do(func() error {
 		if err := blasCheck("cublasLtMatmulDescCreate", cublasLt.descCreate, uintptr(unsafe.Pointer(&p.desc)), computeF32, uintptr(F32)); err != nil {
 			return err
@@ -257,9 +334,28 @@ func (b *BlasLt) plan(key gemmKey) (*gemmPlan, error) {
 		if err := blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.a)), uintptr(g.AB), uintptr(bRows), uintptr(bCols), uintptr(g.LDA)); err != nil {
 			return err
 		}
-		if err := blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.c)), uintptr(g.CD), uintptr(g.N), uintptr(g.M), uintptr(g.LDC)); err != nil {
-			return err
+		return blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.c)), uintptr(g.CD), uintptr(g.N), uintptr(g.M), uintptr(g.LDC))
+	})
+	if err == nil {
+		if algo, ok := b.algos[key.bucket()]; ok {
+			p.algo, p.borrowed = algo, true
+		} else {
+			err = b.search(key, p)
 		}
+	}
+	if err != nil {
+		b.destroyPlan(p) // what was created before the failure
+		return nil, b.shapeError(key, err)
+	}
+	return p, nil
+}
+
+// search asks the heuristic for p's algorithm (key's exact shape) and
+// makes it its bucket's.
+func (b *BlasLt) search(key gemmKey, p *gemmPlan) error {
+	start := time.Now()
+	defer func() { b.PlansMade++; b.PlanTime += time.Since(start) }()
+	return b.c.do(func() error {
 		var pref uintptr
 		if err := blasCheck("cublasLtMatmulPreferenceCreate", cublasLt.prefCreate, uintptr(unsafe.Pointer(&pref))); err != nil {
 			return err
@@ -293,14 +389,10 @@ func (b *BlasLt) plan(key gemmKey) (*gemmPlan, error) {
 		if found < 1 {
 			return fmt.Errorf("no algorithm")
 		}
-		p.algo = res
+		p.algo, p.borrowed = res, false
+		b.algos[key.bucket()] = res
 		return nil
 	})
-	if err != nil {
-		b.destroyPlan(p) // what was created before the failure
-		return fail(err)
-	}
-	return p, nil
 }
 
 // maxPlans bounds the cache of GEMM plans (four descriptors each).
@@ -322,12 +414,13 @@ func (b *BlasLt) destroyPlan(p *gemmPlan) {
 	})
 }
 
-// dropPlans releases every cached plan.
+// dropPlans releases every cached plan and forgets the algorithms.
 func (b *BlasLt) dropPlans() {
 	for k, p := range b.plans {
 		b.destroyPlan(p)
 		delete(b.plans, k)
 	}
+	clear(b.algos)
 }
 
 // Close releases the cached descriptors, the workspace and the handle.
@@ -344,8 +437,11 @@ func (b *BlasLt) Close() error {
 		}
 		return blasCheck("cublasLtDestroy", cublasLt.destroy, b.handle)
 	})
-	b.plans = nil
-	b.c.Free(b.ws)
+	b.plans, b.algos = nil, nil
+	for _, w := range b.ws {
+		b.c.Free(w)
+	}
+	b.ws = nil
 	b.handle = 0
 	return err
 }

@@ -76,7 +76,7 @@ func Open(ordinal int) (*Context, error) {
 	if err := c.readInfo(); err != nil {
 		return nil, err
 	}
-	s, err := c.NewStream()
+	s, err := c.NewUrgentStream()
 	if err != nil {
 		return nil, err
 	}
@@ -271,6 +271,30 @@ func (c *Context) NewStream() (Stream, error) {
 	return s, err
 }
 
+// NewUrgentStream creates a stream like NewStream at the device's greatest
+// priority: when streams compete for the GPU, the block scheduler takes its
+// kernels' blocks before those of default-priority streams, which get the
+// gaps (the context's own stream is one; a background stream keeps the
+// default).
+func (c *Context) NewUrgentStream() (Stream, error) {
+	var s Stream
+	err := c.do(func() error {
+		var least, greatest int32
+		if err := check("cuCtxGetStreamPriorityRange", driver.cuCtxGetStreamPriorityRange,
+			uintptr(unsafe.Pointer(&least)), uintptr(unsafe.Pointer(&greatest))); err != nil {
+			return err
+		}
+		return check("cuStreamCreateWithPriority", driver.cuStreamCreateWithPriority, uintptr(unsafe.Pointer(&s)), 0,
+			uintptr(greatest))
+	})
+	return s, err
+}
+
+// DestroyStream releases s once its queued work is done.
+func (c *Context) DestroyStream(s Stream) error {
+	return c.do(func() error { return check("cuStreamDestroy", driver.cuStreamDestroy, uintptr(s)) })
+}
+
 // SyncStream waits for s's work.
 func (c *Context) SyncStream(s Stream) error {
 	return c.do(func() error { return check("cuStreamSynchronize", driver.cuStreamSynchronize, uintptr(s)) })
@@ -283,6 +307,17 @@ type Event uintptr
 func (c *Context) NewEvent() (Event, error) {
 	var e Event
 	err := c.do(func() error { return check("cuEventCreate", driver.cuEventCreate, uintptr(unsafe.Pointer(&e)), 0) })
+	return e, err
+}
+
+// NewSyncEvent creates an event for cross-stream ordering only (no timing,
+// which makes recording and waiting cheaper).
+func (c *Context) NewSyncEvent() (Event, error) {
+	var e Event
+	const disableTiming = 2 // CU_EVENT_DISABLE_TIMING
+	err := c.do(func() error {
+		return check("cuEventCreate", driver.cuEventCreate, uintptr(unsafe.Pointer(&e)), disableTiming)
+	})
 	return e, err
 }
 

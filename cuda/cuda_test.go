@@ -144,89 +144,209 @@ func TestGemmAgainstReference(t *testing.T) {
 		if trial%6 == 4 {
 			g.AB, g.CD = BF16, BF16
 		}
-		pad := rng.IntN(3)
-		ar, ac := g.M, g.K
-		if g.TransA {
-			ar, ac = g.K, g.M
-		}
-		br, bc := g.K, g.N
-		if g.TransB {
-			br, bc = g.N, g.K
-		}
-		g.LDA, g.LDB, g.LDC = ac+pad, bc+pad, g.N+pad
-		a := make([]float32, ar*g.LDA)
-		bm := make([]float32, br*g.LDB)
-		cm := make([]float32, g.M*g.LDC)
-		for _, s := range [][]float32{a, bm, cm} {
-			for i := range s {
-				s[i] = float32(rng.NormFloat64())
-				if g.AB == BF16 {
-					s[i] = fromBF16(toBF16(s[i]))
-				}
-			}
-		}
-		alpha, beta := float32(1), float32(rng.IntN(2))
+		alpha := float32(1)
 		if trial%5 == 0 {
 			alpha = 0.5
 		}
-		want := make([]float64, len(cm))
-		for i, v := range cm {
-			want[i] = float64(v)
+		checkGemm(t, c, b, c.Stream(), g, rng.IntN(3), alpha, float32(rng.IntN(2)), rng)
+	}
+}
+
+// Shapes of one bucket share the first one's algorithm (expert products
+// change their row count every step), on any stream: each is still right,
+// and the heuristic ran once per bucket, not once per shape.
+func TestGemmBorrowedAlgorithms(t *testing.T) {
+	c, b := gpu(t)
+	rng := rand.New(rand.NewPCG(7, 8))
+	s2, err := c.NewStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := b.PlansMade
+	shapes := 0
+	for _, tr := range []struct{ a, b bool }{{false, true}, {true, false}, {false, false}} {
+		for _, mk := range [][2]int{{200, 96}, {129, 100}, {256, 128}, {131, 97}, {250, 120}} {
+			g := GemmSpec{TransA: tr.a, TransB: tr.b, M: mk[0], N: 72, K: mk[1], AB: BF16, CD: F32}
+			stream := c.Stream()
+			if shapes%2 == 1 {
+				stream = s2
+			}
+			checkGemm(t, c, b, stream, g, 0, 1, float32(shapes%2), rng)
+			shapes++
 		}
-		gemmRef(g, float64(alpha), a, bm, float64(beta), want)
-		up := func(s []float32, t16 DType) DevicePtr {
-			p, err := c.Alloc(len(s) * t16.Size())
-			if err != nil {
-				t.Fatal(err)
+	}
+	if searched := b.PlansMade - before; searched >= shapes {
+		t.Fatalf("%d algorithm searches for %d shapes in 6 buckets: nothing borrowed", searched, shapes)
+	}
+}
+
+// checkGemm runs g (leading dimensions padded by pad) on random operands on
+// stream s and compares it with the float64 reference.
+func checkGemm(t *testing.T, c *Context, b *BlasLt, s Stream, g GemmSpec, pad int, alpha, beta float32, rng *rand.Rand) {
+	t.Helper()
+	ar, ac := g.M, g.K
+	if g.TransA {
+		ar, ac = g.K, g.M
+	}
+	br, bc := g.K, g.N
+	if g.TransB {
+		br, bc = g.N, g.K
+	}
+	g.LDA, g.LDB, g.LDC = ac+pad, bc+pad, g.N+pad
+	a := make([]float32, ar*g.LDA)
+	bm := make([]float32, br*g.LDB)
+	cm := make([]float32, g.M*g.LDC)
+	for _, s := range [][]float32{a, bm, cm} {
+		for i := range s {
+			s[i] = float32(rng.NormFloat64())
+			if g.AB == BF16 {
+				s[i] = fromBF16(toBF16(s[i]))
 			}
-			if t16 == BF16 {
-				h := make([]uint16, len(s))
-				for i, v := range s {
-					h[i] = toBF16(v)
-				}
-				err = CopyIn(c, p, h)
-			} else {
-				err = CopyIn(c, p, s)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			return p
 		}
-		da, db, dc := up(a, g.AB), up(bm, g.AB), up(cm, g.CD)
-		if err := b.Gemm(c.Stream(), g, alpha, da, db, beta, dc); err != nil {
+	}
+	if g.CD == BF16 {
+		for i := range cm {
+			cm[i] = fromBF16(toBF16(cm[i]))
+		}
+	}
+	want := make([]float64, len(cm))
+	for i, v := range cm {
+		want[i] = float64(v)
+	}
+	gemmRef(g, float64(alpha), a, bm, float64(beta), want)
+	up := func(s []float32, t16 DType) DevicePtr {
+		p, err := c.Alloc(len(s) * t16.Size())
+		if err != nil {
 			t.Fatal(err)
 		}
-		got := make([]float32, len(cm))
-		if g.CD == BF16 {
-			h := make([]uint16, len(cm))
-			if err := CopyOut(c, h, dc); err != nil {
-				t.Fatal(err)
+		if t16 == BF16 {
+			h := make([]uint16, len(s))
+			for i, v := range s {
+				h[i] = toBF16(v)
 			}
-			for i, v := range h {
-				got[i] = fromBF16(v)
-			}
-		} else if err := CopyOut(c, got, dc); err != nil {
+			err = CopyIn(c, p, h)
+		} else {
+			err = CopyIn(c, p, s)
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
-		var num, den float64
-		for i := 0; i < g.M; i++ {
-			for j := 0; j < g.N; j++ {
-				d := float64(got[i*g.LDC+j]) - want[i*g.LDC+j]
-				num += d * d
-				den += want[i*g.LDC+j] * want[i*g.LDC+j]
-			}
-		}
-		rel := math.Sqrt(num / math.Max(den, 1e-30))
-		tol := 1e-5
-		if g.CD == BF16 {
-			tol = 1e-2
-		}
-		if !(rel <= tol) {
-			t.Fatalf("%+v alpha=%g beta=%g: relative error %g > %g", g, alpha, beta, rel, tol)
-		}
+		return p
+	}
+	da, db, dc := up(a, g.AB), up(bm, g.AB), up(cm, g.CD)
+	defer func() {
 		c.Free(da)
 		c.Free(db)
 		c.Free(dc)
+	}()
+	if err := b.Gemm(s, g, alpha, da, db, beta, dc); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SyncStream(s); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]float32, len(cm))
+	if g.CD == BF16 {
+		h := make([]uint16, len(cm))
+		if err := CopyOut(c, h, dc); err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range h {
+			got[i] = fromBF16(v)
+		}
+	} else if err := CopyOut(c, got, dc); err != nil {
+		t.Fatal(err)
+	}
+	var num, den float64
+	for i := 0; i < g.M; i++ {
+		for j := 0; j < g.N; j++ {
+			d := float64(got[i*g.LDC+j]) - want[i*g.LDC+j]
+			num += d * d
+			den += want[i*g.LDC+j] * want[i*g.LDC+j]
+		}
+	}
+	rel := math.Sqrt(num / math.Max(den, 1e-30))
+	tol := 1e-5
+	if g.CD == BF16 {
+		tol = 1e-2
+	}
+	if !(rel <= tol) {
+		t.Fatalf("%+v alpha=%g beta=%g: relative error %g > %g", g, alpha, beta, rel, tol)
+	}
+}
+
+// GemmTo writes D = A·B + C and leaves C as it was.
+func TestGemmToSeparateOutput(t *testing.T) {
+	c, b := gpu(t)
+	rng := rand.New(rand.NewPCG(9, 10))
+	g := GemmSpec{TransB: true, M: 37, N: 72, K: 40, LDA: 40, LDB: 40, LDC: 72, AB: BF16, CD: F32}
+	a, bm, cm := make([]float32, g.M*g.K), make([]float32, g.N*g.K), make([]float32, g.M*g.N)
+	for _, s := range [][]float32{a, bm, cm} {
+		for i := range s {
+			s[i] = fromBF16(toBF16(float32(rng.NormFloat64())))
+		}
+	}
+	want := make([]float64, len(cm))
+	for i, v := range cm {
+		want[i] = float64(v)
+	}
+	gemmRef(g, 1, a, bm, 1, want)
+	bf := func(s []float32) DevicePtr {
+		h := make([]uint16, len(s))
+		for i, v := range s {
+			h[i] = toBF16(v)
+		}
+		p, err := c.Alloc(2 * len(h))
+		if err == nil {
+			err = CopyIn(c, p, h)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	da, db := bf(a), bf(bm)
+	dc, err := c.Alloc(4 * len(cm))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dd, err := c.Alloc(4 * len(cm))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, p := range []DevicePtr{da, db, dc, dd} {
+			c.Free(p)
+		}
+	}()
+	if err := CopyIn(c, dc, cm); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.GemmTo(c.Stream(), g, 1, da, db, 1, dc, dd); err != nil {
+		t.Fatal(err)
+	}
+	got, keep := make([]float32, len(cm)), make([]float32, len(cm))
+	if err := CopyOut(c, got, dd); err != nil {
+		t.Fatal(err)
+	}
+	if err := CopyOut(c, keep, dc); err != nil {
+		t.Fatal(err)
+	}
+	for i := range got {
+		if math.Abs(float64(got[i])-want[i]) > 1e-4*(1+math.Abs(want[i])) {
+			t.Fatalf("D[%d] = %v, want %v", i, got[i], want[i])
+		}
+		if keep[i] != cm[i] {
+			t.Fatalf("C[%d] changed: %v, was %v", i, keep[i], cm[i])
+		}
+	}
+}
+
+func TestSizeBucket(t *testing.T) {
+	for _, c := range [][2]int{{1, 128}, {128, 128}, {129, 192}, {192, 192}, {193, 256}, {257, 384}, {385, 512},
+		{2048, 2048}, {2049, 3072}, {3073, 4096}, {12000, 12288}, {16384, 16384}} {
+		if got := sizeBucket(c[0]); got != c[1] {
+			t.Errorf("sizeBucket(%d) = %d, want %d", c[0], got, c[1])
+		}
 	}
 }

@@ -53,8 +53,9 @@ type acts struct {
 	Losses          cuda.DevicePtr // [N]
 	CESum           cuda.DevicePtr // float64 [2]: loss sum, counted rows
 
-	// Backward scratch, fp32 except DHact (the model's precision); DY and
-	// DHpre exist in fp32 only (mixed precision writes DYLow, DHpreLow).
+	// Backward scratch, fp32 except DHact (the model's precision); DY,
+	// DHpre and DQKV exist in fp32 only (mixed precision writes DYLow,
+	// DHpreLow, DQKVLow).
 	DRes, DTmp, DQKV, AttD cuda.DevicePtr
 	DY, DX, DHact, DHpre   cuda.DevicePtr // [S, D], [S, H]
 	DSlotGate, DGates      cuda.DevicePtr // [S], [N, K]
@@ -94,16 +95,17 @@ func (m *Model) newActs(n int) (*acts, error) {
 	}
 	a.LNF, a.RstdF, a.Logits, a.Losses, a.CESum = lp(n*d), f(n), lp(n*v), f(n), f64(2)
 	a.DLogits = a.Logits
-	a.DRes, a.DTmp, a.DQKV, a.AttD = f(n*d), f(n*d), f(n*3*d), f(n*heads)
+	a.DRes, a.DTmp, a.AttD = f(n*d), f(n*d), f(n*heads)
 	a.DX, a.DHact = f(s*d), lp(s*h)
 	a.DSlotGate, a.DGates, a.DProbs, a.DRLogits = f(s), f(s), f(n*e), f(n*e)
 	if m.bf16 {
 		// The expert backward runs in bf16 from the fused combine backward
-		// on: no fp32 dY or dHpre.
+		// on, and attention's backward writes bf16 dQKV: no fp32 dY, dHpre
+		// or dQKV.
 		a.DResLow, a.DAtt, a.DYLow, a.DHpreLow = lp(n*d), lp(n*d), lp(s*d), lp(s*h)
 		a.DQKVLow, a.DRLogitsLow = lp(n*3*d), lp(n*e)
 	} else {
-		a.DY, a.DHpre = f(s*d), f(s*h)
+		a.DY, a.DHpre, a.DQKV = f(s*d), f(s*h), f(n*3*d)
 		a.DResLow, a.DAtt, a.DYLow, a.DHpreLow = a.DRes, a.DTmp, a.DY, a.DHpre
 		a.DQKVLow, a.DRLogitsLow = a.DQKV, a.DRLogits
 	}

@@ -14,6 +14,13 @@ type Device struct {
 	Ops  *ops.Ops
 	Blas *cuda.BlasLt
 
+	// lanes run the experts' products side by side (lanes.go); fork is
+	// the event they start from; optLane runs the optimizer beside the
+	// backward (overlap.go).
+	lanes   []lane
+	optLane *lane
+	fork    cuda.Event
+
 	allocated, peak int64
 }
 
@@ -34,7 +41,16 @@ func Open(ordinal int) (*Device, error) {
 		c.Close()
 		return nil, err
 	}
-	return &Device{C: c, Ops: o, Blas: b}, nil
+	d := &Device{C: c, Ops: o, Blas: b}
+	n, err := lanesFromEnv()
+	if err == nil {
+		err = d.openLanes(n)
+	}
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
 }
 
 // Close releases cuBLASLt and the context.
@@ -42,7 +58,21 @@ func (d *Device) Close() error {
 	if d == nil {
 		return nil
 	}
-	err := d.Blas.Close()
+	var err error
+	all := d.lanes
+	if d.optLane != nil {
+		all = append(all, *d.optLane)
+	}
+	for _, l := range all {
+		d.C.DestroyStream(l.s)
+		d.C.DestroyEvent(l.done)
+	}
+	if d.fork != 0 {
+		d.C.DestroyEvent(d.fork)
+	}
+	if d.Blas != nil {
+		err = d.Blas.Close()
+	}
 	if e := d.C.Close(); err == nil {
 		err = e
 	}
@@ -81,13 +111,22 @@ func (d *Device) Allocated() (now, peak int64) { return d.allocated, d.peak }
 // gemmT is tensor.Gemm on the device: C[m,n] = op(A)·op(B) + beta·C,
 // row-major, leading dimensions in elements, A and B of type ab and C of
 // type cd, fp32 accumulation whatever the types.
-func (d *Device) gemmT(transA, transB bool, m, n, k int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c cuda.DevicePtr, ldc int, ab, cd cuda.DType) error {
+func (d *Device) gemmT(site string, transA, transB bool, m, n, k int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c cuda.DevicePtr, ldc int, ab, cd cuda.DType) error {
+	return d.gemmTo(site, transA, transB, m, n, k, a, lda, b, ldb, beta, c, c, ldc, ab, cd)
+}
+
+// gemmTo is gemmT writing out = op(A)·op(B) + beta·c (out laid out as c;
+// c only read unless it is out).
+func (d *Device) gemmTo(site string, transA, transB bool, m, n, k int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c, out cuda.DevicePtr, ldc int, ab, cd cuda.DType) error {
 	g := cuda.GemmSpec{TransA: transA, TransB: transB, M: m, N: n, K: k, LDA: lda, LDB: ldb, LDC: ldc, AB: ab, CD: cd}
 	if k == 0 {
+		if beta != 0 && c != out {
+			return fmt.Errorf("gpu: %s: empty product onto a separate residual", site)
+		}
 		if beta == 0 && m > 0 && n > 0 {
 			// An empty sum: C = 0 (rows of ldc, only the first n written).
 			for i := 0; i < m; i++ {
-				if err := d.C.Zero(d.Ops.S, c.Add(i*ldc*cd.Size()), n*cd.Size()); err != nil {
+				if err := d.C.Zero(d.Ops.S, out.Add(i*ldc*cd.Size()), n*cd.Size()); err != nil {
 					return err
 				}
 			}
@@ -95,7 +134,7 @@ func (d *Device) gemmT(transA, transB bool, m, n, k int, a cuda.DevicePtr, lda i
 		return nil
 	}
 	if d.Ops.Prof != nil {
-		return d.Ops.Prof.Span("gemm", "gemm", func() error { return d.Blas.Gemm(d.Ops.S, g, 1, a, b, beta, c) })
+		return d.Ops.Prof.Span("gemm", "gemm."+site, func() error { return d.Blas.GemmTo(d.Ops.S, g, 1, a, b, beta, c, out) })
 	}
-	return d.Blas.Gemm(d.Ops.S, g, 1, a, b, beta, c)
+	return d.Blas.GemmTo(d.Ops.S, g, 1, a, b, beta, c, out)
 }

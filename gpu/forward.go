@@ -19,12 +19,13 @@ type lastForward struct {
 	offsets [][]int32 // [layer][E+1] slot offsets per expert
 	routed  [][]int32 // [layer][E] router choices per expert before capacity
 	aux     []float64 // [layer] aux loss
-	auxN    []int     // [layer] tokens the aux loss counted
 	zloss   []float64 // [layer] z-loss value
 	// index is the embedding backward's host scratch: order, unique,
-	// starts of one table's index (reused step to step).
-	index [3][]int32
-	mask  []uint8 // the counted-token mask's host buffer (reused)
+	// starts of one table's index (reused step to step); distinct counts
+	// the distinct token and position ids of the batch.
+	index    [3][]int32
+	distinct [2]int
+	mask     []uint8 // the counted-token mask's host buffer (reused)
 }
 
 // Forward runs the model on in, with the same result as model.Model's
@@ -36,7 +37,10 @@ func (m *Model) Forward(in model.Input, wantGrad bool) (model.Result, error) {
 	if err := in.Validate(m.Cfg); err != nil {
 		return model.Result{}, err
 	}
-	r, err := m.forward(in, wantGrad)
+	if err := m.forward(in, wantGrad); err != nil {
+		return model.Result{}, fmt.Errorf("gpu: forward: %w", err)
+	}
+	r, err := m.readStats()
 	if err != nil {
 		return model.Result{}, fmt.Errorf("gpu: forward: %w", err)
 	}
@@ -44,7 +48,9 @@ func (m *Model) Forward(in model.Input, wantGrad bool) (model.Result, error) {
 	return r, nil
 }
 
-func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
+// forward queues the forward of in; the host waits only for each MoE
+// layer's plan offsets. readStats collects the loss afterwards.
+func (m *Model) forward(in model.Input, wantGrad bool) error {
 	cfg, dev := m.Cfg, m.dev
 	o := dev.Ops
 	n, d := in.B*in.T, cfg.DModel
@@ -55,7 +61,7 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 		}
 		a, err := m.newActs(n)
 		if err != nil {
-			return model.Result{}, err
+			return err
 		}
 		m.acts = a
 	}
@@ -78,31 +84,36 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 		}
 	}
 	if err := cuda.CopyIn(dev.C, a.Mask, mask); err != nil {
-		return model.Result{}, err
+		return err
 	}
 	for _, up := range []struct {
 		p cuda.DevicePtr
 		s []int32
 	}{{a.Tokens, in.Tokens}, {a.Pos, in.Pos}, {a.Targets, in.Targets}} {
 		if err := cuda.CopyIn(dev.C, up.p, up.s); err != nil {
-			return model.Result{}, err
+			return err
+		}
+	}
+	if wantGrad {
+		if err := m.uploadEmbedIndex(); err != nil {
+			return err
 		}
 	}
 	seg := cuda.DevicePtr(0)
 	if in.Seg != nil {
 		if err := cuda.CopyIn(dev.C, a.Seg, in.Seg); err != nil {
-			return model.Result{}, err
+			return err
 		}
 		seg = a.Seg
 	}
 	biased := m.Balance.Rate != 0 || anyNonZero(m.Balance.Flat)
 	if biased {
 		if err := cuda.CopyIn(dev.C, m.bias, m.Balance.Flat); err != nil {
-			return model.Result{}, err
+			return err
 		}
 	}
 	if err := o.EmbedForward(a.Res0, a.Tokens, a.Pos, m.P.TokEmb, m.P.PosEmb, n, d, cfg.Vocab, cfg.SeqLen); err != nil {
-		return model.Result{}, err
+		return err
 	}
 	e := cfg.Experts
 	grow := func(s [][]int32, w int) [][]int32 {
@@ -113,20 +124,20 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 	}
 	lf.offsets, lf.routed = grow(lf.offsets, e+1), grow(lf.routed, e)
 	if len(lf.aux) < cfg.Layers {
-		lf.aux, lf.auxN, lf.zloss = make([]float64, cfg.Layers), make([]int, cfg.Layers), make([]float64, cfg.Layers)
+		lf.aux, lf.zloss = make([]float64, cfg.Layers), make([]float64, cfg.Layers)
 	}
 	if err := m.refreshWeights(); err != nil {
-		return model.Result{}, err
+		return err
 	}
 	es := m.es
 	for l := range a.Layers {
 		la, w, ww := &a.Layers[l], m.P.Layers[l], m.W.Layers[l]
 		// Attention sub-layer.
 		if err := m.norm(la.LN1, la.Rstd1, la.In, w.LN1, n); err != nil {
-			return model.Result{}, err
+			return err
 		}
-		if err := m.mm(false, true, n, 3*d, d, la.LN1, d, ww.QKV, d, 0, la.QKV, 3*d, false); err != nil {
-			return model.Result{}, err
+		if err := m.mm("qkv", false, true, n, 3*d, d, la.LN1, d, ww.QKV, d, 0, la.QKV, 3*d, false); err != nil {
+			return err
 		}
 		q, k, v := la.QKV, la.QKV.Add(es*d), la.QKV.Add(2*es*d)
 		attn := o.AttentionForward
@@ -134,36 +145,31 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 			attn = o.AttentionForwardBF16
 		}
 		if err := attn(la.Att, la.LSE, q, k, v, lf.attn, seg, seg); err != nil {
-			return model.Result{}, err
+			return err
 		}
-		if err := dev.C.CopyDevice(o.S, la.Mid, la.In, 4*n*d); err != nil {
-			return model.Result{}, err
-		}
-		if err := m.mm(false, true, n, d, d, la.Att, d, ww.Proj, d, 1, la.Mid, d, true); err != nil {
-			return model.Result{}, err
+		// Mid = In + Att·Projᵀ, the residual read by the product.
+		if err := m.mmResidual("proj", false, true, n, d, d, la.Att, d, ww.Proj, d, la.In, la.Mid, d); err != nil {
+			return err
 		}
 		// MoE sub-layer.
 		if err := m.norm(la.LN2, la.Rstd2, la.Mid, w.LN2, n); err != nil {
-			return model.Result{}, err
-		}
-		if err := dev.C.CopyDevice(o.S, la.Out, la.Mid, 4*n*d); err != nil {
-			return model.Result{}, err
+			return err
 		}
 		bias := cuda.DevicePtr(0)
 		if biased {
 			bias = m.bias.Add(4 * l * e)
 		}
 		if err := m.moeForward(l, la, ww, n, bias); err != nil {
-			return model.Result{}, fmt.Errorf("layer %d: %w", l, err)
+			return fmt.Errorf("layer %d: %w", l, err)
 		}
 	}
 	last := a.Layers[len(a.Layers)-1].Out
 	if err := m.norm(a.LNF, a.RstdF, last, m.P.LNF, n); err != nil {
-		return model.Result{}, err
+		return err
 	}
 	v := cfg.Vocab
-	if err := m.mm(false, true, n, v, d, a.LNF, d, m.W.Head, d, 0, a.Logits, v, false); err != nil {
-		return model.Result{}, err
+	if err := m.mm("head", false, true, n, v, d, a.LNF, d, m.W.Head, d, 0, a.Logits, v, false); err != nil {
+		return err
 	}
 	dlogits, scale := cuda.DevicePtr(0), float32(0)
 	if wantGrad {
@@ -177,11 +183,37 @@ func (m *Model) forward(in model.Input, wantGrad bool) (model.Result, error) {
 		ce = o.CrossEntropyBF16
 	}
 	if err := ce(a.Losses, dlogits, a.Logits, a.Targets, n, v, scale, a.CESum); err != nil {
-		return model.Result{}, err
+		return err
 	}
+	return nil
+}
+
+// readStats waits for the device and reads the last forward's loss terms
+// and router counts into a Result.
+func (m *Model) readStats() (model.Result, error) {
+	cfg, dev, a, lf := m.Cfg, m.dev, m.acts, &m.last
 	var ceSum [2]float64
 	if err := cuda.CopyOut(dev.C, ceSum[:], a.CESum); err != nil {
 		return model.Result{}, err
+	}
+	e := cfg.Experts
+	for l := range a.Layers {
+		la := &a.Layers[l]
+		var fin [2]float64 // value, count
+		if err := cuda.CopyOut(dev.C, fin[:], la.AuxFin.Add(8*2*e)); err != nil {
+			return model.Result{}, err
+		}
+		lf.aux[l], lf.zloss[l] = fin[0], 0
+		if cfg.ZLossCoef > 0 {
+			var z [3]float64
+			if err := cuda.CopyOut(dev.C, z[:], la.ZStats); err != nil {
+				return model.Result{}, err
+			}
+			lf.zloss[l] = z[2]
+		}
+		if err := cuda.CopyOut(dev.C, lf.routed[l], la.Routed); err != nil {
+			return model.Result{}, err
+		}
 	}
 	r := model.Result{Targets: lf.count}
 	if lf.count > 0 {

@@ -74,8 +74,10 @@ type Model struct {
 	// (Backward), 0 overwrites (ForwardBackward, which then clears only the
 	// gradients no product writes).
 	gradBeta float32
-	bias     cuda.DevicePtr // [Layers·E]
-	mem      arena
+	// pending is the optimizer step TrainStep has the backward queue.
+	pending *pendingUpdate
+	bias    cuda.DevicePtr // [Layers·E]
+	mem     arena
 
 	acts  *acts
 	last  lastForward
@@ -210,16 +212,30 @@ func (m *Model) ZeroGrads() error { return m.dev.C.Zero(m.dev.Ops.S, m.grads, 4*
 // backward, the weight gradients' products overwriting (beta 0) instead of
 // clearing the whole buffer first; the embeddings' and norms' gradients,
 // which are accumulated, are cleared.
+//
+// The loss is read after the backward is queued, so the device goes from
+// the forward into the backward without waiting for the host.
 func (m *Model) ForwardBackward(in model.Input) (model.Result, error) {
-	r, err := m.Forward(in, true)
-	if err != nil {
-		return r, err
+	m.ready = false
+	if err := in.Validate(m.Cfg); err != nil {
+		return model.Result{}, err
 	}
+	if err := m.forward(in, true); err != nil {
+		return model.Result{}, fmt.Errorf("gpu: forward: %w", err)
+	}
+	m.ready = true
 	if err := m.zeroAccumulatedGrads(); err != nil {
-		return r, err
+		return model.Result{}, err
 	}
 	m.gradBeta = 0
-	return r, m.runBackward()
+	if err := m.runBackward(); err != nil {
+		return model.Result{}, err
+	}
+	r, err := m.readStats()
+	if err != nil {
+		return model.Result{}, fmt.Errorf("gpu: forward: %w", err)
+	}
+	return r, nil
 }
 
 // zeroAccumulatedGrads clears the gradients that the backward accumulates

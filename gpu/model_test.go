@@ -274,7 +274,14 @@ func TestBF16StepCloseToFP32(t *testing.T) {
 // TestBF16TracksFP32Over300Steps: the reference model trained 300 AdamW
 // steps on the embedded corpus in bf16 mixed precision stays within 0.03
 // of the fp32 GPU run's loss at steps 100, 200 and 300 (same initial
-// weights, same batches).
+// weights, same batches), under the usual recipe for a run of that length:
+// the learning rate 1e-3 reached by a linear warm-up over 100 steps, then a
+// cosine decay to 1e-4 at step 300 (optim's "cosine" schedule). Logged for
+// context, and not asserted: the fp32 control (initial weights multiplied
+// by 1 + 1e-6·N(0,1): how far two fp32 runs drift apart from a difference
+// far below bf16's rounding), two more weight seeds, and the same
+// comparison at a constant 1e-3 from the first step (optim's default),
+// where the control itself drifts past the bound (docs/gpu.md).
 func TestBF16TracksFP32Over300Steps(t *testing.T) {
 	dev := device(t)
 	cfg := model.DefaultConfig()
@@ -295,10 +302,12 @@ func TestBF16TracksFP32Over300Steps(t *testing.T) {
 		}
 		batches[i] = model.Input{B: b.B, T: b.T, Tokens: b.Tokens, Targets: b.Targets, Pos: b.Pos, Seg: b.Seg}
 	}
-	// run trains from seed's weights; perturb multiplies each initial
-	// weight by 1 + 1e-6·N(0,1) (the control: how far two fp32 runs drift
-	// apart from a difference far below bf16's rounding).
-	run := func(bf16 bool, seed uint64, perturb bool) []float64 {
+	recipe := optim.DefaultConfig()
+	recipe.Schedule, recipe.WarmupSteps = "cosine", 100
+	constant := optim.DefaultConfig()
+	// run trains from seed's weights under ocfg's schedule; perturb
+	// multiplies each initial weight by 1 + 1e-6·N(0,1).
+	run := func(ocfg optim.Config, bf16 bool, seed uint64, perturb bool) []float64 {
 		cpu, _ := model.New(cfg, seed)
 		if perturb {
 			rng := rand.New(rand.NewPCG(seed, 99))
@@ -314,49 +323,39 @@ func TestBF16TracksFP32Over300Steps(t *testing.T) {
 		if err := g.SetPrecision(bf16); err != nil {
 			t.Fatal(err)
 		}
-		opt, err := NewAdamW(dev, optim.DefaultConfig(), cpu.Layout.Total)
+		opt, err := NewAdamW(dev, ocfg, cpu.Layout.Total)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer opt.Close()
+		sched := optim.NewSchedule(ocfg, steps)
 		losses := make([]float64, steps)
 		for i, in := range batches {
 			r, err := g.ForwardBackward(in)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := g.Update(opt, i+1, 1e-3, 1); err != nil {
+			if _, err := g.Update(opt, i+1, sched.LR(i), 1); err != nil {
 				t.Fatal(err)
 			}
 			losses[i] = r.Loss
 		}
 		return losses
 	}
-	fp32, bf16 := run(false, 1, false), run(true, 1, false)
-	mean := func(x []float64) float64 {
-		s := 0.0
-		for _, v := range x {
-			s += v
-		}
-		return s / float64(len(x))
-	}
+	at := func(a, b []float64) [3]float64 { return [3]float64{a[99] - b[99], a[199] - b[199], a[299] - b[299]} }
+	fp32, bf16 := run(recipe, false, 1, false), run(recipe, true, 1, false)
 	for _, s := range []int{100, 200, 300} {
 		d := bf16[s-1] - fp32[s-1]
-		t.Logf("step %d: fp32 loss %.4f, bf16 %.4f (difference %+.4f; mean of steps %d-%d: fp32 %.4f, bf16 %.4f)",
-			s, fp32[s-1], bf16[s-1], d, s-9, s, mean(fp32[s-10:s]), mean(bf16[s-10:s]))
+		t.Logf("step %d: fp32 loss %.4f, bf16 %.4f (difference %+.4f)", s, fp32[s-1], bf16[s-1], d)
 		if !(math.Abs(d) <= 0.03) {
 			t.Errorf("step %d: bf16 loss %.4f differs from fp32 %.4f by %.4f (> 0.03)", s, bf16[s-1], fp32[s-1], d)
 		}
 	}
-	// Context for the bound (logged): two more weight seeds, and the fp32
-	// control drifting from a 1e-6 perturbation of the initial weights.
-	ctl := run(false, 1, true)
-	for _, s := range []int{100, 200, 300} {
-		t.Logf("control: step %d: perturbed fp32 minus fp32 %+.4f", s, ctl[s-1]-fp32[s-1])
-	}
+	t.Logf("control (perturbed fp32 minus fp32) at steps 100/200/300: %+.4f", at(run(recipe, false, 1, true), fp32))
 	for _, seed := range []uint64{2, 3} {
-		f, b := run(false, seed, false), run(true, seed, false)
-		t.Logf("seed %d: bf16 minus fp32 at steps 100/200/300: %+.4f %+.4f %+.4f; over steps 201-300 on average %+.4f",
-			seed, b[99]-f[99], b[199]-f[199], b[299]-f[299], mean(b[200:])-mean(f[200:]))
+		t.Logf("seed %d: bf16 minus fp32 at steps 100/200/300: %+.4f", seed, at(run(recipe, true, seed, false), run(recipe, false, seed, false)))
 	}
+	cf := run(constant, false, 1, false)
+	t.Logf("constant lr 1e-3 from step 1: bf16 minus fp32 %+.4f; control %+.4f",
+		at(run(constant, true, 1, false), cf), at(run(constant, false, 1, true), cf))
 }

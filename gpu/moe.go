@@ -10,7 +10,7 @@ import (
 // moeForward is moe.Forward for layer l on the device: router scores,
 // selection, the dispatch plan, the aux-loss and z-loss statistics, the
 // experts as one GEMM pair per expert over its contiguous slots, and the
-// gated combine into la.Out (which holds Mid on entry). w are the weights
+// gated combine of la.Mid and the experts into la.Out. w are the weights
 // the products read (the model's precision).
 func (m *Model) moeForward(l int, la *layerActs, w layerWeights, n int, bias cuda.DevicePtr) error {
 	cfg, dev := m.Cfg, m.dev
@@ -19,7 +19,7 @@ func (m *Model) moeForward(l int, la *layerActs, w layerWeights, n int, bias cud
 	d, e, k, h := cfg.DModel, cfg.Experts, cfg.TopK, cfg.ExpertHidden
 	opt := m.Router.Options()
 	es := m.es
-	if err := m.mm(false, true, n, e, d, la.LN2, d, w.Router, d, 0, la.RLogits, e, true); err != nil {
+	if err := m.mm("router", false, true, n, e, d, la.LN2, d, w.Router, d, 0, la.RLogits, e, true); err != nil {
 		return err
 	}
 	if err := o.RouterScores(la.Probs, la.RLogits, n, e, opt.Score); err != nil {
@@ -40,59 +40,47 @@ func (m *Model) moeForward(l int, la *layerActs, w layerWeights, n int, bias cud
 	if err := o.RouterAuxFinish(la.AuxFin, la.AuxStats, e, k); err != nil {
 		return err
 	}
-	var fin [2]float64 // value, count
-	if err := cuda.CopyOut(dev.C, fin[:], la.AuxFin.Add(8*2*e)); err != nil {
-		return err
-	}
-	lf.aux[l], lf.auxN[l] = fin[0], int(fin[1])
-	lf.zloss[l] = 0
 	if opt.ZLossCoef > 0 {
 		if err := o.RouterZLoss(la.ZLSE, la.ZStats, a.ReduceScratch, la.RLogits, a.Mask, n, e); err != nil {
 			return err
 		}
-		var z [3]float64
-		if err := cuda.CopyOut(dev.C, z[:], la.ZStats); err != nil {
-			return err
-		}
-		lf.zloss[l] = z[2]
 	}
-	offs, routed := lf.offsets[l], lf.routed[l]
+	// The one wait per layer: the products' sizes. The loss terms and the
+	// router's counts are read after the backward is queued (readStats).
+	offs := lf.offsets[l]
 	if err := cuda.CopyOut(dev.C, offs, la.Offsets); err != nil {
 		return err
 	}
-	if err := cuda.CopyOut(dev.C, routed, la.Routed); err != nil {
-		return err
-	}
 	s := int(offs[e])
-	gather, gelu := o.GatherRows, o.GELUForward
+	gather := o.GatherRows
 	if m.bf16 {
-		gather, gelu = o.GatherRowsBF16, o.GELUForwardBF16
+		gather = o.GatherRowsBF16
 	}
 	if err := gather(la.X, la.LN2, la.Token, s, d); err != nil {
 		return err
 	}
-	for x := 0; x < e; x++ {
+	// Each expert's chain (product, GELU, product) on its lane.
+	err := dev.fanOut("experts.fwd", e, func(x int, ln *lane) error {
 		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
 		if c == 0 {
-			continue
+			return nil
 		}
-		if err := m.mm(false, true, c, h, d, la.X.Add(es*lo*d), d, w.W1.Add(es*x*h*d), d, 0, la.Hpre.Add(es*lo*h), h, false); err != nil {
+		if err := m.mmOn(ln, false, true, c, h, d, la.X.Add(es*lo*d), d, w.W1.Add(es*x*h*d), d, 0, la.Hpre.Add(es*lo*h), h, false); err != nil {
 			return err
 		}
-	}
-	if err := gelu(la.Hact, la.Hpre, s*h); err != nil {
+		gelu := ln.o.GELUForward
+		if m.bf16 {
+			gelu = ln.o.GELUForwardBF16
+		}
+		if err := gelu(la.Hact.Add(es*lo*h), la.Hpre.Add(es*lo*h), c*h); err != nil {
+			return err
+		}
+		return m.mmOn(ln, false, true, c, d, h, la.Hact.Add(es*lo*h), h, w.W2.Add(es*x*d*h), h, 0, la.Y.Add(4*lo*d), d, true)
+	})
+	if err != nil {
 		return err
 	}
-	for x := 0; x < e; x++ {
-		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
-		if c == 0 {
-			continue
-		}
-		if err := m.mm(false, true, c, d, h, la.Hact.Add(es*lo*h), h, w.W2.Add(es*x*d*h), h, 0, la.Y.Add(4*lo*d), d, true); err != nil {
-			return err
-		}
-	}
-	return o.Combine(la.Out, la.Y, la.SlotOf, la.Gates, n, k, d)
+	return o.CombineOnto(la.Out, la.Mid, la.Y, la.SlotOf, la.Gates, n, k, d)
 }
 
 // moeBackward is moe.Backward followed by the ln2 RMSNorm backward (as
@@ -131,50 +119,46 @@ func (m *Model) moeBackward(l int, la *layerActs, p, w, dw layerWeights) error {
 			return err
 		}
 	}
-	for x := 0; x < e; x++ {
+	// Each expert's chain (the W2 products, GELU's backward, the W1
+	// products) on its lane.
+	err := dev.fanOut("experts.bwd", e, func(x int, ln *lane) error {
 		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
 		if c == 0 {
 			if m.gradBeta == 0 { // no product writes this expert's gradients
-				if err := dev.C.Zero(o.S, dw.W1.Add(4*x*h*d), 4*h*d); err != nil {
+				if err := dev.C.Zero(ln.s, dw.W1.Add(4*x*h*d), 4*h*d); err != nil {
 					return err
 				}
-				if err := dev.C.Zero(o.S, dw.W2.Add(4*x*d*h), 4*d*h); err != nil {
-					return err
-				}
+				return dev.C.Zero(ln.s, dw.W2.Add(4*x*d*h), 4*d*h)
 			}
-			continue
+			return nil
 		}
-		if err := m.mm(true, false, d, h, c, a.DYLow.Add(es*lo*d), d, la.Hact.Add(es*lo*h), h, m.gradBeta, dw.W2.Add(4*x*d*h), h, true); err != nil {
+		if err := m.mmOn(ln, true, false, d, h, c, a.DYLow.Add(es*lo*d), d, la.Hact.Add(es*lo*h), h, m.gradBeta, dw.W2.Add(4*x*d*h), h, true); err != nil {
 			return err
 		}
 		// dHact in the model's precision (bf16 in mixed precision).
-		if err := m.mm(false, false, c, h, d, a.DYLow.Add(es*lo*d), d, w.W2.Add(es*x*d*h), h, 0, a.DHact.Add(es*lo*h), h, false); err != nil {
+		if err := m.mmOn(ln, false, false, c, h, d, a.DYLow.Add(es*lo*d), d, w.W2.Add(es*x*d*h), h, 0, a.DHact.Add(es*lo*h), h, false); err != nil {
 			return err
 		}
-	}
-	if m.bf16 {
-		if err := o.GELUBackwardBF16Out(a.DHpreLow, a.DHact, la.Hpre, s*h); err != nil {
+		rows := func(p cuda.DevicePtr) cuda.DevicePtr { return p.Add(es * lo * h) }
+		if m.bf16 {
+			if err := ln.o.GELUBackwardBF16Out(rows(a.DHpreLow), rows(a.DHact), rows(la.Hpre), c*h); err != nil {
+				return err
+			}
+		} else {
+			if err := dev.C.Zero(ln.s, rows(a.DHpre), 4*c*h); err != nil {
+				return err
+			}
+			if err := ln.o.GELUBackward(rows(a.DHpre), rows(a.DHact), rows(la.Hpre), c*h); err != nil {
+				return err
+			}
+		}
+		if err := m.mmOn(ln, true, false, h, d, c, a.DHpreLow.Add(es*lo*h), h, la.X.Add(es*lo*d), d, m.gradBeta, dw.W1.Add(4*x*h*d), d, true); err != nil {
 			return err
 		}
-	} else {
-		if err := dev.C.Zero(o.S, a.DHpre, 4*s*h); err != nil {
-			return err
-		}
-		if err := o.GELUBackward(a.DHpre, a.DHact, la.Hpre, s*h); err != nil {
-			return err
-		}
-	}
-	for x := 0; x < e; x++ {
-		lo, c := int(offs[x]), int(offs[x+1]-offs[x])
-		if c == 0 {
-			continue
-		}
-		if err := m.mm(true, false, h, d, c, a.DHpreLow.Add(es*lo*h), h, la.X.Add(es*lo*d), d, m.gradBeta, dw.W1.Add(4*x*h*d), d, true); err != nil {
-			return err
-		}
-		if err := m.mm(false, false, c, d, h, a.DHpreLow.Add(es*lo*h), h, w.W1.Add(es*x*h*d), d, 0, a.DX.Add(4*lo*d), d, true); err != nil {
-			return err
-		}
+		return m.mmOn(ln, false, false, c, d, h, a.DHpreLow.Add(es*lo*h), h, w.W1.Add(es*x*h*d), d, 0, a.DX.Add(4*lo*d), d, true)
+	})
+	if err != nil {
+		return err
 	}
 	if err := o.CombineBackward(dln, a.DX, la.SlotOf, n, k, d); err != nil {
 		return err
@@ -188,7 +172,8 @@ func (m *Model) moeBackward(l int, la *layerActs, p, w, dw layerWeights) error {
 	if err := o.RouterBackward(a.DProbs, a.DGates, la.Probs, la.Experts, la.Gates, n, e, k, m.spec); err != nil {
 		return err
 	}
-	if lf.auxN[l] > 0 && cfg.AuxCoef != 0 {
+	if lf.count > 0 && cfg.AuxCoef != 0 { // the aux loss counts the counted tokens
+
 		if err := o.RouterAuxBackward(a.DProbs, la.AuxFin, a.Mask, n, e, cfg.AuxCoef); err != nil {
 			return err
 		}
@@ -207,10 +192,10 @@ func (m *Model) moeBackward(l int, la *layerActs, p, w, dw layerWeights) error {
 	if err := m.lowp(a.DRLogitsLow, a.DRLogits, n*e); err != nil {
 		return err
 	}
-	if err := m.mm(true, false, e, d, n, a.DRLogitsLow, e, la.LN2, d, m.gradBeta, dw.Router, d, true); err != nil {
+	if err := m.mm("router.dW", true, false, e, d, n, a.DRLogitsLow, e, la.LN2, d, m.gradBeta, dw.Router, d, true); err != nil {
 		return err
 	}
-	if err := m.mm(false, false, n, d, e, a.DRLogitsLow, e, w.Router, d, 1, dln, d, true); err != nil {
+	if err := m.mm("router.dX", false, false, n, d, e, a.DRLogitsLow, e, w.Router, d, 1, dln, d, true); err != nil {
 		return err
 	}
 	return o.RMSNormBackward(a.DRes, dw.LN2, dln, la.Mid, p.LN2, la.Rstd2, a.NormScratch, n, d)

@@ -18,6 +18,10 @@ type AdamW struct {
 	m, v    cuda.DevicePtr
 	scratch cuda.DevicePtr
 	sum     cuda.DevicePtr // float64: Σg² of the last update or norm
+	// partial holds one Σg² per range of an update queued range by range
+	// (updateRange), slots allocated on first use.
+	partial      cuda.DevicePtr
+	partialSlots int
 }
 
 // NewAdamW allocates zeroed moments for n parameters.
@@ -44,7 +48,13 @@ func NewAdamW(dev *Device, cfg optim.Config, n int) (*AdamW, error) {
 }
 
 // Close frees the moments.
-func (a *AdamW) Close() { a.mem.free() }
+func (a *AdamW) Close() {
+	if a.partial != 0 {
+		a.dev.free(a.partial, 8*a.partialSlots)
+		a.partial, a.partialSlots = 0, 0
+	}
+	a.mem.free()
+}
 
 // Update applies AdamW step t (1-based) with learning rate lr to params
 // using grads·gradScale, and returns Σg² before gradScale (as
@@ -66,6 +76,42 @@ func (a *AdamW) update(params, p16, grads cuda.DevicePtr, t int, lr, gradScale f
 	var s [1]float64
 	err := cuda.CopyOut(a.dev.C, s[:], a.sum)
 	return s[0], err
+}
+
+// ensurePartials makes room for n per-range sums (allocated once, before a
+// step: an allocation waits for the device).
+func (a *AdamW) ensurePartials(n int) error {
+	if n <= a.partialSlots {
+		return nil
+	}
+	if a.partial != 0 {
+		a.dev.free(a.partial, 8*a.partialSlots)
+		a.partial, a.partialSlots = 0, 0
+	}
+	p, err := a.dev.alloc(8 * n)
+	if err != nil {
+		return fmt.Errorf("gpu: optimizer partial sums: %w", err)
+	}
+	a.partial, a.partialSlots = p, n
+	return nil
+}
+
+// updateRange queues AdamW step t on params[lo:hi] (and its bf16 copy at
+// p16 when not 0) on lane l, writing the range's Σg² to partial slot slot.
+// The lane's launches run in order, so every range shares one scratch.
+func (a *AdamW) updateRange(l *lane, params, p16, grads cuda.DevicePtr, lo, hi, slot, t int, lr float64) error {
+	if slot >= a.partialSlots {
+		return fmt.Errorf("gpu: optimizer range %d beyond %d partial sums", slot, a.partialSlots)
+	}
+	st := ops.AdamWStep{Beta1: a.cfg.Beta1, Beta2: a.cfg.Beta2, Eps: a.cfg.Eps, WeightDecay: a.cfg.WeightDecay,
+		T: t, LR: lr, GradScale: 1, P16: p16}
+	run := func() error {
+		return l.o.AdamWUpdate(params, grads, a.m.Add(4*lo), a.v.Add(4*lo), lo, hi, st, a.scratch, a.partial.Add(8*slot))
+	}
+	if p := a.dev.Ops.Prof; p != nil {
+		return p.SpanOn(l.s, "optimizer", "adamw_update_f32 (beside the backward)", run)
+	}
+	return run()
 }
 
 // GradNorm is the L2 norm of grads (n floats), as optim.GlobalNorm.

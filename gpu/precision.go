@@ -4,13 +4,29 @@ import "github.com/moetrain/moetrain/cuda"
 
 // mm is a matrix product whose A and B are in the model's precision (bf16
 // weights and activations in mixed precision, else fp32); C is fp32 when
-// out32, else in the model's precision. Accumulation is fp32.
-func (m *Model) mm(transA, transB bool, rows, cols, inner int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c cuda.DevicePtr, ldc int, out32 bool) error {
+// out32, else in the model's precision. Accumulation is fp32. site names the
+// product in the profile.
+func (m *Model) mm(site string, transA, transB bool, rows, cols, inner int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c cuda.DevicePtr, ldc int, out32 bool) error {
 	cd := m.act
 	if out32 {
 		cd = cuda.F32
 	}
-	return m.dev.gemmT(transA, transB, rows, cols, inner, a, lda, b, ldb, beta, c, ldc, m.act, cd)
+	return m.dev.gemmT(site, transA, transB, rows, cols, inner, a, lda, b, ldb, beta, c, ldc, m.act, cd)
+}
+
+// mmResidual is mm with an fp32 output out = op(A)·op(B) + res (res only
+// read).
+func (m *Model) mmResidual(site string, transA, transB bool, rows, cols, inner int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, res, out cuda.DevicePtr, ldc int) error {
+	return m.dev.gemmTo(site, transA, transB, rows, cols, inner, a, lda, b, ldb, 1, res, out, ldc, m.act, cuda.F32)
+}
+
+// mmOn is mm queued on lane l.
+func (m *Model) mmOn(l *lane, transA, transB bool, rows, cols, inner int, a cuda.DevicePtr, lda int, b cuda.DevicePtr, ldb int, beta float32, c cuda.DevicePtr, ldc int, out32 bool) error {
+	cd := m.act
+	if out32 {
+		cd = cuda.F32
+	}
+	return m.dev.gemmOn(l, transA, transB, rows, cols, inner, a, lda, b, ldb, beta, c, ldc, m.act, cd)
 }
 
 // lowp writes n fp32 values of src into dst in the model's precision: a

@@ -13,13 +13,15 @@
 # top-k of the experts) + 6 x layers x seq x d_model (causal attention);
 # MFU against 989.4 TFLOP/s (H100 SXM dense bf16; PEAK_TFLOPS overrides).
 # Needs python3 with torch and a CUDA GPU, and either Go (the worker is
-# built) or WORKER=path/to/worker.
+# built) or WORKER=path/to/worker. TORCH_MODES (default "eager compile")
+# picks the PyTorch modes; the ratio is against torch.compile.
 set -euo pipefail
 cfg=gpu-small rounds=1 steps=30 prec=bf16
+modes=${TORCH_MODES:-eager compile}
 while getopts "c:r:s:p:h" opt; do
 	case "$opt" in
 	c) cfg=$OPTARG ;; r) rounds=$OPTARG ;; s) steps=$OPTARG ;; p) prec=$OPTARG ;;
-	h) sed -n '2,18p' "$0"; exit 0 ;;
+	h) sed -n '2,19p' "$0"; exit 0 ;;
 	*) echo "usage: $0 [-c gpu-small|gpu-medium] [-r ROUNDS] [-s STEPS] [-p fp32|bf16]" >&2; exit 2 ;;
 	esac
 done
@@ -71,7 +73,7 @@ print(t.flops_per_token(t.CONFIGS['$cfg']))")
 
 declare -A res
 for r in $(seq 1 "$rounds"); do
-	for mode in eager compile; do
+	for mode in $modes; do
 		line=$("$py" scripts/bench/torch_moe_gpu.py --config "$cfg" --mode "$mode" --steps $((steps - warm)) --warmup $warm)
 		echo "round $r: $line" >&2
 		res[torch-$mode]+="$(awk '{print $4}' <<<"$line") "
@@ -85,14 +87,14 @@ moetrain_run "$out/prof" --profile-gpu >/dev/null
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 printf '%-16s %12s %10s %8s\n' system tokens/s TFLOP/s MFU
-for k in torch-eager torch-compile moetrain; do
+for k in $(for m in $modes; do echo torch-$m; done) moetrain; do
 	v=$(median <<<"${res[$k]}")
 	awk -v n="$k" -v v="$v" -v f="$fpt" -v p="$peak" 'BEGIN {printf "%-16s %12.0f %10.1f %7.1f%%\n", n, v, v*f/1e12, 100*v*f/1e12/p}'
 done
 tc=$(median <<<"${res[torch-compile]}")
 mt=$(median <<<"${res[moetrain]}")
 awk -v a="$mt" -v b="$tc" 'BEGIN {printf "moetrain / torch.compile: %.2fx\n", a/b}'
-echo "peak GPU memory (GiB): torch eager ${res[torch-eager-mem]}, torch compile ${res[torch-compile-mem]}"
+echo "peak GPU memory (GiB): torch eager ${res[torch-eager-mem]:-not run}, torch compile ${res[torch-compile-mem]}"
 "$py" - "$out/prof.log" "$tok" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
@@ -100,12 +102,18 @@ for line in open(sys.argv[1]):
         e = json.loads(line)
     except ValueError:
         continue
+    if e.get("message") == "step":
+        load = e.get("max_load")
     if e.get("message") == "gpu":
+        print(f"moetrain routing at the last step: largest expert load over the mean {load:.2f} (PyTorch's: max_load on its lines above)")
         print(f"moetrain peak allocated {e['peak_allocated_gib']:.2f} GiB (device in use {e['in_use_gib']:.2f} GiB)")
-        fam = {k[:-3]: v for k, v in e.items() if k.endswith("_ms") and isinstance(v, (int, float))}
+        other = ("device_span_ms", "gemm_plan_ms")
+        fam = {k[:-3]: v for k, v in e.items() if k.endswith("_ms") and k not in other and isinstance(v, (int, float))}
         tot = sum(fam.values())
         print(f"moetrain device time per step by kernel family ({e.get('profiled_steps', 0)} profiled steps): "
               + ", ".join(f"{k} {v:.1f} ms ({100*v/tot:.0f}%)" for k, v in sorted(fam.items(), key=lambda kv: -kv[1]))
               + f"; total {tot:.1f} ms")
+        print(f"moetrain device span per step {e.get('device_span_ms', 0):.1f} ms (first launch to last; minus the families' sum = device waiting for the host); "
+              f"cuBLASLt algorithm searches per step {e.get('gemm_plans', 0):.0f} ({e.get('gemm_plan_ms', 0):.1f} ms of host time)")
         print("moetrain top kernels (ms per step): " + "; ".join(e.get("top_kernels_ms", [])))
 PY

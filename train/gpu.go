@@ -2,7 +2,9 @@ package train
 
 import (
 	"fmt"
+	"github.com/moetrain/moetrain/sampling"
 	"math"
+	"time"
 
 	"github.com/moetrain/moetrain/gpu"
 	"github.com/moetrain/moetrain/gpu/ops"
@@ -20,10 +22,13 @@ type gpuState struct {
 	// hostStale: the device has taken steps since the mirrors were filled.
 	hostStale bool
 	// prof (StartGPUProfile) times the steps by kernel family; profSteps
-	// counts the optimizer steps taken since.
-	prof      *ops.Profile
-	profSteps int
-	err       error // first failure of a call without an error result
+	// counts the optimizer steps taken since; profPlans and profPlanTime
+	// are cuBLASLt's search counters when profiling started.
+	prof         *ops.Profile
+	profSteps    int
+	profPlans    int
+	profPlanTime time.Duration
+	err          error // first failure of a call without an error result
 }
 
 // openGPU puts t's model and optimizer on GPU cfg.Train.GPU.
@@ -119,6 +124,42 @@ func (t *Trainer) syncToDevice() error {
 	return nil
 }
 
+// gpuTrainStep is TrainStep on the device without clipping: the model
+// queues each parameter group's AdamW update beside the rest of the
+// backward (gpu.Model.TrainStep).
+func (t *Trainer) gpuTrainStep(b sampling.Batch) (StepStats, float64, error) {
+	g := t.gpu
+	ep := t.statsEP()
+	g.hostStale = true // the device state moves from here on
+	r, sumSq, err := g.m.TrainStep(toInput(b), g.opt, t.step+1, t.sched.LR(t.step))
+	if err != nil {
+		return StepStats{}, 0, fmt.Errorf("train: step %d: %w", t.step+1, err)
+	}
+	stats, err := g.m.RouterStats(ep)
+	if err != nil {
+		return StepStats{}, 0, fmt.Errorf("train: step %d: router stats: %w", t.step+1, err)
+	}
+	t.step++
+	t.collectGPUProfile()
+	return StepStats{
+		Loss: r.Loss, CE: r.CE, Aux: r.Aux, ZLoss: r.ZLoss, Tokens: b.B * b.T, Targets: r.Targets,
+		RoutedLoad: g.m.RoutedLoad(), Router: stats,
+	}, math.Sqrt(sumSq), nil
+}
+
+// collectGPUProfile adds a finished step to the profile, if one runs.
+func (t *Trainer) collectGPUProfile() {
+	g := t.gpu
+	if g.prof == nil {
+		return
+	}
+	g.profSteps++
+	if err := g.prof.Collect(); err != nil { // the step itself went through
+		t.log.Warn().Err(err).Msg("GPU profile: stopped")
+		g.prof, g.dev.Ops.Prof = nil, nil
+	}
+}
+
 // gpuOptimizerStep is OptimizerStep on the device.
 func (t *Trainer) gpuOptimizerStep() (gradNorm float64, err error) {
 	g := t.gpu
@@ -141,13 +182,7 @@ func (t *Trainer) gpuOptimizerStep() (gradNorm float64, err error) {
 		gradNorm = math.Sqrt(sumSq)
 	}
 	t.step++
-	if g.prof != nil {
-		g.profSteps++
-		if err := g.prof.Collect(); err != nil { // the step itself went through
-			t.log.Warn().Err(err).Msg("GPU profile: stopped")
-			g.prof, g.dev.Ops.Prof = nil, nil
-		}
-	}
+	t.collectGPUProfile()
 	return gradNorm, nil
 }
 
@@ -164,8 +199,13 @@ type GPUStats struct {
 	// profiled steps.
 	FamilyMS map[string]float64
 	Steps    int
-	// TopKernels are the ten kernels with the most time, as "name ms".
+	// TopKernels are the kernels with the most time, as "name ms".
 	TopKernels []string
+	// WallMS is the device's span per profiled step, from its first launch
+	// to the end of its last (WallMS minus the families' sum is the time the
+	// device waited for the host); GemmPlans and GemmPlanMS are cuBLASLt
+	// algorithm searches per step and the host time they took.
+	WallMS, GemmPlans, GemmPlanMS float64
 }
 
 // StartGPUProfile times every following step's device work by kernel
@@ -173,6 +213,7 @@ type GPUStats struct {
 func (t *Trainer) StartGPUProfile() {
 	if t.gpu != nil && t.gpu.prof == nil {
 		t.gpu.prof = t.gpu.dev.Ops.NewProfile()
+		t.gpu.profPlans, t.gpu.profPlanTime = t.gpu.dev.Blas.PlansMade, t.gpu.dev.Blas.PlanTime
 	}
 }
 
@@ -192,7 +233,11 @@ func (t *Trainer) GPUStats() (s GPUStats, ok bool) {
 			for f, ms := range g.prof.Totals {
 				s.FamilyMS[f] = ms / float64(g.profSteps)
 			}
-			for _, k := range g.prof.Top(10) {
+			steps := float64(g.profSteps)
+			s.WallMS = g.prof.Wall / steps
+			s.GemmPlans = float64(g.dev.Blas.PlansMade-g.profPlans) / steps
+			s.GemmPlanMS = float64((g.dev.Blas.PlanTime - g.profPlanTime).Microseconds()) / 1e3 / steps
+			for _, k := range g.prof.Top(24) {
 				s.TopKernels = append(s.TopKernels, fmt.Sprintf("%s %.2f", k, g.prof.Kernels[k]/float64(g.profSteps)))
 			}
 			s.Steps = g.profSteps

@@ -127,12 +127,8 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 		if opts.ProfileGPU && tr.Step() == startStep+3 {
 			tr.StartGPUProfile()
 		}
-		st, err := tr.ForwardBackward(b)
+		st, gnorm, err := tr.TrainStep(b)
 		if err != nil {
-			return sum, err
-		}
-		gnorm := tr.OptimizerStep()
-		if err := tr.DeviceErr(); err != nil {
 			return sum, err
 		}
 		if err := tr.UpdateRouterBias(st.RoutedLoad); err != nil {
@@ -190,6 +186,7 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 			for f, ms := range gs.FamilyMS {
 				ev = ev.Float64(f+"_ms", ms)
 			}
+			ev = ev.Float64("device_span_ms", gs.WallMS).Float64("gemm_plans", gs.GemmPlans).Float64("gemm_plan_ms", gs.GemmPlanMS)
 			ev = ev.Strs("top_kernels_ms", gs.TopKernels)
 		}
 		ev.Msg("gpu")

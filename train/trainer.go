@@ -95,10 +95,7 @@ func toInput(b sampling.Batch) model.Input {
 // ForwardBackward zeroes the gradients, then runs forward and backward on b.
 // Batches may change B and T from call to call (T ≤ model.seq_len).
 func (t *Trainer) ForwardBackward(b sampling.Batch) (StepStats, error) {
-	ep := t.cfg.Mesh.EP
-	if ep <= 1 {
-		ep = max(1, t.cfg.Model.Groups)
-	}
+	ep := t.statsEP()
 	if g := t.gpu; g != nil {
 		r, err := g.m.ForwardBackward(toInput(b))
 		if err != nil {
@@ -125,6 +122,31 @@ func (t *Trainer) ForwardBackward(b sampling.Batch) (StepStats, error) {
 		Loss: r.Loss, CE: r.CE, Aux: r.Aux, ZLoss: r.ZLoss, Tokens: b.B * b.T, Targets: r.Targets,
 		RoutedLoad: t.m.RoutedLoad(), Router: stats,
 	}, nil
+}
+
+// TrainStep is ForwardBackward followed by OptimizerStep, returning the
+// step's statistics and the gradient norm; on the GPU without clipping the
+// optimizer runs beside the backward (same result, less time). A device
+// failure is its error.
+func (t *Trainer) TrainStep(b sampling.Batch) (StepStats, float64, error) {
+	if t.gpu != nil && t.cfg.Optim.ClipNorm <= 0 {
+		return t.gpuTrainStep(b)
+	}
+	st, err := t.ForwardBackward(b)
+	if err != nil {
+		return StepStats{}, 0, err
+	}
+	gnorm := t.OptimizerStep()
+	return st, gnorm, t.DeviceErr()
+}
+
+// statsEP is the expert-parallel degree the router's load metrics are
+// computed for: the mesh's, or the router's groups on one rank.
+func (t *Trainer) statsEP() int {
+	if ep := t.cfg.Mesh.EP; ep > 1 {
+		return ep
+	}
+	return max(1, t.cfg.Model.Groups)
 }
 
 // UpdateRouterBias applies one aux-loss-free balancing update from the

@@ -197,26 +197,35 @@ __device__ __forceinline__ void mma_px(float (&acc)[DMAX / 8][4], const float (&
   }
 }
 
-// add_rows adds mul·acc, the warp's 16 × DMAX accumulator tile, to fp32
-// rows: row r (0..15 within the warp) goes to dst + (row0 + r)·stride if
-// row0 + r < nrows. The product is rounded before the add (no fma), so the
-// result is init + (what a zero init gets), bitwise.
-template <int DMAX>
-__device__ __forceinline__ void add_rows(float* dst, long long stride, int row0, int nrows, int D,
-                                         const float (&acc)[DMAX / 8][4], float mul, int lane) {
+// store_pair writes the pair (a, b) to row[c], row[c + 1]: fp32 rows are
+// added to (the product rounded before the add, no fma, so the result is
+// init + what a zero init gets, bitwise); bf16 rows are overwritten with the
+// rounded values (the mixed-precision model's dQKV, whose products read bf16
+// and which nothing else writes: no fp32 buffer, clearing or cast).
+__device__ __forceinline__ void store_pair(float* row, int c, float a, float b) {
+  row[c] += a;
+  row[c + 1] += b;
+}
+__device__ __forceinline__ void store_pair(__nv_bfloat16* row, int c, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(row + c) = __floats2bfloat162_rn(a, b);
+}
+
+// emit_rows writes mul·acc, the warp's 16 × DMAX accumulator tile, to
+// gradient rows with store_pair: row r (0..15 within the warp) goes to
+// dst + (row0 + r)·stride if row0 + r < nrows.
+template <int DMAX, typename G>
+__device__ __forceinline__ void emit_rows(G* dst, long long stride, int row0, int nrows, int D,
+                                          const float (&acc)[DMAX / 8][4], float mul, int lane) {
   const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int r = row0 + g + 8 * hr;
     if (r >= nrows) continue;
-    float* row = dst + r * stride;
+    G* row = dst + r * stride;
 #pragma unroll
     for (int n = 0; n < DMAX / 8; ++n) {
       const int c = n * 8 + 2 * t4; // D is a multiple of 8: c < D implies c + 1 < D
-      if (c < D) {
-        row[c] += __fmul_rn(acc[n][hr * 2], mul);
-        row[c + 1] += __fmul_rn(acc[n][hr * 2 + 1], mul);
-      }
+      if (c < D) store_pair(row, c, __fmul_rn(acc[n][hr * 2], mul), __fmul_rn(acc[n][hr * 2 + 1], mul));
     }
   }
 }
@@ -428,8 +437,8 @@ __device__ __forceinline__ void bwd_row(const float* __restrict__ lse, const flo
 // stages of Q, dO [64][LD] and of lse2, d, query segment ids [64]:
 // 2·(2·128 + 4·64)·(DMAX+8) + 24·64 bytes. KVREG: K, V fragments stay in
 // registers.
-template <int DMAX, bool KVREG, int NT, bool FULL>
-__device__ __forceinline__ void attn_bwd_dkv_bf16(float* dk, float* dv, const __nv_bfloat16* __restrict__ dout,
+template <int DMAX, bool KVREG, int NT, bool FULL, typename G>
+__device__ __forceinline__ void attn_bwd_dkv_bf16(G* dk, G* dv, const __nv_bfloat16* __restrict__ dout,
                                                   const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
                                                   const __nv_bfloat16* __restrict__ v, const float* __restrict__ lse,
                                                   const float* __restrict__ d, const int* __restrict__ qseg,
@@ -577,8 +586,8 @@ __device__ __forceinline__ void attn_bwd_dkv_bf16(float* dk, float* dv, const __
   }
   cp_async_wait0();
 
-  add_rows<DMAX>(dk + (long long)b * Tk * ks + (long long)h * D, ks, jw, Tk, D, dka, scale, lane);
-  add_rows<DMAX>(dv + (long long)b * Tk * vs + (long long)h * D, vs, jw, Tk, D, dva, 1.f, lane);
+  emit_rows<DMAX>(dk + (long long)b * Tk * ks + (long long)h * D, ks, jw, Tk, D, dka, scale, lane);
+  emit_rows<DMAX>(dv + (long long)b * Tk * vs + (long long)h * D, vs, jw, Tk, D, dva, 1.f, lane);
 }
 
 // dQ for the 128 queries t0.. of (b, h), warp w owning rows t0 + 16w..: per
@@ -587,8 +596,8 @@ __device__ __forceinline__ void attn_bwd_dkv_bf16(float* dk, float* dv, const __
 // Shared: Q, dO [128][LD], two stages of K, V [64][LD] and of key segment
 // ids [64]: 2·(2·128 + 4·64)·(DMAX+8) + 8·64 bytes. QREG: Q, dO fragments
 // stay in registers.
-template <int DMAX, bool QREG, int NT, bool FULL>
-__device__ __forceinline__ void attn_bwd_dq_bf16(float* dq, const __nv_bfloat16* __restrict__ dout,
+template <int DMAX, bool QREG, int NT, bool FULL, typename G>
+__device__ __forceinline__ void attn_bwd_dq_bf16(G* dq, const __nv_bfloat16* __restrict__ dout,
                                                  const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
                                                  const __nv_bfloat16* __restrict__ v, const float* __restrict__ lse,
                                                  const float* __restrict__ d, const int* __restrict__ qseg,
@@ -712,7 +721,7 @@ __device__ __forceinline__ void attn_bwd_dq_bf16(float* dq, const __nv_bfloat16*
   }
   cp_async_wait0();
 
-  add_rows<DMAX>(dq + (long long)b * Tq * qs + (long long)h * D, qs, tw, Tq, D, dqa, scale, lane);
+  emit_rows<DMAX>(dq + (long long)b * Tq * qs + (long long)h * D, qs, tw, Tq, D, dqa, scale, lane);
 }
 
 } // namespace
@@ -736,8 +745,14 @@ __device__ __forceinline__ void attn_bwd_dq_bf16(float* dq, const __nv_bfloat16*
       attn_fwd_bf16<DM, FREG, false>(out, lse, q, k, v, qseg, kseg, Tq, Tk, H, D, qs, ks, vs, os, causal, qpos0,    \
                                      kpos0, scale);                                                                \
   }                                                                                                                \
-  extern "C" __global__ void __launch_bounds__(kThreads, DKV_MIN) attention_bwd_dkv_bf16_d##DM(                    \
-      float* dk, float* dv, const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k,               \
+  ATTN_BF16_BWD_KERNELS(DM, , float, KVREG, DKV_NT, DKV_MIN, QREG, DQ_NT, DQ_MIN)                                 \
+  ATTN_BF16_BWD_KERNELS(DM, _out, __nv_bfloat16, KVREG, DKV_NT, DKV_MIN, QREG, DQ_NT, DQ_MIN)
+
+// The backward kernels with gradients of type G (float: added to; bf16:
+// overwritten), named attention_bwd_{dkv,dq}_bf16<SUF>_d<DM>.
+#define ATTN_BF16_BWD_KERNELS(DM, SUF, G, KVREG, DKV_NT, DKV_MIN, QREG, DQ_NT, DQ_MIN)                               \
+  extern "C" __global__ void __launch_bounds__(kThreads, DKV_MIN) attention_bwd_dkv_bf16##SUF##_d##DM(             \
+      G* dk, G* dv, const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k,                       \
       const __nv_bfloat16* v, const float* lse, const float* d, const int* qseg, const int* kseg, int Tq, int Tk,    \
       int H, int D, int qs, int ks, int vs, int os, int causal, int qpos0, int kpos0, float scale) {                 \
     if (D > DM - 16)                                                                                                 \
@@ -747,8 +762,8 @@ __device__ __forceinline__ void attn_bwd_dq_bf16(float* dq, const __nv_bfloat16*
       attn_bwd_dkv_bf16<DM, KVREG, DKV_NT, false>(dk, dv, dout, q, k, v, lse, d, qseg, kseg, Tq, Tk, H, D, qs, ks,   \
                                                   vs, os, causal, qpos0, kpos0, scale);                              \
   }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(kThreads, DQ_MIN) attention_bwd_dq_bf16_d##DM(                      \
-      float* dq, const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, \
+  extern "C" __global__ void __launch_bounds__(kThreads, DQ_MIN) attention_bwd_dq_bf16##SUF##_d##DM(               \
+      G* dq, const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,     \
       const float* lse, const float* d, const int* qseg, const int* kseg, int Tq, int Tk, int H, int D, int qs,     \
       int ks, int vs, int os, int causal, int qpos0, int kpos0, float scale) {                                      \
     if (D > DM - 16)                                                                                                 \
@@ -759,7 +774,7 @@ __device__ __forceinline__ void attn_bwd_dq_bf16(float* dq, const __nv_bfloat16*
                                                causal, qpos0, kpos0, scale);                                         \
   }
 
-ATTN_BF16_KERNELS(64, false, 2, true, 2, 1, true, 2, 2)
+ATTN_BF16_KERNELS(64, false, 2, false, 4, 2, true, 2, 2)
 ATTN_BF16_KERNELS(128, true, 1, false, 4, 1, true, 2, 1)
 
 // attention_rowdot_bf16 is attention_rowdot_f32 (attention.cu) with dout and

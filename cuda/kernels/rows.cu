@@ -94,15 +94,16 @@ __device__ __forceinline__ void gather(T* __restrict__ dst, const T* __restrict_
   }
 }
 
-// combine_cols adds the m slots ord[0..m) of y, weighted by g, to one output
-// row, V elements per step, slots in the given order for every element.
+// combine_cols adds the m slots ord[0..m) of y, weighted by g, to one
+// input row irow and writes the sums to orow (irow may be orow), V elements
+// per step, slots in the given order for every element.
 template <typename T, int V>
-__device__ __forceinline__ void combine_cols(T* __restrict__ orow, const T* __restrict__ y, const int* ord,
+__device__ __forceinline__ void combine_cols(T* orow, const T* irow, const T* __restrict__ y, const int* ord,
                                              const float* g, int m, int d, int lane) {
   const int nc = d / V;
   for (int c = lane; c < nc; c += 32) {
     float acc[V];
-    ld<V>(acc, orow + (size_t)c * V);
+    ld<V>(acc, irow + (size_t)c * V);
     for (int q = 0; q < m; q++) {
       float yv[V];
       ld<V>(yv, y + (size_t)ord[q] * d + (size_t)c * V);
@@ -115,13 +116,13 @@ __device__ __forceinline__ void combine_cols(T* __restrict__ orow, const T* __re
 }
 
 template <typename T>
-__device__ __forceinline__ void combine(T* __restrict__ out, const T* __restrict__ y, const int* __restrict__ slot_of,
+__device__ __forceinline__ void combine(T* out, const T* res, const T* __restrict__ y, const int* __restrict__ slot_of,
                                         const float* __restrict__ gates, int n, int k, int d) {
   __shared__ int s_ord[kWarps][kMaxK];
   __shared__ float s_g[kWarps][kMaxK];
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   constexpr int V = Vec<T>::N;
-  const bool vec = d % V == 0 && aligned16(out) && aligned16(y);
+  const bool vec = d % V == 0 && aligned16(out) && aligned16(y) && (res == nullptr || aligned16(res));
   for (int t = first_row(); t < n; t += row_stride()) {
     // Lane j < k holds choice j's slot; its rank among the token's kept
     // slots orders them ascending (slots are distinct).
@@ -138,12 +139,13 @@ __device__ __forceinline__ void combine(T* __restrict__ out, const T* __restrict
       s_g[w][rank] = g;
     }
     __syncwarp();
-    if (m > 0) {
+    if (m > 0 || res != nullptr) { // with res every row is written
       T* orow = out + (size_t)t * d;
+      const T* irow = res != nullptr ? res + (size_t)t * d : orow;
       if (vec) {
-        combine_cols<T, V>(orow, y, s_ord[w], s_g[w], m, d, lane);
+        combine_cols<T, V>(orow, irow, y, s_ord[w], s_g[w], m, d, lane);
       } else {
-        combine_cols<T, 1>(orow, y, s_ord[w], s_g[w], m, d, lane);
+        combine_cols<T, 1>(orow, irow, y, s_ord[w], s_g[w], m, d, lane);
       }
     }
     __syncwarp();  // s_ord/s_g are read before the next token overwrites them
@@ -220,18 +222,20 @@ extern "C" __global__ void __launch_bounds__(kThreads)
   gather(dst, src, idx, rows, d);
 }
 
-// rows_combine: out[t, :] += gates[t·k+j]·y[s, :] for each choice j < k of
-// token t < n with slot s = slot_of[t·k+j] ≥ 0, in increasing s (gates
-// null: weight 1). k ≤ kMaxK. out is read and written; tokens with no kept
-// slot are left untouched.
+// rows_combine: out[t, :] = r[t, :] + Σ gates[t·k+j]·y[s, :] over the
+// choices j < k of token t < n with slot s = slot_of[t·k+j] ≥ 0, in
+// increasing s (gates null: weight 1), where r is res, or out itself when
+// res is null (then tokens with no kept slot are left untouched). k ≤
+// kMaxK. res, when given, must not overlap out.
 extern "C" __global__ void __launch_bounds__(kThreads)
-    rows_combine_f32(float* out, const float* y, const int* slot_of, const float* gates, int n, int k, int d) {
-  combine(out, y, slot_of, gates, n, k, d);
+    rows_combine_f32(float* out, const float* res, const float* y, const int* slot_of, const float* gates, int n,
+                     int k, int d) {
+  combine(out, res, y, slot_of, gates, n, k, d);
 }
 extern "C" __global__ void __launch_bounds__(kThreads)
-    rows_combine_bf16(__nv_bfloat16* out, const __nv_bfloat16* y, const int* slot_of, const float* gates, int n,
-                      int k, int d) {
-  combine(out, y, slot_of, gates, n, k, d);
+    rows_combine_bf16(__nv_bfloat16* out, const __nv_bfloat16* res, const __nv_bfloat16* y, const int* slot_of,
+                      const float* gates, int n, int k, int d) {
+  combine(out, res, y, slot_of, gates, n, k, d);
 }
 
 // rows_dot: out[i] = Σ_j a[i, j]·b[i, j] for i < n (float out, fixed order).

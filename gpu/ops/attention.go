@@ -233,6 +233,9 @@ var (
 	attnBF16Name    = map[int]string{64: "attention_fwd_bf16_d64", 128: "attention_fwd_bf16_d128"}
 	attnBF16DKVName = map[int]string{64: "attention_bwd_dkv_bf16_d64", 128: "attention_bwd_dkv_bf16_d128"}
 	attnBF16DQName  = map[int]string{64: "attention_bwd_dq_bf16_d64", 128: "attention_bwd_dq_bf16_d128"}
+	// The variants that overwrite bf16 gradients.
+	attnBF16DKVOutName = map[int]string{64: "attention_bwd_dkv_bf16_out_d64", 128: "attention_bwd_dkv_bf16_out_d128"}
+	attnBF16DQOutName  = map[int]string{64: "attention_bwd_dq_bf16_out_d64", 128: "attention_bwd_dq_bf16_out_d128"}
 )
 
 // The bf16 kernels (FlashAttention-2 style): blocks of 8 warps (256
@@ -325,13 +328,34 @@ func (o *Ops) AttentionRowDotBF16(d, dout, out cuda.DevicePtr, s tensor.AttnShap
 // ceil(Tq/128)·Heads·Batch, attnBF16DQShared bytes (73 KiB, 137 KiB); 256
 // threads each (8 warps of 16 rows).
 func (o *Ops) AttentionBackwardBF16(dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
-	const op = "AttentionBackwardBF16"
-	dm, scale, err := attnBF16Args(op, s, qseg, kseg, dout, q, k, v)
+	return o.attnBackwardBF16("AttentionBackwardBF16", false, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg)
+}
+
+// AttentionBackwardBF16Out is AttentionBackwardBF16 writing the gradients
+// dq, dk, dv as bf16 (same element strides as q, k, v) and OVERWRITING them:
+// every element of the heads' columns of rows < Tq (dq) or < Tk (dk, dv) is
+// written, bf16 of what AttentionBackwardBF16 adds to a zero buffer.
+// Padding columns are left alone. The gradient buffers must be 16-byte
+// aligned like the others.
+func (o *Ops) AttentionBackwardBF16Out(dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
+	return o.attnBackwardBF16("AttentionBackwardBF16Out", true, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg)
+}
+
+// attnBackwardBF16 launches the bf16 backward kernels: with out the ones
+// that overwrite bf16 gradients (which must then be 16-byte aligned too).
+func (o *Ops) attnBackwardBF16(op string, out bool, dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
+	aligned := []cuda.DevicePtr{dout, q, k, v}
+	dkvName, dqName := attnBF16DKVName, attnBF16DQName
+	if out {
+		aligned = append(aligned, dq, dk, dv)
+		dkvName, dqName = attnBF16DKVOutName, attnBF16DQOutName
+	}
+	dm, scale, err := attnBF16Args(op, s, qseg, kseg, aligned...)
 	if err != nil {
 		return err
 	}
 	block := cuda.Dim3{X: attnBF16Threads}
-	dkv := attnLaunch{attnBF16DKVName[dm], attnBF16Grid(s.Tk, s), block, attnBF16DKVShared(dm)}
-	dqk := attnLaunch{attnBF16DQName[dm], attnBF16Grid(s.Tq, s), block, attnBF16DQShared(dm)}
+	dkv := attnLaunch{dkvName[dm], attnBF16Grid(s.Tk, s), block, attnBF16DKVShared(dm)}
+	dqk := attnLaunch{dqName[dm], attnBF16Grid(s.Tq, s), block, attnBF16DQShared(dm)}
 	return o.attnBackward(op, dkv, dqk, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg, scale)
 }

@@ -11,11 +11,11 @@ import (
 
 // BenchmarkAttentionBF16 times the bf16 attention at the gpu-small model's
 // shape (batch 8, sequence 2048, 16 heads of 64, causal, q, k, v packed in
-// one [N, 3C] bf16 buffer with stride 3C and the gradients in one fp32
-// [N, 3C] buffer, as package gpu lays them out) and at head size 128
+// one [N, 3C] bf16 buffer with stride 3C and the gradients overwritten in
+// one bf16 [N, 3C] buffer, as package gpu's mixed precision lays them out) and at head size 128
 // (batch 4). Each phase runs b.N times back to back between two CUDA events
 // after a warm-up. Metrics per call: fwd-ms (AttentionForwardBF16), bwd-ms
-// (AttentionRowDotBF16 + AttentionBackwardBF16), rowdot-ms (its share), and
+// (AttentionRowDotBF16 + AttentionBackwardBF16Out), rowdot-ms (its share), and
 // TFLOP/s counting the forward as 2·B·H·T²·D (the causal half of QKᵀ and
 // PV) and the backward as 2.5 times that.
 //
@@ -32,11 +32,9 @@ func BenchmarkAttentionBF16(b *testing.B) {
 			out := devAlloc(b, o, 2*N*C)
 			lse := devAlloc(b, o, 4*c.B*c.H*c.T)
 			d := devAlloc(b, o, 4*c.B*c.H*c.T)
-			dqkv := devAlloc(b, o, 4*N*3*C)
-			if err := o.C.Zero(o.S, dqkv, 4*N*3*C); err != nil {
-				b.Fatal(err)
-			}
-			dq, dk, dv := dqkv, dqkv.Add(4*C), dqkv.Add(8*C)
+			// bf16 gradients, overwritten: what mixed-precision training runs.
+			dqkv := devAlloc(b, o, 2*N*3*C)
+			dq, dk, dv := dqkv, dqkv.Add(2*C), dqkv.Add(4*C)
 			s := tensor.AttnShape{Batch: c.B, Tq: c.T, Tk: c.T, Heads: c.H, HeadDim: c.D,
 				QStride: 3 * C, KStride: 3 * C, VStride: 3 * C, OStride: C, Causal: true}
 
@@ -52,7 +50,7 @@ func BenchmarkAttentionBF16(b *testing.B) {
 			}
 			bwd := func() {
 				rowdot()
-				if err := o.AttentionBackwardBF16(dq, dk, dv, dout, q, k, v, lse, d, s, 0, 0); err != nil {
+				if err := o.AttentionBackwardBF16Out(dq, dk, dv, dout, q, k, v, lse, d, s, 0, 0); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -312,12 +312,24 @@ type attnGrads struct{ dq, dk, dv, base cuda.DevicePtr }
 // newGrads uploads init (packed: one [N, 3C] buffer; else three buffers of
 // the q, k, v sizes, concatenated in init) as gradient buffers.
 func (p *attnProblem) newGrads(t *testing.T, o *Ops, init []float32) attnGrads {
-	C := p.c.H * p.c.D
 	if p.c.packed {
-		base := upload(t, o, init)
-		return attnGrads{dq: base, dk: base.Add(4 * C), dv: base.Add(8 * C), base: base}
+		return p.packedGrads(upload(t, o, init), 4)
 	}
 	return attnGrads{dq: upload(t, o, init[:p.nq]), dk: upload(t, o, init[p.nq:p.nq+p.nk]), dv: upload(t, o, init[p.nq+p.nk:])}
+}
+
+// newGradsBF16 is newGrads for bf16 gradients, every element NaN.
+func (p *attnProblem) newGradsBF16(t *testing.T, o *Ops) attnGrads {
+	if p.c.packed {
+		return p.packedGrads(poisonedBF16At(t, o, len(p.qkv), 0), 2)
+	}
+	return attnGrads{dq: poisonedBF16At(t, o, p.nq, 0), dk: poisonedBF16At(t, o, p.nk, 0), dv: poisonedBF16At(t, o, p.nv, 0)}
+}
+
+// packedGrads cuts a packed [N, 3C] gradient buffer of es-byte elements.
+func (p *attnProblem) packedGrads(base cuda.DevicePtr, es int) attnGrads {
+	C := p.c.H * p.c.D
+	return attnGrads{dq: base, dk: base.Add(es * C), dv: base.Add(2 * es * C), base: base}
 }
 
 func (p *attnProblem) gradLen() int {
@@ -328,12 +340,21 @@ func (p *attnProblem) gradLen() int {
 }
 
 func (p *attnProblem) downloadGrads(t *testing.T, o *Ops, g attnGrads) []float32 {
+	return downloadAttnGrads[float32](t, o, p, g)
+}
+
+// downloadGradsBF16 is downloadGrads for bf16 gradients.
+func (p *attnProblem) downloadGradsBF16(t *testing.T, o *Ops, g attnGrads) []uint16 {
+	return downloadAttnGrads[uint16](t, o, p, g)
+}
+
+func downloadAttnGrads[T any](t *testing.T, o *Ops, p *attnProblem, g attnGrads) []T {
 	if p.c.packed {
-		return download[float32](t, o, g.base, len(p.qkv))
+		return download[T](t, o, g.base, len(p.qkv))
 	}
-	out := download[float32](t, o, g.dq, p.nq)
-	out = append(out, download[float32](t, o, g.dk, p.nk)...)
-	return append(out, download[float32](t, o, g.dv, p.nv)...)
+	out := download[T](t, o, g.dq, p.nq)
+	out = append(out, download[T](t, o, g.dk, p.nk)...)
+	return append(out, download[T](t, o, g.dv, p.nv)...)
 }
 
 // grads splits a gradient buffer in p's layout into dq, dk, dv head columns.
@@ -436,6 +457,26 @@ func attnTestBackward(t *testing.T, rng *rand.Rand, bf16 bool) {
 
 			if i := firstBitDiff(run(zero, dlse, dd), got); i >= 0 {
 				t.Fatalf("gradients differ between two runs at %d", i)
+			}
+
+			if bf16 {
+				// The overwriting variant: bf16 of the gradients the adding
+				// kernels put into zeroed buffers, padding untouched.
+				g := p.newGradsBF16(t, o)
+				if err := o.AttentionBackwardBF16Out(g.dq, g.dk, g.dv, ddout, devQ, devK, devV, dlse, dd, s, p.dqseg, p.dkseg); err != nil {
+					t.Fatal(err)
+				}
+				for i, h := range p.downloadGradsBF16(t, o, g) {
+					if p.isPadding(i) {
+						if h != 0x7fc0 {
+							t.Fatalf("bf16 out: padding element %d written: %#x", i, h)
+						}
+						continue
+					}
+					if w := bf16Round(got[i : i+1])[0]; bf16Value(h) != w {
+						t.Fatalf("bf16 out: element %d = %v, want bf16(%v) = %v", i, bf16Value(h), got[i], w)
+					}
+				}
 			}
 
 			// All on the GPU: forward, row dot, backward.
@@ -655,7 +696,8 @@ func (p *attnProblem) gpuForwardBF16(t *testing.T, o *Ops, q, k, v cuda.DevicePt
 // on the bf16 cases with q, k, v and dO rounded to bf16 (the reference sees
 // the rounded values): gradients from the reference lse and d within 1e-2,
 // padding untouched, accumulation bitwise init + gradient, reruns bitwise
-// equal; then the all-bf16 chain (bf16 forward, bf16 row dot from the bf16
+// equal; the overwriting variant (AttentionBackwardBF16Out) writes bf16 of
+// the zero-initialised gradients, padding untouched; then the all-bf16 chain (bf16 forward, bf16 row dot from the bf16
 // out, bf16 backward) within 2e-2 (d now comes from a rounded out).
 func TestAttentionBackwardBF16(t *testing.T) {
 	attnTestBackward(t, rand.New(rand.NewPCG(14, 15)), true)

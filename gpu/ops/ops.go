@@ -38,6 +38,15 @@ func New(c *cuda.Context) (*Ops, error) {
 	return &Ops{C: c, K: k, S: c.Stream(), SMs: c.Info().SMs, fns: map[string]cuda.Function{}, sharedSet: map[string]int{}}, nil
 }
 
+// OnStream returns Ops that launch the same kernels into s, unprofiled (a
+// profile times one stream). It shares o's caches: use both from one
+// goroutine.
+func (o *Ops) OnStream(s cuda.Stream) *Ops {
+	c := *o
+	c.S, c.Prof = s, nil
+	return &c
+}
+
 // launch queues kernel name over grid×block with shared bytes of dynamic
 // shared memory.
 func (o *Ops) launch(name string, grid, block int, shared int, args ...any) error {

@@ -19,13 +19,18 @@ type Profile struct {
 	used  int
 	marks []profMark
 	// Totals are the milliseconds per family collected so far, Kernels per
-	// kernel (products as "gemm").
+	// kernel (products as "gemm.<site>").
 	Totals, Kernels map[string]float64
+	// Wall is the milliseconds from the first timed launch to the end of the
+	// last one of each collected batch: Wall minus the sum of Totals is the
+	// time the device waited for the host within the steps.
+	Wall float64
 }
 
 type profMark struct {
 	family, name string
 	start, end   cuda.Event
+	side         bool // timed on another stream (SpanOn)
 }
 
 // NewProfile starts profiling o's launches (o.Prof = the profile).
@@ -65,6 +70,17 @@ func (p *Profile) event() (cuda.Event, error) {
 
 // Span times fn's work on the stream under family and name.
 func (p *Profile) Span(family, name string, fn func() error) error {
+	return p.span(p.s, false, family, name, fn)
+}
+
+// SpanOn times fn's work queued on stream s (another stream than the
+// profiled one) under family and name. Its time overlaps the main stream's:
+// with such spans the families add up to more than Wall.
+func (p *Profile) SpanOn(s cuda.Stream, family, name string, fn func() error) error {
+	return p.span(s, true, family, name, fn)
+}
+
+func (p *Profile) span(s cuda.Stream, side bool, family, name string, fn func() error) error {
 	start, err := p.event()
 	if err != nil {
 		return err
@@ -73,22 +89,38 @@ func (p *Profile) Span(family, name string, fn func() error) error {
 	if err != nil {
 		return err
 	}
-	if err := p.c.Record(start, p.s); err != nil {
+	if err := p.c.Record(start, s); err != nil {
 		return err
 	}
 	if err := fn(); err != nil {
 		return err
 	}
-	if err := p.c.Record(end, p.s); err != nil {
+	if err := p.c.Record(end, s); err != nil {
 		return err
 	}
-	p.marks = append(p.marks, profMark{family, name, start, end})
+	p.marks = append(p.marks, profMark{family, name, start, end, side})
 	return nil
 }
 
 // Collect waits for the stream, adds the spans' times to Totals and frees
 // the events for reuse.
 func (p *Profile) Collect() error {
+	first, last := -1, -1
+	for i, m := range p.marks {
+		if !m.side {
+			if first < 0 {
+				first = i
+			}
+			last = i
+		}
+	}
+	if first >= 0 {
+		ms, err := p.c.Elapsed(p.marks[first].start, p.marks[last].end)
+		if err != nil {
+			return err
+		}
+		p.Wall += float64(ms)
+	}
 	for _, m := range p.marks {
 		ms, err := p.c.Elapsed(m.start, m.end)
 		if err != nil {

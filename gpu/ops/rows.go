@@ -55,7 +55,17 @@ func (o *Ops) Combine(out, y, slotOf, gates cuda.DevicePtr, n, k, d int) error {
 	if gates == 0 {
 		return errf("Combine", "nil gates (CombineBackward sums without gates)")
 	}
-	return o.rowsCombine("rows_combine_f32", out, y, slotOf, gates, n, k, d)
+	return o.rowsCombine("rows_combine_f32", out, 0, y, slotOf, gates, n, k, d)
+}
+
+// CombineOnto is Combine onto a separate residual: out[t, :] = res[t, :] +
+// Σ gates·y over token t's kept slots, for every token (res and out must
+// not overlap; res is only read). Bit for bit Combine on a copy of res.
+func (o *Ops) CombineOnto(out, res, y, slotOf, gates cuda.DevicePtr, n, k, d int) error {
+	if gates == 0 || res == 0 {
+		return errf("CombineOnto", "nil gates or residual")
+	}
+	return o.rowsCombine("rows_combine_f32", out, res, y, slotOf, gates, n, k, d)
 }
 
 // CombineBF16 is Combine for bfloat16 out and y (float32 gates); each output
@@ -64,22 +74,22 @@ func (o *Ops) CombineBF16(out, y, slotOf, gates cuda.DevicePtr, n, k, d int) err
 	if gates == 0 {
 		return errf("CombineBF16", "nil gates (CombineBackwardBF16 sums without gates)")
 	}
-	return o.rowsCombine("rows_combine_bf16", out, y, slotOf, gates, n, k, d)
+	return o.rowsCombine("rows_combine_bf16", out, 0, y, slotOf, gates, n, k, d)
 }
 
 // CombineBackward is the combine's input gradient: dx[t, :] += dX[s, :] over
 // token t's kept slots s in increasing s, as tensor.ScatterAddRows(dx, dX,
 // Plan.Token, nil, d) (bit for bit in float32).
 func (o *Ops) CombineBackward(dx, dX, slotOf cuda.DevicePtr, n, k, d int) error {
-	return o.rowsCombine("rows_combine_f32", dx, dX, slotOf, 0, n, k, d)
+	return o.rowsCombine("rows_combine_f32", dx, 0, dX, slotOf, 0, n, k, d)
 }
 
 // CombineBackwardBF16 is CombineBackward for bfloat16 rows.
 func (o *Ops) CombineBackwardBF16(dx, dX, slotOf cuda.DevicePtr, n, k, d int) error {
-	return o.rowsCombine("rows_combine_bf16", dx, dX, slotOf, 0, n, k, d)
+	return o.rowsCombine("rows_combine_bf16", dx, 0, dX, slotOf, 0, n, k, d)
 }
 
-func (o *Ops) rowsCombine(name string, out, y, slotOf, gates cuda.DevicePtr, n, k, d int) error {
+func (o *Ops) rowsCombine(name string, out, res, y, slotOf, gates cuda.DevicePtr, n, k, d int) error {
 	if err := rowsCheck(name, n, d); err != nil {
 		return err
 	}
@@ -92,7 +102,7 @@ func (o *Ops) rowsCombine(name string, out, y, slotOf, gates cuda.DevicePtr, n, 
 	if out == 0 || y == 0 || slotOf == 0 {
 		return errf(name, "nil buffer")
 	}
-	return o.launch(name, o.gridFor(n*32, rowsThreads), rowsThreads, 0, out, y, slotOf, gates, n, k, d)
+	return o.launch(name, o.gridFor(n*32, rowsThreads), rowsThreads, 0, out, res, y, slotOf, gates, n, k, d)
 }
 
 // RowDot sets out[i] = Σ_j a[i, j]·b[i, j] for n rows of width d

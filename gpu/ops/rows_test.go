@@ -153,6 +153,26 @@ func rowsCheckF32(t *testing.T, o *Ops, rng *rand.Rand, c rowsCase, d, off int) 
 		}
 	}
 
+	// CombineOnto: Combine on a copy of the residual, bit for bit; every
+	// row written, the residual untouched.
+	{
+		res := uploadAt(t, o, base, off)
+		onto := poisonedAt(t, o, n*d, off)
+		if err := o.CombineOnto(onto, res, yDev, slotOf, gates, n, k, d); err != nil {
+			t.Fatal(err)
+		}
+		ref := uploadAt(t, o, base, off)
+		if err := o.Combine(ref, yDev, slotOf, gates, n, k, d); err != nil {
+			t.Fatal(err)
+		}
+		if nd := rowsBitDiffs(download[float32](t, o, onto, n*d), download[float32](t, o, ref, n*d)); nd != 0 {
+			t.Fatalf("%s: CombineOnto differs from Combine in %d elements", what, nd)
+		}
+		if nd := rowsBitDiffs(download[float32](t, o, res, n*d), base); nd != 0 {
+			t.Fatalf("%s: CombineOnto changed its residual in %d elements", what, nd)
+		}
+	}
+
 	// RowDot: a different summation order than tensor.RowDot's four
 	// running sums, so compared with the float64 dot at 1e-6.
 	a := randn(rng, s*d, 1)

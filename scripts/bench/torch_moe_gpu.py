@@ -50,6 +50,7 @@ class MoE(nn.Module):
         self.router = nn.Linear(c["D"], c["E"], bias=False)
         self.w1 = nn.Parameter(torch.empty(c["E"], c["H"], c["D"]))
         self.w2 = nn.Parameter(torch.empty(c["E"], c["D"], c["H"]))
+        self.record, self.counts = False, None  # record: keep the last counts (eager check only)
 
     def forward(self, x):  # x [N, D]
         E, K = self.c["E"], self.c["K"]
@@ -59,6 +60,8 @@ class MoE(nn.Module):
         gates = topv / topv.sum(-1, keepdim=True)
         flat_e = topi.reshape(-1)
         counts = torch.bincount(flat_e, minlength=E)
+        if self.record:
+            self.counts = counts
         aux = E * ((counts.float() / (n * K)) * probs.mean(0)).sum()
         order = torch.sort(flat_e, stable=True)[1]
         tok = order // K
@@ -164,12 +167,20 @@ def main():
         torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+    # The routing the timed steps ended with: the largest expert load over
+    # the mean, over the layers (one more eager forward on the last batch).
+    moes = [mod for mod in model.modules() if isinstance(mod, MoE)]
+    for mod in moes:
+        mod.record = True
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(x, y)
+    max_load = max((mod.counts.max() / mod.counts.float().mean()).item() for mod in moes)
     med = statistics.median(times)
     tps = c["B"] * c["T"] / med
     mfu = tps * flops_per_token(c) / (args.peak_tflops * 1e12)
     peak = torch.cuda.max_memory_allocated() / 2**30
     name = f"torch-{args.mode}" + ("-loop" if args.experts == "loop" else "")
-    print(f"{name} {args.config} tokens/s {tps:.0f} mfu {mfu:.3f} peak_gib {peak:.2f} step_ms {med*1e3:.1f} loss {loss.item():.4f} torch {torch.__version__}", flush=True)
+    print(f"{name} {args.config} tokens/s {tps:.0f} mfu {mfu:.3f} peak_gib {peak:.2f} step_ms {med*1e3:.1f} loss {loss.item():.4f} torch {torch.__version__} max_load {max_load:.2f}", flush=True)
 
 
 if __name__ == "__main__":
