@@ -76,7 +76,7 @@ func Open(ordinal int) (*Context, error) {
 	if err := c.readInfo(); err != nil {
 		return nil, err
 	}
-	s, err := c.NewUrgentStream()
+	s, err := c.NewStream()
 	if err != nil {
 		return nil, err
 	}
@@ -268,25 +268,6 @@ type Stream uintptr
 func (c *Context) NewStream() (Stream, error) {
 	var s Stream
 	err := c.do(func() error { return check("cuStreamCreate", driver.cuStreamCreate, uintptr(unsafe.Pointer(&s)), 0) })
-	return s, err
-}
-
-// NewUrgentStream creates a stream like NewStream at the device's greatest
-// priority: when streams compete for the GPU, the block scheduler takes its
-// kernels' blocks before those of default-priority streams, which get the
-// gaps (the context's own stream is one; a background stream keeps the
-// default).
-func (c *Context) NewUrgentStream() (Stream, error) {
-	var s Stream
-	err := c.do(func() error {
-		var least, greatest int32
-		if err := check("cuCtxGetStreamPriorityRange", driver.cuCtxGetStreamPriorityRange,
-			uintptr(unsafe.Pointer(&least)), uintptr(unsafe.Pointer(&greatest))); err != nil {
-			return err
-		}
-		return check("cuStreamCreateWithPriority", driver.cuStreamCreateWithPriority, uintptr(unsafe.Pointer(&s)), 0,
-			uintptr(greatest))
-	})
 	return s, err
 }
 

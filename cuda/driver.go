@@ -24,7 +24,6 @@ var driver struct {
 	cuEventDestroy                                                          uintptr
 	cuModuleLoadDataEx, cuModuleGetFunction, cuModuleUnload, cuLaunchKernel uintptr
 	cuFuncSetAttribute, cuFuncGetAttribute                                  uintptr
-	cuStreamCreateWithPriority, cuCtxGetStreamPriorityRange                 uintptr
 }
 
 // loadDriver loads libcuda.so.1 and cuInit(0)s it once per process.
@@ -56,7 +55,6 @@ func loadDriver() error {
 			"cuModuleLoadDataEx": &d.cuModuleLoadDataEx, "cuModuleGetFunction": &d.cuModuleGetFunction,
 			"cuModuleUnload": &d.cuModuleUnload, "cuLaunchKernel": &d.cuLaunchKernel,
 			"cuFuncSetAttribute": &d.cuFuncSetAttribute, "cuFuncGetAttribute": &d.cuFuncGetAttribute,
-			"cuStreamCreateWithPriority": &d.cuStreamCreateWithPriority, "cuCtxGetStreamPriorityRange": &d.cuCtxGetStreamPriorityRange,
 		})
 		if d.err != nil {
 			return

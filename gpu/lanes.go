@@ -46,12 +46,8 @@ func (d *Device) openLanes(n int) error {
 	if d.fork, err = d.C.NewSyncEvent(); err != nil {
 		return err
 	}
-	newLane := func(urgent bool) (lane, error) {
-		newStream := d.C.NewStream
-		if urgent {
-			newStream = d.C.NewUrgentStream
-		}
-		s, err := newStream()
+	newLane := func() (lane, error) {
+		s, err := d.C.NewStream()
 		if err != nil {
 			return lane{}, err
 		}
@@ -62,16 +58,14 @@ func (d *Device) openLanes(n int) error {
 		}
 		return lane{s: s, o: d.Ops.OnStream(s), done: e}, nil
 	}
-	// The experts are on the step's critical path, like the main stream;
-	// the optimizer runs in whatever the two leave idle.
 	for range n {
-		l, err := newLane(true)
+		l, err := newLane()
 		if err != nil {
 			return err
 		}
 		d.lanes = append(d.lanes, l)
 	}
-	l, err := newLane(false)
+	l, err := newLane()
 	if err != nil {
 		return err
 	}
