@@ -23,6 +23,7 @@ import (
 	"github.com/moetrain/moetrain/checkpoint"
 	pb "github.com/moetrain/moetrain/cluster/proto"
 	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/metrics"
 	"github.com/moetrain/moetrain/train"
 )
 
@@ -51,6 +52,11 @@ type ProgressUpdate struct {
 	Tokens       int64   // this rank, so far
 	HasVal       bool
 	ValLoss      float64
+	// Phases are this rank's cumulative seconds per part of its loop, Load
+	// the expert load of Step (nil: not known); for the coordinator's
+	// metrics (docs/metrics.md).
+	Phases metrics.Phases
+	Load   []metrics.LayerLoad
 }
 
 // StartSpec is everything a runner gets from a start command.
@@ -543,7 +549,8 @@ func (a *agent) sendProgress(rank int, u ProgressUpdate, done bool) {
 	defer cancel()
 	_, err := a.client.ReportProgress(ctx, &pb.ProgressReport{Token: a.cred, WorkerId: a.id, Rank: int32(rank),
 		Step: int64(u.Step), Loss: u.Loss, TokensPerSec: u.TokensPerSec, HasValLoss: u.HasVal, ValLoss: u.ValLoss,
-		Done: done, Tokens: u.Tokens})
+		Done: done, Tokens: u.Tokens, DataSeconds: u.Phases.Data, ComputeSeconds: u.Phases.Compute,
+		CheckpointSeconds: u.Phases.Checkpoint, ValidationSeconds: u.Phases.Validation, ExpertLoad: loadToProto(u.Load)})
 	if err != nil {
 		a.log.Warn().Err(err).Msg("progress report not delivered")
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	pb "github.com/moetrain/moetrain/cluster/proto"
+	"github.com/moetrain/moetrain/metrics"
 )
 
 // CoordinatorConfig describes one job served by a coordinator.
@@ -69,6 +70,10 @@ type CoordinatorConfig struct {
 	// CommitTimeout bounds one checkpoint commit (manifest, renames,
 	// fsyncs, pruning). Default 5 min.
 	CommitTimeout time.Duration
+	// Metrics, if set, receives the job's progress, expert load and
+	// checkpoint outcomes (docs/metrics.md); its limits should be
+	// MetricsLimits of the job.
+	Metrics *metrics.Metrics
 }
 
 // CurvePoint is one point of the training curve kept for the summary.
@@ -133,6 +138,8 @@ type Coordinator struct {
 
 	ckpt    *coordCheckpoints
 	commits sync.WaitGroup // commits in flight
+
+	metricsWarn sync.Once // the first report the metrics refuse is a warning
 }
 
 // NewCoordinator binds the control-plane and gossip ports. A busy port is an
@@ -266,6 +273,10 @@ func (c *Coordinator) onLoop(fn func()) bool {
 func (c *Coordinator) Run(ctx context.Context) (Result, error) {
 	c.start = time.Now()
 	c.result = Result{JobID: c.cfg.JobID, Started: c.start, ResumedFrom: c.ckpt.resumeDir, ResumedStep: c.ckpt.resumeStep}
+	if c.cfg.Metrics != nil {
+		c.cfg.Metrics.SetStart(c.start, c.ckpt.resumeStep)
+		c.recordStatus(c.core.Status())
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- c.srv.Serve(c.ln) }()
 	c.log.Info().Str("listen", c.Addr()).Str("gossip", c.GossipAddr()).Int("workers", c.cfg.Workers).
@@ -435,6 +446,7 @@ func (c *Coordinator) apply(cmds []Command) {
 				defer c.commits.Done()
 				start := time.Now()
 				err := c.ckpt.commit(x, plan, c.cfg.JobConfigJSON, c.cfg.JobID)
+				c.recordCheckpoint(x, time.Since(start), err)
 				ev := CheckpointCommitted{Step: x.Step}
 				if err != nil {
 					ev.Err = err.Error()
@@ -450,6 +462,9 @@ func (c *Coordinator) apply(cmds []Command) {
 				c.submit(ev)
 			}()
 		case DropCheckpoint:
+			if c.cfg.Metrics != nil {
+				_ = c.cfg.Metrics.CheckpointNotPublished("dropped") // a valid result: cannot fail
+			}
 			c.log.Warn().Int("ckpt_step", x.Step).Str("reason", x.Reason).
 				Msg("checkpoint not published; its temporary directory is removed at the next start")
 		case Finish:
@@ -514,6 +529,7 @@ func (c *Coordinator) notify() {
 		c.curve = append(c.curve, CurvePoint{Step: s.ValStep, Loss: s.Loss, ValLoss: &v, Elapsed: time.Since(c.start).Seconds()})
 		c.log.Info().Int("step", s.ValStep).Float64("val_loss", v).Msg("validation")
 	}
+	c.recordStatus(s)
 	if c.cfg.OnStatus != nil {
 		c.cfg.OnStatus(s)
 	}

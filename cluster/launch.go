@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/moetrain/moetrain/cluster/pki"
+	"github.com/moetrain/moetrain/metrics"
 	"github.com/moetrain/moetrain/train"
 )
 
@@ -50,6 +51,8 @@ type LaunchConfig struct {
 	Grace time.Duration
 	// Checkpoint configures checkpoints and resume (zero: none).
 	Checkpoint CheckpointConfig
+	// Metrics: see CoordinatorConfig.Metrics.
+	Metrics *metrics.Metrics
 }
 
 type proc struct {
@@ -123,7 +126,7 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 		Listen: "127.0.0.1:0", Token: token, TLS: serverTLS, JobID: jobID, Workers: cfg.Workers,
 		TotalSteps: cfg.Job.Train.Steps, Plan: PlanRequestFor(cfg.Job), JobConfigJSON: jobJSON,
 		JoinTimeout: 2 * time.Minute, Membership: cfg.Membership, Log: cfg.Log, OnStatus: prog.Update,
-		Checkpoint: cfg.Checkpoint, ProcsPerCore: procsPerCore(cfg.Workers),
+		Checkpoint: cfg.Checkpoint, ProcsPerCore: procsPerCore(cfg.Workers), Metrics: cfg.Metrics,
 	})
 	if err != nil {
 		return sum, fmt.Errorf("launch: %w", err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/metrics"
 	"github.com/moetrain/moetrain/sampling"
 	"github.com/moetrain/moetrain/tensor"
 	"github.com/moetrain/moetrain/train"
@@ -96,6 +97,8 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 
 	var tokens int64 // this rank's share of the job's input positions
 	var trainTime time.Duration
+	var phases metrics.Phases // cumulative, for the coordinator's metrics
+	var tally loadTally
 	for tr.Step() < cfg.Train.Steps {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("mesh runner: stopped before step %d: %w", tr.Step()+1, err)
@@ -105,11 +108,15 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 		if err != nil {
 			return fmt.Errorf("mesh runner: step %d: data: %w", tr.Step()+1, err)
 		}
+		t1 := time.Now()
 		st, err := mr.Step(ctx, b)
 		if err != nil {
 			return fmt.Errorf("mesh runner: %w", err)
 		}
-		trainTime += time.Since(t0)
+		t2 := time.Now()
+		trainTime += t2.Sub(t0)
+		phases.Data += t1.Sub(t0).Seconds()
+		phases.Compute += t2.Sub(t1).Seconds()
 		tokens += int64(st.Tokens / m.TP)
 		step := tr.Step()
 		if math.IsNaN(st.Loss) || math.IsInf(st.Loss, 0) {
@@ -118,14 +125,19 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 		if err := rc.afterStep(ctx, step); err != nil {
 			return fmt.Errorf("mesh runner: %w", err)
 		}
-		u := ProgressUpdate{Step: step, Loss: st.Loss, Tokens: tokens, TokensPerSec: float64(tokens) / trainTime.Seconds()}
+		phases.Checkpoint += time.Since(t2).Seconds()
+		u := ProgressUpdate{Step: step, Loss: st.Loss, Tokens: tokens, TokensPerSec: float64(tokens) / trainTime.Seconds(),
+			Load: tally.add(st.Router)}
 		if len(val) > 0 && (step%cfg.Train.EvalEvery == 0 || step == cfg.Train.Steps) {
+			t3 := time.Now()
 			v, err := mr.Evaluate(ctx, val)
 			if err != nil {
 				return fmt.Errorf("mesh runner: step %d: validation: %w", step, err)
 			}
 			u.HasVal, u.ValLoss = true, v
+			phases.Validation += time.Since(t3).Seconds()
 		}
+		u.Phases = phases
 		spec.Report(u)
 		if step%cfg.Train.LogEvery == 0 || step == 1 {
 			ev := log.Info().Float64("loss", st.Loss).Float64("ce", st.CE).Float64("aux", st.Aux).

@@ -100,6 +100,7 @@ func (s *service) ReportProgress(ctx context.Context, req *pb.ProgressReport) (*
 	}
 	s.c.submit(Progress{ID: req.WorkerId, Step: int(req.Step), Loss: req.Loss, TokensPerSec: req.TokensPerSec,
 		HasVal: req.HasValLoss, ValLoss: req.ValLoss, Done: req.Done})
+	s.c.recordProgress(req)
 	return &pb.Ack{}, nil
 }
 

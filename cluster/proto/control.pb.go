@@ -556,17 +556,28 @@ func (x *StopCommand) GetReason() string {
 }
 
 type ProgressReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	WorkerId      string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Rank          int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
-	Step          int64                  `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`                                        // steps completed
-	Loss          float64                `protobuf:"fixed64,5,opt,name=loss,proto3" json:"loss,omitempty"`                                       // mean training loss of the step over the data-parallel group
-	TokensPerSec  float64                `protobuf:"fixed64,6,opt,name=tokens_per_sec,json=tokensPerSec,proto3" json:"tokens_per_sec,omitempty"` // this rank's training throughput
-	HasValLoss    bool                   `protobuf:"varint,7,opt,name=has_val_loss,json=hasValLoss,proto3" json:"has_val_loss,omitempty"`
-	ValLoss       float64                `protobuf:"fixed64,8,opt,name=val_loss,json=valLoss,proto3" json:"val_loss,omitempty"`
-	Done          bool                   `protobuf:"varint,9,opt,name=done,proto3" json:"done,omitempty"`      // the worker finished every step
-	Tokens        int64                  `protobuf:"varint,10,opt,name=tokens,proto3" json:"tokens,omitempty"` // tokens this rank processed so far
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Token        string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	WorkerId     string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Rank         int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	Step         int64                  `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`                                        // steps completed
+	Loss         float64                `protobuf:"fixed64,5,opt,name=loss,proto3" json:"loss,omitempty"`                                       // mean training loss of the step over the data-parallel group
+	TokensPerSec float64                `protobuf:"fixed64,6,opt,name=tokens_per_sec,json=tokensPerSec,proto3" json:"tokens_per_sec,omitempty"` // this rank's training throughput
+	HasValLoss   bool                   `protobuf:"varint,7,opt,name=has_val_loss,json=hasValLoss,proto3" json:"has_val_loss,omitempty"`
+	ValLoss      float64                `protobuf:"fixed64,8,opt,name=val_loss,json=valLoss,proto3" json:"val_loss,omitempty"`
+	Done         bool                   `protobuf:"varint,9,opt,name=done,proto3" json:"done,omitempty"`      // the worker finished every step
+	Tokens       int64                  `protobuf:"varint,10,opt,name=tokens,proto3" json:"tokens,omitempty"` // tokens this rank processed so far
+	// Seconds this rank spent so far (cumulative, so a dropped report loses
+	// nothing) drawing batches, in the training step (forward, backward,
+	// collectives, optimizer), saving checkpoints on the training thread and
+	// validating.
+	DataSeconds       float64 `protobuf:"fixed64,11,opt,name=data_seconds,json=dataSeconds,proto3" json:"data_seconds,omitempty"`
+	ComputeSeconds    float64 `protobuf:"fixed64,12,opt,name=compute_seconds,json=computeSeconds,proto3" json:"compute_seconds,omitempty"`
+	CheckpointSeconds float64 `protobuf:"fixed64,13,opt,name=checkpoint_seconds,json=checkpointSeconds,proto3" json:"checkpoint_seconds,omitempty"`
+	ValidationSeconds float64 `protobuf:"fixed64,14,opt,name=validation_seconds,json=validationSeconds,proto3" json:"validation_seconds,omitempty"`
+	// The expert load of the latest step, one entry per MoE layer (global:
+	// the same on every rank); empty when unknown.
+	ExpertLoad    []*LayerLoad `protobuf:"bytes,15,rep,name=expert_load,json=expertLoad,proto3" json:"expert_load,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -671,6 +682,119 @@ func (x *ProgressReport) GetTokens() int64 {
 	return 0
 }
 
+func (x *ProgressReport) GetDataSeconds() float64 {
+	if x != nil {
+		return x.DataSeconds
+	}
+	return 0
+}
+
+func (x *ProgressReport) GetComputeSeconds() float64 {
+	if x != nil {
+		return x.ComputeSeconds
+	}
+	return 0
+}
+
+func (x *ProgressReport) GetCheckpointSeconds() float64 {
+	if x != nil {
+		return x.CheckpointSeconds
+	}
+	return 0
+}
+
+func (x *ProgressReport) GetValidationSeconds() float64 {
+	if x != nil {
+		return x.ValidationSeconds
+	}
+	return 0
+}
+
+func (x *ProgressReport) GetExpertLoad() []*LayerLoad {
+	if x != nil {
+		return x.ExpertLoad
+	}
+	return nil
+}
+
+// LayerLoad is one MoE layer's expert load (moe.LoadStats) at one step and
+// the layer's routed and dropped slots summed over the job so far.
+type LayerLoad struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PerExpert     []int64                `protobuf:"varint,1,rep,packed,name=per_expert,json=perExpert,proto3" json:"per_expert,omitempty"`   // slots each expert processed (after capacity)
+	MaxMean       float64                `protobuf:"fixed64,2,opt,name=max_mean,json=maxMean,proto3" json:"max_mean,omitempty"`               // max / mean of per_expert
+	Imbalance     float64                `protobuf:"fixed64,3,opt,name=imbalance,proto3" json:"imbalance,omitempty"`                          // (max - min) of the expert-parallel ranks' slots / tokens
+	SlotsTotal    int64                  `protobuf:"varint,4,opt,name=slots_total,json=slotsTotal,proto3" json:"slots_total,omitempty"`       // token-to-expert slots the router chose, all steps so far
+	DroppedTotal  int64                  `protobuf:"varint,5,opt,name=dropped_total,json=droppedTotal,proto3" json:"dropped_total,omitempty"` // of them, dropped by the capacity
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LayerLoad) Reset() {
+	*x = LayerLoad{}
+	mi := &file_control_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LayerLoad) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LayerLoad) ProtoMessage() {}
+
+func (x *LayerLoad) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LayerLoad.ProtoReflect.Descriptor instead.
+func (*LayerLoad) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LayerLoad) GetPerExpert() []int64 {
+	if x != nil {
+		return x.PerExpert
+	}
+	return nil
+}
+
+func (x *LayerLoad) GetMaxMean() float64 {
+	if x != nil {
+		return x.MaxMean
+	}
+	return 0
+}
+
+func (x *LayerLoad) GetImbalance() float64 {
+	if x != nil {
+		return x.Imbalance
+	}
+	return 0
+}
+
+func (x *LayerLoad) GetSlotsTotal() int64 {
+	if x != nil {
+		return x.SlotsTotal
+	}
+	return 0
+}
+
+func (x *LayerLoad) GetDroppedTotal() int64 {
+	if x != nil {
+		return x.DroppedTotal
+	}
+	return 0
+}
+
 type ErrorReport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
@@ -683,7 +807,7 @@ type ErrorReport struct {
 
 func (x *ErrorReport) Reset() {
 	*x = ErrorReport{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +819,7 @@ func (x *ErrorReport) String() string {
 func (*ErrorReport) ProtoMessage() {}
 
 func (x *ErrorReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +832,7 @@ func (x *ErrorReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorReport.ProtoReflect.Descriptor instead.
 func (*ErrorReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ErrorReport) GetToken() string {
@@ -753,7 +877,7 @@ type ShardReport struct {
 
 func (x *ShardReport) Reset() {
 	*x = ShardReport{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +889,7 @@ func (x *ShardReport) String() string {
 func (*ShardReport) ProtoMessage() {}
 
 func (x *ShardReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +902,7 @@ func (x *ShardReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardReport.ProtoReflect.Descriptor instead.
 func (*ShardReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ShardReport) GetToken() string {
@@ -834,7 +958,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +970,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +983,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LeaveRequest) GetToken() string {
@@ -891,7 +1015,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -903,7 +1027,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -916,7 +1040,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 type StatusRequest struct {
@@ -928,7 +1052,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1064,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1077,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StatusRequest) GetToken() string {
@@ -980,7 +1104,7 @@ type WorkerStatus struct {
 
 func (x *WorkerStatus) Reset() {
 	*x = WorkerStatus{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1116,7 @@ func (x *WorkerStatus) String() string {
 func (*WorkerStatus) ProtoMessage() {}
 
 func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1129,7 @@ func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
 func (*WorkerStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WorkerStatus) GetId() string {
@@ -1092,7 +1216,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1228,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1241,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatusResponse) GetJobId() string {
@@ -1221,7 +1345,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1357,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1370,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StopRequest) GetToken() string {
@@ -1306,7 +1430,7 @@ const file_control_proto_rawDesc = "" +
 	"\x05Abort\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"%\n" +
 	"\vStopCommand\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x8e\x02\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xf9\x03\n" +
 	"\x0eProgressReport\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
@@ -1319,7 +1443,21 @@ const file_control_proto_rawDesc = "" +
 	"\bval_loss\x18\b \x01(\x01R\avalLoss\x12\x12\n" +
 	"\x04done\x18\t \x01(\bR\x04done\x12\x16\n" +
 	"\x06tokens\x18\n" +
-	" \x01(\x03R\x06tokens\"n\n" +
+	" \x01(\x03R\x06tokens\x12!\n" +
+	"\fdata_seconds\x18\v \x01(\x01R\vdataSeconds\x12'\n" +
+	"\x0fcompute_seconds\x18\f \x01(\x01R\x0ecomputeSeconds\x12-\n" +
+	"\x12checkpoint_seconds\x18\r \x01(\x01R\x11checkpointSeconds\x12-\n" +
+	"\x12validation_seconds\x18\x0e \x01(\x01R\x11validationSeconds\x12?\n" +
+	"\vexpert_load\x18\x0f \x03(\v2\x1e.moetrain.cluster.v1.LayerLoadR\n" +
+	"expertLoad\"\xa9\x01\n" +
+	"\tLayerLoad\x12\x1d\n" +
+	"\n" +
+	"per_expert\x18\x01 \x03(\x03R\tperExpert\x12\x19\n" +
+	"\bmax_mean\x18\x02 \x01(\x01R\amaxMean\x12\x1c\n" +
+	"\timbalance\x18\x03 \x01(\x01R\timbalance\x12\x1f\n" +
+	"\vslots_total\x18\x04 \x01(\x03R\n" +
+	"slotsTotal\x12#\n" +
+	"\rdropped_total\x18\x05 \x01(\x03R\fdroppedTotal\"n\n" +
 	"\vErrorReport\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
@@ -1391,7 +1529,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_control_proto_goTypes = []any{
 	(*JoinRequest)(nil),     // 0: moetrain.cluster.v1.JoinRequest
 	(*JoinResponse)(nil),    // 1: moetrain.cluster.v1.JoinResponse
@@ -1402,42 +1540,44 @@ var file_control_proto_goTypes = []any{
 	(*Abort)(nil),           // 6: moetrain.cluster.v1.Abort
 	(*StopCommand)(nil),     // 7: moetrain.cluster.v1.StopCommand
 	(*ProgressReport)(nil),  // 8: moetrain.cluster.v1.ProgressReport
-	(*ErrorReport)(nil),     // 9: moetrain.cluster.v1.ErrorReport
-	(*ShardReport)(nil),     // 10: moetrain.cluster.v1.ShardReport
-	(*LeaveRequest)(nil),    // 11: moetrain.cluster.v1.LeaveRequest
-	(*Ack)(nil),             // 12: moetrain.cluster.v1.Ack
-	(*StatusRequest)(nil),   // 13: moetrain.cluster.v1.StatusRequest
-	(*WorkerStatus)(nil),    // 14: moetrain.cluster.v1.WorkerStatus
-	(*StatusResponse)(nil),  // 15: moetrain.cluster.v1.StatusResponse
-	(*StopRequest)(nil),     // 16: moetrain.cluster.v1.StopRequest
+	(*LayerLoad)(nil),       // 9: moetrain.cluster.v1.LayerLoad
+	(*ErrorReport)(nil),     // 10: moetrain.cluster.v1.ErrorReport
+	(*ShardReport)(nil),     // 11: moetrain.cluster.v1.ShardReport
+	(*LeaveRequest)(nil),    // 12: moetrain.cluster.v1.LeaveRequest
+	(*Ack)(nil),             // 13: moetrain.cluster.v1.Ack
+	(*StatusRequest)(nil),   // 14: moetrain.cluster.v1.StatusRequest
+	(*WorkerStatus)(nil),    // 15: moetrain.cluster.v1.WorkerStatus
+	(*StatusResponse)(nil),  // 16: moetrain.cluster.v1.StatusResponse
+	(*StopRequest)(nil),     // 17: moetrain.cluster.v1.StopRequest
 }
 var file_control_proto_depIdxs = []int32{
 	4,  // 0: moetrain.cluster.v1.Command.start:type_name -> moetrain.cluster.v1.Start
 	6,  // 1: moetrain.cluster.v1.Command.abort:type_name -> moetrain.cluster.v1.Abort
 	7,  // 2: moetrain.cluster.v1.Command.stop:type_name -> moetrain.cluster.v1.StopCommand
 	5,  // 3: moetrain.cluster.v1.Start.checkpoint:type_name -> moetrain.cluster.v1.CheckpointSpec
-	14, // 4: moetrain.cluster.v1.StatusResponse.workers:type_name -> moetrain.cluster.v1.WorkerStatus
-	0,  // 5: moetrain.cluster.v1.Coordinator.Join:input_type -> moetrain.cluster.v1.JoinRequest
-	2,  // 6: moetrain.cluster.v1.Coordinator.Commands:input_type -> moetrain.cluster.v1.CommandsRequest
-	8,  // 7: moetrain.cluster.v1.Coordinator.ReportProgress:input_type -> moetrain.cluster.v1.ProgressReport
-	9,  // 8: moetrain.cluster.v1.Coordinator.ReportError:input_type -> moetrain.cluster.v1.ErrorReport
-	11, // 9: moetrain.cluster.v1.Coordinator.Leave:input_type -> moetrain.cluster.v1.LeaveRequest
-	13, // 10: moetrain.cluster.v1.Coordinator.Status:input_type -> moetrain.cluster.v1.StatusRequest
-	16, // 11: moetrain.cluster.v1.Coordinator.Stop:input_type -> moetrain.cluster.v1.StopRequest
-	10, // 12: moetrain.cluster.v1.Coordinator.ReportShard:input_type -> moetrain.cluster.v1.ShardReport
-	1,  // 13: moetrain.cluster.v1.Coordinator.Join:output_type -> moetrain.cluster.v1.JoinResponse
-	3,  // 14: moetrain.cluster.v1.Coordinator.Commands:output_type -> moetrain.cluster.v1.Command
-	12, // 15: moetrain.cluster.v1.Coordinator.ReportProgress:output_type -> moetrain.cluster.v1.Ack
-	12, // 16: moetrain.cluster.v1.Coordinator.ReportError:output_type -> moetrain.cluster.v1.Ack
-	12, // 17: moetrain.cluster.v1.Coordinator.Leave:output_type -> moetrain.cluster.v1.Ack
-	15, // 18: moetrain.cluster.v1.Coordinator.Status:output_type -> moetrain.cluster.v1.StatusResponse
-	12, // 19: moetrain.cluster.v1.Coordinator.Stop:output_type -> moetrain.cluster.v1.Ack
-	12, // 20: moetrain.cluster.v1.Coordinator.ReportShard:output_type -> moetrain.cluster.v1.Ack
-	13, // [13:21] is the sub-list for method output_type
-	5,  // [5:13] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	9,  // 4: moetrain.cluster.v1.ProgressReport.expert_load:type_name -> moetrain.cluster.v1.LayerLoad
+	15, // 5: moetrain.cluster.v1.StatusResponse.workers:type_name -> moetrain.cluster.v1.WorkerStatus
+	0,  // 6: moetrain.cluster.v1.Coordinator.Join:input_type -> moetrain.cluster.v1.JoinRequest
+	2,  // 7: moetrain.cluster.v1.Coordinator.Commands:input_type -> moetrain.cluster.v1.CommandsRequest
+	8,  // 8: moetrain.cluster.v1.Coordinator.ReportProgress:input_type -> moetrain.cluster.v1.ProgressReport
+	10, // 9: moetrain.cluster.v1.Coordinator.ReportError:input_type -> moetrain.cluster.v1.ErrorReport
+	12, // 10: moetrain.cluster.v1.Coordinator.Leave:input_type -> moetrain.cluster.v1.LeaveRequest
+	14, // 11: moetrain.cluster.v1.Coordinator.Status:input_type -> moetrain.cluster.v1.StatusRequest
+	17, // 12: moetrain.cluster.v1.Coordinator.Stop:input_type -> moetrain.cluster.v1.StopRequest
+	11, // 13: moetrain.cluster.v1.Coordinator.ReportShard:input_type -> moetrain.cluster.v1.ShardReport
+	1,  // 14: moetrain.cluster.v1.Coordinator.Join:output_type -> moetrain.cluster.v1.JoinResponse
+	3,  // 15: moetrain.cluster.v1.Coordinator.Commands:output_type -> moetrain.cluster.v1.Command
+	13, // 16: moetrain.cluster.v1.Coordinator.ReportProgress:output_type -> moetrain.cluster.v1.Ack
+	13, // 17: moetrain.cluster.v1.Coordinator.ReportError:output_type -> moetrain.cluster.v1.Ack
+	13, // 18: moetrain.cluster.v1.Coordinator.Leave:output_type -> moetrain.cluster.v1.Ack
+	16, // 19: moetrain.cluster.v1.Coordinator.Status:output_type -> moetrain.cluster.v1.StatusResponse
+	13, // 20: moetrain.cluster.v1.Coordinator.Stop:output_type -> moetrain.cluster.v1.Ack
+	13, // 21: moetrain.cluster.v1.Coordinator.ReportShard:output_type -> moetrain.cluster.v1.Ack
+	14, // [14:22] is the sub-list for method output_type
+	6,  // [6:14] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1456,7 +1596,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,12 +25,12 @@ const workerProcessCmd = "worker-process"
 
 func init() {
 	var (
-		config, runDir      string
-		congestion          string
-		workers, steps, thr int
-		verbose, noBar      bool
-		grace               time.Duration
-		ckpt                cluster.CheckpointConfig
+		config, runDir          string
+		congestion, metricsAddr string
+		workers, steps, thr     int
+		verbose, noBar          bool
+		grace                   time.Duration
+		ckpt                    cluster.CheckpointConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "launch",
@@ -100,16 +100,22 @@ SIGKILL.
 				layout = m.String()
 			}
 			fmt.Fprintf(os.Stderr, "launching %d workers (%s) for %d steps; run directory %s\n", workers, layout, job.Train.Steps, runDir)
+			mets, stopMetrics, err := startMetrics(metricsAddr, job, workers)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			ctx, stop := signalContext()
 			defer stop()
 			_, err = cluster.Launch(ctx, cluster.LaunchConfig{
 				Workers: workers, Job: job, RunDir: runDir, Threads: thr, Console: os.Stderr,
 				Bar: !noBar && term.IsTerminal(int(os.Stderr.Fd())), Log: lg, Grace: grace,
-				Membership: cluster.DefaultMembershipConfig(), Checkpoint: ckpt,
+				Membership: cluster.DefaultMembershipConfig(), Checkpoint: ckpt, Metrics: mets,
 				WorkerCmd: func(args ...string) *exec.Cmd {
 					return exec.Command(exe, append([]string{workerProcessCmd, "--tcp-congestion", congestion}, args...)...)
 				},
 			})
+			stopMetrics()
 			fmt.Fprintf(os.Stderr, "logs and summary.json in %s\n", runDir)
 			plotRun(runDir, lg)
 			return err
@@ -126,6 +132,7 @@ SIGKILL.
 	f.BoolVarP(&verbose, "verbose", "v", false, "coordinator debug output on the console")
 	f.StringVar(&congestion, "tcp-congestion", "", "TCP congestion control of the workers' data plane: a comma-separated list of kernel names, the first accepted wins, or "+collective.CongestionSystem+" for the system's (default "+collective.DefaultCongestion+")")
 	addCheckpointFlags(f, &ckpt)
+	addMetricsFlag(f, &metricsAddr)
 	rootCmd.AddCommand(cmd)
 
 	var wo cluster.WorkerOptions

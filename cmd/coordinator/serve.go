@@ -48,13 +48,13 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 func init() {
 	var (
-		config, listen, token, runDir string
-		workers, steps, gossipPort    int
-		joinTimeout                   time.Duration
-		verbose                       bool
-		gossip                        = cluster.DefaultMembershipConfig()
-		ckpt                          cluster.CheckpointConfig
-		tlsFiles                      pki.Files
+		config, listen, token, runDir, metricsAddr string
+		workers, steps, gossipPort                 int
+		joinTimeout                                time.Duration
+		verbose                                    bool
+		gossip                                     = cluster.DefaultMembershipConfig()
+		ckpt                                       cluster.CheckpointConfig
+		tlsFiles                                   pki.Files
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -125,10 +125,15 @@ func init() {
 			}
 			mcfg := gossip
 			mcfg.BindPort = gossipPort
+			mets, stopMetrics, err := startMetrics(metricsAddr, job, workers)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			coord, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
 				Listen: listen, Token: token, TLS: serverTLS, JobID: filepath.Base(runDir), Workers: workers,
 				TotalSteps: job.Train.Steps, Plan: cluster.PlanRequestFor(job), JobConfigJSON: jobJSON,
-				JoinTimeout: joinTimeout, Membership: mcfg, Log: lg, OnStatus: prog.Update, Checkpoint: ckpt,
+				JoinTimeout: joinTimeout, Membership: mcfg, Log: lg, OnStatus: prog.Update, Checkpoint: ckpt, Metrics: mets,
 			})
 			if err != nil {
 				return err
@@ -165,6 +170,7 @@ func init() {
 	f.DurationVar(&joinTimeout, "join-timeout", 0, "fail if not all workers joined within this time (0 = wait forever)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug output on the console")
 	addCheckpointFlags(f, &ckpt)
+	addMetricsFlag(f, &metricsAddr)
 	addTLSFlags(f, &tlsFiles, "this coordinator's")
 	rootCmd.AddCommand(cmd)
 }
