@@ -172,6 +172,9 @@ type BlasLt struct {
 	ws     map[Stream]DevicePtr
 	plans  map[gemmKey]*gemmPlan
 	algos  map[gemmKey][heuristicResultBytes]byte
+	// noBucket: buckets whose own shape got no algorithm (their shapes
+	// are searched one by one).
+	noBucket map[gemmKey]bool
 	// Library is the path of the loaded cuBLASLt.
 	Library string
 	// PlansMade counts the algorithm searches (one per new shape bucket and
@@ -187,7 +190,7 @@ func (c *Context) NewBlasLt() (*BlasLt, error) {
 		return nil, err
 	}
 	b := &BlasLt{c: c, ws: map[Stream]DevicePtr{}, plans: map[gemmKey]*gemmPlan{},
-		algos: map[gemmKey][heuristicResultBytes]byte{}, Library: cublasLt.path}
+		algos: map[gemmKey][heuristicResultBytes]byte{}, noBucket: map[gemmKey]bool{}, Library: cublasLt.path}
 	err := c.do(func() error {
 		return blasCheck("cublasLtCreate", cublasLt.create, uintptr(unsafe.Pointer(&b.handle)))
 	})
@@ -295,10 +298,39 @@ func (b *BlasLt) shapeError(key gemmKey, err error) error {
 }
 
 // plan creates the descriptors of key's product and takes its bucket's
-// algorithm, searching for one when the bucket has none; the error names
-// the shape.
+// algorithm: the one the heuristic picks for the bucket's own shape
+// (searchBucket), so that the choice depends on the bucket alone, not on
+// which size of it came first (a run resumed from a checkpoint then picks
+// what the uninterrupted run picked). Where that search fails, the exact
+// shape gets its own. The error names the shape.
 func (b *BlasLt) plan(key gemmKey) (*gemmPlan, error) {
-	g := key.GemmSpec
+	p, err := b.descriptors(key.GemmSpec)
+	if err == nil {
+		bk := key.bucket()
+		algo, ok := b.algos[bk]
+		if !ok && !b.noBucket[bk] {
+			if algo, err = b.searchBucket(key); err == nil {
+				b.algos[bk], ok = algo, true
+			} else {
+				b.noBucket[bk], err = true, nil
+			}
+		}
+		if ok {
+			p.algo, p.borrowed = algo, true
+		} else {
+			err = b.search(key, p)
+		}
+	}
+	if err != nil {
+		b.destroyPlan(p) // what was created before the failure
+		return nil, b.shapeError(key, err)
+	}
+	return p, nil
+}
+
+// descriptors creates g's matmul descriptor and matrix layouts (no
+// algorithm). On failure the plan returned holds what was created.
+func (b *BlasLt) descriptors(g GemmSpec) (*gemmPlan, error) {
 	p := &gemmPlan{}
 	err := b.c.do(func() error {
 		if err := blasCheck("cublasLtMatmulDescCreate", cublasLt.descCreate, uintptr(unsafe.Pointer(&p.desc)), computeF32, uintptr(F32)); err != nil {
@@ -336,22 +368,32 @@ func (b *BlasLt) plan(key gemmKey) (*gemmPlan, error) {
 		}
 		return blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.c)), uintptr(g.CD), uintptr(g.N), uintptr(g.M), uintptr(g.LDC))
 	})
-	if err == nil {
-		if algo, ok := b.algos[key.bucket()]; ok {
-			p.algo, p.borrowed = algo, true
-		} else {
-			err = b.search(key, p)
-		}
-	}
-	if err != nil {
-		b.destroyPlan(p) // what was created before the failure
-		return nil, b.shapeError(key, err)
-	}
-	return p, nil
+	return p, err
 }
 
-// search asks the heuristic for p's algorithm (key's exact shape) and
-// makes it its bucket's.
+// searchBucket asks the heuristic for the algorithm of key's bucket shape
+// (M and K at the bucket's size, rows packed: each leading dimension its
+// row's length) with key's alignments.
+func (b *BlasLt) searchBucket(key gemmKey) ([heuristicResultBytes]byte, error) {
+	rep := key.bucket()
+	g := &rep.GemmSpec
+	g.LDA, g.LDB, g.LDC = g.K, g.N, g.N
+	if g.TransA {
+		g.LDA = g.M
+	}
+	if g.TransB {
+		g.LDB = g.K
+	}
+	p, err := b.descriptors(*g)
+	defer b.destroyPlan(p)
+	if err != nil {
+		return p.algo, err
+	}
+	err = b.search(rep, p)
+	return p.algo, err
+}
+
+// search asks the heuristic for p's algorithm (key's shape and alignments).
 func (b *BlasLt) search(key gemmKey, p *gemmPlan) error {
 	start := time.Now()
 	defer func() { b.PlansMade++; b.PlanTime += time.Since(start) }()
@@ -390,7 +432,6 @@ func (b *BlasLt) search(key gemmKey, p *gemmPlan) error {
 			return fmt.Errorf("no algorithm")
 		}
 		p.algo, p.borrowed = res, false
-		b.algos[key.bucket()] = res
 		return nil
 	})
 }
@@ -421,6 +462,7 @@ func (b *BlasLt) dropPlans() {
 		delete(b.plans, k)
 	}
 	clear(b.algos)
+	clear(b.noBucket)
 }
 
 // Close releases the cached descriptors, the workspace and the handle.
@@ -437,7 +479,7 @@ func (b *BlasLt) Close() error {
 		}
 		return blasCheck("cublasLtDestroy", cublasLt.destroy, b.handle)
 	})
-	b.plans, b.algos = nil, nil
+	b.plans, b.algos, b.noBucket = nil, nil, nil
 	for _, w := range b.ws {
 		b.c.Free(w)
 	}
