@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"path/filepath"
@@ -208,6 +209,7 @@ func TestWriterDecidesCodecPerEntry(t *testing.T) {
 			if order == "pattern-then-noise" {
 				first, second = pattern, noise
 			}
+			withDiskRate(t, 1) // any coding speed keeps up: the saving alone decides
 			rec := recordCodecs(t)
 			s, path, w := writeShard(t, first, WriterOptions{ChunkBytes: 64 << 10, Workers: 2, NoSync: true})
 			if err := w.WriteTensor(second.name, second.shape, Whole(second.shape), second.data); err != nil {
@@ -308,4 +310,59 @@ func writeShard(t *testing.T, tensor testTensor, opts WriterOptions) (*Store, st
 		t.Fatal(err)
 	}
 	return s, path, w
+}
+
+// withDiskRate sets the write rate the probe compares coding speed with, for
+// the rest of the test.
+func withDiskRate(t *testing.T, rate float64) {
+	old := diskRate.Load()
+	diskRate.Store(math.Float64bits(rate))
+	t.Cleanup(func() { diskRate.Store(old) })
+}
+
+// Compression must also keep up with the disk: against a disk faster than
+// any coder, even data that shrinks far beyond minSaving is stored raw,
+// while against a slow one it is compressed.
+func TestWriterProbeWeighsCodingSpeed(t *testing.T) {
+	const n = 128 << 10 // 512 KiB: above probeBytes
+	for _, c := range []struct {
+		rate float64
+		want Codec
+	}{{1e18, CodecNone}, {1, CodecZstd}} {
+		t.Run(fmt.Sprintf("disk=%g", c.rate), func(t *testing.T) {
+			withDiskRate(t, c.rate)
+			pattern := patternTensor("model.b", n)
+			rec := recordCodecs(t)
+			s, _, w := writeShard(t, pattern, WriterOptions{ChunkBytes: 64 << 10, Workers: 2, NoSync: true})
+			info, err := w.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.first[pattern.name] != c.want {
+				t.Fatalf("entry queued with codec %v, want %v", rec.first[pattern.name], c.want)
+			}
+			commitAndCheck(t, s, info, pattern)
+		})
+	}
+}
+
+// The rate estimate starts at the first large raw shard's rate, then moves
+// half way towards each further one; small shards do not count.
+func TestNoteShardRate(t *testing.T) {
+	withDiskRate(t, 0)
+	if got := diskRateEstimate(); got != defaultDiskRate {
+		t.Fatalf("estimate before any shard %g, want the default %g", got, float64(defaultDiskRate))
+	}
+	noteShardRate(minRateSample-1, time.Millisecond)
+	if got := diskRateEstimate(); got != defaultDiskRate {
+		t.Fatalf("a small shard moved the estimate to %g", got)
+	}
+	noteShardRate(400<<20, time.Second)
+	if got, want := diskRateEstimate(), float64(400<<20); got != want {
+		t.Fatalf("estimate %g after one shard, want %g", got, want)
+	}
+	noteShardRate(200<<20, time.Second)
+	if got, want := diskRateEstimate(), float64(300<<20); got != want {
+		t.Fatalf("estimate %g after two shards, want %g", got, want)
+	}
 }

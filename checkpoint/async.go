@@ -14,6 +14,48 @@ type Snapshot struct {
 	Rank    int
 	tensors []snapTensor
 	blobs   []snapBlob
+	// recycled is set once an AsyncWriter has handed the tensors' buffers
+	// to the next snapshot (snapBufs): the snapshot cannot be written again.
+	recycled bool
+}
+
+// snapBufs holds the tensor buffers of the last snapshot an AsyncWriter
+// wrote successfully, by length, for the next snapshot's copies. A rank
+// copies the same state into buffers of the same sizes at every
+// checkpoint; reusing them makes the copy, which the training step waits
+// for, a plain memory copy instead of fresh allocations (page faults,
+// zeroing, garbage collection). It holds at most one snapshot's buffers.
+var snapBufs struct {
+	mu   sync.Mutex
+	free map[int][][]float32
+}
+
+// takeSnapBuf returns a recycled buffer of n values, or nil.
+func takeSnapBuf(n int) []float32 {
+	snapBufs.mu.Lock()
+	defer snapBufs.mu.Unlock()
+	l := snapBufs.free[n]
+	if len(l) == 0 {
+		return nil
+	}
+	b := l[len(l)-1]
+	snapBufs.free[n] = l[:len(l)-1]
+	return b
+}
+
+// recycle hands s's tensor buffers to the next snapshot, replacing any
+// buffers still unused from an earlier one.
+func (s *Snapshot) recycle() {
+	free := make(map[int][][]float32, len(s.tensors))
+	for _, t := range s.tensors {
+		if len(t.data) > 0 {
+			free[len(t.data)] = append(free[len(t.data)], t.data)
+		}
+	}
+	s.tensors, s.blobs, s.recycled = nil, nil, true
+	snapBufs.mu.Lock()
+	snapBufs.free = free
+	snapBufs.mu.Unlock()
 }
 
 type snapTensor struct {
@@ -31,8 +73,14 @@ type snapBlob struct {
 // AddTensor copies data (the piece region of tensor name with global shape)
 // into the snapshot. Validation happens when the snapshot is written.
 func (s *Snapshot) AddTensor(name string, shape []int64, region Region, data []float32) {
+	buf := takeSnapBuf(len(data))
+	if buf != nil {
+		copy(buf, data)
+	} else {
+		buf = append([]float32(nil), data...)
+	}
 	s.tensors = append(s.tensors, snapTensor{name: name, shape: append([]int64(nil), shape...),
-		region: cloneRegion(region), data: append([]float32(nil), data...)})
+		region: cloneRegion(region), data: buf})
 }
 
 // AddBlob copies data into the snapshot.
@@ -54,6 +102,9 @@ func (s *Snapshot) Bytes() int64 {
 
 // WriteShard writes the snapshot as its rank's shard of s.Step in store.
 func (s *Snapshot) WriteShard(ctx context.Context, store *Store, opts WriterOptions) (ShardInfo, error) {
+	if s.recycled {
+		return ShardInfo{}, fmt.Errorf("snapshot of step %d rank %d: already written by an AsyncWriter, which recycled its buffers", s.Step, s.Rank)
+	}
 	w, err := store.CreateShard(ctx, s.Step, s.Rank, opts)
 	if err != nil {
 		return ShardInfo{}, err
@@ -96,7 +147,9 @@ func NewAsyncWriter(store *Store, opts WriterOptions) *AsyncWriter {
 
 // Save waits (bounded by ctx) for the previous save, returns its error if it
 // failed (then snap is not started), and otherwise starts writing snap in
-// the background and returns. The background write runs under ctx as well:
+// the background and returns. Once snap is written successfully its
+// buffers go to the next snapshot's copies, so it cannot be saved again
+// (a failed one can). The background write runs under ctx as well:
 // cancelling ctx aborts it. done, if not nil, is called from the background
 // goroutine with the result (e.g. to report the ShardInfo to the committer)
 // before the save counts as finished: Wait and the next Save return only
@@ -121,6 +174,8 @@ func (a *AsyncWriter) Save(ctx context.Context, snap *Snapshot, done func(ShardI
 		info, err := snap.WriteShard(wctx, a.store, a.opts)
 		if err != nil {
 			err = fmt.Errorf("async save of step %d rank %d: %w", snap.Step, snap.Rank, err)
+		} else {
+			snap.recycle()
 		}
 		if done != nil {
 			done(info, err)

@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -116,4 +117,57 @@ func TestAsyncWriterCancel(t *testing.T) {
 	}
 	aw.Cancel()
 	aw.Wait(wctx)
+}
+
+// After a successful asynchronous save the snapshot's buffers serve the
+// next snapshot's copies (same memory, new values), the written checkpoint
+// keeps its values, and the recycled snapshot cannot be written again.
+func TestAsyncWriterRecyclesSnapshotBuffers(t *testing.T) {
+	s := newTestStore(t, 0)
+	aw := NewAsyncWriter(s, WriterOptions{})
+	ctx := t.Context()
+	first := &Snapshot{Step: 1}
+	first.AddTensor("x", []int64{3}, Whole([]int64{3}), []float32{1, 2, 3})
+	buf := &first.tensors[0].data[0]
+	var infos []ShardInfo
+	done := func(info ShardInfo, err error) {
+		if err == nil {
+			infos = append(infos, info)
+		}
+	}
+	if err := aw.Save(ctx, first, done); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := aw.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	second := &Snapshot{Step: 2}
+	second.AddTensor("x", []int64{3}, Whole([]int64{3}), []float32{4, 5, 6})
+	if &second.tensors[0].data[0] != buf {
+		t.Fatal("the second snapshot did not reuse the first one's buffer")
+	}
+	if _, err := first.WriteShard(ctx, s, WriterOptions{}); err == nil || !strings.Contains(err.Error(), "recycled") {
+		t.Fatalf("writing a recycled snapshot: %v", err)
+	}
+	if err := aw.Save(ctx, second, done); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := aw.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range [][]float32{{1, 2, 3}, {4, 5, 6}} {
+		step := int64(i + 1)
+		if err := s.Commit(&Manifest{Version: ManifestVersion, Step: step, Shards: infos[i : i+1]}); err != nil {
+			t.Fatal(err)
+		}
+		c, _, err := s.Open(fmt.Sprint(step), OpenOptions{Verify: VerifyFull})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := c.ReadTensor("x")
+		c.Close()
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("step %d: %v %v, want %v", step, got, err, want)
+		}
+	}
 }

@@ -2,14 +2,18 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 )
 
 // trainingState returns realistic float32 state of n elements: weights drawn
@@ -80,21 +84,67 @@ func benchMB() int {
 	return 64
 }
 
+// benchState is the state BenchmarkSave writes: per rank (2), weights and
+// both Adam moments of benchMB()/6 MiB each, the rank's flat range of one
+// tensor of each kind (ZeRO-1 style).
+func benchState() [][3][]float32 {
+	const ranks = 2
+	per := benchMB() << 20 / ranks / 4 / 3
+	states := make([][3][]float32, ranks)
+	for r := range states {
+		w, m, v := trainingState(per, uint64(r+10))
+		states[r] = [3][]float32{w, m, v}
+	}
+	return states
+}
+
+// benchTensors names the tensors of benchState, in order.
+var benchTensors = [3]string{"model.w", "optim.m.w", "optim.v.w"}
+
+// saveBenchState writes every rank's shard of step concurrently, as
+// BenchmarkSave times it (without the commit).
+func saveBenchState(s *Store, step int64, states [][3][]float32, opts WriterOptions) ([]ShardInfo, error) {
+	ranks, per := len(states), len(states[0][0])
+	infos := make([]ShardInfo, ranks)
+	errs := make([]error, ranks)
+	var wg sync.WaitGroup
+	for r := 0; r < ranks; r++ {
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			opts := opts
+			opts.Workers = max(1, (runtime.GOMAXPROCS(0)+ranks-1)/ranks)
+			sw, err := s.CreateShard(context.Background(), step, r, opts)
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			shape := []int64{int64(ranks * per)}
+			for k, d := range states[r] {
+				if err := sw.WriteTensor(benchTensors[k], shape, FlatRange(int64(r*per), int64(per)), d); err != nil {
+					sw.Abort()
+					errs[r] = err
+					return
+				}
+			}
+			infos[r], errs[r] = sw.Close()
+		}(r)
+	}
+	wg.Wait()
+	return infos, errors.Join(errs...)
+}
+
 // BenchmarkSave measures a full, fsynced save: `ranks` shards written
 // concurrently (weights + both moments each, as a ZeRO-1 rank would hold),
 // then Commit. MB/s counts raw state bytes. CHECKPOINT_BENCH_DIR picks the
 // file system (default: a temp dir); scripts/bench-checkpoint.sh compares
-// with dd in the same run.
+// with dd in the same run. With CHECKPOINT_BENCH_WARMUP=1 each variant first
+// saves once untimed: a training process pays the set-up of its first save
+// (pools, coder tables, aligned blocks) once, and its later saves are what
+// the timed ones then measure.
 func BenchmarkSave(b *testing.B) {
-	const ranks = 2
-	total := benchMB() << 20
-	per := total / ranks / 4 / 3 // elements per tensor: 3 tensors per rank
-	type rankState struct{ w, m, v []float32 }
-	states := make([]rankState, ranks)
-	for r := range states {
-		w, m, v := trainingState(per, uint64(r+10))
-		states[r] = rankState{w, m, v}
-	}
+	states := benchState()
+	ranks, per := len(states), len(states[0][0])
 	for _, tc := range []struct {
 		name string
 		opts WriterOptions
@@ -103,6 +153,8 @@ func BenchmarkSave(b *testing.B) {
 		{"zstd-shuffle-always", WriterOptions{AlwaysCompress: true}},
 		{"zstd", WriterOptions{NoShuffle: true}},
 		{"raw", WriterOptions{Codec: CodecNone}},
+		{"buffered", WriterOptions{BufferedIO: true}},
+		{"raw-buffered", WriterOptions{Codec: CodecNone, BufferedIO: true}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			base := os.Getenv("CHECKPOINT_BENCH_DIR")
@@ -116,6 +168,14 @@ func BenchmarkSave(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.SetBytes(int64(ranks * 3 * 4 * per))
+			if os.Getenv("CHECKPOINT_BENCH_WARMUP") == "1" {
+				if _, err := saveBenchState(s, 1<<40, states, tc.opts); err != nil {
+					b.Fatal(err)
+				}
+				if err := os.RemoveAll(s.TempDir(1 << 40)); err != nil {
+					b.Fatal(err)
+				}
+			}
 			var stored int64
 			// Every variant starts from a collected heap: the state
 			// generation above (and an earlier variant's buffers) must not
@@ -124,41 +184,13 @@ func BenchmarkSave(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				step := int64(i + 1)
-				infos := make([]ShardInfo, ranks)
-				errs := make([]error, ranks)
-				var wg sync.WaitGroup
-				for r := 0; r < ranks; r++ {
-					wg.Add(1)
-					go func(r int) {
-						defer wg.Done()
-						opts := tc.opts
-						opts.Workers = max(1, (runtime.GOMAXPROCS(0)+ranks-1)/ranks)
-						sw, err := s.CreateShard(context.Background(), step, r, opts)
-						if err != nil {
-							errs[r] = err
-							return
-						}
-						st := states[r]
-						lo := int64(r * per)
-						shape := []int64{int64(ranks * per)}
-						for k, d := range [][]float32{st.w, st.m, st.v} {
-							name := []string{"model.w", "optim.m.w", "optim.v.w"}[k]
-							if err := sw.WriteTensor(name, shape, FlatRange(lo, int64(per)), d); err != nil {
-								sw.Abort()
-								errs[r] = err
-								return
-							}
-						}
-						infos[r], errs[r] = sw.Close()
-					}(r)
+				infos, err := saveBenchState(s, step, states, tc.opts)
+				if err != nil {
+					b.Fatal(err)
 				}
-				wg.Wait()
 				stored = 0
-				for r, err := range errs {
-					if err != nil {
-						b.Fatal(err)
-					}
-					stored += infos[r].Size
+				for _, in := range infos {
+					stored += in.Size
 				}
 				if err := s.Commit(&Manifest{Version: ManifestVersion, Step: step, Shards: infos}); err != nil {
 					b.Fatal(err)
@@ -215,5 +247,143 @@ func BenchmarkLoad(b *testing.B) {
 		if err := c.ReadRegion("model.w", Box([]int64{0}, []int64{n}), dst); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkLoadCheckpoint measures loading a whole checkpoint of benchState
+// (CHECKPOINT_BENCH_MB of raw state in 2 shards, default options) from
+// CHECKPOINT_BENCH_DIR, where it is written once as ckload-MB and kept for
+// scripts/bench-checkpoint-load.sh to read with dd. "read" is a rank's
+// resume: it opens the checkpoint (manifest, trailers, indexes) and reads
+// every tensor whole into buffers that exist and were just written, as a
+// trainer's are. "verify" is the coordinator's check before a resume:
+// Open with VerifyFull, which reads and checks every byte. With
+// CHECKPOINT_BENCH_DROP_CACHES=1 every iteration starts with the page cache
+// dropped (root only), so the bytes come from the device, and then waits
+// CHECKPOINT_BENCH_SETTLE seconds (default 0): on a virtual machine that
+// hands freed memory back to its host, pages freed a moment ago are cheaper
+// to fill than pages the host took back, so a read right after the drop
+// measures that, not the disk. MB/s counts the shard files' bytes.
+func BenchmarkLoadCheckpoint(b *testing.B) {
+	base := os.Getenv("CHECKPOINT_BENCH_DIR")
+	if base == "" {
+		b.Skip("CHECKPOINT_BENCH_DIR is not set (the checkpoint is kept there)")
+	}
+	s, err := NewStore(filepath.Join(base, fmt.Sprintf("ckload-%d", benchMB())), 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, ok := s.Latest(); !ok {
+		infos, err := saveBenchState(s, 1, benchState(), WriterOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Commit(&Manifest{Version: ManifestVersion, Step: 1, Shards: infos}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	drop := os.Getenv("CHECKPOINT_BENCH_DROP_CACHES") == "1"
+	var settle time.Duration
+	if v := os.Getenv("CHECKPOINT_BENCH_SETTLE"); v != "" {
+		sec, err := strconv.ParseFloat(v, 64)
+		if err != nil || sec < 0 {
+			b.Fatalf("CHECKPOINT_BENCH_SETTLE=%q: want seconds >= 0", v)
+		}
+		settle = time.Duration(sec * float64(time.Second))
+	}
+	for _, tc := range []struct {
+		name   string
+		verify VerifyLevel
+	}{{"read", VerifyQuick}, {"verify", VerifyFull}} {
+		b.Run(tc.name, func(b *testing.B) {
+			c, _, err := s.Open("latest", OpenOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var fileBytes int64
+			for _, sh := range c.Manifest.Shards {
+				fileBytes += sh.Size
+			}
+			// In file order, as a trainer's restore reads (parameters, then
+			// each entry's moments).
+			names := c.TensorNames()
+			dst := map[string][]float32{}
+			for _, name := range names {
+				shape, _ := c.Shape(name)
+				n, _ := NumElements(shape)
+				dst[name] = make([]float32, n)
+			}
+			c.Close()
+			b.SetBytes(fileBytes)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if drop {
+					b.StopTimer()
+					if err := dropCaches(); err != nil {
+						b.Fatal(err)
+					}
+					time.Sleep(settle)
+					// A trainer initializes its state right before restoring
+					// it: the buffers are written just before the timed read,
+					// whose cost is then the read's, not that of the memory
+					// (on a virtual machine, memory idle for seconds may have
+					// to be faulted back in from the host).
+					for _, d := range dst {
+						clear(d)
+					}
+					b.StartTimer()
+				}
+				c, _, err := s.Open("latest", OpenOptions{Verify: tc.verify})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if tc.verify == VerifyFull {
+					c.Close()
+					continue
+				}
+				for _, name := range names {
+					shape, _ := c.Shape(name)
+					if err := c.ReadRegion(name, Whole(shape), dst[name]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				c.Close()
+			}
+		})
+	}
+}
+
+// dropCaches writes dirty pages back and drops the page cache (root only).
+func dropCaches() error {
+	if err := exec.Command("sync").Run(); err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		return fmt.Errorf("drop caches (CHECKPOINT_BENCH_DROP_CACHES=1 needs root): %w", err)
+	}
+	return nil
+}
+
+// BenchmarkPlaneCodecPerKind measures the plane codec on one 4 MiB chunk of
+// each kind of trained float32 state: its speed on one core and the ratio
+// (raw/stored). The write probe compares this speed, times the writer's
+// workers, with the disk's rate (probe.go).
+func BenchmarkPlaneCodecPerKind(b *testing.B) {
+	const n = 1 << 20
+	w, m, v := trainingState(n, 7)
+	for _, k := range []struct {
+		name string
+		d    []float32
+	}{{"weights", w}, {"adam_m", m}, {"adam_v", v}} {
+		b.Run(k.name, func(b *testing.B) {
+			raw := f32Bytes(k.d)
+			tmp := make([]byte, len(raw))
+			out := make([]byte, 0, len(raw)+len(raw)/8+1024)
+			b.SetBytes(int64(len(raw)))
+			for i := 0; i < b.N; i++ {
+				out, _ = encodePlanes(out[:0], tmp, raw)
+			}
+			b.ReportMetric(float64(len(raw))/float64(len(out)), "ratio")
+		})
 	}
 }

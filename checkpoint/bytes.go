@@ -14,7 +14,8 @@ var hostLittleEndian = func() bool {
 }()
 
 // f32Bytes returns the little-endian bytes of s. On little-endian hosts it is
-// a view sharing s's memory (no copy); callers must not write through it.
+// a view sharing s's memory (no copy; writing through it changes s, which
+// readChunkSegs uses to read raw chunks in place); elsewhere it is a copy.
 func f32Bytes(s []float32) []byte {
 	if len(s) == 0 {
 		return nil

@@ -228,6 +228,9 @@ func (c *Checkpoint) Verify() error {
 	return errors.Join(errs...)
 }
 
+// maxPieceReads bounds the pieces of one ReadRegion read at a time.
+const maxPieceReads = 4
+
 // ReadRegion fills dst (len == want.Len(), row-major order of want) with the
 // region want of tensor name, assembled from whichever pieces cover it, so a
 // reader may use a layout different from the writer's. Every element must be
@@ -243,16 +246,37 @@ func (c *Checkpoint) ReadRegion(name string, want Region, dst []float32) error {
 	if int64(len(dst)) != want.Len() {
 		return fmt.Errorf("checkpoint %s: tensor %q: dst has %d elements, region %v has %d", c.Dir, name, len(dst), want, want.Len())
 	}
-	var covered int64
+	var pieces []int // shard of each piece that may overlap want
 	for _, p := range t.pieces {
 		if p.region.Flat == want.Flat && overlapCount(t.shape, p.region, want) == 0 {
 			continue
 		}
-		n, err := c.shards[p.shard].readInto(name, t.shape, want, dst)
-		if err != nil {
-			return err
+		pieces = append(pieces, p.shard)
+	}
+	// Pieces are disjoint (the manifest keeps one of identical replicas),
+	// so they fill disjoint parts of dst and are read concurrently: pieces
+	// in different shards are sequential streams of different files, which
+	// the device serves faster together than one after the other.
+	ns := make([]int64, len(pieces))
+	errs := make([]error, len(pieces))
+	sem := make(chan struct{}, maxPieceReads)
+	var wg sync.WaitGroup
+	for i, sh := range pieces {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			ns[i], errs[i] = c.shards[sh].readInto(name, t.shape, want, dst)
+			<-sem
+		}()
+	}
+	wg.Wait()
+	var covered int64
+	for i := range pieces {
+		if errs[i] != nil {
+			return errs[i]
 		}
-		covered += n
+		covered += ns[i]
 	}
 	if covered != want.Len() {
 		return fmt.Errorf("checkpoint %s: tensor %q region %v: %w (%d of %d elements)", c.Dir, name, want, errNotCovered, covered, want.Len())

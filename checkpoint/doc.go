@@ -46,12 +46,21 @@
 // A ShardWriter cuts entries into chunks that workers checksum and, when it
 // pays, compress (float32 tensors as Huffman-coded byte planes, planes.go;
 // blobs as zstd frames); the codec is recorded per chunk, so a reader needs
-// no other hint. Compression is skipped for an
-// entry whose sample saves less than minSaving (probe.go), and for the rest
-// of a shard once compression has kept the file writer waiting (the disk is
-// faster than the CPU). The file writer asks the kernel to start writeback
-// every few MiB (writeback.go), so the device writes while the shard is
-// still being copied and the closing fsync waits only for the tail.
+// no other hint. Compression is skipped for an entry whose sample saves less
+// than minSaving or codes too slowly for the disk (probe.go), and for the
+// rest of a shard once compression has kept the file writer waiting. The
+// file writer writes with O_DIRECT where the file system takes it: aligned
+// blocks, several in flight (direct.go); elsewhere through the page cache,
+// asking the kernel to start writeback every few MiB (writeback.go).
+//
+// # Read path
+//
+// A read of raw chunks wanted whole uses O_DIRECT where the file system
+// takes it, several chunks in flight, copying from bounce buffers
+// (readSegsDirect). Other reads and Verify read the chunks they need in
+// file order on one goroutine (the kernel reads ahead of a sequential
+// stream; raw chunks go straight into the caller's buffer) and check,
+// decode and copy them on others (reader.go, pipeChunks).
 //
 // # Integrity
 //

@@ -41,6 +41,10 @@ const (
 	planeEntropyLimit = 7.75
 )
 
+// planeBufs holds the shuffled planes while a chunk is decoded: reused,
+// because a fresh buffer per chunk costs its page faults on every read.
+var planeBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 var huffScratch = sync.Pool{New: func() any { return &huff0.Scratch{Reuse: huff0.ReusePolicyNone} }}
 
 // sampledEntropy estimates the Shannon entropy in bits per byte of b from up
@@ -110,7 +114,12 @@ func appendHuffPlane(out, plane []byte, s *huff0.Scratch) []byte {
 // 0 < rawLen ≤ MaxChunkSize, rawLen%4 == 0) into its raw, unshuffled bytes.
 func decodePlanes(stored []byte, rawLen int64) ([]byte, error) {
 	n := int(rawLen / 4)
-	planes := make([]byte, rawLen)
+	pb := planeBufs.Get().(*[]byte)
+	defer planeBufs.Put(pb)
+	if int64(cap(*pb)) < rawLen {
+		*pb = make([]byte, rawLen)
+	}
+	planes := (*pb)[:rawLen]
 	in := stored
 	for p := 0; p < 4; p++ {
 		plane := planes[p*n : (p+1)*n]

@@ -1,7 +1,6 @@
 package checkpoint
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -39,6 +39,9 @@ type ShardReader struct {
 	tr     trailer
 	idx    *shardIndex
 	byName map[string]*indexEntry
+	// direct is the file opened again with O_DIRECT (nil where the file
+	// system refuses it), for readSegsDirect.
+	direct *os.File
 }
 
 // OpenShard opens path and checks its header, trailer and index (not the
@@ -59,6 +62,7 @@ func OpenShard(path string) (*ShardReader, error) {
 		return nil, err
 	}
 	s.closer = f
+	s.direct = openReadDirect(path)
 	return s, nil
 }
 
@@ -101,10 +105,14 @@ func newShardReader(r io.ReaderAt, size int64, name string) (*ShardReader, error
 
 // Close closes the file.
 func (s *ShardReader) Close() error {
-	if s.closer != nil {
-		return s.closer.Close()
+	var err error
+	if s.direct != nil {
+		err = s.direct.Close()
 	}
-	return nil
+	if s.closer != nil {
+		err = errors.Join(s.closer.Close(), err)
+	}
+	return err
 }
 
 // Rank is the rank recorded in the shard.
@@ -163,32 +171,37 @@ func (s *ShardReader) chunkRaw(e *indexEntry, ci int, stored []byte) (raw, store
 
 func (s *ShardReader) decodeChunk(e *indexEntry, ci int, stored []byte) ([]byte, error) {
 	c := e.Chunks[ci]
-	if got := crc32.Checksum(stored, crcTable); got != c.SCRC {
+	got := crc32.Checksum(stored, crcTable)
+	if got != c.SCRC {
 		return nil, s.errf(e, ci, "checksum mismatch (stored bytes at offset %d: got %08x, want %08x)", c.Off, got, c.SCRC)
 	}
-	raw := stored
-	if c.Codec != codecRaw {
-		dec, err := sharedDecoder()
+	if c.Codec == codecRaw { // raw and stored bytes are the same: one pass
+		if got != c.RCRC {
+			return nil, s.errf(e, ci, "raw checksum mismatch (got %08x, want %08x)", got, c.RCRC)
+		}
+		return stored, nil
+	}
+	dec, err := sharedDecoder()
+	if err != nil {
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	var raw []byte
+	if c.Codec == codecPlanes {
+		raw, err = decodePlanes(stored, c.Raw)
 		if err != nil {
-			return nil, fmt.Errorf("zstd decoder: %w", err)
+			return nil, s.errf(e, ci, "%v", err)
 		}
-		if c.Codec == codecPlanes {
-			raw, err = decodePlanes(stored, c.Raw)
-			if err != nil {
-				return nil, s.errf(e, ci, "%v", err)
-			}
-		} else {
-			// Preallocate what the stored size makes plausible, not what
-			// the index claims: DecodeAll grows the buffer up to
-			// MaxChunkSize only if the frame really decodes that far.
-			raw, err = dec.DecodeAll(stored, make([]byte, 0, min(c.Raw, 64*c.Stored+4096)))
-			if err != nil {
-				return nil, s.errf(e, ci, "zstd: %v", err)
-			}
+	} else {
+		// Preallocate what the stored size makes plausible, not what
+		// the index claims: DecodeAll grows the buffer up to
+		// MaxChunkSize only if the frame really decodes that far.
+		raw, err = dec.DecodeAll(stored, make([]byte, 0, min(c.Raw, 64*c.Stored+4096)))
+		if err != nil {
+			return nil, s.errf(e, ci, "zstd: %v", err)
 		}
-		if int64(len(raw)) != c.Raw {
-			return nil, s.errf(e, ci, "decoded %d bytes, want %d", len(raw), c.Raw)
-		}
+	}
+	if int64(len(raw)) != c.Raw {
+		return nil, s.errf(e, ci, "decoded %d bytes, want %d", len(raw), c.Raw)
 	}
 	if got := crc32.Checksum(raw, crcTable); got != c.RCRC {
 		return nil, s.errf(e, ci, "raw checksum mismatch (got %08x, want %08x)", got, c.RCRC)
@@ -218,9 +231,8 @@ func (s *ShardReader) ReadBlob(name string) ([]byte, error) {
 
 // readInto copies the part of piece name that overlaps want (a region of the
 // same tensor) into dst, the dense row-major buffer of want, and returns how
-// many elements it copied. Only chunks that overlap are read; they are
-// decoded readWindow at a time, in parallel, so memory stays bounded by
-// readWindow chunks whatever the piece size.
+// many elements it copied. Only chunks that overlap are read (readSegs), so
+// memory stays bounded by a few chunks whatever the piece size.
 func (s *ShardReader) readInto(name string, shape []int64, want Region, dst []float32) (int64, error) {
 	e, ok := s.byName[name]
 	if !ok || e.Kind != kindF32 {
@@ -231,11 +243,6 @@ func (s *ShardReader) readInto(name string, shape []int64, want Region, dst []fl
 	}
 	// Pass 1: the overlaps, split at chunk boundaries. Both a (piece
 	// position) and the chunk index only grow.
-	type seg struct {
-		chunk    int
-		off, dst int64 // element offset inside the chunk; position in dst
-		n        int64
-	}
 	var (
 		segs   []seg
 		err    error
@@ -263,77 +270,298 @@ func (s *ShardReader) readInto(name string, shape []int64, want Region, dst []fl
 	if err != nil {
 		return 0, err
 	}
-	// Pass 2: per window of distinct chunks, decode in parallel, then copy.
-	window := max(2, 2*runtime.GOMAXPROCS(0))
-	var copied int64
+	return s.readSegs(e, segs, dst)
+}
+
+// seg is one part of a chunk that readInto copies: n elements from element
+// off of the chunk to position dst of the destination.
+type seg struct {
+	chunk    int
+	off, dst int64
+	n        int64
+}
+
+// readSegs copies the chunks segs touch (segs in chunk order) into dst and
+// returns how many elements it copied: all of segs or, on an error, what it
+// copied before. A raw chunk that one seg covers whole is read straight into
+// dst and checked as it is read (readRaw); any other is read into a buffer,
+// decoded and copied.
+func (s *ShardReader) readSegs(e *indexEntry, segs []seg, dst []float32) (int64, error) {
+	var jobs [][]seg
+	var refs []chunkRef
 	for i := 0; i < len(segs); {
-		var chunks []int
-		j := i
-		for ; j < len(segs) && (len(chunks) < window || segs[j].chunk == chunks[len(chunks)-1]); j++ {
-			if len(chunks) == 0 || segs[j].chunk != chunks[len(chunks)-1] {
-				chunks = append(chunks, segs[j].chunk)
-			}
+		j := i + 1
+		for j < len(segs) && segs[j].chunk == segs[i].chunk {
+			j++
 		}
-		errs := make([]error, len(chunks))
-		decoded := make([][]float32, len(chunks))
-		var wg sync.WaitGroup
-		for k, c := range chunks {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				raw, _, err := s.chunkRaw(e, c, nil)
-				if err != nil {
-					errs[k] = err
-					return
+		js := segs[i:j]
+		ref := chunkRef{e: e, ci: js[0].chunk}
+		if c := e.Chunks[ref.ci]; len(js) == 1 && c.Codec == codecRaw && hostLittleEndian && js[0].off == 0 && js[0].n*4 == c.Raw {
+			ref.into = f32Bytes(dst[js[0].dst : js[0].dst+js[0].n]) // a view of dst
+		}
+		jobs = append(jobs, js)
+		refs = append(refs, ref)
+		i = j
+	}
+	if s.direct != nil && !slices.ContainsFunc(refs, func(r chunkRef) bool { return r.into == nil }) {
+		return s.readSegsDirect(refs, jobs)
+	}
+	var copied atomic.Int64
+	err := s.pipeChunks(refs, func(k int, stored []byte) error {
+		js := jobs[k]
+		if refs[k].into != nil { // checked by the pipeline as it read it
+			copied.Add(js[0].n)
+			return nil
+		}
+		raw, err := s.decodeChunk(e, js[0].chunk, stored)
+		if err != nil {
+			return err
+		}
+		vals := f32View(raw)
+		for _, sg := range js {
+			copy(dst[sg.dst:sg.dst+sg.n], vals[sg.off:sg.off+sg.n])
+			copied.Add(sg.n)
+		}
+		return nil
+	})
+	return copied.Load(), err
+}
+
+// chunkRef names chunk ci of entry e for pipeChunks; into, if not nil, is
+// where its stored bytes are read (else a buffer of the pipeline), and then
+// the chunk must be raw: the pipeline checks its CRCs itself.
+type chunkRef struct {
+	e    *indexEntry
+	ci   int
+	into []byte
+}
+
+// readAhead bounds the chunks a pipeline holds that are read but not yet
+// checked (its memory is about readAhead chunks).
+const readAhead = 4
+
+// readPiece is the size of the reads of a raw chunk read into the caller's
+// buffer: each piece is checksummed right after its read, while it is still
+// in the CPU cache, instead of being read back from memory by a checker.
+const readPiece = 1 << 20
+
+// pipeChunks reads the stored bytes of refs (in file order) and calls
+// check(k, stored) for each, returning the first error in the order of
+// refs. One goroutine reads the chunks in order, so the kernel sees one
+// sequential stream and reads ahead (parallel reads at scattered offsets
+// measured slower), while GOMAXPROCS others run check. After an error no
+// further chunk is read, but every chunk read before it is checked, so the
+// error returned does not depend on scheduling.
+func (s *ShardReader) pipeChunks(refs []chunkRef, check func(k int, stored []byte) error) error {
+	type item struct {
+		k      int
+		stored []byte
+		pooled bool
+		err    error
+	}
+	items := make(chan item, readAhead)
+	free := make(chan []byte, readAhead)
+	for range readAhead {
+		free <- nil
+	}
+	errs := make([]error, len(refs))
+	var failed atomic.Bool
+	go func() {
+		defer close(items)
+		for k, r := range refs {
+			if failed.Load() {
+				return
+			}
+			c := r.e.Chunks[r.ci]
+			it := item{k: k, stored: r.into}
+			if it.stored == nil {
+				buf := <-free
+				if int64(cap(buf)) < c.Stored {
+					buf = make([]byte, c.Stored)
 				}
-				decoded[k] = f32View(raw)
-			}()
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
-			return copied, err
-		}
-		// segs[i:j] visit chunks in the order of chunks, so a cursor finds
-		// each seg's decoded chunk.
-		for k := 0; i < j; i++ {
-			sg := segs[i]
-			for chunks[k] != sg.chunk {
-				k++
+				it.stored, it.pooled = buf[:c.Stored], true
 			}
-			copy(dst[sg.dst:sg.dst+sg.n], decoded[k][sg.off:sg.off+sg.n])
-			copied += sg.n
+			if r.into != nil {
+				it.err = s.readRaw(r.e, r.ci, r.into)
+				it.stored = nil
+			} else if _, err := s.r.ReadAt(it.stored, c.Off); err != nil {
+				it.err = s.errf(r.e, r.ci, "read %d bytes at %d: %v", c.Stored, c.Off, err)
+			}
+			items <- it
+		}
+	}()
+	var wg sync.WaitGroup
+	for range max(1, runtime.GOMAXPROCS(0)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range items {
+				err := it.err
+				if err == nil {
+					err = check(it.k, it.stored) // stored is nil for refs read into place
+				}
+				if it.pooled {
+					free <- it.stored
+				}
+				if err != nil {
+					errs[it.k] = err
+					failed.Store(true)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
 		}
 	}
-	return copied, nil
+	return nil
+}
+
+// readDirectParallel is how many direct reads one readSegsDirect has in
+// flight: without the kernel's read-ahead, the queue depth is the reader's.
+const readDirectParallel = 4
+
+// readBufs keeps aligned bounce buffers of direct reads for later reads.
+var readBufs = make(chan []byte, 2*readDirectParallel)
+
+// readSegsDirect reads raw chunks, each covered whole by one seg, into
+// their places (refs[k].into) with O_DIRECT: readDirectParallel readers
+// take the chunks in order, read each chunk's aligned span into a bounce
+// buffer and copy it out, checksumming as they copy. Bypassing the page
+// cache saves the memory a resume would otherwise need twice (the page
+// cache and the trainer's buffers) and a copy through it; the bounce copy
+// is from memory still in the CPU cache. It returns the elements copied and
+// the first error in chunk order.
+func (s *ShardReader) readSegsDirect(refs []chunkRef, jobs [][]seg) (int64, error) {
+	var (
+		next   atomic.Int64
+		failed atomic.Bool
+		copied atomic.Int64
+		errs   = make([]error, len(refs))
+		wg     sync.WaitGroup
+	)
+	for range min(readDirectParallel, len(refs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var bounce []byte
+			select {
+			case bounce = <-readBufs:
+			default:
+			}
+			defer func() {
+				select {
+				case readBufs <- bounce:
+				default:
+				}
+			}()
+			for !failed.Load() {
+				k := int(next.Add(1) - 1)
+				if k >= len(refs) {
+					return
+				}
+				var err error
+				if bounce, err = s.readRawDirect(refs[k].e, refs[k].ci, refs[k].into, bounce); err != nil {
+					errs[k] = err
+					failed.Store(true)
+					return
+				}
+				copied.Add(jobs[k][0].n)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return copied.Load(), err
+		}
+	}
+	return copied.Load(), nil
+}
+
+// readRawDirect reads raw chunk ci of e into b through bounce (an aligned
+// buffer, replaced by a larger one when too small, and returned).
+func (s *ShardReader) readRawDirect(e *indexEntry, ci int, b, bounce []byte) ([]byte, error) {
+	c := e.Chunks[ci]
+	lo := c.Off &^ (directAlign - 1)
+	hi := (c.Off + c.Stored + directAlign - 1) &^ (directAlign - 1)
+	if n := int(hi - lo); cap(bounce) < n {
+		bounce = alignedBuf(n)
+	}
+	span := bounce[:hi-lo]
+	n, err := s.direct.ReadAt(span, lo)
+	if int64(n) < c.Off+c.Stored-lo { // a short read at the end of the file is fine past the chunk
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return bounce, s.errf(e, ci, "read %d bytes at %d: %v", c.Stored, c.Off, err)
+	}
+	src := span[c.Off-lo : c.Off-lo+c.Stored]
+	var crc uint32
+	for off := 0; off < len(b); off += readPiece {
+		end := min(off+readPiece, len(b))
+		copy(b[off:end], src[off:end])
+		crc = crc32.Update(crc, crcTable, b[off:end])
+	}
+	if crc != c.SCRC || crc != c.RCRC {
+		return bounce, s.errf(e, ci, "checksum mismatch (raw bytes at offset %d: got %08x, want %08x)", c.Off, crc, c.SCRC)
+	}
+	return bounce, nil
+}
+
+// readRaw reads raw chunk ci of e into b (its length) in readPiece reads,
+// checksumming each while it is in cache, and checks the chunk's CRCs.
+func (s *ShardReader) readRaw(e *indexEntry, ci int, b []byte) error {
+	c := e.Chunks[ci]
+	if c.Codec != codecRaw || int64(len(b)) != c.Stored {
+		return s.errf(e, ci, "internal error: read in place of a %d-byte chunk with codec %d into %d bytes", c.Stored, c.Codec, len(b))
+	}
+	var crc uint32
+	for off := 0; off < len(b); off += readPiece {
+		p := b[off:min(off+readPiece, len(b))]
+		if _, err := s.r.ReadAt(p, c.Off+int64(off)); err != nil {
+			return s.errf(e, ci, "read %d bytes at %d: %v", len(p), c.Off+int64(off), err)
+		}
+		crc = crc32.Update(crc, crcTable, p)
+	}
+	if crc != c.SCRC || crc != c.RCRC {
+		return s.errf(e, ci, "checksum mismatch (raw bytes at offset %d: got %08x, want %08x)", c.Off, crc, c.SCRC)
+	}
+	return nil
 }
 
 // Verify reads the whole file once: the file checksum, every chunk's CRCs and
 // decoding, and every entry's CRC. The error names the shard and the first
-// bad tensor or blob.
+// bad tensor or blob. The chunks are read and checked as by ReadRegion
+// (pipeChunks); the file checksum covers their stored CRCs, checked there.
 func (s *ShardReader) Verify() error {
-	br := bufio.NewReaderSize(io.NewSectionReader(s.r, 0, s.size), 1<<20)
-	crc := uint32(0)
 	hb := make([]byte, headerSize)
-	if _, err := io.ReadFull(br, hb); err != nil {
+	if _, err := s.r.ReadAt(hb, 0); err != nil {
 		return fmt.Errorf("shard %s: read header: %w", s.name, err)
 	}
-	crc = crc32.Update(crc, crcTable, hb)
-	var stored []byte
+	crc := crc32.Checksum(hb, crcTable)
+	var refs []chunkRef
+	for i := range s.idx.Entries {
+		e := &s.idx.Entries[i]
+		for ci := range e.Chunks {
+			refs = append(refs, chunkRef{e: e, ci: ci})
+		}
+	}
+	if err := s.pipeChunks(refs, func(k int, stored []byte) error {
+		_, err := s.decodeChunk(refs[k].e, refs[k].ci, stored) // checks both CRCs
+		return err
+	}); err != nil {
+		return err
+	}
+	var word [4]byte
 	for i := range s.idx.Entries {
 		e := &s.idx.Entries[i]
 		var sums []byte
-		for ci, c := range e.Chunks {
-			if int64(cap(stored)) < c.Stored {
-				stored = make([]byte, c.Stored)
-			}
-			stored = stored[:c.Stored]
-			if _, err := io.ReadFull(br, stored); err != nil {
-				return s.errf(e, ci, "read: %v", err)
-			}
-			if _, err := s.decodeChunk(e, ci, stored); err != nil { // checks SCRC
-				return err
-			}
-			crc = crc32.Update(crc, crcTable, binary.LittleEndian.AppendUint32(nil, c.SCRC))
+		for _, c := range e.Chunks {
+			binary.LittleEndian.PutUint32(word[:], c.SCRC)
+			crc = crc32.Update(crc, crcTable, word[:])
 			sums = binary.LittleEndian.AppendUint32(sums, c.RCRC)
 		}
 		if got := crc32.Checksum(sums, crcTable); got != e.CRC {
@@ -341,7 +569,7 @@ func (s *ShardReader) Verify() error {
 		}
 	}
 	ib := make([]byte, s.tr.indexLen)
-	if _, err := io.ReadFull(br, ib); err != nil {
+	if _, err := s.r.ReadAt(ib, s.tr.indexOff); err != nil {
 		return fmt.Errorf("shard %s: read index: %w", s.name, err)
 	}
 	crc = crc32.Update(crc, crcTable, ib)

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// A shard writer with fsync on asks for writeback of every byte range it has
+// A buffered shard writer with fsync on asks for writeback of every byte range it has
 // appended, in order, each range once and at least writebackEvery long; with
 // fsync off it asks for none. The shard reads back exactly either way.
 func TestShardWriterStartsWriteback(t *testing.T) {
@@ -25,7 +25,7 @@ func TestShardWriterStartsWriteback(t *testing.T) {
 		tensor := noiseTensor(rng, "model.w", 1<<20) // 4 MiB: a range per 1 MiB buffer flush
 		s := newTestStore(t, 0)
 		s.NoSync = noSync
-		w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 256 << 10, Workers: 2})
+		w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 256 << 10, Workers: 2, BufferedIO: true})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -25,8 +27,9 @@ const (
 	// mostly without zstd: float32 tensors go through the byte-plane codec
 	// (planes.go: Huffman-coded planes, noise planes raw), blobs and float32
 	// with NoShuffle as one zstd frame per chunk. An entry whose sample does
-	// not shrink enough, a chunk that does not shrink, and the rest of a
-	// shard once compression falls behind the disk are stored raw (see
+	// not shrink enough or codes too slowly for the disk (probe.go), a chunk
+	// that does not shrink, and the rest of a shard once compression falls
+	// behind the disk are stored raw (see
 	// AlwaysCompress; docs/checkpoint-format.md#codecs-as-implemented).
 	CodecZstd Codec = iota
 	// CodecNone stores raw bytes.
@@ -58,12 +61,17 @@ type WriterOptions struct {
 	// NoSync skips fsync (tests of logic only: a checkpoint written without
 	// it is not crash-safe).
 	NoSync bool
+	// BufferedIO writes through the page cache (with early writeback,
+	// writeback.go) even where the file system takes O_DIRECT, which is
+	// used by default (direct.go).
+	BufferedIO bool
 	// AlwaysCompress compresses every chunk. By default an entry whose
-	// sample saves less than minSaving is stored raw (entryCompressible),
-	// and a chunk that no worker has started when the file writer reaches
-	// it is stored raw by the writer itself: the disk never waits for the
-	// CPU, so a save on a busy machine still writes at about disk speed
-	// (with less compression) and takes less CPU from training.
+	// sample saves less than minSaving, or codes too slowly, is stored raw
+	// (entryCompressible), and a chunk that no worker has started when the
+	// file writer reaches it is stored raw by the writer itself: the disk
+	// never waits for the CPU, so a save on a busy machine still writes at
+	// about disk speed (with less compression) and takes less CPU from
+	// training.
 	AlwaysCompress bool
 	// BeforeClose, if set, is called by Snapshot.WriteShard with the shard's
 	// path once every tensor and blob is queued and before Close finishes
@@ -138,6 +146,7 @@ type ShardWriter struct {
 	rank  int
 	opts  WriterOptions
 	f     *os.File
+	sink  shardSink
 	enc   *zstd.Encoder
 	queue chan *chunkJob
 	work  chan *chunkJob
@@ -152,6 +161,7 @@ type ShardWriter struct {
 	// bottleneck, so the rest of the shard is stored raw (workers still
 	// checksum). AlwaysCompress turns it off.
 	rawOnly atomic.Bool
+	start   time.Time // CreateShard: the write rate of a raw shard counts from here
 }
 
 // minSaving is the share of an entry's bytes that compression must save,
@@ -171,9 +181,39 @@ type writerResult struct {
 	entries []*indexEntry
 	off     int64
 	crc     uint32
-	fw      *fileWriter
-	bw      *bufio.Writer
+	coded   int // chunks stored with a codec
+	sink    shardSink
 	err     error
+}
+
+// shardSink is where the file writer's bytes go: a directWriter (direct.go)
+// or a bufferedSink.
+type shardSink interface {
+	io.Writer
+	// finish writes what is buffered, waits for every write in flight and
+	// ends background work, returning the first write error. It is called
+	// exactly once, after an error too, and before the file is closed.
+	finish() error
+}
+
+// bufferedSink writes through the page cache, starting writeback early
+// unless fsync is off (writeback.go).
+type bufferedSink struct {
+	bw *bufio.Writer
+	fw *fileWriter
+}
+
+func newBufferedSink(f *os.File, writeback bool) *bufferedSink {
+	fw := newFileWriter(f, writeback)
+	return &bufferedSink{bw: bufio.NewWriterSize(fw, 1<<20), fw: fw}
+}
+
+func (b *bufferedSink) Write(p []byte) (int, error) { return b.bw.Write(p) }
+
+func (b *bufferedSink) finish() error {
+	err := b.bw.Flush()
+	b.fw.stop()
+	return err
 }
 
 // CreateShard starts writing the shard of rank at path (written as path+".part"
@@ -184,7 +224,7 @@ func CreateShard(ctx context.Context, path string, rank int, opts WriterOptions)
 		return nil, fmt.Errorf("create shard %s: rank %d is negative", path, rank)
 	}
 	opts = opts.withDefaults()
-	w := &ShardWriter{ctx: ctx, path: path, part: path + ".part", rank: rank, opts: opts, names: map[string]bool{}}
+	w := &ShardWriter{ctx: ctx, path: path, part: path + ".part", rank: rank, opts: opts, names: map[string]bool{}, start: time.Now()}
 	if opts.Codec == CodecZstd {
 		enc, err := zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(opts.ZstdLevel)),
@@ -198,7 +238,14 @@ func CreateShard(ctx context.Context, path string, rank int, opts WriterOptions)
 	} else if opts.Codec != CodecNone {
 		return nil, fmt.Errorf("create shard %s: unknown codec %d", path, opts.Codec)
 	}
-	f, err := os.OpenFile(w.part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	var f *os.File
+	var direct bool
+	var err error
+	if opts.BufferedIO {
+		f, err = os.OpenFile(w.part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	} else {
+		f, direct, err = openDirect(w.part)
+	}
 	if err != nil {
 		if w.enc != nil {
 			_ = w.enc.Close()
@@ -206,6 +253,11 @@ func CreateShard(ctx context.Context, path string, rank int, opts WriterOptions)
 		return nil, fmt.Errorf("create shard: %w", err)
 	}
 	w.f = f
+	if direct {
+		w.sink = newDirectWriter(f)
+	} else {
+		w.sink = newBufferedSink(f, !opts.NoSync)
+	}
 	w.queue = make(chan *chunkJob, opts.InFlight)
 	w.work = make(chan *chunkJob)
 	w.res = make(chan writerResult, 1)
@@ -372,13 +424,12 @@ func (w *ShardWriter) compress(j *chunkJob, raw bool) {
 // writeLoop appends finished chunks to the file in submission order; it owns
 // the index and the running file checksum (see fileChecksum in format.go).
 func (w *ShardWriter) writeLoop() {
-	fw := newFileWriter(w.f, !w.opts.NoSync)
-	r := writerResult{fw: fw, bw: bufio.NewWriterSize(fw, 1<<20)}
+	r := writerResult{sink: w.sink}
 	write := func(b []byte) {
 		if r.err != nil {
 			return
 		}
-		if _, err := r.bw.Write(b); err != nil {
+		if _, err := r.sink.Write(b); err != nil {
 			r.err = err
 			return
 		}
@@ -428,6 +479,9 @@ func (w *ShardWriter) writeLoop() {
 			binary.LittleEndian.PutUint32(word[:], j.chunk.SCRC)
 			r.crc = crc32.Update(r.crc, crcTable, word[:])
 			cur.Chunks = append(cur.Chunks, j.chunk)
+			if j.chunk.Codec != codecRaw {
+				r.coded++
+			}
 			sums = binary.LittleEndian.AppendUint32(sums, j.chunk.RCRC)
 		}
 		if j.last {
@@ -453,7 +507,6 @@ func (w *ShardWriter) Close() (ShardInfo, error) {
 	close(w.work)
 	w.wg.Wait()
 	r := <-w.res
-	r.fw.stop()
 	if w.enc != nil {
 		_ = w.enc.Close()
 	}
@@ -475,7 +528,41 @@ func (w *ShardWriter) Abort() {
 	_, _ = w.Close()
 }
 
+// finish completes the file: index and trailer, the sink's last writes,
+// fsync, close, rename, fsync of the directory.
 func (w *ShardWriter) finish(r writerResult) (ShardInfo, error) {
+	info, err := w.finishIndex(r)
+	if ferr := r.sink.finish(); err == nil && ferr != nil {
+		err = w.fail(fmt.Errorf("write: %w", ferr))
+	}
+	if err != nil {
+		return ShardInfo{}, err
+	}
+	if !w.opts.NoSync {
+		if err := w.f.Sync(); err != nil {
+			return ShardInfo{}, w.fail(fmt.Errorf("fsync: %w", err))
+		}
+	}
+	if err := w.f.Close(); err != nil {
+		return ShardInfo{}, w.fail(fmt.Errorf("close: %w", err))
+	}
+	if err := os.Rename(w.part, w.path); err != nil {
+		return ShardInfo{}, w.fail(fmt.Errorf("rename: %w", err))
+	}
+	if !w.opts.NoSync {
+		if err := syncDir(filepath.Dir(w.path)); err != nil {
+			return ShardInfo{}, w.fail(err)
+		}
+		if r.coded == 0 {
+			noteShardRate(info.Size, time.Since(w.start))
+		}
+	}
+	return info, nil
+}
+
+// finishIndex appends the index and trailer to the sink (not yet finished)
+// and returns the shard's info.
+func (w *ShardWriter) finishIndex(r writerResult) (ShardInfo, error) {
 	if w.err != nil {
 		return ShardInfo{}, w.err
 	}
@@ -500,32 +587,13 @@ func (w *ShardWriter) finish(r writerResult) (ShardInfo, error) {
 		return ShardInfo{}, w.fail(fmt.Errorf("index: %w", err))
 	}
 	indexOff := r.off
-	if _, err := r.bw.Write(ib); err != nil {
+	if _, err := r.sink.Write(ib); err != nil {
 		return ShardInfo{}, w.fail(fmt.Errorf("write index: %w", err))
 	}
 	fileCRC := crc32.Update(r.crc, crcTable, ib)
 	tr := encodeTrailer(indexOff, int64(len(ib)), crc32.Checksum(ib, crcTable), fileCRC)
-	if _, err := r.bw.Write(tr); err != nil {
+	if _, err := r.sink.Write(tr); err != nil {
 		return ShardInfo{}, w.fail(fmt.Errorf("write trailer: %w", err))
-	}
-	if err := r.bw.Flush(); err != nil {
-		return ShardInfo{}, w.fail(fmt.Errorf("flush: %w", err))
-	}
-	if !w.opts.NoSync {
-		if err := w.f.Sync(); err != nil {
-			return ShardInfo{}, w.fail(fmt.Errorf("fsync: %w", err))
-		}
-	}
-	if err := w.f.Close(); err != nil {
-		return ShardInfo{}, w.fail(fmt.Errorf("close: %w", err))
-	}
-	if err := os.Rename(w.part, w.path); err != nil {
-		return ShardInfo{}, w.fail(fmt.Errorf("rename: %w", err))
-	}
-	if !w.opts.NoSync {
-		if err := syncDir(filepath.Dir(w.path)); err != nil {
-			return ShardInfo{}, w.fail(err)
-		}
 	}
 	info.Size = indexOff + int64(len(ib)) + trailerSize
 	info.CRC = fileCRC

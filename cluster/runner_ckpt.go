@@ -155,6 +155,9 @@ func (rc *rankCheckpoints) afterStep(ctx context.Context, step int) error {
 	if rc.aw == nil || !rc.due(step) {
 		return nil
 	}
+	// The training loop waits for all of this: logged as the checkpoint's
+	// stall (scripts/bench-checkpoint-overhead.sh sums it).
+	start := time.Now()
 	// The previous write, still running, is bounded here: one stuck for
 	// finishTimeout fails the job. Its failure is returned once. Waiting
 	// before taking the new snapshot keeps one copy of the state alive, not
@@ -193,6 +196,7 @@ func (rc *rankCheckpoints) afterStep(ctx context.Context, step int) error {
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", rc.rank, err)
 	}
+	rc.log.Info().Int("step", step).Dur("stall", time.Since(start)).Msg("checkpoint snapshot")
 	return nil
 }
 
