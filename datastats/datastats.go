@@ -79,7 +79,7 @@ func Report(w io.Writer, o Options) error {
 	lens := ds.Lengths()
 	total := ds.Tokens()
 	fmt.Fprintf(w, "data %s: %d documents -> %d examples (max %d positions; %d split, %d truncated, %d dropped), %d tokens, mean length %.1f\n",
-		ds.Name, ds.Docs, len(ds.Examples), ds.MaxLen, ds.Split, ds.Truncated, ds.Dropped, total, float64(total)/float64(len(lens)))
+		ds.Name, ds.Docs, ds.NumExamples(), ds.MaxLen, ds.Split, ds.Truncated, ds.Dropped, total, float64(total)/float64(len(lens)))
 	fmt.Fprintf(w, "\nlength histogram (positions per example)\n")
 	maxCount := 0
 	for _, c := range hist.Counts {

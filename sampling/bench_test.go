@@ -93,3 +93,35 @@ func benchPrepared(b *testing.B, mode string) {
 
 func BenchmarkNextWindowPrepared(b *testing.B) { benchPrepared(b, ModeWindow) }
 func BenchmarkNextPackPrepared(b *testing.B)   { benchPrepared(b, ModePack) }
+
+func BenchmarkNextBucketPrepared(b *testing.B) { benchPrepared(b, ModeBucket) }
+
+// BenchmarkPlanEpochPrepared is BenchmarkPlanEpoch on the same documents
+// written as a prepared dataset, whose examples are computed from the
+// document lengths rather than listed.
+func BenchmarkPlanEpochPrepared(b *testing.B) {
+	c, _ := DefaultCorpus()
+	docs := make([][]int32, len(c.Train))
+	for i, d := range c.Train {
+		docs[i] = d.Tokens
+	}
+	pr, err := OpenPrepared(writePrepared(b, docs, Vocab, 1<<22), ModeBucket, 0, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pr.Close()
+	ds, err := newDataset("emb", pr.train, 2048, TooLongSplit)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := NewPlanner(ds, EstimateBuckets(ds, 64, 1, 0, 1), 16384, 0, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := p.Plan(1, uint64(i), 8); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -46,12 +46,10 @@ func (s *BucketSampler) fingerprint() uint64 {
 	// mix of the words below, folded one at a time (no list per example)
 	h := mix()
 	fold := func(w uint64) { r := rng{s: h ^ w}; h = r.next() }
-	for _, w := range []uint64{uint64(len(s.p.ds.Examples)), math.Float64bits(s.p.budget), math.Float64bits(s.p.q), uint64(s.p.maxExamples)} {
+	for _, w := range []uint64{uint64(s.p.ds.NumExamples()), math.Float64bits(s.p.budget), math.Float64bits(s.p.q), uint64(s.p.maxExamples)} {
 		fold(w)
 	}
-	for _, e := range s.p.ds.Examples {
-		fold(uint64(e.Len)<<32 | uint64(e.In))
-	}
+	s.p.ds.Each(func(_ int, e Example) { fold(uint64(e.Len)<<32 | uint64(e.In)) })
 	for _, u := range s.p.bk.Upper {
 		fold(uint64(u))
 	}
@@ -69,6 +67,7 @@ func (s *BucketSampler) fingerprint() uint64 {
 // Plan returns the current epoch's plan (shared; do not modify).
 func (s *BucketSampler) Plan() (*EpochPlan, error) {
 	if s.plan == nil || s.plan.Epoch != s.epoch {
+		s.plan = nil // the old plan can be collected while the new one is built
 		p, err := s.p.Plan(s.seed, s.epoch, s.dpSize)
 		if err != nil {
 			return nil, err
@@ -85,7 +84,7 @@ func (s *BucketSampler) StepsPerEpoch() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return len(plan.Steps), nil
+	return plan.NumSteps(), nil
 }
 
 // Next returns this rank's batch of the current step and advances; after an
@@ -95,12 +94,12 @@ func (s *BucketSampler) Next() (Batch, error) {
 	if err != nil {
 		return Batch{}, err
 	}
-	b, err := s.p.ds.Batch(plan.Steps[s.step][s.dpRank])
+	b, err := s.p.ds.Batch(plan.Batch(int(s.step), s.dpRank))
 	if err != nil {
 		return Batch{}, err
 	}
 	// Roll over eagerly so that the end of an epoch has one State, (e+1, 0).
-	if s.step++; s.step == uint64(len(plan.Steps)) {
+	if s.step++; s.step == uint64(plan.NumSteps()) {
 		s.epoch++
 		s.step = 0
 	}
@@ -122,8 +121,8 @@ func (s *BucketSampler) Restore(st State) error {
 	oldEpoch, oldStep := s.epoch, s.step
 	s.epoch, s.step = st.Epoch, st.Step
 	plan, err := s.Plan()
-	if err == nil && s.step >= uint64(len(plan.Steps)) {
-		err = fmt.Errorf("bucket sampler: state step %d beyond the %d steps of epoch %d", st.Step, len(plan.Steps), st.Epoch)
+	if err == nil && s.step >= uint64(plan.NumSteps()) {
+		err = fmt.Errorf("bucket sampler: state step %d beyond the %d steps of epoch %d", st.Step, plan.NumSteps(), st.Epoch)
 	}
 	if err != nil {
 		s.epoch, s.step = oldEpoch, oldStep

@@ -69,8 +69,8 @@ func TestBucketPlanProperties(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s dp %d: %v", tc.name, dp, err)
 				}
-				seen := make([]int, len(tc.ds.Examples))
-				for s, step := range plan.Steps {
+				seen := make([]int, tc.ds.NumExamples())
+				for s, step := range stepsOf(plan) {
 					if len(step) != dp {
 						t.Fatalf("%s dp %d: step %d has %d batches", tc.name, dp, s, len(step))
 					}
@@ -83,13 +83,13 @@ func TestBucketPlanProperties(t *testing.T) {
 						}
 						for _, id := range ids {
 							seen[id]++
-							if b := tc.bk.Index(tc.ds.Examples[id]); b > plan.Bucket[s] {
-								t.Fatalf("%s dp %d: example of bucket %d in a step of bucket %d", tc.name, dp, b, plan.Bucket[s])
+							if b := tc.bk.Index(tc.ds.Example(id)); b > plan.StepBucket(s) {
+								t.Fatalf("%s dp %d: example of bucket %d in a step of bucket %d", tc.name, dp, b, plan.StepBucket(s))
 							}
 						}
 						cap := tc.maxExamples
 						if tc.bk.MaxCount != nil {
-							if m := tc.bk.MaxCount[plan.Bucket[s]]; cap == 0 || m < cap {
+							if m := tc.bk.MaxCount[plan.StepBucket(s)]; cap == 0 || m < cap {
 								cap = m
 							}
 						}
@@ -108,7 +108,7 @@ func TestBucketPlanProperties(t *testing.T) {
 					t.Fatalf("%s dp %d: same seed, different plan", tc.name, dp)
 				}
 				other, _ := p.Plan(6, epoch, dp)
-				if reflect.DeepEqual(plan.Steps, other.Steps) {
+				if reflect.DeepEqual(stepsOf(plan), stepsOf(other)) {
 					t.Fatalf("%s dp %d: seeds 5 and 6 gave the same plan", tc.name, dp)
 				}
 			}
@@ -135,7 +135,7 @@ func TestBucketSamplerResume(t *testing.T) {
 			}
 			plan0, _ := samplers[0].Plan()
 			plan1, _ := samplers[0].p.Plan(11, 1, dp)
-			total := len(plan0.Steps) + len(plan1.Steps) + 2
+			total := plan0.NumSteps() + plan1.NumSteps() + 2
 			var states []State
 			var runs [][]Batch // runs[rank][step]
 			runs = make([][]Batch, dp)
@@ -158,10 +158,10 @@ func TestBucketSamplerResume(t *testing.T) {
 					runs[r] = append(runs[r], b)
 				}
 			}
-			if states[len(plan0.Steps)].Epoch != 1 || states[len(plan0.Steps)].Step != 0 {
-				t.Fatalf("%s dp %d: state after epoch 0 is %v", tc.name, dp, states[len(plan0.Steps)])
+			if states[plan0.NumSteps()].Epoch != 1 || states[plan0.NumSteps()].Step != 0 {
+				t.Fatalf("%s dp %d: state after epoch 0 is %v", tc.name, dp, states[plan0.NumSteps()])
 			}
-			want, _ := tc.ds.Batch(plan0.Steps[1][dp-1])
+			want, _ := tc.ds.Batch(plan0.Batch(1, dp-1))
 			if !batchEqual(runs[dp-1][1], want) {
 				t.Fatal("batch differs from the plan")
 			}
@@ -348,7 +348,7 @@ func TestPlanSmallData(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := 0
-	for _, step := range plan.Steps {
+	for _, step := range stepsOf(plan) {
 		for _, ids := range step {
 			n += len(ids)
 			if p.Cost(ids) > 100 {

@@ -96,19 +96,21 @@ func EqualTokenBounds(keys, weights []int, n, maxKey int) []int {
 // examples (0 = all): n first-level buckets at equal total tokens (Len), and
 // for two-length data n2 second-level buckets by Out inside each.
 func EstimateBuckets(ds *Dataset, n, n2, sample int, seed uint64) *Buckets {
-	ex := ds.Examples
-	if sample > 0 && sample < len(ex) {
-		idx := make([]int, len(ex))
+	var ex []Example // the sample
+	if n := ds.NumExamples(); sample > 0 && sample < n {
+		idx := make([]int32, n) // 4 bytes per example, freed on return
 		for i := range idx {
-			idx[i] = i
+			idx[i] = int32(i)
 		}
 		r := rng{s: mix(seed, purposeSample)}
-		r.shuffle(idx)
-		sub := make([]Example, sample)
-		for i := range sub {
-			sub[i] = ex[idx[i]]
+		shuffleOf(&r, idx)
+		ex = make([]Example, sample)
+		for i := range ex {
+			ex[i] = ds.Example(int(idx[i]))
 		}
-		ex = sub
+	} else {
+		ex = make([]Example, 0, n)
+		ds.Each(func(_ int, e Example) { ex = append(ex, e) })
 	}
 	keys := make([]int, len(ex))
 	weights := make([]int, len(ex))

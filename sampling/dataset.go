@@ -25,10 +25,13 @@ type Example struct {
 }
 
 // Dataset is a list of examples no longer than MaxLen positions, with counts
-// of what was done to fit them.
+// of what was done to fit them. Read its examples with NumExamples, Example
+// and Each: Examples holds them only for data in memory; a dataset over
+// another source (a prepared dataset) computes them from its document
+// lengths (exampleIndex), so its memory does not grow with the examples.
 type Dataset struct {
 	Name      string
-	Examples  []Example
+	Examples  []Example // in-memory data; nil when ix computes the examples
 	MaxLen    int
 	TwoD      bool
 	Docs      int // source documents or records read
@@ -36,7 +39,44 @@ type Dataset struct {
 	Truncated int // examples truncated (too_long = truncate, and two-length data)
 	Dropped   int // documents with fewer than 2 tokens (nothing to predict)
 
-	src docSource // when set, examples' tokens are read from it (Doc, Off) at batch time
+	src docSource     // when set, examples' tokens are read from it (Doc, Off) at batch time
+	ix  *exampleIndex // when set, the examples (Examples is nil)
+}
+
+// NumExamples is the number of examples.
+func (d *Dataset) NumExamples() int {
+	if d.ix != nil {
+		return d.ix.count()
+	}
+	return len(d.Examples)
+}
+
+// Example returns example i (0 <= i < NumExamples).
+func (d *Dataset) Example(i int) Example {
+	if d.ix != nil {
+		return d.ix.example(i)
+	}
+	return d.Examples[i]
+}
+
+// exLen is Example(i).Len, without building the example (no search, see
+// exampleIndex).
+func (d *Dataset) exLen(i int) int {
+	if d.ix != nil {
+		return d.ix.exLen(i)
+	}
+	return d.Examples[i].Len
+}
+
+// Each calls f on every example in order.
+func (d *Dataset) Each(f func(i int, e Example)) {
+	if d.ix != nil {
+		d.ix.each(f)
+		return
+	}
+	for i, e := range d.Examples {
+		f(i, e)
+	}
 }
 
 // trainable reports whether batches can be made (tokens in memory or in a
@@ -47,10 +87,8 @@ func (d *Dataset) trainable() bool {
 
 // Lengths returns every example's Len.
 func (d *Dataset) Lengths() []int {
-	out := make([]int, len(d.Examples))
-	for i, e := range d.Examples {
-		out[i] = e.Len
-	}
+	out := make([]int, d.NumExamples())
+	d.Each(func(i int, e Example) { out[i] = e.Len })
 	return out
 }
 
@@ -58,9 +96,7 @@ func (d *Dataset) Lengths() []int {
 // for one-length data).
 func (d *Dataset) Tokens() int {
 	n := 0
-	for _, e := range d.Examples {
-		n += e.Len
-	}
+	d.Each(func(_ int, e Example) { n += e.Len })
 	return n
 }
 
@@ -74,8 +110,8 @@ func NewDataset(name string, docs []Document, maxLen int, tooLong string) (*Data
 }
 
 // newDataset is NewDataset over a source; the examples of an in-memory source
-// share its token slices, those of another source keep (Doc, Off) and read
-// their tokens when batched.
+// share its token slices, those of another source are computed from its
+// document lengths (exampleIndex) and read their tokens when batched.
 func newDataset(name string, src docSource, maxLen int, tooLong string) (*Dataset, error) {
 	if maxLen <= 0 {
 		return nil, fmt.Errorf("dataset %s: max_len %d, want > 0", name, maxLen)
@@ -85,43 +121,38 @@ func newDataset(name string, src docSource, maxLen int, tooLong string) (*Datase
 	}
 	mem, inMem := src.(memDocs)
 	ds := &Dataset{Name: name, MaxLen: maxLen, Docs: src.numDocs()}
+	for i := 0; i < src.numDocs(); i++ {
+		switch n := src.docLen(i); {
+		case n < 2:
+			ds.Dropped++
+		case n-1 <= maxLen:
+		case tooLong == TooLongTruncate:
+			ds.Truncated++
+		default:
+			ds.Split++
+		}
+	}
+	if !inMem {
+		ix, err := newExampleIndex(src, maxLen, tooLong == TooLongSplit)
+		if err != nil {
+			return nil, fmt.Errorf("dataset %s: %w", name, err)
+		}
+		if ix.count() == 0 {
+			return nil, fmt.Errorf("dataset %s: no example has 2 or more tokens (%d documents)", name, src.numDocs())
+		}
+		ds.src, ds.ix = src, ix
+		return ds, nil
+	}
 	count := 0 // examples, counted first so the slice is allocated once
 	for i := 0; i < src.numDocs(); i++ {
-		if n := src.docLen(i); n >= 2 && tooLong == TooLongSplit {
-			count += (n - 2 + maxLen) / maxLen
-		} else if n >= 2 {
-			count++
-		}
+		count += examplesOf(src.docLen(i), maxLen, tooLong == TooLongSplit)
 	}
 	ds.Examples = make([]Example, 0, count)
-	if !inMem {
-		ds.src = src
-	}
-	add := func(i, from, to int) { // tokens [from, to) of document i
-		e := Example{Doc: i, Off: from, Len: to - from - 1}
-		if inMem {
-			e.Tokens, e.Off = mem[i].Tokens[from:to], 0
-		}
-		ds.Examples = append(ds.Examples, e)
-	}
-	for i := 0; i < src.numDocs(); i++ {
-		n := src.docLen(i)
-		if n < 2 {
-			ds.Dropped++
-			continue
-		}
-		if n-1 <= maxLen {
-			add(i, 0, n)
-			continue
-		}
-		if tooLong == TooLongTruncate {
-			ds.Truncated++
-			add(i, 0, maxLen+1)
-			continue
-		}
-		ds.Split++
-		for s := 0; s < n-1; s += maxLen {
-			add(i, s, min(s+maxLen+1, n))
+	for i := range mem {
+		n := len(mem[i].Tokens)
+		for k := range examplesOf(n, maxLen, tooLong == TooLongSplit) {
+			off, l := pieceOf(n, k, maxLen)
+			ds.Examples = append(ds.Examples, Example{Doc: i, Tokens: mem[i].Tokens[off : off+l+1], Len: l})
 		}
 	}
 	if len(ds.Examples) == 0 {

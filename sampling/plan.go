@@ -3,16 +3,71 @@ package sampling
 import (
 	"errors"
 	"fmt"
+	"math"
+	"slices"
+	"sort"
 )
 
 // EpochPlan is one epoch of bucketed batches for every data-parallel rank:
-// Steps[s][r] lists the example indices of rank r's batch at step s. All
-// batches of a step come from the same bucket (Bucket[s]), so ranks take
+// Batch(s, r) lists the example indices of rank r's batch at step s. All
+// batches of a step come from the same bucket (StepBucket(s)), so ranks take
 // similar time; every example appears exactly once.
+//
+// It is stored compactly, 4 bytes per example plus 4 per batch and per
+// step: every batch is a contiguous range of its bucket's pool (the examples
+// carried in from the previous bucket, then the bucket's shuffled examples),
+// so a plan keeps the pools and the batch boundaries, not a list per batch.
 type EpochPlan struct {
-	Epoch  uint64
-	Steps  [][][]int
-	Bucket []int
+	Epoch   uint64
+	buckets []bucketPlan // buckets with at least one step, ascending
+	order   []uint32     // order[s] = group of step s (groups numbered in bucket order)
+	dp      int
+}
+
+// bucketPlan is one bucket's share of a plan: pool position p is prefix[p]
+// for p < len(prefix), then seg[p-len(prefix)]; batch k is pool positions
+// [bounds[k], bounds[k+1]); group g (steps) is batches [g×dp, (g+1)×dp).
+type bucketPlan struct {
+	bucket      int
+	prefix, seg []int32
+	bounds      []uint32
+	firstGroup  int // number of groups of the earlier buckets
+}
+
+func (b *bucketPlan) at(p int) int {
+	if p < len(b.prefix) {
+		return int(b.prefix[p])
+	}
+	return int(b.seg[p-len(b.prefix)])
+}
+
+func (b *bucketPlan) poolLen() int { return len(b.prefix) + len(b.seg) }
+
+// NumSteps is the number of steps of the epoch.
+func (p *EpochPlan) NumSteps() int { return len(p.order) }
+
+// group returns the bucket plan and local group of step s.
+func (p *EpochPlan) group(s int) (*bucketPlan, int) {
+	g := int(p.order[s])
+	i := sort.Search(len(p.buckets), func(i int) bool { return p.buckets[i].firstGroup > g }) - 1
+	return &p.buckets[i], g - p.buckets[i].firstGroup
+}
+
+// StepBucket is the flat bucket of step s's batches.
+func (p *EpochPlan) StepBucket(s int) int {
+	b, _ := p.group(s)
+	return b.bucket
+}
+
+// Batch returns the example indices of rank r's batch at step s.
+func (p *EpochPlan) Batch(s, r int) []int {
+	b, g := p.group(s)
+	k := g*p.dp + r
+	out := make([]int, 0, b.bounds[k+1]-b.bounds[k])
+	for q := b.bounds[k]; q < b.bounds[k+1]; q++ {
+		out = append(out, b.at(int(q)))
+	}
+	return out
 }
 
 // Planner forms an epoch's dynamic batches from a Dataset and Buckets.
@@ -22,7 +77,7 @@ type Planner struct {
 	budget      float64
 	q           float64
 	maxExamples int
-	byBucket    [][]int // example indices per flat bucket, ascending
+	sizes       []int // examples per flat bucket
 }
 
 // NewPlanner checks that the budget holds one example of every length in ds.
@@ -30,8 +85,11 @@ type Planner struct {
 // just L); maxExamples caps a batch's count (0 = no cap), and so does
 // bk.MaxCount per bucket when set.
 func NewPlanner(ds *Dataset, bk *Buckets, budget int, q float64, maxExamples int) (*Planner, error) {
-	if ds == nil || len(ds.Examples) == 0 {
+	if ds == nil || ds.NumExamples() == 0 {
 		return nil, errors.New("planner: empty dataset")
+	}
+	if ds.NumExamples() > math.MaxInt32 {
+		return nil, fmt.Errorf("planner: %d examples, more than the %d a plan addresses", ds.NumExamples(), math.MaxInt32)
 	}
 	if len(bk.Upper) == 0 {
 		return nil, errors.New("planner: no buckets")
@@ -40,20 +98,12 @@ func NewPlanner(ds *Dataset, bk *Buckets, budget int, q float64, maxExamples int
 		return nil, fmt.Errorf("planner: %d bucket batch sizes for %d buckets", len(bk.MaxCount), bk.N())
 	}
 	p := &Planner{ds: ds, bk: bk, budget: float64(budget), q: q, maxExamples: maxExamples}
-	p.byBucket = make([][]int, bk.N())
-	sizes := make([]int, bk.N()) // counted first so each list is allocated once
-	for _, e := range ds.Examples {
-		sizes[bk.Index(e)]++
-	}
-	for b, n := range sizes {
-		p.byBucket[b] = make([]int, 0, n)
-	}
+	p.sizes = make([]int, bk.N())
 	longest := 0
-	for i, e := range ds.Examples {
-		b := bk.Index(e)
-		p.byBucket[b] = append(p.byBucket[b], i)
+	ds.Each(func(_ int, e Example) {
+		p.sizes[bk.Index(e)]++
 		longest = max(longest, e.Len)
-	}
+	})
 	if c := exampleCost(longest, q); c > p.budget {
 		return nil, fmt.Errorf("planner: budget %d cannot hold one example of %d positions (cost %.0f)", budget, longest, c)
 	}
@@ -61,13 +111,7 @@ func NewPlanner(ds *Dataset, bk *Buckets, budget int, q float64, maxExamples int
 }
 
 // BucketSizes returns the number of examples in each flat bucket.
-func (p *Planner) BucketSizes() []int {
-	out := make([]int, len(p.byBucket))
-	for i, b := range p.byBucket {
-		out[i] = len(b)
-	}
-	return out
-}
+func (p *Planner) BucketSizes() []int { return append([]int(nil), p.sizes...) }
 
 func (p *Planner) capOf(bucket int) int {
 	c := p.maxExamples
@@ -81,46 +125,52 @@ func (p *Planner) capOf(bucket int) int {
 
 // cut forms batches greedily in pool order: an example joins the open batch
 // while (count+1) × cost(longest) stays within the budget and the cap allows.
-func (p *Planner) cut(pool []int, capacity int) [][]int {
-	var out [][]int
-	var cur []int
-	longest := 0
-	for _, id := range pool {
-		l := p.ds.Examples[id].Len
-		nl := max(longest, l)
-		if len(cur) > 0 && (float64(len(cur)+1)*exampleCost(nl, p.q) > p.budget || (capacity > 0 && len(cur) >= capacity)) {
-			out = append(out, cur)
-			cur, nl = nil, l
-		}
-		cur = append(cur, id)
-		longest = nl
-	}
-	if len(cur) > 0 {
-		out = append(out, cur)
-	}
-	return out
+// It returns the batches' boundaries in the pool (first 0, last poolLen),
+// counted first so the list is allocated once, with room for spare more.
+func (p *Planner) cut(b *bucketPlan, capacity, spare int) []uint32 {
+	n := 0
+	p.scan(b, capacity, func(int) { n++ })
+	bounds := make([]uint32, 1, n+1+spare)
+	p.scan(b, capacity, func(q int) { bounds = append(bounds, uint32(q)) })
+	return bounds
 }
 
-// splitTo splits the batches with the most examples in halves until there are
-// target batches; it reports false when every batch is down to one example.
-func splitTo(batches [][]int, target int) ([][]int, bool) {
-	for len(batches) < target {
+// scan calls end with the pool position after each batch of cut.
+func (p *Planner) scan(b *bucketPlan, capacity int, end func(q int)) {
+	n, longest := 0, 0 // open batch: examples, longest Len
+	for q := range b.poolLen() {
+		l := p.ds.exLen(b.at(q))
+		nl := max(longest, l)
+		if n > 0 && (float64(n+1)*exampleCost(nl, p.q) > p.budget || (capacity > 0 && n >= capacity)) {
+			end(q)
+			n, nl = 0, l
+		}
+		n++
+		longest = nl
+	}
+	if n > 0 {
+		end(b.poolLen())
+	}
+}
+
+// splitTo splits the batches with the most examples in halves (the first
+// half keeps the smaller part) until there are target batches; it reports
+// false when every batch is down to one example.
+func splitTo(bounds []uint32, target int) ([]uint32, bool) {
+	for len(bounds)-1 < target {
 		best := 0
-		for i, b := range batches {
-			if len(b) > len(batches[best]) {
+		for i := 1; i+1 < len(bounds); i++ {
+			if bounds[i+1]-bounds[i] > bounds[best+1]-bounds[best] {
 				best = i
 			}
 		}
-		b := batches[best]
-		if len(b) < 2 {
-			return batches, false
+		size := bounds[best+1] - bounds[best]
+		if size < 2 {
+			return bounds, false
 		}
-		h := len(b) / 2
-		batches = append(batches, nil)
-		copy(batches[best+2:], batches[best+1:])
-		batches[best], batches[best+1] = b[:h:h], b[h:]
+		bounds = slices.Insert(bounds, best+1, bounds[best]+size/2)
 	}
-	return batches, true
+	return bounds, true
 }
 
 // Plan returns the batches of one epoch for dp ranks. It depends only on
@@ -139,68 +189,81 @@ func (p *Planner) Plan(seed, epoch uint64, dp int) (*EpochPlan, error) {
 	if dp <= 0 {
 		return nil, fmt.Errorf("plan: dp size %d, want > 0", dp)
 	}
-	type group struct {
-		bucket  int
-		batches [][]int
+	// every bucket's examples in ascending order, one after the other
+	perm := make([]int32, p.ds.NumExamples())
+	next := make([]int, len(p.sizes))
+	for b := 1; b < len(next); b++ {
+		next[b] = next[b-1] + p.sizes[b-1]
 	}
-	var groups []group
-	var carry []int
-	last := len(p.byBucket) - 1
-	for b := 0; b <= last; b++ {
-		ids := append([]int(nil), p.byBucket[b]...)
+	p.ds.Each(func(i int, e Example) {
+		b := p.bk.Index(e)
+		perm[next[b]] = int32(i)
+		next[b]++
+	})
+	plan := &EpochPlan{Epoch: epoch, dp: dp}
+	groups := 0
+	var carry []int32
+	last := len(p.sizes) - 1
+	for b, start := 0, 0; b <= last; b++ {
+		seg := perm[start : start+p.sizes[b]]
+		start += p.sizes[b]
 		r := rng{s: mix(seed, purposeBucketShuffle, epoch, uint64(b))}
-		r.shuffle(ids)
-		pool := append(carry, ids...)
+		shuffleOf(&r, seg)
+		bp := bucketPlan{bucket: b, prefix: carry, seg: seg, firstGroup: groups}
 		carry = nil
-		if len(pool) == 0 {
+		if bp.poolLen() == 0 {
 			continue
 		}
-		batches := p.cut(pool, p.capOf(b))
+		bounds := p.cut(&bp, p.capOf(b), dp)
 		if b < last {
 			// The last batch is usually underfilled: carry it too, so only
 			// the final bucket can end with a partial batch.
-			full := (len(batches) - 1) / dp * dp
-			for _, bt := range batches[full:] {
-				carry = append(carry, bt...)
+			full := (len(bounds) - 2) / dp * dp
+			for q := int(bounds[full]); q < bp.poolLen(); q++ {
+				carry = append(carry, int32(bp.at(q)))
 			}
-			for i := 0; i < full; i += dp {
-				groups = append(groups, group{b, batches[i : i+dp]})
+			if full > 0 {
+				bp.bounds = bounds[:full+1]
+				plan.buckets = append(plan.buckets, bp)
+				groups += full / dp
 			}
 			continue
 		}
 		for {
-			target := (len(batches) + dp - 1) / dp * dp
+			target := (len(bounds) - 1 + dp - 1) / dp * dp
 			var ok bool
-			if batches, ok = splitTo(batches, target); ok {
+			if bounds, ok = splitTo(bounds, target); ok {
 				break
 			}
-			if len(groups) == 0 {
-				return nil, fmt.Errorf("plan: %d examples cannot fill an equal number of non-empty batches on each of %d data-parallel ranks under budget %.0f (raise the budget or lower the DP size)", len(p.ds.Examples), dp, p.budget)
+			if groups == 0 {
+				return nil, fmt.Errorf("plan: %d examples cannot fill an equal number of non-empty batches on each of %d data-parallel ranks under budget %.0f (raise the budget or lower the DP size)", p.ds.NumExamples(), dp, p.budget)
 			}
-			g := groups[len(groups)-1]
-			groups = groups[:len(groups)-1]
-			var back []int
-			for _, bt := range g.batches {
-				back = append(back, bt...)
+			// take the last step back: its examples go first in the pool
+			lb := &plan.buckets[len(plan.buckets)-1]
+			k := len(lb.bounds) - 1 - dp // its first batch
+			var back []int32
+			for q := int(lb.bounds[k]); q < int(lb.bounds[k+dp]); q++ {
+				back = append(back, int32(lb.at(q)))
 			}
-			pool = append(back, pool...)
-			batches = p.cut(pool, p.capOf(b))
+			lb.bounds = lb.bounds[:k+1]
+			groups--
+			if k == 0 {
+				plan.buckets = plan.buckets[:len(plan.buckets)-1]
+			}
+			bp.prefix = append(back, bp.prefix...)
+			bp.firstGroup = groups
+			bounds = p.cut(&bp, p.capOf(b), dp)
 		}
-		for i := 0; i < len(batches); i += dp {
-			groups = append(groups, group{b, batches[i : i+dp]})
-		}
+		bp.bounds = bounds
+		plan.buckets = append(plan.buckets, bp)
+		groups += (len(bounds) - 1) / dp
 	}
 	r := rng{s: mix(seed, purposeStepShuffle, epoch)}
-	order := make([]int, len(groups))
-	for i := range order {
-		order[i] = i
+	plan.order = make([]uint32, groups)
+	for i := range plan.order {
+		plan.order[i] = uint32(i)
 	}
-	r.shuffle(order)
-	plan := &EpochPlan{Epoch: epoch, Steps: make([][][]int, len(groups)), Bucket: make([]int, len(groups))}
-	for s, gi := range order {
-		plan.Steps[s] = groups[gi].batches
-		plan.Bucket[s] = groups[gi].bucket
-	}
+	shuffleOf(&r, plan.order)
 	return plan, nil
 }
 
@@ -208,7 +271,7 @@ func (p *Planner) Plan(seed, epoch uint64, dp int) (*EpochPlan, error) {
 func (p *Planner) Cost(ids []int) float64 {
 	longest := 0
 	for _, id := range ids {
-		longest = max(longest, p.ds.Examples[id].Len)
+		longest = max(longest, p.ds.exLen(id))
 	}
 	return float64(len(ids)) * exampleCost(longest, p.q)
 }
@@ -222,10 +285,10 @@ func (d *Dataset) Batch(ids []int) (Batch, error) {
 	}
 	t := 0
 	for _, id := range ids {
-		if id < 0 || id >= len(d.Examples) {
-			return Batch{}, fmt.Errorf("batch: example %d out of range [0,%d)", id, len(d.Examples))
+		if id < 0 || id >= d.NumExamples() {
+			return Batch{}, fmt.Errorf("batch: example %d out of range [0,%d)", id, d.NumExamples())
 		}
-		e := d.Examples[id]
+		e := d.Example(id)
 		if e.Tokens == nil && d.src == nil {
 			return Batch{}, fmt.Errorf("batch: dataset %s has lengths only (no text) and cannot be trained on", d.Name)
 		}
@@ -234,7 +297,7 @@ func (d *Dataset) Batch(ids []int) (Batch, error) {
 	b := newBatch(len(ids), t, false)
 	var buf []int32
 	for r, id := range ids {
-		e := d.Examples[id]
+		e := d.Example(id)
 		toks := e.Tokens
 		if toks == nil {
 			buf = d.src.appendTokens(buf[:0], e.Doc, e.Off, e.Off+e.Len+1)

@@ -81,6 +81,8 @@ func OpenPrepared(dir, mode string, valFraction float64, seed uint64) (*Prepared
 		ds.Close()
 		return nil, fmt.Errorf("load %s: no training tokens left after holding out %.3g", dir, valFraction)
 	}
+	// the split read every document's entry; the sources keep the lengths
+	ds.DropIndexPages()
 	return p, nil
 }
 

@@ -344,8 +344,8 @@ func TestPreparedStatsAndLoadCorpus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, w := all.Tokens(), want.Tokens(); got != w || len(all.Examples) != len(want.Examples) {
-		t.Fatalf("prepared statistics: %d positions in %d examples, want %d in %d", got, len(all.Examples), w, len(want.Examples))
+	if got, w := all.Tokens(), want.Tokens(); got != w || all.NumExamples() != want.NumExamples() {
+		t.Fatalf("prepared statistics: %d positions in %d examples, want %d in %d", got, all.NumExamples(), w, want.NumExamples())
 	}
 	if _, err := LoadCorpus(dir, 0.05, 1); err == nil {
 		t.Error("LoadCorpus read a prepared dataset as text")

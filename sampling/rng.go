@@ -34,7 +34,11 @@ func (r *rng) intn(n int) int {
 func (r *rng) float64() float64 { return float64(r.next()>>11) / (1 << 53) }
 
 // shuffle permutes idx uniformly (Fisher–Yates).
-func (r *rng) shuffle(idx []int) {
+func (r *rng) shuffle(idx []int) { shuffleOf(r, idx) }
+
+// shuffleOf is shuffle on any integer slice: the same swaps for the same
+// length, so a compact index list gets the permutation an []int would.
+func shuffleOf[T int | int32 | uint32](r *rng, idx []T) {
 	for i := len(idx) - 1; i > 0; i-- {
 		j := r.intn(i + 1)
 		idx[i], idx[j] = idx[j], idx[i]

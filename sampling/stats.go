@@ -48,7 +48,7 @@ func (s *BatchStats) add(b, t int, examples int, real int64, cost float64) {
 // each batch.
 func NaiveStats(ds *Dataset, budget int, q float64, seed uint64) BatchStats {
 	n := max(1, int(float64(budget)/exampleCost(ds.MaxLen, q)))
-	idx := make([]int, len(ds.Examples))
+	idx := make([]int, ds.NumExamples())
 	for i := range idx {
 		idx[i] = i
 	}
@@ -59,8 +59,9 @@ func NaiveStats(ds *Dataset, budget int, q float64, seed uint64) BatchStats {
 		ids := idx[a:min(a+n, len(idx))]
 		longest, real := 0, int64(0)
 		for _, id := range ids {
-			longest = max(longest, ds.Examples[id].Len)
-			real += int64(ds.Examples[id].Len)
+			l := ds.exLen(id)
+			longest = max(longest, l)
+			real += int64(l)
 		}
 		st.add(len(ids), longest, len(ids), real, float64(len(ids))*exampleCost(longest, q))
 	}
@@ -70,12 +71,14 @@ func NaiveStats(ds *Dataset, budget int, q float64, seed uint64) BatchStats {
 // PlanStats measures an epoch plan (all ranks' batches).
 func PlanStats(p *Planner, plan *EpochPlan) BatchStats {
 	st := BatchStats{Strategy: "bucket"}
-	for _, step := range plan.Steps {
-		for _, ids := range step {
+	for s := range plan.NumSteps() {
+		for r := range plan.dp {
+			ids := plan.Batch(s, r)
 			longest, real := 0, int64(0)
 			for _, id := range ids {
-				longest = max(longest, p.ds.Examples[id].Len)
-				real += int64(p.ds.Examples[id].Len)
+				l := p.ds.exLen(id)
+				longest = max(longest, l)
+				real += int64(l)
 			}
 			st.add(len(ids), longest, len(ids), real, p.Cost(ids))
 		}
@@ -89,10 +92,8 @@ func PlanStats(p *Planner, plan *EpochPlan) BatchStats {
 func PackStats(ds *Dataset, seqLen, rows int) BatchStats {
 	st := BatchStats{Strategy: "pack"}
 	per := int64(seqLen * rows)
-	var total int64
-	for _, e := range ds.Examples {
-		total += int64(e.Len)
-	}
+	total := int64(ds.Tokens())
+	ne := ds.NumExamples()
 	// segments: every example starts one, every row boundary inside an
 	// example starts another.
 	var pos int64
@@ -110,14 +111,14 @@ func PackStats(ds *Dataset, seqLen, rows int) BatchStats {
 		for r := int64(0); r < nrows; r++ {
 			ra, rb := pos+r*w, min(pos+(r+1)*w, end)
 			// walk examples overlapping [ra, rb)
-			for ex < len(ds.Examples) && exStart+int64(ds.Examples[ex].Len) <= ra {
-				exStart += int64(ds.Examples[ex].Len)
+			for ex < ne && exStart+int64(ds.exLen(ex)) <= ra {
+				exStart += int64(ds.exLen(ex))
 				ex++
 			}
 			k, ks := ex, exStart
-			for k < len(ds.Examples) && ks < rb {
+			for k < ne && ks < rb {
 				segs++
-				ks += int64(ds.Examples[k].Len)
+				ks += int64(ds.exLen(k))
 				k++
 			}
 		}
@@ -139,11 +140,11 @@ type Histogram struct {
 func LengthHistogram(ds *Dataset, n int) Histogram {
 	w := max(1, (ds.MaxLen+n-1)/n)
 	h := Histogram{Width: w, Counts: make([]int, n), Tokens: make([]int64, n)}
-	for _, e := range ds.Examples {
+	ds.Each(func(_ int, e Example) {
 		i := min(max(0, (e.Len-1)/w), n-1)
 		h.Counts[i]++
 		h.Tokens[i] += int64(e.Len)
-	}
+	})
 	return h
 }
 
@@ -164,8 +165,20 @@ func LoadAllExamples(cfg Config, seed uint64) (*Dataset, error) {
 	if val == nil {
 		return train, nil
 	}
+	// The examples of the two parts, listed (statistics read lengths only;
+	// computed examples address their own part's documents, so the joined
+	// list keeps no source and cannot be batched).
 	all := *train
-	all.Examples = append(append([]Example(nil), train.Examples...), val.Examples...)
+	all.Examples = make([]Example, 0, train.NumExamples()+val.NumExamples())
+	for _, part := range []*Dataset{train, val} {
+		part.Each(func(_ int, e Example) { all.Examples = append(all.Examples, e) })
+	}
+	if train.ix != nil || val.ix != nil {
+		all.src, all.ix = nil, nil
+		for i := range all.Examples {
+			all.Examples[i].Tokens = nil
+		}
+	}
 	all.Docs += val.Docs
 	all.Split += val.Split
 	all.Truncated += val.Truncated

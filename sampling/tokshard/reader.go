@@ -208,6 +208,15 @@ func (d *Dataset) Close() error {
 	return first
 }
 
+// DropIndexPages drops the index's pages from this process's resident set
+// again (as Open does after validating), for a caller that has just read
+// every document's entry and keeps what it needs; they fault back in on use.
+func (d *Dataset) DropIndexPages() {
+	if d.idxMap != nil {
+		_ = unix.Madvise(d.idxMap, unix.MADV_DONTNEED)
+	}
+}
+
 // NumDocs is the number of documents.
 func (d *Dataset) NumDocs() int { return int(d.Index.Docs) }
 
