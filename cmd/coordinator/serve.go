@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/moetrain/moetrain/cluster"
 	"github.com/moetrain/moetrain/cluster/pki"
@@ -60,12 +58,16 @@ func init() {
 		Use:   "serve",
 		Short: "Serve a job: wait for workers to join, plan the layout, run the job to its end",
 		Long: `Serve a job: wait for workers to join, plan the layout, run the job to its end.
+In a Slurm job, flags not given come from Slurm's environment (docs/launching.md).
 ` + checkpointHelp,
 		Example: "  coordinator serve --config job.toml --listen 0.0.0.0:7070 --workers 4 --token $TOKEN\n" +
 			"  worker --join HOST:7070 --token $TOKEN   # on each worker machine\n" +
 			"  coordinator serve ... --tls-cert coord.pem --tls-key coord-key.pem --tls-ca ca.pem   # mutual TLS (workers: theirs)",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := slurmServeDefaults(cmd.Flags(), &listen, &workers, &runDir, &tlsFiles); err != nil {
+				return err
+			}
 			job, err := loadJob(config, steps)
 			if err != nil {
 				return err
@@ -173,28 +175,4 @@ func init() {
 	addMetricsFlag(f, &metricsAddr)
 	addTLSFlags(f, &tlsFiles, "this coordinator's")
 	rootCmd.AddCommand(cmd)
-}
-
-// addTLSFlags registers --tls-cert, --tls-key and --tls-ca (whose
-// certificate: e.g. "this coordinator's").
-func addTLSFlags(f *pflag.FlagSet, t *pki.Files, whose string) {
-	f.StringVar(&t.Cert, "tls-cert", "", whose+" TLS certificate (PEM); with --tls-key and --tls-ca the control plane is mutual TLS, else cleartext")
-	f.StringVar(&t.Key, "tls-key", "", "the private key of --tls-cert (PEM)")
-	f.StringVar(&t.CA, "tls-ca", "", "the CA certificate (PEM) the other side's certificate must be signed by")
-}
-
-// serverTLSConfig is the coordinator's mutual TLS of t; nil when t is empty.
-func serverTLSConfig(t pki.Files) (*tls.Config, error) {
-	if !t.Enabled() {
-		return nil, nil
-	}
-	return t.ServerConfig()
-}
-
-// clientTLSConfig is a tool's mutual TLS of t; nil when t is empty.
-func clientTLSConfig(t pki.Files) (*tls.Config, error) {
-	if !t.Enabled() {
-		return nil, nil
-	}
-	return t.ClientConfig()
 }
