@@ -145,20 +145,29 @@ func TestCoordinatorAbortsOnRunnerError(t *testing.T) {
 	}
 }
 
+// waitStep polls c's status (token "tok") until the job has reached step;
+// false, with the error reported on t, when a query fails first.
+func waitStep(ctx context.Context, t *testing.T, c *Coordinator, step int64) bool {
+	t.Helper()
+	for {
+		s, err := QueryStatus(ctx, c.Addr(), "tok")
+		if err != nil {
+			t.Errorf("status: %v", err)
+			return false
+		}
+		if s.Step >= step {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func TestCoordinatorStopRequest(t *testing.T) {
 	r := runJob(t, 2, stepper(-1, 0, true), func(c *Coordinator) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		for {
-			s, err := QueryStatus(ctx, c.Addr(), "tok")
-			if err != nil {
-				t.Errorf("status: %v", err)
-				return
-			}
-			if s.Step >= 5 {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
+		if !waitStep(ctx, t, c, 5) {
+			return
 		}
 		if err := RequestStop(ctx, c.Addr(), "tok", "enough"); err != nil {
 			t.Error(err)

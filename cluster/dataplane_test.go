@@ -162,6 +162,15 @@ func (r *frameRecorder) post(k frameKey) {
 	r.posted[k] = true
 }
 
+// partsLen is the payload length of a frame sent as parts.
+func partsLen(parts [][]byte) int {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	return n
+}
+
 // recTransport reports rank's frames and receives to rec.
 type recTransport struct {
 	collective.Transport
@@ -169,10 +178,7 @@ type recTransport struct {
 }
 
 func (t recTransport) Send(ctx context.Context, peer int, h collective.Header, parts ...[]byte) error {
-	n := 0
-	for _, p := range parts {
-		n += len(p)
-	}
+	n := partsLen(parts)
 	if h.Op != collective.OpAbort {
 		t.rec.sent(frameKey{t.Rank(), peer, h.Tag}, n)
 	}

@@ -239,10 +239,7 @@ type corruptingTransport struct {
 }
 
 func (t corruptingTransport) Send(ctx context.Context, peer int, h collective.Header, parts ...[]byte) error {
-	n := 0
-	for _, p := range parts {
-		n += len(p)
-	}
+	n := partsLen(parts)
 	if t.c.corrupted.Load() {
 		t.Transport.Close()
 		return errors.New("hostile peer: link dropped")

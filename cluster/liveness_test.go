@@ -80,16 +80,8 @@ func TestCoordinatorGossipDeathNeedsConfirmation(t *testing.T) {
 	r := runJobWith(t, 3, stepper(-1, 0, true), func(c *Coordinator) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		for {
-			s, err := QueryStatus(ctx, c.Addr(), "tok")
-			if err != nil {
-				t.Errorf("status: %v", err)
-				return
-			}
-			if s.Step >= 5 {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
+		if !waitStep(ctx, t, c, 5) {
+			return
 		}
 		c.gossipDead("w0")
 		time.Sleep(window / 3)

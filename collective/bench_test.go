@@ -3,7 +3,6 @@ package collective
 import (
 	"context"
 	"fmt"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -60,27 +59,9 @@ func BenchmarkAllReduceInProc(b *testing.B) {
 // progress engine (spinning, as the bench command runs it) over reader
 // goroutines.
 func benchTCP(b *testing.B, n int, engine bool) []Transport {
-	lns := make([]net.Listener, n)
-	addrs := make([]string, n)
-	for i := range n {
-		ln, err := Listen("127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer ln.Close()
-		lns[i], addrs[i] = ln, ln.Addr().String()
-	}
-	ts := make([]Transport, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ts[i], errs[i] = DialMesh(context.Background(), lns[i], TCPConfig{Rank: i, Addrs: addrs, Token: "b", ProgressEngine: engine, SpinWait: spinIf(engine)})
-		}()
-	}
-	wg.Wait()
+	ts, errs := dialTestMesh(b, n, 30*time.Second, func(rank int, addrs []string) TCPConfig {
+		return TCPConfig{Rank: rank, Addrs: addrs, Token: "b", ProgressEngine: engine, SpinWait: spinIf(engine)}
+	})
 	for _, err := range errs {
 		if err != nil {
 			b.Fatal(err)

@@ -121,18 +121,9 @@ func TestTCPCongestion(t *testing.T) {
 	if _, err := ListenCongestion("127.0.0.1:0", "nosuch-cc"); err == nil || !strings.Contains(err.Error(), "nosuch-cc") {
 		t.Fatalf("listen with an unknown congestion control: err = %v, want one naming it", err)
 	}
-	ln0, err := Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln0.Close()
-	ln1, err := Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln1.Close()
+	lns, addrs := listenLoopback(t, 2)
 	start := time.Now()
-	_, err = DialMesh(testCtx(t, 5*time.Second), ln1, TCPConfig{Rank: 1, Addrs: []string{ln0.Addr().String(), ln1.Addr().String()},
+	_, err = DialMesh(testCtx(t, 5*time.Second), lns[1], TCPConfig{Rank: 1, Addrs: addrs,
 		Token: "cc", Congestion: "nosuch-cc"})
 	if err == nil || !strings.Contains(err.Error(), "nosuch-cc") || !strings.Contains(err.Error(), "rank 0") {
 		t.Fatalf("dial with an unknown congestion control: err = %v, want one naming it and the peer", err)

@@ -80,7 +80,7 @@ func checkAllReduce(ctx context.Context, c *Comm, size int) error {
 	return nil
 }
 
-func testCtx(t *testing.T, d time.Duration) context.Context {
+func testCtx(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

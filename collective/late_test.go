@@ -17,17 +17,8 @@ func TestTCPLateAcceptor(t *testing.T) {
 	old := handshakeTime
 	handshakeTime = 100 * time.Millisecond
 	defer func() { handshakeTime = old }()
-	ln0, err := Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln0.Close()
-	ln1, err := Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln1.Close()
-	addrs := []string{ln0.Addr().String(), ln1.Addr().String()}
+	lns, addrs := listenLoopback(t, 2)
+	ln0, ln1 := lns[0], lns[1]
 	ctx := testCtx(t, 10*time.Second)
 	type res struct {
 		tr  Transport

@@ -22,21 +22,28 @@ func tcpMesh(t *testing.T, n int, tokens []string) ([]Transport, []error) {
 	})
 }
 
-// dialTestMesh listens on n loopback ports and dials the mesh with each
-// rank's config from cfg, returning every rank's transport and error.
-func dialTestMesh(t *testing.T, n int, timeout time.Duration, cfg func(rank int, addrs []string) TCPConfig) ([]Transport, []error) {
-	t.Helper()
+// listenLoopback opens n data-plane listeners on loopback ports, closed when
+// the test ends, and returns them with their addresses.
+func listenLoopback(tb testing.TB, n int) ([]net.Listener, []string) {
+	tb.Helper()
 	lns := make([]net.Listener, n)
 	addrs := make([]string, n)
 	for i := range n {
 		ln, err := Listen("127.0.0.1:0")
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
-		t.Cleanup(func() { ln.Close() })
-		lns[i] = ln
-		addrs[i] = ln.Addr().String()
+		tb.Cleanup(func() { ln.Close() })
+		lns[i], addrs[i] = ln, ln.Addr().String()
 	}
+	return lns, addrs
+}
+
+// dialTestMesh listens on n loopback ports and dials the mesh with each
+// rank's config from cfg, returning every rank's transport and error.
+func dialTestMesh(t testing.TB, n int, timeout time.Duration, cfg func(rank int, addrs []string) TCPConfig) ([]Transport, []error) {
+	t.Helper()
+	lns, addrs := listenLoopback(t, n)
 	ts := make([]Transport, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -198,36 +205,17 @@ func TestDialMeshValidation(t *testing.T) {
 // A rank whose address list points at the wrong process refuses it.
 func TestTCPUnexpectedRankRefused(t *testing.T) {
 	const n = 3
-	lns := make([]net.Listener, n)
-	addrs := make([]string, n)
-	for i := range n {
-		ln, err := Listen("127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	ts, errs := dialTestMesh(t, n, time.Second, func(rank int, addrs []string) TCPConfig {
+		if rank == 2 {
+			addrs = []string{addrs[1], addrs[0], addrs[2]}
 		}
-		defer ln.Close()
-		lns[i], addrs[i] = ln, ln.Addr().String()
+		return TCPConfig{Rank: rank, Addrs: addrs, Token: "k"}
+	})
+	for _, tr := range ts {
+		if tr != nil {
+			tr.Close()
+		}
 	}
-	swapped := []string{addrs[1], addrs[0], addrs[2]}
-	ctx := testCtx(t, time.Second)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a := addrs
-			if i == 2 {
-				a = swapped
-			}
-			tr, err := DialMesh(ctx, lns[i], TCPConfig{Rank: i, Addrs: a, Token: "k"})
-			if tr != nil {
-				tr.Close()
-			}
-			errs[i] = err
-		}()
-	}
-	wg.Wait()
 	if !errors.Is(errs[2], ErrRefused) || !strings.Contains(errs[2].Error(), "expected rank") {
 		t.Fatalf("rank 2: want a refusal naming the unexpected rank, got %v", errs[2])
 	}

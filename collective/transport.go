@@ -558,17 +558,7 @@ func (b *inbox) mismatch(peer int, h Header) bool {
 	return true
 }
 
-// claim is called by a reader that has decoded header h from peer. It returns
-// the waiter whose dst the payload must be read into, or nil when the payload
-// has to be buffered (then call store). A waiter whose expectations h does not
-// meet is completed with a *DesyncError and nil is returned.
-func (b *inbox) claim(peer int, h Header) *waiter {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.claimLocked(peer, h)
-}
-
-// claimOrCharge is claim for a reader about to read h's payload: when it
+// claimOrCharge is claimLocked for a reader about to read h's payload: when it
 // returns no waiter, the payload has been charged to peer (see
 // chargeLocked), or the error says it does not fit.
 func (b *inbox) claimOrCharge(peer int, h Header) (*waiter, error) {
@@ -580,7 +570,7 @@ func (b *inbox) claimOrCharge(peer int, h Header) (*waiter, error) {
 	return nil, b.chargeLocked(peer, h.Len, false)
 }
 
-// claimCharged is claim for a payload already charged to peer and partly
+// claimCharged is claimLocked for a payload already charged to peer and partly
 // read: a waiter found takes it over, and the charge is refunded.
 func (b *inbox) claimCharged(peer int, h Header) *waiter {
 	b.mu.Lock()
@@ -592,7 +582,10 @@ func (b *inbox) claimCharged(peer int, h Header) *waiter {
 	return w
 }
 
-// claimLocked is claim; callers hold mu.
+// claimLocked is called, with mu held, for header h decoded from peer. It
+// returns the waiter whose dst the payload must be read into, or nil when the
+// payload has to be buffered. A waiter whose expectations h does not meet is
+// completed with a *DesyncError and nil is returned.
 func (b *inbox) claimLocked(peer int, h Header) *waiter {
 	key := mkey{peer, h.Tag}
 	w := b.waiting[key]

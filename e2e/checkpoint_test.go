@@ -24,11 +24,7 @@ func ckptJob(t *testing.T, zero1 bool) string {
 	if zero1 {
 		job += "\n[dp]\nzero1 = true\n"
 	}
-	p := filepath.Join(t.TempDir(), "job.toml")
-	if err := os.WriteFile(p, []byte(job), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return writeJobText(t, job)
 }
 
 // launchRun runs `coordinator launch --workers 2` on job with extra flags
@@ -74,6 +70,13 @@ func sameLosses(t *testing.T, what, wantRun, gotRun string, from, to int) {
 
 func readSummary(t *testing.T, run string) cluster.Summary {
 	t.Helper()
+	s, _ := readSummaryJSON(t, run)
+	return s
+}
+
+// readSummaryJSON is run's summary.json, decoded and as read.
+func readSummaryJSON(t *testing.T, run string) (cluster.Summary, []byte) {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join(run, "summary.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +85,7 @@ func readSummary(t *testing.T, run string) cluster.Summary {
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
 	}
-	return s
+	return s, b
 }
 
 // committedSteps lists a checkpoint directory's published steps and what

@@ -79,14 +79,7 @@ func stepLosses(t *testing.T, path string) map[float64]float64 {
 // docs/mesh.md#parallel-equals-serial).
 func TestLaunchTwoWorkers(t *testing.T) {
 	run := launchTiny(t)
-	var sum cluster.Summary
-	b, err := os.ReadFile(filepath.Join(run, "summary.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &sum); err != nil {
-		t.Fatal(err)
-	}
+	sum, b := readSummaryJSON(t, run)
 	if sum.Phase != cluster.PhaseSucceeded || sum.Status.Step != 20 || len(sum.WorkerExits) != 2 || sum.FinalVal == nil ||
 		sum.Plan == nil || sum.Plan.Mesh.DP != 2 {
 		t.Fatalf("summary %s", b)
@@ -292,9 +285,11 @@ func TestBusyPortRefused(t *testing.T) {
 	first.wait(20 * time.Second)
 }
 
-// Ctrl-C on launch stops the job on every worker process and leaves no
-// process behind.
-func TestLaunchInterrupt(t *testing.T) {
+// startLongLaunch starts `coordinator launch --workers 2` on the tiny job for
+// a million steps and returns it with its run directory once step 1 is
+// logged.
+func startLongLaunch(t *testing.T) (*process, string) {
+	t.Helper()
 	run := filepath.Join(t.TempDir(), "run")
 	p := start(t, "coordinator launch", nil, "launch", "--workers", "2", "--config", writeJob(t), "--steps", "1000000",
 		"--run-dir", run, "--no-bar")
@@ -303,20 +298,20 @@ func TestLaunchInterrupt(t *testing.T) {
 	if _, err := p.waitLine(ctx, "step 1/1000000"); err != nil {
 		t.Fatal(err)
 	}
+	return p, run
+}
+
+// Ctrl-C on launch stops the job on every worker process and leaves no
+// process behind.
+func TestLaunchInterrupt(t *testing.T) {
+	p, run := startLongLaunch(t)
 	if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
 	}
 	if code := p.wait(30 * time.Second); code == 0 {
 		t.Errorf("interrupted launch exited 0")
 	}
-	var sum cluster.Summary
-	b, err := os.ReadFile(filepath.Join(run, "summary.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &sum); err != nil {
-		t.Fatal(err)
-	}
+	sum, b := readSummaryJSON(t, run)
 	if sum.Phase != cluster.PhaseStopped || len(sum.WorkerExits) != 2 {
 		t.Fatalf("summary %s", b)
 	}
@@ -347,14 +342,7 @@ func pidsWithArg(arg string) []int {
 // A launch that is SIGKILLed (no chance to clean up) leaves no worker behind:
 // they die with it (parent-death signal) or on losing the coordinator.
 func TestLaunchKilledLeavesNoOrphans(t *testing.T) {
-	run := filepath.Join(t.TempDir(), "run")
-	p := start(t, "coordinator launch", nil, "launch", "--workers", "2", "--config", writeJob(t), "--steps", "1000000",
-		"--run-dir", run, "--no-bar")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := p.waitLine(ctx, "step 1/1000000"); err != nil {
-		t.Fatal(err)
-	}
+	p, run := startLongLaunch(t)
 	workers := pidsWithArg(filepath.Join(run, "worker-"))
 	if len(workers) != 2 {
 		t.Fatalf("found worker pids %v, want 2", workers)

@@ -56,8 +56,9 @@ func runMain(m *testing.M) int {
 	return m.Run()
 }
 
-// tinyJob is a model small enough that a step takes milliseconds.
-const tinyJob = `
+// tinyModel is the [model] table of a model small enough that a step takes
+// milliseconds; a job may add keys to the table after it.
+const tinyModel = `
 [model]
 d_model = 32
 layers = 2
@@ -65,7 +66,10 @@ heads = 2
 seq_len = 32
 experts = 4
 expert_hidden = 64
+`
 
+// tinyJob is a job of tinyModel.
+const tinyJob = tinyModel + `
 [data]
 seq_len = 32
 batch_size = 4
@@ -79,8 +83,15 @@ log_every = 5
 
 func writeJob(t *testing.T) string {
 	t.Helper()
+	return writeJobText(t, tinyJob)
+}
+
+// writeJobText writes job to job.toml in a fresh temporary directory and
+// returns its path.
+func writeJobText(t *testing.T, job string) string {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "job.toml")
-	if err := os.WriteFile(p, []byte(tinyJob), 0o644); err != nil {
+	if err := os.WriteFile(p, []byte(job), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p

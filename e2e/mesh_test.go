@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"math"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,15 +20,7 @@ import (
 // split over 2 ranks: mesh dp = 4 (four data shards), ep = 2, so the
 // expert-data-parallel degree is 2 — the "DP=2 × EP=2" layout of four
 // workers in the usual naming, where DP counts replicas of each expert.
-const meshJob = `
-[model]
-d_model = 32
-layers = 2
-heads = 2
-seq_len = 32
-experts = 4
-expert_hidden = 64
-z_loss_coef = 0.001
+const meshJob = tinyModel + `z_loss_coef = 0.001
 bias_update_rate = 0.001
 [data]
 seq_len = 32
@@ -94,16 +85,12 @@ func serialOnConcatenation(t *testing.T, cfg train.JobConfig, dp, steps int) []f
 // `coordinator launch`, matches the serial trainer's losses within 1e-5
 // (every rank logs the global loss; see docs/mesh.md#parallel-equals-serial).
 func TestLaunchExpertParallelMatchesSerial(t *testing.T) {
-	dir := t.TempDir()
-	job := filepath.Join(dir, "job.toml")
-	if err := os.WriteFile(job, []byte(meshJob), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	job := writeJobText(t, meshJob)
 	cfg, err := train.LoadJobConfig(job)
 	if err != nil {
 		t.Fatal(err)
 	}
-	run := filepath.Join(dir, "run")
+	run := filepath.Join(t.TempDir(), "run")
 	p := start(t, "coordinator launch", nil, "launch", "--workers", "4", "--config", job, "--run-dir", run, "--no-bar")
 	if code := p.wait(90 * time.Second); code != 0 {
 		t.Fatalf("launch exited %d:\n%s", code, p.output())

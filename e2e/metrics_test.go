@@ -28,11 +28,7 @@ func metricsJob(t *testing.T, steps int) string {
 	t.Helper()
 	job := strings.Replace(tinyJob, "log_every = 5", "log_every = 1", 1)
 	job = strings.Replace(job, "steps = 20", "steps = "+strconv.Itoa(steps), 1)
-	p := filepath.Join(t.TempDir(), "job.toml")
-	if err := os.WriteFile(p, []byte(job), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return writeJobText(t, job)
 }
 
 // getMetrics scrapes http://addr/metrics: samples by series

@@ -47,14 +47,7 @@ func TestNetnsCluster(t *testing.T) {
 	if err != nil {
 		t.Fatalf("netns-cluster.sh: %v\n%s", err, out)
 	}
-	b, rerr := os.ReadFile(filepath.Join(run, "summary.json"))
-	if rerr != nil {
-		t.Fatal(rerr)
-	}
-	var sum cluster.Summary
-	if err := json.Unmarshal(b, &sum); err != nil {
-		t.Fatal(err)
-	}
+	sum, b := readSummaryJSON(t, run)
 	if sum.Phase != cluster.PhaseSucceeded || sum.Plan == nil || len(sum.Plan.Ranks) != 2 {
 		t.Fatalf("summary: %s", b)
 	}

@@ -68,18 +68,16 @@ func TestInitParamsDeterministic(t *testing.T) {
 	}
 }
 
-func TestConfigValidate(t *testing.T) {
-	cases := []struct {
-		mut  func(*Config)
-		want string
-	}{
-		{func(c *Config) { c.DModel = 250 }, "model.d_model = 250: must be a multiple of model.heads"},
-		{func(c *Config) { c.TopK = 9 }, "model.top_k = 9"},
-		{func(c *Config) { c.Layers = 0 }, "model.layers = 0"},
-		{func(c *Config) { c.NormEps = 0 }, "model.norm_eps"},
-		{func(c *Config) { c.AuxCoef = -1 }, "model.aux_coef"},
-		{func(c *Config) { c.Router = "magic" }, `model.router = "magic"`},
-	}
+// validateCase is a change to the default config and a part of the error
+// Validate must return for it.
+type validateCase struct {
+	mut  func(*Config)
+	want string
+}
+
+// checkValidate applies each case to DefaultConfig and checks Validate's error.
+func checkValidate(t *testing.T, cases []validateCase) {
+	t.Helper()
 	for _, tc := range cases {
 		c := DefaultConfig()
 		tc.mut(&c)
@@ -88,4 +86,16 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("Validate() = %v, want an error containing %q", err, tc.want)
 		}
 	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	cases := []validateCase{
+		{func(c *Config) { c.DModel = 250 }, "model.d_model = 250: must be a multiple of model.heads"},
+		{func(c *Config) { c.TopK = 9 }, "model.top_k = 9"},
+		{func(c *Config) { c.Layers = 0 }, "model.layers = 0"},
+		{func(c *Config) { c.NormEps = 0 }, "model.norm_eps"},
+		{func(c *Config) { c.AuxCoef = -1 }, "model.aux_coef"},
+		{func(c *Config) { c.Router = "magic" }, `model.router = "magic"`},
+	}
+	checkValidate(t, cases)
 }

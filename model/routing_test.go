@@ -3,17 +3,13 @@ package model
 import (
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/moetrain/moetrain/moe"
 )
 
 func TestRouterConfigValidate(t *testing.T) {
-	cases := []struct {
-		mut  func(*Config)
-		want string
-	}{
+	cases := []validateCase{
 		{func(c *Config) { c.Score = "relu" }, `model.score = "relu"`},
 		{func(c *Config) { c.DropPolicy = "random" }, `model.drop_policy = "random"`},
 		{func(c *Config) { c.Router, c.Groups = "moge", 3 }, "model.groups = 3: must divide model.experts = 8"},
@@ -26,14 +22,7 @@ func TestRouterConfigValidate(t *testing.T) {
 		{func(c *Config) { c.CapacityFactor = -1 }, "model.capacity_factor"},
 		{func(c *Config) { c.Router = "magic" }, `model.router = "magic"`},
 	}
-	for _, tc := range cases {
-		c := DefaultConfig()
-		tc.mut(&c)
-		err := c.Validate()
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("Validate() = %v, want an error containing %q", err, tc.want)
-		}
-	}
+	checkValidate(t, cases)
 	for _, mut := range []func(*Config){
 		func(c *Config) { c.Router, c.Groups = "moge", 2 },
 		func(c *Config) { c.Router, c.Groups, c.TopKGroups, c.Score = "group_limited", 4, 2, "sigmoid" },

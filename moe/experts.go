@@ -17,16 +17,10 @@ type Experts struct {
 // thread count); each expert's GEMMs may split further.
 func (ex Experts) Forward(y, hpre, hact, x, w1, w2 []float32, offsets []int) {
 	d, h := ex.D, ex.H
-	forExperts(offsets, func(e0, e1 int) {
-		for e := e0; e < e1; e++ {
-			lo, c := offsets[e], offsets[e+1]-offsets[e]
-			if c == 0 {
-				continue
-			}
-			tensor.Gemm(false, true, c, h, d, x[lo*d:], d, w1[e*h*d:], d, 0, hpre[lo*h:], h)
-			tensor.GELUForward(hact[lo*h:(lo+c)*h], hpre[lo*h:(lo+c)*h])
-			tensor.Gemm(false, true, c, d, h, hact[lo*h:], h, w2[e*d*h:], h, 0, y[lo*d:], d)
-		}
+	eachExpert(offsets, func(e, lo, c int) {
+		tensor.Gemm(false, true, c, h, d, x[lo*d:], d, w1[e*h*d:], d, 0, hpre[lo*h:], h)
+		tensor.GELUForward(hact[lo*h:(lo+c)*h], hpre[lo*h:(lo+c)*h])
+		tensor.Gemm(false, true, c, d, h, hact[lo*h:], h, w2[e*d*h:], h, 0, y[lo*d:], d)
 	})
 }
 
@@ -35,19 +29,25 @@ func (ex Experts) Forward(y, hpre, hact, x, w1, w2 []float32, offsets []int) {
 // Experts run concurrently (each one's outputs are disjoint), like Forward.
 func (ex Experts) Backward(dx, dw1, dw2, dhact, dhpre, dy, x, hpre, hact, w1, w2 []float32, offsets []int) {
 	d, h := ex.D, ex.H
+	eachExpert(offsets, func(e, lo, c int) {
+		rows := func(buf []float32, w int) []float32 { return buf[lo*w : (lo+c)*w] }
+		tensor.Gemm(true, false, d, h, c, dy[lo*d:], d, hact[lo*h:], h, 1, dw2[e*d*h:], h)
+		tensor.Gemm(false, false, c, h, d, dy[lo*d:], d, w2[e*d*h:], h, 0, dhact[lo*h:], h)
+		clear(rows(dhpre, h))
+		tensor.GELUBackward(rows(dhpre, h), rows(dhact, h), rows(hpre, h))
+		tensor.Gemm(true, false, h, d, c, dhpre[lo*h:], h, x[lo*d:], d, 1, dw1[e*h*d:], d)
+		tensor.Gemm(false, false, c, d, h, dhpre[lo*h:], h, w1[e*h*d:], d, 0, dx[lo*d:], d)
+	})
+}
+
+// eachExpert calls fn(e, lo, c) for every expert e that has rows, c of them
+// from row lo, spread over threads by forExperts.
+func eachExpert(offsets []int, fn func(e, lo, c int)) {
 	forExperts(offsets, func(e0, e1 int) {
 		for e := e0; e < e1; e++ {
-			lo, c := offsets[e], offsets[e+1]-offsets[e]
-			if c == 0 {
-				continue
+			if lo, c := offsets[e], offsets[e+1]-offsets[e]; c > 0 {
+				fn(e, lo, c)
 			}
-			rows := func(buf []float32, w int) []float32 { return buf[lo*w : (lo+c)*w] }
-			tensor.Gemm(true, false, d, h, c, dy[lo*d:], d, hact[lo*h:], h, 1, dw2[e*d*h:], h)
-			tensor.Gemm(false, false, c, h, d, dy[lo*d:], d, w2[e*d*h:], h, 0, dhact[lo*h:], h)
-			clear(rows(dhpre, h))
-			tensor.GELUBackward(rows(dhpre, h), rows(dhact, h), rows(hpre, h))
-			tensor.Gemm(true, false, h, d, c, dhpre[lo*h:], h, x[lo*d:], d, 1, dw1[e*h*d:], d)
-			tensor.Gemm(false, false, c, d, h, dhpre[lo*h:], h, w1[e*h*d:], d, 0, dx[lo*d:], d)
 		}
 	})
 }

@@ -151,42 +151,26 @@ func TestLayerOptionsGradCheck(t *testing.T) {
 			return slices.Equal(f.st.Routing.Experts, baseEx) && slices.Equal(f.st.Plan.SlotOf, baseSlot)
 		}
 		dx := make([]float32, len(f.x))
-		dw := Weights{Router: make([]float32, len(f.w.Router)), W1: make([]float32, len(f.w.W1)), W2: make([]float32, len(f.w.W2))}
+		dw := zeroWeights(f.w)
 		Backward(dx, dw, f.probe, f.x, f.w, f.dm, f.router, f.mask, f.auxCoef, &f.st, &f.sc)
-		for _, p := range []struct {
-			name string
-			p, g []float32
-		}{{"x", f.x, dx}, {"router", f.w.Router, dw.Router}, {"w1", f.w.W1, dw.W1}, {"w2", f.w.W2, dw.W2}} {
-			checked := 0
-			for i := range p.p {
-				// Richardson-extrapolated central difference: the O(eps²)
-				// truncation error of GELU's curvature cancels.
-				old := p.p[i]
-				ok := true
-				cd := func(eps float32) float64 {
-					p.p[i] = old + eps
-					lp := f.loss()
-					ok = ok && stable()
-					p.p[i] = old - eps
-					lm := f.loss()
-					ok = ok && stable()
-					p.p[i] = old
-					return (lp - lm) / (float64(old+eps) - float64(old-eps))
-				}
-				fd := (4*cd(1e-2) - cd(2e-2)) / 3
-				if !ok {
-					continue
-				}
-				g := float64(p.g[i])
-				if math.Abs(fd-g) > 1e-2*(1e-2+math.Abs(g)) {
-					t.Errorf("%s %s[%d]: analytic %.6g, finite difference %.6g", name, p.name, i, g, fd)
-				}
-				checked++
+		checkStableGrads(t, name, layerGradPairs(f.x, dx, f.w, dw), func(p []float32, i int) (float64, bool) {
+			// Richardson-extrapolated central difference: the O(eps²)
+			// truncation error of GELU's curvature cancels.
+			old := p[i]
+			ok := true
+			cd := func(eps float32) float64 {
+				p[i] = old + eps
+				lp := f.loss()
+				ok = ok && stable()
+				p[i] = old - eps
+				lm := f.loss()
+				ok = ok && stable()
+				p[i] = old
+				return (lp - lm) / (float64(old+eps) - float64(old-eps))
 			}
-			if checked < len(p.p)/2 {
-				t.Errorf("%s %s: only %d of %d coordinates had stable routing", name, p.name, checked, len(p.p))
-			}
-		}
+			fd := (4*cd(1e-2) - cd(2e-2)) / 3
+			return fd, ok
+		})
 		f.loss()
 	}
 }

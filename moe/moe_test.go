@@ -1,6 +1,7 @@
 package moe
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -121,6 +122,48 @@ func TestAuxBalanced(t *testing.T) {
 	}
 }
 
+// gradPair is a buffer of parameters (or inputs) and the analytic gradient
+// of a loss with respect to it.
+type gradPair struct {
+	name string
+	p, g []float32
+}
+
+// layerGradPairs pairs a layer's input and weights with their gradients.
+func layerGradPairs(x, dx []float32, w, dw Weights) []gradPair {
+	return []gradPair{{"x", x, dx}, {"router", w.Router, dw.Router}, {"w1", w.W1, dw.W1}, {"w2", w.W2, dw.W2}}
+}
+
+// zeroWeights is a zero Weights shaped like w.
+func zeroWeights(w Weights) Weights {
+	return Weights{Router: make([]float32, len(w.Router)), W1: make([]float32, len(w.W1)), W2: make([]float32, len(w.W2))}
+}
+
+// checkStableGrads compares every coordinate's analytic gradient with
+// fd(p, i), its finite difference, skipping coordinates where fd reports
+// that the perturbation changed a routing decision; at least half of each
+// buffer's coordinates must be checked.
+func checkStableGrads(t *testing.T, label string, pairs []gradPair, fd func(p []float32, i int) (float64, bool)) {
+	t.Helper()
+	for _, c := range pairs {
+		checked := 0
+		for i := range c.p {
+			d, ok := fd(c.p, i)
+			if !ok {
+				continue
+			}
+			g := float64(c.g[i])
+			if math.Abs(d-g) > 1e-2*(1e-2+math.Abs(g)) {
+				t.Errorf("%s %s[%d]: analytic %.6g, finite difference %.6g", label, c.name, i, g, d)
+			}
+			checked++
+		}
+		if checked < len(c.p)/2 {
+			t.Errorf("%s %s: only %d of %d coordinates had stable routing", label, c.name, checked, len(c.p))
+		}
+	}
+}
+
 // TestLayerGradCheck checks the MoE layer's backward (gates, router softmax,
 // aux loss, experts) against central finite differences of the probe loss
 // L = Σ r·out + coef·aux on a float64 accumulation of float32 outputs.
@@ -162,37 +205,20 @@ func TestLayerGradCheck(t *testing.T) {
 		base := slices.Clone(st.Routing.Experts)
 		stable := func() bool { return slices.Equal(st.Routing.Experts, base) }
 		dx := make([]float32, n*dm.D)
-		dw := Weights{Router: make([]float32, len(w.Router)), W1: make([]float32, len(w.W1)), W2: make([]float32, len(w.W2))}
+		dw := zeroWeights(w)
 		Backward(dx, dw, probe, x, w, dm, TopK{}, mask, coef, &st, &sc)
-		for _, c := range []struct {
-			name string
-			p, g []float32
-		}{{"x", x, dx}, {"router", w.Router, dw.Router}, {"w1", w.W1, dw.W1}, {"w2", w.W2, dw.W2}} {
-			checked := 0
-			for i := range c.p {
-				old := c.p[i]
-				const eps = 1e-2
-				c.p[i] = old + eps
-				lp := loss()
-				ok := stable()
-				c.p[i] = old - eps
-				lm := loss()
-				ok = ok && stable()
-				c.p[i] = old
-				if !ok {
-					continue
-				}
-				fd := (lp - lm) / (float64(old+eps) - float64(old-eps))
-				g := float64(c.g[i])
-				if math.Abs(fd-g) > 1e-2*(1e-2+math.Abs(g)) {
-					t.Errorf("k=%d %s[%d]: analytic %.6g, finite difference %.6g", k, c.name, i, g, fd)
-				}
-				checked++
-			}
-			if checked < len(c.p)/2 {
-				t.Errorf("k=%d %s: only %d of %d coordinates had stable routing", k, c.name, checked, len(c.p))
-			}
-		}
+		checkStableGrads(t, fmt.Sprintf("k=%d", k), layerGradPairs(x, dx, w, dw), func(p []float32, i int) (float64, bool) {
+			old := p[i]
+			const eps = 1e-2
+			p[i] = old + eps
+			lp := loss()
+			ok := stable()
+			p[i] = old - eps
+			lm := loss()
+			ok = ok && stable()
+			p[i] = old
+			return (lp - lm) / (float64(old+eps) - float64(old-eps)), ok
+		})
 		loss()
 	}
 }

@@ -68,7 +68,7 @@ func BenchmarkLayerRouters(b *testing.B) {
 			}
 			x, dout := rnd(n*dm.D, 1), rnd(n*dm.D, 1)
 			w := Weights{Router: rnd(dm.E*dm.D, 0.02), W1: rnd(dm.E*dm.H*dm.D, 0.02), W2: rnd(dm.E*dm.D*dm.H, 0.02)}
-			dw := Weights{Router: make([]float32, len(w.Router)), W1: make([]float32, len(w.W1)), W2: make([]float32, len(w.W2))}
+			dw := zeroWeights(w)
 			out, dx := make([]float32, n*dm.D), make([]float32, n*dm.D)
 			var st State
 			var sc Scratch

@@ -184,16 +184,6 @@ func (m Mesh) Groups(axis Axis) [][]int {
 	return out
 }
 
-// IndexIn returns the position of rank in group, or -1.
-func IndexIn(group []int, rank int) int {
-	for i, r := range group {
-		if r == rank {
-			return i
-		}
-	}
-	return -1
-}
-
 // String formats the degrees as "dp=2 sp=1 tp=2 ep=1".
 func (m Mesh) String() string {
 	return fmt.Sprintf("dp=%d sp=%d tp=%d ep=%d", m.DP, m.SP, m.TP, m.EP)

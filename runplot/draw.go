@@ -58,20 +58,35 @@ func xys(ps []Point) plotter.XYs {
 	return out
 }
 
-func lossPlot(r *Run, file string) error {
+// stepPlot is a plot over steps with a grid: title and y label as given.
+func stepPlot(title, yLabel string) *plot.Plot {
 	p := plot.New()
-	p.Title.Text = r.Name + ": loss"
+	p.Title.Text = title
 	p.X.Label.Text = "step"
-	p.Y.Label.Text = "loss (nats per token)"
+	p.Y.Label.Text = yLabel
 	p.Add(plotter.NewGrid())
+	return p
+}
+
+// addLine adds xy to p as a line of color c, one point wide.
+func addLine(p *plot.Plot, xy plotter.XYs, c color.Color) (*plotter.Line, error) {
+	l, err := plotter.NewLine(xy)
+	if err != nil {
+		return nil, err
+	}
+	l.Color, l.Width = c, vg.Points(1)
+	p.Add(l)
+	return l, nil
+}
+
+func lossPlot(r *Run, file string) error {
+	p := stepPlot(r.Name+": loss", "loss (nats per token)")
 	p.Legend.Top = true
 	if len(r.Loss) > 0 {
-		l, err := plotter.NewLine(xys(r.Loss))
+		l, err := addLine(p, xys(r.Loss), lineColors[0])
 		if err != nil {
 			return err
 		}
-		l.Color, l.Width = lineColors[0], vg.Points(1)
-		p.Add(l)
 		p.Legend.Add("training", l)
 	}
 	if len(r.Val) > 0 {
@@ -88,19 +103,12 @@ func lossPlot(r *Run, file string) error {
 }
 
 func throughputPlot(r *Run, file string) error {
-	p := plot.New()
-	p.Title.Text = r.Name + ": throughput"
-	p.X.Label.Text = "step"
-	p.Y.Label.Text = "tokens/s (whole job)"
+	p := stepPlot(r.Name+": throughput", "tokens/s (whole job)")
 	p.Y.Tick.Marker = plainTicks{}
-	p.Add(plotter.NewGrid())
 	if len(r.Throughput) > 0 {
-		l, err := plotter.NewLine(xys(r.Throughput))
-		if err != nil {
+		if _, err := addLine(p, xys(r.Throughput), lineColors[2]); err != nil {
 			return err
 		}
-		l.Color, l.Width = lineColors[2], vg.Points(1)
-		p.Add(l)
 	}
 	p.Y.Min = 0
 	return savePNG(file, 9*vg.Inch, 4*vg.Inch, func(c draw.Canvas) { p.Draw(c) })
@@ -256,11 +264,7 @@ func expertLoadPlot(r *Run, file string) error {
 
 func expertBalancePlot(r *Run, file string) error {
 	pts := consistent(r.ExpertLoad)
-	p := plot.New()
-	p.Title.Text = r.Name + ": largest expert load per layer"
-	p.X.Label.Text = "step"
-	p.Y.Label.Text = "max / mean expert load (1 = balanced)"
-	p.Add(plotter.NewGrid())
+	p := stepPlot(r.Name+": largest expert load per layer", "max / mean expert load (1 = balanced)")
 	p.Legend.Top = true
 	for l := range pts[0].Layers {
 		line := make(plotter.XYs, len(pts))
@@ -271,15 +275,13 @@ func expertBalancePlot(r *Run, file string) error {
 			}
 			line[i] = plotter.XY{X: float64(pt.Step), Y: mx}
 		}
-		ln, err := plotter.NewLine(binned(line, max(minLinePoints, lineSegments/len(pts[0].Layers))))
+		ln, err := addLine(p, binned(line, max(minLinePoints, lineSegments/len(pts[0].Layers))), lineColors[l%len(lineColors)])
 		if err != nil {
 			return err
 		}
-		ln.Color, ln.Width = lineColors[l%len(lineColors)], vg.Points(1)
 		if l >= len(lineColors) {
 			ln.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
 		}
-		p.Add(ln)
 		p.Legend.Add(fmt.Sprintf("layer %d", l), ln)
 	}
 	p.Y.Min = 1

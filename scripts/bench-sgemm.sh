@@ -29,19 +29,8 @@ if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-}
-if [[ -z "$py" ]]; then
-	for cand in python3 /usr/bin/python3; do
-		if command -v "$cand" >/dev/null && "$cand" -c "import numpy" 2>/dev/null; then
-			py=$cand
-			break
-		fi
-	done
-fi
-if [[ -z "$py" ]]; then
-	echo "bench-sgemm.sh: no python3 with numpy found (apt-get install python3-numpy libopenblas0-pthread, or set PYTHON)" >&2
-	exit 1
-fi
+source "$root/scripts/lib.sh"
+find_python bench-sgemm.sh numpy "apt-get install python3-numpy libopenblas0-pthread, or set PYTHON"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

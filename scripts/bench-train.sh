@@ -52,19 +52,8 @@ done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-py=${PYTHON:-}
-if [[ -z "$py" ]]; then
-	for cand in python3 /usr/bin/python3; do
-		if "$cand" -c 'import torch' 2>/dev/null; then
-			py=$cand
-			break
-		fi
-	done
-fi
-if [[ -z "$py" ]]; then
-	echo "bench-train.sh: no python3 with torch found (install python3-torch or set PYTHON)" >&2
-	exit 1
-fi
+source "$root/scripts/lib.sh"
+find_python bench-train.sh torch "install python3-torch or set PYTHON"
 
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT

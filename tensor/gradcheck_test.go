@@ -45,14 +45,6 @@ func to64(x []float32) []float64 {
 	return y
 }
 
-func to32(x []float64) []float32 {
-	y := make([]float32, len(x))
-	for i, v := range x {
-		y[i] = float32(v)
-	}
-	return y
-}
-
 // sub returns a − b elementwise in float64 (used to read what a backward
 // accumulated on top of a non-zero initial gradient).
 func sub(a, b []float32) []float64 {

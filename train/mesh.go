@@ -308,8 +308,7 @@ func (r *MeshRank) gradNorm(ctx context.Context) (float64, error) {
 // ignored, which adds nothing, so that every rank makes the same collective
 // calls.
 func (r *MeshRank) Evaluate(ctx context.Context, batches []sampling.Batch) (float64, error) {
-	var sum float64
-	var count int
+	var ce ceMean
 	dp, d := r.mesh.DP, r.coord.DP
 	for first := 0; first < len(batches); first += dp {
 		k := first + d
@@ -330,11 +329,7 @@ func (r *MeshRank) Evaluate(ctx context.Context, batches []sampling.Batch) (floa
 		if err != nil {
 			return 0, fmt.Errorf("train: evaluate batch %d: %w", k, err)
 		}
-		sum += res.CE * float64(res.Targets)
-		count += res.Targets
+		ce.add(res)
 	}
-	if count == 0 {
-		return 0, fmt.Errorf("train: evaluate: %d batches hold no targets", len(batches))
-	}
-	return sum / float64(count), nil
+	return ce.mean(len(batches))
 }

@@ -239,8 +239,7 @@ func (t *Trainer) SetStep(step int) { t.step = step }
 // Evaluate returns the mean cross-entropy over every non-ignored target of
 // batches (no gradients, parameters unchanged).
 func (t *Trainer) Evaluate(batches []sampling.Batch) (float64, error) {
-	var sum float64
-	var count int
+	var ce ceMean
 	for i, b := range batches {
 		forward := t.m.Forward
 		if t.gpu != nil {
@@ -254,13 +253,30 @@ func (t *Trainer) Evaluate(batches []sampling.Batch) (float64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("train: evaluate batch %d: %w", i, err)
 		}
-		sum += r.CE * float64(r.Targets)
-		count += r.Targets
+		ce.add(r)
 	}
-	if count == 0 {
-		return 0, fmt.Errorf("train: evaluate: %d batches hold no targets", len(batches))
+	return ce.mean(len(batches))
+}
+
+// ceMean is a mean cross-entropy over batches, each weighted by its counted
+// targets.
+type ceMean struct {
+	sum   float64
+	count int
+}
+
+func (m *ceMean) add(r model.Result) {
+	m.sum += r.CE * float64(r.Targets)
+	m.count += r.Targets
+}
+
+// mean is the weighted mean of n batches; an error when none counted a
+// target.
+func (m ceMean) mean(n int) (float64, error) {
+	if m.count == 0 {
+		return 0, fmt.Errorf("train: evaluate: %d batches hold no targets", n)
 	}
-	return sum / float64(count), nil
+	return m.sum / float64(m.count), nil
 }
 
 // SetGradsReadyHook installs fn as the model's backward hook (see

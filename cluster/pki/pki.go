@@ -8,7 +8,6 @@
 package pki
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -78,9 +77,6 @@ func NewCA(name string, validity time.Duration) (*CA, error) {
 	}
 	return &CA{cert: cert, key: key, certPEM: pemBlock("CERTIFICATE", der)}, nil
 }
-
-// CertPEM is the CA's certificate, PEM-encoded: what every party trusts.
-func (ca *CA) CertPEM() []byte { return bytes.Clone(ca.certPEM) }
 
 // Identity is a certificate and its private key, PEM-encoded.
 type Identity struct {

@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/moetrain/moetrain/cluster"
 	"github.com/moetrain/moetrain/cluster/pki"
@@ -29,8 +30,14 @@ func init() {
 			return cluster.FormatStatus(os.Stdout, s)
 		},
 	}
-	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:7070", "coordinator control-plane address")
-	cmd.Flags().StringVar(&token, "token", "", "job token (default $"+cluster.TokenEnv+")")
-	addTLSFlags(cmd.Flags(), &tlsFiles, "this tool's (launch writes RUN/tls/operator.pem)")
+	addOperatorFlags(cmd.Flags(), &addr, &token, &tlsFiles)
 	rootCmd.AddCommand(cmd)
+}
+
+// addOperatorFlags registers the flags of a tool that talks to a running
+// coordinator: --addr, --token and the tool's TLS files.
+func addOperatorFlags(f *pflag.FlagSet, addr, token *string, t *pki.Files) {
+	f.StringVar(addr, "addr", "127.0.0.1:7070", "coordinator control-plane address")
+	f.StringVar(token, "token", "", "job token (default $"+cluster.TokenEnv+")")
+	addTLSFlags(f, t, "this tool's (launch writes RUN/tls/operator.pem)")
 }

@@ -30,9 +30,7 @@ func init() {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:7070", "coordinator control-plane address")
-	cmd.Flags().StringVar(&token, "token", "", "job token (default $"+cluster.TokenEnv+")")
+	addOperatorFlags(cmd.Flags(), &addr, &token, &tlsFiles)
 	cmd.Flags().StringVar(&reason, "reason", "stopped by operator", "reason recorded in the job's status and logs")
-	addTLSFlags(cmd.Flags(), &tlsFiles, "this tool's (launch writes RUN/tls/operator.pem)")
 	rootCmd.AddCommand(cmd)
 }

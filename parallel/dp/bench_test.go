@@ -4,7 +4,6 @@ package dp_test
 
 import (
 	"context"
-	"math/rand/v2"
 	"os"
 	"runtime"
 	"slices"
@@ -96,7 +95,7 @@ func BenchmarkOverlap(b *testing.B) {
 		if opts[r], err = optim.NewAdamW(optim.DefaultConfig(), 0, m.Layout.Total); err != nil {
 			b.Fatal(err)
 		}
-		models[r], inputs[r] = m, benchInput(cfg, batch, seq, uint64(r))
+		models[r], inputs[r] = m, dp.RandomInput(cfg, batch, seq, uint64(r))
 		comm := collective.NewWorld(t)
 		for i, ov := range []bool{false, true, true} {
 			red, err := dp.NewReducer(dp.Config{BucketMB: bucketMB, Overlap: ov}, m.Layout, m.Grads, comm, nil)
@@ -197,16 +196,4 @@ func BenchmarkOverlap(b *testing.B) {
 		b.ReportMetric((c+med(tt[i]))/c, name+"-tail/compute")
 	}
 	b.ReportMetric(0, "ns/op")
-}
-
-// benchInput is a batch of random tokens and targets.
-func benchInput(cfg model.Config, b, tl int, seed uint64) model.Input {
-	r := rand.New(rand.NewPCG(seed, 1))
-	in := model.Input{B: b, T: tl}
-	for i := 0; i < b*tl; i++ {
-		in.Tokens = append(in.Tokens, int32(r.IntN(cfg.Vocab)))
-		in.Targets = append(in.Targets, int32(r.IntN(cfg.Vocab)))
-		in.Pos = append(in.Pos, int32(i%tl))
-	}
-	return in
 }

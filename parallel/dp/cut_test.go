@@ -189,40 +189,31 @@ func TestReducerWithModelHook(t *testing.T) {
 		}
 		plain[r] = m.Grads
 	}
-	ts := collective.NewInProcess(n)
 	got := make([][]float32, n)
 	cuts := make([][]Bucket, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer ts[r].Close()
-			m, _ := model.New(cfg, 3)
-			red, err := NewReducer(Config{BucketMB: 1, Overlap: true}, m.Layout, m.Grads, collective.NewWorld(ts[r]), nil)
-			if err != nil {
-				errs[r] = err
-				return
+	errs := onRanks(n, func(r int, world *collective.Comm) error {
+		m, _ := model.New(cfg, 3)
+		red, err := NewReducer(Config{BucketMB: 1, Overlap: true}, m.Layout, m.Grads, world, nil)
+		if err != nil {
+			return err
+		}
+		red.minFloats = 1 // the tiny model's ranges are far below 1 MiB
+		m.OnGradsReady = red.Hook()
+		ctx := testCtx(t)
+		for step := 0; step < 2; step++ {
+			if err := red.Begin(ctx); err != nil {
+				return err
 			}
-			red.minFloats = 1 // the tiny model's ranges are far below 1 MiB
-			m.OnGradsReady = red.Hook()
-			ctx := testCtx(t)
-			for step := 0; step < 2; step++ {
-				if errs[r] = red.Begin(ctx); errs[r] != nil {
-					return
-				}
-				if _, errs[r] = m.ForwardBackward(inputs[r]); errs[r] != nil {
-					return
-				}
-				if errs[r] = red.Finish(ctx); errs[r] != nil {
-					return
-				}
+			if _, err := m.ForwardBackward(inputs[r]); err != nil {
+				return err
 			}
-			got[r], cuts[r] = m.Grads, red.Buckets()
-		}()
-	}
-	wg.Wait()
+			if err := red.Finish(ctx); err != nil {
+				return err
+			}
+		}
+		got[r], cuts[r] = m.Grads, red.Buckets()
+		return nil
+	})
 	for r, err := range errs {
 		if err != nil {
 			t.Fatalf("rank %d: %v", r, err)

@@ -151,6 +151,34 @@ func TestBackwardHook(t *testing.T) {
 	}
 }
 
+// onRanks runs f concurrently on n in-process ranks, each given its rank and
+// world (whose transport is closed when f returns), and returns each rank's
+// error.
+func onRanks(n int, f func(r int, world *collective.Comm) error) []error {
+	ts := collective.NewInProcess(n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer ts[r].Close()
+			errs[r] = f(r, collective.NewWorld(ts[r]))
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+// allRanksSub is world's sub-communicator of all its n ranks.
+func allRanksSub(world *collective.Comm, n int) (*collective.Comm, error) {
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	return world.Sub(all)
+}
+
 // runReducer reduces per-rank gradient buffers over n in-process ranks
 // (reporting ranges in hook order: per entry, last to first) and returns
 // every rank's buffer afterwards plus its shard ranges.
@@ -160,56 +188,41 @@ func TestBackwardHook(t *testing.T) {
 func runReducer(t *testing.T, cfg Config, l model.Layout, grads [][]float32, splitExpert bool) ([][]float32, [][][2]int, []float64) {
 	t.Helper()
 	n := len(grads)
-	ts := collective.NewInProcess(n)
 	out := make([][]float32, n)
 	shards := make([][][2]int, n)
 	norms := make([]float64, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer ts[r].Close()
-			g := append([]float32(nil), grads[r]...)
-			world := collective.NewWorld(ts[r])
-			var expert *collective.Comm
-			if splitExpert {
-				all := make([]int, n)
-				for i := range all {
-					all[i] = i
-				}
-				if expert, errs[r] = world.Sub(all); errs[r] != nil {
-					return
-				}
+	errs := onRanks(n, func(r int, world *collective.Comm) error {
+		g := append([]float32(nil), grads[r]...)
+		var expert *collective.Comm
+		if splitExpert {
+			var err error
+			if expert, err = allRanksSub(world, n); err != nil {
+				return err
 			}
-			red, err := NewReducer(cfg, l, g, world, expert)
-			if err != nil {
-				errs[r] = err
-				return
+		}
+		red, err := NewReducer(cfg, l, g, world, expert)
+		if err != nil {
+			return err
+		}
+		ctx := context.Background()
+		if err := red.Begin(ctx); err != nil {
+			return err
+		}
+		if h := red.Hook(); h != nil {
+			for i := len(l.Entries) - 1; i >= 0; i-- {
+				e := l.Entries[i]
+				h(e.Offset, e.Offset+e.Size())
 			}
-			ctx := context.Background()
-			if err := red.Begin(ctx); err != nil {
-				errs[r] = err
-				return
-			}
-			if h := red.Hook(); h != nil {
-				for i := len(l.Entries) - 1; i >= 0; i-- {
-					e := l.Entries[i]
-					h(e.Offset, e.Offset+e.Size())
-				}
-			}
-			if err := red.Finish(ctx); err != nil {
-				errs[r] = err
-				return
-			}
-			out[r], shards[r] = g, red.ShardRanges()
-			if cfg.Zero1 {
-				norms[r], errs[r] = red.GlobalNorm(ctx)
-			}
-		}()
-	}
-	wg.Wait()
+		}
+		if err := red.Finish(ctx); err != nil {
+			return err
+		}
+		out[r], shards[r] = g, red.ShardRanges()
+		if cfg.Zero1 {
+			norms[r], err = red.GlobalNorm(ctx)
+		}
+		return err
+	})
 	for r, err := range errs {
 		if err != nil {
 			t.Fatalf("rank %d: %v", r, err)
@@ -317,44 +330,31 @@ func TestGatherParams(t *testing.T) {
 	for _, n := range []int{1, 2, 3, 4} {
 		for _, split := range []bool{false, true} {
 			cfg := Config{BucketMB: 700 * 4 / 1e6, Zero1: true}
-			ts := collective.NewInProcess(n)
 			out := make([][]float32, n)
-			errs := make([]error, n)
-			var wg sync.WaitGroup
-			for r := range n {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					defer ts[r].Close()
-					world := collective.NewWorld(ts[r])
-					expert := world
-					if split {
-						all := make([]int, n)
-						for i := range all {
-							all[i] = i
-						}
-						if expert, errs[r] = world.Sub(all); errs[r] != nil {
-							return
-						}
+			errs := onRanks(n, func(r int, world *collective.Comm) error {
+				expert := world
+				if split {
+					var err error
+					if expert, err = allRanksSub(world, n); err != nil {
+						return err
 					}
-					p := make([]float32, l.Total)
-					red, err := NewReducer(cfg, l, p, world, expert)
-					if err != nil {
-						errs[r] = err
-						return
+				}
+				p := make([]float32, l.Total)
+				red, err := NewReducer(cfg, l, p, world, expert)
+				if err != nil {
+					return err
+				}
+				for i := range p {
+					p[i] = float32(-1 - r) // stale values outside the shards
+				}
+				for _, s := range red.ShardRanges() {
+					for i := s[0]; i < s[1]; i++ {
+						p[i] = float32(i)
 					}
-					for i := range p {
-						p[i] = float32(-1 - r) // stale values outside the shards
-					}
-					for _, s := range red.ShardRanges() {
-						for i := s[0]; i < s[1]; i++ {
-							p[i] = float32(i)
-						}
-					}
-					errs[r], out[r] = red.GatherParams(testCtx(t), p), p
-				}()
-			}
-			wg.Wait()
+				}
+				out[r] = p
+				return red.GatherParams(testCtx(t), p)
+			})
 			for r := range n {
 				if errs[r] != nil {
 					t.Fatalf("n=%d split=%v rank %d: %v", n, split, r, errs[r])

@@ -25,7 +25,6 @@ import os
 import socket
 import statistics
 import sys
-import time
 
 import torch
 import torch.distributed as dist
@@ -33,7 +32,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_moe import T, V, Model  # noqa: E402  (the one model definition)
+from torch_moe import T, Model, timed_steps  # noqa: E402  (the one model definition)
 
 
 def free_port():
@@ -54,21 +53,9 @@ def run(rank, args, port):
     model = DDP(m, bucket_cap_mb=args.bucket_mb)
     n = sum(p.numel() for p in model.parameters())
     assert n == 9_644_288, n
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     g = torch.Generator().manual_seed(1 + rank)
-    times = []
     dist.barrier()
-    for i in range(args.warmup + args.steps):
-        data = torch.randint(0, V, (args.batch, T + 1), generator=g)
-        x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-        t0 = time.perf_counter()
-        loss, _ = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        dt = time.perf_counter() - t0
-        if i >= args.warmup:
-            times.append(dt)
+    loss, times = timed_steps(model, args, g)
     # Every rank's timed steps, so rank 0 can check the replicas agree.
     loss_t = loss.detach().reshape(1)
     dist.all_reduce(loss_t)

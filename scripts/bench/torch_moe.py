@@ -118,20 +118,11 @@ class Model(nn.Module):
         return ce + AUX_COEF * aux, ce
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=10, help="timed steps")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = Model()
-    n = sum(p.numel() for p in model.parameters())
-    assert n == 9_644_288, n
+def timed_steps(model, args, g):
+    """Trains model with AdamW for args.warmup + args.steps steps on random
+    batches drawn with generator g; returns the last loss and the seconds of
+    each timed step."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-    g = torch.Generator().manual_seed(1)
     times = []
     for i in range(args.warmup + args.steps):
         data = torch.randint(0, V, (args.batch, T + 1), generator=g)
@@ -144,6 +135,22 @@ def main():
         dt = time.perf_counter() - t0
         if i >= args.warmup:
             times.append(dt)
+    return loss, times
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = Model()
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 9_644_288, n
+    loss, times = timed_steps(model, args, torch.Generator().manual_seed(1))
     med = statistics.median(times)
     print(f"torch {torch.__version__} threads {args.threads} params {n} loss {loss.item():.4f}")
     print(f"torch tokens/s: {args.batch * T / med:.0f}")
