@@ -84,25 +84,6 @@ type Model struct {
 	ready bool
 }
 
-// New builds the model of cfg on dev with parameters initialised from seed
-// exactly as model.New(cfg, seed) does (they are drawn on the host and
-// copied).
-func New(dev *Device, cfg model.Config, seed uint64) (*Model, error) {
-	cpu, err := model.New(cfg, seed)
-	if err != nil {
-		return nil, err
-	}
-	m, err := newEmpty(dev, cfg, cpu.Layout, cpu.Router)
-	if err != nil {
-		return nil, err
-	}
-	if err := m.SetParams(cpu.Params); err != nil {
-		m.Close()
-		return nil, err
-	}
-	return m, nil
-}
-
 // newEmpty allocates the parameter, gradient and bias buffers.
 func newEmpty(dev *Device, cfg model.Config, layout model.Layout, router moe.Router) (*Model, error) {
 	spec, err := ops.RouterSpecOf(router)

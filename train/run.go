@@ -109,6 +109,9 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 	if data.Corpus != nil {
 		ev = ev.Str("corpus", data.Corpus.Name).Int("train_docs", len(data.Corpus.Train)).Int("val_docs", len(data.Corpus.Val))
 	}
+	if p := data.Prepared; p != nil {
+		ev = ev.Str("prepared", data.Config.Path).Int("train_docs", p.TrainDocs()).Int("val_docs", p.ValDocs())
+	}
 	ev.Int("params", tr.Layout().Total).Int("threads", tensor.Threads()).Int("steps", cfg.Train.Steps).Msg("training")
 
 	var trainTime time.Duration
