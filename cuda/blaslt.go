@@ -133,7 +133,8 @@ type gemmKey struct {
 // between them). Expert products change their row count (and the weight
 // gradients their inner size) with every step's routing; the heuristic's
 // choice for one size serves the sizes near it, and asking it again for
-// each size costs host time while the GPU waits (about 0.1 ms a search).
+// each size costs host time while the GPU waits (docs/gpu.md, "Algorithm
+// choice").
 func (k gemmKey) bucket() gemmKey {
 	k.M, k.K = sizeBucket(k.M), sizeBucket(k.K)
 	k.LDA, k.LDB = 0, 0 // leading dimensions do not change the choice

@@ -74,10 +74,13 @@ type Model struct {
 	// (Backward), 0 overwrites (ForwardBackward, which then clears only the
 	// gradients no product writes).
 	gradBeta float32
-	// pending is the optimizer step TrainStep has the backward queue.
-	pending *pendingUpdate
-	bias    cuda.DevicePtr // [Layers·E]
-	mem     arena
+	// pending is the optimizer step TrainStep has the backward queue
+	// (&update while one runs); groupRanges caches groups().
+	pending     *pendingUpdate
+	update      pendingUpdate
+	groupRanges [][2]int
+	bias        cuda.DevicePtr // [Layers·E]
+	mem         arena
 
 	acts  *acts
 	last  lastForward

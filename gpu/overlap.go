@@ -35,7 +35,12 @@ func (m *Model) TrainStep(in model.Input, opt *AdamW, t int, lr float64) (model.
 	if err := opt.ensurePartials(len(m.groups())); err != nil {
 		return model.Result{}, 0, err
 	}
-	m.pending = &pendingUpdate{opt: opt, t: t, lr: lr}
+	p := &m.update
+	*p = pendingUpdate{opt: opt, t: t, lr: lr, sums: p.sums}
+	if len(p.sums) < len(m.groups()) {
+		p.sums = make([]float64, len(m.groups()))
+	}
+	m.pending = p
 	defer func() { m.pending = nil }()
 	r, err := m.ForwardBackward(in)
 	if err == nil {
@@ -56,7 +61,7 @@ func (m *Model) TrainStep(in model.Input, opt *AdamW, t int, lr float64) (model.
 		m.weightsFresh = false
 		return model.Result{}, 0, err
 	}
-	sums := make([]float64, m.pending.groups)
+	sums := m.pending.sums[:m.pending.groups]
 	if err := cuda.CopyOut(m.dev.C, sums, opt.partial); err != nil {
 		m.weightsFresh = false
 		return model.Result{}, 0, err
@@ -75,8 +80,9 @@ type pendingUpdate struct {
 	opt    *AdamW
 	t      int
 	lr     float64
-	groups int   // groups queued so far (the next partial-sum slot)
-	err    error // the first failure to queue one
+	groups int       // groups queued so far (the next partial-sum slot)
+	err    error     // the first failure to queue one
+	sums   []float64 // the groups' Σg², read back (reused step to step)
 }
 
 // overlapFromEnv reads MOETRAIN_GPU_OVERLAP_OPTIMIZER: "0" runs the update
@@ -85,8 +91,11 @@ func overlapFromEnv() bool { return os.Getenv("MOETRAIN_GPU_OVERLAP_OPTIMIZER") 
 
 // groups are the parameter ranges [lo, hi) in the order the backward
 // completes their gradients: ln_f and lm_head, each block from the last,
-// the embedding tables.
+// the embedding tables (computed once: the layout does not change).
 func (m *Model) groups() [][2]int {
+	if m.groupRanges != nil {
+		return m.groupRanges
+	}
 	l := m.Layout
 	start := func(name string) int {
 		e, _ := l.Lookup(name)
@@ -101,7 +110,8 @@ func (m *Model) groups() [][2]int {
 		}
 		out = append(out, [2]int{start(fmt.Sprintf("layers.%d.ln1", i)), hi})
 	}
-	return append(out, [2]int{0, start("layers.0.ln1")})
+	m.groupRanges = append(out, [2]int{0, start("layers.0.ln1")})
+	return m.groupRanges
 }
 
 // groupDone queues the pending update of the next group, whose gradients

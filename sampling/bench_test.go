@@ -9,10 +9,16 @@ import "testing"
 func benchSampler(b *testing.B, mode string) {
 	c := DefaultConfig()
 	c.Mode = mode
+	benchNext(b, c)
+}
+
+// benchNext times Next on the data c opens, reporting slots per second.
+func benchNext(b *testing.B, c Config) {
 	d, err := Open(c, 1)
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer d.Close()
 	s, err := d.Sampler(0, 1)
 	if err != nil {
 		b.Fatal(err)
@@ -70,25 +76,7 @@ func benchPrepared(b *testing.B, mode string) {
 	}
 	cfg := DefaultConfig()
 	cfg.Mode, cfg.Path = mode, writePrepared(b, docs, Vocab, 1<<22)
-	d, err := Open(cfg, 1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer d.Close()
-	s, err := d.Sampler(0, 1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ResetTimer()
-	tokens := 0
-	for i := 0; i < b.N; i++ {
-		x, err := s.Next()
-		if err != nil {
-			b.Fatal(err)
-		}
-		tokens += x.B * x.T
-	}
-	b.ReportMetric(float64(tokens)/b.Elapsed().Seconds(), "slots/s")
+	benchNext(b, cfg)
 }
 
 func BenchmarkNextWindowPrepared(b *testing.B) { benchPrepared(b, ModeWindow) }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -190,7 +191,7 @@ func TestPlanMatchesReference(t *testing.T) {
 		ds.Each(func(i int, e Example) {
 			m := mem.Examples[i]
 			if !reflect.DeepEqual(e, ds.Example(i)) || e.Len != ds.exLen(i) || e.Doc != m.Doc || e.Len != m.Len ||
-				!slicesEqual(ds.src.appendTokens(nil, e.Doc, e.Off, e.Off+e.Len+1), m.Tokens) {
+				!slices.Equal(ds.src.appendTokens(nil, e.Doc, e.Off, e.Off+e.Len+1), m.Tokens) {
 				t.Fatalf("seed %d: example %d %+v, in memory doc %d len %d", seed, i, e, m.Doc, m.Len)
 			}
 		})

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/moetrain/moetrain/sampling/tokshard"
@@ -103,7 +104,7 @@ func TestPreparedSplits(t *testing.T) {
 				covered += b.docLen(i)
 			}
 		}
-		if covered != len(all) || !slicesEqual(got, all) {
+		if covered != len(all) || !slices.Equal(got, all) {
 			t.Fatalf("seed %d: blocks cover %d of %d tokens or differ", seed, covered, len(all))
 		}
 		p.Close()
@@ -123,7 +124,7 @@ func TestPreparedSplits(t *testing.T) {
 			}
 		}
 		for i := range docs {
-			if !slicesEqual(per[i], docs[i]) {
+			if !slices.Equal(per[i], docs[i]) {
 				t.Fatalf("seed %d: document %d reassembled differs", seed, i)
 			}
 		}
@@ -132,18 +133,6 @@ func TestPreparedSplits(t *testing.T) {
 		}
 		p.Close()
 	}
-}
-
-func slicesEqual(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Samplers over a memory-mapped prepared dataset yield exactly the batches
@@ -241,7 +230,7 @@ func TestPreparedWindowRows(t *testing.T) {
 			toks := b.Tokens[row*b.T : (row+1)*b.T]
 			found := false
 			for start := 0; start+b.T < len(stream) && !found; start++ {
-				found = slicesEqual(stream[start:start+b.T], toks) && stream[start+b.T] == b.Targets[row*b.T+b.T-1]
+				found = slices.Equal(stream[start:start+b.T], toks) && stream[start+b.T] == b.Targets[row*b.T+b.T-1]
 			}
 			if !found {
 				t.Fatalf("step %d row %d is not a window of the training blocks", step, row)

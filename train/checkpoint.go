@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -246,7 +247,7 @@ func CheckModelShapes(c *checkpoint.Checkpoint, l model.Layout, weightsOnly bool
 			switch {
 			case !ok:
 				errs = append(errs, fmt.Sprintf("tensor %s is missing (config shape %v)", pre+e.Name, want))
-			case !equalShape(got, want):
+			case !slices.Equal(got, want):
 				errs = append(errs, fmt.Sprintf("tensor %s: checkpoint shape %v, config shape %v", pre+e.Name, got, want))
 			}
 		}
@@ -267,18 +268,6 @@ func CheckModelShapes(c *checkpoint.Checkpoint, l model.Layout, weightsOnly bool
 	default:
 		return fmt.Errorf("checkpoint %s does not fit the model config: %s (and %d more mismatches)", c.Dir, errs[0], len(errs)-1)
 	}
-}
-
-func equalShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // blobRank is the rank whose blobs a restoring rank reads: its own if the

@@ -11,9 +11,6 @@ import (
 	"slices"
 	"sync"
 	"unicode/utf8"
-
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 )
 
 // The parallel path of Prepare: one reader goroutine walks the inputs and
@@ -249,44 +246,19 @@ func (r *reader) jsonl(path, comp string) error {
 		return err
 	}
 	defer f.Close()
-	var rd io.Reader = f
-	switch comp {
-	case ".gz":
-		gz, err := gzip.NewReader(bufio.NewReaderSize(f, readChunk))
-		if err != nil {
-			r.emit(&unit{kind: unitSkip, path: path, reason: ReasonCorrupt, detail: err.Error()})
-			return nil
-		}
-		defer gz.Close()
-		rd = gz
-	case ".zst":
-		zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
-		if err != nil {
-			r.emit(&unit{kind: unitSkip, path: path, reason: ReasonCorrupt, detail: err.Error()})
-			return nil
-		}
-		defer zr.Close()
-		rd = zr
+	rd, closeRd, err := openCompressed(f, comp)
+	if err != nil {
+		r.emit(&unit{kind: unitSkip, path: path, reason: ReasonCorrupt, detail: err.Error()})
+		return nil
 	}
+	defer closeRd()
 	br := bufio.NewReaderSize(rd, readChunk)
 	u := &unit{kind: unitJSONL, path: path, first: true, line0: 1, data: getData()}
 	for ln := 1; ; ln++ {
 		start := len(u.data)
-		long := false
+		var long bool
 		var rerr error
-		for {
-			chunk, e := br.ReadSlice('\n')
-			if len(u.data)-start+len(chunk) <= maxRecord {
-				u.data = append(u.data, chunk...)
-			} else {
-				long = true
-			}
-			if e == bufio.ErrBufferFull {
-				continue
-			}
-			rerr = e
-			break
-		}
+		u.data, long, rerr = appendRecord(br, u.data)
 		if rerr != nil && rerr != io.EOF {
 			u.bytesRead += int64(len(u.data) - start)
 			u.data = u.data[:start]

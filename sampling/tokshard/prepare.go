@@ -382,51 +382,63 @@ func (p *preparer) classify(path string) (reason, detail string, err error) {
 
 const maxRecord = 64 << 20
 
+// openCompressed wraps f in the decompressor comp names (".gz", ".zst", or
+// none); closeFn releases it. An error is a corrupt stream header.
+func openCompressed(f io.Reader, comp string) (rd io.Reader, closeFn func(), err error) {
+	switch comp {
+	case ".gz":
+		gz, err := gzip.NewReader(bufio.NewReaderSize(f, readChunk))
+		if err != nil {
+			return nil, nil, err
+		}
+		return gz, func() { gz.Close() }, nil
+	case ".zst":
+		zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
+		if err != nil {
+			return nil, nil, err
+		}
+		return zr, zr.Close, nil
+	}
+	return f, func() {}, nil
+}
+
+// appendRecord appends br's next line ('\n' included) to buf, each piece
+// only while the line stays within maxRecord bytes (long reports a cut);
+// err is the read's error, io.EOF at the end.
+func appendRecord(br *bufio.Reader, buf []byte) (out []byte, long bool, err error) {
+	start := len(buf)
+	for {
+		chunk, e := br.ReadSlice('\n')
+		if len(buf)-start+len(chunk) <= maxRecord {
+			buf = append(buf, chunk...)
+		} else {
+			long = true
+		}
+		if e != bufio.ErrBufferFull {
+			return buf, long, e
+		}
+	}
+}
+
 func (p *preparer) jsonl(path, comp string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	var r io.Reader = f
-	switch comp {
-	case ".gz":
-		gz, err := gzip.NewReader(bufio.NewReaderSize(f, readChunk))
-		if err != nil {
-			p.skip(path, ReasonCorrupt, err.Error(), true)
-			return nil
-		}
-		defer gz.Close()
-		r = gz
-	case ".zst":
-		zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
-		if err != nil {
-			p.skip(path, ReasonCorrupt, err.Error(), true)
-			return nil
-		}
-		defer zr.Close()
-		r = zr
+	r, closeR, err := openCompressed(f, comp)
+	if err != nil {
+		p.skip(path, ReasonCorrupt, err.Error(), true)
+		return nil
 	}
+	defer closeR()
 	br := bufio.NewReaderSize(r, readChunk)
 	docs := uint64(0)
 	var line []byte
 	for ln := 1; ; ln++ {
-		line = line[:0]
 		var rerr error
-		long := false
-		for {
-			chunk, e := br.ReadSlice('\n')
-			if len(line)+len(chunk) <= maxRecord {
-				line = append(line, chunk...)
-			} else {
-				long = true
-			}
-			if e == bufio.ErrBufferFull {
-				continue
-			}
-			rerr = e
-			break
-		}
+		var long bool
+		line, long, rerr = appendRecord(br, line[:0])
 		p.s.BytesRead += int64(len(line))
 		if rerr != nil && rerr != io.EOF {
 			if docs == 0 {

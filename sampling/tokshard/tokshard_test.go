@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -291,7 +292,7 @@ func TestPrepareDirectory(t *testing.T) {
 		if got := string(sampling.ByteDetokenize(tk.AppendInt32(nil))); got != txt {
 			t.Errorf("doc %d = %q, want %q", i, got, txt)
 		}
-		if !equal(tk.AppendInt32(nil), sampling.ByteTokenize([]byte(txt))) {
+		if !slices.Equal(tk.AppendInt32(nil), sampling.ByteTokenize([]byte(txt))) {
 			t.Errorf("doc %d: tokens differ from sampling.ByteTokenize", i)
 		}
 	}
@@ -323,16 +324,4 @@ func TestPrepareLargeText(t *testing.T) {
 	if !bytes.Equal(sampling.ByteDetokenize(tk.AppendInt32(nil)), text) {
 		t.Fatal("round trip differs")
 	}
-}
-
-func equal(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
