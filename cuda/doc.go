@@ -1,9 +1,10 @@
 // Package cuda is moetrain's binding to the NVIDIA libraries, loaded at run
 // time with purego (no cgo): the CUDA driver API (libcuda.so.1: contexts,
-// device memory, streams, events, PTX modules and kernel launches) and
-// cuBLASLt (matrix products). A machine without the driver or a library gets
-// an error naming what is missing from Open, never a crash, so every binary
-// builds and runs everywhere and only a GPU run needs the libraries.
+// device memory, streams, events, PTX modules and kernel launches),
+// cuBLASLt (matrix products) and NCCL (collectives between GPUs). A
+// machine without the driver or a library gets an error naming what is
+// missing, never a crash, so every binary builds and runs everywhere and
+// only a GPU run needs the libraries.
 //
 // It must not know about models or kernels' meaning: package gpu builds the
 // trainer's operations on top of it, and package cuda/kernels holds the
