@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
@@ -74,6 +75,10 @@ type StartSpec struct {
 	Report func(ProgressUpdate)
 	// Checkpoint says where to save and what to resume from (zero: neither).
 	Checkpoint CheckpointSpec
+	// Generation counts the job's starts (0 first, +1 per recovery): the
+	// data plane of one generation refuses the peers of another
+	// (DataPlaneToken).
+	Generation int
 	// ReportShard tells the coordinator this rank's shard of checkpoint
 	// step is written (werr == nil; info describes it) or failed. It blocks
 	// until the coordinator acknowledged it (bounded); safe for concurrent
@@ -160,6 +165,10 @@ func dialCoordinatorLoad(addr string, procsPerCore float64, tlsCfg *tls.Config) 
 		grpc.WithContextDialer(dialControl),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: LivenessBound(1, procsPerCore),
 			PermitWithoutStream: true}),
+		// A coordinator restarted after a crash is found within a second
+		// or two (the default backoff grows to two minutes).
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6,
+			Jitter: 0.2, MaxDelay: 2 * time.Second}, MinConnectTimeout: 5 * time.Second}),
 	)
 	if err != nil {
 		return nil, nil, fmt.Errorf("coordinator address %q: %w", addr, err)
@@ -170,7 +179,9 @@ func dialCoordinatorLoad(addr string, procsPerCore float64, tlsCfg *tls.Config) 
 // RunAgent joins the coordinator and runs what it is told until the job ends.
 // It returns nil after a stop (job complete or stopped), an *AbortedError
 // after an abort, a *RefusedError when not admitted, or another error when
-// the coordinator is lost or ctx is cancelled.
+// the coordinator is lost (and, if the start command gave a rejoin timeout,
+// does not take the worker back within it) or ctx is cancelled. A Rejoin
+// command (recovery) makes it join again, as a new worker.
 func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	lg := cfg.Log
 	if cfg.Host == "" {
@@ -209,7 +220,32 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	}
 	defer conn.Close()
 	client := pb.NewCoordinatorClient(conn)
+	// Each pass is one membership of the job: join, follow the commands.
+	// A recovery (Rejoin) or a lost coordinator that may come back (the
+	// start command's rejoin timeout) starts another pass on the same data
+	// plane listener; anything else ends the worker.
+	for {
+		err := runMembership(ctx, cfg, client, dp, ip, congestion, refusal)
+		var rj *rejoinError
+		if !errors.As(err, &rj) {
+			return err
+		}
+		lg.Warn().Str("why", rj.why).Dur("within", rj.within).Msg("joining the job again")
+		cfg.JoinTimeout = rj.within
+	}
+}
 
+// rejoinError ends one membership: the worker joins again within within.
+type rejoinError struct {
+	why    string
+	within time.Duration
+}
+
+func (e *rejoinError) Error() string { return "rejoin: " + e.why }
+
+// runMembership joins once and serves until that membership ends.
+func runMembership(ctx context.Context, cfg AgentConfig, client pb.CoordinatorClient, dp DataPlane, ip, congestion string, refusal *tlsRefusal) error {
+	lg := cfg.Log
 	cred := ControlCredential(cfg.Token)
 	resp, err := join(ctx, client, cfg, cred, dp.Addr(), refusal)
 	if err != nil {
@@ -347,9 +383,10 @@ func (a *agent) serve(ctx context.Context) error {
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
 	defer a.stopProgress()
-	var runDone chan error // the running runner's result; nil when none runs
-	started := false       // a start command was carried out (one per job)
-	finished := false      // the runner completed every step
+	var runDone chan error         // the running runner's result; nil when none runs
+	started := false               // a start command was carried out (one per job)
+	finished := false              // the runner completed every step
+	var rejoinWithin time.Duration // the start command's rejoin timeout
 	// waitRunner cancels the runner and waits for it to return (bounded).
 	waitRunner := func() {
 		cancelRun()
@@ -378,6 +415,7 @@ func (a *agent) serve(ctx context.Context) error {
 					continue
 				}
 				a.rank = spec.Rank
+				rejoinWithin = time.Duration(k.Start.RejoinTimeoutMs) * time.Millisecond
 				runDone = make(chan error, 1)
 				go func() { runDone <- a.cfg.Runner(runCtx, spec) }()
 			case *pb.Command_Abort:
@@ -390,6 +428,13 @@ func (a *agent) serve(ctx context.Context) error {
 				waitRunner()
 				a.leave("stopped: " + k.Stop.Reason)
 				return nil
+			case *pb.Command_Rejoin:
+				// Cancelling the runner closes its data plane, which fails
+				// every peer's collectives at once; the old ID is forgotten
+				// by the coordinator, so nothing more is reported under it.
+				a.log.Warn().Str("reason", k.Rejoin.Reason).Msg("recovery: rejoining the job")
+				waitRunner()
+				return &rejoinError{why: "the coordinator is recovering the job: " + k.Rejoin.Reason, within: a.cfg.JoinTimeout}
 			}
 		case err := <-runDone:
 			if err == nil {
@@ -411,6 +456,9 @@ func (a *agent) serve(ctx context.Context) error {
 			// Wait for the abort that the error report causes.
 		case err := <-streamErr:
 			waitRunner()
+			if started && rejoinWithin > 0 {
+				return &rejoinError{why: fmt.Sprintf("lost the coordinator %s (%v); waiting for it to come back", a.cfg.Coordinator, err), within: rejoinWithin}
+			}
 			if errors.Is(err, io.EOF) {
 				return fmt.Errorf("worker %s: coordinator %s ended the command stream without a stop", a.id, a.cfg.Coordinator)
 			}
@@ -441,7 +489,11 @@ func (a *agent) startSpec(s *pb.Start) (StartSpec, error) {
 	if r < 0 || r >= len(spec.Plan.Ranks) || spec.Plan.Ranks[r].Worker.ID != a.id {
 		return spec, fmt.Errorf("start command: rank %d does not belong to worker %s in the plan", r, a.id)
 	}
+	if s.Generation < 0 || s.RejoinTimeoutMs < 0 {
+		return spec, fmt.Errorf("start command: generation %d, rejoin timeout %d ms: must be >= 0", s.Generation, s.RejoinTimeoutMs)
+	}
 	spec.WorkerID, spec.Rank, spec.Token, spec.Threads, spec.Data = a.id, r, a.cfg.Token, int(s.Threads), a.dp
+	spec.Generation = int(s.Generation)
 	a.log = a.log.With().Int("rank", r).Logger().Hook(stepHook{&a.step})
 	spec.Log = a.log
 	spec.Report = a.reporter(r)

@@ -3,7 +3,9 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"io"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/model"
+	"github.com/moetrain/moetrain/moe"
 	"github.com/moetrain/moetrain/parallel"
 	"github.com/moetrain/moetrain/sampling"
 	"github.com/moetrain/moetrain/train"
@@ -102,6 +105,9 @@ type RoutingBenchSpec struct {
 	Warmup  int     `json:"warmup"`
 	Steps   int     `json:"steps"`
 	Threads int     `json:"threads"` // kernel threads per rank process
+	// Layer (nil: whole training steps) runs `bench moe` instead: one MoE
+	// layer's forward and backward over the expert-parallel group.
+	Layer *LayerBench `json:"layer,omitempty"`
 }
 
 // NewRoutingBenchSpec lays job out as one expert-parallel group of ep ranks
@@ -144,6 +150,10 @@ type RoutingStep struct {
 	MaxMean     float64       `json:"max_mean"`      // max / mean expert load
 	RankMaxMean float64       `json:"rank_max_mean"` // max / mean EP-rank load
 	DropRate    float64       `json:"drop_rate"`
+	// Layer benchmark only: time blocked in expert-parallel exchanges and
+	// the chunk count the layer used.
+	ExchangeWait time.Duration `json:"exchange_wait_ns,omitempty"`
+	Chunks       int           `json:"chunks,omitempty"`
 }
 
 // RoutingRankResult is one rank's report of one router configuration.
@@ -177,6 +187,9 @@ func RunRoutingRank(ctx context.Context, t collective.Transport, spec RoutingBen
 	rank, mesh := t.Rank(), spec.Mesh()
 	if t.Size() != mesh.World() {
 		return RoutingRankResult{}, fmt.Errorf("routing bench: transport has %d ranks, the mesh %v needs %d", t.Size(), mesh, mesh.World())
+	}
+	if spec.Layer != nil {
+		return runLayerRank(ctx, t, spec)
 	}
 	fail := func(err error) (RoutingRankResult, error) {
 		return RoutingRankResult{}, fmt.Errorf("routing bench %q, rank %d: %w", spec.Case.Name, rank, err)
@@ -283,6 +296,10 @@ type RoutingRow struct {
 	ISFirst   float64 `json:"is_first"`
 	ISLast    float64 `json:"is_last"`
 	FinalLoss float64 `json:"final_loss"`
+	// Layer benchmark only: the median over steps of the slowest rank's
+	// time blocked in exchanges, and the chunk count of the last step.
+	ExchangeMS float64 `json:"exchange_ms,omitempty"`
+	Chunks     int     `json:"chunks,omitempty"`
 }
 
 // SummarizeRouting combines the reports of every rank of one configuration:
@@ -310,13 +327,14 @@ func SummarizeRouting(spec RoutingBenchSpec, results []RoutingRankResult) (Routi
 		}
 	}
 	row := RoutingRow{Case: spec.Case}
-	walls, cpus := make([]float64, spec.Steps), make([]float64, spec.Steps)
+	walls, cpus, waits := make([]float64, spec.Steps), make([]float64, spec.Steps), make([]float64, spec.Steps)
 	for s := 0; s < spec.Steps; s++ {
 		ref := byRank[0].Steps[s]
 		for _, p := range byRank {
 			st := p.Steps[s]
 			walls[s] = max(walls[s], float64(st.Wall)/1e6)
 			cpus[s] = max(cpus[s], float64(st.CPU)/1e6)
+			waits[s] = max(waits[s], float64(st.ExchangeWait)/1e6)
 			if st.Loss != ref.Loss {
 				return RoutingRow{}, fmt.Errorf("routing bench %q: timed step %d: rank %d's loss %v differs from rank 0's %v (the loss is global)", spec.Case.Name, s+1, p.Rank, st.Loss, ref.Loss)
 			}
@@ -328,7 +346,8 @@ func SummarizeRouting(spec RoutingBenchSpec, results []RoutingRankResult) (Routi
 	}
 	k := float64(spec.Steps)
 	row.IS, row.MaxMean, row.RankMaxMean, row.DropRate = row.IS/k, row.MaxMean/k, row.RankMaxMean/k, row.DropRate/k
-	row.StepMS, row.CPUMS = median(walls), median(cpus)
+	row.StepMS, row.CPUMS, row.ExchangeMS = median(walls), median(cpus), median(waits)
+	row.Chunks = byRank[0].Steps[spec.Steps-1].Chunks
 	for _, p := range byRank {
 		c := make([]float64, len(p.Steps))
 		for i, st := range p.Steps {
@@ -376,4 +395,327 @@ func median(xs []float64) float64 {
 		return xs[m]
 	}
 	return (xs[m-1] + xs[m]) / 2
+}
+
+// LayerBench is what `bench moe` adds to a spec: every rank runs one MoE
+// layer of the job's model (the spec's [model] exchange options applied)
+// on Tokens random tokens of its own, forward then backward, over links
+// shaped to LinkBW bytes/s per direction (0: unshaped loopback).
+type LayerBench struct {
+	Tokens int     `json:"tokens"`
+	LinkBW float64 `json:"link_bw"`
+}
+
+// LayerCase is one exchange configuration of `bench moe`, named
+// DTYPE[+cC|+auto][+dccaF]: dtype fp32, bf16 or fp8 (dispatch_dtype), a
+// fixed chunk count C (1: unpipelined, the default) or the run-time
+// choice, and the DCCA layout with dispatch_dim = d_model/F and the
+// expert_hidden that keeps the layer's expert parameters (experts and
+// projections) those of the standard layout.
+type LayerCase struct {
+	Name   string `json:"name"`
+	DType  string `json:"dispatch_dtype"`
+	Chunks int    `json:"ep_chunks"`   // model.ep_chunks: -1 chosen at run time
+	DCCA   int    `json:"dcca_factor"` // F; 0: standard layout
+}
+
+// DefaultLayerCases are compared unless told otherwise; the first is the
+// anchor (unpipelined fp32).
+var DefaultLayerCases = []string{"fp32", "fp32+c2", "fp32+c4", "fp32+auto", "bf16", "fp8", "fp8+c4", "fp32+dcca4", "fp32+c4+dcca4"}
+
+// LayerCases resolves names (see LayerCase).
+func LayerCases(names []string) ([]LayerCase, error) {
+	names = slices.DeleteFunc(slices.Clone(names), func(s string) bool { return strings.TrimSpace(s) == "" })
+	for i := range names {
+		names[i] = strings.TrimSpace(names[i])
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("no layer configurations given (e.g. %s)", strings.Join(DefaultLayerCases, ","))
+	}
+	seen := map[string]bool{}
+	var out []LayerCase
+	for _, name := range names {
+		if seen[name] {
+			return nil, fmt.Errorf("layer configuration %q given twice", name)
+		}
+		seen[name] = true
+		parts := strings.Split(name, "+")
+		dt := parts[0]
+		c := LayerCase{Name: name, Chunks: 1}
+		switch dt {
+		case "fp32", "bf16":
+			c.DType = dt
+		case "fp8":
+			c.DType = "fp8e4m3"
+		default:
+			return nil, fmt.Errorf("layer configuration %q: dtype %q unknown (want fp32, bf16 or fp8)", name, dt)
+		}
+		for _, opt := range parts[1:] {
+			switch {
+			case opt == "auto":
+				c.Chunks = model.EPChunksAuto
+			case strings.HasPrefix(opt, "dcca"):
+				f, err := strconv.Atoi(opt[4:])
+				if err != nil || f < 1 || f > 1<<16 {
+					return nil, fmt.Errorf("layer configuration %q: want +dccaF with F >= 1 (dispatch_dim = d_model/F)", name)
+				}
+				c.DCCA = f
+			case strings.HasPrefix(opt, "c"):
+				k, err := strconv.Atoi(opt[1:])
+				if err != nil || k < 1 || k > 16 {
+					return nil, fmt.Errorf("layer configuration %q: want +cC with C in 1..16, or +auto", name)
+				}
+				c.Chunks = k
+			default:
+				return nil, fmt.Errorf("layer configuration %q: want DTYPE[+cC|+auto][+dccaF]", name)
+			}
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// NewLayerBenchSpec is NewRoutingBenchSpec for `bench moe`: job's model
+// with c's exchange options, dropless top-k, one EP group of ep ranks.
+func NewLayerBenchSpec(job train.JobConfig, c LayerCase, ep, tokens int, linkBW float64, warmup, steps, threads int) (RoutingBenchSpec, error) {
+	if tokens < 1 || tokens > 1<<20 {
+		return RoutingBenchSpec{}, fmt.Errorf("moe bench: tokens = %d: want 1..%d per rank", tokens, 1<<20)
+	}
+	if !(linkBW >= 0 && linkBW < 1e15) {
+		return RoutingBenchSpec{}, fmt.Errorf("moe bench: link bandwidth %g: want a finite value >= 0", linkBW)
+	}
+	job.Model.DispatchDType, job.Model.EPChunks = c.DType, c.Chunks
+	if c.DCCA > 0 {
+		m := &job.Model
+		r := m.DModel / c.DCCA
+		if r < 1 {
+			return RoutingBenchSpec{}, fmt.Errorf("moe bench %q: d_model = %d has no 1/%d", c.Name, m.DModel, c.DCCA)
+		}
+		// Equal expert parameters: E·2·D·H = E·2·R·H' + 2·D·R.
+		h := (m.Experts*m.DModel*m.ExpertHidden - m.DModel*r) / (m.Experts * r)
+		if h < 1 {
+			return RoutingBenchSpec{}, fmt.Errorf("moe bench %q: no expert_hidden keeps the expert parameters at dispatch_dim %d", c.Name, r)
+		}
+		m.MoELayout, m.DispatchDim, m.ExpertHidden = "dcca", r, h
+	}
+	rc := RoutingCase{Name: c.Name, Router: "topk", TopK: job.Model.TopK, Groups: 1}
+	s, err := NewRoutingBenchSpec(job, rc, ep, 0, warmup, steps, threads)
+	if err != nil {
+		return RoutingBenchSpec{}, fmt.Errorf("moe bench %q: %w", c.Name, err)
+	}
+	s.Layer = &LayerBench{Tokens: tokens, LinkBW: linkBW}
+	return s, nil
+}
+
+// timedExchange counts the time the layer spends blocked in exchanges.
+type timedExchange struct {
+	*parallel.Comms
+	wait time.Duration
+}
+
+func (x *timedExchange) AllToAllV(send []float32, sc []int, recv []float32, rc []int) {
+	t0 := time.Now()
+	x.Comms.AllToAllV(send, sc, recv, rc)
+	x.wait += time.Since(t0)
+}
+
+func (x *timedExchange) AllToAllVStart(send []float32, sc []int, recv []float32, rc []int) func() {
+	w := x.Comms.AllToAllVStart(send, sc, recv, rc)
+	return func() {
+		t0 := time.Now()
+		w()
+		x.wait += time.Since(t0)
+	}
+}
+
+// runLayerRank is RunRoutingRank for a layer benchmark: random weights
+// (the router's identical on every rank, experts this rank's E/EP) and
+// tokens, spec.Warmup untimed and spec.Steps timed forward+backward steps,
+// each started with a barrier.
+func runLayerRank(ctx context.Context, t collective.Transport, spec RoutingBenchSpec) (RoutingRankResult, error) {
+	rank, mesh := t.Rank(), spec.Mesh()
+	fail := func(err error) (RoutingRankResult, error) {
+		return RoutingRankResult{}, fmt.Errorf("moe bench %q, rank %d: %w", spec.Case.Name, rank, err)
+	}
+	if bw := spec.Layer.LinkBW; bw > 0 {
+		t = collective.NewShaped(t, collective.LinkShape{From: -1, To: -1, Bandwidth: bw})
+	}
+	world := collective.NewWorldConfig(t, collective.Config{Timeout: CollectiveTimeout})
+	cm, err := parallel.NewComms(world, mesh, rank, 0)
+	if err != nil {
+		return fail(err)
+	}
+	cm.SetUniformTokens(true)
+	ex := &timedExchange{Comms: cm}
+	m := spec.Job.Model
+	router, err := model.NewRouter(m)
+	if err != nil {
+		return fail(err)
+	}
+	md := moe.Dims{D: m.DModel, H: m.ExpertHidden, E: m.Experts, K: m.TopK}
+	el, n := m.Experts/mesh.EP, spec.Layer.Tokens
+	rnd := func(seed uint64, k int, std float64) []float32 {
+		r := rand.New(rand.NewPCG(seed, 0x6d6f65))
+		out := make([]float32, k)
+		for i := range out {
+			out[i] = float32(r.NormFloat64() * std)
+		}
+		return out
+	}
+	r64, xd := uint64(rank), md.D
+	if m.DCCA() {
+		xd = m.DispatchDim
+	}
+	w := moe.Weights{Router: rnd(1, md.E*md.D, 0.02), W1: rnd(10+r64, el*md.H*xd, 0.02), W2: rnd(100+r64, el*xd*md.H, 0.02)}
+	if m.DCCA() {
+		w.Down, w.Up = rnd(2, xd*md.D, 0.05), rnd(3, md.D*xd, 0.05)
+	}
+	dw := moe.Weights{Router: make([]float32, len(w.Router)), W1: make([]float32, len(w.W1)), W2: make([]float32, len(w.W2)),
+		Down: make([]float32, len(w.Down)), Up: make([]float32, len(w.Up))}
+	x, dout := rnd(1000+r64, n*md.D, 1), rnd(2000+r64, n*md.D, 1)
+	out, dx := make([]float32, n*md.D), make([]float32, n*md.D)
+	var st moe.State
+	var sc moe.Scratch
+	st.Resize(md, n)
+	sc.Resize(md, n)
+	st.Ex = ex
+	res := RoutingRankResult{Rank: rank}
+	for i := 0; i < spec.Warmup+spec.Steps; i++ {
+		if err := world.Barrier(ctx); err != nil {
+			return fail(fmt.Errorf("barrier before step %d: %w", i+1, err))
+		}
+		cm.Begin(ctx)
+		ex.wait = 0
+		cpu0, err := processCPU()
+		if err != nil {
+			return fail(err)
+		}
+		t0 := time.Now()
+		clear(out)
+		clear(dx)
+		moe.Forward(out, x, w, md, router, nil, &st)
+		moe.Backward(dx, dw, dout, x, w, md, router, nil, 0, &st, &sc)
+		wall := time.Since(t0)
+		cpu1, err := processCPU()
+		if err != nil {
+			return fail(err)
+		}
+		if err := cm.Err(); err != nil {
+			return fail(fmt.Errorf("step %d: %w", i+1, err))
+		}
+		if i >= spec.Warmup {
+			res.Steps = append(res.Steps, RoutingStep{Wall: wall, CPU: cpu1 - cpu0, ExchangeWait: ex.wait, Chunks: max(st.ExchangeTiming().Chunks, 1)})
+		}
+	}
+	if err := world.Barrier(ctx); err != nil {
+		return fail(fmt.Errorf("final barrier: %w", err))
+	}
+	return res, nil
+}
+
+// LayerRow is one configuration's line of the `bench moe` table: medians
+// over rounds of each round's RoutingRow figures.
+type LayerRow struct {
+	Case       LayerCase `json:"case"`
+	EP         int       `json:"ep"`
+	StepMS     float64   `json:"step_ms"`
+	ExchangeMS float64   `json:"exchange_ms"`
+	CPUMS      float64   `json:"cpu_ms"`
+	Chunks     []int     `json:"chunks"` // per round (the run-time choice may differ)
+	// Speedup and ExchangeSpeedup are the anchor's (same EP) StepMS and
+	// ExchangeMS over this row's.
+	Speedup         float64 `json:"speedup_vs_anchor"`
+	ExchangeSpeedup float64 `json:"exchange_speedup_vs_anchor"`
+}
+
+// SummarizeLayers folds rounds (each a row per case, in case order) into
+// LayerRows, with speedups against cases[0].
+func SummarizeLayers(cases []LayerCase, ep int, rounds [][]RoutingRow) ([]LayerRow, error) {
+	out := make([]LayerRow, len(cases))
+	for i, c := range cases {
+		var step, exch, cpu []float64
+		var chunks []int
+		for r, rows := range rounds {
+			if len(rows) != len(cases) || rows[i].Case.Name != c.Name {
+				return nil, fmt.Errorf("moe bench: round %d does not have %q at row %d", r+1, c.Name, i)
+			}
+			step, exch, cpu = append(step, rows[i].StepMS), append(exch, rows[i].ExchangeMS), append(cpu, rows[i].CPUMS)
+			chunks = append(chunks, rows[i].Chunks)
+		}
+		out[i] = LayerRow{Case: c, EP: ep, StepMS: median(step), ExchangeMS: median(exch), CPUMS: median(cpu), Chunks: chunks}
+	}
+	for i := range out {
+		if out[i].StepMS > 0 {
+			out[i].Speedup = out[0].StepMS / out[i].StepMS
+		}
+		if out[i].ExchangeMS > 0 {
+			out[i].ExchangeSpeedup = out[0].ExchangeMS / out[i].ExchangeMS
+		}
+	}
+	return out, nil
+}
+
+// PrintLayers writes the `bench moe` table of one EP degree.
+func PrintLayers(w io.Writer, spec RoutingBenchSpec, rows []LayerRow, rounds int) {
+	m, lb := spec.Job.Model, spec.Layer
+	link := "unshaped loopback"
+	if lb.LinkBW > 0 {
+		link = fmt.Sprintf("%.0f MB/s (%.2f Gbit/s) per direction of every link", lb.LinkBW/1e6, lb.LinkBW*8/1e9)
+	}
+	fmt.Fprintf(w, "# bench moe: ep=%d rank processes over TCP loopback, links %s\n", spec.Mesh().EP, link)
+	fmt.Fprintf(w, "# layer: d_model=%d expert_hidden=%d experts=%d top_k=%d, %d tokens per rank; warmup %d, %d timed steps, %d interleaved rounds\n",
+		m.DModel, m.ExpertHidden, m.Experts, m.TopK, lb.Tokens, spec.Warmup, spec.Steps, rounds)
+	fmt.Fprintf(w, "# step ms: forward+backward of the layer, slowest rank; exchange ms: slowest rank's time blocked in exchanges; medians of round medians\n")
+	fmt.Fprintf(w, "# +dccaF: dispatch_dim = d_model/F, expert_hidden raised so the expert parameters (projections included) equal the standard layout's\n")
+	fmt.Fprintf(w, "%-16s %3s %9s %8s %11s %8s %9s %s\n", "config", "ep", "step ms", "speedup", "exchange ms", "speedup", "cpu ms", "chunks/round")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%-16s %3d %9.1f %8.2f %11.1f %8.2f %9.1f %v\n", r.Case.Name, r.EP, r.StepMS, r.Speedup, r.ExchangeMS, r.ExchangeSpeedup, r.CPUMS, r.Chunks)
+	}
+}
+
+// ParseIntList reads "2,4".
+func ParseIntList(s string) ([]int, error) {
+	var out []int
+	for _, p := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil {
+			return nil, fmt.Errorf("%q: want a comma-separated list of integers", s)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// RunLayerBench runs `bench moe`: for every EP degree, rounds interleaved
+// rounds of every case (run starts one set of rank processes per spec and
+// returns their rows), then prints the table to w.
+func RunLayerBench(ctx context.Context, job train.JobConfig, cases []LayerCase, eps []int, tokens int, linkBW float64, warmup, steps, rounds int,
+	run func(context.Context, []RoutingBenchSpec) ([]RoutingRow, error), w io.Writer) error {
+	if rounds < 1 {
+		return fmt.Errorf("moe bench: rounds = %d: must be >= 1", rounds)
+	}
+	for _, ep := range eps {
+		var specs []RoutingBenchSpec
+		for _, c := range cases {
+			s, err := NewLayerBenchSpec(job, c, ep, tokens, linkBW, warmup, steps, 1)
+			if err != nil {
+				return err
+			}
+			specs = append(specs, s)
+		}
+		var all [][]RoutingRow
+		for r := 0; r < rounds; r++ {
+			rows, err := run(ctx, specs)
+			if err != nil {
+				return err
+			}
+			all = append(all, rows)
+		}
+		rows, err := SummarizeLayers(cases, ep, all)
+		if err != nil {
+			return err
+		}
+		PrintLayers(w, specs[0], rows, rounds)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -243,5 +244,69 @@ func TestRunRoutingRank(t *testing.T) {
 	// after it move the load.
 	if bias.ISFirst != top.ISFirst || !(bias.ISLast < bias.ISFirst/2) || !(bias.IS < top.IS) {
 		t.Errorf("bias balancing: IS %v → %v (mean %v); dropless top-k %v → %v (mean %v); want the same start, then a fall", bias.ISFirst, bias.ISLast, bias.IS, top.ISFirst, top.ISLast, top.IS)
+	}
+}
+
+func TestLayerCases(t *testing.T) {
+	cs, err := LayerCases([]string{"fp32", " fp8+c4 ", "bf16+auto", "fp32+c2+dcca4", ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []LayerCase{{"fp32", "fp32", 1, 0}, {"fp8+c4", "fp8e4m3", 4, 0}, {"bf16+auto", "bf16", model.EPChunksAuto, 0}, {"fp32+c2+dcca4", "fp32", 2, 4}}
+	if !slices.Equal(cs, want) {
+		t.Fatalf("got %+v, want %+v", cs, want)
+	}
+	for _, bad := range [][]string{nil, {"fp16"}, {"fp32+c0"}, {"fp32+c17"}, {"fp32+x"}, {"fp32+dcca0"}, {"fp32", "fp32"}} {
+		if _, err := LayerCases(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	job := tinyRoutingJob()
+	s, err := NewLayerBenchSpec(job, want[3], 2, 16, 0, 1, 2, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := s.Job.Model
+	// Equal expert parameters: 8·2·16·32 = 8·2·4·H' + 2·16·4.
+	if m.MoELayout != "dcca" || m.DispatchDim != 4 || m.ExpertHidden != (8*16*32-16*4)/(8*4) || m.EPChunks != 2 {
+		t.Errorf("dcca spec model %+v", m)
+	}
+	if _, err := NewLayerBenchSpec(job, want[0], 2, 0, 0, 1, 2, 1); err == nil {
+		t.Error("0 tokens accepted")
+	}
+}
+
+// The layer benchmark runs every kind of case over in-process links (shaped
+// and not) and reports exchange time and the chunk count used.
+func TestLayerBenchRuns(t *testing.T) {
+	cs, err := LayerCases([]string{"fp32", "fp8+c3", "fp32+auto+dcca2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rounds [][]RoutingRow
+	for _, bw := range []float64{0, 50e6} {
+		var rows []RoutingRow
+		for _, c := range cs {
+			s, err := NewLayerBenchSpec(tinyRoutingJob(), c, 2, 32, bw, 1, 2, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			row := runRoutingInProcess(t, s)
+			if row.StepMS <= 0 || row.ExchangeMS <= 0 || row.Chunks < 1 || (c.Chunks > 0 && row.Chunks != c.Chunks) {
+				t.Errorf("%s: row %+v", c.Name, row)
+			}
+			rows = append(rows, row)
+		}
+		rounds = append(rounds, rows)
+	}
+	out, err := SummarizeLayers(cs, 2, rounds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out[0].Speedup != 1 || len(out[1].Chunks) != 2 {
+		t.Errorf("summary %+v", out)
+	}
+	if _, err := SummarizeLayers(cs, 2, [][]RoutingRow{rounds[0][:2]}); err == nil {
+		t.Error("a short round accepted")
 	}
 }

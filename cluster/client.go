@@ -89,6 +89,9 @@ func FormatStatus(w io.Writer, s *pb.StatusResponse) error {
 	if s.LastCheckpoint > 0 {
 		fmt.Fprintf(w, "  checkpoint step %d", s.LastCheckpoint)
 	}
+	if s.Restarts > 0 {
+		fmt.Fprintf(w, "  generation %d (%d restarts)", s.Generation, s.Restarts)
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKER\tRANK\tHOST\tPID\tDATA-ADDR\tSTATE\tSTEP\tLOSS\tTOK/S")

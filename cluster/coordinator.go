@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
@@ -74,6 +75,19 @@ type CoordinatorConfig struct {
 	// checkpoint outcomes (docs/metrics.md); its limits should be
 	// MetricsLimits of the job.
 	Metrics *metrics.Metrics
+	// Recovery is the policy for a worker's death or hang (zero: the job
+	// fails, docs/control-plane.md#automatic-recovery).
+	Recovery RecoveryPolicy
+	// OnEvict, if set, is called (from the coordinator loop; it must return
+	// quickly) for every worker recovery gives up on: a launcher kills the
+	// process if it is its own and, with Replace, starts a new one.
+	OnEvict func(Evict)
+	// StateDir is where the job-state file is kept (the run directory;
+	// "" = none). With Takeover, a job state found there that has not
+	// ended is continued: next generation, from the newest committed
+	// checkpoint (a coordinator restarted after a crash).
+	StateDir string
+	Takeover bool
 }
 
 // CurvePoint is one point of the training curve kept for the summary.
@@ -99,6 +113,11 @@ type Result struct {
 	// ResumedStep its step.
 	ResumedFrom string `json:"resumed_from,omitempty"`
 	ResumedStep int64  `json:"resumed_step,omitempty"`
+	// Recoveries lists every recovery of the job (coordinator takeovers
+	// included) with its cause, steps redone and time lost; Restarts
+	// counts them.
+	Recoveries []RecoveryRecord `json:"recoveries,omitempty"`
+	Restarts   int              `json:"restarts,omitempty"`
 }
 
 // loopReq is one unit of work for the coordinator loop: an event for the core
@@ -133,13 +152,20 @@ type Coordinator struct {
 	gossipAnyIP bool // gossip bound to 0.0.0.0
 
 	curve   []CurvePoint
-	lastVal int
+	curveAt metrics.CurveCursor // which statuses add curve points
 	result  Result
 
 	ckpt    *coordCheckpoints
 	commits sync.WaitGroup // commits in flight
 
 	metricsWarn sync.Once // the first report the metrics refuse is a warning
+
+	takeover  *JobState          // the state taken over; nil for a new job
+	restarts  prometheus.Counter // nil without metrics
+	counted   int                // recoveries counted in restarts
+	saved     string             // what the job-state file last recorded (stateKey)
+	savedStep int                // and the step it recorded
+	savedAt   time.Time          // when
 }
 
 // NewCoordinator binds the control-plane and gossip ports. A busy port is an
@@ -167,9 +193,26 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	if cfg.CommitTimeout <= 0 {
 		cfg.CommitTimeout = 5 * time.Minute
 	}
+	if err := cfg.Recovery.Validate(); err != nil {
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
+	counted := 0
+	takeover, err := loadTakeover(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	ckpt, err := openCoordCheckpoints(cfg.Checkpoint, cfg.Log)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoints: %w", err)
+	}
+	if takeover != nil {
+		// The checkpoint directory is the truth: a commit may have been
+		// published after the state file's last write.
+		takeover.LastCheckpoint = -1
+		if ckpt.store != nil && ckpt.resumeDir != "" && ckpt.resumeDir == ckpt.store.StepDir(ckpt.resumeStep) {
+			takeover.LastCheckpoint = int(ckpt.resumeStep)
+		}
+		counted = takeover.Restarts
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -180,7 +223,7 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	}
 	c := &Coordinator{cfg: cfg, log: cfg.Log, ln: ln, reqs: make(chan loopReq), done: make(chan struct{}),
 		outboxes: map[string]chan *pb.Command{}, opened: map[string]bool{}, suspects: map[string]uint64{}, left: map[string]bool{},
-		lastVal: -1, ckpt: ckpt}
+		curveAt: metrics.NewCurveCursor(), ckpt: ckpt, takeover: takeover, restarts: restartsCounter(cfg.Metrics), counted: counted}
 	c.core = NewCore(CoreConfig{
 		ExpectedWorkers: cfg.Workers,
 		TotalSteps:      cfg.TotalSteps,
@@ -189,7 +232,13 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 		DrainTimeout:    cfg.DrainTimeout,
 		FailureGrace:    cfg.FailureGrace,
 		CommitTimeout:   cfg.CommitTimeout,
+		Recovery:        cfg.Recovery,
+		ShrinkPlan:      func(ws []WorkerInfo) (Plan, error) { return shrinkPlan(cfg.Plan, ws) },
+		Takeover:        takeover,
 	})
+	if takeover == nil {
+		c.core.SetStartStep(int(ckpt.resumeStep))
+	}
 	mcfg := cfg.Membership
 	if cfg.ProcsPerCore > 0 {
 		mcfg = ScaleMembership(mcfg, cfg.ProcsPerCore)
@@ -273,6 +322,11 @@ func (c *Coordinator) onLoop(fn func()) bool {
 func (c *Coordinator) Run(ctx context.Context) (Result, error) {
 	c.start = time.Now()
 	c.result = Result{JobID: c.cfg.JobID, Started: c.start, ResumedFrom: c.ckpt.resumeDir, ResumedStep: c.ckpt.resumeStep}
+	if c.takeover != nil {
+		c.log.Warn().Str("job", c.takeover.JobID).Str("was", string(c.takeover.Phase)).Int("generation", c.core.Status().Generation).
+			Int("last_checkpoint", c.takeover.LastCheckpoint).Msg("took over the job from the run directory's job state: waiting for its workers to rejoin")
+	}
+	c.saveState()
 	if c.cfg.Metrics != nil {
 		c.cfg.Metrics.SetStart(c.start, c.ckpt.resumeStep)
 		c.recordStatus(c.core.Status())
@@ -297,10 +351,18 @@ func (c *Coordinator) Run(ctx context.Context) (Result, error) {
 				r.reply <- nil
 				continue
 			}
+			// The core's clock is the last tick: one now dates the event
+			// (a recovery's detection time) to the millisecond.
+			c.apply(c.core.Step(Tick{Now: time.Since(c.start)}))
+			if c.core.Phase().Final() {
+				r.reply <- nil
+				continue
+			}
 			cmds := c.core.Step(r.ev)
 			c.apply(cmds)
 			if _, ok := r.ev.(Progress); ok && len(cmds) == 0 {
 				c.notify()
+				c.saveState()
 			}
 			r.reply <- cmds
 		case <-tick.C:
@@ -315,6 +377,8 @@ func (c *Coordinator) Run(ctx context.Context) (Result, error) {
 	c.result.Status = c.core.Status()
 	c.result.Plan = c.core.Plan()
 	c.result.Curve = c.curve
+	c.result.Recoveries, c.result.Restarts = c.core.Recoveries(), c.result.Status.Restarts
+	c.saveState()
 	c.shutdown()
 	if interrupted && c.result.Phase != PhaseFailed {
 		return c.result, fmt.Errorf("interrupted: the job was stopped on every worker: %w", ctx.Err())
@@ -431,6 +495,11 @@ func (c *Coordinator) apply(cmds []Command) {
 			})
 		case StartWorker:
 			c.sendTo(x.ID, c.startCommand(x))
+		case RejoinWorker:
+			c.log.Warn().Str("worker", x.ID).Str("reason", x.Reason).Msg("recovery: telling the worker to rejoin")
+			c.sendTo(x.ID, &pb.Command{Kind: &pb.Command_Rejoin{Rejoin: &pb.Rejoin{Reason: x.Reason}}})
+		case Evict:
+			c.evict(x)
 		case AbortWorker:
 			c.log.Warn().Str("worker", x.ID).Str("reason", x.Reason).Msg("aborting worker")
 			c.sendTo(x.ID, &pb.Command{Kind: &pb.Command_Abort{Abort: &pb.Abort{Reason: x.Reason}}})
@@ -481,6 +550,8 @@ func (c *Coordinator) apply(cmds []Command) {
 	}
 	if len(cmds) > 0 {
 		c.notify()
+		c.saveState()
+		c.countRestarts()
 	}
 }
 
@@ -496,8 +567,16 @@ func (c *Coordinator) startCommand(x StartWorker) *pb.Command {
 		Rank: int32(x.Rank), PlanJson: planJSON, JobConfigJson: c.cfg.JobConfigJSON,
 		Threads: int32(x.Plan.Ranks[x.Rank].Worker.Cores),
 	}
-	if cs := c.ckpt.spec(); cs != (CheckpointSpec{}) {
+	cs := c.ckpt.spec()
+	if x.ResumeStep >= 0 && c.ckpt.store != nil {
+		cs.ResumeDir, cs.ResumeStep = c.ckpt.store.StepDir(int64(x.ResumeStep)), int64(x.ResumeStep)
+	}
+	if cs != (CheckpointSpec{}) {
 		start.Checkpoint = &pb.CheckpointSpec{Dir: cs.Dir, Every: int32(cs.Every), ResumeDir: cs.ResumeDir, ResumeStep: cs.ResumeStep}
+	}
+	start.Generation = int64(x.Generation)
+	if c.cfg.Recovery.MaxRestarts > 0 && c.cfg.Takeover {
+		start.RejoinTimeoutMs = c.cfg.Recovery.withDefaults().RejoinTimeout.Milliseconds()
 	}
 	return &pb.Command{Kind: &pb.Command_Start{Start: start}}
 }
@@ -519,12 +598,12 @@ func (c *Coordinator) sendTo(id string, cmd *pb.Command) {
 // notify records the curve and calls OnStatus.
 func (c *Coordinator) notify() {
 	s := c.core.Status()
-	if n := len(c.curve); s.Phase == PhaseRunning && s.Step > 0 && (n == 0 || c.curve[n-1].Step < s.Step) {
+	train, val := c.curveAt.Advance(s.Step, s.HasVal, s.ValStep, s.Phase.stepsEnded())
+	if train {
 		el := time.Since(c.start)
 		c.curve = append(c.curve, CurvePoint{Step: s.Step, Loss: s.Loss, TokensPerSec: s.TokensPerSec, Elapsed: el.Seconds()})
 	}
-	if s.HasVal && s.ValStep != c.lastVal {
-		c.lastVal = s.ValStep
+	if val {
 		v := s.ValLoss
 		c.curve = append(c.curve, CurvePoint{Step: s.ValStep, Loss: s.Loss, ValLoss: &v, Elapsed: time.Since(c.start).Seconds()})
 		c.log.Info().Int("step", s.ValStep).Float64("val_loss", v).Msg("validation")

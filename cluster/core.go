@@ -12,23 +12,37 @@ import (
 // Phase is the coordinator's job phase.
 //
 //	waiting ──all joined, plan ok──▶ running ──all done──▶ stopping ──all left──▶ succeeded
-//	   │                                │  worker lost/error            (stop requested ─▶ stopped)
-//	   │ plan error / join timeout      ▼
+//	   │                             ▲  │  worker lost/error            (stop requested ─▶ stopped)
+//	   │                   replanned │  │ (restarts left: recovering, recovery.go)
+//	   │                             │  ▼
+//	   │                          recovering
+//	   │ plan error / join timeout  │  │ worker lost/error (no restarts left), rejoin timeout
+//	   │                            ▼  ▼
 //	   └──────────────────────────▶ aborting ──all left or drain timeout──▶ failed
 type Phase string
 
 const (
-	PhaseWaiting   Phase = "waiting"
-	PhaseRunning   Phase = "running"
-	PhaseAborting  Phase = "aborting"
-	PhaseStopping  Phase = "stopping"
-	PhaseSucceeded Phase = "succeeded"
-	PhaseFailed    Phase = "failed"
-	PhaseStopped   Phase = "stopped"
+	PhaseWaiting Phase = "waiting"
+	PhaseRunning Phase = "running"
+	// PhaseRecovering: a worker died or hung; every rank was told to rejoin
+	// and the core waits for replacements (or re-plans with the survivors)
+	// before every rank resumes from the last committed checkpoint.
+	PhaseRecovering Phase = "recovering"
+	PhaseAborting   Phase = "aborting"
+	PhaseStopping   Phase = "stopping"
+	PhaseSucceeded  Phase = "succeeded"
+	PhaseFailed     Phase = "failed"
+	PhaseStopped    Phase = "stopped"
 )
 
 // Final reports whether the job has ended.
 func (p Phase) Final() bool { return p == PhaseSucceeded || p == PhaseFailed || p == PhaseStopped }
+
+// stepsEnded reports that no rank takes more steps in this phase (the job
+// is stopping, aborting or over).
+func (p Phase) stepsEnded() bool {
+	return p != PhaseWaiting && p != PhaseRunning && p != PhaseRecovering
+}
 
 // CoreConfig parameterises the state machine. Plan must be a pure function.
 type CoreConfig struct {
@@ -48,6 +62,17 @@ type CoreConfig struct {
 	// CheckpointCommitted); a commit that takes longer fails the job. 0 waits
 	// forever.
 	CommitTimeout time.Duration
+	// Recovery: what a worker's death, hang or error does while running
+	// (zero: the job fails, as without recovery).
+	Recovery RecoveryPolicy
+	// ShrinkPlan lays the job over fewer workers than ExpectedWorkers (the
+	// largest prefix of workers that works, fewer data-parallel replicas);
+	// nil: no shrinking. Used only with Recovery.AllowShrink.
+	ShrinkPlan func(workers []WorkerInfo) (Plan, error)
+	// Takeover, if set, is the state of this job that an earlier
+	// coordinator left in the run directory: the core continues it (next
+	// generation, last committed checkpoint, restarts so far).
+	Takeover *JobState
 }
 
 // Events fed to Core.Step. Times are supplied by the caller (Tick); the core
@@ -93,6 +118,12 @@ type (
 		Step int
 		Err  string
 	}
+	// ProcessExited: a worker process the coordinator's environment started
+	// (the local launcher) exited with an error; Pid names it.
+	ProcessExited struct {
+		Pid    int
+		Reason string
+	}
 )
 
 func (Joined) isEvent()              {}
@@ -105,6 +136,7 @@ func (StopRequested) isEvent()       {}
 func (JobFailed) isEvent()           {}
 func (ShardWritten) isEvent()        {}
 func (CheckpointCommitted) isEvent() {}
+func (ProcessExited) isEvent()       {}
 
 // Commands returned by Core.Step, to be carried out in order by the I/O loop.
 type (
@@ -121,6 +153,26 @@ type (
 		ID   string
 		Rank int
 		Plan *Plan
+		// Generation counts the job's starts (0 first, +1 per recovery or
+		// coordinator takeover); ResumeStep is the committed checkpoint
+		// step every rank restores (-1: the job's own --resume, if any).
+		Generation int
+		ResumeStep int
+	}
+	// RejoinWorker tells one worker to cancel its rank and join again
+	// (recovery: every rank resumes from the last committed checkpoint).
+	RejoinWorker struct{ ID, Reason string }
+	// Evict: worker ID (process Pid on Host) is dead or hung and no longer
+	// part of the job: a launcher that owns the process kills it. Replace
+	// asks for a new worker in its place (the launcher starts one; `serve`
+	// waits for a `worker --join`); ID and Pid are empty/0 when the core
+	// only asks for one more worker.
+	Evict struct {
+		ID      string
+		Pid     int
+		Host    string
+		Replace bool
+		Reason  string
 	}
 	// AbortWorker tells one worker to abandon the job.
 	AbortWorker struct{ ID, Reason string }
@@ -156,6 +208,8 @@ func (StopWorker) isCommand()       {}
 func (Finish) isCommand()           {}
 func (CommitCheckpoint) isCommand() {}
 func (DropCheckpoint) isCommand()   {}
+func (RejoinWorker) isCommand()     {}
+func (Evict) isCommand()            {}
 
 // Worker states inside the core.
 const (
@@ -194,7 +248,8 @@ type Core struct {
 	pending   string // first error report of the running job, held for FailureGrace
 	pendingAt time.Duration
 
-	ck ckptState
+	ck  ckptState
+	rec recoveryState
 }
 
 // ckptState tracks the checkpoints of the running job: shards reported per
@@ -210,8 +265,10 @@ type ckptState struct {
 
 // NewCore returns a core in the waiting phase at time 0.
 func NewCore(cfg CoreConfig) *Core {
-	return &Core{cfg: cfg, phase: PhaseWaiting, workers: map[string]*coreWorker{},
+	c := &Core{cfg: cfg, phase: PhaseWaiting, workers: map[string]*coreWorker{},
 		ck: ckptState{shards: map[int]map[int]checkpoint.ShardInfo{}, committing: -1, last: -1}}
+	c.rec.init(cfg.Takeover, &c.ck)
+	return c
 }
 
 // Phase returns the current phase.
@@ -233,12 +290,15 @@ func (c *Core) Step(ev Event) []Command {
 		return c.progressed(e)
 	case Failed:
 		w := c.workers[e.ID]
-		if w == nil || c.phase != PhaseRunning && c.phase != PhaseWaiting {
+		if w == nil || c.phase != PhaseRunning && c.phase != PhaseWaiting || c.phase == PhaseRunning && w.rank < 0 {
 			return nil
 		}
 		reason := fmt.Sprintf("%s failed: %s", c.describe(w), e.Message)
-		if c.phase == PhaseWaiting || c.cfg.FailureGrace <= 0 {
+		if c.phase == PhaseWaiting {
 			return c.abort(reason)
+		}
+		if c.cfg.FailureGrace <= 0 {
+			return c.failure(reason)
 		}
 		if c.pending == "" {
 			c.pending, c.pendingAt = reason, c.now
@@ -254,11 +314,19 @@ func (c *Core) Step(ev Event) []Command {
 		return c.shardWritten(e)
 	case CheckpointCommitted:
 		return c.committed(e)
+	case ProcessExited:
+		return c.processExited(e)
 	}
 	return nil
 }
 
 func (c *Core) joined(e Joined) []Command {
+	if c.phase == PhaseRecovering {
+		return c.rejoined(e)
+	}
+	if c.phase == PhaseRunning && c.cfg.Recovery.AllowShrink && c.shrunk() && len(c.order) < c.cfg.ExpectedWorkers {
+		return c.standby(e)
+	}
 	if c.phase != PhaseWaiting {
 		return []Command{Reject{Reason: fmt.Sprintf("job is %s, not accepting workers (it has %d)", c.phase, c.cfg.ExpectedWorkers)}}
 	}
@@ -272,21 +340,39 @@ func (c *Core) joined(e Joined) []Command {
 	if len(c.order) < c.cfg.ExpectedWorkers {
 		return cmds
 	}
+	plan, err := c.cfg.Plan(c.joinedInfos())
+	if err != nil {
+		return append(cmds, c.abort(fmt.Sprintf("plan: %v", err))...)
+	}
+	return append(cmds, c.startPlan(plan)...)
+}
+
+// joinedInfos lists the current members in join order.
+func (c *Core) joinedInfos() []WorkerInfo {
 	infos := make([]WorkerInfo, len(c.order))
 	for i, id := range c.order {
 		infos[i] = c.workers[id].info
 	}
-	plan, err := c.cfg.Plan(infos)
-	if err != nil {
-		return append(cmds, c.abort(fmt.Sprintf("plan: %v", err))...)
-	}
+	return infos
+}
+
+// startPlan moves to running under plan: every ranked worker gets its start
+// (this generation, resuming from the last committed checkpoint if any).
+func (c *Core) startPlan(plan Plan) []Command {
 	c.plan = &plan
 	c.phase = PhaseRunning
+	resume := -1
+	if c.rec.gen > 0 {
+		resume = c.ck.last
+	}
+	var cmds []Command
 	for _, r := range plan.Ranks {
 		w := c.workers[r.Worker.ID]
 		w.rank, w.state = r.Rank, wsRunning
-		cmds = append(cmds, StartWorker{ID: w.info.ID, Rank: r.Rank, Plan: c.plan})
+		cmds = append(cmds, StartWorker{ID: w.info.ID, Rank: r.Rank, Plan: c.plan, Generation: c.rec.gen, ResumeStep: resume})
 	}
+	// A member a shrunk plan leaves out (the mesh needs a multiple of some
+	// degree) stays as a standby for the job to grow back onto.
 	return cmds
 }
 
@@ -302,7 +388,7 @@ func (c *Core) gone(id, reason string, said bool) []Command {
 		w.state = wsLost
 	}
 	switch c.phase {
-	case PhaseWaiting:
+	case PhaseWaiting, PhaseRecovering:
 		// Not started yet: forget it; another worker may take its place.
 		delete(c.workers, id)
 		c.order = remove(c.order, id)
@@ -311,15 +397,22 @@ func (c *Core) gone(id, reason string, said bool) []Command {
 		if prev == wsDone {
 			return c.maybeDrained()
 		}
+		if w.rank < 0 { // a standby of a shrunk job: no rank lost
+			delete(c.workers, id)
+			c.order = remove(c.order, id)
+			return nil
+		}
 		if said {
-			return c.abort(fmt.Sprintf("%s left: %s", c.describe(w), reason))
+			return c.failure(fmt.Sprintf("%s left: %s", c.describe(w), reason), w)
 		}
 		death := fmt.Sprintf("%s died (%s)", c.describe(w), reason)
-		c.deaths = append(c.deaths, death)
+		if c.cfg.Recovery.MaxRestarts == 0 || c.rec.restarts >= c.cfg.Recovery.MaxRestarts {
+			c.deaths = append(c.deaths, death)
+		}
 		if c.pending != "" {
 			death += "; first report: " + c.pending
 		}
-		return c.abort(death)
+		return c.failure(death, w)
 	case PhaseAborting, PhaseStopping:
 		if !said && prev != wsDone && c.phase == PhaseAborting {
 			c.deaths = append(c.deaths, fmt.Sprintf("%s died (%s)", c.describe(w), reason))
@@ -345,8 +438,9 @@ func (c *Core) progressed(e Progress) []Command {
 	if c.phase != PhaseRunning {
 		return nil
 	}
+	c.rec.caughtUp(c.Status().Step, c.now)
 	for _, id := range c.order {
-		if c.workers[id].state != wsDone {
+		if w := c.workers[id]; w.rank >= 0 && w.state != wsDone {
 			return nil
 		}
 	}
@@ -382,11 +476,13 @@ func (c *Core) tick(now time.Duration) []Command {
 	switch c.phase {
 	case PhaseRunning:
 		if c.pending != "" && c.now >= c.pendingAt+c.cfg.FailureGrace {
-			return c.abort(c.pending)
+			return c.failure(c.pending)
 		}
 		if c.ck.committing >= 0 && c.cfg.CommitTimeout > 0 && c.now >= c.ck.since+c.cfg.CommitTimeout {
 			return c.abort(fmt.Sprintf("checkpoint step %d: commit did not finish within %v", c.ck.committing, c.cfg.CommitTimeout))
 		}
+	case PhaseRecovering:
+		return c.recoveryTick()
 	case PhaseWaiting:
 		if c.cfg.JoinTimeout > 0 && c.now >= c.cfg.JoinTimeout {
 			return c.abort(fmt.Sprintf("only %d of %d workers joined within %v", len(c.order), c.cfg.ExpectedWorkers, c.cfg.JoinTimeout))
@@ -410,7 +506,7 @@ func (c *Core) stop(reason string) []Command {
 		reason = "stop requested"
 	}
 	switch c.phase {
-	case PhaseWaiting, PhaseRunning:
+	case PhaseWaiting, PhaseRunning, PhaseRecovering:
 	default:
 		return nil
 	}
@@ -427,7 +523,7 @@ func (c *Core) stop(reason string) []Command {
 
 // abort moves to aborting and tells every live worker why.
 func (c *Core) abort(reason string) []Command {
-	if c.phase != PhaseWaiting && c.phase != PhaseRunning {
+	if c.phase != PhaseWaiting && c.phase != PhaseRunning && c.phase != PhaseRecovering {
 		return nil
 	}
 	c.phase, c.outcome, c.reason = PhaseAborting, PhaseFailed, reason
@@ -519,6 +615,10 @@ type Status struct {
 	// LastCheckpoint is the newest checkpoint step committed by this job
 	// (-1: none).
 	LastCheckpoint int `json:"last_checkpoint"`
+	// Generation counts the job's starts (0: never recovered); Restarts
+	// the recoveries so far, coordinator takeovers included.
+	Generation int `json:"generation"`
+	Restarts   int `json:"restarts"`
 }
 
 // WorkerStatus is one worker's line in Status.
@@ -534,7 +634,7 @@ type WorkerStatus struct {
 // Status returns a snapshot; workers in rank order (unranked ones last, in join order).
 func (c *Core) Status() Status {
 	s := Status{Phase: c.phase, Reason: c.reason, ExpectedWorkers: c.cfg.ExpectedWorkers, TotalSteps: c.cfg.TotalSteps,
-		LastCheckpoint: c.ck.last}
+		LastCheckpoint: c.ck.last, Generation: c.rec.gen, Restarts: c.rec.restarts}
 	if c.plan != nil {
 		s.Mesh = c.plan.Mesh.String()
 	}
@@ -623,7 +723,16 @@ func (c *Core) committed(e CheckpointCommitted) []Command {
 		return c.abort(fmt.Sprintf("checkpoint step %d was not published: %s", e.Step, e.Err))
 	}
 	c.ck.last = e.Step
+	if c.phase == PhaseRecovering {
+		if cmds := c.nextCommit(); len(cmds) > 0 {
+			return cmds
+		}
+		return c.maybeResume()
+	}
 	if cmds := c.nextCommit(); len(cmds) > 0 || c.phase != PhaseRunning || !c.ck.finishing {
+		if len(cmds) == 0 {
+			cmds = c.maybeGrow()
+		}
 		return cmds
 	}
 	c.ck.finishing = false

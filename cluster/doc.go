@@ -30,6 +30,9 @@
 // after a liveness bound that grows with the job's size and the worker
 // processes per core. The first detector to fire names the worker; the job
 // is aborted on every other worker.
-// Nothing re-plans: a job is continued by a new one with --resume (see
-// docs/control-plane.md#failure-handling).
+// With --max-restarts the job recovers by itself: every rank resumes from
+// the last committed checkpoint, on a replacement worker or, with
+// --allow-shrink, on fewer data-parallel replicas; a restarted coordinator
+// takes the job back from the run directory's job state
+// (docs/control-plane.md#automatic-recovery).
 package cluster

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/moetrain/moetrain/internal/atomicfile"
 	"github.com/moetrain/moetrain/train"
 )
 
@@ -63,7 +64,7 @@ type WorkerExit struct {
 	Log      string `json:"log"`
 }
 
-// WriteSummary writes dir/summary.json (atomically: temp file + rename).
+// WriteSummary writes dir/summary.json atomically (atomicfile.Write).
 func WriteSummary(dir string, s Summary) error {
 	s.DurationS = s.Ended.Sub(s.Started).Seconds()
 	s.FinalLoss = s.Status.Loss
@@ -75,11 +76,7 @@ func WriteSummary(dir string, s Summary) error {
 	if err != nil {
 		return fmt.Errorf("summary: %w", err)
 	}
-	tmp := filepath.Join(dir, ".summary.json.tmp")
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("summary: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "summary.json")); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, "summary.json"), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("summary: %w", err)
 	}
 	return nil

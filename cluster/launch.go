@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -53,6 +54,10 @@ type LaunchConfig struct {
 	Checkpoint CheckpointConfig
 	// Metrics: see CoordinatorConfig.Metrics.
 	Metrics *metrics.Metrics
+	// Recovery: see CoordinatorConfig.Recovery. The launcher restarts a
+	// worker process the coordinator gives up on (killing it first if it
+	// hangs) in the same slot: same certificate, same log files (appended).
+	Recovery RecoveryPolicy
 }
 
 type proc struct {
@@ -94,6 +99,9 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 	if err := cfg.Checkpoint.Validate(); err != nil {
 		return sum, fmt.Errorf("launch: %w", err)
 	}
+	if err := cfg.Recovery.Validate(); err != nil {
+		return sum, fmt.Errorf("launch: %w", err)
+	}
 	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
 		return sum, fmt.Errorf("launch: run directory: %w", err)
 	}
@@ -122,47 +130,43 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 		return sum, fmt.Errorf("launch: %w", err)
 	}
 	prog := NewProgressView(cfg.Console, cfg.Bar, cfg.Job.Train.Steps)
+	pool := &procPool{cfg: cfg, token: token, certs: certs.Workers, jobOver: make(chan struct{})}
 	coord, err := NewCoordinator(CoordinatorConfig{
 		Listen: "127.0.0.1:0", Token: token, TLS: serverTLS, JobID: jobID, Workers: cfg.Workers,
 		TotalSteps: cfg.Job.Train.Steps, Plan: PlanRequestFor(cfg.Job), JobConfigJSON: jobJSON,
 		JoinTimeout: 2 * time.Minute, Membership: cfg.Membership, Log: cfg.Log, OnStatus: prog.Update,
 		Checkpoint: cfg.Checkpoint, ProcsPerCore: procsPerCore(cfg.Workers), Metrics: cfg.Metrics,
+		Recovery: cfg.Recovery, OnEvict: pool.evict, StateDir: cfg.RunDir,
 	})
 	if err != nil {
 		return sum, fmt.Errorf("launch: %w", err)
 	}
+	pool.coord, pool.addr = coord, coord.Addr()
 
-	procs, err := startWorkers(cfg, coord.Addr(), token, certs.Workers)
-	if err != nil {
+	if err := pool.startAll(); err != nil {
 		coord.Close()
+		procs := pool.all()
 		killGroup(procs, syscall.SIGKILL)
 		waitProcs(procs, cfg.Grace)
 		return sum, fmt.Errorf("launch: %w", err)
 	}
 	cfg.Log.Info().Int("workers", cfg.Workers).Int("threads_per_worker", cfg.Threads).Str("run_dir", cfg.RunDir).
-		Int("pgid", procs[0].cmd.Process.Pid).Msg("worker processes started")
+		Int("pgid", pool.pgid).Msg("worker processes started")
 
-	// A worker process that exits while the job still needs it fails the job
-	// now rather than after the join timeout.
-	jobOver := make(chan struct{})
-	for _, p := range procs {
-		go func() {
-			select {
-			case <-p.done:
-				if p.exit.ExitCode != 0 {
-					coord.Abandon(fmt.Sprintf("worker process %d (pid %d) exited with %s; see %s",
-						p.idx, p.exit.Pid, exitText(p.exit), p.log))
-				}
-			case <-jobOver:
-			}
-		}()
-	}
-	// Ctrl-C: the coordinator stops the job; the workers also get SIGTERM.
-	stopSignals := context.AfterFunc(ctx, func() { killGroup(procs, syscall.SIGTERM) })
+	// Ctrl-C: the coordinator stops the job; the workers also get SIGTERM,
+	// once the coordinator has taken the stop, so that a worker the signal
+	// ends first is seen leaving a stopping job, not dying in a running one.
+	stopSignals := context.AfterFunc(ctx, func() {
+		coord.submit(StopRequested{Reason: "coordinator interrupted"})
+		killGroup(pool.all(), syscall.SIGTERM)
+	})
 	defer stopSignals()
 
 	res, runErr := coord.Run(ctx)
-	close(jobOver)
+	pool.mu.Lock()
+	pool.over()
+	pool.mu.Unlock()
+	procs := pool.all()
 	prog.Finish(res)
 	if !waitProcs(procs, cfg.Grace) {
 		cfg.Log.Warn().Dur("grace", cfg.Grace).Msg("workers still running after the job ended: SIGTERM")
@@ -178,7 +182,9 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 	for _, p := range procs {
 		sum.WorkerExits = append(sum.WorkerExits, p.exit)
 		p.out.Close()
-		logs = append(logs, p.log)
+		if !slices.Contains(logs, p.log) { // a replacement appends to its slot's log
+			logs = append(logs, p.log)
+		}
 	}
 	if sum.ExpertLoad, err = ExpertLoadFromLogs(logs); err != nil {
 		cfg.Log.Warn().Err(err).Msg("summary: no expert load from the worker logs")
@@ -202,46 +208,40 @@ func procsPerCore(n int) float64 {
 	return float64(n) / float64(max(1, min(runtime.NumCPU(), runtime.GOMAXPROCS(0))))
 }
 
-func startWorkers(cfg LaunchConfig, addr, token string, certs []pki.Files) ([]*proc, error) {
-	var procs []*proc
-	pgid := 0
-	for i := 0; i < cfg.Workers; i++ {
-		p := &proc{idx: i, done: make(chan struct{}), log: filepath.Join(cfg.RunDir, fmt.Sprintf("worker-%d.log", i))}
-		out, err := os.Create(filepath.Join(cfg.RunDir, fmt.Sprintf("worker-%d.out", i)))
-		if err != nil {
-			return procs, err
-		}
-		p.out = out
-		p.cmd = cfg.WorkerCmd("--join", addr, "--threads", strconv.Itoa(cfg.Threads), "--log-file", p.log, "--host", "localhost",
-			"--tls-cert", certs[i].Cert, "--tls-key", certs[i].Key, "--tls-ca", certs[i].CA)
-		p.cmd.Env = append(os.Environ(), TokenEnv+"="+token,
-			ProcsPerCoreEnv+"="+strconv.FormatFloat(procsPerCore(cfg.Workers), 'g', 4, 64))
-		p.cmd.Stdout, p.cmd.Stderr = out, out
-		// One process group for all workers (signalled together); on Linux
-		// each dies with this process even if it is SIGKILLed.
-		p.cmd.SysProcAttr = workerProcAttr(pgid)
-		if err := p.cmd.Start(); err != nil {
-			out.Close()
-			return procs, fmt.Errorf("start worker %d (%s): %w", i, p.cmd.Path, err)
-		}
-		if pgid == 0 {
-			pgid = p.cmd.Process.Pid
-		}
-		p.exit = WorkerExit{Index: i, Pid: p.cmd.Process.Pid, Log: p.log}
-		procs = append(procs, p)
-		go func() {
-			err := p.cmd.Wait()
-			p.exit.ExitCode = p.cmd.ProcessState.ExitCode()
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-					p.exit.Signal = ws.Signal().String()
-				}
-			}
-			close(p.done)
-		}()
+// startWorker starts worker process i (its slot: certificate, log files,
+// appended to by a replacement) in process group pgid (0: a new group).
+func startWorker(cfg LaunchConfig, i, pgid int, addr, token string, cert pki.Files) (*proc, error) {
+	p := &proc{idx: i, done: make(chan struct{}), log: filepath.Join(cfg.RunDir, fmt.Sprintf("worker-%d.log", i))}
+	out, err := os.OpenFile(filepath.Join(cfg.RunDir, fmt.Sprintf("worker-%d.out", i)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
 	}
-	return procs, nil
+	p.out = out
+	p.cmd = cfg.WorkerCmd("--join", addr, "--threads", strconv.Itoa(cfg.Threads), "--log-file", p.log, "--host", "localhost",
+		"--tls-cert", cert.Cert, "--tls-key", cert.Key, "--tls-ca", cert.CA)
+	p.cmd.Env = append(os.Environ(), TokenEnv+"="+token,
+		ProcsPerCoreEnv+"="+strconv.FormatFloat(procsPerCore(cfg.Workers), 'g', 4, 64))
+	p.cmd.Stdout, p.cmd.Stderr = out, out
+	// One process group for all workers (signalled together); on Linux
+	// each dies with this process even if it is SIGKILLed.
+	p.cmd.SysProcAttr = workerProcAttr(pgid)
+	if err := p.cmd.Start(); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("start worker %d (%s): %w", i, p.cmd.Path, err)
+	}
+	p.exit = WorkerExit{Index: i, Pid: p.cmd.Process.Pid, Log: p.log}
+	go func() {
+		err := p.cmd.Wait()
+		p.exit.ExitCode = p.cmd.ProcessState.ExitCode()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				p.exit.Signal = ws.Signal().String()
+			}
+		}
+		close(p.done)
+	}()
+	return p, nil
 }
 
 func exitText(e WorkerExit) string {

@@ -75,6 +75,8 @@ func jobMetrics(s Status) metrics.Job {
 		Workers: map[string]int{}}
 	for _, w := range s.Workers {
 		j.Workers[w.State]++
+		j.Table = append(j.Table, metrics.WorkerRow{ID: w.Info.ID, Host: w.Info.Host, Rank: w.Rank, State: w.State,
+			Step: w.Step, Loss: w.Loss, TokensPerSec: w.TokensPerSec})
 	}
 	return j
 }

@@ -218,6 +218,22 @@ func (rc *rankCheckpoints) finish(ctx context.Context) error {
 	return nil
 }
 
+// closeTimeout bounds close's wait for a cancelled write.
+const closeTimeout = 15 * time.Second
+
+// close cancels the save in flight, if any, and waits (bounded) until it
+// has stopped, so that a rank started again in this process never races an
+// old write of the same shard file.
+func (rc *rankCheckpoints) close() {
+	if rc.aw == nil {
+		return
+	}
+	rc.aw.Cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	_, _ = rc.aw.Wait(ctx) // its error (cancelled) is no news: the runner is ending
+}
+
 // pauseHook returns the test hook's BeforeClose for this rank (nil when the
 // variable is unset or names another rank).
 func pauseHook(ctx context.Context, rank int, log zerolog.Logger) (func(string), error) {

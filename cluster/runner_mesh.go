@@ -64,12 +64,16 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 	ccfg := collective.Config{Timeout: CollectiveTimeout}
 	setup := SetupTimeout(m.World())
 	dctx, cancel := context.WithTimeout(ctx, setup)
-	t, err := spec.Data.Connect(dctx, spec.Rank, spec.Plan.Addrs(), spec.Token, JobDataPlaneLimits(cfg, m, ccfg))
+	t, err := spec.Data.Connect(dctx, spec.Rank, spec.Plan.Addrs(), DataPlaneToken(spec.Token, spec.Generation), JobDataPlaneLimits(cfg, m, ccfg))
 	cancel()
 	if err != nil {
 		return fmt.Errorf("mesh runner: %w", err)
 	}
 	defer t.Close()
+	// An abort, stop or recovery cancels ctx: closing the data plane then
+	// fails every collective in flight, here and (through the closed
+	// connections) on every peer, at once rather than at their deadlines.
+	defer context.AfterFunc(ctx, func() { t.Close() })()
 	log.Debug().Dur("wait", time.Since(t0)).Msg("data plane connected")
 	world := collective.NewWorldConfig(t, ccfg)
 	mr, err := train.NewMeshRank(cfg, m, spec.Rank, world, log)
@@ -91,6 +95,7 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 	if err != nil {
 		return fmt.Errorf("mesh runner: %w", err)
 	}
+	defer rc.close()
 	log.Info().Int("params", tr.Layout().Total).Int("threads", tensor.Threads()).Str("mesh", m.String()).
 		Int("dp", coord.DP).Int("sp", coord.SP).Int("tp", coord.TP).Int("steps", cfg.Train.Steps).
 		Int("start_step", tr.Step()).Bool("zero1", cfg.DP.Zero1).Str("sp_algorithm", cfg.Mesh.SPAlgorithm).Msg("mesh training")

@@ -181,7 +181,7 @@ func statusToProto(jobID string, s Status) *pb.StatusResponse {
 	out := &pb.StatusResponse{JobId: jobID, Phase: string(s.Phase), Reason: s.Reason,
 		ExpectedWorkers: int32(s.ExpectedWorkers), Step: int64(s.Step), TotalSteps: int64(s.TotalSteps),
 		Loss: s.Loss, TokensPerSec: s.TokensPerSec, HasValLoss: s.HasVal, ValLoss: s.ValLoss, Mesh: s.Mesh,
-		LastCheckpoint: int64(s.LastCheckpoint)}
+		LastCheckpoint: int64(s.LastCheckpoint), Generation: int64(s.Generation), Restarts: int64(s.Restarts)}
 	for _, w := range s.Workers {
 		out.Workers = append(out.Workers, &pb.WorkerStatus{Id: w.Info.ID, Host: w.Info.Host, DataAddr: w.Info.DataAddr,
 			Rank: int32(w.Rank), Step: int64(w.Step), Loss: w.Loss, TokensPerSec: w.TokensPerSec, State: w.State,

@@ -230,13 +230,20 @@ func DialMesh(ctx context.Context, ln net.Listener, cfg TCPConfig) (Transport, e
 			}
 		}()
 		// Unblock Accept when the mesh is complete or ctx ends.
+		unblocked := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() {
+			defer close(unblocked)
 			if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
 				_ = d.SetDeadline(time.Unix(1, 0))
 			}
 		})
 		defer func() {
-			stop()
+			if !stop() {
+				// It runs already: let it finish, or its deadline could
+				// land after the reset below and fail the listener's next
+				// mesh (a job's ranks dial again after a recovery).
+				<-unblocked
+			}
 			cancel()
 			if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
 				_ = d.SetDeadline(time.Unix(1, 0))

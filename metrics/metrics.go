@@ -40,6 +40,20 @@ type Job struct {
 	ValStep      int
 	// Workers counts the job's workers by state (joined, running, ...).
 	Workers map[string]int
+	// Table is the job's worker table, one row a worker. It is not
+	// exported to Prometheus (ids and hosts would be unbounded label
+	// values); observers (the dashboard) get it.
+	Table []WorkerRow
+}
+
+// WorkerRow is one worker's line of the job's worker table.
+type WorkerRow struct {
+	ID, Host     string
+	Rank         int // -1: not ranked (yet)
+	State        string
+	Step         int
+	Loss         float64
+	TokensPerSec float64
 }
 
 // Phases are a rank's cumulative seconds in the parts of its training
@@ -119,6 +133,9 @@ func (m *Metrics) SetStart(t time.Time, resumedStep int64) {
 	defer c.mu.Unlock()
 	c.start = float64(t.UnixNano()) / 1e9
 	c.resumed = float64(resumedStep)
+	for _, o := range c.observers {
+		o.ObserveStart(t, resumedStep)
+	}
 }
 
 // SetJob records the job-wide state. An unseen phase or worker state
@@ -140,7 +157,11 @@ func (m *Metrics) SetJob(j Job) error {
 		workers[s] = n
 	}
 	j.Workers = workers
+	j.Table = append([]WorkerRow(nil), j.Table...)
 	c.job, c.hasJob = j, true
+	for _, o := range c.observers {
+		o.ObserveJob(j)
+	}
 	return nil
 }
 
@@ -178,6 +199,12 @@ func (m *Metrics) SetWorker(w Worker) error {
 	c.workers[w.Rank] = w
 	if len(load) > 0 && (c.load == nil || w.Step >= c.loadStep) {
 		c.load, c.loadStep = load, w.Step
+	}
+	if len(c.observers) > 0 {
+		w.Load = load
+		for _, o := range c.observers {
+			o.ObserveWorker(w)
+		}
 	}
 	return nil
 }
@@ -243,6 +270,9 @@ type collector struct {
 	ckptResults                 map[string]float64
 	ckptLastStep, ckptLastBytes float64
 	ckptBytes                   float64
+
+	// observers get every accepted observation, under mu (observer.go).
+	observers []Observer
 
 	d descs
 }

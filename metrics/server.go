@@ -34,17 +34,28 @@ type Server struct {
 // port fails the caller before its job starts, and serves m's registry on
 // /metrics until Close.
 func Serve(addr string, m *Metrics) (*Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	return Listen(addr, "--metrics-addr", mux)
+}
+
+// Handler serves m's registry in the Prometheus exposition formats.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, Timeout: gatherTimeout})
+}
+
+// Listen listens on addr at once and serves h until Close, with the
+// server's timeouts and header bound. A busy port is an error naming flag,
+// the option that gave addr.
+func Listen(addr, flag string, h http.Handler) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fmt.Errorf("metrics: cannot listen on %s: address already in use (pick another --metrics-addr)", addr)
+			return nil, fmt.Errorf("metrics: cannot listen on %s: address already in use (pick another %s)", addr, flag)
 		}
 		return nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
-		ErrorHandling: promhttp.ContinueOnError, Timeout: gatherTimeout}))
-	s := &Server{ln: ln, done: make(chan error, 1), srv: &http.Server{Handler: mux,
+	s := &Server{ln: ln, done: make(chan error, 1), srv: &http.Server{Handler: h,
 		ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: readTimeout, WriteTimeout: writeTimeout, IdleTimeout: idleTimeout,
 		MaxHeaderBytes: 16 << 10}}
 	go func() { s.done <- s.srv.Serve(ln) }()

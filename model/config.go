@@ -70,6 +70,42 @@ type Config struct {
 	// "probability" (lowest router score first) or "position" (later tokens
 	// first).
 	DropPolicy string `toml:"drop_policy"`
+	// EPChunks pipelines the expert-parallel exchange (Tutel-style): the
+	// dispatch, the expert GEMMs and the combine run in that many row
+	// chunks, chunk i's GEMMs overlapping the others' exchanges, forward
+	// and backward. 0 (the default) and 1 are unpipelined, 2..16 fixes the
+	// count, -1 lets every layer choose from measured times (and re-measure
+	// now and then). Results change only by float reordering; a fixed count
+	// keeps runs and resumes bitwise reproducible, -1 does not (the choice
+	// follows timings). No effect without EP.
+	EPChunks int `toml:"ep_chunks"`
+	// DispatchDType is the element type of the forward dispatch: "fp32",
+	// "bf16" or "fp8e4m3" (per-row scales); with bf16 or fp8 the forward
+	// combine travels as bf16, the backward's exchanges stay fp32
+	// (docs/algorithms/ep-dispatch.md). No effect without EP: the serial
+	// model never rounds.
+	DispatchDType string `toml:"dispatch_dtype"`
+	// MoELayout is "standard" (experts d_model → expert_hidden → d_model)
+	// or "dcca" (BigMac's descend-communicate-communicate-ascend: every
+	// layer projects each token to dispatch_dim on its own rank before the
+	// dispatch, its experts work at dispatch_dim, and the combined outputs
+	// are projected back; the two projections are shared by the layer's
+	// experts and replicated on every rank).
+	MoELayout string `toml:"moe_layout"`
+	// DispatchDim is the DCCA layout's dimension (1..d_model); 0 otherwise.
+	DispatchDim int `toml:"dispatch_dim"`
+}
+
+// DCCA reports whether the MoE layers use the DCCA layout.
+func (c Config) DCCA() bool { return c.MoELayout == "dcca" }
+
+// expertDim is the width the experts work at: dispatch_dim under DCCA,
+// else d_model.
+func (c Config) expertDim() int {
+	if c.DCCA() {
+		return c.DispatchDim
+	}
+	return c.DModel
 }
 
 // DefaultConfig returns the reference model.
@@ -90,6 +126,9 @@ func DefaultConfig() Config {
 		Score:        "softmax",
 		Groups:       1,
 		DropPolicy:   "probability",
+		// EPChunks 0: unpipelined.
+		DispatchDType: "fp32",
+		MoELayout:     "standard",
 	}
 }
 

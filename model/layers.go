@@ -124,7 +124,7 @@ func MoEBackward(dres []float32, dw LayerWeights, a *LayerActs, w LayerWeights, 
 }
 
 func moeWeights(w LayerWeights) moe.Weights {
-	return moe.Weights{Router: w.Router, W1: w.W1, W2: w.W2}
+	return moe.Weights{Router: w.Router, W1: w.W1, W2: w.W2, Down: w.Down, Up: w.Up}
 }
 
 // HeadForward: lnf = RMSNorm(in), logits = lnf·Headᵀ. vocab is this rank's

@@ -50,7 +50,10 @@ type Layout struct {
 }
 
 // NewLayout builds the layout of cfg. Order: tok_emb, pos_emb, then per layer
-// ln1, qkv, proj, ln2, router, w1, w2, then ln_f, lm_head.
+// ln1, qkv, proj, ln2, router, w1, w2, then ln_f, lm_head. The DCCA layout
+// adds moe_down [R, D] after router and moe_up [D, R] after w2 (R =
+// dispatch_dim, replicated on every rank), and its experts are w1 [E, H, R]
+// and w2 [E, R, H].
 func NewLayout(cfg Config) Layout {
 	d, e, h := cfg.DModel, cfg.Experts, cfg.ExpertHidden
 	var l Layout
@@ -70,8 +73,15 @@ func NewLayout(cfg Config) Layout {
 		add(p+"proj", InitNormal, false, d, d)
 		add(p+"ln2", InitOnes, false, d)
 		add(p+"router", InitNormal, false, e, d)
-		add(p+"w1", InitNormal, true, e, h, d)
-		add(p+"w2", InitNormal, true, e, d, h)
+		if cfg.DCCA() {
+			add(p+"moe_down", InitNormal, false, cfg.DispatchDim, d)
+		}
+		x := cfg.expertDim()
+		add(p+"w1", InitNormal, true, e, h, x)
+		add(p+"w2", InitNormal, true, e, x, h)
+		if cfg.DCCA() {
+			add(p+"moe_up", InitNormal, false, d, cfg.DispatchDim)
+		}
 	}
 	add("ln_f", InitOnes, false, d)
 	add("lm_head", InitNormal, false, cfg.Vocab, d)
@@ -101,7 +111,9 @@ type LayerWeights struct {
 	LN2    []float32 // [D]
 	Router []float32 // [E, D]
 	W1     []float32 // [E, H, D]
-	W2     []float32 // [E, D, H]
+	W2     []float32 // [E, D, H] ([E, R, H] under DCCA)
+	Down   []float32 // [R, D] under DCCA, else nil
+	Up     []float32 // [D, R] under DCCA, else nil
 }
 
 // Weights are views of every tensor into one flat buffer (parameters or
@@ -130,10 +142,14 @@ func (l Layout) Views(buf []float32) Weights {
 		if _, ok := l.Lookup(p + "ln1"); !ok {
 			break
 		}
-		w.Layers = append(w.Layers, LayerWeights{
+		lw := LayerWeights{
 			LN1: get(p + "ln1"), QKV: get(p + "qkv"), Proj: get(p + "proj"), LN2: get(p + "ln2"),
 			Router: get(p + "router"), W1: get(p + "w1"), W2: get(p + "w2"),
-		})
+		}
+		if _, ok := l.Lookup(p + "moe_down"); ok {
+			lw.Down, lw.Up = get(p+"moe_down"), get(p+"moe_up")
+		}
+		w.Layers = append(w.Layers, lw)
 	}
 	w.LNF, w.Head = get("ln_f"), get("lm_head")
 	return w

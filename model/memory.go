@@ -57,7 +57,13 @@ func EstimateMemory(cfg Config, sh Shard, tokens float64) Memory {
 	// The shard's sizes (NewShardLayout): TP splits heads, each expert's
 	// hidden dimension and the LM head's vocabulary; EP splits the experts.
 	c, hl, el, vl, hh := d/tp, h/tp, e/ep, v/tp, heads/tp
-	perLayer := d + 3*c*d + d*c + d + e*d + 2*el*hl*d
+	// Under DCCA the experts work at x = dispatch_dim and the layer adds
+	// its two replicated projections (2·r·d) and their [N, r] buffers.
+	x, r := d, 0.0
+	if cfg.DCCA() {
+		x, r = f(cfg.DispatchDim), f(cfg.DispatchDim)
+	}
+	perLayer := d + 3*c*d + d*c + d + e*d + 2*el*hl*x + 2*r*d
 	params := v*d + seq*d + l*perLayer + d + vl*d
 	m := Memory{Tokens: tokens, Params: params}
 	m.ParamBytes = 3 * 4 * params
@@ -66,11 +72,11 @@ func EstimateMemory(cfg Config, sh Shard, tokens float64) Memory {
 	// arrays), the MoE backward scratch (expert-parallel copies included),
 	// and per layer the block's saved activations and its MoE state.
 	model := 4*d + 2*vl + 3*c + hh + 7
-	scratch := 4*k*d + 2*k*hl + 2*k + 2*e + d
-	layer := 5*d + 4*c + hh + 2 + 2*e + 6*k + 4*k*d + 2*k*hl
+	scratch := 4*k*d + 2*k*hl + 2*k + 2*e + d + 2*r
+	layer := 5*d + 4*c + hh + 2 + 2*e + 6*k + 4*k*d + 2*k*hl + 2*r
 	m.ActBytes = 4 * n * (model + scratch + l*layer)
 	if sh.TP > 1 || sh.EP > 1 {
-		m.InitBytes = 4 * math.Max(e*h*d, math.Max(v*d, 3*d*d))
+		m.InitBytes = 4 * math.Max(e*h*x, math.Max(v*d, 3*d*d))
 	}
 	return m
 }

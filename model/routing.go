@@ -24,6 +24,24 @@ func (c Config) validateRouter() []error {
 	if _, err := moe.ParseDropPolicy(c.DropPolicy); err != nil {
 		errs = append(errs, fmt.Errorf("model.drop_policy = %q: %w", c.DropPolicy, err))
 	}
+	if _, err := moe.ParseDType(c.DispatchDType); err != nil {
+		errs = append(errs, fmt.Errorf("model.dispatch_dtype = %q: %w", c.DispatchDType, err))
+	}
+	switch c.MoELayout {
+	case "standard", "":
+		if c.DispatchDim != 0 {
+			errs = append(errs, fmt.Errorf("model.dispatch_dim = %d: only the \"dcca\" moe_layout has a dispatch dimension (want 0)", c.DispatchDim))
+		}
+	case "dcca":
+		if c.DispatchDim < 1 || (c.DModel >= 1 && c.DispatchDim > c.DModel) {
+			errs = append(errs, fmt.Errorf("model.dispatch_dim = %d: the dcca layout needs 1 <= dispatch_dim <= model.d_model = %d", c.DispatchDim, c.DModel))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("model.moe_layout = %q: unknown layout (known: \"standard\", \"dcca\")", c.MoELayout))
+	}
+	if c.EPChunks < EPChunksAuto || c.EPChunks > moe.MaxChunks {
+		errs = append(errs, fmt.Errorf("model.ep_chunks = %d: want 0 or 1 (unpipelined), 2 to %d (fixed) or %d (chosen at run time)", c.EPChunks, moe.MaxChunks, EPChunksAuto))
+	}
 	grouped := c.Router == "moge" || c.Router == "group_limited"
 	switch c.Router {
 	case "topk", "", "moge", "group_limited":
@@ -75,9 +93,13 @@ func (c Config) RouterSpec() (moe.Spec, error) {
 	if err != nil {
 		return moe.Spec{}, fmt.Errorf("model.drop_policy = %q: %w", c.DropPolicy, err)
 	}
+	ex, err := c.exchangeOptions()
+	if err != nil {
+		return moe.Spec{}, err
+	}
 	return moe.Spec{
 		Kind: c.Router, Groups: c.groups(), TopKGroups: c.topKGroups(),
-		Opts: moe.Options{Score: score, ZLossCoef: c.ZLossCoef, CapacityFactor: c.CapacityFactor, Drop: drop},
+		Opts: moe.Options{Score: score, ZLossCoef: c.ZLossCoef, CapacityFactor: c.CapacityFactor, Drop: drop, Exchange: ex},
 	}, nil
 }
 
@@ -204,4 +226,22 @@ func (m *Model) RouterZLoss() float64 {
 		z += m.acts.Layers[l].MoE.ZLoss.Value
 	}
 	return z
+}
+
+// EPChunksAuto is the model.ep_chunks that lets every layer choose its
+// pipelining degree at run time.
+const EPChunksAuto = -1
+
+// exchangeOptions are the expert-parallel exchange settings of [model]
+// (they travel with the router's options into every MoE layer).
+func (c Config) exchangeOptions() (moe.ExchangeOptions, error) {
+	dt, err := moe.ParseDType(c.DispatchDType)
+	if err != nil {
+		return moe.ExchangeOptions{}, fmt.Errorf("model.dispatch_dtype = %q: %w", c.DispatchDType, err)
+	}
+	chunks := max(c.EPChunks, 1)
+	if c.EPChunks == EPChunksAuto {
+		chunks = moe.AutoChunks
+	}
+	return moe.ExchangeOptions{Chunks: chunks, DType: dt}, nil
 }

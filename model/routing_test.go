@@ -40,15 +40,17 @@ func TestRouterConfigValidate(t *testing.T) {
 }
 
 // TestDefaultRouterIsReference: the default configuration builds exactly
-// the reference router (plain top-k, zero options), so the reference model
-// is unchanged.
+// the reference router (plain top-k, zero options but the exchange's, which
+// only act under expert parallelism: chunk count chosen at run time, fp32),
+// so the reference model is unchanged.
 func TestDefaultRouterIsReference(t *testing.T) {
 	r, err := NewRouter(DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r != (moe.TopK{}) {
-		t.Fatalf("default router %#v, want moe.TopK{}", r)
+	want := moe.TopK{Opts: moe.Options{Exchange: moe.ExchangeOptions{Chunks: 1, DType: moe.FP32}}}
+	if r != want {
+		t.Fatalf("default router %#v, want %#v", r, want)
 	}
 	if b := NewRouterState(DefaultConfig()).Layer(0); b != nil {
 		t.Fatalf("default bias %v, want nil (balancing off)", b)

@@ -8,10 +8,27 @@ type Dims struct {
 }
 
 // Weights are one MoE layer's parameters (views into a flat buffer).
+//
+// With Down and Up (the DCCA layout, docs/algorithms/ep-dispatch.md#dcca-layout)
+// every token is projected to R = len(Down)/D dimensions on its own rank
+// before the dispatch and the combined expert outputs back to D after the
+// combine; the experts work at R: W1 is [E, H, R] and W2 [E, R, H]. Down
+// and Up are shared by all experts and replicated on every rank.
 type Weights struct {
 	Router []float32 // [E, D]
-	W1     []float32 // [E, H, D]
-	W2     []float32 // [E, D, H]
+	W1     []float32 // [E, H, D] ([E, H, R] with Down)
+	W2     []float32 // [E, D, H] ([E, R, H] with Down)
+	Down   []float32 // [R, D] or nil
+	Up     []float32 // [D, R] or nil
+}
+
+// inner is the row width through dispatch and experts: R with the DCCA
+// projections, else D.
+func (w Weights) inner(d int) int {
+	if w.Down == nil || d == 0 {
+		return d
+	}
+	return len(w.Down) / d
 }
 
 // State is one MoE layer's saved activations for N tokens, allocated once per
@@ -48,8 +65,14 @@ type State struct {
 	Hact []float32 // [R, H]
 	YL   []float32 // [R, D]
 	comb []float32 // [N, D] combined partial outputs (tensor parallelism)
+	Z    []float32 // [N, R] down-projected inputs (DCCA)
+	Zout []float32 // [N, R] combined expert outputs before Up (DCCA)
 	disp dispatch
 	ep   bool // the last Forward dispatched over an expert-parallel group
+	// piped: it took the chunked path (Options.Exchange; pipeline.go).
+	piped   bool
+	pp      pipe
+	planOff []int // [EP] first plan row of each member's block
 }
 
 // Scratch is Backward's working memory for N tokens. One Scratch serves
@@ -59,6 +82,7 @@ type Scratch struct {
 	dY, dX       []float32 // [S, D]
 	dYL, dXL     []float32 // [R, D] (expert parallelism only)
 	dxN          []float32 // [N, D] (tensor parallelism only)
+	dZ, dZout    []float32 // [N, R] (DCCA only)
 	dHact, dHpre []float32 // [S, H]
 	dSlotGate    []float32 // [S]
 	dGates       []float32 // [N, K]
@@ -138,11 +162,30 @@ func Forward(out, x []float32, w Weights, dm Dims, router Router, mask []bool, s
 	}
 	p := &st.Plan
 	s := p.Slots()
-	tensor.GatherRows(st.X, x, p.Token, d)
-	st.ep = false
+	// From here on rows are dm.D = R wide under DCCA (xin: the layer's
+	// input rows, tgt: where the gated outputs accumulate).
+	xin, tgt, dModel := x, out, d
+	if w.Down != nil {
+		r := w.inner(d)
+		st.Z = grow(st.Z, n*r)
+		st.Zout = grow(st.Zout, n*r)
+		tensor.Gemm(false, true, n, r, d, x, d, w.Down, d, 0, st.Z, r)
+		clear(st.Zout[:n*r])
+		xin, tgt = st.Z, st.Zout
+		dm.D, d = r, r
+	}
+	tensor.GatherRows(st.X, xin, p.Token, d)
+	st.ep, st.piped = false, false
 	if st.Ex != nil {
 		if size, _ := st.Ex.EP(); size > 1 {
 			st.ep = true
+			if opt.Exchange.piped() {
+				st.piped = true
+				st.pipeForward(w, dm, opt.Exchange)
+				st.combine(tgt, dm)
+				st.ascend(out, w, dModel)
+				return
+			}
 			st.disp.dispatch(st.Ex, p, &st.XL, st.X[:s*d], d, st.StaticSplit, n, dm.K)
 		}
 	}
@@ -159,6 +202,24 @@ func Forward(out, x []float32, w Weights, dm Dims, router Router, mask []bool, s
 	if st.ep {
 		st.disp.backward(st.Ex, st.Y[:s*d], st.YL[:rows*d], d)
 	}
+	st.combine(tgt, dm)
+	st.ascend(out, w, dModel)
+}
+
+// ascend adds the up-projected combined outputs Zout·Upᵀ to out [N, d]
+// (DCCA; else nothing).
+func (st *State) ascend(out []float32, w Weights, d int) {
+	if w.Down == nil {
+		return
+	}
+	n, r := st.N, w.inner(d)
+	tensor.Gemm(false, true, n, d, r, st.Zout, r, w.Up, r, 1, out, d)
+}
+
+// combine accumulates the gated expert outputs Y (plan order) into out.
+func (st *State) combine(out []float32, dm Dims) {
+	p := &st.Plan
+	n, d, s := st.N, dm.D, p.Slots()
 	if tpOf(st.Ex) == 1 {
 		tensor.ScatterAddRows(out, st.Y[:s*d], p.Token, p.Gate, d)
 		return
@@ -185,8 +246,22 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 	r := &st.Routing
 	p := &st.Plan
 	s := p.Slots()
+	// Under DCCA the rows are R wide from here to the input projection:
+	// dZout = dout·Up is the gradient of the combined outputs, and dZ
+	// collects the gradient of the down-projected inputs.
+	dModel, dcomb, dxin := d, dout, dx
+	if w.Down != nil {
+		rr := w.inner(d)
+		sc.dZout = grow(sc.dZout, n*rr)
+		sc.dZ = grow(sc.dZ, n*rr)
+		tensor.Gemm(false, false, n, rr, d, dout, d, w.Up, rr, 0, sc.dZout, rr)
+		tensor.Gemm(true, false, d, rr, n, dout, d, st.Zout, rr, 1, dw.Up, rr)
+		clear(sc.dZ[:n*rr])
+		dcomb, dxin = sc.dZout, sc.dZ
+		dm.D, d = rr, rr
+	}
 	// Gradient of combine: out[t] += gate_s·y_s.
-	tensor.GatherRows(sc.dY[:s*d], dout, p.Token, d)
+	tensor.GatherRows(sc.dY[:s*d], dcomb, p.Token, d)
 	tensor.RowDot(sc.dSlotGate[:s], sc.dY[:s*d], st.Y[:s*d], s, d)
 	// Under TP, Y is partial (dY is whole), so dSlotGate is partial too: it is
 	// summed over TP together with dX below, in one all-reduce.
@@ -202,31 +277,26 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 			}
 		}
 	})
-	xl, offs := st.local(d)
-	rows := len(xl) / max(d, 1)
-	dyl, dxl := sc.dY, sc.dX
-	if st.ep {
-		sc.dYL = grow(sc.dYL, rows*d)
-		sc.dXL = grow(sc.dXL, rows*d)
-		st.disp.forward(st.Ex, sc.dYL, sc.dY[:s*d], d)
-		dyl, dxl = sc.dYL, sc.dXL
-	}
-	sc.dHact = grow(sc.dHact, rows*dm.H)
-	sc.dHpre = grow(sc.dHpre, rows*dm.H)
-	Experts{D: d, H: dm.H}.Backward(dxl, dw.W1, dw.W2, sc.dHact, sc.dHpre, dyl, xl, st.Hpre, st.Hact, w.W1, w.W2, offs)
-	if st.ep {
-		st.disp.backward(st.Ex, sc.dX[:s*d], dxl[:rows*d], d)
+	if st.piped {
+		st.pipeBackward(dw, w, dm, sc)
+	} else {
+		st.expertsBackward(dw, w, dm, sc)
 	}
 	if tp == 1 {
-		tensor.ScatterAddRows(dx, sc.dX[:s*d], p.Token, nil, d)
+		tensor.ScatterAddRows(dxin, sc.dX[:s*d], p.Token, nil, d)
 	} else { // partial over TP: sum per token, as in the forward
 		sc.dxN = grow(sc.dxN, n*d+s)
 		clear(sc.dxN[:n*d])
 		tensor.ScatterAddRows(sc.dxN, sc.dX[:s*d], p.Token, nil, d)
 		copy(sc.dxN[n*d:n*d+s], sc.dSlotGate[:s])
 		st.Ex.SumTP(sc.dxN[:n*d+s])
-		tensor.AddInPlace(dx[:n*d], sc.dxN[:n*d])
+		tensor.AddInPlace(dxin[:n*d], sc.dxN[:n*d])
 		copy(sc.dSlotGate[:s], sc.dxN[n*d:n*d+s])
+	}
+	if w.Down != nil { // z = x·Downᵀ
+		tensor.Gemm(false, false, n, dModel, d, sc.dZ, d, w.Down, dModel, 1, dx, dModel)
+		tensor.Gemm(true, false, d, dModel, n, sc.dZ, d, x, dModel, 1, dw.Down, dModel)
+		d = dModel
 	}
 	// Gates → router probabilities (+ aux) → logits → router weights and x.
 	for i, slot := range p.SlotOf[:n*dm.K] {
@@ -251,3 +321,24 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 // RoutedLoad is the number of token slots the router sent to each expert in
 // the last Forward, before capacity: the signal for bias balancing.
 func (st *State) RoutedLoad() []int { return st.Plan.Routed }
+
+// expertsBackward turns the gated output gradients sc.dY (plan order) into
+// the input gradients sc.dX on the unpipelined path, accumulating dw.
+func (st *State) expertsBackward(dw, w Weights, dm Dims, sc *Scratch) {
+	d, s := dm.D, st.Plan.Slots()
+	xl, offs := st.local(d)
+	rows := len(xl) / max(d, 1)
+	dyl, dxl := sc.dY, sc.dX
+	if st.ep {
+		sc.dYL = grow(sc.dYL, rows*d)
+		sc.dXL = grow(sc.dXL, rows*d)
+		st.disp.forward(st.Ex, sc.dYL, sc.dY[:s*d], d)
+		dyl, dxl = sc.dYL, sc.dXL
+	}
+	sc.dHact = grow(sc.dHact, rows*dm.H)
+	sc.dHpre = grow(sc.dHpre, rows*dm.H)
+	Experts{D: d, H: dm.H}.Backward(dxl, dw.W1, dw.W2, sc.dHact, sc.dHpre, dyl, xl, st.Hpre, st.Hact, w.W1, w.W2, offs)
+	if st.ep {
+		st.disp.backward(st.Ex, sc.dX[:s*d], dxl[:rows*d], d)
+	}
+}

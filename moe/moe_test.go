@@ -131,12 +131,20 @@ type gradPair struct {
 
 // layerGradPairs pairs a layer's input and weights with their gradients.
 func layerGradPairs(x, dx []float32, w, dw Weights) []gradPair {
-	return []gradPair{{"x", x, dx}, {"router", w.Router, dw.Router}, {"w1", w.W1, dw.W1}, {"w2", w.W2, dw.W2}}
+	out := []gradPair{{"x", x, dx}, {"router", w.Router, dw.Router}, {"w1", w.W1, dw.W1}, {"w2", w.W2, dw.W2}}
+	if w.Down != nil {
+		out = append(out, gradPair{"down", w.Down, dw.Down}, gradPair{"up", w.Up, dw.Up})
+	}
+	return out
 }
 
 // zeroWeights is a zero Weights shaped like w.
 func zeroWeights(w Weights) Weights {
-	return Weights{Router: make([]float32, len(w.Router)), W1: make([]float32, len(w.W1)), W2: make([]float32, len(w.W2))}
+	z := Weights{Router: make([]float32, len(w.Router)), W1: make([]float32, len(w.W1)), W2: make([]float32, len(w.W2))}
+	if w.Down != nil {
+		z.Down, z.Up = make([]float32, len(w.Down)), make([]float32, len(w.Up))
+	}
+	return z
 }
 
 // checkStableGrads compares every coordinate's analytic gradient with

@@ -125,6 +125,8 @@ type Options struct {
 	// N tokens of one forward; 0 is dropless.
 	CapacityFactor float64
 	Drop           DropPolicy
+	// Exchange shapes the expert-parallel exchange (ignored on one rank).
+	Exchange ExchangeOptions
 }
 
 // Capacity is the per-expert slot limit for n tokens, or -1 when dropless.
@@ -146,6 +148,9 @@ func (o Options) validate() error {
 	}
 	if !(o.CapacityFactor >= 0 && o.CapacityFactor < 1e6) {
 		return fmt.Errorf("capacity factor %g: must be 0 (dropless) or a finite value > 0", o.CapacityFactor)
+	}
+	if err := o.Exchange.validate(); err != nil {
+		return err
 	}
 	return nil
 }

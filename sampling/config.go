@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"os"
+
+	"github.com/moetrain/moetrain/tokenizer"
 )
 
 // Sampling modes.
@@ -44,6 +46,13 @@ type Config struct {
 	// planning, not for training. Default "".
 	InputLenField  string `toml:"input_len_field"`
 	OutputLenField string `toml:"output_len_field"`
+
+	// Tokenizer is "byte" (every byte a token, vocabulary 256) or the path
+	// of a byte-level BPE tokenizer.json (docs/tokenizer.md); model.vocab
+	// must be its vocabulary size. Text data is encoded with it when
+	// loaded; a prepared dataset must have been prepared with it. Default
+	// "" = "byte".
+	Tokenizer string `toml:"tokenizer"`
 
 	// Mode is "window", "bucket", "pack" or "random". Default "window".
 	Mode string `toml:"mode"`
@@ -226,6 +235,11 @@ func (c Config) Validate() error {
 	}
 	if c.BoundarySample < 0 {
 		bad("data.boundary_sample = %d, want >= 0 (0 = all examples)", c.BoundarySample)
+	}
+	if !tokenizer.IsByte(c.Tokenizer) {
+		if _, err := os.Stat(c.Tokenizer); err != nil {
+			bad("data.tokenizer: %v (want \"byte\" or a tokenizer.json)", err)
+		}
 	}
 	if c.BucketBatchFile != "" {
 		if _, err := os.Stat(c.BucketBatchFile); err != nil {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+
+	"github.com/moetrain/moetrain/tokenizer"
 )
 
 // Data is a job's loaded data: what NewSampler and validation need, built
@@ -18,6 +20,9 @@ type Data struct {
 	// Prepared is the memory-mapped dataset when data.path is a prepared
 	// directory (IsPrepared); Corpus is nil then. Close unmaps it.
 	Prepared *Prepared
+	// Tokenizer is data.tokenizer loaded (tokenizer.Byte by default): what
+	// the documents' tokens are, and how many text bytes a token stands for.
+	Tokenizer tokenizer.Tokenizer
 }
 
 // Close releases the memory maps of a prepared dataset (nothing otherwise).
@@ -48,16 +53,28 @@ func Open(cfg Config, jobSeed uint64) (*Data, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := &Data{Config: cfg, Seed: jobSeed + cfg.SeedOffset}
+	d := &Data{Config: cfg, Seed: jobSeed + cfg.SeedOffset, Tokenizer: tokenizer.Byte{}}
 	if cfg.Mode == ModeRandom {
 		return d, nil // synthetic tokens: no corpus to load
 	}
 	var err error
+	if !tokenizer.IsByte(cfg.Tokenizer) {
+		if d.Tokenizer, err = tokenizer.Open(cfg.Tokenizer); err != nil {
+			return nil, fmt.Errorf("data.tokenizer: %w", err)
+		}
+		if cfg.TwoD() {
+			return nil, fmt.Errorf("data.tokenizer = %q: two-length data supports only the byte tokenizer", cfg.Tokenizer)
+		}
+	}
 	if IsPrepared(cfg.Path) {
 		if cfg.TwoD() {
 			return nil, fmt.Errorf("data %s: a prepared dataset has one length; two-length data needs a .jsonl file", cfg.Path)
 		}
 		if d.Prepared, err = OpenPrepared(cfg.Path, cfg.Mode, cfg.ValFraction, jobSeed); err != nil {
+			return nil, err
+		}
+		if err := checkPreparedTokenizer(d.Prepared, d.Tokenizer); err != nil {
+			d.Close()
 			return nil, err
 		}
 		if cfg.Mode == ModeBucket {
@@ -69,13 +86,13 @@ func Open(cfg Config, jobSeed uint64) (*Data, error) {
 		return d, nil
 	}
 	if cfg.Mode != ModeBucket {
-		if d.Corpus, err = loadCorpusField(cfg.Path, cfg.ValFraction, jobSeed, cfg.TextField); err != nil {
+		if d.Corpus, err = d.loadCorpus(jobSeed); err != nil {
 			return nil, err
 		}
 		return d, nil
 	}
 	if !cfg.TwoD() {
-		if d.Corpus, err = loadCorpusField(cfg.Path, cfg.ValFraction, jobSeed, cfg.TextField); err != nil {
+		if d.Corpus, err = d.loadCorpus(jobSeed); err != nil {
 			return nil, err
 		}
 		if d.Train, d.Val, err = corpusDatasets(d.Corpus, cfg.EffectiveMaxLen(), cfg.TooLong); err != nil {
@@ -88,6 +105,20 @@ func Open(cfg Config, jobSeed uint64) (*Data, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// loadCorpus reads data.path's documents and encodes them with
+// d.Tokenizer (the readers give byte tokens).
+func (d *Data) loadCorpus(jobSeed uint64) (*Corpus, error) {
+	cfg := d.Config
+	c, err := loadCorpusField(cfg.Path, cfg.ValFraction, jobSeed, cfg.TextField)
+	if err != nil || tokenizer.IsByte(cfg.Tokenizer) {
+		return c, err
+	}
+	if c, err = retokenize(c, d.Tokenizer); err != nil {
+		return nil, fmt.Errorf("data.tokenizer %s: %w", cfg.Tokenizer, err)
+	}
+	return c, nil
 }
 
 // preparedExamples builds bucket mode's examples and bounds of a prepared
@@ -123,6 +154,18 @@ func bucketsFor(cfg Config, ds *Dataset, seed uint64) (*Buckets, error) {
 // data-parallel rank. All ranks with the same dpRank (the TP and SP ranks of
 // one replica) get identical batches.
 func (d *Data) Sampler(dpRank, dpSize int) (Sampler, error) {
+	s, err := d.sampler(dpRank, dpSize)
+	if err != nil {
+		return nil, err
+	}
+	fp := ""
+	if d.Tokenizer != nil && d.Config.Mode != ModeRandom && d.Tokenizer.Fingerprint() != tokenizer.ByteFingerprint {
+		fp = d.Tokenizer.Fingerprint()
+	}
+	return tokenizerSampler{Sampler: s, fp: fp}, nil
+}
+
+func (d *Data) sampler(dpRank, dpSize int) (Sampler, error) {
 	c := d.Config
 	switch c.Mode {
 	case ModeWindow, ModePack:

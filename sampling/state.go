@@ -15,6 +15,8 @@ type State struct {
 	Step        uint64 `json:"step"`        // window: batches taken; bucket/pack: steps taken in Epoch
 	DPSize      int    `json:"dp_size"`     // data-parallel size the state was taken under
 	Fingerprint uint64 `json:"fingerprint"` // bucket/pack: hash of the data set and batching config
+	// Tokenizer is the fingerprint of a BPE data.tokenizer ("" = bytes).
+	Tokenizer string `json:"tokenizer,omitempty"`
 }
 
 // String is the state's JSON form (for logs).

@@ -18,6 +18,8 @@ import (
 	"github.com/moetrain/moetrain/parallel/dp"
 	"github.com/moetrain/moetrain/parallel/sp"
 	"github.com/moetrain/moetrain/sampling"
+	"github.com/moetrain/moetrain/spsa"
+	"github.com/moetrain/moetrain/tokenizer"
 )
 
 // Config is the [train] section of a job.
@@ -44,6 +46,10 @@ type Config struct {
 	Precision string `toml:"precision"`
 	// GPU is the CUDA device ordinal of a standalone run.
 	GPU int `toml:"gpu"`
+	// Mode is how parameters are updated: "backprop" (gradients and the
+	// optimizer; "" too) or "spsa" (zeroth-order fine-tuning with the
+	// [spsa] section; see docs/algorithms/spsa.md).
+	Mode string `toml:"mode"`
 }
 
 // Devices and precisions of Config.
@@ -52,13 +58,15 @@ const (
 	DeviceCUDA    = "cuda"
 	PrecisionFP32 = "fp32"
 	PrecisionBF16 = "bf16"
+	ModeBackprop  = "backprop"
+	ModeSPSA      = "spsa"
 )
 
 // DefaultConfig: 1000 steps, seed 1, validation every 100 steps on 8
 // batches, a log line every 10 steps, fp32 on the CPU.
 func DefaultConfig() Config {
 	return Config{Steps: 1000, Seed: 1, Threads: 0, EvalEvery: 100, EvalBatches: 8, LogEvery: 10,
-		Device: DeviceCPU, Precision: PrecisionFP32, GPU: 0}
+		Device: DeviceCPU, Precision: PrecisionFP32, GPU: 0, Mode: ModeBackprop}
 }
 
 // Validate checks every field; errors name the TOML key.
@@ -96,6 +104,14 @@ func (c Config) Validate() error {
 	if c.GPU < 0 {
 		errs = append(errs, fmt.Errorf("train.gpu = %d: must be >= 0", c.GPU))
 	}
+	switch c.Mode {
+	case "", ModeBackprop:
+	case ModeSPSA:
+		// The spsa.Worker API exists; no runner drives it yet.
+		errs = append(errs, fmt.Errorf("train.mode = %q is not wired into the trainer or coordinator launch yet: drive spsa.Worker directly (docs/algorithms/spsa.md)", c.Mode))
+	default:
+		errs = append(errs, fmt.Errorf("train.mode = %q: want %q or %q", c.Mode, ModeBackprop, ModeSPSA))
+	}
 	return errors.Join(errs...)
 }
 
@@ -110,6 +126,7 @@ type JobConfig struct {
 	Mesh  parallel.Config `toml:"mesh"`
 	DP    dp.Config       `toml:"dp"`
 	Train Config          `toml:"train"`
+	SPSA  spsa.Config     `toml:"spsa"`
 }
 
 // DefaultJobConfig is the reference model on the embedded corpus.
@@ -121,6 +138,7 @@ func DefaultJobConfig() JobConfig {
 		Mesh:  parallel.DefaultConfig(),
 		DP:    dp.DefaultConfig(),
 		Train: DefaultConfig(),
+		SPSA:  spsa.DefaultConfig(),
 	}
 }
 
@@ -139,10 +157,11 @@ func (j JobConfig) DataConfig() sampling.Config {
 func (j JobConfig) Validate() error {
 	data := j.DataConfig()
 	modelErr := j.Model.Validate()
-	errs := []error{modelErr, j.Optim.Validate(), data.Validate(), j.Train.Validate(), j.DP.Validate(), validateMesh(j.Mesh, j.Model), validateSequenceParallel(j), validateDevice(j)}
+	errs := []error{modelErr, j.Optim.Validate(), data.Validate(), j.Train.Validate(), j.DP.Validate(), j.SPSA.Validate(), validateMesh(j.Mesh, j.Model), validateSequenceParallel(j), validateDevice(j)}
 	if modelErr == nil {
 		errs = append(errs, validateMemory(j))
 	}
+	errs = append(errs, validateTokenizer(j))
 	if data.Mode == sampling.ModeRandom && j.Model.Vocab >= 1 && data.Vocab > j.Model.Vocab {
 		errs = append(errs, fmt.Errorf("data.vocab = %d exceeds model.vocab = %d: token ids must index the embedding", data.Vocab, j.Model.Vocab))
 	}
@@ -220,6 +239,36 @@ func validateMesh(m parallel.Config, mc model.Config) error {
 	return errors.Join(errs...)
 }
 
+// validateTokenizer checks that model.vocab is the vocabulary of a BPE
+// data.tokenizer: token ids index the embedding, and a larger embedding
+// would hold rows no token trains. LoadJobConfig fills a model.vocab of 0
+// in from the tokenizer (ResolveVocab). The byte tokenizer is not checked
+// (random mode and tests use other vocabularies).
+func validateTokenizer(j JobConfig) error {
+	if tokenizer.IsByte(j.Data.Tokenizer) || j.Data.Mode == sampling.ModeRandom {
+		return nil
+	}
+	tk, err := tokenizer.Open(j.Data.Tokenizer)
+	if err != nil {
+		return fmt.Errorf("data.tokenizer: %w", err)
+	}
+	if j.Model.Vocab != tk.VocabSize() {
+		return fmt.Errorf("model.vocab = %d, but data.tokenizer %s has %d tokens: set model.vocab = %d (or 0 to take it from the tokenizer)", j.Model.Vocab, j.Data.Tokenizer, tk.VocabSize(), tk.VocabSize())
+	}
+	return nil
+}
+
+// ResolveVocab sets a model.vocab of 0 to the vocabulary size of a BPE
+// data.tokenizer (an unreadable tokenizer is left to Validate to report).
+func (j *JobConfig) ResolveVocab() {
+	if j.Model.Vocab != 0 || tokenizer.IsByte(j.Data.Tokenizer) {
+		return
+	}
+	if tk, err := tokenizer.Open(j.Data.Tokenizer); err == nil {
+		j.Model.Vocab = tk.VocabSize()
+	}
+}
+
 // validateSequenceParallel checks what SP > 1 needs of the data: whole
 // windows of a length that splits into 2·SP equal zigzag chunks.
 func validateSequenceParallel(j JobConfig) error {
@@ -246,6 +295,13 @@ func validateDevice(j JobConfig) error {
 	if m.DP > 1 || m.TP > 1 || m.SP > 1 || m.EP > 1 {
 		return fmt.Errorf("%w: mesh.dp = %d, mesh.tp = %d, mesh.sp = %d, mesh.ep = %d, want 1 (or dp = 0 with one worker)", ErrCUDAOneRank, m.DP, m.TP, m.SP, m.EP)
 	}
+	// The GPU backend implements the standard layout with no EP exchange.
+	if j.Model.DCCA() {
+		return fmt.Errorf(`model.moe_layout = "dcca": train.device = "cuda" implements only the "standard" layout`)
+	}
+	if dt := j.Model.DispatchDType; dt != "" && dt != "fp32" {
+		return fmt.Errorf(`model.dispatch_dtype = %q: train.device = "cuda" has no expert-parallel dispatch to quantize (want "fp32")`, dt)
+	}
 	return nil
 }
 
@@ -270,6 +326,7 @@ func LoadJobConfig(path string) (JobConfig, error) {
 		sort.Strings(keys)
 		return JobConfig{}, fmt.Errorf("config %s: unknown key(s): %s", path, strings.Join(keys, ", "))
 	}
+	cfg.ResolveVocab()          // before DataConfig: random mode's data.vocab may come from it
 	cfg.Data = cfg.DataConfig() // the vocab is explicit in what the job hands on (workers, checkpoints)
 	if err := cfg.Validate(); err != nil {
 		return JobConfig{}, fmt.Errorf("config %s: %w", path, err)

@@ -44,12 +44,16 @@ type EvalResult struct {
 	Device  string
 	Batches int   // validation batches evaluated
 	Targets int64 // target tokens the loss averages over
+	// TargetBytes is the number of text bytes the target tokens decode to
+	// (Targets with the byte tokenizer).
+	TargetBytes int64
 	// Loss is the mean cross-entropy in nats per target token: the
 	// validation loss training logs (no aux or z-loss).
 	Loss float64
-	// BitsPerByte is Loss in bits per byte of target text: Loss/ln 2 with
-	// the byte tokenizer (one byte per token); NaN in random mode, whose
-	// tokens are not text.
+	// BitsPerByte is the loss in bits per byte of target text: total nats /
+	// (ln 2 × TargetBytes), so runs with different tokenizers compare
+	// (Loss/ln 2 with the byte tokenizer); NaN in random mode, whose tokens
+	// are not text.
 	BitsPerByte float64
 	// Report says which checkpoint a directory resolved to and which newer,
 	// damaged ones were skipped (nil for a step directory).
@@ -93,6 +97,7 @@ func EvaluateCheckpoint(o EvalOptions) (EvalResult, error) {
 		for _, t := range b.Targets {
 			if t >= 0 {
 				res.Targets++
+				res.TargetBytes += int64(data.Tokenizer.TokenLen(t))
 			}
 		}
 	}
@@ -110,8 +115,9 @@ func EvaluateCheckpoint(o EvalOptions) (EvalResult, error) {
 	if err := tr.DeviceErr(); err != nil {
 		return res, fmt.Errorf("eval: %w", err)
 	}
-	res.BitsPerByte = res.Loss / math.Ln2 // byte tokenizer: a target token is a byte
-	if cfg.Data.Mode == sampling.ModeRandom {
+	// nats/token ÷ ln 2 × tokens/byte; the ratio is exactly 1 for bytes
+	res.BitsPerByte = res.Loss / math.Ln2 * (float64(res.Targets) / float64(res.TargetBytes))
+	if cfg.Data.Mode == sampling.ModeRandom || res.TargetBytes == 0 {
 		res.BitsPerByte = math.NaN()
 	}
 	return res, nil

@@ -22,6 +22,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/moetrain/moetrain/internal/atomicfile"
 )
 
 // DefaultValidity is how long a job's certificates are valid: long
@@ -269,7 +271,7 @@ type fileData struct {
 // together share the file system's journal commits.
 const writeParallel = 16
 
-// writeFiles writes every file atomically (writeFileSynced), up to
+// writeFiles writes every file atomically (atomicfile.Write), up to
 // writeParallel at once, then fsyncs dir, which holds them all, so that
 // their renames are durable too. It returns the first error.
 func writeFiles(dir string, files []fileData) error {
@@ -279,7 +281,7 @@ func writeFiles(dir string, files []fileData) error {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem }()
-			errs <- writeFileSynced(f.path, f.data, f.perm)
+			errs <- atomicfile.Write(f.path, f.data, f.perm)
 		}()
 	}
 	var first error
@@ -298,34 +300,6 @@ func writeFiles(dir string, files []fileData) error {
 	defer d.Close()
 	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
 		return fmt.Errorf("pki: sync %s: %w", dir, err)
-	}
-	return nil
-}
-
-// writeFileSynced writes data to path with permissions perm: a temporary
-// file in the same directory, fsynced, renamed over path, so path holds
-// either its old content or all of data (the caller fsyncs the directory).
-func writeFileSynced(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	err = tmp.Chmod(perm)
-	if err == nil {
-		_, err = tmp.Write(data)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
-		return fmt.Errorf("pki: write %s: %w", path, err)
 	}
 	return nil
 }

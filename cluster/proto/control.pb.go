@@ -230,6 +230,7 @@ type Command struct {
 	//	*Command_Start
 	//	*Command_Abort
 	//	*Command_Stop
+	//	*Command_Rejoin
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -299,6 +300,15 @@ func (x *Command) GetStop() *StopCommand {
 	return nil
 }
 
+func (x *Command) GetRejoin() *Rejoin {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_Rejoin); ok {
+			return x.Rejoin
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -315,11 +325,17 @@ type Command_Stop struct {
 	Stop *StopCommand `protobuf:"bytes,3,opt,name=stop,proto3,oneof"`
 }
 
+type Command_Rejoin struct {
+	Rejoin *Rejoin `protobuf:"bytes,4,opt,name=rejoin,proto3,oneof"`
+}
+
 func (*Command_Start) isCommand_Kind() {}
 
 func (*Command_Abort) isCommand_Kind() {}
 
 func (*Command_Stop) isCommand_Kind() {}
+
+func (*Command_Rejoin) isCommand_Kind() {}
 
 type Start struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -328,8 +344,16 @@ type Start struct {
 	JobConfigJson []byte                 `protobuf:"bytes,3,opt,name=job_config_json,json=jobConfigJson,proto3" json:"job_config_json,omitempty"` // train.JobConfig
 	Threads       int32                  `protobuf:"varint,4,opt,name=threads,proto3" json:"threads,omitempty"`                                   // tensor thread budget for this worker
 	Checkpoint    *CheckpointSpec        `protobuf:"bytes,5,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`                              // unset: no checkpoints, no resume
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// generation counts the job's starts: 0 for the first, one more after
+	// every recovery or coordinator restart. The data plane of a generation
+	// refuses peers of another (its key is derived from it).
+	Generation int64 `protobuf:"varint,6,opt,name=generation,proto3" json:"generation,omitempty"`
+	// rejoin_timeout_ms: when the coordinator is lost, the worker cancels its
+	// rank and tries to join again for this long (a restarted coordinator
+	// takes the job back); 0 = exit at once.
+	RejoinTimeoutMs int64 `protobuf:"varint,7,opt,name=rejoin_timeout_ms,json=rejoinTimeoutMs,proto3" json:"rejoin_timeout_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Start) Reset() {
@@ -395,6 +419,20 @@ func (x *Start) GetCheckpoint() *CheckpointSpec {
 		return x.Checkpoint
 	}
 	return nil
+}
+
+func (x *Start) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Start) GetRejoinTimeoutMs() int64 {
+	if x != nil {
+		return x.RejoinTimeoutMs
+	}
+	return 0
 }
 
 // CheckpointSpec tells a rank where and when to write its checkpoint shards
@@ -555,6 +593,55 @@ func (x *StopCommand) GetReason() string {
 	return ""
 }
 
+// Rejoin: the coordinator is recovering the job (a worker died or hung).
+// The worker cancels its rank at once (closing its data plane, which fails
+// every collective of its peers), then joins again as a new worker and
+// waits for the next start, which resumes from the last committed
+// checkpoint.
+type Rejoin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rejoin) Reset() {
+	*x = Rejoin{}
+	mi := &file_control_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rejoin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rejoin) ProtoMessage() {}
+
+func (x *Rejoin) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rejoin.ProtoReflect.Descriptor instead.
+func (*Rejoin) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Rejoin) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type ProgressReport struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Token        string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
@@ -584,7 +671,7 @@ type ProgressReport struct {
 
 func (x *ProgressReport) Reset() {
 	*x = ProgressReport{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +683,7 @@ func (x *ProgressReport) String() string {
 func (*ProgressReport) ProtoMessage() {}
 
 func (x *ProgressReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +696,7 @@ func (x *ProgressReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressReport.ProtoReflect.Descriptor instead.
 func (*ProgressReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ProgressReport) GetToken() string {
@@ -732,7 +819,7 @@ type LayerLoad struct {
 
 func (x *LayerLoad) Reset() {
 	*x = LayerLoad{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +831,7 @@ func (x *LayerLoad) String() string {
 func (*LayerLoad) ProtoMessage() {}
 
 func (x *LayerLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +844,7 @@ func (x *LayerLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerLoad.ProtoReflect.Descriptor instead.
 func (*LayerLoad) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LayerLoad) GetPerExpert() []int64 {
@@ -807,7 +894,7 @@ type ErrorReport struct {
 
 func (x *ErrorReport) Reset() {
 	*x = ErrorReport{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +906,7 @@ func (x *ErrorReport) String() string {
 func (*ErrorReport) ProtoMessage() {}
 
 func (x *ErrorReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +919,7 @@ func (x *ErrorReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorReport.ProtoReflect.Descriptor instead.
 func (*ErrorReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ErrorReport) GetToken() string {
@@ -877,7 +964,7 @@ type ShardReport struct {
 
 func (x *ShardReport) Reset() {
 	*x = ShardReport{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +976,7 @@ func (x *ShardReport) String() string {
 func (*ShardReport) ProtoMessage() {}
 
 func (x *ShardReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +989,7 @@ func (x *ShardReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardReport.ProtoReflect.Descriptor instead.
 func (*ShardReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ShardReport) GetToken() string {
@@ -958,7 +1045,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1057,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1070,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LeaveRequest) GetToken() string {
@@ -1015,7 +1102,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1114,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1127,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 type StatusRequest struct {
@@ -1052,7 +1139,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1151,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1164,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusRequest) GetToken() string {
@@ -1104,7 +1191,7 @@ type WorkerStatus struct {
 
 func (x *WorkerStatus) Reset() {
 	*x = WorkerStatus{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1203,7 @@ func (x *WorkerStatus) String() string {
 func (*WorkerStatus) ProtoMessage() {}
 
 func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1216,7 @@ func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
 func (*WorkerStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WorkerStatus) GetId() string {
@@ -1198,7 +1285,7 @@ func (x *WorkerStatus) GetPid() int32 {
 type StatusResponse struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	JobId           string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Phase           string                 `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`   // waiting, running, aborting, stopping, succeeded, failed, stopped
+	Phase           string                 `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`   // waiting, running, recovering, aborting, stopping, succeeded, failed, stopped
 	Reason          string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"` // why the job failed or stopped
 	ExpectedWorkers int32                  `protobuf:"varint,4,opt,name=expected_workers,json=expectedWorkers,proto3" json:"expected_workers,omitempty"`
 	Step            int64                  `protobuf:"varint,5,opt,name=step,proto3" json:"step,omitempty"` // slowest rank's completed steps
@@ -1210,13 +1297,15 @@ type StatusResponse struct {
 	Mesh            string                 `protobuf:"bytes,11,opt,name=mesh,proto3" json:"mesh,omitempty"`
 	Workers         []*WorkerStatus        `protobuf:"bytes,12,rep,name=workers,proto3" json:"workers,omitempty"`
 	LastCheckpoint  int64                  `protobuf:"varint,13,opt,name=last_checkpoint,json=lastCheckpoint,proto3" json:"last_checkpoint,omitempty"` // newest checkpoint step published by this job; -1 = none
+	Generation      int64                  `protobuf:"varint,14,opt,name=generation,proto3" json:"generation,omitempty"`                               // the job's starts so far minus one (recoveries and takeovers)
+	Restarts        int64                  `protobuf:"varint,15,opt,name=restarts,proto3" json:"restarts,omitempty"`                                   // recoveries so far, coordinator takeovers included
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1228,7 +1317,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1241,7 +1330,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatusResponse) GetJobId() string {
@@ -1335,6 +1424,20 @@ func (x *StatusResponse) GetLastCheckpoint() int64 {
 	return 0
 }
 
+func (x *StatusResponse) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetRestarts() int64 {
+	if x != nil {
+		return x.Restarts
+	}
+	return 0
+}
+
 type StopRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
@@ -1345,7 +1448,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1460,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1473,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StopRequest) GetToken() string {
@@ -1406,12 +1509,13 @@ const file_control_proto_rawDesc = "" +
 	"\x12coordinator_gossip\x18\x03 \x01(\tR\x11coordinatorGossip\"D\n" +
 	"\x0fCommandsRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
-	"\tworker_id\x18\x02 \x01(\tR\bworkerId\"\xb1\x01\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\"\xe8\x01\n" +
 	"\aCommand\x122\n" +
 	"\x05start\x18\x01 \x01(\v2\x1a.moetrain.cluster.v1.StartH\x00R\x05start\x122\n" +
 	"\x05abort\x18\x02 \x01(\v2\x1a.moetrain.cluster.v1.AbortH\x00R\x05abort\x126\n" +
-	"\x04stop\x18\x03 \x01(\v2 .moetrain.cluster.v1.StopCommandH\x00R\x04stopB\x06\n" +
-	"\x04kind\"\xbf\x01\n" +
+	"\x04stop\x18\x03 \x01(\v2 .moetrain.cluster.v1.StopCommandH\x00R\x04stop\x125\n" +
+	"\x06rejoin\x18\x04 \x01(\v2\x1b.moetrain.cluster.v1.RejoinH\x00R\x06rejoinB\x06\n" +
+	"\x04kind\"\x8b\x02\n" +
 	"\x05Start\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tplan_json\x18\x02 \x01(\fR\bplanJson\x12&\n" +
@@ -1419,7 +1523,11 @@ const file_control_proto_rawDesc = "" +
 	"\athreads\x18\x04 \x01(\x05R\athreads\x12C\n" +
 	"\n" +
 	"checkpoint\x18\x05 \x01(\v2#.moetrain.cluster.v1.CheckpointSpecR\n" +
-	"checkpoint\"x\n" +
+	"checkpoint\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x06 \x01(\x03R\n" +
+	"generation\x12*\n" +
+	"\x11rejoin_timeout_ms\x18\a \x01(\x03R\x0frejoinTimeoutMs\"x\n" +
 	"\x0eCheckpointSpec\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x14\n" +
 	"\x05every\x18\x02 \x01(\x05R\x05every\x12\x1d\n" +
@@ -1430,6 +1538,8 @@ const file_control_proto_rawDesc = "" +
 	"\x05Abort\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"%\n" +
 	"\vStopCommand\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\" \n" +
+	"\x06Rejoin\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xf9\x03\n" +
 	"\x0eProgressReport\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
@@ -1486,7 +1596,7 @@ const file_control_proto_rawDesc = "" +
 	"\x04loss\x18\x06 \x01(\x01R\x04loss\x12$\n" +
 	"\x0etokens_per_sec\x18\a \x01(\x01R\ftokensPerSec\x12\x14\n" +
 	"\x05state\x18\b \x01(\tR\x05state\x12\x10\n" +
-	"\x03pid\x18\t \x01(\x05R\x03pid\"\xa6\x03\n" +
+	"\x03pid\x18\t \x01(\x05R\x03pid\"\xe2\x03\n" +
 	"\x0eStatusResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x16\n" +
@@ -1503,7 +1613,11 @@ const file_control_proto_rawDesc = "" +
 	" \x01(\x01R\avalLoss\x12\x12\n" +
 	"\x04mesh\x18\v \x01(\tR\x04mesh\x12;\n" +
 	"\aworkers\x18\f \x03(\v2!.moetrain.cluster.v1.WorkerStatusR\aworkers\x12'\n" +
-	"\x0flast_checkpoint\x18\r \x01(\x03R\x0elastCheckpoint\";\n" +
+	"\x0flast_checkpoint\x18\r \x01(\x03R\x0elastCheckpoint\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x0e \x01(\x03R\n" +
+	"generation\x12\x1a\n" +
+	"\brestarts\x18\x0f \x01(\x03R\brestarts\";\n" +
 	"\vStopRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason2\xf0\x04\n" +
@@ -1529,7 +1643,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_control_proto_goTypes = []any{
 	(*JoinRequest)(nil),     // 0: moetrain.cluster.v1.JoinRequest
 	(*JoinResponse)(nil),    // 1: moetrain.cluster.v1.JoinResponse
@@ -1539,45 +1653,47 @@ var file_control_proto_goTypes = []any{
 	(*CheckpointSpec)(nil),  // 5: moetrain.cluster.v1.CheckpointSpec
 	(*Abort)(nil),           // 6: moetrain.cluster.v1.Abort
 	(*StopCommand)(nil),     // 7: moetrain.cluster.v1.StopCommand
-	(*ProgressReport)(nil),  // 8: moetrain.cluster.v1.ProgressReport
-	(*LayerLoad)(nil),       // 9: moetrain.cluster.v1.LayerLoad
-	(*ErrorReport)(nil),     // 10: moetrain.cluster.v1.ErrorReport
-	(*ShardReport)(nil),     // 11: moetrain.cluster.v1.ShardReport
-	(*LeaveRequest)(nil),    // 12: moetrain.cluster.v1.LeaveRequest
-	(*Ack)(nil),             // 13: moetrain.cluster.v1.Ack
-	(*StatusRequest)(nil),   // 14: moetrain.cluster.v1.StatusRequest
-	(*WorkerStatus)(nil),    // 15: moetrain.cluster.v1.WorkerStatus
-	(*StatusResponse)(nil),  // 16: moetrain.cluster.v1.StatusResponse
-	(*StopRequest)(nil),     // 17: moetrain.cluster.v1.StopRequest
+	(*Rejoin)(nil),          // 8: moetrain.cluster.v1.Rejoin
+	(*ProgressReport)(nil),  // 9: moetrain.cluster.v1.ProgressReport
+	(*LayerLoad)(nil),       // 10: moetrain.cluster.v1.LayerLoad
+	(*ErrorReport)(nil),     // 11: moetrain.cluster.v1.ErrorReport
+	(*ShardReport)(nil),     // 12: moetrain.cluster.v1.ShardReport
+	(*LeaveRequest)(nil),    // 13: moetrain.cluster.v1.LeaveRequest
+	(*Ack)(nil),             // 14: moetrain.cluster.v1.Ack
+	(*StatusRequest)(nil),   // 15: moetrain.cluster.v1.StatusRequest
+	(*WorkerStatus)(nil),    // 16: moetrain.cluster.v1.WorkerStatus
+	(*StatusResponse)(nil),  // 17: moetrain.cluster.v1.StatusResponse
+	(*StopRequest)(nil),     // 18: moetrain.cluster.v1.StopRequest
 }
 var file_control_proto_depIdxs = []int32{
 	4,  // 0: moetrain.cluster.v1.Command.start:type_name -> moetrain.cluster.v1.Start
 	6,  // 1: moetrain.cluster.v1.Command.abort:type_name -> moetrain.cluster.v1.Abort
 	7,  // 2: moetrain.cluster.v1.Command.stop:type_name -> moetrain.cluster.v1.StopCommand
-	5,  // 3: moetrain.cluster.v1.Start.checkpoint:type_name -> moetrain.cluster.v1.CheckpointSpec
-	9,  // 4: moetrain.cluster.v1.ProgressReport.expert_load:type_name -> moetrain.cluster.v1.LayerLoad
-	15, // 5: moetrain.cluster.v1.StatusResponse.workers:type_name -> moetrain.cluster.v1.WorkerStatus
-	0,  // 6: moetrain.cluster.v1.Coordinator.Join:input_type -> moetrain.cluster.v1.JoinRequest
-	2,  // 7: moetrain.cluster.v1.Coordinator.Commands:input_type -> moetrain.cluster.v1.CommandsRequest
-	8,  // 8: moetrain.cluster.v1.Coordinator.ReportProgress:input_type -> moetrain.cluster.v1.ProgressReport
-	10, // 9: moetrain.cluster.v1.Coordinator.ReportError:input_type -> moetrain.cluster.v1.ErrorReport
-	12, // 10: moetrain.cluster.v1.Coordinator.Leave:input_type -> moetrain.cluster.v1.LeaveRequest
-	14, // 11: moetrain.cluster.v1.Coordinator.Status:input_type -> moetrain.cluster.v1.StatusRequest
-	17, // 12: moetrain.cluster.v1.Coordinator.Stop:input_type -> moetrain.cluster.v1.StopRequest
-	11, // 13: moetrain.cluster.v1.Coordinator.ReportShard:input_type -> moetrain.cluster.v1.ShardReport
-	1,  // 14: moetrain.cluster.v1.Coordinator.Join:output_type -> moetrain.cluster.v1.JoinResponse
-	3,  // 15: moetrain.cluster.v1.Coordinator.Commands:output_type -> moetrain.cluster.v1.Command
-	13, // 16: moetrain.cluster.v1.Coordinator.ReportProgress:output_type -> moetrain.cluster.v1.Ack
-	13, // 17: moetrain.cluster.v1.Coordinator.ReportError:output_type -> moetrain.cluster.v1.Ack
-	13, // 18: moetrain.cluster.v1.Coordinator.Leave:output_type -> moetrain.cluster.v1.Ack
-	16, // 19: moetrain.cluster.v1.Coordinator.Status:output_type -> moetrain.cluster.v1.StatusResponse
-	13, // 20: moetrain.cluster.v1.Coordinator.Stop:output_type -> moetrain.cluster.v1.Ack
-	13, // 21: moetrain.cluster.v1.Coordinator.ReportShard:output_type -> moetrain.cluster.v1.Ack
-	14, // [14:22] is the sub-list for method output_type
-	6,  // [6:14] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	8,  // 3: moetrain.cluster.v1.Command.rejoin:type_name -> moetrain.cluster.v1.Rejoin
+	5,  // 4: moetrain.cluster.v1.Start.checkpoint:type_name -> moetrain.cluster.v1.CheckpointSpec
+	10, // 5: moetrain.cluster.v1.ProgressReport.expert_load:type_name -> moetrain.cluster.v1.LayerLoad
+	16, // 6: moetrain.cluster.v1.StatusResponse.workers:type_name -> moetrain.cluster.v1.WorkerStatus
+	0,  // 7: moetrain.cluster.v1.Coordinator.Join:input_type -> moetrain.cluster.v1.JoinRequest
+	2,  // 8: moetrain.cluster.v1.Coordinator.Commands:input_type -> moetrain.cluster.v1.CommandsRequest
+	9,  // 9: moetrain.cluster.v1.Coordinator.ReportProgress:input_type -> moetrain.cluster.v1.ProgressReport
+	11, // 10: moetrain.cluster.v1.Coordinator.ReportError:input_type -> moetrain.cluster.v1.ErrorReport
+	13, // 11: moetrain.cluster.v1.Coordinator.Leave:input_type -> moetrain.cluster.v1.LeaveRequest
+	15, // 12: moetrain.cluster.v1.Coordinator.Status:input_type -> moetrain.cluster.v1.StatusRequest
+	18, // 13: moetrain.cluster.v1.Coordinator.Stop:input_type -> moetrain.cluster.v1.StopRequest
+	12, // 14: moetrain.cluster.v1.Coordinator.ReportShard:input_type -> moetrain.cluster.v1.ShardReport
+	1,  // 15: moetrain.cluster.v1.Coordinator.Join:output_type -> moetrain.cluster.v1.JoinResponse
+	3,  // 16: moetrain.cluster.v1.Coordinator.Commands:output_type -> moetrain.cluster.v1.Command
+	14, // 17: moetrain.cluster.v1.Coordinator.ReportProgress:output_type -> moetrain.cluster.v1.Ack
+	14, // 18: moetrain.cluster.v1.Coordinator.ReportError:output_type -> moetrain.cluster.v1.Ack
+	14, // 19: moetrain.cluster.v1.Coordinator.Leave:output_type -> moetrain.cluster.v1.Ack
+	17, // 20: moetrain.cluster.v1.Coordinator.Status:output_type -> moetrain.cluster.v1.StatusResponse
+	14, // 21: moetrain.cluster.v1.Coordinator.Stop:output_type -> moetrain.cluster.v1.Ack
+	14, // 22: moetrain.cluster.v1.Coordinator.ReportShard:output_type -> moetrain.cluster.v1.Ack
+	15, // [15:23] is the sub-list for method output_type
+	7,  // [7:15] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1589,6 +1705,7 @@ func file_control_proto_init() {
 		(*Command_Start)(nil),
 		(*Command_Abort)(nil),
 		(*Command_Stop)(nil),
+		(*Command_Rejoin)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1596,7 +1713,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -42,7 +42,7 @@ type CoordinatorClient interface {
 	// Join registers a worker. Refused with PERMISSION_DENIED on a wrong token and
 	// FAILED_PRECONDITION when the job is no longer accepting workers.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
-	// Commands streams the commands for one joined worker (start, abort, stop).
+	// Commands streams the commands for one joined worker (start, abort, stop, rejoin).
 	// The stream ends after abort or stop, or when the job ends.
 	Commands(ctx context.Context, in *CommandsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Command], error)
 	ReportProgress(ctx context.Context, in *ProgressReport, opts ...grpc.CallOption) (*Ack, error)
@@ -164,7 +164,7 @@ type CoordinatorServer interface {
 	// Join registers a worker. Refused with PERMISSION_DENIED on a wrong token and
 	// FAILED_PRECONDITION when the job is no longer accepting workers.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
-	// Commands streams the commands for one joined worker (start, abort, stop).
+	// Commands streams the commands for one joined worker (start, abort, stop, rejoin).
 	// The stream ends after abort or stop, or when the job ends.
 	Commands(*CommandsRequest, grpc.ServerStreamingServer[Command]) error
 	ReportProgress(context.Context, *ProgressReport) (*Ack, error)

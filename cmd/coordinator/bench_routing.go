@@ -122,7 +122,68 @@ func newBenchRoutingRankCmd() *cobra.Command {
 	return cmd
 }
 
+func newBenchMoECmd() *cobra.Command {
+	var cfg, cases, eps, bw string
+	var tokens, steps, warmup, rounds int
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "moe",
+		Short: "time one expert-parallel MoE layer per exchange option (pipelining, dispatch dtype) over shaped links",
+		Long: `Runs one MoE layer of the job's model (forward and backward, random weights and tokens) as one
+expert-parallel group of --ep rank processes over TCP loopback, each link direction shaped to
+--link-bw, for each configuration of --configs: DTYPE[+cC|+auto] with DTYPE fp32, bf16 or fp8
+(model.dispatch_dtype) and C the chunk count of the pipelined exchange (model.ep_chunks; default 1,
+unpipelined; +auto chooses at run time). The first configuration is the anchor of the speedups.
+Configurations are run in --rounds interleaved rounds; each figure is the median over rounds of
+the round's median over steps of the slowest rank.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f := &rankbench.Routing{Config: cfg}
+			job, err := f.Job()
+			if err != nil {
+				return err
+			}
+			cs, err := cluster.LayerCases(strings.Split(cases, ","))
+			if err != nil {
+				return fmt.Errorf("--configs: %w", err)
+			}
+			link := 0.0
+			if bw != "" && bw != "0" {
+				if link, err = rankbench.ParseBandwidth(bw); err != nil {
+					return fmt.Errorf("--link-bw: %w", err)
+				}
+			}
+			epList, err := cluster.ParseIntList(eps)
+			if err != nil {
+				return fmt.Errorf("--ep: %w", err)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("locating own binary: %w", err)
+			}
+			run := func(ctx context.Context, specs []cluster.RoutingBenchSpec) ([]cluster.RoutingRow, error) {
+				return rankbench.RunRouting(ctx, exe, specs, 0, cmd.ErrOrStderr())
+			}
+			return cluster.RunLayerBench(ctx, job, cs, epList, tokens, link, warmup, steps, rounds, run, cmd.OutOrStdout())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&cfg, "config", "", "job TOML (default: the reference model)")
+	fl.StringVar(&cases, "configs", strings.Join(cluster.DefaultLayerCases, ","), "comma-separated exchange configurations (see above)")
+	fl.StringVar(&eps, "ep", "2,4", "comma-separated expert-parallel degrees (rank processes)")
+	fl.StringVar(&bw, "link-bw", "125MB/s", "per-direction link bandwidth (125MB/s = 1 Gbit/s; 0: unshaped)")
+	fl.IntVar(&tokens, "tokens", 1024, "tokens per rank per step")
+	fl.IntVar(&steps, "steps", 10, "timed steps per configuration and round")
+	fl.IntVar(&warmup, "warmup", 3, "untimed steps before timing (auto chunking measures its candidates there and on)")
+	fl.IntVar(&rounds, "rounds", 3, "interleaved rounds over the configurations")
+	fl.DurationVar(&timeout, "timeout", time.Hour, "give up after this long")
+	return cmd
+}
+
 func init() {
+	benchParent().AddCommand(newBenchMoECmd())
 	benchParent().AddCommand(newBenchRoutingCmd())
 	rootCmd.AddCommand(newBenchRoutingRankCmd())
 }

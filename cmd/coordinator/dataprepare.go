@@ -59,7 +59,7 @@ is written to --out/prepare-summary.json.`,
 	f.StringVar(&o.Data, "data", "", "input: directory, text file, .jsonl/.json, .jsonl.gz or .jsonl.zst")
 	f.StringVar(&o.Out, "out", "", "output directory (must not already hold a dataset)")
 	f.StringVar(&o.TextField, "text-field", "text", "JSONL field holding the text")
-	f.StringVar(&tokenizer, "tokenizer", "byte", "tokenizer: byte")
+	f.StringVar(&tokenizer, "tokenizer", "byte", "tokenizer: byte, or the path of a byte-level BPE tokenizer.json (docs/tokenizer.md); data.tokenizer must then be the same")
 	f.Int64Var(&o.ShardTokens, "shard-tokens", tokshard.DefaultShardTokens, "target tokens per shard file")
 	f.IntVar(&o.Workers, "workers", 0, "tokenizing goroutines: 0 = one per CPU, 1 = serial (same output either way)")
 	dataCmd.AddCommand(cmd)

@@ -22,8 +22,9 @@ func init() {
 		Short: "Print a checkpoint's loss and bits per byte on a data set's validation batches",
 		Long: `eval loads a checkpoint (whatever parallel layout wrote it; every checksum is verified)
 with the job configuration its manifest records, builds the whole model on one rank, and
-prints the mean cross-entropy (nats per target token) and the bits per byte (byte
-tokenizer: cross-entropy / ln 2) over validation batches of the data.
+prints the mean cross-entropy (nats per target token) and the bits per byte (total nats /
+(ln 2 × the bytes the target tokens decode to), with the job's data.tokenizer; cross-entropy /
+ln 2 for the byte tokenizer) over validation batches of the data.
 
 The batches are those a run of the job validates on: the held-out documents of --data
 (data.val_fraction of a file, directory or JSONL, chosen by train.seed; the embedded
@@ -74,8 +75,8 @@ func printEval(stdout, stderr io.Writer, r train.EvalResult) {
 	if r.Report != nil && len(r.Report.Skipped) > 0 {
 		fmt.Fprintf(stderr, "warning: newer checkpoints are damaged; evaluating the newest intact one: %s\n", r.Report)
 	}
-	fmt.Fprintf(stdout, "checkpoint %s (step %d) on %s: %d %s-mode validation batches, %d target tokens, %s\n",
-		r.Dir, r.Step, r.Data, r.Batches, r.Mode, r.Targets, r.Device)
+	fmt.Fprintf(stdout, "checkpoint %s (step %d) on %s: %d %s-mode validation batches, %d target tokens (%d bytes), %s\n",
+		r.Dir, r.Step, r.Data, r.Batches, r.Mode, r.Targets, r.TargetBytes, r.Device)
 	bpb := "-"
 	if !math.IsNaN(r.BitsPerByte) {
 		bpb = fmt.Sprintf("%.6f", r.BitsPerByte)

@@ -25,12 +25,14 @@ const workerProcessCmd = "worker-process"
 
 func init() {
 	var (
-		config, runDir          string
-		congestion, metricsAddr string
-		workers, steps, thr     int
-		verbose, noBar          bool
-		grace                   time.Duration
-		ckpt                    cluster.CheckpointConfig
+		config, runDir      string
+		congestion          string
+		workers, steps, thr int
+		verbose, noBar      bool
+		grace               time.Duration
+		ckpt                cluster.CheckpointConfig
+		recovery            cluster.RecoveryPolicy
+		monFlags            monitorFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "launch",
@@ -44,7 +46,7 @@ lines), worker-<i>.out (each worker's console), summary.json (outcome, plan, cur
 exits), the PNG plots of coordinator plot and tls/: the job's CA and certificates (the control
 plane is mutual TLS; operator.pem serves coordinator status and stop).
 Ctrl-C stops the job on every worker; processes still running after --grace get SIGTERM, then
-SIGKILL.
+SIGKILL. With --max-restarts, a worker process that dies or hangs is killed and started again.
 ` + checkpointHelp,
 		Example: "  coordinator launch --workers 2\n" +
 			"  coordinator launch --workers 4 --config job.toml --steps 200 --run-dir runs/try1\n" +
@@ -100,22 +102,22 @@ SIGKILL.
 				layout = m.String()
 			}
 			fmt.Fprintf(os.Stderr, "launching %d workers (%s) for %d steps; run directory %s\n", workers, layout, job.Train.Steps, runDir)
-			mets, stopMetrics, err := startMetrics(metricsAddr, job, workers)
+			mon, err := startMonitor(monFlags, job, workers)
 			if err != nil {
 				return err
 			}
-			defer stopMetrics()
+			defer mon.stop()
 			ctx, stop := signalContext()
 			defer stop()
 			_, err = cluster.Launch(ctx, cluster.LaunchConfig{
 				Workers: workers, Job: job, RunDir: runDir, Threads: thr, Console: os.Stderr,
 				Bar: !noBar && term.IsTerminal(int(os.Stderr.Fd())), Log: lg, Grace: grace,
-				Membership: cluster.DefaultMembershipConfig(), Checkpoint: ckpt, Metrics: mets,
+				Membership: cluster.DefaultMembershipConfig(), Checkpoint: ckpt, Metrics: mon.metrics, Recovery: recovery,
 				WorkerCmd: func(args ...string) *exec.Cmd {
 					return exec.Command(exe, append([]string{workerProcessCmd, "--tcp-congestion", congestion}, args...)...)
 				},
 			})
-			stopMetrics()
+			mon.jobEnded()
 			fmt.Fprintf(os.Stderr, "logs and summary.json in %s\n", runDir)
 			plotRun(runDir, lg)
 			return err
@@ -132,7 +134,8 @@ SIGKILL.
 	f.BoolVarP(&verbose, "verbose", "v", false, "coordinator debug output on the console")
 	f.StringVar(&congestion, "tcp-congestion", "", "TCP congestion control of the workers' data plane: a comma-separated list of kernel names, the first accepted wins, or "+collective.CongestionSystem+" for the system's (default "+collective.DefaultCongestion+")")
 	addCheckpointFlags(f, &ckpt)
-	addMetricsFlag(f, &metricsAddr)
+	cluster.AddRecoveryFlags(f, &recovery)
+	addMonitorFlags(f, &monFlags)
 	rootCmd.AddCommand(cmd)
 
 	var wo cluster.WorkerOptions

@@ -27,9 +27,19 @@ func parseHosts(spec string) ([]cluster.WorkerInfo, error) {
 	return ws, nil
 }
 
+// countHosts is the number of distinct hosts of ws.
+func countHosts(ws []cluster.WorkerInfo) int {
+	seen := map[string]bool{}
+	for _, w := range ws {
+		seen[w.Host] = true
+	}
+	return len(seen)
+}
+
 func init() {
 	var (
 		config, hosts string
+		profile       string
 		workers       int
 	)
 	cmd := &cobra.Command{
@@ -65,12 +75,17 @@ func init() {
 			if err != nil {
 				return err
 			}
-			return cluster.FormatPlan(os.Stdout, p)
+			if err := cluster.FormatPlan(os.Stdout, p); err != nil || profile == "" {
+				return err
+			}
+			return printPrediction(os.Stdout, job, p.Mesh, countHosts(ws), profile)
 		},
 	}
+	cmd.AddCommand(newPlanAutoCmd())
 	f := cmd.Flags()
 	f.StringVar(&config, "config", "", "job TOML file (default: the reference model)")
 	f.IntVar(&workers, "workers", 0, "number of workers (default: dp×sp×tp when dp is set)")
 	f.StringVar(&hosts, "hosts", "", "simulate workers on hosts, host:slots,... (places TP/SP groups per host)")
+	f.StringVar(&profile, "profile", "", "also print the step-time model's prediction (profile from coordinator calibrate)")
 	rootCmd.AddCommand(cmd)
 }

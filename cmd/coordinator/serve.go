@@ -46,19 +46,23 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 func init() {
 	var (
-		config, listen, token, runDir, metricsAddr string
-		workers, steps, gossipPort                 int
-		joinTimeout                                time.Duration
-		verbose                                    bool
-		gossip                                     = cluster.DefaultMembershipConfig()
-		ckpt                                       cluster.CheckpointConfig
-		tlsFiles                                   pki.Files
+		config, listen, token, runDir string
+		workers, steps, gossipPort    int
+		joinTimeout                   time.Duration
+		verbose                       bool
+		gossip                        = cluster.DefaultMembershipConfig()
+		ckpt                          cluster.CheckpointConfig
+		tlsFiles                      pki.Files
+		monFlags                      monitorFlags
+		recovery                      cluster.RecoveryPolicy
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve a job: wait for workers to join, plan the layout, run the job to its end",
 		Long: `Serve a job: wait for workers to join, plan the layout, run the job to its end.
 In a Slurm job, flags not given come from Slurm's environment (docs/launching.md).
+Started again on the run directory of a job it did not finish (jobstate.json), serve takes the
+job back: its workers rejoin and training goes on from the last committed checkpoint.
 ` + checkpointHelp,
 		Example: "  coordinator serve --config job.toml --listen 0.0.0.0:7070 --workers 4 --token $TOKEN\n" +
 			"  worker --join HOST:7070 --token $TOKEN   # on each worker machine\n" +
@@ -127,15 +131,16 @@ In a Slurm job, flags not given come from Slurm's environment (docs/launching.md
 			}
 			mcfg := gossip
 			mcfg.BindPort = gossipPort
-			mets, stopMetrics, err := startMetrics(metricsAddr, job, workers)
+			mon, err := startMonitor(monFlags, job, workers)
 			if err != nil {
 				return err
 			}
-			defer stopMetrics()
+			defer mon.stop()
 			coord, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
 				Listen: listen, Token: token, TLS: serverTLS, JobID: filepath.Base(runDir), Workers: workers,
 				TotalSteps: job.Train.Steps, Plan: cluster.PlanRequestFor(job), JobConfigJSON: jobJSON,
-				JoinTimeout: joinTimeout, Membership: mcfg, Log: lg, OnStatus: prog.Update, Checkpoint: ckpt, Metrics: mets,
+				JoinTimeout: joinTimeout, Membership: mcfg, Log: lg, OnStatus: prog.Update, Checkpoint: ckpt, Metrics: mon.metrics,
+				Recovery: recovery, StateDir: runDir, Takeover: true,
 			})
 			if err != nil {
 				return err
@@ -148,6 +153,7 @@ In a Slurm job, flags not given come from Slurm's environment (docs/launching.md
 			if err := cluster.WriteSummary(runDir, sum); err != nil {
 				return err
 			}
+			mon.jobEnded()
 			if runErr != nil {
 				return runErr
 			}
@@ -172,7 +178,8 @@ In a Slurm job, flags not given come from Slurm's environment (docs/launching.md
 	f.DurationVar(&joinTimeout, "join-timeout", 0, "fail if not all workers joined within this time (0 = wait forever)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug output on the console")
 	addCheckpointFlags(f, &ckpt)
-	addMetricsFlag(f, &metricsAddr)
+	cluster.AddRecoveryFlags(f, &recovery)
+	addMonitorFlags(f, &monFlags)
 	addTLSFlags(f, &tlsFiles, "this coordinator's")
 	rootCmd.AddCommand(cmd)
 }

@@ -36,7 +36,10 @@ func init() {
 With --join ADDR the worker joins a coordinator (coordinator serve), receives its rank and the
 job, trains, reports progress, and exits when the coordinator says so. Exit status: 0 when the
 job completed or was stopped, 3 when the coordinator aborted the job (a failure elsewhere), 2 on
-any other error (refused token, coordinator lost, bad flags). As a task of a Slurm job step
+any other error (refused token, coordinator lost, bad flags). A coordinator with --max-restarts
+may tell the worker to rejoin (a recovery: the worker cancels its rank and joins again); a serve
+with --max-restarts also has it wait --rejoin-timeout for a restarted serve when the coordinator
+is lost (docs/control-plane.md#automatic-recovery). As a task of a Slurm job step
 (srun), flags not given come from Slurm's environment, --join included (docs/launching.md).`
 	rootCmd.Example = "  worker --join 10.0.0.1:7070 --token $TOKEN\n  worker train --standalone --steps 200"
 	rootCmd.RunE = runJoin

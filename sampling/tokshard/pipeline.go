@@ -218,13 +218,7 @@ func (r *reader) text(path string) error {
 			return fmt.Errorf("%s: %w", path, rerr)
 		}
 		if !eof {
-			c := len(b) - 1
-			for k := len(b) - 1; k >= max(len(b)-4, 1); k-- {
-				if b[k]&0xC0 != 0x80 {
-					c = k
-					break
-				}
-			}
+			c := chunkCut(b, r.o.Tokenizer)
 			carry = append(carry[:0], b[c:]...)
 			b = b[:c]
 		}

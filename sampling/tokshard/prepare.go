@@ -16,14 +16,55 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/moetrain/moetrain/tokenizer"
 )
 
 // Tokenizer turns text into token ids. Append must be chunkable: tokenizing a
-// text in pieces gives the tokens of the whole (true of the byte tokenizer).
+// text in pieces gives the tokens of the whole (true of the byte tokenizer),
+// or, for a Cutter, in pieces cut where it says.
 type Tokenizer interface {
 	Name() string
 	Vocab() int
 	Append(dst []int32, text []byte) []int32
+}
+
+// Cutter is a Tokenizer that is chunkable only at some positions: Cut
+// returns the largest p in (0, len(text)) at which encoding text[:p] and
+// the rest apart gives the tokens of the whole, or 0 if it finds none. Both
+// paths of Prepare then cut text files in the same chunks (chunkCut), so
+// they agree even where a chunk has no safe cut.
+type Cutter interface {
+	Cut(text []byte) int
+}
+
+// bpeTokenizer adapts a BPE tokenizer.json: its Name is the tokenizer's
+// fingerprint, which the summary records.
+type bpeTokenizer struct{ b *tokenizer.BPE }
+
+func (t bpeTokenizer) Name() string                            { return t.b.Fingerprint() }
+func (t bpeTokenizer) Vocab() int                              { return t.b.VocabSize() }
+func (t bpeTokenizer) Append(dst []int32, text []byte) []int32 { return t.b.Append(dst, text) }
+func (t bpeTokenizer) Cut(text []byte) int                     { return t.b.SafeCut(text) }
+
+// chunkCut is where a text chunk b (not the file's last) ends: after the
+// last complete UTF-8 sequence (a byte that is not a continuation byte
+// within the last 4, else before the last byte), then, for a Cutter, at
+// its last safe cut before that if it has one.
+func chunkCut(b []byte, tk Tokenizer) int {
+	c := len(b) - 1
+	for k := len(b) - 1; k >= max(len(b)-4, 1); k-- {
+		if b[k]&0xC0 != 0x80 {
+			c = k
+			break
+		}
+	}
+	if ct, ok := tk.(Cutter); ok {
+		if p := ct.Cut(b[:c]); p > 0 {
+			c = p
+		}
+	}
+	return c
 }
 
 // ByteTokenizer is sampling's byte tokenizer (sampling.ByteTokenize): every
@@ -39,13 +80,21 @@ func (ByteTokenizer) Append(dst []int32, text []byte) []int32 {
 	return dst
 }
 
-// TokenizerByName returns a known tokenizer.
+// TokenizerByName returns the byte tokenizer for "" or "byte" and
+// otherwise loads a byte-level BPE tokenizer.json (docs/tokenizer.md);
+// one that adds a prefix space is refused (no chunk cut is safe with it).
 func TokenizerByName(name string) (Tokenizer, error) {
-	switch name {
-	case "", "byte":
+	if tokenizer.IsByte(name) {
 		return ByteTokenizer{}, nil
 	}
-	return nil, fmt.Errorf("tokenizer %q unknown (have: byte)", name)
+	b, err := tokenizer.LoadFile(name)
+	if err != nil {
+		return nil, err
+	}
+	if b.AddPrefixSpace() {
+		return nil, fmt.Errorf("tokenizer %s: pre_tokenizer.add_prefix_space = true is not supported by data prepare", name)
+	}
+	return bpeTokenizer{b}, nil
 }
 
 // BinaryInvalidShare is the share of bytes in invalid UTF-8 sequences above
@@ -300,20 +349,26 @@ func (p *preparer) file(path string) error {
 	if err := p.w.BeginDoc(); err != nil {
 		return err
 	}
-	for {
-		n, rerr := f.Read(p.buf)
-		if n > 0 {
-			p.s.BytesRead += int64(n)
-			p.toks = p.o.Tokenizer.Append(p.toks[:0], p.buf[:n])
-			if err := p.w.Write(p.toks); err != nil {
-				return err
+	if _, ok := p.o.Tokenizer.(Cutter); ok {
+		if err := p.textChunks(f, path); err != nil {
+			return err
+		}
+	} else {
+		for {
+			n, rerr := f.Read(p.buf)
+			if n > 0 {
+				p.s.BytesRead += int64(n)
+				p.toks = p.o.Tokenizer.Append(p.toks[:0], p.buf[:n])
+				if err := p.w.Write(p.toks); err != nil {
+					return err
+				}
 			}
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("%s: %w", path, rerr)
+			if rerr == io.EOF {
+				break
+			}
+			if rerr != nil {
+				return fmt.Errorf("%s: %w", path, rerr)
+			}
 		}
 	}
 	if err := p.w.EndDoc(); err != nil {
@@ -323,6 +378,33 @@ func (p *preparer) file(path string) error {
 	p.s.Docs++
 	p.s.Tokens = p.w.Tokens()
 	return nil
+}
+
+// textChunks is the serial path's text loop for a Cutter: the same chunks
+// as the parallel reader (unitBytes, cut by chunkCut), each encoded apart.
+func (p *preparer) textChunks(f *os.File, path string) error {
+	buf := make([]byte, 0, unitBytes)
+	for {
+		n, rerr := io.ReadFull(f, buf[len(buf):unitBytes])
+		p.s.BytesRead += int64(n)
+		buf = buf[:len(buf)+n]
+		eof := rerr == io.EOF || rerr == io.ErrUnexpectedEOF
+		if rerr != nil && !eof {
+			return fmt.Errorf("%s: %w", path, rerr)
+		}
+		c := len(buf)
+		if !eof {
+			c = chunkCut(buf, p.o.Tokenizer)
+		}
+		p.toks = p.o.Tokenizer.Append(p.toks[:0], buf[:c])
+		if err := p.w.Write(p.toks); err != nil {
+			return err
+		}
+		if eof {
+			return nil
+		}
+		buf = buf[:copy(buf, buf[c:])]
+	}
 }
 
 // classify reads a text file once: "" if it is UTF-8 text without NUL bytes,

@@ -1,0 +1,45 @@
+package spsa_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/moetrain/moetrain/spsa"
+	"github.com/moetrain/moetrain/train"
+)
+
+// The [spsa] section loads and validates with the job; train.mode = "spsa"
+// is refused with a message until a runner drives it.
+func TestJobConfigSPSASection(t *testing.T) {
+	dir := t.TempDir()
+	load := func(body string) (train.JobConfig, error) {
+		p := filepath.Join(dir, "job.toml")
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return train.LoadJobConfig(p)
+	}
+	j, err := load("[spsa]\nepsilon = 0.01\nlr = 3e-5\ndirections = 4\nquant = \"fp32\"\nseed = 9\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := spsa.DefaultConfig()
+	want.Epsilon, want.LR, want.Directions, want.Quant, want.Seed = 0.01, 3e-5, 4, spsa.QuantFP32, 9
+	if j.SPSA != want || j.Train.Mode != train.ModeBackprop {
+		t.Fatalf("loaded %+v mode %q, want %+v mode %q", j.SPSA, j.Train.Mode, want, train.ModeBackprop)
+	}
+	for body, key := range map[string]string{
+		"[train]\nmode = \"spsa\"\n": "not wired",
+		"[train]\nmode = \"sgd\"\n":  "train.mode",
+		"[spsa]\nquant = \"int4\"\n": "spsa.quant",
+		"[spsa]\ndirections = 0\n":   "spsa.directions",
+		"[spsa]\nepsilon = -1.0\n":   "spsa.epsilon",
+		"[spsa]\nwarmup = 3\n":       "spsa.warmup",
+	} {
+		if _, err := load(body); err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("%q: err = %v, want one naming %s", body, err, key)
+		}
+	}
+}
