@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/metrics"
+	"github.com/moetrain/moetrain/model"
 	"github.com/moetrain/moetrain/sampling"
 	"github.com/moetrain/moetrain/tensor"
 	"github.com/moetrain/moetrain/train"
@@ -103,6 +107,7 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 	var tokens int64 // this rank's share of the job's input positions
 	var trainTime time.Duration
 	var phases metrics.Phases // cumulative, for the coordinator's metrics
+	var chunkLogged []int     // per MoE layer: the step of its newest logged pipelining change
 	var tally loadTally
 	for tr.Step() < cfg.Train.Steps {
 		if err := ctx.Err(); err != nil {
@@ -153,6 +158,7 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 		if u.HasVal {
 			log.Info().Float64("val_loss", u.ValLoss).Msg("validation")
 		}
+		chunkLogged = logChunkChoices(log, tr.Model(), chunkLogged)
 	}
 	if err := rc.finish(ctx); err != nil {
 		return fmt.Errorf("mesh runner: %w", err)
@@ -160,4 +166,33 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 	log.Info().Int("steps", tr.Step()).Int64("tokens", tokens).Dur("train_time", trainTime).
 		Int64("peak_rss_bytes", peakRSSBytes()).Msg("done")
 	return nil
+}
+
+// logChunkChoices logs the pipelining degree changes that m's MoE layers
+// made after the steps in last (model.ep_chunks = -1 lets each layer choose
+// from measured times; docs/algorithms/ep-dispatch.md) and returns each
+// layer's newest logged step. A layer's log keeps its latest changes only,
+// in step order, so changes are told apart by their step.
+func logChunkChoices(log zerolog.Logger, m *model.Model, last []int) []int {
+	if m.Cfg.EPChunks != model.EPChunksAuto {
+		return last
+	}
+	for l, changes := range m.EPChunkLog() {
+		if l >= len(last) {
+			last = append(last, -1)
+		}
+		for _, c := range changes {
+			if c.Step <= last[l] {
+				continue
+			}
+			ms := zerolog.Dict()
+			for k, d := range c.Times {
+				ms.Float64(strconv.Itoa(k), float64(d.Microseconds())/1e3)
+			}
+			log.Info().Int("layer", l).Int("at_step", c.Step).Int("from", c.From).Int("to", c.To).
+				Dict("median_ms_by_chunks", ms).Msg("expert-parallel pipelining changed")
+			last[l] = c.Step
+		}
+	}
+	return last
 }

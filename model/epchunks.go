@@ -3,7 +3,7 @@ package model
 import "github.com/moetrain/moetrain/moe"
 
 // EPChunkLog returns, per MoE layer, its tuner's changes of the pipelined
-// exchange's chunk count (model.ep_chunks = 0; docs/algorithms/ep-dispatch.md),
+// exchange's chunk count (model.ep_chunks = -1; docs/algorithms/ep-dispatch.md),
 // oldest first; nil before any forward. A change is logged by the layer on
 // every rank, but only expert-parallel member 0's choices are used.
 func (m *Model) EPChunkLog() [][]moe.ChunkChoice {
