@@ -15,7 +15,7 @@ import (
 // workers can code at least as fast as the disk writes: otherwise the save
 // takes longer than a raw one (the writer waits for the CPU) and the CPU
 // time is taken from training. Trained float32 weights and moments save
-// about 20 % as byte planes but code far slower than a local disk writes
+// little as byte planes and code far slower than a local disk writes
 // (docs/decisions.md#compress-only-where-it-pays), so they are stored raw.
 
 const (

@@ -1,7 +1,6 @@
 package model
 
 import (
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -29,30 +28,7 @@ func TestDCCAModelGradCheck(t *testing.T) {
 	if e, _ := m.Layout.Lookup("layers.0.w1"); !slices.Equal(e.Shape, []int{cfg.Experts, cfg.ExpertHidden, cfg.DispatchDim}) {
 		t.Fatalf("w1 shape %v, want experts at dispatch_dim", e.Shape)
 	}
-	in := randomInput(cfg, 2, 8, 3)
-	in.Targets[5] = -1
-	if _, err := m.ForwardBackward(in); err != nil {
-		t.Fatal(err)
-	}
-	grad := slices.Clone(m.Grads)
-	base := routingSnapshot(m)
-	loss := func() float64 {
-		r, err := m.Forward(in, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.Loss
-	}
-	stable := func() bool { return slices.Equal(routingSnapshot(m), base) }
-	r := rand.New(rand.NewPCG(9, 9))
-	total := 0
-	for _, e := range m.Layout.Entries {
-		p, g := e.Slice(m.Params), e.Slice(grad)
-		total += fdCheck(t, e.Name, p, g, sampleIdx(len(p), 12, r), 1e-2, loss, stable)
-	}
-	if total < len(m.Layout.Entries)*6 {
-		t.Fatalf("only %d coordinates had stable routing; the check is too weak", total)
-	}
+	checkModelGradients(t, m, cfg)
 }
 
 // The layout keys are validated with errors naming them, and the memory

@@ -3,6 +3,7 @@ package moe
 import (
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/moetrain/moetrain/tensor"
@@ -408,13 +409,10 @@ func (t *tuner) record(c int, d time.Duration) {
 	t.best, t.hold = best, tuneHold
 }
 
+// medianDur is the upper median of xs (not modified).
 func medianDur(xs []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), xs...)
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
 	return s[len(s)/2]
 }
 
