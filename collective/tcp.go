@@ -393,7 +393,7 @@ func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) (*tcpTransport, error)
 	t := &tcpTransport{rank: cfg.Rank, peers: make([]*tcpPeer, len(conns)), in: newInbox(),
 		maxPayload: cfg.MaxPayload}
 	t.in.maxEarly = cfg.MaxBuffered
-	t.in.breakLink = t.linkDown
+	t.in.breakLink = func(p int, err error) { t.linkDown(p, err) }
 	for p, c := range conns {
 		if c == nil {
 			continue
@@ -427,13 +427,18 @@ func (t *tcpTransport) peer(p int) (*tcpPeer, error) {
 	return t.peers[p], nil
 }
 
-func (t *tcpTransport) linkDown(p int, err error) {
+// linkDown records that the link to p failed with err, unless it already
+// had, and returns the first cause: a write that fails because the reader
+// closed the link reports what the reader found (a bad frame), not the
+// closed socket.
+func (t *tcpTransport) linkDown(p int, err error) error {
 	pc := t.peers[p]
 	pc.downMu.Lock()
 	first := pc.down == nil
 	if first {
 		pc.down = err
 	}
+	cause := pc.down
 	pc.downMu.Unlock()
 	if first {
 		if t.eng != nil {
@@ -443,6 +448,7 @@ func (t *tcpTransport) linkDown(p int, err error) {
 		}
 		t.in.failPeer(p, err)
 	}
+	return cause
 }
 
 func (t *tcpTransport) Send(ctx context.Context, p int, h Header, parts ...[]byte) error {
@@ -485,8 +491,7 @@ func (t *tcpTransport) Send(ctx context.Context, p int, h Header, parts ...[]byt
 	}
 	if _, err := bufs.WriteTo(pc.conn); err != nil {
 		// A partly written frame leaves the stream unusable.
-		t.linkDown(p, fmt.Errorf("write: %w", err))
-		return &PeerError{Peer: p, Err: fmt.Errorf("write: %w", err)}
+		return &PeerError{Peer: p, Err: t.linkDown(p, fmt.Errorf("write: %w", err))}
 	}
 	return nil
 }

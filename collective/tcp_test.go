@@ -355,3 +355,24 @@ func deadPeerMidOperation(t *testing.T, ts []Transport, size int) {
 		}
 	}
 }
+
+// A write that fails because the reader already closed the link (it read a
+// bad frame) reports the reader's cause, not the closed socket: the job's
+// error must name what the peer did.
+func TestTCPLinkDownKeepsFirstCause(t *testing.T) {
+	ts, errs := tcpMesh(t, 2, sameTokens(2))
+	mustAll(t, errs)
+	defer closeAllT(ts)
+	tt := ts[0].(*tcpTransport)
+	bad := errors.New("frame length 4294967295 exceeds the limit")
+	if got := tt.linkDown(1, bad); got != bad {
+		t.Fatalf("first linkDown returned %v, want %v", got, bad)
+	}
+	if got := tt.linkDown(1, errors.New("write: use of closed network connection")); got != bad {
+		t.Fatalf("a later write failure reported %v, want the first cause %v", got, bad)
+	}
+	err := ts[0].Send(testCtx(t, time.Second), 1, Header{Op: OpSendRecv, Count: 1}, []byte{1, 2, 3, 4})
+	if err == nil || !strings.Contains(err.Error(), "4294967295") {
+		t.Fatalf("send after the link went down: want the first cause, got %v", err)
+	}
+}
