@@ -142,6 +142,7 @@ type AsyncWriter struct {
 
 // NewAsyncWriter returns a writer saving into store with opts.
 func NewAsyncWriter(store *Store, opts WriterOptions) *AsyncWriter {
+	Prewarm(1)
 	return &AsyncWriter{store: store, opts: opts}
 }
 

@@ -39,15 +39,25 @@ func trainingState(n int, seed uint64) (w, m, v []float32) {
 	return w, m, v
 }
 
+// stateKind is one kind of trained float32 state, named as the benchmarks
+// report it.
+type stateKind struct {
+	name string
+	d    []float32
+}
+
+// trainingStateKinds is trainingState(n, seed) as named kinds: the weights
+// and Adam's two moments.
+func trainingStateKinds(n int, seed uint64) []stateKind {
+	w, m, v := trainingState(n, seed)
+	return []stateKind{{"weights", w}, {"adam_m", m}, {"adam_v", v}}
+}
+
 // BenchmarkCompressionRatio reports raw/stored size ("ratio") for weights and
 // Adam moments with and without the byte shuffle, and compression speed.
 func BenchmarkCompressionRatio(b *testing.B) {
 	const n = 1 << 22
-	w, m, v := trainingState(n, 1)
-	for _, data := range []struct {
-		name string
-		d    []float32
-	}{{"weights", w}, {"adam_m", m}, {"adam_v", v}} {
+	for _, data := range trainingStateKinds(n, 1) {
 		for _, shuffle := range []bool{false, true} {
 			b.Run(fmt.Sprintf("%s/shuffle=%v", data.name, shuffle), func(b *testing.B) {
 				dir := b.TempDir()
@@ -138,10 +148,11 @@ func saveBenchState(s *Store, step int64, states [][3][]float32, opts WriterOpti
 // concurrently (weights + both moments each, as a ZeRO-1 rank would hold),
 // then Commit. MB/s counts raw state bytes. CHECKPOINT_BENCH_DIR picks the
 // file system (default: a temp dir); scripts/bench-checkpoint.sh compares
-// with dd in the same run. With CHECKPOINT_BENCH_WARMUP=1 each variant first
-// saves once untimed: a training process pays the set-up of its first save
-// (pools, coder tables, aligned blocks) once, and its later saves are what
-// the timed ones then measure.
+// with dd in the same run. Each variant's store is opened with Prewarm, as
+// training opens its own, so the first timed save is a training process's
+// first save. With CHECKPOINT_BENCH_WARMUP=1 each variant first saves once
+// untimed (coder tables and the other pools warm too), and the timed saves
+// are a training process's later ones.
 func BenchmarkSave(b *testing.B) {
 	states := benchState()
 	ranks, per := len(states), len(states[0][0])
@@ -168,6 +179,7 @@ func BenchmarkSave(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.SetBytes(int64(ranks * 3 * 4 * per))
+			Prewarm(ranks) // as each training process does when it opens its store
 			if os.Getenv("CHECKPOINT_BENCH_WARMUP") == "1" {
 				if _, err := saveBenchState(s, 1<<40, states, tc.opts); err != nil {
 					b.Fatal(err)
@@ -219,27 +231,11 @@ func BenchmarkLoad(b *testing.B) {
 	s.NoSync = true
 	m := &Manifest{Version: ManifestVersion, Step: 1}
 	for r := 0; r < 2; r++ {
-		sw, err := s.CreateShard(context.Background(), 1, r, WriterOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := sw.WriteTensor("model.w", []int64{n}, FlatRange(int64(r*n/2), n/2), w[r*n/2:(r+1)*n/2]); err != nil {
-			b.Fatal(err)
-		}
-		info, err := sw.Close()
-		if err != nil {
-			b.Fatal(err)
-		}
-		m.Shards = append(m.Shards, info)
+		m.Shards = append(m.Shards, closedShard(b, s, 1, r, WriterOptions{}, func(sw *ShardWriter) error {
+			return sw.WriteTensor("model.w", []int64{n}, FlatRange(int64(r*n/2), n/2), w[r*n/2:(r+1)*n/2])
+		}))
 	}
-	if err := s.Commit(m); err != nil {
-		b.Fatal(err)
-	}
-	c, _, err := s.Open("latest", OpenOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := commitOpen(b, s, m, "latest")
 	dst := make([]float32, n)
 	b.SetBytes(4 * n)
 	b.ResetTimer()
@@ -370,11 +366,7 @@ func dropCaches() error {
 // workers, with the disk's rate (probe.go).
 func BenchmarkPlaneCodecPerKind(b *testing.B) {
 	const n = 1 << 20
-	w, m, v := trainingState(n, 7)
-	for _, k := range []struct {
-		name string
-		d    []float32
-	}{{"weights", w}, {"adam_m", m}, {"adam_v", v}} {
+	for _, k := range trainingStateKinds(n, 7) {
 		b.Run(k.name, func(b *testing.B) {
 			raw := f32Bytes(k.d)
 			tmp := make([]byte, len(raw))

@@ -80,29 +80,9 @@ func TestMissingCoverageIsError(t *testing.T) {
 	m := &Manifest{Version: ManifestVersion, Step: 1}
 	// Only ranks 0 and 2 write: rows of model.a held by rank 1 are missing.
 	for _, r := range []int{0, 2} {
-		w, err := s.CreateShard(t.Context(), 1, r, WriterOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, tt := range ts {
-			if err := w.WriteTensor(tt.name, tt.shape, l[tt.name][r], tt.extract(l[tt.name][r])); err != nil {
-				t.Fatal(err)
-			}
-		}
-		info, err := w.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Shards = append(m.Shards, info)
+		m.Shards = append(m.Shards, closedShard(t, s, 1, r, WriterOptions{}, rankPieces(ts, l, r)))
 	}
-	if err := s.Commit(m); err != nil {
-		t.Fatal(err)
-	}
-	c, _, err := s.Open("1", OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := commitOpen(t, s, m, "1")
 	if _, _, err := c.ReadTensor("model.a"); err == nil || !strings.Contains(err.Error(), "not covered") {
 		t.Fatalf("reading a partly missing tensor: %v", err)
 	}

@@ -35,23 +35,15 @@ func TestCrashHelperProcess(t *testing.T) {
 	l := layout(2)
 	m := &Manifest{Version: ManifestVersion, Step: 2}
 	for r := 0; r < 2; r++ {
-		w, err := s.CreateShard(t.Context(), 2, r, WriterOptions{ChunkBytes: 64})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, tt := range ts {
-			if err := w.WriteTensor(tt.name, tt.shape, l[tt.name][r], tt.extract(l[tt.name][r])); err != nil {
-				t.Fatal(err)
+		m.Shards = append(m.Shards, closedShard(t, s, 2, r, WriterOptions{ChunkBytes: 64}, func(w *ShardWriter) error {
+			if err := rankPieces(ts[:3], l, r)(w); err != nil {
+				return err
 			}
-			if r == 1 && i == 2 {
-				die("mid-shard")
+			if r == 1 {
+				die("mid-shard") // after rank 1's third tensor
 			}
-		}
-		info, err := w.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Shards = append(m.Shards, info)
+			return rankPieces(ts[3:], l, r)(w)
+		}))
 	}
 	if err := s.Commit(m); err != nil {
 		t.Fatal(err)
@@ -70,17 +62,8 @@ func TestSIGKILLDuringCheckpoint(t *testing.T) {
 	rng := rand.New(rand.NewPCG(31, 32))
 	ts, layout := standardTensors(rng)
 	l := layout(2)
-	for _, tc := range []struct {
-		point     string
-		published bool
-	}{
-		{"mid-shard", false},
-		{"before-manifest", false},
-		{"before-rename", false},
-		{"before-latest", true},
-		{"before-prune", true},
-		{"after-commit", true},
-	} {
+	points := append([]crashPoint{{"mid-shard", false}}, commitCrashPoints...)
+	for _, tc := range append(points, crashPoint{"after-commit", true}) {
 		t.Run(tc.point, func(t *testing.T) {
 			s, err := NewStore(t.TempDir(), 1)
 			if err != nil {
@@ -94,17 +77,7 @@ func TestSIGKILLDuringCheckpoint(t *testing.T) {
 			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 				t.Fatalf("helper did not die by SIGKILL: %v\n%s", err, out)
 			}
-			want := int64(1)
-			if tc.published {
-				want = 2
-			}
-			c, rep, err := s.Open("latest", OpenOptions{Verify: VerifyFull})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rep.Step != want || len(rep.Skipped) != 0 {
-				t.Fatalf("after SIGKILL at %s: %s", tc.point, rep)
-			}
+			c := openAfterCrash(t, s, tc.point, tc.published)
 			for _, tt := range ts {
 				got, _, err := c.ReadTensor(tt.name)
 				if err != nil || !slices.Equal(got, tt.data) {

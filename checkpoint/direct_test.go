@@ -81,22 +81,14 @@ func TestDirectAndBufferedShardsAreIdentical(t *testing.T) {
 	var files [2][]byte
 	for i, buffered := range []bool{false, true} {
 		s := newTestStore(t, 0)
-		w, err := s.CreateShard(t.Context(), 1, 0, WriterOptions{ChunkBytes: 16 << 10, Workers: 2, BufferedIO: buffered, AlwaysCompress: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, x := range []testTensor{a, b} {
-			if err := w.WriteTensor(x.name, x.shape, Whole(x.shape), x.data); err != nil {
-				t.Fatal(err)
+		opts := WriterOptions{ChunkBytes: 16 << 10, Workers: 2, BufferedIO: buffered, AlwaysCompress: true}
+		info := closedShard(t, s, 1, 0, opts, func(w *ShardWriter) error {
+			if err := wholeTensors(a, b)(w); err != nil {
+				return err
 			}
-		}
-		if err := w.WriteBlob(BlobOptimizer, []byte(`{"step":1}`)); err != nil {
-			t.Fatal(err)
-		}
-		info, err := w.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+			return w.WriteBlob(BlobOptimizer, []byte(`{"step":1}`))
+		})
+		var err error
 		if files[i], err = os.ReadFile(filepath.Join(s.TempDir(1), ShardName(0))); err != nil {
 			t.Fatal(err)
 		}
@@ -117,16 +109,7 @@ func TestReadInPlaceDirectAndBuffered(t *testing.T) {
 	rng := rand.New(rand.NewPCG(45, 46))
 	a := noiseTensor(rng, "optim.m.w", 70_001) // chunks at unaligned offsets, a short last chunk
 	s := newTestStore(t, 0)
-	w, err := s.CreateShard(t.Context(), 1, 0, WriterOptions{Codec: CodecNone, ChunkBytes: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.WriteTensor(a.name, a.shape, Whole(a.shape), a.data); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closedShard(t, s, 1, 0, WriterOptions{Codec: CodecNone, ChunkBytes: 64 << 10}, wholeTensors(a))
 	path := filepath.Join(s.TempDir(1), ShardName(0))
 	read := func(direct bool) ([]float32, error) {
 		r, err := OpenShard(path)

@@ -112,22 +112,7 @@ func FuzzManifest(f *testing.F) {
 	s.NoSync = true
 	m := &Manifest{Version: ManifestVersion, Step: 5, Mesh: map[string]int{"dp": 2}, Config: []byte(`{"a":[1,2]}`)}
 	l := layout(2)
-	for r := 0; r < 2; r++ {
-		w, err := s.CreateShard(f.Context(), 5, r, WriterOptions{NoSync: true})
-		if err != nil {
-			f.Fatal(err)
-		}
-		for _, tt := range ts {
-			if err := w.WriteTensor(tt.name, tt.shape, l[tt.name][r], tt.extract(l[tt.name][r])); err != nil {
-				f.Fatal(err)
-			}
-		}
-		info, err := w.Close()
-		if err != nil {
-			f.Fatal(err)
-		}
-		m.Shards = append(m.Shards, info)
-	}
+	rankShards(f, s, m, 2, ts, l, WriterOptions{NoSync: true})
 	seed, err := EncodeManifest(m)
 	if err != nil {
 		f.Fatal(err)

@@ -82,34 +82,127 @@ func standardTensors(rng *rand.Rand) ([]testTensor, func(world int) testLayout) 
 	return ts, layout
 }
 
-// saveTest writes and commits one checkpoint of ts under layout at step.
+// saveTest writes and commits one checkpoint of ts under layout at step,
+// every rank's shard with a small RNG blob.
 func saveTest(t *testing.T, s *Store, step int64, ts []testTensor, l testLayout, world int, opts WriterOptions) *Manifest {
 	t.Helper()
 	m := &Manifest{Version: ManifestVersion, Step: step, Mesh: map[string]int{"dp": world}, Config: []byte(`{"lr":0.001}`)}
 	for r := 0; r < world; r++ {
-		w, err := s.CreateShard(context.Background(), step, r, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, tt := range ts {
-			reg := l[tt.name][r]
-			if err := w.WriteTensor(tt.name, tt.shape, reg, tt.extract(reg)); err != nil {
-				t.Fatal(err)
+		m.Shards = append(m.Shards, closedShard(t, s, step, r, opts, func(w *ShardWriter) error {
+			if err := rankPieces(ts, l, r)(w); err != nil {
+				return err
 			}
-		}
-		if err := w.WriteBlob(BlobRNG, []byte{byte(r), byte(step), 7}); err != nil {
-			t.Fatal(err)
-		}
-		info, err := w.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Shards = append(m.Shards, info)
+			return w.WriteBlob(BlobRNG, []byte{byte(r), byte(step), 7})
+		}))
 	}
 	if err := s.Commit(m); err != nil {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// closedShard creates rank r's shard of step in s, fills it with write and
+// closes it, failing tb on any error. The shard is not committed.
+func closedShard(tb testing.TB, s *Store, step int64, r int, opts WriterOptions, write func(*ShardWriter) error) ShardInfo {
+	tb.Helper()
+	w, err := s.CreateShard(context.Background(), step, r, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := write(w); err != nil {
+		tb.Fatal(err)
+	}
+	info, err := w.Close()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return info
+}
+
+// rankShards writes one closed shard per rank of world at m.Step (rank r's
+// pieces of ts under l) and appends them to m.Shards, without committing.
+func rankShards(tb testing.TB, s *Store, m *Manifest, world int, ts []testTensor, l testLayout, opts WriterOptions) {
+	tb.Helper()
+	for r := 0; r < world; r++ {
+		m.Shards = append(m.Shards, closedShard(tb, s, m.Step, r, opts, rankPieces(ts, l, r)))
+	}
+}
+
+// rankPieces writes rank r's piece of every tensor of ts under l.
+func rankPieces(ts []testTensor, l testLayout, r int) func(*ShardWriter) error {
+	return func(w *ShardWriter) error {
+		for _, tt := range ts {
+			reg := l[tt.name][r]
+			if err := w.WriteTensor(tt.name, tt.shape, reg, tt.extract(reg)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// wholeTensors writes every tensor of ts whole.
+func wholeTensors(ts ...testTensor) func(*ShardWriter) error {
+	return func(w *ShardWriter) error {
+		for _, tt := range ts {
+			if err := w.WriteTensor(tt.name, tt.shape, Whole(tt.shape), tt.data); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// crashPoint is a point where a commit can stop (Store.crashHook's names)
+// and whether the new step is published by then.
+type crashPoint struct {
+	point     string
+	published bool
+}
+
+// commitCrashPoints are Commit's stages in order: the step is published
+// once the directory is renamed into place.
+var commitCrashPoints = []crashPoint{
+	{"before-manifest", false},
+	{"before-rename", false},
+	{"before-latest", true},
+	{"before-prune", true},
+}
+
+// openAfterCrash opens s's latest checkpoint with full verification after
+// an interrupted commit of step 2 over a committed step 1, failing t unless
+// it is step 2 exactly when the crash came after publishing (published),
+// with nothing skipped. The caller closes the checkpoint.
+func openAfterCrash(t *testing.T, s *Store, point string, published bool) *Checkpoint {
+	t.Helper()
+	want := int64(1)
+	if published {
+		want = 2
+	}
+	c, rep, err := s.Open("latest", OpenOptions{Verify: VerifyFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Step != want || len(rep.Skipped) != 0 {
+		c.Close()
+		t.Fatalf("after a crash at %s: %s", point, rep)
+	}
+	return c
+}
+
+// commitOpen commits m to s and opens the checkpoint ref names, closed when
+// tb ends.
+func commitOpen(tb testing.TB, s *Store, m *Manifest, ref string) *Checkpoint {
+	tb.Helper()
+	if err := s.Commit(m); err != nil {
+		tb.Fatal(err)
+	}
+	c, _, err := s.Open(ref, OpenOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
 }
 
 func newTestStore(t *testing.T, keep int) *Store {

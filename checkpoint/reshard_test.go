@@ -21,32 +21,13 @@ func TestReshardTrainerLayouts(t *testing.T) {
 	zero := []int64{0, 30, 31, 80, 97}
 	for r := 0; r < 4; r++ {
 		ep, tp := int64(r/2), int64(r%2)
-		w, err := s.CreateShard(t.Context(), 7, r, WriterOptions{ChunkBytes: 24})
-		if err != nil {
-			t.Fatal(err)
+		l := testLayout{
+			w1.name:   {Box([]int64{ep * 2, tp * 3, 0}, []int64{2, 3, 5})},
+			flat.name: {FlatRange(zero[r], zero[r+1]-zero[r])},
 		}
-		box := Box([]int64{ep * 2, tp * 3, 0}, []int64{2, 3, 5})
-		if err := w.WriteTensor(w1.name, w1.shape, box, w1.extract(box)); err != nil {
-			t.Fatal(err)
-		}
-		fr := FlatRange(zero[r], zero[r+1]-zero[r])
-		if err := w.WriteTensor(flat.name, flat.shape, fr, flat.extract(fr)); err != nil {
-			t.Fatal(err)
-		}
-		info, err := w.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Shards = append(m.Shards, info)
+		m.Shards = append(m.Shards, closedShard(t, s, 7, r, WriterOptions{ChunkBytes: 24}, rankPieces([]testTensor{w1, flat}, l, 0)))
 	}
-	if err := s.Commit(m); err != nil {
-		t.Fatal(err)
-	}
-	c, _, err := s.Open("latest", OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := commitOpen(t, s, m, "latest")
 	check := func(name string, tt testTensor, r Region) {
 		t.Helper()
 		dst := make([]float32, r.Len())

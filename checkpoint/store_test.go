@@ -149,15 +149,7 @@ func TestCommitCrashPoints(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	ts, layout := standardTensors(rng)
 	l := layout(2)
-	for _, tc := range []struct {
-		point     string
-		published bool
-	}{
-		{"before-manifest", false},
-		{"before-rename", false},
-		{"before-latest", true},
-		{"before-prune", true},
-	} {
+	for _, tc := range commitCrashPoints {
 		t.Run(tc.point, func(t *testing.T) {
 			s := newTestStore(t, 1)
 			saveTest(t, s, 1, ts, l, 2, WriterOptions{})
@@ -169,38 +161,12 @@ func TestCommitCrashPoints(t *testing.T) {
 				return nil
 			}
 			m := &Manifest{Version: ManifestVersion, Step: 2}
-			for r := 0; r < 2; r++ {
-				w, err := s.CreateShard(t.Context(), 2, r, WriterOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, tt := range ts {
-					if err := w.WriteTensor(tt.name, tt.shape, l[tt.name][r], tt.extract(l[tt.name][r])); err != nil {
-						t.Fatal(err)
-					}
-				}
-				info, err := w.Close()
-				if err != nil {
-					t.Fatal(err)
-				}
-				m.Shards = append(m.Shards, info)
-			}
+			rankShards(t, s, m, 2, ts, l, WriterOptions{})
 			if err := s.Commit(m); !errors.Is(err, crash) {
 				t.Fatalf("commit: %v", err)
 			}
 			s.crashHook = nil
-			want := int64(1)
-			if tc.published {
-				want = 2
-			}
-			c, rep, err := s.Open("latest", OpenOptions{Verify: VerifyFull})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rep.Step != want || len(rep.Skipped) != 0 {
-				t.Fatalf("after crash at %s: %s", tc.point, rep)
-			}
-			c.Close()
+			openAfterCrash(t, s, tc.point, tc.published).Close()
 			if c1, _, err := s.Open("1", OpenOptions{Verify: VerifyFull}); err != nil {
 				t.Fatalf("previous checkpoint not loadable: %v", err)
 			} else {
@@ -271,18 +237,7 @@ func TestRetryAfterCrashedAttempt(t *testing.T) {
 	s := newTestStore(t, 0)
 	l4 := layout(4)
 	for r := 0; r < 4; r++ { // the attempt that never committed
-		w, err := s.CreateShard(t.Context(), 5, r, WriterOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, tt := range ts {
-			if err := w.WriteTensor(tt.name, tt.shape, l4[tt.name][r], tt.extract(l4[tt.name][r])); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if _, err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
+		closedShard(t, s, 5, r, WriterOptions{}, rankPieces(ts, l4, r))
 	}
 	saveTest(t, s, 5, ts, layout(2), 2, WriterOptions{})
 	ents, err := os.ReadDir(s.StepDir(5))

@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"runtime"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +22,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/moetrain/moetrain/checkpoint"
@@ -115,8 +119,12 @@ type AgentConfig struct {
 	TCPCongestion string
 	// ProcsPerCore is how many worker processes share a core on this host
 	// (0 = not known, taken as 1): it scales the gRPC keepalive timeout and
-	// the gossip timings (LivenessBound, ScaleMembership).
+	// the gossip timings (LivenessBound, JobMembership).
 	ProcsPerCore float64
+
+	// beforeGossipJoin, if set, runs on the gossip join's goroutine before
+	// it contacts any member (tests: a gossip join that takes its time).
+	beforeGossipJoin func()
 }
 
 // ExitAborted is the exit status of a worker process (`worker --join`,
@@ -247,7 +255,7 @@ func (e *rejoinError) Error() string { return "rejoin: " + e.why }
 func runMembership(ctx context.Context, cfg AgentConfig, client pb.CoordinatorClient, dp DataPlane, ip, congestion string, refusal *tlsRefusal) error {
 	lg := cfg.Log
 	cred := ControlCredential(cfg.Token)
-	resp, err := join(ctx, client, cfg, cred, dp.Addr(), refusal)
+	resp, hdr, err := join(ctx, client, cfg, cred, dp.Addr(), refusal)
 	if err != nil {
 		return err
 	}
@@ -260,10 +268,7 @@ func runMembership(ctx context.Context, cfg AgentConfig, client pb.CoordinatorCl
 	ev.Msg("joined")
 
 	meta, _ := json.Marshal(map[string]any{"id": a.id, "host": cfg.Host, "data_addr": dp.Addr(), "cores": cfg.Cores})
-	mcfg := cfg.Membership
-	if cfg.ProcsPerCore > 0 {
-		mcfg = ScaleMembership(mcfg, cfg.ProcsPerCore)
-	}
+	mcfg := JobMembership(cfg.Membership, joinWorld(hdr), cfg.ProcsPerCore)
 	if mcfg.BindAddr == "" {
 		mcfg.BindAddr = ip
 	}
@@ -273,17 +278,84 @@ func runMembership(ctx context.Context, cfg AgentConfig, client pb.CoordinatorCl
 		return fmt.Errorf("worker %s: %w", a.id, err)
 	}
 	defer member.Close(time.Second)
-	if err := member.Join(resp.CoordinatorGossip); err != nil {
-		a.leave(err.Error())
-		return fmt.Errorf("worker %s: %w", a.id, err)
+	// The command stream opens first and the gossip join runs beside it:
+	// a thousand workers joining gossip at once take longer than the
+	// coordinator waits for a joined worker's stream (StreamOpenTimeout),
+	// and nothing on the stream needs gossip.
+	seeds := gossipSeeds(resp.CoordinatorGossip, hdr)
+	return a.serve(ctx, func(ctx context.Context) error {
+		if cfg.beforeGossipJoin != nil {
+			cfg.beforeGossipJoin()
+		}
+		return joinGossip(ctx, member, seeds, max(cfg.JoinTimeout, gossipJoinTimeout))
+	})
+}
+
+// gossipJoinTimeout is the least time a worker keeps trying to join gossip.
+const gossipJoinTimeout = 30 * time.Second
+
+// joinGossip joins gossip through one of seeds (JoinAny), trying again
+// every second or so until within has passed or ctx ends.
+func joinGossip(ctx context.Context, m *Membership, seeds []string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		err := m.JoinAny(seeds)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("could not join gossip within %v: %w", within, err)
+		}
+		select {
+		case <-time.After(time.Duration(500+rand.IntN(1000)) * time.Millisecond):
+		case <-ctx.Done():
+		}
 	}
-	return a.serve(ctx)
+}
+
+// Join response headers (gRPC metadata): hints for the worker's gossip,
+// which a worker does without when they are absent.
+const (
+	// mdGossipSeeds: gossip addresses (host:port) of a few members already
+	// in gossip, chosen at random per join.
+	mdGossipSeeds = "moetrain-gossip-seeds"
+	// mdWorld: the job's number of workers (JobMembership's world).
+	mdWorld = "moetrain-world"
+)
+
+// joinSeeds is how many members besides the coordinator a joiner is
+// offered as gossip seeds.
+const joinSeeds = 3
+
+// gossipSeeds orders the members a worker asks to join gossip: the seeds
+// of the join response in random order, then the coordinator, so that the
+// joins of a large job are spread over its members rather than all taken
+// by the coordinator.
+func gossipSeeds(coordinator string, hdr metadata.MD) []string {
+	seeds := slices.Clone(hdr.Get(mdGossipSeeds))
+	rand.Shuffle(len(seeds), func(i, j int) { seeds[i], seeds[j] = seeds[j], seeds[i] })
+	seeds = slices.DeleteFunc(seeds, func(s string) bool { return s == coordinator || s == "" })
+	return append(seeds, coordinator)
+}
+
+// joinWorld reads the job's number of workers from the join response
+// header (0 when absent or not a positive number).
+func joinWorld(hdr metadata.MD) int {
+	v := hdr.Get(mdWorld)
+	if len(v) == 0 {
+		return 0
+	}
+	n, err := strconv.Atoi(v[0])
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
 }
 
 // join retries while the coordinator is unreachable, up to JoinTimeout,
 // and gives up at once when refusal (nil in cleartext) says TLS with it
 // cannot work.
-func join(ctx context.Context, client pb.CoordinatorClient, cfg AgentConfig, cred, dataAddr string, refusal *tlsRefusal) (*pb.JoinResponse, error) {
+func join(ctx context.Context, client pb.CoordinatorClient, cfg AgentConfig, cred, dataAddr string, refusal *tlsRefusal) (*pb.JoinResponse, metadata.MD, error) {
 	deadline := time.Now().Add(cfg.JoinTimeout)
 	req := &pb.JoinRequest{Token: cred, Host: cfg.Host, DataAddr: dataAddr, Cores: int32(cfg.Cores), Pid: int32(os.Getpid())}
 	refused := make(chan struct{}) // never closed in cleartext
@@ -300,23 +372,24 @@ func join(ctx context.Context, client pb.CoordinatorClient, cfg AgentConfig, cre
 			case <-cctx.Done():
 			}
 		}()
-		resp, err := client.Join(cctx, req, grpc.WaitForReady(true))
+		var hdr metadata.MD
+		resp, err := client.Join(cctx, req, grpc.WaitForReady(true), grpc.Header(&hdr))
 		cancel()
 		if err == nil {
-			return resp, nil
+			return resp, hdr, nil
 		}
 		if refusal != nil && refusal.Err() != nil {
-			return nil, &RefusedError{Msg: fmt.Sprintf("cannot join coordinator %s: %v", cfg.Coordinator, refusal.Err())}
+			return nil, nil, &RefusedError{Msg: fmt.Sprintf("cannot join coordinator %s: %v", cfg.Coordinator, refusal.Err())}
 		}
 		switch status.Code(err) {
 		case codes.PermissionDenied, codes.FailedPrecondition, codes.InvalidArgument:
-			return nil, &RefusedError{Msg: fmt.Sprintf("coordinator %s refused to admit this worker: %s", cfg.Coordinator, status.Convert(err).Message())}
+			return nil, nil, &RefusedError{Msg: fmt.Sprintf("coordinator %s refused to admit this worker: %s", cfg.Coordinator, status.Convert(err).Message())}
 		}
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("join %s: %w", cfg.Coordinator, ctx.Err())
+			return nil, nil, fmt.Errorf("join %s: %w", cfg.Coordinator, ctx.Err())
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("could not join coordinator %s within %v: %w", cfg.Coordinator, cfg.JoinTimeout, err)
+			return nil, nil, fmt.Errorf("could not join coordinator %s within %v: %w", cfg.Coordinator, cfg.JoinTimeout, err)
 		}
 		select {
 		case <-time.After(500 * time.Millisecond):
@@ -354,8 +427,10 @@ func (a *agent) leave(reason string) {
 	}
 }
 
-// serve follows the command stream.
-func (a *agent) serve(ctx context.Context) error {
+// serve follows the command stream; once it is open, joinGossip runs
+// beside it, and a gossip join that fails ends the membership as a failed
+// one did before the stream (the worker leaves).
+func (a *agent) serve(ctx context.Context, joinGossip func(context.Context) error) error {
 	sctx, cancelStream := context.WithCancel(ctx)
 	defer cancelStream()
 	stream, err := a.client.Commands(sctx, &pb.CommandsRequest{Token: a.cred, WorkerId: a.id})
@@ -363,6 +438,8 @@ func (a *agent) serve(ctx context.Context) error {
 		a.leave("could not open the command stream")
 		return fmt.Errorf("worker %s: open command stream: %w", a.id, err)
 	}
+	gossipErr := make(chan error, 1)
+	go func() { gossipErr <- joinGossip(sctx) }()
 	cmds := make(chan *pb.Command)
 	streamErr := make(chan error, 1)
 	go func() {
@@ -454,6 +531,17 @@ func (a *agent) serve(ctx context.Context) error {
 				a.reportError(err)
 			}
 			// Wait for the abort that the error report causes.
+		case err := <-gossipErr:
+			gossipErr = nil
+			switch {
+			case err == nil:
+				a.log.Debug().Msg("joined gossip")
+			case sctx.Err() == nil: // else cancelled: ctx.Done says why
+				a.log.Error().Err(err).Msg("gossip join failed")
+				waitRunner()
+				a.leave(err.Error())
+				return fmt.Errorf("worker %s: %w", a.id, err)
+			}
 		case err := <-streamErr:
 			waitRunner()
 			if started && rejoinWithin > 0 {

@@ -151,6 +151,10 @@ type Coordinator struct {
 
 	gossipAnyIP bool // gossip bound to 0.0.0.0
 
+	markStep, markVal int // the core's ProgressMark at the last progress notify
+	planJSON          []byte
+	planJSONOf        *Plan // the plan planJSON encodes
+
 	curve   []CurvePoint
 	curveAt metrics.CurveCursor // which statuses add curve points
 	result  Result
@@ -239,10 +243,7 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	if takeover == nil {
 		c.core.SetStartStep(int(ckpt.resumeStep))
 	}
-	mcfg := cfg.Membership
-	if cfg.ProcsPerCore > 0 {
-		mcfg = ScaleMembership(mcfg, cfg.ProcsPerCore)
-	}
+	mcfg := JobMembership(cfg.Membership, cfg.Workers, cfg.ProcsPerCore)
 	if mcfg.BindAddr == "" {
 		mcfg.BindAddr = ln.Addr().(*net.TCPAddr).IP.String()
 		if ip := ln.Addr().(*net.TCPAddr).IP; ip.IsUnspecified() {
@@ -360,9 +361,16 @@ func (c *Coordinator) Run(ctx context.Context) (Result, error) {
 			}
 			cmds := c.core.Step(r.ev)
 			c.apply(cmds)
+			// A progress report that moves neither the slowest rank's
+			// step nor the validation loss changes nothing the curve,
+			// OnStatus or the job state follow: with a thousand workers,
+			// building the status for each report would cost more than a core.
 			if _, ok := r.ev.(Progress); ok && len(cmds) == 0 {
-				c.notify()
-				c.saveState()
+				if step, val := c.core.ProgressMark(); step != c.markStep || val != c.markVal {
+					c.markStep, c.markVal = step, val
+					c.notify()
+					c.saveState()
+				}
 			}
 			r.reply <- cmds
 		case <-tick.C:
@@ -556,7 +564,13 @@ func (c *Coordinator) apply(cmds []Command) {
 }
 
 func (c *Coordinator) startCommand(x StartWorker) *pb.Command {
-	planJSON, _ := json.Marshal(x.Plan) // plain data: cannot fail
+	// One encoding per plan, shared by every rank's start command: a plan
+	// of a thousand ranks is about 100 KB of JSON.
+	if c.planJSONOf != x.Plan {
+		c.planJSON, _ = json.Marshal(x.Plan) // plain data: cannot fail
+		c.planJSONOf = x.Plan
+	}
+	planJSON := c.planJSON
 	if x.Rank == 0 {
 		c.log.Info().Str("mesh", x.Plan.Mesh.String()).Int("world", x.Plan.Mesh.World()).Msg("all workers joined: starting the job")
 		for _, w := range x.Plan.Warnings {

@@ -438,13 +438,39 @@ func (c *Core) progressed(e Progress) []Command {
 	if c.phase != PhaseRunning {
 		return nil
 	}
-	c.rec.caughtUp(c.Status().Step, c.now)
+	if c.rec.open >= 0 {
+		c.rec.caughtUp(c.slowestStep(), c.now)
+	}
 	for _, id := range c.order {
 		if w := c.workers[id]; w.rank >= 0 && w.state != wsDone {
 			return nil
 		}
 	}
 	return c.allDone()
+}
+
+// slowestStep is Status().Step without building the status (a progress
+// report of a large job must not sort every worker): the least step of the
+// ranked workers, 0 when none.
+func (c *Core) slowestStep() int {
+	step, first := 0, true
+	for _, id := range c.order {
+		if w := c.workers[id]; w.rank >= 0 && (first || w.progress.Step < step) {
+			step, first = w.progress.Step, false
+		}
+	}
+	return step
+}
+
+// ProgressMark is what the training curve and the progress display follow
+// of a status: the slowest rank's step and the newest validation loss's
+// step (-1: none). It costs a pass over the workers, no allocation.
+func (c *Core) ProgressMark() (step, valStep int) {
+	valStep = -1
+	if c.val != nil {
+		valStep = c.val.Step
+	}
+	return c.slowestStep(), valStep
 }
 
 // allDone stops the job as succeeded once every rank is done and every

@@ -36,7 +36,7 @@ func (d *tcpDataPlane) Addr() string { return d.ln.Addr().String() }
 
 func (d *tcpDataPlane) Connect(ctx context.Context, rank int, addrs []string, token string, lim DataPlaneLimits) (collective.Transport, error) {
 	t, err := collective.DialMesh(ctx, d.ln, collective.TCPConfig{Rank: rank, Addrs: addrs, Token: DataPlaneKey(token), Congestion: d.congestion,
-		MaxPayload: lim.MaxPayload, MaxBuffered: lim.MaxBuffered})
+		MaxPayload: lim.MaxPayload, MaxBuffered: lim.MaxBuffered, Hosts: lim.Hosts, ProgressEngine: collective.TrainingEngine})
 	if err != nil {
 		return nil, fmt.Errorf("data plane: connect rank %d: %w", rank, err)
 	}
@@ -50,6 +50,20 @@ func (d *tcpDataPlane) Close() error { return d.ln.Close() }
 // (frames ahead of their receives). Zero takes the collective default.
 type DataPlaneLimits struct {
 	MaxPayload, MaxBuffered uint64
+	// Hosts is the host of every rank (PlanHosts): pairs of ranks on one
+	// host move their frames through shared memory
+	// (collective.TCPConfig.Hosts, docs/collectives.md#shared-memory).
+	// Nil keeps every pair on TCP.
+	Hosts []string
+}
+
+// PlanHosts is the host of every rank of p, as its worker reported it.
+func PlanHosts(p Plan) []string {
+	out := make([]string, len(p.Ranks))
+	for i, r := range p.Ranks {
+		out[i] = r.Worker.Host
+	}
+	return out
 }
 
 // JobDataPlaneLimits bounds the data plane of job on mesh m, whose

@@ -53,6 +53,9 @@ type Summary struct {
 	// ExpertLoad is the per-layer, per-expert load of the logged steps,
 	// gathered from the worker logs at the end of a launch.
 	ExpertLoad []ExpertLoadPoint `json:"expert_load,omitempty"`
+	// SPSA is each rank's bytes sent in a train.mode = "spsa" job, from
+	// the worker logs (docs/algorithms/spsa.md).
+	SPSA []SPSABytes `json:"spsa,omitempty"`
 }
 
 // WorkerExit records how a launched worker process ended.

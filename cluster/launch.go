@@ -189,6 +189,11 @@ func Launch(ctx context.Context, cfg LaunchConfig) (Summary, error) {
 	if sum.ExpertLoad, err = ExpertLoadFromLogs(logs); err != nil {
 		cfg.Log.Warn().Err(err).Msg("summary: no expert load from the worker logs")
 	}
+	if cfg.Job.Train.Mode == train.ModeSPSA {
+		if sum.SPSA, err = SPSABytesFromLogs(logs); err != nil {
+			cfg.Log.Warn().Err(err).Msg("summary: no SPSA bytes from the worker logs")
+		}
+	}
 	if err := WriteSummary(cfg.RunDir, sum); err != nil {
 		return sum, err
 	}

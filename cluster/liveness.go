@@ -71,6 +71,56 @@ func procsPerCoreFromEnv() float64 {
 // when CPU is scarcest); gossip is not what finds a dead process there (its
 // sockets close). Zero fields take memberlist's LAN timings first.
 func ScaleMembership(cfg MembershipConfig, procsPerCore float64) MembershipConfig {
+	cfg = withLANDefaults(cfg)
+	f := procsPerCore / 4
+	if !(f > 1) {
+		return cfg
+	}
+	f = min(f, 16)
+	scale := func(d time.Duration) time.Duration { return time.Duration(float64(d) * f) }
+	cfg.ProbeInterval, cfg.ProbeTimeout, cfg.GossipInterval = scale(cfg.ProbeInterval), scale(cfg.ProbeTimeout), scale(cfg.GossipInterval)
+	return cfg
+}
+
+// WorldMembership speeds the gossip failure detector up for a job of more
+// than 10 workers whose processes have about a core each (procsPerCore at
+// most 4; 0 = not known). memberlist declares an unrefuted suspect dead
+// after SuspicionMult·log10(members)·ProbeInterval, which with the LAN
+// timings grows from 4 s at 10 members to 12 s at 1,000 (and up to 6 times
+// that while confirmations from other members are missing). Above 10
+// workers the probe interval, probe timeout and gossip interval are halved
+// and the suspicion multiplier is halved, to no less than 2 (where
+// memberlist waits for no confirmation): a suspect is dead after
+// log10(members) s, 2 s at 100 and 3 s at 1,000, and every member's view
+// has it dead within about 5 s (docs/planner.md#control-plane-scale). A
+// false death costs a refutation, not the job: the coordinator takes a
+// gossip death for a loss only when it is not refuted within GossipConfirm.
+// Where more worker processes share a core, ScaleMembership slows the
+// detector down instead and this leaves cfg as it is. Zero fields take
+// memberlist's LAN timings first.
+func WorldMembership(cfg MembershipConfig, world int, procsPerCore float64) MembershipConfig {
+	cfg = withLANDefaults(cfg)
+	if world <= 10 || procsPerCore > 4 {
+		return cfg
+	}
+	cfg.ProbeInterval, cfg.ProbeTimeout, cfg.GossipInterval = cfg.ProbeInterval/2, cfg.ProbeTimeout/2, cfg.GossipInterval/2
+	cfg.SuspicionMult = max(2, cfg.SuspicionMult/2)
+	return cfg
+}
+
+// JobMembership is the gossip configuration of a member of a job of world
+// workers with procsPerCore worker processes per core (0 = not known):
+// WorldMembership, then ScaleMembership.
+func JobMembership(cfg MembershipConfig, world int, procsPerCore float64) MembershipConfig {
+	cfg = WorldMembership(cfg, world, procsPerCore)
+	if procsPerCore > 0 {
+		cfg = ScaleMembership(cfg, procsPerCore)
+	}
+	return cfg
+}
+
+// withLANDefaults fills cfg's zero timings with memberlist's LAN ones.
+func withLANDefaults(cfg MembershipConfig) MembershipConfig {
 	def := DefaultMembershipConfig()
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = def.ProbeInterval
@@ -84,13 +134,6 @@ func ScaleMembership(cfg MembershipConfig, procsPerCore float64) MembershipConfi
 	if cfg.GossipInterval <= 0 {
 		cfg.GossipInterval = def.GossipInterval
 	}
-	f := procsPerCore / 4
-	if !(f > 1) {
-		return cfg
-	}
-	f = min(f, 16)
-	scale := func(d time.Duration) time.Duration { return time.Duration(float64(d) * f) }
-	cfg.ProbeInterval, cfg.ProbeTimeout, cfg.GossipInterval = scale(cfg.ProbeInterval), scale(cfg.ProbeTimeout), scale(cfg.GossipInterval)
 	return cfg
 }
 

@@ -2,9 +2,11 @@ package cluster
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
@@ -229,6 +231,53 @@ func (m *Membership) Join(addr string) error {
 	}
 	return nil
 }
+
+// JoinAny contacts the members at addrs (host:port) one at a time, in
+// order, until one answers: one push-pull of the member list is all a
+// joiner needs, and asking another member than the coordinator spreads the
+// joins of a large job over the cluster. The error names every address
+// tried.
+func (m *Membership) JoinAny(addrs []string) error {
+	if len(addrs) == 0 {
+		return errors.New("gossip: join: no member address to contact")
+	}
+	var errs []error
+	for _, a := range addrs {
+		err := m.Join(a)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// RandomPeers returns the gossip addresses (host:port) of up to k members
+// other than this one, chosen at random among those this member takes for
+// alive.
+func (m *Membership) RandomPeers(k int) []string {
+	self := m.ml.LocalNode().Name
+	var out []string
+	seen := 0
+	for _, n := range m.ml.Members() {
+		if n.Name == self || n.State != memberlist.StateAlive {
+			continue
+		}
+		// Reservoir sampling: each member kept with probability k/seen.
+		seen++
+		a := net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+		if len(out) < k {
+			out = append(out, a)
+		} else if j := rand.IntN(seen); j < k {
+			out[j] = a
+		}
+	}
+	return out
+}
+
+// AliveMembers counts the members this one has not seen die or leave,
+// itself included.
+func (m *Membership) AliveMembers() int { return m.ml.NumMembers() }
 
 // Close leaves the cluster gracefully (bounded by timeout) and shuts down.
 func (m *Membership) Close(timeout time.Duration) {

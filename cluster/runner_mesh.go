@@ -39,7 +39,11 @@ func SetupTimeout(n int) time.Duration { return CollectiveTimeout + time.Duratio
 // concatenation of the replicas' batches. Validation runs on every rank (the
 // sharded model's forward is collective). Progress reports this rank's share
 // of the job's tokens, so the coordinator's sum is the whole job's rate.
+// A train.mode = "spsa" job goes to RunSPSA.
 func RunMesh(ctx context.Context, spec StartSpec) error {
+	if spec.Job.Train.Mode == train.ModeSPSA { // zeroth-order: no mesh rank, its own runner
+		return RunSPSA(ctx, spec)
+	}
 	m, cfg, log := spec.Plan.Mesh, spec.Job, spec.Log
 	threads := spec.Threads
 	if threads <= 0 {
@@ -68,7 +72,9 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 	ccfg := collective.Config{Timeout: CollectiveTimeout}
 	setup := SetupTimeout(m.World())
 	dctx, cancel := context.WithTimeout(ctx, setup)
-	t, err := spec.Data.Connect(dctx, spec.Rank, spec.Plan.Addrs(), DataPlaneToken(spec.Token, spec.Generation), JobDataPlaneLimits(cfg, m, ccfg))
+	lim := JobDataPlaneLimits(cfg, m, ccfg)
+	lim.Hosts = PlanHosts(spec.Plan) // ranks on one host share memory
+	t, err := spec.Data.Connect(dctx, spec.Rank, spec.Plan.Addrs(), DataPlaneToken(spec.Token, spec.Generation), lim)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("mesh runner: %w", err)

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"strconv"
 	"strings"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -56,6 +59,15 @@ func (s *service) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 	}
 	switch x := cmds[0].(type) {
 	case Accept:
+		// Gossip hints (agent.go, mdGossipSeeds): a joiner asks one of a
+		// few random members for the member list before the coordinator.
+		hdr := metadata.Pairs(mdWorld, strconv.Itoa(s.c.cfg.Workers))
+		if seeds := s.c.member.RandomPeers(joinSeeds); len(seeds) > 0 {
+			hdr.Append(mdGossipSeeds, seeds...)
+		}
+		if err := grpc.SetHeader(ctx, hdr); err != nil {
+			s.c.log.Debug().Err(err).Str("worker", x.ID).Msg("join: gossip hints not sent")
+		}
 		return &pb.JoinResponse{WorkerId: x.ID, JobId: s.c.cfg.JobID, CoordinatorGossip: s.gossipAddrFor(ctx)}, nil
 	case Reject:
 		return nil, status.Errorf(codes.FailedPrecondition, "join refused: %s", x.Reason)

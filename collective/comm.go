@@ -54,6 +54,14 @@ type Config struct {
 	// streams the reduced segments back without a phase barrier. Default
 	// 32 MiB; negative disables halving.
 	HalvingBytes int
+	// Hosts is the host of every world rank; nil asks the transport (TCP
+	// knows TCPConfig.Hosts). With HierAllToAll, an all-to-all whose
+	// members span several hosts, some with more than one member, goes
+	// hierarchically (see allToAllHier). It is off by default: on the
+	// shaped two-host benchmark it measured slower than the flat exchange
+	// (docs/collectives.md#hierarchical-all-to-all).
+	Hosts        []string
+	HierAllToAll bool
 }
 
 func (c Config) withDefaults() Config {
@@ -109,6 +117,17 @@ type Comm struct {
 	subs    map[string]uint64
 	p2pSend map[int]uint64
 	p2pRecv map[int]uint64
+
+	hierOnce   sync.Once // computes the host groups below, once
+	hierGroups [][]int
+	hierOf     []int
+	hierOK     bool
+}
+
+// groupsByHost is hostGroups, computed once per communicator.
+func (c *Comm) groupsByHost() ([][]int, []int, bool) {
+	c.hierOnce.Do(func() { c.hierGroups, c.hierOf, c.hierOK = c.hostGroups() })
+	return c.hierGroups, c.hierOf, c.hierOK
 }
 
 // NewWorld returns the communicator of all ranks of t with default Config.

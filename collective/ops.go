@@ -194,6 +194,12 @@ func (c *Comm) AllToAll(ctx context.Context, send, recv []float32) error {
 	}
 	// The counts on the stack: with few ranks an all-to-all on the progress
 	// engine allocates nothing (run's closure does not escape).
+	if groups, of, ok := c.groupsByHost(); ok {
+		o := c.begin(OpAllToAll, len(send))
+		return o.run(ctx, func(ctx context.Context) error {
+			return allToAllHier(ctx, &o, send, recv, len(send)/len(c.ranks), groups, of)
+		})
+	}
 	var cbuf [stackRanks]int
 	counts := uniformCounts(cbuf[:0], len(c.ranks), len(send))
 	o := c.begin(OpAllToAll, len(send))
@@ -205,8 +211,13 @@ func (c *Comm) AllToAllAsync(send, recv []float32) *Request {
 	if err := c.checkAllToAll(send, recv); err != nil {
 		return failedRequest(err)
 	}
-	counts := uniformCounts(nil, len(c.ranks), len(send))
 	o := c.begin(OpAllToAll, len(send))
+	if groups, of, ok := c.groupsByHost(); ok {
+		return o.async(func(ctx context.Context) error {
+			return allToAllHier(ctx, &o, send, recv, len(send)/len(c.ranks), groups, of)
+		})
+	}
+	counts := uniformCounts(nil, len(c.ranks), len(send))
 	return o.async(func(ctx context.Context) error {
 		return allToAllV(ctx, &o, send, counts, recv, counts, false)
 	})

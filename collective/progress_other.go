@@ -21,5 +21,6 @@ func (*progressEngine) send(context.Context, int, Header, [][]byte) error { retu
 func (*progressEngine) startSend(int, Header, []byte) Pending             { return failedPending{ErrClosed} }
 func (*progressEngine) await(context.Context, *signal) error              { return ErrClosed }
 func (*progressEngine) poke()                                             {}
+func (*progressEngine) kick()                                             {}
 func (*progressEngine) linkDown(int, error)                               {}
 func (*progressEngine) close()                                            {}

@@ -330,6 +330,12 @@ func fuzzStream(t *testing.T, data []byte, piece uint16, engine bool) {
 		}
 		_ = b.CloseWrite()
 	}()
+	checkFuzzedStream(t, tr, data, maxPayload, maxBuffered)
+}
+
+// checkFuzzedStream is fuzzStream's check of tr, whose rank 1 sends data
+// (and then nothing).
+func checkFuzzedStream(t *testing.T, tr *tcpTransport, data []byte, maxPayload, maxBuffered uint64) {
 	// A receive posted up front: after a long payload the engine guesses
 	// that the next frame is its (readSpeculative).
 	posted := make([]byte, fuzzPostedLen)
@@ -337,7 +343,7 @@ func fuzzStream(t *testing.T, data []byte, piece uint16, engine bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	never := Header{Op: OpSendRecv, Tag: Tag{Group: 1 << 62, Seq: 1}}
-	_, err = tr.Recv(ctx, 1, never, nil)
+	_, err := tr.Recv(ctx, 1, never, nil)
 	var pe *PeerError
 	if !errors.As(err, &pe) || pe.Peer != 1 {
 		t.Fatalf("after the stream ended: want a PeerError for rank 1, got %v", err)

@@ -97,6 +97,14 @@ func (s *shapedTransport) Send(ctx context.Context, peer int, h Header, parts ..
 
 // asyncSends implements sendStarter when the wrapped transport does: a
 // shaped send goes out at once like any other (the receiver holds it).
+// hosts implements hostLister for the transport underneath.
+func (s *shapedTransport) hosts() []string {
+	if hl, ok := s.inner.(hostLister); ok {
+		return hl.hosts()
+	}
+	return nil
+}
+
 func (s *shapedTransport) asyncSends() bool { return asyncSender(s.inner) != nil }
 
 func (s *shapedTransport) startSend(peer int, h Header, payload []byte) Pending {

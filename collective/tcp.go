@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -57,6 +58,18 @@ type TCPConfig struct {
 	// system's. Connections this rank accepts get the listener's (see
 	// ListenCongestion).
 	Congestion string
+	// Hosts names the host of every rank (indexed like Addrs); may be nil.
+	// A pair whose two entries are equal and not empty moves its frames
+	// through rings in shared memory instead of its TCP connection, which
+	// stays open as the peer's liveness (see negotiateShm); a pair that
+	// cannot map the rings stays on TCP. With ProgressEngine, the engine
+	// moves the TCP pairs' bytes and each shared-memory pair has a reader
+	// goroutine.
+	Hosts []string
+	// ShmRing is the size of each direction's ring of a shared-memory pair:
+	// a power of two of 4 KiB to 1 GiB; 0 means DefaultShmRing, ShmDisabled
+	// keeps every pair on TCP.
+	ShmRing int
 }
 
 // DefaultCongestion is the congestion control the mesh asks for unless told
@@ -174,6 +187,9 @@ func DialMesh(ctx context.Context, ln net.Listener, cfg TCPConfig) (Transport, e
 	if c := frameCost(cfg.MaxPayload); cfg.MaxBuffered < c {
 		return nil, fmt.Errorf("collective: dial mesh: MaxBuffered %d cannot hold a frame of MaxPayload %d bytes (%d with its buffer's size class and bookkeeping), which may arrive before its receive",
 			cfg.MaxBuffered, cfg.MaxPayload, c)
+	}
+	if err := checkShmRing(cfg.ShmRing); err != nil {
+		return nil, fmt.Errorf("collective: dial mesh: %w", err)
 	}
 	if !cfg.ProgressEngine && (cfg.SpinWait > 0 || cfg.SpinYield) {
 		return nil, errors.New("collective: dial mesh: SpinWait and SpinYield apply to the progress engine only (set ProgressEngine)")
@@ -306,9 +322,19 @@ func DialMesh(ctx context.Context, ln net.Listener, cfg TCPConfig) (Transport, e
 		}
 		break
 	}
-	t, err := newTCPTransport(cfg, conns)
+	links, err := negotiateAll(ctx, conns, cfg)
 	if err != nil {
 		closeAll(conns)
+		return nil, fmt.Errorf("collective: dial mesh (rank %d of %d): %w", cfg.Rank, n, err)
+	}
+	t, err := newTCPTransportShm(cfg, conns, links)
+	if err != nil {
+		closeAll(conns)
+		for _, l := range links {
+			if l != nil {
+				l.unmap()
+			}
+		}
 		return nil, err
 	}
 	return t, nil
@@ -374,6 +400,7 @@ type tcpTransport struct {
 	peers      []*tcpPeer
 	in         *inbox
 	maxPayload uint64
+	hostNames  []string                                      // TCPConfig.Hosts
 	eng        *progressEngine                               // nil unless TCPConfig.ProgressEngine
 	engAwait   func(ctx context.Context, done *signal) error // eng.await, bound once (a method value allocates)
 	closeOnce  sync.Once
@@ -381,6 +408,8 @@ type tcpTransport struct {
 
 type tcpPeer struct {
 	conn   *net.TCPConn
+	shm    *shmLink      // non-nil: frames go through shared memory; conn is the liveness
+	reader chan struct{} // closed when the shared-memory reader has stopped
 	wlock  chan struct{} // held while writing a frame; a channel so waiting can honour ctx
 	hbuf   [HeaderSize]byte
 	wdl    time.Time // write deadline in force; guarded by wlock
@@ -389,9 +418,17 @@ type tcpPeer struct {
 }
 
 func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) (*tcpTransport, error) {
+	return newTCPTransportShm(cfg, conns, nil)
+}
+
+// newTCPTransportShm is newTCPTransport whose peers p with links[p] set
+// (links may be nil) move frames through shared memory, with a reader
+// goroutine per such link; their connections carry doorbells and tell of
+// the peer's death (see shmLink).
+func newTCPTransportShm(cfg TCPConfig, conns []*net.TCPConn, links []*shmLink) (*tcpTransport, error) {
 	cfg = cfg.withLimits()
 	t := &tcpTransport{rank: cfg.Rank, peers: make([]*tcpPeer, len(conns)), in: newInbox(),
-		maxPayload: cfg.MaxPayload}
+		maxPayload: cfg.MaxPayload, hostNames: cfg.Hosts}
 	t.in.maxEarly = cfg.MaxBuffered
 	t.in.breakLink = func(p int, err error) { t.linkDown(p, err) }
 	for p, c := range conns {
@@ -399,19 +436,45 @@ func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) (*tcpTransport, error)
 			continue
 		}
 		t.peers[p] = &tcpPeer{conn: c, wlock: make(chan struct{}, 1)}
+		if p < len(links) && links[p] != nil {
+			t.peers[p].shm = links[p]
+			t.peers[p].reader = make(chan struct{})
+		}
 	}
-	if cfg.ProgressEngine {
-		eng, err := newProgressEngine(t, conns, cfg.SpinWait, cfg.SpinYield)
+	// The engine takes (and closes) the TCP pairs' connections; a
+	// shared-memory pair keeps its connection as the liveness. When every
+	// pair is on shared memory the engine has nothing to move and is not
+	// started: its waiters would only add a poll(2) to every receive.
+	tcpConns := slices.Clone(conns)
+	for p, pc := range t.peers {
+		if pc != nil && pc.shm != nil {
+			tcpConns[p] = nil
+		}
+	}
+	hasTCP := slices.ContainsFunc(tcpConns, func(c *net.TCPConn) bool { return c != nil })
+	if cfg.ProgressEngine && (hasTCP || !slices.ContainsFunc(links, func(l *shmLink) bool { return l != nil })) {
+		eng, err := newProgressEngine(t, tcpConns, cfg.SpinWait, cfg.SpinYield)
 		if err != nil {
 			return nil, err
 		}
 		t.eng = eng
 		t.engAwait = eng.await
-		return t, nil
 	}
 	for p, pc := range t.peers {
-		if pc != nil {
-			go t.readLoop(p, pc)
+		switch {
+		case pc == nil:
+		case t.eng != nil && pc.shm == nil: // the engine reads it
+		case pc.shm != nil:
+			pc.shm.setBell(pc.conn)
+			go func() {
+				defer close(pc.reader)
+				t.readLoop(p, pc.shm)
+			}()
+		default:
+			// A small buffer: headers and small frames arrive in one
+			// read, large payloads bypass it and land in their
+			// destination directly.
+			go t.readLoop(p, bufio.NewReaderSize(pc.conn, 16<<10))
 		}
 	}
 	return t, nil
@@ -419,6 +482,9 @@ func newTCPTransport(cfg TCPConfig, conns []*net.TCPConn) (*tcpTransport, error)
 
 func (t *tcpTransport) Rank() int { return t.rank }
 func (t *tcpTransport) Size() int { return len(t.peers) }
+
+// hosts implements hostLister.
+func (t *tcpTransport) hosts() []string { return t.hostNames }
 
 func (t *tcpTransport) peer(p int) (*tcpPeer, error) {
 	if p < 0 || p >= len(t.peers) || t.peers[p] == nil {
@@ -441,10 +507,16 @@ func (t *tcpTransport) linkDown(p int, err error) error {
 	cause := pc.down
 	pc.downMu.Unlock()
 	if first {
-		if t.eng != nil {
+		if t.eng != nil && pc.shm == nil {
 			t.eng.linkDown(p, err)
 		} else {
 			pc.conn.Close()
+		}
+		if pc.shm != nil {
+			pc.shm.shutdown(err)
+			if t.eng != nil {
+				t.eng.kick()
+			}
 		}
 		t.in.failPeer(p, err)
 	}
@@ -456,7 +528,7 @@ func (t *tcpTransport) Send(ctx context.Context, p int, h Header, parts ...[]byt
 	if err != nil {
 		return err
 	}
-	if t.eng != nil {
+	if t.eng != nil && pc.shm == nil {
 		if err := t.in.peerFailed(p); err != nil {
 			return err
 		}
@@ -468,6 +540,9 @@ func (t *tcpTransport) Send(ctx context.Context, p int, h Header, parts ...[]byt
 		return fmt.Errorf("waiting to write to rank %d: %w", p, ctx.Err())
 	}
 	defer func() { <-pc.wlock }()
+	if pc.shm != nil {
+		return t.shmWrite(ctx, p, pc, h, parts...)
+	}
 	if err := t.in.peerFailed(p); err != nil {
 		return err
 	}
@@ -503,11 +578,15 @@ func (t *tcpTransport) progress() { t.eng.poke() }
 
 // startSend implements sendStarter with the progress engine.
 func (t *tcpTransport) startSend(p int, h Header, payload []byte) Pending {
-	if _, err := t.peer(p); err != nil {
+	pc, err := t.peer(p)
+	if err != nil {
 		return failedPending{err}
 	}
 	if err := t.in.peerFailed(p); err != nil {
 		return failedPending{err}
+	}
+	if pc.shm != nil {
+		return t.startShmSend(p, pc, h, payload)
 	}
 	return t.eng.startSend(p, h, payload)
 }
@@ -539,7 +618,10 @@ func (t *tcpTransport) post(p int, want Header, dst []byte, scratch bool) Pendin
 	if _, err := t.peer(p); err != nil {
 		return failedPending{err}
 	}
-	pd := t.in.postOpts(p, want, dst, scratch)
+	pd := t.in.postOpts(p, want, dst, scratch && t.peers[p].shm == nil)
+	// With the engine, a goroutine waiting for a shared-memory frame drives
+	// it too: its own sends to TCP peers may be queued there. The ring's
+	// reader kicks the engine when it completes a receive.
 	pd.await = t.engAwait
 	return pd
 }
@@ -549,28 +631,39 @@ func (t *tcpTransport) Close() error {
 		t.in.close(ErrClosed)
 		if t.eng != nil {
 			t.eng.close()
-			return
 		}
 		for _, pc := range t.peers {
-			if pc != nil {
+			if pc != nil && (t.eng == nil || pc.shm != nil) {
 				pc.downMu.Lock()
 				if pc.down == nil {
 					pc.down = ErrClosed
 				}
 				pc.downMu.Unlock()
 				pc.conn.Close()
+				if pc.shm != nil {
+					pc.shm.shutdown(ErrClosed)
+				}
+			}
+		}
+		// The rings are unmapped once nobody can touch them: the reader
+		// has stopped and no write is in progress.
+		for _, pc := range t.peers {
+			if pc != nil && pc.shm != nil {
+				<-pc.reader
+				pc.wlock <- struct{}{} // a Send after this fails: the inbox is closed
+				pc.shm.unmap()
+				<-pc.wlock
 			}
 		}
 	})
 	return nil
 }
 
-func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
-	// A small buffer: headers and small frames arrive in one read, large
-	// payloads bypass it and land in their destination directly.
-	br := bufio.NewReaderSize(pc.conn, 16<<10)
+// readLoop reads peer p's frames from br (its connection, or its
+// shared-memory ring) into the inbox until the link fails.
+func (t *tcpTransport) readLoop(p int, br io.Reader) {
 	var hb [HeaderSize]byte
-	for {
+	for ; ; t.kickEngine() {
 		if _, err := io.ReadFull(br, hb[:]); err != nil {
 			if errors.Is(err, io.EOF) {
 				err = errors.New("connection closed by peer")
@@ -621,6 +714,14 @@ func (t *tcpTransport) readLoop(p int, pc *tcpPeer) {
 			return
 		}
 		t.in.store(p, h, buf)
+	}
+}
+
+// kickEngine wakes a progress engine's driver blocked in poll(2): a
+// shared-memory reader completed a receive it may wait for.
+func (t *tcpTransport) kickEngine() {
+	if t.eng != nil {
+		t.eng.kick()
 	}
 }
 

@@ -23,13 +23,8 @@ var cublasLt struct {
 func loadBlasLt() error {
 	l := &cublasLt
 	l.once.Do(func() {
-		lib, path, err := openLibrary("cuBLASLt (libcublasLt.so)", "cublas", "libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", "libcublasLt.so")
-		if err != nil {
-			l.err = err
-			return
-		}
-		l.path = path
-		l.err = symbols(lib, path, map[string]*uintptr{
+		libs := []string{"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", "libcublasLt.so"}
+		l.path, l.err = loadLibrary("cuBLASLt (libcublasLt.so)", "cublas", libs, map[string]*uintptr{
 			"cublasLtCreate": &l.create, "cublasLtDestroy": &l.destroy, "cublasLtGetVersion": &l.getVersion,
 			"cublasLtMatmulDescCreate": &l.descCreate, "cublasLtMatmulDescSetAttribute": &l.descSet,
 			"cublasLtMatmulDescDestroy":  &l.descDestroy,

@@ -4,32 +4,32 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/moetrain/moetrain/internal/gputest"
 )
 
-var (
-	testOnce sync.Once
-	testCtx  *Context
-	testBlas *BlasLt
-	testErr  error
-)
+// testGPU is the context and cuBLASLt handle the tests share.
+type testGPU struct {
+	c *Context
+	b *BlasLt
+}
+
+var sharedGPU = gputest.Once(func() (testGPU, error) {
+	c, err := Open(0)
+	if err != nil {
+		return testGPU{}, err
+	}
+	b, err := c.NewBlasLt()
+	return testGPU{c, b}, err
+})
 
 // gpu returns the shared test context and cuBLASLt handle, skipping where
 // no driver or GPU is present (MOETRAIN_REQUIRE_GPU=1 makes that a failure).
 func gpu(t *testing.T) (*Context, *BlasLt) {
 	t.Helper()
-	testOnce.Do(func() {
-		if testCtx, testErr = Open(0); testErr == nil {
-			testBlas, testErr = testCtx.NewBlasLt()
-		}
-	})
-	if testErr != nil {
-		gputest.SkipOrFail(t, testErr)
-	}
-	return testCtx, testBlas
+	g := sharedGPU(t)
+	return g.c, g.b
 }
 
 // Without a driver (or without a GPU behind it), the error is one line that

@@ -30,13 +30,7 @@ var driver struct {
 func loadDriver() error {
 	d := &driver
 	d.once.Do(func() {
-		lib, path, err := openLibrary("the CUDA driver (libcuda.so.1)", "", "libcuda.so.1", "libcuda.so")
-		if err != nil {
-			d.err = err
-			return
-		}
-		d.path = path
-		d.err = symbols(lib, path, map[string]*uintptr{
+		d.path, d.err = loadLibrary("the CUDA driver (libcuda.so.1)", "", []string{"libcuda.so.1", "libcuda.so"}, map[string]*uintptr{
 			"cuInit": &d.cuInit, "cuDriverGetVersion": &d.cuDriverGetVersion,
 			"cuGetErrorName": &d.cuGetErrorName, "cuGetErrorString": &d.cuGetErrorString,
 			"cuDeviceGetCount": &d.cuDeviceGetCount, "cuDeviceGet": &d.cuDeviceGet,
@@ -64,6 +58,17 @@ func loadDriver() error {
 		}
 	})
 	return d.err
+}
+
+// loadLibrary opens the first of names that loads (openLibrary: what names
+// the library in errors, sub its folder in Python wheels) and resolves table
+// in it. It returns the path it opened, also when a symbol is missing.
+func loadLibrary(what, sub string, names []string, table map[string]*uintptr) (string, error) {
+	lib, path, err := openLibrary(what, sub, names...)
+	if err != nil {
+		return "", err
+	}
+	return path, symbols(lib, path, table)
 }
 
 // Error is a failed CUDA driver call.

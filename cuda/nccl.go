@@ -26,13 +26,7 @@ func loadNCCL() error {
 		if l.err = loadDriver(); l.err != nil {
 			return
 		}
-		lib, path, err := openLibrary("NCCL (libnccl.so.2)", "nccl", "libnccl.so.2", "libnccl.so")
-		if err != nil {
-			l.err = err
-			return
-		}
-		l.path = path
-		l.err = symbols(lib, path, map[string]*uintptr{
+		l.path, l.err = loadLibrary("NCCL (libnccl.so.2)", "nccl", []string{"libnccl.so.2", "libnccl.so"}, map[string]*uintptr{
 			"ncclGetVersion": &l.getVersion, "ncclGetUniqueId": &l.getUniqueID, "ncclCommInitRank": &l.commInitRank,
 			"ncclCommDestroy": &l.commDestroy, "ncclCommAbort": &l.commAbort, "ncclCommGetAsyncError": &l.commGetAsyncError,
 			"ncclGetErrorString": &l.getErrorString, "ncclCommCount": &l.commCount, "ncclCommUserRank": &l.commUserRank,

@@ -24,14 +24,22 @@ func get(t *testing.T, h http.Handler, method, path string) (*http.Response, str
 	return res, string(b)
 }
 
-// TestHandler: the page, its data, /metrics when given, and nothing else.
-func TestHandler(t *testing.T) {
-	m, err := metrics.New(metrics.Limits{Ranks: 1, Layers: 1, Experts: 2})
+// observed is a Metrics of limits lim with a dashboard State of the same
+// limits observing it.
+func observed(t *testing.T, lim metrics.Limits) (*metrics.Metrics, *State) {
+	t.Helper()
+	m, err := metrics.New(lim)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(metrics.Limits{Ranks: 1, Layers: 1, Experts: 2})
+	s := New(lim)
 	m.AddObserver(s)
+	return m, s
+}
+
+// TestHandler: the page, its data, /metrics when given, and nothing else.
+func TestHandler(t *testing.T) {
+	m, s := observed(t, metrics.Limits{Ranks: 1, Layers: 1, Experts: 2})
 	if err := m.SetJob(metrics.Job{Phase: "running", Step: 4, TotalSteps: 9, Loss: 3}); err != nil {
 		t.Fatal(err)
 	}

@@ -206,14 +206,9 @@ func TestLoadHistory(t *testing.T) {
 // TestSnapshotJSON feeds one of everything through a real Metrics and
 // compares /api/state's JSON with the text written out by hand.
 func TestSnapshotJSON(t *testing.T) {
-	m, err := metrics.New(metrics.Limits{Ranks: 2, Layers: 1, Experts: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := New(metrics.Limits{Ranks: 2, Layers: 1, Experts: 2})
+	m, s := observed(t, metrics.Limits{Ranks: 2, Layers: 1, Experts: 2})
 	clock := time.Unix(1700000000, 0)
 	s.now = func() time.Time { return clock }
-	m.AddObserver(s)
 	m.SetStart(time.Unix(1700000000, 0), 0)
 	clock = clock.Add(1500 * time.Millisecond)
 	table := []metrics.WorkerRow{{ID: "w0", Host: "a<b>", Rank: 0, State: "running", Step: 3, Loss: 2.5, TokensPerSec: 100},
@@ -288,12 +283,7 @@ func TestWorkerTableBound(t *testing.T) {
 // taken and encoded (run with -race); the end state holds every rank's
 // last report.
 func TestConcurrent(t *testing.T) {
-	m, err := metrics.New(metrics.Limits{Ranks: 4, Layers: 2, Experts: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := New(metrics.Limits{Ranks: 4, Layers: 2, Experts: 4})
-	m.AddObserver(s)
+	m, s := observed(t, metrics.Limits{Ranks: 4, Layers: 2, Experts: 4})
 	m.SetStart(time.Now(), 0)
 	const steps = 300
 	var wg sync.WaitGroup

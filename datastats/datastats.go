@@ -5,7 +5,6 @@ import (
 	"image/color"
 	"io"
 	"math"
-	"os"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -14,6 +13,7 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
 
+	"github.com/moetrain/moetrain/internal/atomicfile"
 	"github.com/moetrain/moetrain/sampling"
 )
 
@@ -160,13 +160,5 @@ func plotDataStats(file, name string, h sampling.Histogram, stats []sampling.Bat
 	canvases := plot.Align([][]*plot.Plot{{hp, pp}}, tiles, dc)
 	hp.Draw(canvases[0][0])
 	pp.Draw(canvases[0][1])
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return atomicfile.WriteTo(file, vgimg.PngCanvas{Canvas: img}, 0o644)
 }

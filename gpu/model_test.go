@@ -3,7 +3,6 @@ package gpu
 import (
 	"math"
 	"math/rand/v2"
-	"sync"
 	"testing"
 
 	"github.com/moetrain/moetrain/internal/gputest"
@@ -12,22 +11,9 @@ import (
 	"github.com/moetrain/moetrain/sampling"
 )
 
-var (
-	testOnce sync.Once
-	testDev  *Device
-	testErr  error
-)
-
 // device returns the shared test GPU, skipping where no CUDA driver or GPU
 // is present (MOETRAIN_REQUIRE_GPU=1 turns the skip into a failure).
-func device(t testing.TB) *Device {
-	t.Helper()
-	testOnce.Do(func() { testDev, testErr = Open(0) })
-	if testErr != nil {
-		gputest.SkipOrFail(t, testErr)
-	}
-	return testDev
-}
+var device = gputest.Once(func() (*Device, error) { return Open(0) })
 
 func smallConfig() model.Config {
 	c := model.DefaultConfig()

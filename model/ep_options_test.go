@@ -118,6 +118,21 @@ func meshGrads(t *testing.T, cfg model.Config, mesh parallel.Mesh, ins []model.I
 	return losses[0], global, chunks[0]
 }
 
+// serialStep is the serial model's (seed 1) forward and backward over
+// every input concatenated: the reference of the parallel runs.
+func serialStep(t *testing.T, cfg model.Config, ins []model.Input) (*model.Model, model.Result) {
+	t.Helper()
+	serial, err := model.New(cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sr, err := serial.ForwardBackward(concat(ins))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serial, sr
+}
+
 func relDiff(a, b []float32) float64 {
 	var num, den float64
 	for i := range a {
@@ -159,14 +174,7 @@ func TestEPOptionsEqualSerial(t *testing.T) {
 		cfg := base
 		cfg.MoELayout, cfg.DispatchDim, cfg.EPChunks, cfg.DispatchDType = c.layout, c.dim, c.chunks, c.dtype
 		ins := []model.Input{epInput(cfg, 2, 8, 3), epInput(cfg, 2, 8, 4)}
-		serial, err := model.New(cfg, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sr, err := serial.ForwardBackward(concat(ins))
-		if err != nil {
-			t.Fatal(err)
-		}
+		serial, sr := serialStep(t, cfg, ins)
 		loss, grads, chunks := epGrads(t, cfg, ins)
 		if want := c.chunks; want > 1 && chunks != want {
 			t.Errorf("%s: layer 0 used %d chunks", c.name, chunks)
@@ -200,14 +208,7 @@ func TestDCCATensorParallelEqualsSerial(t *testing.T) {
 		for d := range mesh.DP {
 			ins = append(ins, epInput(cfg, 2, 8, uint64(3+d)))
 		}
-		serial, err := model.New(cfg, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sr, err := serial.ForwardBackward(concat(ins))
-		if err != nil {
-			t.Fatal(err)
-		}
+		serial, sr := serialStep(t, cfg, ins)
 		loss, grads, _ := meshGrads(t, cfg, mesh, ins)
 		if d := math.Abs(loss-sr.Loss) / sr.Loss; d > 1e-5 {
 			t.Errorf("%v: loss %v, serial %v", mesh, loss, sr.Loss)

@@ -14,6 +14,11 @@ const (
 	InitNormal Init = iota
 	// InitOnes sets every element to 1 (RMSNorm weights).
 	InitOnes
+	// InitFanIn draws N(0, 1/fan_in), fan_in the last dimension: a map
+	// that keeps its input's scale (the DCCA projections, which would
+	// otherwise shrink the expert path's signal and gradients by their
+	// own small scale twice; docs/algorithms/ep-dispatch.md#dcca-layout).
+	InitFanIn
 )
 
 // Entry is one parameter tensor inside the flat buffer.
@@ -74,13 +79,13 @@ func NewLayout(cfg Config) Layout {
 		add(p+"ln2", InitOnes, false, d)
 		add(p+"router", InitNormal, false, e, d)
 		if cfg.DCCA() {
-			add(p+"moe_down", InitNormal, false, cfg.DispatchDim, d)
+			add(p+"moe_down", InitFanIn, false, cfg.DispatchDim, d)
 		}
 		x := cfg.expertDim()
 		add(p+"w1", InitNormal, true, e, h, x)
 		add(p+"w2", InitNormal, true, e, x, h)
 		if cfg.DCCA() {
-			add(p+"moe_up", InitNormal, false, d, cfg.DispatchDim)
+			add(p+"moe_up", InitFanIn, false, d, cfg.DispatchDim)
 		}
 	}
 	add("ln_f", InitOnes, false, d)
@@ -163,6 +168,11 @@ func (l Layout) Views(buf []float32) Weights {
 func (l Layout) InitParams(params []float32, std float64, seed uint64) {
 	for i, e := range l.Entries {
 		s := e.Slice(params)
+		std := std
+		if e.Init == InitFanIn {
+			shape := e.GlobalShape()
+			std = 1 / math.Sqrt(float64(shape[len(shape)-1]))
+		}
 		switch {
 		case e.Init == InitOnes:
 			for j := range s {

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"math"
 	"strings"
 	"testing"
 )
@@ -98,4 +99,36 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Router = "magic" }, `model.router = "magic"`},
 	}
 	checkValidate(t, cases)
+}
+
+// The DCCA projections start scale-preserving (N(0, 1/fan_in)), every other
+// matrix N(0, init_std²): checked on the reference size's layer (R = 64).
+func TestInitFanInScales(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MoELayout, cfg.DispatchDim, cfg.ExpertHidden = "dcca", 64, 2016
+	l := NewLayout(cfg)
+	params := make([]float32, l.Total)
+	l.InitParams(params, cfg.InitStd, 1)
+	for _, tc := range []struct {
+		name string
+		want float64
+	}{
+		{"layers.0.moe_down", 1 / math.Sqrt(float64(cfg.DModel))},
+		{"layers.0.moe_up", 1 / math.Sqrt(64)},
+		{"layers.0.w1", cfg.InitStd},
+		{"layers.0.router", cfg.InitStd},
+	} {
+		e, ok := l.Lookup(tc.name)
+		if !ok {
+			t.Fatalf("no %s", tc.name)
+		}
+		var ss float64
+		x := e.Slice(params)
+		for _, v := range x {
+			ss += float64(v) * float64(v)
+		}
+		if got := math.Sqrt(ss / float64(len(x))); math.Abs(got/tc.want-1) > 0.05 {
+			t.Errorf("%s: std %.4f, want %.4f", tc.name, got, tc.want)
+		}
+	}
 }

@@ -3,7 +3,6 @@ package moe
 import (
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"testing"
 )
 
@@ -12,13 +11,7 @@ import (
 func newDCCACase(seed uint64, ep, n, r int, dm Dims) *epCase {
 	c := newEPCase(seed, ep, n, dm)
 	g := rand.New(rand.NewPCG(seed, 8))
-	rnd := func(m int, s float64) []float32 {
-		x := make([]float32, m)
-		for i := range x {
-			x[i] = float32(g.NormFloat64() * s)
-		}
-		return x
-	}
+	rnd := func(m int, s float64) []float32 { return normals(g, m, s) }
 	c.w.W1, c.w.W2 = rnd(dm.E*dm.H*r, 0.4), rnd(dm.E*r*dm.H, 0.4)
 	c.w.Down, c.w.Up = rnd(r*dm.D, 0.5), rnd(dm.D*r, 0.5)
 	return c
@@ -31,38 +24,7 @@ func TestDCCAGradCheck(t *testing.T) {
 		dm := Dims{D: 8, H: 10, E: 4, K: k}
 		const n, r, coef = 9, 3, 0.7
 		c := newDCCACase(uint64(k), 1, n, r, dm)
-		x, w, probe := c.x[0], c.w, c.dout[0]
-		var st State
-		var sc Scratch
-		st.Resize(dm, n)
-		sc.Resize(dm, n)
-		out := make([]float32, n*dm.D)
-		loss := func() float64 {
-			clear(out)
-			Forward(out, x, w, dm, TopK{}, nil, &st)
-			s := coef * st.Aux.Value
-			for i := range out {
-				s += float64(probe[i]) * float64(out[i])
-			}
-			return s
-		}
-		loss()
-		base := slices.Clone(st.Routing.Experts)
-		dx := make([]float32, n*dm.D)
-		dw := zeroWeights(w)
-		Backward(dx, dw, probe, x, w, dm, TopK{}, nil, coef, &st, &sc)
-		checkStableGrads(t, fmt.Sprintf("dcca k=%d", k), layerGradPairs(x, dx, w, dw), func(p []float32, i int) (float64, bool) {
-			old := p[i]
-			const eps = 1e-2
-			p[i] = old + eps
-			lp := loss()
-			ok := slices.Equal(st.Routing.Experts, base)
-			p[i] = old - eps
-			lm := loss()
-			ok = ok && slices.Equal(st.Routing.Experts, base)
-			p[i] = old
-			return (lp - lm) / (float64(old+eps) - float64(old-eps)), ok
-		})
+		checkLayerGrads(t, fmt.Sprintf("dcca k=%d", k), dm, n, coef, c.x[0], c.w, c.dout[0], nil)
 	}
 }
 

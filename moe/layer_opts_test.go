@@ -51,13 +51,7 @@ type layerFixture struct {
 
 func newLayerFixture(t *testing.T, spec Spec, k int, bias bool, seed uint64) *layerFixture {
 	r := rand.New(rand.NewPCG(seed, 99))
-	rnd := func(m int, s float64) []float32 {
-		x := make([]float32, m)
-		for i := range x {
-			x[i] = float32(r.NormFloat64() * s)
-		}
-		return x
-	}
+	rnd := func(m int, s float64) []float32 { return normals(r, m, s) }
 	f := &layerFixture{dm: Dims{D: 6, H: 10, E: 4, K: k}, n: 9, auxCoef: 0.7}
 	router, err := New(spec, f.dm.E, k)
 	if err != nil {

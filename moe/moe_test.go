@@ -122,6 +122,15 @@ func TestAuxBalanced(t *testing.T) {
 	}
 }
 
+// normals returns m draws of r's normal distribution scaled by s.
+func normals(r *rand.Rand, m int, s float64) []float32 {
+	x := make([]float32, m)
+	for i := range x {
+		x[i] = float32(r.NormFloat64() * s)
+	}
+	return x
+}
+
 // gradPair is a buffer of parameters (or inputs) and the analytic gradient
 // of a loss with respect to it.
 type gradPair struct {
@@ -172,6 +181,47 @@ func checkStableGrads(t *testing.T, label string, pairs []gradPair, fd func(p []
 	}
 }
 
+// checkLayerGrads checks Backward of the TopK layer (weights w, input x of
+// n tokens, mask as Forward takes it) against central finite differences
+// of the probe loss L = Σ probe·out + coef·aux, a float64 accumulation of
+// float32 outputs, over the coordinates whose perturbation leaves every
+// routing decision as it was (checkStableGrads).
+func checkLayerGrads(t *testing.T, label string, dm Dims, n int, coef float64, x []float32, w Weights, probe []float32, mask []bool) {
+	t.Helper()
+	var st State
+	var sc Scratch
+	st.Resize(dm, n)
+	sc.Resize(dm, n)
+	out := make([]float32, n*dm.D)
+	loss := func() float64 {
+		clear(out)
+		Forward(out, x, w, dm, TopK{}, mask, &st)
+		s := coef * st.Aux.Value
+		for i := range out {
+			s += float64(probe[i]) * float64(out[i])
+		}
+		return s
+	}
+	loss()
+	base := slices.Clone(st.Routing.Experts)
+	stable := func() bool { return slices.Equal(st.Routing.Experts, base) }
+	dx := make([]float32, n*dm.D)
+	dw := zeroWeights(w)
+	Backward(dx, dw, probe, x, w, dm, TopK{}, mask, coef, &st, &sc)
+	checkStableGrads(t, label, layerGradPairs(x, dx, w, dw), func(p []float32, i int) (float64, bool) {
+		old := p[i]
+		const eps = 1e-2
+		p[i] = old + eps
+		lp := loss()
+		ok := stable()
+		p[i] = old - eps
+		lm := loss()
+		ok = ok && stable()
+		p[i] = old
+		return (lp - lm) / (float64(old+eps) - float64(old-eps)), ok
+	})
+}
+
 // TestLayerGradCheck checks the MoE layer's backward (gates, router softmax,
 // aux loss, experts) against central finite differences of the probe loss
 // L = Σ r·out + coef·aux on a float64 accumulation of float32 outputs.
@@ -181,13 +231,7 @@ func TestLayerGradCheck(t *testing.T) {
 		const n = 9
 		const coef = 0.7
 		r := rand.New(rand.NewPCG(5, uint64(k)))
-		rnd := func(m int, s float64) []float32 {
-			x := make([]float32, m)
-			for i := range x {
-				x[i] = float32(r.NormFloat64() * s)
-			}
-			return x
-		}
+		rnd := func(m int, s float64) []float32 { return normals(r, m, s) }
 		x := rnd(n*dm.D, 1)
 		w := Weights{Router: rnd(dm.E*dm.D, 0.8), W1: rnd(dm.E*dm.H*dm.D, 0.5), W2: rnd(dm.E*dm.D*dm.H, 0.5)}
 		probe := rnd(n*dm.D, 1)
@@ -195,39 +239,7 @@ func TestLayerGradCheck(t *testing.T) {
 		for i := range mask {
 			mask[i] = i != 4
 		}
-		var st State
-		var sc Scratch
-		st.Resize(dm, n)
-		sc.Resize(dm, n)
-		out := make([]float32, n*dm.D)
-		loss := func() float64 {
-			clear(out)
-			Forward(out, x, w, dm, TopK{}, mask, &st)
-			s := coef * st.Aux.Value
-			for i := range out {
-				s += float64(probe[i]) * float64(out[i])
-			}
-			return s
-		}
-		loss()
-		base := slices.Clone(st.Routing.Experts)
-		stable := func() bool { return slices.Equal(st.Routing.Experts, base) }
-		dx := make([]float32, n*dm.D)
-		dw := zeroWeights(w)
-		Backward(dx, dw, probe, x, w, dm, TopK{}, mask, coef, &st, &sc)
-		checkStableGrads(t, fmt.Sprintf("k=%d", k), layerGradPairs(x, dx, w, dw), func(p []float32, i int) (float64, bool) {
-			old := p[i]
-			const eps = 1e-2
-			p[i] = old + eps
-			lp := loss()
-			ok := stable()
-			p[i] = old - eps
-			lm := loss()
-			ok = ok && stable()
-			p[i] = old
-			return (lp - lm) / (float64(old+eps) - float64(old-eps)), ok
-		})
-		loss()
+		checkLayerGrads(t, fmt.Sprintf("k=%d", k), dm, n, coef, x, w, probe, mask)
 	}
 }
 

@@ -229,28 +229,28 @@ func (pp *pipe) start(ex Exchange, i, w int, dir int, src, dst []float32) func()
 // order, t words per row); planOff[q] is block q's first plan row.
 func (pp *pipe) packPlan(t DType, buf, rows []float32, planOff []int, i, d int) {
 	w := t.Words(d)
-	for q := 0; q < pp.ep; q++ {
-		lo, hi := pp.sLo[i*pp.ep+q], pp.sLo[(i+1)*pp.ep+q]
-		at := pp.sPos[i*pp.ep+q]
-		tensor.ParallelFor(hi-lo, 64, func(a, b int) {
-			for r := a; r < b; r++ {
-				src := (planOff[q] + lo + r) * d
-				packRow(t, buf[(at+r)*w:(at+r+1)*w], rows[src:src+d])
-			}
-		})
-	}
+	pp.eachPlanRow(planOff, i, func(row, slot int) {
+		packRow(t, buf[slot*w:(slot+1)*w], rows[row*d:(row+1)*d])
+	})
 }
 
 // unpackPlan is packPlan's inverse for chunk i.
 func (pp *pipe) unpackPlan(t DType, rows, buf []float32, planOff []int, i, d int) {
 	w := t.Words(d)
+	pp.eachPlanRow(planOff, i, func(row, slot int) {
+		unpackRow(t, rows[row*d:(row+1)*d], buf[slot*w:(slot+1)*w])
+	})
+}
+
+// eachPlanRow calls f(row, slot) for every row of chunk i, in parallel:
+// row is its index in plan order, slot its index in the send buffer.
+func (pp *pipe) eachPlanRow(planOff []int, i int, f func(row, slot int)) {
 	for q := 0; q < pp.ep; q++ {
 		lo, hi := pp.sLo[i*pp.ep+q], pp.sLo[(i+1)*pp.ep+q]
-		at := pp.sPos[i*pp.ep+q]
+		at, first := pp.sPos[i*pp.ep+q], planOff[q]+lo
 		tensor.ParallelFor(hi-lo, 64, func(a, b int) {
 			for r := a; r < b; r++ {
-				dst := (planOff[q] + lo + r) * d
-				unpackRow(t, rows[dst:dst+d], buf[(at+r)*w:(at+r+1)*w])
+				f(first+r, at+r)
 			}
 		})
 	}
@@ -259,23 +259,26 @@ func (pp *pipe) unpackPlan(t DType, rows, buf []float32, planOff []int, i, d int
 // gatherLocal unpacks chunk i's received rows into local (expert-major).
 func (pp *pipe) gatherLocal(t DType, local, buf []float32, i, d int) {
 	w := t.Words(d)
-	lo, hi := pp.chunkRows(i)
-	tensor.ParallelFor(hi-lo, 64, func(a, b int) {
-		for k := lo + a; k < lo+b; k++ {
-			r := int(pp.perm[k])
-			unpackRow(t, local[k*d:(k+1)*d], buf[r*w:(r+1)*w])
-		}
+	pp.eachLocalRow(i, func(k, r int) {
+		unpackRow(t, local[k*d:(k+1)*d], buf[r*w:(r+1)*w])
 	})
 }
 
 // scatterLocal packs chunk i's local rows back into buffer (receive) order.
 func (pp *pipe) scatterLocal(t DType, buf, local []float32, i, d int) {
 	w := t.Words(d)
+	pp.eachLocalRow(i, func(k, r int) {
+		packRow(t, buf[r*w:(r+1)*w], local[k*d:(k+1)*d])
+	})
+}
+
+// eachLocalRow calls f(k, r) for every local row k of chunk i, in
+// parallel: r is its row in the receive buffer.
+func (pp *pipe) eachLocalRow(i int, f func(k, r int)) {
 	lo, hi := pp.chunkRows(i)
 	tensor.ParallelFor(hi-lo, 64, func(a, b int) {
 		for k := lo + a; k < lo+b; k++ {
-			r := int(pp.perm[k])
-			packRow(t, buf[r*w:(r+1)*w], local[k*d:(k+1)*d])
+			f(k, int(pp.perm[k]))
 		}
 	})
 }

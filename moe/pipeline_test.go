@@ -74,13 +74,7 @@ type epCase struct {
 
 func newEPCase(seed uint64, ep, n int, dm Dims) *epCase {
 	r := rand.New(rand.NewPCG(seed, 7))
-	rnd := func(m int, s float64) []float32 {
-		x := make([]float32, m)
-		for i := range x {
-			x[i] = float32(r.NormFloat64() * s)
-		}
-		return x
-	}
+	rnd := func(m int, s float64) []float32 { return normals(r, m, s) }
 	c := &epCase{dm: dm, ep: ep, n: n}
 	c.w = Weights{Router: rnd(dm.E*dm.D, 0.8), W1: rnd(dm.E*dm.H*dm.D, 0.3), W2: rnd(dm.E*dm.D*dm.H, 0.3)}
 	for range ep {

@@ -1,9 +1,6 @@
 package moe
 
-import (
-	"fmt"
-	"math"
-)
+import "math"
 
 // DType is the element type rows travel in over the expert-parallel
 // exchange (see docs/algorithms/ep-dispatch.md#quantized-dispatch). The
@@ -22,29 +19,13 @@ const (
 	FP8E4M3
 )
 
+var dtypeNames = configNames[DType]{"dispatch dtype", []string{FP32: "fp32", BF16: "bf16", FP8E4M3: "fp8e4m3"}}
+
 // ParseDType reads a config name ("" is fp32).
-func ParseDType(s string) (DType, error) {
-	switch s {
-	case "fp32", "":
-		return FP32, nil
-	case "bf16":
-		return BF16, nil
-	case "fp8e4m3":
-		return FP8E4M3, nil
-	}
-	return 0, fmt.Errorf("unknown dispatch dtype %q (known: \"fp32\", \"bf16\", \"fp8e4m3\")", s)
-}
+func ParseDType(s string) (DType, error) { return dtypeNames.parse(s) }
 
 // String is the config name.
-func (t DType) String() string {
-	switch t {
-	case BF16:
-		return "bf16"
-	case FP8E4M3:
-		return "fp8e4m3"
-	}
-	return "fp32"
-}
+func (t DType) String() string { return dtypeNames.name(t) }
 
 // Words is the number of 32-bit wire words a row of d values takes.
 func (t DType) Words(d int) int {

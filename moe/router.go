@@ -64,24 +64,13 @@ const (
 	Sigmoid
 )
 
+var scoreNames = configNames[Score]{"score", []string{Softmax: "softmax", Sigmoid: "sigmoid"}}
+
 // ParseScore maps a config name ("softmax", "sigmoid"; "" = softmax).
-func ParseScore(s string) (Score, error) {
-	switch s {
-	case "softmax", "":
-		return Softmax, nil
-	case "sigmoid":
-		return Sigmoid, nil
-	}
-	return 0, fmt.Errorf("unknown score %q (known: \"softmax\", \"sigmoid\")", s)
-}
+func ParseScore(s string) (Score, error) { return scoreNames.parse(s) }
 
 // String is the config name.
-func (s Score) String() string {
-	if s == Sigmoid {
-		return "sigmoid"
-	}
-	return "softmax"
-}
+func (s Score) String() string { return scoreNames.name(s) }
 
 // DropPolicy decides which slots an over-capacity expert drops.
 type DropPolicy int
@@ -94,25 +83,14 @@ const (
 	DropPosition
 )
 
+var dropPolicyNames = configNames[DropPolicy]{"drop policy", []string{DropProbability: "probability", DropPosition: "position"}}
+
 // ParseDropPolicy maps a config name ("probability", "position"; "" =
 // probability).
-func ParseDropPolicy(s string) (DropPolicy, error) {
-	switch s {
-	case "probability", "":
-		return DropProbability, nil
-	case "position":
-		return DropPosition, nil
-	}
-	return 0, fmt.Errorf("unknown drop policy %q (known: \"probability\", \"position\")", s)
-}
+func ParseDropPolicy(s string) (DropPolicy, error) { return dropPolicyNames.parse(s) }
 
 // String is the config name.
-func (p DropPolicy) String() string {
-	if p == DropPosition {
-		return "position"
-	}
-	return "probability"
-}
+func (p DropPolicy) String() string { return dropPolicyNames.name(p) }
 
 // Options are the layer-level router settings. The zero value is the
 // reference behaviour: softmax scores, no z-loss, dropless.

@@ -55,13 +55,7 @@ func BenchmarkLayerRouters(b *testing.B) {
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			r := rand.New(rand.NewPCG(2, 2))
-			rnd := func(m int, s float64) []float32 {
-				x := make([]float32, m)
-				for i := range x {
-					x[i] = float32(r.NormFloat64() * s)
-				}
-				return x
-			}
+			rnd := func(m int, s float64) []float32 { return normals(r, m, s) }
 			router, err := New(c.spec, dm.E, dm.K)
 			if err != nil {
 				b.Fatal(err)

@@ -9,11 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +50,11 @@ type Collectives struct {
 	YieldFlag        string        // --spin-yield as given: "auto", "true" or "false"
 	SpinYield        bool          // resolved by validate
 	Engine           bool
+	Shm              bool   // --shm: ranks on one host talk through shared-memory rings, not TCP
+	HostsFlag        string // --hosts: host of each rank, comma-separated ("": all one host)
+	Hosts            []string
+	Netns            bool   // --netns: rank r runs in network namespace Hosts[r]
+	HierAllToAll     bool   // --hier-alltoall: the hierarchical all-to-all across hosts
 	Congestion       string // --tcp-congestion: TCPConfig.Congestion
 	Procs            int
 	BindFlag         string // --bind as given: "auto", "core" or "none"
@@ -103,6 +110,16 @@ func (f *Collectives) Validate() (sizes []int, ops []string, bw float64, err err
 		cores = len(cpus)
 	}
 	oversubscribed := f.Workers*RankProcs(f.Workers, f.Procs) > cores
+	f.Hosts = nil
+	if f.HostsFlag != "" {
+		f.Hosts = strings.Split(f.HostsFlag, ",")
+		if len(f.Hosts) != f.Workers || slices.Contains(f.Hosts, "") {
+			return nil, nil, 0, fmt.Errorf("--hosts %q: want %d non-empty host names", f.HostsFlag, f.Workers)
+		}
+	}
+	if f.Netns && (f.Hosts == nil || f.Transport != "tcp") {
+		return nil, nil, 0, errors.New("--netns needs --hosts (network namespace of each rank) and --transport tcp")
+	}
 	if f.Spin, f.SpinYield, err = resolveSpin(f.SpinFlag, f.YieldFlag, f.Engine, oversubscribed); err != nil {
 		return nil, nil, 0, err
 	}
@@ -175,9 +192,9 @@ func resolveSpin(spinFlag, yieldFlag string, engine, oversubscribed bool) (time.
 	return spin, yield, nil
 }
 
-// The progress engine is on by default (--engine): against OpenMPI it
-// gained at every size measured, with and without shaped links (see
-// docs/decisions.md#the-tcp-progress-engine).
+// --engine defaults to what training uses (collective.TrainingEngine,
+// docs/collectives.md#one-data-path); with it, the auto settings below
+// apply.
 
 // EngineSocketBuffer is --socket-buffer auto with the progress engine. With
 // it the engine writes a whole segment at once instead of in pieces as the
@@ -278,14 +295,27 @@ func ParseBandwidth(s string) (float64, error) {
 }
 
 func (f *Collectives) commConfig() collective.Config {
-	return collective.Config{SegmentBytes: f.Segment, SmallBytes: f.Small, HalvingBytes: f.Halving, Timeout: f.Timeout}
+	return collective.Config{SegmentBytes: f.Segment, SmallBytes: f.Small, HalvingBytes: f.Halving, Timeout: f.Timeout, HierAllToAll: f.HierAllToAll}
 }
 
+// shape applies --link-bw and --link-latency: to every link, or with
+// --hosts to the links between ranks of different hosts only.
 func (f *Collectives) shape(t collective.Transport, bw float64) collective.Transport {
 	if bw <= 0 && f.LinkLatency <= 0 {
 		return t
 	}
-	return collective.NewShaped(t, collective.LinkShape{From: -1, To: -1, Bandwidth: bw, Latency: f.LinkLatency})
+	if f.Hosts == nil {
+		return collective.NewShaped(t, collective.LinkShape{From: -1, To: -1, Bandwidth: bw, Latency: f.LinkLatency})
+	}
+	var links []collective.LinkShape
+	for a, ha := range f.Hosts {
+		for b, hb := range f.Hosts {
+			if ha != hb {
+				links = append(links, collective.LinkShape{From: a, To: b, Bandwidth: bw, Latency: f.LinkLatency})
+			}
+		}
+	}
+	return collective.NewShaped(t, links...)
 }
 
 func (f *Collectives) benchConfig(ops []string, sizes []int) collective.BenchConfig {
@@ -353,6 +383,9 @@ func RunCollectivesProcesses(ctx context.Context, exe string, f *Collectives, ra
 	addrs := make([]string, n)
 	for r := range n {
 		cmd := exec.CommandContext(ctx, exe, rankArgs(r)...)
+		if f.Netns {
+			cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", f.Hosts[r], exe}, rankArgs(r)...)...)
+		}
 		cmd.Env = append(os.Environ(), benchTokenEnv+"="+hex.EncodeToString(tok[:]))
 		if f.Procs > 0 || os.Getenv("GOMAXPROCS") == "" {
 			// Without a setting, ranks share the host's cores: idle Go
@@ -448,7 +481,13 @@ func RunCollectivesRank(ctx context.Context, f *Collectives, rank int) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.Timeout)
 	defer cancel()
-	ln, err := collective.ListenCongestion("127.0.0.1:0", f.Congestion)
+	ip := "127.0.0.1"
+	if f.Netns {
+		if ip, err = namespaceIP(); err != nil {
+			return err
+		}
+	}
+	ln, err := collective.ListenCongestion(net.JoinHostPort(ip, "0"), f.Congestion)
 	if err != nil {
 		return err
 	}
@@ -467,7 +506,17 @@ func RunCollectivesRank(ctx context.Context, f *Collectives, rank int) error {
 	if len(addrs) != f.Workers {
 		return fmt.Errorf("address list has %d entries, want %d", len(addrs), f.Workers)
 	}
-	t, err := collective.DialMesh(ctx, ln, collective.TCPConfig{Rank: rank, Addrs: addrs, Token: token, SocketBuffer: f.SocketBuffer, SpinWait: f.Spin, SpinYield: f.SpinYield, ProgressEngine: f.Engine, Congestion: f.Congestion})
+	cfg := collective.TCPConfig{Rank: rank, Addrs: addrs, Token: token, SocketBuffer: f.SocketBuffer, SpinWait: f.Spin, SpinYield: f.SpinYield, ProgressEngine: f.Engine, Congestion: f.Congestion}
+	switch {
+	case f.Hosts != nil:
+		cfg.Hosts = f.Hosts
+	case f.Shm:
+		cfg.Hosts = slices.Repeat([]string{"localhost"}, len(addrs))
+	}
+	if !f.Shm {
+		cfg.ShmRing = collective.ShmDisabled
+	}
+	t, err := collective.DialMesh(ctx, ln, cfg)
 	if err != nil {
 		return err
 	}
@@ -499,7 +548,14 @@ func PrintCollectives(w io.Writer, f *Collectives, res []collective.BenchResult,
 	}
 	fmt.Fprintf(w, "# bench collectives: %d ranks, transport %s, %d iters × %d reps (median), warmup %d",
 		f.Workers, f.Transport, f.Iters, f.Reps, f.Warmup)
-	if f.Transport == "tcp" {
+	if f.Transport == "tcp" && f.Shm {
+		fmt.Fprintf(w, ", shared memory within a host (rings of up to %d KiB per direction)", collective.DefaultShmRing>>10)
+	}
+	if f.Transport == "tcp" && (!f.Shm || f.Hosts != nil) {
+		fmt.Fprint(w, ", TCP")
+		if f.Shm {
+			fmt.Fprint(w, " between hosts")
+		}
 		if f.Engine {
 			fmt.Fprintf(w, ", progress engine (spin %v", f.Spin)
 			if f.SpinYield {
@@ -513,14 +569,25 @@ func PrintCollectives(w io.Writer, f *Collectives, res []collective.BenchResult,
 			fmt.Fprintf(w, ", socket buffers %d B", f.SocketBuffer)
 		}
 		fmt.Fprintf(w, ", congestion control %s", collective.CongestionChoice(f.Congestion))
+	}
+	if f.Transport == "tcp" {
+		if f.Hosts != nil {
+			fmt.Fprintf(w, ", hosts %v", f.Hosts)
+			if f.HierAllToAll {
+				fmt.Fprint(w, " (hierarchical all-to-all)")
+			}
+		}
 		if f.BindCPUs != nil {
 			fmt.Fprintf(w, ", ranks bound to CPUs %v", f.BindCPUs[:min(f.Workers, len(f.BindCPUs))])
+		} else {
+			fmt.Fprint(w, ", ranks not bound")
 		}
 	}
 	if bw > 0 || f.LinkLatency > 0 {
 		fmt.Fprintf(w, ", links %.3g GB/s %v", bw/1e9, f.LinkLatency)
 	}
 	fmt.Fprintln(w)
+	fmt.Fprintf(w, "# training uses: %s\n", collective.TrainingDataPath())
 	fmt.Fprintf(w, "# %-13s %12s %10s %11s %11s %11s %7s", "op", "size(B)", "count", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong")
 	if bw > 0 {
 		fmt.Fprintf(w, " %7s", "bound%")
@@ -540,4 +607,19 @@ func PrintCollectives(w io.Writer, f *Collectives, res []collective.BenchResult,
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// namespaceIP is the first global IPv4 address of this network namespace
+// (a --netns rank listens there, where the other namespaces reach it).
+func namespaceIP() (string, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", err
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && ipn.IP.IsGlobalUnicast() {
+			return ipn.IP.String(), nil
+		}
+	}
+	return "", errors.New("--netns: this namespace has no global IPv4 address")
 }

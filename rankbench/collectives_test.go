@@ -156,3 +156,38 @@ func TestBindProcess(t *testing.T) {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
 }
+
+// TestValidateHosts: --hosts names every rank's host, --netns needs it.
+func TestValidateHosts(t *testing.T) {
+	base := func() Collectives {
+		return Collectives{Workers: 4, Transport: "tcp", Ops: "alltoall", Sizes: "64K", Iters: 1, Reps: 1,
+			SocketBufferFlag: "auto", SpinFlag: "auto", YieldFlag: "auto", BindFlag: "none", Shm: true}
+	}
+	cases := []struct {
+		hosts   string
+		netns   bool
+		wantErr string
+		want    []string
+	}{
+		{hosts: "", want: nil},
+		{hosts: "a,a,b,b", want: []string{"a", "a", "b", "b"}},
+		{hosts: "a,a,b,b", netns: true, want: []string{"a", "a", "b", "b"}},
+		{hosts: "a,b,c", wantErr: "want 4 non-empty host names"},
+		{hosts: "a,,b,b", wantErr: "want 4 non-empty host names"},
+		{hosts: "", netns: true, wantErr: "--netns needs --hosts"},
+	}
+	for _, c := range cases {
+		f := base()
+		f.HostsFlag, f.Netns = c.hosts, c.netns
+		_, _, _, err := f.Validate()
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("--hosts %q --netns=%v: error %v, want one containing %q", c.hosts, c.netns, err, c.wantErr)
+			}
+			continue
+		}
+		if err != nil || fmt.Sprint(f.Hosts) != fmt.Sprint(c.want) {
+			t.Errorf("--hosts %q: hosts %q, error %v; want %q", c.hosts, f.Hosts, err, c.want)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"image/color"
 	"math"
-	"os"
 	"strconv"
 
 	"gonum.org/v1/plot"
@@ -15,6 +14,7 @@ import (
 	"gonum.org/v1/plot/vg/vgimg"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/internal/atomicfile"
 )
 
 // dpi of the PNGs.
@@ -313,15 +313,7 @@ func savePNG(file string, w, h vg.Length, fn func(draw.Canvas)) error {
 	img := vgimg.NewWith(vgimg.UseWH(w, h), vgimg.UseDPI(dpi))
 	margin := vg.Inch / 8
 	fn(draw.Crop(draw.New(img), margin, -margin, margin, -margin))
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return atomicfile.WriteTo(file, vgimg.PngCanvas{Canvas: img}, 0o644)
 }
 
 // consistent keeps the points shaped like the last one (its layers, each

@@ -43,7 +43,13 @@ func BenchmarkNextPack(b *testing.B)   { benchSampler(b, ModePack) }
 // corpus (what a bucket sampler pays at each epoch start and on Restore).
 func BenchmarkPlanEpoch(b *testing.B) {
 	c, _ := DefaultCorpus()
-	ds, err := NewDataset("emb", c.Train, 2048, TooLongSplit)
+	benchPlanEpoch(b, memDocs(c.Train))
+}
+
+// benchPlanEpoch times Plan over the examples of src (max_len 2048, split)
+// with the buckets and token budget of BenchmarkPlanEpoch, 8 ranks.
+func benchPlanEpoch(b *testing.B, src docSource) {
+	ds, err := newDataset("emb", src, 2048, TooLongSplit)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -51,6 +57,7 @@ func BenchmarkPlanEpoch(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := p.Plan(1, uint64(i), 8); err != nil {
 			b.Fatal(err)
@@ -98,18 +105,5 @@ func BenchmarkPlanEpochPrepared(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer pr.Close()
-	ds, err := newDataset("emb", pr.train, 2048, TooLongSplit)
-	if err != nil {
-		b.Fatal(err)
-	}
-	p, err := NewPlanner(ds, EstimateBuckets(ds, 64, 1, 0, 1), 16384, 0, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := p.Plan(1, uint64(i), 8); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchPlanEpoch(b, pr.train)
 }

@@ -22,6 +22,12 @@ type BucketSampler struct {
 // NewBucketSampler builds the sampler and plans epoch 0 (so an impossible
 // configuration fails here, not mid-training). ds must carry tokens.
 func NewBucketSampler(ds *Dataset, bk *Buckets, budget int, q float64, maxExamples int, seed uint64, dpRank, dpSize int) (*BucketSampler, error) {
+	return newBucketSampler(ds, bk, budget, q, maxExamples, seed, dpRank, dpSize, DefaultPlanWindow)
+}
+
+// newBucketSampler is NewBucketSampler with window examples per shuffle
+// window.
+func newBucketSampler(ds *Dataset, bk *Buckets, budget int, q float64, maxExamples int, seed uint64, dpRank, dpSize, window int) (*BucketSampler, error) {
 	if dpSize <= 0 || dpRank < 0 || dpRank >= dpSize {
 		return nil, fmt.Errorf("bucket sampler: dp rank %d of size %d, want 0 <= rank < size", dpRank, dpSize)
 	}
@@ -32,6 +38,7 @@ func NewBucketSampler(ds *Dataset, bk *Buckets, budget int, q float64, maxExampl
 	if err != nil {
 		return nil, fmt.Errorf("bucket sampler: %w", err)
 	}
+	p.window = window
 	s := &BucketSampler{p: p, seed: seed, dpRank: dpRank, dpSize: dpSize}
 	if s.plan, err = p.Plan(seed, 0, dpSize); err != nil {
 		return nil, fmt.Errorf("bucket sampler: %w", err)
@@ -60,6 +67,10 @@ func (s *BucketSampler) fingerprint() uint64 {
 	}
 	for _, c := range s.p.bk.MaxCount {
 		fold(uint64(c) | 1<<41)
+	}
+	if n := s.p.ds.NumExamples(); n > s.p.window {
+		// planned in shuffle windows: their size decides the batches
+		fold(uint64(s.p.window) | 1<<42)
 	}
 	return h
 }

@@ -2,6 +2,7 @@ package sampling
 
 import (
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -57,12 +58,25 @@ func bucketCases(t *testing.T) []bucketCase {
 // once per epoch across ranks, no batch exceeds the budget or the caps, every
 // step's batches come from one bucket (or carried shorter examples), and the
 // same seed gives the same plan.
+// With a small planner window the same holds in shuffle windows, and the
+// held plan never covers more than one window's examples.
 func TestBucketPlanProperties(t *testing.T) {
 	for _, tc := range bucketCases(t) {
+		for _, window := range []int{DefaultPlanWindow, 100} {
+			bucketPlanProperties(t, tc, window)
+		}
+	}
+}
+
+func bucketPlanProperties(t *testing.T, tc bucketCase, window int) {
+	t.Helper()
+	{
 		p, err := NewPlanner(tc.ds, tc.bk, tc.budget, tc.q, tc.maxExamples)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
+		p.window = window
+		tc.name = fmt.Sprintf("%s window %d", tc.name, window)
 		for dp := 1; dp <= 8; dp++ {
 			for epoch := uint64(0); epoch < 2; epoch++ {
 				plan, err := p.Plan(5, epoch, dp)
@@ -103,8 +117,18 @@ func TestBucketPlanProperties(t *testing.T) {
 						t.Fatalf("%s dp %d epoch %d: example %d seen %d times", tc.name, dp, epoch, id, n)
 					}
 				}
+				if n := tc.ds.NumExamples(); n > window && plan.NumWindows() < 2 {
+					t.Fatalf("%s dp %d: %d examples planned in %d window(s)", tc.name, dp, n, plan.NumWindows())
+				}
+				held := 0
+				for _, b := range plan.cur.buckets {
+					held += len(b.seg)
+				}
+				if plan.NumWindows() > 1 && held > window+2*planBlock {
+					t.Fatalf("%s dp %d: the held window plans %d examples, window %d", tc.name, dp, held, window)
+				}
 				again, _ := p.Plan(5, epoch, dp)
-				if !reflect.DeepEqual(plan, again) {
+				if !reflect.DeepEqual(stepsOf(plan), stepsOf(again)) {
 					t.Fatalf("%s dp %d: same seed, different plan", tc.name, dp)
 				}
 				other, _ := p.Plan(6, epoch, dp)
@@ -120,6 +144,12 @@ func TestBucketPlanProperties(t *testing.T) {
 // per epoch, batches match the plan, and restoring the state taken at any
 // step (through JSON) yields exactly the batches of the uninterrupted run.
 func TestBucketSamplerResume(t *testing.T) {
+	for _, window := range []int{DefaultPlanWindow, 150} {
+		bucketSamplerResume(t, window)
+	}
+}
+
+func bucketSamplerResume(t *testing.T, window int) {
 	for _, tc := range bucketCases(t)[:2] {
 		if tc.ds.TwoD {
 			continue
@@ -127,7 +157,7 @@ func TestBucketSamplerResume(t *testing.T) {
 		for _, dp := range []int{1, 3, 8} {
 			samplers := make([]*BucketSampler, dp)
 			for r := range samplers {
-				s, err := NewBucketSampler(tc.ds, tc.bk, tc.budget, tc.q, tc.maxExamples, 11, r, dp)
+				s, err := newBucketSampler(tc.ds, tc.bk, tc.budget, tc.q, tc.maxExamples, 11, r, dp, window)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -172,7 +202,7 @@ func TestBucketSamplerResume(t *testing.T) {
 				if err := json.Unmarshal(js, &back); err != nil {
 					t.Fatal(err)
 				}
-				s, _ := NewBucketSampler(tc.ds, tc.bk, tc.budget, tc.q, tc.maxExamples, 11, rank, dp)
+				s, _ := newBucketSampler(tc.ds, tc.bk, tc.budget, tc.q, tc.maxExamples, 11, rank, dp, window)
 				if err := s.Restore(back); err != nil {
 					t.Fatalf("restore at %d: %v", k, err)
 				}
@@ -368,5 +398,34 @@ func TestPlanSmallData(t *testing.T) {
 	}
 	if _, err := NewPlanner(ds, bk, 99, 0, 0); err == nil || !strings.Contains(err.Error(), "budget 99") {
 		t.Fatalf("budget below one example: %v", err)
+	}
+}
+
+// A state taken under one shuffle window size is refused under another
+// when the data set is planned in windows (the batches differ), and
+// accepted where both plan it whole.
+func TestBucketSamplerWindowInFingerprint(t *testing.T) {
+	tc := bucketCases(t)[0]
+	mk := func(window int) *BucketSampler {
+		s, err := newBucketSampler(tc.ds, tc.bk, tc.budget, tc.q, tc.maxExamples, 3, 0, 1, window)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	n := tc.ds.NumExamples()
+	a, b := mk(100), mk(200)
+	if _, err := a.Next(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Restore(a.State()); err == nil || !strings.Contains(err.Error(), "fingerprint") {
+		t.Fatalf("restore across window sizes 100 and 200 of %d examples: want a fingerprint error, got %v", n, err)
+	}
+	whole := mk(n)
+	if _, err := whole.Next(); err != nil {
+		t.Fatal(err)
+	}
+	if err := mk(DefaultPlanWindow).Restore(whole.State()); err != nil {
+		t.Fatalf("both plan %d examples whole: %v", n, err)
 	}
 }

@@ -24,8 +24,59 @@ func stepsOf(plan *EpochPlan) [][][]int {
 // (the form the compact EpochPlan replaced): the naive reference the plans
 // are compared with, batch for batch.
 func refPlan(p *Planner, seed, epoch uint64, dp int) (steps [][][]int, buckets []int, err error) {
+	var all []int
+	p.ds.Each(func(i int, _ Example) { all = append(all, i) })
+	return refPlanOf(p, all, dp, func(purpose uint64, b int) uint64 {
+		if purpose == purposeStepShuffle {
+			return mix(seed, purpose, epoch)
+		}
+		return mix(seed, purpose, epoch, uint64(b))
+	})
+}
+
+// refWindowedPlan is the reference of a plan in shuffle windows of about
+// window examples (more than n; else the whole-data plan): blocks of planBlock indices shuffled, dealt into windows
+// in turn, each window planned by refPlanOf, the windows' steps in order.
+func refWindowedPlan(p *Planner, seed, epoch uint64, dp, window int) (steps [][][]int, buckets []int, err error) {
+	n := p.ds.NumExamples()
+	if n <= window {
+		return refPlan(p, seed, epoch, dp)
+	}
+	nb := (n + planBlock - 1) / planBlock
+	nw := min((n+window-1)/window, nb)
+	blocks := make([]int, nb)
+	for i := range blocks {
+		blocks[i] = i
+	}
+	r := rng{s: mix(seed, purposeWindowDeal, epoch)}
+	r.shuffle(blocks)
+	for w := range nw {
+		var members []int
+		for _, blk := range blocks[w*nb/nw : (w+1)*nb/nw] {
+			for i := blk * planBlock; i < min(n, (blk+1)*planBlock); i++ {
+				members = append(members, i)
+			}
+		}
+		ws, wb, err := refPlanOf(p, members, dp, func(purpose uint64, b int) uint64 {
+			return mix(seed, purpose, epoch, uint64(b), uint64(nw), uint64(w))
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		steps, buckets = append(steps, ws...), append(buckets, wb...)
+	}
+	return steps, buckets, nil
+}
+
+// refPlanOf plans the examples members (ascending within each bucket as
+// listed) with the stream seeds seedOf(purpose, bucket) (bucket 0 for the
+// step shuffle).
+func refPlanOf(p *Planner, members []int, dp int, seedOf func(purpose uint64, b int) uint64) (steps [][][]int, buckets []int, err error) {
 	byBucket := make([][]int, p.bk.N())
-	p.ds.Each(func(i int, e Example) { b := p.bk.Index(e); byBucket[b] = append(byBucket[b], i) })
+	for _, i := range members {
+		b := p.bk.Index(p.ds.Example(i))
+		byBucket[b] = append(byBucket[b], i)
+	}
 	cut := func(pool []int, capacity int) [][]int {
 		var out [][]int
 		var cur []int
@@ -73,7 +124,7 @@ func refPlan(p *Planner, seed, epoch uint64, dp int) (steps [][][]int, buckets [
 	last := len(byBucket) - 1
 	for b := 0; b <= last; b++ {
 		ids := append([]int(nil), byBucket[b]...)
-		r := rng{s: mix(seed, purposeBucketShuffle, epoch, uint64(b))}
+		r := rng{s: seedOf(purposeBucketShuffle, b)}
 		r.shuffle(ids)
 		pool := append(append([]int(nil), carry...), ids...)
 		carry = nil
@@ -113,7 +164,7 @@ func refPlan(p *Planner, seed, epoch uint64, dp int) (steps [][][]int, buckets [
 			groups = append(groups, group{b, batches[i : i+dp]})
 		}
 	}
-	r := rng{s: mix(seed, purposeStepShuffle, epoch)}
+	r := rng{s: seedOf(purposeStepShuffle, 0)}
 	order := make([]int, len(groups))
 	for i := range order {
 		order[i] = i
@@ -163,6 +214,42 @@ func TestPlanMatchesReference(t *testing.T) {
 	for _, tc := range bucketCases(t) {
 		check(tc.name, tc.ds, tc.bk, tc.budget, tc.maxExamples, tc.q)
 	}
+	// in shuffle windows: against the windowed reference, the steps read
+	// in reverse so that every window is planned again
+	for _, tc := range bucketCases(t) {
+		p, err := NewPlanner(tc.ds, tc.bk, tc.budget, tc.q, tc.maxExamples)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, window := range []int{64, 100, 333} {
+			p.window = window
+			for _, dp := range []int{1, 3} {
+				for epoch := uint64(0); epoch < 2; epoch++ {
+					want, wantB, werr := refWindowedPlan(p, 4, epoch, dp, window)
+					plan, err := p.Plan(4, epoch, dp)
+					if (err != nil) != (werr != nil) {
+						t.Fatalf("%s window %d dp %d: error %v, reference %v", tc.name, window, dp, err, werr)
+					}
+					if err != nil {
+						continue
+					}
+					if plan.NumSteps() != len(want) {
+						t.Fatalf("%s window %d dp %d: %d steps, reference %d", tc.name, window, dp, plan.NumSteps(), len(want))
+					}
+					for s := len(want) - 1; s >= 0; s-- {
+						for r := range dp {
+							if got := plan.Batch(s, r); !slices.Equal(got, want[s][r]) {
+								t.Fatalf("%s window %d dp %d epoch %d: step %d rank %d batch %v, reference %v", tc.name, window, dp, epoch, s, r, got, want[s][r])
+							}
+						}
+						if plan.StepBucket(s) != wantB[s] {
+							t.Fatalf("%s window %d dp %d: step %d bucket %d, want %d", tc.name, window, dp, s, plan.StepBucket(s), wantB[s])
+						}
+					}
+				}
+			}
+		}
+	}
 	for seed := uint64(0); seed < 6; seed++ {
 		r := rand.New(rand.NewPCG(seed, 9))
 		docs := randomDocs(r, 5+r.IntN(120), []int{20, 300, 2000}[seed%3], 256)
@@ -172,14 +259,7 @@ func TestPlanMatchesReference(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ds, err := newDataset("prepared", prep.train, maxLen, tooLong)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mem, err := newDataset("memory", materialise(prep.train), maxLen, tooLong)
-		if err != nil {
-			t.Fatal(err)
-		}
+		ds, mem := preparedAndMemory(t, prep.train, maxLen, tooLong)
 		if ds.ix == nil || mem.ix != nil {
 			t.Fatal("prepared examples should be computed and in-memory ones listed")
 		}
@@ -221,14 +301,7 @@ func TestExampleIndexLengths(t *testing.T) {
 	}
 	defer prep.Close()
 	for _, maxLen := range []int{7, 70001} {
-		ds, err := newDataset("prepared", prep.train, maxLen, TooLongSplit)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mem, err := newDataset("memory", materialise(prep.train), maxLen, TooLongSplit)
-		if err != nil {
-			t.Fatal(err)
-		}
+		ds, mem := preparedAndMemory(t, prep.train, maxLen, TooLongSplit)
 		if (ds.ix.short == nil) != (maxLen > 65535) || ds.NumExamples() != mem.NumExamples() {
 			t.Fatalf("max_len %d: length table %v, %d examples, want %d", maxLen, ds.ix.short != nil, ds.NumExamples(), mem.NumExamples())
 		}

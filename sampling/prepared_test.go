@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/sampling/tokshard"
 )
 
@@ -20,18 +21,7 @@ func preparedDocs(t testing.TB, docs [][]int32, vocab int) string {
 func writePrepared(t testing.TB, docs [][]int32, vocab int, shardTokens int64) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "prepared")
-	w, err := tokshard.Create(dir, tokshard.WriterOptions{Vocab: vocab, ShardTokens: shardTokens, ChunkBytes: 256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range docs {
-		if err := w.WriteDoc(d); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
+	testkit.WritePrepared(t, dir, tokshard.WriterOptions{Vocab: vocab, ShardTokens: shardTokens, ChunkBytes: 256}, docs)
 	return dir
 }
 
@@ -55,6 +45,21 @@ func materialise(src docSource) memDocs {
 		out[i] = Document{Name: fmt.Sprint(i), Tokens: src.appendTokens(nil, i, 0, src.docLen(i))}
 	}
 	return out
+}
+
+// preparedAndMemory builds the dataset of src (read in place) and of its
+// documents copied into memory, with the same max_len and too-long policy.
+func preparedAndMemory(t *testing.T, src docSource, maxLen int, tooLong string) (prepared, memory *Dataset) {
+	t.Helper()
+	prepared, err := newDataset("prepared", src, maxLen, tooLong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	memory, err = newDataset("memory", materialise(src), maxLen, tooLong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return prepared, memory
 }
 
 func tokensOf(src docSource) []int32 {

@@ -21,11 +21,9 @@ const (
 // mode. Row r of step s depends only on (seed, s, dpRank, r), so the stream
 // never ends and State is the step count.
 type RandomSampler struct {
-	vocab          uint64
-	seqLen, batch  int
-	seed           uint64
-	dpRank, dpSize int
-	step           uint64
+	stepStream
+	vocab         uint64
+	seqLen, batch int
 }
 
 // NewRandomSampler builds the random-token sampler of data-parallel rank
@@ -38,10 +36,11 @@ func newRandomSampler(vocab, seqLen, batchSize int, seed uint64, dpRank, dpSize 
 	if err := checkRandomShape(vocab, seqLen, batchSize); err != nil {
 		return nil, fmt.Errorf("random sampler: %w", err)
 	}
-	if dpSize <= 0 || dpRank < 0 || dpRank >= dpSize {
-		return nil, fmt.Errorf("random sampler: dp rank %d of size %d, want 0 <= rank < size", dpRank, dpSize)
+	pos, err := newStepStream(ModeRandom, seed, dpRank, dpSize)
+	if err != nil {
+		return nil, err
 	}
-	return &RandomSampler{vocab: uint64(vocab), seqLen: seqLen, batch: batchSize, seed: seed, dpRank: dpRank, dpSize: dpSize}, nil
+	return &RandomSampler{stepStream: pos, vocab: uint64(vocab), seqLen: seqLen, batch: batchSize}, nil
 }
 
 func checkRandomShape(vocab, seqLen, batchSize int) error {
@@ -62,24 +61,6 @@ func (s *RandomSampler) Next() (Batch, error) {
 	}
 	s.step++
 	return b, nil
-}
-
-// State returns the position; like window mode, a rank's stream does not
-// depend on the data-parallel size, so a state restores under any DP size.
-func (s *RandomSampler) State() State {
-	return State{Kind: ModeRandom, Seed: s.seed, Step: s.step, DPSize: s.dpSize}
-}
-
-// Restore continues from st; it refuses a state of another kind or seed.
-func (s *RandomSampler) Restore(st State) error {
-	if st.Kind != ModeRandom {
-		return fmt.Errorf("random sampler: cannot restore a %q sampler state", st.Kind)
-	}
-	if st.Seed != s.seed {
-		return fmt.Errorf("random sampler: state has seed %d, sampler %d", st.Seed, s.seed)
-	}
-	s.step = st.Step
-	return nil
 }
 
 // RandomFixedBatches returns count deterministic random batches for

@@ -1,7 +1,6 @@
 package sampling
 
 import (
-	"encoding/json"
 	"math"
 	"reflect"
 	"slices"
@@ -30,19 +29,8 @@ func TestRandomSampler(t *testing.T) {
 	again, _ := NewRandomSampler(vocab, seqLen, batch, 7, 0, 2)
 	s1, _ := NewRandomSampler(vocab, seqLen, batch, 7, 1, 2)
 	other, _ := NewRandomSampler(vocab, seqLen, batch, 8, 0, 2)
-	var saved State
-	var want []Batch
-	for step := 0; step < 10; step++ {
-		if step == 4 {
-			saved = s.State()
-		}
-		b, err := s.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Validate(vocab); err != nil {
-			t.Fatal(err)
-		}
+	r, _ := NewRandomSampler(vocab, seqLen, batch, 7, 0, 3) // a different DP size restores too
+	back := checkDrawAndResume(t, s, r, vocab, 10, 4, func(step int, b Batch) {
 		if b.B != batch || b.T != seqLen || b.Seg != nil || b.RealTokens() != batch*seqLen {
 			t.Fatalf("batch %dx%d, seg %v, %d real tokens", b.B, b.T, b.Seg != nil, b.RealTokens())
 		}
@@ -74,27 +62,9 @@ func TestRandomSampler(t *testing.T) {
 		if slices.Equal(b.Tokens, bo.Tokens) {
 			t.Fatal("seeds 7 and 8 gave the same batch")
 		}
-		if step >= 4 {
-			want = append(want, b)
-		}
-	}
-	js, _ := json.Marshal(saved)
-	var back State
-	if err := json.Unmarshal(js, &back); err != nil {
-		t.Fatal(err)
-	}
+	})
 	if back.Kind != ModeRandom || back.Step != 4 {
 		t.Fatalf("state %v", back)
-	}
-	r, _ := NewRandomSampler(vocab, seqLen, batch, 7, 0, 3) // a different DP size restores too
-	if err := r.Restore(back); err != nil {
-		t.Fatal(err)
-	}
-	for i, w := range want {
-		got, _ := r.Next()
-		if !batchEqual(got, w) {
-			t.Fatalf("resumed batch %d differs", i)
-		}
 	}
 	if err := r.Restore(State{Kind: ModeWindow, Seed: 7}); err == nil {
 		t.Error("restored a window state into a random sampler")

@@ -66,4 +66,5 @@ const (
 	purposePackShuffle
 	purposeSample
 	purposeNaive
+	purposeWindowDeal
 )

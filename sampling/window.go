@@ -20,12 +20,10 @@ type Sampler interface {
 // Pos 0..T-1. The window of (step, row) depends only on (seed, step, dpRank,
 // row), so the stream never ends and State is just the step count.
 type WindowSampler struct {
-	stream         stream
-	seqLen, batch  int
-	seed           uint64
-	dpRank, dpSize int
-	step           uint64
-	win            []int32 // scratch: one window
+	stepStream
+	stream        stream
+	seqLen, batch int
+	win           []int32 // scratch: one window
 }
 
 // NewWindowSampler builds the random-window sampler of the serial trainer and
@@ -38,14 +36,15 @@ func newWindowSampler(src docSource, seqLen, batchSize int, seed uint64, dpRank,
 	if seqLen <= 0 || batchSize <= 0 {
 		return nil, fmt.Errorf("window sampler: seq_len=%d batch_size=%d, both must be positive", seqLen, batchSize)
 	}
-	if dpSize <= 0 || dpRank < 0 || dpRank >= dpSize {
-		return nil, fmt.Errorf("window sampler: dp rank %d of size %d, want 0 <= rank < size", dpRank, dpSize)
+	pos, err := newStepStream(ModeWindow, seed, dpRank, dpSize)
+	if err != nil {
+		return nil, err
 	}
 	st := newStream(src)
 	if st.total() < int64(seqLen+1) {
 		return nil, fmt.Errorf("window sampler: %d tokens in %d documents, need at least seq_len+1 = %d", st.total(), src.numDocs(), seqLen+1)
 	}
-	return &WindowSampler{stream: st, seqLen: seqLen, batch: batchSize, seed: seed, dpRank: dpRank, dpSize: dpSize}, nil
+	return &WindowSampler{stepStream: pos, stream: st, seqLen: seqLen, batch: batchSize}, nil
 }
 
 func concat(docs []Document) []int32 {
@@ -70,22 +69,39 @@ func (w *WindowSampler) Next() (Batch, error) {
 	return b, nil
 }
 
-// State returns the position; the data-parallel size is recorded but the
-// window stream of a rank does not depend on it, so a state restores under
-// any DP size.
-func (w *WindowSampler) State() State {
-	return State{Kind: ModeWindow, Seed: w.seed, Step: w.step, DPSize: w.dpSize}
+// stepStream is the position of a sampler whose batch of a step depends
+// only on (seed, step, dp rank, row): the window and random samplers. Its
+// State is the step count; the data-parallel size is recorded but a rank's
+// stream does not depend on it, so a state restores under any DP size.
+type stepStream struct {
+	kind           string // ModeWindow or ModeRandom
+	seed           uint64
+	dpRank, dpSize int
+	step           uint64
+}
+
+// newStepStream checks the data-parallel rank of a kind sampler.
+func newStepStream(kind string, seed uint64, dpRank, dpSize int) (stepStream, error) {
+	if dpSize <= 0 || dpRank < 0 || dpRank >= dpSize {
+		return stepStream{}, fmt.Errorf("%s sampler: dp rank %d of size %d, want 0 <= rank < size", kind, dpRank, dpSize)
+	}
+	return stepStream{kind: kind, seed: seed, dpRank: dpRank, dpSize: dpSize}, nil
+}
+
+// State returns the position.
+func (p *stepStream) State() State {
+	return State{Kind: p.kind, Seed: p.seed, Step: p.step, DPSize: p.dpSize}
 }
 
 // Restore continues from s; it refuses a state of another kind or seed.
-func (w *WindowSampler) Restore(s State) error {
-	if s.Kind != ModeWindow {
-		return fmt.Errorf("window sampler: cannot restore a %q sampler state", s.Kind)
+func (p *stepStream) Restore(s State) error {
+	if s.Kind != p.kind {
+		return fmt.Errorf("%s sampler: cannot restore a %q sampler state", p.kind, s.Kind)
 	}
-	if s.Seed != w.seed {
-		return fmt.Errorf("window sampler: state has seed %d, sampler %d", s.Seed, w.seed)
+	if s.Seed != p.seed {
+		return fmt.Errorf("%s sampler: state has seed %d, sampler %d", p.kind, s.Seed, p.seed)
 	}
-	w.step = s.Step
+	p.step = s.Step
 	return nil
 }
 

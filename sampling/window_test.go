@@ -1,7 +1,6 @@
 package sampling
 
 import (
-	"encoding/json"
 	"reflect"
 	"testing"
 )
@@ -31,19 +30,8 @@ func TestWindowSampler(t *testing.T) {
 		t.Fatal(err)
 	}
 	s1, _ := NewWindowSampler(docs, 64, 4, 7, 1, 2)
-	var saved State
-	var want []Batch
-	for step := 0; step < 10; step++ {
-		if step == 4 {
-			saved = s.State()
-		}
-		b, err := s.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Validate(Vocab); err != nil {
-			t.Fatal(err)
-		}
+	r, _ := NewWindowSampler(docs, 64, 4, 7, 0, 3) // a different DP size restores too
+	checkDrawAndResume(t, s, r, Vocab, 10, 4, func(step int, b Batch) {
 		if b.RealTokens() != 4*64 {
 			t.Fatalf("window batch has %d real tokens", b.RealTokens())
 		}
@@ -64,25 +52,7 @@ func TestWindowSampler(t *testing.T) {
 		if reflect.DeepEqual(b.Tokens, b1.Tokens) {
 			t.Fatal("dp ranks 0 and 1 got the same batch")
 		}
-		if step >= 4 {
-			want = append(want, b)
-		}
-	}
-	js, _ := json.Marshal(saved)
-	var back State
-	if err := json.Unmarshal(js, &back); err != nil {
-		t.Fatal(err)
-	}
-	r, _ := NewWindowSampler(docs, 64, 4, 7, 0, 3) // a different DP size restores too
-	if err := r.Restore(back); err != nil {
-		t.Fatal(err)
-	}
-	for i, w := range want {
-		got, _ := r.Next()
-		if !batchEqual(got, w) {
-			t.Fatalf("resumed batch %d differs", i)
-		}
-	}
+	})
 	if err := r.Restore(State{Kind: "bucket", Seed: 7}); err == nil {
 		t.Error("restored a bucket state into a window sampler")
 	}

@@ -32,6 +32,7 @@
 #   CHECKPOINT_TEST_BIN  prebuilt `go test -c ./checkpoint` binary (default:
 #                        build one with go)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 SIZE_MB=${SIZE_MB:-512}
 ROUNDS=${ROUNDS:-3}
@@ -41,25 +42,12 @@ case "$SIZE_MB$ROUNDS$SETTLE" in *[!0-9]*) echo "SIZE_MB and ROUNDS must be posi
 [ "$SIZE_MB" -gt 0 ] && [ "$ROUNDS" -gt 0 ] || { echo "SIZE_MB and ROUNDS must be positive" >&2; exit 2; }
 [ -w /proc/sys/vm/drop_caches ] || { echo "bench-checkpoint-load: cannot drop the page cache (needs root)" >&2; exit 2; }
 
-cleanup_dir=""
-if [ -n "${CHECKPOINT_BENCH_DIR:-}" ]; then
-  DIR=$CHECKPOINT_BENCH_DIR
-  mkdir -p "$DIR"
-else
-  DIR=$(mktemp -d "${TMPDIR:-/tmp}/ckload.XXXXXX")
-  cleanup_dir=$DIR
-fi
+bench_dir CHECKPOINT_BENCH_DIR ckload
 bindir=$(mktemp -d "${TMPDIR:-/tmp}/ckload-bin.XXXXXX")
 trap 'rm -rf "$bindir" "$DIR/ckload-$SIZE_MB"; [ -n "$cleanup_dir" ] && rm -rf "$cleanup_dir"' EXIT
 
-BIN=${CHECKPOINT_TEST_BIN:-}
-if [ -z "$BIN" ]; then
-  root=$(cd "$(dirname "$0")/.." && pwd)
-  BIN=$bindir/checkpoint.test
-  (cd "$root" && go test -c -o "$BIN" ./checkpoint)
-fi
+checkpoint_test_bin "$bindir/checkpoint.test"
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 bench() { # bench VARIANT: one iteration, caches dropped by the benchmark
   CHECKPOINT_BENCH_MB=$SIZE_MB CHECKPOINT_BENCH_DIR=$DIR CHECKPOINT_BENCH_DROP_CACHES=1 CHECKPOINT_BENCH_SETTLE=$SETTLE "$BIN" -test.run '^$' \
@@ -82,11 +70,10 @@ run_dd() {
   dd_mbs=$(awk -v b="$bytes" -v ns=$((t1 - t0)) 'BEGIN {printf "%.1f", b / 1e6 / (ns / 1e9)}')
 }
 run_load() {
-  local vs=($VARIANTS) n i
-  n=${#vs[@]}
+  local v
   out=""
-  for i in $(seq 0 $((n - 1))); do
-    out+=$(bench "${vs[$(((i + $1) % n))]}")
+  for v in $(rotated "$1" $VARIANTS); do
+    out+=$(bench "$v")
     out+=$'\n'
   done
 }
@@ -96,7 +83,7 @@ for r in $(seq 1 "$ROUNDS"); do
   results[dd]+="$dd_mbs "
   line="round $r: dd ${dd_mbs} MB/s"
   for v in $VARIANTS; do
-    mbs=$(echo "$out" | awk -v v="BenchmarkLoadCheckpoint/$v" '$1 ~ "^"v"(-[0-9]+)?$" {for (i=1;i<=NF;i++) if ($(i+1)=="MB/s") print $i}')
+    mbs=$(echo "$out" | bench_metric "BenchmarkLoadCheckpoint/$v" MB/s)
     [ -n "$mbs" ] || { echo "no result for $v in:"; echo "$out"; exit 1; } >&2
     results[$v]+="$mbs "
     line+=", $v ${mbs} MB/s"
@@ -104,9 +91,9 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "$line"
 done
 
-dd_med=$(echo "${results[dd]}" | tr ' ' '\n' | grep . | median)
+dd_med=$(median_of ${results[dd]})
 echo "median dd (cold cache, bs=1M): ${dd_med} MB/s"
 for v in $VARIANTS; do
-  med=$(echo "${results[$v]}" | tr ' ' '\n' | grep . | median)
+  med=$(median_of ${results[$v]})
   awk -v v="$v" -v m="$med" -v d="$dd_med" 'BEGIN {printf "median load %-12s %8.1f MB/s  = %.2fx dd  (target >= 0.90x)\n", v, m, m / d}'
 done

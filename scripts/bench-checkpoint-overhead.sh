@@ -25,6 +25,7 @@
 #   BENCH_DIR        where runs and checkpoints go (default: a temp dir, removed)
 #   COORDINATOR_BIN  prebuilt coordinator binary (default: build one with go)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 STEPS=${STEPS:-150}
 EVERY=${EVERY:-20}
@@ -38,14 +39,7 @@ done
   { echo "need STEPS a multiple of 10 above EVERY > 0, ROUNDS > 0" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "bench-checkpoint-overhead: python3 is needed to read the logs" >&2; exit 1; }
 
-cleanup_dir=""
-if [ -n "${BENCH_DIR:-}" ]; then
-  DIR=$BENCH_DIR
-  mkdir -p "$DIR"
-else
-  DIR=$(mktemp -d "${TMPDIR:-/tmp}/ckoverhead.XXXXXX")
-  cleanup_dir=$DIR
-fi
+bench_dir BENCH_DIR ckoverhead
 trap '[ -n "$cleanup_dir" ] && rm -rf "$cleanup_dir"' EXIT
 
 BIN=${COORDINATOR_BIN:-}
@@ -116,8 +110,6 @@ run() { # run NAME [flags...]
     --no-bar "$@" 2>"$DIR/$name.err" || { echo "run $name failed:" >&2; cat "$DIR/$name.err" >&2; exit 1; }
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
-
 echo "reference model, $WORKERS workers, $STEPS steps, checkpoint every $EVERY; cpus: $(nproc)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
 off="" on="" stalls=""
 for r in $(seq 1 "$ROUNDS"); do
@@ -144,8 +136,8 @@ print("%.1f MB stored, commit %.0f ms" % (last["bytes"] / 1e6, last["commit"]))'
   done
   echo "round $r: no checkpoints $(echo $off | awk '{print $NF}') ms/step, every $EVERY: $(echo $on | awk '{print $NF}') ms/step ($info per checkpoint; stall $pct% over $nsnap snapshots)"
 done
-m_off=$(echo "$off" | tr ' ' '\n' | grep . | median)
-m_on=$(echo "$on" | tr ' ' '\n' | grep . | median)
-m_stall=$(echo "$stalls" | tr ' ' '\n' | grep . | median)
+m_off=$(median_of $off)
+m_on=$(median_of $on)
+m_stall=$(median_of $stalls)
 awk -v a="$m_off" -v b="$m_on" -v e="$EVERY" 'BEGIN {printf "median mean step time: %.2f ms without, %.2f ms with checkpoints every %d steps: overhead %+.1f%%\n", a, b, e, (b / a - 1) * 100}'
 echo "median checkpoint stall: $m_stall% of step time (target < 2%)"

@@ -35,6 +35,7 @@
 #   CHECKPOINT_TEST_BIN  prebuilt `go test -c ./checkpoint` binary (default:
 #                        build one with go)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 SIZE_MB=${SIZE_MB:-256}
 ROUNDS=${ROUNDS:-3}
@@ -44,14 +45,7 @@ WARMUP=${WARMUP:-0}
 case "$SIZE_MB$ROUNDS$SETTLE$WARMUP" in *[!0-9]*) echo "SIZE_MB and ROUNDS must be positive integers" >&2; exit 2;; esac
 [ "$SIZE_MB" -gt 0 ] && [ "$ROUNDS" -gt 0 ] || { echo "SIZE_MB and ROUNDS must be positive" >&2; exit 2; }
 
-cleanup_dir=""
-if [ -n "${CHECKPOINT_BENCH_DIR:-}" ]; then
-  DIR=$CHECKPOINT_BENCH_DIR
-  mkdir -p "$DIR"
-else
-  DIR=$(mktemp -d "${TMPDIR:-/tmp}/ckbench.XXXXXX")
-  cleanup_dir=$DIR
-fi
+bench_dir CHECKPOINT_BENCH_DIR ckbench
 bindir=$(mktemp -d "${TMPDIR:-/tmp}/ckbench-bin.XXXXXX")
 trap 'rm -rf "$bindir"; [ -n "$cleanup_dir" ] && rm -rf "$cleanup_dir"; rm -f "$DIR/dd.bin"' EXIT
 if [ "$(stat -f -c %T "$DIR")" = tmpfs ]; then
@@ -59,14 +53,7 @@ if [ "$(stat -f -c %T "$DIR")" = tmpfs ]; then
   exit 2
 fi
 
-BIN=${CHECKPOINT_TEST_BIN:-}
-if [ -z "$BIN" ]; then
-  root=$(cd "$(dirname "$0")/.." && pwd)
-  BIN=$bindir/checkpoint.test # not in DIR: a user's directory keeps nothing of ours
-  (cd "$root" && go test -c -o "$BIN" ./checkpoint)
-fi
-
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+checkpoint_test_bin "$bindir/checkpoint.test" # not in DIR: a user's directory keeps nothing of ours
 
 echo "file system: $(df -h "$DIR" | awk 'NR==2 {print $1, $6}') ($(stat -f -c %T "$DIR"))  size: ${SIZE_MB} MB  rounds: $ROUNDS  warm-up save: $WARMUP  cpus: $(nproc)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A results ratios
@@ -84,11 +71,9 @@ run_dd() {
 # state first, so none inherits another's heap or scheduler debt), starting
 # with a different variant each round.
 run_save() {
-  local vs=($VARIANTS) n i
-  n=${#vs[@]}
+  local v
   out=""
-  for i in $(seq 0 $((n - 1))); do
-    local v=${vs[$(((i + $1) % n))]}
+  for v in $(rotated "$1" $VARIANTS); do
     sync
     out+=$(CHECKPOINT_BENCH_MB=$SIZE_MB CHECKPOINT_BENCH_DIR=$DIR CHECKPOINT_BENCH_WARMUP=$WARMUP "$BIN" -test.run '^$' \
            -test.bench "^BenchmarkSave/^$v\$" -test.benchtime 1x)
@@ -100,8 +85,8 @@ for r in $(seq 1 "$ROUNDS"); do
   results[dd]+="$dd_mbs "
   line="round $r: dd ${dd_mbs} MB/s"
   for v in $VARIANTS; do
-    mbs=$(echo "$out" | awk -v v="BenchmarkSave/$v" '$1 ~ "^"v"(-[0-9]+)?$" {for (i=1;i<=NF;i++) if ($(i+1)=="MB/s") print $i}')
-    ratio=$(echo "$out" | awk -v v="BenchmarkSave/$v" '$1 ~ "^"v"(-[0-9]+)?$" {for (i=1;i<=NF;i++) if ($(i+1)=="ratio") print $i}')
+    mbs=$(echo "$out" | bench_metric "BenchmarkSave/$v" MB/s)
+    ratio=$(echo "$out" | bench_metric "BenchmarkSave/$v" ratio)
     [ -n "$mbs" ] || { echo "no result for $v in:"; echo "$out"; exit 1; } >&2
     results[$v]+="$mbs "
     ratios[$v]+="$ratio "
@@ -110,10 +95,10 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "$line"
 done
 
-dd_med=$(echo "${results[dd]}" | tr ' ' '\n' | grep . | median)
+dd_med=$(median_of ${results[dd]})
 echo "median dd (conv=fdatasync): ${dd_med} MB/s"
 for v in $VARIANTS; do
-  med=$(echo "${results[$v]}" | tr ' ' '\n' | grep . | median)
-  cr=$(echo "${ratios[$v]}" | tr ' ' '\n' | grep . | median)
+  med=$(median_of ${results[$v]})
+  cr=$(median_of ${ratios[$v]})
   awk -v v="$v" -v m="$med" -v d="$dd_med" -v c="$cr" 'BEGIN {printf "median save %-13s %8.1f MB/s  = %.2fx dd  (target >= 0.90x)  compression %.3fx\n", v, m, m / d, c}'
 done

@@ -40,6 +40,14 @@ type Config struct {
 	// Seed is the job's direction seed, mixed into every direction's
 	// identifier; every worker of a job must use the same one.
 	Seed uint64 `toml:"seed"`
+	// InitFrom is the checkpoint a train.mode = "spsa" job fine-tunes
+	// (train.OpenRef's syntax: a step directory, DIR, DIR:latest,
+	// DIR:STEP); only its model weights are read.
+	InitFrom string `toml:"init_from"`
+	// Log is the (step, gradient) log the job's rank 0 keeps and every
+	// rank replays when the job restarts; "" = spsa.log in the launch's
+	// checkpoint directory, none without one.
+	Log string `toml:"log"`
 }
 
 // DefaultConfig: ε = 1e-3, lr = 1e-5, one direction per worker per step,

@@ -67,8 +67,15 @@ type CommExchange struct {
 }
 
 // NewCommExchange builds the exchange of the mesh t, whose rank r is worker
-// members[r]. Identifiers must be distinct.
+// members[r], with the collectives' default configuration. Identifiers
+// must be distinct.
 func NewCommExchange(t collective.Transport, members []uint32) (*CommExchange, error) {
+	return NewCommExchangeConfig(t, members, collective.Config{})
+}
+
+// NewCommExchangeConfig is NewCommExchange with the collectives configured
+// by cfg (their timeout).
+func NewCommExchangeConfig(t collective.Transport, members []uint32, cfg collective.Config) (*CommExchange, error) {
 	if len(members) != t.Size() {
 		return nil, fmt.Errorf("spsa: exchange: %d member identifiers for a mesh of %d ranks", len(members), t.Size())
 	}
@@ -80,8 +87,12 @@ func NewCommExchange(t collective.Transport, members []uint32) (*CommExchange, e
 		seen[id] = true
 	}
 	ct := NewCountingTransport(t)
-	return &CommExchange{t: ct, comm: collective.NewWorld(ct), members: append([]uint32(nil), members...)}, nil
+	return &CommExchange{t: ct, comm: collective.NewWorldConfig(ct, cfg), members: append([]uint32(nil), members...)}, nil
 }
+
+// Comm is the (counted) world communicator the exchange runs on, for a
+// runner's setup collectives; what they send counts in WireBytes.
+func (x *CommExchange) Comm() *collective.Comm { return x.comm }
 
 // Members implements Exchange.
 func (x *CommExchange) Members() []uint32 { return x.members }

@@ -65,6 +65,7 @@ type Point struct {
 	WireBytes int64   `json:"wire_bytes"`         // this worker's bytes sent so far, framing included
 	Payload   int64   `json:"payload"`            // of which projected-gradient payload
 	Clipped   int     `json:"clipped"`            // this worker's clipped directions so far
+	Tokens    int64   `json:"tokens"`             // input positions of this worker's batches so far
 	// TrainSeconds is the wall time of the steps so far (evaluation
 	// excluded).
 	TrainSeconds float64 `json:"train_s"`
@@ -90,7 +91,7 @@ func (f *FineTune) Run(ctx context.Context, steps int) error {
 	var in model.Input
 	loss := ModelLoss(f.Model, &in)
 	var train time.Duration
-	var payload int64
+	var payload, tokens int64
 	clipped := 0
 	last := f.Worker.Step() + int64(steps)
 	if f.Val != nil && f.OnPoint != nil { // the starting point
@@ -109,6 +110,7 @@ func (f *FineTune) Run(ctx context.Context, steps int) error {
 			return fmt.Errorf("spsa: step %d: data: %w", f.Worker.Step(), err)
 		}
 		in = Input(b)
+		tokens += int64(b.B * b.T)
 		t0 := time.Now()
 		st, err := f.Worker.StepOnce(ctx, f.Exchange, loss)
 		if err != nil {
@@ -123,7 +125,7 @@ func (f *FineTune) Run(ctx context.Context, steps int) error {
 			}
 		}
 		p := Point{Step: f.Worker.Step(), Loss: st.Loss, WireBytes: f.Exchange.WireBytes(),
-			Payload: payload, Clipped: clipped, TrainSeconds: train.Seconds()}
+			Payload: payload, Clipped: clipped, Tokens: tokens, TrainSeconds: train.Seconds()}
 		if f.Val != nil && ((f.EvalEvery > 0 && p.Step%int64(f.EvalEvery) == 0) || p.Step == last) {
 			if p.ValLoss, err = EvalCE(f.Model, f.Val); err != nil {
 				return err

@@ -6,12 +6,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rs/zerolog"
+
 	"github.com/moetrain/moetrain/spsa"
 	"github.com/moetrain/moetrain/train"
 )
 
 // The [spsa] section loads and validates with the job; train.mode = "spsa"
-// is refused with a message until a runner drives it.
+// loads with a starting checkpoint and is refused, naming the key, without
+// one or with what an SPSA replica cannot be (a shard, a GPU, routing
+// biases).
 func TestJobConfigSPSASection(t *testing.T) {
 	dir := t.TempDir()
 	load := func(body string) (train.JobConfig, error) {
@@ -30,13 +34,24 @@ func TestJobConfigSPSASection(t *testing.T) {
 	if j.SPSA != want || j.Train.Mode != train.ModeBackprop {
 		t.Fatalf("loaded %+v mode %q, want %+v mode %q", j.SPSA, j.Train.Mode, want, train.ModeBackprop)
 	}
+	j, err = load("[train]\nmode = \"spsa\"\n[spsa]\ninit_from = \"ckpt:latest\"\nlog = \"run/spsa.log\"\n")
+	if err != nil || j.Train.Mode != train.ModeSPSA || j.SPSA.InitFrom != "ckpt:latest" || j.SPSA.Log != "run/spsa.log" {
+		t.Fatalf("spsa job: %+v %+v, %v", j.Train, j.SPSA, err)
+	}
+	if _, err := train.NewTrainer(j, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "coordinator launch") {
+		t.Fatalf("the backprop trainer took an spsa job: %v", err)
+	}
+	spsaJob := "[train]\nmode = \"spsa\"\n[spsa]\ninit_from = \"ckpt\"\n"
 	for body, key := range map[string]string{
-		"[train]\nmode = \"spsa\"\n": "not wired",
-		"[train]\nmode = \"sgd\"\n":  "train.mode",
-		"[spsa]\nquant = \"int4\"\n": "spsa.quant",
-		"[spsa]\ndirections = 0\n":   "spsa.directions",
-		"[spsa]\nepsilon = -1.0\n":   "spsa.epsilon",
-		"[spsa]\nwarmup = 3\n":       "spsa.warmup",
+		"[train]\nmode = \"spsa\"\n":                   "spsa.init_from",
+		spsaJob + "[mesh]\ntp = 2\n":                   "mesh.tp = 2",
+		spsaJob + "[mesh]\nep = 2\n":                   "mesh.ep = 2",
+		spsaJob + "[model]\nbias_update_rate = 0.01\n": "model.bias_update_rate",
+		"[train]\nmode = \"sgd\"\n":                    "train.mode",
+		"[spsa]\nquant = \"int4\"\n":                   "spsa.quant",
+		"[spsa]\ndirections = 0\n":                     "spsa.directions",
+		"[spsa]\nepsilon = -1.0\n":                     "spsa.epsilon",
+		"[spsa]\nwarmup = 3\n":                         "spsa.warmup",
 	} {
 		if _, err := load(body); err == nil || !strings.Contains(err.Error(), key) {
 			t.Errorf("%q: err = %v, want one naming %s", body, err, key)

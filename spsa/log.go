@@ -16,13 +16,15 @@ import (
 // that joins loads the checkpoint and replays it instead of receiving the
 // weights. Layout (little endian):
 //
-//	header: magic "MTSPSA01" | quant u32 (1 int8, 2 fp32) | reserved u32 (0) |
+//	header: magic "MTSPSA01" | quant u32 (1 int8, 2 fp32) | base u32 |
 //	        lr f64 | clip f64 | seed u64 | crc32c u32 of the 40 bytes before
 //	record: body length u32 | crc32c u32 of the body |
 //	        body: step u64 | n u32 | n × (worker u32 | dir u32 | raw u32)
 //
 // The header holds what replay needs besides the records (ε and the
-// direction count only shape the measurement, not the update). Records are
+// direction count only shape the measurement, not the update), and base:
+// the Checksum of the parameters the log starts from (0 = not recorded),
+// so replaying onto other parameters is refused rather than silently wrong. Records are
 // appended and fsync'd one per step; steps are consecutive. A record longer
 // than MaxLogEntries entries is refused before anything is allocated for
 // it.
@@ -57,10 +59,11 @@ func quantCode(q string) uint32 {
 	return 1
 }
 
-func encodeLogHeader(c Config) []byte {
+func encodeLogHeader(c Config, base uint32) []byte {
 	b := make([]byte, logHeaderSize)
 	copy(b, logMagic)
 	binary.LittleEndian.PutUint32(b[8:], quantCode(c.Quant))
+	binary.LittleEndian.PutUint32(b[12:], base)
 	binary.LittleEndian.PutUint64(b[16:], math.Float64bits(c.LR))
 	binary.LittleEndian.PutUint64(b[24:], math.Float64bits(c.Clip))
 	binary.LittleEndian.PutUint64(b[32:], c.Seed)
@@ -74,9 +77,18 @@ type LogParams struct {
 	LR    float64
 	Clip  float64
 	Seed  uint64
+	// Base is the Checksum of the parameters the first record applies to
+	// (0 = not recorded).
+	Base uint32
 }
 
-// Params is the part of c that a log records.
+// sameJob reports whether p and q differ at most in Base.
+func (p LogParams) sameJob(q LogParams) bool {
+	p.Base = q.Base
+	return p == q
+}
+
+// Params is the part of c that a log records (Base 0).
 func (c Config) Params() LogParams {
 	return LogParams{Quant: c.Quant, LR: c.LR, Clip: c.Clip, Seed: c.Seed}
 }
@@ -100,9 +112,7 @@ func decodeLogHeader(b []byte) (LogParams, error) {
 	default:
 		return p, fmt.Errorf("%w: header: unknown quantization code %d", ErrCorruptLog, binary.LittleEndian.Uint32(b[8:]))
 	}
-	if binary.LittleEndian.Uint32(b[12:]) != 0 {
-		return p, fmt.Errorf("%w: header: reserved bytes not zero", ErrCorruptLog)
-	}
+	p.Base = binary.LittleEndian.Uint32(b[12:])
 	p.LR = math.Float64frombits(binary.LittleEndian.Uint64(b[16:]))
 	p.Clip = math.Float64frombits(binary.LittleEndian.Uint64(b[24:]))
 	p.Seed = binary.LittleEndian.Uint64(b[32:])
@@ -231,8 +241,12 @@ type Log struct {
 
 // CreateLog creates a new, empty log for cfg at path, atomically (a
 // temporary file in the same directory, fsync'd, renamed, directory
-// fsync'd). An existing file at path is an error.
-func CreateLog(path string, cfg Config) (*Log, error) {
+// fsync'd), with no base recorded. An existing file at path is an error.
+func CreateLog(path string, cfg Config) (*Log, error) { return CreateLogFrom(path, cfg, 0) }
+
+// CreateLogFrom is CreateLog recording base, the Checksum of the
+// parameters the first record will apply to.
+func CreateLogFrom(path string, cfg Config, base uint32) (*Log, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -251,7 +265,7 @@ func CreateLog(path string, cfg Config) (*Log, error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	if _, err := tmp.Write(encodeLogHeader(cfg)); err != nil {
+	if _, err := tmp.Write(encodeLogHeader(cfg, base)); err != nil {
 		return nil, fmt.Errorf("spsa log %s: %w", path, err)
 	}
 	if err := tmp.Sync(); err != nil {
@@ -264,7 +278,9 @@ func CreateLog(path string, cfg Config) (*Log, error) {
 		return nil, fmt.Errorf("spsa log %s: %w", path, err)
 	}
 	ok = true
-	return &Log{f: tmp, path: path, p: cfg.Params(), next: -1}, nil
+	p := cfg.Params()
+	p.Base = base
+	return &Log{f: tmp, path: path, p: p, next: -1}, nil
 }
 
 func syncDir(dir string) error {
@@ -279,7 +295,8 @@ func syncDir(dir string) error {
 // OpenLog opens an existing log for appending and returns its records. The
 // log must have been written with cfg's LR, quantization, clip and seed. A
 // torn last record (a crash during an append) is cut off, and the cut
-// fsync'd; any other damage is an error.
+// fsync'd; any other damage is an error. The caller checks the base
+// (Log.Params) against its starting parameters.
 func OpenLog(path string, cfg Config) (*Log, []Record, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -292,7 +309,7 @@ func OpenLog(path string, cfg Config) (*Log, []Record, error) {
 			err = f.Sync()
 		}
 	}
-	if err == nil && p != cfg.Params() {
+	if err == nil && !p.sameJob(cfg.Params()) {
 		err = fmt.Errorf("written with %+v, this job has %+v", p, cfg.Params())
 	}
 	if err != nil {
@@ -351,9 +368,10 @@ func (l *Log) Append(r Record) error {
 // Close closes the file.
 func (l *Log) Close() error { return l.f.Close() }
 
-// EncodeLog is the bytes of a log of cfg holding recs (tests, tools).
+// EncodeLog is the bytes of a log of cfg holding recs, with no base
+// (tests, tools).
 func EncodeLog(cfg Config, recs []Record) []byte {
-	b := encodeLogHeader(cfg)
+	b := encodeLogHeader(cfg, 0)
 	for _, r := range recs {
 		b = appendRecord(b, r)
 	}
@@ -361,6 +379,9 @@ func EncodeLog(cfg Config, recs []Record) []byte {
 }
 
 func bufReader(r io.Reader) io.Reader { return bufio.NewReaderSize(r, 1<<16) }
+
+// Params are the settings the log was written with, its base included.
+func (l *Log) Params() LogParams { return l.p }
 
 // Name is the log file's path.
 func (l *Log) Name() string { return l.path }

@@ -141,3 +141,34 @@ func FuzzDecodeLog(f *testing.F) {
 		}
 	})
 }
+
+// The header records the checksum of the parameters the log starts from;
+// reopening keeps it, and the settings comparison ignores it.
+func TestLogBase(t *testing.T) {
+	cfg := DefaultConfig()
+	path := filepath.Join(t.TempDir(), "spsa.log")
+	l, err := CreateLogFrom(path, cfg, 0xdeadbeef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append(testRecords(0, 1)[0]); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	p, recs, err := ReadLog(path)
+	if err != nil || p.Base != 0xdeadbeef || len(recs) != 1 {
+		t.Fatalf("ReadLog: %+v, %d records, %v", p, len(recs), err)
+	}
+	if p.Base = 0; p != cfg.Params() {
+		t.Fatalf("settings %+v, want %+v", p, cfg.Params())
+	}
+	l, _, err = OpenLog(path, cfg)
+	if err != nil || l.Params().Base != 0xdeadbeef {
+		t.Fatalf("OpenLog: %v", err)
+	}
+	l.Close()
+	raw, _ := os.ReadFile(path)
+	if bytes.Equal(raw[:logHeaderSize], EncodeLog(cfg, nil)) {
+		t.Fatal("the base is not in the header")
+	}
+}

@@ -98,15 +98,9 @@ func (s *AttnShape) visible(b, t, j int) bool {
 // AttentionRowDot sets d[b][h][t] = Σ_i dO[b,t,h,i]·O[b,t,h,i], the
 // correction term of the attention backward. do and o use OStride.
 func AttentionRowDot(d, do, o []float32, s AttnShape) {
-	D, H, Tq := s.HeadDim, s.Heads, s.Tq
-	ParallelFor(s.Batch*H, max(1, 4096/max(1, Tq*D)), func(lo, hi int) {
-		for bh := lo; bh < hi; bh++ {
-			b, h := bh/H, bh%H
-			for t := 0; t < Tq; t++ {
-				off := (b*Tq+t)*s.OStride + h*D
-				d[bh*Tq+t] = dot(do[off:off+D], o[off:off+D])
-			}
-		}
+	D := s.HeadDim
+	s.eachHeadRow(func(i, off int) {
+		d[i] = dot(do[off:off+D], o[off:off+D])
 	})
 }
 
@@ -117,39 +111,49 @@ func AttentionRowDot(d, do, o []float32, s AttnShape) {
 // take the other side unchanged; both -Inf gives o = 0, lse = -Inf. o and o2
 // both use OStride.
 func AttentionMerge(o, lse, o2, lse2 []float32, s AttnShape) {
+	D := s.HeadDim
+	s.eachHeadRow(func(i, off int) {
+		dst, src := o[off:off+D], o2[off:off+D]
+		l1, l2 := lse[i], lse2[i]
+		switch {
+		case math.IsInf(float64(l2), -1):
+			if math.IsInf(float64(l1), -1) {
+				clear(dst)
+			}
+		case math.IsInf(float64(l1), -1):
+			copy(dst, src)
+			lse[i] = l2
+		default:
+			// w1 = σ(l1−l2), w2 = σ(l2−l1) = 1−w1;
+			// lse = max + log1p(e^−|l1−l2|).
+			x := float64(l1 - l2)
+			e := math.Exp(-math.Abs(x))
+			var w1 float64
+			if x >= 0 {
+				w1 = 1 / (1 + e)
+			} else {
+				w1 = e / (1 + e)
+			}
+			a, c := float32(w1), float32(1-w1)
+			for j := range dst {
+				dst[j] = a*dst[j] + c*src[j]
+			}
+			lse[i] = float32(math.Max(float64(l1), float64(l2)) + math.Log1p(e))
+		}
+	})
+}
+
+// eachHeadRow calls f(i, off) for every query row t of every (batch b,
+// head h), in parallel over the (b, h) pairs: i = (b·Heads + h)·Tq + t
+// indexes lse-shaped buffers, off = (b·Tq + t)·OStride + h·HeadDim is the
+// row's first element in an OStride buffer.
+func (s *AttnShape) eachHeadRow(f func(i, off int)) {
 	D, H, Tq := s.HeadDim, s.Heads, s.Tq
 	ParallelFor(s.Batch*H, max(1, 4096/max(1, Tq*D)), func(lo, hi int) {
 		for bh := lo; bh < hi; bh++ {
 			b, h := bh/H, bh%H
 			for t := 0; t < Tq; t++ {
-				off := (b*Tq+t)*s.OStride + h*D
-				dst, src := o[off:off+D], o2[off:off+D]
-				l1, l2 := lse[bh*Tq+t], lse2[bh*Tq+t]
-				switch {
-				case math.IsInf(float64(l2), -1):
-					if math.IsInf(float64(l1), -1) {
-						clear(dst)
-					}
-				case math.IsInf(float64(l1), -1):
-					copy(dst, src)
-					lse[bh*Tq+t] = l2
-				default:
-					// w1 = σ(l1−l2), w2 = σ(l2−l1) = 1−w1;
-					// lse = max + log1p(e^−|l1−l2|).
-					x := float64(l1 - l2)
-					e := math.Exp(-math.Abs(x))
-					var w1 float64
-					if x >= 0 {
-						w1 = 1 / (1 + e)
-					} else {
-						w1 = e / (1 + e)
-					}
-					a, c := float32(w1), float32(1-w1)
-					for i := range dst {
-						dst[i] = a*dst[i] + c*src[i]
-					}
-					lse[bh*Tq+t] = float32(math.Max(float64(l1), float64(l2)) + math.Log1p(e))
-				}
+				f(bh*Tq+t, (b*Tq+t)*s.OStride+h*D)
 			}
 		}
 	})

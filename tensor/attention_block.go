@@ -79,6 +79,27 @@ func (s *AttnShape) trimQueries(b, j0, j1, c0, c1 int) (a, e int, partial bool) 
 	return s.trim(c0, c1, func(x0, x1 int) int { return s.tileClass(b, x0, x1, j0, j1) })
 }
 
+// keySpans calls f(a, e, partial) for each key chunk of attnLK rows, in
+// order, whose trimmed span [a,e) for query rows [t0,t1) of sequence b is
+// not empty (trimKeys).
+func (s *AttnShape) keySpans(b, t0, t1 int, f func(a, e int, partial bool)) {
+	for c0 := 0; c0 < s.Tk; c0 += attnLK {
+		if a, e, partial := s.trimKeys(b, t0, t1, c0, min(c0+attnLK, s.Tk)); a < e {
+			f(a, e, partial)
+		}
+	}
+}
+
+// querySpans is keySpans with the roles swapped: query chunks of attnLQ rows
+// that see key rows [j0,j1) (trimQueries).
+func (s *AttnShape) querySpans(b, j0, j1 int, f func(a, e int, partial bool)) {
+	for c0 := 0; c0 < s.Tq; c0 += attnLQ {
+		if a, e, partial := s.trimQueries(b, j0, j1, c0, min(c0+attnLQ, s.Tq)); a < e {
+			f(a, e, partial)
+		}
+	}
+}
+
 func (s *AttnShape) trim(c0, c1 int, class func(x0, x1 int) int) (a, e int, partial bool) {
 	var cls [max(attnLK, attnLQ) / attnG]int
 	n, first, last := 0, -1, -1
@@ -196,4 +217,19 @@ func (x *attnScratch) region() (rp, rd []float32) {
 // way, since Gemm's do not depend on its thread count.
 func attnGemm(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	gemmWith(activeKernel(), 1, transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc)
+}
+
+// forAttnBlocks calls f in parallel for every (batch, head) pair p < pairs
+// and every block [lo, hi) of n rows cut every blk, each worker with its own
+// scratch for head dimension dim.
+func forAttnBlocks(pairs, n, blk, dim int, f func(p, lo, hi int, scr *attnScratch)) {
+	nb := (n + blk - 1) / blk
+	ParallelFor(pairs*nb, 1, func(lo, hi int) {
+		scr := getAttnScratch(dim)
+		for u := lo; u < hi; u++ {
+			p, r0 := u/nb, (u%nb)*blk
+			f(p, r0, min(r0+blk, n), scr)
+		}
+		attnPool.Put(scr)
+	})
 }

@@ -30,25 +30,11 @@ func AttentionBackward(dq, dk, dv, do, q, k, v, lse, d []float32, s AttnShape) {
 		})
 		return
 	}
-	nqb := (s.Tq + attnBQ - 1) / attnBQ
-	ParallelFor(bh*nqb, 1, func(lo, hi int) {
-		scr := getAttnScratch(s.HeadDim)
-		for u := lo; u < hi; u++ {
-			p, qb := u/nqb, u%nqb
-			t0 := qb * attnBQ
-			attnBackwardDQ(dq, do, q, k, v, lse, d, &s, p/s.Heads, p%s.Heads, t0, min(t0+attnBQ, s.Tq), scr)
-		}
-		attnPool.Put(scr)
+	forAttnBlocks(bh, s.Tq, attnBQ, s.HeadDim, func(p, t0, t1 int, scr *attnScratch) {
+		attnBackwardDQ(dq, do, q, k, v, lse, d, &s, p/s.Heads, p%s.Heads, t0, t1, scr)
 	})
-	nkb := (s.Tk + attnBK - 1) / attnBK
-	ParallelFor(bh*nkb, 1, func(lo, hi int) {
-		scr := getAttnScratch(s.HeadDim)
-		for u := lo; u < hi; u++ {
-			p, kb := u/nkb, u%nkb
-			j0 := kb * attnBK
-			attnBackwardDKV(dk, dv, do, q, k, v, lse, d, &s, p/s.Heads, p%s.Heads, j0, min(j0+attnBK, s.Tk), scr)
-		}
-		attnPool.Put(scr)
+	forAttnBlocks(bh, s.Tk, attnBK, s.HeadDim, func(p, j0, j1 int, scr *attnScratch) {
+		attnBackwardDKV(dk, dv, do, q, k, v, lse, d, &s, p/s.Heads, p%s.Heads, j0, j1, scr)
 	})
 }
 
@@ -90,15 +76,11 @@ func attnBackwardSpan(p, ds []float32, ld int, do, q, k, v, lse, d []float32, s 
 func attnBackwardDQ(dq, do, q, k, v, lse, d []float32, s *AttnShape, b, h, t0, t1 int, scr *attnScratch) {
 	D, bq := s.HeadDim, t1-t0
 	qoff := (b*s.Tq+t0)*s.QStride + h*D
-	for c0 := 0; c0 < s.Tk; c0 += attnLK {
-		a, e, partial := s.trimKeys(b, t0, t1, c0, min(c0+attnLK, s.Tk))
-		if a == e {
-			continue
-		}
+	s.keySpans(b, t0, t1, func(a, e int, partial bool) {
 		w := e - a
 		attnBackwardSpan(scr.s, scr.p, w, do, q, k, v, lse, d, s, b, h, t0, t1, a, e, partial)
 		attnGemm(false, false, bq, D, w, scr.p, w, k[(b*s.Tk+a)*s.KStride+h*D:], s.KStride, 1, dq[qoff:], s.QStride)
-	}
+	})
 }
 
 // attnBackwardDKV accumulates dk, dv for key rows [j0,j1) of (b, h), query
@@ -107,15 +89,11 @@ func attnBackwardDKV(dk, dv, do, q, k, v, lse, d []float32, s *AttnShape, b, h, 
 	D, bk := s.HeadDim, j1-j0
 	koff := (b*s.Tk+j0)*s.KStride + h*D
 	voff := (b*s.Tk+j0)*s.VStride + h*D
-	for c0 := 0; c0 < s.Tq; c0 += attnLQ {
-		a, e, partial := s.trimQueries(b, j0, j1, c0, min(c0+attnLQ, s.Tq))
-		if a == e {
-			continue
-		}
+	s.querySpans(b, j0, j1, func(a, e int, partial bool) {
 		attnBackwardSpan(scr.s, scr.p, bk, do, q, k, v, lse, d, s, b, h, a, e, j0, j1, partial)
 		attnGemm(true, false, bk, D, e-a, scr.s, bk, do[(b*s.Tq+a)*s.OStride+h*D:], s.OStride, 1, dv[voff:], s.VStride)
 		attnGemm(true, false, bk, D, e-a, scr.p, bk, q[(b*s.Tq+a)*s.QStride+h*D:], s.QStride, 1, dk[koff:], s.KStride)
-	}
+	})
 }
 
 // attnBackwardPair does the whole backward of (b, h) one (query chunk × key

@@ -16,15 +16,8 @@ func AttentionForward(o, lse, q, k, v []float32, s AttnShape) {
 	if s.Batch <= 0 || s.Tq <= 0 || s.Heads <= 0 || s.HeadDim <= 0 {
 		return
 	}
-	nqb := (s.Tq + attnBQ - 1) / attnBQ
-	ParallelFor(s.Batch*s.Heads*nqb, 1, func(lo, hi int) {
-		scr := getAttnScratch(s.HeadDim)
-		for u := lo; u < hi; u++ {
-			bh, qb := u/nqb, u%nqb
-			t0 := qb * attnBQ
-			attnForwardRows(o, lse, q, k, v, &s, bh/s.Heads, bh%s.Heads, t0, min(t0+attnBQ, s.Tq), scr)
-		}
-		attnPool.Put(scr)
+	forAttnBlocks(s.Batch*s.Heads, s.Tq, attnBQ, s.HeadDim, func(bh, t0, t1 int, scr *attnScratch) {
+		attnForwardRows(o, lse, q, k, v, &s, bh/s.Heads, bh%s.Heads, t0, t1, scr)
 	})
 }
 
@@ -40,11 +33,7 @@ func attnForwardRows(o, lse, q, k, v []float32, s *AttnShape, b, h, t0, t1 int, 
 	clear(l)
 	clear(acc)
 	qoff := (b*s.Tq+t0)*s.QStride + h*D
-	for c0 := 0; c0 < s.Tk; c0 += attnLK {
-		a, e, partial := s.trimKeys(b, t0, t1, c0, min(c0+attnLK, s.Tk))
-		if a == e {
-			continue
-		}
+	s.keySpans(b, t0, t1, func(a, e int, partial bool) {
 		w := e - a
 		st := scr.s[:bq*w]
 		attnGemm(false, true, bq, w, D, q[qoff:], s.QStride, k[(b*s.Tk+a)*s.KStride+h*D:], s.KStride, 0, st, w)
@@ -71,7 +60,7 @@ func attnForwardRows(o, lse, q, k, v []float32, s *AttnShape, b, h, t0, t1 int, 
 			m[r] = mx
 		}
 		attnGemm(false, false, bq, D, w, st, w, v[(b*s.Tk+a)*s.VStride+h*D:], s.VStride, 1, acc, D)
-	}
+	})
 	for r := 0; r < bq; r++ {
 		or := o[(b*s.Tq+t0+r)*s.OStride+h*D:][:D]
 		li := (b*s.Heads+h)*s.Tq + t0 + r

@@ -139,26 +139,18 @@ func testAttentionThreadsBitwise(t *testing.T) {
 		c := newAttnCase(r, p)
 		s := c.s
 		nl := s.Batch * s.Heads * s.Tq
-		var o1, l1, q1, k1, v1 []float32
 		// Non-zero initial gradients, so the order in which chunks are
 		// added matters even with only two of them.
 		iq, ik, iv := newGrads(r, c)
-		withThreads(t, []int{1, 2, 3}, func(th int) {
+		names := []string{c.name + " o", c.name + " lse", c.name + " dq", c.name + " dk", c.name + " dv"}
+		checkThreadsBitwise(t, names, func() [][]float32 {
 			o, lse := outBuf(s, 0), make([]float32, nl)
 			AttentionForward(o, lse, c.q, c.k, c.v, s)
 			d := make([]float32, nl)
 			AttentionRowDot(d, c.do, o, s)
 			dq, dk, dv := append([]float32(nil), iq...), append([]float32(nil), ik...), append([]float32(nil), iv...)
 			AttentionBackward(dq, dk, dv, c.do, c.q, c.k, c.v, lse, d, s)
-			if th == 1 {
-				o1, l1, q1, k1, v1 = o, lse, dq, dk, dv
-				return
-			}
-			checkBitwise(t, c.name+" o", o, o1)
-			checkBitwise(t, c.name+" lse", lse, l1)
-			checkBitwise(t, c.name+" dq", dq, q1)
-			checkBitwise(t, c.name+" dk", dk, k1)
-			checkBitwise(t, c.name+" dv", dv, v1)
+			return [][]float32{o, lse, dq, dk, dv}
 		})
 	}
 }

@@ -57,17 +57,11 @@ func TestGELUThreadsBitwise(t *testing.T) {
 		r := newRNG(32)
 		n := 3*elemGrain/4*3 + 5 // chunk edges fall at different offsets per thread count
 		x, g := randVec(r, n, 4), randVec(r, n, 1)
-		var o1, d1 []float32
-		withThreads(t, []int{1, 2, 3}, func(th int) {
+		checkThreadsBitwise(t, []string{"gelu", "dgelu"}, func() [][]float32 {
 			o, d := make([]float32, n), make([]float32, n)
 			GELUForward(o, x)
 			GELUBackward(d, g, x)
-			if th == 1 {
-				o1, d1 = o, d
-				return
-			}
-			checkBitwise(t, "gelu", o, o1)
-			checkBitwise(t, "dgelu", d, d1)
+			return [][]float32{o, d}
 		})
 	})
 }

@@ -105,6 +105,27 @@ func withThreads(t testing.TB, ts []int, fn func(th int)) {
 	}
 }
 
+// checkThreadsBitwise runs run under 1, 2 and 3 threads and checks that
+// each of its outputs (named by names, in order) is bitwise the same as
+// under one thread.
+func checkThreadsBitwise(t *testing.T, names []string, run func() [][]float32) {
+	t.Helper()
+	var first [][]float32
+	withThreads(t, []int{1, 2, 3}, func(th int) {
+		outs := run()
+		if len(outs) != len(names) {
+			t.Fatalf("%d outputs for %d names", len(outs), len(names))
+		}
+		if th == 1 {
+			first = outs
+			return
+		}
+		for i, name := range names {
+			checkBitwise(t, fmt.Sprintf("%s threads %d", name, th), outs[i], first[i])
+		}
+	})
+}
+
 // testSizes are row/column counts used across tests: 1, primes, powers of
 // two and non-multiples of the tile sizes.
 var testSizes = []int{1, 2, 3, 7, 13, 64, 67, 130}

@@ -67,18 +67,11 @@ func TestRMSNormThreadsBitwise(t *testing.T) {
 	r := newRNG(12)
 	n, c := 301, 130
 	x, w, g := randVec(r, n*c, 2), randVec(r, c, 1), randVec(r, n*c, 1)
-	var out1, din1, dw1 []float32
-	withThreads(t, []int{1, 2, 3}, func(th int) {
+	checkThreadsBitwise(t, []string{"out", "din", "dweight"}, func() [][]float32 {
 		out, rstd := make([]float32, n*c), make([]float32, n)
 		RMSNormForward(out, rstd, x, w, n, c, 1e-5)
 		din, dw := make([]float32, n*c), make([]float32, c)
 		RMSNormBackward(din, dw, g, x, w, rstd, n, c)
-		if th == 1 {
-			out1, din1, dw1 = out, din, dw
-			return
-		}
-		checkBitwise(t, "out", out, out1)
-		checkBitwise(t, "din", din, din1)
-		checkBitwise(t, "dweight", dw, dw1)
+		return [][]float32{out, din, dw}
 	})
 }

@@ -135,19 +135,12 @@ func TestSoftmaxRowDotThreadsBitwise(t *testing.T) {
 		r := newRNG(23)
 		n, c := 257, 131
 		x, g := randVec(r, n*c, 4), randVec(r, n*c, 1)
-		var o1, d1, rd1 []float32
-		withThreads(t, []int{1, 2, 3}, func(th int) {
+		checkThreadsBitwise(t, []string{"softmax", "dsoftmax", "rowdot"}, func() [][]float32 {
 			o, d, rd := make([]float32, n*c), make([]float32, n*c), make([]float32, n)
 			SoftmaxForward(o, x, n, c)
 			SoftmaxBackward(d, g, o, n, c)
 			RowDot(rd, x, g, n, c)
-			if th == 1 {
-				o1, d1, rd1 = o, d, rd
-				return
-			}
-			checkBitwise(t, "softmax", o, o1)
-			checkBitwise(t, "dsoftmax", d, d1)
-			checkBitwise(t, "rowdot", rd, rd1)
+			return [][]float32{o, d, rd}
 		})
 	})
 }

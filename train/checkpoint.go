@@ -448,6 +448,7 @@ type Checkpointer struct {
 
 // NewCheckpointer returns an asynchronous saver into store.
 func NewCheckpointer(store *checkpoint.Store, opts checkpoint.WriterOptions, log zerolog.Logger) *Checkpointer {
+	checkpoint.Prewarm(1)
 	return &Checkpointer{store: store, opts: opts, log: log}
 }
 

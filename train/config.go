@@ -106,9 +106,7 @@ func (c Config) Validate() error {
 	}
 	switch c.Mode {
 	case "", ModeBackprop:
-	case ModeSPSA:
-		// The spsa.Worker API exists; no runner drives it yet.
-		errs = append(errs, fmt.Errorf("train.mode = %q is not wired into the trainer or coordinator launch yet: drive spsa.Worker directly (docs/algorithms/spsa.md)", c.Mode))
+	case ModeSPSA: // the job-level checks: validateSPSA
 	default:
 		errs = append(errs, fmt.Errorf("train.mode = %q: want %q or %q", c.Mode, ModeBackprop, ModeSPSA))
 	}
@@ -157,7 +155,7 @@ func (j JobConfig) DataConfig() sampling.Config {
 func (j JobConfig) Validate() error {
 	data := j.DataConfig()
 	modelErr := j.Model.Validate()
-	errs := []error{modelErr, j.Optim.Validate(), data.Validate(), j.Train.Validate(), j.DP.Validate(), j.SPSA.Validate(), validateMesh(j.Mesh, j.Model), validateSequenceParallel(j), validateDevice(j)}
+	errs := []error{modelErr, j.Optim.Validate(), data.Validate(), j.Train.Validate(), j.DP.Validate(), j.SPSA.Validate(), validateMesh(j.Mesh, j.Model), validateSequenceParallel(j), validateDevice(j), validateSPSA(j)}
 	if modelErr == nil {
 		errs = append(errs, validateMemory(j))
 	}
@@ -282,6 +280,30 @@ func validateSequenceParallel(j JobConfig) error {
 		return fmt.Errorf("mesh.sp = %d: data.seq_len = %d must be a multiple of 2·sp = %d (zigzag chunks)", j.Mesh.SP, j.Data.SeqLen, 2*j.Mesh.SP)
 	}
 	return nil
+}
+
+// validateSPSA checks what train.mode = "spsa" needs (docs/algorithms/spsa.md):
+// a checkpoint to start from and replicas that each hold the whole model on
+// the CPU (its runner, cluster.RunSPSA, runs under coordinator launch only;
+// the standalone trainer refuses it).
+func validateSPSA(j JobConfig) error {
+	if j.Train.Mode != ModeSPSA {
+		return nil
+	}
+	var errs []error
+	if strings.TrimSpace(j.SPSA.InitFrom) == "" {
+		errs = append(errs, fmt.Errorf(`train.mode = "spsa" needs spsa.init_from: the checkpoint to fine-tune (DIR, DIR:latest, DIR:STEP or a step directory)`))
+	}
+	if m := j.Mesh; m.TP > 1 || m.SP > 1 || m.EP > 1 {
+		errs = append(errs, fmt.Errorf(`train.mode = "spsa": mesh.tp = %d, mesh.sp = %d, mesh.ep = %d, want 1 (every SPSA worker holds the whole model)`, m.TP, m.SP, m.EP))
+	}
+	if j.Train.Device == DeviceCUDA {
+		errs = append(errs, fmt.Errorf(`train.mode = "spsa" runs on train.device = %q only, not %q`, DeviceCPU, j.Train.Device))
+	}
+	if j.Model.BiasUpdateRate != 0 {
+		errs = append(errs, fmt.Errorf(`train.mode = "spsa": model.bias_update_rate = %g, want 0 (routing biases are not replayed by SPSA)`, j.Model.BiasUpdateRate))
+	}
+	return errors.Join(errs...)
 }
 
 // validateDevice refuses a cuda job whose mesh has more than one rank. With

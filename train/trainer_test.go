@@ -42,33 +42,18 @@ func smallCorpus() *sampling.Corpus {
 }
 
 // losses trains steps steps with the given thread budget and returns every
-// step's loss and the final parameters.
+// step's loss and gradient norm (trainSteps) and the final parameters.
 func losses(t *testing.T, cfg JobConfig, threads int) ([]float64, []float32) {
 	t.Helper()
 	prev := tensor.Threads()
 	tensor.SetThreads(threads)
 	defer tensor.SetThreads(prev)
-	tr, err := NewTrainer(cfg, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := newTestTrainer(t, cfg)
 	s, err := sampling.NewWindowSampler(smallCorpus().Train, cfg.Data.SeqLen, cfg.Data.BatchSize, cfg.Train.Seed, 0, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []float64
-	for i := 0; i < cfg.Train.Steps; i++ {
-		b, err := s.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := tr.ForwardBackward(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		gn := tr.OptimizerStep()
-		out = append(out, st.Loss, gn)
-	}
+	out := trainSteps(t, tr, s, cfg.Train.Steps)
 	if tr.Step() != cfg.Train.Steps {
 		t.Fatalf("Step() = %d after %d steps", tr.Step(), cfg.Train.Steps)
 	}

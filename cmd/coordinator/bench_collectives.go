@@ -32,7 +32,11 @@ func registerCollectives(f *rankbench.Collectives, cmd *cobra.Command) {
 	fl.StringVar(&f.SocketBufferFlag, "socket-buffer", "auto", "SO_SNDBUF/SO_RCVBUF bytes for tcp (0: kernel autotuning; auto: "+strconv.Itoa(rankbench.EngineSocketBuffer)+" with the progress engine, else 0)")
 	fl.StringVar(&f.SpinFlag, "spin", "auto", "tcp, progress engine: how long a waiter with no bytes to move keeps trying before it blocks in poll(2) (0: block at once; auto: "+rankbench.AutoSpin.String()+", or "+rankbench.AutoSpinYield.String()+" when yielding)")
 	fl.StringVar(&f.YieldFlag, "spin-yield", "auto", "tcp, progress engine: yield the CPU to other processes between tries (auto: when ranks outnumber cores)")
-	fl.BoolVar(&f.Engine, "engine", true, "tcp: move bytes in the waiting goroutines with nonblocking system calls (the progress engine) instead of reader goroutines and blocking writes")
+	fl.BoolVar(&f.Engine, "engine", collective.TrainingEngine, "tcp: move the TCP pairs' bytes in the waiting goroutines with nonblocking system calls (the progress engine) instead of reader goroutines and blocking writes (default: as training)")
+	fl.BoolVar(&f.Shm, "shm", true, "tcp: ranks on one host move frames through shared-memory rings, keeping TCP as their liveness, as training does; false: TCP only")
+	fl.StringVar(&f.HostsFlag, "hosts", "", "tcp: host of each rank, comma-separated (default: all on this one); all-to-alls across hosts go hierarchically")
+	fl.BoolVar(&f.Netns, "netns", false, "tcp: run rank r in network namespace hosts[r] (ip netns exec; root), listening on its first global IPv4 address")
+	fl.BoolVar(&f.HierAllToAll, "hier-alltoall", false, "all-to-all across hosts through one leader per host (gather, one exchange per host pair, scatter)")
 	fl.StringVar(&f.Congestion, "tcp-congestion", "", "tcp: congestion control of the ranks' connections, a comma-separated list of kernel names (first accepted wins), or "+collective.CongestionSystem+" for the system's (default: "+collective.DefaultCongestion+")")
 	fl.StringVar(&f.BindFlag, "bind", "auto", "tcp: pin each rank process to a core of its own (core), or not (none); auto: core when every rank has cores of its own (workers × GOMAXPROCS <= cores), as OpenMPI binds by default")
 	fl.IntVar(&f.Procs, "gomaxprocs", 0, "tcp: GOMAXPROCS of each rank process (0: $GOMAXPROCS if set, else max(1, cores/workers))")
@@ -46,7 +50,8 @@ func collectivesChildArgs(f *rankbench.Collectives) []string {
 		"--iters", strconv.Itoa(f.Iters), "--warmup", strconv.Itoa(f.Warmup), "--reps", strconv.Itoa(f.Reps),
 		"--link-bw", f.LinkBW, "--link-latency", f.LinkLatency.String(),
 		"--segment", strconv.Itoa(f.Segment), "--small", strconv.Itoa(f.Small), "--halving", strconv.Itoa(f.Halving), "--timeout", f.Timeout.String(),
-		"--socket-buffer", strconv.Itoa(f.SocketBuffer), "--engine=" + strconv.FormatBool(f.Engine), "--bind", "none",
+		"--socket-buffer", strconv.Itoa(f.SocketBuffer), "--engine=" + strconv.FormatBool(f.Engine), "--shm=" + strconv.FormatBool(f.Shm), "--bind", "none",
+		"--hosts", f.HostsFlag, "--netns=" + strconv.FormatBool(f.Netns), "--hier-alltoall=" + strconv.FormatBool(f.HierAllToAll),
 		"--tcp-congestion", f.Congestion,
 	}
 	if f.Engine {

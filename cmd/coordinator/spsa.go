@@ -37,8 +37,8 @@ TCP mesh of the listed data-plane addresses; start one per address. It loads the
 of --checkpoint with the job configuration its manifest records, trains on its share of --data
 (this rank's sampler stream), and exchanges only the quantized projected gradients. Rank 0
 keeps the log of (step, worker, direction, gradient) records (--log), evaluates on --data's
-validation batches and writes the curve as JSON lines (--curve). Not yet wired into
-coordinator launch (train.mode = "spsa" is refused there).`,
+validation batches and writes the curve as JSON lines (--curve). For a job under coordinator
+launch, serve or worker --join, set train.mode = "spsa" and spsa.init_from in the job file instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext()
@@ -135,7 +135,7 @@ func runSPSAWorker(ctx context.Context, o spsaOptions) error {
 			return err
 		}
 		if o.logPath != "" {
-			if ft.Log, err = spsa.CreateLog(o.logPath, o.cfg); err != nil {
+			if ft.Log, err = spsa.CreateLogFrom(o.logPath, o.cfg, spsa.Checksum(m.Params)); err != nil {
 				return err
 			}
 			defer ft.Log.Close()

@@ -3,38 +3,23 @@ package ops
 import (
 	"math"
 	"math/rand/v2"
-	"sync"
 	"testing"
 
 	"github.com/moetrain/moetrain/cuda"
 	"github.com/moetrain/moetrain/internal/gputest"
 )
 
-// Tests share one context and kernel set per process.
-var (
-	testOnce sync.Once
-	testO    *Ops
-	testErr  error
-)
-
-// testOps returns the shared Ops, skipping the test where no CUDA driver
-// or GPU is present (MOETRAIN_REQUIRE_GPU=1 turns the skip into a failure,
-// for runs on GPU machines).
-func testOps(t testing.TB) *Ops {
-	t.Helper()
-	testOnce.Do(func() {
-		c, err := cuda.Open(0)
-		if err != nil {
-			testErr = err
-			return
-		}
-		testO, testErr = New(c)
-	})
-	if testErr != nil {
-		gputest.SkipOrFail(t, testErr)
+// testOps returns the Ops the tests share (one context and kernel set per
+// process), skipping the test where no CUDA driver or GPU is present
+// (MOETRAIN_REQUIRE_GPU=1 turns the skip into a failure, for runs on GPU
+// machines).
+var testOps = gputest.Once(func() (*Ops, error) {
+	c, err := cuda.Open(0)
+	if err != nil {
+		return nil, err
 	}
-	return testO
-}
+	return New(c)
+})
 
 // dev is a device buffer freed at the end of the test.
 func devAlloc(t testing.TB, o *Ops, bytes int) cuda.DevicePtr {

@@ -6,6 +6,7 @@ package atomicfile
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -15,6 +16,23 @@ import (
 // fsynced so that the rename survives a crash. On error path is unchanged
 // and the temporary file is removed; the error names path.
 func Write(path string, data []byte, perm os.FileMode) error {
+	return write(path, perm, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// WriteTo replaces path with what src writes, as Write does (src writes
+// into the temporary file).
+func WriteTo(path string, src io.WriterTo, perm os.FileMode) error {
+	return write(path, perm, func(f *os.File) error {
+		_, err := src.WriteTo(f)
+		return err
+	})
+}
+
+// write is Write with fill writing the content into the temporary file.
+func write(path string, perm os.FileMode, fill func(*os.File) error) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -22,7 +40,7 @@ func Write(path string, data []byte, perm os.FileMode) error {
 	}
 	err = tmp.Chmod(perm)
 	if err == nil {
-		_, err = tmp.Write(data)
+		err = fill(tmp)
 	}
 	if err == nil {
 		err = tmp.Sync()

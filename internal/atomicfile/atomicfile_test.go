@@ -2,6 +2,8 @@ package atomicfile
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,5 +59,36 @@ func TestWriteFailureKeepsOld(t *testing.T) {
 	}
 	if err := Write(filepath.Join(dir, "missing", "f"), nil, 0o644); err == nil {
 		t.Fatal("write into a missing directory succeeded")
+	}
+}
+
+// failingSource writes part of its content, then fails.
+type failingSource struct{}
+
+func (failingSource) WriteTo(w io.Writer) (int64, error) {
+	n, _ := w.Write([]byte("partial"))
+	return int64(n), errors.New("source failed")
+}
+
+// WriteTo writes what the source writes; a source that fails midway leaves
+// the old file, no temporary file, and an error naming the path and cause.
+func TestWriteToSourceFailureKeepsOld(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "plot.png")
+	if err := WriteTo(p, bytes.NewReader([]byte("old image")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(p); err != nil || string(got) != "old image" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	err := WriteTo(p, failingSource{}, 0o644)
+	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "source failed") {
+		t.Fatalf("failing source: %v", err)
+	}
+	if got, _ := os.ReadFile(p); string(got) != "old image" {
+		t.Fatalf("old file now %q", got)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("%d entries left in the directory, want only the file", len(ents))
 	}
 }

@@ -1,12 +1,14 @@
 // Package gputest is what GPU tests share: the rule for skipping where no
 // CUDA driver or GPU answers (MOETRAIN_REQUIRE_GPU=1 turns the skip into a
-// failure, for runs on GPU machines) and the relative-norm comparison the
-// kernel and model tests use. Test code only: nothing else may import it.
+// failure, for runs on GPU machines), the device a package's tests open
+// once, and the relative-norm comparison the kernel and model tests use.
+// Test code only: nothing else may import it.
 package gputest
 
 import (
 	"math"
 	"os"
+	"sync"
 	"testing"
 )
 
@@ -18,6 +20,22 @@ func SkipOrFail(t testing.TB, err error) {
 		t.Skipf("no GPU: %v", err)
 	}
 	t.Fatalf("GPU required: %v", err)
+}
+
+// Once returns the getter of a value a package's GPU tests share (a
+// context, a device): open runs the first time the getter is called, once
+// per process, and every test that calls it after open failed ends by
+// SkipOrFail.
+func Once[T any](open func() (T, error)) func(testing.TB) T {
+	get := sync.OnceValues(open)
+	return func(t testing.TB) T {
+		t.Helper()
+		v, err := get()
+		if err != nil {
+			SkipOrFail(t, err)
+		}
+		return v
+	}
 }
 
 // RelNorm is ‖got − want‖ / ‖want‖ (‖got − want‖ when want is zero); a NaN

@@ -15,6 +15,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/sampling/tokshard"
 )
 
@@ -25,13 +26,7 @@ func mixedInputs(t *testing.T, seed uint64) string {
 	t.Helper()
 	r := rand.New(rand.NewPCG(seed, 99))
 	in := t.TempDir()
-	write := func(name string, b []byte) {
-		p := filepath.Join(in, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(name string, b []byte) { testkit.WriteFile(t, in, name, b) }
 	runes := []string{"a", "b ", "\n", "é", "→", "😀", "z"}
 	text := func(n int) []byte {
 		var b []byte

@@ -15,6 +15,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/sampling"
 	"github.com/moetrain/moetrain/sampling/tokshard"
 )
@@ -33,18 +34,7 @@ func randDocs(r *rand.Rand, n, vocab int) [][]int32 {
 
 func writeDocs(t *testing.T, dir string, vocab int, docs [][]int32) {
 	t.Helper()
-	w, err := tokshard.Create(dir, tokshard.WriterOptions{Vocab: vocab, ShardTokens: 5000, ChunkBytes: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range docs {
-		if err := w.WriteDoc(d); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
+	testkit.WritePrepared(t, dir, tokshard.WriterOptions{Vocab: vocab, ShardTokens: 5000, ChunkBytes: 1024}, docs)
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -222,13 +212,7 @@ func TestWriterStreamsBounded(t *testing.T) {
 
 func TestPrepareDirectory(t *testing.T) {
 	in := t.TempDir()
-	write := func(name string, b []byte) {
-		p := filepath.Join(in, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(name string, b []byte) { testkit.WriteFile(t, in, name, b) }
 	write("a.txt", []byte("hello, world — ünïcode\n"))
 	write("pkg/__init__.py", nil)
 	write("pkg/mod.py", []byte("def f():\n    return 1\n"))

@@ -1,0 +1,255 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	pb "github.com/moetrain/moetrain/cluster/proto"
+)
+
+// A worker opens its command stream before it joins gossip
+// (runMembership; docs/planner.md#control-plane-scale): here the gossip
+// join is held back until the worker's runner has started, so the job
+// starts only if the stream is open without gossip. Were the stream opened
+// after the gossip join, the runner would never start: the coordinator
+// would drop the worker after its 1 s StreamOpenTimeout and the worker's
+// stream would be refused.
+func TestAgentOpensStreamBeforeGossipJoin(t *testing.T) {
+	c := newTestCoordinator(t, 1, func(cfg *CoordinatorConfig) { cfg.StreamOpenTimeout = time.Second })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var res Result
+	done := make(chan struct{})
+	go func() { res, _ = c.Run(ctx); close(done) }()
+
+	started := make(chan struct{})
+	var joinedAfterStart, seenInGossip atomic.Bool
+	steps := stepper(-1, 0, false)
+	runner := func(ctx context.Context, spec StartSpec) error {
+		close(started)
+		// The gossip join goes on beside the job: the coordinator's view
+		// gets the worker while the runner runs.
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if c.member.AliveMembers() == 2 {
+				seenInGossip.Store(true)
+				break
+			}
+		}
+		return steps(ctx, spec)
+	}
+	err := RunAgent(ctx, AgentConfig{Coordinator: c.Addr(), Token: "tok", Host: "h", BindIP: "127.0.0.1",
+		Membership: fastGossip(), Log: zerolog.Nop(), Runner: runner,
+		NewDataPlane: func(string) (DataPlane, error) { return fakeData{"127.0.0.1:1000"}, nil },
+		beforeGossipJoin: func() {
+			select {
+			case <-started:
+				joinedAfterStart.Store(true)
+			case <-time.After(3 * time.Second):
+			}
+		}})
+	<-done
+	if err != nil {
+		t.Fatalf("worker: %v", err)
+	}
+	if !joinedAfterStart.Load() {
+		t.Error("the gossip join began before the job started on the worker: the stream waited for gossip")
+	}
+	if !seenInGossip.Load() {
+		t.Error("the worker never appeared in the coordinator's gossip view")
+	}
+	if res.Phase != PhaseSucceeded {
+		t.Errorf("job %s: %s", res.Phase, res.Reason)
+	}
+}
+
+// The coordinator's join response names the job's world and up to
+// joinSeeds random members already in gossip (not itself); a worker asks
+// those first, in random order, and the coordinator last.
+func TestJoinHandsOutGossipSeeds(t *testing.T) {
+	// memberlist's LAN timings: no member of a loaded test machine is
+	// suspected (and left out of the seeds) within the test.
+	c := newTestCoordinator(t, 3, func(cfg *CoordinatorConfig) {
+		cfg.DrainTimeout, cfg.Membership = 100*time.Millisecond, DefaultMembershipConfig()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { _, _ = c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	var members []string
+	for i := range 5 {
+		m, err := StartMembership(fmt.Sprintf("m%d", i), nil, "tok", DefaultMembershipConfig(), zerolog.Nop(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close(100 * time.Millisecond)
+		if err := m.Join(c.GossipAddr()); err != nil {
+			t.Fatal(err)
+		}
+		members = append(members, m.Addr())
+	}
+	conn, _, err := dialCoordinator(c.Addr(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var hdr metadata.MD
+	resp, err := pb.NewCoordinatorClient(conn).Join(ctx, &pb.JoinRequest{Token: ControlCredential("tok"), Host: "h", DataAddr: "127.0.0.1:9"},
+		grpc.Header(&hdr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := joinWorld(hdr); w != 3 {
+		t.Errorf("world in the join response: %d (header %v), want 3", w, hdr)
+	}
+	seeds := hdr.Get(mdGossipSeeds)
+	if len(seeds) != joinSeeds {
+		t.Fatalf("seeds %v: want %d of %v", seeds, joinSeeds, members)
+	}
+	for _, s := range seeds {
+		if !slices.Contains(members, s) || s == c.GossipAddr() {
+			t.Errorf("seed %s is not one of the members %v", s, members)
+		}
+	}
+	order := gossipSeeds(resp.CoordinatorGossip, hdr)
+	if len(order) != joinSeeds+1 || order[joinSeeds] != c.GossipAddr() {
+		t.Errorf("join order %v: want the seeds, then the coordinator %s", order, c.GossipAddr())
+	}
+}
+
+func TestGossipSeedsAndWorld(t *testing.T) {
+	// No hints (an older coordinator): the coordinator alone.
+	if got := gossipSeeds("c:1", nil); !slices.Equal(got, []string{"c:1"}) {
+		t.Errorf("no hints: %v", got)
+	}
+	// The coordinator named among the seeds and empty values are dropped.
+	hdr := metadata.Pairs(mdGossipSeeds, "a:1", mdGossipSeeds, "c:1", mdGossipSeeds, "", mdGossipSeeds, "b:1")
+	firsts := map[string]bool{}
+	for range 200 {
+		got := gossipSeeds("c:1", hdr)
+		if len(got) != 3 || got[2] != "c:1" || !slices.Contains(got, "a:1") || !slices.Contains(got, "b:1") {
+			t.Fatalf("seeds %v", got)
+		}
+		firsts[got[0]] = true
+	}
+	if len(firsts) != 2 {
+		t.Errorf("the seeds are not shuffled: first always %v", firsts)
+	}
+	for v, want := range map[string]int{"1000": 1000, "0": 0, "-3": 0, "x": 0, "": 0} {
+		if got := joinWorld(metadata.Pairs(mdWorld, v)); got != want {
+			t.Errorf("world %q: %d, want %d", v, got, want)
+		}
+	}
+	if got := joinWorld(nil); got != 0 {
+		t.Errorf("no world header: %d", got)
+	}
+}
+
+// WorldMembership keeps the suspicion timeout (memberlist's
+// SuspicionMult·log10(n)·ProbeInterval) near that of a small job as the
+// world grows, and leaves starved hosts (ScaleMembership's) alone.
+func TestWorldMembership(t *testing.T) {
+	def := DefaultMembershipConfig()
+	suspicion := func(c MembershipConfig, n int) time.Duration {
+		return time.Duration(float64(c.SuspicionMult) * math.Log10(float64(n)) * float64(c.ProbeInterval))
+	}
+	for _, w := range []int{0, 1, 2, 10} {
+		if got := WorldMembership(MembershipConfig{}, w, 0); got != def {
+			t.Errorf("world %d: %+v, want the LAN timings %+v", w, got, def)
+		}
+	}
+	for _, w := range []int{11, 100, 1000, 5000} {
+		got := WorldMembership(MembershipConfig{BindAddr: "10.0.0.1"}, w, 1)
+		if got.BindAddr != "10.0.0.1" || got.ProbeInterval != def.ProbeInterval/2 || got.ProbeTimeout != def.ProbeTimeout/2 ||
+			got.GossipInterval != def.GossipInterval/2 || got.SuspicionMult != 2 {
+			t.Errorf("world %d: %+v", w, got)
+		}
+		if s, lan := suspicion(got, w+1), suspicion(def, w+1); s > lan/3 || s > time.Duration(math.Log10(float64(w+1))*float64(time.Second))+time.Millisecond {
+			t.Errorf("world %d: suspicion %v (LAN %v)", w, s, lan)
+		}
+	}
+	// The multiplier is halved, never below 2.
+	if got := WorldMembership(MembershipConfig{SuspicionMult: 3}, 100, 0); got.SuspicionMult != 2 {
+		t.Errorf("multiplier 3 at 100 workers: %d", got.SuspicionMult)
+	}
+	// Many processes per core: slowed down by JobMembership, not sped up.
+	if got := WorldMembership(MembershipConfig{}, 128, 64); got != def {
+		t.Errorf("128 workers at 64 per core: %+v", got)
+	}
+	if got := JobMembership(MembershipConfig{}, 128, 64); got != ScaleMembership(def, 64) {
+		t.Errorf("JobMembership at 64 per core: %+v, want %+v", got, ScaleMembership(def, 64))
+	}
+	if got, want := JobMembership(MembershipConfig{}, 1000, 0), WorldMembership(def, 1000, 0); got != want {
+		t.Errorf("JobMembership, 1000 workers: %+v, want %+v", got, want)
+	}
+}
+
+// JoinAny goes on past a member that does not answer; RandomPeers hands
+// out members other than itself, at most k.
+func TestJoinAnyAndRandomPeers(t *testing.T) {
+	// LAN timings: no member is suspected within the test (see above).
+	a, err := StartMembership("a", nil, "tok", DefaultMembershipConfig(), zerolog.Nop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(100 * time.Millisecond)
+	if got := a.RandomPeers(3); len(got) != 0 {
+		t.Errorf("alone: peers %v", got)
+	}
+	// A loopback port nobody listens on: the TCP connect is refused at once.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	var addrs []string
+	for i := range 4 {
+		m, err := StartMembership("m"+strconv.Itoa(i), nil, "tok", DefaultMembershipConfig(), zerolog.Nop(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close(100 * time.Millisecond)
+		if err := m.JoinAny([]string{closed, a.Addr()}); err != nil {
+			t.Fatalf("join past a closed port: %v", err)
+		}
+		addrs = append(addrs, m.Addr())
+	}
+	if err := a.JoinAny(nil); err == nil {
+		t.Error("JoinAny with no address: no error")
+	}
+	if err := a.JoinAny([]string{closed}); err == nil {
+		t.Errorf("JoinAny through a closed port only: no error")
+	}
+	if n := a.AliveMembers(); n != 5 {
+		t.Errorf("a sees %d members alive, want 5", n)
+	}
+	seen := map[string]bool{}
+	for range 100 {
+		got := a.RandomPeers(2)
+		if len(got) != 2 || got[0] == got[1] {
+			t.Fatalf("peers %v", got)
+		}
+		for _, p := range got {
+			if !slices.Contains(addrs, p) {
+				t.Fatalf("peer %s is not one of %v (or is a itself, %s)", p, addrs, a.Addr())
+			}
+			seen[p] = true
+		}
+	}
+	if len(seen) != len(addrs) {
+		t.Errorf("random peers over 100 draws: %v of %v", seen, addrs)
+	}
+}
