@@ -363,8 +363,8 @@ func (c *Coordinator) Run(ctx context.Context) (Result, error) {
 			c.apply(cmds)
 			// A progress report that moves neither the slowest rank's
 			// step nor the validation loss changes nothing the curve,
-			// OnStatus or the job state follow: with a thousand workers,
-			// building the status for each report would cost more than a core.
+			// OnStatus or the job state follow; building the whole status per
+			// report does not scale with the workers (docs/planner.md#control-plane-scale).
 			if _, ok := r.ev.(Progress); ok && len(cmds) == 0 {
 				if step, val := c.core.ProgressMark(); step != c.markStep || val != c.markVal {
 					c.markStep, c.markVal = step, val
@@ -564,8 +564,8 @@ func (c *Coordinator) apply(cmds []Command) {
 }
 
 func (c *Coordinator) startCommand(x StartWorker) *pb.Command {
-	// One encoding per plan, shared by every rank's start command: a plan
-	// of a thousand ranks is about 100 KB of JSON.
+	// One encoding per plan, shared by every rank's start command: the
+	// plan grows with the ranks, and every rank gets the same one.
 	if c.planJSONOf != x.Plan {
 		c.planJSON, _ = json.Marshal(x.Plan) // plain data: cannot fail
 		c.planJSONOf = x.Plan

@@ -330,13 +330,7 @@ func (c *Core) joined(e Joined) []Command {
 	if c.phase != PhaseWaiting {
 		return []Command{Reject{Reason: fmt.Sprintf("job is %s, not accepting workers (it has %d)", c.phase, c.cfg.ExpectedWorkers)}}
 	}
-	id := fmt.Sprintf("w%d", c.nextID)
-	c.nextID++
-	info := e.Info
-	info.ID = id
-	c.workers[id] = &coreWorker{info: info, state: wsJoined, rank: -1}
-	c.order = append(c.order, id)
-	cmds := []Command{Accept{ID: id, Info: info}}
+	cmds := []Command{c.admit(e)}
 	if len(c.order) < c.cfg.ExpectedWorkers {
 		return cmds
 	}

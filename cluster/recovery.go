@@ -221,13 +221,7 @@ func (c *Core) replan(reason string, lost []*coreWorker, grow bool) []Command {
 // standby admits a worker while a shrunk job runs: it waits, unranked, for
 // the next committed checkpoint, where the job grows back (maybeGrow).
 func (c *Core) standby(e Joined) []Command {
-	id := fmt.Sprintf("w%d", c.nextID)
-	c.nextID++
-	info := e.Info
-	info.ID = id
-	c.workers[id] = &coreWorker{info: info, state: wsJoined, rank: -1}
-	c.order = append(c.order, id)
-	return []Command{Accept{ID: id, Info: info}}
+	return []Command{c.admit(e)}
 }
 
 // shrunk reports whether the running plan has fewer ranks than the job
@@ -250,19 +244,26 @@ func (c *Core) maybeGrow() []Command {
 	return c.replan(fmt.Sprintf("grow back to %d workers at checkpoint step %d", c.cfg.ExpectedWorkers, c.ck.last), nil, true)
 }
 
-func hostPid(w WorkerInfo) string { return fmt.Sprintf("%s/%d", w.Host, w.Pid) }
-
-// rejoined admits a worker while recovering: a survivor coming back or a
-// replacement.
-func (c *Core) rejoined(e Joined) []Command {
+// admit names a joining worker (w0, w1, ... in join order) and records it,
+// unranked, as a member of the job.
+func (c *Core) admit(e Joined) Accept {
 	id := fmt.Sprintf("w%d", c.nextID)
 	c.nextID++
 	info := e.Info
 	info.ID = id
 	c.workers[id] = &coreWorker{info: info, state: wsJoined, rank: -1}
 	c.order = append(c.order, id)
-	delete(c.rec.awaiting, hostPid(info))
-	return append([]Command{Accept{ID: id, Info: info}}, c.maybeResume()...)
+	return Accept{ID: id, Info: info}
+}
+
+func hostPid(w WorkerInfo) string { return fmt.Sprintf("%s/%d", w.Host, w.Pid) }
+
+// rejoined admits a worker while recovering: a survivor coming back or a
+// replacement.
+func (c *Core) rejoined(e Joined) []Command {
+	acc := c.admit(e)
+	delete(c.rec.awaiting, hostPid(acc.Info))
+	return append([]Command{acc}, c.maybeResume()...)
 }
 
 // maybeResume starts the next generation once it can: no commit in flight

@@ -59,18 +59,25 @@ func handshakeDeadline(ctx context.Context, c net.Conn) {
 	_ = c.SetDeadline(dl)
 }
 
-func dialHandshake(ctx context.Context, c *net.TCPConn, want int, cfg TCPConfig) error {
+// boundHandshake bounds the exchanges on c by ctx's deadline (else
+// handshakeTime) and aborts them when ctx ends; the returned func clears
+// the deadline again unless ctx ended first.
+func boundHandshake(ctx context.Context, c *net.TCPConn) (clear func()) {
 	dl, ok := ctx.Deadline()
 	if !ok {
 		dl = time.Now().Add(handshakeTime)
 	}
 	_ = c.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	defer func() {
+	return func() {
 		if stop() {
 			_ = c.SetDeadline(time.Time{})
 		}
-	}()
+	}
+}
+
+func dialHandshake(ctx context.Context, c *net.TCPConn, want int, cfg TCPConfig) error {
+	defer boundHandshake(ctx, c)()
 	n := len(cfg.Addrs)
 	var hello [12 + nonceSize]byte
 	binary.LittleEndian.PutUint32(hello[0:], helloMagic)

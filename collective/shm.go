@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 )
 
 // Shared memory between two ranks of one host (docs/collectives.md#shared-memory).
@@ -121,17 +120,7 @@ func negotiateAll(ctx context.Context, conns []*net.TCPConn, cfg TCPConfig) ([]*
 // negotiateShm runs the offer/answer on c with peer and returns the rings
 // to use, or nil to stay on TCP. An error is a broken connection.
 func negotiateShm(ctx context.Context, c *net.TCPConn, cfg TCPConfig, peer int) (*shmLink, error) {
-	dl, ok := ctx.Deadline()
-	if !ok {
-		dl = time.Now().Add(handshakeTime)
-	}
-	_ = c.SetDeadline(dl)
-	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	defer func() {
-		if stop() {
-			_ = c.SetDeadline(time.Time{})
-		}
-	}()
+	defer boundHandshake(ctx, c)()
 	want := sameHost(cfg.Hosts, cfg.Rank, peer) && shmRingBytes(cfg) > 0
 	if peer > cfg.Rank {
 		return offerShm(c, want, shmRingBytes(cfg))
@@ -284,11 +273,7 @@ func (t *tcpTransport) shmWrite(ctx context.Context, p int, pc *tcpPeer, h Heade
 	if err := t.in.peerFailed(p); err != nil {
 		return err
 	}
-	h.Len = 0
-	for _, b := range parts {
-		h.Len += uint64(len(b))
-	}
-	EncodeHeader(pc.hbuf[:], h)
+	pc.encodeHeader(h, parts)
 	if err := pc.shm.writeFrame(ctx, pc.hbuf[:], parts); err != nil {
 		// A partly written frame leaves the ring unusable.
 		return &PeerError{Peer: p, Err: t.linkDown(p, fmt.Errorf("write: %w", err))}

@@ -480,6 +480,16 @@ func newTCPTransportShm(cfg TCPConfig, conns []*net.TCPConn, links []*shmLink) (
 	return t, nil
 }
 
+// encodeHeader writes h, its Len the parts' total, into pc.hbuf; callers
+// hold pc.wlock.
+func (pc *tcpPeer) encodeHeader(h Header, parts [][]byte) {
+	h.Len = 0
+	for _, b := range parts {
+		h.Len += uint64(len(b))
+	}
+	EncodeHeader(pc.hbuf[:], h)
+}
+
 func (t *tcpTransport) Rank() int { return t.rank }
 func (t *tcpTransport) Size() int { return len(t.peers) }
 
@@ -546,11 +556,7 @@ func (t *tcpTransport) Send(ctx context.Context, p int, h Header, parts ...[]byt
 	if err := t.in.peerFailed(p); err != nil {
 		return err
 	}
-	h.Len = 0
-	for _, b := range parts {
-		h.Len += uint64(len(b))
-	}
-	EncodeHeader(pc.hbuf[:], h)
+	pc.encodeHeader(h, parts)
 	// Changing a deadline can wake the runtime's network poller; most sends
 	// of an operation share one deadline, so only changes are applied.
 	if dl, _ := ctx.Deadline(); !dl.Equal(pc.wdl) {

@@ -2,7 +2,8 @@ package spsa
 
 import (
 	"math"
-	"sync"
+
+	"github.com/moetrain/moetrain/tensor"
 )
 
 // Directions are Rademacher vectors (every element ±1, equally likely),
@@ -80,24 +81,9 @@ func Perturb(dst, src []float32, s uint64, h float32, threads int) {
 }
 
 // forBlocks splits the BlockSize-blocks of n elements into at most threads
-// contiguous ranges and runs fn on each concurrently. Each element's result
-// must depend on its own block only, so the split cannot change a bit.
+// contiguous ranges (at least 256 blocks, 16 Ki elements, each) and runs fn
+// on each concurrently. Each element's result must depend on its own block
+// only, so the split cannot change a bit.
 func forBlocks(n, threads int, fn func(b0, b1 int)) {
-	blocks := (n + BlockSize - 1) / BlockSize
-	// Fewer than 256 blocks (16 Ki elements) per goroutine is not worth one.
-	chunks := min(max(threads, 1), max(blocks/256, 1))
-	if chunks <= 1 {
-		fn(0, blocks)
-		return
-	}
-	var wg sync.WaitGroup
-	wg.Add(chunks - 1)
-	for c := 1; c < chunks; c++ {
-		go func(b0, b1 int) {
-			defer wg.Done()
-			fn(b0, b1)
-		}(c*blocks/chunks, (c+1)*blocks/chunks)
-	}
-	fn(0, blocks/chunks)
-	wg.Wait()
+	tensor.ParallelForThreads((n+BlockSize-1)/BlockSize, 256, threads, fn)
 }

@@ -37,7 +37,12 @@ func Threads() int {
 // all are done. fn must write only outputs owned by its range, so the result
 // does not depend on the number of chunks. With one chunk fn runs on the
 // calling goroutine.
-func ParallelFor(n, grain int, fn func(lo, hi int)) {
+func ParallelFor(n, grain int, fn func(lo, hi int)) { ParallelForThreads(n, grain, Threads(), fn) }
+
+// ParallelForThreads is ParallelFor over at most threads goroutines
+// instead of the process budget (callers that fix their own thread count,
+// e.g. for results that must not depend on the budget's split).
+func ParallelForThreads(n, grain, threads int, fn func(lo, hi int)) {
 	if n <= 0 {
 		return
 	}
@@ -45,7 +50,7 @@ func ParallelFor(n, grain int, fn func(lo, hi int)) {
 		grain = 1
 	}
 	// Floor, not ceiling: n/chunks must stay ≥ grain for every chunk.
-	chunks := min(Threads(), max(n/grain, 1))
+	chunks := min(max(threads, 1), max(n/grain, 1))
 	if chunks <= 1 {
 		fn(0, n)
 		return
