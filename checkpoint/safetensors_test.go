@@ -2,27 +2,20 @@ package checkpoint
 
 import (
 	"encoding/json"
-	"hash/crc32"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/moetrain/moetrain/internal/testkit"
 )
 
 // TestSafetensorsExportReadByPython exports a resharded checkpoint and checks
 // it with scripts/read_safetensors.py, an independent standard-library
 // reader, against checksums of the reference tensors.
 func TestSafetensorsExportReadByPython(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		t.Skip("python3 not found")
-	}
-	script, err := filepath.Abs("../scripts/read_safetensors.py")
-	if err != nil {
-		t.Fatal(err)
-	}
+	reader := testkit.NewSafetensorsReader(t)
 	rng := rand.New(rand.NewPCG(17, 18))
 	ts, layout := standardTensors(rng)
 	s := newTestStore(t, 0)
@@ -40,44 +33,15 @@ func TestSafetensorsExportReadByPython(t *testing.T) {
 	if strings.Join(names, ",") != "a,b,empty,scalar" {
 		t.Fatalf("exported %v", names)
 	}
-	type summary struct {
-		Shape []int64   `json:"shape"`
-		CRC32 uint32    `json:"crc32"`
-		Sum   float64   `json:"sum"`
-		First []float64 `json:"first"`
-		Last  []float64 `json:"last"`
-	}
-	expect := struct {
-		Tensors  map[string]summary `json:"tensors"`
-		Metadata map[string]string  `json:"metadata"`
-	}{Tensors: map[string]summary{}, Metadata: map[string]string{"run": "test", "step": "42", "format": "pt"}}
+	expect := testkit.SafetensorsExpect{Tensors: map[string]testkit.TensorSummary{},
+		Metadata: map[string]string{"run": "test", "step": "42", "format": "pt"}}
 	for _, tt := range ts {
-		name, ok := strings.CutPrefix(tt.name, ModelPrefix)
-		if !ok {
-			continue
+		if name, ok := strings.CutPrefix(tt.name, ModelPrefix); ok {
+			expect.Tensors[name] = testkit.Summarize(tt.shape, tt.data)
 		}
-		sm := summary{Shape: tt.shape, CRC32: crc32.ChecksumIEEE(f32Bytes(tt.data)), First: []float64{}, Last: []float64{}}
-		if sm.Shape == nil {
-			sm.Shape = []int64{}
-		}
-		for i, v := range tt.data {
-			sm.Sum += float64(v)
-			if i < 4 {
-				sm.First = append(sm.First, float64(v))
-			}
-			if i >= len(tt.data)-4 {
-				sm.Last = append(sm.Last, float64(v))
-			}
-		}
-		expect.Tensors[name] = sm
 	}
-	ej, _ := json.Marshal(expect)
-	ep := filepath.Join(t.TempDir(), "expect.json")
-	if err := os.WriteFile(ep, ej, 0o644); err != nil {
+	if err := reader.Check(t, out, expect); err != nil {
 		t.Fatal(err)
-	}
-	if b, err := exec.Command(py, script, out, "--expect", ep).CombinedOutput(); err != nil {
-		t.Fatalf("python reader: %v\n%s", err, b)
 	}
 	// The reader is not a rubber stamp: a changed value fails it.
 	raw, err := os.ReadFile(out)
@@ -89,17 +53,17 @@ func TestSafetensorsExportReadByPython(t *testing.T) {
 	if err := os.WriteFile(bad, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := exec.Command(py, script, bad, "--expect", ep).CombinedOutput(); err == nil {
-		t.Fatalf("python reader accepted a modified file:\n%s", b)
+	if err := reader.Check(t, bad, expect); err == nil {
+		t.Fatal("python reader accepted a modified file")
 	}
-	if b, err := exec.Command(py, script, bad).CombinedOutput(); err != nil {
-		t.Fatalf("listing a structurally valid file failed: %v\n%s", err, b)
+	if _, err := reader.Metadata(bad); err != nil {
+		t.Fatalf("listing a structurally valid file failed: %v", err)
 	}
 	if err := os.WriteFile(bad, raw[:len(raw)-3], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := exec.Command(py, script, bad).CombinedOutput(); err == nil {
-		t.Fatalf("python reader accepted a truncated file:\n%s", b)
+	if _, err := reader.Metadata(bad); err == nil {
+		t.Fatal("python reader accepted a truncated file")
 	}
 }
 

@@ -161,6 +161,7 @@ type Coordinator struct {
 
 	ckpt    *coordCheckpoints
 	commits sync.WaitGroup // commits in flight
+	spsa    *coordSPSA     // an SPSA job's log and member sets; nil otherwise
 
 	metricsWarn sync.Once // the first report the metrics refuse is a warning
 
@@ -209,6 +210,10 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("checkpoints: %w", err)
 	}
+	sp, err := newCoordSPSA(cfg)
+	if err != nil {
+		return nil, err
+	}
 	if takeover != nil {
 		// The checkpoint directory is the truth: a commit may have been
 		// published after the state file's last write.
@@ -220,6 +225,9 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
+		if sp != nil {
+			sp.keeper.Close()
+		}
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fmt.Errorf("coordinator: cannot listen on %s: address already in use (another coordinator or program holds this port; pick another --listen)", cfg.Listen)
 		}
@@ -227,7 +235,7 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	}
 	c := &Coordinator{cfg: cfg, log: cfg.Log, ln: ln, reqs: make(chan loopReq), done: make(chan struct{}),
 		outboxes: map[string]chan *pb.Command{}, opened: map[string]bool{}, suspects: map[string]uint64{}, left: map[string]bool{},
-		curveAt: metrics.NewCurveCursor(), ckpt: ckpt, takeover: takeover, restarts: restartsCounter(cfg.Metrics), counted: counted}
+		curveAt: metrics.NewCurveCursor(), ckpt: ckpt, spsa: sp, takeover: takeover, restarts: restartsCounter(cfg.Metrics), counted: counted}
 	c.core = NewCore(CoreConfig{
 		ExpectedWorkers: cfg.Workers,
 		TotalSteps:      cfg.TotalSteps,
@@ -239,6 +247,8 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 		Recovery:        cfg.Recovery,
 		ShrinkPlan:      func(ws []WorkerInfo) (Plan, error) { return shrinkPlan(cfg.Plan, ws) },
 		Takeover:        takeover,
+		SPSAJoin:        sp != nil,
+		SPSAJoinTimeout: cfg.Recovery.withDefaults().RejoinTimeout,
 	})
 	if takeover == nil {
 		c.core.SetStartStep(int(ckpt.resumeStep))
@@ -261,6 +271,7 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	})
 	if err != nil {
 		ln.Close()
+		c.closeSPSA()
 		return nil, err
 	}
 	// Accepted connections get the kernel keepalive (liveness.go); a
@@ -467,6 +478,7 @@ func (c *Coordinator) Close() {
 	c.srv.Stop()
 	c.ln.Close()
 	c.member.Close(time.Second)
+	c.closeSPSA()
 }
 
 func (c *Coordinator) shutdown() {
@@ -478,6 +490,7 @@ func (c *Coordinator) shutdown() {
 		c.srv.Stop()
 	}
 	c.member.Close(time.Second)
+	c.closeSPSA()
 }
 
 // apply carries out the core's commands. It runs on the loop goroutine.
@@ -544,6 +557,8 @@ func (c *Coordinator) apply(cmds []Command) {
 			}
 			c.log.Warn().Int("ckpt_step", x.Step).Str("reason", x.Reason).
 				Msg("checkpoint not published; its temporary directory is removed at the next start")
+		case SPSAWorld, SPSAPause:
+			c.applySPSA(x)
 		case Finish:
 			c.result.Phase, c.result.Reason = x.Phase, x.Reason
 			ev := c.log.Info()

@@ -73,6 +73,11 @@ type CoreConfig struct {
 	// coordinator left in the run directory: the core continues it (next
 	// generation, last committed checkpoint, restarts so far).
 	Takeover *JobState
+	// SPSAJoin: a train.mode = "spsa" job whose coordinator keeps the log:
+	// a worker may join it while it runs, between steps (core_spsa.go).
+	// SPSAJoinTimeout bounds one such join (0: 2 min).
+	SPSAJoin        bool
+	SPSAJoinTimeout time.Duration
 }
 
 // Events fed to Core.Step. Times are supplied by the caller (Tick); the core
@@ -250,6 +255,7 @@ type Core struct {
 
 	ck  ckptState
 	rec recoveryState
+	sj  spsaJoinState
 }
 
 // ckptState tracks the checkpoints of the running job: shards reported per
@@ -290,6 +296,9 @@ func (c *Core) Step(ev Event) []Command {
 		return c.progressed(e)
 	case Failed:
 		w := c.workers[e.ID]
+		if w != nil && c.phase == PhaseRunning && c.spsaJoiner(e.ID) {
+			return c.spsaCancel(fmt.Sprintf("%s failed: %s", c.describe(w), e.Message))
+		}
 		if w == nil || c.phase != PhaseRunning && c.phase != PhaseWaiting || c.phase == PhaseRunning && w.rank < 0 {
 			return nil
 		}
@@ -316,6 +325,10 @@ func (c *Core) Step(ev Event) []Command {
 		return c.committed(e)
 	case ProcessExited:
 		return c.processExited(e)
+	case SPSALogged:
+		return c.spsaLogged(e)
+	case SPSAAtBoundary:
+		return c.spsaAtBoundary(e)
 	}
 	return nil
 }
@@ -323,6 +336,9 @@ func (c *Core) Step(ev Event) []Command {
 func (c *Core) joined(e Joined) []Command {
 	if c.phase == PhaseRecovering {
 		return c.rejoined(e)
+	}
+	if c.phase == PhaseRunning && c.cfg.SPSAJoin {
+		return c.spsaJoined(e)
 	}
 	if c.phase == PhaseRunning && c.cfg.Recovery.AllowShrink && c.shrunk() && len(c.order) < c.cfg.ExpectedWorkers {
 		return c.standby(e)
@@ -355,6 +371,7 @@ func (c *Core) joinedInfos() []WorkerInfo {
 func (c *Core) startPlan(plan Plan) []Command {
 	c.plan = &plan
 	c.phase = PhaseRunning
+	c.sj = spsaJoinState{epoch: c.sj.epoch}
 	resume := -1
 	if c.rec.gen > 0 {
 		resume = c.ck.last
@@ -390,6 +407,9 @@ func (c *Core) gone(id, reason string, said bool) []Command {
 	case PhaseRunning:
 		if prev == wsDone {
 			return c.maybeDrained()
+		}
+		if c.spsaJoiner(id) {
+			return c.spsaCancel(fmt.Sprintf("%s is gone: %s", c.describe(w), reason))
 		}
 		if w.rank < 0 { // a standby of a shrunk job: no rank lost
 			delete(c.workers, id)
@@ -497,6 +517,9 @@ func (c *Core) tick(now time.Duration) []Command {
 	case PhaseRunning:
 		if c.pending != "" && c.now >= c.pendingAt+c.cfg.FailureGrace {
 			return c.failure(c.pending)
+		}
+		if cmds := c.spsaTick(); len(cmds) > 0 {
+			return cmds
 		}
 		if c.ck.committing >= 0 && c.cfg.CommitTimeout > 0 && c.now >= c.ck.since+c.cfg.CommitTimeout {
 			return c.abort(fmt.Sprintf("checkpoint step %d: commit did not finish within %v", c.ck.committing, c.cfg.CommitTimeout))

@@ -110,9 +110,10 @@ func CheckRunnable(cfg train.JobConfig) error { return cfg.Validate() }
 
 // CheckLayout refuses a job whose mesh cannot be laid over n workers (see
 // MakePlan), naming the conflict and a layout that works, and a cuda job over
-// more than one worker (its config alone cannot tell when mesh.dp is auto).
+// more than one worker (its config alone cannot tell when mesh.dp is auto)
+// unless it is an SPSA job (train.validateDevice says why).
 func CheckLayout(cfg train.JobConfig, n int) error {
-	if cfg.Train.Device == train.DeviceCUDA && n > 1 {
+	if cfg.Train.Device == train.DeviceCUDA && cfg.Train.Mode != train.ModeSPSA && n > 1 {
 		return fmt.Errorf("%w: %d workers, want 1", train.ErrCUDAOneRank, n)
 	}
 	probe := make([]WorkerInfo, n)

@@ -82,31 +82,43 @@ func ScaleMembership(cfg MembershipConfig, procsPerCore float64) MembershipConfi
 	return cfg
 }
 
-// WorldMembership speeds the gossip failure detector up for a job of more
-// than 10 workers whose processes have about a core each (procsPerCore at
-// most 4; 0 = not known). memberlist declares an unrefuted suspect dead
-// after SuspicionMult·log10(members)·ProbeInterval, which with the LAN
-// timings grows from 4 s at 10 members to 12 s at 1,000 (and up to 6 times
-// that while confirmations from other members are missing). Above 10
-// workers the probe interval, probe timeout and gossip interval are halved
-// and the suspicion multiplier is halved, to no less than 2 (where
-// memberlist waits for no confirmation): a suspect is dead after
-// log10(members) s, 2 s at 100 and 3 s at 1,000, and every member's view
-// has it dead within about 5 s (docs/planner.md#control-plane-scale). A
-// false death costs a refutation, not the job: the coordinator takes a
+// WorldMembership bounds the gossip failure detector's timings for a job
+// of world workers whose processes have about a core each (procsPerCore at
+// most 4; 0 = not known), so that a dead member is dead in every view
+// within seconds at any size (docs/planner.md#control-plane-scale).
+// memberlist declares an unrefuted suspect dead after
+// SuspicionMult·log10(members)·ProbeInterval, and with a multiplier above 2
+// it first waits for confirmations from other members, up to 6 times as
+// long while they are missing (slow in a small job, where few members
+// probe the suspect). So the multiplier is at most 2 (no confirmations
+// waited for), the probe interval at most 500 ms, and 500 ms·2/log10(members)
+// above 100 members (the suspicion timeout is log10(members) s up to 100
+// members, 2 s beyond), the probe timeout at most half the probe interval
+// and the gossip interval at most 100 ms. Timings already faster are kept.
+// A false death costs a refutation, not the job: the coordinator takes a
 // gossip death for a loss only when it is not refuted within GossipConfirm.
 // Where more worker processes share a core, ScaleMembership slows the
-// detector down instead and this leaves cfg as it is. Zero fields take
-// memberlist's LAN timings first.
+// detector down instead and this leaves cfg as it is; so it does when the
+// world is not known (0). Zero fields take memberlist's LAN timings first.
 func WorldMembership(cfg MembershipConfig, world int, procsPerCore float64) MembershipConfig {
 	cfg = withLANDefaults(cfg)
-	if world <= 10 || procsPerCore > 4 {
+	if world < 1 || procsPerCore > 4 {
 		return cfg
 	}
-	cfg.ProbeInterval, cfg.ProbeTimeout, cfg.GossipInterval = cfg.ProbeInterval/2, cfg.ProbeTimeout/2, cfg.GossipInterval/2
-	cfg.SuspicionMult = max(2, cfg.SuspicionMult/2)
+	decades := math.Log10(float64(world + 1)) // the members: the workers and the coordinator
+	probe := time.Duration(float64(worldProbeInterval) * min(1, 2/decades))
+	cfg.ProbeInterval = min(cfg.ProbeInterval, probe)
+	cfg.ProbeTimeout = min(cfg.ProbeTimeout, cfg.ProbeInterval/2)
+	cfg.GossipInterval = min(cfg.GossipInterval, worldGossipInterval)
+	cfg.SuspicionMult = min(cfg.SuspicionMult, 2)
 	return cfg
 }
+
+// The slowest probe and gossip intervals WorldMembership allows.
+const (
+	worldProbeInterval  = 500 * time.Millisecond
+	worldGossipInterval = 100 * time.Millisecond
+)
 
 // JobMembership is the gossip configuration of a member of a job of world
 // workers with procsPerCore worker processes per core (0 = not known):

@@ -205,6 +205,12 @@ func StartMembershipWatch(name string, meta []byte, token string, cfg Membership
 		c.GossipInterval = cfg.GossipInterval
 	}
 	c.SecretKey = GossipKey(token)
+	// No LZW compression of gossip packets: memberlist builds a fresh
+	// compressor (and its table) per packet, which made up most of the
+	// gossip's CPU while a large job joined
+	// (docs/planner.md#control-plane-scale); the bandwidth it saves is a few
+	// KB/s per member. Members that compress are still understood.
+	c.EnableCompression = false
 	c.Delegate = &metaDelegate{meta: meta}
 	events := newMemberEvents(name, w, lg)
 	c.Events = events

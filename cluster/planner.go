@@ -157,25 +157,16 @@ func suggestLayout(req PlanRequest, n int) parallel.Mesh {
 		}
 		return math.Abs(math.Log2(float64(a)) - math.Log2(float64(b)))
 	}
-	for tp := 1; tp <= n; tp++ {
-		for sp := 1; tp*sp <= n; sp++ {
-			if n%(tp*sp) != 0 {
-				continue
-			}
-			dp := n / (tp * sp)
-			for ep := 1; ep <= dp*sp; ep++ {
-				c := parallel.Config{DP: dp, TP: tp, SP: sp, EP: ep}
-				if len(layoutProblems(c, req, n)) > 0 {
-					continue
-				}
-				score := 4*dist(tp, want.TP) + 2*dist(sp, want.SP) + dist(ep, want.EP)
-				if want.DP > 0 {
-					score += 0.5 * dist(dp, want.DP)
-				}
-				if score < bestScore {
-					best, bestScore = parallel.Mesh{DP: dp, SP: sp, TP: tp, EP: ep}, score
-				}
-			}
+	for m := range parallel.Layouts(n) {
+		if len(layoutProblems(parallel.Config{DP: m.DP, TP: m.TP, SP: m.SP, EP: m.EP}, req, n)) > 0 {
+			continue
+		}
+		score := 4*dist(m.TP, want.TP) + 2*dist(m.SP, want.SP) + dist(m.EP, want.EP)
+		if want.DP > 0 {
+			score += 0.5 * dist(m.DP, want.DP)
+		}
+		if score < bestScore {
+			best, bestScore = m, score
 		}
 	}
 	return best

@@ -77,6 +77,6 @@ func RunWorkerProcess(ctx context.Context, o WorkerOptions) error {
 	return RunAgent(ctx, AgentConfig{
 		Coordinator: o.Join, Token: o.Token, TLS: tlsCfg, Host: o.Host, BindIP: o.BindIP, Cores: o.Threads,
 		JoinTimeout: o.JoinTimeout, Membership: o.Membership, Log: lg, TCPCongestion: o.TCPCongestion,
-		ProcsPerCore: o.ProcsPerCore,
+		ProcsPerCore: o.ProcsPerCore, Runner: CoordinatedRunner(o.Join, tlsCfg, o.ProcsPerCore),
 	})
 }

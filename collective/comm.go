@@ -290,10 +290,14 @@ func (o *opRun) withdraw(p Pending) {
 	_, _ = p.Wait(ctx)
 }
 
-// fail wraps err and tells the other members to give up on this operation,
-// so they fail now instead of at their deadline.
+// fail wraps err as the operation's error. A collective also tells the other
+// members to give up on it, so they fail now instead of at their deadline; a
+// point-to-point failure is not broadcast: only two ranks take part.
 func (o *opRun) fail(err error) error {
-	oe := &OpError{Op: o.op, Comm: o.c.name, Seq: o.seq, Rank: o.c.ranks[o.c.rank], Err: err, Group: o.c.group}
+	oe := &OpError{Op: o.op, Comm: o.c.name, Seq: o.seq &^ p2pSeqBit, Rank: o.c.ranks[o.c.rank], Err: err, Group: o.c.group}
+	if o.seq&p2pSeqBit != 0 {
+		return oe
+	}
 	reason := []byte(oe.Error())
 	if len(reason) > maxAbortReason {
 		reason = reason[:maxAbortReason]

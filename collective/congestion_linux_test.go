@@ -3,10 +3,8 @@
 package collective
 
 import (
-	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -14,42 +12,18 @@ import (
 // congestionMesh builds a 3-rank mesh whose listeners and dialers all ask
 // for choice, and returns each connection's congestion control as the
 // kernel reports it (getsockopt), both dialed and accepted ends.
-func congestionMesh(t *testing.T, choice string) ([]string, error) {
+func congestionMesh(t *testing.T, choice string) []string {
 	t.Helper()
-	const n = 3
-	lns := make([]net.Listener, n)
-	addrs := make([]string, n)
-	for i := range n {
-		ln, err := ListenCongestion("127.0.0.1:0", choice)
-		if err != nil {
-			return nil, err
+	lns, addrs := listenLoopbackCC(t, 3, choice)
+	ts, errs := dialMeshOn(t, lns, addrs, 5*time.Second, func(rank int, addrs []string) TCPConfig {
+		return TCPConfig{Rank: rank, Addrs: addrs, Token: "cc", Congestion: choice}
+	})
+	for _, tr := range ts {
+		if tr != nil {
+			t.Cleanup(func() { tr.Close() })
 		}
-		t.Cleanup(func() { ln.Close() })
-		lns[i], addrs[i] = ln, ln.Addr().String()
 	}
-	ts := make([]Transport, n)
-	errs := make([]error, n)
-	ctx := testCtx(t, 5*time.Second)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ts[i], errs[i] = DialMesh(ctx, lns[i], TCPConfig{Rank: i, Addrs: addrs, Token: "cc", Congestion: choice})
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			for _, tr := range ts {
-				if tr != nil {
-					tr.Close()
-				}
-			}
-			return nil, err
-		}
-		t.Cleanup(func() { ts[i].Close() })
-	}
+	mustAll(t, errs)
 	var got []string
 	for _, tr := range ts {
 		for _, pp := range tr.(*tcpTransport).peers {
@@ -67,7 +41,7 @@ func congestionMesh(t *testing.T, choice string) ([]string, error) {
 			got = append(got, name)
 		}
 	}
-	return got, nil
+	return got
 }
 
 func TestTCPCongestion(t *testing.T) {
@@ -89,31 +63,19 @@ func TestTCPCongestion(t *testing.T) {
 	}
 
 	// reno is always allowed, to unprivileged processes too.
-	got, err := congestionMesh(t, "reno")
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := congestionMesh(t, "reno")
 	all(got, func(s string) bool { return s == "reno" })
 
 	// An unknown name first falls through to the next.
-	got, err = congestionMesh(t, "nosuch-cc, reno")
-	if err != nil {
-		t.Fatal(err)
-	}
+	got = congestionMesh(t, "nosuch-cc, reno")
 	all(got, func(s string) bool { return s == "reno" })
 
-	got, err = congestionMesh(t, CongestionSystem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got = congestionMesh(t, CongestionSystem)
 	all(got, func(s string) bool { return s == system })
 
 	// The default is cubic where this process may choose it, else reno:
 	// never the system's BBR.
-	got, err = congestionMesh(t, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	got = congestionMesh(t, "")
 	all(got, func(s string) bool { return s == "cubic" || s == "reno" })
 
 	// A list the kernel accepts nothing of fails at once, naming it: in

@@ -92,27 +92,25 @@ func TestSilentPeerHitsDeadline(t *testing.T) {
 }
 
 func TestDesync(t *testing.T) {
-	cases := map[string]func(c *Comm, ctx context.Context) error{
-		"size": func(c *Comm, ctx context.Context) error {
-			size := 12
-			if c.Rank() == 3 {
-				size = 10
+	// allReduceOdd all-reduces size elements, rank odd other elements.
+	allReduceOdd := func(size, odd, other int) func(c *Comm, ctx context.Context) error {
+		return func(c *Comm, ctx context.Context) error {
+			n := size
+			if c.Rank() == odd {
+				n = other
 			}
-			return c.AllReduce(ctx, make([]float32, size), Sum)
-		},
+			return c.AllReduce(ctx, make([]float32, n), Sum)
+		}
+	}
+	cases := map[string]func(c *Comm, ctx context.Context) error{
+		"size": allReduceOdd(12, 3, 10),
 		"op": func(c *Comm, ctx context.Context) error {
 			if c.Rank() == 0 {
 				return c.AllGather(ctx, make([]float32, 3), make([]float32, 3*c.Size()))
 			}
 			return c.AllReduce(ctx, make([]float32, 12), Sum)
 		},
-		"ringsize": func(c *Comm, ctx context.Context) error {
-			size := 100000
-			if c.Rank() == 1 {
-				size = 100001
-			}
-			return c.AllReduce(ctx, make([]float32, size), Sum)
-		},
+		"ringsize": allReduceOdd(100000, 1, 100001),
 		"alltoallv-counts": func(c *Comm, ctx context.Context) error {
 			n := c.Size()
 			sc := make([]int, n)

@@ -38,7 +38,7 @@ func (c *Comm) Send(ctx context.Context, buf []float32, peer int) error {
 	if err != nil {
 		return err
 	}
-	return o.runP2P(ctx, func(ctx context.Context) error { return o.send(ctx, peer, 0, f32bytes(buf)) })
+	return o.run(ctx, func(ctx context.Context) error { return o.send(ctx, peer, 0, f32bytes(buf)) })
 }
 
 // Recv receives into buf the next Send from member peer.
@@ -47,7 +47,7 @@ func (c *Comm) Recv(ctx context.Context, buf []float32, peer int) error {
 	if err != nil {
 		return err
 	}
-	return o.runP2P(ctx, func(ctx context.Context) error { return o.recv(ctx, peer, 0, f32bytes(buf)) })
+	return o.run(ctx, func(ctx context.Context) error { return o.recv(ctx, peer, 0, f32bytes(buf)) })
 }
 
 // SendAsync starts Send.
@@ -56,7 +56,7 @@ func (c *Comm) SendAsync(buf []float32, peer int) *Request {
 	if err != nil {
 		return failedRequest(err)
 	}
-	return o.asyncP2P(func(ctx context.Context) error { return o.send(ctx, peer, 0, f32bytes(buf)) })
+	return o.async(func(ctx context.Context) error { return o.send(ctx, peer, 0, f32bytes(buf)) })
 }
 
 // RecvAsync starts Recv.
@@ -65,37 +65,7 @@ func (c *Comm) RecvAsync(buf []float32, peer int) *Request {
 	if err != nil {
 		return failedRequest(err)
 	}
-	return o.asyncP2P(func(ctx context.Context) error { return o.recv(ctx, peer, 0, f32bytes(buf)) })
-}
-
-// Point-to-point failures are not broadcast as aborts: only two ranks take part.
-func (o *opRun) wrap(err error) error {
-	return &OpError{Op: o.op, Comm: o.c.name, Seq: o.seq &^ p2pSeqBit, Rank: o.c.ranks[o.c.rank], Err: err, Group: o.c.group}
-}
-
-func (o *opRun) runP2P(ctx context.Context, fn func(context.Context) error) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.c.cfg.Timeout)
-		defer cancel()
-	}
-	if err := fn(ctx); err != nil {
-		return o.wrap(err)
-	}
-	return nil
-}
-
-func (o *opRun) asyncP2P(fn func(context.Context) error) *Request {
-	ctx, cancel := context.WithTimeout(context.Background(), o.c.cfg.Timeout)
-	r := &Request{done: make(chan struct{}), cancel: cancel}
-	go func() {
-		defer cancel()
-		if err := fn(ctx); err != nil {
-			r.err = o.wrap(err)
-		}
-		close(r.done)
-	}()
-	return r
+	return o.async(func(ctx context.Context) error { return o.recv(ctx, peer, 0, f32bytes(buf)) })
 }
 
 // RingExchange is a collective over the ring of members: each member sends

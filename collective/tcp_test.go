@@ -26,10 +26,17 @@ func tcpMesh(t *testing.T, n int, tokens []string) ([]Transport, []error) {
 // the test ends, and returns them with their addresses.
 func listenLoopback(tb testing.TB, n int) ([]net.Listener, []string) {
 	tb.Helper()
+	return listenLoopbackCC(tb, n, "")
+}
+
+// listenLoopbackCC is listenLoopback whose listeners ask for the congestion
+// control congestion (ListenCongestion).
+func listenLoopbackCC(tb testing.TB, n int, congestion string) ([]net.Listener, []string) {
+	tb.Helper()
 	lns := make([]net.Listener, n)
 	addrs := make([]string, n)
 	for i := range n {
-		ln, err := Listen("127.0.0.1:0")
+		ln, err := ListenCongestion("127.0.0.1:0", congestion)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -44,6 +51,14 @@ func listenLoopback(tb testing.TB, n int) ([]net.Listener, []string) {
 func dialTestMesh(t testing.TB, n int, timeout time.Duration, cfg func(rank int, addrs []string) TCPConfig) ([]Transport, []error) {
 	t.Helper()
 	lns, addrs := listenLoopback(t, n)
+	return dialMeshOn(t, lns, addrs, timeout, cfg)
+}
+
+// dialMeshOn dials the mesh of the listeners lns (at addrs), every rank at
+// once with its config from cfg, and returns every rank's transport and error.
+func dialMeshOn(t testing.TB, lns []net.Listener, addrs []string, timeout time.Duration, cfg func(rank int, addrs []string) TCPConfig) ([]Transport, []error) {
+	t.Helper()
+	n := len(lns)
 	ts := make([]Transport, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup

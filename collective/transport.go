@@ -729,12 +729,7 @@ func (b *inbox) abort(peer int, tag Tag, reason string) {
 		return
 	}
 	b.aborted[k] = err
-	for key, w := range b.waiting {
-		if key.tag.Group == k.group && key.tag.Seq == k.seq && !w.claimed {
-			b.delW(key)
-			w.complete(err)
-		}
-	}
+	b.failWaitingLocked(err, func(key mkey) bool { return key.tag.Group == k.group && key.tag.Seq == k.seq })
 	for key, a := range b.arrived {
 		if key.tag.Group == k.group && key.tag.Seq == k.seq {
 			b.delA(key)
@@ -753,10 +748,16 @@ func (b *inbox) failPeer(peer int, err error) {
 		return
 	}
 	b.peerErr[peer] = perr
+	b.failWaitingLocked(perr, func(key mkey) bool { return key.peer == peer })
+}
+
+// failWaitingLocked completes with err, and forgets, every unclaimed receive
+// whose key match accepts. b.mu is held.
+func (b *inbox) failWaitingLocked(err error, match func(mkey) bool) {
 	for key, w := range b.waiting {
-		if key.peer == peer && !w.claimed {
+		if !w.claimed && match(key) {
 			b.delW(key)
-			w.complete(perr)
+			w.complete(err)
 		}
 	}
 }
@@ -777,12 +778,7 @@ func (b *inbox) close(err error) {
 		return
 	}
 	b.closed = err
-	for key, w := range b.waiting {
-		if !w.claimed {
-			b.delW(key)
-			w.complete(err)
-		}
-	}
+	b.failWaitingLocked(err, func(mkey) bool { return true })
 	b.arrived = make(map[mkey]arrival)
 	b.sigs = make(map[pkey]psig)
 	clear(b.early)

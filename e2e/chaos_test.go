@@ -26,17 +26,7 @@ import (
 
 // chaosJob is a 300-step job of tinyModel: checkpoints every 20 steps,
 // validation at steps 100, 200 and 300.
-const chaosJob = tinyModel + `
-[data]
-seq_len = 32
-batch_size = 4
-
-[train]
-steps = 300
-eval_every = 100
-eval_batches = 4
-log_every = 50
-`
+var chaosJob = tinyTrain(300, 100, 4, 50)
 
 func chaosSeed(t *testing.T) uint64 {
 	t.Helper()
@@ -265,32 +255,51 @@ func chaosReference(t *testing.T, job string) (string, string) {
 	return run, ck
 }
 
+// faultedLaunch is a launch of chaosJob under faults and the uninterrupted
+// launch it is compared with: their run and checkpoint directories.
+type faultedLaunch struct {
+	refRun, refCk, run, ck string
+	faults                 []fault
+}
+
+// launchUnderFaults runs chaosJob uninterrupted, then again under 5 SIGKILLs
+// and a SIGSTOP of random workers at random moments (stream of the chaos
+// seed) with --rejoin-timeout 60s, the flags that more gives, and
+// --max-restarts restarts(number of faults). It fails t unless both
+// launches exit 0.
+func launchUnderFaults(t *testing.T, stream uint64, restarts func(faults int) int, more ...string) faultedLaunch {
+	t.Helper()
+	const kills, stops = 5, 1
+	rng := rand.New(rand.NewPCG(chaosSeed(t), stream))
+	job := writeJobText(t, chaosJob)
+	var l faultedLaunch
+	l.refRun, l.refCk = chaosReference(t, job)
+	l.run, l.ck = filepath.Join(t.TempDir(), "chaos"), filepath.Join(t.TempDir(), "chaos-ck")
+	l.faults = chaosSchedule(rng, kills, stops, 4)
+	t0 := time.Now()
+	flags := append([]string{"--max-restarts", strconv.Itoa(restarts(len(l.faults))), "--rejoin-timeout", "60s"}, more...)
+	p := chaosLaunch(t, job, l.run, l.ck, flags...)
+	injectFaults(t, p, l.run, l.faults)
+	if code := p.wait(3 * time.Minute); code != 0 {
+		t.Fatalf("launch under faults exited %d:\n%s", code, p.output())
+	}
+	t.Logf("run with %d faults: %v", len(l.faults), time.Since(t0).Round(time.Millisecond))
+	return l
+}
+
 // TestChaosRecovery: SIGKILLs and a SIGSTOP of random workers at random
 // moments; the launch replaces them and finishes by itself, every
 // checkpoint is committed and bitwise the uninterrupted run's.
 func TestChaosRecovery(t *testing.T) {
-	const kills, stops = 5, 1
-	rng := rand.New(rand.NewPCG(chaosSeed(t), 1))
-	job := writeJobText(t, chaosJob)
-	_, refCk := chaosReference(t, job)
-
-	run, ck := filepath.Join(t.TempDir(), "chaos"), filepath.Join(t.TempDir(), "chaos-ck")
-	fs := chaosSchedule(rng, kills, stops, 4)
-	t0 := time.Now()
-	p := chaosLaunch(t, job, run, ck, "--max-restarts", strconv.Itoa(len(fs)+2), "--rejoin-timeout", "60s")
-	injectFaults(t, p, run, fs)
-	if code := p.wait(3 * time.Minute); code != 0 {
-		t.Fatalf("launch under faults exited %d:\n%s", code, p.output())
-	}
-	t.Logf("run with %d faults: %v", len(fs), time.Since(t0).Round(time.Millisecond))
-	sum := readSummary(t, run)
+	l := launchUnderFaults(t, 1, func(faults int) int { return faults + 2 })
+	sum := readSummary(t, l.run)
 	if sum.Phase != cluster.PhaseSucceeded || sum.Status.Step != 300 {
 		t.Fatalf("summary: %s at step %d: %s", sum.Phase, sum.Status.Step, sum.Reason)
 	}
-	reportRecoveries(t, sum, fs)
-	everyCheckpoint(t, ck, 20, 300)
+	reportRecoveries(t, sum, l.faults)
+	everyCheckpoint(t, l.ck, 20, 300)
 	for s := int64(20); s <= 300; s += 20 {
-		sameCheckpoints(t, refCk, ck, s)
+		sameCheckpoints(t, l.refCk, l.ck, s)
 	}
 }
 
@@ -300,23 +309,12 @@ func TestChaosRecovery(t *testing.T) {
 // way the job finishes by itself, every checkpoint is committed, and its
 // final validation loss is within 0.05 of the uninterrupted run's.
 func TestChaosRecoveryMayShrink(t *testing.T) {
-	const kills, stops = 5, 1
-	rng := rand.New(rand.NewPCG(chaosSeed(t), 4))
-	job := writeJobText(t, chaosJob)
-	ref, _ := chaosReference(t, job)
-
-	run, ck := filepath.Join(t.TempDir(), "chaos"), filepath.Join(t.TempDir(), "chaos-ck")
-	fs := chaosSchedule(rng, kills, stops, 4)
-	p := chaosLaunch(t, job, run, ck, "--max-restarts", strconv.Itoa(2*len(fs)+2), "--rejoin-timeout", "60s", "--allow-shrink")
-	injectFaults(t, p, run, fs)
-	if code := p.wait(3 * time.Minute); code != 0 {
-		t.Fatalf("launch under faults exited %d:\n%s", code, p.output())
-	}
-	sum, want := readSummary(t, run), readSummary(t, ref)
+	l := launchUnderFaults(t, 4, func(faults int) int { return 2*faults + 2 }, "--allow-shrink")
+	sum, want := readSummary(t, l.run), readSummary(t, l.refRun)
 	if sum.Phase != cluster.PhaseSucceeded || sum.Status.Step != 300 || sum.FinalVal == nil || want.FinalVal == nil {
 		t.Fatalf("summary: %s at step %d: %s (validation %v, reference %v)", sum.Phase, sum.Status.Step, sum.Reason, sum.FinalVal, want.FinalVal)
 	}
-	reportRecoveries(t, sum, fs)
+	reportRecoveries(t, sum, l.faults)
 	shrunk := 0
 	for _, r := range sum.Recoveries {
 		if r.Shrunk {
@@ -329,7 +327,7 @@ func TestChaosRecoveryMayShrink(t *testing.T) {
 	if d > 0.05 || d < -0.05 {
 		t.Errorf("final validation loss %.4f is more than 0.05 from the uninterrupted run's %.4f", *sum.FinalVal, *want.FinalVal)
 	}
-	everyCheckpoint(t, ck, 20, 300)
+	everyCheckpoint(t, l.ck, 20, 300)
 }
 
 // serveWorker starts `worker --join addr` for slot of run (its log file

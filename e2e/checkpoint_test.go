@@ -20,7 +20,7 @@ import (
 // ckptJob is tinyJob with a loss line at every step (and ZeRO-1 if asked).
 func ckptJob(t *testing.T, zero1 bool) string {
 	t.Helper()
-	job := strings.Replace(tinyJob, "log_every = 5", "log_every = 1", 1)
+	job := tinyTrain(20, 10, 2, 1)
 	if zero1 {
 		job += "\n[dp]\nzero1 = true\n"
 	}

@@ -157,8 +157,7 @@ func sameFloat(got string, want float64) bool {
 // rendered (its curve, worker and expert-load tables) with summary.json.
 func TestDashboardChromium(t *testing.T) {
 	bin := chromiumBinary(t)
-	job := strings.Replace(tinyJob, "log_every = 5", "log_every = 1", 1)
-	job = strings.Replace(job, "eval_every = 10", "eval_every = 40", 1)
+	job := tinyTrain(20, 40, 2, 1)
 	run := filepath.Join(t.TempDir(), "run")
 	p := start(t, "coordinator launch", nil, "launch", "--workers", "2", "--config", writeJobText(t, job), "--steps", "1000000",
 		"--run-dir", run, "--no-bar", "--http", "127.0.0.1:0", "--http-linger", "60s")
@@ -341,27 +340,5 @@ func checkDOM(t *testing.T, dom string, sum cluster.Summary) {
 // TestDashboardAddrBusy: an --http address that is taken fails launch and
 // serve at once, naming the flag, before any worker is started.
 func TestDashboardAddrBusy(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	for _, cmd := range []string{"launch", "serve"} {
-		run := filepath.Join(t.TempDir(), "run")
-		args := []string{cmd, "--workers", "2", "--config", writeJob(t), "--run-dir", run, "--http", ln.Addr().String()}
-		if cmd == "launch" {
-			args = append(args, "--no-bar")
-		} else {
-			args = append(args, "--listen", freeAddr(t), "--token", "tok")
-		}
-		p := start(t, "coordinator "+cmd, nil, args...)
-		code := p.wait(30 * time.Second)
-		out := p.output()
-		if code == 0 || !strings.Contains(out, "address already in use (pick another --http)") {
-			t.Errorf("%s with a busy --http: exit %d:\n%s", cmd, code, out)
-		}
-		if ws, _ := filepath.Glob(filepath.Join(run, "worker-*")); len(ws) > 0 {
-			t.Errorf("%s with a busy --http started workers: %v", cmd, ws)
-		}
-	}
+	checkBusyAddrFails(t, "--http", "address already in use (pick another --http)")
 }

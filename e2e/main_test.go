@@ -69,17 +69,24 @@ expert_hidden = 64
 `
 
 // tinyJob is a job of tinyModel.
-const tinyJob = tinyModel + `
+var tinyJob = tinyTrain(20, 10, 2, 5)
+
+// tinyTrain is a job of tinyModel on batches of 4 sequences of 32 tokens,
+// for steps steps, with validation every evalEvery steps on evalBatches
+// batches and a loss line every logEvery steps.
+func tinyTrain(steps, evalEvery, evalBatches, logEvery int) string {
+	return tinyModel + fmt.Sprintf(`
 [data]
 seq_len = 32
 batch_size = 4
 
 [train]
-steps = 20
-eval_every = 10
-eval_batches = 2
-log_every = 5
-`
+steps = %d
+eval_every = %d
+eval_batches = %d
+log_every = %d
+`, steps, evalEvery, evalBatches, logEvery)
+}
 
 func writeJob(t *testing.T) string {
 	t.Helper()
@@ -106,6 +113,68 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// checkBusyAddrFails runs launch and serve with flag set to an address that
+// is taken: each must fail at once with output that holds every one of
+// want, before any worker is started.
+func checkBusyAddrFails(t *testing.T, flag string, want ...string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, cmd := range []string{"launch", "serve"} {
+		run := filepath.Join(t.TempDir(), "run")
+		args := []string{cmd, "--workers", "2", "--config", writeJob(t), "--run-dir", run, flag, ln.Addr().String()}
+		if cmd == "launch" {
+			args = append(args, "--no-bar")
+		} else {
+			args = append(args, "--listen", freeAddr(t), "--token", "tok")
+		}
+		p := start(t, "coordinator "+cmd, nil, args...)
+		code := p.wait(30 * time.Second)
+		out := p.output()
+		missing := code == 0
+		for _, w := range want {
+			missing = missing || !strings.Contains(out, w)
+		}
+		if missing {
+			t.Errorf("%s with a busy %s: exit %d:\n%s", cmd, flag, code, out)
+		}
+		if ws, _ := filepath.Glob(filepath.Join(run, "worker-*")); len(ws) > 0 {
+			t.Errorf("%s with a busy %s started workers: %v", cmd, flag, ws)
+		}
+	}
+}
+
+// aptInstall installs the Debian packages pkgs, which provide what, with
+// apt-get (updating the package lists when the first try fails: they may
+// be stale). It skips the test when this process is not root or apt-get
+// fails.
+func aptInstall(t *testing.T, what string, pkgs ...string) {
+	t.Helper()
+	cmdline := "apt-get install -y " + strings.Join(pkgs, " ")
+	if os.Geteuid() != 0 {
+		t.Skipf("%s not installed and installing needs root: %s", what, cmdline)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	apt := func(args ...string) ([]byte, error) {
+		cmd := exec.CommandContext(ctx, "apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		return cmd.CombinedOutput()
+	}
+	install := append([]string{"install", "-y", "-qq", "--no-install-recommends"}, pkgs...)
+	if _, err := apt(install...); err != nil {
+		if out, err := apt("update", "-qq"); err != nil {
+			t.Skipf("%s not installed and apt-get update failed (%v):\n%s", what, err, out)
+		}
+		if out, err := apt(install...); err != nil {
+			t.Skipf("%s not installed and %s failed (%v):\n%s", what, cmdline, err, out)
+		}
+	}
 }
 
 // runScript runs a script with args and returns its combined output; when it

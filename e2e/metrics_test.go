@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,9 +25,7 @@ import (
 // at every step, so every scraped step can be checked against the logs.
 func metricsJob(t *testing.T, steps int) string {
 	t.Helper()
-	job := strings.Replace(tinyJob, "log_every = 5", "log_every = 1", 1)
-	job = strings.Replace(job, "steps = 20", "steps = "+strconv.Itoa(steps), 1)
-	return writeJobText(t, job)
+	return writeJobText(t, tinyTrain(steps, 10, 2, 1))
 }
 
 // getMetrics scrapes http://addr/metrics: samples by series
@@ -199,25 +196,7 @@ func prometheusBinary(t *testing.T) string {
 	if p, err := exec.LookPath("prometheus"); err == nil {
 		return p
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("the prometheus server is not installed and installing it needs root: apt-get install -y prometheus")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	apt := func(args ...string) ([]byte, error) {
-		cmd := exec.CommandContext(ctx, "apt-get", args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		return cmd.CombinedOutput()
-	}
-	install := []string{"install", "-y", "-qq", "--no-install-recommends", "prometheus"}
-	if _, err := apt(install...); err != nil { // perhaps stale package lists
-		if out, err := apt("update", "-qq"); err != nil {
-			t.Skipf("the prometheus server is not installed and apt-get update failed (%v):\n%s", err, out)
-		}
-		if out, err := apt(install...); err != nil {
-			t.Skipf("the prometheus server is not installed and apt-get install -y prometheus failed (%v):\n%s", err, out)
-		}
-	}
+	aptInstall(t, "the prometheus server is", "prometheus")
 	p, err := exec.LookPath("prometheus")
 	if err != nil {
 		t.Skipf("apt-get installed prometheus, but it is not on PATH: %v", err)
@@ -396,28 +375,5 @@ scrape_configs:
 // TestMetricsAddrBusy: a --metrics-addr that is taken fails launch and
 // serve at once, naming the flag, before any worker is started or awaited.
 func TestMetricsAddrBusy(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	busy := ln.Addr().String()
-	for _, cmd := range []string{"launch", "serve"} {
-		run := filepath.Join(t.TempDir(), "run")
-		args := []string{cmd, "--workers", "2", "--config", writeJob(t), "--run-dir", run, "--metrics-addr", busy}
-		if cmd == "launch" {
-			args = append(args, "--no-bar")
-		} else {
-			args = append(args, "--listen", freeAddr(t), "--token", "tok")
-		}
-		p := start(t, "coordinator "+cmd, nil, args...)
-		code := p.wait(30 * time.Second)
-		out := p.output()
-		if code == 0 || !strings.Contains(out, "--metrics-addr") || !strings.Contains(out, "address already in use") {
-			t.Errorf("%s with a busy --metrics-addr: exit %d:\n%s", cmd, code, out)
-		}
-		if ws, _ := filepath.Glob(filepath.Join(run, "worker-*")); len(ws) > 0 {
-			t.Errorf("%s with a busy --metrics-addr started workers: %v", cmd, ws)
-		}
-	}
+	checkBusyAddrFails(t, "--metrics-addr", "--metrics-addr", "address already in use")
 }

@@ -46,24 +46,8 @@ func slurmTools(t *testing.T) map[string]string {
 	}
 	if found, missing := find(); len(missing) == 0 {
 		return found
-	} else if os.Geteuid() != 0 {
-		t.Skipf("%v not installed and installing them needs root: apt-get install -y slurm-wlm munge", missing)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	apt := func(args ...string) ([]byte, error) {
-		cmd := exec.CommandContext(ctx, "apt-get", args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		return cmd.CombinedOutput()
-	}
-	install := []string{"install", "-y", "-qq", "--no-install-recommends", "slurm-wlm", "munge"}
-	if _, err := apt(install...); err != nil { // perhaps stale package lists
-		if out, err := apt("update", "-qq"); err != nil {
-			t.Skipf("slurm-wlm is not installed and apt-get update failed (%v):\n%s", err, out)
-		}
-		if out, err := apt(install...); err != nil {
-			t.Skipf("slurm-wlm is not installed and apt-get install -y slurm-wlm munge failed (%v):\n%s", err, out)
-		}
+	} else {
+		aptInstall(t, fmt.Sprint(missing, " are"), "slurm-wlm", "munge")
 	}
 	found, missing := find()
 	if len(missing) > 0 {

@@ -260,23 +260,12 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 		dcomb, dxin = sc.dZout, sc.dZ
 		dm.D, d = rr, rr
 	}
-	// Gradient of combine: out[t] += gate_s·y_s.
-	tensor.GatherRows(sc.dY[:s*d], dcomb, p.Token, d)
-	tensor.RowDot(sc.dSlotGate[:s], sc.dY[:s*d], st.Y[:s*d], s, d)
+	// Gradient of combine, out[t] += gate_s·y_s, in one pass: dSlotGate_s =
+	// dcomb[t]·y_s and dY_s = gate_s·dcomb[t].
+	tensor.GatherRowsDotScale(sc.dY[:s*d], sc.dSlotGate[:s], dcomb, st.Y[:s*d], p.Token, p.Gate, d)
 	// Under TP, Y is partial (dY is whole), so dSlotGate is partial too: it is
 	// summed over TP together with dX below, in one all-reduce.
 	tp := tpOf(st.Ex)
-	// Scale each slot's row by its gate in place; not tensor.Scale per row:
-	// that nests a ParallelFor whose closure is a heap allocation per row.
-	tensor.ParallelFor(s, 64, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			g := p.Gate[i]
-			row := sc.dY[i*d : (i+1)*d]
-			for j := range row {
-				row[j] *= g
-			}
-		}
-	})
 	if st.piped {
 		st.pipeBackward(dw, w, dm, sc)
 	} else {

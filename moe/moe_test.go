@@ -243,35 +243,74 @@ func TestLayerGradCheck(t *testing.T) {
 	}
 }
 
-// TestForExpertsCoversEachOnce: the row-balanced expert ranges visit every
-// expert exactly once for any thread budget, including empty experts.
-func TestForExpertsCoversEachOnce(t *testing.T) {
+// TestRowBlocksCoverEachRowOnce: for any thread budget the row blocks
+// visit every row exactly once, each piece inside one expert, and no more
+// units run at once than the budget.
+func TestRowBlocksCoverEachRowOnce(t *testing.T) {
 	prev := tensor.Threads()
 	defer tensor.SetThreads(prev)
 	r := rand.New(rand.NewPCG(8, 8))
-	for trial := 0; trial < 200; trial++ {
+	for trial := 0; trial < 300; trial++ {
 		ne := 1 + r.IntN(12)
 		offsets := make([]int, ne+1)
+		offsets[0] = r.IntN(3) * r.IntN(50) // a chunk's offsets need not start at 0
 		for e := 0; e < ne; e++ {
-			c := r.IntN(50)
+			c := r.IntN(120)
 			if r.IntN(4) == 0 {
 				c = 0
 			}
 			offsets[e+1] = offsets[e] + c
 		}
 		tensor.SetThreads(1 + r.IntN(5))
-		seen := make([]int32, ne)
+		seen := make([]int32, offsets[ne])
 		var mu sync.Mutex
-		forExperts(offsets, func(e0, e1 int) {
+		active, most := 0, 0
+		nb := splitFor(offsets[ne] - offsets[0])
+		forUnits(nb, func(u int) {
 			mu.Lock()
-			defer mu.Unlock()
-			for e := e0; e < e1; e++ {
-				seen[e]++
-			}
+			active++
+			most = max(most, active)
+			mu.Unlock()
+			eachPiece(offsets, u, nb, func(e, lo, c int) {
+				mu.Lock()
+				defer mu.Unlock()
+				if c <= 0 || lo < offsets[e] || lo+c > offsets[e+1] {
+					t.Errorf("offsets %v: piece of expert %d rows [%d,%d) outside [%d,%d)", offsets, e, lo, lo+c, offsets[e], offsets[e+1])
+					return
+				}
+				for i := lo; i < lo+c; i++ {
+					seen[i]++
+				}
+			})
+			mu.Lock()
+			active--
+			mu.Unlock()
 		})
-		for e, n := range seen {
-			if n != 1 {
-				t.Fatalf("offsets %v, threads %d: expert %d visited %d times", offsets, tensor.Threads(), e, n)
+		for i, n := range seen {
+			if want := int32(min(1, max(0, i-offsets[0]+1))); n != want {
+				t.Fatalf("offsets %v, threads %d: row %d visited %d times, want %d", offsets, tensor.Threads(), i, n, want)
+			}
+		}
+		if most > tensor.Threads() {
+			t.Fatalf("offsets %v, threads %d: %d units at once", offsets, tensor.Threads(), most)
+		}
+	}
+}
+
+// TestStripTiles: the h-strips of nt threads tile [0, n) in order.
+func TestStripTiles(t *testing.T) {
+	for n := 1; n < 200; n += 7 {
+		for nt := 1; nt <= 6; nt++ {
+			next := 0
+			for th := 0; th < nt; th++ {
+				j0, j1 := strip(n, th, nt)
+				if j0 != next || j1 < j0 {
+					t.Fatalf("n=%d nt=%d: strip %d is [%d,%d), want it to start at %d", n, nt, th, j0, j1, next)
+				}
+				next = j1
+			}
+			if next != n {
+				t.Fatalf("n=%d nt=%d: strips end at %d", n, nt, next)
 			}
 		}
 	}

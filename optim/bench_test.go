@@ -1,16 +1,23 @@
 package optim
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/moetrain/moetrain/tensor"
 )
 
-// BenchmarkAdamW updates the reference model's 9,644,288 parameters with one
-// thread; memory-bound (p, g, m, v read, p, m, v written).
+// BenchmarkAdamW updates the reference model's 9,644,288 parameters with 1
+// and 2 threads (p, g, m, v read, p, m, v written).
 func BenchmarkAdamW(b *testing.B) {
+	for _, threads := range []int{1, 2} {
+		b.Run(fmt.Sprintf("threads=%d", threads), func(b *testing.B) { benchAdamW(b, threads) })
+	}
+}
+
+func benchAdamW(b *testing.B, threads int) {
 	prev := tensor.Threads()
-	tensor.SetThreads(1)
+	tensor.SetThreads(threads)
 	defer tensor.SetThreads(prev)
 	const n = 9_644_288
 	p, g := make([]float32, n), make([]float32, n)

@@ -2,7 +2,6 @@ package runplot
 
 import (
 	"bytes"
-	"encoding/json"
 	"image/png"
 	"math"
 	"math/rand/v2"
@@ -18,12 +17,20 @@ import (
 	"github.com/moetrain/moetrain/train"
 )
 
-// syntheticRun writes a run directory shaped like a 1,000-step launch of
-// the reference model: a curve point per step, a validation every 100 steps,
-// the expert load of 4 layers × 8 experts every 10 steps.
+// syntheticRun writes a run directory of syntheticSummary(steps).
 func syntheticRun(t testing.TB, steps int) string {
 	t.Helper()
 	dir := t.TempDir()
+	if err := cluster.WriteSummary(dir, syntheticSummary(steps)); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// syntheticSummary is the summary of a launch of steps steps shaped like
+// one of the reference model: a curve point per step, a validation every
+// 100 steps, the expert load of 4 layers × 8 experts every 10 steps.
+func syntheticSummary(steps int) cluster.Summary {
 	rng := rand.New(rand.NewPCG(1, 2))
 	s := cluster.Summary{Workers: 2, Config: train.DefaultJobConfig()}
 	s.JobID, s.Phase = "synthetic", cluster.PhaseSucceeded
@@ -47,10 +54,7 @@ func syntheticRun(t testing.TB, steps int) string {
 			s.ExpertLoad = append(s.ExpertLoad, cluster.ExpertLoadPoint{Step: step, Layers: layers})
 		}
 	}
-	if err := cluster.WriteSummary(dir, s); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return s
 }
 
 func checkPNG(t *testing.T, f string) {
@@ -116,15 +120,8 @@ func TestFromSummarySplitsCurve(t *testing.T) {
 // lacks the expert load takes it from the worker log, a torn last line
 // and other records notwithstanding.
 func TestExpertLoadFromWorkerLog(t *testing.T) {
-	dir := syntheticRun(t, 30)
-	b, err := os.ReadFile(filepath.Join(dir, "summary.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s cluster.Summary
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatal(err)
-	}
+	dir := t.TempDir()
+	s := syntheticSummary(30)
 	s.ExpertLoad = nil
 	if err := cluster.WriteSummary(dir, s); err != nil {
 		t.Fatal(err)

@@ -77,23 +77,4 @@ run_load() {
     out+=$'\n'
   done
 }
-declare -A results
-for r in $(seq 1 "$ROUNDS"); do
-  if [ $((r % 2)) -eq 1 ]; then run_dd; run_load "$r"; else run_load "$r"; run_dd; fi
-  results[dd]+="$dd_mbs "
-  line="round $r: dd ${dd_mbs} MB/s"
-  for v in $VARIANTS; do
-    mbs=$(echo "$out" | bench_metric "BenchmarkLoadCheckpoint/$v" MB/s)
-    [ -n "$mbs" ] || { echo "no result for $v in:"; echo "$out"; exit 1; } >&2
-    results[$v]+="$mbs "
-    line+=", $v ${mbs} MB/s"
-  done
-  echo "$line"
-done
-
-dd_med=$(median_of ${results[dd]})
-echo "median dd (cold cache, bs=1M): ${dd_med} MB/s"
-for v in $VARIANTS; do
-  med=$(median_of ${results[$v]})
-  awk -v v="$v" -v m="$med" -v d="$dd_med" 'BEGIN {printf "median load %-12s %8.1f MB/s  = %.2fx dd  (target >= 0.90x)\n", v, m, m / d}'
-done
+versus_dd "$ROUNDS" BenchmarkLoadCheckpoint load "cold cache, bs=1M" run_load

@@ -56,7 +56,6 @@ fi
 checkpoint_test_bin "$bindir/checkpoint.test" # not in DIR: a user's directory keeps nothing of ours
 
 echo "file system: $(df -h "$DIR" | awk 'NR==2 {print $1, $6}') ($(stat -f -c %T "$DIR"))  size: ${SIZE_MB} MB  rounds: $ROUNDS  warm-up save: $WARMUP  cpus: $(nproc)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A results ratios
 run_dd() {
   local t0 t1
   sync
@@ -80,25 +79,4 @@ run_save() {
     out+=$'\n'
   done
 }
-for r in $(seq 1 "$ROUNDS"); do
-  if [ $((r % 2)) -eq 1 ]; then run_dd; run_save "$r"; else run_save "$r"; run_dd; fi
-  results[dd]+="$dd_mbs "
-  line="round $r: dd ${dd_mbs} MB/s"
-  for v in $VARIANTS; do
-    mbs=$(echo "$out" | bench_metric "BenchmarkSave/$v" MB/s)
-    ratio=$(echo "$out" | bench_metric "BenchmarkSave/$v" ratio)
-    [ -n "$mbs" ] || { echo "no result for $v in:"; echo "$out"; exit 1; } >&2
-    results[$v]+="$mbs "
-    ratios[$v]+="$ratio "
-    line+=", $v ${mbs} MB/s (compression ${ratio}x)"
-  done
-  echo "$line"
-done
-
-dd_med=$(median_of ${results[dd]})
-echo "median dd (conv=fdatasync): ${dd_med} MB/s"
-for v in $VARIANTS; do
-  med=$(median_of ${results[$v]})
-  cr=$(median_of ${ratios[$v]})
-  awk -v v="$v" -v m="$med" -v d="$dd_med" -v c="$cr" 'BEGIN {printf "median save %-13s %8.1f MB/s  = %.2fx dd  (target >= 0.90x)  compression %.3fx\n", v, m, m / d, c}'
-done
+versus_dd "$ROUNDS" BenchmarkSave save conv=fdatasync run_save ratio compression

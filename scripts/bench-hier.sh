@@ -16,6 +16,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/scripts/lib.sh"
 HOSTS=${HOSTS:-2}
 PER=${PER:-2}
 RATE=${RATE:-1gbit}
@@ -44,22 +45,11 @@ else
 fi
 
 subnet="10.78.$((RANDOM % 200 + 20))"
-ip netns add "${p}sw"
-ip -n "${p}sw" link add br0 type bridge
-ip -n "${p}sw" link set br0 up
+netns_switch "${p}sw"
 hosts=()
 for ((i = 0; i < HOSTS; i++)); do
 	ns="${p}h$i"
-	ip netns add "$ns"
-	ip link add "${p}a$i" type veth peer name "${p}b$i"
-	ip link set "${p}a$i" netns "$ns"
-	ip link set "${p}b$i" netns "${p}sw"
-	ip -n "$ns" link set "${p}a$i" name eth0
-	ip -n "$ns" addr add "$subnet.$((10 + i))/24" dev eth0
-	ip -n "$ns" link set eth0 up
-	ip -n "$ns" link set lo up
-	ip -n "${p}sw" link set "${p}b$i" master br0
-	ip -n "${p}sw" link set "${p}b$i" up
+	netns_host "$ns" "${p}sw" "$p" "$i" "$subnet.$((10 + i))"
 	ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$RATE" burst 32kb latency 5ms ||
 		die "tc tbf failed on $ns"
 	for ((k = 0; k < PER; k++)); do hosts+=("$ns"); done

@@ -15,6 +15,7 @@
 # Binaries default to fresh go builds of ./cmd/coordinator and ./cmd/worker.
 # Exit status: the coordinator's (0 = job succeeded).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 workers=2 config="" steps="" delay="" rate="" run_dir="" subnet="10.77.$((RANDOM % 200 + 20))"
 coord_bin="" worker_bin="" cut="" cut_after=3
@@ -70,22 +71,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ip netns add "$sw"
-ip -n "$sw" link add br0 type bridge
-ip -n "$sw" link set br0 up
-ip -n "$sw" link set lo up
+netns_switch "$sw"
 for ((i = 0; i <= workers; i++)); do
   ns="${p}h$i"
-  ip netns add "$ns"
-  ip link add "${p}a$i" type veth peer name "${p}b$i"
-  ip link set "${p}a$i" netns "$ns"
-  ip link set "${p}b$i" netns "$sw"
-  ip -n "$ns" link set "${p}a$i" name eth0
-  ip -n "$ns" addr add "$subnet.$((10 + i))/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" link set lo up
-  ip -n "$sw" link set "${p}b$i" master br0
-  ip -n "$sw" link set "${p}b$i" up
+  netns_host "$ns" "$sw" "$p" "$i" "$subnet.$((10 + i))"
   if [[ -n "$delay$rate" ]]; then
     args=(netem)
     [[ -n "$delay" ]] && args+=(delay "$delay")

@@ -40,7 +40,7 @@ func Input(b sampling.Batch) model.Input {
 
 // EvalCE is m's mean cross-entropy over every counted target of batches
 // (forward only; no aux loss): the validation loss training reports.
-func EvalCE(m *model.Model, batches []sampling.Batch) (float64, error) {
+func EvalCE(m Forwarder, batches []sampling.Batch) (float64, error) {
 	var sum float64
 	var n int
 	for i, b := range batches {
@@ -75,7 +75,9 @@ type Point struct {
 // Exchange, the record appended to Log (the log keeper only), validation on
 // Val every EvalEvery steps and after the last (nil Val: none).
 type FineTune struct {
-	Model     *model.Model
+	// Model evaluates the loss: the model whose parameters Worker's store
+	// holds (the host model, or its copy on a GPU).
+	Model     Forwarder
 	Worker    *Worker
 	Exchange  Exchange
 	Sampler   sampling.Sampler

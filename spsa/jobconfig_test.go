@@ -14,8 +14,9 @@ import (
 
 // The [spsa] section loads and validates with the job; train.mode = "spsa"
 // loads with a starting checkpoint and is refused, naming the key, without
-// one or with what an SPSA replica cannot be (a shard, a GPU, routing
-// biases).
+// one or with what an SPSA replica cannot be (a shard, routing biases). An
+// SPSA job may put any number of ranks on GPUs (no collective between
+// them), a backprop job one.
 func TestJobConfigSPSASection(t *testing.T) {
 	dir := t.TempDir()
 	load := func(body string) (train.JobConfig, error) {
@@ -42,6 +43,12 @@ func TestJobConfigSPSASection(t *testing.T) {
 		t.Fatalf("the backprop trainer took an spsa job: %v", err)
 	}
 	spsaJob := "[train]\nmode = \"spsa\"\n[spsa]\ninit_from = \"ckpt\"\n"
+	if j, err := load("[train]\nmode = \"spsa\"\ndevice = \"cuda\"\n[spsa]\ninit_from = \"ckpt\"\n[mesh]\ndp = 4\n"); err != nil || j.Train.Device != train.DeviceCUDA {
+		t.Fatalf("spsa job on 4 GPU ranks: %+v, %v", j.Train, err)
+	}
+	if _, err := load("[train]\ndevice = \"cuda\"\n[mesh]\ndp = 2\n"); err == nil || !strings.Contains(err.Error(), "mesh.dp = 2") {
+		t.Fatalf("a backprop job on 2 GPU ranks: err = %v", err)
+	}
 	for body, key := range map[string]string{
 		"[train]\nmode = \"spsa\"\n":                   "spsa.init_from",
 		spsaJob + "[mesh]\ntp = 2\n":                   "mesh.tp = 2",

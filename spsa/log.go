@@ -166,24 +166,34 @@ func DecodeLog(r io.Reader) (LogParams, []Record, error) {
 	if err != nil {
 		return p, nil, err
 	}
+	recs, err := decodeRecords(r, logHeaderSize)
+	return p, recs, err
+}
+
+// DecodeRecords reads records in the log's record layout (no header), as
+// a log's bytes after its header or a peer's message carries them, with
+// DecodeLog's checks; off is the byte offset of the first record in the
+// whole log, for the errors. A torn last record is a *TornTailError.
+func DecodeRecords(r io.Reader, off int64) ([]Record, error) { return decodeRecords(r, off) }
+
+func decodeRecords(r io.Reader, off int64) ([]Record, error) {
 	var recs []Record
-	off := int64(logHeaderSize)
 	var rh [recHeaderSize]byte
 	var body []byte
 	for {
 		n, err := io.ReadFull(r, rh[:])
 		if errors.Is(err, io.EOF) {
-			return p, recs, nil
+			return recs, nil
 		}
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return p, recs, &TornTailError{Offset: off, Bytes: int64(n), Reason: "record header cut short"}
+			return recs, &TornTailError{Offset: off, Bytes: int64(n), Reason: "record header cut short"}
 		}
 		if err != nil {
-			return p, recs, err
+			return recs, err
 		}
 		size := binary.LittleEndian.Uint32(rh[:])
 		if size < recFixed || (size-recFixed)%entrySize != 0 || (size-recFixed)/entrySize > MaxLogEntries {
-			return p, recs, fmt.Errorf("%w: record at byte %d: body length %d is not %d + %d·n with n ≤ %d", ErrCorruptLog, off, size, recFixed, entrySize, MaxLogEntries)
+			return recs, fmt.Errorf("%w: record at byte %d: body length %d is not %d + %d·n with n ≤ %d", ErrCorruptLog, off, size, recFixed, entrySize, MaxLogEntries)
 		}
 		if cap(body) < int(size) {
 			body = make([]byte, size)
@@ -191,30 +201,30 @@ func DecodeLog(r io.Reader) (LogParams, []Record, error) {
 		body = body[:size]
 		m, err := io.ReadFull(r, body)
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return p, recs, &TornTailError{Offset: off, Bytes: int64(recHeaderSize + m), Reason: fmt.Sprintf("body cut short at %d of %d bytes", m, size)}
+			return recs, &TornTailError{Offset: off, Bytes: int64(recHeaderSize + m), Reason: fmt.Sprintf("body cut short at %d of %d bytes", m, size)}
 		}
 		if err != nil {
-			return p, recs, err
+			return recs, err
 		}
 		if got, want := binary.LittleEndian.Uint32(rh[4:]), crc32.Checksum(body, castagnoli); got != want {
 			bad := fmt.Errorf("%w: record at byte %d: checksum %08x, want %08x", ErrCorruptLog, off, got, want)
 			// A bad last record is a torn append (its bytes were not all
 			// written); one with records after it is damage.
 			if _, err := io.ReadFull(r, rh[:1]); errors.Is(err, io.EOF) {
-				return p, recs, &TornTailError{Offset: off, Bytes: int64(recHeaderSize) + int64(size), Reason: bad.Error()}
+				return recs, &TornTailError{Offset: off, Bytes: int64(recHeaderSize) + int64(size), Reason: bad.Error()}
 			}
-			return p, recs, bad
+			return recs, bad
 		}
 		rec := Record{Step: int64(binary.LittleEndian.Uint64(body))}
 		cnt := binary.LittleEndian.Uint32(body[8:])
 		if int64(cnt) != int64(size-recFixed)/entrySize {
-			return p, recs, fmt.Errorf("%w: record at byte %d: %d entries in a body of %d bytes", ErrCorruptLog, off, cnt, size)
+			return recs, fmt.Errorf("%w: record at byte %d: %d entries in a body of %d bytes", ErrCorruptLog, off, cnt, size)
 		}
 		if rec.Step < 0 {
-			return p, recs, fmt.Errorf("%w: record at byte %d: negative step %d", ErrCorruptLog, off, rec.Step)
+			return recs, fmt.Errorf("%w: record at byte %d: negative step %d", ErrCorruptLog, off, rec.Step)
 		}
 		if len(recs) > 0 && rec.Step != recs[len(recs)-1].Step+1 {
-			return p, recs, fmt.Errorf("%w: record at byte %d: step %d follows step %d", ErrCorruptLog, off, rec.Step, recs[len(recs)-1].Step)
+			return recs, fmt.Errorf("%w: record at byte %d: step %d follows step %d", ErrCorruptLog, off, rec.Step, recs[len(recs)-1].Step)
 		}
 		rec.Entries = make([]Entry, cnt)
 		for i := range rec.Entries {
@@ -222,7 +232,7 @@ func DecodeLog(r io.Reader) (LogParams, []Record, error) {
 			rec.Entries[i] = Entry{Worker: binary.LittleEndian.Uint32(e), Dir: binary.LittleEndian.Uint32(e[4:]), Raw: binary.LittleEndian.Uint32(e[8:])}
 		}
 		if err := checkEntries(rec.Entries); err != nil {
-			return p, recs, fmt.Errorf("%w: record at byte %d (step %d): %v", ErrCorruptLog, off, rec.Step, err)
+			return recs, fmt.Errorf("%w: record at byte %d (step %d): %v", ErrCorruptLog, off, rec.Step, err)
 		}
 		recs = append(recs, rec)
 		off += recHeaderSize + int64(size)
@@ -379,6 +389,26 @@ func EncodeLog(cfg Config, recs []Record) []byte {
 }
 
 func bufReader(r io.Reader) io.Reader { return bufio.NewReaderSize(r, 1<<16) }
+
+// LogHeaderSize is the size of a log's header: its records start there.
+const LogHeaderSize = logHeaderSize
+
+// RecordSize is the size in a log of a record of n entries.
+func RecordSize(n int) int64 { return recHeaderSize + recFixed + entrySize*int64(n) }
+
+// AppendRecords appends the log encoding of recs to b (no header): what
+// DecodeRecords reads.
+func AppendRecords(b []byte, recs ...Record) []byte {
+	for _, r := range recs {
+		b = appendRecord(b, r)
+	}
+	return b
+}
+
+// EncodeLogHeader is the header of a log of p (its base included).
+func EncodeLogHeader(p LogParams) []byte {
+	return encodeLogHeader(Config{Quant: p.Quant, LR: p.LR, Clip: p.Clip, Seed: p.Seed}, p.Base)
+}
 
 // Params are the settings the log was written with, its base included.
 func (l *Log) Params() LogParams { return l.p }

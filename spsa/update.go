@@ -63,12 +63,10 @@ func NewUpdater(cfg Config, threads int) *Updater {
 	return &Updater{cfg: cfg, threads: threads}
 }
 
-// Apply adds Σₖ cₖ·zₖ to params for the entries of step (sorted: see
-// SortEntries), summing the terms of each element in float32 in entry order
-// and then adding the sum once. Entries with a zero coefficient contribute
-// nothing and are skipped. Every replica that applies the same entries at
-// the same step to the same bits gets the same bits.
-func (u *Updater) Apply(params []float32, step int64, entries []Entry) error {
+// terms fills the updater's seeds and coefficients for the entries of
+// step (sorted: see SortEntries), skipping entries with a zero or infinite
+// coefficient (they contribute nothing).
+func (u *Updater) terms(step int64, entries []Entry) error {
 	if err := checkEntries(entries); err != nil {
 		return fmt.Errorf("spsa: step %d: %w", step, err)
 	}
@@ -81,29 +79,34 @@ func (u *Updater) Apply(params []float32, step int64, entries []Entry) error {
 		u.seeds = append(u.seeds, DirectionSeed(u.cfg.Seed, step, e.Worker, e.Dir))
 		u.coefs = append(u.coefs, c)
 	}
+	return nil
+}
+
+// Apply adds Σₖ cₖ·zₖ to params for the entries of step (sorted: see
+// SortEntries), summing the terms of each element in float32 in entry order
+// and then adding the sum once (ApplyTerms). Entries with a zero
+// coefficient contribute nothing and are skipped. Every replica that
+// applies the same entries at the same step to the same bits gets the same
+// bits.
+func (u *Updater) Apply(params []float32, step int64, entries []Entry) error {
+	if err := u.terms(step, entries); err != nil {
+		return err
+	}
+	ApplyTerms(params, u.seeds, u.coefs, u.threads)
+	return nil
+}
+
+// ApplyTo is Apply on a Store's parameters.
+func (u *Updater) ApplyTo(s Store, step int64, entries []Entry) error {
+	if err := u.terms(step, entries); err != nil {
+		return err
+	}
 	if len(u.seeds) == 0 {
 		return nil
 	}
-	seeds, coefs := u.seeds, u.coefs
-	forBlocks(len(params), u.threads, func(b0, b1 int) {
-		var acc [BlockSize]float32
-		for b := b0; b < b1; b++ {
-			lo := b * BlockSize
-			hi := min(lo+BlockSize, len(params))
-			p := params[lo:hi]
-			a := acc[:len(p)]
-			clear(a)
-			for k, s := range seeds {
-				bits, c := blockBits(s, b), coefs[k]
-				for t := range a {
-					a[t] += signed(c, bits, uint(t))
-				}
-			}
-			for t := range p {
-				p[t] += a[t]
-			}
-		}
-	})
+	if err := s.Apply(u.seeds, u.coefs); err != nil {
+		return fmt.Errorf("spsa: step %d: apply: %w", step, err)
+	}
 	return nil
 }
 

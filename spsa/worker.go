@@ -38,9 +38,7 @@ type StepStats struct {
 type Worker struct {
 	cfg     Config
 	id      uint32
-	params  []float32
-	backup  []float32
-	threads int
+	store   Store
 	upd     *Updater
 	step    int64
 	stats   StepStats
@@ -56,18 +54,28 @@ type Worker struct {
 // serves. threads (< 1: one) splits the perturbation and the update; it
 // changes no bit.
 func NewWorker(cfg Config, id uint32, params, backup []float32, step int64, threads int) (*Worker, error) {
+	s, err := NewHostStore(params, backup, threads)
+	if err != nil {
+		return nil, fmt.Errorf("spsa: worker %d: %w", id, err)
+	}
+	return NewWorkerOn(cfg, id, s, step)
+}
+
+// NewWorkerOn returns worker id over the parameters of store (host or
+// device), whose next step is step.
+func NewWorkerOn(cfg Config, id uint32, store Store, step int64) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
-	}
-	if len(backup) != len(params) {
-		return nil, fmt.Errorf("spsa: worker %d: backup buffer of %d floats for %d parameters", id, len(backup), len(params))
 	}
 	if step < 0 {
 		return nil, fmt.Errorf("spsa: worker %d: start step %d < 0", id, step)
 	}
-	return &Worker{cfg: cfg, id: id, params: params, backup: backup, threads: threads,
-		upd: NewUpdater(cfg, threads), step: step, payload: make([]byte, cfg.Directions*cfg.EntryBytes())}, nil
+	return &Worker{cfg: cfg, id: id, store: store, upd: NewUpdater(cfg, 1), step: step,
+		payload: make([]byte, cfg.Directions*cfg.EntryBytes())}, nil
 }
+
+// Checksum is the CRC-32C of the worker's parameters (see Checksum).
+func (w *Worker) Checksum() (uint32, error) { return w.store.Checksum() }
 
 // Step is the number of steps applied (the next step's index).
 func (w *Worker) Step() int64 { return w.step }
@@ -75,22 +83,32 @@ func (w *Worker) Step() int64 { return w.step }
 // measure perturbs, evaluates and restores the parameters for each of this
 // worker's directions of the current step and fills the payload. The
 // parameters are bitwise what they were when it returns, error or not.
-func (w *Worker) measure(loss LossFunc) error {
+func (w *Worker) measure(loss LossFunc) (err error) {
 	st := &w.stats
 	st.Step, st.Clipped, st.NonFinite, st.Loss = w.step, 0, 0, 0
 	st.Grads = st.Grads[:0]
-	copy(w.backup, w.params)
-	defer copy(w.params, w.backup)
+	if err := w.store.Save(); err != nil {
+		return fmt.Errorf("spsa: worker %d step %d: save parameters: %w", w.id, w.step, err)
+	}
+	defer func() {
+		if rerr := w.store.Restore(); rerr != nil && err == nil {
+			err = fmt.Errorf("spsa: worker %d step %d: restore parameters: %w", w.id, w.step, rerr)
+		}
+	}()
 	h := float32(w.cfg.Epsilon)
 	eb := w.cfg.EntryBytes()
 	for d := range w.cfg.Directions {
 		s := DirectionSeed(w.cfg.Seed, w.step, w.id, uint32(d))
-		Perturb(w.params, w.backup, s, h, w.threads)
+		if err := w.store.Perturb(s, h); err != nil {
+			return fmt.Errorf("spsa: worker %d step %d direction %d: perturb: %w", w.id, w.step, d, err)
+		}
 		lp, err := loss()
 		if err != nil {
 			return fmt.Errorf("spsa: worker %d step %d direction %d: loss at +ε: %w", w.id, w.step, d, err)
 		}
-		Perturb(w.params, w.backup, s, -h, w.threads)
+		if err := w.store.Perturb(s, -h); err != nil {
+			return fmt.Errorf("spsa: worker %d step %d direction %d: perturb: %w", w.id, w.step, d, err)
+		}
 		lm, err := loss()
 		if err != nil {
 			return fmt.Errorf("spsa: worker %d step %d direction %d: loss at −ε: %w", w.id, w.step, d, err)
@@ -152,7 +170,7 @@ func (w *Worker) StepOnce(ctx context.Context, ex Exchange, loss LossFunc) (*Ste
 		}
 	}
 	SortEntries(st.Entries)
-	if err := w.upd.Apply(w.params, w.step, st.Entries); err != nil {
+	if err := w.upd.ApplyTo(w.store, w.step, st.Entries); err != nil {
 		return nil, err
 	}
 	w.step++
@@ -175,7 +193,7 @@ func (w *Worker) Replay(recs []Record, to int64) error {
 		if r.Step != w.step {
 			return fmt.Errorf("spsa: replay: the log has no record of step %d (next is step %d)", w.step, r.Step)
 		}
-		if err := w.upd.Apply(w.params, r.Step, r.Entries); err != nil {
+		if err := w.upd.ApplyTo(w.store, r.Step, r.Entries); err != nil {
 			return fmt.Errorf("spsa: replay: %w", err)
 		}
 		w.step++
@@ -190,7 +208,7 @@ func (w *Worker) Replay(recs []Record, to int64) error {
 // points it at the step's batch): m's forward-only loss (cross-entropy plus
 // the weighted aux and z-losses, what training minimises), without keeping
 // anything for a backward.
-func ModelLoss(m *model.Model, in *model.Input) LossFunc {
+func ModelLoss(m Forwarder, in *model.Input) LossFunc {
 	return func() (float64, error) {
 		r, err := m.Forward(*in, false)
 		if err != nil {

@@ -18,28 +18,16 @@ func Enumerate(job train.JobConfig, workers int) ([]parallel.Mesh, error) {
 	}
 	req := cluster.PlanRequestFor(job)
 	var out []parallel.Mesh
-	for tp := 1; tp <= workers; tp++ {
-		for sp := 1; tp*sp <= workers; sp++ {
-			if workers%(tp*sp) != 0 {
-				continue
-			}
-			dp := workers / (tp * sp)
-			for ep := 1; ep <= dp*sp; ep++ {
-				if (dp*sp)%ep != 0 {
-					continue
-				}
-				c := job.Mesh
-				c.DP, c.TP, c.SP, c.EP = dp, tp, sp, ep
-				if len(cluster.LayoutProblems(c, req, workers)) > 0 {
-					continue
-				}
-				j := job
-				j.Mesh = c
-				if j.Validate() != nil {
-					continue
-				}
-				out = append(out, parallel.Mesh{DP: dp, SP: sp, TP: tp, EP: ep})
-			}
+	for m := range parallel.Layouts(workers) {
+		c := job.Mesh
+		c.DP, c.TP, c.SP, c.EP = m.DP, m.TP, m.SP, m.EP
+		if len(cluster.LayoutProblems(c, req, workers)) > 0 {
+			continue
+		}
+		j := job
+		j.Mesh = c
+		if j.Validate() == nil {
+			out = append(out, m)
 		}
 	}
 	if len(out) == 0 {

@@ -27,23 +27,29 @@ func geluCDF(x float32) float32 {
 func GELUForward(out, in []float32) {
 	n := len(out)
 	in = in[:n]
-	ParallelFor(n, elemGrain/4, func(lo, hi int) {
-		o, x := out[lo:hi], in[lo:hi]
-		if useAVX2Rows {
-			n8 := len(o) &^ 7
-			geluForwardAVX2(o[:n8], x[:n8])
-			if n8 < len(o) { // the tail through the same vector code
-				var bo, bx [8]float32
-				copy(bx[:], x[n8:])
-				geluForwardAVX2(bo[:], bx[:])
-				copy(o[n8:], bo[:])
-			}
-			return
+	ParallelFor(n, elemGrain/4, func(lo, hi int) { geluForwardSpan(out[lo:hi], in[lo:hi]) })
+}
+
+// GELUForwardSerial is GELUForward on the calling goroutine only, for
+// callers that already split their work over the thread budget; the
+// results are the same.
+func GELUForwardSerial(out, in []float32) { geluForwardSpan(out, in[:len(out)]) }
+
+func geluForwardSpan(o, x []float32) {
+	if useAVX2Rows {
+		n8 := len(o) &^ 7
+		geluForwardAVX2(o[:n8], x[:n8])
+		if n8 < len(o) { // the tail through the same vector code
+			var bo, bx [8]float32
+			copy(bx[:], x[n8:])
+			geluForwardAVX2(bo[:], bx[:])
+			copy(o[n8:], bo[:])
 		}
-		for i, v := range x {
-			o[i] = v * geluCDF(v)
-		}
-	})
+		return
+	}
+	for i, v := range x {
+		o[i] = v * geluCDF(v)
+	}
 }
 
 // GELUBackward accumulates din += dout·(Φ(x) + x·φ(x)) elementwise over
@@ -51,27 +57,35 @@ func GELUForward(out, in []float32) {
 func GELUBackward(din, dout, in []float32) {
 	n := len(din)
 	dout, in = dout[:n], in[:n]
+	ParallelFor(n, elemGrain/4, func(lo, hi int) { geluBackwardSpan(din[lo:hi], dout[lo:hi], in[lo:hi]) })
+}
+
+// GELUBackwardSerial is GELUBackward on the calling goroutine only (see
+// GELUForwardSerial).
+func GELUBackwardSerial(din, dout, in []float32) {
+	n := len(din)
+	geluBackwardSpan(din, dout[:n], in[:n])
+}
+
+func geluBackwardSpan(d, g, x []float32) {
 	const invSqrt2Pi = 0.3989422804014327 // 1/√(2π)
-	ParallelFor(n, elemGrain/4, func(lo, hi int) {
-		d, g, x := din[lo:hi], dout[lo:hi], in[lo:hi]
-		if useAVX2Rows {
-			n8 := len(d) &^ 7
-			geluBackwardAVX2(d[:n8], g[:n8], x[:n8])
-			if n8 < len(d) { // the tail through the same vector code
-				var bd, bg, bx [8]float32
-				copy(bd[:], d[n8:])
-				copy(bg[:], g[n8:])
-				copy(bx[:], x[n8:])
-				geluBackwardAVX2(bd[:], bg[:], bx[:])
-				copy(d[n8:], bd[:])
-			}
-			return
+	if useAVX2Rows {
+		n8 := len(d) &^ 7
+		geluBackwardAVX2(d[:n8], g[:n8], x[:n8])
+		if n8 < len(d) { // the tail through the same vector code
+			var bd, bg, bx [8]float32
+			copy(bd[:], d[n8:])
+			copy(bg[:], g[n8:])
+			copy(bx[:], x[n8:])
+			geluBackwardAVX2(bd[:], bg[:], bx[:])
+			copy(d[n8:], bd[:])
 		}
-		for i, v := range x {
-			pdf := invSqrt2Pi * expf(-0.5*v*v)
-			d[i] += g[i] * (geluCDF(v) + v*pdf)
-		}
-	})
+		return
+	}
+	for i, v := range x {
+		pdf := invSqrt2Pi * expf(-0.5*v*v)
+		d[i] += g[i] * (geluCDF(v) + v*pdf)
+	}
 }
 
 // GELUForwardRef is the reference for GELUForward: float64 math.Erf, one

@@ -63,5 +63,21 @@ func TestGELUThreadsBitwise(t *testing.T) {
 			GELUBackward(d, g, x)
 			return [][]float32{o, d}
 		})
+		// The serial entries give the same bits, over any sub-range.
+		o, d := make([]float32, n), make([]float32, n)
+		GELUForward(o, x)
+		GELUBackward(d, g, x)
+		os, ds := make([]float32, n), make([]float32, n)
+		for lo := 0; lo < n; {
+			hi := min(n, lo+1+r.IntN(n/3))
+			GELUForwardSerial(os[lo:hi], x[lo:hi])
+			GELUBackwardSerial(ds[lo:hi], g[lo:hi], x[lo:hi])
+			lo = hi
+		}
+		for i := range o {
+			if math.Float32bits(o[i]) != math.Float32bits(os[i]) || math.Float32bits(d[i]) != math.Float32bits(ds[i]) {
+				t.Fatalf("element %d: serial (%g, %g) vs parallel (%g, %g)", i, os[i], ds[i], o[i], d[i])
+			}
+		}
 	})
 }

@@ -43,6 +43,15 @@ func Gemm(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, l
 	gemmWith(activeKernel(), Threads(), transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc)
 }
 
+// GemmSerial is Gemm on the calling goroutine only, for callers that already
+// split their work over the thread budget (a nested split would only add
+// packing and scheduling). The result is bitwise Gemm's: Gemm's does not
+// depend on its thread count, nor on which rows or columns of C one call
+// covers (each element sums its k blocks in the same order).
+func GemmSerial(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	gemmWith(activeKernel(), 1, transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc)
+}
+
 // microKernel computes one full mr×nr tile of C from packed panels a
 // (kc×mr, a[p*mr+i]) and b (kc×nr, b[p*nr+j]), summing over p in increasing
 // order with one accumulator per element, then stores (accumulate false) or
@@ -160,38 +169,30 @@ func gemmWith(kern *gemmKernel, threads int, transA, transB bool, m, n, k int, a
 		gemmSerial(kern, transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
-	var wg sync.WaitGroup
-	wg.Add(threads - 1)
-	for t := 0; t < threads; t++ {
-		lo, hi := t*units/threads, (t+1)*units/threads
-		run := func() {
-			if splitRows {
-				i0, i1 := lo*kern.mr, min(hi*kern.mr, m)
-				aOff := i0 * lda
-				if transA {
-					aOff = i0
-				}
-				gemmSerial(kern, transA, transB, i1-i0, n, k, a[aOff:], lda, b, ldb, beta, c[i0*ldc:], ldc)
-			} else {
-				j0, j1 := lo*kern.nr, min(hi*kern.nr, n)
-				bOff := j0
-				if transB {
-					bOff = j0 * ldb
-				}
-				gemmSerial(kern, transA, transB, m, j1-j0, k, a, lda, b[bOff:], ldb, beta, c[j0:], ldc)
+	parallelFor(units, 1, threads, gemmChunksPerThread, func(lo, hi int) {
+		if splitRows {
+			i0, i1 := lo*kern.mr, min(hi*kern.mr, m)
+			aOff := i0 * lda
+			if transA {
+				aOff = i0
 			}
+			gemmSerial(kern, transA, transB, i1-i0, n, k, a[aOff:], lda, b, ldb, beta, c[i0*ldc:], ldc)
+		} else {
+			j0, j1 := lo*kern.nr, min(hi*kern.nr, n)
+			bOff := j0
+			if transB {
+				bOff = j0 * ldb
+			}
+			gemmSerial(kern, transA, transB, m, j1-j0, k, a, lda, b[bOff:], ldb, beta, c[j0:], ldc)
 		}
-		if t == threads-1 {
-			run()
-			continue
-		}
-		go func() {
-			defer wg.Done()
-			run()
-		}()
-	}
-	wg.Wait()
+	})
 }
+
+// gemmChunksPerThread is how many strips of C a threaded Gemm makes per
+// goroutine. One: every further strip packs the whole shared operand once
+// more, which for the weight gradients (k = tokens) costs more than the
+// balancing of ParallelFor's smaller chunks gains.
+const gemmChunksPerThread = 1
 
 // checkMatrix panics unless s holds a rows×cols matrix with row stride ld.
 func checkMatrix(name string, s []float32, rows, cols, ld int) {

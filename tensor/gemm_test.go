@@ -255,6 +255,54 @@ func TestGemmDeterministicAcrossThreads(t *testing.T) {
 	}
 }
 
+// TestGemmSerialBlocksMatchGemm: GemmSerial over random row blocks and
+// column strips of C (cut anywhere, not only on tile edges) reproduces one
+// whole Gemm bitwise, for every kernel: what experts and attention rely on
+// when they split work themselves.
+func TestGemmSerialBlocksMatchGemm(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	for _, name := range kernelNames {
+		t.Run(name, func(t *testing.T) {
+			forceKernel(t, name)
+			for trial := 0; trial < 20; trial++ {
+				g := gemmCase{transA: rng.IntN(2) == 0, transB: rng.IntN(2) == 0,
+					m: 1 + rng.IntN(90), n: 1 + rng.IntN(90), k: 1 + rng.IntN(600),
+					padA: rng.IntN(3), padB: rng.IntN(3), padC: rng.IntN(3), beta: float32(rng.IntN(2))}
+				a, lda, b, ldb, c0, ldc := g.operands(rng)
+				whole := append([]float32(nil), c0...)
+				Gemm(g.transA, g.transB, g.m, g.n, g.k, a, lda, b, ldb, g.beta, whole, ldc)
+				c := append([]float32(nil), c0...)
+				if rng.IntN(2) == 0 { // row blocks
+					for i0 := 0; i0 < g.m; {
+						i1 := min(g.m, i0+1+rng.IntN(g.m))
+						aOff := i0 * lda
+						if g.transA {
+							aOff = i0
+						}
+						GemmSerial(g.transA, g.transB, i1-i0, g.n, g.k, a[aOff:], lda, b, ldb, g.beta, c[i0*ldc:], ldc)
+						i0 = i1
+					}
+				} else { // column strips
+					for j0 := 0; j0 < g.n; {
+						j1 := min(g.n, j0+1+rng.IntN(g.n))
+						bOff := j0
+						if g.transB {
+							bOff = j0 * ldb
+						}
+						GemmSerial(g.transA, g.transB, g.m, j1-j0, g.k, a, lda, b[bOff:], ldb, g.beta, c[j0:], ldc)
+						j0 = j1
+					}
+				}
+				for i := range c {
+					if math.Float32bits(c[i]) != math.Float32bits(whole[i]) {
+						t.Fatalf("%v: blocks differ from one Gemm at %d: %g vs %g", g, i, c[i], whole[i])
+					}
+				}
+			}
+		})
+	}
+}
+
 func TestGemmThreadsBudget(t *testing.T) {
 	// Through the public entry point: the budget changes nothing but speed.
 	rng := rand.New(rand.NewPCG(5, 6))

@@ -26,18 +26,24 @@ func TestParallelForCoversRangeOnce(t *testing.T) {
 				SetThreads(threads)
 				var mu sync.Mutex
 				hits := make([]int, n)
-				calls := 0
+				calls, active, maxActive := 0, 0, 0
 				ParallelFor(n, grain, func(lo, hi int) {
 					if lo >= hi || lo < 0 || hi > n {
 						t.Errorf("threads=%d n=%d grain=%d: bad chunk [%d,%d)", threads, n, grain, lo, hi)
 						return
 					}
 					mu.Lock()
-					defer mu.Unlock()
 					calls++
+					active++
+					maxActive = max(maxActive, active)
 					for i := lo; i < hi; i++ {
 						hits[i]++
 					}
+					mu.Unlock()
+					runtime.Gosched() // let other goroutines overlap this call
+					mu.Lock()
+					active--
+					mu.Unlock()
 				})
 				for i, h := range hits {
 					if h != 1 {
@@ -45,9 +51,12 @@ func TestParallelForCoversRangeOnce(t *testing.T) {
 					}
 				}
 				g := max(grain, 1)
-				maxChunks := min(threads, (n+g-1)/g)
+				maxChunks := max(1, min(threads*chunksPerThread, n/g))
 				if n > 0 && (calls < 1 || calls > maxChunks) {
 					t.Fatalf("threads=%d n=%d grain=%d: %d chunks, want 1..%d", threads, n, grain, calls, maxChunks)
+				}
+				if maxActive > threads {
+					t.Fatalf("threads=%d n=%d grain=%d: %d calls at once", threads, n, grain, maxActive)
 				}
 				// Chunks other than a lone one respect the grain.
 				if calls > 1 && n/calls < g {

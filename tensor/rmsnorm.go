@@ -46,7 +46,7 @@ func RMSNormBackward(din, dweight, dout, in, weight, rstd []float32, n, c int) {
 		return
 	}
 	dweight = dweight[:c]
-	ParallelFor(c, max(16, elemGrain/max(n, 1)), func(lo, hi int) {
+	parallelColumns(c, max(16, elemGrain/max(n, 1)), func(lo, hi int) {
 		acc := dweight[lo:hi]
 		for i := 0; i < n; i++ {
 			r := rstd[i]

@@ -103,6 +103,25 @@ func GatherRows(dst, src []float32, idx []int32, c int) {
 	})
 }
 
+// GatherRowsDotScale is the backward of a gated combine (out[idx[i],:] +=
+// scale[i]·y[i,:]) in one pass over the rows, for i < len(idx), rows of
+// width c: dots[i] = Σ_j src[idx[i],j]·y[i,j] (the gradient of scale[i],
+// summed as RowDot does) and dst[i,:] = scale[i]·src[idx[i],:] (the gradient
+// of y). Bitwise GatherRows, RowDot and a row scaling in turn.
+func GatherRowsDotScale(dst, dots, src, y []float32, idx []int32, scale []float32, c int) {
+	ParallelFor(len(idx), rowGrain(c), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			r := int(idx[i]) * c
+			row, d := src[r:r+c], dst[i*c:(i+1)*c]
+			dots[i] = dot(row, y[i*c:(i+1)*c])
+			g := scale[i]
+			for j, v := range row {
+				d[j] = v * g
+			}
+		}
+	})
+}
+
 // ScatterAddRows sets dst[idx[i],:] += scale[i]·src[i,:] for i < len(idx)
 // (scale nil means 1), rows of width c. idx may repeat; repeated rows are
 // accumulated in increasing i, whatever the thread count, because the work is
@@ -113,7 +132,7 @@ func ScatterAddRows(dst, src []float32, idx []int32, scale []float32, c int) {
 	}
 	// Each goroutine owns a column range and walks all rows in order.
 	grain := max(16, elemGrain/len(idx))
-	ParallelFor(c, grain, func(lo, hi int) {
+	parallelColumns(c, grain, func(lo, hi int) {
 		w := hi - lo
 		for i, r := range idx {
 			d := dst[int(r)*c+lo : int(r)*c+lo+w]

@@ -119,3 +119,47 @@ func TestRowDot(t *testing.T) {
 		}
 	}
 }
+
+// TestGatherRowsDotScale: against a float64 reference on random shapes
+// (repeated source rows), and bitwise GatherRows, RowDot and a row scaling
+// in turn, for 1 to 3 threads.
+func TestGatherRowsDotScale(t *testing.T) {
+	defer SetThreads(0)
+	r := newRNG(9)
+	for _, n := range testSizes {
+		for _, c := range []int{1, 3, 64, 67} {
+			rows := max(1, n/2+1)
+			src, y := randVec(r, rows*c, 1), randVec(r, n*c, 1)
+			idx, scale := make([]int32, n), randVec(r, n, 1)
+			for i := range idx {
+				idx[i] = int32(r.IntN(rows))
+			}
+			wantDot, wantDst := make([]float64, n), make([]float64, n*c)
+			for i := range idx {
+				for j := 0; j < c; j++ {
+					v := float64(src[int(idx[i])*c+j])
+					wantDot[i] += v * float64(y[i*c+j])
+					wantDst[i*c+j] = v * float64(scale[i])
+				}
+			}
+			sepDst, sepDot := make([]float32, n*c), make([]float32, n)
+			GatherRows(sepDst, src, idx, c)
+			RowDot(sepDot, sepDst, y, n, c)
+			for i := range idx {
+				for j := 0; j < c; j++ {
+					sepDst[i*c+j] *= scale[i]
+				}
+			}
+			for _, th := range []int{1, 2, 3} {
+				SetThreads(th)
+				dst, dot := make([]float32, n*c), make([]float32, n)
+				GatherRowsDotScale(dst, dot, src, y, idx, scale, c)
+				name := sizeName(n, c)
+				checkClose(t, "GatherRowsDotScale dot "+name, dot, wantDot, 1e-5, 1e-5)
+				checkClose(t, "GatherRowsDotScale dst "+name, dst, wantDst, 1e-6, 1e-6)
+				checkBitwise(t, "GatherRowsDotScale dot vs RowDot "+name, dot, sepDot)
+				checkBitwise(t, "GatherRowsDotScale dst vs GatherRows·scale "+name, dst, sepDst)
+			}
+		}
+	}
+}

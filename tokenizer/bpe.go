@@ -256,7 +256,7 @@ func (b *BPE) mergeWord(dst []int32, w []byte) []int32 {
 	for i, c := range w {
 		sym[i] = wsym{id: b.byteID[c], prev: i - 1, next: i + 1}
 	}
-	q := make(candHeap, 0, n)
+	q := make(heapOf[cand], 0, n)
 	push := func(l int) {
 		r := sym[l].next
 		if r >= n {
@@ -315,18 +315,22 @@ type cand struct {
 	pos, right int
 }
 
-type candHeap []cand
-
-func (h candHeap) Len() int { return len(h) }
-func (h candHeap) Less(i, j int) bool {
-	if h[i].rank != h[j].rank {
-		return h[i].rank < h[j].rank
+// before orders merge candidates: lowest rank first, then leftmost.
+func (c cand) before(d cand) bool {
+	if c.rank != d.rank {
+		return c.rank < d.rank
 	}
-	return h[i].pos < h[j].pos
+	return c.pos < d.pos
 }
-func (h candHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *candHeap) Push(x any)   { *h = append(*h, x.(cand)) }
-func (h *candHeap) Pop() any {
+
+// heapOf is a container/heap of T: the first by T's before on top.
+type heapOf[T interface{ before(T) bool }] []T
+
+func (h heapOf[T]) Len() int           { return len(h) }
+func (h heapOf[T]) Less(i, j int) bool { return h[i].before(h[j]) }
+func (h heapOf[T]) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *heapOf[T]) Push(x any)        { *h = append(*h, x.(T)) }
+func (h *heapOf[T]) Pop() any {
 	old := *h
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]

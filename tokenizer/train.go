@@ -106,7 +106,7 @@ func Train(texts iter.Seq[[]byte], o TrainOptions) (*BPE, TrainStats, error) {
 		tokens[i] = []byte{byte(i)}
 	}
 	var ranked [][2]int32
-	q := make(pairHeap, 0, len(pairs))
+	q := make(heapOf[pairCount], 0, len(pairs))
 	for k, c := range pairs {
 		q = append(q, pairCount{key: k, count: c})
 	}
@@ -224,22 +224,11 @@ type pairCount struct {
 	count int64
 }
 
-// pairHeap is a max-heap by count, ties to the smaller pair key (first id,
-// then second id).
-type pairHeap []pairCount
-
-func (h pairHeap) Len() int { return len(h) }
-func (h pairHeap) Less(i, j int) bool {
-	if h[i].count != h[j].count {
-		return h[i].count > h[j].count
+// before orders the pairs' heap: the larger count first, ties to the
+// smaller pair key (first id, then second id).
+func (p pairCount) before(q pairCount) bool {
+	if p.count != q.count {
+		return p.count > q.count
 	}
-	return h[i].key < h[j].key
-}
-func (h pairHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *pairHeap) Push(x any)   { *h = append(*h, x.(pairCount)) }
-func (h *pairHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+	return p.key < q.key
 }

@@ -183,6 +183,19 @@ func optSizes(opts []*optim.AdamW) func(int) int {
 	}
 }
 
+// hostPieces brings the host buffers up to date with the device's
+// (syncFromDevice), then checks that sl's parameter pieces fit the
+// parameter buffer and its moment pieces fit opts' moment buffers.
+func (t *Trainer) hostPieces(sl ShardLayout, opts []*optim.AdamW) error {
+	if err := t.syncFromDevice(); err != nil {
+		return err
+	}
+	if err := checkPieces("parameter", sl.Params, len(t.m.Params)); err != nil {
+		return err
+	}
+	return checkPiecesIn("moment", sl.Moments, optSizes(opts))
+}
+
 // SnapshotWith is SnapshotLayout with the moments taken from opts
 // (sl.Moments[i].Opt indexes it), e.g. a rank's ZeRO-1 shard optimizers;
 // nil opts means the trainer's own optimizer.
@@ -193,13 +206,7 @@ func (t *Trainer) SnapshotWith(rank int, sl ShardLayout, opts []*optim.AdamW, sa
 	if opts == nil {
 		opts = []*optim.AdamW{t.opt}
 	}
-	if err := t.syncFromDevice(); err != nil {
-		return nil, err
-	}
-	if err := checkPieces("parameter", sl.Params, len(t.m.Params)); err != nil {
-		return nil, fmt.Errorf("checkpoint snapshot: %w", err)
-	}
-	if err := checkPiecesIn("moment", sl.Moments, optSizes(opts)); err != nil {
+	if err := t.hostPieces(sl, opts); err != nil {
 		return nil, fmt.Errorf("checkpoint snapshot: %w", err)
 	}
 	snap := &checkpoint.Snapshot{Step: int64(t.step), Rank: rank}
@@ -308,13 +315,7 @@ func (t *Trainer) RestoreWith(c *checkpoint.Checkpoint, rank int, sl ShardLayout
 	}
 	// Regions the checkpoint leaves out keep their current values, which on
 	// the GPU are the device's.
-	if err := t.syncFromDevice(); err != nil {
-		return nil, err
-	}
-	if err := checkPieces("parameter", sl.Params, len(t.m.Params)); err != nil {
-		return nil, fmt.Errorf("restore: %w", err)
-	}
-	if err := checkPiecesIn("moment", sl.Moments, optSizes(opts)); err != nil {
+	if err := t.hostPieces(sl, opts); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	br := blobRank(c, rank)

@@ -283,9 +283,9 @@ func validateSequenceParallel(j JobConfig) error {
 }
 
 // validateSPSA checks what train.mode = "spsa" needs (docs/algorithms/spsa.md):
-// a checkpoint to start from and replicas that each hold the whole model on
-// the CPU (its runner, cluster.RunSPSA, runs under coordinator launch only;
-// the standalone trainer refuses it).
+// a checkpoint to start from and replicas that each hold the whole model,
+// on the CPU or a GPU each (its runner, cluster.RunSPSA, runs under
+// coordinator launch only; the standalone trainer refuses it).
 func validateSPSA(j JobConfig) error {
 	if j.Train.Mode != ModeSPSA {
 		return nil
@@ -297,9 +297,6 @@ func validateSPSA(j JobConfig) error {
 	if m := j.Mesh; m.TP > 1 || m.SP > 1 || m.EP > 1 {
 		errs = append(errs, fmt.Errorf(`train.mode = "spsa": mesh.tp = %d, mesh.sp = %d, mesh.ep = %d, want 1 (every SPSA worker holds the whole model)`, m.TP, m.SP, m.EP))
 	}
-	if j.Train.Device == DeviceCUDA {
-		errs = append(errs, fmt.Errorf(`train.mode = "spsa" runs on train.device = %q only, not %q`, DeviceCPU, j.Train.Device))
-	}
 	if j.Model.BiasUpdateRate != 0 {
 		errs = append(errs, fmt.Errorf(`train.mode = "spsa": model.bias_update_rate = %g, want 0 (routing biases are not replayed by SPSA)`, j.Model.BiasUpdateRate))
 	}
@@ -308,9 +305,11 @@ func validateSPSA(j JobConfig) error {
 
 // validateDevice refuses a cuda job whose mesh has more than one rank. With
 // mesh.dp = 0 (auto) the rank count is only known at launch, where
-// cluster.CheckLayout refuses more than one worker.
+// cluster.CheckLayout refuses more than one worker. SPSA replicas need no
+// collective between GPUs (their exchange is a few bytes over the data
+// plane), so an SPSA job may have any number of GPU ranks.
 func validateDevice(j JobConfig) error {
-	if j.Train.Device != DeviceCUDA {
+	if j.Train.Device != DeviceCUDA || j.Train.Mode == ModeSPSA {
 		return nil
 	}
 	m := j.Mesh

@@ -99,32 +99,30 @@ func toInput(b sampling.Batch) model.Input {
 // Batches may change B and T from call to call (T ≤ model.seq_len).
 func (t *Trainer) ForwardBackward(b sampling.Batch) (StepStats, error) {
 	ep := t.statsEP()
+	var m stepModel = t.m
 	if g := t.gpu; g != nil {
-		r, err := g.m.ForwardBackward(toInput(b))
-		if err != nil {
-			return StepStats{}, fmt.Errorf("train: step %d: %w", t.step, err)
-		}
-		stats, err := g.m.RouterStats(ep)
-		if err != nil {
-			return StepStats{}, fmt.Errorf("train: step %d: router stats: %w", t.step, err)
-		}
-		return StepStats{
-			Loss: r.Loss, CE: r.CE, Aux: r.Aux, ZLoss: r.ZLoss, Tokens: b.B * b.T, Targets: r.Targets,
-			RoutedLoad: g.m.RoutedLoad(), Router: stats,
-		}, nil
+		m = g.m
 	}
-	r, err := t.m.ForwardBackward(toInput(b))
+	r, err := m.ForwardBackward(toInput(b))
 	if err != nil {
 		return StepStats{}, fmt.Errorf("train: step %d: %w", t.step, err)
 	}
-	stats, err := t.m.RouterStats(ep)
+	stats, err := m.RouterStats(ep)
 	if err != nil {
 		return StepStats{}, fmt.Errorf("train: step %d: router stats: %w", t.step, err)
 	}
 	return StepStats{
 		Loss: r.Loss, CE: r.CE, Aux: r.Aux, ZLoss: r.ZLoss, Tokens: b.B * b.T, Targets: r.Targets,
-		RoutedLoad: t.m.RoutedLoad(), Router: stats,
+		RoutedLoad: m.RoutedLoad(), Router: stats,
 	}, nil
+}
+
+// stepModel is what ForwardBackward needs of the model that holds the
+// parameters: the CPU's (model.Model) or, on a GPU, gpu.Model.
+type stepModel interface {
+	ForwardBackward(model.Input) (model.Result, error)
+	RouterStats(ep int) ([]moe.LoadStats, error)
+	RoutedLoad() [][]int
 }
 
 // TrainStep is ForwardBackward followed by OptimizerStep, returning the

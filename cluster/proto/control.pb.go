@@ -27,6 +27,404 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SPSAAppendRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Token    string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	WorkerId string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// base: the parameter checksum the log starts from (spsa.init_from's);
+	// the coordinator creates its log with it, or refuses another.
+	Base          uint32 `protobuf:"varint,3,opt,name=base,proto3" json:"base,omitempty"`
+	Records       []byte `protobuf:"bytes,4,opt,name=records,proto3" json:"records,omitempty"` // consecutive records, the log's record layout
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SPSAAppendRequest) Reset() {
+	*x = SPSAAppendRequest{}
+	mi := &file_control_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SPSAAppendRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SPSAAppendRequest) ProtoMessage() {}
+
+func (x *SPSAAppendRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SPSAAppendRequest.ProtoReflect.Descriptor instead.
+func (*SPSAAppendRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SPSAAppendRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *SPSAAppendRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *SPSAAppendRequest) GetBase() uint32 {
+	if x != nil {
+		return x.Base
+	}
+	return 0
+}
+
+func (x *SPSAAppendRequest) GetRecords() []byte {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+type SPSAAppendResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	NextStep int64                  `protobuf:"varint,1,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"` // the step the coordinator's log expects next
+	// pause_after: the members stop after this step (rank 0 says so in that
+	// step's exchange) and ask SPSAWait for the next member set; -1 = no.
+	PauseAfter    int64 `protobuf:"varint,2,opt,name=pause_after,json=pauseAfter,proto3" json:"pause_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SPSAAppendResponse) Reset() {
+	*x = SPSAAppendResponse{}
+	mi := &file_control_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SPSAAppendResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SPSAAppendResponse) ProtoMessage() {}
+
+func (x *SPSAAppendResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SPSAAppendResponse.ProtoReflect.Descriptor instead.
+func (*SPSAAppendResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SPSAAppendResponse) GetNextStep() int64 {
+	if x != nil {
+		return x.NextStep
+	}
+	return 0
+}
+
+func (x *SPSAAppendResponse) GetPauseAfter() int64 {
+	if x != nil {
+		return x.PauseAfter
+	}
+	return 0
+}
+
+type SPSALogRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	WorkerId      string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	FromStep      int64                  `protobuf:"varint,3,opt,name=from_step,json=fromStep,proto3" json:"from_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SPSALogRequest) Reset() {
+	*x = SPSALogRequest{}
+	mi := &file_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SPSALogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SPSALogRequest) ProtoMessage() {}
+
+func (x *SPSALogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SPSALogRequest.ProtoReflect.Descriptor instead.
+func (*SPSALogRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SPSALogRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *SPSALogRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *SPSALogRequest) GetFromStep() int64 {
+	if x != nil {
+		return x.FromStep
+	}
+	return 0
+}
+
+type SPSALogChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`                          // the log's bytes: the first chunk starts with the header
+	NextStep      int64                  `protobuf:"varint,2,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"` // the step after the last record sent (in the last chunk)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SPSALogChunk) Reset() {
+	*x = SPSALogChunk{}
+	mi := &file_control_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SPSALogChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SPSALogChunk) ProtoMessage() {}
+
+func (x *SPSALogChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SPSALogChunk.ProtoReflect.Descriptor instead.
+func (*SPSALogChunk) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SPSALogChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SPSALogChunk) GetNextStep() int64 {
+	if x != nil {
+		return x.NextStep
+	}
+	return 0
+}
+
+type SPSAWaitRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Token    string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	WorkerId string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Step     int64                  `protobuf:"varint,3,opt,name=step,proto3" json:"step,omitempty"` // the worker's parameters are those after step - 1
+	// role: only ask whether this worker was started to join a running
+	// member set (answered at once in joining; nothing waits).
+	Role          bool `protobuf:"varint,4,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SPSAWaitRequest) Reset() {
+	*x = SPSAWaitRequest{}
+	mi := &file_control_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SPSAWaitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SPSAWaitRequest) ProtoMessage() {}
+
+func (x *SPSAWaitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SPSAWaitRequest.ProtoReflect.Descriptor instead.
+func (*SPSAWaitRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SPSAWaitRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *SPSAWaitRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *SPSAWaitRequest) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *SPSAWaitRequest) GetRole() bool {
+	if x != nil {
+		return x.Role
+	}
+	return false
+}
+
+type SPSAWaitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Go            bool                   `protobuf:"varint,1,opt,name=go,proto3" json:"go,omitempty"`       // resume at start_step under plan_json
+	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"` // the member set's number (its data plane's key)
+	StartStep     int64                  `protobuf:"varint,3,opt,name=start_step,json=startStep,proto3" json:"start_step,omitempty"`
+	PlanJson      []byte                 `protobuf:"bytes,4,opt,name=plan_json,json=planJson,proto3" json:"plan_json,omitempty"`           // cluster.Plan of the member set
+	Rank          int64                  `protobuf:"varint,5,opt,name=rank,proto3" json:"rank,omitempty"`                                  // the caller's rank in it
+	LoggedSteps   int64                  `protobuf:"varint,6,opt,name=logged_steps,json=loggedSteps,proto3" json:"logged_steps,omitempty"` // steps the coordinator's log holds (a joiner behind fetches more)
+	Joining       bool                   `protobuf:"varint,7,opt,name=joining,proto3" json:"joining,omitempty"`                            // the answer to role
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SPSAWaitResponse) Reset() {
+	*x = SPSAWaitResponse{}
+	mi := &file_control_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SPSAWaitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SPSAWaitResponse) ProtoMessage() {}
+
+func (x *SPSAWaitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SPSAWaitResponse.ProtoReflect.Descriptor instead.
+func (*SPSAWaitResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SPSAWaitResponse) GetGo() bool {
+	if x != nil {
+		return x.Go
+	}
+	return false
+}
+
+func (x *SPSAWaitResponse) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *SPSAWaitResponse) GetStartStep() int64 {
+	if x != nil {
+		return x.StartStep
+	}
+	return 0
+}
+
+func (x *SPSAWaitResponse) GetPlanJson() []byte {
+	if x != nil {
+		return x.PlanJson
+	}
+	return nil
+}
+
+func (x *SPSAWaitResponse) GetRank() int64 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *SPSAWaitResponse) GetLoggedSteps() int64 {
+	if x != nil {
+		return x.LoggedSteps
+	}
+	return 0
+}
+
+func (x *SPSAWaitResponse) GetJoining() bool {
+	if x != nil {
+		return x.Joining
+	}
+	return false
+}
+
 type JoinRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
@@ -41,7 +439,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -53,7 +451,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -66,7 +464,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{0}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -122,7 +520,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -134,7 +532,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -147,7 +545,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{1}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JoinResponse) GetWorkerId() string {
@@ -181,7 +579,7 @@ type CommandsRequest struct {
 
 func (x *CommandsRequest) Reset() {
 	*x = CommandsRequest{}
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -193,7 +591,7 @@ func (x *CommandsRequest) String() string {
 func (*CommandsRequest) ProtoMessage() {}
 
 func (x *CommandsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -206,7 +604,7 @@ func (x *CommandsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandsRequest.ProtoReflect.Descriptor instead.
 func (*CommandsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{2}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CommandsRequest) GetToken() string {
@@ -238,7 +636,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +648,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +661,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{3}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Command) GetKind() isCommand_Kind {
@@ -358,7 +756,7 @@ type Start struct {
 
 func (x *Start) Reset() {
 	*x = Start{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +768,7 @@ func (x *Start) String() string {
 func (*Start) ProtoMessage() {}
 
 func (x *Start) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +781,7 @@ func (x *Start) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Start.ProtoReflect.Descriptor instead.
 func (*Start) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Start) GetRank() int32 {
@@ -449,7 +847,7 @@ type CheckpointSpec struct {
 
 func (x *CheckpointSpec) Reset() {
 	*x = CheckpointSpec{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +859,7 @@ func (x *CheckpointSpec) String() string {
 func (*CheckpointSpec) ProtoMessage() {}
 
 func (x *CheckpointSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +872,7 @@ func (x *CheckpointSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointSpec.ProtoReflect.Descriptor instead.
 func (*CheckpointSpec) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CheckpointSpec) GetDir() string {
@@ -514,7 +912,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +924,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +937,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Abort) GetReason() string {
@@ -558,7 +956,7 @@ type StopCommand struct {
 
 func (x *StopCommand) Reset() {
 	*x = StopCommand{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +968,7 @@ func (x *StopCommand) String() string {
 func (*StopCommand) ProtoMessage() {}
 
 func (x *StopCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +981,7 @@ func (x *StopCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopCommand.ProtoReflect.Descriptor instead.
 func (*StopCommand) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StopCommand) GetReason() string {
@@ -607,7 +1005,7 @@ type Rejoin struct {
 
 func (x *Rejoin) Reset() {
 	*x = Rejoin{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +1017,7 @@ func (x *Rejoin) String() string {
 func (*Rejoin) ProtoMessage() {}
 
 func (x *Rejoin) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +1030,7 @@ func (x *Rejoin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rejoin.ProtoReflect.Descriptor instead.
 func (*Rejoin) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Rejoin) GetReason() string {
@@ -671,7 +1069,7 @@ type ProgressReport struct {
 
 func (x *ProgressReport) Reset() {
 	*x = ProgressReport{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +1081,7 @@ func (x *ProgressReport) String() string {
 func (*ProgressReport) ProtoMessage() {}
 
 func (x *ProgressReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +1094,7 @@ func (x *ProgressReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressReport.ProtoReflect.Descriptor instead.
 func (*ProgressReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ProgressReport) GetToken() string {
@@ -819,7 +1217,7 @@ type LayerLoad struct {
 
 func (x *LayerLoad) Reset() {
 	*x = LayerLoad{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +1229,7 @@ func (x *LayerLoad) String() string {
 func (*LayerLoad) ProtoMessage() {}
 
 func (x *LayerLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +1242,7 @@ func (x *LayerLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerLoad.ProtoReflect.Descriptor instead.
 func (*LayerLoad) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LayerLoad) GetPerExpert() []int64 {
@@ -894,7 +1292,7 @@ type ErrorReport struct {
 
 func (x *ErrorReport) Reset() {
 	*x = ErrorReport{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1304,7 @@ func (x *ErrorReport) String() string {
 func (*ErrorReport) ProtoMessage() {}
 
 func (x *ErrorReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1317,7 @@ func (x *ErrorReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorReport.ProtoReflect.Descriptor instead.
 func (*ErrorReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ErrorReport) GetToken() string {
@@ -964,7 +1362,7 @@ type ShardReport struct {
 
 func (x *ShardReport) Reset() {
 	*x = ShardReport{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1374,7 @@ func (x *ShardReport) String() string {
 func (*ShardReport) ProtoMessage() {}
 
 func (x *ShardReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1387,7 @@ func (x *ShardReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardReport.ProtoReflect.Descriptor instead.
 func (*ShardReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ShardReport) GetToken() string {
@@ -1045,7 +1443,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1057,7 +1455,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1070,7 +1468,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LeaveRequest) GetToken() string {
@@ -1102,7 +1500,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1512,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1525,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 type StatusRequest struct {
@@ -1139,7 +1537,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1549,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1562,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StatusRequest) GetToken() string {
@@ -1191,7 +1589,7 @@ type WorkerStatus struct {
 
 func (x *WorkerStatus) Reset() {
 	*x = WorkerStatus{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1203,7 +1601,7 @@ func (x *WorkerStatus) String() string {
 func (*WorkerStatus) ProtoMessage() {}
 
 func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1216,7 +1614,7 @@ func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
 func (*WorkerStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WorkerStatus) GetId() string {
@@ -1305,7 +1703,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1715,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1728,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatusResponse) GetJobId() string {
@@ -1448,7 +1846,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1858,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1871,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StopRequest) GetToken() string {
@@ -1494,7 +1892,37 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x13moetrain.cluster.v1\"\x9d\x01\n" +
+	"\rcontrol.proto\x12\x13moetrain.cluster.v1\"t\n" +
+	"\x11SPSAAppendRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
+	"\x04base\x18\x03 \x01(\rR\x04base\x12\x18\n" +
+	"\arecords\x18\x04 \x01(\fR\arecords\"R\n" +
+	"\x12SPSAAppendResponse\x12\x1b\n" +
+	"\tnext_step\x18\x01 \x01(\x03R\bnextStep\x12\x1f\n" +
+	"\vpause_after\x18\x02 \x01(\x03R\n" +
+	"pauseAfter\"`\n" +
+	"\x0eSPSALogRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x1b\n" +
+	"\tfrom_step\x18\x03 \x01(\x03R\bfromStep\"?\n" +
+	"\fSPSALogChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1b\n" +
+	"\tnext_step\x18\x02 \x01(\x03R\bnextStep\"l\n" +
+	"\x0fSPSAWaitRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
+	"\x04step\x18\x03 \x01(\x03R\x04step\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\bR\x04role\"\xc5\x01\n" +
+	"\x10SPSAWaitResponse\x12\x0e\n" +
+	"\x02go\x18\x01 \x01(\bR\x02go\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x1d\n" +
+	"\n" +
+	"start_step\x18\x03 \x01(\x03R\tstartStep\x12\x1b\n" +
+	"\tplan_json\x18\x04 \x01(\fR\bplanJson\x12\x12\n" +
+	"\x04rank\x18\x05 \x01(\x03R\x04rank\x12!\n" +
+	"\flogged_steps\x18\x06 \x01(\x03R\vloggedSteps\x12\x18\n" +
+	"\ajoining\x18\a \x01(\bR\ajoining\"\x9d\x01\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x1b\n" +
@@ -1620,7 +2048,7 @@ const file_control_proto_rawDesc = "" +
 	"\brestarts\x18\x0f \x01(\x03R\brestarts\";\n" +
 	"\vStopRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason2\xf0\x04\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason2\xfd\x06\n" +
 	"\vCoordinator\x12K\n" +
 	"\x04Join\x12 .moetrain.cluster.v1.JoinRequest\x1a!.moetrain.cluster.v1.JoinResponse\x12P\n" +
 	"\bCommands\x12$.moetrain.cluster.v1.CommandsRequest\x1a\x1c.moetrain.cluster.v1.Command0\x01\x12O\n" +
@@ -1629,7 +2057,11 @@ const file_control_proto_rawDesc = "" +
 	"\x05Leave\x12!.moetrain.cluster.v1.LeaveRequest\x1a\x18.moetrain.cluster.v1.Ack\x12Q\n" +
 	"\x06Status\x12\".moetrain.cluster.v1.StatusRequest\x1a#.moetrain.cluster.v1.StatusResponse\x12B\n" +
 	"\x04Stop\x12 .moetrain.cluster.v1.StopRequest\x1a\x18.moetrain.cluster.v1.Ack\x12I\n" +
-	"\vReportShard\x12 .moetrain.cluster.v1.ShardReport\x1a\x18.moetrain.cluster.v1.AckB6Z4github.com/moetrain/moetrain/cluster/proto;clusterpbb\x06proto3"
+	"\vReportShard\x12 .moetrain.cluster.v1.ShardReport\x1a\x18.moetrain.cluster.v1.Ack\x12]\n" +
+	"\n" +
+	"SPSAAppend\x12&.moetrain.cluster.v1.SPSAAppendRequest\x1a'.moetrain.cluster.v1.SPSAAppendResponse\x12S\n" +
+	"\aSPSALog\x12#.moetrain.cluster.v1.SPSALogRequest\x1a!.moetrain.cluster.v1.SPSALogChunk0\x01\x12W\n" +
+	"\bSPSAWait\x12$.moetrain.cluster.v1.SPSAWaitRequest\x1a%.moetrain.cluster.v1.SPSAWaitResponseB6Z4github.com/moetrain/moetrain/cluster/proto;clusterpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1643,54 +2075,66 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_control_proto_goTypes = []any{
-	(*JoinRequest)(nil),     // 0: moetrain.cluster.v1.JoinRequest
-	(*JoinResponse)(nil),    // 1: moetrain.cluster.v1.JoinResponse
-	(*CommandsRequest)(nil), // 2: moetrain.cluster.v1.CommandsRequest
-	(*Command)(nil),         // 3: moetrain.cluster.v1.Command
-	(*Start)(nil),           // 4: moetrain.cluster.v1.Start
-	(*CheckpointSpec)(nil),  // 5: moetrain.cluster.v1.CheckpointSpec
-	(*Abort)(nil),           // 6: moetrain.cluster.v1.Abort
-	(*StopCommand)(nil),     // 7: moetrain.cluster.v1.StopCommand
-	(*Rejoin)(nil),          // 8: moetrain.cluster.v1.Rejoin
-	(*ProgressReport)(nil),  // 9: moetrain.cluster.v1.ProgressReport
-	(*LayerLoad)(nil),       // 10: moetrain.cluster.v1.LayerLoad
-	(*ErrorReport)(nil),     // 11: moetrain.cluster.v1.ErrorReport
-	(*ShardReport)(nil),     // 12: moetrain.cluster.v1.ShardReport
-	(*LeaveRequest)(nil),    // 13: moetrain.cluster.v1.LeaveRequest
-	(*Ack)(nil),             // 14: moetrain.cluster.v1.Ack
-	(*StatusRequest)(nil),   // 15: moetrain.cluster.v1.StatusRequest
-	(*WorkerStatus)(nil),    // 16: moetrain.cluster.v1.WorkerStatus
-	(*StatusResponse)(nil),  // 17: moetrain.cluster.v1.StatusResponse
-	(*StopRequest)(nil),     // 18: moetrain.cluster.v1.StopRequest
+	(*SPSAAppendRequest)(nil),  // 0: moetrain.cluster.v1.SPSAAppendRequest
+	(*SPSAAppendResponse)(nil), // 1: moetrain.cluster.v1.SPSAAppendResponse
+	(*SPSALogRequest)(nil),     // 2: moetrain.cluster.v1.SPSALogRequest
+	(*SPSALogChunk)(nil),       // 3: moetrain.cluster.v1.SPSALogChunk
+	(*SPSAWaitRequest)(nil),    // 4: moetrain.cluster.v1.SPSAWaitRequest
+	(*SPSAWaitResponse)(nil),   // 5: moetrain.cluster.v1.SPSAWaitResponse
+	(*JoinRequest)(nil),        // 6: moetrain.cluster.v1.JoinRequest
+	(*JoinResponse)(nil),       // 7: moetrain.cluster.v1.JoinResponse
+	(*CommandsRequest)(nil),    // 8: moetrain.cluster.v1.CommandsRequest
+	(*Command)(nil),            // 9: moetrain.cluster.v1.Command
+	(*Start)(nil),              // 10: moetrain.cluster.v1.Start
+	(*CheckpointSpec)(nil),     // 11: moetrain.cluster.v1.CheckpointSpec
+	(*Abort)(nil),              // 12: moetrain.cluster.v1.Abort
+	(*StopCommand)(nil),        // 13: moetrain.cluster.v1.StopCommand
+	(*Rejoin)(nil),             // 14: moetrain.cluster.v1.Rejoin
+	(*ProgressReport)(nil),     // 15: moetrain.cluster.v1.ProgressReport
+	(*LayerLoad)(nil),          // 16: moetrain.cluster.v1.LayerLoad
+	(*ErrorReport)(nil),        // 17: moetrain.cluster.v1.ErrorReport
+	(*ShardReport)(nil),        // 18: moetrain.cluster.v1.ShardReport
+	(*LeaveRequest)(nil),       // 19: moetrain.cluster.v1.LeaveRequest
+	(*Ack)(nil),                // 20: moetrain.cluster.v1.Ack
+	(*StatusRequest)(nil),      // 21: moetrain.cluster.v1.StatusRequest
+	(*WorkerStatus)(nil),       // 22: moetrain.cluster.v1.WorkerStatus
+	(*StatusResponse)(nil),     // 23: moetrain.cluster.v1.StatusResponse
+	(*StopRequest)(nil),        // 24: moetrain.cluster.v1.StopRequest
 }
 var file_control_proto_depIdxs = []int32{
-	4,  // 0: moetrain.cluster.v1.Command.start:type_name -> moetrain.cluster.v1.Start
-	6,  // 1: moetrain.cluster.v1.Command.abort:type_name -> moetrain.cluster.v1.Abort
-	7,  // 2: moetrain.cluster.v1.Command.stop:type_name -> moetrain.cluster.v1.StopCommand
-	8,  // 3: moetrain.cluster.v1.Command.rejoin:type_name -> moetrain.cluster.v1.Rejoin
-	5,  // 4: moetrain.cluster.v1.Start.checkpoint:type_name -> moetrain.cluster.v1.CheckpointSpec
-	10, // 5: moetrain.cluster.v1.ProgressReport.expert_load:type_name -> moetrain.cluster.v1.LayerLoad
-	16, // 6: moetrain.cluster.v1.StatusResponse.workers:type_name -> moetrain.cluster.v1.WorkerStatus
-	0,  // 7: moetrain.cluster.v1.Coordinator.Join:input_type -> moetrain.cluster.v1.JoinRequest
-	2,  // 8: moetrain.cluster.v1.Coordinator.Commands:input_type -> moetrain.cluster.v1.CommandsRequest
-	9,  // 9: moetrain.cluster.v1.Coordinator.ReportProgress:input_type -> moetrain.cluster.v1.ProgressReport
-	11, // 10: moetrain.cluster.v1.Coordinator.ReportError:input_type -> moetrain.cluster.v1.ErrorReport
-	13, // 11: moetrain.cluster.v1.Coordinator.Leave:input_type -> moetrain.cluster.v1.LeaveRequest
-	15, // 12: moetrain.cluster.v1.Coordinator.Status:input_type -> moetrain.cluster.v1.StatusRequest
-	18, // 13: moetrain.cluster.v1.Coordinator.Stop:input_type -> moetrain.cluster.v1.StopRequest
-	12, // 14: moetrain.cluster.v1.Coordinator.ReportShard:input_type -> moetrain.cluster.v1.ShardReport
-	1,  // 15: moetrain.cluster.v1.Coordinator.Join:output_type -> moetrain.cluster.v1.JoinResponse
-	3,  // 16: moetrain.cluster.v1.Coordinator.Commands:output_type -> moetrain.cluster.v1.Command
-	14, // 17: moetrain.cluster.v1.Coordinator.ReportProgress:output_type -> moetrain.cluster.v1.Ack
-	14, // 18: moetrain.cluster.v1.Coordinator.ReportError:output_type -> moetrain.cluster.v1.Ack
-	14, // 19: moetrain.cluster.v1.Coordinator.Leave:output_type -> moetrain.cluster.v1.Ack
-	17, // 20: moetrain.cluster.v1.Coordinator.Status:output_type -> moetrain.cluster.v1.StatusResponse
-	14, // 21: moetrain.cluster.v1.Coordinator.Stop:output_type -> moetrain.cluster.v1.Ack
-	14, // 22: moetrain.cluster.v1.Coordinator.ReportShard:output_type -> moetrain.cluster.v1.Ack
-	15, // [15:23] is the sub-list for method output_type
-	7,  // [7:15] is the sub-list for method input_type
+	10, // 0: moetrain.cluster.v1.Command.start:type_name -> moetrain.cluster.v1.Start
+	12, // 1: moetrain.cluster.v1.Command.abort:type_name -> moetrain.cluster.v1.Abort
+	13, // 2: moetrain.cluster.v1.Command.stop:type_name -> moetrain.cluster.v1.StopCommand
+	14, // 3: moetrain.cluster.v1.Command.rejoin:type_name -> moetrain.cluster.v1.Rejoin
+	11, // 4: moetrain.cluster.v1.Start.checkpoint:type_name -> moetrain.cluster.v1.CheckpointSpec
+	16, // 5: moetrain.cluster.v1.ProgressReport.expert_load:type_name -> moetrain.cluster.v1.LayerLoad
+	22, // 6: moetrain.cluster.v1.StatusResponse.workers:type_name -> moetrain.cluster.v1.WorkerStatus
+	6,  // 7: moetrain.cluster.v1.Coordinator.Join:input_type -> moetrain.cluster.v1.JoinRequest
+	8,  // 8: moetrain.cluster.v1.Coordinator.Commands:input_type -> moetrain.cluster.v1.CommandsRequest
+	15, // 9: moetrain.cluster.v1.Coordinator.ReportProgress:input_type -> moetrain.cluster.v1.ProgressReport
+	17, // 10: moetrain.cluster.v1.Coordinator.ReportError:input_type -> moetrain.cluster.v1.ErrorReport
+	19, // 11: moetrain.cluster.v1.Coordinator.Leave:input_type -> moetrain.cluster.v1.LeaveRequest
+	21, // 12: moetrain.cluster.v1.Coordinator.Status:input_type -> moetrain.cluster.v1.StatusRequest
+	24, // 13: moetrain.cluster.v1.Coordinator.Stop:input_type -> moetrain.cluster.v1.StopRequest
+	18, // 14: moetrain.cluster.v1.Coordinator.ReportShard:input_type -> moetrain.cluster.v1.ShardReport
+	0,  // 15: moetrain.cluster.v1.Coordinator.SPSAAppend:input_type -> moetrain.cluster.v1.SPSAAppendRequest
+	2,  // 16: moetrain.cluster.v1.Coordinator.SPSALog:input_type -> moetrain.cluster.v1.SPSALogRequest
+	4,  // 17: moetrain.cluster.v1.Coordinator.SPSAWait:input_type -> moetrain.cluster.v1.SPSAWaitRequest
+	7,  // 18: moetrain.cluster.v1.Coordinator.Join:output_type -> moetrain.cluster.v1.JoinResponse
+	9,  // 19: moetrain.cluster.v1.Coordinator.Commands:output_type -> moetrain.cluster.v1.Command
+	20, // 20: moetrain.cluster.v1.Coordinator.ReportProgress:output_type -> moetrain.cluster.v1.Ack
+	20, // 21: moetrain.cluster.v1.Coordinator.ReportError:output_type -> moetrain.cluster.v1.Ack
+	20, // 22: moetrain.cluster.v1.Coordinator.Leave:output_type -> moetrain.cluster.v1.Ack
+	23, // 23: moetrain.cluster.v1.Coordinator.Status:output_type -> moetrain.cluster.v1.StatusResponse
+	20, // 24: moetrain.cluster.v1.Coordinator.Stop:output_type -> moetrain.cluster.v1.Ack
+	20, // 25: moetrain.cluster.v1.Coordinator.ReportShard:output_type -> moetrain.cluster.v1.Ack
+	1,  // 26: moetrain.cluster.v1.Coordinator.SPSAAppend:output_type -> moetrain.cluster.v1.SPSAAppendResponse
+	3,  // 27: moetrain.cluster.v1.Coordinator.SPSALog:output_type -> moetrain.cluster.v1.SPSALogChunk
+	5,  // 28: moetrain.cluster.v1.Coordinator.SPSAWait:output_type -> moetrain.cluster.v1.SPSAWaitResponse
+	18, // [18:29] is the sub-list for method output_type
+	7,  // [7:18] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -1701,7 +2145,7 @@ func file_control_proto_init() {
 	if File_control_proto != nil {
 		return
 	}
-	file_control_proto_msgTypes[3].OneofWrappers = []any{
+	file_control_proto_msgTypes[9].OneofWrappers = []any{
 		(*Command_Start)(nil),
 		(*Command_Abort)(nil),
 		(*Command_Stop)(nil),
@@ -1713,7 +2157,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

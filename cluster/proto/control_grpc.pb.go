@@ -33,6 +33,9 @@ const (
 	Coordinator_Status_FullMethodName         = "/moetrain.cluster.v1.Coordinator/Status"
 	Coordinator_Stop_FullMethodName           = "/moetrain.cluster.v1.Coordinator/Stop"
 	Coordinator_ReportShard_FullMethodName    = "/moetrain.cluster.v1.Coordinator/ReportShard"
+	Coordinator_SPSAAppend_FullMethodName     = "/moetrain.cluster.v1.Coordinator/SPSAAppend"
+	Coordinator_SPSALog_FullMethodName        = "/moetrain.cluster.v1.Coordinator/SPSALog"
+	Coordinator_SPSAWait_FullMethodName       = "/moetrain.cluster.v1.Coordinator/SPSAWait"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -58,6 +61,20 @@ type CoordinatorClient interface {
 	// checkpoint step into the step's temporary directory. Once every rank of
 	// the plan has reported success for a step, the coordinator publishes it.
 	ReportShard(ctx context.Context, in *ShardReport, opts ...grpc.CallOption) (*Ack, error)
+	// SPSAAppend: rank 0 of a train.mode = "spsa" job hands the coordinator
+	// the records of the steps it applied; the coordinator appends them to
+	// the log in its run directory (fsync'd) before it answers. A repeat of
+	// the last record is acknowledged again (a retry after a lost answer).
+	SPSAAppend(ctx context.Context, in *SPSAAppendRequest, opts ...grpc.CallOption) (*SPSAAppendResponse, error)
+	// SPSALog streams the coordinator's SPSA log from a step: the header,
+	// then the records, in the log's own layout, in chunks of at most 1 MiB.
+	// A step past the log's end is OUT_OF_RANGE.
+	SPSALog(ctx context.Context, in *SPSALogRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SPSALogChunk], error)
+	// SPSAWait: an SPSA member is at a step boundary (a running rank told to
+	// pause, or a joiner that replayed the log to step) and asks for the
+	// member set it resumes with; the coordinator holds the call about a
+	// second at most and answers go or not yet.
+	SPSAWait(ctx context.Context, in *SPSAWaitRequest, opts ...grpc.CallOption) (*SPSAWaitResponse, error)
 }
 
 type coordinatorClient struct {
@@ -157,6 +174,45 @@ func (c *coordinatorClient) ReportShard(ctx context.Context, in *ShardReport, op
 	return out, nil
 }
 
+func (c *coordinatorClient) SPSAAppend(ctx context.Context, in *SPSAAppendRequest, opts ...grpc.CallOption) (*SPSAAppendResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SPSAAppendResponse)
+	err := c.cc.Invoke(ctx, Coordinator_SPSAAppend_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *coordinatorClient) SPSALog(ctx context.Context, in *SPSALogRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SPSALogChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Coordinator_ServiceDesc.Streams[1], Coordinator_SPSALog_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SPSALogRequest, SPSALogChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_SPSALogClient = grpc.ServerStreamingClient[SPSALogChunk]
+
+func (c *coordinatorClient) SPSAWait(ctx context.Context, in *SPSAWaitRequest, opts ...grpc.CallOption) (*SPSAWaitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SPSAWaitResponse)
+	err := c.cc.Invoke(ctx, Coordinator_SPSAWait_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -180,6 +236,20 @@ type CoordinatorServer interface {
 	// checkpoint step into the step's temporary directory. Once every rank of
 	// the plan has reported success for a step, the coordinator publishes it.
 	ReportShard(context.Context, *ShardReport) (*Ack, error)
+	// SPSAAppend: rank 0 of a train.mode = "spsa" job hands the coordinator
+	// the records of the steps it applied; the coordinator appends them to
+	// the log in its run directory (fsync'd) before it answers. A repeat of
+	// the last record is acknowledged again (a retry after a lost answer).
+	SPSAAppend(context.Context, *SPSAAppendRequest) (*SPSAAppendResponse, error)
+	// SPSALog streams the coordinator's SPSA log from a step: the header,
+	// then the records, in the log's own layout, in chunks of at most 1 MiB.
+	// A step past the log's end is OUT_OF_RANGE.
+	SPSALog(*SPSALogRequest, grpc.ServerStreamingServer[SPSALogChunk]) error
+	// SPSAWait: an SPSA member is at a step boundary (a running rank told to
+	// pause, or a joiner that replayed the log to step) and asks for the
+	// member set it resumes with; the coordinator holds the call about a
+	// second at most and answers go or not yet.
+	SPSAWait(context.Context, *SPSAWaitRequest) (*SPSAWaitResponse, error)
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -213,6 +283,15 @@ func (UnimplementedCoordinatorServer) Stop(context.Context, *StopRequest) (*Ack,
 }
 func (UnimplementedCoordinatorServer) ReportShard(context.Context, *ShardReport) (*Ack, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportShard not implemented")
+}
+func (UnimplementedCoordinatorServer) SPSAAppend(context.Context, *SPSAAppendRequest) (*SPSAAppendResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SPSAAppend not implemented")
+}
+func (UnimplementedCoordinatorServer) SPSALog(*SPSALogRequest, grpc.ServerStreamingServer[SPSALogChunk]) error {
+	return status.Error(codes.Unimplemented, "method SPSALog not implemented")
+}
+func (UnimplementedCoordinatorServer) SPSAWait(context.Context, *SPSAWaitRequest) (*SPSAWaitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SPSAWait not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -372,6 +451,53 @@ func _Coordinator_ReportShard_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_SPSAAppend_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SPSAAppendRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).SPSAAppend(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_SPSAAppend_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).SPSAAppend(ctx, req.(*SPSAAppendRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Coordinator_SPSALog_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SPSALogRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CoordinatorServer).SPSALog(m, &grpc.GenericServerStream[SPSALogRequest, SPSALogChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_SPSALogServer = grpc.ServerStreamingServer[SPSALogChunk]
+
+func _Coordinator_SPSAWait_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SPSAWaitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).SPSAWait(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_SPSAWait_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).SPSAWait(ctx, req.(*SPSAWaitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -407,11 +533,24 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ReportShard",
 			Handler:    _Coordinator_ReportShard_Handler,
 		},
+		{
+			MethodName: "SPSAAppend",
+			Handler:    _Coordinator_SPSAAppend_Handler,
+		},
+		{
+			MethodName: "SPSAWait",
+			Handler:    _Coordinator_SPSAWait_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Commands",
 			Handler:       _Coordinator_Commands_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "SPSALog",
+			Handler:       _Coordinator_SPSALog_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -112,15 +112,9 @@ func newBenchRankCmd() *cobra.Command {
 	f := &rankbench.Collectives{}
 	var rank int
 	f.BindCPU = -1
-	cmd := &cobra.Command{
-		Use:    "bench-rank",
-		Short:  "one rank of `bench collectives` (internal)",
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return rankbench.RunCollectivesRank(cmd.Context(), f, rank)
-		},
-	}
+	cmd := internalCmd("bench-rank", "one rank of `bench collectives` (internal)", func(cmd *cobra.Command) error {
+		return rankbench.RunCollectivesRank(cmd.Context(), f, rank)
+	})
 	registerCollectives(f, cmd)
 	cmd.Flags().IntVar(&rank, "rank", 0, "this process's rank")
 	cmd.Flags().IntVar(&f.BindCPU, "bind-cpu", -1, "pin this rank process to this CPU (-1: not pinned)")

@@ -106,15 +106,9 @@ GOMAXPROCS = max(1, cores/ep), or max(1, ceil(C)) with --rank-cpu C.`,
 func newBenchRoutingRankCmd() *cobra.Command {
 	var rank, ranks int
 	var timeout time.Duration
-	cmd := &cobra.Command{
-		Use:    "bench-routing-rank",
-		Short:  "one rank of `bench routing` (internal)",
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return rankbench.RunRoutingRank(cmd.Context(), rank, ranks, timeout, cmd.OutOrStdout())
-		},
-	}
+	cmd := internalCmd("bench-routing-rank", "one rank of `bench routing` (internal)", func(cmd *cobra.Command) error {
+		return rankbench.RunRoutingRank(cmd.Context(), rank, ranks, timeout, cmd.OutOrStdout())
+	})
 	fl := cmd.Flags()
 	fl.IntVar(&rank, "rank", 0, "this process's rank")
 	fl.IntVar(&ranks, "ranks", 0, "number of ranks")

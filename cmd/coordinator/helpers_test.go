@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -159,12 +157,4 @@ func trainedCheckpoint(t *testing.T, store *checkpoint.Store, steps int) *train.
 		t.Fatal(err)
 	}
 	return tr
-}
-
-func f32LE(v []float32) []byte {
-	b := make([]byte, 4*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
-	}
-	return b
 }

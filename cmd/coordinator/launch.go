@@ -1,11 +1,9 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/moetrain/moetrain/cluster"
 	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/internal/cli"
 	"github.com/moetrain/moetrain/parallel"
 )
 
@@ -78,21 +77,11 @@ SIGKILL. With --max-restarts, a worker process that dies or hangs is killed and 
 			if err := cluster.CheckLayout(job, workers); err != nil {
 				return err
 			}
-			if runDir == "" {
-				runDir = cluster.DefaultRunDir(time.Now())
-			}
-			if err := os.MkdirAll(runDir, 0o755); err != nil {
-				return fmt.Errorf("run directory: %w", err)
-			}
 			exe, err := os.Executable()
 			if err != nil {
 				return fmt.Errorf("locate this binary to start workers: %w", err)
 			}
-			lvl := zerolog.WarnLevel
-			if verbose {
-				lvl = zerolog.DebugLevel
-			}
-			lg, closer, err := cluster.NewLogger(cluster.LogOptions{File: filepath.Join(runDir, "coordinator.log"), Console: os.Stderr, Level: lvl})
+			lg, closer, err := openRunDir(&runDir, zerolog.WarnLevel, verbose)
 			if err != nil {
 				return err
 			}
@@ -139,36 +128,10 @@ SIGKILL. With --max-restarts, a worker process that dies or hangs is killed and 
 	rootCmd.AddCommand(cmd)
 
 	var wo cluster.WorkerOptions
-	wcmd := &cobra.Command{
-		Use:    workerProcessCmd,
-		Short:  "Run as a worker process (used by launch; same as `worker --join`)",
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signalContext()
-			defer stop()
-			o := wo
-			o.Console = os.Stderr
-			err := cluster.RunWorkerProcess(ctx, o)
-			var ab *cluster.AbortedError
-			if errors.As(err, &ab) {
-				fmt.Fprintln(os.Stderr, "worker:", err)
-				os.Exit(cluster.ExitAborted)
-			}
-			return err
-		},
-	}
-	wf := wcmd.Flags()
-	wf.StringVar(&wo.Join, "join", "", "coordinator address")
-	wf.StringVar(&wo.Token, "token", "", "job token")
-	wf.StringVar(&wo.Host, "host", "", "host name")
-	wf.StringVar(&wo.BindIP, "bind", "", "data-plane IP")
-	wf.IntVar(&wo.Threads, "threads", 0, "kernel thread budget")
-	wf.StringVar(&wo.LogFile, "log-file", "", "JSON log file")
-	wf.BoolVarP(&wo.Verbose, "verbose", "v", false, "debug output")
-	wf.DurationVar(&wo.JoinTimeout, "join-timeout", 30*time.Second, "join retry window")
-	wf.StringVar(&wo.TCPCongestion, "tcp-congestion", "", "data-plane TCP congestion control (see worker --join)")
-	addTLSFlags(wf, &wo.TLS, "this worker's")
+	wcmd := internalCmd(workerProcessCmd, "Run as a worker process (used by launch; same as `worker --join`)", func(*cobra.Command) error {
+		return cli.RunWorker(wo)
+	})
+	cli.AddWorkerFlags(wcmd.Flags(), &wo)
 	rootCmd.AddCommand(wcmd)
 }
 

@@ -4,29 +4,25 @@
 // Each subcommand lives in its own file and registers itself on rootCmd in an
 // init function; a subcommand is registered only once it works.
 //
-// A command should parse flags and wire packages together, and must not grow
-// library code of its own. Not yet so: the rank-process orchestration of
-// `bench collectives` and `bench routing`, CPU pinning and cgroup CPU quotas
-// still live here (see docs/architecture.md#packages).
+// A command parses flags and wires packages together and grows no library
+// code of its own: the rank processes of `bench collectives` and `bench
+// routing`, their CPU pinning and cgroup CPU quotas live in package rankbench
+// (see docs/architecture.md#packages).
 package main
 
 import (
-	"fmt"
-	"os"
-
 	"github.com/spf13/cobra"
+
+	"github.com/moetrain/moetrain/internal/cli"
 )
 
-var rootCmd = &cobra.Command{
-	Use:           "coordinator",
-	Short:         "moetrain coordinator: plan, launch, serve and benchmark MoE training jobs",
-	SilenceUsage:  true,
-	SilenceErrors: true,
-}
+var rootCmd = cli.Root("coordinator", "moetrain coordinator: plan, launch, serve and benchmark MoE training jobs")
 
-func main() {
-	if err := rootCmd.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
-		os.Exit(2)
-	}
+func main() { cli.Main(rootCmd) }
+
+// internalCmd is a hidden subcommand that this binary re-executes itself as
+// (a worker or a benchmark's rank process); it takes flags only.
+func internalCmd(use, short string, run func(cmd *cobra.Command) error) *cobra.Command {
+	return &cobra.Command{Use: use, Short: short, Hidden: true, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return run(cmd) }}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/moetrain/moetrain/cluster"
 	"github.com/moetrain/moetrain/cluster/pki"
+	"github.com/moetrain/moetrain/internal/cli"
 	"github.com/moetrain/moetrain/train"
 )
 
@@ -34,6 +36,22 @@ func loadJob(path string, steps int) (train.JobConfig, error) {
 		cfg.Train.Steps = steps
 	}
 	return cfg, cfg.Validate()
+}
+
+// openRunDir creates the run directory *dir (runs/<timestamp> when empty;
+// *dir is set to it) and in it the coordinator's JSON log, coordinator.log,
+// which stderr also shows from level console up (debug with verbose).
+func openRunDir(dir *string, console zerolog.Level, verbose bool) (zerolog.Logger, io.Closer, error) {
+	if *dir == "" {
+		*dir = cluster.DefaultRunDir(time.Now())
+	}
+	if err := os.MkdirAll(*dir, 0o755); err != nil {
+		return zerolog.Logger{}, nil, fmt.Errorf("run directory: %w", err)
+	}
+	if verbose {
+		console = zerolog.DebugLevel
+	}
+	return cluster.NewLogger(cluster.LogOptions{File: filepath.Join(*dir, "coordinator.log"), Console: os.Stderr, Level: console})
 }
 
 // signalContext is cancelled by SIGINT or SIGTERM; a second signal kills
@@ -105,17 +123,7 @@ job back: its workers rejoin and training goes on from the last committed checkp
 				}
 				fmt.Fprintf(os.Stderr, "job token (pass to workers with --token or $%s): %s\n", cluster.TokenEnv, token)
 			}
-			if runDir == "" {
-				runDir = cluster.DefaultRunDir(time.Now())
-			}
-			if err := os.MkdirAll(runDir, 0o755); err != nil {
-				return fmt.Errorf("run directory: %w", err)
-			}
-			lvl := zerolog.InfoLevel
-			if verbose {
-				lvl = zerolog.DebugLevel
-			}
-			lg, closer, err := cluster.NewLogger(cluster.LogOptions{File: filepath.Join(runDir, "coordinator.log"), Console: os.Stderr, Level: lvl})
+			lg, closer, err := openRunDir(&runDir, zerolog.InfoLevel, verbose)
 			if err != nil {
 				return err
 			}
@@ -180,6 +188,6 @@ job back: its workers rejoin and training goes on from the last committed checkp
 	addCheckpointFlags(f, &ckpt)
 	cluster.AddRecoveryFlags(f, &recovery)
 	addMonitorFlags(f, &monFlags)
-	addTLSFlags(f, &tlsFiles, "this coordinator's")
+	cli.AddTLSFlags(f, &tlsFiles, "this coordinator's")
 	rootCmd.AddCommand(cmd)
 }

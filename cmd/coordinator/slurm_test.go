@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/moetrain/moetrain/cluster/pki"
+	"github.com/moetrain/moetrain/internal/cli"
 )
 
 // Inside a Slurm job serve's flags default from its environment; flags
@@ -17,7 +18,7 @@ func TestSlurmServeDefaults(t *testing.T) {
 		f.StringVar(&listen, "listen", "127.0.0.1:7070", "")
 		f.StringVar(&runDir, "run-dir", "", "")
 		f.IntVar(&workers, "workers", 0, "")
-		addTLSFlags(f, &files, "")
+		cli.AddTLSFlags(f, &files, "")
 		if err := f.Parse(args); err != nil {
 			t.Fatal(err)
 		}

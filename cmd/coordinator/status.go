@@ -2,42 +2,48 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"os"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/moetrain/moetrain/cluster"
 	"github.com/moetrain/moetrain/cluster/pki"
+	"github.com/moetrain/moetrain/internal/cli"
 )
 
 func init() {
+	rootCmd.AddCommand(operatorCmd("status", "Show the status of a running coordinator's job",
+		func(ctx context.Context, addr, token string, tlsCfg *tls.Config) error {
+			s, err := cluster.QueryStatusTLS(ctx, addr, token, tlsCfg)
+			if err != nil {
+				return err
+			}
+			return cluster.FormatStatus(os.Stdout, s)
+		}))
+}
+
+// operatorCmd is a tool that talks to a running coordinator: run gets
+// --addr, the token (--token, else $MOETRAIN_TOKEN) and the client TLS of
+// the tool's TLS files (nil without them).
+func operatorCmd(use, short string, run func(ctx context.Context, addr, token string, tlsCfg *tls.Config) error) *cobra.Command {
 	var addr, token string
 	var tlsFiles pki.Files
 	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "Show the status of a running coordinator's job",
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tlsCfg, err := clientTLSConfig(tlsFiles)
 			if err != nil {
 				return err
 			}
-			s, err := cluster.QueryStatusTLS(context.Background(), addr, cluster.TokenOrEnv(token), tlsCfg)
-			if err != nil {
-				return err
-			}
-			return cluster.FormatStatus(os.Stdout, s)
+			return run(context.Background(), addr, cluster.TokenOrEnv(token), tlsCfg)
 		},
 	}
-	addOperatorFlags(cmd.Flags(), &addr, &token, &tlsFiles)
-	rootCmd.AddCommand(cmd)
-}
-
-// addOperatorFlags registers the flags of a tool that talks to a running
-// coordinator: --addr, --token and the tool's TLS files.
-func addOperatorFlags(f *pflag.FlagSet, addr, token *string, t *pki.Files) {
-	f.StringVar(addr, "addr", "127.0.0.1:7070", "coordinator control-plane address")
-	f.StringVar(token, "token", "", "job token (default $"+cluster.TokenEnv+")")
-	addTLSFlags(f, t, "this tool's (launch writes RUN/tls/operator.pem)")
+	f := cmd.Flags()
+	f.StringVar(&addr, "addr", "127.0.0.1:7070", "coordinator control-plane address")
+	f.StringVar(&token, "token", "", "job token (default $"+cluster.TokenEnv+")")
+	cli.AddTLSFlags(f, &tlsFiles, "this tool's (launch writes RUN/tls/operator.pem)")
+	return cmd
 }

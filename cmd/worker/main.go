@@ -5,23 +5,8 @@
 // init function; a subcommand is registered only once it works.
 package main
 
-import (
-	"fmt"
-	"os"
+import "github.com/moetrain/moetrain/internal/cli"
 
-	"github.com/spf13/cobra"
-)
+var rootCmd = cli.Root("worker", "moetrain worker: train standalone or join a coordinator's job")
 
-var rootCmd = &cobra.Command{
-	Use:           "worker",
-	Short:         "moetrain worker: train standalone or join a coordinator's job",
-	SilenceUsage:  true,
-	SilenceErrors: true,
-}
-
-func main() {
-	if err := rootCmd.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "worker:", err)
-		os.Exit(2)
-	}
-}
+func main() { cli.Main(rootCmd) }

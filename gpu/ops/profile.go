@@ -52,6 +52,8 @@ func Family(kernel string) string {
 		return "routing"
 	case strings.HasPrefix(kernel, "adamw_"), strings.HasPrefix(kernel, "elementwise_sum"):
 		return "optimizer"
+	case strings.HasPrefix(kernel, "spsa_"):
+		return "spsa"
 	}
 	return "elementwise"
 }

@@ -1,6 +1,7 @@
 // Package testkit holds the fixtures that tests of several packages share:
-// input trees on disk and prepared (tokshard) data sets. Each helper fails
-// the test on any error. Test code only: nothing else may import it.
+// input trees on disk, prepared (tokshard) data sets, and the independent
+// safetensors reader's expectations. Each helper fails the test on any
+// error it does not return. Test code only: nothing else may import it.
 package testkit
 
 import (

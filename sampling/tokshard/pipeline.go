@@ -1,7 +1,6 @@
 package tokshard
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -235,18 +234,15 @@ func (r *reader) text(path string) error {
 // jsonl queues a JSONL file's lines in batches, reading them exactly as the
 // serial path does (the same line numbers, long-line rule and byte counts).
 func (r *reader) jsonl(path, comp string) error {
-	f, err := os.Open(path)
+	br, closeBr, corrupt, err := openRecords(path, comp)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	rd, closeRd, err := openCompressed(f, comp)
-	if err != nil {
-		r.emit(&unit{kind: unitSkip, path: path, reason: ReasonCorrupt, detail: err.Error()})
+	if corrupt != nil {
+		r.emit(&unit{kind: unitSkip, path: path, reason: ReasonCorrupt, detail: corrupt.Error()})
 		return nil
 	}
-	defer closeRd()
-	br := bufio.NewReaderSize(rd, readChunk)
+	defer closeBr()
 	u := &unit{kind: unitJSONL, path: path, first: true, line0: 1, data: getData()}
 	for ln := 1; ; ln++ {
 		start := len(u.data)

@@ -502,19 +502,33 @@ func appendRecord(br *bufio.Reader, buf []byte) (out []byte, long bool, err erro
 	}
 }
 
-func (p *preparer) jsonl(path, comp string) error {
+// openRecords opens the JSONL file path through the decompressor comp
+// names (openCompressed) and returns a buffered reader of it and the
+// function that closes both. err is a failure to open path; corrupt, a
+// stream header the decompressor refused: the file is skipped.
+func openRecords(path, comp string) (br *bufio.Reader, closeFn func(), corrupt, err error) {
 	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rd, closeRd, corrupt := openCompressed(f, comp)
+	if corrupt != nil {
+		f.Close()
+		return nil, nil, corrupt, nil
+	}
+	return bufio.NewReaderSize(rd, readChunk), func() { closeRd(); f.Close() }, nil, nil
+}
+
+func (p *preparer) jsonl(path, comp string) error {
+	br, closeBr, corrupt, err := openRecords(path, comp)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	r, closeR, err := openCompressed(f, comp)
-	if err != nil {
-		p.skip(path, ReasonCorrupt, err.Error(), true)
+	if corrupt != nil {
+		p.skip(path, ReasonCorrupt, corrupt.Error(), true)
 		return nil
 	}
-	defer closeR()
-	br := bufio.NewReaderSize(r, readChunk)
+	defer closeBr()
 	docs := uint64(0)
 	var line []byte
 	for ln := 1; ; ln++ {

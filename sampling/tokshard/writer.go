@@ -100,13 +100,22 @@ func (w *Writer) BeginDoc() error {
 	return nil
 }
 
-// Write appends tokens to the open document. It buffers at most ChunkBytes.
-func (w *Writer) Write(tokens []int32) error {
+// checkInDoc is the error of op (a method's name) when w has failed before
+// or holds no open document; nil otherwise.
+func (w *Writer) checkInDoc(op string) error {
 	if w.err != nil {
 		return w.err
 	}
 	if !w.inDoc {
-		return errors.New("tokshard: Write outside a document")
+		return errors.New("tokshard: " + op + " outside a document")
+	}
+	return nil
+}
+
+// Write appends tokens to the open document. It buffers at most ChunkBytes.
+func (w *Writer) Write(tokens []int32) error {
+	if err := w.checkInDoc("Write"); err != nil {
+		return err
 	}
 	for _, t := range tokens {
 		if t < 0 || int64(t) >= int64(w.o.Vocab) {
@@ -129,11 +138,8 @@ func (w *Writer) Write(tokens []int32) error {
 
 // EndDoc ends the open document and records it in the index.
 func (w *Writer) EndDoc() error {
-	if w.err != nil {
-		return w.err
-	}
-	if !w.inDoc {
-		return errors.New("tokshard: EndDoc outside a document")
+	if err := w.checkInDoc("EndDoc"); err != nil {
+		return err
 	}
 	n := w.shardTok - w.docStart
 	if n > 1<<32-1 {
@@ -159,11 +165,8 @@ func (w *Writer) EndDoc() error {
 // WriteEncoded appends tokens encoded by AppendEncoded for this writer's
 // vocabulary: the bytes are copied as they are, without a second range check.
 func (w *Writer) WriteEncoded(e Encoded) error {
-	if w.err != nil {
-		return w.err
-	}
-	if !w.inDoc {
-		return errors.New("tokshard: Write outside a document")
+	if err := w.checkInDoc("Write"); err != nil {
+		return err
 	}
 	if e.vocab != w.o.Vocab {
 		return w.fail(fmt.Errorf("tokshard: tokens encoded for vocabulary %d, writer has %d", e.vocab, w.o.Vocab))
@@ -186,11 +189,8 @@ func (w *Writer) WriteEncoded(e Encoded) error {
 // been begun. Whole chunks already written stay; the partial chunk the
 // document began in is read back from the shard file, which is cut there.
 func (w *Writer) AbortDoc() error {
-	if w.err != nil {
-		return w.err
-	}
-	if !w.inDoc {
-		return errors.New("tokshard: AbortDoc outside a document")
+	if err := w.checkInDoc("AbortDoc"); err != nil {
+		return err
 	}
 	w.inDoc = false
 	if w.shardDocs == 0 { // the shard was opened for this document: drop it

@@ -311,6 +311,23 @@ func stripComments(rel string, data []byte) ([]byte, error) {
 	return res, nil
 }
 
+// goDecls parses the Go file rel, whose source is data, and returns its
+// top-level declarations other than imports, in order.
+func goDecls(rel string, data []byte) (*token.FileSet, []ast.Decl, error) {
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, rel, data, parser.ParseComments|parser.SkipObjectResolution)
+	if err != nil {
+		return nil, nil, err
+	}
+	var decls []ast.Decl
+	for _, decl := range f.Decls {
+		if g, ok := decl.(*ast.GenDecl); !ok || g.Tok != token.IMPORT {
+			decls = append(decls, decl)
+		}
+	}
+	return fset, decls, nil
+}
+
 // splitSpans cuts a Go file after the line end of every top-level
 // declaration other than imports: each document is one declaration with all
 // that precedes it since the previous cut (blank lines, doc comment; for the
@@ -319,17 +336,13 @@ func stripComments(rel string, data []byte) ([]byte, error) {
 // concatenate to the file exactly, so a sampler that concatenates documents
 // sees the same stream as with whole files.
 func splitSpans(rel string, data []byte) ([]doc, error) {
-	fset := token.NewFileSet()
-	f, err := parser.ParseFile(fset, rel, data, parser.ParseComments|parser.SkipObjectResolution)
+	fset, decls, err := goDecls(rel, data)
 	if err != nil {
 		return nil, err
 	}
 	var docs []doc
 	prev, line := 0, 1
-	for _, decl := range f.Decls {
-		if g, ok := decl.(*ast.GenDecl); ok && g.Tok == token.IMPORT {
-			continue
-		}
+	for _, decl := range decls {
 		cut := fset.Position(decl.End()).Offset
 		if i := bytes.IndexByte(data[cut:], '\n'); i >= 0 {
 			cut += i + 1
@@ -357,16 +370,12 @@ func splitSpans(rel string, data []byte) ([]doc, error) {
 // the declaration's source from its doc comment (if any) to its end. The
 // package clause, imports and the file's leading comment form no document.
 func splitDecls(rel string, data []byte) ([]doc, error) {
-	fset := token.NewFileSet()
-	f, err := parser.ParseFile(fset, rel, data, parser.ParseComments|parser.SkipObjectResolution)
+	fset, decls, err := goDecls(rel, data)
 	if err != nil {
 		return nil, err
 	}
 	var docs []doc
-	for _, decl := range f.Decls {
-		if g, ok := decl.(*ast.GenDecl); ok && g.Tok == token.IMPORT {
-			continue
-		}
+	for _, decl := range decls {
 		start := decl.Pos()
 		switch d := decl.(type) {
 		case *ast.FuncDecl:
