@@ -219,11 +219,11 @@ func TestWriterDecidesCodecPerEntry(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rec.first[noise.name] != CodecNone || rec.first[pattern.name] != CodecZstd {
+			if rec.first[noise.name] != CodecNone || rec.first[pattern.name] != CodecAuto {
 				t.Fatalf("entries queued with codecs %v, want %s raw (%d) and %s compressed (%d)",
-					rec.first, noise.name, CodecNone, pattern.name, CodecZstd)
+					rec.first, noise.name, CodecNone, pattern.name, CodecAuto)
 			}
-			if rec.chunks[CodecNone] != chunks || rec.chunks[CodecZstd] != chunks {
+			if rec.chunks[CodecNone] != chunks || rec.chunks[CodecAuto] != chunks {
 				t.Fatalf("chunks queued per codec %v, want %d of each", rec.chunks, chunks)
 			}
 			for i, c := range shardChunks(t, path, noise.name) {
@@ -328,7 +328,7 @@ func TestWriterProbeWeighsCodingSpeed(t *testing.T) {
 	for _, c := range []struct {
 		rate float64
 		want Codec
-	}{{1e18, CodecNone}, {1, CodecZstd}} {
+	}{{1e18, CodecNone}, {1, CodecAuto}} {
 		t.Run(fmt.Sprintf("disk=%g", c.rate), func(t *testing.T) {
 			withDiskRate(t, c.rate)
 			pattern := patternTensor("model.b", n)

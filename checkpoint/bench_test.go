@@ -160,9 +160,9 @@ func BenchmarkSave(b *testing.B) {
 		name string
 		opts WriterOptions
 	}{
-		{"zstd-shuffle", WriterOptions{}},
-		{"zstd-shuffle-always", WriterOptions{AlwaysCompress: true}},
-		{"zstd", WriterOptions{NoShuffle: true}},
+		{"auto", WriterOptions{}},                            // the default: byte planes where they pay
+		{"auto-always", WriterOptions{AlwaysCompress: true}}, // no raw fallback
+		{"zstd-frames", WriterOptions{NoShuffle: true}},      // float32 as zstd frames, no byte planes
 		{"raw", WriterOptions{Codec: CodecNone}},
 		{"buffered", WriterOptions{BufferedIO: true}},
 		{"raw-buffered", WriterOptions{Codec: CodecNone, BufferedIO: true}},

@@ -15,7 +15,7 @@ func TestSaveLoadReshard(t *testing.T) {
 		name string
 		opts WriterOptions
 	}{
-		{"zstd-shuffle-tiny-chunks", WriterOptions{ChunkBytes: 16, Workers: 3, InFlight: 2}},
+		{"auto-tiny-chunks", WriterOptions{ChunkBytes: 16, Workers: 3, InFlight: 2}},
 		{"zstd-noshuffle", WriterOptions{NoShuffle: true, ChunkBytes: 40}},
 		{"raw", WriterOptions{Codec: CodecNone, ChunkBytes: 28}},
 		{"defaults", WriterOptions{}},

@@ -23,22 +23,22 @@ import (
 type Codec int
 
 const (
-	// CodecZstd (the default) compresses where it pays, and despite its name
-	// mostly without zstd: float32 tensors go through the byte-plane codec
-	// (planes.go: Huffman-coded planes, noise planes raw), blobs and float32
-	// with NoShuffle as one zstd frame per chunk. An entry whose sample does
+	// CodecAuto (the default) compresses where it pays: float32 tensors
+	// through the byte-plane codec (planes.go: Huffman-coded planes, noise
+	// planes raw), blobs and float32 with NoShuffle as one zstd frame per
+	// chunk. An entry whose sample does
 	// not shrink enough or codes too slowly for the disk (probe.go), a chunk
 	// that does not shrink, and the rest of a shard once compression falls
 	// behind the disk are stored raw (see
 	// AlwaysCompress; docs/checkpoint-format.md#codecs-as-implemented).
-	CodecZstd Codec = iota
+	CodecAuto Codec = iota
 	// CodecNone stores raw bytes.
 	CodecNone
 )
 
 // WriterOptions configure a ShardWriter. The zero value is a sensible default.
 type WriterOptions struct {
-	// Codec of the chunks; default CodecZstd.
+	// Codec of the chunks; default CodecAuto.
 	Codec Codec
 	// ZstdLevel is a zstd level 1..22 mapped onto the encoder's speed
 	// settings, for the chunks coded as zstd frames (blobs, NoShuffle); 0
@@ -225,7 +225,7 @@ func CreateShard(ctx context.Context, path string, rank int, opts WriterOptions)
 	}
 	opts = opts.withDefaults()
 	w := &ShardWriter{ctx: ctx, path: path, part: path + ".part", rank: rank, opts: opts, names: map[string]bool{}, start: time.Now()}
-	if opts.Codec == CodecZstd {
+	if opts.Codec == CodecAuto {
 		enc, err := zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(opts.ZstdLevel)),
 			zstd.WithEncoderConcurrency(opts.Workers),
@@ -284,7 +284,7 @@ func (w *ShardWriter) WriteTensor(name string, shape []int64, region Region, dat
 		return w.fail(fmt.Errorf("tensor %q: %d values for region %v of %d elements", name, len(data), region, region.Len()))
 	}
 	meta := &indexEntry{Name: name, Kind: kindF32, Shape: append([]int64(nil), shape...), Region: cloneRegion(region),
-		Shuffle: !w.opts.NoShuffle && w.opts.Codec == CodecZstd}
+		Shuffle: !w.opts.NoShuffle && w.opts.Codec == CodecAuto}
 	return w.submit(meta, f32Bytes(data), meta.Shuffle)
 }
 
@@ -329,7 +329,7 @@ func (w *ShardWriter) submit(meta *indexEntry, raw []byte, shuffle bool) error {
 	// so every chunk of an entry gets the same decision whichever worker
 	// takes it, and one entry's data never decides for another's.
 	codec := w.opts.Codec
-	if codec == CodecZstd && !w.opts.AlwaysCompress && !w.entryCompressible(raw, shuffle) {
+	if codec == CodecAuto && !w.opts.AlwaysCompress && !w.entryCompressible(raw, shuffle) {
 		codec = CodecNone
 	}
 	first := true
@@ -390,7 +390,7 @@ func (w *ShardWriter) compressLoop() {
 func (w *ShardWriter) compress(j *chunkJob, raw bool) {
 	j.chunk.Raw = int64(len(j.raw))
 	j.chunk.RCRC = crc32.Checksum(j.raw, crcTable)
-	if j.codec == CodecZstd && !raw {
+	if j.codec == CodecAuto && !raw {
 		out := w.pool.Get().(*[]byte)
 		var ok bool
 		var codec uint8

@@ -23,9 +23,11 @@
 # Environment:
 #   SIZE_MB              raw MB per measurement (default 256)
 #   ROUNDS               rounds (default 3)
-#   VARIANTS             BenchmarkSave sub-benchmarks (default "zstd-shuffle raw";
-#                        also zstd-shuffle-always: no raw fallback, zstd,
-#                        buffered and raw-buffered: through the page cache)
+#   VARIANTS             BenchmarkSave sub-benchmarks (default "auto raw": the
+#                        default codec, byte planes where they pay, and none;
+#                        also auto-always: no raw fallback, zstd-frames: float32
+#                        as zstd frames, buffered and raw-buffered: through the
+#                        page cache)
 #   SETTLE               seconds of idle disk before dd (default 5)
 #   WARMUP               1: each save process saves once untimed first, as a
 #                        training process has after its first checkpoint
@@ -39,7 +41,7 @@ source "$(dirname "$0")/lib.sh"
 
 SIZE_MB=${SIZE_MB:-256}
 ROUNDS=${ROUNDS:-3}
-VARIANTS=${VARIANTS:-"zstd-shuffle raw"}
+VARIANTS=${VARIANTS:-"auto raw"}
 SETTLE=${SETTLE:-5}
 WARMUP=${WARMUP:-0}
 case "$SIZE_MB$ROUNDS$SETTLE$WARMUP" in *[!0-9]*) echo "SIZE_MB and ROUNDS must be positive integers" >&2; exit 2;; esac
