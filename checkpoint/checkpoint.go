@@ -313,6 +313,16 @@ func (c *Checkpoint) Blob(rank int, name string) ([]byte, error) {
 	return nil, fmt.Errorf("checkpoint %s: no blob %q from rank %d", c.Dir, name, rank)
 }
 
+// HasBlob reports whether rank's shard lists blob name (Blob reads it).
+func (c *Checkpoint) HasBlob(rank int, name string) bool {
+	for _, sh := range c.Manifest.Shards {
+		if sh.Rank == rank && slices.Contains(sh.Blobs, name) {
+			return true
+		}
+	}
+	return false
+}
+
 // Ranks lists the ranks that wrote shards, sorted.
 func (c *Checkpoint) Ranks() []int {
 	seen := map[int]bool{}

@@ -18,7 +18,7 @@ import (
 
 // meshRanks builds the ranks of mesh for job over in-process transports,
 // each with its replica's sampler, and runs fn on every rank at once.
-func meshRanks(t *testing.T, job train.JobConfig, mesh parallel.Mesh, fn func(r int, s *meshState) error) {
+func meshRanks(t *testing.T, job train.JobConfig, mesh parallel.Mesh, fn func(r int, s *train.MeshRankState) error) {
 	t.Helper()
 	data, err := sampling.Open(job.DataConfig(), job.Train.Seed)
 	if err != nil {
@@ -42,7 +42,7 @@ func meshRanks(t *testing.T, job train.JobConfig, mesh parallel.Mesh, fn func(r 
 				if err != nil {
 					return err
 				}
-				return fn(r, &meshState{mr: mr, sampler: s, log: zerolog.Nop()})
+				return fn(r, &train.MeshRankState{Rank: mr, Sampler: s, Log: zerolog.Nop()})
 			}()
 		}()
 	}
@@ -72,13 +72,13 @@ func TestRestoreContinuesSamplersUnderAnotherDP(t *testing.T) {
 	}
 	saved := parallel.Mesh{DP: 2, SP: 1, TP: 1, EP: 1}
 	shards := make([]checkpoint.ShardInfo, saved.World())
-	meshRanks(t, job, saved, func(r int, s *meshState) error {
+	meshRanks(t, job, saved, func(r int, s *train.MeshRankState) error {
 		for range steps {
-			b, err := s.sampler.Next()
+			b, err := s.Sampler.Next()
 			if err != nil {
 				return err
 			}
-			if _, err := s.mr.Step(context.Background(), b); err != nil {
+			if _, err := s.Rank.Step(context.Background(), b); err != nil {
 				return err
 			}
 		}
@@ -114,7 +114,7 @@ func TestRestoreContinuesSamplersUnderAnotherDP(t *testing.T) {
 	}
 	for _, dp := range []int{1, 2, 4} {
 		mesh := parallel.Mesh{DP: dp, SP: 1, TP: 1, EP: 1}
-		meshRanks(t, job, mesh, func(r int, s *meshState) error {
+		meshRanks(t, job, mesh, func(r int, s *train.MeshRankState) error {
 			c, err := checkpoint.OpenDir(store.StepDir(steps), checkpoint.OpenOptions{})
 			if err != nil {
 				return err
@@ -123,7 +123,7 @@ func TestRestoreContinuesSamplersUnderAnotherDP(t *testing.T) {
 			if err := s.Restore(c, r); err != nil {
 				return err
 			}
-			b, err := s.sampler.Next()
+			b, err := s.Sampler.Next()
 			if err != nil {
 				return err
 			}

@@ -13,8 +13,9 @@ package cluster
 // part of a save the training step waits for); Restore loads a committed
 // checkpoint by global tensor name and region (checkpoint.ReadRegion), never
 // assuming the layout that saved it, so a checkpoint saved under one mesh
-// loads under another. meshState (runner_mesh_ckpt.go) is the
-// implementation for every mesh.
+// loads under another. train.MeshRankState is the implementation for every
+// mesh: what a rank's checkpoint holds is train's; when and where it is
+// written and reported is this file's.
 //
 // Commit protocol (docs/checkpoint-format.md#commit-protocol): after every
 // spec.Checkpoint.Every steps and after the last, the rank snapshots its

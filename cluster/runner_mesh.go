@@ -101,7 +101,7 @@ func RunMesh(ctx context.Context, spec StartSpec) error {
 	}
 	log.Debug().Dur("wait", time.Since(t1)).Msg("every rank ready")
 	tr := mr.Trainer()
-	rc, _, err := openRankCheckpoints(ctx, spec, &meshState{mr: mr, sampler: sampler, log: log})
+	rc, _, err := openRankCheckpoints(ctx, spec, &train.MeshRankState{Rank: mr, Sampler: sampler, Log: log})
 	if err != nil {
 		return fmt.Errorf("mesh runner: %w", err)
 	}

@@ -330,12 +330,15 @@ func (t *Trainer) RestoreWith(c *checkpoint.Checkpoint, rank int, sl ShardLayout
 	if int64(ost.Step) != c.Step() || ost.Step < 0 {
 		return nil, fmt.Errorf("restore: checkpoint %s: optimizer blob says step %d, manifest step %d", c.Dir, ost.Step, c.Step())
 	}
+	// A checkpoint written without a sampler has none to restore; one whose
+	// sampler blob is listed but unreadable is an error, not a fresh start.
 	var sampler *sampling.State
-	if sb, err := c.Blob(br, checkpoint.BlobSampler); err == nil {
-		sampler = new(sampling.State)
-		if err := json.Unmarshal(sb, sampler); err != nil {
-			return nil, fmt.Errorf("restore: checkpoint %s: blob %q of rank %d: %w", c.Dir, checkpoint.BlobSampler, br, err)
+	if c.HasBlob(br, checkpoint.BlobSampler) {
+		st, err := SamplerState(c, br)
+		if err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
 		}
+		sampler = &st
 	}
 	var bias []float32
 	if len(t.m.Balance.Flat) > 0 {

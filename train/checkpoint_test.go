@@ -701,3 +701,53 @@ func commitSnapshots(t *testing.T, store *checkpoint.Store, cfg JobConfig, snaps
 		t.Fatal(err)
 	}
 }
+
+// TestSamplerBlobRestore: a checkpoint without a sampler blob restores with
+// no sampler position; one whose sampler blob is not a sampler state is an
+// error naming the blob and the rank, and leaves the parameters alone.
+func TestSamplerBlobRestore(t *testing.T) {
+	cfg := ckptJob(4)
+	a := newTestTrainer(t, cfg)
+	for _, tc := range []struct {
+		name string
+		blob []byte // nil: no sampler blob
+		want string
+	}{
+		{"none", nil, ""},
+		{"not json", []byte("not a sampler state"), `blob "sampler" of rank 0`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newTestStore(t)
+			snap, err := a.Snapshot(0, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.blob != nil {
+				snap.AddBlob(checkpoint.BlobSampler, tc.blob)
+			}
+			if _, err := commitSnapshot(t.Context(), store, cfg, snap, checkpoint.WriterOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			b := newTestTrainer(t, cfg)
+			before := slices.Clone(b.Params())
+			c, _, err := OpenRef(store, "latest")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			st, err := b.RestoreFrom(c, 0)
+			if tc.want == "" {
+				if err != nil || st != nil {
+					t.Fatalf("restore without a sampler blob: state %v, %v", st, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("restore of a bad sampler blob: %v, want it to name %s", err, tc.want)
+			}
+			if !f32BitsEqual(b.Params(), before) {
+				t.Fatal("a failed restore changed the parameters")
+			}
+		})
+	}
+}
