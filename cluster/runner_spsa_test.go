@@ -178,23 +178,7 @@ func TestSPSALaunchBitwiseAndResume(t *testing.T) {
 	if err != nil || len(recs) != steps || len(recs[0].Entries) != workers {
 		t.Fatalf("log: %d records, %v", len(recs), err)
 	}
-	replay := func(k int) string {
-		m, err := model.New(job.Model, job.Train.Seed)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := loadSPSAStart(pre, m); err != nil {
-			t.Fatal(err)
-		}
-		w, err := spsa.NewWorker(job.SPSA, 1, m.Params, m.Grads, 0, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Replay(recs, int64(k)); err != nil {
-			t.Fatal(err)
-		}
-		return fmt.Sprintf("%08x", spsa.Checksum(m.Params))
-	}
+	replay := func(k int) string { return replaySPSA(t, job, pre, recs, int64(k)) }
 	if got, short := replay(steps), replay(steps-1); got != whole[0].ParamsCRC32C || short == got {
 		t.Fatalf("replay of %d steps: %s, of %d: %s; the ranks hold %s", steps, got, steps-1, short, whole[0].ParamsCRC32C)
 	}
