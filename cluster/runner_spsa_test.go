@@ -14,12 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
-	"github.com/moetrain/moetrain/checkpoint"
 	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/internal/pretrain"
 	"github.com/moetrain/moetrain/model"
-	"github.com/moetrain/moetrain/sampling"
 	"github.com/moetrain/moetrain/spsa"
 	"github.com/moetrain/moetrain/train"
 )
@@ -74,37 +71,8 @@ func TestSPSAWorkerProcessHelper(t *testing.T) {
 // and saves it: the fine-tuning start.
 func spsaStartCheckpoint(t *testing.T, cfg train.JobConfig) string {
 	t.Helper()
-	tr, err := train.NewTrainer(cfg, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	data, err := sampling.Open(cfg.DataConfig(), cfg.Train.Seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := data.Sampler(0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 2 {
-		b, err := s.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := tr.TrainStep(b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dir := filepath.Join(t.TempDir(), "pre")
-	store, err := checkpoint.NewStore(dir, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tr.SaveCheckpoint(t.Context(), store, nil, checkpoint.WriterOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	tr, _ := pretrain.Trainer(t, cfg, 2)
+	return pretrain.Save(t, tr, filepath.Join(t.TempDir(), "pre"))
 }
 
 // launchSPSA runs job over workers test-binary worker processes and returns

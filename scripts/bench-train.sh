@@ -82,7 +82,6 @@ fi
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 gotps() { awk '{for (i = 1; i < NF; i++) if ($(i+1) == "tokens/s") print $i}'; }
 field() { awk -v k="$1" 'index($0, k) == 1 {print $NF}'; }
 
@@ -128,12 +127,12 @@ if ((scale)); then
 		echo "  before:$(sed -n 1p <<<"$out" | sed 's/.*load/ load/')  after:$(sed -n 3p <<<"$out" | sed 's/.*load/ load/')"
 		s1_runs+=("$s1") s2_runs+=("$s2") dp_runs+=("$d") ep_runs+=("$e") dms_runs+=("$dms") ems_runs+=("$ems")
 	done
-	s1=$(printf '%s\n' "${s1_runs[@]}" | median)
-	s2=$(printf '%s\n' "${s2_runs[@]}" | median)
-	d=$(printf '%s\n' "${dp_runs[@]}" | median)
-	e=$(printf '%s\n' "${ep_runs[@]}" | median)
-	dms=$(printf '%s\n' "${dms_runs[@]}" | median)
-	ems=$(printf '%s\n' "${ems_runs[@]}" | median)
+	s1=$(median_of "${s1_runs[@]}")
+	s2=$(median_of "${s2_runs[@]}")
+	d=$(median_of "${dp_runs[@]}")
+	e=$(median_of "${ep_runs[@]}")
+	dms=$(median_of "${dms_runs[@]}")
+	ems=$(median_of "${ems_runs[@]}")
 	echo "median tokens/s: standalone 1 thread $s1, 2 threads $s2, DP=2 $d, DP=2 EP=2 $e"
 	awk -v a="$s1" -v b="$s2" -v d="$d" -v dms="$dms" -v ems="$ems" 'BEGIN {
 		printf "standalone 2 threads / 1 thread: %.2fx\n", b / a
@@ -165,12 +164,12 @@ if ((dp)); then
 		echo "round $r: torch DDP $d (mean $dm), moetrain DP=2 $o (mean $om, job-reported $oj), 2 x serial 1 thread $c tokens/s"
 		ddp_runs+=("$d") ours_runs+=("$o") ceil_runs+=("$c") ddp_mean+=("$dm") ours_mean+=("$om") ours_job+=("$oj")
 	done
-	d=$(printf '%s\n' "${ddp_runs[@]}" | median)
-	o=$(printf '%s\n' "${ours_runs[@]}" | median)
-	c=$(printf '%s\n' "${ceil_runs[@]}" | median)
-	dm=$(printf '%s\n' "${ddp_mean[@]}" | median)
-	om=$(printf '%s\n' "${ours_mean[@]}" | median)
-	oj=$(printf '%s\n' "${ours_job[@]}" | median)
+	d=$(median_of "${ddp_runs[@]}")
+	o=$(median_of "${ours_runs[@]}")
+	c=$(median_of "${ceil_runs[@]}")
+	dm=$(median_of "${ddp_mean[@]}")
+	om=$(median_of "${ours_mean[@]}")
+	oj=$(median_of "${ours_job[@]}")
 	echo "median tokens/s: torch DDP $d (mean $dm), moetrain DP=2 $o (mean $om, job-reported $oj), 2 x serial $c"
 	awk -v d="$d" -v o="$o" -v c="$c" -v dm="$dm" -v om="$om" 'BEGIN {
 		printf "moetrain DP=2 / torch DDP: %.2fx (by mean step time %.2fx)\n", o / d, om / dm
@@ -189,10 +188,10 @@ for r in $(seq "$rounds"); do
 	echo "round $r: torch $t, torch-blas-pool $tp, moetrain 1 thread $g1, 2 threads $g2 tokens/s"
 	torch_runs+=("$t") pool_runs+=("$tp") go1_runs+=("$g1") go2_runs+=("$g2")
 done
-t=$(printf '%s\n' "${torch_runs[@]}" | median)
-tp=$(printf '%s\n' "${pool_runs[@]}" | median)
-g1=$(printf '%s\n' "${go1_runs[@]}" | median)
-g2=$(printf '%s\n' "${go2_runs[@]}" | median)
+t=$(median_of "${torch_runs[@]}")
+tp=$(median_of "${pool_runs[@]}")
+g1=$(median_of "${go1_runs[@]}")
+g2=$(median_of "${go2_runs[@]}")
 echo "median tokens/s: torch $t, torch-blas-pool $tp, moetrain 1 thread $g1, moetrain 2 threads $g2"
 awk -v t="$t" -v tp="$tp" -v a="$g1" -v b="$g2" 'BEGIN {
 	printf "moetrain 1 thread / torch 1 thread: %.2fx\n", a / t

@@ -7,11 +7,9 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/rs/zerolog"
-
 	"github.com/moetrain/moetrain/checkpoint"
+	"github.com/moetrain/moetrain/internal/pretrain"
 	"github.com/moetrain/moetrain/model"
-	"github.com/moetrain/moetrain/sampling"
 	"github.com/moetrain/moetrain/spsa"
 	"github.com/moetrain/moetrain/train"
 )
@@ -32,33 +30,9 @@ func TestFineTuneFromTrainerCheckpoint(t *testing.T) {
 	cfg := train.DefaultJobConfig()
 	cfg.Model.DModel, cfg.Model.Layers, cfg.Model.SeqLen, cfg.Model.Experts, cfg.Model.ExpertHidden = 32, 1, 32, 4, 32
 	cfg.Data.SeqLen, cfg.Data.BatchSize, cfg.Train.Steps = 32, 2, 3
-	tr, err := train.NewTrainer(cfg, zerolog.Nop())
+	tr, data := pretrain.Trainer(t, cfg, 3)
+	store, err := checkpoint.NewStore(pretrain.Save(t, tr, filepath.Join(t.TempDir(), "ckpt")), 0)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	data, err := sampling.Open(cfg.DataConfig(), cfg.Train.Seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := data.Sampler(0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 3 {
-		b, err := s.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := tr.TrainStep(b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	store, err := checkpoint.NewStore(filepath.Join(t.TempDir(), "ckpt"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tr.SaveCheckpoint(t.Context(), store, nil, checkpoint.WriterOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	c, _, err := train.OpenRef(store, "latest")
@@ -94,6 +68,10 @@ func TestFineTuneFromTrainerCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	log, err := spsa.CreateLog(filepath.Join(t.TempDir(), "spsa.log"), sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := data.Sampler(0, 1) // the fine-tuning data: the same stream from its start
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -703,18 +704,25 @@ func commitSnapshots(t *testing.T, store *checkpoint.Store, cfg JobConfig, snaps
 }
 
 // TestSamplerBlobRestore: a checkpoint without a sampler blob restores with
-// no sampler position; one whose sampler blob is not a sampler state is an
-// error naming the blob and the rank, and leaves the parameters alone.
+// no sampler position; one whose sampler blob is not a sampler state, or
+// cannot be read (a byte of it damaged on disk), is an error naming the
+// blob and the rank, and leaves the parameters alone.
 func TestSamplerBlobRestore(t *testing.T) {
 	cfg := ckptJob(4)
 	a := newTestTrainer(t, cfg)
+	noise := make([]byte, 256) // incompressible: stored raw, so it can be found in the file
+	for i := range noise {
+		noise[i] = byte(i*131 + i*i*7 + 13)
+	}
 	for _, tc := range []struct {
-		name string
-		blob []byte // nil: no sampler blob
-		want string
+		name   string
+		blob   []byte // nil: no sampler blob
+		damage bool   // flip a bit of the blob in the shard file
+		want   string
 	}{
-		{"none", nil, ""},
-		{"not json", []byte("not a sampler state"), `blob "sampler" of rank 0`},
+		{"none", nil, false, ""},
+		{"not json", []byte("not a sampler state"), false, `blob "sampler" of rank 0`},
+		{"unreadable", noise, true, `"sampler"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			store := newTestStore(t)
@@ -728,9 +736,14 @@ func TestSamplerBlobRestore(t *testing.T) {
 			if _, err := commitSnapshot(t.Context(), store, cfg, snap, checkpoint.WriterOptions{}); err != nil {
 				t.Fatal(err)
 			}
+			if tc.damage {
+				damageBytes(t, store.StepDir(snap.Step), tc.blob)
+			}
 			b := newTestTrainer(t, cfg)
 			before := slices.Clone(b.Params())
-			c, _, err := OpenRef(store, "latest")
+			// Opened as a rank of a job opens its resume point (the quick
+			// check: the coordinator verified every byte before the job).
+			c, err := checkpoint.OpenDir(store.StepDir(snap.Step), checkpoint.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -750,4 +763,29 @@ func TestSamplerBlobRestore(t *testing.T) {
 			}
 		})
 	}
+}
+
+// damageBytes flips one bit inside the first occurrence of what in a file
+// of dir, failing the test if no file holds it.
+func damageBytes(t *testing.T, dir string, what []byte) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		b, err := os.ReadFile(p)
+		if err != nil || e.IsDir() {
+			continue
+		}
+		if i := bytes.Index(b, what); i >= 0 {
+			b[i+len(what)/2] ^= 0x10
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("no file of %s holds the %d bytes to damage", dir, len(what))
 }
