@@ -18,11 +18,7 @@ import (
 // reads back exactly. Here the one worker is held until the writer has taken
 // every chunk after the first, so those are stored raw, deterministically.
 func TestWriterStoresChunksRawWhenWorkersLag(t *testing.T) {
-	rng := rand.New(rand.NewPCG(21, 22))
-	big := newTestTensor(rng, "model.big", 64, 64)
-	for i := range big.data {
-		big.data[i] = float32(i % 7) // compressible: a worker would shrink it
-	}
+	big := patternTensor("model.big", 64, 64) // compressible: a worker would shrink it
 	first := true
 	testWorkerHook = func(j *chunkJob) {
 		if j.meta != nil && j.meta.Name == "model.big" && first {
@@ -59,11 +55,7 @@ func TestWriterStoresChunksRawWhenWorkersLag(t *testing.T) {
 // the CPU is the bottleneck: the rest of the shard is stored raw even by
 // free workers, and it still reads back exactly.
 func TestWriterGoesRawAfterStalls(t *testing.T) {
-	rng := rand.New(rand.NewPCG(23, 24))
-	big := newTestTensor(rng, "model.big", 64, 64)
-	for i := range big.data {
-		big.data[i] = float32(i % 7) // compressible: a worker would shrink it
-	}
+	big := patternTensor("model.big", 64, 64) // compressible: a worker would shrink it
 	// The one worker takes the chunks in order. It compresses the first
 	// (the writer waits for it while the pipeline fills), then is held on
 	// the next rawAfterStalls chunks until the writer has stored them raw.
@@ -124,11 +116,7 @@ func commitAndCheck(t *testing.T, s *Store, info ShardInfo, tensors ...testTenso
 // behind the disk, so they are compressed and the shard does not go raw.
 // (Before this rule every shard went raw at its first chunk.)
 func TestWriterCompressesWithFreeWorkers(t *testing.T) {
-	rng := rand.New(rand.NewPCG(25, 26))
-	big := newTestTensor(rng, "model.big", 64, 64)
-	for i := range big.data {
-		big.data[i] = float32(i % 7)
-	}
+	big := patternTensor("model.big", 64, 64)
 	// One chunk, within the fill of two workers.
 	s, path, w := writeShard(t, big, WriterOptions{ChunkBytes: 64 << 10, Workers: 2, NoSync: true})
 	info, err := w.Close()
@@ -160,9 +148,14 @@ func noiseTensor(rng *rand.Rand, name string, n int64) testTensor {
 	return t
 }
 
-// patternTensor is low-entropy data that compresses far beyond minSaving.
-func patternTensor(name string, n int64) testTensor {
-	t := testTensor{name: name, shape: []int64{n}, data: make([]float32, n)}
+// patternTensor is low-entropy data (i % 7 at flat index i) of the given
+// shape that compresses far beyond minSaving.
+func patternTensor(name string, shape ...int64) testTensor {
+	n, err := NumElements(shape)
+	if err != nil {
+		panic(err)
+	}
+	t := testTensor{name: name, shape: shape, data: make([]float32, n)}
 	for i := range t.data {
 		t.data[i] = float32(i % 7)
 	}

@@ -132,12 +132,7 @@ func (s *Snapshot) WriteShard(ctx context.Context, store *Store, opts WriterOpti
 type AsyncWriter struct {
 	store *Store
 	opts  WriterOptions
-
-	mu     sync.Mutex
-	busy   chan struct{} // closed when the in-flight save ends; nil when idle
-	cancel context.CancelFunc
-	info   ShardInfo
-	err    error // result of the last finished save, not yet returned
+	run   Background[ShardInfo]
 }
 
 // NewAsyncWriter returns a writer saving into store with opts.
@@ -162,16 +157,7 @@ func (a *AsyncWriter) Save(ctx context.Context, snap *Snapshot, done func(ShardI
 	if _, err := a.Wait(ctx); err != nil {
 		return fmt.Errorf("async save of step %d: previous save: %w", snap.Step, err)
 	}
-	a.mu.Lock()
-	if a.busy != nil { // another Save won the race after our Wait
-		a.mu.Unlock()
-		return fmt.Errorf("async save of step %d: another save is in flight", snap.Step)
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	busy := make(chan struct{})
-	a.busy, a.cancel = busy, cancel
-	a.mu.Unlock()
-	go func() {
+	err := a.run.Start(ctx, func(wctx context.Context) (ShardInfo, error) {
 		info, err := snap.WriteShard(wctx, a.store, a.opts)
 		if err != nil {
 			err = fmt.Errorf("async save of step %d rank %d: %w", snap.Step, snap.Rank, err)
@@ -181,13 +167,11 @@ func (a *AsyncWriter) Save(ctx context.Context, snap *Snapshot, done func(ShardI
 		if done != nil {
 			done(info, err)
 		}
-		cancel()
-		a.mu.Lock()
-		a.info, a.err = info, err
-		a.busy, a.cancel = nil, nil
-		a.mu.Unlock()
-		close(busy)
-	}()
+		return info, err
+	})
+	if err != nil { // another Save won the race after our Wait
+		return fmt.Errorf("async save of step %d: %w", snap.Step, err)
+	}
 	return nil
 }
 
@@ -195,28 +179,8 @@ func (a *AsyncWriter) Save(ctx context.Context, snap *Snapshot, done func(ShardI
 // result of the last finished save. A failure is returned once: the next
 // Wait or Save starts clean.
 func (a *AsyncWriter) Wait(ctx context.Context) (ShardInfo, error) {
-	a.mu.Lock()
-	busy := a.busy
-	a.mu.Unlock()
-	if busy != nil {
-		select {
-		case <-busy:
-		case <-ctx.Done():
-			return ShardInfo{}, fmt.Errorf("waiting for checkpoint write: %w", ctx.Err())
-		}
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	info, err := a.info, a.err
-	a.err = nil
-	return info, err
+	return a.run.Wait(ctx, "checkpoint write")
 }
 
 // Cancel aborts the in-flight save, if any (its error surfaces on Wait).
-func (a *AsyncWriter) Cancel() {
-	a.mu.Lock()
-	if a.cancel != nil {
-		a.cancel()
-	}
-	a.mu.Unlock()
-}
+func (a *AsyncWriter) Cancel() { a.run.Cancel() }

@@ -12,10 +12,9 @@ import (
 )
 
 func TestAsyncWriterSnapshotsAndCommits(t *testing.T) {
-	rng := rand.New(rand.NewPCG(15, 16))
 	s := newTestStore(t, 0)
 	aw := NewAsyncWriter(s, WriterOptions{ChunkBytes: 256})
-	params := newTestTensor(rng, "model.w", 33, 17)
+	params := newTestTensor(rand.New(rand.NewPCG(15, 16)), "model.w", 33, 17)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	want := map[int64][]float32{}

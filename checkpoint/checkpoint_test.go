@@ -11,21 +11,18 @@ import (
 )
 
 func TestSaveLoadReshard(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		opts WriterOptions
-	}{
-		{"auto-tiny-chunks", WriterOptions{ChunkBytes: 16, Workers: 3, InFlight: 2}},
-		{"zstd-noshuffle", WriterOptions{NoShuffle: true, ChunkBytes: 40}},
-		{"raw", WriterOptions{Codec: CodecNone, ChunkBytes: 28}},
-		{"defaults", WriterOptions{}},
+	for name, opts := range map[string]WriterOptions{
+		"auto-tiny-chunks": {ChunkBytes: 16, Workers: 3, InFlight: 2},
+		"zstd-noshuffle":   {NoShuffle: true, ChunkBytes: 40},
+		"raw":              {Codec: CodecNone, ChunkBytes: 28},
+		"defaults":         {},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(5, 6))
 			ts, layout := standardTensors(rng)
 			for _, world := range []int{1, 3, 4} {
 				s := newTestStore(t, 0)
-				saveTest(t, s, 10, ts, layout(world), world, tc.opts)
+				saveTest(t, s, 10, ts, layout(world), world, opts)
 				c, rep, err := s.Open("latest", OpenOptions{Verify: VerifyFull})
 				if err != nil {
 					t.Fatal(err)

@@ -190,3 +190,17 @@ func (cc *coordCheckpoints) setAsideNewer(step int64, rep *checkpoint.OpenReport
 	}
 	return nil
 }
+
+// CheckpointSpec is what a rank is told about checkpoints in its start
+// command (the coordinator resolves --resume before any rank starts).
+type CheckpointSpec struct {
+	// Dir is the checkpoint directory shared by every rank; "" = no saves.
+	Dir string
+	// Every saves after every Every steps and after the last; 0 = after the
+	// last only.
+	Every int
+	// ResumeDir is the committed step directory to restore before the first
+	// step; "" = a fresh start. ResumeStep is its step.
+	ResumeDir  string
+	ResumeStep int64
+}

@@ -266,7 +266,7 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 		Dead:  c.gossipDead,
 		Alive: c.gossipAlive,
 		Left: func(name string) {
-			c.submit(Lost{ID: name, Reason: "gossip: left the cluster (process exiting)"})
+			c.Submit(Lost{ID: name, Reason: "gossip: left the cluster (process exiting)"})
 		},
 	})
 	if err != nil {
@@ -295,36 +295,36 @@ func (c *Coordinator) Addr() string { return c.ln.Addr().String() }
 // GossipAddr is the coordinator's memberlist address.
 func (c *Coordinator) GossipAddr() string { return c.member.Addr() }
 
-// submit hands an event to the loop and returns its commands; nil once the
+// GossipMembers is how many members the coordinator's gossip sees alive,
+// itself included.
+func (c *Coordinator) GossipMembers() int { return c.member.AliveMembers() }
+
+// Submit hands an event to the loop and returns its commands; nil once the
 // job has ended.
-func (c *Coordinator) submit(ev Event) []Command {
-	r := loopReq{ev: ev, reply: make(chan []Command, 1)}
-	select {
-	case c.reqs <- r:
-	case <-c.done:
-		return nil
-	}
-	select {
-	case cmds := <-r.reply:
-		return cmds
-	case <-c.done:
-		return nil
-	}
+func (c *Coordinator) Submit(ev Event) []Command {
+	cmds, _ := c.call(loopReq{ev: ev, reply: make(chan []Command, 1)})
+	return cmds
 }
 
 // onLoop runs fn on the loop goroutine; false once the job has ended.
 func (c *Coordinator) onLoop(fn func()) bool {
-	r := loopReq{fn: fn, reply: make(chan []Command, 1)}
+	_, ok := c.call(loopReq{fn: fn, reply: make(chan []Command, 1)})
+	return ok
+}
+
+// call hands r to the loop and waits for its reply; false once the job
+// has ended.
+func (c *Coordinator) call(r loopReq) ([]Command, bool) {
 	select {
 	case c.reqs <- r:
 	case <-c.done:
-		return false
+		return nil, false
 	}
 	select {
-	case <-r.reply:
-		return true
+	case cmds := <-r.reply:
+		return cmds, true
 	case <-c.done:
-		return false
+		return nil, false
 	}
 }
 
@@ -451,7 +451,7 @@ func (c *Coordinator) gossipDead(name string) {
 		}
 		c.mu.Unlock()
 		if ok && g == gen {
-			c.submit(Lost{ID: name, Reason: fmt.Sprintf("gossip: stopped answering probes and did not refute its death within %v (host down or network cut)", window)})
+			c.Submit(Lost{ID: name, Reason: fmt.Sprintf("gossip: stopped answering probes and did not refute its death within %v (host down or network cut)", window)})
 		}
 	})
 }
@@ -470,7 +470,7 @@ func (c *Coordinator) gossipAlive(name string) {
 // Abandon fails the job with reason (aborting every worker). It does not
 // wait; it is a no-op once the job has ended.
 func (c *Coordinator) Abandon(reason string) {
-	go c.submit(JobFailed{Reason: reason})
+	go c.Submit(JobFailed{Reason: reason})
 }
 
 // Close releases the ports of a coordinator that was never Run.
@@ -511,7 +511,7 @@ func (c *Coordinator) apply(cmds []Command) {
 				ok := c.opened[id]
 				c.mu.Unlock()
 				if !ok {
-					c.submit(Lost{ID: id, Reason: fmt.Sprintf("joined but did not open its command stream within %v", limit)})
+					c.Submit(Lost{ID: id, Reason: fmt.Sprintf("joined but did not open its command stream within %v", limit)})
 				}
 			})
 		case StartWorker:
@@ -549,7 +549,7 @@ func (c *Coordinator) apply(cmds []Command) {
 					c.log.Info().Int("ckpt_step", x.Step).Str("dir", c.ckpt.store.StepDir(int64(x.Step))).Int64("bytes", size).
 						Int("shards", len(x.Shards)).Dur("commit", time.Since(start)).Msg("checkpoint published")
 				}
-				c.submit(ev)
+				c.Submit(ev)
 			}()
 		case DropCheckpoint:
 			if c.cfg.Metrics != nil {

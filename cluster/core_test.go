@@ -3,13 +3,13 @@ package cluster
 import (
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/moetrain/moetrain/checkpoint"
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/parallel"
 )
 
@@ -139,29 +139,8 @@ func TestCoreTraces(t *testing.T) {
 			if c.Phase() != final {
 				t.Errorf("final phase %s, want %s", c.Phase(), final)
 			}
-			golden(t, filepath.Join("testdata", "traces", name+".golden"), b.String())
+			testkit.Golden(t, filepath.Join("testdata", "traces", name+".golden"), b.String(), *update, "go test ./cluster -update")
 		})
-	}
-}
-
-// golden compares got with the file, or rewrites it under -update.
-func golden(t *testing.T, path, got string) {
-	t.Helper()
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if string(want) != got {
-		t.Errorf("%s differs from output:\n--- got\n%s--- want\n%s", path, got, want)
 	}
 }
 

@@ -1,10 +1,10 @@
-// Package cluster is moetrain's control plane and the worker's runtime
-// around it (docs/control-plane.md): the coordinator and its state machine,
-// the workers that join it and run their ranks, the planner and the local
-// launcher. It must not hold model math or collective algorithms: a rank's
-// training is package train, its communication package collective, and this
-// package only wires them to the job (plan, data plane, checkpoints,
-// progress).
+// Package cluster is moetrain's control plane (docs/control-plane.md): the
+// coordinator, its state machine, and what the coordinator and its workers
+// agree on — the plan, the job's keys and TLS, gossip membership and the
+// liveness bounds, the control client. It must not run a rank or start a
+// process: a worker's runtime is cluster/worker, starting workers on this
+// host is cluster/launch, and neither model math nor collective algorithms
+// belong here.
 //
 //   - Core (core.go) is the coordinator's deterministic state machine:
 //     events in (worker joined/left/lost, progress, error, tick, stop, shard
@@ -13,15 +13,12 @@
 //   - Coordinator (coordinator.go, service.go) is the I/O loop around it: the
 //     gRPC service of cluster/proto, gossip membership (membership.go,
 //     hashicorp/memberlist, encrypted with a key derived from the job token),
-//     progress, and the job's Result.
-//   - RunAgent (agent.go) is a worker: join, follow the command stream, run
-//     the job with a Runner, report progress and errors. RunMesh
-//     (runner_mesh.go) runs any mesh: data, tensor, expert and sequence
-//     parallelism (train.MeshRank), with checkpoints (runner_ckpt.go).
+//     progress, checkpoint commits (coord_ckpt.go), the SPSA log it keeps
+//     (spsa_coordlog.go), and the job's Result.
 //   - MakePlan (planner.go) lays a job's mesh (parallel.Mesh) over the joined
 //     workers, or refuses an impossible request naming a layout that works.
-//   - Launch (launch.go) is the local multi-process simulation behind
-//     `coordinator launch`.
+//   - QueryStatus and RequestStop (client.go) are the operator's client;
+//     DialCoordinator is the connection every client opens.
 //
 // Worker liveness (liveness.go) tells a dead worker from a starved one: a
 // dead process closes its sockets (its command stream ends, a launcher sees

@@ -1,12 +1,14 @@
 package cluster
 
 import (
+	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"github.com/moetrain/moetrain/internal/atomicfile"
@@ -123,3 +125,65 @@ func CheckLayout(cfg train.JobConfig, n int) error {
 	_, err := MakePlan(PlanRequestFor(cfg), probe)
 	return err
 }
+
+// SPSABytes is one SPSA rank's traffic and memory, from the "done" record
+// of its log.
+type SPSABytes struct {
+	Rank int `json:"rank"`
+	// Steps are the steps this process ran (replayed ones excluded), and
+	// WireBytes what it sent for them, collective framing included
+	// (setup and the final checksum comparison excluded).
+	Steps        int64   `json:"steps"`
+	WireBytes    int64   `json:"wire_bytes"`
+	PayloadBytes int64   `json:"payload_bytes"`
+	BytesPerStep float64 `json:"wire_bytes_per_step"`
+	ParamsCRC32C string  `json:"params_crc32c"`
+	PeakRSSBytes int64   `json:"peak_rss_bytes"`
+}
+
+// SPSABytesFromLogs reads the last "done" record of an SPSA runner in each
+// worker log (a launch's worker-<i>.log), ordered by rank; logs without one
+// are skipped, and so are lines that are not JSON (a torn last line).
+func SPSABytesFromLogs(logs []string) ([]SPSABytes, error) {
+	var out []SPSABytes
+	for _, path := range logs {
+		f, err := os.Open(path)
+		if err != nil {
+			return out, fmt.Errorf("spsa bytes: %w", err)
+		}
+		var got *SPSABytes
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 0, 64<<10), 64<<20)
+		for sc.Scan() {
+			var rec struct {
+				Message  string  `json:"message"`
+				Rank     int     `json:"rank"`
+				StepsRun *int64  `json:"steps_run"`
+				Wire     int64   `json:"wire_bytes"`
+				Payload  int64   `json:"payload_bytes"`
+				PerStep  float64 `json:"wire_bytes_per_step"`
+				CRC      string  `json:"params_crc32c"`
+				PeakRSS  int64   `json:"peak_rss_bytes"`
+			}
+			if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Message != "done" || rec.StepsRun == nil {
+				continue
+			}
+			got = &SPSABytes{Rank: rec.Rank, Steps: *rec.StepsRun, WireBytes: rec.Wire, PayloadBytes: rec.Payload,
+				BytesPerStep: rec.PerStep, ParamsCRC32C: rec.CRC, PeakRSSBytes: rec.PeakRSS}
+		}
+		err = sc.Err()
+		f.Close()
+		if err != nil {
+			return out, fmt.Errorf("spsa bytes: %s: %w", path, err)
+		}
+		if got != nil {
+			out = append(out, *got)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Rank < out[j].Rank })
+	return out, nil
+}
+
+// TokenEnv is the environment variable that carries the job token to worker
+// processes (so it does not show in ps) and the default of --token.
+const TokenEnv = "MOETRAIN_TOKEN"

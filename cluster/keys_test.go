@@ -2,19 +2,14 @@ package cluster
 
 import (
 	"bytes"
-	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
-
-	"github.com/moetrain/moetrain/collective"
 )
 
 // The derivation is HKDF-SHA256 as RFC 5869 specifies it: its test cases
@@ -67,61 +62,6 @@ func TestJobKeysDistinct(t *testing.T) {
 		}
 		if ControlCredential(tok) == ControlCredential(tok+"x") || DataPlaneKey(tok) == DataPlaneKey(tok+"x") {
 			t.Fatal("a key does not depend on the token")
-		}
-	}
-}
-
-// connectPair connects rank 0 through a TCP data plane with job token
-// token and rank 1 with collective.DialMesh given key as is (what a peer
-// holding key, whatever it derived it from, can do); it returns rank 1's
-// error.
-func connectPair(t *testing.T, token, key string) error {
-	t.Helper()
-	dp, err := NewTCPDataPlane("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	ln, err := collective.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	addrs := []string{dp.Addr(), ln.Addr().String()}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if tr, err := dp.Connect(ctx, 0, addrs, token, DataPlaneLimits{}); err == nil {
-			tr.Close()
-		}
-	}()
-	tr, err := collective.DialMesh(ctx, ln, collective.TCPConfig{Rank: 1, Addrs: addrs, Token: key})
-	if err == nil {
-		tr.Close()
-	} else {
-		cancel() // rank 0 keeps waiting for a rank it refused
-	}
-	wg.Wait()
-	return err
-}
-
-// The data plane's handshake key is DataPlaneKey of the job token: a peer
-// holding it connects; one holding the job token itself (say, from a
-// captured cleartext control plane of an older version), the control
-// credential, the gossip key or another job's key is refused.
-func TestDataPlaneKeyRefusals(t *testing.T) {
-	tok := "job-token"
-	if err := connectPair(t, tok, DataPlaneKey(tok)); err != nil {
-		t.Fatalf("the data-plane key: %v", err)
-	}
-	for name, key := range map[string]string{"the job token": tok, "the control credential": ControlCredential(tok),
-		"the gossip key": string(GossipKey(tok)), "another job's key": DataPlaneKey("other")} {
-		err := connectPair(t, tok, key)
-		if !errors.Is(err, collective.ErrRefused) {
-			t.Errorf("%s: %v, want a handshake refusal", name, err)
 		}
 	}
 }

@@ -54,9 +54,9 @@ const keepaliveTime = 2 * time.Second
 // LivenessBound). Unset: 1.
 const ProcsPerCoreEnv = "MOETRAIN_PROCS_PER_CORE"
 
-// procsPerCoreFromEnv reads ProcsPerCoreEnv (0 when unset or not a
+// ProcsPerCoreFromEnv reads ProcsPerCoreEnv (0 when unset or not a
 // positive number).
-func procsPerCoreFromEnv() float64 {
+func ProcsPerCoreFromEnv() float64 {
 	v, err := strconv.ParseFloat(os.Getenv(ProcsPerCoreEnv), 64)
 	if err != nil || !(v > 0) || math.IsInf(v, 0) {
 		return 0

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/parallel"
 )
 
@@ -311,7 +312,7 @@ func TestRecoveryTraces(t *testing.T) {
 				}
 				fmt.Fprintf(&b, "  = %s\n", c.Phase())
 			}
-			golden(t, filepath.Join("testdata", "traces", "recovery_"+name+".golden"), b.String())
+			testkit.Golden(t, filepath.Join("testdata", "traces", "recovery_"+name+".golden"), b.String(), *update, "go test ./cluster -update")
 		})
 	}
 }

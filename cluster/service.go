@@ -53,17 +53,17 @@ func (s *service) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		return nil, status.Errorf(codes.InvalidArgument, "join: host %q and data address %q must both be set", req.Host, req.DataAddr)
 	}
 	info := WorkerInfo{Host: req.Host, DataAddr: req.DataAddr, Cores: int(req.Cores), Pid: int(req.Pid)}
-	cmds := s.c.submit(Joined{Info: info})
+	cmds := s.c.Submit(Joined{Info: info})
 	if cmds == nil {
 		return nil, errEnded
 	}
 	switch x := cmds[0].(type) {
 	case Accept:
-		// Gossip hints (agent.go, mdGossipSeeds): a joiner asks one of a
+		// Gossip hints (cluster/worker/agent.go, MDGossipSeeds): a joiner asks one of a
 		// few random members for the member list before the coordinator.
-		hdr := metadata.Pairs(mdWorld, strconv.Itoa(s.c.cfg.Workers))
-		if seeds := s.c.member.RandomPeers(joinSeeds); len(seeds) > 0 {
-			hdr.Append(mdGossipSeeds, seeds...)
+		hdr := metadata.Pairs(MDWorld, strconv.Itoa(s.c.cfg.Workers))
+		if seeds := s.c.member.RandomPeers(JoinSeeds); len(seeds) > 0 {
+			hdr.Append(MDGossipSeeds, seeds...)
 		}
 		if err := grpc.SetHeader(ctx, hdr); err != nil {
 			s.c.log.Debug().Err(err).Str("worker", x.ID).Msg("join: gossip hints not sent")
@@ -93,12 +93,12 @@ func (s *service) Commands(req *pb.CommandsRequest, stream pb.Coordinator_Comman
 		select {
 		case cmd := <-box:
 			if err := stream.Send(cmd); err != nil {
-				s.c.submit(Lost{ID: req.WorkerId, Reason: fmt.Sprintf("command stream broken: %v", err)})
+				s.c.Submit(Lost{ID: req.WorkerId, Reason: fmt.Sprintf("command stream broken: %v", err)})
 				return err
 			}
 		case <-ctx.Done():
 			s.c.log.Debug().Str("worker", req.WorkerId).Msg("command stream closed")
-			s.c.submit(Lost{ID: req.WorkerId, Reason: "command stream closed (process exited or connection lost)"})
+			s.c.Submit(Lost{ID: req.WorkerId, Reason: "command stream closed (process exited or connection lost)"})
 			return ctx.Err()
 		case <-s.c.done:
 			return nil
@@ -110,7 +110,7 @@ func (s *service) ReportProgress(ctx context.Context, req *pb.ProgressReport) (*
 	if err := s.checkToken(ctx, req.Token, "progress report"); err != nil {
 		return nil, err
 	}
-	s.c.submit(Progress{ID: req.WorkerId, Step: int(req.Step), Loss: req.Loss, TokensPerSec: req.TokensPerSec,
+	s.c.Submit(Progress{ID: req.WorkerId, Step: int(req.Step), Loss: req.Loss, TokensPerSec: req.TokensPerSec,
 		HasVal: req.HasValLoss, ValLoss: req.ValLoss, Done: req.Done})
 	s.c.recordProgress(req)
 	return &pb.Ack{}, nil
@@ -121,7 +121,7 @@ func (s *service) ReportError(ctx context.Context, req *pb.ErrorReport) (*pb.Ack
 		return nil, err
 	}
 	s.c.log.Error().Str("worker", req.WorkerId).Int32("rank", req.Rank).Str("error", req.Message).Msg("worker reported an error")
-	s.c.submit(Failed{ID: req.WorkerId, Message: req.Message})
+	s.c.Submit(Failed{ID: req.WorkerId, Message: req.Message})
 	return &pb.Ack{}, nil
 }
 
@@ -145,7 +145,7 @@ func (s *service) ReportShard(ctx context.Context, req *pb.ShardReport) (*pb.Ack
 		s.c.log.Error().Str("worker", req.WorkerId).Int32("rank", req.Rank).Int64("ckpt_step", req.Step).Str("error", req.Error).
 			Msg("worker could not write its checkpoint shard")
 	}
-	if s.c.submit(ev) == nil && s.c.ended() {
+	if s.c.Submit(ev) == nil && s.c.ended() {
 		return nil, errEnded
 	}
 	return &pb.Ack{}, nil
@@ -161,7 +161,7 @@ func (s *service) Leave(ctx context.Context, req *pb.LeaveRequest) (*pb.Ack, err
 		s.c.left[req.WorkerId] = true
 	}
 	s.c.mu.Unlock()
-	s.c.submit(Left{ID: req.WorkerId, Reason: req.Reason})
+	s.c.Submit(Left{ID: req.WorkerId, Reason: req.Reason})
 	return &pb.Ack{}, nil
 }
 
@@ -185,7 +185,7 @@ func (s *service) Stop(ctx context.Context, req *pb.StopRequest) (*pb.Ack, error
 		reason = "stopped by operator"
 	}
 	s.c.log.Warn().Str("reason", reason).Msg("stop requested")
-	s.c.submit(StopRequested{Reason: reason})
+	s.c.Submit(StopRequested{Reason: reason})
 	return &pb.Ack{}, nil
 }
 
@@ -218,3 +218,17 @@ func (s *service) gossipAddrFor(ctx context.Context) string {
 	}
 	return net.JoinHostPort(tcp.IP.String(), port)
 }
+
+// Join response headers (gRPC metadata): hints for the worker's gossip,
+// which a worker does without when they are absent.
+const (
+	// MDGossipSeeds: gossip addresses (host:port) of a few members already
+	// in gossip, chosen at random per join.
+	MDGossipSeeds = "moetrain-gossip-seeds"
+	// MDWorld: the job's number of workers (JobMembership's world).
+	MDWorld = "moetrain-world"
+)
+
+// JoinSeeds is how many members besides the coordinator a joiner is
+// offered as gossip seeds.
+const JoinSeeds = 3

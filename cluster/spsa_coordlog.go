@@ -28,8 +28,8 @@ type spsaLogKeeper struct {
 	size int64     // the log's bytes, all intact and fsync'd
 }
 
-// spsaLogChunk bounds one SPSALog message.
-const spsaLogChunk = 1 << 20
+// SPSALogChunk bounds one SPSALog message.
+const SPSALogChunk = 1 << 20
 
 // errSPSANoLog: the coordinator holds no log yet (no step was applied).
 var errSPSANoLog = errors.New("the coordinator holds no SPSA log yet")
@@ -158,7 +158,7 @@ func (k *spsaLogKeeper) recordBytes(step int64) ([]byte, error) {
 }
 
 // read sends the log's header and then its records from step from to the
-// end, in chunks of at most spsaLogChunk bytes (next: the step after the
+// end, in chunks of at most SPSALogChunk bytes (next: the step after the
 // last record sent). A log not created yet is errSPSANoLog, a step past
 // the end a *spsaRangeError.
 func (k *spsaLogKeeper) read(from int64, send func(data []byte, next int64) error) error {
@@ -184,7 +184,7 @@ func (k *spsaLogKeeper) read(from int64, send func(data []byte, next int64) erro
 		return fmt.Errorf("spsa log: %w", err)
 	}
 	defer f.Close()
-	buf := make([]byte, min(spsaLogChunk, spsa.LogHeaderSize+size-off))
+	buf := make([]byte, min(SPSALogChunk, spsa.LogHeaderSize+size-off))
 	if _, err := io.ReadFull(f, buf[:spsa.LogHeaderSize]); err != nil {
 		return fmt.Errorf("spsa log %s: header: %w", k.path, err)
 	}
@@ -216,3 +216,7 @@ func (k *spsaLogKeeper) Close() error {
 	}
 	return k.log.Close()
 }
+
+// SPSALogName is the SPSA log's file name in the checkpoint directory when
+// spsa.log is not set.
+const SPSALogName = "spsa.log"

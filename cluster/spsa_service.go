@@ -108,7 +108,12 @@ func (c *Coordinator) applySPSA(cmd Command) {
 	}
 }
 
-func (s *service) spsaKeeper(what string) (*coordSPSA, error) {
+// spsaKeeper checks an SPSA call's token and returns the coordinator's log
+// keeper; what names the call in errors.
+func (s *service) spsaKeeper(ctx context.Context, token, what string) (*coordSPSA, error) {
+	if err := s.checkToken(ctx, token, what); err != nil {
+		return nil, err
+	}
 	if s.c.spsa == nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s: this coordinator keeps no SPSA log (not a train.mode = \"spsa\" job, or no run directory)", what)
 	}
@@ -116,15 +121,12 @@ func (s *service) spsaKeeper(what string) (*coordSPSA, error) {
 }
 
 func (s *service) SPSAAppend(ctx context.Context, req *pb.SPSAAppendRequest) (*pb.SPSAAppendResponse, error) {
-	if err := s.checkToken(ctx, req.Token, "spsa append"); err != nil {
-		return nil, err
-	}
-	sp, err := s.spsaKeeper("spsa append")
+	sp, err := s.spsaKeeper(ctx, req.Token, "spsa append")
 	if err != nil {
 		return nil, err
 	}
-	if len(req.Records) > spsaLogChunk {
-		return nil, status.Errorf(codes.InvalidArgument, "spsa append of worker %s: %d bytes of records, at most %d per call", req.WorkerId, len(req.Records), spsaLogChunk)
+	if len(req.Records) > SPSALogChunk {
+		return nil, status.Errorf(codes.InvalidArgument, "spsa append of worker %s: %d bytes of records, at most %d per call", req.WorkerId, len(req.Records), SPSALogChunk)
 	}
 	var keeper bool
 	if !s.c.onLoop(func() { keeper = s.c.core.SPSALogKeeper(req.WorkerId) }) {
@@ -142,7 +144,7 @@ func (s *service) SPSAAppend(ctx context.Context, req *pb.SPSAAppendRequest) (*p
 	}
 	sp.poke() // a joiner waiting at the log's end reads on
 	resp := &pb.SPSAAppendResponse{NextStep: next, PauseAfter: -1}
-	for _, cmd := range s.c.submit(SPSALogged{ID: req.WorkerId, Step: int(last)}) {
+	for _, cmd := range s.c.Submit(SPSALogged{ID: req.WorkerId, Step: int(last)}) {
 		if p, ok := cmd.(SPSAPause); ok {
 			resp.PauseAfter = int64(p.After)
 		}
@@ -151,10 +153,7 @@ func (s *service) SPSAAppend(ctx context.Context, req *pb.SPSAAppendRequest) (*p
 }
 
 func (s *service) SPSALog(req *pb.SPSALogRequest, stream pb.Coordinator_SPSALogServer) error {
-	if err := s.checkToken(stream.Context(), req.Token, "spsa log"); err != nil {
-		return err
-	}
-	sp, err := s.spsaKeeper("spsa log")
+	sp, err := s.spsaKeeper(stream.Context(), req.Token, "spsa log")
 	if err != nil {
 		return err
 	}
@@ -177,10 +176,7 @@ func (s *service) SPSALog(req *pb.SPSALogRequest, stream pb.Coordinator_SPSALogS
 const spsaWaitHold = time.Second
 
 func (s *service) SPSAWait(ctx context.Context, req *pb.SPSAWaitRequest) (*pb.SPSAWaitResponse, error) {
-	if err := s.checkToken(ctx, req.Token, "spsa wait"); err != nil {
-		return nil, err
-	}
-	sp, err := s.spsaKeeper("spsa wait")
+	sp, err := s.spsaKeeper(ctx, req.Token, "spsa wait")
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +189,7 @@ func (s *service) SPSAWait(ctx context.Context, req *pb.SPSAWaitRequest) (*pb.SP
 	if req.Step < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "spsa wait of worker %s: step %d", req.WorkerId, req.Step)
 	}
-	s.c.submit(SPSAAtBoundary{ID: req.WorkerId, Step: int(req.Step)})
+	s.c.Submit(SPSAAtBoundary{ID: req.WorkerId, Step: int(req.Step)})
 	if s.c.ended() {
 		return nil, errEnded
 	}

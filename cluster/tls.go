@@ -49,23 +49,26 @@ func (c loggedServerCreds) Clone() credentials.TransportCredentials {
 	return loggedServerCreds{c.TransportCredentials.Clone(), c.log}
 }
 
-// tlsRefusal records the first sign that TLS with the coordinator cannot
+// TLSRefusal records the first sign that TLS with the coordinator cannot
 // work whatever the retries: its certificate does not verify against our
 // CA, or it refused ours (a TLS alert). Done is closed when it is set.
-type tlsRefusal struct {
+type TLSRefusal struct {
 	once sync.Once
 	done chan struct{}
 	err  error
 }
 
-func newTLSRefusal() *tlsRefusal { return &tlsRefusal{done: make(chan struct{})} }
+func newTLSRefusal() *TLSRefusal { return &TLSRefusal{done: make(chan struct{})} }
 
-func (r *tlsRefusal) set(err error) {
+func (r *TLSRefusal) set(err error) {
 	r.once.Do(func() { r.err = err; close(r.done) })
 }
 
+// Done is closed once a refusal is seen.
+func (r *TLSRefusal) Done() <-chan struct{} { return r.done }
+
 // Err is the refusal, nil if none was seen.
-func (r *tlsRefusal) Err() error {
+func (r *TLSRefusal) Err() error {
 	select {
 	case <-r.done:
 		return r.err
@@ -76,7 +79,7 @@ func (r *tlsRefusal) Err() error {
 
 // clientCreds is a worker's or tool's gRPC transport security for cfg,
 // and the refusal it reports to (nil in cleartext).
-func clientCreds(cfg *tls.Config) (credentials.TransportCredentials, *tlsRefusal) {
+func clientCreds(cfg *tls.Config) (credentials.TransportCredentials, *TLSRefusal) {
 	if cfg == nil {
 		return insecure.NewCredentials(), nil
 	}
@@ -86,7 +89,7 @@ func clientCreds(cfg *tls.Config) (credentials.TransportCredentials, *tlsRefusal
 
 type watchedClientCreds struct {
 	credentials.TransportCredentials
-	r *tlsRefusal
+	r *TLSRefusal
 }
 
 func (c watchedClientCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -110,7 +113,7 @@ func (c watchedClientCreds) Clone() credentials.TransportCredentials {
 // handshake completed, on its first read.
 type alertConn struct {
 	net.Conn
-	r    *tlsRefusal
+	r    *TLSRefusal
 	addr string
 }
 

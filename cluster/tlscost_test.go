@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -46,12 +47,9 @@ func linkPair(tb testing.TB, secure bool) (a, b net.Conn) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	scfg, err := j.Coordinator.ServerConfig()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ccfg, err := j.Workers[0].ClientConfig()
-	if err != nil {
+	scfg, serr := j.Coordinator.ServerConfig()
+	ccfg, cerr := j.Workers[0].ClientConfig()
+	if err := errors.Join(serr, cerr); err != nil {
 		tb.Fatal(err)
 	}
 	ccfg.ServerName = "127.0.0.1"

@@ -3,6 +3,7 @@ package collective
 import (
 	"context"
 	"fmt"
+	"math/bits"
 )
 
 func checkReduceOp(op ReduceOp) error {
@@ -122,7 +123,7 @@ func recursiveDoubling(ctx context.Context, o *opRun, buf []float32) error {
 			step++
 		}
 	}
-	unfold := uint32(1 + bitsLen(p))
+	unfold := uint32(1 + bits.TrailingZeros(uint(p))) // after the log2 p exchanges
 	switch {
 	case r < 2*extra && r%2 == 1:
 		return o.recv(ctx, r-1, unfold, b)
@@ -130,14 +131,4 @@ func recursiveDoubling(ctx context.Context, o *opRun, buf []float32) error {
 		return o.send(ctx, r+1, unfold, b)
 	}
 	return nil
-}
-
-// bitsLen returns log2 of the power of two p.
-func bitsLen(p int) int {
-	k := 0
-	for p > 1 {
-		p >>= 1
-		k++
-	}
-	return k
 }

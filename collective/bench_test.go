@@ -20,16 +20,14 @@ func benchRanks(b *testing.B, comms []*Comm, bytes int, op func(ctx context.Cont
 	var wg sync.WaitGroup
 	errs := make([]error, len(comms))
 	for i, c := range comms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for range b.N {
 				if err := op(ctx, c, bufs[i]); err != nil {
 					errs[i] = err
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	for _, err := range errs {

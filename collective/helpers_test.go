@@ -15,11 +15,9 @@ func runRanks(comms []*Comm, fn func(c *Comm) error) []error {
 	errs := make([]error, len(comms))
 	var wg sync.WaitGroup
 	for i, c := range comms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			errs[i] = fn(c)
-		}()
+		})
 	}
 	wg.Wait()
 	return errs

@@ -361,9 +361,7 @@ func FuzzShmStream(f *testing.F) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			step := max(int(piece)%4096+1, len(data)/64)
 			for off := 0; off < len(data); off += step {
 				if peer.write(ctx, data[off:min(off+step, len(data))]) != nil {
@@ -371,7 +369,7 @@ func FuzzShmStream(f *testing.F) {
 				}
 			}
 			_ = b.Close()
-		}()
+		})
 		defer func() { // also after a failed check: the rings stay mapped until nobody uses them
 			cancel()
 			peer.shutdown(errors.New("test over"))

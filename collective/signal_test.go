@@ -43,14 +43,12 @@ func TestSignalReuse(t *testing.T) {
 	var val int
 	var wg sync.WaitGroup
 	next := make(chan int)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		for i := range next {
 			val = i
 			s.fire()
 		}
-	}()
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for i := 1; i <= 2000; i++ {

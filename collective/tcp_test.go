@@ -64,11 +64,9 @@ func dialMeshOn(t testing.TB, lns []net.Listener, addrs []string, timeout time.D
 	var wg sync.WaitGroup
 	ctx := testCtx(t, timeout)
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			ts[i], errs[i] = DialMesh(ctx, lns[i], cfg(i, addrs))
-		}()
+		})
 	}
 	wg.Wait()
 	return ts, errs
@@ -316,29 +314,25 @@ func collectivesRound(ctx context.Context, c *Comm, size int) error {
 	return nil
 }
 
-// loopbackPair returns the two ends of a loopback TCP connection.
+// loopbackPair returns the two ends of a loopback TCP connection, closed
+// when the test ends. The kernel completes the handshake into the listen
+// backlog, so the dial returns before the accept is called.
 func loopbackPair(t *testing.T) (a, b *net.TCPConn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
+	if a, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr)); err != nil {
 		t.Fatal(err)
 	}
-	s := <-acc
-	if s == nil {
-		t.Fatal("accept failed")
+	t.Cleanup(func() { a.Close() })
+	if b, err = ln.AcceptTCP(); err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
+	t.Cleanup(func() { b.Close() })
+	return a, b
 }
 
 // deadPeerMidOperation starts an all-reduce of size elements on ranks 0 and
@@ -350,12 +344,10 @@ func deadPeerMidOperation(t *testing.T, ts []Transport, size int) {
 	errs := make([]error, 3)
 	var wg sync.WaitGroup
 	for _, r := range []int{0, 2} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			// Rank 1 never joins: the survivors poll for its frames.
 			errs[r] = comms[r].AllReduce(ctx, make([]float32, size), Sum)
-		}()
+		})
 	}
 	time.Sleep(20 * time.Millisecond)
 	ts[1].Close()

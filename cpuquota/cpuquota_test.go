@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,42 +163,35 @@ func TestCPUQuotaSmallCores(t *testing.T) {
 	}
 }
 
-func TestCPUQuotaBadInput(t *testing.T) {
-	for _, c := range []struct {
-		name  string
-		cores float64
-		want  string
-	}{
-		{"a", 0, "cores 0"},
-		{"a", -1, "cores -1"},
-		{"a", math.NaN(), "cores NaN"},
-		{"a", math.Inf(1), "cores +Inf"},
-		{"a", 1e-4, "below the kernel's minimum"},
-		{"", 1, "group name"},
-		{"a/b", 1, "group name"},
-		{"..", 1, "group name"},
-	} {
-		q, err := New(c.name, c.cores)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			if q != nil {
-				_ = q.Close()
-			}
-			t.Errorf("New(%q, %v): error %v, want one containing %q", c.name, c.cores, err, c.want)
+// newFails checks that New(name, cores) fails with an error containing each
+// of want; a group New made all the same is closed.
+func newFails(t *testing.T, name string, cores float64, want ...string) {
+	t.Helper()
+	q, err := New(name, cores)
+	if err == nil || slices.ContainsFunc(want, func(w string) bool { return !strings.Contains(err.Error(), w) }) {
+		if q != nil {
+			_ = q.Close()
 		}
+		t.Errorf("New(%q, %v): error %v, want one containing each of %q", name, cores, err, want)
 	}
+}
+
+func TestCPUQuotaBadInput(t *testing.T) {
+	newFails(t, "a", 0, "cores 0")
+	newFails(t, "a", -1, "cores -1")
+	newFails(t, "a", math.NaN(), "cores NaN")
+	newFails(t, "a", math.Inf(1), "cores +Inf")
+	newFails(t, "a", 1e-4, "below the kernel's minimum")
+	newFails(t, "", 1, "group name")
+	newFails(t, "a/b", 1, "group name")
+	newFails(t, "..", 1, "group name")
 }
 
 // TestCPUQuotaExists: a name already taken is an error naming the path, and
 // the existing group is left alone.
 func TestCPUQuotaExists(t *testing.T) {
 	q := newTestQuota(t, "dup", 0.5)
-	name := filepath.Base(q.Dir())
-	if q2, err := New(name, 0.5); err == nil || !strings.Contains(err.Error(), q.Dir()) || !strings.Contains(err.Error(), "already exists") {
-		if q2 != nil {
-			_ = q2.Close()
-		}
-		t.Fatalf("second group %s: error %v", name, err)
-	}
+	newFails(t, filepath.Base(q.Dir()), 0.5, q.Dir(), "already exists")
 	if _, err := os.Stat(q.Dir()); err != nil {
 		t.Errorf("first group gone: %v", err)
 	}

@@ -117,6 +117,19 @@ type GemmSpec struct {
 	AB, CD         DType
 }
 
+// stored is the row-major shape of A and B as stored, before op: A is
+// ar×ac (m×k, or k×m with TransA), B br×bc (k×n, or n×k with TransB).
+func (g GemmSpec) stored() (ar, ac, br, bc int) {
+	ar, ac, br, bc = g.M, g.K, g.K, g.N
+	if g.TransA {
+		ar, ac = g.K, g.M
+	}
+	if g.TransB {
+		br, bc = g.N, g.K
+	}
+	return ar, ac, br, bc
+}
+
 // gemmKey adds the operands' alignments, which the chosen algorithm needs.
 type gemmKey struct {
 	GemmSpec
@@ -347,19 +360,13 @@ func (b *BlasLt) descriptors(g GemmSpec) (*gemmPlan, error) {
 			return err
 		}
 		// Stored (pre-op) column-major shapes: our row-major X[r,c] with
-		// leading dimension ld is column-major [c, r] with the same ld.
-		aRows, aCols := g.N, g.K // B stored k×n row-major → col-major n×k
-		if g.TransB {
-			aRows, aCols = g.K, g.N
-		}
-		bRows, bCols := g.K, g.M
-		if g.TransA {
-			bRows, bCols = g.M, g.K
-		}
-		if err := blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.b)), uintptr(g.AB), uintptr(aRows), uintptr(aCols), uintptr(g.LDB)); err != nil {
+		// leading dimension ld is column-major [c, r] with the same ld (B
+		// stored k×n row-major is col-major n×k).
+		ar, ac, br, bc := g.stored()
+		if err := blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.b)), uintptr(g.AB), uintptr(bc), uintptr(br), uintptr(g.LDB)); err != nil {
 			return err
 		}
-		if err := blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.a)), uintptr(g.AB), uintptr(bRows), uintptr(bCols), uintptr(g.LDA)); err != nil {
+		if err := blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.a)), uintptr(g.AB), uintptr(ac), uintptr(ar), uintptr(g.LDA)); err != nil {
 			return err
 		}
 		return blasCheck("cublasLtMatrixLayoutCreate", cublasLt.layoutCreate, uintptr(unsafe.Pointer(&p.c)), uintptr(g.CD), uintptr(g.N), uintptr(g.M), uintptr(g.LDC))
@@ -373,13 +380,8 @@ func (b *BlasLt) descriptors(g GemmSpec) (*gemmPlan, error) {
 func (b *BlasLt) searchBucket(key gemmKey) ([heuristicResultBytes]byte, error) {
 	rep := key.bucket()
 	g := &rep.GemmSpec
-	g.LDA, g.LDB, g.LDC = g.K, g.N, g.N
-	if g.TransA {
-		g.LDA = g.M
-	}
-	if g.TransB {
-		g.LDB = g.K
-	}
+	_, ac, _, bc := g.stored()
+	g.LDA, g.LDB, g.LDC = ac, bc, g.N
 	p, err := b.descriptors(*g)
 	defer b.destroyPlan(p)
 	if err != nil {

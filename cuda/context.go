@@ -206,10 +206,7 @@ func CopyIn[T any](c *Context, dst DevicePtr, src []T) error {
 		return nil
 	}
 	n := len(src) * int(unsafe.Sizeof(src[0]))
-	return c.do(func() error {
-		if err := check("cuStreamSynchronize", driver.cuStreamSynchronize, uintptr(c.stream)); err != nil {
-			return err
-		}
+	return c.afterStream(func() error {
 		return check("cuMemcpyHtoD", driver.cuMemcpyHtoD, uintptr(dst), uintptr(unsafe.Pointer(&src[0])), uintptr(n))
 	})
 }
@@ -221,11 +218,18 @@ func CopyOut[T any](c *Context, dst []T, src DevicePtr) error {
 		return nil
 	}
 	n := len(dst) * int(unsafe.Sizeof(dst[0]))
+	return c.afterStream(func() error {
+		return check("cuMemcpyDtoH", driver.cuMemcpyDtoH, uintptr(unsafe.Pointer(&dst[0])), uintptr(src), uintptr(n))
+	})
+}
+
+// afterStream runs fn in the context once the stream's work so far is done.
+func (c *Context) afterStream(fn func() error) error {
 	return c.do(func() error {
 		if err := check("cuStreamSynchronize", driver.cuStreamSynchronize, uintptr(c.stream)); err != nil {
 			return err
 		}
-		return check("cuMemcpyDtoH", driver.cuMemcpyDtoH, uintptr(unsafe.Pointer(&dst[0])), uintptr(src), uintptr(n))
+		return fn()
 	})
 }
 

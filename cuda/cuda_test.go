@@ -112,22 +112,20 @@ func gemmRef(g GemmSpec, alpha float64, a, b []float32, beta float64, c []float6
 		for j := 0; j < g.N; j++ {
 			var s float64
 			for p := 0; p < g.K; p++ {
-				var av, bv float32
-				if g.TransA {
-					av = a[p*g.LDA+i]
-				} else {
-					av = a[i*g.LDA+p]
-				}
-				if g.TransB {
-					bv = b[j*g.LDB+p]
-				} else {
-					bv = b[p*g.LDB+j]
-				}
-				s += float64(av) * float64(bv)
+				s += float64(opAt(a, g.LDA, g.TransA, i, p)) * float64(opAt(b, g.LDB, g.TransB, p, j))
 			}
 			c[i*g.LDC+j] = alpha*s + beta*c[i*g.LDC+j]
 		}
 	}
+}
+
+// opAt is op(X)[r][c] for X stored row-major with leading dimension ld:
+// X[r][c], or X[c][r] when trans.
+func opAt(x []float32, ld int, trans bool, r, c int) float32 {
+	if trans {
+		return x[c*ld+r]
+	}
+	return x[r*ld+c]
 }
 
 func TestGemmAgainstReference(t *testing.T) {
@@ -184,14 +182,7 @@ func TestGemmBorrowedAlgorithms(t *testing.T) {
 // stream s and compares it with the float64 reference.
 func checkGemm(t *testing.T, c *Context, b *BlasLt, s Stream, g GemmSpec, pad int, alpha, beta float32, rng *rand.Rand) {
 	t.Helper()
-	ar, ac := g.M, g.K
-	if g.TransA {
-		ar, ac = g.K, g.M
-	}
-	br, bc := g.K, g.N
-	if g.TransB {
-		br, bc = g.N, g.K
-	}
+	ar, ac, br, bc := g.stored()
 	g.LDA, g.LDB, g.LDC = ac+pad, bc+pad, g.N+pad
 	a := make([]float32, ar*g.LDA)
 	bm := make([]float32, br*g.LDB)
@@ -347,6 +338,20 @@ func TestSizeBucket(t *testing.T) {
 		{2048, 2048}, {2049, 3072}, {3073, 4096}, {12000, 12288}, {16384, 16384}} {
 		if got := sizeBucket(c[0]); got != c[1] {
 			t.Errorf("sizeBucket(%d) = %d, want %d", c[0], got, c[1])
+		}
+	}
+}
+
+// TestGemmStored: A and B as stored are op's operands, transposed where
+// the spec says so (m=2, n=3, k=5: every dimension distinct).
+func TestGemmStored(t *testing.T) {
+	for _, c := range []struct {
+		ta, tb         bool
+		ar, ac, br, bc int
+	}{{false, false, 2, 5, 5, 3}, {true, false, 5, 2, 5, 3}, {false, true, 2, 5, 3, 5}, {true, true, 5, 2, 3, 5}} {
+		g := GemmSpec{TransA: c.ta, TransB: c.tb, M: 2, N: 3, K: 5}
+		if ar, ac, br, bc := g.stored(); ar != c.ar || ac != c.ac || br != c.br || bc != c.bc {
+			t.Errorf("transA=%v transB=%v: stored A %d×%d, B %d×%d; want %d×%d, %d×%d", c.ta, c.tb, ar, ac, br, bc, c.ar, c.ac, c.br, c.bc)
 		}
 	}
 }

@@ -6,6 +6,9 @@
 //
 // The page is plain HTML and JavaScript drawing on canvas: no external
 // fetch, it works offline. It polls /api/state about once a second.
+//
+// It must not fetch anything from outside (it works offline), nor import any
+// package of the project but metrics.
 package dashboard
 
 import (

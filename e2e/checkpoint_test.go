@@ -15,6 +15,7 @@ import (
 
 	"github.com/moetrain/moetrain/checkpoint"
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/cluster/worker"
 )
 
 // ckptJob is tinyJob with a loss line at every step (and ZeRO-1 if asked).
@@ -177,7 +178,7 @@ func TestCheckpointCrash(t *testing.T) {
 			ck := filepath.Join(t.TempDir(), "ck")
 			marker := filepath.Join(t.TempDir(), "paused")
 			run := filepath.Join(t.TempDir(), "run")
-			p := start(t, "coordinator launch", []string{cluster.PauseEnv + "=10:1:" + marker},
+			p := start(t, "coordinator launch", []string{worker.PauseEnv + "=10:1:" + marker},
 				"launch", "--workers", "2", "--config", job, "--run-dir", run, "--no-bar",
 				"--checkpoint-dir", ck, "--checkpoint-every", "5", "--grace", "2s")
 			fields := strings.Fields(waitFile(t, marker, 60*time.Second, p))

@@ -4,10 +4,11 @@ package e2e
 
 import (
 	"errors"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/moetrain/moetrain/internal/testkit"
 )
 
 // TestPlanGolden: `coordinator plan` output is golden-tested (go test ./e2e
@@ -39,24 +40,7 @@ func TestPlanGolden(t *testing.T) {
 			if code != c.code {
 				t.Errorf("exit code %d, want %d\n%s", code, c.code, out)
 			}
-			golden(t, filepath.Join("testdata", c.name+".golden"), string(out))
+			testkit.Golden(t, filepath.Join("testdata", c.name+".golden"), string(out), *update, "go test ./e2e -run TestPlanGolden -update")
 		})
-	}
-}
-
-func golden(t *testing.T, path, got string) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./e2e -run TestPlanGolden -update)", err)
-	}
-	if string(want) != got {
-		t.Errorf("output differs from %s:\n--- got\n%s--- want\n%s", path, got, want)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/cluster/worker"
 )
 
 // scaleJob is the local simulation at scale (docs/decisions.md): a one-layer model with
@@ -143,8 +144,8 @@ func TestLaunch64WorkersKill(t *testing.T) {
 			if e.Signal != "killed" {
 				t.Errorf("victim exit %+v", e)
 			}
-		case e.ExitCode != cluster.ExitAborted:
-			t.Errorf("worker %d exited %s %d, want %d (aborted by the coordinator)", e.Index, e.Signal, e.ExitCode, cluster.ExitAborted)
+		case e.ExitCode != worker.ExitAborted:
+			t.Errorf("worker %d exited %s %d, want %d (aborted by the coordinator)", e.Index, e.Signal, e.ExitCode, worker.ExitAborted)
 		}
 	}
 }

@@ -55,6 +55,31 @@ func batch(cfg model.Config, b, t int, packed bool, seed uint64) model.Input {
 	return in
 }
 
+// hostModel is model.New(cfg, seed), the host model a test starts from.
+func hostModel(tb testing.TB, cfg model.Config, seed uint64) *model.Model {
+	tb.Helper()
+	m, err := model.New(cfg, seed)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return m
+}
+
+// corpusSampler is the sampler of the embedded corpus under the default
+// sampling config (job seed 1), for one data-parallel rank of one.
+func corpusSampler(tb testing.TB) sampling.Sampler {
+	tb.Helper()
+	data, err := sampling.Open(sampling.DefaultConfig(), 1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sampler, err := data.Sampler(0, 1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return sampler
+}
+
 // relNorm is gputest.RelNorm.
 func relNorm(a, b []float32) float64 { return gputest.RelNorm(a, b) }
 
@@ -88,10 +113,7 @@ func TestStepEqualsCPU(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := smallConfig()
 			tc.edit(&cfg)
-			cpu, err := model.New(cfg, uint64(10+i))
-			if err != nil {
-				t.Fatal(err)
-			}
+			cpu := hostModel(t, cfg, uint64(10+i))
 			if tc.bias {
 				rng := rand.New(rand.NewPCG(uint64(i), 3))
 				for j := range cpu.Balance.Flat {
@@ -152,7 +174,7 @@ func TestTrainingStepsEqualCPU(t *testing.T) {
 	dev := device(t)
 	cfg := smallConfig()
 	ocfg := optim.DefaultConfig()
-	cpu, _ := model.New(cfg, 5)
+	cpu := hostModel(t, cfg, 5)
 	g, err := NewFromHost(dev, cpu)
 	if err != nil {
 		t.Fatal(err)
@@ -220,31 +242,29 @@ func TestBF16StepCloseToFP32(t *testing.T) {
 	} {
 		cfg := smallConfig()
 		edit(&cfg)
-		cpu, _ := model.New(cfg, uint64(20+i))
+		cpu := hostModel(t, cfg, uint64(20+i))
 		g, err := NewFromHost(dev, cpu)
 		if err != nil {
 			t.Fatal(err)
 		}
 		in := batch(cfg, 3, 80, i == 1, uint64(i))
-		want, err := g.ForwardBackward(in)
-		if err != nil {
-			t.Fatal(err)
+		// step runs a forward and backward of in: the result and the gradients.
+		step := func() (model.Result, []float32) {
+			r, err := g.ForwardBackward(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			grads := make([]float32, cpu.Layout.Total)
+			if err := g.Grads(grads); err != nil {
+				t.Fatal(err)
+			}
+			return r, grads
 		}
-		wantG := make([]float32, cpu.Layout.Total)
-		if err := g.Grads(wantG); err != nil {
-			t.Fatal(err)
-		}
+		want, wantG := step()
 		if err := g.SetPrecision(true); err != nil {
 			t.Fatal(err)
 		}
-		got, err := g.ForwardBackward(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		gotG := make([]float32, cpu.Layout.Total)
-		if err := g.Grads(gotG); err != nil {
-			t.Fatal(err)
-		}
+		got, gotG := step()
 		if d := math.Abs(got.Loss - want.Loss); !(d <= 1e-2*want.Loss) {
 			t.Errorf("case %d: bf16 loss %.6g, fp32 %.6g", i, got.Loss, want.Loss)
 		}
@@ -271,14 +291,7 @@ func TestBF16StepCloseToFP32(t *testing.T) {
 func TestBF16TracksFP32Over300Steps(t *testing.T) {
 	dev := device(t)
 	cfg := model.DefaultConfig()
-	data, err := sampling.Open(sampling.DefaultConfig(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sampler, err := data.Sampler(0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sampler := corpusSampler(t)
 	const steps = 300
 	batches := make([]model.Input, steps)
 	for i := range batches {
@@ -294,7 +307,7 @@ func TestBF16TracksFP32Over300Steps(t *testing.T) {
 	// run trains from seed's weights under ocfg's schedule; perturb
 	// multiplies each initial weight by 1 + 1e-6·N(0,1).
 	run := func(ocfg optim.Config, bf16 bool, seed uint64, perturb bool) []float64 {
-		cpu, _ := model.New(cfg, seed)
+		cpu := hostModel(t, cfg, seed)
 		if perturb {
 			rng := rand.New(rand.NewPCG(seed, 99))
 			for i := range cpu.Params {

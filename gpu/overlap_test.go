@@ -4,7 +4,6 @@ import (
 	"math"
 	"testing"
 
-	"github.com/moetrain/moetrain/model"
 	"github.com/moetrain/moetrain/optim"
 )
 
@@ -19,7 +18,7 @@ func TestTrainStepEqualsSeparateUpdate(t *testing.T) {
 	ocfg := optim.DefaultConfig()
 	for _, bf16 := range []bool{false, true} {
 		newRun := func() (*Model, *AdamW) {
-			cpu, _ := model.New(cfg, 7)
+			cpu := hostModel(t, cfg, 7)
 			g, err := NewFromHost(dev, cpu)
 			if err != nil {
 				t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 
 	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/model"
-	"github.com/moetrain/moetrain/sampling"
 	"github.com/moetrain/moetrain/spsa"
 )
 
@@ -22,10 +21,7 @@ import (
 func TestSPSAMixedDevicesStayIdentical(t *testing.T) {
 	dev := device(t)
 	cfg := smallConfig()
-	start, err := model.New(cfg, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
+	start := hostModel(t, cfg, 3)
 	sc := spsa.DefaultConfig()
 	sc.Seed, sc.Directions, sc.LR, sc.Epsilon = 11, 2, 1e-3, 1e-3
 	const steps = 4
@@ -42,10 +38,7 @@ func TestSPSAMixedDevicesStayIdentical(t *testing.T) {
 	reps := make([]*replica, 3)
 	for r := range reps {
 		id := uint32(r + 1)
-		cpu, err := model.New(cfg, 99)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cpu := hostModel(t, cfg, 99)
 		copy(cpu.Params, start.Params)
 		rep := &replica{id: id, in: new(model.Input)}
 		if r == 0 {
@@ -63,9 +56,11 @@ func TestSPSAMixedDevicesStayIdentical(t *testing.T) {
 		} else {
 			rep.host = cpu
 			rep.loss = spsa.ModelLoss(cpu, rep.in)
-			if rep.w, err = spsa.NewWorker(sc, id, cpu.Params, cpu.Grads, 0, 1); err != nil {
+			w, err := spsa.NewWorker(sc, id, cpu.Params, cpu.Grads, 0, 1)
+			if err != nil {
 				t.Fatal(err)
 			}
+			rep.w = w
 		}
 		reps[r] = rep
 	}
@@ -76,9 +71,7 @@ func TestSPSAMixedDevicesStayIdentical(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, len(reps))
 	for r, rep := range reps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			ex, err := spsa.NewCommExchange(ts[r], ids)
 			if err != nil {
 				errs[r] = err
@@ -95,7 +88,7 @@ func TestSPSAMixedDevicesStayIdentical(t *testing.T) {
 				rep.recs = append(rep.recs, spsa.Record{Step: st.Step, Entries: append([]spsa.Entry(nil), st.Entries...)})
 				rep.stats = append(rep.stats, *st)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	for r, err := range errs {
@@ -105,17 +98,16 @@ func TestSPSAMixedDevicesStayIdentical(t *testing.T) {
 	}
 	sums := make([]uint32, len(reps))
 	for r, rep := range reps {
-		if sums[r], err = rep.w.Checksum(); err != nil {
+		sum, err := rep.w.Checksum()
+		if err != nil {
 			t.Fatal(err)
 		}
+		sums[r] = sum
 	}
 	// replayed is a host model at start's parameters with the records of
 	// steps [0, to) applied.
 	replayed := func(to int64) *model.Model {
-		m, err := model.New(cfg, 99)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := hostModel(t, cfg, 99)
 		copy(m.Params, start.Params)
 		w, err := spsa.NewWorker(sc, 9, m.Params, m.Grads, 0, 1)
 		if err != nil {
@@ -157,10 +149,7 @@ func TestSPSAMixedDevicesStayIdentical(t *testing.T) {
 func TestForwardOnlyEqualsCPU(t *testing.T) {
 	dev := device(t)
 	cfg := smallConfig()
-	cpu, err := model.New(cfg, 5)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cpu := hostModel(t, cfg, 5)
 	g, err := NewFromHost(dev, cpu)
 	if err != nil {
 		t.Fatal(err)
@@ -196,15 +185,7 @@ func TestForwardOnlyEqualsCPU(t *testing.T) {
 // tokens/s counts the batch's positions once per step.
 func BenchmarkSPSAStep(b *testing.B) {
 	cfg := model.DefaultConfig()
-	data, err := sampling.Open(sampling.DefaultConfig(), 1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	sampler, err := data.Sampler(0, 1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	bt, err := sampler.Next()
+	bt, err := corpusSampler(b).Next()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -213,10 +194,7 @@ func BenchmarkSPSAStep(b *testing.B) {
 	for _, onGPU := range []bool{false, true} {
 		name := map[bool]string{false: "cpu", true: "gpu"}[onGPU]
 		b.Run(name, func(b *testing.B) {
-			cpu, err := model.New(cfg, 1)
-			if err != nil {
-				b.Fatal(err)
-			}
+			cpu := hostModel(b, cfg, 1)
 			var store spsa.Store
 			var fwd spsa.Forwarder = cpu
 			if onGPU {

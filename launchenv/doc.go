@@ -5,4 +5,7 @@
 // coordinator's listen and join addresses, the run directory on the shared
 // file system and each process's log and TLS files. Command-line flags
 // always win over what is derived here.
+//
+// It must not override command-line flags, nor import any package of the
+// project but cluster/pki.
 package launchenv

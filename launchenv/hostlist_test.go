@@ -9,22 +9,19 @@ import (
 )
 
 func TestExpandHostlistExamples(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		want []string
-	}{
-		{"localhost", []string{"localhost"}},
-		{"node[01-03,07]", []string{"node01", "node02", "node03", "node07"}},
-		{"node[01-03,07],login1", []string{"node01", "node02", "node03", "node07", "login1"}},
-		{"a[8-10]", []string{"a8", "a9", "a10"}},
-		{"a[08-10]", []string{"a08", "a09", "a10"}},
-		{"r[1-2]n[1-2]", []string{"r1n1", "r1n2", "r2n1", "r2n2"}},
-		{"gpu[3]-ib,x", []string{"gpu3-ib", "x"}},
-		{"n-1.example.org", []string{"n-1.example.org"}},
+	for in, want := range map[string][]string{
+		"localhost":             {"localhost"},
+		"node[01-03,07]":        {"node01", "node02", "node03", "node07"},
+		"node[01-03,07],login1": {"node01", "node02", "node03", "node07", "login1"},
+		"a[8-10]":               {"a8", "a9", "a10"},
+		"a[08-10]":              {"a08", "a09", "a10"},
+		"r[1-2]n[1-2]":          {"r1n1", "r1n2", "r2n1", "r2n2"},
+		"gpu[3]-ib,x":           {"gpu3-ib", "x"},
+		"n-1.example.org":       {"n-1.example.org"},
 	} {
-		got, err := ExpandHostlist(c.in)
-		if err != nil || !reflect.DeepEqual(got, c.want) {
-			t.Errorf("ExpandHostlist(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		got, err := ExpandHostlist(in)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("ExpandHostlist(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 }

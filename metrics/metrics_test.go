@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -46,7 +47,7 @@ func exposition(t *testing.T, m *Metrics) string {
 }
 
 // TestExposition feeds one of everything and compares the scrape with the
-// series written out by hand.
+// series written out by hand (testdata/exposition.txt).
 func TestExposition(t *testing.T) {
 	m := newTest(t, Limits{Ranks: 2, Layers: 2, Experts: 3})
 	m.SetStart(time.Unix(1700000000, 500e6), 40)
@@ -67,117 +68,12 @@ func TestExposition(t *testing.T) {
 	if err := m.CheckpointNotPublished("dropped"); err != nil {
 		t.Fatal(err)
 	}
-	want := `# HELP moetrain_checkpoint_commit_duration_seconds Time the coordinator took to publish a checkpoint step once every rank had written its shard (manifest, renames, fsyncs, pruning).
-# TYPE moetrain_checkpoint_commit_duration_seconds histogram
-moetrain_checkpoint_commit_duration_seconds_bucket{le="0.01"} 0
-moetrain_checkpoint_commit_duration_seconds_bucket{le="0.03"} 0
-moetrain_checkpoint_commit_duration_seconds_bucket{le="0.1"} 0
-moetrain_checkpoint_commit_duration_seconds_bucket{le="0.3"} 1
-moetrain_checkpoint_commit_duration_seconds_bucket{le="1"} 1
-moetrain_checkpoint_commit_duration_seconds_bucket{le="3"} 1
-moetrain_checkpoint_commit_duration_seconds_bucket{le="10"} 1
-moetrain_checkpoint_commit_duration_seconds_bucket{le="30"} 1
-moetrain_checkpoint_commit_duration_seconds_bucket{le="100"} 1
-moetrain_checkpoint_commit_duration_seconds_bucket{le="300"} 1
-moetrain_checkpoint_commit_duration_seconds_bucket{le="+Inf"} 1
-moetrain_checkpoint_commit_duration_seconds_sum 0.25
-moetrain_checkpoint_commit_duration_seconds_count 1
-# HELP moetrain_checkpoint_last_size_bytes Size of the newest published checkpoint (its shards summed).
-# TYPE moetrain_checkpoint_last_size_bytes gauge
-moetrain_checkpoint_last_size_bytes 4096
-# HELP moetrain_checkpoint_last_step The newest checkpoint step this coordinator published.
-# TYPE moetrain_checkpoint_last_step gauge
-moetrain_checkpoint_last_step 5
-# HELP moetrain_checkpoint_written_bytes_total Bytes of every checkpoint this coordinator published.
-# TYPE moetrain_checkpoint_written_bytes_total counter
-moetrain_checkpoint_written_bytes_total 4096
-# HELP moetrain_checkpoints_total Checkpoint steps by outcome: published, failed (the commit failed), dropped (a shard was missing).
-# TYPE moetrain_checkpoints_total counter
-moetrain_checkpoints_total{result="dropped"} 1
-moetrain_checkpoints_total{result="failed"} 0
-moetrain_checkpoints_total{result="published"} 1
-# HELP moetrain_dropped_slots_total Token-to-expert slots of an MoE layer dropped by the expert capacity, over the job so far.
-# TYPE moetrain_dropped_slots_total counter
-moetrain_dropped_slots_total{layer="0"} 6
-moetrain_dropped_slots_total{layer="1"} 0
-# HELP moetrain_expert_load_imbalance_ratio (max − min) of an MoE layer's per-expert-parallel-rank load over its tokens at moetrain_expert_load_step.
-# TYPE moetrain_expert_load_imbalance_ratio gauge
-moetrain_expert_load_imbalance_ratio{layer="0"} 0.25
-moetrain_expert_load_imbalance_ratio{layer="1"} 0
-# HELP moetrain_expert_load_max_mean_ratio Max over mean of an MoE layer's per-expert load at moetrain_expert_load_step (1 = even).
-# TYPE moetrain_expert_load_max_mean_ratio gauge
-moetrain_expert_load_max_mean_ratio{layer="0"} 1.5
-moetrain_expert_load_max_mean_ratio{layer="1"} 1
-# HELP moetrain_expert_load_slots Slots each expert of an MoE layer processed at moetrain_expert_load_step (after capacity, the whole job's batch).
-# TYPE moetrain_expert_load_slots gauge
-moetrain_expert_load_slots{expert="0",layer="0"} 10
-moetrain_expert_load_slots{expert="0",layer="1"} 20
-moetrain_expert_load_slots{expert="1",layer="0"} 20
-moetrain_expert_load_slots{expert="1",layer="1"} 20
-moetrain_expert_load_slots{expert="2",layer="0"} 30
-moetrain_expert_load_slots{expert="2",layer="1"} 20
-# HELP moetrain_expert_load_step The step of the expert-load series.
-# TYPE moetrain_expert_load_step gauge
-moetrain_expert_load_step 7
-# HELP moetrain_job_phase 1 for the job's current phase.
-# TYPE moetrain_job_phase gauge
-moetrain_job_phase{phase="running"} 1
-# HELP moetrain_loss Training loss at moetrain_step (global: the serial trainer's on the step's whole batch).
-# TYPE moetrain_loss gauge
-moetrain_loss 2.5
-# HELP moetrain_resumed_step The checkpoint step the job resumed from; 0 for a fresh start.
-# TYPE moetrain_resumed_step gauge
-moetrain_resumed_step 40
-# HELP moetrain_routed_slots_total Token-to-expert slots an MoE layer's router chose, over the job so far.
-# TYPE moetrain_routed_slots_total counter
-moetrain_routed_slots_total{layer="0"} 420
-moetrain_routed_slots_total{layer="1"} 420
-# HELP moetrain_start_time_seconds When this coordinator started the job (Unix time); a change is a restart.
-# TYPE moetrain_start_time_seconds gauge
-moetrain_start_time_seconds 1.7000000005e+09
-# HELP moetrain_step Training steps completed by the slowest running rank.
-# TYPE moetrain_step gauge
-moetrain_step 7
-# HELP moetrain_tokens_per_second Training throughput of the job: the ranks' rates summed.
-# TYPE moetrain_tokens_per_second gauge
-moetrain_tokens_per_second 300
-# HELP moetrain_total_steps Training steps the job runs.
-# TYPE moetrain_total_steps gauge
-moetrain_total_steps 20
-# HELP moetrain_validation_loss Latest validation loss.
-# TYPE moetrain_validation_loss gauge
-moetrain_validation_loss 2.75
-# HELP moetrain_validation_step The step of moetrain_validation_loss.
-# TYPE moetrain_validation_step gauge
-moetrain_validation_step 5
-# HELP moetrain_worker_step Training steps a rank has completed.
-# TYPE moetrain_worker_step gauge
-moetrain_worker_step{rank="0"} 7
-moetrain_worker_step{rank="1"} 6
-# HELP moetrain_worker_step_phase_seconds_total Seconds a rank spent in each part of its training loop: data (drawing batches), compute (the training step, its collectives included), checkpoint (saves on the training thread), validation.
-# TYPE moetrain_worker_step_phase_seconds_total counter
-moetrain_worker_step_phase_seconds_total{phase="checkpoint",rank="0"} 0.125
-moetrain_worker_step_phase_seconds_total{phase="checkpoint",rank="1"} 0
-moetrain_worker_step_phase_seconds_total{phase="compute",rank="0"} 3.5
-moetrain_worker_step_phase_seconds_total{phase="compute",rank="1"} 3
-moetrain_worker_step_phase_seconds_total{phase="data",rank="0"} 0.25
-moetrain_worker_step_phase_seconds_total{phase="data",rank="1"} 0
-moetrain_worker_step_phase_seconds_total{phase="validation",rank="0"} 0.5
-moetrain_worker_step_phase_seconds_total{phase="validation",rank="1"} 0
-# HELP moetrain_worker_tokens_per_second A rank's share of the job's training throughput.
-# TYPE moetrain_worker_tokens_per_second gauge
-moetrain_worker_tokens_per_second{rank="0"} 140
-moetrain_worker_tokens_per_second{rank="1"} 160
-# HELP moetrain_worker_tokens_total Tokens a rank has processed (its share of the job's input positions).
-# TYPE moetrain_worker_tokens_total counter
-moetrain_worker_tokens_total{rank="0"} 896
-moetrain_worker_tokens_total{rank="1"} 768
-# HELP moetrain_workers Workers of the job by state.
-# TYPE moetrain_workers gauge
-moetrain_workers{state="running"} 2
-`
-	if got := exposition(t, m); got != want {
-		t.Errorf("exposition differs:\n%s", lineDiff(want, got))
+	want, err := os.ReadFile("testdata/exposition.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := exposition(t, m); got != string(want) {
+		t.Errorf("exposition differs:\n%s", lineDiff(string(want), got))
 	}
 }
 

@@ -3,6 +3,9 @@
 // activation buffers, each layer's forward/backward as a pair of free
 // functions (llm.c style), and the serial training step that every parallel
 // layout is checked against.
+//
+// It must not import collective or parallel: the model calls its Comms at
+// fixed points and nothing else, and a parallel plan implements them.
 package model
 
 import (

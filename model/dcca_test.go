@@ -16,10 +16,7 @@ func dccaConfig() Config {
 // tensor, the projections moe_down and moe_up included.
 func TestDCCAModelGradCheck(t *testing.T) {
 	cfg := dccaConfig()
-	m, err := New(cfg, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := mustNew(t, cfg)
 	for _, name := range []string{"layers.0.moe_down", "layers.1.moe_up"} {
 		if _, ok := m.Layout.Lookup(name); !ok {
 			t.Fatalf("layout has no %s", name)

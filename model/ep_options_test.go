@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/model"
 	"github.com/moetrain/moetrain/parallel"
 )
@@ -53,63 +54,51 @@ func meshGrads(t *testing.T, cfg model.Config, mesh parallel.Mesh, ins []model.I
 	ep := mesh.World()
 	whole := model.NewLayout(cfg)
 	global := make([]float32, whole.Total)
-	ts := collective.NewInProcess(ep)
 	losses := make([]float64, ep)
 	chunks := make([]int, ep)
-	errs := make([]error, ep)
 	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for r := range ep {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer ts[r].Close()
-			world := collective.NewWorldConfig(ts[r], collective.Config{Timeout: 20 * time.Second})
-			cm, err := parallel.NewComms(world, mesh, r, 0)
-			if err != nil {
-				errs[r] = err
-				return
+	errs := testkit.OnRanks(ep, func(r int, tr collective.Transport) error {
+		world := collective.NewWorldConfig(tr, collective.Config{Timeout: 20 * time.Second})
+		cm, err := parallel.NewComms(world, mesh, r, 0)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cm.Begin(ctx)
+		cm.SetUniformTokens(true)
+		co := mesh.Coord(r)
+		m, err := model.NewSharded(cfg, model.Shard{TP: mesh.TP, TPRank: co.TP, EP: mesh.EP, EPRank: mesh.EPIndex(r)}, 1)
+		if err != nil {
+			return err
+		}
+		m.Comms = cm
+		res, err := m.ForwardBackward(ins[co.DP])
+		if err != nil {
+			return err
+		}
+		losses[r] = res.Loss
+		chunks[r] = m.EPTiming()[0].Chunks
+		if len(m.EPChunkLog()) != cfg.Layers {
+			return fmt.Errorf("chunk log has %d layers", len(m.EPChunkLog()))
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range m.Layout.Entries {
+			g, _ := whole.Lookup(e.Name)
+			dst, src := g.Slice(global), e.Slice(m.Grads)
+			scale := float32(1)
+			if !e.IsSharded() {
+				scale = 1 / float32(mesh.TP)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			cm.Begin(ctx)
-			cm.SetUniformTokens(true)
-			co := mesh.Coord(r)
-			m, err := model.NewSharded(cfg, model.Shard{TP: mesh.TP, TPRank: co.TP, EP: mesh.EP, EPRank: mesh.EPIndex(r)}, 1)
-			if err != nil {
-				errs[r] = err
-				return
-			}
-			m.Comms = cm
-			res, err := m.ForwardBackward(ins[co.DP])
-			if err != nil {
-				errs[r] = err
-				return
-			}
-			losses[r] = res.Loss
-			chunks[r] = m.EPTiming()[0].Chunks
-			if len(m.EPChunkLog()) != cfg.Layers {
-				errs[r] = fmt.Errorf("chunk log has %d layers", len(m.EPChunkLog()))
-				return
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			for _, e := range m.Layout.Entries {
-				g, _ := whole.Lookup(e.Name)
-				dst, src := g.Slice(global), e.Slice(m.Grads)
-				scale := float32(1)
-				if !e.IsSharded() {
-					scale = 1 / float32(mesh.TP)
+			e.Runs(func(lo, gl, k int) {
+				for i := 0; i < k; i++ {
+					dst[gl+i] += scale * src[lo+i]
 				}
-				e.Runs(func(lo, gl, k int) {
-					for i := 0; i < k; i++ {
-						dst[gl+i] += scale * src[lo+i]
-					}
-				})
-			}
-		}()
-	}
-	wg.Wait()
+			})
+		}
+		return nil
+	})
 	for r, err := range errs {
 		if err != nil {
 			t.Fatalf("rank %d: %v", r, err)

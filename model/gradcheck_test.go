@@ -19,6 +19,16 @@ func tinyConfig() Config {
 	}
 }
 
+// mustNew is New(cfg, 1); an error fails t.
+func mustNew(t testing.TB, cfg Config) *Model {
+	t.Helper()
+	m, err := New(cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 func randomInput(cfg Config, b, t int, seed uint64) Input {
 	r := rand.New(rand.NewPCG(seed, 7))
 	n := b * t
@@ -93,10 +103,7 @@ func sampleIdx(n, k int, r *rand.Rand) []int {
 // loss, tensor by tensor, with and without ignored targets.
 func TestModelGradCheck(t *testing.T) {
 	cfg := tinyConfig()
-	m, err := New(cfg, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := mustNew(t, cfg)
 	checkModelGradients(t, m, cfg)
 }
 

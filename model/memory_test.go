@@ -35,10 +35,7 @@ func TestEstimateMemoryCoversModel(t *testing.T) {
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	m, err := New(cfg, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := mustNew(t, cfg)
 	if _, err := m.ForwardBackward(in); err != nil {
 		t.Fatal(err)
 	}

@@ -20,10 +20,7 @@ func TestModelWiredRouterGradCheck(t *testing.T) {
 	} {
 		cfg := tinyConfig()
 		mut(&cfg)
-		m, err := New(cfg, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := mustNew(t, cfg)
 		if cfg.BiasUpdateRate > 0 {
 			b := make([]float32, len(m.Balance.Flat))
 			for i := range b {
@@ -51,10 +48,7 @@ func TestModelWiredRouterGradCheck(t *testing.T) {
 func TestModelWiredBiasUpdate(t *testing.T) {
 	cfg := tinyConfig()
 	cfg.BiasUpdateRate = 0.01
-	m, err := New(cfg, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := mustNew(t, cfg)
 	in := randomInput(cfg, 2, 8, 3)
 	if _, err := m.Forward(in, false); err != nil {
 		t.Fatal(err)

@@ -164,16 +164,9 @@ func Forward(out, x []float32, w Weights, dm Dims, router Router, mask []bool, s
 	s := p.Slots()
 	// From here on rows are dm.D = R wide under DCCA (xin: the layer's
 	// input rows, tgt: where the gated outputs accumulate).
-	xin, tgt, dModel := x, out, d
-	if w.Down != nil {
-		r := w.inner(d)
-		st.Z = grow(st.Z, n*r)
-		st.Zout = grow(st.Zout, n*r)
-		tensor.Gemm(false, true, n, r, d, x, d, w.Down, d, 0, st.Z, r)
-		clear(st.Zout[:n*r])
-		xin, tgt = st.Z, st.Zout
-		dm.D, d = r, r
-	}
+	dModel := d
+	xin, tgt, d := st.descend(out, x, w, d)
+	dm.D = d
 	tensor.GatherRows(st.X, xin, p.Token, d)
 	st.ep, st.piped = false, false
 	if st.Ex != nil {
@@ -204,6 +197,29 @@ func Forward(out, x []float32, w Weights, dm Dims, router Router, mask []bool, s
 	}
 	st.combine(tgt, dm)
 	st.ascend(out, w, dModel)
+}
+
+// descend, under DCCA, projects x [N, d] down to st.Z = x·Downᵀ [N, R] and
+// clears st.Zout [N, R], where the gated outputs then accumulate; it
+// returns them and R. Without DCCA it returns x, out and d.
+func (st *State) descend(out, x []float32, w Weights, d int) (xin, tgt []float32, width int) {
+	if w.Down == nil {
+		return x, out, d
+	}
+	n, r := st.N, w.inner(d)
+	z, zout := lowRank(&st.Z, &st.Zout, n*r)
+	tensor.Gemm(false, true, n, r, d, x, d, w.Down, d, 0, z, r)
+	return z, zout, r
+}
+
+// lowRank sizes a DCCA pass's [N, R] buffers (size = N·R floats): *proj
+// for a projection's output and *acc, cleared, for what accumulates; it
+// returns both.
+func lowRank(proj, acc *[]float32, size int) ([]float32, []float32) {
+	*proj = grow(*proj, size)
+	*acc = grow(*acc, size)
+	clear(*acc)
+	return *proj, *acc
 }
 
 // ascend adds the up-projected combined outputs Zout·Upᵀ to out [N, d]
@@ -246,20 +262,10 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 	r := &st.Routing
 	p := &st.Plan
 	s := p.Slots()
-	// Under DCCA the rows are R wide from here to the input projection:
-	// dZout = dout·Up is the gradient of the combined outputs, and dZ
-	// collects the gradient of the down-projected inputs.
-	dModel, dcomb, dxin := d, dout, dx
-	if w.Down != nil {
-		rr := w.inner(d)
-		sc.dZout = grow(sc.dZout, n*rr)
-		sc.dZ = grow(sc.dZ, n*rr)
-		tensor.Gemm(false, false, n, rr, d, dout, d, w.Up, rr, 0, sc.dZout, rr)
-		tensor.Gemm(true, false, d, rr, n, dout, d, st.Zout, rr, 1, dw.Up, rr)
-		clear(sc.dZ[:n*rr])
-		dcomb, dxin = sc.dZout, sc.dZ
-		dm.D, d = rr, rr
-	}
+	// Under DCCA the rows are R wide from here to the input projection.
+	dModel := d
+	dcomb, dxin, d := st.ascendBackward(dw, dout, dx, w, d, sc)
+	dm.D = d
 	// Gradient of combine, out[t] += gate_s·y_s, in one pass: dSlotGate_s =
 	// dcomb[t]·y_s and dY_s = gate_s·dcomb[t].
 	tensor.GatherRowsDotScale(sc.dY[:s*d], sc.dSlotGate[:s], dcomb, st.Y[:s*d], p.Token, p.Gate, d)
@@ -305,6 +311,22 @@ func Backward(dx []float32, dw Weights, dout, x []float32, w Weights, dm Dims, r
 	}
 	tensor.Gemm(true, false, e, d, n, sc.dLogits, e, x, d, 1, dw.Router, d)
 	tensor.Gemm(false, false, n, d, e, sc.dLogits, e, w.Router, d, 1, dx, d)
+}
+
+// ascendBackward is ascend's backward under DCCA: it accumulates dw.Up,
+// sets sc.dZout = dout·Up [N, R] (the gradient of the combined outputs),
+// clears sc.dZ [N, R] (where the gradient of the down-projected inputs
+// accumulates) and returns them and R. Without DCCA it returns dout, dx
+// and d.
+func (st *State) ascendBackward(dw Weights, dout, dx []float32, w Weights, d int, sc *Scratch) (dcomb, dxin []float32, width int) {
+	if w.Down == nil {
+		return dout, dx, d
+	}
+	n, r := st.N, w.inner(d)
+	dzout, dz := lowRank(&sc.dZout, &sc.dZ, n*r)
+	tensor.Gemm(false, false, n, r, d, dout, d, w.Up, r, 0, dzout, r)
+	tensor.Gemm(true, false, d, r, n, dout, d, st.Zout, r, 1, dw.Up, r)
+	return dzout, dz, r
 }
 
 // RoutedLoad is the number of token slots the router sent to each expert in

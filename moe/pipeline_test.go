@@ -110,9 +110,7 @@ func (c *epCase) run(t testing.TB, spec Spec, opt ExchangeOptions, steps int, bw
 	errs := make([]error, c.ep)
 	var wg sync.WaitGroup
 	for m := range c.ep {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			tr := ts[m]
 			if bw > 0 {
 				tr = collective.NewShaped(tr, collective.LinkShape{From: -1, To: -1, Bandwidth: bw})
@@ -136,7 +134,7 @@ func (c *epCase) run(t testing.TB, spec Spec, opt ExchangeOptions, steps int, bw
 			}
 			res.out[m], res.dx[m], res.dw[m], res.timing[m] = out, dx, dw, st.ExchangeTiming()
 			errs[m] = ex.Err()
-		}()
+		})
 	}
 	wg.Wait()
 	for m, err := range errs {

@@ -21,12 +21,36 @@ func randRouting(r *rand.Rand, n, e, k int, s Score, scale float64) *Routing {
 	return rt
 }
 
+// randShape draws e experts in [1, maxE], k choices in [1, e] and n tokens
+// in [1, maxN], in that order.
+func randShape(r *rand.Rand, maxE, maxN int) (n, e, k int) {
+	e = 1 + r.IntN(maxE)
+	k = 1 + r.IntN(e)
+	n = 1 + r.IntN(maxN)
+	return n, e, k
+}
+
 func randBias(r *rand.Rand, e int) []float32 {
 	b := make([]float32, e)
 	for i := range b {
 		b[i] = float32(r.NormFloat64() * 0.1)
 	}
 	return b
+}
+
+// selectMaybeBiased gives rt a random bias half of the time, then selects
+// its experts with the router spec makes for rt's shape, and returns it.
+func selectMaybeBiased(t *testing.T, r *rand.Rand, spec Spec, rt *Routing) Router {
+	t.Helper()
+	if r.IntN(2) == 0 {
+		rt.Bias = randBias(r, rt.E)
+	}
+	router, err := New(spec, rt.E, rt.K)
+	if err != nil {
+		t.Fatalf("%+v, E=%d K=%d: %v", spec, rt.E, rt.K, err)
+	}
+	router.Select(rt)
+	return router
 }
 
 // refTop returns the k candidates with the highest key, ties to the lower
@@ -49,14 +73,7 @@ func TestMoGEPicksPerGroup(t *testing.T) {
 		kg := 1 + r.IntN(gs)
 		e, k, n := m*gs, m*kg, 1+r.IntN(40)
 		rt := randRouting(r, n, e, k, Score(r.IntN(2)), 1+3*r.Float64())
-		if r.IntN(2) == 0 {
-			rt.Bias = randBias(r, e)
-		}
-		router, err := New(Spec{Kind: "moge", Groups: m}, e, k)
-		if err != nil {
-			t.Fatalf("M=%d E=%d K=%d: %v", m, e, k, err)
-		}
-		router.Select(rt)
+		router := selectMaybeBiased(t, r, Spec{Kind: "moge", Groups: m}, rt)
 		for tok := 0; tok < n; tok++ {
 			p := rt.Probs[tok*e : (tok+1)*e]
 			key := func(i int) float64 { return float64(selKey(p, rt.Bias, i)) }
@@ -102,14 +119,7 @@ func TestGroupLimitedMatchesReference(t *testing.T) {
 		k := 1 + r.IntN(tg*gs)
 		n := 1 + r.IntN(30)
 		rt := randRouting(r, n, e, k, Score(r.IntN(2)), 2)
-		if r.IntN(2) == 0 {
-			rt.Bias = randBias(r, e)
-		}
-		router, err := New(Spec{Kind: "group_limited", Groups: g, TopKGroups: tg}, e, k)
-		if err != nil {
-			t.Fatalf("G=%d TG=%d E=%d K=%d: %v", g, tg, e, k, err)
-		}
-		router.Select(rt)
+		selectMaybeBiased(t, r, Spec{Kind: "group_limited", Groups: g, TopKGroups: tg}, rt)
 		for tok := 0; tok < n; tok++ {
 			p := rt.Probs[tok*e : (tok+1)*e]
 			key := func(i int) float64 { return float64(selKey(p, rt.Bias, i)) }
@@ -219,9 +229,7 @@ func TestUpdateBiasSign(t *testing.T) {
 func TestCapacityKeepsRightSlots(t *testing.T) {
 	r := rand.New(rand.NewPCG(17, 18))
 	for trial := 0; trial < 300; trial++ {
-		e := 1 + r.IntN(7)
-		k := 1 + r.IntN(e)
-		n := 1 + r.IntN(50)
+		n, e, k := randShape(r, 7, 50)
 		rt := randRouting(r, n, e, k, Softmax, 2)
 		if trial%5 == 0 { // many ties
 			for i := range rt.Probs {
@@ -335,9 +343,7 @@ func TestLoadStats(t *testing.T) {
 func TestTopKBiasedMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(19, 20))
 	for trial := 0; trial < 200; trial++ {
-		e := 1 + r.IntN(12)
-		k := 1 + r.IntN(e)
-		n := 1 + r.IntN(20)
+		n, e, k := randShape(r, 12, 20)
 		rt := randRouting(r, n, e, k, Score(r.IntN(2)), 2)
 		rt.Bias = randBias(r, e)
 		TopK{}.Select(rt)

@@ -21,8 +21,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/moetrain/moetrain/collective"
 	"github.com/rs/zerolog"
+
+	"github.com/moetrain/moetrain/collective"
 )
 
 // Collectives are the options of `bench collectives` and of the hidden
@@ -341,12 +342,10 @@ func RunCollectivesInProc(ctx context.Context, f *Collectives, ops []string, siz
 	errs := make([]error, f.Workers)
 	var wg sync.WaitGroup
 	for r := range f.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			c := collective.NewWorldConfig(f.shape(ts[r], bw), f.commConfig())
 			results[r], errs[r] = collective.RunBench(ctx, c, f.benchConfig(ops, sizes))
-		}()
+		})
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {

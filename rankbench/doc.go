@@ -7,7 +7,7 @@
 //
 // It must not parse command lines or define flags (package main does, and
 // passes the resolved options and each rank's arguments in), hold
-// collective algorithms, routing or model math (it calls collective and
-// cluster for those), or leave a rank process or a CPU-quota group behind
+// collective algorithms, routing or model math (it calls collective, moe
+// and train for those), or leave a rank process or a CPU-quota group behind
 // when it returns, on success or on failure.
 package rankbench

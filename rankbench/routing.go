@@ -20,7 +20,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/moetrain/moetrain/cluster"
 	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/cpuquota"
 	"github.com/moetrain/moetrain/tensor"
@@ -52,7 +51,7 @@ func (f *Routing) Job() (train.JobConfig, error) {
 }
 
 // Specs validates the flags and builds one spec per configuration.
-func (f *Routing) Specs(job train.JobConfig) ([]cluster.RoutingBenchSpec, error) {
+func (f *Routing) Specs(job train.JobConfig) ([]RoutingBenchSpec, error) {
 	e := job.Model.Experts
 	switch {
 	case f.EP < 2 || f.EP > 64:
@@ -90,13 +89,13 @@ func (f *Routing) Specs(job train.JobConfig) ([]cluster.RoutingBenchSpec, error)
 			names = append(names, s)
 		}
 	}
-	cases, err := cluster.RoutingCases(names, f.EP, k, f.BiasRate, job.Model.BiasUpdateRate)
+	cases, err := RoutingCases(names, f.EP, k, f.BiasRate, job.Model.BiasUpdateRate)
 	if err != nil {
 		return nil, fmt.Errorf("--routers: %w", err)
 	}
-	specs := make([]cluster.RoutingBenchSpec, len(cases))
+	specs := make([]RoutingBenchSpec, len(cases))
 	for i, c := range cases {
-		if specs[i], err = cluster.NewRoutingBenchSpec(job, c, f.EP, f.Skew, f.Warmup, f.Steps, f.Threads); err != nil {
+		if specs[i], err = NewRoutingBenchSpec(job, c, f.EP, f.Skew, f.Warmup, f.Steps, f.Threads); err != nil {
 			return nil, err
 		}
 	}
@@ -111,8 +110,8 @@ const minRankCPU = 0.01
 // RunRouting runs every spec in turn as its own set of rank processes
 // of exe and summarises each. rankCPU > 0 puts each rank process in its own
 // cgroup limited to that many cores.
-func RunRouting(ctx context.Context, exe string, specs []cluster.RoutingBenchSpec, rankCPU float64, progress io.Writer) ([]cluster.RoutingRow, error) {
-	var rows []cluster.RoutingRow
+func RunRouting(ctx context.Context, exe string, specs []RoutingBenchSpec, rankCPU float64, progress io.Writer) ([]RoutingRow, error) {
+	var rows []RoutingRow
 	for i, s := range specs {
 		t0 := time.Now()
 		// Unique per coordinator, configuration and rank (the rank is
@@ -122,7 +121,7 @@ func RunRouting(ctx context.Context, exe string, specs []cluster.RoutingBenchSpe
 		if err != nil {
 			return nil, err
 		}
-		row, err := cluster.SummarizeRouting(s, res)
+		row, err := SummarizeRouting(s, res)
 		if err != nil {
 			return nil, err
 		}
@@ -153,7 +152,7 @@ type routingEvent struct {
 	rank   int
 	addr   string
 	exited bool
-	result *cluster.RoutingRankResult
+	result *RoutingRankResult
 	err    error
 }
 
@@ -169,7 +168,7 @@ type routingEvent struct {
 // its group right after it starts, before it is sent any work; the groups are
 // removed once every rank has exited, on every path (a failure to remove one
 // is an error).
-func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchSpec, rankCPU float64, groupPrefix string) (results []cluster.RoutingRankResult, stats []cpuquota.Stat, err error) {
+func runRoutingRanks(ctx context.Context, exe string, spec RoutingBenchSpec, rankCPU float64, groupPrefix string) (results []RoutingRankResult, stats []cpuquota.Stat, err error) {
 	n := spec.Mesh().World()
 	name := spec.Case.Name
 	var tok [16]byte
@@ -250,11 +249,9 @@ func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchS
 			return nil, nil, fmt.Errorf("bench routing %s: starting rank %d: %w", name, r, err)
 		}
 		children[r] = ch
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			events <- readRoutingChild(r, stdout, ch, events)
-		}()
+		})
 		if quota != nil {
 			if err := quota.Add(cmd.Process.Pid); err != nil {
 				return nil, nil, fmt.Errorf("bench routing %s: --rank-cpu: rank %d: %w", name, r, err)
@@ -299,7 +296,7 @@ func runRoutingRanks(ctx context.Context, exe string, spec cluster.RoutingBenchS
 			ch.stdin.Close()
 		}
 	}
-	results = make([]cluster.RoutingRankResult, n)
+	results = make([]RoutingRankResult, n)
 	for done := 0; done < n; {
 		select {
 		case ev := <-events:
@@ -332,7 +329,7 @@ func readRoutingChild(r int, stdout io.Reader, ch *routingChild, events chan<- r
 			sentAddr = true
 			events <- routingEvent{rank: r, addr: strings.TrimSpace(strings.TrimPrefix(line, "ADDR "))}
 		case strings.HasPrefix(line, "RESULT "):
-			var res cluster.RoutingRankResult
+			var res RoutingRankResult
 			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "RESULT ")), &res); err != nil {
 				protoErr = fmt.Errorf("malformed result line: %w", err)
 				continue
@@ -423,7 +420,7 @@ func RunRoutingRank(ctx context.Context, rank, ranks int, timeout time.Duration,
 	if len(addrs) != ranks {
 		return fmt.Errorf("rank %d: address list has %d entries, want %d", rank, len(addrs), ranks)
 	}
-	var spec cluster.RoutingBenchSpec
+	var spec RoutingBenchSpec
 	if err := json.Unmarshal([]byte(strings.TrimPrefix(lines[1], "SPEC ")), &spec); err != nil {
 		return fmt.Errorf("rank %d: decoding the spec: %w", rank, err)
 	}
@@ -436,7 +433,7 @@ func RunRoutingRank(ctx context.Context, rank, ranks int, timeout time.Duration,
 		return fmt.Errorf("rank %d: %w", rank, err)
 	}
 	defer t.Close()
-	res, err := cluster.RunRoutingRank(ctx, t, spec, log)
+	res, err := runRoutingSpec(ctx, t, spec, log)
 	if err != nil {
 		return err
 	}
@@ -490,13 +487,13 @@ type RoutingReport struct {
 	Threads int     `json:"threads"`
 	// RankCPU is --rank-cpu: each rank process's cgroup CPU quota in
 	// cores, 0 when the ranks share the machine's cores.
-	RankCPU float64              `json:"rank_cpu"`
-	Anchor  string               `json:"anchor"`
-	Rows    []cluster.RoutingRow `json:"rows"`
+	RankCPU float64      `json:"rank_cpu"`
+	Anchor  string       `json:"anchor"`
+	Rows    []RoutingRow `json:"rows"`
 }
 
 // PrintRouting writes the rows as a table (or the JSON report with f.JSON).
-func PrintRouting(w io.Writer, f *Routing, spec cluster.RoutingBenchSpec, rows []cluster.RoutingRow, anchor string) error {
+func PrintRouting(w io.Writer, f *Routing, spec RoutingBenchSpec, rows []RoutingRow, anchor string) error {
 	if f.JSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")

@@ -2,6 +2,8 @@
 // `coordinator launch`: the training and validation loss, the throughput and
 // the expert load of every MoE layer against the step, from summary.json
 // (and, for runs whose summary lacks the expert load, the worker logs).
+//
+// It must not read anything but the run directory's files.
 package runplot
 
 import (

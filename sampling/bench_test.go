@@ -19,10 +19,7 @@ func benchNext(b *testing.B, c Config) {
 		b.Fatal(err)
 	}
 	defer d.Close()
-	s, err := d.Sampler(0, 1)
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := newSampler(b, d, 0, 1)
 	b.ResetTimer()
 	tokens := 0
 	for i := 0; i < b.N; i++ {

@@ -13,6 +13,16 @@ func batchEqual(a, b Batch) bool {
 		slices.Equal(a.Pos, b.Pos) && slices.Equal(a.Seg, b.Seg) && (a.Seg == nil) == (b.Seg == nil)
 }
 
+// newSampler is d.Sampler(rank, world), failing the test on an error.
+func newSampler(tb testing.TB, d *Data, rank, world int) Sampler {
+	tb.Helper()
+	s, err := d.Sampler(rank, world)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
 // checkDrawAndResume draws steps batches from s, each valid for vocab and
 // passed to check; it saves s's state before step at, sends it through
 // JSON and restores it into resumed, which must then give the batches of

@@ -173,14 +173,7 @@ func TestPreparedSamplersMatchMemory(t *testing.T) {
 			}
 			const dp = 2
 			for rank := 0; rank < dp; rank++ {
-				a, err := d.Sampler(rank, dp)
-				if err != nil {
-					t.Fatal(err)
-				}
-				b, err := ref.Sampler(rank, dp)
-				if err != nil {
-					t.Fatal(err)
-				}
+				a, b := newSampler(t, d, rank, dp), newSampler(t, ref, rank, dp)
 				for step := 0; step < 40; step++ {
 					x, err1 := a.Next()
 					y, err2 := b.Next()
@@ -258,11 +251,7 @@ func TestPreparedResume(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s, err := d.Sampler(1, 2)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return d, s
+			return d, newSampler(t, d, 1, 2)
 		}
 		d, full := open()
 		var want []Batch

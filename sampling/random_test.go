@@ -209,12 +209,7 @@ func TestRandomConfig(t *testing.T) {
 	if d.Corpus != nil || d.Train != nil {
 		t.Fatal("random mode loaded data")
 	}
-	s0, err := d.Sampler(0, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s0b, _ := d.Sampler(0, 2)
-	s1, _ := d.Sampler(1, 2)
+	s0, s0b, s1 := newSampler(t, d, 0, 2), newSampler(t, d, 0, 2), newSampler(t, d, 1, 2)
 	x, _ := s0.Next()
 	y, _ := s0b.Next()
 	z, _ := s1.Next()
@@ -286,11 +281,7 @@ func FuzzRandomConfig(f *testing.F) {
 			}
 			return
 		}
-		s, err := d.Sampler(0, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := s.Next()
+		b, err := newSampler(t, d, 0, 1).Next()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -99,11 +99,17 @@ func ReadDocuments(path, field string) ([]Document, error) {
 		docs = append(docs, ds...)
 		return nil
 	})
+	return docsOrError(docs, err, "read data: directory %s holds no documents", path)
+}
+
+// docsOrError is what a reader that gathered docs returns: err if not nil,
+// else docs, or, when docs is empty, the error that format and args describe.
+func docsOrError(docs []Document, err error, format string, args ...any) ([]Document, error) {
 	if err != nil {
 		return nil, err
 	}
 	if len(docs) == 0 {
-		return nil, fmt.Errorf("read data: directory %s holds no documents", path)
+		return nil, fmt.Errorf(format, args...)
 	}
 	return docs, nil
 }
@@ -148,13 +154,7 @@ func ReadJSONL(r io.Reader, name, field string) ([]Document, error) {
 		docs = append(docs, Document{Name: fmt.Sprintf("%s:%d", name, line), Tokens: ByteTokenize([]byte(text))})
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	if len(docs) == 0 {
-		return nil, fmt.Errorf("read data %s: no JSON records", name)
-	}
-	return docs, nil
+	return docsOrError(docs, err, "read data %s: no JSON records", name)
 }
 
 // scanJSONL calls fn with every non-blank line parsed as a JSON object; an

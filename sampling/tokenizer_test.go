@@ -72,14 +72,7 @@ func TestOpenWithBPE(t *testing.T) {
 		}
 	}
 	// states carry the fingerprint; a resume under another tokenizer is refused
-	s, err := d.Sampler(0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := db.Sampler(0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, sb := newSampler(t, d, 0, 1), newSampler(t, db, 0, 1)
 	s.Next()
 	st := s.State()
 	if st.Tokenizer != tk.Fingerprint() {
@@ -91,7 +84,7 @@ func TestOpenWithBPE(t *testing.T) {
 	if err := s.Restore(sb.State()); err == nil {
 		t.Fatal("BPE sampler restored a byte state")
 	}
-	s2, _ := d.Sampler(0, 1)
+	s2 := newSampler(t, d, 0, 1)
 	if err := s2.Restore(st); err != nil {
 		t.Fatalf("same tokenizer: %v", err)
 	}

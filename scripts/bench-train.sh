@@ -127,12 +127,7 @@ if ((scale)); then
 		echo "  before:$(sed -n 1p <<<"$out" | sed 's/.*load/ load/')  after:$(sed -n 3p <<<"$out" | sed 's/.*load/ load/')"
 		s1_runs+=("$s1") s2_runs+=("$s2") dp_runs+=("$d") ep_runs+=("$e") dms_runs+=("$dms") ems_runs+=("$ems")
 	done
-	s1=$(median_of "${s1_runs[@]}")
-	s2=$(median_of "${s2_runs[@]}")
-	d=$(median_of "${dp_runs[@]}")
-	e=$(median_of "${ep_runs[@]}")
-	dms=$(median_of "${dms_runs[@]}")
-	ems=$(median_of "${ems_runs[@]}")
+	read -r s1 s2 d e dms ems <<<"$(medians s1_runs s2_runs dp_runs ep_runs dms_runs ems_runs)"
 	echo "median tokens/s: standalone 1 thread $s1, 2 threads $s2, DP=2 $d, DP=2 EP=2 $e"
 	awk -v a="$s1" -v b="$s2" -v d="$d" -v dms="$dms" -v ems="$ems" 'BEGIN {
 		printf "standalone 2 threads / 1 thread: %.2fx\n", b / a
@@ -164,12 +159,7 @@ if ((dp)); then
 		echo "round $r: torch DDP $d (mean $dm), moetrain DP=2 $o (mean $om, job-reported $oj), 2 x serial 1 thread $c tokens/s"
 		ddp_runs+=("$d") ours_runs+=("$o") ceil_runs+=("$c") ddp_mean+=("$dm") ours_mean+=("$om") ours_job+=("$oj")
 	done
-	d=$(median_of "${ddp_runs[@]}")
-	o=$(median_of "${ours_runs[@]}")
-	c=$(median_of "${ceil_runs[@]}")
-	dm=$(median_of "${ddp_mean[@]}")
-	om=$(median_of "${ours_mean[@]}")
-	oj=$(median_of "${ours_job[@]}")
+	read -r d o c dm om oj <<<"$(medians ddp_runs ours_runs ceil_runs ddp_mean ours_mean ours_job)"
 	echo "median tokens/s: torch DDP $d (mean $dm), moetrain DP=2 $o (mean $om, job-reported $oj), 2 x serial $c"
 	awk -v d="$d" -v o="$o" -v c="$c" -v dm="$dm" -v om="$om" 'BEGIN {
 		printf "moetrain DP=2 / torch DDP: %.2fx (by mean step time %.2fx)\n", o / d, om / dm
@@ -188,10 +178,7 @@ for r in $(seq "$rounds"); do
 	echo "round $r: torch $t, torch-blas-pool $tp, moetrain 1 thread $g1, 2 threads $g2 tokens/s"
 	torch_runs+=("$t") pool_runs+=("$tp") go1_runs+=("$g1") go2_runs+=("$g2")
 done
-t=$(median_of "${torch_runs[@]}")
-tp=$(median_of "${pool_runs[@]}")
-g1=$(median_of "${go1_runs[@]}")
-g2=$(median_of "${go2_runs[@]}")
+read -r t tp g1 g2 <<<"$(medians torch_runs pool_runs go1_runs go2_runs)"
 echo "median tokens/s: torch $t, torch-blas-pool $tp, moetrain 1 thread $g1, moetrain 2 threads $g2"
 awk -v t="$t" -v tp="$tp" -v a="$g1" -v b="$g2" 'BEGIN {
 	printf "moetrain 1 thread / torch 1 thread: %.2fx\n", a / t

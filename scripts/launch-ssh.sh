@@ -18,6 +18,7 @@
 #   --run-dir  remote run directory on the coordinator host (default runs/<ts>)
 # Exit status: the coordinator's (0 = job succeeded).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 hostfile="" config="" steps="" port=7070 coord_host="" bin_dir="moetrain/bin" copy=0
 run_dir="runs/$(date -u +%Y%m%d-%H%M%S)" ssh_cmd="ssh -o BatchMode=yes"
@@ -33,7 +34,7 @@ while [[ $# -gt 0 ]]; do
     --copy) copy=1; shift ;;
     --run-dir) run_dir="$2"; shift 2 ;;
     --ssh) ssh_cmd="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -125,11 +126,6 @@ while true; do
   if ((rc > 128)) && kill -0 "$coord_pid" 2>/dev/null; then continue; fi
   break
 done
-for ((t = 0; t < 200; t++)); do
-  alive=0
-  for pid in "${pids[@]:1}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-  ((alive)) || break
-  sleep 0.1
-done
+wait_exit 200 "${pids[@]:1}"
 echo "launch-ssh: coordinator exited with $rc (run directory $run_dir on $coord_host)" >&2
 exit $rc

@@ -51,6 +51,17 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 # median_of W... prints the median of the numbers W (median's rounding).
 median_of() { printf '%s\n' "$@" | median; }
 
+# medians A... prints the median_of of each bash array named A, in order, on
+# one line: `read -r x y <<<"$(medians xs ys)"`.
+medians() {
+	local a ref out=()
+	for a; do
+		ref="$a[@]"
+		out+=("$(median_of "${!ref}")")
+	done
+	echo "${out[*]}"
+}
+
 # rotated R W... prints the words W one a line, starting with word R modulo
 # their count: run in rounds, each round starts with another.
 rotated() {
@@ -66,6 +77,20 @@ rotated() {
 # bench_metric NAME UNIT reads `go test -bench` output on stdin and prints
 # the value benchmark NAME (any -P suffix) reports in UNIT (e.g. MB/s).
 bench_metric() { awk -v v="$1" -v u="$2" '$1 ~ "^"v"(-[0-9]+)?$" {for (i = 1; i < NF; i++) if ($(i+1) == u) print $i}'; }
+
+# wait_exit N PID... waits up to N tenths of a second for every process PID
+# to exit, polling every tenth; it returns 1 if one is still running then.
+wait_exit() {
+	local n=$1 t pid alive
+	shift
+	for ((t = 0; t < n; t++)); do
+		alive=0
+		for pid; do kill -0 "$pid" 2>/dev/null && alive=1; done
+		((alive)) || return 0
+		sleep 0.1
+	done
+	return 1
+}
 
 # netns_switch SW creates network namespace SW holding the bridge br0 that
 # netns_host attaches hosts to; br0 and lo are up.

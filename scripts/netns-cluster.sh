@@ -108,12 +108,6 @@ set +e
 wait "$coord_pid"
 rc=$?
 # Workers exit once the coordinator has ended the job; give them 20 s.
-for ((t = 0; t < 200; t++)); do
-  alive=0
-  for pid in "${pids[@]:1}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-  (( alive )) || break
-  sleep 0.1
-done
-(( alive )) && echo "netns-cluster: workers still running 20 s after the coordinator; killing them" >&2
+wait_exit 200 "${pids[@]:1}" || echo "netns-cluster: workers still running 20 s after the coordinator; killing them" >&2
 echo "netns-cluster: coordinator exited with $rc; logs in $run_dir" >&2
 exit $rc

@@ -4,6 +4,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/moetrain/moetrain/internal/testkit"
 )
 
 func randParams(n int, seed uint64) []float32 {
@@ -13,18 +15,6 @@ func randParams(n int, seed uint64) []float32 {
 		p[i] = float32(rng.NormFloat64() * 0.05)
 	}
 	return p
-}
-
-func sameBits(a, b []float32) int {
-	if len(a) != len(b) {
-		return 0
-	}
-	for i := range a {
-		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
-			return i
-		}
-	}
-	return -1
 }
 
 // Directions are balanced ±1 and independent across seeds.
@@ -75,7 +65,7 @@ func TestThreadsBitwiseAndReference(t *testing.T) {
 	for _, threads := range []int{0, 1, 2, 3, 8} {
 		dst := make([]float32, n)
 		Perturb(dst, src, s, h, threads)
-		if i := sameBits(dst, ref); i >= 0 {
+		if i := testkit.FirstBitDiff(dst, ref); i >= 0 {
 			t.Fatalf("Perturb with %d threads: element %d = %g, reference %g", threads, i, dst[i], ref[i])
 		}
 	}
@@ -99,11 +89,11 @@ func TestThreadsBitwiseAndReference(t *testing.T) {
 		if err := NewUpdater(cfg, threads).Apply(p, 11, entries); err != nil {
 			t.Fatal(err)
 		}
-		if i := sameBits(p, want); i >= 0 {
+		if i := testkit.FirstBitDiff(p, want); i >= 0 {
 			t.Fatalf("Apply with %d threads: element %d = %g, reference %g", threads, i, p[i], want[i])
 		}
 	}
-	if sameBits(want, src) == -1 {
+	if testkit.FirstBitDiff(want, src) == -1 {
 		t.Fatal("the update changed nothing")
 	}
 	if err := NewUpdater(cfg, 1).Apply(src, 0, []Entry{{2, 0, 1}, {1, 0, 1}}); err == nil {

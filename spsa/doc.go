@@ -11,4 +11,8 @@
 // The package needs no gradients, no activations kept for a backward and no
 // optimizer moments. Design, byte counts and measurements:
 // docs/algorithms/spsa.md.
+//
+// It must not hold the control plane (the coordinator's copy of the log and
+// joins are package cluster's), nor change a parameter with anything but
+// single additions: bit-identical replicas on every device depend on it.
 package spsa

@@ -4,6 +4,8 @@ import (
 	"context"
 	"math"
 	"testing"
+
+	"github.com/moetrain/moetrain/internal/testkit"
 )
 
 // quadratic is f(x) = Σ ½aᵢxᵢ² + bᵢxᵢ evaluated in float64, and counts
@@ -52,6 +54,9 @@ func (x soloExchange) AllGather(_ context.Context, mine, all []byte) error {
 }
 func (x soloExchange) WireBytes() int64 { return 0 }
 
+// SoloExchange is soloExchange for the external tests (package spsa_test).
+func SoloExchange(id uint32) Exchange { return soloExchange{id} }
+
 // The projected gradient a worker measures is the directional derivative
 // along its direction (exact for a quadratic but for the float32 rounding
 // of the perturbed parameters), and measuring leaves the parameters bitwise
@@ -68,7 +73,7 @@ func TestProjectedGradientIsDirectionalDerivative(t *testing.T) {
 	if err := w.measure(q.loss); err != nil {
 		t.Fatal(err)
 	}
-	if i := sameBits(q.x, before); i >= 0 {
+	if i := testkit.FirstBitDiff(q.x, before); i >= 0 {
 		t.Fatalf("parameter %d not restored: %g, was %g", i, q.x[i], before[i])
 	}
 	if q.calls != 2*cfg.Directions {

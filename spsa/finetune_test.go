@@ -1,7 +1,6 @@
 package spsa_test
 
 import (
-	"context"
 	"math"
 	"path/filepath"
 	"slices"
@@ -13,15 +12,6 @@ import (
 	"github.com/moetrain/moetrain/spsa"
 	"github.com/moetrain/moetrain/train"
 )
-
-type solo struct{ id uint32 }
-
-func (x solo) Members() []uint32 { return []uint32{x.id} }
-func (x solo) AllGather(_ context.Context, mine, all []byte) error {
-	copy(all, mine)
-	return nil
-}
-func (x solo) WireBytes() int64 { return 0 }
 
 // A checkpoint of the usual trainer loads into an SPSA replica bit for bit,
 // EvalCE agrees with the trainer's evaluation, and a short fine-tuning run
@@ -76,7 +66,7 @@ func TestFineTuneFromTrainerCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pts []spsa.Point
-	ft := &spsa.FineTune{Model: m, Worker: w, Exchange: solo{1}, Sampler: s, Val: val, EvalEvery: 2, Log: log,
+	ft := &spsa.FineTune{Model: m, Worker: w, Exchange: spsa.SoloExchange(1), Sampler: s, Val: val, EvalEvery: 2, Log: log,
 		OnPoint: func(p spsa.Point) { pts = append(pts, p) }}
 	if err := ft.Run(t.Context(), 5); err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/model"
 )
 
@@ -87,11 +88,9 @@ func meshOf(t testing.TB, ctx context.Context, n int) []collective.Transport {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			ts[i], errs[i] = collective.DialMesh(ctx, lns[i], collective.TCPConfig{Rank: i, Addrs: addrs, Token: "spsa-test"})
-		}()
+		})
 	}
 	wg.Wait()
 	for i, err := range errs {
@@ -115,9 +114,7 @@ func runSteps(t testing.TB, ctx context.Context, reps []*replica, steps int) []i
 	errs := make([]error, len(reps))
 	var wg sync.WaitGroup
 	for r, rp := range reps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			ex, err := NewCommExchange(ts[r], ids)
 			if err != nil {
 				errs[r] = err
@@ -139,7 +136,7 @@ func runSteps(t testing.TB, ctx context.Context, reps []*replica, steps int) []i
 				}
 			}
 			sent[r] = ex.WireBytes()
-		}()
+		})
 	}
 	wg.Wait()
 	for r, err := range errs {
@@ -207,7 +204,7 @@ func testWorkersOverTCP(t *testing.T, quant string) {
 	runSteps(t, ctx, reps2, N/2)
 	mustIdentical(t, fmt.Sprintf("after %d steps", N), reps2)
 
-	if sameBits(reps[0].m.Params, ckpt) == -1 {
+	if testkit.FirstBitDiff(reps[0].m.Params, ckpt) == -1 {
 		t.Fatal("parameters never moved")
 	}
 	l1, _ := ModelLoss(reps[0].m, ptr(batchOf(mc, 1, 0)))()
@@ -223,7 +220,7 @@ func testWorkersOverTCP(t *testing.T, quant string) {
 	if err := late.w.Replay(recs[:N-1], N-1); err != nil {
 		t.Fatal(err)
 	}
-	if sameBits(late.m.Params, reps[0].m.Params) == -1 {
+	if testkit.FirstBitDiff(late.m.Params, reps[0].m.Params) == -1 {
 		t.Fatal("a replica one step behind has the same parameters")
 	}
 	if err := late.w.Replay(recs, N); err != nil {
@@ -240,7 +237,7 @@ func ptr[T any](v T) *T { return &v }
 func mustIdentical(t *testing.T, when string, reps []*replica) {
 	t.Helper()
 	for _, rp := range reps[1:] {
-		if i := sameBits(rp.m.Params, reps[0].m.Params); i >= 0 {
+		if i := testkit.FirstBitDiff(rp.m.Params, reps[0].m.Params); i >= 0 {
 			t.Fatalf("%s: worker %d's parameter %d = %g, worker %d's = %g", when, rp.id, i, rp.m.Params[i], reps[0].id, reps[0].m.Params[i])
 		}
 		if rp.w.Step() != reps[0].w.Step() {

@@ -5,4 +5,6 @@
 // calibrates a profile on this machine and validates predictions against
 // measured steps. The model's equations, the calibration and the
 // validation tables are in docs/planner.md.
+//
+// It must not be imported by cluster or train (it builds on both).
 package stepmodel

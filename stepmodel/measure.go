@@ -102,9 +102,7 @@ func Measure(ctx context.Context, job train.JobConfig, mesh parallel.Mesh, shape
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for r := 0; r < n; r++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			fail := func(err error) { errs[r] = fmt.Errorf("rank %d: %w", r, err); cancel() }
 			world := collective.NewWorldConfig(ts[r], collective.Config{Timeout: 60 * time.Second})
 			mr, err := train.NewMeshRank(job, mesh, r, world, zerolog.Nop())
@@ -129,7 +127,7 @@ func Measure(ctx context.Context, job train.JobConfig, mesh parallel.Mesh, shape
 					ends = append(ends, time.Now())
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	runtime.GC()

@@ -40,28 +40,29 @@ func BenchmarkAttention(b *testing.B) {
 		dk, dv := dq[C:], dq[2*C:]
 		for _, th := range []int{1, 2} {
 			name := fmt.Sprintf("B%d_T%d_H%d_D%d_seg%d/t%d", p.B, p.Tq, p.H, p.D, p.seg, th)
-			b.Run("fwd/"+name, func(b *testing.B) {
-				withThreads(b, []int{th}, func(int) {
-					defer lockThread()()
-					cpu0, cpuOK := threadCPUTime()
-					for b.Loop() {
-						AttentionForward(o, lse, c.q, c.k, c.v, s)
-					}
-					reportAttn(b, attnFlops(s, 2), th, cpu0, cpuOK)
+			for _, pass := range []struct {
+				name     string
+				products int // matmuls, for attnFlops
+				run      func()
+			}{
+				{"fwd", 2, func() { AttentionForward(o, lse, c.q, c.k, c.v, s) }},
+				{"fwdbwd", 7, func() {
+					AttentionForward(o, lse, c.q, c.k, c.v, s)
+					AttentionRowDot(d, c.do, o, s)
+					AttentionBackward(dq, dk, dv, c.do, c.q, c.k, c.v, lse, d, s)
+				}},
+			} {
+				b.Run(pass.name+"/"+name, func(b *testing.B) {
+					withThreads(b, []int{th}, func(int) {
+						defer lockThread()()
+						cpu0, cpuOK := threadCPUTime()
+						for b.Loop() {
+							pass.run()
+						}
+						reportAttn(b, attnFlops(s, pass.products), th, cpu0, cpuOK)
+					})
 				})
-			})
-			b.Run("fwdbwd/"+name, func(b *testing.B) {
-				withThreads(b, []int{th}, func(int) {
-					defer lockThread()()
-					cpu0, cpuOK := threadCPUTime()
-					for b.Loop() {
-						AttentionForward(o, lse, c.q, c.k, c.v, s)
-						AttentionRowDot(d, c.do, o, s)
-						AttentionBackward(dq, dk, dv, c.do, c.q, c.k, c.v, lse, d, s)
-					}
-					reportAttn(b, attnFlops(s, 7), th, cpu0, cpuOK)
-				})
-			})
+			}
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"bytes"
 	"fmt"
 	"log"
+	"math/bits"
 	"os"
 )
 
@@ -94,7 +95,7 @@ func gen(w *bytes.Buffer, k kernel) {
 		}
 	}
 	p("MOVQ CX, R10")
-	p("SHRQ $%d, R10", log2(k.unroll))
+	p("SHRQ $%d, R10", bits.TrailingZeros(uint(k.unroll))) // unroll is a power of two
 	p("JZ %s_tail", k.name)
 	label("loop")
 	for u := 0; u < k.unroll; u++ {
@@ -138,15 +139,6 @@ func gen(w *bytes.Buffer, k kernel) {
 	}
 	p("VZEROUPPER")
 	p("RET")
-}
-
-func log2(n int) int {
-	r := 0
-	for n > 1 {
-		n >>= 1
-		r++
-	}
-	return r
 }
 
 // genTranspose writes packTransAVX512, which packs 16 k-columns of up to 16

@@ -338,9 +338,7 @@ func TestGemmConcurrentCalls(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan string, 8)
 	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			c := make([]float32, g.m*ldc)
 			for rep := 0; rep < 5; rep++ {
 				Gemm(false, false, g.m, g.n, g.k, a, lda, b, ldb, 0, c, ldc)
@@ -351,7 +349,7 @@ func TestGemmConcurrentCalls(t *testing.T) {
 					}
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)

@@ -50,20 +50,25 @@ func naiveMerge(b *BPE, w []byte) []int32 {
 	}
 }
 
-func randomWord(r *rand.Rand, parts []string) []byte {
-	var sb strings.Builder
-	for range r.IntN(40) + 1 {
-		sb.WriteString(parts[r.IntN(len(parts))])
+// randomWords returns n words of 1 to 40 parts each, drawn with the
+// generator seeded (seed, seed+1).
+func randomWords(seed uint64, n int, parts []string) [][]byte {
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	words := make([][]byte, n)
+	for i := range words {
+		var sb strings.Builder
+		for range r.IntN(40) + 1 {
+			sb.WriteString(parts[r.IntN(len(parts))])
+		}
+		words[i] = []byte(sb.String())
 	}
-	return []byte(sb.String())
+	return words
 }
 
 func TestMergeWordMatchesNaive(t *testing.T) {
 	b := fixture(t)
-	r := rand.New(rand.NewPCG(1, 2))
 	parts := []string{"e", "r", "t", "in", "re", "ro", "er", "func", "Err", "s", "  ", " ", "\t", "0", "x", "\xff", "é"}
-	for range 5000 {
-		w := randomWord(r, parts)
+	for _, w := range randomWords(1, 5000, parts) {
 		if got, want := b.mergeWord(nil, w), naiveMerge(b, w); !slices.Equal(got, want) {
 			t.Fatalf("mergeWord(%q) = %v, naive %v", w, got, want)
 		}

@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,16 +69,14 @@ func TestParseErrors(t *testing.T) {
 }
 
 func TestLoadFileBounds(t *testing.T) {
-	dir := t.TempDir()
-	big := filepath.Join(dir, "big.json")
+	big := filepath.Join(t.TempDir(), "big.json")
 	f, err := os.Create(big)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Truncate(MaxFileSize + 1); err != nil {
+	if err := errors.Join(f.Truncate(MaxFileSize+1), f.Close()); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
 	if _, err := LoadFile(big); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("oversized file: %v", err)
 	}

@@ -1,6 +1,8 @@
 // Package tokenizer turns text into token ids and back: the byte tokenizer
 // (every byte its own id) and GPT-2-style byte-level BPE loaded from, or
 // trained into, a Hugging Face tokenizer.json (docs/tokenizer.md).
+//
+// It must not import any package of the project but internal/atomicfile.
 package tokenizer
 
 import (

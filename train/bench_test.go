@@ -57,10 +57,9 @@ func benchTrainer(b *testing.B) (JobConfig, sampling.Sampler, *Trainer, func()) 
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := tr.ForwardBackward(batch); err != nil {
+		if _, _, err := tr.TrainStep(batch); err != nil {
 			b.Fatal(err)
 		}
-		tr.OptimizerStep()
 	}
 	step()
 	return cfg, s, tr, step

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -445,9 +444,7 @@ type Checkpointer struct {
 	opts  checkpoint.WriterOptions
 	log   zerolog.Logger
 
-	mu   sync.Mutex
-	busy chan struct{} // closed when the in-flight save has committed or failed
-	err  error         // failure of the last finished save, reported once
+	run checkpoint.Background[struct{}] // the save being written and committed
 }
 
 // NewCheckpointer returns an asynchronous saver into store.
@@ -467,47 +464,26 @@ func (c *Checkpointer) Save(ctx context.Context, t *Trainer, sampler *sampling.S
 	if err != nil {
 		return err
 	}
-	c.mu.Lock()
-	if c.busy != nil {
-		c.mu.Unlock()
-		return fmt.Errorf("checkpoint step %d: another save is in flight", snap.Step)
-	}
-	busy := make(chan struct{})
-	c.busy = busy
-	c.mu.Unlock()
 	cfg := t.cfg
-	go func() {
+	err = c.run.Start(ctx, func(ctx context.Context) (struct{}, error) {
 		start := time.Now()
 		m, err := commitSnapshot(ctx, c.store, cfg, snap, c.opts)
 		if err == nil {
 			c.log.Info().Int64("step", m.Step).Str("dir", c.store.StepDir(m.Step)).
 				Dur("took", time.Since(start)).Msg("checkpoint committed")
 		}
-		c.mu.Lock()
-		c.err, c.busy = err, nil
-		c.mu.Unlock()
-		close(busy)
-	}()
+		return struct{}{}, err
+	})
+	if err != nil {
+		return fmt.Errorf("checkpoint step %d: %w", snap.Step, err)
+	}
 	return nil
 }
 
 // Wait blocks until no save is in flight (or ctx ends) and returns the
 // failure of the last save, once.
 func (c *Checkpointer) Wait(ctx context.Context) error {
-	c.mu.Lock()
-	busy := c.busy
-	c.mu.Unlock()
-	if busy != nil {
-		select {
-		case <-busy:
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for checkpoint save: %w", ctx.Err())
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	err := c.err
-	c.err = nil
+	_, err := c.run.Wait(ctx, "checkpoint save")
 	return err
 }
 

@@ -99,6 +99,18 @@ func newTestStore(t *testing.T) *checkpoint.Store {
 	return s
 }
 
+// mustOpenRef is OpenRef(store, ref), closed when the test ends; an error
+// fails t.
+func mustOpenRef(t *testing.T, store *checkpoint.Store, ref string) *checkpoint.Checkpoint {
+	t.Helper()
+	c, _, err := OpenRef(store, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // bitsEqual compares float64s by bit pattern (so -0 ≠ 0 and NaN = NaN).
 func bitsEqual(a, b []float64) bool {
 	return slices.EqualFunc(a, b, func(x, y float64) bool { return math.Float64bits(x) == math.Float64bits(y) })
@@ -225,11 +237,7 @@ func TestReferenceLayoutRoundTrip(t *testing.T) {
 	}
 	sameState(t, "reference round trip", a, b)
 
-	c, _, err := OpenRef(store, "latest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := mustOpenRef(t, store, "latest")
 	var want []string
 	for _, e := range a.Layout().Entries {
 		want = append(want, checkpoint.ModelPrefix+e.Name, checkpoint.MomentMPrefix+e.Name, checkpoint.MomentVPrefix+e.Name)
@@ -286,11 +294,7 @@ func TestShardedLayoutRestoresSerial(t *testing.T) {
 	sameState(t, "two ZeRO-1 ranks into serial", a, b)
 
 	// Back into one half: only that half's moments are loaded.
-	c, _, err := OpenRef(store, "3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := mustOpenRef(t, store, "3")
 	h := newTestTrainer(t, cfg)
 	if _, err := h.RestoreLayout(c, 1, layouts[1]); err != nil {
 		t.Fatal(err)
@@ -414,17 +418,13 @@ func TestShapeMismatch(t *testing.T) {
 		})
 	}
 	// Weights-only checking ignores the moments but not the model tensors.
-	c, _, err := OpenRef(store, "latest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := mustOpenRef(t, store, "latest")
 	if err := CheckModelShapes(c, a.Layout(), true); err != nil {
 		t.Fatal(err)
 	}
 	other := cfg
 	other.Model.ExpertHidden = 64
-	err = CheckModelShapes(c, newTestTrainer(t, other).Layout(), true)
+	err := CheckModelShapes(c, newTestTrainer(t, other).Layout(), true)
 	if err == nil || !strings.Contains(err.Error(), "tensor model.layers.0.w1: checkpoint shape [4 48 32], config shape [4 64 32] (and 3 more mismatches)") {
 		t.Fatalf("weights-only check of another expert width: %v", err)
 	}
@@ -650,11 +650,7 @@ func TestRangeShardLayoutWithShardOptimizers(t *testing.T) {
 	}
 	sameState(t, "ranges of two ranks into serial", a, b)
 
-	c, _, err := OpenRef(store, "3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := mustOpenRef(t, store, "3")
 	h := newTestTrainer(t, cfg)
 	other := [][2]int{{5, third + 7}, {l.Total - 11, l.Total}}
 	opts, err := h.NewShardOptimizers(other)

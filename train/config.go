@@ -1,6 +1,9 @@
 // Package train is one rank's training loop: the job configuration, the
 // Trainer (forward/backward, optimizer step, evaluation) that the control
 // plane drives, and Run, the standalone loop.
+//
+// It must not talk to the control plane: cluster/worker drives a rank and
+// reports for it.
 package train
 
 import (

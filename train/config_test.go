@@ -1,7 +1,6 @@
 package train
 
 import (
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -9,17 +8,18 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/model"
 	"github.com/moetrain/moetrain/sampling"
 )
 
+// writeTOML writes body to job.toml in a fresh temporary directory and
+// returns its path.
 func writeTOML(t *testing.T, body string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "job.toml")
-	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	dir := t.TempDir()
+	testkit.WriteFile(t, dir, "job.toml", []byte(body))
+	return filepath.Join(dir, "job.toml")
 }
 
 func TestDefaultJobConfigValid(t *testing.T) {

@@ -94,15 +94,25 @@ func gpuTrainer(t *testing.T, cfg JobConfig) *Trainer {
 // corpus in cfg's mode, rank 0 of 1).
 func corpusSampler(t *testing.T, cfg JobConfig) sampling.Sampler {
 	t.Helper()
-	data, err := sampling.Open(cfg.DataConfig(), cfg.Train.Seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := data.Sampler(0, 1)
+	_, s, err := singleData(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// onCPUAndGPU returns f's results on the CPU trainer c, then on the GPU
+// trainer g; an error fails t.
+func onCPUAndGPU[R any](t *testing.T, c, g *Trainer, f func(*Trainer) (R, error)) (cpu, gpu R) {
+	t.Helper()
+	cpu, err := f(c)
+	if err != nil {
+		t.Fatalf("CPU trainer: %v", err)
+	}
+	if gpu, err = f(g); err != nil {
+		t.Fatalf("GPU trainer: %v", err)
+	}
+	return cpu, gpu
 }
 
 // relErr is |got − want| / |want| (+Inf when either is not finite).
@@ -185,14 +195,7 @@ func TestGPUTrainerMatchesCPU(t *testing.T) {
 			}
 			evaluate := func(when string, tol float64) {
 				t.Helper()
-				want, err := c.Evaluate(val)
-				if err != nil {
-					t.Fatal(err)
-				}
-				got, err := g.Evaluate(val)
-				if err != nil {
-					t.Fatal(err)
-				}
+				want, got := onCPUAndGPU(t, c, g, func(tr *Trainer) (float64, error) { return tr.Evaluate(val) })
 				if r := relErr(got, want); !(r <= tol) {
 					t.Fatalf("validation loss %s: GPU %.9g, CPU %.9g (relative difference %.3g > %.3g)", when, got, want, r, tol)
 				}
@@ -205,14 +208,7 @@ func TestGPUTrainerMatchesCPU(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				want, err := c.ForwardBackward(b)
-				if err != nil {
-					t.Fatal(err)
-				}
-				got, err := g.ForwardBackward(b)
-				if err != nil {
-					t.Fatal(err)
-				}
+				want, got := onCPUAndGPU(t, c, g, func(tr *Trainer) (StepStats, error) { return tr.ForwardBackward(b) })
 				if got.Tokens != want.Tokens || got.Targets != want.Targets {
 					t.Fatalf("step %d: GPU %d tokens and %d targets, CPU %d and %d", step, got.Tokens, got.Targets, want.Tokens, want.Targets)
 				}

@@ -35,9 +35,7 @@ func stepMesh(t testing.TB, cfg JobConfig, mesh parallel.Mesh, global []sampling
 	defer cancel()
 	var wg sync.WaitGroup
 	for r := 0; r < n; r++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			world := collective.NewWorldConfig(ts[r], collective.Config{Timeout: 30 * time.Second})
 			mr, err := NewMeshRank(cfg, mesh, r, world, zerolog.Nop())
 			if err == nil && prepare != nil {
@@ -58,7 +56,7 @@ func stepMesh(t testing.TB, cfg JobConfig, mesh parallel.Mesh, global []sampling
 				}
 				losses[r] = append(losses[r], st.Loss)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	for r, err := range errs {

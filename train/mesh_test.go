@@ -6,13 +6,13 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/model"
 	"github.com/moetrain/moetrain/parallel"
 	"github.com/moetrain/moetrain/sampling"
@@ -65,15 +65,14 @@ func runSerial(t *testing.T, cfg JobConfig, global []sampling.Batch) serialRun {
 		t.Fatal(err)
 	}
 	var out serialRun
-	for _, b := range global {
-		st, err := tr.ForwardBackward(b)
+	for _, b := range global { // Run's step
+		st, _, err := tr.TrainStep(b)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := tr.UpdateRouterBias(st.RoutedLoad); err != nil {
 			t.Fatal(err)
 		}
-		tr.OptimizerStep()
 		out.losses = append(out.losses, st.Loss)
 	}
 	out.params, out.grads, out.layout = tr.Params(), tr.Grads(), tr.Layout()
@@ -311,28 +310,19 @@ func TestMeshStaticSplitMismatchFails(t *testing.T) {
 	mesh := parallel.Mesh{DP: 2, SP: 1, TP: 1, EP: 2}
 	cfg.Mesh = parallel.Config{DP: 2, TP: 1, EP: 2, SP: 1, SPAlgorithm: "tokenring"}
 	rng := rand.New(rand.NewPCG(17, 18))
-	ts := collective.NewInProcess(2)
-	errs := make([]error, 2)
 	// Drawn before the ranks start: the generator is not safe for concurrent use.
 	batches := []sampling.Batch{randomBatch(rng, 1, 16, cfg.Model.Vocab), randomBatch(rng, 2, 16, cfg.Model.Vocab)}
-	var wg sync.WaitGroup
-	for r := 0; r < 2; r++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer ts[r].Close()
-			world := collective.NewWorldConfig(ts[r], collective.Config{Timeout: 5 * time.Second})
-			mr, err := NewMeshRank(cfg, mesh, r, world, zerolog.Nop())
-			if err != nil {
-				errs[r] = err
-				return
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			_, errs[r] = mr.Step(ctx, batches[r])
-		}()
-	}
-	wg.Wait()
+	errs := testkit.OnRanks(2, func(r int, tr collective.Transport) error {
+		world := collective.NewWorldConfig(tr, collective.Config{Timeout: 5 * time.Second})
+		mr, err := NewMeshRank(cfg, mesh, r, world, zerolog.Nop())
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_, err = mr.Step(ctx, batches[r])
+		return err
+	})
 	for r, err := range errs {
 		if err == nil {
 			t.Errorf("rank %d: step with mismatched token counts succeeded", r)

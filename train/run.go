@@ -80,11 +80,7 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 	}
 	log := opts.Log
 	tensor.SetThreads(cfg.Train.Threads)
-	data, err := openData(cfg, opts.Corpus)
-	if err != nil {
-		return sum, fmt.Errorf("train: data: %w", err)
-	}
-	sampler, err := data.Sampler(0, 1)
+	data, sampler, err := singleData(cfg, opts.Corpus)
 	if err != nil {
 		return sum, fmt.Errorf("train: data: %w", err)
 	}
@@ -198,6 +194,17 @@ func Run(ctx context.Context, cfg JobConfig, opts RunOptions) (Summary, error) {
 		Float64("padding_fraction", sum.PaddingFraction).
 		Str("elapsed", sum.Elapsed.Round(time.Millisecond).String()).Msg("done")
 	return sum, nil
+}
+
+// singleData is openData with its training sampler for a single process
+// (rank 0 of 1).
+func singleData(cfg JobConfig, corpus *sampling.Corpus) (*sampling.Data, sampling.Sampler, error) {
+	data, err := openData(cfg, corpus)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := data.Sampler(0, 1)
+	return data, s, err
 }
 
 // openData loads cfg.Data, or wraps corpus (window and pack modes) when the

@@ -5,6 +5,9 @@
 // configurations of mutual TLS built from such files or from a cluster's
 // own PKI. Keys are ECDSA P-256; every certificate may serve as server
 // and as client, so one file set works for any role.
+//
+// It must not know about jobs beyond a name and hosts, nor keep a CA key on
+// disk.
 package pki
 
 import (

@@ -3,14 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"runtime"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/moetrain/moetrain/parallel/sp"
 	"github.com/moetrain/moetrain/rankbench"
-	"github.com/spf13/cobra"
 )
 
 // benchAttentionFlags are the flags of `bench attention`.
@@ -45,7 +44,9 @@ one table per bandwidth.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
-			return runBenchAttention(ctx, cmd.OutOrStdout(), f, bws)
+			return sp.WriteBenchReport(ctx, cmd.OutOrStdout(), sp.BenchConfig{SP: f.sp, SeqLen: f.seq, Batch: f.batch,
+				Heads: f.heads, HeadDim: f.headDim, LinkLatency: f.linkLatency, Iters: f.iters, Warmup: f.warmup,
+				Threads: f.threads, Timeout: f.timeout}, bws)
 		},
 	}
 	fl := cmd.Flags()
@@ -93,59 +94,6 @@ func (f *benchAttentionFlags) validate() ([]float64, error) {
 		bws = append(bws, bw)
 	}
 	return bws, nil
-}
-
-func runBenchAttention(ctx context.Context, w io.Writer, f *benchAttentionFlags, bws []float64) error {
-	chunk := f.seq / (2 * f.sp)
-	ls := sp.LocalShape{Batch: f.batch, Chunk: chunk, Heads: f.heads, HeadDim: f.headDim}
-	rf, rb := sp.MessageBytes(sp.Ring, ls)
-	tf, tb := sp.MessageBytes(sp.TokenRing, ls)
-	fmt.Fprintf(w, "# sequence-parallel attention: sp=%d seq=%d (chunk %d) batch=%d heads=%d head-dim=%d, causal, zigzag\n",
-		f.sp, f.seq, chunk, f.batch, f.heads, f.headDim)
-	fmt.Fprintf(w, "# ranks: goroutines in one process, in-process transport, full mesh of shaped links; GOMAXPROCS=%d\n", runtime.GOMAXPROCS(0))
-	fmt.Fprintf(w, "# bytes on a rank's busiest link direction per step: ring fwd %s bwd %s; tokenring fwd %s bwd %s (results/dQ return on other links)\n",
-		fmtBytes(rf), fmtBytes(rb), fmtBytes(tf), fmtBytes(tb))
-	for _, bw := range bws {
-		res, cfg, err := sp.RunBench(ctx, sp.BenchConfig{SP: f.sp, SeqLen: f.seq, Batch: f.batch, Heads: f.heads, HeadDim: f.headDim,
-			LinkBandwidth: bw, LinkLatency: f.linkLatency, Iters: f.iters, Warmup: f.warmup, Threads: f.threads, Timeout: f.timeout})
-		if err != nil {
-			return err
-		}
-		link := "unshaped"
-		if bw > 0 {
-			link = fmt.Sprintf("%s/s per direction, latency %v", fmtBytes(int(bw)), f.linkLatency)
-		}
-		fmt.Fprintf(w, "\n## link %s; kernel threads %d (shared by %d ranks); medians of %d iterations\n", link, cfg.Threads, f.sp, f.iters)
-		fmt.Fprintf(w, "%-13s %10s %10s %10s %10s %10s\n", "schedule", "fwd ms", "bwd ms", "total ms", "×compute", "ring/this")
-		var compute, ring time.Duration
-		for _, r := range res {
-			switch r.Name {
-			case "compute-only":
-				compute = r.Total
-			case "ring":
-				ring = r.Total
-			}
-		}
-		for _, r := range res {
-			fmt.Fprintf(w, "%-13s %10.2f %10.2f %10.2f %10.3f %10.3f\n", r.Name, ms(r.Forward), ms(r.Backward), ms(r.Total),
-				float64(r.Total)/float64(compute), float64(ring)/float64(r.Total))
-		}
-	}
-	return nil
-}
-
-func ms(d time.Duration) float64 { return float64(d) / 1e6 }
-
-func fmtBytes(n int) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.3gGB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.3gMB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.3gKB", float64(n)/1e3)
-	}
-	return fmt.Sprintf("%dB", n)
 }
 
 // benchParent (bench_collectives.go) finds or creates the shared `bench`

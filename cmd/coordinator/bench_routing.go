@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/moetrain/moetrain/cluster"
 	"github.com/moetrain/moetrain/rankbench"
 )
 
@@ -83,7 +82,7 @@ GOMAXPROCS = max(1, cores/ep), or max(1, ceil(C)) with --rank-cpu C.`,
 			if err != nil {
 				return err
 			}
-			anchor := cluster.SetSpeedups(rows, "topk")
+			anchor := rankbench.SetSpeedups(rows, "topk")
 			return rankbench.PrintRouting(cmd.OutOrStdout(), f, specs[0], rows, anchor)
 		},
 	}
@@ -93,7 +92,7 @@ GOMAXPROCS = max(1, cores/ep), or max(1, ceil(C)) with --rank-cpu C.`,
 	fl.IntVar(&f.K, "k", 0, "experts per token for every configuration (0: ep, so moge takes one expert per group)")
 	fl.IntVar(&f.Steps, "steps", 20, "timed steps per configuration (the median is reported)")
 	fl.IntVar(&f.Warmup, "warmup", 3, "untimed steps before timing")
-	fl.StringVar(&f.Routers, "routers", strings.Join(cluster.DefaultRoutingCases, ","), "comma-separated router configurations (see above)")
+	fl.StringVar(&f.Routers, "routers", strings.Join(rankbench.DefaultRoutingCases, ","), "comma-separated router configurations (see above)")
 	fl.Float64Var(&f.Skew, "skew", defaultRoutingSkew, "selection-bias offset of EP rank 0's experts at the start (0: unskewed)")
 	fl.Float64Var(&f.BiasRate, "bias-rate", defaultRoutingBiasRate, "γ of topk+bias (aux-loss-free balancing)")
 	fl.IntVar(&f.Threads, "threads", 1, "kernel threads per rank process")
@@ -137,7 +136,7 @@ the round's median over steps of the slowest rank.`,
 			if err != nil {
 				return err
 			}
-			cs, err := cluster.LayerCases(strings.Split(cases, ","))
+			cs, err := rankbench.LayerCases(strings.Split(cases, ","))
 			if err != nil {
 				return fmt.Errorf("--configs: %w", err)
 			}
@@ -147,7 +146,7 @@ the round's median over steps of the slowest rank.`,
 					return fmt.Errorf("--link-bw: %w", err)
 				}
 			}
-			epList, err := cluster.ParseIntList(eps)
+			epList, err := rankbench.ParseIntList(eps)
 			if err != nil {
 				return fmt.Errorf("--ep: %w", err)
 			}
@@ -157,15 +156,15 @@ the round's median over steps of the slowest rank.`,
 			if err != nil {
 				return fmt.Errorf("locating own binary: %w", err)
 			}
-			run := func(ctx context.Context, specs []cluster.RoutingBenchSpec) ([]cluster.RoutingRow, error) {
+			run := func(ctx context.Context, specs []rankbench.RoutingBenchSpec) ([]rankbench.RoutingRow, error) {
 				return rankbench.RunRouting(ctx, exe, specs, 0, cmd.ErrOrStderr())
 			}
-			return cluster.RunLayerBench(ctx, job, cs, epList, tokens, link, warmup, steps, rounds, run, cmd.OutOrStdout())
+			return rankbench.RunLayerBench(ctx, job, cs, epList, tokens, link, warmup, steps, rounds, run, cmd.OutOrStdout())
 		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&cfg, "config", "", "job TOML (default: the reference model)")
-	fl.StringVar(&cases, "configs", strings.Join(cluster.DefaultLayerCases, ","), "comma-separated exchange configurations (see above)")
+	fl.StringVar(&cases, "configs", strings.Join(rankbench.DefaultLayerCases, ","), "comma-separated exchange configurations (see above)")
 	fl.StringVar(&eps, "ep", "2,4", "comma-separated expert-parallel degrees (rank processes)")
 	fl.StringVar(&bw, "link-bw", "125MB/s", "per-direction link bandwidth (125MB/s = 1 Gbit/s; 0: unshaped)")
 	fl.IntVar(&tokens, "tokens", 1024, "tokens per rank per step")

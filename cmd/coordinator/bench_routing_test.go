@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moetrain/moetrain/cluster"
 	"github.com/moetrain/moetrain/rankbench"
 )
 
@@ -27,13 +26,13 @@ func TestBenchRouting(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("output is not the JSON report: %v\n%s", err, out)
 	}
-	if len(rep.Rows) != len(cluster.DefaultRoutingCases) || rep.Anchor != "topk" || rep.K != 2 || rep.EP != 2 {
+	if len(rep.Rows) != len(rankbench.DefaultRoutingCases) || rep.Anchor != "topk" || rep.K != 2 || rep.EP != 2 {
 		t.Fatalf("report: %+v", rep)
 	}
-	rows := map[string]cluster.RoutingRow{}
+	rows := map[string]rankbench.RoutingRow{}
 	for i, r := range rep.Rows {
-		if r.Case.Name != cluster.DefaultRoutingCases[i] {
-			t.Errorf("row %d is %q, want %q", i, r.Case.Name, cluster.DefaultRoutingCases[i])
+		if r.Case.Name != rankbench.DefaultRoutingCases[i] {
+			t.Errorf("row %d is %q, want %q", i, r.Case.Name, rankbench.DefaultRoutingCases[i])
 		}
 		if r.Case.TopK != 2 || !(r.StepMS > 0) || !(r.Speedup > 0) || !(r.FinalLoss > 0) {
 			t.Errorf("row %q: %+v", r.Case.Name, r)
@@ -52,7 +51,7 @@ func TestBenchRouting(t *testing.T) {
 
 	var table bytes.Buffer
 	f := &rankbench.Routing{EP: 2, Steps: 3, Warmup: 1, Skew: 0.2, Threads: 1, BiasRate: 0.01, Timeout: time.Minute,
-		Routers: strings.Join(cluster.DefaultRoutingCases, ",")}
+		Routers: strings.Join(rankbench.DefaultRoutingCases, ",")}
 	spec, err := f.Specs(mustLoadJob(t, cfg))
 	if err != nil {
 		t.Fatal(err)
@@ -67,10 +66,10 @@ func TestBenchRouting(t *testing.T) {
 			body = append(body, l)
 		}
 	}
-	if len(body) != len(cluster.DefaultRoutingCases) {
-		t.Fatalf("table has %d rows, want %d:\n%s", len(body), len(cluster.DefaultRoutingCases), table.String())
+	if len(body) != len(rankbench.DefaultRoutingCases) {
+		t.Fatalf("table has %d rows, want %d:\n%s", len(body), len(rankbench.DefaultRoutingCases), table.String())
 	}
-	for i, name := range cluster.DefaultRoutingCases {
+	for i, name := range rankbench.DefaultRoutingCases {
 		if fields := strings.Fields(body[i]); fields[0] != name {
 			t.Errorf("table row %d is %q, want router %q", i, body[i], name)
 		}

@@ -12,6 +12,8 @@ import (
 	"golang.org/x/term"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/cluster/launch"
+	"github.com/moetrain/moetrain/cluster/worker"
 	"github.com/moetrain/moetrain/collective"
 	"github.com/moetrain/moetrain/internal/cli"
 	"github.com/moetrain/moetrain/parallel"
@@ -98,7 +100,7 @@ SIGKILL. With --max-restarts, a worker process that dies or hangs is killed and 
 			defer mon.stop()
 			ctx, stop := signalContext()
 			defer stop()
-			_, err = cluster.Launch(ctx, cluster.LaunchConfig{
+			_, err = launch.Launch(ctx, launch.LaunchConfig{
 				Workers: workers, Job: job, RunDir: runDir, Threads: thr, Console: os.Stderr,
 				Bar: !noBar && term.IsTerminal(int(os.Stderr.Fd())), Log: lg, Grace: grace,
 				Membership: cluster.DefaultMembershipConfig(), Checkpoint: ckpt, Metrics: mon.metrics, Recovery: recovery,
@@ -127,7 +129,7 @@ SIGKILL. With --max-restarts, a worker process that dies or hangs is killed and 
 	addMonitorFlags(f, &monFlags)
 	rootCmd.AddCommand(cmd)
 
-	var wo cluster.WorkerOptions
+	var wo worker.WorkerOptions
 	wcmd := internalCmd(workerProcessCmd, "Run as a worker process (used by launch; same as `worker --join`)", func(*cobra.Command) error {
 		return cli.RunWorker(wo)
 	})

@@ -8,6 +8,10 @@
 // code of its own: the rank processes of `bench collectives` and `bench
 // routing`, their CPU pinning and cgroup CPU quotas live in package rankbench
 // (see docs/architecture.md#packages).
+//
+// It must not hold library code: it parses flags and wires packages
+// (benchmark orchestration is rankbench's, CPU quotas cpuquota's, reports
+// their packages').
 package main
 
 import (

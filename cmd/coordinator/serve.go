@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/cluster/launch"
 	"github.com/moetrain/moetrain/cluster/pki"
 	"github.com/moetrain/moetrain/internal/cli"
 	"github.com/moetrain/moetrain/train"
@@ -132,7 +133,7 @@ job back: its workers rejoin and training goes on from the last committed checkp
 			if err != nil {
 				return err
 			}
-			prog := cluster.NewProgressView(os.Stderr, false, job.Train.Steps)
+			prog := launch.NewProgressView(os.Stderr, false, job.Train.Steps)
 			if gossip.ProbeInterval <= 0 || gossip.ProbeTimeout <= 0 || gossip.SuspicionMult < 1 {
 				return fmt.Errorf("--gossip-probe-interval %v, --gossip-probe-timeout %v, --gossip-suspicion-mult %d: all must be positive",
 					gossip.ProbeInterval, gossip.ProbeTimeout, gossip.SuspicionMult)

@@ -6,11 +6,11 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/cluster/worker"
 	"github.com/moetrain/moetrain/internal/cli"
 )
 
-var joinOpts cluster.WorkerOptions
+var joinOpts worker.WorkerOptions
 
 func init() {
 	cli.AddWorkerFlags(rootCmd.Flags(), &joinOpts)

@@ -3,6 +3,8 @@
 //
 // Each subcommand lives in its own file and registers itself on rootCmd in an
 // init function; a subcommand is registered only once it works.
+//
+// It must not hold library code: it parses flags and wires packages.
 package main
 
 import "github.com/moetrain/moetrain/internal/cli"

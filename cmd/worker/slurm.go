@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/cluster/worker"
 	"github.com/moetrain/moetrain/launchenv"
 )
 
@@ -14,7 +14,7 @@ import (
 // TLS files, where not given as flags, from Slurm's environment when this
 // process is a task of a Slurm job step (srun); otherwise it changes
 // nothing.
-func slurmWorkerDefaults(f *pflag.FlagSet, o *cluster.WorkerOptions) error {
+func slurmWorkerDefaults(f *pflag.FlagSet, o *worker.WorkerOptions) error {
 	s, ok, err := launchenv.FromEnv(os.Getenv)
 	if err != nil || !ok || s.ProcID < 0 {
 		return err

@@ -6,16 +6,16 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/moetrain/moetrain/cluster"
 	"github.com/moetrain/moetrain/cluster/pki"
+	"github.com/moetrain/moetrain/cluster/worker"
 )
 
 // A task of a Slurm job step joins the first node on the job's port with
 // its own log and certificate; flags given win; the batch script itself
 // (no SLURM_PROCID) and a process outside Slurm are left alone.
 func TestSlurmWorkerDefaults(t *testing.T) {
-	parse := func(args ...string) (cluster.WorkerOptions, error) {
-		var o cluster.WorkerOptions
+	parse := func(args ...string) (worker.WorkerOptions, error) {
+		var o worker.WorkerOptions
 		f := pflag.NewFlagSet("worker", pflag.ContinueOnError)
 		f.StringVar(&o.Join, "join", "", "")
 		f.StringVar(&o.Host, "host", "", "")
@@ -27,7 +27,7 @@ func TestSlurmWorkerDefaults(t *testing.T) {
 		err := slurmWorkerDefaults(f, &o)
 		return o, err
 	}
-	if o, err := parse(); err != nil || o != (cluster.WorkerOptions{}) {
+	if o, err := parse(); err != nil || o != (worker.WorkerOptions{}) {
 		t.Fatalf("outside Slurm: %+v %v", o, err)
 	}
 	run := t.TempDir()

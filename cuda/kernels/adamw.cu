@@ -11,27 +11,10 @@
 // fixed order. The partition depends only on n, so the sum is bitwise
 // reproducible on any GPU.
 #include "common.cuh"
-#include <stdint.h>
 
 // ADAMW_CHUNK must equal ELEMENTWISE_CHUNK and Go's elementwiseChunk (the
 // scratch of partial sums is sized by it).
 #define ADAMW_CHUNK 8192
-
-static __device__ __forceinline__ bool adamw_aligned(const void* p, unsigned bytes) {
-  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
-}
-
-// adamw_block_sum_f64 is common.cuh's block_sum in double (same contract).
-static __device__ __forceinline__ double adamw_block_sum_f64(double v, double* sh) {
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_sum_f64(v);
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  double t = lane < nw ? sh[lane] : 0.0;
-  t = warp_sum_f64(t);
-  __syncthreads();
-  return t;
-}
 
 struct AdamWHyper {
   float b1, b2, ob1, ob2, decay, step, invSqrtBc2, eps, gs;
@@ -77,7 +60,7 @@ extern "C" __global__ void adamw_update_f32(float* p, __nv_bfloat16* p16, const 
   long long lo = (long long)blockIdx.x * ADAMW_CHUNK;
   long long hi = min(lo + (long long)ADAMW_CHUNK, n);
   double ss = 0.0;
-  bool vec = adamw_aligned(p, 16) && adamw_aligned(g, 16) && adamw_aligned(m, 16) && adamw_aligned(v, 16);
+  bool vec = is_aligned(p, 16) && is_aligned(g, 16) && is_aligned(m, 16) && is_aligned(v, 16);
   long long m4 = vec ? (hi - lo) >> 2 : 0;  // lo is a multiple of 4
   for (long long k = threadIdx.x; k < m4; k += blockDim.x) {
     long long i = lo + 4 * k;
@@ -108,6 +91,6 @@ extern "C" __global__ void adamw_update_f32(float* p, __nv_bfloat16* p16, const 
     if (p16 != nullptr) p16[i] = __float2bfloat16_rn(pp);
   }
   if (partial == nullptr) return;  // uniform across the block
-  ss = adamw_block_sum_f64(ss, sh);
+  ss = block_sum_f64(ss, sh);
   if (threadIdx.x == 0) partial[blockIdx.x] = ss;
 }

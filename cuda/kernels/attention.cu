@@ -187,10 +187,8 @@ __device__ __forceinline__ void attn_fwd_f32(float* __restrict__ out, float* __r
   const float* kb = k + (long long)b * Tk * ks + (long long)h * D;
   const float* vb = v + (long long)b * Tk * vs + (long long)h * D;
 
-  // Keys past jend are invisible to every row of the tile by causality.
-  int jend = Tk;
-  if (causal) jend = max(0, min(Tk, qpos0 + t0 + nq - kpos0));
-  const int nkt = (jend + kTile - 1) / kTile;
+  // Keys past key_end are invisible to every row of the tile by causality.
+  const int nkt = (key_end(t0 + nq, Tk, causal, qpos0, kpos0) + kTile - 1) / kTile;
 
   float m[4], l[4], acc[4][C::N];
 #pragma unroll
@@ -330,11 +328,16 @@ __device__ __forceinline__ void load_k_side(BwdSmem<DMAX>& sm, const float* __re
   if (tid < kTile) sm.kss[tid] = (tid < nk && kseg != nullptr) ? kseg[(long long)b * Tk + j0 + tid] : 0;
 }
 
-// bwd_vis is visible_bits for the tiles in shared memory, also masking rows
-// with lse = -inf (no visible key in the forward: they add nothing).
+// bwd_scores computes, for the thread's 4×4 entries of the tiles in shared
+// memory (query rows t0.., key rows j0..), p = P = exp(scale·q·k − lse) and
+// ds = dS = scale·P·(dO·v − d), both exactly 0 where invisible (visible_bits,
+// also masking rows with lse = -inf: no visible key in the forward, they add
+// nothing). With segments it returns false, block-wide, when no entry of the
+// tile is visible (a barrier: the caller skips the tile), else true.
 template <int DMAX>
-__device__ __forceinline__ unsigned bwd_vis(const BwdSmem<DMAX>& sm, int t0, int j0, int Tq, int Tk, bool causal,
-                                            int qpos0, int kpos0, bool seg, int ty, int tx) {
+__device__ __forceinline__ bool bwd_scores(float (&p)[4][4], float (&ds)[4][4], const BwdSmem<DMAX>& sm, int t0, int j0,
+                                           int Tq, int Tk, bool causal, int qpos0, int kpos0, bool seg, int D, float c2,
+                                           float scale, int ty, int tx) {
   int qsr[4];
   unsigned rowok = 0;
 #pragma unroll
@@ -342,15 +345,8 @@ __device__ __forceinline__ unsigned bwd_vis(const BwdSmem<DMAX>& sm, int t0, int
     qsr[i] = sm.qss[ty * 4 + i];
     rowok |= (sm.lse2[ty * 4 + i] != -INFINITY ? 0xfu : 0u) << (i * 4);
   }
-  return rowok & visible_bits(t0, j0, Tq, Tk, causal, qpos0, kpos0, seg, qsr, sm.kss, ty, tx);
-}
-
-// bwd_scores computes, for the thread's 4×4 entries of the tiles in shared
-// memory, p = P = exp(scale·q·k − lse) and ds = dS = scale·P·(dO·v − d),
-// both exactly 0 where invisible.
-template <int DMAX>
-__device__ __forceinline__ void bwd_scores(float (&p)[4][4], float (&ds)[4][4], const BwdSmem<DMAX>& sm, unsigned vis,
-                                           int D, float c2, float scale, int ty, int tx) {
+  const unsigned vis = rowok & visible_bits(t0, j0, Tq, Tk, causal, qpos0, kpos0, seg, qsr, sm.kss, ty, tx);
+  if (seg && !__syncthreads_or(vis != 0)) return false;
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -367,6 +363,44 @@ __device__ __forceinline__ void bwd_scores(float (&p)[4][4], float (&ds)[4][4], 
       p[i][j] = pe;
       ds[i][j] = on ? scale * pe * (ds[i][j] - dr) : 0.f;
     }
+  }
+  return true;
+}
+
+// ps_product stores the thread's 4×4 entries x into the shared score tile
+// ps ([64][kLdP]) and adds Ps·X (TRANS_P: Psᵀ·X) into acc (tile_mm), with a
+// barrier before the product and one after it (ps and X free again).
+template <int DMAX, bool TRANS_P>
+__device__ __forceinline__ void ps_product(float (&acc)[4][Cols<DMAX>::N], float* ps, const float (&x)[4][4],
+                                           const float* X, int ty, int tx) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) ps[(ty * 4 + i) * kLdP + tx + 16 * j] = x[i][j];
+  __syncthreads();
+  tile_mm<DMAX, TRANS_P>(acc, ps, X, ty, tx);
+  __syncthreads();
+}
+
+// add_rows adds acc, the thread's rows ty·4 + i and output columns of a
+// 64-row tile, into rows r0.. of dst (row stride stride; rows past nrows
+// and columns past D skipped).
+template <int DMAX>
+__device__ __forceinline__ void add_rows(float* dst, long long stride, int r0, int nrows, int D,
+                                         const float (&acc)[4][Cols<DMAX>::N], int ty, int tx) {
+  using C = Cols<DMAX>;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = r0 + ty * 4 + i;
+    if (r >= nrows) continue;
+    float* row = dst + (long long)r * stride;
+#pragma unroll
+    for (int jj = 0; jj < C::NJ; ++jj)
+#pragma unroll
+      for (int w = 0; w < C::W; ++w) {
+        const int n = out_col<DMAX>(jj, w, tx);
+        if (n < D) row[n] += acc[i][jj * C::W + w];
+      }
   }
 }
 
@@ -391,13 +425,8 @@ __device__ __forceinline__ void attn_bwd_dkv_f32(float* dk, float* dv, const flo
 
   load_k_side<DMAX>(sm, k, v, kseg, b, h, j0, nk, Tk, D, ks, vs);
 
-  // Queries before tstart cannot see key j0 (nor any later key).
   const int nqt = (Tq + kTile - 1) / kTile;
-  int qt0 = 0;
-  if (causal) {
-    const int tstart = max(0, kpos0 + j0 - qpos0);
-    qt0 = tstart >= Tq ? nqt : tstart / kTile;
-  }
+  const int qt0 = first_query_tile(j0, kTile, nqt, Tq, causal, qpos0, kpos0);
 
   float dka[4][C::N], dva[4][C::N]; // key rows ty·4 + i
 #pragma unroll
@@ -409,43 +438,16 @@ __device__ __forceinline__ void attn_bwd_dkv_f32(float* dk, float* dv, const flo
     const int t0 = qt * kTile, nq = min(kTile, Tq - t0);
     load_q_side<DMAX>(sm, q, dout, lse, d, qseg, b, h, t0, nq, Tq, H, D, qs, os);
     __syncthreads(); // query side (and key side on the first pass) visible
-    const unsigned vis = bwd_vis<DMAX>(sm, t0, j0, Tq, Tk, causal, qpos0, kpos0, seg, ty, tx);
-    if (seg && !__syncthreads_or(vis != 0)) continue; // also ends the reads of lse2, qss
     float p[4][4], ds[4][4];
-    bwd_scores<DMAX>(p, ds, sm, vis, D, c2, scale, ty, tx);
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) sm.Ps[(ty * 4 + i) * kLdP + tx + 16 * j] = p[i][j];
-    __syncthreads(); // P visible
-    tile_mm<DMAX, true>(dva, sm.Ps, sm.dOs, ty, tx); // dV += Pᵀ·dO
-    __syncthreads(); // P reads done
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) sm.Ps[(ty * 4 + i) * kLdP + tx + 16 * j] = ds[i][j];
-    __syncthreads(); // dS visible
-    tile_mm<DMAX, true>(dka, sm.Ps, sm.Qs, ty, tx); // dK += dSᵀ·Q
-    __syncthreads(); // dS, Q reads done before the next pass overwrites them
+    // A skipped tile's barrier also ends the reads of lse2, qss.
+    if (!bwd_scores<DMAX>(p, ds, sm, t0, j0, Tq, Tk, causal, qpos0, kpos0, seg, D, c2, scale, ty, tx)) continue;
+    ps_product<DMAX, true>(dva, sm.Ps, p, sm.dOs, ty, tx); // dV += Pᵀ·dO
+    // The last barrier ends the reads of dS and Q before the next pass.
+    ps_product<DMAX, true>(dka, sm.Ps, ds, sm.Qs, ty, tx); // dK += dSᵀ·Q
   }
 
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int j = j0 + ty * 4 + i;
-    if (j >= Tk) continue;
-    float* dkr = dk + ((long long)b * Tk + j) * ks + (long long)h * D;
-    float* dvr = dv + ((long long)b * Tk + j) * vs + (long long)h * D;
-#pragma unroll
-    for (int jj = 0; jj < C::NJ; ++jj)
-#pragma unroll
-      for (int w = 0; w < C::W; ++w) {
-        const int n = out_col<DMAX>(jj, w, tx);
-        if (n < D) {
-          dkr[n] += dka[i][jj * C::W + w];
-          dvr[n] += dva[i][jj * C::W + w];
-        }
-      }
-  }
+  add_rows<DMAX>(dk + (long long)b * Tk * ks + (long long)h * D, ks, j0, Tk, D, dka, ty, tx);
+  add_rows<DMAX>(dv + (long long)b * Tk * vs + (long long)h * D, vs, j0, Tk, D, dva, ty, tx);
 }
 
 // dQ for query tile gridDim.x−1−blockIdx.x of (b, h): walks the key tiles
@@ -468,9 +470,7 @@ __device__ __forceinline__ void attn_bwd_dq_f32(float* dq, const float* __restri
   const float c2 = scale * kLog2e;
 
   load_q_side<DMAX>(sm, q, dout, lse, d, qseg, b, h, t0, nq, Tq, H, D, qs, os);
-  int jend = Tk;
-  if (causal) jend = max(0, min(Tk, qpos0 + t0 + nq - kpos0));
-  const int nkt = (jend + kTile - 1) / kTile;
+  const int nkt = (key_end(t0 + nq, Tk, causal, qpos0, kpos0) + kTile - 1) / kTile;
 
   float dqa[4][C::N]; // query rows ty·4 + i
 #pragma unroll
@@ -482,32 +482,14 @@ __device__ __forceinline__ void attn_bwd_dq_f32(float* dq, const float* __restri
     const int j0 = kt * kTile, nk = min(kTile, Tk - j0);
     load_k_side<DMAX>(sm, k, v, kseg, b, h, j0, nk, Tk, D, ks, vs);
     __syncthreads(); // key side (and query side on the first pass) visible
-    const unsigned vis = bwd_vis<DMAX>(sm, t0, j0, Tq, Tk, causal, qpos0, kpos0, seg, ty, tx);
-    if (seg && !__syncthreads_or(vis != 0)) continue; // also ends the reads of kss
     float p[4][4], ds[4][4];
-    bwd_scores<DMAX>(p, ds, sm, vis, D, c2, scale, ty, tx);
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) sm.Ps[(ty * 4 + i) * kLdP + tx + 16 * j] = ds[i][j];
-    __syncthreads(); // dS visible
-    tile_mm<DMAX, false>(dqa, sm.Ps, sm.Ks, ty, tx); // dQ += dS·K
-    __syncthreads(); // dS, K, V reads done before the next pass overwrites them
+    // A skipped tile's barrier also ends the reads of kss.
+    if (!bwd_scores<DMAX>(p, ds, sm, t0, j0, Tq, Tk, causal, qpos0, kpos0, seg, D, c2, scale, ty, tx)) continue;
+    // The last barrier ends the reads of dS, K, V before the next pass.
+    ps_product<DMAX, false>(dqa, sm.Ps, ds, sm.Ks, ty, tx); // dQ += dS·K
   }
 
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int t = t0 + ty * 4 + i;
-    if (t >= Tq) continue;
-    float* dqr = dq + ((long long)b * Tq + t) * qs + (long long)h * D;
-#pragma unroll
-    for (int jj = 0; jj < C::NJ; ++jj)
-#pragma unroll
-      for (int w = 0; w < C::W; ++w) {
-        const int n = out_col<DMAX>(jj, w, tx);
-        if (n < D) dqr[n] += dqa[i][jj * C::W + w];
-      }
-  }
+  add_rows<DMAX>(dq + (long long)b * Tq * qs + (long long)h * D, qs, t0, Tq, D, dqa, ty, tx);
 }
 
 } // namespace

@@ -102,6 +102,33 @@ __device__ __forceinline__ void cp_tile(__nv_bfloat16* dst, const __nv_bfloat16*
   }
 }
 
+// cp_pair starts copying the kCols-row tiles at row r1 (of n) of two heads,
+// a and b (K and V, or Q and dO; row strides as, bs), into At and Bt like
+// cp_tile, and commits the group. Returns the tile's rows, min(kCols, n − r1).
+template <int DMAX>
+__device__ __forceinline__ int cp_pair(__nv_bfloat16* At, const __nv_bfloat16* a, long long as, __nv_bfloat16* Bt,
+                                       const __nv_bfloat16* b, long long bs, int r1, int n, int D) {
+  const int nr = min(kCols, n - r1);
+  cp_tile<DMAX, kCols>(At, a + (long long)r1 * as, as, nr, D);
+  cp_tile<DMAX, kCols>(Bt, b + (long long)r1 * bs, bs, nr, D);
+  cp_async_commit();
+  return nr;
+}
+
+// next_stage steps the double-buffered pipeline of tiles As, Bs ([2][kCols]
+// [DMAX+8] each): it waits until the tiles of stage st are in shared memory
+// for every thread (the barrier also means every warp is done with stage
+// st ^ 1), then, when more, starts copying the next tiles, rows r1.. of a
+// and b, into stage st ^ 1 (cp_pair). Returns their rows (0 without more).
+template <int DMAX>
+__device__ __forceinline__ int next_stage(int st, bool more, __nv_bfloat16* As, const __nv_bfloat16* a, long long as,
+                                          __nv_bfloat16* Bs, const __nv_bfloat16* b, long long bs, int r1, int n, int D) {
+  constexpr int TL = kCols * (DMAX + 8);
+  cp_async_wait0();
+  __syncthreads();
+  return more ? cp_pair<DMAX>(As + (st ^ 1) * TL, a, as, Bs + (st ^ 1) * TL, b, bs, r1, n, D) : 0;
+}
+
 // Fragment addresses in a [rows][LD] tile T (rows r0.., columns c0..) for
 // ldsm_x4, lane by lane:
 //   a_frag: A operand (16 rows × 16 columns, row-major), rows r0..r0+15;
@@ -169,6 +196,22 @@ __device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const unsigned (&af
       mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
     }
   }
+}
+
+// bwd_products sets s = A·Bᵀ and dp = A2·B2ᵀ (the backward's scores and
+// dP, or their transposes) over NT n-tiles: A, A2 the warp's 16 rows ra.. of
+// tiles TA, TA2 (fragments af, af2 with AREG), B, B2 rows rb.. of TB, TB2.
+template <int DMAX, int NT, bool AREG>
+__device__ __forceinline__ void bwd_products(float (&s)[NT][4], float (&dp)[NT][4], const unsigned (&af)[DMAX / 16][4],
+                                             const unsigned (&af2)[DMAX / 16][4], const __nv_bfloat16* TA,
+                                             const __nv_bfloat16* TA2, int ra, const __nv_bfloat16* TB,
+                                             const __nv_bfloat16* TB2, int rb, int nks, int lane) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+  mma_abt<DMAX, NT, AREG>(s, af, TA, ra, 0u, TB, rb, nks, lane);
+  mma_abt<DMAX, NT, AREG>(dp, af2, TA2, ra, 0u, TB2, rb, nks, lane);
 }
 
 // acc (16 × DMAX, DMAX/8 n-tiles) += P·X: P the warp's 16 × 8·NT
@@ -239,6 +282,37 @@ __device__ __forceinline__ int block_tile(int ntiles, int* tile) {
   return blockIdx.x % bh_count;
 }
 
+// QueryTile is the block's tile of the forward and dQ kernels: query rows
+// t0..t0+nq−1 of head h of sequence b. Query tiles run last-first (the
+// longest causal rows first).
+struct QueryTile {
+  int b, h, t0, nq;
+};
+__device__ __forceinline__ QueryTile query_tile(int Tq, int H) {
+  const int nqt = (Tq + kRows - 1) / kRows;
+  int i;
+  const int bh = block_tile(nqt, &i), t0 = (nqt - 1 - i) * kRows;
+  return {bh / H, bh % H, t0, min(kRows, Tq - t0)};
+}
+
+// KVStages are the two stages of K and V tiles ([2][kCols][DMAX+8] each)
+// and of their key segment ids ([2][kCols]) of the forward and dQ kernels,
+// placed in shared memory at base, after the block's own tiles.
+struct KVStages {
+  __nv_bfloat16 *K, *V;
+  int* ids;
+};
+template <int DMAX> __device__ __forceinline__ KVStages kv_stages(__nv_bfloat16* base) {
+  constexpr int TL = kCols * (DMAX + 8);
+  return {base, base + 2 * TL, reinterpret_cast<int*>(base + 4 * TL)};
+}
+
+// tile_kseg is the segment id of key j + tid of sequence b for a tile of nk
+// keys from j (0 past them).
+__device__ __forceinline__ int tile_kseg(const int* __restrict__ kseg, int b, int Tk, int j, int nk, int tid) {
+  return tid < nk ? kseg[(long long)b * Tk + j + tid] : 0;
+}
+
 // ------------------------------------------------------------- forward
 
 // Grid (ceil(Tq/128)·H·B), block 256, shared 2·(128 + 4·64)·(DMAX+8) + 8·64
@@ -257,15 +331,10 @@ __device__ __forceinline__ void attn_fwd_bf16(__nv_bfloat16* __restrict__ out, f
   constexpr int LD = DMAX + 8, NKS = DMAX / 16, NDT = DMAX / 8, TL = kCols * LD;
   extern __shared__ __align__(16) unsigned char attn_bf16_smem[];
   __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(attn_bf16_smem); // [128][LD]
-  __nv_bfloat16* Ks = Qs + kRows * LD;                                    // [2][64][LD]
-  __nv_bfloat16* Vs = Ks + 2 * TL;                                        // [2][64][LD]
-  int* kss = reinterpret_cast<int*>(Vs + 2 * TL);                         // [2][64]
+  const auto [Ks, Vs, kss] = kv_stages<DMAX>(Qs + kRows * LD);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int nqt = (Tq + kRows - 1) / kRows;
-  int i;
-  const int bh = block_tile(nqt, &i), h = bh % H, b = bh / H, qt = nqt - 1 - i;
-  const int t0 = qt * kRows, nq = min(kRows, Tq - t0);
+  const auto [b, h, t0, nq] = query_tile(Tq, H);
   const bool seg = qseg != nullptr;
   const float c2 = fabsf(scale) * kLog2e;
   const unsigned flip = scale < 0.f ? 0x80008000u : 0u; // negates both bf16 halves
@@ -275,11 +344,8 @@ __device__ __forceinline__ void attn_fwd_bf16(__nv_bfloat16* __restrict__ out, f
   const bool wrows = tw < Tq;
   // Keys [0, jend) are visible to some row of the block, [0, wjend) to some
   // row of the warp.
-  int jend = Tk, wjend = Tk;
-  if (causal) {
-    jend = max(0, min(Tk, qpos0 + t0 + nq - kpos0));
-    wjend = max(0, min(Tk, qpos0 + min(tw + 16, Tq) - kpos0));
-  }
+  const int jend = key_end(t0 + nq, Tk, causal, qpos0, kpos0);
+  const int wjend = key_end(min(tw + 16, Tq), Tk, causal, qpos0, kpos0);
   const int nkt = (jend + kCols - 1) / kCols;
 
   int qsr[2]; // segment ids of this thread's rows (accumulator rows g, g + 8)
@@ -293,11 +359,8 @@ __device__ __forceinline__ void attn_fwd_bf16(__nv_bfloat16* __restrict__ out, f
   const __nv_bfloat16* vb = v + (long long)b * Tk * vs + (long long)h * D;
   if (nkt > 0) { // Q and the first K, V tile: one cp.async group
     cp_tile<DMAX, kRows>(Qs, q + ((long long)b * Tq + t0) * qs + (long long)h * D, qs, nq, D);
-    const int nk = min(kCols, Tk);
-    cp_tile<DMAX, kCols>(Ks, kb, ks, nk, D);
-    cp_tile<DMAX, kCols>(Vs, vb, vs, nk, D);
-    cp_async_commit();
-    if (seg && tid < kCols) kss[tid] = tid < nk ? kseg[(long long)b * Tk + tid] : 0;
+    const int nk = cp_pair<DMAX>(Ks, kb, ks, Vs, vb, vs, 0, Tk, D);
+    if (seg && tid < kCols) kss[tid] = tile_kseg(kseg, b, Tk, 0, nk, tid);
   }
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}; // running max (log2 units), per-lane partial sums
@@ -310,15 +373,9 @@ __device__ __forceinline__ void attn_fwd_bf16(__nv_bfloat16* __restrict__ out, f
 #pragma unroll 1
   for (int kt = 0; kt < nkt; ++kt) {
     const int st = kt & 1, j0 = kt * kCols;
-    cp_async_wait0();
-    __syncthreads(); // tile kt (and Q) in shared for all; every warp is done with tile kt-1 (stage st^1)
-    if (kt + 1 < nkt) {
-      const int j1 = j0 + kCols, nk1 = min(kCols, Tk - j1);
-      cp_tile<DMAX, kCols>(Ks + (st ^ 1) * TL, kb + (long long)j1 * ks, ks, nk1, D);
-      cp_tile<DMAX, kCols>(Vs + (st ^ 1) * TL, vb + (long long)j1 * vs, vs, nk1, D);
-      cp_async_commit();
-      if (seg && tid < kCols) knext = tid < nk1 ? kseg[(long long)b * Tk + j1 + tid] : 0;
-    }
+    // Tile kt (and Q) in shared for all; tile kt+1 on its way to stage st^1.
+    const int nk1 = next_stage<DMAX>(st, kt + 1 < nkt, Ks, kb, ks, Vs, vb, vs, j0 + kCols, Tk, D);
+    if (seg && tid < kCols) knext = tile_kseg(kseg, b, Tk, j0 + kCols, nk1, tid);
     if (QREG && kt == 0) load_afrags<DMAX>(qf, Qs, warp * 16, nks, flip, lane);
 
     if (wrows && j0 < wjend) { // warp-uniform
@@ -473,20 +530,14 @@ __device__ __forceinline__ void attn_bwd_dkv_bf16(G* dk, G* dv, const __nv_bfloa
   }
 
   const int nqt = (Tq + kCols - 1) / kCols;
-  int qt0 = 0;
-  if (causal) { // queries before tstart see none of these keys
-    const int tstart = max(0, kpos0 + j0 - qpos0);
-    qt0 = tstart >= Tq ? nqt : tstart / kCols;
-  }
+  const int qt0 = first_query_tile(j0, kCols, nqt, Tq, causal, qpos0, kpos0);
   const __nv_bfloat16* qb = q + (long long)b * Tq * qs + (long long)h * D;
   const __nv_bfloat16* ob = dout + (long long)b * Tq * os + (long long)h * D;
   if (qt0 < nqt) { // K, V and the first query tile: one cp.async group
     cp_tile<DMAX, kRows>(Ks, k + ((long long)b * Tk + j0) * ks + (long long)h * D, ks, nk, D);
     cp_tile<DMAX, kRows>(Vs, v + ((long long)b * Tk + j0) * vs + (long long)h * D, vs, nk, D);
-    const int t0 = qt0 * kCols, nq = min(kCols, Tq - t0);
-    cp_tile<DMAX, kCols>(Qs, qb + (long long)t0 * qs, qs, nq, D);
-    cp_tile<DMAX, kCols>(dOs, ob + (long long)t0 * os, os, nq, D);
-    cp_async_commit();
+    const int t0 = qt0 * kCols;
+    cp_pair<DMAX>(Qs, qb, qs, dOs, ob, os, t0, Tq, D);
     if (tid < kCols) bwd_row(lse, d, qseg, b, h, H, Tq, t0 + tid, l2s[tid], dds[tid], qss[tid]);
   }
 
@@ -502,15 +553,9 @@ __device__ __forceinline__ void attn_bwd_dkv_bf16(G* dk, G* dv, const __nv_bfloa
 #pragma unroll 1
   for (int qt = qt0; qt < nqt; ++qt) {
     const int st = (qt - qt0) & 1, t0 = qt * kCols;
-    cp_async_wait0();
-    __syncthreads(); // tile qt (and K, V) in shared for all; every warp is done with tile qt-1 (stage st^1)
-    if (qt + 1 < nqt) {
-      const int t1 = t0 + kCols, nq1 = min(kCols, Tq - t1);
-      cp_tile<DMAX, kCols>(Qs + (st ^ 1) * TL, qb + (long long)t1 * qs, qs, nq1, D);
-      cp_tile<DMAX, kCols>(dOs + (st ^ 1) * TL, ob + (long long)t1 * os, os, nq1, D);
-      cp_async_commit();
-      if (tid < kCols) bwd_row(lse, d, qseg, b, h, H, Tq, t1 + tid, nl2, nd, nid);
-    }
+    // Tile qt (and K, V) in shared for all; tile qt+1 on its way to stage st^1.
+    const int nq1 = next_stage<DMAX>(st, qt + 1 < nqt, Qs, qb, qs, dOs, ob, os, t0 + kCols, Tq, D);
+    if (nq1 > 0 && tid < kCols) bwd_row(lse, d, qseg, b, h, H, Tq, t0 + kCols + tid, nl2, nd, nid);
     if (KVREG && qt == qt0) {
       load_afrags<DMAX>(kf, Ks, warp * 16, nks, 0u, lane);
       load_afrags<DMAX>(vf, Vs, warp * 16, nks, 0u, lane);
@@ -532,12 +577,7 @@ __device__ __forceinline__ void attn_bwd_dkv_bf16(G* dk, G* dv, const __nv_bfloa
         if (t0 + c0 >= Tq) break;
         if (causal && qpos0 + t0 + c0 + NT * 8 - 1 < kpos0 + jw) continue;
         float sT[NT][4], dpT[NT][4]; // Sᵀ, dPᵀ: rows = keys, columns = queries
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) sT[nt][e] = dpT[nt][e] = 0.f;
-        mma_abt<DMAX, NT, KVREG>(sT, kf, Ks, warp * 16, 0u, Qt, c0, nks, lane);
-        mma_abt<DMAX, NT, KVREG>(dpT, vf, Vs, warp * 16, 0u, dOt, c0, nks, lane);
+        bwd_products<DMAX, NT, KVREG>(sT, dpT, kf, vf, Ks, Vs, warp * 16, Qt, dOt, c0, nks, lane);
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           const int c = c0 + nt * 8 + 2 * t4;
@@ -607,15 +647,10 @@ __device__ __forceinline__ void attn_bwd_dq_bf16(G* dq, const __nv_bfloat16* __r
   extern __shared__ __align__(16) unsigned char attn_bf16_smem[];
   __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(attn_bf16_smem); // [128][LD]
   __nv_bfloat16* dOs = Qs + kRows * LD;                                   // [128][LD]
-  __nv_bfloat16* Ks = dOs + kRows * LD;                                   // [2][64][LD]
-  __nv_bfloat16* Vs = Ks + 2 * TL;                                        // [2][64][LD]
-  int* kss = reinterpret_cast<int*>(Vs + 2 * TL);                         // [2][64]
+  const auto [Ks, Vs, kss] = kv_stages<DMAX>(dOs + kRows * LD);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int nqt = (Tq + kRows - 1) / kRows;
-  int i;
-  const int bh = block_tile(nqt, &i), h = bh % H, b = bh / H, qt = nqt - 1 - i;
-  const int t0 = qt * kRows, nq = min(kRows, Tq - t0);
+  const auto [b, h, t0, nq] = query_tile(Tq, H);
   const bool seg = qseg != nullptr;
   const float c2 = scale * kLog2e;
   const int nks = FULL ? NKS : (D + 15) / 16;
@@ -627,22 +662,16 @@ __device__ __forceinline__ void attn_bwd_dq_bf16(G* dq, const __nv_bfloat16* __r
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) bwd_row(lse, d, qseg, b, h, H, Tq, tw + g + 8 * hr, l2[hr], dr[hr], qsr[hr]);
 
-  int jend = Tk, wjend = Tk;
-  if (causal) {
-    jend = max(0, min(Tk, qpos0 + t0 + nq - kpos0));
-    wjend = max(0, min(Tk, qpos0 + min(tw + 16, Tq) - kpos0));
-  }
+  const int jend = key_end(t0 + nq, Tk, causal, qpos0, kpos0);
+  const int wjend = key_end(min(tw + 16, Tq), Tk, causal, qpos0, kpos0);
   const int nkt = (jend + kCols - 1) / kCols;
   const __nv_bfloat16* kb = k + (long long)b * Tk * ks + (long long)h * D;
   const __nv_bfloat16* vb = v + (long long)b * Tk * vs + (long long)h * D;
   if (nkt > 0) { // Q, dO and the first K, V tile: one cp.async group
     cp_tile<DMAX, kRows>(Qs, q + ((long long)b * Tq + t0) * qs + (long long)h * D, qs, nq, D);
     cp_tile<DMAX, kRows>(dOs, dout + ((long long)b * Tq + t0) * os + (long long)h * D, os, nq, D);
-    const int nk = min(kCols, Tk);
-    cp_tile<DMAX, kCols>(Ks, kb, ks, nk, D);
-    cp_tile<DMAX, kCols>(Vs, vb, vs, nk, D);
-    cp_async_commit();
-    if (seg && tid < kCols) kss[tid] = tid < nk ? kseg[(long long)b * Tk + tid] : 0;
+    const int nk = cp_pair<DMAX>(Ks, kb, ks, Vs, vb, vs, 0, Tk, D);
+    if (seg && tid < kCols) kss[tid] = tile_kseg(kseg, b, Tk, 0, nk, tid);
   }
 
   float dqa[NDT][4];
@@ -656,15 +685,9 @@ __device__ __forceinline__ void attn_bwd_dq_bf16(G* dq, const __nv_bfloat16* __r
 #pragma unroll 1
   for (int kt = 0; kt < nkt; ++kt) {
     const int st = kt & 1, j0 = kt * kCols;
-    cp_async_wait0();
-    __syncthreads(); // tile kt (and Q, dO) in shared for all; every warp is done with tile kt-1 (stage st^1)
-    if (kt + 1 < nkt) {
-      const int j1 = j0 + kCols, nk1 = min(kCols, Tk - j1);
-      cp_tile<DMAX, kCols>(Ks + (st ^ 1) * TL, kb + (long long)j1 * ks, ks, nk1, D);
-      cp_tile<DMAX, kCols>(Vs + (st ^ 1) * TL, vb + (long long)j1 * vs, vs, nk1, D);
-      cp_async_commit();
-      if (seg && tid < kCols) knext = tid < nk1 ? kseg[(long long)b * Tk + j1 + tid] : 0;
-    }
+    // Tile kt (and Q, dO) in shared for all; tile kt+1 on its way to stage st^1.
+    const int nk1 = next_stage<DMAX>(st, kt + 1 < nkt, Ks, kb, ks, Vs, vb, vs, j0 + kCols, Tk, D);
+    if (seg && tid < kCols) knext = tile_kseg(kseg, b, Tk, j0 + kCols, nk1, tid);
     if (QREG && kt == 0) {
       load_afrags<DMAX>(qf, Qs, warp * 16, nks, 0u, lane);
       load_afrags<DMAX>(of, dOs, warp * 16, nks, 0u, lane);
@@ -681,12 +704,7 @@ __device__ __forceinline__ void attn_bwd_dq_bf16(G* dq, const __nv_bfloat16* __r
         const int c0 = ch * NT * 8;
         if (j0 + c0 >= wjend) break; // no row of the warp sees these keys or later ones
         float s[NT][4], dp[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
-        mma_abt<DMAX, NT, QREG>(s, qf, Qs, warp * 16, 0u, Kt, c0, nks, lane);
-        mma_abt<DMAX, NT, QREG>(dp, of, dOs, warp * 16, 0u, Vt, c0, nks, lane);
+        bwd_products<DMAX, NT, QREG>(s, dp, qf, of, Qs, dOs, warp * 16, Kt, Vt, c0, nks, lane);
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll

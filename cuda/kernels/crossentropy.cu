@@ -8,30 +8,6 @@
 //
 // crossentropy_sum then adds the losses of the non-ignored rows in double.
 #include "common.cuh"
-#include <stdint.h>
-
-static __device__ __forceinline__ bool ce_aligned(const void* p, unsigned bytes) {
-  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
-}
-
-static __device__ __forceinline__ void ce_load4(const float* p, float v[4]) {
-  float4 q = *reinterpret_cast<const float4*>(p);
-  v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
-}
-static __device__ __forceinline__ void ce_load4(const __nv_bfloat16* p, float v[4]) {
-  uint2 q = *reinterpret_cast<const uint2*>(p);
-  v[0] = __uint_as_float(q.x << 16); v[1] = __uint_as_float(q.x & 0xffff0000u);
-  v[2] = __uint_as_float(q.y << 16); v[3] = __uint_as_float(q.y & 0xffff0000u);
-}
-static __device__ __forceinline__ void ce_store4(float* p, const float v[4]) {
-  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-static __device__ __forceinline__ void ce_store4(__nv_bfloat16* p, const float v[4]) {
-  uint2 q;
-  q.x = (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[0])) | ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[1])) << 16);
-  q.y = (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[2])) | ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[3])) << 16);
-  *reinterpret_cast<uint2*>(p) = q;
-}
 
 // ce_push adds z to a running (max m, Σ exp(· − m) s). −inf logits add
 // nothing (and never make exp(−inf − (−inf)) = NaN); NaN propagates into s.
@@ -71,12 +47,12 @@ __device__ __forceinline__ void crossentropy_fwd(float* losses, T* dlogits, cons
   }
   const T* x = logits + (size_t)i * v;
   float xt = threadIdx.x == 0 ? to_f32(x[t]) : 0.f;
-  bool vec = (v & 3) == 0 && ce_aligned(logits, 4 * sizeof(T)) && (dlogits == nullptr || ce_aligned(dlogits, 4 * sizeof(T)));
+  bool vec = (v & 3) == 0 && is_aligned(logits, 4 * sizeof(T)) && (dlogits == nullptr || is_aligned(dlogits, 4 * sizeof(T)));
   int v4 = vec ? v >> 2 : 0;
   float m = -INFINITY, s = 0.f;
   for (int k = threadIdx.x; k < v4; k += blockDim.x) {
     float z[4];
-    ce_load4(x + 4 * k, z);
+    load4(x + 4 * k, z);
 #pragma unroll
     for (int c = 0; c < 4; c++) ce_push(z[c], m, s);
   }
@@ -89,13 +65,13 @@ __device__ __forceinline__ void crossentropy_fwd(float* losses, T* dlogits, cons
   float a = scale / sum;
   for (int k = threadIdx.x; k < v4; k += blockDim.x) {
     float z[4];
-    ce_load4(x + 4 * k, z);
+    load4(x + 4 * k, z);
 #pragma unroll
     for (int c = 0; c < 4; c++) {
       z[c] = expf(z[c] - mx) * a;
       if (4 * k + c == t) z[c] -= scale;
     }
-    ce_store4(dx + 4 * k, z);
+    store4(dx + 4 * k, z);
   }
   for (int j = 4 * v4 + threadIdx.x; j < v; j += blockDim.x) {
     float e = expf(to_f32(x[j]) - mx) * a;

@@ -8,21 +8,6 @@
 // that id's dout rows in increasing position into its table row, exactly
 // the additions, in the order, of tensor.EmbeddingBackward.
 #include "common.cuh"
-#include <stdint.h>
-
-static __device__ __forceinline__ bool emb_aligned(const void* p, unsigned bytes) {
-  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
-}
-
-static __device__ __forceinline__ void emb_store4(float* p, const float v[4]) {
-  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-static __device__ __forceinline__ void emb_store4(__nv_bfloat16* p, const float v[4]) {
-  uint2 q;
-  q.x = (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[0])) | ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[1])) << 16);
-  q.y = (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[2])) | ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[3])) << 16);
-  *reinterpret_cast<uint2*>(p) = q;
-}
 
 // embedding_fwd: out[i,:] = table[ids[i],:] (+ ptable[pos[i],:] when ptable
 // is non-null) for i < n, rows of width d; grid-stride over the output.
@@ -33,8 +18,8 @@ __device__ __forceinline__ void embedding_fwd(T* out, const int* ids, const floa
                                               int n, int d, int vocab, int npos) {
   const float nan = __int_as_float(0x7fc00000);
   long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
-  bool vec = (d & 3) == 0 && emb_aligned(out, 4 * sizeof(T)) && emb_aligned(table, 16) &&
-             (ptable == nullptr || emb_aligned(ptable, 16));
+  bool vec = (d & 3) == 0 && is_aligned(out, 4 * sizeof(T)) && is_aligned(table, 16) &&
+             (ptable == nullptr || is_aligned(ptable, 16));
   if (vec) {
     int d4 = d >> 2;
     long long total = (long long)n * d4;
@@ -57,7 +42,7 @@ __device__ __forceinline__ void embedding_fwd(T* out, const int* ids, const floa
           v[0] = v[1] = v[2] = v[3] = nan;
         }
       }
-      emb_store4(out + (size_t)i * d + j, v);
+      store4(out + (size_t)i * d + j, v);
     }
     return;
   }
@@ -93,7 +78,7 @@ extern "C" __global__ void embedding_fwd_bf16(__nv_bfloat16* out, const int* ids
 // one block, so there are no races and the sum order is fixed.
 extern "C" __global__ void embedding_bwd_f32(float* dtable, const int* order, const int* unique, const int* starts,
                                              const float* dout, int u, int d, int vocab) {
-  bool vec = (d & 3) == 0 && emb_aligned(dtable, 16) && emb_aligned(dout, 16);
+  bool vec = (d & 3) == 0 && is_aligned(dtable, 16) && is_aligned(dout, 16);
   int d4 = vec ? d >> 2 : 0;
   for (int b = blockIdx.x; b < u; b += gridDim.x) {
     int id = unique[b];

@@ -9,46 +9,10 @@
 // to its own scratch row; rmsnorm_dweight_reduce then adds the partial rows
 // in a fixed order into dweight.
 #include "common.cuh"
-#include <stdint.h>
 
 // RMSNORM_ROWS is the rows per block of the backward; Go's rmsnormRows must
 // match (it sizes the scratch).
 #define RMSNORM_ROWS 32
-
-static __device__ __forceinline__ bool rms_aligned(const void* p, unsigned bytes) {
-  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
-}
-
-static __device__ __forceinline__ void rms_load4(const float* p, float v[4]) {
-  float4 q = *reinterpret_cast<const float4*>(p);
-  v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
-}
-static __device__ __forceinline__ void rms_load4(const __nv_bfloat16* p, float v[4]) {
-  uint2 q = *reinterpret_cast<const uint2*>(p);
-  v[0] = __uint_as_float(q.x << 16); v[1] = __uint_as_float(q.x & 0xffff0000u);
-  v[2] = __uint_as_float(q.y << 16); v[3] = __uint_as_float(q.y & 0xffff0000u);
-}
-static __device__ __forceinline__ void rms_store4(float* p, const float v[4]) {
-  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-static __device__ __forceinline__ void rms_store4(__nv_bfloat16* p, const float v[4]) {
-  uint2 q;
-  q.x = (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[0])) | ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[1])) << 16);
-  q.y = (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[2])) | ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[3])) << 16);
-  *reinterpret_cast<uint2*>(p) = q;
-}
-
-// rms_block_sum_f64 is common.cuh's block_sum in double (same contract).
-static __device__ __forceinline__ double rms_block_sum_f64(double v, double* sh) {
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_sum_f64(v);
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  double t = lane < nw ? sh[lane] : 0.0;
-  t = warp_sum_f64(t);
-  __syncthreads();
-  return t;
-}
 
 // rmsnorm_fwd: one block per row i < n (grid n, blockDim a multiple of 32):
 // rstd[i] = 1/sqrt(mean_j in[i,j]² + eps), out[i,j] = in[i,j]·rstd[i]·w[j].
@@ -60,12 +24,12 @@ __device__ __forceinline__ void rmsnorm_fwd(TO* out, float* rstd, const T* in, c
   if (i >= n) return;  // whole block
   const T* x = in + (size_t)i * d;
   TO* o = out + (size_t)i * d;
-  bool vec = (d & 3) == 0 && rms_aligned(in, 4 * sizeof(T)) && rms_aligned(out, 4 * sizeof(TO)) && rms_aligned(w, 16);
+  bool vec = (d & 3) == 0 && is_aligned(in, 4 * sizeof(T)) && is_aligned(out, 4 * sizeof(TO)) && is_aligned(w, 16);
   int d4 = vec ? d >> 2 : 0;
   double ss = 0.0;
   for (int k = threadIdx.x; k < d4; k += blockDim.x) {
     float v[4];
-    rms_load4(x + 4 * k, v);
+    load4(x + 4 * k, v);
 #pragma unroll
     for (int c = 0; c < 4; c++) ss += (double)v[c] * v[c];
   }
@@ -73,16 +37,16 @@ __device__ __forceinline__ void rmsnorm_fwd(TO* out, float* rstd, const T* in, c
     float v = to_f32(x[j]);
     ss += (double)v * v;
   }
-  ss = rms_block_sum_f64(ss, sh);
+  ss = block_sum_f64(ss, sh);
   float r = (float)(1.0 / sqrt(ss / (double)d + (double)eps));
   if (threadIdx.x == 0) rstd[i] = r;
   for (int k = threadIdx.x; k < d4; k += blockDim.x) {
     float v[4], g[4];
-    rms_load4(x + 4 * k, v);
-    rms_load4(w + 4 * k, g);
+    load4(x + 4 * k, v);
+    load4(w + 4 * k, g);
 #pragma unroll
     for (int c = 0; c < 4; c++) v[c] = v[c] * r * g[c];
-    rms_store4(o + 4 * k, v);
+    store4(o + 4 * k, v);
   }
   for (int j = 4 * d4 + threadIdx.x; j < d; j += blockDim.x) o[j] = from_f32<TO>(to_f32(x[j]) * r * w[j]);
 }
@@ -101,8 +65,8 @@ __device__ __forceinline__ void rmsnorm_bwd(float* din, float* partial, const fl
   extern __shared__ float sdw[];
   __shared__ double sh[32];
   int r0 = blockIdx.x * RMSNORM_ROWS, r1 = min(r0 + RMSNORM_ROWS, n);
-  bool vec = (d & 3) == 0 && rms_aligned(din, 16) && rms_aligned(dout, 16) && rms_aligned(in, 4 * sizeof(T)) &&
-             rms_aligned(w, 16) && (partial == nullptr || rms_aligned(partial, 16));
+  bool vec = (d & 3) == 0 && is_aligned(din, 16) && is_aligned(dout, 16) && is_aligned(in, 4 * sizeof(T)) &&
+             is_aligned(w, 16) && (partial == nullptr || is_aligned(partial, 16));
   int d4 = vec ? d >> 2 : 0;
   // Each column of sdw belongs to the one thread that updates it (the same
   // chunk/scalar split in every loop below), so only the write-out needs a
@@ -122,24 +86,24 @@ __device__ __forceinline__ void rmsnorm_bwd(float* din, float* partial, const fl
     double dot = 0.0;
     for (int k = threadIdx.x; k < d4; k += blockDim.x) {
       float gv[4], xv[4], wv[4];
-      rms_load4(g + 4 * k, gv);
-      rms_load4(x + 4 * k, xv);
-      rms_load4(w + 4 * k, wv);
+      load4(g + 4 * k, gv);
+      load4(x + 4 * k, xv);
+      load4(w + 4 * k, wv);
 #pragma unroll
       for (int c = 0; c < 4; c++) dot += (double)gv[c] * (double)wv[c] * (double)xv[c];
     }
     for (int j = 4 * d4 + threadIdx.x; j < d; j += blockDim.x) dot += (double)g[j] * (double)w[j] * (double)to_f32(x[j]);
-    dot = rms_block_sum_f64(dot, sh);
+    dot = block_sum_f64(dot, sh);
     float coef = (float)(dot / (double)d) * r * r;
     for (int k = threadIdx.x; k < d4; k += blockDim.x) {
       float gv[4], xv[4], wv[4], dv[4];
-      rms_load4(g + 4 * k, gv);
-      rms_load4(x + 4 * k, xv);
-      rms_load4(w + 4 * k, wv);
-      rms_load4(dx + 4 * k, dv);
+      load4(g + 4 * k, gv);
+      load4(x + 4 * k, xv);
+      load4(w + 4 * k, wv);
+      load4(dx + 4 * k, dv);
 #pragma unroll
       for (int c = 0; c < 4; c++) dv[c] += r * (gv[c] * wv[c] - xv[c] * coef);
-      rms_store4(dx + 4 * k, dv);
+      store4(dx + 4 * k, dv);
       if (partial != nullptr) {
 #pragma unroll
         for (int c = 0; c < 4; c++) sdw[4 * k + c] += gv[c] * xv[c] * r;

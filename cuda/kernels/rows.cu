@@ -212,50 +212,37 @@ __device__ __forceinline__ void scale(T* __restrict__ x, const float* __restrict
 }  // namespace rows_detail
 using namespace rows_detail;
 
-// rows_gather: dst[i, :] = src[idx[i], :] for i < rows (idx in range of src).
-extern "C" __global__ void __launch_bounds__(kThreads)
-    rows_gather_f32(float* dst, const float* src, const int* idx, int rows, int d) {
-  gather(dst, src, idx, rows, d);
-}
-extern "C" __global__ void __launch_bounds__(kThreads)
-    rows_gather_bf16(__nv_bfloat16* dst, const __nv_bfloat16* src, const int* idx, int rows, int d) {
-  gather(dst, src, idx, rows, d);
-}
+// The row kernels, each for T = float (suffix _f32) and __nv_bfloat16 (_bf16):
+//   rows_gather:  dst[i, :] = src[idx[i], :] for i < rows (idx in range of
+//                 src);
+//   rows_combine: out[t, :] = r[t, :] + Σ gates[t·k+j]·y[s, :] over the
+//                 choices j < k of token t < n with slot s = slot_of[t·k+j]
+//                 ≥ 0, in increasing s (gates null: weight 1), where r is
+//                 res, or out itself when res is null (then tokens with no
+//                 kept slot are left untouched). k ≤ kMaxK. res, when given,
+//                 must not overlap out;
+//   rows_dot:     out[i] = Σ_j a[i, j]·b[i, j] for i < n (float out, fixed
+//                 order);
+//   rows_scale:   x[i, :] *= gate[i] for i < rows, in place.
+#define ROWS_KERNELS(T, SUF)                                                                                         \
+  extern "C" __global__ void __launch_bounds__(kThreads)                                                             \
+      rows_gather##SUF(T* dst, const T* src, const int* idx, int rows, int d) {                                      \
+    gather(dst, src, idx, rows, d);                                                                                  \
+  }                                                                                                                  \
+  extern "C" __global__ void __launch_bounds__(kThreads) rows_combine##SUF(                                          \
+      T* out, const T* res, const T* y, const int* slot_of, const float* gates, int n, int k, int d) {               \
+    combine(out, res, y, slot_of, gates, n, k, d);                                                                   \
+  }                                                                                                                  \
+  extern "C" __global__ void __launch_bounds__(kThreads) rows_dot##SUF(float* out, const T* a, const T* b, int n,    \
+                                                                      int d) {                                       \
+    rowdot(out, a, b, n, d);                                                                                         \
+  }                                                                                                                  \
+  extern "C" __global__ void __launch_bounds__(kThreads) rows_scale##SUF(T* x, const float* gate, int rows, int d) { \
+    scale(x, gate, rows, d);                                                                                         \
+  }
 
-// rows_combine: out[t, :] = r[t, :] + Σ gates[t·k+j]·y[s, :] over the
-// choices j < k of token t < n with slot s = slot_of[t·k+j] ≥ 0, in
-// increasing s (gates null: weight 1), where r is res, or out itself when
-// res is null (then tokens with no kept slot are left untouched). k ≤
-// kMaxK. res, when given, must not overlap out.
-extern "C" __global__ void __launch_bounds__(kThreads)
-    rows_combine_f32(float* out, const float* res, const float* y, const int* slot_of, const float* gates, int n,
-                     int k, int d) {
-  combine(out, res, y, slot_of, gates, n, k, d);
-}
-extern "C" __global__ void __launch_bounds__(kThreads)
-    rows_combine_bf16(__nv_bfloat16* out, const __nv_bfloat16* res, const __nv_bfloat16* y, const int* slot_of,
-                      const float* gates, int n, int k, int d) {
-  combine(out, res, y, slot_of, gates, n, k, d);
-}
-
-// rows_dot: out[i] = Σ_j a[i, j]·b[i, j] for i < n (float out, fixed order).
-extern "C" __global__ void __launch_bounds__(kThreads)
-    rows_dot_f32(float* out, const float* a, const float* b, int n, int d) {
-  rowdot(out, a, b, n, d);
-}
-extern "C" __global__ void __launch_bounds__(kThreads)
-    rows_dot_bf16(float* out, const __nv_bfloat16* a, const __nv_bfloat16* b, int n, int d) {
-  rowdot(out, a, b, n, d);
-}
-
-// rows_scale: x[i, :] *= gate[i] for i < rows, in place.
-extern "C" __global__ void __launch_bounds__(kThreads) rows_scale_f32(float* x, const float* gate, int rows, int d) {
-  scale(x, gate, rows, d);
-}
-extern "C" __global__ void __launch_bounds__(kThreads)
-    rows_scale_bf16(__nv_bfloat16* x, const float* gate, int rows, int d) {
-  scale(x, gate, rows, d);
-}
+ROWS_KERNELS(float, _f32)
+ROWS_KERNELS(__nv_bfloat16, _bf16)
 
 // rows_dgates_f32: dgates[i] = dslot[slot_of[i]], or 0 where the choice was
 // dropped (slot_of[i] < 0), for i < nk. One thread per choice, grid stride.

@@ -42,6 +42,12 @@ var (
 	attnDQName  = map[int]string{32: "attention_bwd_dq_f32_d32", 64: "attention_bwd_dq_f32_d64", 128: "attention_bwd_dq_f32_d128"}
 )
 
+// attnF32 is the fp32 kernel set.
+var attnF32 = attnKernels{
+	fwd: attnFwdName, dkv: attnDKVName, dq: attnDQName, grid: attnGrid, threads: attnThreads,
+	fwdShared: attnFwdShared, dkvShared: attnBwdShared, dqShared: attnBwdShared, rowDot: "attention_rowdot_f32",
+}
+
 // attnFwdShared is the forward's dynamic shared memory: Q and K/V tiles
 // [64][DMAX+4], the P tile [64][68], key segment ids [64].
 func attnFwdShared(dmax int) int { return 4 * (2*attnTile*(dmax+4) + attnTile*attnLdP + attnTile) }
@@ -108,37 +114,57 @@ func attnBool(b bool) int {
 	return 0
 }
 
-// attnLaunch is one attention kernel launch: the kernel, its grid and block,
-// and its dynamic shared memory in bytes.
-type attnLaunch struct {
-	name   string
-	grid   cuda.Dim3
-	block  cuda.Dim3
-	shared int
+// attnKernels is one precision's attention kernels: the forward, dK/dV and
+// dQ kernels by DMAX, the grid over t rows, threads per block, each
+// kernel's dynamic shared bytes and the kernel computing d. bf16 kernels
+// take attnBF16Args' extra requirements, and with bf16Grads the backward
+// writes bf16 gradients, which must then be aligned too.
+type attnKernels struct {
+	fwd, dkv, dq                   map[int]string
+	grid                           func(t int, s tensor.AttnShape) cuda.Dim3
+	threads                        int
+	fwdShared, dkvShared, dqShared func(dmax int) int
+	rowDot                         string
+	bf16, bf16Grads                bool
 }
 
-// attnForward is the forward of either precision once attnArgs or
-// attnBF16Args has passed: nothing for an empty batch or query, else out,
-// lse and (with keys) q, k, v must be given and the GPU must grant
-// fwd.shared bytes; then one launch of fwd.
-func (o *Ops) attnForward(op string, fwd attnLaunch, out, lse, q, k, v cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr, scale float32) error {
+// args checks the arguments for ks's kernels (attnArgs, or attnBF16Args
+// with the bf16 buffers aligned) and returns the kernel variant and the
+// resolved scale.
+func (ks *attnKernels) args(op string, s tensor.AttnShape, qseg, kseg cuda.DevicePtr, aligned ...cuda.DevicePtr) (int, float32, error) {
+	if ks.bf16 {
+		return attnBF16Args(op, s, qseg, kseg, aligned...)
+	}
+	return attnArgs(op, s, qseg, kseg)
+}
+
+// attnForward is AttentionForward of either precision (ks): the arguments
+// checked, nothing for an empty batch or query, else out, lse and (with
+// keys) q, k, v must be given and the GPU must grant the forward's shared
+// bytes; then one launch.
+func (o *Ops) attnForward(op string, ks *attnKernels, out, lse, q, k, v cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
+	dm, scale, err := ks.args(op, s, qseg, kseg, out, q, k, v)
+	if err != nil {
+		return err
+	}
 	if s.Batch == 0 || s.Tq == 0 {
 		return nil
 	}
 	if out == 0 || lse == 0 || (s.Tk > 0 && (q == 0 || k == 0 || v == 0)) {
 		return errf(op, "nil device buffer")
 	}
-	if err := o.attnShared(op, fwd.shared); err != nil {
+	shared := ks.fwdShared(dm)
+	if err := o.attnShared(op, shared); err != nil {
 		return err
 	}
-	return o.launch3(fwd.name, fwd.grid, fwd.block, fwd.shared,
+	return o.launch3(ks.fwd[dm], ks.grid(s.Tq, s), cuda.Dim3{X: ks.threads}, shared,
 		out, lse, q, k, v, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
 		s.QStride, s.KStride, s.VStride, s.OStride, attnBool(s.Causal), s.QPos0, s.KPos0, scale)
 }
 
-// attnRowDot is AttentionRowDot of either precision: kernel name over one
+// attnRowDot is AttentionRowDot of either precision: ks.rowDot over one
 // warp per (b, t, h), 256-thread blocks, grid-stride.
-func (o *Ops) attnRowDot(op, name string, d, dout, out cuda.DevicePtr, s tensor.AttnShape) error {
+func (o *Ops) attnRowDot(op string, ks *attnKernels, d, dout, out cuda.DevicePtr, s tensor.AttnShape) error {
 	if s.Batch < 0 || s.Tq < 0 || s.Heads <= 0 || s.HeadDim <= 0 || s.OStride < s.Heads*s.HeadDim {
 		return errf(op, "bad shape: Batch %d, Tq %d, Heads %d, HeadDim %d, OStride %d", s.Batch, s.Tq, s.Heads, s.HeadDim, s.OStride)
 	}
@@ -153,31 +179,40 @@ func (o *Ops) attnRowDot(op, name string, d, dout, out cuda.DevicePtr, s tensor.
 		return errf(op, "nil device buffer")
 	}
 	n := int(rows) * 32
-	return o.launch(name, o.gridFor(n, 256), 256, 0,
+	return o.launch(ks.rowDot, o.gridFor(n, 256), 256, 0,
 		d, dout, out, int(rows), s.Tq, s.Heads, s.HeadDim, s.OStride)
 }
 
-// attnBackward is the backward of either precision once attnArgs or
-// attnBF16Args has passed: nothing for an empty batch, query or key side,
-// else every buffer must be given and the GPU must grant the larger of the
-// two kernels' shared bytes; then dkv (dK, dV) and dq (dQ), in that order.
-func (o *Ops) attnBackward(op string, dkv, dqk attnLaunch, dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr, scale float32) error {
+// attnBackward is AttentionBackward of either precision (ks): the
+// arguments checked, nothing for an empty batch, query or key side, else
+// every buffer must be given and the GPU must grant the larger of the two
+// kernels' shared bytes; then dK, dV and dQ, in that order.
+func (o *Ops) attnBackward(op string, ks *attnKernels, dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
+	aligned := []cuda.DevicePtr{dout, q, k, v}
+	if ks.bf16Grads {
+		aligned = append(aligned, dq, dk, dv)
+	}
+	dm, scale, err := ks.args(op, s, qseg, kseg, aligned...)
+	if err != nil {
+		return err
+	}
 	if s.Batch == 0 || s.Tq == 0 || s.Tk == 0 {
 		return nil
 	}
 	if dq == 0 || dk == 0 || dv == 0 || dout == 0 || q == 0 || k == 0 || v == 0 || lse == 0 || d == 0 {
 		return errf(op, "nil device buffer")
 	}
-	if err := o.attnShared(op, max(dkv.shared, dqk.shared)); err != nil {
+	dkvShared, dqShared := ks.dkvShared(dm), ks.dqShared(dm)
+	if err := o.attnShared(op, max(dkvShared, dqShared)); err != nil {
 		return err
 	}
-	causal := attnBool(s.Causal)
-	if err := o.launch3(dkv.name, dkv.grid, dkv.block, dkv.shared,
+	block, causal := cuda.Dim3{X: ks.threads}, attnBool(s.Causal)
+	if err := o.launch3(ks.dkv[dm], ks.grid(s.Tk, s), block, dkvShared,
 		dk, dv, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
 		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale); err != nil {
 		return err
 	}
-	return o.launch3(dqk.name, dqk.grid, dqk.block, dqk.shared,
+	return o.launch3(ks.dq[dm], ks.grid(s.Tq, s), block, dqShared,
 		dq, dout, q, k, v, lse, d, qseg, kseg, s.Tq, s.Tk, s.Heads, s.HeadDim,
 		s.QStride, s.KStride, s.VStride, s.OStride, causal, s.QPos0, s.KPos0, scale)
 }
@@ -191,13 +226,7 @@ func (o *Ops) attnBackward(op string, dkv, dqk attnLaunch, dq, dk, dv, dout, q, 
 // bytes of dynamic shared memory (35 KiB at DMAX 32, 51 KiB at 64, 83 KiB
 // at 128).
 func (o *Ops) AttentionForward(out, lse, q, k, v cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
-	const op = "AttentionForward"
-	dm, scale, err := attnArgs(op, s, qseg, kseg)
-	if err != nil {
-		return err
-	}
-	fwd := attnLaunch{attnFwdName[dm], attnGrid(s.Tq, s), cuda.Dim3{X: attnThreads}, attnFwdShared(dm)}
-	return o.attnForward(op, fwd, out, lse, q, k, v, s, qseg, kseg, scale)
+	return o.attnForward("AttentionForward", &attnF32, out, lse, q, k, v, s, qseg, kseg)
 }
 
 // AttentionRowDot sets d[(b·Heads + h)·Tq + t] = Σ_i dout·out over head h
@@ -205,7 +234,7 @@ func (o *Ops) AttentionForward(out, lse, q, k, v cuda.DevicePtr, s tensor.AttnSh
 //
 // Launch: one warp per (b, t, h), 256-thread blocks, grid-stride.
 func (o *Ops) AttentionRowDot(d, dout, out cuda.DevicePtr, s tensor.AttnShape) error {
-	return o.attnRowDot("AttentionRowDot", "attention_rowdot_f32", d, dout, out, s)
+	return o.attnRowDot("AttentionRowDot", &attnF32, d, dout, out, s)
 }
 
 // AttentionBackward adds the gradients of tensor.AttentionBackward into dq,
@@ -217,15 +246,7 @@ func (o *Ops) AttentionRowDot(d, dout, out cuda.DevicePtr, s tensor.AttnShape) e
 // (ceil(Tq/64), Heads, Batch), both 256 threads with attnBwdShared bytes of
 // dynamic shared memory (54 KiB at DMAX 32, 86 KiB at 64, 150 KiB at 128).
 func (o *Ops) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
-	const op = "AttentionBackward"
-	dm, scale, err := attnArgs(op, s, qseg, kseg)
-	if err != nil {
-		return err
-	}
-	block, sh := cuda.Dim3{X: attnThreads}, attnBwdShared(dm)
-	dkv := attnLaunch{attnDKVName[dm], attnGrid(s.Tk, s), block, sh}
-	dqk := attnLaunch{attnDQName[dm], attnGrid(s.Tq, s), block, sh}
-	return o.attnBackward(op, dkv, dqk, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg, scale)
+	return o.attnBackward("AttentionBackward", &attnF32, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg)
 }
 
 // bf16 kernels by DMAX (64 serves heads up to 64, 128 up to 128).
@@ -236,6 +257,21 @@ var (
 	// The variants that overwrite bf16 gradients.
 	attnBF16DKVOutName = map[int]string{64: "attention_bwd_dkv_bf16_out_d64", 128: "attention_bwd_dkv_bf16_out_d128"}
 	attnBF16DQOutName  = map[int]string{64: "attention_bwd_dq_bf16_out_d64", 128: "attention_bwd_dq_bf16_out_d128"}
+)
+
+// attnBF16 is the bf16 kernel set, adding to fp32 gradients; attnBF16Out
+// is the same with the backward kernels that overwrite bf16 gradients.
+var (
+	attnBF16 = attnKernels{
+		fwd: attnBF16Name, dkv: attnBF16DKVName, dq: attnBF16DQName, grid: attnBF16Grid, threads: attnBF16Threads,
+		fwdShared: attnBF16Shared, dkvShared: attnBF16DKVShared, dqShared: attnBF16DQShared, rowDot: "attention_rowdot_bf16",
+		bf16: true,
+	}
+	attnBF16Out = func() attnKernels {
+		ks := attnBF16
+		ks.dkv, ks.dq, ks.bf16Grads = attnBF16DKVOutName, attnBF16DQOutName, true
+		return ks
+	}()
 )
 
 // The bf16 kernels (FlashAttention-2 style): blocks of 8 warps (256
@@ -301,19 +337,13 @@ func attnBF16Args(op string, s tensor.AttnShape, qseg, kseg cuda.DevicePtr, bf16
 // Launch: grid ceil(Tq/128)·Heads·Batch × 256 threads (8 warps of 16
 // query rows), attnBF16Shared bytes (55 KiB at DMAX 64, 103 KiB at 128).
 func (o *Ops) AttentionForwardBF16(out, lse, q, k, v cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
-	const op = "AttentionForwardBF16"
-	dm, scale, err := attnBF16Args(op, s, qseg, kseg, out, q, k, v)
-	if err != nil {
-		return err
-	}
-	fwd := attnLaunch{attnBF16Name[dm], attnBF16Grid(s.Tq, s), cuda.Dim3{X: attnBF16Threads}, attnBF16Shared(dm)}
-	return o.attnForward(op, fwd, out, lse, q, k, v, s, qseg, kseg, scale)
+	return o.attnForward("AttentionForwardBF16", &attnBF16, out, lse, q, k, v, s, qseg, kseg)
 }
 
 // AttentionRowDotBF16 is AttentionRowDot with dout and out in bf16 (d in
 // float32).
 func (o *Ops) AttentionRowDotBF16(d, dout, out cuda.DevicePtr, s tensor.AttnShape) error {
-	return o.attnRowDot("AttentionRowDotBF16", "attention_rowdot_bf16", d, dout, out, s)
+	return o.attnRowDot("AttentionRowDotBF16", &attnBF16, d, dout, out, s)
 }
 
 // AttentionBackwardBF16 is AttentionBackward on tensor cores with dout, q,
@@ -328,7 +358,7 @@ func (o *Ops) AttentionRowDotBF16(d, dout, out cuda.DevicePtr, s tensor.AttnShap
 // ceil(Tq/128)·Heads·Batch, attnBF16DQShared bytes (73 KiB, 137 KiB); 256
 // threads each (8 warps of 16 rows).
 func (o *Ops) AttentionBackwardBF16(dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
-	return o.attnBackwardBF16("AttentionBackwardBF16", false, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg)
+	return o.attnBackward("AttentionBackwardBF16", &attnBF16, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg)
 }
 
 // AttentionBackwardBF16Out is AttentionBackwardBF16 writing the gradients
@@ -338,24 +368,5 @@ func (o *Ops) AttentionBackwardBF16(dq, dk, dv, dout, q, k, v, lse, d cuda.Devic
 // Padding columns are left alone. The gradient buffers must be 16-byte
 // aligned like the others.
 func (o *Ops) AttentionBackwardBF16Out(dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
-	return o.attnBackwardBF16("AttentionBackwardBF16Out", true, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg)
-}
-
-// attnBackwardBF16 launches the bf16 backward kernels: with out the ones
-// that overwrite bf16 gradients (which must then be 16-byte aligned too).
-func (o *Ops) attnBackwardBF16(op string, out bool, dq, dk, dv, dout, q, k, v, lse, d cuda.DevicePtr, s tensor.AttnShape, qseg, kseg cuda.DevicePtr) error {
-	aligned := []cuda.DevicePtr{dout, q, k, v}
-	dkvName, dqName := attnBF16DKVName, attnBF16DQName
-	if out {
-		aligned = append(aligned, dq, dk, dv)
-		dkvName, dqName = attnBF16DKVOutName, attnBF16DQOutName
-	}
-	dm, scale, err := attnBF16Args(op, s, qseg, kseg, aligned...)
-	if err != nil {
-		return err
-	}
-	block := cuda.Dim3{X: attnBF16Threads}
-	dkv := attnLaunch{dkvName[dm], attnBF16Grid(s.Tk, s), block, attnBF16DKVShared(dm)}
-	dqk := attnLaunch{dqName[dm], attnBF16Grid(s.Tq, s), block, attnBF16DQShared(dm)}
-	return o.attnBackward(op, dkv, dqk, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg, scale)
+	return o.attnBackward("AttentionBackwardBF16Out", &attnBF16Out, dq, dk, dv, dout, q, k, v, lse, d, s, qseg, kseg)
 }

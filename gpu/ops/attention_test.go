@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/tensor"
 )
 
@@ -247,24 +248,41 @@ func (p *attnProblem) checkForward(t *testing.T, want, wantLSE []float32, tol, l
 	}
 
 	got2, gotLSE2 := run()
-	if i := firstBitDiff(attnHeadCols(got2, rows, s.OStride, 0, C), attnHeadCols(got, rows, s.OStride, 0, C)); i >= 0 {
+	if i := testkit.FirstBitDiff(attnHeadCols(got2, rows, s.OStride, 0, C), attnHeadCols(got, rows, s.OStride, 0, C)); i >= 0 {
 		t.Fatalf("out differs between two runs at %d", i)
 	}
-	if i := firstBitDiff(gotLSE2, gotLSE); i >= 0 {
+	if i := testkit.FirstBitDiff(gotLSE2, gotLSE); i >= 0 {
 		t.Fatalf("lse differs between two runs at %d", i)
 	}
 }
 
 func TestAttentionForward(t *testing.T) {
+	attnTestForward(t, rand.New(rand.NewPCG(3, 4)), false)
+}
+
+// attnTestForward is TestAttentionForward over attnCases (out and lse
+// within 1e-5) or, for bf16, TestAttentionForwardBF16: attnBF16Cases with
+// q, k, v rounded to bf16 and the bf16 kernel (out within 1e-2, lse 1e-4).
+func attnTestForward(t *testing.T, rng *rand.Rand, bf16 bool) {
 	o := testOps(t)
-	rng := rand.New(rand.NewPCG(3, 4))
-	for _, c := range attnCases() {
+	cases, outTol, lseTol := attnCases(), 1e-5, 1e-5
+	if bf16 {
+		cases, outTol, lseTol = attnBF16Cases(), 1e-2, 1e-4
+	}
+	for _, c := range cases {
 		t.Run(c.String(), func(t *testing.T) {
 			p := newAttnProblem(t, o, c, rng)
+			var bq, bk, bv cuda.DevicePtr
+			if bf16 {
+				bq, bk, bv = p.toBF16(t, o)
+			}
 			want, wantLSE := make([]float32, p.no), make([]float32, c.B*c.H*c.Tq)
 			tensor.AttentionForwardRef(want, wantLSE, p.q, p.k, p.v, p.s)
-
-			p.checkForward(t, want, wantLSE, 1e-5, 1e-5, func() ([]float32, []float32) {
+			p.checkForward(t, want, wantLSE, outTol, lseTol, func() ([]float32, []float32) {
+				if bf16 {
+					got, gotLSE, _, _ := p.gpuForwardBF16(t, o, bq, bk, bv)
+					return got, gotLSE
+				}
 				got, gotLSE, _, _ := p.gpuForward(t, o)
 				return got, gotLSE
 			})
@@ -455,7 +473,7 @@ func attnTestBackward(t *testing.T, rng *rand.Rand, bf16 bool) {
 				}
 			}
 
-			if i := firstBitDiff(run(zero, dlse, dd), got); i >= 0 {
+			if i := testkit.FirstBitDiff(run(zero, dlse, dd), got); i >= 0 {
 				t.Fatalf("gradients differ between two runs at %d", i)
 			}
 
@@ -556,35 +574,21 @@ func TestAttentionBadShapes(t *testing.T) {
 			t.Errorf("%s: AttentionBackward accepted %+v", c.name, s)
 		}
 	}
-	if err := o.AttentionForward(0, p, p, p, p, good, 0, 0); err == nil {
-		t.Error("AttentionForward accepted a nil out")
-	}
-	if err := o.AttentionBackward(p, p, 0, p, p, p, p, p, p, good, 0, 0); err == nil {
-		t.Error("AttentionBackward accepted a nil dv")
-	}
-	if err := o.AttentionRowDot(p, p, p, tensor.AttnShape{Batch: 1, Tq: 4, Heads: 2, HeadDim: 8, OStride: 15}); err == nil {
-		t.Error("AttentionRowDot accepted OStride < Heads·HeadDim")
-	}
-	if err := o.AttentionRowDot(p, p, p, tensor.AttnShape{Batch: 1, Tq: 4, Heads: 0, HeadDim: 8, OStride: 15}); err == nil {
-		t.Error("AttentionRowDot accepted Heads 0")
-	}
+	wantErrors(t, map[string]error{
+		"forward, nil out":                 o.AttentionForward(0, p, p, p, p, good, 0, 0),
+		"backward, nil dv":                 o.AttentionBackward(p, p, 0, p, p, p, p, p, p, good, 0, 0),
+		"row dot, OStride < Heads·HeadDim": o.AttentionRowDot(p, p, p, tensor.AttnShape{Batch: 1, Tq: 4, Heads: 2, HeadDim: 8, OStride: 15}),
+		"row dot, Heads 0":                 o.AttentionRowDot(p, p, p, tensor.AttnShape{Batch: 1, Tq: 4, Heads: 0, HeadDim: 8, OStride: 15}),
+	})
 	// Empty problems are valid and launch nothing.
-	empty := good
-	empty.Batch = 0
-	if err := o.AttentionForward(p, p, p, p, p, empty, 0, 0); err != nil {
-		t.Errorf("Batch 0 forward: %v", err)
-	}
-	if err := o.AttentionBackward(p, p, p, p, p, p, p, p, p, empty, 0, 0); err != nil {
-		t.Errorf("Batch 0 backward: %v", err)
-	}
-	if err := o.AttentionRowDot(p, p, p, empty); err != nil {
-		t.Errorf("Batch 0 row dot: %v", err)
-	}
-	empty = good
-	empty.Tk = 0
-	if err := o.AttentionBackward(p, p, p, p, p, p, p, p, p, empty, 0, 0); err != nil {
-		t.Errorf("Tk 0 backward: %v", err)
-	}
+	noBatch, noKeys := good, good
+	noBatch.Batch, noKeys.Tk = 0, 0
+	wantNoErrors(t, map[string]error{
+		"Batch 0 forward":  o.AttentionForward(p, p, p, p, p, noBatch, 0, 0),
+		"Batch 0 backward": o.AttentionBackward(p, p, p, p, p, p, p, p, p, noBatch, 0, 0),
+		"Batch 0 row dot":  o.AttentionRowDot(p, p, p, noBatch),
+		"Tk 0 backward":    o.AttentionBackward(p, p, p, p, p, p, p, p, p, noKeys, 0, 0),
+	})
 }
 
 // TestAttentionNoKeys: with Tk = 0 every query row sees nothing: out = 0,
@@ -663,20 +667,7 @@ func attnBF16Cases() []attnCase {
 // (it is rounded to bf16, and so are the probabilities of P·V), lse within
 // 1e-4; every out element written, padding untouched, two runs bitwise equal.
 func TestAttentionForwardBF16(t *testing.T) {
-	o := testOps(t)
-	rng := rand.New(rand.NewPCG(12, 13))
-	for _, c := range attnBF16Cases() {
-		t.Run(c.String(), func(t *testing.T) {
-			p := newAttnProblem(t, o, c, rng)
-			bq, bk, bv := p.toBF16(t, o)
-			want, wantLSE := make([]float32, p.no), make([]float32, c.B*c.H*c.Tq)
-			tensor.AttentionForwardRef(want, wantLSE, p.q, p.k, p.v, p.s)
-			p.checkForward(t, want, wantLSE, 1e-2, 1e-4, func() ([]float32, []float32) {
-				got, gotLSE, _, _ := p.gpuForwardBF16(t, o, bq, bk, bv)
-				return got, gotLSE
-			})
-		})
-	}
+	attnTestForward(t, rand.New(rand.NewPCG(12, 13)), true)
 }
 
 // gpuForwardBF16 runs the bf16 forward on device q, k, v into poisoned
@@ -760,15 +751,12 @@ func TestAttentionBF16BadArgs(t *testing.T) {
 	if err := o.AttentionRowDotBF16(p, p, p, tensor.AttnShape{Batch: 1, Tq: 4, Heads: 2, HeadDim: 8, OStride: 15}); err == nil {
 		t.Error("AttentionRowDotBF16 accepted OStride < Heads·HeadDim")
 	}
-	empty := good
-	empty.Tq = 0
-	if err := o.AttentionForwardBF16(p, p, p, p, p, empty, 0, 0); err != nil {
-		t.Errorf("Tq 0: %v", err)
-	}
-	if err := o.AttentionBackwardBF16(p, p, p, p, p, p, p, p, p, empty, 0, 0); err != nil {
-		t.Errorf("Tq 0 backward: %v", err)
-	}
-	if err := o.AttentionRowDotBF16(p, p, p, empty); err != nil {
-		t.Errorf("Tq 0 row dot: %v", err)
-	}
+	// Empty problems are valid and launch nothing.
+	noQueries := good
+	noQueries.Tq = 0
+	wantNoErrors(t, map[string]error{
+		"Tq 0 forward":  o.AttentionForwardBF16(p, p, p, p, p, noQueries, 0, 0),
+		"Tq 0 backward": o.AttentionBackwardBF16(p, p, p, p, p, p, p, p, p, noQueries, 0, 0),
+		"Tq 0 row dot":  o.AttentionRowDotBF16(p, p, p, noQueries),
+	})
 }

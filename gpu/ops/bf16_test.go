@@ -19,19 +19,16 @@ func bf16Bits(x float32) uint16 {
 func bf16Value(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
 
 // bf16Encode rounds every element of s to bf16 bits (bf16Bits).
-func bf16Encode(s []float32) []uint16 {
-	out := make([]uint16, len(s))
-	for i, x := range s {
-		out[i] = bf16Bits(x)
-	}
-	return out
-}
+func bf16Encode(s []float32) []uint16 { return mapSlice(s, bf16Bits) }
 
 // bf16Decode widens bf16 bits to float32 (bf16Value).
-func bf16Decode(h []uint16) []float32 {
-	out := make([]float32, len(h))
-	for i, x := range h {
-		out[i] = bf16Value(x)
+func bf16Decode(h []uint16) []float32 { return mapSlice(h, bf16Value) }
+
+// mapSlice returns f of every element of s, in order.
+func mapSlice[S, T any](s []S, f func(S) T) []T {
+	out := make([]T, len(s))
+	for i, x := range s {
+		out[i] = f(x)
 	}
 	return out
 }

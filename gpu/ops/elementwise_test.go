@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/optim"
 	"github.com/moetrain/moetrain/tensor"
 )
@@ -60,14 +61,14 @@ func TestElementwiseAddScale(t *testing.T) {
 				t.Fatal(err)
 			}
 			tensor.AddInPlace(y, x)
-			if i := firstBitDiff(download[float32](t, o, dy, n), y); i >= 0 {
+			if i := testkit.FirstBitDiff(download[float32](t, o, dy, n), y); i >= 0 {
 				t.Fatalf("n=%d off=%d AddInPlace differs at %d", n, off, i)
 			}
 			if err := o.Scale(dy, -0.37, n); err != nil {
 				t.Fatal(err)
 			}
 			tensor.Scale(y, -0.37)
-			if i := firstBitDiff(download[float32](t, o, dy, n), y); i >= 0 {
+			if i := testkit.FirstBitDiff(download[float32](t, o, dy, n), y); i >= 0 {
 				t.Fatalf("n=%d off=%d Scale differs at %d", n, off, i)
 			}
 		}
@@ -164,7 +165,7 @@ func TestCastBF16(t *testing.T) {
 func TestElementwiseBadSizes(t *testing.T) {
 	o := &Ops{}
 	p := cuda.DevicePtr(1 << 20)
-	for name, err := range map[string]error{
+	wantErrors(t, map[string]error{
 		"add n<0":         o.AddInPlace(p, p, -1),
 		"add null":        o.AddInPlace(0, p, 5),
 		"scale n<0":       o.Scale(p, 2, -3),
@@ -176,20 +177,12 @@ func TestElementwiseBadSizes(t *testing.T) {
 		"norm x null":     o.GlobalNorm(0, 5, p, p),
 		"cast n<0":        o.CastF32ToBF16(p, p, -1),
 		"cast null":       o.CastBF16ToF32(p, 0, 1),
-	} {
-		if err == nil {
-			t.Errorf("%s: no error", name)
-		}
-	}
-	for name, err := range map[string]error{
+	})
+	wantNoErrors(t, map[string]error{
 		"add empty":  o.AddInPlace(0, 0, 0),
 		"scale zero": o.Scale(0, 1, 0),
 		"cast empty": o.CastF32ToBF16(0, 0, 0),
-	} {
-		if err != nil {
-			t.Errorf("%s: %v", name, err)
-		}
-	}
+	})
 	if SumSquaresScratch(0) != 0 || SumSquaresScratch(1) != 2 || SumSquaresScratch(8192) != 2 || SumSquaresScratch(8193) != 4 {
 		t.Error("SumSquaresScratch sizes")
 	}

@@ -7,14 +7,20 @@ import (
 	"testing"
 
 	"github.com/moetrain/moetrain/cuda"
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/tensor"
 )
 
-// ewIDs draws n ids in [0, vocab).
-func ewIDs(rng *rand.Rand, n, vocab int) []int32 {
+// ewIDs draws n ids in [0, vocab); with ignore, each is first given a one
+// in five chance to be −1 instead (an ignored target).
+func ewIDs(rng *rand.Rand, n, vocab int, ignore bool) []int32 {
 	ids := make([]int32, n)
 	for i := range ids {
-		ids[i] = int32(rng.IntN(vocab))
+		if ignore && rng.IntN(5) == 0 {
+			ids[i] = -1
+		} else {
+			ids[i] = int32(rng.IntN(vocab))
+		}
 	}
 	return ids
 }
@@ -37,7 +43,7 @@ func TestEmbeddingIndex(t *testing.T) {
 	rng := rand.New(rand.NewPCG(29, 30))
 	for _, vocab := range []int{1, 7, 300, 70000, 1<<24 + 5, math.MaxInt32} {
 		for _, n := range []int{0, 1, 3, 37, 1000} {
-			ids := ewIDs(rng, n, vocab)
+			ids := ewIDs(rng, n, vocab, false)
 			if n > 2 {
 				ids[n-1] = int32(vocab - 1) // the widest id
 			}
@@ -68,7 +74,7 @@ func TestEmbeddingIndex(t *testing.T) {
 			}
 		}
 	}
-	ids := ewIDs(rng, 4096, 50000)
+	ids := ewIDs(rng, 4096, 50000, false)
 	order, unique, starts := make([]int32, 4096), make([]int32, 4096), make([]int32, 4097)
 	if a := testing.AllocsPerRun(5, func() { EmbeddingIndex(ids, 50000, order, unique, starts) }); a != 0 {
 		t.Errorf("EmbeddingIndex allocates %v times", a)
@@ -91,52 +97,49 @@ func TestEmbeddingForward(t *testing.T) {
 	o := testOps(t)
 	rng := rand.New(rand.NewPCG(31, 32))
 	const vocab, npos = 50, 40
-	for _, n := range ewRowNs {
-		for _, d := range ewRowDs {
-			for _, off := range []int{0, 1} {
-				ids, pos := ewIDs(rng, n, vocab), ewIDs(rng, n, npos)
-				tok, ptab := randn(rng, vocab*d, 1), randn(rng, npos*d, 1)
-				dids, dpos := upload(t, o, ids), upload(t, o, pos)
-				dtok, dptab := uploadAt(t, o, tok, off), uploadAt(t, o, ptab, off)
+	for _, c := range ewRowCases(false) {
+		n, d, off := c.n, c.d, c.off
+		ids, pos := ewIDs(rng, n, vocab, false), ewIDs(rng, n, npos, false)
+		tok, ptab := randn(rng, vocab*d, 1), randn(rng, npos*d, 1)
+		dids, dpos := upload(t, o, ids), upload(t, o, pos)
+		dtok, dptab := uploadAt(t, o, tok, off), uploadAt(t, o, ptab, off)
 
-				want := make([]float32, n*d)
-				tensor.EmbeddingForward(want, ids, tok, d)
-				out := poisonedAt(t, o, n*d, off)
-				if err := o.EmbeddingForward(out, dids, dtok, n, d, vocab); err != nil {
-					t.Fatal(err)
-				}
-				if i := firstBitDiff(download[float32](t, o, out, n*d), want); i >= 0 {
-					t.Fatalf("n=%d d=%d off=%d: EmbeddingForward differs at %d", n, d, off, i)
-				}
+		want := make([]float32, n*d)
+		tensor.EmbeddingForward(want, ids, tok, d)
+		out := poisonedAt(t, o, n*d, off)
+		if err := o.EmbeddingForward(out, dids, dtok, n, d, vocab); err != nil {
+			t.Fatal(err)
+		}
+		if i := testkit.FirstBitDiff(download[float32](t, o, out, n*d), want); i >= 0 {
+			t.Fatalf("n=%d d=%d off=%d: EmbeddingForward differs at %d", n, d, off, i)
+		}
 
-				// model.EmbedForward: tok[ids] + pos[pos], added in float32.
-				scratch := make([]float32, n*d)
-				tensor.EmbeddingForward(scratch, pos, ptab, d)
-				tensor.AddInPlace(want, scratch)
-				out = poisonedAt(t, o, n*d, off)
-				if err := o.EmbedForward(out, dids, dpos, dtok, dptab, n, d, vocab, npos); err != nil {
-					t.Fatal(err)
-				}
-				if i := firstBitDiff(download[float32](t, o, out, n*d), want); i >= 0 {
-					t.Fatalf("n=%d d=%d off=%d: EmbedForward differs at %d", n, d, off, i)
-				}
-				outH := poisonedBF16At(t, o, n*d, off)
-				if err := o.EmbedForwardBF16(outH, dids, dpos, dtok, dptab, n, d, vocab, npos); err != nil {
-					t.Fatal(err)
-				}
-				if !slices.Equal(download[uint16](t, o, outH, n*d), bf16Encode(want)) {
-					t.Fatalf("n=%d d=%d off=%d: EmbedForwardBF16 is not the rounded float sum", n, d, off)
-				}
-				outH = poisonedBF16At(t, o, n*d, off)
-				if err := o.EmbeddingForwardBF16(outH, dids, dtok, n, d, vocab); err != nil {
-					t.Fatal(err)
-				}
-				gather := make([]float32, n*d)
-				tensor.EmbeddingForward(gather, ids, tok, d)
-				if !slices.Equal(download[uint16](t, o, outH, n*d), bf16Encode(gather)) {
-					t.Fatalf("n=%d d=%d off=%d: EmbeddingForwardBF16 is not the rounded gather", n, d, off)
-				}
-			}
+		// model.EmbedForward: tok[ids] + pos[pos], added in float32.
+		scratch := make([]float32, n*d)
+		tensor.EmbeddingForward(scratch, pos, ptab, d)
+		tensor.AddInPlace(want, scratch)
+		out = poisonedAt(t, o, n*d, off)
+		if err := o.EmbedForward(out, dids, dpos, dtok, dptab, n, d, vocab, npos); err != nil {
+			t.Fatal(err)
+		}
+		if i := testkit.FirstBitDiff(download[float32](t, o, out, n*d), want); i >= 0 {
+			t.Fatalf("n=%d d=%d off=%d: EmbedForward differs at %d", n, d, off, i)
+		}
+		outH := poisonedBF16At(t, o, n*d, off)
+		if err := o.EmbedForwardBF16(outH, dids, dpos, dtok, dptab, n, d, vocab, npos); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(download[uint16](t, o, outH, n*d), bf16Encode(want)) {
+			t.Fatalf("n=%d d=%d off=%d: EmbedForwardBF16 is not the rounded float sum", n, d, off)
+		}
+		outH = poisonedBF16At(t, o, n*d, off)
+		if err := o.EmbeddingForwardBF16(outH, dids, dtok, n, d, vocab); err != nil {
+			t.Fatal(err)
+		}
+		gather := make([]float32, n*d)
+		tensor.EmbeddingForward(gather, ids, tok, d)
+		if !slices.Equal(download[uint16](t, o, outH, n*d), bf16Encode(gather)) {
+			t.Fatalf("n=%d d=%d off=%d: EmbeddingForwardBF16 is not the rounded gather", n, d, off)
 		}
 	}
 }
@@ -172,27 +175,24 @@ func TestEmbeddingBackward(t *testing.T) {
 	o := testOps(t)
 	rng := rand.New(rand.NewPCG(35, 36))
 	for _, vocab := range []int{7, 300} { // many repeats, then few
-		for _, n := range ewRowNs {
-			for _, d := range ewRowDs {
-				for _, off := range []int{0, 1} {
-					ids := ewIDs(rng, n, vocab)
-					dout := randn(rng, n*d, 1)
-					table0 := randn(rng, vocab*d, 1) // backward accumulates
-					order, unique, starts, u := ewIndex(t, ids, vocab)
-					dord, duniq, dstarts := upload(t, o, order), upload(t, o, unique), upload(t, o, starts)
-					ddout := uploadAt(t, o, dout, off)
-					want := append([]float32(nil), table0...)
-					tensor.EmbeddingBackward(want, ids, dout, d)
-					for run := 0; run < 2; run++ {
-						dtab := uploadAt(t, o, table0, off)
-						if err := o.EmbeddingBackward(dtab, dord, duniq, dstarts, ddout, u, n, d, vocab); err != nil {
-							t.Fatal(err)
-						}
-						// Same additions in the same order as the CPU: bitwise.
-						if i := firstBitDiff(download[float32](t, o, dtab, vocab*d), want); i >= 0 {
-							t.Fatalf("vocab %d n=%d d=%d off=%d run %d: dtable differs at %d", vocab, n, d, off, run, i)
-						}
-					}
+		for _, c := range ewRowCases(false) {
+			n, d, off := c.n, c.d, c.off
+			ids := ewIDs(rng, n, vocab, false)
+			dout := randn(rng, n*d, 1)
+			table0 := randn(rng, vocab*d, 1) // backward accumulates
+			order, unique, starts, u := ewIndex(t, ids, vocab)
+			dord, duniq, dstarts := upload(t, o, order), upload(t, o, unique), upload(t, o, starts)
+			ddout := uploadAt(t, o, dout, off)
+			want := append([]float32(nil), table0...)
+			tensor.EmbeddingBackward(want, ids, dout, d)
+			for run := 0; run < 2; run++ {
+				dtab := uploadAt(t, o, table0, off)
+				if err := o.EmbeddingBackward(dtab, dord, duniq, dstarts, ddout, u, n, d, vocab); err != nil {
+					t.Fatal(err)
+				}
+				// Same additions in the same order as the CPU: bitwise.
+				if i := testkit.FirstBitDiff(download[float32](t, o, dtab, vocab*d), want); i >= 0 {
+					t.Fatalf("vocab %d n=%d d=%d off=%d run %d: dtable differs at %d", vocab, n, d, off, run, i)
 				}
 			}
 		}
@@ -202,7 +202,7 @@ func TestEmbeddingBackward(t *testing.T) {
 func TestEmbeddingBadSizes(t *testing.T) {
 	o := &Ops{}
 	p := cuda.DevicePtr(1 << 20)
-	for name, err := range map[string]error{
+	wantErrors(t, map[string]error{
 		"fwd d=0":       o.EmbeddingForward(p, p, p, 3, 0, 10),
 		"fwd vocab=0":   o.EmbeddingForward(p, p, p, 3, 4, 0),
 		"fwd n<0":       o.EmbeddingForward(p, p, p, -3, 4, 10),
@@ -213,11 +213,7 @@ func TestEmbeddingBadSizes(t *testing.T) {
 		"bwd u=0":       o.EmbeddingBackward(p, p, p, p, p, 0, 3, 4, 10),
 		"bwd c=0":       o.EmbeddingBackward(p, p, p, p, p, 2, 3, 0, 10),
 		"bwd null dout": o.EmbeddingBackward(p, p, p, p, 0, 2, 3, 4, 10),
-	} {
-		if err == nil {
-			t.Errorf("%s: no error", name)
-		}
-	}
+	})
 	if err := o.EmbeddingBackward(0, 0, 0, 0, 0, 0, 0, 4, 10); err != nil {
 		t.Errorf("empty: %v", err)
 	}

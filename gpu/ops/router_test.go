@@ -126,6 +126,20 @@ func routerMasks(rng *rand.Rand, n int) map[string][]bool {
 	return map[string][]bool{"all": nil, "some": some, "none": make([]bool, n)}
 }
 
+// routerCoef is the loss coefficient of the aux and z-loss backward tests.
+const routerCoef = 0.01
+
+// routerShapes runs f as a subtest for each shape of the aux and z-loss
+// tests: n tokens from one to 20000 (up to 128 blocks of partial sums), e
+// experts from one to 256.
+func routerShapes(t *testing.T, f func(t *testing.T, n, e int)) {
+	for _, n := range []int{1, 7, 300, 1000, 20000} {
+		for _, e := range []int{1, 2, 8, 16, 60, 64, 256} {
+			t.Run(fmt.Sprintf("n=%d,e=%d", n, e), func(t *testing.T) { f(t, n, e) })
+		}
+	}
+}
+
 // routerNear64 reports |got − want| <= tol·max(1, |want|) (NaN never near).
 // routerRelErrNaN is relErr over the elements where want is not NaN,
 // +Inf if got is NaN exactly where want is not or the reverse (a row of −Inf
@@ -366,102 +380,97 @@ func routerSelectShape(t *testing.T, o *Ops, rng *rand.Rand, n, e int, ks []int)
 func TestRouterAux(t *testing.T) {
 	o := testOps(t)
 	rng := rand.New(rand.NewPCG(5, 6))
-	const coef = 0.01
-	for _, n := range []int{1, 7, 300, 1000, 20000} {
-		for _, e := range []int{1, 2, 8, 16, 60, 64, 256} {
-			t.Run(fmt.Sprintf("n=%d,e=%d", n, e), func(t *testing.T) {
-				ks := slices.Compact([]int{1, min(e, 8), min(e, 16)})
-				for _, k := range ks {
-					logits := randn(rng, n*e, 2)
-					r := moe.Routing{N: n, E: e, K: k, Probs: make([]float32, n*e), Experts: make([]int32, n*k), Gates: make([]float32, n*k)}
-					tensor.SoftmaxForward(r.Probs, logits, n, e)
-					moe.TopK{}.Select(&r)
-					dProbs := upload(t, o, r.Probs)
-					dEx := upload(t, o, r.Experts)
-					scratch := devAlloc(t, o, max(1, RouterAuxScratchBytes(n, e)))
-					masks := routerMasks(rng, n)
-					for _, mname := range []string{"all", "some", "none"} {
-						mask := masks[mname]
-						name := fmt.Sprintf("n=%d e=%d k=%d mask=%s", n, e, k, mname)
-						dm := routerUploadMask(t, o, mask)
-						stats := routerPoison64(t, o, 2*e+1)
-						if err := o.RouterAuxStats(stats, scratch, dProbs, dEx, dm, n, e, k); err != nil {
-							t.Fatalf("%s: %v", name, err)
-						}
-						var a moe.Aux
-						a.Accumulate(&r, mask)
-						got := download[float64](t, o, stats, 2*e+1)
-						for i := 0; i < e; i++ {
-							if got[i] != a.SlotSum[i] || !routerNear64(got[e+i], a.ProbSum[i], 1e-9) {
-								t.Fatalf("%s: expert %d: slots %v, prob sum %v; want %v, %v", name, i, got[i], got[e+i], a.SlotSum[i], a.ProbSum[i])
-							}
-						}
-						if got[2*e] != float64(a.Count) {
-							t.Fatalf("%s: count %v, want %d", name, got[2*e], a.Count)
-						}
-						fin := routerPoison64(t, o, 2*e+2)
-						if err := o.RouterAuxFinish(fin, stats, e, k); err != nil {
-							t.Fatal(err)
-						}
-						a.Finish(k)
-						f := download[float64](t, o, fin, 2*e+2)
-						for i := 0; i < e; i++ {
-							if !routerNear64(f[i], a.F[i], 1e-12) || !routerNear64(f[e+i], a.P[i], 1e-9) {
-								t.Fatalf("%s: expert %d: F %v, P %v; want %v, %v", name, i, f[i], f[e+i], a.F[i], a.P[i])
-							}
-						}
-						if !routerNear64(f[2*e], a.Value, 1e-9) || f[2*e+1] != float64(a.Count) {
-							t.Fatalf("%s: value %v count %v, want %v, %d", name, f[2*e], f[2*e+1], a.Value, a.Count)
-						}
-						base := randn(rng, n*e, 1)
-						dd := upload(t, o, base)
-						if err := o.RouterAuxBackward(dd, fin, dm, n, e, coef); err != nil {
-							t.Fatal(err)
-						}
-						want := slices.Clone(base)
-						moe.AuxBackward(want, &a, &r, mask, coef)
-						gotD := download[float32](t, o, dd, n*e)
-						if re := relErr(gotD, want); re > 1e-6 {
-							t.Errorf("%s: aux backward rel err %g", name, re)
-						}
-						if a.Count == 0 && !slices.Equal(gotD, base) {
-							t.Errorf("%s: aux backward changed dprobs without counted tokens", name)
-						}
-					}
-					if n < 2 {
-						continue
-					}
-					// Two ranks' statistics, summed as an all-reduce would, then Finish.
-					h := n / 2
-					mask := masks["some"]
-					dm := routerUploadMask(t, o, mask)
-					s0, s1 := routerPoison64(t, o, 2*e+1), routerPoison64(t, o, 2*e+1)
-					if err := o.RouterAuxStats(s0, scratch, dProbs, dEx, dm, h, e, k); err != nil {
-						t.Fatal(err)
-					}
-					if err := o.RouterAuxStats(s1, scratch, dProbs.Add(h*e*4), dEx.Add(h*k*4), dm.Add(h), n-h, e, k); err != nil {
-						t.Fatal(err)
-					}
-					sum := download[float64](t, o, s0, 2*e+1)
-					for i, v := range download[float64](t, o, s1, 2*e+1) {
-						sum[i] += v
-					}
-					if err := cuda.CopyIn(o.C, s0, sum); err != nil {
-						t.Fatal(err)
-					}
-					fin := routerPoison64(t, o, 2*e+2)
-					if err := o.RouterAuxFinish(fin, s0, e, k); err != nil {
-						t.Fatal(err)
-					}
-					var a moe.Aux
-					moe.ComputeAux(&a, &r, mask)
-					if f := download[float64](t, o, fin, 2*e+2); !routerNear64(f[2*e], a.Value, 1e-9) || f[2*e+1] != float64(a.Count) {
-						t.Fatalf("n=%d e=%d k=%d: two-rank value %v count %v, want %v, %d", n, e, k, f[2*e], f[2*e+1], a.Value, a.Count)
+	routerShapes(t, func(t *testing.T, n, e int) {
+		ks := slices.Compact([]int{1, min(e, 8), min(e, 16)})
+		for _, k := range ks {
+			logits := randn(rng, n*e, 2)
+			r := moe.Routing{N: n, E: e, K: k, Probs: make([]float32, n*e), Experts: make([]int32, n*k), Gates: make([]float32, n*k)}
+			tensor.SoftmaxForward(r.Probs, logits, n, e)
+			moe.TopK{}.Select(&r)
+			dProbs := upload(t, o, r.Probs)
+			dEx := upload(t, o, r.Experts)
+			scratch := devAlloc(t, o, max(1, RouterAuxScratchBytes(n, e)))
+			masks := routerMasks(rng, n)
+			for _, mname := range []string{"all", "some", "none"} {
+				mask := masks[mname]
+				name := fmt.Sprintf("n=%d e=%d k=%d mask=%s", n, e, k, mname)
+				dm := routerUploadMask(t, o, mask)
+				stats := routerPoison64(t, o, 2*e+1)
+				if err := o.RouterAuxStats(stats, scratch, dProbs, dEx, dm, n, e, k); err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				var a moe.Aux
+				a.Accumulate(&r, mask)
+				got := download[float64](t, o, stats, 2*e+1)
+				for i := 0; i < e; i++ {
+					if got[i] != a.SlotSum[i] || !routerNear64(got[e+i], a.ProbSum[i], 1e-9) {
+						t.Fatalf("%s: expert %d: slots %v, prob sum %v; want %v, %v", name, i, got[i], got[e+i], a.SlotSum[i], a.ProbSum[i])
 					}
 				}
-			})
+				if got[2*e] != float64(a.Count) {
+					t.Fatalf("%s: count %v, want %d", name, got[2*e], a.Count)
+				}
+				fin := routerPoison64(t, o, 2*e+2)
+				if err := o.RouterAuxFinish(fin, stats, e, k); err != nil {
+					t.Fatal(err)
+				}
+				a.Finish(k)
+				f := download[float64](t, o, fin, 2*e+2)
+				for i := 0; i < e; i++ {
+					if !routerNear64(f[i], a.F[i], 1e-12) || !routerNear64(f[e+i], a.P[i], 1e-9) {
+						t.Fatalf("%s: expert %d: F %v, P %v; want %v, %v", name, i, f[i], f[e+i], a.F[i], a.P[i])
+					}
+				}
+				if !routerNear64(f[2*e], a.Value, 1e-9) || f[2*e+1] != float64(a.Count) {
+					t.Fatalf("%s: value %v count %v, want %v, %d", name, f[2*e], f[2*e+1], a.Value, a.Count)
+				}
+				base := randn(rng, n*e, 1)
+				dd := upload(t, o, base)
+				if err := o.RouterAuxBackward(dd, fin, dm, n, e, routerCoef); err != nil {
+					t.Fatal(err)
+				}
+				want := slices.Clone(base)
+				moe.AuxBackward(want, &a, &r, mask, routerCoef)
+				gotD := download[float32](t, o, dd, n*e)
+				if re := relErr(gotD, want); re > 1e-6 {
+					t.Errorf("%s: aux backward rel err %g", name, re)
+				}
+				if a.Count == 0 && !slices.Equal(gotD, base) {
+					t.Errorf("%s: aux backward changed dprobs without counted tokens", name)
+				}
+			}
+			if n < 2 {
+				continue
+			}
+			// Two ranks' statistics, summed as an all-reduce would, then Finish.
+			h := n / 2
+			mask := masks["some"]
+			dm := routerUploadMask(t, o, mask)
+			s0, s1 := routerPoison64(t, o, 2*e+1), routerPoison64(t, o, 2*e+1)
+			if err := o.RouterAuxStats(s0, scratch, dProbs, dEx, dm, h, e, k); err != nil {
+				t.Fatal(err)
+			}
+			if err := o.RouterAuxStats(s1, scratch, dProbs.Add(h*e*4), dEx.Add(h*k*4), dm.Add(h), n-h, e, k); err != nil {
+				t.Fatal(err)
+			}
+			sum := download[float64](t, o, s0, 2*e+1)
+			for i, v := range download[float64](t, o, s1, 2*e+1) {
+				sum[i] += v
+			}
+			if err := cuda.CopyIn(o.C, s0, sum); err != nil {
+				t.Fatal(err)
+			}
+			fin := routerPoison64(t, o, 2*e+2)
+			if err := o.RouterAuxFinish(fin, s0, e, k); err != nil {
+				t.Fatal(err)
+			}
+			var a moe.Aux
+			moe.ComputeAux(&a, &r, mask)
+			if f := download[float64](t, o, fin, 2*e+2); !routerNear64(f[2*e], a.Value, 1e-9) || f[2*e+1] != float64(a.Count) {
+				t.Fatalf("n=%d e=%d k=%d: two-rank value %v count %v, want %v, %d", n, e, k, f[2*e], f[2*e+1], a.Value, a.Count)
+			}
 		}
-	}
+	})
 	// No tokens: zero statistics.
 	stats := routerPoison64(t, o, 2*8+1)
 	if err := o.RouterAuxStats(stats, 0, 0, 0, 0, 0, 8, 2); err != nil {
@@ -479,56 +488,51 @@ func TestRouterAux(t *testing.T) {
 func TestRouterZLoss(t *testing.T) {
 	o := testOps(t)
 	rng := rand.New(rand.NewPCG(8, 9))
-	const coef = 0.01
-	for _, n := range []int{1, 7, 300, 1000, 20000} {
-		for _, e := range []int{1, 2, 8, 16, 60, 64, 256} {
-			t.Run(fmt.Sprintf("n=%d,e=%d", n, e), func(t *testing.T) {
-				logits := randn(rng, n*e, 3)
-				if n >= 7 {
-					logits[2*e] = 60
-					logits[4*e] = float32(math.Inf(-1))
-				}
-				dl := upload(t, o, logits)
-				scratch := devAlloc(t, o, max(1, RouterZLossScratchBytes(n)))
-				masks := routerMasks(rng, n)
-				for _, mname := range []string{"all", "some", "none"} {
-					mask := masks[mname]
-					name := fmt.Sprintf("n=%d e=%d mask=%s", n, e, mname)
-					dm := routerUploadMask(t, o, mask)
-					lse, z := routerPoison64(t, o, n), routerPoison64(t, o, 3)
-					if err := o.RouterZLoss(lse, z, scratch, dl, dm, n, e); err != nil {
-						t.Fatalf("%s: %v", name, err)
-					}
-					var zl moe.ZLoss
-					zl.Forward(logits, n, e, mask)
-					gotL := download[float64](t, o, lse, n)
-					for i := range gotL {
-						if !routerNear64(gotL[i], zl.LSE[i], 1e-9) {
-							t.Fatalf("%s: lse[%d] = %v, want %v", name, i, gotL[i], zl.LSE[i])
-						}
-					}
-					gz := download[float64](t, o, z, 3)
-					if !routerNear64(gz[0], zl.Sum, 1e-9) || gz[1] != float64(zl.Count) || !routerNear64(gz[2], zl.Value, 1e-9) {
-						t.Fatalf("%s: z = %v, want sum %v count %d value %v", name, gz, zl.Sum, zl.Count, zl.Value)
-					}
-					base := randn(rng, n*e, 1)
-					dd := upload(t, o, base)
-					if err := o.RouterZLossBackward(dd, dl, lse, z, dm, n, e, coef); err != nil {
-						t.Fatal(err)
-					}
-					want := slices.Clone(base)
-					zl.Backward(want, logits, n, e, mask, coef)
-					gotD := download[float32](t, o, dd, n*e)
-					if re := routerRelErrNaN(gotD, want); re > 1e-5 {
-						t.Errorf("%s: z-loss backward rel err %g", name, re)
-					}
-					if zl.Count == 0 && !slices.Equal(gotD, base) {
-						t.Errorf("%s: z-loss backward changed dlogits without counted tokens", name)
-					}
-				}
-			})
+	routerShapes(t, func(t *testing.T, n, e int) {
+		logits := randn(rng, n*e, 3)
+		if n >= 7 {
+			logits[2*e] = 60
+			logits[4*e] = float32(math.Inf(-1))
 		}
-	}
+		dl := upload(t, o, logits)
+		scratch := devAlloc(t, o, max(1, RouterZLossScratchBytes(n)))
+		masks := routerMasks(rng, n)
+		for _, mname := range []string{"all", "some", "none"} {
+			mask := masks[mname]
+			name := fmt.Sprintf("n=%d e=%d mask=%s", n, e, mname)
+			dm := routerUploadMask(t, o, mask)
+			lse, z := routerPoison64(t, o, n), routerPoison64(t, o, 3)
+			if err := o.RouterZLoss(lse, z, scratch, dl, dm, n, e); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			var zl moe.ZLoss
+			zl.Forward(logits, n, e, mask)
+			gotL := download[float64](t, o, lse, n)
+			for i := range gotL {
+				if !routerNear64(gotL[i], zl.LSE[i], 1e-9) {
+					t.Fatalf("%s: lse[%d] = %v, want %v", name, i, gotL[i], zl.LSE[i])
+				}
+			}
+			gz := download[float64](t, o, z, 3)
+			if !routerNear64(gz[0], zl.Sum, 1e-9) || gz[1] != float64(zl.Count) || !routerNear64(gz[2], zl.Value, 1e-9) {
+				t.Fatalf("%s: z = %v, want sum %v count %d value %v", name, gz, zl.Sum, zl.Count, zl.Value)
+			}
+			base := randn(rng, n*e, 1)
+			dd := upload(t, o, base)
+			if err := o.RouterZLossBackward(dd, dl, lse, z, dm, n, e, routerCoef); err != nil {
+				t.Fatal(err)
+			}
+			want := slices.Clone(base)
+			zl.Backward(want, logits, n, e, mask, routerCoef)
+			gotD := download[float32](t, o, dd, n*e)
+			if re := routerRelErrNaN(gotD, want); re > 1e-5 {
+				t.Errorf("%s: z-loss backward rel err %g", name, re)
+			}
+			if zl.Count == 0 && !slices.Equal(gotD, base) {
+				t.Errorf("%s: z-loss backward changed dlogits without counted tokens", name)
+			}
+		}
+	})
 	// Finish after a caller summed Sum and Count over ranks.
 	z := upload(t, o, []float64{6, 4, math.NaN()})
 	if err := o.RouterZLossFinish(z); err != nil {
@@ -704,11 +708,7 @@ func TestRouterBadArgs(t *testing.T) {
 		"zloss backward e=300":    o.RouterZLossBackward(p, p, p, p, 0, 4, 300, 1),
 		"zloss backward null lse": o.RouterZLossBackward(p, p, 0, p, 0, 4, 8, 1),
 	}
-	for name, err := range bad {
-		if err == nil {
-			t.Errorf("%s: no error", name)
-		}
-	}
+	wantErrors(t, bad)
 	noop := map[string]error{
 		"scores n=0":          o.RouterScores(0, 0, 0, 8, moe.Softmax),
 		"scores bwd n=0":      o.RouterScoresBackward(0, 0, 0, 0, 8, moe.Sigmoid),
@@ -717,11 +717,7 @@ func TestRouterBadArgs(t *testing.T) {
 		"aux backward coef=0": o.RouterAuxBackward(p, p, 0, 4, 8, 0),
 		"zloss backward n=0":  o.RouterZLossBackward(0, 0, 0, 0, 0, 0, 8, 1),
 	}
-	for name, err := range noop {
-		if err != nil {
-			t.Errorf("%s: %v", name, err)
-		}
-	}
+	wantNoErrors(t, noop)
 }
 
 // routerOther is a Router without a GPU kernel.

@@ -32,16 +32,7 @@ func (o *Ops) GatherRowsBF16(dst, src, idx cuda.DevicePtr, rows, d int) error {
 }
 
 func (o *Ops) rowsGather(name string, dst, src, idx cuda.DevicePtr, rows, d int) error {
-	if err := rowsCheck(name, rows, d); err != nil {
-		return err
-	}
-	if rows == 0 || d == 0 {
-		return nil
-	}
-	if dst == 0 || src == 0 || idx == 0 {
-		return errf(name, "nil buffer")
-	}
-	return o.launch(name, o.gridFor(rows*32, rowsThreads), rowsThreads, 0, dst, src, idx, rows, d)
+	return o.warpRows(name, rows, d, dst == 0 || src == 0 || idx == 0, dst, src, idx, rows, d)
 }
 
 // Combine is the MoE combine, per token instead of a scatter: for each
@@ -90,19 +81,13 @@ func (o *Ops) CombineBackwardBF16(dx, dX, slotOf cuda.DevicePtr, n, k, d int) er
 }
 
 func (o *Ops) rowsCombine(name string, out, res, y, slotOf, gates cuda.DevicePtr, n, k, d int) error {
-	if err := rowsCheck(name, n, d); err != nil {
+	if err := rowsCheck(name, n, d); err != nil { // sizes before k; warpRows repeats this cheap check
 		return err
 	}
 	if k < 1 || k > rowsMaxK || n*k > math.MaxInt32 {
 		return errf(name, "k=%d (n=%d): need 1 <= k <= %d", k, n, rowsMaxK)
 	}
-	if n == 0 || d == 0 {
-		return nil
-	}
-	if out == 0 || y == 0 || slotOf == 0 {
-		return errf(name, "nil buffer")
-	}
-	return o.launch(name, o.gridFor(n*32, rowsThreads), rowsThreads, 0, out, res, y, slotOf, gates, n, k, d)
+	return o.warpRows(name, n, d, out == 0 || y == 0 || slotOf == 0, out, res, y, slotOf, gates, n, k, d)
 }
 
 // RowDot sets out[i] = Σ_j a[i, j]·b[i, j] for n rows of width d
@@ -142,16 +127,7 @@ func (o *Ops) ScaleRowsBF16(x, gate cuda.DevicePtr, rows, d int) error {
 }
 
 func (o *Ops) rowsScale(name string, x, gate cuda.DevicePtr, rows, d int) error {
-	if err := rowsCheck(name, rows, d); err != nil {
-		return err
-	}
-	if rows == 0 || d == 0 {
-		return nil
-	}
-	if x == 0 || gate == 0 {
-		return errf(name, "nil buffer")
-	}
-	return o.launch(name, o.gridFor(rows*32, rowsThreads), rowsThreads, 0, x, gate, rows, d)
+	return o.warpRows(name, rows, d, x == 0 || gate == 0, x, gate, rows, d)
 }
 
 // SlotGradsToChoices sets dgates[i] = dslot[slotOf[i]] for the nk = N·K choices,
@@ -171,6 +147,22 @@ func (o *Ops) SlotGradsToChoices(dgates, dslot, slotOf cuda.DevicePtr, nk int) e
 	return o.launch(name, o.gridFor(nk, rowsThreads), rowsThreads, 0, dgates, dslot, slotOf, nk)
 }
 
+// warpRows launches row kernel name with args, one warp per row, after the
+// checks the row kernels share: sizes in range (rowsCheck), nothing to do
+// without rows or columns, else an error when a buffer is nil (nilBuf).
+func (o *Ops) warpRows(name string, rows, d int, nilBuf bool, args ...any) error {
+	if err := rowsCheck(name, rows, d); err != nil {
+		return err
+	}
+	if rows == 0 || d == 0 {
+		return nil
+	}
+	if nilBuf {
+		return errf(name, "nil buffer")
+	}
+	return o.launch(name, o.gridFor(rows*32, rowsThreads), rowsThreads, 0, args...)
+}
+
 // rowsCheck rejects negative sizes and row counts the kernels' 32-bit
 // indices cannot hold.
 func rowsCheck(name string, rows, d int) error {
@@ -187,15 +179,6 @@ func rowsCheck(name string, rows, d int) error {
 // GatherRows, RowDot, ScaleRows and CastF32ToBF16 compute over fp32 [S, d]
 // scratch, with the dot summed in another order.
 func (o *Ops) GatherDotScaleBF16(dst, dot, src, idx, y, gate cuda.DevicePtr, rows, d int) error {
-	const name = "rows_gather_dot_scale_bf16"
-	if err := rowsCheck(name, rows, d); err != nil {
-		return err
-	}
-	if rows == 0 || d == 0 {
-		return nil
-	}
-	if dst == 0 || dot == 0 || src == 0 || idx == 0 || y == 0 || gate == 0 {
-		return errf(name, "nil buffer")
-	}
-	return o.launch(name, o.gridFor(rows*32, rowsThreads), rowsThreads, 0, dst, dot, src, idx, y, gate, rows, d)
+	return o.warpRows("rows_gather_dot_scale_bf16", rows, d, dst == 0 || dot == 0 || src == 0 || idx == 0 || y == 0 || gate == 0,
+		dst, dot, src, idx, y, gate, rows, d)
 }

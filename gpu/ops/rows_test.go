@@ -342,7 +342,7 @@ func TestRowsLargeRows(t *testing.T) {
 // and empty work launches nothing.
 func TestRowsBadArgs(t *testing.T) {
 	o := &Ops{}
-	for name, err := range map[string]error{
+	wantErrors(t, map[string]error{
 		"gather rows<0":    o.GatherRows(1, 1, 1, -1, 4),
 		"gather d<0":       o.GatherRowsBF16(1, 1, 1, 4, -1),
 		"gather nil":       o.GatherRows(0, 1, 1, 4, 4),
@@ -358,20 +358,12 @@ func TestRowsBadArgs(t *testing.T) {
 		"scale d<0":        o.ScaleRowsBF16(1, 1, 4, -1),
 		"dgates nk<0":      o.SlotGradsToChoices(1, 1, 1, -1),
 		"dgates nil":       o.SlotGradsToChoices(1, 1, 0, 4),
-	} {
-		if err == nil {
-			t.Errorf("%s: no error", name)
-		}
-	}
-	for name, err := range map[string]error{
+	})
+	wantNoErrors(t, map[string]error{
 		"gather empty":  o.GatherRows(0, 0, 0, 0, 4),
 		"combine empty": o.Combine(0, 0, 0, 1, 0, 2, 4),
 		"dot empty":     o.RowDot(0, 0, 0, 0, 4),
 		"scale empty":   o.ScaleRows(0, 0, 4, 0),
 		"dgates empty":  o.SlotGradsToChoices(0, 0, 0, 0),
-	} {
-		if err != nil {
-			t.Errorf("%s: %v", name, err)
-		}
-	}
+	})
 }

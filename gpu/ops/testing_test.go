@@ -1,7 +1,6 @@
 package ops
 
 import (
-	"math"
 	"math/rand/v2"
 	"testing"
 
@@ -95,18 +94,25 @@ func poisonedBF16At(t testing.TB, o *Ops, n, off int) cuda.DevicePtr {
 	return p.Add(2 * off)
 }
 
-// firstBitDiff returns the first index where a and b differ bitwise (0 if
-// their lengths differ), or -1.
-func firstBitDiff(a, b []float32) int {
-	if len(a) != len(b) {
-		return 0
-	}
-	for i := range a {
-		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
-			return i
+// wantErrors fails t for each named result that is nil: calls with bad
+// arguments must be rejected (before any launch, so these need no GPU).
+func wantErrors(t *testing.T, results map[string]error) {
+	t.Helper()
+	for name, err := range results {
+		if err == nil {
+			t.Errorf("%s: no error", name)
 		}
 	}
-	return -1
+}
+
+// wantNoErrors fails t for each named result that is an error.
+func wantNoErrors(t *testing.T, results map[string]error) {
+	t.Helper()
+	for name, err := range results {
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 }
 
 func sizeOf[T any](v T) int {

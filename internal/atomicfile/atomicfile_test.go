@@ -10,9 +10,14 @@ import (
 	"testing"
 )
 
+// tempPath returns a new temporary directory and the path of name in it.
+func tempPath(t *testing.T, name string) (dir, path string) {
+	dir = t.TempDir()
+	return dir, filepath.Join(dir, name)
+}
+
 func TestWriteReplacesWhole(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "state.json")
+	dir, p := tempPath(t, "state.json")
 	for _, data := range [][]byte{[]byte("first version, longer than the second"), []byte("second")} {
 		if err := Write(p, data, 0o600); err != nil {
 			t.Fatal(err)
@@ -33,8 +38,7 @@ func TestWriteReplacesWhole(t *testing.T) {
 
 // A failed write leaves the old file and no temporary file.
 func TestWriteFailureKeepsOld(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "f")
+	dir, p := tempPath(t, "f")
 	if err := Write(p, []byte("old"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +77,7 @@ func (failingSource) WriteTo(w io.Writer) (int64, error) {
 // WriteTo writes what the source writes; a source that fails midway leaves
 // the old file, no temporary file, and an error naming the path and cause.
 func TestWriteToSourceFailureKeepsOld(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "plot.png")
+	dir, p := tempPath(t, "plot.png")
 	if err := WriteTo(p, bytes.NewReader([]byte("old image")), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,9 @@
 // Package cli holds what the moetrain commands (cmd/coordinator, cmd/worker)
 // share: how main reports an error, the flags of TLS and of a worker
 // process, and how a worker process runs and exits.
+//
+// It must not be imported outside cmd/, nor hold anything but the wiring of
+// cluster, cluster/worker, cluster/pki and collective options.
 package cli
 
 import (
@@ -17,6 +20,7 @@ import (
 
 	"github.com/moetrain/moetrain/cluster"
 	"github.com/moetrain/moetrain/cluster/pki"
+	"github.com/moetrain/moetrain/cluster/worker"
 	"github.com/moetrain/moetrain/collective"
 )
 
@@ -39,17 +43,17 @@ func Main(root *cobra.Command) {
 // RunWorker runs a worker process (`worker --join`) with o and its console
 // on stderr until the job ends or the first SIGINT or SIGTERM (a second one
 // kills the process at once). When the coordinator aborted the job it says
-// why and exits with cluster.ExitAborted; any other error is returned.
-func RunWorker(o cluster.WorkerOptions) error {
+// why and exits with worker.ExitAborted; any other error is returned.
+func RunWorker(o worker.WorkerOptions) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	context.AfterFunc(ctx, stop)
 	o.Console = os.Stderr
-	err := cluster.RunWorkerProcess(ctx, o)
-	var ab *cluster.AbortedError
+	err := worker.RunWorkerProcess(ctx, o)
+	var ab *worker.AbortedError
 	if errors.As(err, &ab) {
 		fmt.Fprintln(os.Stderr, "worker:", err)
-		os.Exit(cluster.ExitAborted)
+		os.Exit(worker.ExitAborted)
 	}
 	return err
 }
@@ -64,7 +68,7 @@ func AddTLSFlags(f *pflag.FlagSet, t *pki.Files, whose string) {
 
 // AddWorkerFlags registers the flags of a worker process (`worker --join`,
 // and what `coordinator launch` starts) into o.
-func AddWorkerFlags(f *pflag.FlagSet, o *cluster.WorkerOptions) {
+func AddWorkerFlags(f *pflag.FlagSet, o *worker.WorkerOptions) {
 	f.StringVar(&o.Join, "join", "", "coordinator control-plane address host:port to join")
 	f.StringVar(&o.Token, "token", "", "job token (default $"+cluster.TokenEnv+")")
 	f.StringVar(&o.Host, "host", "", "host name reported to the coordinator (default: os hostname)")

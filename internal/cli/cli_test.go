@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/moetrain/moetrain/cluster"
+	"github.com/moetrain/moetrain/cluster/worker"
 )
 
 // The child process of TestMainExitStatus: Main of a root whose command fails.
@@ -44,7 +44,7 @@ func TestMainExitStatus(t *testing.T) {
 }
 
 func TestAddWorkerFlags(t *testing.T) {
-	var o cluster.WorkerOptions
+	var o worker.WorkerOptions
 	f := pflag.NewFlagSet("worker", pflag.ContinueOnError)
 	AddWorkerFlags(f, &o)
 	if o.JoinTimeout != 30*time.Second {

@@ -1,7 +1,10 @@
 // Package testkit holds the fixtures that tests of several packages share:
-// input trees on disk, prepared (tokshard) data sets, and the independent
-// safetensors reader's expectations. Each helper fails the test on any
-// error it does not return. Test code only: nothing else may import it.
+// input trees on disk, prepared (tokshard) data sets, the independent
+// safetensors reader's expectations, and ranks run on in-process
+// transports. Each helper fails the test on any error it does not return.
+// Test code only: nothing else may import it.
+//
+// It must not be imported by anything but tests.
 package testkit
 
 import (

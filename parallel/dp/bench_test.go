@@ -120,9 +120,7 @@ func BenchmarkOverlap(b *testing.B) {
 		var wg sync.WaitGroup
 		t0 := time.Now()
 		for r := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				m := models[r]
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				defer cancel()
@@ -144,7 +142,7 @@ func BenchmarkOverlap(b *testing.B) {
 				if errs[r] == nil {
 					_, errs[r] = opts[r].Update(m.Params, m.Grads, steps, 1e-3, 1)
 				}
-			}()
+			})
 		}
 		wg.Wait()
 		for r, err := range errs {

@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/moetrain/moetrain/collective"
@@ -245,33 +244,23 @@ func TestCutDisagreementFails(t *testing.T) {
 	cfg := tinyModelConfig()
 	l := model.NewLayout(cfg)
 	ranges := hookRanges(t, cfg)
-	ts := collective.NewInProcess(2)
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for r := range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer ts[r].Close()
-			red, err := NewReducer(Config{BucketMB: 1, Overlap: true}, l, make([]float32, l.Total), collective.NewWorld(ts[r]), nil)
-			if err != nil {
-				errs[r] = err
-				return
+	errs := onRanks(2, func(r int, world *collective.Comm) error {
+		red, err := NewReducer(Config{BucketMB: 1, Overlap: true}, l, make([]float32, l.Total), world, nil)
+		if err != nil {
+			return err
+		}
+		red.minFloats = 1
+		ctx := testCtx(t)
+		if err := red.Begin(ctx); err != nil {
+			return err
+		}
+		if r == 0 {
+			for _, g := range ranges {
+				red.GradsReady(g[0], g[1])
 			}
-			red.minFloats = 1
-			ctx := testCtx(t)
-			if errs[r] = red.Begin(ctx); errs[r] != nil {
-				return
-			}
-			if r == 0 {
-				for _, g := range ranges {
-					red.GradsReady(g[0], g[1])
-				}
-			}
-			errs[r] = red.Finish(ctx)
-		}()
-	}
-	wg.Wait()
+		}
+		return red.Finish(ctx)
+	})
 	for r, err := range errs {
 		if err == nil || !(strings.Contains(err.Error(), "desynchronised") || strings.Contains(err.Error(), "aborted")) {
 			t.Errorf("rank %d: got %v, want a desynchronisation error", r, err)

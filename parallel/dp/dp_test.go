@@ -5,11 +5,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/model"
 )
 
@@ -155,19 +155,7 @@ func TestBackwardHook(t *testing.T) {
 // world (whose transport is closed when f returns), and returns each rank's
 // error.
 func onRanks(n int, f func(r int, world *collective.Comm) error) []error {
-	ts := collective.NewInProcess(n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer ts[r].Close()
-			errs[r] = f(r, collective.NewWorld(ts[r]))
-		}()
-	}
-	wg.Wait()
-	return errs
+	return testkit.OnRanks(n, func(r int, t collective.Transport) error { return f(r, collective.NewWorld(t)) })
 }
 
 // allRanksSub is world's sub-communicator of all its n ranks.

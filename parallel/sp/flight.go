@@ -31,24 +31,23 @@ func (f *flight) send(c *collective.Comm, buf []float32, peer int, format string
 	if f.sim {
 		return &req{}
 	}
-	r := &req{r: c.SendAsync(buf, peer), what: fmt.Sprintf(format, args...) + fmt.Sprintf(" (send %d floats to sp rank %d)", len(buf), peer)}
-	f.add(r)
-	return r
+	return f.add(c.SendAsync(buf, peer), fmt.Sprintf(format, args...)+fmt.Sprintf(" (send %d floats to sp rank %d)", len(buf), peer))
 }
 
 func (f *flight) recv(c *collective.Comm, buf []float32, peer int, format string, args ...any) *req {
 	if f.sim {
 		return &req{}
 	}
-	r := &req{r: c.RecvAsync(buf, peer), what: fmt.Sprintf(format, args...) + fmt.Sprintf(" (receive %d floats from sp rank %d)", len(buf), peer)}
-	f.add(r)
-	return r
+	return f.add(c.RecvAsync(buf, peer), fmt.Sprintf(format, args...)+fmt.Sprintf(" (receive %d floats from sp rank %d)", len(buf), peer))
 }
 
-func (f *flight) add(r *req) {
+// add tracks the started message r, described by what.
+func (f *flight) add(r *collective.Request, what string) *req {
+	q := &req{r: r, what: what}
 	f.mu.Lock()
-	f.all = append(f.all, r)
+	f.all = append(f.all, q)
 	f.mu.Unlock()
+	return q
 }
 
 // wait completes r (nil or already waited: no-op) under the call's context.

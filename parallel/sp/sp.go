@@ -1,8 +1,10 @@
 package sp
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/moetrain/moetrain/collective"
@@ -19,26 +21,21 @@ const (
 	TokenRing
 )
 
-// Algorithms lists the valid names, as ParseAlgorithm reads them.
+// Algorithms lists the valid names, as ParseAlgorithm reads them, in
+// Algorithm order (Ring first).
 var Algorithms = []string{"ring", "tokenring"}
 
 func (a Algorithm) String() string {
-	switch a {
-	case Ring:
-		return "ring"
-	case TokenRing:
-		return "tokenring"
+	if a >= Ring && int(a) <= len(Algorithms) {
+		return Algorithms[a-1]
 	}
 	return fmt.Sprintf("algorithm(%d)", int(a))
 }
 
 // ParseAlgorithm reads "ring" or "tokenring" (case-insensitive).
 func ParseAlgorithm(s string) (Algorithm, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "ring":
-		return Ring, nil
-	case "tokenring":
-		return TokenRing, nil
+	if i := slices.Index(Algorithms, strings.ToLower(strings.TrimSpace(s))); i >= 0 {
+		return Algorithm(i + 1), nil
 	}
 	return 0, fmt.Errorf("sp: algorithm %q: want one of %s", s, strings.Join(Algorithms, ", "))
 }
@@ -102,11 +99,8 @@ func forward(ctx context.Context, comm *collective.Comm, alg Algorithm, sim bool
 		return err
 	}
 	s = s.withDefaults()
-	if err := s.validate(map[string]bufSpec{"q": {s.QStride, len(q)}, "k": {s.KStride, len(k)}, "v": {s.VStride, len(v)},
-		"o": {s.OStride, len(o)}, "lse": {0, len(lse)}}); err != nil {
-		return fmt.Errorf("sp %s forward: %w", alg, err)
-	}
-	if err := ctx.Err(); err != nil {
+	if err := cmp.Or(s.validate(map[string]bufSpec{"q": {s.QStride, len(q)}, "k": {s.KStride, len(k)}, "v": {s.VStride, len(v)},
+		"o": {s.OStride, len(o)}, "lse": {0, len(lse)}}), ctx.Err()); err != nil {
 		return fmt.Errorf("sp %s forward: %w", alg, err)
 	}
 	p, rank := spSize(comm)
@@ -144,12 +138,9 @@ func backward(ctx context.Context, comm *collective.Comm, alg Algorithm, sim boo
 		return err
 	}
 	s = s.withDefaults()
-	if err := s.validate(map[string]bufSpec{"q": {s.QStride, len(q)}, "k": {s.KStride, len(k)}, "v": {s.VStride, len(v)},
+	if err := cmp.Or(s.validate(map[string]bufSpec{"q": {s.QStride, len(q)}, "k": {s.KStride, len(k)}, "v": {s.VStride, len(v)},
 		"o": {s.OStride, len(o)}, "do": {s.OStride, len(do)}, "dq": {s.QStride, len(dq)}, "dk": {s.KStride, len(dk)},
-		"dv": {s.VStride, len(dv)}, "lse": {0, len(lse)}}); err != nil {
-		return fmt.Errorf("sp %s backward: %w", alg, err)
-	}
-	if err := ctx.Err(); err != nil {
+		"dv": {s.VStride, len(dv)}, "lse": {0, len(lse)}}), ctx.Err()); err != nil {
 		return fmt.Errorf("sp %s backward: %w", alg, err)
 	}
 	p, rank := spSize(comm)

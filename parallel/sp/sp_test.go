@@ -6,11 +6,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/moetrain/moetrain/collective"
+	"github.com/moetrain/moetrain/internal/testkit"
 	"github.com/moetrain/moetrain/tensor"
 )
 
@@ -71,24 +71,16 @@ func runSP(t *testing.T, p *problem, sp int, alg Algorithm) (o, lse, dqkv []floa
 		t.Fatal(err)
 	}
 	s := LocalShape{Batch: p.B, Chunk: c, Heads: p.H, HeadDim: p.D, QStride: p.stride, KStride: p.stride, VStride: p.stride}
-	ts := collective.NewInProcess(sp)
 	res := make([]rankResult, sp)
-	errs := make([]error, sp)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup
-	for r := range sp {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var comm *collective.Comm
-			if sp > 1 {
-				comm = collective.NewWorld(ts[r])
-			}
-			errs[r] = runRank(ctx, comm, alg, p, s, sp, r, &res[r])
-		}()
-	}
-	wg.Wait()
+	errs := testkit.OnRanks(sp, func(r int, tr collective.Transport) error {
+		var comm *collective.Comm
+		if sp > 1 {
+			comm = collective.NewWorld(tr)
+		}
+		return runRank(ctx, comm, alg, p, s, sp, r, &res[r])
+	})
 	for r, err := range errs {
 		if err != nil {
 			t.Fatalf("rank %d: %v", r, err)

@@ -56,15 +56,9 @@ func TestAbortDocAndEncoded(t *testing.T) {
 		docs := randDocs(r, 120, vocab)
 		keep := make([]bool, len(docs))
 		got, want := t.TempDir(), t.TempDir()
-		w, err := tokshard.Create(got, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ref, err := tokshard.Create(want, o)
-		if err != nil {
-			t.Fatal(err)
-		}
+		w, ref := create(t, got, o), create(t, want, o)
 		var enc tokshard.Encoded
+		var err error
 		for i, d := range docs {
 			keep[i] = r.IntN(3) > 0 && (i < len(docs)-1 || seed%2 == 0) // odd seeds end with an abort
 			if err := w.BeginDoc(); err != nil {
@@ -129,10 +123,7 @@ func TestEncodedChecks(t *testing.T) {
 	if _, err := tokshard.AppendEncoded(e, 512, []int32{1}); err == nil {
 		t.Error("mixing vocabularies accepted")
 	}
-	w, err := tokshard.Create(t.TempDir(), tokshard.WriterOptions{Vocab: 300})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := create(t, t.TempDir(), tokshard.WriterOptions{Vocab: 300})
 	defer w.Abort()
 	if err := w.BeginDoc(); err != nil {
 		t.Fatal(err)

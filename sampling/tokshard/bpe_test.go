@@ -15,11 +15,11 @@ import (
 // chunks must give the tokens of the whole file, on the serial and the
 // parallel path alike, including a stretch without any safe cut.
 func TestPrepareBPEChunks(t *testing.T) {
-	tok, err := tokenizer.LoadFile("../../tokenizer/testdata/tokenizer.json")
+	tokPath := "../../tokenizer/testdata/tokenizer.json"
+	tok, err := tokenizer.LoadFile(tokPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tokPath := "../../tokenizer/testdata/tokenizer.json"
 	in := t.TempDir()
 	big := strings.Repeat("func (s *Server) Serve() error { return nil }\n\tx := 12 // don't\n", 12000) +
 		strings.Repeat(" ", 300<<10) + "end" // a chunk of spaces only: no safe cut

@@ -15,7 +15,7 @@ import (
 // panic.
 func FuzzOpenShard(f *testing.F) {
 	base := f.TempDir()
-	w, _ := tokshard.Create(base, tokshard.WriterOptions{Vocab: 70000, ShardTokens: 40, ChunkBytes: 16})
+	w := create(f, base, tokshard.WriterOptions{Vocab: 70000, ShardTokens: 40, ChunkBytes: 16})
 	for _, d := range randDocs(rand.New(rand.NewPCG(9, 9)), 8, 70000) {
 		w.WriteDoc(d[:min(len(d), 25)])
 	}

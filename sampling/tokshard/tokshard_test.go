@@ -37,6 +37,16 @@ func writeDocs(t *testing.T, dir string, vocab int, docs [][]int32) {
 	testkit.WritePrepared(t, dir, tokshard.WriterOptions{Vocab: vocab, ShardTokens: 5000, ChunkBytes: 1024}, docs)
 }
 
+// create is tokshard.Create, failing the test on an error.
+func create(tb testing.TB, dir string, o tokshard.WriterOptions) *tokshard.Writer {
+	tb.Helper()
+	w, err := tokshard.Create(dir, o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return w
+}
+
 func TestRoundTrip(t *testing.T) {
 	for _, vocab := range []int{256, 1 << 16, 1<<16 + 1, 100000} {
 		r := rand.New(rand.NewPCG(1, uint64(vocab)))
@@ -82,10 +92,7 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestTokenOutsideVocab(t *testing.T) {
-	w, err := tokshard.Create(t.TempDir(), tokshard.WriterOptions{Vocab: 256})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := create(t, t.TempDir(), tokshard.WriterOptions{Vocab: 256})
 	if err := w.WriteDoc([]int32{1, 256}); err == nil {
 		t.Fatal("token 256 with vocab 256 accepted")
 	}
@@ -183,10 +190,7 @@ func parseBounded(t *testing.T, b []byte) {
 // The writer holds one chunk, not the document: writing a 4 MB document in
 // 64 KB pieces allocates far less than the document.
 func TestWriterStreamsBounded(t *testing.T) {
-	w, err := tokshard.Create(t.TempDir(), tokshard.WriterOptions{Vocab: 256, ChunkBytes: 1 << 16})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := create(t, t.TempDir(), tokshard.WriterOptions{Vocab: 256, ChunkBytes: 1 << 16})
 	piece := make([]int32, 1<<16)
 	for i := range piece {
 		piece[i] = int32(i % 251)

@@ -25,18 +25,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import torch_moe  # the CPU twin, beside this file: the model's constants and RMSNorm
+from torch_moe import AUX_COEF, EPS, STD
+
 CONFIGS = {
     "gpu-small": dict(V=32768, D=1024, L=8, HEADS=16, T=2048, E=16, H=2816, K=2, B=8),
     "gpu-medium": dict(V=32768, D=2048, L=12, HEADS=32, T=2048, E=32, H=1408, K=4, B=8),
     "tiny": dict(V=512, D=128, L=2, HEADS=4, T=128, E=8, H=256, K=2, B=4),
 }
-EPS, AUX_COEF, STD = 1e-5, 0.01, 0.02
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
+class RMSNorm(torch_moe.RMSNorm):
+    """torch_moe's RMSNorm computed in fp32 and returned in the input's dtype."""
 
     def forward(self, x):
         xf = x.float()

@@ -4,11 +4,9 @@
 // By default (the embedded corpus) it reads every portable, public .go file:
 // no test files, no generated files, no file with a //go:build constraint or
 // a GOOS/GOARCH name suffix, none in an internal package, none over 60,000
-// bytes. Comments are removed (//go: directives kept). Measured with the
-// reference model (seed 1, 1,000 steps), these choices take the validation
-// loss from 2.675 (the former corpus: declarations with comments, a third of
-// all files) to 2.442; comment prose and platform-specific code are what the
-// small byte-level model learns slowest.
+// bytes. Comments are removed (//go: directives kept): comment prose and
+// platform-specific code are what the small byte-level model learns slowest
+// (docs/decisions.md#the-embedded-corpus).
 // Each file is cut after every top-level declaration ("span" unit): a
 // document is one declaration with what precedes it, so document lengths vary
 // naturally from a few dozen bytes to many kilobytes, and a file's documents

@@ -8,6 +8,9 @@
 //
 // It is a maintainer's tool for docs/dataset-format.md#measurements; nothing
 // depends on it.
+//
+// It must not be used for training data: its sets exist to measure memory
+// and throughput.
 package main
 
 import (
