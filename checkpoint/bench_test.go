@@ -164,8 +164,8 @@ func BenchmarkSave(b *testing.B) {
 		{"auto-always", WriterOptions{AlwaysCompress: true}}, // no raw fallback
 		{"zstd-frames", WriterOptions{NoShuffle: true}},      // float32 as zstd frames, no byte planes
 		{"raw", WriterOptions{Codec: CodecNone}},
-		{"buffered", WriterOptions{BufferedIO: true}},
-		{"raw-buffered", WriterOptions{Codec: CodecNone, BufferedIO: true}},
+		{"direct", WriterOptions{DirectIO: true}},
+		{"raw-direct", WriterOptions{Codec: CodecNone, DirectIO: true}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			base := os.Getenv("CHECKPOINT_BENCH_DIR")

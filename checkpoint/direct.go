@@ -7,15 +7,16 @@ import (
 	"unsafe"
 )
 
-// Direct I/O write path. A shard is written once and not read back soon, so
-// passing it through the page cache costs a copy into freshly allocated
-// cache pages, dirty-page throttling and a final fsync that waits for the
-// whole file. Where the file system takes O_DIRECT, the file writer instead
-// fills aligned blocks of directBlock bytes and directDepth goroutines write
-// them at their offsets, so the device has several large writes queued while
-// the next block is filled. The tail is padded to directAlign, written, and
-// the file truncated to its length. The fsync on Close still makes the file
-// durable (metadata and the device's cache).
+// Direct I/O write path (WriterOptions.DirectIO). Where the file system
+// takes O_DIRECT, the file writer fills aligned blocks of directBlock bytes
+// and directDepth goroutines write them at their offsets, so the device has
+// several large writes queued while the next block is filled, and nothing
+// goes through the page cache. The tail is padded to directAlign, written,
+// and the file truncated to its length. The fsync on Close still makes the
+// file durable (metadata and the device's cache). The default is the page
+// cache (writeback.go): on the disk the project measures on, direct writes
+// were slower and far less steady
+// (docs/decisions.md#checkpoint-io-at-disk-bandwidth).
 
 var (
 	// directBlock is the size of one direct write: large enough that the

@@ -11,11 +11,17 @@ import (
 )
 
 // smallDirectBlocks makes direct writes 8 KiB long, two at a time, so small
-// files cross many block boundaries.
+// files cross many block boundaries; the small blocks leave the pool with
+// the test.
 func smallDirectBlocks(t *testing.T) {
 	b, d := directBlock, directDepth
 	directBlock, directDepth = 2*directAlign, 2
-	t.Cleanup(func() { directBlock, directDepth = b, d })
+	t.Cleanup(func() {
+		directBlock, directDepth = b, d
+		for len(directBufs) > 0 {
+			<-directBufs
+		}
+	})
 }
 
 // A directWriter fed in pieces of every size writes exactly those bytes,
@@ -81,7 +87,7 @@ func TestDirectAndBufferedShardsAreIdentical(t *testing.T) {
 	var files [2][]byte
 	for i, buffered := range []bool{false, true} {
 		s := newTestStore(t, 0)
-		opts := WriterOptions{ChunkBytes: 16 << 10, Workers: 2, BufferedIO: buffered, AlwaysCompress: true}
+		opts := WriterOptions{ChunkBytes: 16 << 10, Workers: 2, DirectIO: !buffered, AlwaysCompress: true}
 		info := closedShard(t, s, 1, 0, opts, func(w *ShardWriter) error {
 			if err := wholeTensors(a, b)(w); err != nil {
 				return err

@@ -49,9 +49,10 @@
 // no other hint. Compression is skipped for an entry whose sample saves less
 // than minSaving or codes too slowly for the disk (probe.go), and for the
 // rest of a shard once compression has kept the file writer waiting. The
-// file writer writes with O_DIRECT where the file system takes it: aligned
-// blocks, several in flight (direct.go); elsewhere through the page cache,
-// asking the kernel to start writeback every few MiB (writeback.go).
+// file writer writes through the page cache from a small bounce buffer,
+// asking the kernel to start writeback every few MiB (writeback.go); with
+// WriterOptions.DirectIO it writes with O_DIRECT where the file system takes
+// it: aligned blocks, several in flight (direct.go).
 //
 // # Read path
 //

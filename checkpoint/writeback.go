@@ -1,6 +1,9 @@
 package checkpoint
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 // writebackEvery is how many bytes a shard writer appends to its file
 // between two requests to start writeback: large enough that the device gets
@@ -23,10 +26,11 @@ type fileWriter struct {
 	off, started int64
 	kick         chan [2]int64 // byte ranges to start; nil: no writeback
 	done         chan struct{}
+	bounce       []byte // bufferedWriteBytes, reused: what write(2) copies from
 }
 
 func newFileWriter(f *os.File, writeback bool) *fileWriter {
-	fw := &fileWriter{f: f}
+	fw := &fileWriter{f: f, bounce: getBounceBuf()}
 	if writeback {
 		fw.kick = make(chan [2]int64, 4)
 		fw.done = make(chan struct{})
@@ -43,16 +47,24 @@ func newFileWriter(f *os.File, writeback bool) *fileWriter {
 	return fw
 }
 
-// bufferedWriteBytes bounds one write into the page cache. On the ext4
-// virtio disk of docs/decisions.md#checkpoint-io-at-disk-bandwidth, 1 MiB
-// writes with early writeback kept up with dd while 4 MiB writes (a whole
-// chunk, which bufio passes straight through) reached a third of it.
+// bufferedWriteBytes bounds one write into the page cache, and every write
+// copies its bytes into the writer's bounce buffer of this size first. On
+// the ext4 virtio disk of docs/decisions.md#checkpoint-io-at-disk-bandwidth,
+// write(2) from a cache-resident 1 MiB buffer kept up with dd, while the
+// same write from the pages of a large heap region (a whole chunk of a
+// tensor, which bufio passes straight through) copied into the page cache
+// five to ten times slower: the user-space copy into the bounce buffer costs
+// far less than it saves.
 const bufferedWriteBytes = 1 << 20
 
 func (fw *fileWriter) Write(p []byte) (int, error) {
+	if fw.bounce == nil {
+		return 0, errors.New("shard file writer: write after stop")
+	}
 	total := 0
 	for len(p) > 0 {
-		n, err := fw.write(p[:min(len(p), bufferedWriteBytes)])
+		c := copy(fw.bounce, p)
+		n, err := fw.write(fw.bounce[:c])
 		total += n
 		if err != nil {
 			return total, err
@@ -76,12 +88,36 @@ func (fw *fileWriter) write(p []byte) (int, error) {
 }
 
 // stop ends writeback requests and waits for the goroutine making them (it
-// uses the file, which may be closed next); later writes are left to fsync.
-// stop may be called more than once.
+// uses the file, which may be closed next), and returns the bounce buffer
+// to the pool; later writes are left to fsync. stop may be called more
+// than once; the writer takes no writes after it.
 func (fw *fileWriter) stop() {
 	if fw.kick != nil {
 		close(fw.kick)
 		<-fw.done
 		fw.kick = nil
+	}
+	if fw.bounce != nil {
+		putBounceBuf(fw.bounce)
+		fw.bounce = nil
+	}
+}
+
+// bounceBufs keeps freed bounce buffers for the next shard.
+var bounceBufs = make(chan []byte, 8)
+
+func getBounceBuf() []byte {
+	select {
+	case b := <-bounceBufs:
+		return b
+	default:
+		return make([]byte, bufferedWriteBytes)
+	}
+}
+
+func putBounceBuf(b []byte) {
+	select {
+	case bounceBufs <- b:
+	default:
 	}
 }

@@ -25,7 +25,7 @@ func TestShardWriterStartsWriteback(t *testing.T) {
 		tensor := noiseTensor(rng, "model.w", 1<<20) // 4 MiB: a range per 1 MiB buffer flush
 		s := newTestStore(t, 0)
 		s.NoSync = noSync
-		w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 256 << 10, Workers: 2, BufferedIO: true})
+		w, err := s.CreateShard(context.Background(), 1, 0, WriterOptions{ChunkBytes: 256 << 10, Workers: 2})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -61,10 +61,11 @@ type WriterOptions struct {
 	// NoSync skips fsync (tests of logic only: a checkpoint written without
 	// it is not crash-safe).
 	NoSync bool
-	// BufferedIO writes through the page cache (with early writeback,
-	// writeback.go) even where the file system takes O_DIRECT, which is
-	// used by default (direct.go).
-	BufferedIO bool
+	// DirectIO writes with O_DIRECT where the file system takes it
+	// (direct.go) instead of through the page cache with early writeback
+	// (writeback.go), the default
+	// (docs/decisions.md#checkpoint-io-at-disk-bandwidth).
+	DirectIO bool
 	// AlwaysCompress compresses every chunk. By default an entry whose
 	// sample saves less than minSaving, or codes too slowly, is stored raw
 	// (entryCompressible), and a chunk that no worker has started when the
@@ -241,10 +242,10 @@ func CreateShard(ctx context.Context, path string, rank int, opts WriterOptions)
 	var f *os.File
 	var direct bool
 	var err error
-	if opts.BufferedIO {
-		f, err = os.OpenFile(w.part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	} else {
+	if opts.DirectIO {
 		f, direct, err = openDirect(w.part)
+	} else {
+		f, err = os.OpenFile(w.part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	}
 	if err != nil {
 		if w.enc != nil {

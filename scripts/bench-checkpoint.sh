@@ -26,8 +26,8 @@
 #   VARIANTS             BenchmarkSave sub-benchmarks (default "auto raw": the
 #                        default codec, byte planes where they pay, and none;
 #                        also auto-always: no raw fallback, zstd-frames: float32
-#                        as zstd frames, buffered and raw-buffered: through the
-#                        page cache)
+#                        as zstd frames, direct and raw-direct: with O_DIRECT
+#                        instead of through the page cache)
 #   SETTLE               seconds of idle disk before dd (default 5)
 #   WARMUP               1: each save process saves once untimed first, as a
 #                        training process has after its first checkpoint
