@@ -174,6 +174,9 @@ func newProgressEngine(t *tcpTransport, conns []*net.TCPConn, spin time.Duration
 const pollFirstPeers = 3
 
 // kick wakes a driver blocked in poll(2).
+// zeroTimespec is ppoll's timeout for a poll that only looks; never written.
+var zeroTimespec unix.Timespec
+
 func (e *progressEngine) kick() {
 	if !e.sleeping.Load() {
 		return
@@ -486,8 +489,11 @@ func (e *progressEngine) wait(ctx context.Context, timeout time.Duration) {
 	ms := int((timeout + time.Millisecond - 1) / time.Millisecond)
 	var n int
 	if ms == 0 {
-		// Raw: a poll that cannot block only looks (see rawReadv2).
-		r, _, errno := unix.RawSyscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&e.pfds[0])), uintptr(len(e.pfds)), 0)
+		// Raw: a poll that cannot block only looks (see rawReadv2). ppoll
+		// with a zero timeout, which every Linux architecture has (poll is
+		// missing on arm64).
+		r, _, errno := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&e.pfds[0])), uintptr(len(e.pfds)),
+			uintptr(unsafe.Pointer(&zeroTimespec)), 0, 0, 0)
 		if errno != 0 {
 			e.markAll()
 			return
