@@ -15,22 +15,24 @@ var writebackEvery = int64(8 << 20)
 // kernel to start writing, after the request.
 var testWritebackHook func(off, n int64)
 
-// fileWriter appends to a shard file and, with writeback on, has the device
-// start writing every writebackEvery bytes (startWriteback). The requests
-// are made by a goroutine of its own because sync_file_range blocks while
-// the device's queue is full: the writer keeps copying into the page cache
+// fileWriter is the shard sink through the page cache: it collects the
+// stream in a bounce buffer of bufferedWriteBytes and writes it to the file
+// a full buffer at a time, and, with writeback on, has the device start
+// writing every writebackEvery bytes (startWriteback). The requests are
+// made by a goroutine of its own because sync_file_range blocks while the
+// device's queue is full: the writer keeps copying into the page cache
 // meanwhile, so a save takes about the longer of the copy and the device
-// write instead of their sum. Durability rests on the fsync after stop.
+// write instead of their sum. Durability rests on the fsync after finish.
 type fileWriter struct {
 	f            *os.File
+	buf          []byte // the bounce buffer: what write(2) copies from; nil after finish
 	off, started int64
 	kick         chan [2]int64 // byte ranges to start; nil: no writeback
 	done         chan struct{}
-	bounce       []byte // bufferedWriteBytes, reused: what write(2) copies from
 }
 
 func newFileWriter(f *os.File, writeback bool) *fileWriter {
-	fw := &fileWriter{f: f, bounce: getBounceBuf()}
+	fw := &fileWriter{f: f, buf: getBounceBuf()[:0]}
 	if writeback {
 		fw.kick = make(chan [2]int64, 4)
 		fw.done = make(chan struct{})
@@ -47,36 +49,39 @@ func newFileWriter(f *os.File, writeback bool) *fileWriter {
 	return fw
 }
 
-// bufferedWriteBytes bounds one write into the page cache, and every write
-// copies its bytes into the writer's bounce buffer of this size first. On
-// the ext4 virtio disk of docs/decisions.md#checkpoint-io-at-disk-bandwidth,
-// write(2) from a cache-resident 1 MiB buffer kept up with dd, while the
-// same write from the pages of a large heap region (a whole chunk of a
-// tensor, which bufio passes straight through) copied into the page cache
-// five to ten times slower: the user-space copy into the bounce buffer costs
-// far less than it saves.
+// bufferedWriteBytes is the size of one write into the page cache and of
+// the bounce buffer it is copied from. On the ext4 virtio disk of
+// docs/decisions.md#checkpoint-io-at-disk-bandwidth, write(2) from a
+// cache-resident 1 MiB buffer kept up with dd, while the same write from
+// the pages of a large heap region (a chunk of a tensor) copied into the
+// page cache five to ten times slower: the user-space copy into the bounce
+// buffer costs far less than it saves.
 const bufferedWriteBytes = 1 << 20
 
 func (fw *fileWriter) Write(p []byte) (int, error) {
-	if fw.bounce == nil {
-		return 0, errors.New("shard file writer: write after stop")
+	if fw.buf == nil {
+		return 0, errors.New("shard file writer: write after finish")
 	}
 	total := 0
 	for len(p) > 0 {
-		c := copy(fw.bounce, p)
-		n, err := fw.write(fw.bounce[:c])
-		total += n
-		if err != nil {
-			return total, err
+		n := copy(fw.buf[len(fw.buf):cap(fw.buf)], p)
+		fw.buf = fw.buf[:len(fw.buf)+n]
+		total, p = total+n, p[n:]
+		if len(fw.buf) == cap(fw.buf) {
+			if err := fw.flush(); err != nil {
+				return total, err
+			}
 		}
-		p = p[n:]
 	}
 	return total, nil
 }
 
-func (fw *fileWriter) write(p []byte) (int, error) {
-	n, err := fw.f.Write(p)
+// flush writes the buffered bytes and asks for writeback once
+// writebackEvery bytes have been written since the last request.
+func (fw *fileWriter) flush() error {
+	n, err := fw.f.Write(fw.buf)
 	fw.off += int64(n)
+	fw.buf = fw.buf[:0]
 	if fw.kick != nil && fw.off-fw.started >= writebackEvery {
 		select {
 		case fw.kick <- [2]int64{fw.started, fw.off - fw.started}:
@@ -84,23 +89,26 @@ func (fw *fileWriter) write(p []byte) (int, error) {
 		default: // requests are queued already: a later one covers this range too
 		}
 	}
-	return n, err
+	return err
 }
 
-// stop ends writeback requests and waits for the goroutine making them (it
-// uses the file, which may be closed next), and returns the bounce buffer
-// to the pool; later writes are left to fsync. stop may be called more
-// than once; the writer takes no writes after it.
-func (fw *fileWriter) stop() {
+// finish writes what is buffered, ends writeback requests and waits for
+// the goroutine making them (it uses the file, which may be closed next),
+// and returns the bounce buffer to the pool; later writes are refused and
+// the rest is left to fsync. It returns the first write error.
+func (fw *fileWriter) finish() error {
+	var err error
+	if fw.buf != nil {
+		err = fw.flush()
+		putBounceBuf(fw.buf[:cap(fw.buf)])
+		fw.buf = nil
+	}
 	if fw.kick != nil {
 		close(fw.kick)
 		<-fw.done
 		fw.kick = nil
 	}
-	if fw.bounce != nil {
-		putBounceBuf(fw.bounce)
-		fw.bounce = nil
-	}
+	return err
 }
 
 // bounceBufs keeps freed bounce buffers for the next shard.

@@ -1,7 +1,6 @@
 package checkpoint
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -188,33 +187,13 @@ type writerResult struct {
 }
 
 // shardSink is where the file writer's bytes go: a directWriter (direct.go)
-// or a bufferedSink.
+// or a fileWriter (writeback.go).
 type shardSink interface {
 	io.Writer
 	// finish writes what is buffered, waits for every write in flight and
 	// ends background work, returning the first write error. It is called
 	// exactly once, after an error too, and before the file is closed.
 	finish() error
-}
-
-// bufferedSink writes through the page cache, starting writeback early
-// unless fsync is off (writeback.go).
-type bufferedSink struct {
-	bw *bufio.Writer
-	fw *fileWriter
-}
-
-func newBufferedSink(f *os.File, writeback bool) *bufferedSink {
-	fw := newFileWriter(f, writeback)
-	return &bufferedSink{bw: bufio.NewWriterSize(fw, 1<<20), fw: fw}
-}
-
-func (b *bufferedSink) Write(p []byte) (int, error) { return b.bw.Write(p) }
-
-func (b *bufferedSink) finish() error {
-	err := b.bw.Flush()
-	b.fw.stop()
-	return err
 }
 
 // CreateShard starts writing the shard of rank at path (written as path+".part"
@@ -257,7 +236,7 @@ func CreateShard(ctx context.Context, path string, rank int, opts WriterOptions)
 	if direct {
 		w.sink = newDirectWriter(f)
 	} else {
-		w.sink = newBufferedSink(f, !opts.NoSync)
+		w.sink = newFileWriter(f, !opts.NoSync)
 	}
 	w.queue = make(chan *chunkJob, opts.InFlight)
 	w.work = make(chan *chunkJob)

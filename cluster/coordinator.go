@@ -302,19 +302,20 @@ func (c *Coordinator) GossipMembers() int { return c.member.AliveMembers() }
 // Submit hands an event to the loop and returns its commands; nil once the
 // job has ended.
 func (c *Coordinator) Submit(ev Event) []Command {
-	cmds, _ := c.call(loopReq{ev: ev, reply: make(chan []Command, 1)})
+	cmds, _ := c.call(loopReq{ev: ev})
 	return cmds
 }
 
 // onLoop runs fn on the loop goroutine; false once the job has ended.
 func (c *Coordinator) onLoop(fn func()) bool {
-	_, ok := c.call(loopReq{fn: fn, reply: make(chan []Command, 1)})
+	_, ok := c.call(loopReq{fn: fn})
 	return ok
 }
 
-// call hands r to the loop and waits for its reply; false once the job
-// has ended.
+// call hands r (its event or function) to the loop and waits for the
+// reply; false once the job has ended.
 func (c *Coordinator) call(r loopReq) ([]Command, bool) {
+	r.reply = make(chan []Command, 1)
 	select {
 	case c.reqs <- r:
 	case <-c.done:
