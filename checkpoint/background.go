@@ -49,7 +49,9 @@ func (b *Background[T]) Start(ctx context.Context, op func(ctx context.Context) 
 
 // Wait blocks until no operation runs (or ctx ends: an error naming what
 // was waited for) and returns the last finished operation's result. A
-// failure is returned once: the next Wait or Start starts clean.
+// failure is returned once: the next Wait starts clean. Callers Wait before
+// Start (the savers do); a Start without it overwrites a failure not yet
+// returned.
 func (b *Background[T]) Wait(ctx context.Context, what string) (T, error) {
 	b.mu.Lock()
 	busy := b.busy

@@ -11,17 +11,11 @@ import (
 )
 
 // smallDirectBlocks makes direct writes 8 KiB long, two at a time, so small
-// files cross many block boundaries; the small blocks leave the pool with
-// the test.
+// files cross many block boundaries.
 func smallDirectBlocks(t *testing.T) {
 	b, d := directBlock, directDepth
 	directBlock, directDepth = 2*directAlign, 2
-	t.Cleanup(func() {
-		directBlock, directDepth = b, d
-		for len(directBufs) > 0 {
-			<-directBufs
-		}
-	})
+	t.Cleanup(func() { directBlock, directDepth = b, d })
 }
 
 // A directWriter fed in pieces of every size writes exactly those bytes,

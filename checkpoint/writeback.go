@@ -26,6 +26,7 @@ var testWritebackHook func(off, n int64)
 type fileWriter struct {
 	f            *os.File
 	buf          []byte // the bounce buffer: what write(2) copies from; nil after finish
+	err          error  // the first write error; every later Write and finish return it
 	off, started int64
 	kick         chan [2]int64 // byte ranges to start; nil: no writeback
 	done         chan struct{}
@@ -54,13 +55,16 @@ func newFileWriter(f *os.File, writeback bool) *fileWriter {
 // docs/decisions.md#checkpoint-io-at-disk-bandwidth, write(2) from a
 // cache-resident 1 MiB buffer kept up with dd, while the same write from
 // the pages of a large heap region (a chunk of a tensor) copied into the
-// page cache five to ten times slower: the user-space copy into the bounce
+// page cache several times slower: the user-space copy into the bounce
 // buffer costs far less than it saves.
 const bufferedWriteBytes = 1 << 20
 
 func (fw *fileWriter) Write(p []byte) (int, error) {
 	if fw.buf == nil {
 		return 0, errors.New("shard file writer: write after finish")
+	}
+	if fw.err != nil {
+		return 0, fw.err
 	}
 	total := 0
 	for len(p) > 0 {
@@ -80,6 +84,9 @@ func (fw *fileWriter) Write(p []byte) (int, error) {
 // writebackEvery bytes have been written since the last request.
 func (fw *fileWriter) flush() error {
 	n, err := fw.f.Write(fw.buf)
+	if err != nil && fw.err == nil {
+		fw.err = err
+	}
 	fw.off += int64(n)
 	fw.buf = fw.buf[:0]
 	if fw.kick != nil && fw.off-fw.started >= writebackEvery {
@@ -89,7 +96,7 @@ func (fw *fileWriter) flush() error {
 		default: // requests are queued already: a later one covers this range too
 		}
 	}
-	return err
+	return fw.err
 }
 
 // finish writes what is buffered, ends writeback requests and waits for
@@ -97,9 +104,10 @@ func (fw *fileWriter) flush() error {
 // and returns the bounce buffer to the pool; later writes are refused and
 // the rest is left to fsync. It returns the first write error.
 func (fw *fileWriter) finish() error {
-	var err error
 	if fw.buf != nil {
-		err = fw.flush()
+		if fw.err == nil {
+			_ = fw.flush() // its error is fw.err
+		}
 		putBounceBuf(fw.buf[:cap(fw.buf)])
 		fw.buf = nil
 	}
@@ -108,7 +116,7 @@ func (fw *fileWriter) finish() error {
 		<-fw.done
 		fw.kick = nil
 	}
-	return err
+	return fw.err
 }
 
 // bounceBufs keeps freed bounce buffers for the next shard.

@@ -3,6 +3,9 @@ package checkpoint
 import (
 	"context"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -61,5 +64,33 @@ func TestShardWriterStartsWriteback(t *testing.T) {
 			}
 		}
 		commitAndCheck(t, s, info, tensor)
+	}
+}
+
+// A write error sticks: the Write that hits it, every later Write and
+// finish return it; a Write after finish is refused.
+func TestFileWriterErrors(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path) // read-only: every write fails
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fw := newFileWriter(f, false)
+	if _, err := fw.Write(make([]byte, 2*bufferedWriteBytes)); err == nil {
+		t.Fatal("a write through a read-only file succeeded")
+	}
+	first := fw.err
+	if _, err := fw.Write([]byte{1}); err != first {
+		t.Fatalf("a later write returned %v, want the first error %v", err, first)
+	}
+	if err := fw.finish(); err != first {
+		t.Fatalf("finish returned %v, want the first error %v", err, first)
+	}
+	if _, err := fw.Write([]byte{1}); err == nil || !strings.Contains(err.Error(), "after finish") {
+		t.Fatalf("a write after finish: %v", err)
 	}
 }

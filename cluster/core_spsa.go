@@ -25,6 +25,7 @@ package cluster
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/moetrain/moetrain/parallel"
@@ -158,12 +159,12 @@ func (c *Core) spsaLogged(e SPSALogged) []Command {
 	if c.phase != PhaseRunning || c.sj.plan == nil || w == nil || w.rank != 0 || w.state != wsRunning {
 		return nil
 	}
-	close := true
+	near := true // every joiner is within spsaJoinLag steps of the log's end
 	for _, id := range c.sj.joining {
 		at, ok := c.sj.at[id]
-		close = close && ok && at+spsaJoinLag > e.Step
+		near = near && ok && at+spsaJoinLag > e.Step
 	}
-	if c.sj.boundary < 0 && close && e.Step+3 < c.cfg.TotalSteps {
+	if c.sj.boundary < 0 && near && e.Step+3 < c.cfg.TotalSteps {
 		c.sj.boundary = e.Step + 2
 	}
 	if c.sj.boundary >= 0 && c.sj.boundary == e.Step+2 { // a retried append gets the same answer
@@ -181,11 +182,7 @@ func (c *Core) spsaAtBoundary(e SPSAAtBoundary) []Command {
 	if c.phase != PhaseRunning || c.sj.plan == nil || c.sj.boundary < 0 || e.Step != c.sj.boundary+1 {
 		return nil
 	}
-	in := false
-	for _, r := range c.sj.plan.Ranks {
-		in = in || r.Worker.ID == e.ID
-	}
-	if !in {
+	if !slices.ContainsFunc(c.sj.plan.Ranks, func(r RankAssignment) bool { return r.Worker.ID == e.ID }) {
 		return nil
 	}
 	c.sj.ready[e.ID] = true
@@ -206,14 +203,7 @@ func (c *Core) spsaAtBoundary(e SPSAAtBoundary) []Command {
 }
 
 // spsaJoiner reports whether id is a worker the change in flight adds.
-func (c *Core) spsaJoiner(id string) bool {
-	for _, j := range c.sj.joining {
-		if j == id {
-			return true
-		}
-	}
-	return false
-}
+func (c *Core) spsaJoiner(id string) bool { return slices.Contains(c.sj.joining, id) }
 
 // SPSAJoining reports whether worker id is joining a running SPSA job
 // (its start is a catch-up from the log, not a start of the job).

@@ -112,9 +112,11 @@ func (k *spsaLogKeeper) append(base uint32, data []byte) (next, last int64, err 
 	} else if b := k.log.Params().Base; b != base {
 		return 0, 0, fmt.Errorf("spsa append: the coordinator's log %s starts from parameters with checksum %08x, the records from %08x", k.path, b, base)
 	}
+	n := int64(len(k.offs)) // records held
+	var fresh []spsa.Record
+	var sizes []int64
 	for _, r := range recs {
 		enc := spsa.AppendRecords(nil, r)
-		n := int64(len(k.offs))
 		if r.Step >= 0 && r.Step < n { // a retry of an append whose answer was lost?
 			held, err := k.recordBytes(r.Step)
 			if err != nil {
@@ -125,17 +127,21 @@ func (k *spsaLogKeeper) append(base uint32, data []byte) (next, last int64, err 
 			}
 			return n, n - 1, fmt.Errorf("spsa append: a record for step %d differs from the one the coordinator's log %s holds (it expects step %d)", r.Step, k.path, n)
 		}
-		if r.Step != n {
-			return n, n - 1, fmt.Errorf("spsa append: a record for step %d, the coordinator's log %s expects step %d", r.Step, k.path, n)
+		if want := n + int64(len(fresh)); r.Step != want {
+			return n, n - 1, fmt.Errorf("spsa append: a record for step %d, the coordinator's log %s expects step %d", r.Step, k.path, want)
 		}
-		if err := k.log.Append(r); err != nil {
-			return n, n - 1, fmt.Errorf("spsa append: %w", err)
-		}
-		k.offs = append(k.offs, k.size)
-		k.size += int64(len(enc))
+		fresh, sizes = append(fresh, r), append(sizes, int64(len(enc)))
 	}
-	n := int64(len(k.offs))
-	return n, recs[len(recs)-1].Step, nil
+	// One write and one fsync for the whole batch (a hand-over of a long
+	// log is one call per 1 MiB of records).
+	if err := k.log.Append(fresh...); err != nil {
+		return n, n - 1, fmt.Errorf("spsa append: %w", err)
+	}
+	for _, size := range sizes {
+		k.offs = append(k.offs, k.size)
+		k.size += size
+	}
+	return int64(len(k.offs)), recs[len(recs)-1].Step, nil
 }
 
 // recordBytes reads the record of step (< len(k.offs)) from the file;

@@ -173,10 +173,10 @@ func newProgressEngine(t *tcpTransport, conns []*net.TCPConn, spin time.Duration
 // less than a read on each (most of which find nothing).
 const pollFirstPeers = 3
 
-// kick wakes a driver blocked in poll(2).
 // zeroTimespec is ppoll's timeout for a poll that only looks; never written.
 var zeroTimespec unix.Timespec
 
+// kick wakes a driver blocked in poll(2).
 func (e *progressEngine) kick() {
 	if !e.sleeping.Load() {
 		return

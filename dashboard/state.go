@@ -4,11 +4,9 @@
 // observations (metrics.Observer), and an HTTP handler serving one embedded
 // page and its data as JSON on /api/state (docs/metrics.md#dashboard).
 //
-// The page is plain HTML and JavaScript drawing on canvas: no external
-// fetch, it works offline. It polls /api/state about once a second.
-//
-// It must not fetch anything from outside (it works offline), nor import any
-// package of the project but metrics.
+// The page is plain HTML and JavaScript drawing on canvas and polls
+// /api/state about once a second. It must not fetch anything from outside
+// (it works offline), nor import any package of the project but metrics.
 package dashboard
 
 import (

@@ -223,7 +223,6 @@ func BenchmarkSPSAStep(b *testing.B) {
 			if _, err := w.StepOnce(ctx, ex, loss); err != nil { // warm-up: allocations, plans
 				b.Fatal(err)
 			}
-			b.ResetTimer()
 			for b.Loop() {
 				if _, err := w.StepOnce(ctx, ex, loss); err != nil {
 					b.Fatal(err)

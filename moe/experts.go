@@ -30,7 +30,7 @@ func (ex Experts) Forward(y, hpre, hact, x, w1, w2 []float32, offsets []int) {
 
 // Backward, given dy [S, d], accumulates dw1, dw2 and OVERWRITES dx [S, d]
 // (the gradient of the gathered rows). dhact and dhpre [S, h] are scratch.
-// With one thread, expert by expert. Otherwise two passes: the row
+// With one thread (or too few rows to split), expert by expert. Otherwise two passes: the row
 // gradients by equal row blocks as in Forward, together with strips of
 // h-columns of every dw2ₑ += dyᵀ·hact; then every dw1ₑ += dhpreᵀ·x by strips
 // of h (they need the whole expert's dhpre). Weight gradients are split by
@@ -40,7 +40,7 @@ func (ex Experts) Backward(dx, dw1, dw2, dhact, dhpre, dy, x, hpre, hact, w1, w2
 	d, h := ex.D, ex.H
 	ne := len(offsets) - 1
 	blocks := splitFor(offsets[ne] - offsets[0])
-	if blocks == 1 { // one thread: expert by expert, its rows still in cache
+	if blocks == 1 { // one thread, or too few rows to split: expert by expert, its rows still in cache
 		for e := 0; e < ne; e++ {
 			if lo, c := offsets[e], offsets[e+1]-offsets[e]; c > 0 {
 				tensor.GemmSerial(true, false, d, h, c, dy[lo*d:], d, hact[lo*h:], h, 1, dw2[e*d*h:], h)

@@ -352,26 +352,36 @@ func ReadLog(path string) (LogParams, []Record, error) {
 	return p, recs, err
 }
 
-// Append writes r (entries sorted, the step after the previous record's)
-// and fsyncs it before returning.
-func (l *Log) Append(r Record) error {
-	if l.next >= 0 && r.Step != l.next {
-		return fmt.Errorf("spsa log %s: record for step %d, want step %d", l.path, r.Step, l.next)
+// Append writes recs (each one's entries sorted, each for the step after
+// the previous record's) with one write and one fsync before returning;
+// nothing is written when one of them is refused.
+func (l *Log) Append(recs ...Record) error {
+	if len(recs) == 0 {
+		return nil
 	}
-	if r.Step < 0 || len(r.Entries) > MaxLogEntries {
-		return fmt.Errorf("spsa log %s: record for step %d with %d entries: want step ≥ 0 and at most %d entries", l.path, r.Step, len(r.Entries), MaxLogEntries)
+	l.buf = l.buf[:0]
+	next := l.next
+	for _, r := range recs {
+		if next >= 0 && r.Step != next {
+			return fmt.Errorf("spsa log %s: record for step %d, want step %d", l.path, r.Step, next)
+		}
+		if r.Step < 0 || len(r.Entries) > MaxLogEntries {
+			return fmt.Errorf("spsa log %s: record for step %d with %d entries: want step ≥ 0 and at most %d entries", l.path, r.Step, len(r.Entries), MaxLogEntries)
+		}
+		if err := checkEntries(r.Entries); err != nil {
+			return fmt.Errorf("spsa log %s: step %d: %w", l.path, r.Step, err)
+		}
+		l.buf = appendRecord(l.buf, r)
+		next = r.Step + 1
 	}
-	if err := checkEntries(r.Entries); err != nil {
-		return fmt.Errorf("spsa log %s: step %d: %w", l.path, r.Step, err)
+	_, err := l.f.Write(l.buf)
+	if err == nil {
+		err = l.f.Sync()
 	}
-	l.buf = appendRecord(l.buf[:0], r)
-	if _, err := l.f.Write(l.buf); err != nil {
-		return fmt.Errorf("spsa log %s: step %d: %w", l.path, r.Step, err)
+	if err != nil {
+		return fmt.Errorf("spsa log %s: steps %d to %d: %w", l.path, recs[0].Step, recs[len(recs)-1].Step, err)
 	}
-	if err := l.f.Sync(); err != nil {
-		return fmt.Errorf("spsa log %s: step %d: %w", l.path, r.Step, err)
-	}
-	l.next = r.Step + 1
+	l.next = next
 	return nil
 }
 

@@ -172,3 +172,30 @@ func TestLogBase(t *testing.T) {
 		t.Fatal("the base is not in the header")
 	}
 }
+
+// Append takes a batch in one write: read back it is the records in
+// order; a batch with a gap writes nothing and leaves the log expecting the
+// same step.
+func TestLogAppendBatch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spsa.log")
+	l, err := CreateLog(path, DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	recs := testRecords(0, 5)
+	if err := l.Append(recs...); err != nil {
+		t.Fatal(err)
+	}
+	gap := append(testRecords(5, 2), testRecords(8, 1)...)
+	if err := l.Append(gap...); err == nil || !strings.Contains(err.Error(), "want step 7") {
+		t.Fatalf("a batch with a gap: %v, want a refusal naming step 7", err)
+	}
+	if err := l.Append(testRecords(5, 1)...); err != nil {
+		t.Fatalf("after a refused batch the log should take step 5: %v", err)
+	}
+	_, got, err := ReadLog(path)
+	if err != nil || !reflect.DeepEqual(got, testRecords(0, 6)) {
+		t.Fatalf("read back %d records (%v), want steps 0-5", len(got), err)
+	}
+}

@@ -209,16 +209,6 @@ func (x *attnScratch) region() (rp, rd []float32) {
 	return x.rp, x.rd
 }
 
-// attnGemm is Gemm confined to the calling goroutine. Attention already runs
-// one goroutine per work unit; letting every tile product fan out again
-// (Gemm splits problems above a size threshold over Threads() goroutines)
-// cost about 30% more CPU at Threads 2 (duplicated packing, scheduling), so
-// it calls the package's single-threaded entry. Results are the same either
-// way, since Gemm's do not depend on its thread count.
-func attnGemm(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
-	gemmWith(activeKernel(), 1, transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc)
-}
-
 // forAttnBlocks calls f in parallel for every (batch, head) pair p < pairs
 // and every block [lo, hi) of n rows cut every blk, each worker with its own
 // scratch for head dimension dim.

@@ -45,8 +45,8 @@ func AttentionBackward(dq, dk, dv, do, q, k, v, lse, d []float32, s AttnShape) {
 func attnBackwardSpan(p, ds []float32, ld int, do, q, k, v, lse, d []float32, s *AttnShape, b, h, t0, t1, a, e int, partial bool) {
 	D, rows, w := s.HeadDim, t1-t0, e-a
 	sc := s.scale()
-	attnGemm(false, true, rows, w, D, q[(b*s.Tq+t0)*s.QStride+h*D:], s.QStride, k[(b*s.Tk+a)*s.KStride+h*D:], s.KStride, 0, p, ld)
-	attnGemm(false, true, rows, w, D, do[(b*s.Tq+t0)*s.OStride+h*D:], s.OStride, v[(b*s.Tk+a)*s.VStride+h*D:], s.VStride, 0, ds, ld)
+	GemmSerial(false, true, rows, w, D, q[(b*s.Tq+t0)*s.QStride+h*D:], s.QStride, k[(b*s.Tk+a)*s.KStride+h*D:], s.KStride, 0, p, ld)
+	GemmSerial(false, true, rows, w, D, do[(b*s.Tq+t0)*s.OStride+h*D:], s.OStride, v[(b*s.Tk+a)*s.VStride+h*D:], s.VStride, 0, ds, ld)
 	scl := scoreScale(p, ld, rows, w, sc)
 	if partial {
 		s.maskTile(p, ld, b, t0, t1, a, w)
@@ -79,7 +79,7 @@ func attnBackwardDQ(dq, do, q, k, v, lse, d []float32, s *AttnShape, b, h, t0, t
 	s.keySpans(b, t0, t1, func(a, e int, partial bool) {
 		w := e - a
 		attnBackwardSpan(scr.s, scr.p, w, do, q, k, v, lse, d, s, b, h, t0, t1, a, e, partial)
-		attnGemm(false, false, bq, D, w, scr.p, w, k[(b*s.Tk+a)*s.KStride+h*D:], s.KStride, 1, dq[qoff:], s.QStride)
+		GemmSerial(false, false, bq, D, w, scr.p, w, k[(b*s.Tk+a)*s.KStride+h*D:], s.KStride, 1, dq[qoff:], s.QStride)
 	})
 }
 
@@ -91,8 +91,8 @@ func attnBackwardDKV(dk, dv, do, q, k, v, lse, d []float32, s *AttnShape, b, h, 
 	voff := (b*s.Tk+j0)*s.VStride + h*D
 	s.querySpans(b, j0, j1, func(a, e int, partial bool) {
 		attnBackwardSpan(scr.s, scr.p, bk, do, q, k, v, lse, d, s, b, h, a, e, j0, j1, partial)
-		attnGemm(true, false, bk, D, e-a, scr.s, bk, do[(b*s.Tq+a)*s.OStride+h*D:], s.OStride, 1, dv[voff:], s.VStride)
-		attnGemm(true, false, bk, D, e-a, scr.p, bk, q[(b*s.Tq+a)*s.QStride+h*D:], s.QStride, 1, dk[koff:], s.KStride)
+		GemmSerial(true, false, bk, D, e-a, scr.s, bk, do[(b*s.Tq+a)*s.OStride+h*D:], s.OStride, 1, dv[voff:], s.VStride)
+		GemmSerial(true, false, bk, D, e-a, scr.p, bk, q[(b*s.Tq+a)*s.QStride+h*D:], s.QStride, 1, dk[koff:], s.KStride)
 	})
 }
 
@@ -126,7 +126,7 @@ func attnBackwardPair(dq, dk, dv, do, q, k, v, lse, d []float32, s *AttnShape, b
 				}
 				off := (t0-qc0)*kw + a - kc0
 				attnBackwardSpan(rp[off:], rd[off:], kw, do, q, k, v, lse, d, s, b, h, t0, t1, a, e, partial)
-				attnGemm(false, false, t1-t0, D, e-a, rd[off:], kw, k[(b*s.Tk+a)*s.KStride+h*D:], s.KStride, 1, dq[(b*s.Tq+t0)*s.QStride+h*D:], s.QStride)
+				GemmSerial(false, false, t1-t0, D, e-a, rd[off:], kw, k[(b*s.Tk+a)*s.KStride+h*D:], s.KStride, 1, dq[(b*s.Tq+t0)*s.QStride+h*D:], s.QStride)
 			}
 			for j0 := kc0; j0 < kc1; j0 += attnBK {
 				j1 := min(j0+attnBK, kc1)
@@ -135,8 +135,8 @@ func attnBackwardPair(dq, dk, dv, do, q, k, v, lse, d []float32, s *AttnShape, b
 					continue
 				}
 				off := (a-qc0)*kw + j0 - kc0
-				attnGemm(true, false, j1-j0, D, e-a, rp[off:], kw, do[(b*s.Tq+a)*s.OStride+h*D:], s.OStride, 1, dv[(b*s.Tk+j0)*s.VStride+h*D:], s.VStride)
-				attnGemm(true, false, j1-j0, D, e-a, rd[off:], kw, q[(b*s.Tq+a)*s.QStride+h*D:], s.QStride, 1, dk[(b*s.Tk+j0)*s.KStride+h*D:], s.KStride)
+				GemmSerial(true, false, j1-j0, D, e-a, rp[off:], kw, do[(b*s.Tq+a)*s.OStride+h*D:], s.OStride, 1, dv[(b*s.Tk+j0)*s.VStride+h*D:], s.VStride)
+				GemmSerial(true, false, j1-j0, D, e-a, rd[off:], kw, q[(b*s.Tq+a)*s.QStride+h*D:], s.QStride, 1, dk[(b*s.Tk+j0)*s.KStride+h*D:], s.KStride)
 			}
 		}
 	}

@@ -36,7 +36,7 @@ func attnForwardRows(o, lse, q, k, v []float32, s *AttnShape, b, h, t0, t1 int, 
 	s.keySpans(b, t0, t1, func(a, e int, partial bool) {
 		w := e - a
 		st := scr.s[:bq*w]
-		attnGemm(false, true, bq, w, D, q[qoff:], s.QStride, k[(b*s.Tk+a)*s.KStride+h*D:], s.KStride, 0, st, w)
+		GemmSerial(false, true, bq, w, D, q[qoff:], s.QStride, k[(b*s.Tk+a)*s.KStride+h*D:], s.KStride, 0, st, w)
 		scl := scoreScale(st, w, bq, w, sc)
 		if partial {
 			s.maskTile(st, w, b, t0, t1, a, w)
@@ -59,7 +59,7 @@ func attnForwardRows(o, lse, q, k, v []float32, s *AttnShape, b, h, t0, t1 int, 
 			l[r] += sum
 			m[r] = mx
 		}
-		attnGemm(false, false, bq, D, w, st, w, v[(b*s.Tk+a)*s.VStride+h*D:], s.VStride, 1, acc, D)
+		GemmSerial(false, false, bq, D, w, st, w, v[(b*s.Tk+a)*s.VStride+h*D:], s.VStride, 1, acc, D)
 	})
 	for r := 0; r < bq; r++ {
 		or := o[(b*s.Tq+t0+r)*s.OStride+h*D:][:D]

@@ -353,8 +353,13 @@ func TestCorruptShardFallsBack(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b := newTestTrainer(t, cfg)
+			other := cfg
+			other.Train.Seed = cfg.Train.Seed + 1 // other weights: a restore that loaded them would show
+			b := newTestTrainer(t, other)
 			before := slices.Clone(b.Params())
+			if slices.Equal(before, a.Params()) {
+				t.Fatal("the restoring trainer starts from the checkpoint's weights: the test could not see a restore")
+			}
 			_, err = b.ResumeCheckpoint(store, "4", 0)
 			if err == nil || !strings.Contains(err.Error(), checkpoint.ShardName(0)) || !strings.Contains(err.Error(), checkpoint.StepName(4)) {
 				t.Fatalf("explicit resume of the damaged step: error %v, want one naming %s", err, shard)
@@ -735,8 +740,13 @@ func TestSamplerBlobRestore(t *testing.T) {
 			if tc.damage {
 				damageBytes(t, store.StepDir(snap.Step), tc.blob)
 			}
-			b := newTestTrainer(t, cfg)
+			other := cfg
+			other.Train.Seed = cfg.Train.Seed + 1 // other weights: a restore that loaded them would show
+			b := newTestTrainer(t, other)
 			before := slices.Clone(b.Params())
+			if slices.Equal(before, a.Params()) {
+				t.Fatal("the restoring trainer starts from the checkpoint's weights: the test could not see a restore")
+			}
 			// Opened as a rank of a job opens its resume point (the quick
 			// check: the coordinator verified every byte before the job).
 			c, err := checkpoint.OpenDir(store.StepDir(snap.Step), checkpoint.OpenOptions{})

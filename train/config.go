@@ -287,7 +287,7 @@ func validateSequenceParallel(j JobConfig) error {
 
 // validateSPSA checks what train.mode = "spsa" needs (docs/algorithms/spsa.md):
 // a checkpoint to start from and replicas that each hold the whole model,
-// on the CPU or a GPU each (its runner, cluster.RunSPSA, runs under
+// on the CPU or a GPU each (its runner, worker.RunSPSA in cluster/worker, runs under
 // coordinator launch only; the standalone trainer refuses it).
 func validateSPSA(j JobConfig) error {
 	if j.Train.Mode != ModeSPSA {

@@ -195,7 +195,7 @@ type GPUStats struct {
 	// cuBLASLt's workspace included).
 	PeakAllocated, InUse int64
 	// FamilyMS is milliseconds per profiled step by kernel family ("gemm",
-	// "attention", "routing", "elementwise", "optimizer"); Steps counts the
+	// "attention", "routing", "elementwise", "optimizer", "spsa"); Steps counts the
 	// profiled steps.
 	FamilyMS map[string]float64
 	Steps    int

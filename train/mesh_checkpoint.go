@@ -120,7 +120,8 @@ func (s *MeshRankState) Snapshot(rank int) (*checkpoint.Snapshot, error) {
 // where its kind allows (window and random streams depend on the replica
 // and the position only, so no replica sees again what one saw before),
 // and starts afresh otherwise (bucket and pack epochs are laid out per DP
-// degree); the log says which.
+// degree); the log says which. A sampler blob the checkpoint lists but that
+// cannot be read is an error under any degree.
 func (s *MeshRankState) Restore(c *checkpoint.Checkpoint, rank int) error {
 	if _, err := s.Rank.Restore(c); err != nil {
 		return err
@@ -130,6 +131,9 @@ func (s *MeshRankState) Restore(c *checkpoint.Checkpoint, rank int) error {
 	old := parallel.Mesh{DP: saved["dp"], SP: max(1, saved["sp"]), TP: max(1, saved["tp"]), EP: max(1, saved["ep"])}
 	if old.DP != m.DP || old.Validate() != nil {
 		st, err := SamplerState(c, 0)
+		if err != nil && c.HasBlob(0, checkpoint.BlobSampler) {
+			return err // listed but unreadable: damage, not an older checkpoint
+		}
 		if err == nil {
 			err = s.Sampler.Restore(st)
 		}

@@ -63,7 +63,7 @@ func newTrainer(cfg JobConfig, sh model.Shard, fullOptimizer bool, log zerolog.L
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	if cfg.Train.Mode == ModeSPSA { // no gradients: cluster.RunSPSA drives it
+	if cfg.Train.Mode == ModeSPSA { // no gradients: worker.RunSPSA (cluster/worker) drives it
 		return nil, fmt.Errorf(`train: train.mode = "spsa" runs under coordinator launch (or serve and worker --join), not the backprop trainer`)
 	}
 	m, err := model.NewSharded(cfg.Model, sh, cfg.Train.Seed)

@@ -1,8 +1,12 @@
 package worker
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,5 +124,50 @@ func TestRestoreContinuesSamplersUnderAnotherDP(t *testing.T) {
 			}
 			return nil
 		})
+	}
+	// Rank 0's sampler blob damaged on disk (one bit of it flipped, so its
+	// chunk checksum fails): under another degree too the restore is an
+	// error, not a fresh start.
+	c, err := checkpoint.OpenDir(store.StepDir(steps), checkpoint.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := c.Blob(0, checkpoint.BlobSampler)
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	shard := filepath.Join(store.StepDir(steps), shards[0].File)
+	raw, err := os.ReadFile(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(raw, blob)
+	if at < 0 {
+		t.Fatal("rank 0's sampler blob is not stored raw in its shard")
+	}
+	raw[at+len(blob)/2] ^= 1
+	if err := os.WriteFile(shard, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	shrunk := parallel.Mesh{DP: 1, SP: 1, TP: 1, EP: 1}
+	errs := testkit.OnRanks(1, func(r int, tr collective.Transport) error {
+		mr, err := train.NewMeshRank(job, shrunk, r, collective.NewWorldConfig(tr, collective.Config{Timeout: 30 * time.Second}), zerolog.Nop())
+		if err != nil {
+			return err
+		}
+		smp, err := data.Sampler(0, 1)
+		if err != nil {
+			return err
+		}
+		c, err := checkpoint.OpenDir(store.StepDir(steps), checkpoint.OpenOptions{})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return (&train.MeshRankState{Rank: mr, Sampler: smp, Log: zerolog.Nop()}).Restore(c, r)
+	})
+	if errs[0] == nil || !strings.Contains(errs[0].Error(), "sampler") {
+		t.Fatalf("restore under dp=1 with rank 0's sampler blob damaged: %v, want an error naming the sampler blob", errs[0])
 	}
 }

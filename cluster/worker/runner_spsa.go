@@ -261,10 +261,8 @@ func (r *spsaRun) reconcile(ctx context.Context, local []spsa.Record) ([]spsa.Re
 		return local, r.ctl.appendAll(ctx, r.base, local[len(f.recs):])
 	}
 	if r.keeper != nil {
-		for _, rec := range f.recs[len(local):] {
-			if err := r.keeper.Append(rec); err != nil {
-				return nil, err
-			}
+		if err := r.keeper.Append(f.recs[len(local):]...); err != nil {
+			return nil, err
 		}
 	}
 	return f.recs, nil
@@ -622,10 +620,11 @@ func loadSPSAStart(ref string, m *model.Model) error {
 	return nil
 }
 
-// checkBase refuses a log that starts from other parameters than base.
-func checkBase(path string, p spsa.LogParams, base uint32) error {
+// checkBase refuses a log (what names it) that starts from other
+// parameters than base.
+func checkBase(what string, p spsa.LogParams, base uint32) error {
 	if p.Base != base {
-		return fmt.Errorf("spsa log %s starts from parameters with checksum %08x, spsa.init_from has %08x: it belongs to another starting checkpoint", path, p.Base, base)
+		return fmt.Errorf("%s starts from parameters with checksum %08x, spsa.init_from has %08x: it belongs to another starting checkpoint", what, p.Base, base)
 	}
 	return nil
 }
@@ -641,7 +640,7 @@ func openSPSALog(path string, cfg spsa.Config, base uint32) (*spsa.Log, []spsa.R
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := checkBase(path, l.Params(), base); err != nil {
+	if err := checkBase("spsa log "+path, l.Params(), base); err != nil {
 		l.Close()
 		return nil, nil, err
 	}
@@ -669,10 +668,7 @@ func checkSPSAParams(what string, p spsa.LogParams, cfg spsa.Config, base uint32
 	if p != want {
 		return fmt.Errorf("%s: written with %+v, this job has %+v", what, p, cfg.Params())
 	}
-	if p.Base != base {
-		return fmt.Errorf("%s starts from parameters with checksum %08x, spsa.init_from has %08x: it belongs to another starting checkpoint", what, p.Base, base)
-	}
-	return nil
+	return checkBase(what, p, base)
 }
 
 // agreeSPSA all-gathers every rank's step and parameter checksum and fails,

@@ -4,14 +4,10 @@
 // Each subcommand lives in its own file and registers itself on rootCmd in an
 // init function; a subcommand is registered only once it works.
 //
-// A command parses flags and wires packages together and grows no library
-// code of its own: the rank processes of `bench collectives` and `bench
-// routing`, their CPU pinning and cgroup CPU quotas live in package rankbench
-// (see docs/architecture.md#packages).
-//
-// It must not hold library code: it parses flags and wires packages
-// (benchmark orchestration is rankbench's, CPU quotas cpuquota's, reports
-// their packages').
+// It must not hold library code: a command parses flags and wires packages
+// together (the rank processes of `bench collectives`, `bench routing` and
+// `bench moe` and their CPU pinning are rankbench's, CPU quotas cpuquota's;
+// see docs/architecture.md#packages).
 package main
 
 import (

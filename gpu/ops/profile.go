@@ -42,8 +42,8 @@ func (o *Ops) NewProfile() *Profile {
 
 // Family names the kernel family of a kernel: attention, routing (router
 // scores, selection, the dispatch plan and row movement), optimizer (AdamW
-// and gradient norms), or elementwise (norms, activations, embeddings,
-// cross-entropy, casts).
+// and gradient norms), spsa (the zeroth-order perturbation and update), or
+// elementwise (norms, activations, embeddings, cross-entropy, casts).
 func Family(kernel string) string {
 	switch {
 	case strings.HasPrefix(kernel, "attention_"):

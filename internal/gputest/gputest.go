@@ -3,8 +3,6 @@
 // failure, for runs on GPU machines), the device a package's tests open
 // once, and the relative-norm comparison the kernel and model tests use.
 // Test code only: nothing else may import it.
-//
-// It must not be imported by anything but tests.
 package gputest
 
 import (

@@ -3,8 +3,6 @@
 // safetensors reader's expectations, and ranks run on in-process
 // transports. Each helper fails the test on any error it does not return.
 // Test code only: nothing else may import it.
-//
-// It must not be imported by anything but tests.
 package testkit
 
 import (
