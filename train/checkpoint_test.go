@@ -59,6 +59,21 @@ func newSampler(t *testing.T, mode string, cfg JobConfig) sampling.Sampler {
 	return s
 }
 
+// otherTrainer is a trainer of cfg with other weights than saved (another
+// seed), so that a restore which loaded any of saved's tensors would show,
+// and a copy of its parameters.
+func otherTrainer(t *testing.T, cfg JobConfig, saved *Trainer) (*Trainer, []float32) {
+	t.Helper()
+	other := cfg
+	other.Train.Seed = cfg.Train.Seed + 1
+	b := newTestTrainer(t, other)
+	before := slices.Clone(b.Params())
+	if slices.Equal(before, saved.Params()) {
+		t.Fatal("the restoring trainer starts from the checkpoint's weights: the test could not see a restore")
+	}
+	return b, before
+}
+
 func newTestTrainer(t *testing.T, cfg JobConfig) *Trainer {
 	t.Helper()
 	tr, err := NewTrainer(cfg, zerolog.Nop())
@@ -353,13 +368,7 @@ func TestCorruptShardFallsBack(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			other := cfg
-			other.Train.Seed = cfg.Train.Seed + 1 // other weights: a restore that loaded them would show
-			b := newTestTrainer(t, other)
-			before := slices.Clone(b.Params())
-			if slices.Equal(before, a.Params()) {
-				t.Fatal("the restoring trainer starts from the checkpoint's weights: the test could not see a restore")
-			}
+			b, before := otherTrainer(t, cfg, a)
 			_, err = b.ResumeCheckpoint(store, "4", 0)
 			if err == nil || !strings.Contains(err.Error(), checkpoint.ShardName(0)) || !strings.Contains(err.Error(), checkpoint.StepName(4)) {
 				t.Fatalf("explicit resume of the damaged step: error %v, want one naming %s", err, shard)
@@ -740,13 +749,7 @@ func TestSamplerBlobRestore(t *testing.T) {
 			if tc.damage {
 				damageBytes(t, store.StepDir(snap.Step), tc.blob)
 			}
-			other := cfg
-			other.Train.Seed = cfg.Train.Seed + 1 // other weights: a restore that loaded them would show
-			b := newTestTrainer(t, other)
-			before := slices.Clone(b.Params())
-			if slices.Equal(before, a.Params()) {
-				t.Fatal("the restoring trainer starts from the checkpoint's weights: the test could not see a restore")
-			}
+			b, before := otherTrainer(t, cfg, a)
 			// Opened as a rank of a job opens its resume point (the quick
 			// check: the coordinator verified every byte before the job).
 			c, err := checkpoint.OpenDir(store.StepDir(snap.Step), checkpoint.OpenOptions{})
