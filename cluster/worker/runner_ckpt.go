@@ -38,6 +38,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -78,7 +79,8 @@ type rankCheckpoints struct {
 	report func(step int, info checkpoint.ShardInfo, werr error) error
 	aw     *checkpoint.AsyncWriter
 
-	reportErr chan error // a report that could not be delivered (buffer 1)
+	reportErr chan error  // a report that could not be delivered (buffer 1)
+	closing   atomic.Bool // close cancelled the save in flight: its failure is not the disk's
 }
 
 // openRankCheckpoints restores state from spec.Checkpoint.ResumeDir (if set;
@@ -171,8 +173,8 @@ func (rc *rankCheckpoints) afterStep(ctx context.Context, step int) error {
 	}
 	// The write runs under ctx: an abort or stop cancels it.
 	err = rc.aw.Save(ctx, snap, func(info checkpoint.ShardInfo, werr error) {
-		if ctx.Err() != nil {
-			return // the job was aborted or stopped: nothing to report
+		if ctx.Err() != nil || rc.closing.Load() {
+			return // the job was aborted or stopped, or the runner is ending: nothing to report
 		}
 		if rerr := rc.report(step, info, werr); rerr != nil {
 			select {
@@ -216,6 +218,7 @@ func (rc *rankCheckpoints) close() {
 	if rc.aw == nil {
 		return
 	}
+	rc.closing.Store(true) // before the cancel: the cancelled save must not be reported as a failed write
 	rc.aw.Cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
